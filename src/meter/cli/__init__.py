@@ -1,0 +1,42 @@
+"""The `meter` command. Each subcommand lives in its own module and registers itself in COMMANDS below."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from meter.errors import MeterError
+
+# module name -> adds its subparser and returns the function that runs it
+COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "demo", "models")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="meter", description="Train and evaluate METER vision-and-language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runners = {}
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"meter.cli.{name}")
+        runners[name] = module.add_command(subparsers)
+    return parser, runners
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data workers fork after tokenizing
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local paths
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "httpx", "urllib3", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return runners[args.command](args) or 0
+    except MeterError as error:
+        print(f"meter: {error}", file=sys.stderr)
+        return 2

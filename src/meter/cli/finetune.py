@@ -1,0 +1,22 @@
+"""`meter finetune --config X [key=value ...]`: fine-tune on a downstream task, then evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from meter.cli.common import add_config_arguments, config_from_args
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("finetune", help="fine-tune on a downstream task (the config's `task`)")
+    add_config_arguments(parser)
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    from meter.runs import run_finetune
+
+    print(json.dumps(run_finetune(config_from_args(args), resume=args.resume), indent=1))
+    return 0

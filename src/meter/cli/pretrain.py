@@ -1,0 +1,22 @@
+"""`meter pretrain --config X [key=value ...] [--resume latest]`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from meter.cli.common import add_config_arguments, config_from_args
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("pretrain", help="pretrain a model (MLM, ITM, ...)")
+    add_config_arguments(parser)
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    from meter.runs import run_pretrain
+
+    checkpoint = run_pretrain(config_from_args(args, task="pretrain"), resume=args.resume)
+    print(f"final checkpoint: {checkpoint}")
+    return 0

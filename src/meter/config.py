@@ -1,0 +1,298 @@
+"""The typed config tree: dataclasses, YAML load/dump, and dotted command-line overrides.
+
+Every part owns its section. An unknown key or a value of the wrong type is a `ConfigError` that names the key and
+what is allowed. A string given where a section is expected sets that section's `name`, so `model.vision=swin`
+reads naturally on the command line and in YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from meter.errors import ConfigError
+
+
+@dataclass
+class VisionConfig:
+    name: str = "vit"  # a registered vision encoder (`meter models`)
+    size: str = "tiny"  # a preset of that encoder: tiny (tests, CPU demo) or base (the paper)
+    image_size: int = 64
+    weights: str | None = None  # local file (safetensors or state dict); None = random init
+    drop_path: float = 0.0
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for timm.create_model
+
+
+@dataclass
+class TextConfig:
+    name: str = "bert"  # a registered text encoder (`meter models`)
+    size: str = "tiny"  # tiny or base; ignored when `weights` names a pretrained folder
+    weights: str | None = None  # local Hugging Face model folder; None = random init from the preset
+    tokenizer: str | None = None  # local Hugging Face tokenizer folder; None = `weights`
+    max_length: int = 40
+
+
+@dataclass
+class FusionConfig:
+    name: str = "co-attention"  # co-attention or merged
+    layers: int = 2
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+
+
+@dataclass
+class DecoderConfig:
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    architecture: str = "encoder"  # encoder, or encoder-decoder
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_pool: str = "first"  # how the image stream is pooled: first token, or mean of all tokens
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"  # dataset root; the paths below are relative to it
+    images: str = "images"
+    karpathy: str = "karpathy/dataset_coco.json"
+    num_workers: int = 0
+    max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
+    blind: bool = False  # replace every image by a constant (the text-only baseline)
+
+
+@dataclass
+class ObjectivesConfig:
+    mlm: float = 1.0  # loss weight; 0 switches the objective off
+    itm: float = 1.0
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = True
+
+
+@dataclass
+class VqaConfig:
+    train_splits: list[str] = field(default_factory=lambda: ["train2014"])
+    eval_split: str = "val2014"
+    questions: str = "vqa/v2_OpenEnded_mscoco_{split}_questions.json"
+    annotations: str = "vqa/v2_mscoco_{split}_annotations.json"
+    image_pattern: str = "{split}/COCO_{split}_{image_id:012d}.png"  # relative to data.images
+    min_answer_count: int = 9  # an answer enters the vocabulary if it is the consensus answer this often
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/shapes"
+    init_from: str | None = None  # a checkpoint folder to start from (fine-tuning a pretrained model)
+    max_steps: int = 200
+    batch_size: int = 64  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4  # the pretrained encoders' learning rate
+    lr_mult_cross_modal: float = 5.0  # projections, fusion, poolers
+    lr_mult_head: float = 5.0  # task heads
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    clip_grad: float = 1.0  # 0 disables clipping
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
+    compile: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    eval_batch_size: int = 128
+
+
+@dataclass
+class Config:
+    task: str = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    vqa: VqaConfig = field(default_factory=VqaConfig)
+
+
+C = TypeVar("C")
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a section"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns it converted (int -> float, dict -> dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and "name" in _fields(tp):
+            return tp(name=value)
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=key)
+        raise ConfigError(f"{key} = {value!r} must be a section (a mapping of settings)")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r} must be a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
+
+
+def _unknown_key(key: str, allowed: list[str]) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{key} is not a setting{hint}; choose one of: {', '.join(allowed)}")
+
+
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
+    """Builds the dataclass `cls` from a (possibly partial) mapping; missing keys keep their defaults."""
+    fields = _fields(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise _unknown_key(key, list(fields))
+        kwargs[name] = _coerce(value, fields[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(cfg: Any, override: str) -> None:
+    """Applies one `dotted.key=value` override in place; the value is parsed as YAML (`3`, `1e-4`, `[a, b]`)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. train.max_steps=200)")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{key}: cannot parse {raw!r}: {error}") from None
+    if raw.strip() in ("None", "none"):  # Python spelling of null, as users type it
+        value = None
+    target = cfg
+    parts = key.split(".")
+    walked = []
+    for part in parts[:-1]:
+        walked.append(part)
+        fields = _fields(type(target))
+        if part not in fields:
+            raise _unknown_key(".".join(walked), list(fields))
+        target = getattr(target, part)
+        if not dataclasses.is_dataclass(target):
+            raise ConfigError(f"{'.'.join(walked)} is a value, not a section; it has no {parts[len(walked)]!r}")
+    fields = _fields(type(target))
+    last = parts[-1]
+    if last not in fields:
+        raise _unknown_key(key, list(fields))
+    current = getattr(target, last)
+    if dataclasses.is_dataclass(current) and isinstance(value, str):
+        current.name = _coerce(value, str, f"{key}.name")  # `model.vision=swin` sets the section's name
+        return
+    setattr(target, last, _coerce(value, fields[last], key))
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Reads a YAML recipe (or starts from defaults) and applies `key=value` overrides in order."""
+    cfg = base or Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+        cfg = merge(cfg, data)
+    for override in overrides:
+        apply_override(cfg, override)
+    return cfg
+
+
+def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
+    """Returns a copy of `cfg` with the settings in `data` laid over it, section by section."""
+    fields = _fields(type(cfg))
+    updates = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise _unknown_key(key, list(fields))
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            updates[name] = merge(current, value, key)
+        elif dataclasses.is_dataclass(current) and isinstance(value, str):
+            updates[name] = dataclasses.replace(current, name=_coerce(value, str, f"{key}.name"))
+        else:
+            updates[name] = _coerce(value, fields[name], key)
+    return dataclasses.replace(cfg, **updates)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return merge(Config(), data)

@@ -1,0 +1,79 @@
+"""Map-style datasets over records from the format readers. A sample that cannot be read becomes a BadSample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from meter.data.bad_samples import BadSample
+from meter.data.formats.captions import CaptionRecord
+from meter.data.formats.vqa import VqaRecord
+from meter.data.images import load_image
+from meter.errors import DataError
+
+Transform = Callable[[Image.Image], Tensor]
+
+
+class ImageReader:
+    """Loads and transforms images; in blind mode every image is the same constant (the dataset mean)."""
+
+    def __init__(self, transform: Transform, image_size: int, blind: bool = False) -> None:
+        self.transform = transform
+        self.blind = blind
+        self.blank = torch.zeros(3, image_size, image_size)  # zero after normalisation = the mean colour
+
+    def __call__(self, path: Any) -> Tensor:
+        if self.blind:
+            return self.blank
+        return self.transform(load_image(path))
+
+
+class CaptionPairs(Dataset):
+    """Every (image, caption) pair of the records: the pretraining corpus."""
+
+    def __init__(self, records: list[CaptionRecord], images: ImageReader) -> None:
+        self.records = records
+        self.images = images
+        self.pairs = [(i, j) for i, record in enumerate(records) for j in range(len(record.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        i, j = self.pairs[index]
+        record = self.records[i]
+        try:
+            pixels = self.images(record.image)
+        except DataError as error:
+            return BadSample(str(record.image), str(error))
+        return {"pixels": pixels, "text": record.captions[j], "image_id": record.image_id}
+
+
+class VqaQuestions(Dataset):
+    """VQA questions with their images and soft answer targets (label, score) pairs."""
+
+    def __init__(
+        self, records: list[VqaRecord], images: ImageReader, targets: list[list[tuple[int, float]]] | None = None
+    ) -> None:
+        self.records = records
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        record = self.records[index]
+        try:
+            pixels = self.images(record.image)
+        except DataError as error:
+            return BadSample(str(record.image), str(error))
+        sample = {"pixels": pixels, "text": record.question, "question_id": record.question_id}
+        if self.targets is not None:
+            sample["targets"] = self.targets[index]
+        return sample

@@ -1,0 +1,37 @@
+"""Reading images, and the transforms of DESIGN.md (resize, centre crop, the encoder's normalisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from meter.errors import DataError
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Reads an image as RGB, or raises a DataError naming the path and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+
+
+def image_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """METER's evaluation transform: bicubic resize of the short side, centre crop, normalise."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )

@@ -1,0 +1,76 @@
+"""An endless, resumable stream of batches: epoch-seeded shuffles, split by rank, restartable at any batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    if not shuffle:
+        return list(range(size))
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+class BatchStream:
+    """Yields batches forever. Batch `k` of the whole run is the same whatever the restarts and worker count.
+
+    Each epoch is a seeded permutation; rank r of w takes every w-th batch-sized slice of it, so w processes with
+    batch b see exactly what one process with batch w * b sees. The last incomplete global batch is dropped.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        collate: Callable[[list[Any]], dict[str, Any]],
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        num_workers: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate = collate
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.batches_per_epoch = len(dataset) // (batch_size * world)  # type: ignore[arg-type]
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} samples are fewer than one global batch of {batch_size * world}")
+        self.batches_seen = start_batch
+
+    def _epoch_batches(self, epoch: int, skip: int) -> list[list[int]]:
+        order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)  # type: ignore[arg-type]
+        global_batch = self.batch_size * self.world
+        batches = []
+        for b in range(skip, self.batches_per_epoch):
+            start = b * global_batch + self.rank * self.batch_size
+            batches.append(order[start : start + self.batch_size])
+        return batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            epoch, skip = divmod(self.batches_seen, self.batches_per_epoch)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._epoch_batches(epoch, skip),
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+                persistent_workers=False,
+            )
+            for batch in loader:
+                self.batches_seen += 1
+                yield batch
+
+    @property
+    def epoch(self) -> float:
+        return self.batches_seen / self.batches_per_epoch

@@ -1,0 +1,136 @@
+"""VQAv2 accuracy, computed exactly as the official evaluation (GT-Vision-Lab/VQA, vqaEval.py) computes it.
+
+The official algorithm, quirks included, because the leaderboard number is what users compare against:
+- the prediction is stripped, then punctuation-processed, then lower-cased with number words mapped to digits,
+  articles dropped and contractions restored;
+- the ten ground-truth answers are punctuation-processed only, and only when they are not all identical
+  (they are never lower-cased);
+- each annotator in turn is left out; the prediction scores min(1, matches among the other nine / 3); the
+  question's accuracy is the mean of the ten;
+- overall, per question type and per answer type are means of those, in percent, rounded to 2 decimals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from meter.errors import DataError
+
+
+def _load_contractions() -> dict[str, str]:
+    table = resources.files("meter.metrics").joinpath("vqa_contractions.tsv").read_text()
+    return dict(line.split("\t") for line in table.splitlines() if line.strip())
+
+
+CONTRACTIONS = _load_contractions()
+MANUAL_MAP = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+ARTICLES = ("a", "an", "the")
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: '(?!<=' is the official pattern (not a lookbehind)
+COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+OFFICIAL_PERIOD_COUNT = re.UNICODE  # the official code passes re.UNICODE (32) as `count`: at most 32 periods go
+
+
+def process_punctuation(text: str) -> str:
+    out = text
+    for p in PUNCTUATION:
+        if (p + " " in text or " " + p in text) or COMMA_STRIP.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return PERIOD_STRIP.sub("", out, count=OFFICIAL_PERIOD_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+    words = [MANUAL_MAP.get(word, word) for word in text.lower().split()]
+    words = [word for word in words if word not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+
+
+def clean_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def normalize_answer(text: str) -> str:
+    """The normal form the official evaluation gives a predicted answer (also used to build the vocabulary)."""
+    return process_digit_article(process_punctuation(clean_whitespace(text)))
+
+
+def question_accuracy(prediction: str, answers: list[dict[str, Any]]) -> float:
+    """One question's accuracy in [0, 1] against its ten annotator answers (dicts with 'answer', 'answer_id')."""
+    predicted = normalize_answer(prediction)
+    truth = [dict(a, answer=clean_whitespace(a["answer"])) for a in answers]
+    if len({a["answer"] for a in truth}) > 1:
+        truth = [dict(a, answer=process_punctuation(a["answer"])) for a in truth]
+    scores = []
+    for left_out in truth:
+        others = [a for a in truth if a != left_out]  # sic: dict equality, as in the official code
+        scores.append(min(1.0, sum(a["answer"] == predicted for a in others) / 3))
+    return sum(scores) / len(scores)
+
+
+@dataclass
+class VqaAccuracy:
+    overall: float
+    per_question_type: dict[str, float]
+    per_answer_type: dict[str, float]
+    per_question: dict[int, float] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall,
+            "per_question_type": self.per_question_type,
+            "per_answer_type": self.per_answer_type,
+        }
+
+
+def _percent(values: list[float], digits: int) -> float:
+    return round(100 * sum(values) / len(values), digits)
+
+
+def vqa_accuracy(annotations: list[dict[str, Any]], predictions: dict[int, str], digits: int = 2) -> VqaAccuracy:
+    """Scores `predictions` (question_id -> answer) on VQAv2 `annotations`, as the official evaluation does.
+
+    Like the official tool, it requires a prediction for every annotated question and none for any other.
+    """
+    annotated = {a["question_id"] for a in annotations}
+    missing, extra = annotated - predictions.keys(), predictions.keys() - annotated
+    if missing or extra:
+        raise DataError(
+            f"predictions do not match the annotations: {len(missing)} annotated questions have no prediction"
+            f" (e.g. {sorted(missing)[:3]}) and {len(extra)} predictions are for unknown questions"
+            f" (e.g. {sorted(extra)[:3]})"
+        )
+    if not annotations:
+        raise DataError("no annotated questions to score")
+    overall: list[float] = []
+    by_question_type: dict[str, list[float]] = defaultdict(list)
+    by_answer_type: dict[str, list[float]] = defaultdict(list)
+    per_question = {}
+    for annotation in annotations:
+        accuracy = question_accuracy(predictions[annotation["question_id"]], annotation["answers"])
+        overall.append(accuracy)
+        by_question_type[annotation["question_type"]].append(accuracy)
+        by_answer_type[annotation["answer_type"]].append(accuracy)
+        per_question[annotation["question_id"]] = round(100 * accuracy, digits)
+    return VqaAccuracy(
+        overall=_percent(overall, digits),
+        per_question_type={k: _percent(v, digits) for k, v in by_question_type.items()},
+        per_answer_type={k: _percent(v, digits) for k, v in by_answer_type.items()},
+        per_question=per_question,
+    )
+
+
+SOFT_SCORES = (0.0, 0.3, 0.6, 0.9, 1.0)
+
+
+def soft_score(count: int) -> float:
+    """The training target for an answer given by `count` annotators (0, 0.3, 0.6, 0.9, 1.0 as in METER/ViLT)."""
+    return SOFT_SCORES[min(count, len(SOFT_SCORES) - 1)]

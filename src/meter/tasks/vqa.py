@@ -1,0 +1,129 @@
+"""VQAv2 fine-tuning and evaluation: answer vocabulary, soft targets, BCE, the official accuracy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from meter.config import Config
+from meter.data.bad_samples import BadSample
+from meter.data.collate import Collate
+from meter.data.datasets import ImageReader, VqaQuestions
+from meter.data.formats.vqa import VqaRecord, read_vqa
+from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy
+from meter.models.folder import ModelFolder
+from meter.models.meter import Meter
+from meter.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def read_vqa_split(cfg: Config, split: str, with_annotations: bool = True) -> list[VqaRecord]:
+    root = Path(cfg.data.root)
+    return read_vqa(
+        questions=root / cfg.vqa.questions.format(split=split),
+        annotations=root / cfg.vqa.annotations.format(split=split) if with_annotations else None,
+        image_dir=root / cfg.data.images,
+        image_pattern=cfg.vqa.image_pattern,
+        split=split,
+    )
+
+
+def answer_vocabulary(records: list[VqaRecord], min_count: int) -> list[str]:
+    """Normalised consensus answers given for at least `min_count` questions, most frequent first (3,129 on
+    VQAv2 train+val with the usual 9)."""
+    counts = Counter(normalize_answer(r.multiple_choice_answer) for r in records)
+    kept = [(answer, n) for answer, n in counts.items() if n >= min_count and answer]
+    return [answer for answer, _ in sorted(kept, key=lambda item: (-item[1], item[0]))]
+
+
+def soft_targets(record: VqaRecord, index: dict[str, int]) -> list[tuple[int, float]]:
+    """(label, score) for each vocabulary answer given by any annotator: 0.3 per annotator, 1.0 from four."""
+    counts = Counter(normalize_answer(a["answer"]) for a in record.answers)
+    return [(index[answer], soft_score(n)) for answer, n in sorted(counts.items()) if answer in index]
+
+
+class VqaTask(nn.Module):
+    def __init__(self, model: Meter, answers: list[str], cfg: Config) -> None:
+        super().__init__()
+        self.model = model
+        self.answers = answers
+        self.cfg = cfg
+
+    def describe(self) -> ModelFolder:
+        heads = {"vqa": len(self.answers)}
+        return ModelFolder(self.cfg, heads, answers=list(self.answers))
+
+    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        return batch
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
+        return self.model.heads["vqa"](fused.joint)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        logits = self.logits(batch)
+        targets = batch["targets"]
+        # METER/ViLT scale the mean BCE by the number of answers (a sum over answers, mean over questions)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
+        score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
+        return {"vqa_loss": loss}, {"vqa_score": float(score)}
+
+
+def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str]) -> VqaQuestions:
+    index = {answer: i for i, answer in enumerate(answers)}
+    return VqaQuestions(records, images, [soft_targets(r, index) for r in records])
+
+
+@torch.no_grad()
+def predict_vqa(
+    task: VqaTask, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int, progress: bool = True
+) -> dict[int, str]:
+    """question_id -> answer for every question; one whose image is unreadable gets the most common answer."""
+    task.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    predictions: dict[int, str] = {}
+    unreadable: list[BadSample] = []
+    for batch in tqdm(loader, desc="vqa eval", unit="batch", disable=not progress):
+        unreadable += batch["bad"]
+        if batch["size"] == 0:
+            continue
+        batch = {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        with runtime.autocast():
+            labels = task.logits(batch).argmax(-1).tolist()
+        for question_id, label in zip(batch["question_id"].tolist(), labels, strict=True):
+            predictions[question_id] = task.answers[label]
+    if unreadable:
+        log.warning("vqa eval: %d questions had unreadable images (first: %s); they get the most common answer",
+                    len(unreadable), unreadable[0].reason)  # fmt: skip
+        for record in dataset.records:
+            predictions.setdefault(record.question_id, task.answers[0])
+    task.train()
+    return predictions
+
+
+def annotations_of(records: list[VqaRecord]) -> list[dict[str, Any]]:
+    return [
+        {"question_id": r.question_id, "answers": list(r.answers), "question_type": r.question_type,
+         "answer_type": r.answer_type}
+        for r in records
+    ]  # fmt: skip
+
+
+def write_predictions(predictions: dict[int, str], path: str | Path) -> None:
+    """The VQAv2 test-dev submission format: [{"question_id": int, "answer": str}, ...]."""
+    rows = [{"question_id": q, "answer": a} for q, a in sorted(predictions.items())]
+    Path(path).write_text(json.dumps(rows))
+
+
+def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str]) -> VqaAccuracy:
+    return vqa_accuracy(annotations_of(records), predictions)

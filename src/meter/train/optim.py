@@ -1,0 +1,75 @@
+"""AdamW with METER's parameter groups, and warmup-then-linear-decay counted in optimizer steps."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from meter.config import TrainConfig
+
+log = logging.getLogger(__name__)
+NO_DECAY_MARKERS = ("bias", "norm", "LayerNorm", "ln_", "token_type", "position", "pos_embed", "cls_token")
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim < 2 or any(marker in name for marker in NO_DECAY_MARKERS)
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Encoders at the base LR, new cross-modal parts at lr_mult_cross_modal, heads at lr_mult_head;
+    each split into weight-decayed and not (biases, norms, embeddings of positions and types)."""
+    heads = {id(p) for p in model.heads.parameters()}
+    new = {id(p) for module in model.new_modules() for p in module.parameters()}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    names: dict[tuple[str, bool], list[str]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "head" if id(param) in heads else "cross_modal" if id(param) in new else "encoder"
+        key = (part, _no_decay(name, param))
+        groups.setdefault(key, []).append(param)
+        names.setdefault(key, []).append(name)
+    mult = {"encoder": 1.0, "cross_modal": cfg.lr_mult_cross_modal, "head": cfg.lr_mult_head}
+    result = []
+    for (part, no_decay), params in sorted(groups.items()):
+        result.append(
+            {
+                "params": params,
+                "lr": cfg.lr * mult[part],
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "name": f"{part}{'/no_decay' if no_decay else ''}",
+            }
+        )
+    return result
+
+
+def describe_groups(groups: list[dict]) -> str:
+    lines = ["parameter groups:"]
+    for g in groups:
+        count = sum(p.numel() for p in g["params"])
+        lines.append(f"  {g['name']:<22} lr {g['lr']:.2e}  wd {g['weight_decay']:<5} {count:>12,} parameters")
+    return "\n".join(lines)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    groups = parameter_groups(model, cfg)
+    log.info(describe_groups(groups))
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda",
+    )  # fmt: skip
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
+    """Linear warmup over warmup_ratio of the optimizer steps, then linear decay to 0 at total_steps."""
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return LambdaLR(optimizer, factor)
