@@ -7,6 +7,7 @@ reads naturally on the command line and in YAML.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -37,6 +38,7 @@ class TextConfig:
     weights: str | None = None  # local Hugging Face model folder; None = random init from the preset
     tokenizer: str | None = None  # local Hugging Face tokenizer folder; None = `weights`
     max_length: int = 40
+    hf_kwargs: dict[str, Any] = field(default_factory=dict)  # extra transformers config values for the preset
 
 
 @dataclass
@@ -99,7 +101,8 @@ class VqaConfig:
 class TrainConfig:
     out: str = "runs/shapes"
     init_from: str | None = None  # a checkpoint folder to start from (fine-tuning a pretrained model)
-    max_steps: int = 200
+    max_steps: int = 200  # optimizer steps; the LR schedule spans them
+    stop_at: int = 0  # stop after this step (a time-limited job); resume later with --resume latest. 0: max_steps
     batch_size: int = 64  # per process, per micro-batch
     grad_accum: int = 1
     lr: float = 1e-4  # the pretrained encoders' learning rate
@@ -194,6 +197,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
@@ -258,7 +266,7 @@ def apply_override(cfg: Any, override: str) -> None:
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: Config | None = None) -> Config:
     """Reads a YAML recipe (or starts from defaults) and applies `key=value` overrides in order."""
-    cfg = base or Config()
+    cfg = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
         path = Path(path)
         if not path.is_file():

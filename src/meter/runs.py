@@ -26,6 +26,7 @@ from meter.tasks.vqa import (
 )
 from meter.train.loop import fit
 from meter.train.runtime import setup_runtime
+from meter.validate import validate
 
 log = logging.getLogger(__name__)
 PRETRAIN_SPLITS = ("train", "restval")
@@ -33,6 +34,7 @@ PRETRAIN_SPLITS = ("train", "restval")
 
 def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
     """MLM + ITM on the Karpathy train (+ restval) captions; returns the final checkpoint."""
+    validate(cfg)
     runtime = setup_runtime(cfg.train)
     tokenizer = task_tokenizer(cfg)
     heads = pretrain_heads(tokenizer, cfg.objectives)
@@ -47,8 +49,9 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
 
 def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Fine-tunes on the task's training split, then evaluates on its evaluation split."""
-    if cfg.task != "vqa":
-        raise ConfigError(f"task = {cfg.task!r} cannot be fine-tuned; choose one of: vqa")
+    validate(cfg)
+    if cfg.task == "pretrain":
+        raise ConfigError("task = 'pretrain' is not a downstream task; use `meter pretrain`, or set task=vqa")
     runtime = setup_runtime(cfg.train)
     train_records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
     answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)

@@ -66,6 +66,8 @@ class BatchStream:
                 collate_fn=self.collate,
                 num_workers=self.num_workers,
                 persistent_workers=False,
+                # its own generator: a new loader must not draw from the global RNG (dropout would shift on resume)
+                generator=torch.Generator().manual_seed(self.seed * 7919 + epoch),
             )
             for batch in loader:
                 self.batches_seen += 1

@@ -19,13 +19,28 @@ from meter.errors import DataError
 TOKENIZER_KINDS = ("wordpiece", "bpe")
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+def _wordpiece_pipeline(tok: Tokenizer) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    texts = list(texts)
+    tok = _wordpiece_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    # The trainer numbers continuation pieces (##x) in hash order, and merges between equally frequent pairs
+    # follow those numbers. Giving every ##x a fixed number first (as a reserved token) makes training
+    # deterministic; the vocabulary is then rebuilt without the reservations.
+    normalize = tok.normalizer.normalize_str
+    characters = sorted({c for text in texts for c in normalize(text) if not c.isspace()})
+    reserved = specials + [f"##{c}" for c in characters]
     tok.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=reserved, show_progress=False)
+    )
+    learned = sorted(t for t in tok.get_vocab() if t not in specials)  # WordPiece ids carry no meaning: sorted
+    tok = _wordpiece_pipeline(
+        Tokenizer(models.WordPiece({t: i for i, t in enumerate(specials + learned)}, unk_token="[UNK]"))
     )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(

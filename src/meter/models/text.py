@@ -55,7 +55,7 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
         vocab_size=vocab_size,
         pad_token_id=pad_token_id,
         max_position_embeddings=cfg.max_length + spec.position_offset,
-        **spec.sizes[cfg.size],
+        **{**spec.sizes[cfg.size], **cfg.hf_kwargs},
     )
 
 

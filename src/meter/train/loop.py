@@ -88,7 +88,8 @@ def fit(
     window: dict[str, list[float]] = defaultdict(list)
     window_start, window_samples = time.perf_counter(), 0
     task.train()
-    for step in range(progress.step, train.max_steps):
+    last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
+    for step in range(progress.step, last_step):
         step_losses: dict[str, float] = defaultdict(float)
         finite = True
         for _ in range(train.grad_accum):
@@ -139,7 +140,7 @@ def fit(
             window.clear()
             window_start, window_samples = time.perf_counter(), 0
         bar.update(1)
-        if runtime.is_main and (progress.step % train.checkpoint_every == 0 or progress.step == train.max_steps):
+        if runtime.is_main and (progress.step % train.checkpoint_every == 0 or progress.step == last_step):
             checkpoints.save(model, tokenizer, task.describe(), optimizer, scheduler, progress)
     bar.close()
     metrics.close()
@@ -150,7 +151,7 @@ def fit(
         keys = sorted({k for r in records for k in r if k.endswith("_loss")})
         if keys:
             plot_curves({out.name: records}, keys, out / "loss_curves.png", title=f"{cfg.task}: {out.name}")
-    return checkpoints.path(train.max_steps)
+    return checkpoints.path(last_step)
 
 
 def _distribute(task: nn.Module, runtime: Runtime) -> nn.Module:

@@ -1,0 +1,29 @@
+"""Checks a config's names against the registries before any work starts, so a typo fails in the first second."""
+
+from __future__ import annotations
+
+from meter.config import Config
+from meter.errors import ConfigError
+from meter.models.catalog import ARCHITECTURES
+from meter.models.fusion import FUSIONS
+from meter.models.text import TEXT
+from meter.models.vision import resolve_vision
+from meter.train.runtime import pick_dtype, pick_device
+
+TASKS = ("pretrain", "vqa")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task = {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    resolve_vision(cfg.model.vision)
+    TEXT.get(cfg.model.text.name, key="model.text")
+    FUSIONS.get(cfg.model.fusion.name, key="model.fusion")
+    if cfg.model.architecture not in ARCHITECTURES:
+        raise ConfigError(
+            f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
+        )
+    pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
+    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small shapes world on disk (with its trained tokenizers) and a micro model config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from meter.config import Config, load_config
+from meter.data.shapes import WorldSpec, generate
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MICRO = [
+    "model.vision.timm_kwargs={embed_dim: 32, depth: 1, num_heads: 2, patch_size: 16}",
+    "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}",
+    "model.fusion.layers=1",
+    "model.fusion.width=32",
+    "model.fusion.heads=2",
+    "train.batch_size=8",
+    "train.progress=false",
+    "train.log_every=1",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--include-slow", action="store_true", help="also run tests marked slow (CI does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--include-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --include-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shapes_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 images (48 train, 6 val, 6 test), 3 questions each; read-only for tests: copy before changing it."""
+    out = tmp_path_factory.mktemp("shapes")
+    generate(out, WorldSpec(images=60, seed=3, questions_per_image=3, vocab_size=300), progress=False)
+    return out
+
+
+@pytest.fixture
+def micro_config(shapes_world: Path, tmp_path: Path) -> Config:
+    """A model of a few thousand parameters on the small world: seconds per run."""
+    return load_config(
+        None, [f"data.root={shapes_world}", f"train.out={tmp_path / 'run'}", "vqa.min_answer_count=1", *MICRO]
+    )

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from meter.config import Config, apply_override, load_config
+from meter.errors import ConfigError
+
+
+def test_override_sets_nested_value_with_its_type():
+    cfg = load_config(None, ["train.max_steps=200", "train.lr=1e-4", "train.betas=[0.9, 0.99]"])
+    assert cfg.train.max_steps == 200
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.betas == [0.9, 0.99]
+
+
+def test_section_shorthand_sets_its_name():
+    cfg = load_config(None, ["model.vision=deit", "model.fusion=merged"])
+    assert cfg.model.vision.name == "deit"
+    assert cfg.model.fusion.name == "merged"
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.max_step=3"])
+    message = str(error.value)
+    assert "train.max_step" in message and "max_steps" in message and "batch_size" in message
+
+
+def test_wrong_type_names_the_key_and_the_expected_type():
+    with pytest.raises(ConfigError, match=r"train\.max_steps = 'many' must be an integer"):
+        load_config(None, ["train.max_steps=many"])
+
+
+def test_integer_is_accepted_where_a_float_is_expected():
+    cfg = Config()
+    apply_override(cfg, "train.lr=1")
+    assert isinstance(cfg.train.lr, float)
+
+
+def test_null_clears_an_optional_path():
+    cfg = load_config(None, ["train.init_from=runs/x", "train.init_from=null"])
+    assert cfg.train.init_from is None
+
+
+def test_yaml_file_with_unknown_section_is_an_error(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("modle:\n  vision: vit\n")
+    with pytest.raises(ConfigError, match="modle is not a setting.*did you mean 'model'"):
+        load_config(path)
+
+
+def test_yaml_file_overrides_then_command_line_overrides(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 7\n  lr: 0.5\nmodel:\n  text: roberta\n")
+    cfg = load_config(path, ["train.max_steps=9"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.model.text.name) == (9, 0.5, "roberta")
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+def test_missing_config_file_names_the_path(tmp_path: Path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_unknown_registry_name_lists_the_choices(micro_config: Config):
+    from meter.models.fusion import build_fusion
+
+    micro_config.model.fusion.name = "cross"
+    with pytest.raises(
+        ConfigError, match="model.fusion = 'cross' is not a fusion; choose one of: co-attention, merged"
+    ):
+        build_fusion(micro_config.model.fusion)

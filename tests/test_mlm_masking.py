@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from meter.data.collate import Collate
+from meter.data.tokenizers import load_tokenizer, train_tokenizer
+from meter.objectives.mlm import IGNORE, mask_tokens
+
+TEXTS = ["a small purplediamond next to an orangetriangle", "twocircles and threesquares were drawn"] * 20
+
+
+@pytest.fixture(scope="module", params=["wordpiece", "bpe"])
+def small_vocab_tokenizer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A deliberately small vocabulary, so that long words split into several pieces."""
+    folder = tmp_path_factory.mktemp(request.param)
+    vocab = 60 if request.param == "wordpiece" else 280
+    train_tokenizer(request.param, TEXTS, folder, vocab_size=vocab)
+    return load_tokenizer(folder)
+
+
+def _batch(tokenizer, texts):
+    return Collate(tokenizer, max_length=40)([{"text": t, "pixels": torch.zeros(3, 4, 4)} for t in texts])
+
+
+def _mask(tokenizer, batch, seed, probability=0.15, whole_word=True):
+    special = set(tokenizer.all_special_ids)
+    replacements = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+    generator = torch.Generator().manual_seed(seed)
+    return mask_tokens(
+        batch["input_ids"], batch["word_ids"], tokenizer.mask_token_id, replacements, probability, generator, whole_word
+    )
+
+
+def test_words_split_into_several_pieces(small_vocab_tokenizer):
+    batch = _batch(small_vocab_tokenizer, TEXTS[:2])
+    words = batch["word_ids"][0]
+    assert (words[1:] == words[:-1])[words[1:] >= 0].any(), "expected a word of several tokens"
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word(small_vocab_tokenizer):
+    batch = _batch(small_vocab_tokenizer, TEXTS * 3)
+    for seed in range(20):
+        _, labels = _mask(small_vocab_tokenizer, batch, seed, probability=0.3)
+        masked = labels != IGNORE
+        for row in range(len(labels)):
+            words = batch["word_ids"][row]
+            for word in words[words >= 0].unique():
+                pieces = masked[row][words == word]
+                assert pieces.all() or not pieces.any()
+
+
+def test_special_and_padding_tokens_are_never_masked(small_vocab_tokenizer):
+    batch = _batch(small_vocab_tokenizer, ["a", *TEXTS[:5]])
+    _, labels = _mask(small_vocab_tokenizer, batch, seed=0, probability=0.9)
+    assert (labels[batch["word_ids"] < 0] == IGNORE).all()
+    assert ((labels != IGNORE).sum(dim=1) > 0).all(), "every sequence gets at least one masked word"
+
+
+def test_masks_are_fresh_per_draw_and_reproducible_per_seed(small_vocab_tokenizer):
+    batch = _batch(small_vocab_tokenizer, TEXTS)
+    first, _ = _mask(small_vocab_tokenizer, batch, seed=1)
+    again, _ = _mask(small_vocab_tokenizer, batch, seed=1)
+    other, _ = _mask(small_vocab_tokenizer, batch, seed=2)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_masked_tokens_split_80_10_10(shapes_world: Path):
+    tokenizer = load_tokenizer(shapes_world / "tokenizers/wordpiece")
+    batch = _batch(tokenizer, ["a red circle at the top left and a small blue square at the bottom"] * 400)
+    out, labels = _mask(tokenizer, batch, seed=0, probability=0.5, whole_word=False)
+    chosen = labels != IGNORE
+    as_mask = (out == tokenizer.mask_token_id) & chosen
+    kept = (out == batch["input_ids"]) & chosen
+    total = chosen.sum().item()
+    assert as_mask.sum().item() / total == pytest.approx(0.8, abs=0.03)
+    assert kept.sum().item() / total == pytest.approx(0.1 + 0.1 / len(tokenizer), abs=0.03)
+    assert (out[~chosen] == batch["input_ids"][~chosen]).all()

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from meter.config import Config
+from meter.data.tokenizers import load_tokenizer
+from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
+from meter.models.meter import build_meter
+from meter.tasks.build import tokenizer_path
+
+
+def _inputs(tokenizer, image_size=64, batch=3):
+    encoded = tokenizer(["a red circle", "what shape is the blue object?", "two"], padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    return torch.randn(batch, 3, image_size, image_size), encoded["input_ids"], encoded["attention_mask"]
+
+
+@pytest.mark.parametrize("fusion", ["co-attention", "merged"])
+@pytest.mark.parametrize(("vision", "text"), [("vit", "bert"), ("clip-vit", "roberta"), ("deit", "bert")])
+def test_forward_and_backward_reach_every_parameter(micro_config: Config, vision: str, text: str, fusion: str):
+    cfg = micro_config.model
+    cfg.vision.name, cfg.text.name, cfg.fusion.name = vision, text, fusion
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    model = build_meter(cfg, len(tokenizer), tokenizer.pad_token_id, {"itm": 2, "vqa": 5})
+    pixels, ids, mask = _inputs(tokenizer)
+    fused = model(pixels, ids, mask)
+    assert fused.text.shape == (3, ids.shape[1], cfg.fusion.width)
+    assert fused.image.shape[0] == 3 and fused.image.shape[2] == cfg.fusion.width
+    assert fused.joint.shape == (3, 2 * cfg.fusion.width)
+    loss = model.heads["itm"](fused.joint).sum() + model.heads["vqa"](fused.joint).sum()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == [], no_grad
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_padding_does_not_change_the_fused_features(micro_config: Config):
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id, {}).eval()
+    pixels, _, _ = _inputs(tokenizer, batch=1)
+    short = tokenizer(["a red circle"], return_tensors="pt")
+    padded = tokenizer(["a red circle"], padding="max_length", max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        a = model(pixels, short["input_ids"], short["attention_mask"])
+        b = model(pixels, padded["input_ids"], padded["attention_mask"])
+    n = short["input_ids"].shape[1]
+    torch.testing.assert_close(a.joint, b.joint, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.text, b.text[:, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_model_folder_round_trip_gives_identical_outputs(micro_config: Config, tmp_path: Path):
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id, {"mlm": len(tokenizer)}).eval()
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, {"mlm": len(tokenizer)}))
+    loaded, loaded_tokenizer, description = load_model_folder(tmp_path / "m")
+    loaded.eval()
+    assert description.heads == {"mlm": len(tokenizer)}
+    pixels, ids, mask = _inputs(loaded_tokenizer)
+    with torch.no_grad():
+        a, b = model(pixels, ids, mask), loaded(pixels, ids, mask)
+        assert torch.equal(a.joint, b.joint)
+        assert torch.equal(model.heads["mlm"](a.text), loaded.heads["mlm"](b.text))
