@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from meter.config import Config, load_config
-from meter.data.shapes import WorldSpec, generate
+from meter.data.shapes import WorldSpec, generate, generate_tasks
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,9 @@ MICRO = [
     "train.progress=false",
     "train.log_every=1",
 ]
+
+
+SHAPES_SPEC = WorldSpec(images=60, seed=3, questions_per_image=3, vocab_size=300)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,7 +46,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shapes_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 images (48 train, 6 val, 6 test), 3 questions each; read-only for tests: copy before changing it."""
     out = tmp_path_factory.mktemp("shapes")
-    generate(out, WorldSpec(images=60, seed=3, questions_per_image=3, vocab_size=300), progress=False)
+    generate(out, SHAPES_SPEC, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_tasks_world(shapes_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small world plus its downstream-task files (Flickr30k-style split, SNLI-VE, NLVR2); read-only."""
+    out = tmp_path_factory.mktemp("shapes_tasks") / "world"
+    shutil.copytree(shapes_world, out)
+    generate_tasks(out, SHAPES_SPEC, progress=False)
     return out
 
 
@@ -52,3 +65,28 @@ def micro_config(shapes_world: Path, tmp_path: Path) -> Config:
     return load_config(
         None, [f"data.root={shapes_world}", f"train.out={tmp_path / 'run'}", "vqa.min_answer_count=1", *MICRO]
     )
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoints(shapes_tasks_world: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`get(task)`: the final checkpoint of a micro model pretrained (task "pretrain") or fine-tuned from that for a
+    few steps on the small world; each is trained once per session, on first use."""
+    from meter.runs import run_finetune, run_pretrain
+
+    root = tmp_path_factory.mktemp("micro_checkpoints")
+    base = load_config(None, [f"data.root={shapes_tasks_world}", "vqa.min_answer_count=1", *MICRO])
+    made: dict[str, Path] = {}
+
+    def get(task: str) -> Path:
+        if task not in made:
+            out = root / task
+            if task == "pretrain":
+                made[task] = run_pretrain(load_config(None, [f"train.out={out}", "train.max_steps=2"], base=base))
+            else:
+                cfg = load_config(None, [f"task={task}", f"train.out={out}", "train.max_steps=2",
+                                         f"train.init_from={get('pretrain')}"], base=base)  # fmt: skip
+                run_finetune(cfg)
+                made[task] = out / "checkpoints" / "step_00000002"
+        return made[task]
+
+    return get

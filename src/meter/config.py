@@ -98,6 +98,38 @@ class VqaConfig:
 
 
 @dataclass
+class Nlvr2Config:
+    train_split: str = "train"
+    eval_split: str = "dev"  # dev or test1 (the public test)
+    file: str = "nlvr2/data/{split}.json"  # JSON lines, relative to data.root
+    image_dirs: dict[str, str] = field(  # per split, relative to data.root; a line's `directory` is below it
+        default_factory=lambda: {"train": "nlvr2/images/train", "dev": "nlvr2/dev", "test1": "nlvr2/test1"}
+    )
+
+
+@dataclass
+class SnliVeConfig:
+    train_split: str = "train"
+    eval_split: str = "dev"  # dev or test
+    file: str = "snli_ve/snli_ve_{split}.jsonl"  # relative to data.root
+    images: str = "images/flickr30k-images"  # the Flickr30k image folder, relative to data.root
+    image_pattern: str = "{image_id}.jpg"  # takes {image_id} (the Flickr30K_ID)
+
+
+@dataclass
+class RetrievalConfig:
+    karpathy: str = "karpathy/dataset_flickr30k.json"  # or karpathy/dataset_coco.json, relative to data.root
+    images: str = "images/flickr30k-images"  # below it: each entry's filepath/filename (COCO: set to "images")
+    train_splits: list[str] = field(default_factory=lambda: ["train"])  # COCO: [train, restval]
+    eval_split: str = "test"
+    max_eval_images: int = 0  # evaluate on the first N images of eval_split (0: all; Flickr30k 1K, COCO 5K)
+    negatives: int = 3  # hard negatives per positive pair in the ranking loss, in each direction
+    itc: float = 1.0  # weight of the contrastive loss that trains the shortlist's unimodal embeddings; 0: off
+    temperature: float = 0.05  # of that contrastive loss
+    shortlist: int = 16  # candidates per query the fused model re-scores (at least 10); 0: score every pair
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/shapes"
     init_from: str | None = None  # a checkpoint folder to start from (fine-tuning a pretrained model)
@@ -133,6 +165,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     vqa: VqaConfig = field(default_factory=VqaConfig)
+    nlvr2: Nlvr2Config = field(default_factory=Nlvr2Config)
+    snli_ve: SnliVeConfig = field(default_factory=SnliVeConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 C = TypeVar("C")

@@ -32,11 +32,12 @@ class DemoPlan:
     pretrain_steps: int = 200
     vqa_steps: int = 300
     seed: int = 0
+    task_steps: int = 300  # each of the other downstream tasks (--tasks all)
 
     @classmethod
     def quick(cls) -> DemoPlan:
         """A smoke-test budget: every stage runs, nothing learns much."""
-        return cls(images=120, pretrain_steps=4, vqa_steps=4)
+        return cls(images=120, pretrain_steps=4, vqa_steps=4, task_steps=4)
 
 
 def recipe(name: str) -> Path:
@@ -63,7 +64,7 @@ def _vqa(cfg: Config) -> dict[str, Any]:
     return run_finetune(cfg, resume=_resume_arg(cfg))
 
 
-def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True, tasks: str = "vqa") -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -89,14 +90,25 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
         results[name] = _vqa(cfg)
         timings[f"vqa_{name}"] = time.perf_counter() - start - sum(timings.values())
 
+    extra: dict[str, Any] = {}
+    if tasks == "all":  # every other downstream task, after VQA (the VQA-only demo is unchanged)
+        from meter.demo_tasks import run_task_demos
+
+        extra = run_task_demos(out, data, spec, checkpoint, plan.task_steps, common, timings, progress)
+
     _plot(out)
     report = {
         "vqa": results,
+        **extra,
         "plan": plan.__dict__,
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - start, 1)},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(results_table(report))
+    if extra:
+        from meter.demo_tasks import tasks_table
+
+        print(tasks_table(extra))
     return report
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,11 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
 from meter.errors import ConfigError
-from meter.models.folder import load_model_folder
 from meter.tasks.build import build_model, image_reader, task_tokenizer
+from meter.tasks.catalog import DOWNSTREAM
+from meter.tasks.downstream import Downstream
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
-from meter.tasks.vqa import (
-    VqaTask,
-    answer_vocabulary,
-    evaluate_predictions,
-    predict_vqa,
-    read_vqa_split,
-    vqa_dataset,
-    write_predictions,
-)
+from meter.tasks.vqa import evaluate_vqa
 from meter.train.loop import fit
 from meter.train.runtime import setup_runtime
 from meter.validate import validate
@@ -50,40 +42,27 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
 def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Fine-tunes on the task's training split, then evaluates on its evaluation split."""
     validate(cfg)
-    if cfg.task == "pretrain":
-        raise ConfigError("task = 'pretrain' is not a downstream task; use `meter pretrain`, or set task=vqa")
+    downstream = downstream_task(cfg.task)
     runtime = setup_runtime(cfg.train)
-    train_records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
-    answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)
-    if not answers:
+    job = downstream.setup(cfg)
+    checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume)
+    return downstream.evaluate(cfg, checkpoint, Path(cfg.train.out))
+
+
+def downstream_task(name: str) -> Downstream:
+    if name == "pretrain":
         raise ConfigError(
-            f"vqa.min_answer_count = {cfg.vqa.min_answer_count}: no answer is that frequent in "
-            f"{', '.join(cfg.vqa.train_splits)}; lower it"
+            f"task = 'pretrain' is not a downstream task; use `meter pretrain`, or set task to one of: "
+            f"{', '.join(DOWNSTREAM.names())}"
         )
-    tokenizer = task_tokenizer(cfg)
-    model = build_model(cfg, tokenizer, {"vqa": len(answers)})
-    images = image_reader(cfg, model)
-    dataset = vqa_dataset(train_records, images, answers)
-    log.info("vqa: %d training questions, %d answers in the vocabulary", len(dataset), len(answers))
-    task = VqaTask(model, answers, cfg)
-    collate = Collate(tokenizer, cfg.model.text.max_length, num_labels=len(answers))
-    checkpoint = fit(cfg, task, dataset, collate, tokenizer, runtime, resume)
-    return evaluate_vqa_run(cfg, checkpoint, Path(cfg.train.out))
+    return DOWNSTREAM.get(name, key="task")
+
+
+def evaluate_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """Evaluates a model folder on cfg.task's evaluation split; writes predictions and leaderboard files to `out`."""
+    return downstream_task(cfg.task).evaluate(cfg, checkpoint, out)
 
 
 def evaluate_vqa_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
-    """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
-    runtime = setup_runtime(cfg.train)
-    model, tokenizer, description = load_model_folder(checkpoint)
-    model.to(runtime.device)
-    records = read_vqa_split(cfg, cfg.vqa.eval_split)
-    task = VqaTask(model, description.answers, description.config)
-    collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
-    images = image_reader(cfg, model)
-    dataset = vqa_dataset(records, images, description.answers)
-    predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(predictions, out / f"vqa_predictions_{cfg.vqa.eval_split}.json")
-    accuracy = evaluate_predictions(records, predictions).to_dict()
-    (out / f"vqa_accuracy_{cfg.vqa.eval_split}.json").write_text(json.dumps(accuracy, indent=1))
-    return accuracy
+    """Predicts the VQA evaluation split with a model folder; writes predictions and scores (if annotated)."""
+    return evaluate_vqa(cfg, checkpoint, out)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from meter.errors import MeterError
 
 # module name -> adds its subparser and returns the function that runs it
-COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "demo", "models")
+COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "predict", "demo", "models")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

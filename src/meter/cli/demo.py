@@ -9,7 +9,8 @@ from collections.abc import Callable
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("demo", help="prepare, pretrain, fine-tune and evaluate on the shapes world")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--tasks", default="vqa", choices=["vqa"], help="downstream tasks to run")
+    parser.add_argument("--tasks", default="vqa", choices=["vqa", "all"],
+                        help="downstream tasks to run: vqa, or all (adds nlvr2, snli_ve, retrieval)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke-test budget (seconds, learns nothing)")
     parser.add_argument("--seed", type=int, default=0)
     return run
@@ -19,6 +20,6 @@ def run(args: argparse.Namespace) -> int:
     from meter.demo import DemoPlan, run_demo
 
     plan = DemoPlan.quick() if args.quick else DemoPlan()
-    run_demo(args.out, DemoPlan(**{**plan.__dict__, "seed": args.seed}))
+    run_demo(args.out, DemoPlan(**{**plan.__dict__, "seed": args.seed}), tasks=args.tasks)
     print(f"report: {args.out}/report.json")
     return 0

@@ -1,4 +1,12 @@
-"""`meter evaluate vqa ...`: score a predictions file like the official tool, or predict with a checkpoint."""
+"""`meter evaluate TASK ...`: score a predictions file like the official tool, or predict with a checkpoint.
+
+meter evaluate vqa --questions Q --annotations A --predictions P      the official VQAv2 accuracy
+meter evaluate nlvr2 --labels dev.json --predictions P.csv            the official NLVR2 accuracy, consistency
+meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
+    predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval), prints the metrics and
+    writes the leaderboard files to --out (default C/eval): VQA test-dev JSON, NLVR2 identifier,prediction CSV,
+    SNLI-VE predictions, retrieval rankings
+"""
 
 from __future__ import annotations
 
@@ -7,36 +15,56 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+CHECKPOINT_TASKS = {
+    "vqa": "VQAv2 accuracy (official algorithm)",
+    "nlvr2": "NLVR2 accuracy and consistency (official script)",
+    "snli_ve": "SNLI-VE accuracy",
+    "retrieval": "image-text retrieval R@1/5/10",
+}
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("evaluate", help="evaluate predictions or a checkpoint")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    vqa = tasks.add_parser("vqa", help="VQAv2 accuracy (official algorithm)")
-    vqa.add_argument("--annotations", help="VQAv2 annotation JSON (scores --predictions against it)")
-    vqa.add_argument("--questions", help="VQAv2 question JSON (checked against the predictions)")
-    vqa.add_argument("--predictions", help='[{"question_id": .., "answer": ..}] as the leaderboard takes')
-    vqa.add_argument("--checkpoint", help="a model folder: predict the config's vqa.eval_split with it")
-    vqa.add_argument("--config", help="YAML recipe for data paths (with --checkpoint)")
-    vqa.add_argument("--out", help="where to write predictions (with --checkpoint)")
-    vqa.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    for name, help_text in CHECKPOINT_TASKS.items():
+        sub = tasks.add_parser(name, help=help_text)
+        sub.add_argument("--checkpoint", help="a model folder: predict the config's evaluation split with it")
+        sub.add_argument("--config", help="YAML recipe for data paths (with --checkpoint)")
+        sub.add_argument("--out", help="where to write predictions (with --checkpoint; default CHECKPOINT/eval)")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        if name == "vqa":
+            sub.add_argument("--annotations", help="VQAv2 annotation JSON (scores --predictions against it)")
+            sub.add_argument("--questions", help="VQAv2 question JSON (checked against the predictions)")
+            sub.add_argument("--predictions", help='[{"question_id": .., "answer": ..}] as the leaderboard takes')
+        if name == "nlvr2":
+            sub.add_argument("--labels", help="an NLVR2 JSON-lines file with labels (scores --predictions)")
+            sub.add_argument("--predictions", help="identifier,prediction lines as the leaderboard takes")
     return run
 
 
 def run(args: argparse.Namespace) -> int:
     from meter.errors import MeterError
 
-    if args.task == "vqa":
-        if args.checkpoint:
-            from meter.config import load_config
-            from meter.runs import evaluate_vqa_run
+    if args.checkpoint:
+        from meter.config import load_config
+        from meter.runs import evaluate_run
 
-            cfg = load_config(args.config, args.overrides)
-            out = Path(args.out or Path(args.checkpoint) / "eval")
-            print(json.dumps(evaluate_vqa_run(cfg, args.checkpoint, out), indent=1))
-            return 0
+        cfg = load_config(args.config, args.overrides)
+        cfg.task = args.task
+        out = Path(args.out or Path(args.checkpoint) / "eval")
+        print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
+    elif args.task == "vqa":
         if not (args.annotations and args.predictions):
             raise MeterError("evaluate vqa needs --annotations and --predictions, or --checkpoint")
         from meter.metrics.vqa_files import score_files
 
         print(json.dumps(score_files(args.questions, args.annotations, args.predictions).to_dict(), indent=1))
+    elif args.task == "nlvr2":
+        if not (args.labels and args.predictions):
+            raise MeterError("evaluate nlvr2 needs --labels and --predictions, or --checkpoint")
+        from meter.metrics.nlvr2 import score_nlvr2_files
+
+        print(json.dumps(score_nlvr2_files(args.labels, args.predictions).to_dict(), indent=1))
+    else:
+        raise MeterError(f"evaluate {args.task} needs --checkpoint")
     return 0

@@ -31,7 +31,7 @@ class Collate:
             [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(good))], dtype=torch.long
         )
         batch["pixels"] = torch.stack([s["pixels"] for s in good])
-        for key in ("image_id", "question_id"):
+        for key in ("image_id", "question_id", "label", "index"):
             if key in good[0]:
                 batch[key] = torch.tensor([s[key] for s in good], dtype=torch.long)
         if self.num_labels is not None and "targets" in good[0]:

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from meter.config import Config
 from meter.data.datasets import ImageReader
 from meter.data.images import image_transform
 from meter.data.tokenizers import load_tokenizer
-from meter.models.folder import TEXT_CONFIG, WEIGHTS, load_weights, read_model_folder
+from meter.models.folder import (
+    TEXT_CONFIG,
+    WEIGHTS,
+    ModelFolder,
+    load_model_folder,
+    load_weights,
+    read_model_folder,
+)
 from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
 
 log = logging.getLogger(__name__)
+TOKEN_TYPES = "token_type.weight"
 
 
 def tokenizer_path(cfg: Config) -> Path:
@@ -47,6 +58,8 @@ def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str
     text_config = AutoConfig.from_pretrained(str(Path(source) / TEXT_CONFIG), local_files_only=True)
     model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types, text_config)
     not_loaded = load_weights(model, Path(source) / WEIGHTS)
+    if TOKEN_TYPES in not_loaded and expand_token_types(model, Path(source) / WEIGHTS):
+        not_loaded.remove(TOKEN_TYPES)
     unexpected = [k for k in not_loaded if not k.startswith("heads.")]
     if unexpected:
         log.warning("train.init_from: %d weights not in %s, e.g. %s", len(unexpected), source, unexpected[:3])
@@ -57,6 +70,42 @@ def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str
         ", ".join(sorted({k.split(".")[1] for k in not_loaded if k.startswith("heads.")})) or "none",
     )
     return model
+
+
+def expand_token_types(model: Meter, weights: Path) -> bool:
+    """Loads a checkpoint's token-type rows into a model with more of them; the extra rows (NLVR2's second image)
+    start as copies of the last (image) row, as METER does. False when the checkpoint's rows do not fit."""
+    with safe_open(str(weights), framework="pt") as f:
+        if TOKEN_TYPES not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            return False
+        saved = f.get_tensor(TOKEN_TYPES)
+    rows = model.token_type.weight
+    if saved.ndim != 2 or saved.shape[1] != rows.shape[1] or len(saved) >= len(rows):
+        return False
+    with torch.no_grad():
+        rows[: len(saved)] = saved
+        rows[len(saved) :] = saved[-1]
+    log.info("token types: %d rows from the checkpoint, %d more start as its image row", len(saved),
+             len(rows) - len(saved))  # fmt: skip
+    return True
+
+
+@dataclass
+class EvalModel:
+    """A model folder loaded for evaluation or prediction, with the image reading its config asks for."""
+
+    model: Meter
+    tokenizer: PreTrainedTokenizerBase
+    description: ModelFolder
+    images: ImageReader
+
+
+def load_for_eval(checkpoint: str | Path, device: torch.device, blind: bool = False) -> EvalModel:
+    model, tokenizer, description = load_model_folder(checkpoint)
+    model.to(device).eval()
+    size = description.config.model.vision.image_size
+    images = ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind=blind)
+    return EvalModel(model, tokenizer, description, images)
 
 
 def image_reader(cfg: Config, model: Meter) -> ImageReader:

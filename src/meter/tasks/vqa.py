@@ -19,10 +19,13 @@ from meter.data.bad_samples import BadSample
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
+from meter.errors import ConfigError
 from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy
-from meter.models.folder import ModelFolder
+from meter.models.folder import ModelFolder, load_model_folder
 from meter.models.meter import Meter
-from meter.train.runtime import Runtime
+from meter.tasks.build import build_model, image_reader, task_tokenizer
+from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +130,41 @@ def write_predictions(predictions: dict[int, str], path: str | Path) -> None:
 
 def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str]) -> VqaAccuracy:
     return vqa_accuracy(annotations_of(records), predictions)
+
+
+def setup_vqa(cfg: Config) -> Finetuning:
+    train_records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
+    answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)
+    if not answers:
+        raise ConfigError(
+            f"vqa.min_answer_count = {cfg.vqa.min_answer_count}: no answer is that frequent in "
+            f"{', '.join(cfg.vqa.train_splits)}; lower it"
+        )
+    tokenizer = task_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, {"vqa": len(answers)})
+    images = image_reader(cfg, model)
+    dataset = vqa_dataset(train_records, images, answers)
+    log.info("vqa: %d training questions, %d answers in the vocabulary", len(dataset), len(answers))
+    collate = Collate(tokenizer, cfg.model.text.max_length, num_labels=len(answers))
+    return Finetuning(VqaTask(model, answers, cfg), dataset, collate, tokenizer)
+
+
+def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
+    runtime = setup_runtime(cfg.train)
+    model, tokenizer, description = load_model_folder(checkpoint)
+    model.to(runtime.device)
+    records = read_vqa_split(cfg, cfg.vqa.eval_split)
+    task = VqaTask(model, description.answers, description.config)
+    collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
+    images = image_reader(cfg, model)
+    dataset = vqa_dataset(records, images, description.answers)
+    predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(predictions, out / f"vqa_predictions_{cfg.vqa.eval_split}.json")
+    accuracy = evaluate_predictions(records, predictions).to_dict()
+    (out / f"vqa_accuracy_{cfg.vqa.eval_split}.json").write_text(json.dumps(accuracy, indent=1))
+    return accuracy
+
+
+DOWNSTREAM.add("vqa", Downstream(setup_vqa, evaluate_vqa), "VQAv2: answer a question about the image")

@@ -46,7 +46,12 @@ def image_file(split: str, image_id: int) -> str:
     return f"{split}/COCO_{split}_{image_id:012d}.png"
 
 
-def _dump(path: Path, data: Any) -> None:
+def karpathy_tokens(text: str) -> list[str]:
+    """The `tokens` of a Karpathy sentence: lower-case words without punctuation."""
+    return text.replace(".", "").replace(",", "").replace(":", "").split()
+
+
+def dump_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
@@ -103,8 +108,7 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
         for k, text in enumerate(texts):
             sentence_id = image_id * 10 + k
             coco[split]["annotations"].append({"id": sentence_id, "image_id": image_id, "caption": text})
-            tokens = text.replace(".", "").replace(",", "").replace(":", "").split()
-            sentences.append({"tokens": tokens, "raw": text, "imgid": index, "sentid": sentence_id})
+            sentences.append({"tokens": karpathy_tokens(text), "raw": text, "imgid": index, "sentid": sentence_id})
         karpathy.append(
             {
                 "filepath": split,
@@ -134,18 +138,18 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
             )
 
     for split in SPLITS:
-        _dump(out / "annotations" / f"captions_{split}.json", {"info": _info(split), "licenses": [], **coco[split]})
+        dump_json(out / "annotations" / f"captions_{split}.json", {"info": _info(split), "licenses": [], **coco[split]})
         common = {"info": _info(split), "license": {"name": "CC0"}, "data_subtype": split}
-        _dump(
+        dump_json(
             out / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json",
             {**common, "task_type": "Open-Ended", "data_type": "mscoco", "questions": vqa_questions[split]},
         )
-        _dump(
+        dump_json(
             out / "vqa" / f"v2_mscoco_{split}_annotations.json",
             {**common, "data_type": "mscoco", "annotations": vqa_annotations[split]},
         )
-    _dump(out / "karpathy" / "dataset_coco.json", {"images": karpathy, "dataset": "coco"})
-    _dump(out / "scenes.json", scenes)
+    dump_json(out / "karpathy" / "dataset_coco.json", {"images": karpathy, "dataset": "coco"})
+    dump_json(out / "scenes.json", scenes)
     manifest = {
         "generator_version": GENERATOR_VERSION,
         "spec": asdict(spec),
@@ -157,7 +161,7 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     texts += [q["question"] for q in vqa_questions["train2014"]]
     for kind in TOKENIZER_KINDS:
         train_tokenizer(kind, texts, out / "tokenizers" / kind, vocab_size=spec.vocab_size)
-    _dump(out / "shapes_world.json", manifest)  # written last: its presence marks a complete world
+    dump_json(out / "shapes_world.json", manifest)  # written last: its presence marks a complete world
     return manifest
 
 

@@ -1,0 +1,47 @@
+"""`meter predict --checkpoint C ...`: one prediction from a trained model, printed as JSON.
+
+--image I --question Q     VQA: the best answers with their scores
+--image I --text T         the match score of the pair (and SNLI-VE's probabilities if the model has that head)
+--images A B --text T      NLVR2: is the sentence true of the pair (left A, right B)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("predict", help="predict on one input with a trained model")
+    parser.add_argument("--checkpoint", required=True, help="a model folder, or a run folder (its latest checkpoint)")
+    images = parser.add_mutually_exclusive_group(required=True)
+    images.add_argument("--image", help="an image file")
+    images.add_argument("--images", nargs=2, metavar=("LEFT", "RIGHT"), help="two image files (NLVR2)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--question", help="a question about --image (VQA)")
+    query.add_argument("--text", help="a sentence to match with --image, or to judge against --images")
+    parser.add_argument("--top", type=int, default=5, help="answers to list for --question (default 5)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    from meter.errors import ConfigError
+    from meter.predictor import Predictor
+
+    if args.images and args.question is not None:
+        raise ConfigError("--images A B goes with --text (NLVR2); --question takes one --image")
+    for option in ("question", "text"):
+        value = getattr(args, option)
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{option} is empty; give the text to use")
+    predictor = Predictor(args.checkpoint, args.device)
+    if args.images:
+        result = predictor.judge_pair(args.images[0], args.images[1], args.text)
+    elif args.question is not None:
+        result = {"answers": predictor.answer(args.image, args.question, args.top)}
+    else:
+        result = predictor.match(args.image, args.text)
+    print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,54 @@
+"""NLVR2 reader: the official JSON-lines files (`train.json`, `dev.json`, `test1.json`) and their image pairs.
+
+An identifier is `{split}-{set}-{pair}-{sentence}`; the pair's images are `{split}-{set}-{pair}-img0.png` (left)
+and `-img1.png` (right), in `image_dir/{directory}/` when the line has a `directory` (train), else in `image_dir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meter.data.formats.common import read_json_lines, require
+from meter.errors import DataError
+
+LABELS = {"true": True, "false": False}
+
+
+@dataclass(frozen=True)
+class Nlvr2Record:
+    identifier: str
+    sentence: str
+    left: Path
+    right: Path
+    label: bool | None  # None where the file has no labels (the hidden test set)
+
+
+def pair_name(identifier: str) -> str:
+    """The image pair of an example: its identifier without the trailing sentence index."""
+    return identifier.rsplit("-", 1)[0]
+
+
+def read_nlvr2(path: str | Path, image_dir: str | Path) -> list[Nlvr2Record]:
+    records = []
+    for number, row in enumerate(read_json_lines(path, "NLVR2 file"), 1):
+        where = f"{path}: example {number}"
+        require(row, ("identifier", "sentence"), where)
+        identifier = str(row["identifier"])
+        if identifier.count("-") < 3:
+            raise DataError(f"{where}: identifier {identifier!r} is not split-set-pair-sentence")
+        label = row.get("label")
+        if label is not None and str(label).lower() not in LABELS:
+            raise DataError(f"{where}: label {label!r} must be 'True' or 'False'")
+        folder = Path(image_dir) / str(row["directory"]) if "directory" in row else Path(image_dir)
+        name = pair_name(identifier)
+        records.append(
+            Nlvr2Record(
+                identifier=identifier,
+                sentence=str(row["sentence"]),
+                left=folder / f"{name}-img0.png",
+                right=folder / f"{name}-img1.png",
+                label=None if label is None else LABELS[str(label).lower()],
+            )
+        )
+    return records

@@ -1,0 +1,53 @@
+"""SNLI-VE reader: the official JSON-lines files (`snli_ve_{train,dev,test}.jsonl`) over Flickr30k images.
+
+The premise is the image `Flickr30K_ID`; the hypothesis is `sentence2` (`sentence1`, the caption SNLI was written
+from, is not an input of the visual task). Lines without a gold label (SNLI's "-") are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from meter.data.formats.common import read_json_lines, require
+from meter.errors import DataError
+
+log = logging.getLogger(__name__)
+SNLI_VE_LABELS = ("entailment", "neutral", "contradiction")  # the class index of each label
+NO_CONSENSUS = "-"
+
+
+@dataclass(frozen=True)
+class SnliVeRecord:
+    pair_id: str
+    image_id: str
+    hypothesis: str
+    image: Path
+    label: int  # an index into SNLI_VE_LABELS
+
+
+def read_snli_ve(path: str | Path, image_dir: str | Path, image_pattern: str = "{image_id}.jpg") -> list[SnliVeRecord]:
+    """Images at `image_dir / image_pattern.format(image_id=Flickr30K_ID)`."""
+    records, unlabelled = [], 0
+    for number, row in enumerate(read_json_lines(path, "SNLI-VE file"), 1):
+        where = f"{path}: example {number}"
+        require(row, ("Flickr30K_ID", "sentence2", "gold_label"), where)
+        if row["gold_label"] == NO_CONSENSUS:
+            unlabelled += 1
+            continue
+        if row["gold_label"] not in SNLI_VE_LABELS:
+            raise DataError(f"{where}: gold_label {row['gold_label']!r}; expected one of {', '.join(SNLI_VE_LABELS)}")
+        image_id = str(row["Flickr30K_ID"])
+        records.append(
+            SnliVeRecord(
+                pair_id=str(row.get("pairID", number)),
+                image_id=image_id,
+                hypothesis=str(row["sentence2"]),
+                image=Path(image_dir) / image_pattern.format(image_id=image_id),
+                label=SNLI_VE_LABELS.index(row["gold_label"]),
+            )
+        )
+    if unlabelled:
+        log.info("%s: left out %d lines without a gold label", path, unlabelled)
+    return records

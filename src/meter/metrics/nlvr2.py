@@ -1,0 +1,89 @@
+"""NLVR2 accuracy and consistency, as the official script (lil-lab/nlvr, nlvr2/eval/metrics.py) computes them.
+
+- Predictions and labels compare case-insensitively ("true" == "True").
+- Accuracy: correct / labelled examples. Every labelled example needs a prediction; extra predictions are ignored.
+- Consistency: the examples are grouped by their identifier with the third field (the image pair) blanked, i.e.
+  by split, set and sentence: one sentence judged against several image pairs. A group is consistent when all of
+  its examples are correct; consistency is consistent groups / groups.
+Both are reported in percent, unrounded; the CSV reader and writer follow the official file format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from meter.data.formats.common import read_json_lines, require
+from meter.errors import DataError
+
+
+@dataclass(frozen=True)
+class Nlvr2Score:
+    accuracy: float  # percent
+    consistency: float  # percent
+    examples: int
+    sentences: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def consistency_group(identifier: str) -> str:
+    """The official grouping key: the identifier's fields with the third (the image pair) left empty."""
+    fields = identifier.split("-")
+    if len(fields) < 3:
+        raise DataError(f"NLVR2 identifier {identifier!r} is not split-set-pair-sentence")
+    fields[2] = ""
+    return "-".join(fields)
+
+
+def nlvr2_score(labels: dict[str, str], predictions: dict[str, str]) -> Nlvr2Score:
+    """`labels`: identifier -> "True"/"False" for every labelled example; `predictions`: identifier -> prediction."""
+    if not labels:
+        raise DataError("NLVR2: no labelled examples to score")
+    missing = [identifier for identifier in labels if identifier not in predictions]
+    if missing:
+        raise DataError(f"NLVR2: {len(missing)} of {len(labels)} examples have no prediction, e.g. {missing[0]!r}")
+    correct = 0.0
+    consistent: dict[str, bool] = {}
+    for identifier, label in labels.items():
+        group = consistency_group(identifier)
+        consistent.setdefault(group, True)
+        if predictions[identifier].lower() == label.lower():
+            correct += 1.0
+        else:
+            consistent[group] = False
+    return Nlvr2Score(
+        accuracy=100 * (correct / len(labels)),
+        consistency=100 * (sum(1.0 for ok in consistent.values() if ok) / len(consistent)),
+        examples=len(labels),
+        sentences=len(consistent),
+    )
+
+
+def write_nlvr2_predictions(predictions: dict[str, str], path: str | Path) -> None:
+    """The leaderboard's file: one `identifier,prediction` line per example, no header."""
+    Path(path).write_text("".join(f"{identifier},{label}\n" for identifier, label in predictions.items()))
+
+
+def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"NLVR2 predictions file not found: {path}")
+    predictions = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(",")
+        if len(fields) < 2:
+            raise DataError(f"{path}:{number}: expected identifier,prediction; got {line!r}")
+        predictions[fields[0]] = fields[1]
+    return predictions
+
+
+def score_nlvr2_files(labels: str | Path, predictions: str | Path) -> Nlvr2Score:
+    """Scores a leaderboard CSV against an NLVR2 JSON-lines file, as the official script does."""
+    rows = read_json_lines(labels, "NLVR2 file")
+    for number, row in enumerate(rows, 1):
+        require(row, ("identifier", "label"), f"{labels}: example {number}")
+    return nlvr2_score({str(r["identifier"]): str(r["label"]) for r in rows}, read_nlvr2_predictions(predictions))

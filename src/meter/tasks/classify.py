@@ -1,0 +1,85 @@
+"""What the classification tasks (NLVR2, SNLI-VE) share: a cross-entropy step, and prediction over a dataset."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from meter.config import Config
+from meter.data.bad_samples import BadSample
+from meter.data.collate import Collate
+from meter.models.folder import ModelFolder
+from meter.models.meter import Meter
+from meter.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ClassificationTask(nn.Module):
+    """A task whose head gives `classes` logits per example; subclasses say how the logits are computed."""
+
+    head: str = ""
+    token_types: int = 2
+
+    def __init__(self, model: Meter, cfg: Config, classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.classes = classes
+
+    def describe(self) -> ModelFolder:
+        return ModelFolder(self.cfg, {self.head: self.classes}, token_types=self.token_types)
+
+    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        return batch
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        logits = self.logits(batch).float()
+        labels = batch["label"]
+        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        return {f"{self.head}_loss": F.cross_entropy(logits, labels)}, {f"{self.head}_accuracy": accuracy}
+
+
+def eval_batches(
+    dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int, desc: str, progress: bool,
+    unreadable: list[BadSample],
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The dataset in order, batch by batch on the run's device; samples that cannot be read go to `unreadable`."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        unreadable += batch["bad"]
+        if batch["size"]:
+            yield {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict_classes(
+    task: ClassificationTask, dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int,
+    progress: bool = True,
+) -> dict[int, int]:  # fmt: skip
+    """Example index -> predicted class. An example whose images cannot be read gets class 0, and is counted."""
+    was_training = task.training
+    task.eval()
+    predictions: dict[int, int] = {}
+    unreadable: list[BadSample] = []
+    for batch in eval_batches(dataset, collate, runtime, batch_size, f"{task.head} eval", progress, unreadable):
+        with runtime.autocast():
+            labels = task.logits(batch).argmax(-1).tolist()
+        predictions.update(zip(batch["index"].tolist(), labels, strict=True))
+    if unreadable:
+        log.warning("%s eval: %d examples had unreadable images (first: %s); they are predicted as class 0",
+                    task.head, len(unreadable), unreadable[0].reason)  # fmt: skip
+        for index in range(len(dataset)):  # type: ignore[arg-type]
+            predictions.setdefault(index, 0)
+    task.train(was_training)
+    return predictions

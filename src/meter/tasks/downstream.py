@@ -1,0 +1,40 @@
+"""The downstream tasks `meter finetune` and `meter evaluate` know, by the name a config's `task` gives.
+
+Each task module registers a `Downstream`: how to set up fine-tuning from a config, and how to evaluate a model
+folder (writing its leaderboard files). `meter.tasks.catalog` imports the modules that fill the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from meter.config import Config
+from meter.data.collate import Collate
+from meter.registry import Registry
+
+
+@dataclass
+class Finetuning:
+    """What the training loop needs to fine-tune one task."""
+
+    task: nn.Module
+    dataset: Dataset
+    collate: Collate
+    tokenizer: PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Downstream:
+    setup: Callable[[Config], Finetuning]
+    # (config for data paths, model folder, output folder) -> metrics; writes predictions / leaderboard files
+    evaluate: Callable[[Config, str | Path, Path], dict[str, Any]]
+
+
+DOWNSTREAM: Registry[Downstream] = Registry("downstream task")

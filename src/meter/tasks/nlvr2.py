@@ -1,0 +1,97 @@
+"""NLVR2: is the sentence true of the image pair? Two fused passes, the right image with token type 2, and a
+classifier on the two joint features concatenated (METER's "pair" setting)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from meter.config import Config
+from meter.data.collate import Collate
+from meter.data.datasets import ImageReader
+from meter.data.formats.nlvr2 import Nlvr2Record, read_nlvr2
+from meter.data.labelled import UNLABELLED, Example, LabelledExamples
+from meter.errors import ConfigError
+from meter.metrics.nlvr2 import nlvr2_score, write_nlvr2_predictions
+from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.classify import ClassificationTask, predict_classes
+from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.train.runtime import setup_runtime
+
+log = logging.getLogger(__name__)
+CLASSES = ("False", "True")  # class index -> the label the official files use
+TOKEN_TYPES = 3  # text, left image, right image
+
+
+class Nlvr2Task(ClassificationTask):
+    head = "nlvr2"
+    token_types = TOKEN_TYPES
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        model = self.model
+        mask = batch["attention_mask"]
+        pixels = batch["pixels"]  # (B, 2, 3, H, W): left, right
+        text = model.encode_text(batch["input_ids"], mask)  # one text pass serves both images
+        images = model.encode_image(pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2])
+        left = model.fuse(text, mask, images[:, 0], image_token_type=1)
+        right = model.fuse(text, mask, images[:, 1], image_token_type=2)
+        return model.heads[self.head](torch.cat([left.joint, right.joint], dim=-1))
+
+
+def read_nlvr2_split(cfg: Config, split: str) -> list[Nlvr2Record]:
+    if split not in cfg.nlvr2.image_dirs:
+        raise ConfigError(
+            f"nlvr2.image_dirs has no folder for split {split!r}; it has: {', '.join(cfg.nlvr2.image_dirs)}"
+        )
+    root = Path(cfg.data.root)
+    return read_nlvr2(root / cfg.nlvr2.file.format(split=split), root / cfg.nlvr2.image_dirs[split])
+
+
+def nlvr2_dataset(records: list[Nlvr2Record], images: ImageReader) -> LabelledExamples:
+    examples = [
+        Example((r.left, r.right), r.sentence, UNLABELLED if r.label is None else int(r.label)) for r in records
+    ]
+    return LabelledExamples(examples, images)
+
+
+def setup_nlvr2(cfg: Config) -> Finetuning:
+    records = read_nlvr2_split(cfg, cfg.nlvr2.train_split)
+    unlabelled = sum(r.label is None for r in records)
+    if unlabelled:
+        raise ConfigError(f"nlvr2.train_split = {cfg.nlvr2.train_split!r}: {unlabelled} examples have no label")
+    tokenizer = task_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, {Nlvr2Task.head: len(CLASSES)}, token_types=TOKEN_TYPES)
+    log.info("nlvr2: %d training examples", len(records))
+    dataset = nlvr2_dataset(records, image_reader(cfg, model))
+    collate = Collate(tokenizer, cfg.model.text.max_length)
+    return Finetuning(Nlvr2Task(model, cfg, len(CLASSES)), dataset, collate, tokenizer)
+
+
+def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """Predicts nlvr2.eval_split; writes the leaderboard CSV `nlvr2_predictions_{split}.csv` and, when the split is
+    labelled, the official accuracy and consistency."""
+    runtime = setup_runtime(cfg.train)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    split = cfg.nlvr2.eval_split
+    records = read_nlvr2_split(cfg, split)
+    task = Nlvr2Task(loaded.model, loaded.description.config, len(CLASSES))
+    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
+    classes = predict_classes(task, nlvr2_dataset(records, loaded.images), collate, runtime,
+                              cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
+    predictions = {r.identifier: CLASSES[classes[i]] for i, r in enumerate(records)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_nlvr2_predictions(predictions, out / f"nlvr2_predictions_{split}.csv")
+    if any(r.label is None for r in records):
+        return {"examples": len(records), "labelled": False}
+    labels = {r.identifier: CLASSES[int(r.label)] for r in records}
+    score = nlvr2_score(labels, predictions).to_dict()
+    (out / f"nlvr2_accuracy_{split}.json").write_text(json.dumps(score, indent=1))
+    return score
+
+
+DOWNSTREAM.add("nlvr2", Downstream(setup_nlvr2, evaluate_nlvr2), "NLVR2: is the sentence true of the image pair")

@@ -1,0 +1,281 @@
+"""Image-text retrieval (Flickr30k, COCO Karpathy splits): train the fused model to rank, evaluate R@1/5/10.
+
+Training, per batch of (image, caption) pairs: each image ranks its caption above `negatives` other captions of the
+batch, and each caption its image above `negatives` other images, by the ITM head's match logit, with a softmax
+cross-entropy over the candidates (ViLT/METER's ranking loss, in both directions). Negatives are drawn in
+proportion to the unimodal similarity (hard negatives, as ALBEF draws them), which a contrastive loss on the
+projected [CLS] features trains at the same time. Captions of the same image are never negatives.
+
+Evaluation scores image x caption pairs with the fused model. Scoring every pair is quadratic (COCO's 5K test:
+125M fused passes), so by default a cheap first stage shortlists, per query, the `shortlist` best candidates by
+unimodal similarity and only those pairs are fused; the rest rank last. `retrieval.shortlist=0` scores every pair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from meter.config import Config, RetrievalConfig
+from meter.data.bad_samples import BadSample
+from meter.data.collate import Collate
+from meter.data.datasets import CaptionPairs, ImageReader
+from meter.data.formats.captions import CaptionRecord, read_karpathy
+from meter.errors import ConfigError, DataError
+from meter.metrics.retrieval import KS, ranking, retrieval_recall
+from meter.models.folder import ModelFolder
+from meter.models.meter import Meter
+from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.train.runtime import Runtime, setup_runtime
+
+log = logging.getLogger(__name__)
+HEAD = "itm"  # the match logit ranks; pretraining's ITM head is the starting point
+
+
+def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit-length [CLS] features of each encoder, through the model's projections: the shortlist's embedding."""
+    return F.normalize(model.text_proj(text[:, 0]).float(), dim=-1), F.normalize(
+        model.image_proj(image[:, 0]).float(), dim=-1
+    )
+
+
+def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
+    """The fused model's score of each (text, image) row pair: the ITM head's match minus mismatch logit."""
+    logits = model.heads[HEAD](model.fuse(text, mask, image).joint).float()
+    return logits[:, 1] - logits[:, 0]
+
+
+def contrastive_loss(similarity: Tensor, positive: Tensor) -> Tensor:
+    """InfoNCE in both directions with several positives per row (the other captions of the same image)."""
+    losses = []
+    for sim, pos in ((similarity, positive), (similarity.T, positive.T)):
+        losses.append((sim.logsumexp(1) - sim.masked_fill(~pos, -math.inf).logsumexp(1)).mean())
+    return sum(losses) / 2
+
+
+def ranking_loss(positive: Tensor, negative: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the positive (column 0) among it and its negatives; returns (loss, per-row hit)."""
+    candidates = torch.cat([positive[:, None], negative.masked_fill(~valid, -math.inf)], dim=1)
+    target = torch.zeros(len(candidates), dtype=torch.long, device=candidates.device)
+    return F.cross_entropy(candidates, target), candidates.argmax(1) == 0
+
+
+class RetrievalTask(nn.Module):
+    def __init__(self, model: Meter, cfg: Config) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.settings: RetrievalConfig = cfg.retrieval
+
+    def describe(self) -> ModelFolder:
+        return ModelFolder(self.cfg, {HEAD: 2})
+
+    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Gumbel noise for drawing negatives without replacement (image -> text and text -> image)."""
+        size = batch["size"]
+        uniform = torch.rand(2, size, size, generator=generator).clamp_min(1e-12)
+        batch["negative_noise"] = -torch.log(-torch.log(uniform))
+        return batch
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        model, settings = self.model, self.settings
+        mask = batch["attention_mask"]
+        image = model.encode_image(batch["pixels"])
+        text = model.encode_text(batch["input_ids"], mask)
+        ids = batch["image_id"]
+        same = ids[:, None] == ids[None, :]  # (images, texts): pairs that match
+        losses: dict[str, Tensor] = {}
+        report: dict[str, float] = {}
+        keys = batch["negative_noise"]
+        if settings.itc > 0:
+            text_embedding, image_embedding = unimodal_embeddings(model, text, image)
+            similarity = image_embedding @ text_embedding.T / settings.temperature
+            losses["itc_loss"] = settings.itc * contrastive_loss(similarity, same)
+            keys = keys + similarity.detach()  # Gumbel top-k: draws in proportion to softmax(similarity)
+        k = min(settings.negatives, len(ids) - 1)
+        if k < 1:
+            return losses, report
+        negative_texts = keys[0].masked_fill(same, -math.inf).topk(k, dim=1).indices  # per image
+        negative_images = keys[1].T.masked_fill(same.T, -math.inf).topk(k, dim=1).indices  # per text
+        rows = torch.arange(len(ids), device=ids.device)
+        image_index = torch.cat([rows, rows.repeat_interleave(k), negative_images.flatten()])
+        text_index = torch.cat([rows, negative_texts.flatten(), rows.repeat_interleave(k)])
+        scores = match_score(model, text[text_index], mask[text_index], image[image_index])
+        positive, to_texts, to_images = scores.split([len(ids), len(ids) * k, len(ids) * k])
+        loss_t, hit_t = ranking_loss(positive, to_texts.view(-1, k), ~same.gather(1, negative_texts))
+        loss_i, hit_i = ranking_loss(positive, to_images.view(-1, k), ~same.T.gather(1, negative_images))
+        losses["rank_loss"] = (loss_t + loss_i) / 2
+        report["rank_accuracy"] = float(torch.cat([hit_t, hit_i]).float().mean())
+        return losses, report
+
+
+def read_retrieval_split(cfg: Config, splits: list[str]) -> list[CaptionRecord]:
+    root = Path(cfg.data.root)
+    records = read_karpathy(root / cfg.retrieval.karpathy, root / cfg.retrieval.images, tuple(splits))
+    if not records:
+        raise ConfigError(f"retrieval: {cfg.retrieval.karpathy} has no images in split(s) {', '.join(splits)}")
+    return records
+
+
+def setup_retrieval(cfg: Config) -> Finetuning:
+    if cfg.retrieval.negatives < 1 and cfg.retrieval.itc <= 0:
+        raise ConfigError("retrieval.negatives = 0 and retrieval.itc = 0: nothing to train; raise one of them")
+    records = read_retrieval_split(cfg, cfg.retrieval.train_splits)
+    tokenizer = task_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, {HEAD: 2})
+    dataset = CaptionPairs(records, image_reader(cfg, model))
+    log.info("retrieval: %d training captions of %d images", len(dataset), len(records))
+    return Finetuning(RetrievalTask(model, cfg), dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: list[Path], images: ImageReader) -> None:
+        self.paths = paths
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | BadSample]:
+        try:
+            return index, self.images(self.paths[index])
+        except DataError as error:
+            return index, BadSample(str(self.paths[index]), str(error))
+
+
+@dataclass
+class Encoded:
+    images: Tensor  # (I, N, vision width): the vision encoder's tokens
+    readable: Tensor  # (I,) bool: False for images that could not be read (they are never retrieved)
+    texts: Tensor  # (T, L, text width), padded to the longest caption
+    masks: Tensor  # (T, L)
+
+
+@torch.no_grad()
+def encode_split(
+    model: Meter, records: list[CaptionRecord], texts: list[str], collate: Collate, images: ImageReader,
+    runtime: Runtime, batch_size: int, progress: bool,
+) -> Encoded:  # fmt: skip
+    loader = DataLoader(ImageFiles([r.image for r in records], images), batch_size=batch_size, collate_fn=list)
+    image_tokens: list[Tensor | None] = [None] * len(records)
+    for batch in tqdm(loader, desc="retrieval: images", unit="batch", disable=not progress):
+        good = [(i, pixels) for i, pixels in batch if not isinstance(pixels, BadSample)]
+        for _, pixels in batch:
+            if isinstance(pixels, BadSample):
+                log.warning("retrieval: %s; the image is never retrieved", pixels.reason)
+        if good:
+            with runtime.autocast():
+                tokens = model.encode_image(torch.stack([p for _, p in good]).to(runtime.device))
+            for (i, _), row in zip(good, tokens, strict=True):
+                image_tokens[i] = row
+    template = next((t for t in image_tokens if t is not None), None)
+    if template is None:
+        raise DataError(f"retrieval: none of the {len(records)} images could be read (first: {records[0].image})")
+    readable = torch.tensor([t is not None for t in image_tokens])
+    stacked = torch.stack([t if t is not None else torch.zeros_like(template) for t in image_tokens])
+    encoded = collate.tokenizer(texts, padding="longest", truncation=True, max_length=collate.max_length,
+                                return_tensors="pt")  # fmt: skip
+    ids, masks = encoded["input_ids"].to(runtime.device), encoded["attention_mask"].to(runtime.device)
+    text_tokens = []
+    for start in range(0, len(texts), batch_size):
+        with runtime.autocast():
+            text_tokens.append(model.encode_text(ids[start : start + batch_size], masks[start : start + batch_size]))
+    return Encoded(stacked, readable.to(runtime.device), torch.cat(text_tokens), masks)
+
+
+def candidate_pairs(similarity: Tensor, shortlist: int) -> Tensor:
+    """(I, T) bool: the pairs the fused model scores: every pair, or each query's `shortlist` best by similarity."""
+    images, texts = similarity.shape
+    if shortlist <= 0 or (shortlist >= images and shortlist >= texts):
+        return torch.ones_like(similarity, dtype=torch.bool)
+    chosen = torch.zeros_like(similarity, dtype=torch.bool)
+    chosen.scatter_(1, similarity.topk(min(shortlist, texts), dim=1).indices, True)
+    chosen.T.scatter_(1, similarity.T.topk(min(shortlist, images), dim=1).indices, True)
+    return chosen
+
+
+@torch.no_grad()
+def score_matrix(
+    model: Meter, encoded: Encoded, shortlist: int, runtime: Runtime, batch_size: int, progress: bool
+) -> np.ndarray:
+    """(I, T) fused match scores; pairs outside the shortlist and unreadable images score -inf."""
+    text_embedding, image_embedding = unimodal_embeddings(model, encoded.texts, encoded.images)
+    similarity = image_embedding @ text_embedding.T
+    chosen = candidate_pairs(similarity, shortlist) & encoded.readable[:, None]
+    pairs = chosen.nonzero()
+    scores = torch.full(similarity.shape, -math.inf, device=similarity.device)
+    starts = range(0, len(pairs), batch_size)
+    for start in tqdm(starts, desc="retrieval: pairs", unit="batch", disable=not progress):
+        image_index, text_index = pairs[start : start + batch_size].unbind(1)
+        with runtime.autocast():
+            score = match_score(model, encoded.texts[text_index], encoded.masks[text_index],
+                                encoded.images[image_index])  # fmt: skip
+        scores[image_index, text_index] = score.float()
+    return scores.cpu().double().numpy()
+
+
+def chance_recall(images: int, captions_per_image: list[int], ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Expected recall of a random ranking (the baseline a model that does not look would reach)."""
+    texts = sum(captions_per_image)
+    result = {}
+    for k in ks:
+        # an image misses when none of its c captions is among k random texts of T
+        misses = [math.comb(texts - c, k) / math.comb(texts, k) if texts >= k else 0.0 for c in captions_per_image]
+        result[f"i2t_r{k}"] = 100.0 * (1 - sum(misses) / len(misses))
+    for k in ks:
+        result[f"t2i_r{k}"] = 100.0 * min(1.0, k / images)
+    result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    return result
+
+
+def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """R@1/5/10 on retrieval.eval_split; writes `retrieval_rankings_{split}.json` (each query's 10 best) and the
+    recalls."""
+    settings = cfg.retrieval
+    if 0 < settings.shortlist < max(KS):
+        raise ConfigError(f"retrieval.shortlist = {settings.shortlist} must be 0 (every pair) or at least {max(KS)}")
+    runtime = setup_runtime(cfg.train)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    if HEAD not in loaded.model.heads:
+        raise ConfigError(f"{checkpoint}: the model has no {HEAD} head to score pairs with (it has: "
+                          f"{', '.join(loaded.model.heads) or 'none'}); fine-tune it with task=retrieval")  # fmt: skip
+    records = read_retrieval_split(cfg, [settings.eval_split])
+    if settings.max_eval_images > 0:
+        records = records[: settings.max_eval_images]
+    texts = [caption for r in records for caption in r.captions]
+    text_image = [i for i, r in enumerate(records) for _ in r.captions]
+    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
+    batch = cfg.train.eval_batch_size
+    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress)
+    scores = score_matrix(loaded.model, encoded, settings.shortlist, runtime, batch, cfg.train.progress)
+    recall = retrieval_recall(scores, text_image)
+    result = {**recall, "images": len(records), "texts": len(texts), "shortlist": settings.shortlist,
+              "chance": chance_recall(len(records), [len(r.captions) for r in records])}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
+    top = max(KS)
+    rankings = {
+        "image_to_text": {str(r.image_id): [text_ids[t] for t in row] for r, row in
+                          zip(records, ranking(scores, top).tolist(), strict=True)},
+        "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in
+                          enumerate(ranking(scores.T, top).tolist())},
+    }  # fmt: skip
+    split = settings.eval_split
+    (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(rankings))
+    (out / f"retrieval_recall_{split}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+DOWNSTREAM.add("retrieval", Downstream(setup_retrieval, evaluate_retrieval), "image-text retrieval, R@1/5/10")

@@ -1,0 +1,84 @@
+"""SNLI-VE: does the image entail, contradict, or leave open the hypothesis? Three classes on the joint feature."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from meter.config import Config
+from meter.data.collate import Collate
+from meter.data.datasets import ImageReader
+from meter.data.formats.snli_ve import SNLI_VE_LABELS, SnliVeRecord, read_snli_ve
+from meter.data.labelled import Example, LabelledExamples
+from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.classify import ClassificationTask, predict_classes
+from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.train.runtime import setup_runtime
+
+log = logging.getLogger(__name__)
+
+
+class SnliVeTask(ClassificationTask):
+    head = "snli_ve"
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
+        return self.model.heads[self.head](fused.joint)
+
+
+def read_snli_ve_split(cfg: Config, split: str) -> list[SnliVeRecord]:
+    root = Path(cfg.data.root)
+    return read_snli_ve(
+        root / cfg.snli_ve.file.format(split=split), root / cfg.snli_ve.images, cfg.snli_ve.image_pattern
+    )
+
+
+def snli_ve_dataset(records: list[SnliVeRecord], images: ImageReader) -> LabelledExamples:
+    return LabelledExamples([Example((r.image,), r.hypothesis, r.label) for r in records], images)
+
+
+def setup_snli_ve(cfg: Config) -> Finetuning:
+    records = read_snli_ve_split(cfg, cfg.snli_ve.train_split)
+    tokenizer = task_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, {SnliVeTask.head: len(SNLI_VE_LABELS)})
+    log.info("snli-ve: %d training examples", len(records))
+    dataset = snli_ve_dataset(records, image_reader(cfg, model))
+    collate = Collate(tokenizer, cfg.model.text.max_length)
+    return Finetuning(SnliVeTask(model, cfg, len(SNLI_VE_LABELS)), dataset, collate, tokenizer)
+
+
+def snli_ve_accuracy(records: list[SnliVeRecord], predictions: dict[int, int]) -> dict[str, Any]:
+    """Accuracy in percent, overall and per gold label."""
+    per_label = {}
+    for label, name in enumerate(SNLI_VE_LABELS):
+        indices = [i for i, r in enumerate(records) if r.label == label]
+        if indices:
+            per_label[name] = 100 * sum(predictions[i] == label for i in indices) / len(indices)
+    correct = sum(predictions[i] == r.label for i, r in enumerate(records))
+    return {"accuracy": 100 * correct / len(records), "per_label": per_label, "examples": len(records)}
+
+
+def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, label) and the accuracy."""
+    runtime = setup_runtime(cfg.train)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    split = cfg.snli_ve.eval_split
+    records = read_snli_ve_split(cfg, split)
+    task = SnliVeTask(loaded.model, loaded.description.config, len(SNLI_VE_LABELS))
+    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
+    predictions = predict_classes(task, snli_ve_dataset(records, loaded.images), collate, runtime,
+                                  cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"pairID": r.pair_id, "gold_label": SNLI_VE_LABELS[predictions[i]]}) + "\n"
+             for i, r in enumerate(records)]  # fmt: skip
+    (out / f"snli_ve_predictions_{split}.jsonl").write_text("".join(lines))
+    accuracy = snli_ve_accuracy(records, predictions)
+    (out / f"snli_ve_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
+    return accuracy
+
+
+DOWNSTREAM.add("snli_ve", Downstream(setup_snli_ve, evaluate_snli_ve), "SNLI-VE: entailment, neutral, contradiction")

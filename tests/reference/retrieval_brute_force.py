@@ -1,0 +1,24 @@
+"""Retrieval recall by brute force, written independently of meter.metrics.retrieval to cross-check it: for each
+query, sort every candidate by (descending score, then position in the list) and look for the ground truth."""
+
+from __future__ import annotations
+
+
+def brute_force_recall(scores: list[list[float]], text_image: list[int], ks=(1, 5, 10)) -> dict[str, float]:
+    images, texts = len(scores), len(text_image)
+    i2t_ranks = []
+    for i in range(images):
+        order = sorted(range(texts), key=lambda t: (-scores[i][t], t))
+        mine = [position for position, t in enumerate(order) if text_image[t] == i]
+        if mine:
+            i2t_ranks.append(min(mine))
+    t2i_ranks = []
+    for t in range(texts):
+        order = sorted(range(images), key=lambda i: (-scores[i][t], i))
+        t2i_ranks.append(order.index(text_image[t]))
+    result = {}
+    for k in ks:
+        result[f"i2t_r{k}"] = 100.0 * sum(r < k for r in i2t_ranks) / len(i2t_ranks)
+    for k in ks:
+        result[f"t2i_r{k}"] = 100.0 * sum(r < k for r in t2i_ranks) / len(t2i_ranks)
+    return result

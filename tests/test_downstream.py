@@ -1,0 +1,106 @@
+"""Fine-tuning and evaluating every downstream task with a micro model on the small world."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.config import load_config
+from meter.data.collate import Collate
+from meter.errors import ConfigError
+from meter.metrics.nlvr2 import read_nlvr2_predictions
+from meter.models.folder import load_model_folder
+from meter.runs import evaluate_run, run_finetune
+from meter.tasks.build import build_model, load_for_eval, task_tokenizer
+from meter.tasks.nlvr2 import Nlvr2Task
+from meter.tasks.retrieval import encode_split, read_retrieval_split, score_matrix
+from meter.train.runtime import setup_runtime
+
+
+def test_nlvr2_finetune_writes_the_leaderboard_csv_and_official_scores(micro_checkpoints, shapes_tasks_world: Path):
+    out = micro_checkpoints("nlvr2").parents[1]
+    predictions = read_nlvr2_predictions(out / "nlvr2_predictions_dev.csv")
+    labelled = [json.loads(line)["identifier"] for line in (shapes_tasks_world / "nlvr2/data/dev.json").open()]
+    assert list(predictions) == labelled and set(predictions.values()) <= {"True", "False"}
+    score = json.loads((out / "nlvr2_accuracy_dev.json").read_text())
+    assert set(score) == {"accuracy", "consistency", "examples", "sentences"}
+    assert 0 <= score["consistency"] <= score["accuracy"] <= 100
+
+
+def test_nlvr2_model_starts_its_third_token_type_from_the_image_row(micro_checkpoints):
+    pretrained = load_file(micro_checkpoints("pretrain") / "model.safetensors")["token_type.weight"]
+    _, _, description = load_model_folder(micro_checkpoints("nlvr2"))
+    assert description.token_types == 3 and pretrained.shape[0] == 2
+    cfg = description.config
+    cfg.train.init_from = str(micro_checkpoints("pretrain"))
+    fresh = build_model(cfg, task_tokenizer(cfg), {"nlvr2": 2}, token_types=3)
+    rows = fresh.token_type.weight.detach()
+    assert torch.equal(rows[:2], pretrained) and torch.equal(rows[2], pretrained[1])
+
+
+def test_nlvr2_right_image_and_only_it_uses_the_third_token_type(micro_checkpoints):
+    model, tokenizer, description = load_model_folder(micro_checkpoints("nlvr2"))
+    model.eval()
+    task = Nlvr2Task(model, description.config, 2)
+    batch = dict(tokenizer(["both images contain a red circle."], return_tensors="pt"))
+    pixels = torch.randn(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = task.logits({"pixels": pixels, **batch})
+        single = model(pixels[:, 0], batch["input_ids"], batch["attention_mask"]).joint
+        model.token_type.weight[2] += 1.0
+        after = task.logits({"pixels": pixels, **batch})
+        single_after = model(pixels[:, 0], batch["input_ids"], batch["attention_mask"]).joint
+    assert not torch.allclose(before, after)
+    assert torch.equal(single, single_after)
+
+
+def test_snli_ve_finetune_writes_predictions_and_accuracy(micro_checkpoints, shapes_tasks_world: Path):
+    out = micro_checkpoints("snli_ve").parents[1]
+    lines = (out / "snli_ve_predictions_dev.jsonl").read_text().splitlines()
+    expected = [json.loads(line)["pairID"] for line in (shapes_tasks_world / "snli_ve/snli_ve_dev.jsonl").open()]
+    assert [json.loads(line)["pairID"] for line in lines] == expected
+    accuracy = json.loads((out / "snli_ve_accuracy_dev.json").read_text())
+    assert 0 <= accuracy["accuracy"] <= 100 and set(accuracy["per_label"]) <= {"entailment", "neutral",
+                                                                              "contradiction"}  # fmt: skip
+
+
+def test_retrieval_finetune_writes_rankings_and_recalls(micro_checkpoints, shapes_tasks_world: Path):
+    out = micro_checkpoints("retrieval").parents[1]
+    recall = json.loads((out / "retrieval_recall_test.json").read_text())
+    assert (recall["images"], recall["texts"]) == (2, 10)
+    assert all(0 <= recall[f"{d}_r{k}"] <= 100 for d in ("i2t", "t2i") for k in (1, 5, 10))
+    rankings = json.loads((out / "retrieval_rankings_test.json").read_text())
+    assert len(rankings["image_to_text"]) == 2 and len(rankings["text_to_image"]) == 10
+    assert all(len(texts) == 10 for texts in rankings["image_to_text"].values())  # every caption, best first
+    assert all(len(images) == 2 for images in rankings["text_to_image"].values())
+
+
+def test_shortlisted_scores_are_the_full_scores_of_each_querys_best_candidates(micro_checkpoints, tmp_path):
+    loaded = load_for_eval(micro_checkpoints("retrieval"), torch.device("cpu"))
+    cfg = loaded.description.config
+    records = read_retrieval_split(cfg, ["train"])  # 11 images, 55 captions
+    texts = [c for r in records for c in r.captions]
+    collate = Collate(loaded.tokenizer, cfg.model.text.max_length)
+    runtime = setup_runtime(cfg.train)
+    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, 16, False)
+    full = score_matrix(loaded.model, encoded, 0, runtime, 16, False)
+    short = score_matrix(loaded.model, encoded, 10, runtime, 16, False)
+    assert np.isfinite(full).all()
+    scored = np.isfinite(short)
+    assert np.allclose(short[scored], full[scored], atol=1e-5)
+    assert (scored.sum(1) >= 10).all() and (scored.sum(0) >= min(10, len(records))).all()
+    assert not scored.all()
+
+
+def test_evaluate_refuses_a_model_without_the_task_head(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+    cfg = load_config(None, ["task=retrieval", f"data.root={shapes_tasks_world}", "train.progress=false"])
+    with pytest.raises(ConfigError, match="has no itm head"):
+        evaluate_run(cfg, micro_checkpoints("snli_ve"), tmp_path)
+
+
+def test_pretrain_is_not_a_downstream_task(micro_config):
+    with pytest.raises(ConfigError, match="not a downstream task; .* one of: .*nlvr2"):
+        run_finetune(load_config(None, ["task=pretrain"], base=micro_config))

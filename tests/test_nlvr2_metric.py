@@ -1,0 +1,82 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from meter.errors import DataError
+from meter.metrics.nlvr2 import (
+    consistency_group,
+    nlvr2_score,
+    read_nlvr2_predictions,
+    score_nlvr2_files,
+    write_nlvr2_predictions,
+)
+from tests.reference.nlvr2_eval_literal import official_nlvr2
+
+
+def _write_labels(path: Path, labels: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"identifier": i, "sentence": "s.", "label": v}) + "\n"
+                            for i, v in labels.items()))  # fmt: skip
+    return path
+
+
+def test_consistency_groups_one_sentence_across_its_image_pairs():
+    assert consistency_group("dev-850-0-1") == consistency_group("dev-850-3-1") == "dev-850--1"
+    assert consistency_group("dev-850-0-1") != consistency_group("dev-850-0-0")
+
+
+def test_a_sentence_is_consistent_only_when_every_pair_is_right():
+    labels = {"dev-1-0-0": "True", "dev-1-1-0": "False", "dev-2-0-0": "True", "dev-2-1-0": "True"}
+    predictions = {"dev-1-0-0": "true", "dev-1-1-0": "FALSE", "dev-2-0-0": "True", "dev-2-1-0": "False"}
+    score = nlvr2_score(labels, predictions)
+    assert score.accuracy == 75.0 and score.consistency == 50.0
+    assert (score.examples, score.sentences) == (4, 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scores_equal_the_official_script_on_random_files(tmp_path: Path, seed: int):
+    rng = random.Random(seed)
+    labels = {}
+    for set_id in range(rng.randint(1, 30)):
+        for sentence in range(rng.randint(1, 3)):
+            for pair in range(rng.randint(1, 4)):
+                labels[f"{rng.choice(['dev', 'test1'])}-{set_id}-{pair}-{sentence}"] = rng.choice(["True", "False"])
+    predictions = {i: rng.choice(["True", "False", "true", "false"]) for i in labels}
+    predictions[f"dev-999-0-{seed}"] = "True"  # an extra prediction: ignored by both
+    csv = tmp_path / "predictions.csv"
+    write_nlvr2_predictions(predictions, csv)
+    accuracy, consistency = official_nlvr2(str(csv), str(_write_labels(tmp_path / "dev.json", labels)))
+    ours = score_nlvr2_files(tmp_path / "dev.json", csv)
+    assert ours.accuracy == 100 * accuracy and ours.consistency == 100 * consistency
+
+
+def test_perfect_and_inverted_predictions_bound_the_scores():
+    labels = {"dev-1-0-0": "True", "dev-1-1-0": "False"}
+    assert nlvr2_score(labels, dict(labels)).to_dict() == {"accuracy": 100.0, "consistency": 100.0, "examples": 2,
+                                                           "sentences": 1}  # fmt: skip
+    inverted = {i: "False" if v == "True" else "True" for i, v in labels.items()}
+    assert (nlvr2_score(labels, inverted).accuracy, nlvr2_score(labels, inverted).consistency) == (0.0, 0.0)
+
+
+def test_missing_predictions_are_an_error_as_in_the_official_script(tmp_path: Path):
+    labels = {"dev-1-0-0": "True", "dev-1-1-0": "False"}
+    csv = tmp_path / "p.csv"
+    write_nlvr2_predictions({"dev-1-0-0": "True"}, csv)
+    assert official_nlvr2(str(csv), str(_write_labels(tmp_path / "dev.json", labels))) is None
+    with pytest.raises(DataError, match="1 of 2 examples have no prediction, e.g. 'dev-1-1-0'"):
+        score_nlvr2_files(tmp_path / "dev.json", csv)
+
+
+def test_no_labelled_examples_is_an_error_not_a_division_by_zero():
+    with pytest.raises(DataError, match="no labelled examples"):
+        nlvr2_score({}, {"dev-1-0-0": "True"})
+
+
+def test_predictions_csv_round_trips_and_names_a_bad_line(tmp_path: Path):
+    write_nlvr2_predictions({"dev-1-0-0": "True", "dev-1-1-0": "False"}, tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_text() == "dev-1-0-0,True\ndev-1-1-0,False\n"
+    assert read_nlvr2_predictions(tmp_path / "p.csv") == {"dev-1-0-0": "True", "dev-1-1-0": "False"}
+    (tmp_path / "bad.csv").write_text("dev-1-0-0,True\ndev-1-1-0\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: expected identifier,prediction"):
+        read_nlvr2_predictions(tmp_path / "bad.csv")

@@ -1,0 +1,86 @@
+"""`meter predict` on single inputs, through the command's own entry point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+
+IMAGE = "images/val2014/COCO_val2014_000000000055.png"
+
+
+def predict(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
+    code = main(["predict", *args])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else None, captured.err
+
+
+def test_question_gives_answers_with_scores(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                              str(shapes_tasks_world / IMAGE), "--question", "What color is the circle?",
+                              "--top", "3")  # fmt: skip
+    assert code == 0 and len(result["answers"]) == 3
+    scores = [a["score"] for a in result["answers"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+
+
+def test_text_gives_a_match_score(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    run = micro_checkpoints("retrieval").parents[1]  # a run folder: its latest checkpoint is used
+    code, result, _ = predict(capsys, "--checkpoint", str(run), "--image", str(shapes_tasks_world / IMAGE),
+                              "--text", "a red circle.")  # fmt: skip
+    assert code == 0 and set(result) == {"match"} and 0 <= result["match"] <= 1
+
+
+def test_text_with_an_snli_ve_model_gives_the_three_probabilities(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("snli_ve")), "--image",
+                              str(shapes_tasks_world / IMAGE), "--text", "the red circle is made of wood.")  # fmt: skip
+    assert code == 0 and set(result["entailment"]) == {"entailment", "neutral", "contradiction"}
+    assert sum(result["entailment"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_two_images_and_a_sentence_give_an_nlvr2_judgement(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    left, right = sorted((shapes_tasks_world / "nlvr2/dev").glob("*.png"))[:2]
+    code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("nlvr2")), "--images", str(left),
+                              str(right), "--text", "both images contain a circle.")  # fmt: skip
+    assert code == 0 and result["label"] in ("True", "False")
+    assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_missing_image_is_named(micro_checkpoints, tmp_path: Path, capsys):
+    code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(tmp_path / "nope.png"), "--question", "What color is the circle?")  # fmt: skip
+    assert code == 2 and err.strip() == f"meter: data: {tmp_path / 'nope.png'}: image not found"
+
+
+def test_unreadable_image_is_named(micro_checkpoints, tmp_path: Path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(tmp_path / "broken.png"), "--question", "What color is the circle?")  # fmt: skip
+    assert code == 2 and f"{tmp_path / 'broken.png'}: unreadable image" in err
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_empty_question_is_refused(micro_checkpoints, shapes_tasks_world: Path, capsys, question: str):
+    code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(shapes_tasks_world / IMAGE), "--question", question)  # fmt: skip
+    assert code == 2 and "--question is empty" in err
+
+
+def test_a_model_without_the_head_says_which_it_has(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("snli_ve")), "--image",
+                           str(shapes_tasks_world / IMAGE), "--question", "What color is the circle?")  # fmt: skip
+    assert code == 2 and "needs a model with a vqa head (fine-tuned with task=vqa); this one has: snli_ve" in err
+
+
+@pytest.mark.slow
+def test_predict_runs_as_a_command(micro_checkpoints, shapes_tasks_world: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "meter", "predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+         str(shapes_tasks_world / IMAGE), "--question", "How many shapes are there?"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["answers"]

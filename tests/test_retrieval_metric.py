@@ -1,0 +1,78 @@
+import math
+
+import numpy as np
+import pytest
+
+from meter.errors import DataError
+from meter.metrics.retrieval import ranking, retrieval_recall
+from meter.tasks.retrieval import chance_recall
+from tests.reference.retrieval_brute_force import brute_force_recall
+
+
+def _check_against_brute_force(scores: np.ndarray, text_image: list[int]) -> dict[str, float]:
+    ours = retrieval_recall(scores, text_image)
+    expected = brute_force_recall(scores.tolist(), text_image)
+    assert {k: v for k, v in ours.items() if k != "rsum"} == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert ours["rsum"] == pytest.approx(sum(expected.values()))
+    return ours
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recall_equals_brute_force_on_random_scores(seed: int):
+    rng = np.random.default_rng(seed)
+    images = int(rng.integers(1, 25))
+    text_image = [i for i in range(images) for _ in range(int(rng.integers(1, 6)))]
+    _check_against_brute_force(rng.normal(size=(images, len(text_image))), text_image)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recall_equals_brute_force_when_scores_tie(seed: int):
+    rng = np.random.default_rng(100 + seed)
+    images = int(rng.integers(2, 20))
+    text_image = rng.permutation([i for i in range(images) for _ in range(5)]).tolist()  # texts in any order
+    scores = rng.integers(0, 3, size=(images, len(text_image))).astype(float)  # many ties
+    scores[rng.random(scores.shape) < 0.2] = -math.inf  # unscored pairs (outside a shortlist) tie at the bottom
+    _check_against_brute_force(scores, text_image)
+
+
+def test_ties_go_to_the_candidate_listed_first():
+    scores = np.zeros((3, 3))
+    result = retrieval_recall(scores, [2, 1, 0])  # every score equal: the order of the lists decides
+    assert result["i2t_r1"] == pytest.approx(100 / 3) and result["t2i_r1"] == pytest.approx(100 / 3)
+    assert ranking(scores, 2).tolist() == [[0, 1], [0, 1], [0, 1]]
+
+
+def test_an_image_without_captions_is_not_a_query():
+    scores = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])  # image 2 has no caption
+    result = _check_against_brute_force(scores, [0, 1])
+    assert result["i2t_r1"] == 100.0 and result["t2i_r1"] == 0.0  # image 2 outscores both images for each text
+
+
+def test_perfect_scores_give_full_recall():
+    text_image = [i for i in range(4) for _ in range(5)]
+    scores = np.array([[1.0 if text_image[t] == i else 0.0 for t in range(20)] for i in range(4)])
+    assert set(retrieval_recall(scores, text_image).values()) == {100.0, 600.0}
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_empty_score_matrices_are_an_error(shape: tuple[int, int]):
+    with pytest.raises(DataError, match="need at least one image and one text"):
+        retrieval_recall(np.zeros(shape), [0] * shape[1])
+
+
+def test_mismatched_links_and_nan_are_errors():
+    with pytest.raises(DataError, match="3 texts scored but 2"):
+        retrieval_recall(np.zeros((2, 3)), [0, 1])
+    with pytest.raises(DataError, match="outside 0..1"):
+        retrieval_recall(np.zeros((2, 2)), [0, 2])
+    with pytest.raises(DataError, match="NaN"):
+        retrieval_recall(np.array([[0.0, math.nan]]), [0, 0])
+
+
+def test_chance_recall_is_the_mean_of_random_rankings():
+    rng = np.random.default_rng(0)
+    text_image = [i for i in range(8) for _ in range(5)]
+    trials = [retrieval_recall(rng.random((8, 40)), text_image) for _ in range(3000)]
+    chance = chance_recall(8, [5] * 8)
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"):
+        assert np.mean([t[key] for t in trials]) == pytest.approx(chance[key], abs=1.5)
