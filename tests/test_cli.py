@@ -66,6 +66,8 @@ def test_prepare_shapes_writes_the_world(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "w/shapes_world.json").read_text())
     assert manifest["images"] == {"train2014": 8, "val2014": 2}
+    tasks = json.loads((tmp_path / "w/shapes_tasks.json").read_text())
+    assert tasks["counts"]["flickr30k_images"] == 10 and tasks["counts"]["nlvr2_train"] > 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,129 @@
+"""Caption scores: BLEU-4 and CIDEr through pycocoevalcap's own scorers, on PTB-tokenised text.
+
+The COCO caption evaluation tokenises references and candidates with Stanford's PTBTokenizer (Java, CoreNLP 3.4.1,
+`-preserveLines -lowerCase`) and then drops punctuation tokens. Two tokenisers are offered:
+- "python" (default): `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
+  meets (lower-casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and '';
+  brackets to -lrb- -rrb- ...; `, ; : ? ! % $ / ...` split off where PTB splits them; a sentence's final period
+  split off except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of caption-
+  like text (tested where Java is installed); it can differ on rarer inputs (the full abbreviation lists, emoticons,
+  some symbol clusters).
+- "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
+Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from meter.errors import ConfigError, DataError
+
+TOKENIZERS = ("python", "ptb")
+# the tokens pycocoevalcap's PTBTokenizer wrapper removes after tokenising (its PUNCTUATIONS list, verbatim)
+PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co", "corp", "ave",
+    "blvd", "rd", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "gen", "gov",
+    "lt", "col", "sgt", "capt", "rev", "hon", "bros", "dept", "est", "approx",
+}  # fmt: skip
+SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me",
+               "gimme": "gim me", "'tis": "'t is", "'twas": "'t was"}  # fmt: skip
+URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+")
+_RULES = [  # applied in order to each whitespace-separated chunk of lower-cased text
+    (re.compile(r"^\"|(?<=[(\[{`])\""), " `` "),
+    (re.compile(r"\""), " '' "),
+    (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)"), "` "),
+    (re.compile(r"\.\.\."), " ... "),
+    (re.compile(r"-{2,}"), " -- "),
+    (re.compile(r"[()\[\]{}]"), lambda m: f" {BRACKETS[m.group()]} "),
+    (re.compile(r"[?!]+"), r" \g<0> "),
+    (re.compile(r";|,(?!\d)|(?<!\d),|:(?!\d)|(?<!\d):"), r" \g<0> "),
+    (re.compile(r"[%$]|#(?=\d)"), r" \g<0> "),
+    (re.compile(r"(?<=\S)/$|^/(?=\S)"), " / "),
+    (re.compile(r"(?<=\d)(am|pm)$"), r" \1"),
+    (re.compile(r"'n'"), " 'n' "),
+    (re.compile(r"(?<=\w)n't\b"), " n't"),
+    (re.compile(r"(?<=\w)'(s|re|ve|ll|d|m)\b"), r" '\1"),
+    (re.compile(r"(?<=\w)'(?=\W*$)"), " ' "),
+]
+
+
+def _split_period(token: str, next_token: str | None) -> list[str]:
+    """A token's final period(s) go, except from acronyms (u.s., p.m., b.) and abbreviations (mr., no. 5)."""
+    stem = token.rstrip(".")
+    periods = len(token) - len(stem)
+    if periods == 0 or not stem or re.fullmatch(r"(?:[a-z]\.)*[a-z]", stem):
+        return [token]
+    number_follows = next_token is not None and next_token[:1].isdigit()
+    if periods == 1 and (stem in ABBREVIATIONS or (stem == "no" and number_follows)):
+        return [token]
+    return [stem, *["."] * periods]
+
+
+def ptb_tokenize(text: str) -> str:
+    """One caption as PTBTokenizer (-lowerCase) would tokenise it, tokens joined by single spaces."""
+    chunks = []
+    for chunk in text.replace("\n", " ").lower().split():
+        if not URL.fullmatch(chunk):
+            for pattern, replacement in _RULES:
+                chunk = pattern.sub(replacement, chunk)
+        chunks.append(chunk)
+    words = " ".join(SPLIT_WORDS.get(word, word) for word in " ".join(chunks).split()).split()
+    tokens: list[str] = []
+    for i, word in enumerate(words):
+        tokens += _split_period(word, words[i + 1] if i + 1 < len(words) else None)
+    return " ".join(tokens)
+
+
+def _drop_punctuation(tokenized: str) -> str:
+    return " ".join(w for w in tokenized.split(" ") if w not in PUNCTUATION)
+
+
+def tokenize_captions(captions: Mapping[str, Sequence[str]], tokenizer: str = "python") -> dict[str, list[str]]:
+    """id -> captions, tokenised and without punctuation, as the COCO evaluation feeds its scorers."""
+    if tokenizer == "python":
+        return {key: [_drop_punctuation(ptb_tokenize(c)) for c in texts] for key, texts in captions.items()}
+    if tokenizer == "ptb":
+        if shutil.which("java") is None:
+            raise ConfigError("caption tokenizer 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH")
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        return PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
+    raise ConfigError(f"caption tokenizer {tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}")
+
+
+@dataclass(frozen=True)
+class CaptionScores:
+    bleu: tuple[float, float, float, float]  # BLEU-1..4 (0..1)
+    cider: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"bleu4": 100 * self.bleu[3], "cider": 100 * self.cider} | {
+            f"bleu{n}": 100 * b for n, b in enumerate(self.bleu[:3], 1)
+        }
+
+
+def caption_scores(
+    references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], tokenizer: str = "python"
+) -> CaptionScores:
+    """BLEU-1..4 and CIDEr(-D as pycocoevalcap computes it) of one candidate per image against its references."""
+    if not references:
+        raise DataError("captions: no images to score")
+    missing = [key for key in references if key not in candidates]
+    if missing:
+        raise DataError(f"captions: {len(missing)} of {len(references)} images have no caption, e.g. {missing[0]!r}")
+    empty = [key for key, texts in references.items() if not texts]
+    if empty:
+        raise DataError(f"captions: {len(empty)} images have no reference caption, e.g. {empty[0]!r}")
+    gts = tokenize_captions(references, tokenizer)
+    res = tokenize_captions({key: [candidates[key]] for key in references}, tokenizer)
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    return CaptionScores(tuple(float(b) for b in bleu), float(cider))

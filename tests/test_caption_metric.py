@@ -1,0 +1,75 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from meter.errors import ConfigError, DataError
+from meter.metrics.caption import caption_scores, ptb_tokenize, tokenize_captions
+
+CORPUS = Path(__file__).parent / "data" / "caption_corpus.txt"
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the official PTBTokenizer needs java")
+
+
+def _corpus(shapes_tasks_world: Path) -> list[str]:
+    lines = [line for line in CORPUS.read_text().splitlines() if line.strip()]
+    karpathy = json.loads((shapes_tasks_world / "karpathy/dataset_flickr30k.json").read_text())
+    return lines + [s["raw"] for image in karpathy["images"] for s in image["sentences"]]
+
+
+def test_tokenizer_splits_clitics_quotes_brackets_and_final_periods():
+    assert ptb_tokenize("A man's dog doesn't \"like\" (brown) grey.") == (
+        "a man 's dog does n't `` like '' -lrb- brown -rrb- grey ."
+    )
+    assert ptb_tokenize("The U.S. flag, 3.5 km at 5 p.m. near Mr. Smith's.") == (
+        "the u.s. flag , 3.5 km at 5 p.m. near mr. smith 's ."
+    )
+
+
+@needs_java
+def test_python_tokenizer_equals_the_official_ptbtokenizer_on_caption_text(shapes_tasks_world: Path):
+    captions = {str(i): [line] for i, line in enumerate(_corpus(shapes_tasks_world))}
+    assert tokenize_captions(captions, "python") == tokenize_captions(captions, "ptb")
+
+
+def test_scores_equal_pycocoevalcaps_scorers_on_the_same_input():
+    references = {
+        "1": ["a red circle on a plain background", "a picture of a red circle", "one shape a red circle"],
+        "2": ["two blue squares at the top", "a picture of two blue squares", "two squares both blue"],
+        "3": ["a green triangle and a yellow diamond", "an image showing a green triangle and a yellow diamond"],
+    }
+    candidates = {"1": "a picture of a red circle", "2": "two blue squares", "3": "a green triangle"}
+    scores = caption_scores(references, candidates)  # already tokenised: the tokenizer changes nothing
+    bleu, _ = Bleu(4).compute_score(references, {k: [v] for k, v in candidates.items()}, verbose=0)
+    cider, _ = Cider().compute_score(references, {k: [v] for k, v in candidates.items()})
+    assert scores.bleu == tuple(bleu) and scores.cider == cider
+    assert scores.to_dict()["bleu4"] == 100 * bleu[3] and scores.to_dict()["cider"] == 100 * cider
+
+
+def test_punctuation_and_case_do_not_change_the_scores():
+    references = {"1": ["A red circle.", "A picture of a red circle!"], "2": ["Two blue squares, side by side."]}
+    plain = {"1": ["a red circle", "a picture of a red circle"], "2": ["two blue squares side by side"]}
+    candidates = {"1": "A RED circle.", "2": "two blue squares; side by side"}
+    assert caption_scores(references, candidates) == caption_scores(
+        plain, {"1": "a red circle", "2": "two blue squares side by side"}
+    )
+
+
+def test_a_perfect_caption_scores_full_bleu_and_an_empty_one_zero():
+    references = {"1": ["a red circle on a plain background"], "2": ["two blue squares at the top left"]}
+    assert caption_scores(references, {k: v[0] for k, v in references.items()}).bleu[3] == pytest.approx(1.0)
+    empty = caption_scores(references, {"1": "", "2": ""})
+    assert empty.bleu == (0.0, 0.0, 0.0, 0.0) and empty.cider == 0.0
+
+
+def test_empty_and_incomplete_inputs_are_errors():
+    with pytest.raises(DataError, match="no images to score"):
+        caption_scores({}, {})
+    with pytest.raises(DataError, match="1 of 2 images have no caption, e.g. '2'"):
+        caption_scores({"1": ["a"], "2": ["b"]}, {"1": "a"})
+    with pytest.raises(DataError, match="no reference caption"):
+        caption_scores({"1": []}, {"1": "a"})
+    with pytest.raises(ConfigError, match="choose one of: python, ptb"):
+        tokenize_captions({"1": ["a"]}, "nltk")
