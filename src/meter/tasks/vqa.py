@@ -21,7 +21,7 @@ from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
 from meter.errors import ConfigError
 from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy
-from meter.models.folder import ModelFolder, load_model_folder
+from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.meter import Meter
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
@@ -153,6 +153,8 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
+    require_answers(description, checkpoint)
+    cfg.model = description.config.model  # the model's own resolution, not the data config's default
     model.to(runtime.device)
     records = read_vqa_split(cfg, cfg.vqa.eval_split)
     task = VqaTask(model, description.answers, description.config)
