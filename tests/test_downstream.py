@@ -16,7 +16,7 @@ from meter.models.folder import load_model_folder
 from meter.runs import evaluate_run, run_finetune
 from meter.tasks.build import build_model, load_for_eval, task_tokenizer
 from meter.tasks.nlvr2 import Nlvr2Task
-from meter.tasks.retrieval import encode_split, read_retrieval_split, score_matrix
+from meter.tasks.retrieval import encode_split, read_retrieval_split, score_matrix, setup_retrieval
 from meter.train.runtime import setup_runtime
 
 
@@ -95,9 +95,20 @@ def test_shortlisted_scores_are_the_full_scores_of_each_querys_best_candidates(m
     assert not scored.all()
 
 
+def test_rank_head_starts_as_the_pretrained_itm_match_row(micro_checkpoints):
+    pretrained = load_file(micro_checkpoints("pretrain") / "model.safetensors")
+    _, _, description = load_model_folder(micro_checkpoints("retrieval"))
+    cfg = description.config
+    cfg.train.init_from = str(micro_checkpoints("pretrain"))
+    job = setup_retrieval(cfg)
+    rank = job.task.model.heads["rank"]
+    assert torch.equal(rank.weight, pretrained["heads.itm.fc.weight"][1:])
+    assert torch.equal(rank.bias, pretrained["heads.itm.fc.bias"][1:])
+
+
 def test_evaluate_refuses_a_model_without_the_task_head(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
     cfg = load_config(None, ["task=retrieval", f"data.root={shapes_tasks_world}", "train.progress=false"])
-    with pytest.raises(ConfigError, match="has no itm head"):
+    with pytest.raises(ConfigError, match="has no rank or itm head"):
         evaluate_run(cfg, micro_checkpoints("snli_ve"), tmp_path)
 
 

@@ -31,7 +31,13 @@ def test_text_gives_a_match_score(micro_checkpoints, shapes_tasks_world: Path, c
     run = micro_checkpoints("retrieval").parents[1]  # a run folder: its latest checkpoint is used
     code, result, _ = predict(capsys, "--checkpoint", str(run), "--image", str(shapes_tasks_world / IMAGE),
                               "--text", "a red circle.")  # fmt: skip
-    assert code == 0 and set(result) == {"match"} and 0 <= result["match"] <= 1
+    assert code == 0 and set(result) == {"match_score"}
+
+
+def test_text_with_a_pretrained_model_gives_the_itm_probability(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("pretrain")), "--image",
+                              str(shapes_tasks_world / IMAGE), "--text", "a red circle.")  # fmt: skip
+    assert code == 0 and set(result) == {"match_probability"} and 0 <= result["match_probability"] <= 1
 
 
 def test_text_with_an_snli_ve_model_gives_the_three_probabilities(micro_checkpoints, shapes_tasks_world: Path, capsys):

@@ -16,8 +16,8 @@ from meter.errors import ConfigError, DataError
 from meter.tasks.build import load_for_eval
 from meter.tasks.nlvr2 import CLASSES as NLVR2_CLASSES
 from meter.tasks.nlvr2 import Nlvr2Task
-from meter.tasks.retrieval import HEAD as MATCH_HEAD
-from meter.tasks.retrieval import match_score
+from meter.tasks.retrieval import HEAD as RANK_HEAD
+from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
@@ -79,16 +79,22 @@ class Predictor:
 
     @torch.no_grad()
     def match(self, image: str | Path, text: str) -> dict[str, Any]:
-        """How well the text matches the image (ITM), and SNLI-VE's three probabilities when the model has them."""
+        """How well the text matches the image: a retrieval model's ranking score, or a pretrained model's ITM
+        probability; and SNLI-VE's three probabilities when the model has that head."""
         text = _text(text, "--text")
-        if MATCH_HEAD not in self.description.heads and SnliVeTask.head not in self.description.heads:
-            self._require(MATCH_HEAD, "--text", "retrieval (or pretrain, or snli_ve)")
+        scorer = scoring_head(self.model)
+        if scorer is None and SnliVeTask.head not in self.description.heads:
+            self._require(RANK_HEAD, "--text", "retrieval (or pretrain, or snli_ve)")
         batch = self._batch([image], text)
         result: dict[str, Any] = {}
-        if MATCH_HEAD in self.description.heads:
-            score = match_score(self.model, self.model.encode_text(batch["input_ids"], batch["attention_mask"]),
-                                batch["attention_mask"], self.model.encode_image(batch["pixels"]))  # fmt: skip
-            result["match"] = round(float(score.sigmoid()[0]), 4)  # P(match) of the two ITM logits
+        if scorer is not None:
+            mask = batch["attention_mask"]
+            text_tokens = self.model.encode_text(batch["input_ids"], mask)
+            score = float(match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"]))[0])
+            if scorer == RANK_HEAD:  # trained to rank candidates: a score, higher is better, not a probability
+                result["match_score"] = round(score, 4)
+            else:  # the ITM head's two logits: P(match)
+                result["match_probability"] = round(float(torch.sigmoid(torch.tensor(score))), 4)
         if SnliVeTask.head in self.description.heads:
             task = SnliVeTask(self.model, self.description.config, len(SNLI_VE_LABELS))
             probabilities = task.logits(batch).float().softmax(-1)[0].tolist()

@@ -1,8 +1,9 @@
 """Image-text retrieval (Flickr30k, COCO Karpathy splits): train the fused model to rank, evaluate R@1/5/10.
 
 Training, per batch of (image, caption) pairs: each image ranks its caption above `negatives` other captions of the
-batch, and each caption its image above `negatives` other images, by the ITM head's match logit, with a softmax
-cross-entropy over the candidates (ViLT/METER's ranking loss, in both directions). Negatives are drawn in
+batch, and each caption its image above `negatives` other images, by the `rank` head's score (METER's
+`rank_output`, started from the pretrained ITM head's match row as METER does), with a softmax cross-entropy over
+the candidates (ViLT/METER's ranking loss, in both directions). Negatives are drawn in
 proportion to the unimodal similarity (hard negatives, as ALBEF draws them), which a contrastive loss on the
 projected [CLS] features trains at the same time. Captions of the same image are never negatives.
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -34,14 +36,15 @@ from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
-from meter.models.folder import ModelFolder
+from meter.models.folder import WEIGHTS, ModelFolder, read_model_folder
 from meter.models.meter import Meter
 from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
-HEAD = "itm"  # the match logit ranks; pretraining's ITM head is the starting point
+HEAD = "rank"  # one score per pair (the official checkpoints' rank_output)
+ITM = "itm"  # a model with only an ITM head (pretrained) ranks by its match - mismatch logit
 
 
 def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,10 +54,35 @@ def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tens
     )
 
 
+def scoring_head(model: Meter) -> str | None:
+    """The head that scores pairs: rank, else ITM, else None."""
+    return next((head for head in (HEAD, ITM) if head in model.heads), None)
+
+
 def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
-    """The fused model's score of each (text, image) row pair: the ITM head's match minus mismatch logit."""
-    logits = model.heads[HEAD](model.fuse(text, mask, image).joint).float()
+    """The fused model's score of each (text, image) row pair: the rank head's output, or for a model with only
+    an ITM head its match minus mismatch logit (the log-odds of a match)."""
+    joint = model.fuse(text, mask, image).joint
+    if HEAD in model.heads:
+        return model.heads[HEAD](joint).float()[:, 0]
+    logits = model.heads[ITM](joint).float()
     return logits[:, 1] - logits[:, 0]
+
+
+def init_rank_from_itm(model: Meter, weights: Path) -> bool:
+    """Starts the rank head as the ITM head's match row, as METER does; False when `weights` has no ITM head."""
+    names = {f"heads.{ITM}.fc.weight": "weight", f"heads.{ITM}.fc.bias": "bias"}
+    with safe_open(str(weights), framework="pt") as f:
+        if not set(names) <= set(f.keys()):
+            return False
+        saved = {part: f.get_tensor(name) for name, part in names.items()}
+    rank = model.heads[HEAD]
+    if saved["weight"].shape[1:] != rank.weight.shape[1:]:
+        return False
+    with torch.no_grad():
+        rank.weight.copy_(saved["weight"][1:])
+        rank.bias.copy_(saved["bias"][1:])
+    return True
 
 
 def contrastive_loss(similarity: Tensor, positive: Tensor) -> Tensor:
@@ -80,7 +108,7 @@ class RetrievalTask(nn.Module):
         self.settings: RetrievalConfig = cfg.retrieval
 
     def describe(self) -> ModelFolder:
-        return ModelFolder(self.cfg, {HEAD: 2})
+        return ModelFolder(self.cfg, {HEAD: 1})
 
     def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """Gumbel noise for drawing negatives without replacement (image -> text and text -> image)."""
@@ -134,7 +162,10 @@ def setup_retrieval(cfg: Config) -> Finetuning:
         raise ConfigError("retrieval.negatives = 0 and retrieval.itc = 0: nothing to train; raise one of them")
     records = read_retrieval_split(cfg, cfg.retrieval.train_splits)
     tokenizer = task_tokenizer(cfg)
-    model = build_model(cfg, tokenizer, {HEAD: 2})
+    model = build_model(cfg, tokenizer, {HEAD: 1})
+    source = cfg.train.init_from
+    if source and HEAD not in read_model_folder(source).heads and init_rank_from_itm(model, Path(source) / WEIGHTS):
+        log.info("retrieval: the rank head starts from %s's ITM head (its match row)", source)
     dataset = CaptionPairs(records, image_reader(cfg, model))
     log.info("retrieval: %d training captions of %d images", len(dataset), len(records))
     return Finetuning(RetrievalTask(model, cfg), dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
@@ -248,8 +279,8 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
         raise ConfigError(f"retrieval.shortlist = {settings.shortlist} must be 0 (every pair) or at least {max(KS)}")
     runtime = setup_runtime(cfg.train)
     loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
-    if HEAD not in loaded.model.heads:
-        raise ConfigError(f"{checkpoint}: the model has no {HEAD} head to score pairs with (it has: "
+    if scoring_head(loaded.model) is None:
+        raise ConfigError(f"{checkpoint}: the model has no {HEAD} or {ITM} head to score pairs with (it has: "
                           f"{', '.join(loaded.model.heads) or 'none'}); fine-tune it with task=retrieval")  # fmt: skip
     records = read_retrieval_split(cfg, [settings.eval_split])
     if settings.max_eval_images > 0:
