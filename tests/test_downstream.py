@@ -106,10 +106,17 @@ def test_rank_head_starts_as_the_pretrained_itm_match_row(micro_checkpoints):
     assert torch.equal(rank.bias, pretrained["heads.itm.fc.bias"][1:])
 
 
-def test_evaluate_refuses_a_model_without_the_task_head(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
-    cfg = load_config(None, ["task=retrieval", f"data.root={shapes_tasks_world}", "train.progress=false"])
-    with pytest.raises(ConfigError, match="has no rank or itm head"):
-        evaluate_run(cfg, micro_checkpoints("snli_ve"), tmp_path)
+@pytest.mark.parametrize(
+    ("task", "checkpoint", "message"),
+    [("retrieval", "snli_ve", "has no rank or itm head"), ("nlvr2", "snli_ve", "has no nlvr2 head"),
+     ("snli_ve", "nlvr2", "has no snli_ve head")],
+)  # fmt: skip
+def test_evaluate_refuses_a_model_without_the_task_head(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, task: str, checkpoint: str, message: str
+):
+    cfg = load_config(None, [f"task={task}", f"data.root={shapes_tasks_world}", "train.progress=false"])
+    with pytest.raises(ConfigError, match=message):
+        evaluate_run(cfg, micro_checkpoints(checkpoint), tmp_path)
 
 
 def test_pretrain_is_not_a_downstream_task(micro_config):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,9 +16,12 @@ from tqdm import tqdm
 from meter.config import Config
 from meter.data.bad_samples import BadSample
 from meter.data.collate import Collate
+from meter.data.datasets import ImageReader
+from meter.errors import ConfigError
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
-from meter.train.runtime import Runtime
+from meter.tasks.build import load_for_eval
+from meter.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +87,21 @@ def predict_classes(
             predictions.setdefault(index, 0)
     task.train(was_training)
     return predictions
+
+
+def classify_split(
+    cfg: Config, checkpoint: str | Path, task_type: type[ClassificationTask], classes: int,
+    examples: Callable[[ImageReader], Dataset],
+) -> dict[int, int]:  # fmt: skip
+    """Loads a model folder and predicts every example `examples(image_reader)` gives: index -> class."""
+    runtime = setup_runtime(cfg.train)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    if task_type.head not in loaded.description.heads:
+        raise ConfigError(
+            f"{checkpoint}: the model has no {task_type.head} head (it has: "
+            f"{', '.join(loaded.description.heads) or 'none'}); fine-tune it with task={task_type.head}"
+        )
+    task = task_type(loaded.model, loaded.description.config, classes)
+    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
+    dataset = examples(loaded.images)
+    return predict_classes(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)

@@ -18,10 +18,9 @@ from meter.data.formats.nlvr2 import Nlvr2Record, read_nlvr2
 from meter.data.labelled import UNLABELLED, Example, LabelledExamples
 from meter.errors import ConfigError
 from meter.metrics.nlvr2 import nlvr2_score, write_nlvr2_predictions
-from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
-from meter.tasks.classify import ClassificationTask, predict_classes
+from meter.tasks.build import build_model, image_reader, task_tokenizer
+from meter.tasks.classify import ClassificationTask, classify_split
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
-from meter.train.runtime import setup_runtime
 
 log = logging.getLogger(__name__)
 CLASSES = ("False", "True")  # class index -> the label the official files use
@@ -75,14 +74,9 @@ def setup_nlvr2(cfg: Config) -> Finetuning:
 def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Predicts nlvr2.eval_split; writes the leaderboard CSV `nlvr2_predictions_{split}.csv` and, when the split is
     labelled, the official accuracy and consistency."""
-    runtime = setup_runtime(cfg.train)
-    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
     split = cfg.nlvr2.eval_split
     records = read_nlvr2_split(cfg, split)
-    task = Nlvr2Task(loaded.model, loaded.description.config, len(CLASSES))
-    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
-    classes = predict_classes(task, nlvr2_dataset(records, loaded.images), collate, runtime,
-                              cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
+    classes = classify_split(cfg, checkpoint, Nlvr2Task, len(CLASSES), lambda images: nlvr2_dataset(records, images))
     predictions = {r.identifier: CLASSES[classes[i]] for i, r in enumerate(records)}
     out.mkdir(parents=True, exist_ok=True)
     write_nlvr2_predictions(predictions, out / f"nlvr2_predictions_{split}.csv")

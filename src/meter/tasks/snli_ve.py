@@ -14,10 +14,9 @@ from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.data.formats.snli_ve import SNLI_VE_LABELS, SnliVeRecord, read_snli_ve
 from meter.data.labelled import Example, LabelledExamples
-from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
-from meter.tasks.classify import ClassificationTask, predict_classes
+from meter.tasks.build import build_model, image_reader, task_tokenizer
+from meter.tasks.classify import ClassificationTask, classify_split
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
-from meter.train.runtime import setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,10 @@ def snli_ve_accuracy(records: list[SnliVeRecord], predictions: dict[int, int]) -
 
 def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, label) and the accuracy."""
-    runtime = setup_runtime(cfg.train)
-    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
     split = cfg.snli_ve.eval_split
     records = read_snli_ve_split(cfg, split)
-    task = SnliVeTask(loaded.model, loaded.description.config, len(SNLI_VE_LABELS))
-    collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
-    predictions = predict_classes(task, snli_ve_dataset(records, loaded.images), collate, runtime,
-                                  cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
+    predictions = classify_split(cfg, checkpoint, SnliVeTask, len(SNLI_VE_LABELS),
+                                 lambda images: snli_ve_dataset(records, images))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"pairID": r.pair_id, "gold_label": SNLI_VE_LABELS[predictions[i]]}) + "\n"
              for i, r in enumerate(records)]  # fmt: skip

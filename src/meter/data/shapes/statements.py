@@ -39,16 +39,21 @@ def _thing(color: str | None, shape: str | None) -> str:
     return shape or f"{color} shape"
 
 
+# how often each template is drawn: existence over the two images (0-3) more often than counting (4-7), which a
+# small model learns last
+TEMPLATE_WEIGHTS = np.array([0.25, 0.15, 0.15, 0.15, 0.075, 0.075, 0.075, 0.075])
+NAMED_WEIGHTS = np.array([0.25, 0.5, 0.25])  # colour and shape, colour only, shape only
+
+
 def nlvr2_statement(rng: np.random.Generator) -> Statement:
     """One sentence about a pair of images, from one of eight templates."""
     color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
-    # some sentences name a colour or a shape only: they are true more often
-    named = [(color, shape), (color, None), (None, shape)][int(rng.integers(3))]
+    named = [(color, shape), (color, None), (None, shape)][int(rng.choice(3, p=NAMED_WEIGHTS))]
     thing = _thing(*named)
     article = "an" if thing[0] in "aeiou" else "a"
     side = str(rng.choice(["left", "right"]))
     n = int(rng.integers(1, 5))
-    template = int(rng.integers(8))
+    template = int(rng.choice(len(TEMPLATE_WEIGHTS), p=TEMPLATE_WEIGHTS))
     if template == 0:
         pick = (lambda a, b: a) if side == "left" else (lambda a, b: b)
         return Statement(f"the {side} image contains {article} {thing}.", lambda a, b: _has(pick(a, b), *named))

@@ -44,7 +44,7 @@ def flickr_image_count(spec: WorldSpec) -> int:
 
 
 def nlvr2_set_count(spec: WorldSpec) -> int:
-    return max(6, spec.images // 8)
+    return max(6, spec.images // 4)
 
 
 def three_way_split(index: int, total: int, names: tuple[str, str, str]) -> str:
