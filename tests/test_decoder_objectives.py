@@ -12,6 +12,7 @@ from meter.data.collate import Collate
 from meter.data.tokenizers import load_tokenizer
 from meter.objectives.mlm import IGNORE
 from meter.objectives.prefix_lm import split_prefix
+from meter.objectives.seq2seq import Targets, captions_of
 from meter.objectives.span import add_sentinels, corrupt_spans, sentinel_ids, span_mask
 from meter.tasks.build import build_model, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
@@ -29,8 +30,8 @@ def _batch(shapes_world: Path, kind: str):
     add_sentinels(tokenizer)
     encoded = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
     word_ids = torch.tensor([[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(CAPTIONS))])
-    ids = {"start_id": tokenizer.cls_token_id, "end_id": tokenizer.sep_token_id, "pad_id": tokenizer.pad_token_id}
-    return tokenizer, encoded, word_ids, ids
+    captions = captions_of(encoded["input_ids"], word_ids, encoded["attention_mask"])
+    return tokenizer, encoded, captions, Targets.of(tokenizer, 64)
 
 
 def _rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -43,16 +44,15 @@ def _targets(labels: torch.Tensor) -> list[list[int]]:
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
 def test_filling_the_sentinels_with_the_decoders_spans_restores_the_caption(shapes_world: Path, kind: str):
-    tokenizer, encoded, word_ids, ids = _batch(shapes_world, kind)
+    tokenizer, encoded, captions, targets = _batch(shapes_world, kind)
     sentinels = sentinel_ids(tokenizer)
     for seed in range(5):
         generator = torch.Generator().manual_seed(seed)
-        out = corrupt_spans(encoded["input_ids"], word_ids, encoded["attention_mask"], sentinels, 0.3, 2.0,
-                            generator, max_target=64, **ids)  # fmt: skip
+        out = corrupt_spans(captions, sentinels, 0.3, 2.0, generator, targets)
         originals = _rows(encoded["input_ids"], encoded["attention_mask"])
         for original, encoder, target in zip(originals, _rows(out.input_ids, out.attention_mask),
                                              _targets(out.labels), strict=True):  # fmt: skip
-            assert target[-1] == ids["end_id"]
+            assert target[-1] == targets.end_id
             spans, current = {}, None
             for token in target[:-1]:  # <extra_id_k> opens span k
                 if token in sentinels:
@@ -67,7 +67,7 @@ def test_filling_the_sentinels_with_the_decoders_spans_restores_the_caption(shap
             words = tokenizer.decode(restored, skip_special_tokens=True).split()
             assert words == tokenizer.decode(original, skip_special_tokens=True).split()
         # the teacher-forced decoder input is the start token, then the targets shifted right
-        assert (out.decoder_input_ids[:, 0] == ids["start_id"]).all()
+        assert (out.decoder_input_ids[:, 0] == targets.start_id).all()
         real = out.labels[:, 1:] != IGNORE  # positions t + 1 of each row's own length
         assert torch.equal(out.decoder_input_ids[:, 1:][real], out.labels[:, :-1][real])
 
@@ -85,16 +85,15 @@ def test_span_masks_keep_their_proportion_and_stay_apart():
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
 def test_prefix_and_continuation_make_the_caption_split_between_words(shapes_world: Path, kind: str):
-    tokenizer, encoded, word_ids, ids = _batch(shapes_world, kind)
+    tokenizer, encoded, captions, targets = _batch(shapes_world, kind)
     splits = set()
     for seed in range(10):
-        out = split_prefix(encoded["input_ids"], word_ids, encoded["attention_mask"],
-                           torch.Generator().manual_seed(seed), max_target=64, **ids)  # fmt: skip
+        out = split_prefix(captions, torch.Generator().manual_seed(seed), targets)
         originals = _rows(encoded["input_ids"], encoded["attention_mask"])
         for original, prefix, target in zip(originals, _rows(out.input_ids, out.attention_mask),
                                             _targets(out.labels), strict=True):  # fmt: skip
             assert prefix[0] == original[0] and prefix[-1] == original[-1]  # the encoder keeps [CLS] .. [SEP]
-            assert target[-1] == ids["end_id"] and len(target) >= 2  # at least one word to write
+            assert target[-1] == targets.end_id and len(target) >= 2  # at least one word to write
             assert prefix[:-1] + target[:-1] == original[:-1]
             prefix_text = tokenizer.decode(prefix, skip_special_tokens=True)
             target_text = tokenizer.decode(target, skip_special_tokens=True)
@@ -104,9 +103,9 @@ def test_prefix_and_continuation_make_the_caption_split_between_words(shapes_wor
 
 
 def test_long_targets_are_cut_to_the_decoders_positions(shapes_world: Path):
-    _, encoded, word_ids, ids = _batch(shapes_world, "wordpiece")
-    out = split_prefix(encoded["input_ids"], word_ids, encoded["attention_mask"], torch.Generator().manual_seed(0),
-                       max_target=4, **ids)  # fmt: skip
+    _, _, captions, targets = _batch(shapes_world, "wordpiece")
+    short = Targets(targets.start_id, targets.end_id, targets.pad_id, max_length=4)
+    out = split_prefix(captions, torch.Generator().manual_seed(0), short)
     assert out.labels.shape[1] <= 4 and out.decoder_input_ids.shape == out.labels.shape
 
 

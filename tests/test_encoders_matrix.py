@@ -118,3 +118,9 @@ def test_the_cli_pretrains_every_encoder_decoder_with_span_and_prefix_lm(shapes_
     _pretrain_through_the_cli(shapes_world, tmp_path / "run", f"model.vision={vision}", f"model.text={text}",
                               f"model.fusion={fusion}", "model.architecture=encoder-decoder", "objectives.span=1",
                               "objectives.prefix_lm=1")  # fmt: skip
+
+
+def test_meter_models_lists_every_part_and_architecture(capsys: pytest.CaptureFixture[str]):
+    assert meter_main(["models"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert {*VISIONS, *TEXTS, *FUSION_NAMES, "encoder", "encoder-decoder", "timm:<name>"} <= listed

@@ -57,11 +57,15 @@ class VisionSpec:
 VISION: Registry[VisionSpec] = Registry("vision encoder")
 VISION.add("vit", VisionSpec("vit_base_patch16_224"), "ViT-B/16, ImageNet (timm vit_base_patch16_224)")
 VISION.add("deit", VisionSpec("deit_base_patch16_224"), "DeiT-B/16 (timm deit_base_patch16_224)")
-VISION.add("clip-vit", VisionSpec("vit_base_patch16_clip_quickgelu_224"), "CLIP-ViT-B/16, OpenAI layout with QuickGELU")
+VISION.add(
+    "clip-vit",
+    VisionSpec("vit_base_patch16_clip_quickgelu_224"),
+    "CLIP-ViT-B/16, OpenAI's (timm vit_base_patch16_clip_quickgelu_224)",
+)
 VISION.add(
     "clip-vit-b32",
     VisionSpec("vit_base_patch32_clip_quickgelu_224", {"tiny": {**TINY_VIT, "patch_size": 16}, "base": {}}),
-    "CLIP-ViT-B/32, OpenAI layout with QuickGELU",
+    "CLIP-ViT-B/32, OpenAI's (timm vit_base_patch32_clip_quickgelu_224)",
 )
 VISION.add(
     "swin",

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from meter.objectives.seq2seq import Seq2SeqBatch, pack, words_of
+from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, pack
 
 
-def split_prefix(
-    input_ids: torch.Tensor,
-    word_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    generator: torch.Generator,
-    start_id: int,
-    end_id: int,
-    pad_id: int,
-    max_target: int,
-) -> Seq2SeqBatch:
+def split_prefix(captions: list[Caption], generator: torch.Generator, targets: Targets) -> Seq2SeqBatch:
     encoder_rows, target_rows = [], []
-    for row in words_of(input_ids, word_ids, attention_mask):
-        words = max((w for _, w in row), default=-1) + 1
-        split = int(torch.randint(max(words, 1), (1,), generator=generator))
-        encoder_rows.append([token for token, word in row if word < split])  # special tokens (-1) stay
-        target_rows.append([token for token, word in row if word >= split] + [end_id])
-    return pack(encoder_rows, target_rows, start_id, pad_id, max_target)
+    for caption in captions:
+        split = int(torch.randint(max(caption.words, 1), (1,), generator=generator))
+        encoder_rows.append([token for token, word in caption.tokens if word < split])  # special tokens (-1) stay
+        target_rows.append([token for token, word in caption.tokens if word >= split] + [targets.end_id])
+    return pack(encoder_rows, target_rows, targets)

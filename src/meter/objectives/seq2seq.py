@@ -7,8 +7,24 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from meter.objectives.mlm import IGNORE
+
+
+@dataclass(frozen=True)
+class Targets:
+    """How decoder sequences are written: start and end tokens, padding, and the decoder's positions."""
+
+    start_id: int
+    end_id: int
+    pad_id: int
+    max_length: int
+
+    @staticmethod
+    def of(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Targets:
+        """[CLS]/<s> starts, [SEP]/</s> ends: the tokenizer's own sequence markers."""
+        return Targets(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, max_length)
 
 
 @dataclass
@@ -28,19 +44,26 @@ class Seq2SeqBatch:
         return Seq2SeqBatch(**{key: batch[f"{prefix}_{key}"] for key in Seq2SeqBatch.__dataclass_fields__})
 
 
-def words_of(input_ids: Tensor, word_ids: Tensor, attention_mask: Tensor) -> list[list[tuple[int, int]]]:
-    """Per row, its (token id, word id) pairs without padding; special tokens have word id -1."""
-    rows = []
+@dataclass
+class Caption:
+    tokens: list[tuple[int, int]]  # (token id, word id) without padding; special tokens have word id -1
+    words: int
+
+
+def captions_of(input_ids: Tensor, word_ids: Tensor, attention_mask: Tensor) -> list[Caption]:
+    """The batch's captions as token and word ids, read once for every decoder objective."""
+    captions = []
     for ids, words, mask in zip(input_ids.tolist(), word_ids.tolist(), attention_mask.tolist(), strict=True):
-        rows.append([(token, word) for token, word, keep in zip(ids, words, mask, strict=True) if keep])
-    return rows
+        tokens = [(token, word) for token, word, keep in zip(ids, words, mask, strict=True) if keep]
+        captions.append(Caption(tokens, max((w for _, w in tokens), default=-1) + 1))
+    return captions
 
 
-def pack(
-    encoder_rows: list[list[int]], target_rows: list[list[int]], start_id: int, pad_id: int, max_target: int
-) -> Seq2SeqBatch:
-    """Pads the rows into tensors; targets longer than `max_target` (the decoder's positions) are cut."""
-    target_rows = [row[:max_target] for row in target_rows]
+def pack(encoder_rows: list[list[int]], target_rows: list[list[int]], targets: Targets) -> Seq2SeqBatch:
+    """Pads the rows into tensors; a target row longer than the decoder's positions is cut. Each target row ends
+    with the end token already."""
+    start_id, pad_id = targets.start_id, targets.pad_id
+    target_rows = [row[: targets.max_length] for row in target_rows]
     batch, length, steps = len(encoder_rows), max(map(len, encoder_rows)), max(map(len, target_rows))
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)

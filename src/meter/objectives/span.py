@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from meter.errors import DataError
-from meter.objectives.seq2seq import Seq2SeqBatch, pack, words_of
+from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, pack
 
 SENTINELS = 100  # as T5's vocabulary
 
@@ -66,25 +66,19 @@ def span_mask(
 
 
 def corrupt_spans(
-    input_ids: torch.Tensor,
-    word_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    captions: list[Caption],
     sentinels: list[int],
     probability: float,
     mean_length: float,
     generator: torch.Generator,
-    start_id: int,
-    end_id: int,
-    pad_id: int,
-    max_target: int,
+    targets: Targets,
 ) -> Seq2SeqBatch:
     """Corrupts each caption afresh (new spans every time a sample is seen)."""
     encoder_rows, target_rows = [], []
-    for row in words_of(input_ids, word_ids, attention_mask):
-        words = max((w for _, w in row), default=-1) + 1
-        noise = span_mask(words, probability, mean_length, len(sentinels), generator)
+    for caption in captions:
+        noise = span_mask(caption.words, probability, mean_length, len(sentinels), generator)
         encoder, target, span, in_span = [], [], -1, False
-        for token, word in row:
+        for token, word in caption.tokens:
             if word >= 0 and noise[word]:
                 if not in_span:  # a new span: one sentinel stands for it in the encoder, and opens it in the target
                     span += 1
@@ -96,5 +90,5 @@ def corrupt_spans(
                 encoder.append(token)
                 in_span = False
         encoder_rows.append(encoder)
-        target_rows.append([*target, end_id])
-    return pack(encoder_rows, target_rows, start_id, pad_id, max_target)
+        target_rows.append([*target, targets.end_id])
+    return pack(encoder_rows, target_rows, targets)

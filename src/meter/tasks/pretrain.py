@@ -14,7 +14,7 @@ from meter.models.meter import Meter
 from meter.objectives.itm import itm_loss, itm_pairing
 from meter.objectives.mlm import IGNORE, mask_tokens, mlm_loss
 from meter.objectives.prefix_lm import split_prefix
-from meter.objectives.seq2seq import Seq2SeqBatch
+from meter.objectives.seq2seq import Seq2SeqBatch, Targets, captions_of
 from meter.objectives.span import corrupt_spans, sentinel_ids
 
 DECODER_OBJECTIVES = ("span", "prefix_lm")  # encoder-decoder only (validate.py checks)
@@ -39,8 +39,7 @@ class PretrainTask(nn.Module):
         self.mask_token_id = tokenizer.mask_token_id
         special = set(tokenizer.all_special_ids)
         self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-        self.decoder_ids = {"start_id": tokenizer.cls_token_id, "end_id": tokenizer.sep_token_id,
-                            "pad_id": tokenizer.pad_token_id, "max_target": cfg.model.decoder.max_length}  # fmt: skip
+        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length)
         self.sentinels = sentinel_ids(tokenizer) if self.objectives.span > 0 else []
 
     def describe(self) -> ModelFolder:
@@ -54,12 +53,13 @@ class PretrainTask(nn.Module):
             )  # fmt: skip
         if self.objectives.itm > 0:
             batch["itm_image_index"], batch["itm_labels"] = itm_pairing(batch["image_id"], generator)
-        text = (batch["input_ids"], batch["word_ids"], batch["attention_mask"])
+        if self.objectives.span > 0 or self.objectives.prefix_lm > 0:
+            captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
         if self.objectives.span > 0:
-            corrupt_spans(*text, self.sentinels, self.objectives.span_probability, self.objectives.span_mean_length,
-                          generator, **self.decoder_ids).store(batch, "span")  # fmt: skip
+            corrupt_spans(captions, self.sentinels, self.objectives.span_probability,
+                          self.objectives.span_mean_length, generator, self.targets).store(batch, "span")  # fmt: skip
         if self.objectives.prefix_lm > 0:
-            split_prefix(*text, generator, **self.decoder_ids).store(batch, "prefix_lm")
+            split_prefix(captions, generator, self.targets).store(batch, "prefix_lm")
         return batch
 
     def _decoder_lm(self, seq: Seq2SeqBatch, image: Tensor) -> tuple[Tensor, float]:
