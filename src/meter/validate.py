@@ -27,6 +27,11 @@ def validate(cfg: Config) -> None:
                 f"objectives.{objective} needs a decoder: set model.architecture=encoder-decoder"
                 f" (or objectives.{objective}=0)"
             )
+    if not 0 < cfg.objectives.span_probability <= 1 or cfg.objectives.span_mean_length < 1:
+        raise ConfigError(
+            f"objectives.span_probability = {cfg.objectives.span_probability} must be in (0, 1] and"
+            f" objectives.span_mean_length = {cfg.objectives.span_mean_length} at least 1 (word)"
+        )
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
     for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
         if getattr(cfg.train, key) < 1:
