@@ -166,15 +166,18 @@ def build_meter(
         raise ConfigError(f"model.architecture = {cfg.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     width = cfg.fusion.width
     with_decoder = cfg.architecture == "encoder-decoder"
+    text = build_text(cfg.text, vocab_size, pad_token_id, text_hf_config)
+    # the decoder writes the text encoder's vocabulary (a pretrained one may have more rows than the tokenizer)
+    decoder = Decoder(cfg.decoder, width, text.vocab_size, pad_token_id) if with_decoder else None
     model = Meter(
-        vision=build_vision(cfg.vision),
-        text=build_text(cfg.text, vocab_size, pad_token_id, text_hf_config),
+        vision=build_vision(cfg.vision, summary_token=cfg.image_pool == "first"),
+        text=text,
         fusion=build_fusion(cfg.fusion),
         width=width,
         heads={kind: build_head(kind, width, size, joint_width(width, with_decoder)) for kind, size in heads.items()},
         token_types=token_types,
         image_pool=cfg.image_pool,
-        decoder=Decoder(cfg.decoder, width, vocab_size, pad_token_id) if with_decoder else None,
+        decoder=decoder,
     )
     log.info("%s + %s + %s (%s): %s", cfg.vision.name, cfg.text.name, cfg.fusion.name, cfg.architecture,
              describe_parameters(parameter_counts(model)))  # fmt: skip

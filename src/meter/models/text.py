@@ -76,6 +76,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.width: int = model.config.hidden_size
+        self.vocab_size: int = model.get_input_embeddings().num_embeddings
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

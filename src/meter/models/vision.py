@@ -91,11 +91,14 @@ class VisionRecipe:
 
 
 class VisionEncoder(nn.Module):
-    """A timm backbone that returns its pooled feature, then its patch tokens: (B, 1 + N, width)."""
+    """A timm backbone that returns its pooled feature, then its patch tokens: (B, 1 + N, width). A model whose
+    features are a grid (Swin) has no token of its own for the pooled feature: with `summary_token` off it returns
+    the grid alone (a model that mean-pools the image stream, as the official Swin METER does)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, summary_token: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
+        self.summary_token = summary_token
         self.width: int = backbone.num_features
         pooled = getattr(backbone, "head_hidden_size", self.width)
         if pooled != self.width:
@@ -115,11 +118,13 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         features = self.backbone.forward_features(pixels)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
         if features.ndim == 4:  # a grid: (B, H, W, C) for Swin, (B, C, H, W) for convolutional models
             tokens = features.flatten(1, 2) if self.channels_last else features.flatten(2).transpose(1, 2)
+            if not self.summary_token:
+                return tokens
         else:
             tokens = features[:, self.prefix_tokens :]
+        pooled = self.backbone.forward_head(features, pre_logits=True)
         if self.normalize_tokens:
             tokens = self.backbone.fc_norm(tokens)
         return torch.cat([pooled.unsqueeze(1), tokens], dim=1)
@@ -154,7 +159,7 @@ def resolve_vision(cfg: VisionConfig) -> VisionRecipe:
     return VisionRecipe(spec.timm_name, kwargs, spec.builder)
 
 
-def build_vision(cfg: VisionConfig) -> VisionEncoder:
+def build_vision(cfg: VisionConfig, summary_token: bool = True) -> VisionEncoder:
     recipe = resolve_vision(cfg)
     kwargs = {"img_size": cfg.image_size, "num_classes": 0, "drop_path_rate": cfg.drop_path, **recipe.kwargs}
     build = recipe.builder or partial(timm.create_model, pretrained=False)
@@ -173,4 +178,4 @@ def build_vision(cfg: VisionConfig) -> VisionEncoder:
         if not path.is_file():
             raise DataError(f"vision weights not found: {path} (model.vision.weights must be a local file)")
         load_vision_weights(backbone, path)
-    return VisionEncoder(backbone)
+    return VisionEncoder(backbone, summary_token)
