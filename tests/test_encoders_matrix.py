@@ -93,7 +93,6 @@ def _pretrain_through_the_cli(shapes_world: Path, out: Path, *overrides: str) ->
     code = meter_main([
         "pretrain", "--config", str(CONFIGS / "shapes-tiny.yaml"), *overrides, "train.max_steps=2",
         f"data.root={shapes_world}", f"train.out={out}", "train.batch_size=4", "train.progress=false",
-        "model.vision.image_size=32", "model.fusion.layers=1", "model.text.hf_kwargs={num_hidden_layers: 1}",
     ])  # fmt: skip
     assert code == 0
     assert (out / "checkpoints" / "step_00000002" / "model.safetensors").is_file()
