@@ -195,6 +195,8 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
         raise DataError(f"--shard-size = {shard_size} must be at least 1")
     out = Path(out)
     total = len(source)
+    if total == 0:
+        raise DataError(f"{source.name}: the source holds no records ({source.description})")
     settings = {"source": source.name, "description": source.description, "records": total,
                 "shard_size": shard_size}  # fmt: skip
     _check_settings(out, settings)
