@@ -88,6 +88,8 @@ def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
         missing = str(error)
     except FileNotFoundError:
         missing = f"{shard.path}: shard not found"
+    except OSError as error:  # a failing disk or network file system: the rest of this shard is lost, not the run
+        missing = f"{shard.path}: unreadable ({error})"
     for index in range(given, take):
         yield Pair(f"{shard.path.name}#{index}", f"{shard.path}#{index}", None, "", -1, missing)
 
@@ -103,36 +105,6 @@ def lane_pairs(plan: EpochPlan, start: int, length: int) -> Iterator[Pair]:
         yield from shard_pairs(shard, offset, take)
         length -= take
         visit, offset = visit + 1, 0
-
-
-class ShardCorpus:
-    """Shard sets mixed by weight: what `fit` streams from when `data.sources` is set (see loop.py)."""
-
-    def __init__(self, sources: list[tuple[Manifest, float]], images: ImageReader, shuffle_buffer: int = 1000,
-                 open_shards: int = 4, streams_per_rank: int = 8) -> None:  # fmt: skip
-        self.sources = sources
-        self.images = images
-        self.shuffle_buffer = shuffle_buffer
-        self.open_shards = open_shards
-        self.streams_per_rank = streams_per_rank
-        self._plans: dict[tuple[int, int, bool], EpochPlan] = {}
-
-    stream_type: type  # set below: ShardStream
-
-    def __len__(self) -> int:
-        """Pairs in an epoch (on average over epochs when a weight is fractional)."""
-        return round(sum(manifest.pairs * weight for manifest, weight in self.sources))
-
-    def describe(self) -> str:
-        return ", ".join(f"{m.source} ({m.pairs:,} pairs x {w:g})" for m, w in self.sources)
-
-    def plan(self, seed: int, epoch: int, shuffle: bool) -> EpochPlan:
-        key = (seed, epoch, shuffle)
-        if key not in self._plans:
-            if len(self._plans) >= 4:  # streams of one process are at most an epoch apart
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = EpochPlan(epoch_visits(self.sources, seed, epoch, shuffle))
-        return self._plans[key]
 
 
 class SlotStream:
@@ -258,7 +230,34 @@ class ShardStream:
         return self.batches_seen / self.batches_per_epoch
 
 
-ShardCorpus.stream_type = ShardStream
+class ShardCorpus:
+    """Shard sets mixed by weight: what `fit` streams from when `data.sources` is set (see loop.py)."""
+
+    def __init__(self, sources: list[tuple[Manifest, float]], images: ImageReader, shuffle_buffer: int = 1000,
+                 open_shards: int = 4, streams_per_rank: int = 8) -> None:  # fmt: skip
+        self.sources = sources
+        self.images = images
+        self.shuffle_buffer = shuffle_buffer
+        self.open_shards = open_shards
+        self.streams_per_rank = streams_per_rank
+        self._plans: dict[tuple[int, int, bool], EpochPlan] = {}
+
+    stream_type = ShardStream  # `fit` builds this in place of BatchStream
+
+    def __len__(self) -> int:
+        """Pairs in an epoch (on average over epochs when a weight is fractional)."""
+        return round(sum(manifest.pairs * weight for manifest, weight in self.sources))
+
+    def describe(self) -> str:
+        return ", ".join(f"{m.source} ({m.pairs:,} pairs x {w:g})" for m, w in self.sources)
+
+    def plan(self, seed: int, epoch: int, shuffle: bool) -> EpochPlan:
+        key = (seed, epoch, shuffle)
+        if key not in self._plans:
+            if len(self._plans) >= 4:  # streams of one process are at most an epoch apart
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = EpochPlan(epoch_visits(self.sources, seed, epoch, shuffle))
+        return self._plans[key]
 
 
 def open_corpus(data: DataConfig, images: ImageReader) -> ShardCorpus:

@@ -56,13 +56,16 @@ def decode_caption(raw: bytes, name: str) -> str | Unusable:
         return Unusable(name, f"{name}: caption is not UTF-8 ({error.reason} at byte {error.start})")
 
 
-def text_lines(path: Path, what: str) -> Iterator[tuple[int, bytes]]:
-    """(row, line without its newline) of a text file, read as bytes so one bad line cannot stop the reading."""
+def text_lines(path: Path, what: str, start: int = 0) -> Iterator[tuple[int, str, str | Unusable]]:
+    """(row, `path:line` for messages, the line's text or why it is unusable) from row `start` on. Lines are read
+    as bytes and decoded one by one, so one line that is not UTF-8 cannot stop the reading."""
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     with path.open("rb") as f:
         for row, line in enumerate(f):
-            yield row, line.rstrip(b"\r\n")
+            if row >= start:
+                name = f"{path}:{row + 1}"
+                yield row, name, decode_caption(line.rstrip(b"\r\n"), name)
 
 
 def caption_sample(

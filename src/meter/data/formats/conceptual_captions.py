@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from meter.data.formats.common import RawSample, Unusable, caption_sample, decode_caption, text_lines
+from meter.data.formats.common import RawSample, Unusable, caption_sample, text_lines
 from meter.errors import DataError
 
 TSV = "Train_GCC-training.tsv"
@@ -60,11 +60,7 @@ class ConceptualCaptionsSource:
         return self.lines
 
     def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]:
-        for row, line in text_lines(self.tsv, "Conceptual Captions TSV"):
-            if row < start:
-                continue
-            name = f"{self.tsv}:{row + 1}"
-            text = decode_caption(line, name)
+        for row, name, text in text_lines(self.tsv, "Conceptual Captions TSV", start):
             if isinstance(text, Unusable):
                 yield text
                 continue

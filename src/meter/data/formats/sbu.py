@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from meter.data.formats.common import RawSample, Unusable, caption_sample, decode_caption, text_lines
+from meter.data.formats.common import RawSample, Unusable, caption_sample, text_lines
 from meter.data.formats.conceptual_captions import count_lines
 from meter.errors import DataError
 
@@ -43,16 +43,13 @@ class SbuSource:
         return self.lines
 
     def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]:
-        pairs = zip(text_lines(self.captions, "SBU captions"), text_lines(self.urls, "SBU urls"), strict=True)
-        for (row, caption_line), (_, url_line) in pairs:
-            if row < start:
-                continue
-            name = f"{self.captions}:{row + 1}"
-            caption = decode_caption(caption_line, name)
+        lines = zip(text_lines(self.captions, "SBU captions", start), text_lines(self.urls, "SBU urls", start),
+                    strict=True)  # fmt: skip
+        for (row, name, caption), (_, _, url) in lines:
             if isinstance(caption, Unusable):
                 yield caption
                 continue
-            url = url_line.decode("utf-8", errors="replace").strip()
+            url = url.strip() if isinstance(url, str) else ""
             if not url_basename(url):
                 yield Unusable(name, f"{self.urls}:{row + 1}: not an image URL")
                 continue
