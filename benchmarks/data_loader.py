@@ -5,9 +5,11 @@ training step's demand.
 
 Writes COCO-sized photos-like JPEGs (640x480) as a Conceptual Captions layout in a temporary folder, turns them
 into shards with `meter prepare`'s writer, and measures, each in this run:
-  1. per worker (one process): decode + resize + centre crop + normalise from shard bytes, per resolution;
-     the baseline is the same from image files (the map-style Karpathy dataset's path), ratio shards / files;
-  2. the whole streaming loader (tar reading, block shuffle, decode, transform, batching) with N workers.
+  1. per worker (one process): decode + resize + centre crop + normalise from shard bytes as the loader does
+     (JPEGs decoded at reduced scale when the resolution allows), per resolution; the baseline is the same
+     from image files (the map-style Karpathy dataset's path, full decode), ratio shards / files;
+  2. the whole streaming loader (tar reading, block shuffle, decode, transform, batching) in the main process
+     (0 workers: its overhead over decoding alone) and with N workers (scaling; needs N free cores).
 The demand defaults to 729 samples/s, the step-speed target of DESIGN.md on one H200 at 288 px (3x the 243
 samples/s of BridgeTower); pass the samples/s of `benchmarks/train_step.py` on your GPU instead.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-from meter.data.datasets import ImageReader  # noqa: E402
-from meter.data.formats.conceptual_captions import ConceptualCaptionsSource, url_file_name  # noqa: E402
-from meter.data.images import decode_image, image_transform, load_image  # noqa: E402
-from meter.data.shard_manifest import read_manifest  # noqa: E402
-from meter.data.shard_stream import ShardCorpus, ShardStream  # noqa: E402
-from meter.data.shard_writer import write_shards  # noqa: E402
+from meter.data.datasets import ImageReader
+from meter.data.formats.conceptual_captions import ConceptualCaptionsSource, url_file_name
+from meter.data.images import decode_image, image_transform, load_image
+from meter.data.shard_manifest import read_manifest
+from meter.data.shard_stream import ShardCorpus, ShardStream
+from meter.data.shard_writer import write_shards
 
 CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
 SIZES = (224, 288, 384)
@@ -108,17 +107,19 @@ def main() -> None:
         for size in SIZES:
             transform = image_transform(size, CLIP_MEAN, CLIP_STD)
             from_files = rate(lambda path, t=transform: t(load_image(path)), files, args.seconds)
-            from_bytes = rate(lambda data, t=transform: t(decode_image(io.BytesIO(data), "bench")), encoded,
-                              args.seconds)  # fmt: skip
+            from_bytes = rate(lambda data, t=transform, s=size: t(decode_image(io.BytesIO(data), "b", at_least=s)),
+                              encoded, args.seconds)  # fmt: skip
             per_worker[size] = from_bytes
             print(f"{size:>4} {from_files:>9.1f} {from_bytes:>9.1f} {from_bytes / from_files:>13.2f} "
                   f"{math.ceil(args.demand / from_bytes):>19d}")  # fmt: skip
-        print(f"\nwhole loader (tar reading, shuffle, decode, transform, batching), {args.workers} workers, batch 32:")
+        print("\nwhole loader (tar reading, block shuffle, decode, transform, batching), batch 32:")
+        print(f"{'px':>4} {'workers':>7} {'images/s':>9} {'per worker':>11} {'of decode-only':>15} {'of demand':>10}")
         for size in SIZES:
-            loader = stream_rate(root / "shards", size, args.workers, 32, max(4, args.images // 32))
-            print(f"{size:>4} px: {loader:7.1f} images/s = {loader / max(1, args.workers):6.1f} per worker "
-                  f"({loader / max(1, args.workers) / per_worker[size]:.2f} of the one-process rate); "
-                  f"{loader / args.demand:.2f} of the demand")  # fmt: skip
+            for workers in (0, args.workers):
+                loader = stream_rate(root / "shards", size, workers, 32, max(4, args.images // 32))
+                per = loader / max(1, workers)
+                print(f"{size:>4} {workers:>7} {loader:>9.1f} {per:>11.1f} {per / per_worker[size]:>15.2f} "
+                      f"{loader / args.demand:>10.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

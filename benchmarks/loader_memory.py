@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,16 +25,13 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from meter.data.datasets import ImageReader  # noqa: E402
-from meter.data.formats.arrow import ArrowSource  # noqa: E402
-from meter.data.formats.common import RawSample  # noqa: E402
-from meter.data.images import image_transform  # noqa: E402
-from meter.data.shard_manifest import read_manifest  # noqa: E402
-from meter.data.shard_stream import ShardCorpus, ShardStream  # noqa: E402
-from meter.data.shard_writer import write_shards  # noqa: E402
+from meter.data.datasets import ImageReader
+from meter.data.formats.arrow import ArrowSource
+from meter.data.formats.common import RawSample
+from meter.data.images import image_transform
+from meter.data.shard_manifest import read_manifest
+from meter.data.shard_stream import ShardCorpus, ShardStream
+from meter.data.shard_writer import write_shards
 
 
 def memory_kib(pid: int) -> dict[str, int]:

