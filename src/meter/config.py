@@ -126,6 +126,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # 0 disables clipping
     checkpoint_every: int = 100
     keep_last: int = 2
+    export: bool = True  # at the end of a run, write its final model as a model folder to <out>/model
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda

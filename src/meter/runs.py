@@ -13,7 +13,7 @@ from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
 from meter.data.shard_stream import open_corpus
 from meter.errors import ConfigError
-from meter.models.folder import load_model_folder
+from meter.models.folder import load_model_folder, require_answers
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import (
@@ -81,6 +81,8 @@ def evaluate_vqa_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str
     """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
+    require_answers(description, checkpoint)
+    cfg.model = description.config.model  # the model's own resolution, not the data config's default
     model.to(runtime.device)
     records = read_vqa_split(cfg, cfg.vqa.eval_split)
     task = VqaTask(model, description.answers, description.config)

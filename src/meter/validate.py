@@ -8,7 +8,7 @@ from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
 from meter.models.text import TEXT
 from meter.models.vision import resolve_vision
-from meter.train.runtime import pick_dtype, pick_device
+from meter.train.runtime import pick_device, pick_dtype
 
 TASKS = ("pretrain", "vqa")
 
@@ -20,9 +20,7 @@ def validate(cfg: Config) -> None:
     TEXT.get(cfg.model.text.name, key="model.text")
     FUSIONS.get(cfg.model.fusion.name, key="model.fusion")
     if cfg.model.architecture not in ARCHITECTURES:
-        raise ConfigError(
-            f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
-        )
+        raise ConfigError(f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
     for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
         if getattr(cfg.train, key) < 1:

@@ -59,4 +59,6 @@ def build_head(kind: str, width: int, size: int) -> nn.Module:
         return classifier(joint, joint, size)
     if kind == "nlvr2":
         return classifier(2 * joint, joint, size)
+    if kind == "rank":  # retrieval: one matching score per pair (the official `rank_output`)
+        return nn.Linear(joint, size)
     raise ValueError(f"no head of kind {kind!r}")

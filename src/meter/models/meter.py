@@ -93,7 +93,7 @@ def build_meter(
         raise ConfigError(f"model.architecture = {cfg.architecture!r}; choose one of: encoder")
     width = cfg.fusion.width
     return Meter(
-        vision=build_vision(cfg.vision),
+        vision=build_vision(cfg.vision, summary_token=cfg.image_pool == "first"),
         text=build_text(cfg.text, vocab_size, pad_token_id, text_hf_config),
         fusion=build_fusion(cfg.fusion),
         width=width,

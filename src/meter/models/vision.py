@@ -40,11 +40,13 @@ VISION.add(
 
 
 class VisionEncoder(nn.Module):
-    """A timm backbone that returns its tokens, CLS-like first; grids (Swin) get their mean token prepended."""
+    """A timm backbone that returns its tokens, CLS-like first; grids (Swin) get their mean token prepended, unless
+    `summary_token` is off (a model that mean-pools the image stream, as the official Swin METER does)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, summary_token: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
+        self.summary_token = summary_token
         self.width: int = backbone.num_features
         pretrained_cfg = getattr(backbone, "pretrained_cfg", {}) or {}
         self.mean: tuple[float, float, float] = tuple(pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
@@ -54,7 +56,8 @@ class VisionEncoder(nn.Module):
         tokens = self.backbone.forward_features(pixels)
         if tokens.ndim == 4:  # (B, H, W, C) grid without a class token: its mean stands in for one
             tokens = tokens.flatten(1, 2)
-            tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+            if self.summary_token:
+                tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         return tokens
 
 
@@ -70,7 +73,7 @@ def resolve_vision(cfg: VisionConfig) -> tuple[str, dict[str, Any]]:
     return spec.timm_name, {**spec.sizes[cfg.size], **cfg.timm_kwargs}
 
 
-def build_vision(cfg: VisionConfig) -> VisionEncoder:
+def build_vision(cfg: VisionConfig, summary_token: bool = True) -> VisionEncoder:
     name, kwargs = resolve_vision(cfg)
     kwargs = {"img_size": cfg.image_size, "num_classes": 0, "drop_path_rate": cfg.drop_path, **kwargs}
     if cfg.weights:
@@ -84,4 +87,4 @@ def build_vision(cfg: VisionConfig) -> VisionEncoder:
             backbone = timm.create_model(name, pretrained=False, **kwargs)
         except RuntimeError as error:
             raise ConfigError(f"model.vision = {cfg.name!r}: timm cannot build {name!r}: {error}") from None
-    return VisionEncoder(backbone)
+    return VisionEncoder(backbone, summary_token)

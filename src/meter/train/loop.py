@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ from meter.data.bad_samples import BadSampleBudget
 from meter.data.collate import Collate
 from meter.data.stream import BatchStream
 from meter.errors import MeterError
-from meter.models.folder import ModelFolder
+from meter.models.folder import EXPORT, ModelFolder, export_model_folder
 from meter.train.checkpoint import Checkpoints, Progress
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
@@ -145,6 +146,9 @@ def fit(
             checkpoints.save(model, tokenizer, task.describe(), optimizer, scheduler, progress)
     bar.close()
     metrics.close()
+    if runtime.is_main and train.export and last_step == train.max_steps:
+        source = f"Trained with meter: `{cfg.task}` run `{out}`, {last_step} steps."
+        export_model_folder(out / EXPORT, model, tokenizer, dataclasses.replace(task.describe(), source=source))
     if budget.bad:
         log.warning("data: %s", budget.summary())
     if runtime.is_main:
