@@ -73,6 +73,12 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    path: str = ""  # a folder written by `meter prepare` (holding manifest.json), relative to data.root
+    weight: float = 1.0  # passes per epoch: 1 every pair once, 2 twice, 0.5 half its shards (the rest next epoch)
+
+
+@dataclass
 class DataConfig:
     root: str = "data/shapes"  # dataset root; the paths below are relative to it
     images: str = "images"
@@ -80,6 +86,11 @@ class DataConfig:
     num_workers: int = 0
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)
+    # pretraining from shards (`meter prepare`) instead of the Karpathy captions above, when sources are given
+    sources: list[SourceConfig] = field(default_factory=list)
+    shuffle_buffer: int = 1000  # pairs shuffled together in each stream (held as encoded images)
+    open_shards: int = 4  # shards each stream reads at once, taken in turn: batches mix shards and sources
+    streams_per_rank: int = 8  # shard streams of each process; data.num_workers must divide it
 
 
 @dataclass
