@@ -9,6 +9,7 @@ from torch import nn
 from meter.models.vision import resolve_vision
 
 if TYPE_CHECKING:
+    from meter.config import DecoderConfig
     from meter.models.folder import ModelFolder
     from meter.models.meter import Meter
 
@@ -34,10 +35,20 @@ def _millions(module: nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
 
 
+def _decoder_lines(model: Meter, decoder: DecoderConfig) -> list[str]:
+    if model.decoder is None:
+        return []
+    return [
+        f"- Decoder (encoder-decoder): {decoder.layers} layers, {decoder.heads} heads, up to {decoder.max_length}"
+        f" positions, {_millions(model.decoder)} parameters; classification heads read its class token."
+    ]
+
+
 def model_card(model: Meter, description: ModelFolder, has_tokenizer: bool) -> str:
     cfg = description.config.model
     vision = cfg.vision
-    timm_name, timm_kwargs = resolve_vision(vision)
+    recipe = resolve_vision(vision)
+    timm_name, timm_kwargs = recipe.timm_name, recipe.kwargs
     text = model.text.model.config
     fusion = cfg.fusion
     heads = description.heads
@@ -65,6 +76,7 @@ def model_card(model: Meter, description: ModelFolder, has_tokenizer: bool) -> s
         f"FFN {int(fusion.width * fusion.mlp_ratio)}, {_millions(model.fusion)} parameters; "
         f"{description.token_types} token types; image stream pooled by its "
         + ("first token." if cfg.image_pool == "first" else "mean token."),
+        *_decoder_lines(model, cfg.decoder),
         "- Heads: " + ", ".join(f"`{kind}` ({size} outputs)" for kind, size in heads.items()) + "."
         if heads
         else "- Heads: none (encoders and fusion only).",

@@ -76,7 +76,8 @@ def fit(
         path = checkpoints.resolve(resume)
         progress = checkpoints.load(path, model, optimizer, scheduler)
         log.info("resumed from %s at step %d", path, progress.step)
-    stream = BatchStream(
+    stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
+    stream = stream_type(
         dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
         start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
     )  # fmt: skip
