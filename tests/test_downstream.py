@@ -13,8 +13,11 @@ from meter.data.collate import Collate
 from meter.errors import ConfigError
 from meter.metrics.nlvr2 import read_nlvr2_predictions
 from meter.models.folder import load_model_folder
+from meter.objectives.mlm import IGNORE
+from meter.objectives.seq2seq import Targets, captions_of
 from meter.runs import evaluate_run, run_finetune
 from meter.tasks.build import build_model, load_for_eval, task_tokenizer
+from meter.tasks.captioning import caption_targets
 from meter.tasks.nlvr2 import Nlvr2Task
 from meter.tasks.retrieval import encode_split, read_retrieval_split, score_matrix, setup_retrieval
 from meter.train.runtime import setup_runtime
@@ -122,3 +125,36 @@ def test_evaluate_refuses_a_model_without_the_task_head(
 def test_pretrain_is_not_a_downstream_task(micro_config):
     with pytest.raises(ConfigError, match="not a downstream task; .* one of: .*nlvr2"):
         run_finetune(load_config(None, ["task=pretrain"], base=micro_config))
+
+
+def test_captioning_adds_a_decoder_to_an_encoder_only_model_and_writes_coco_results(
+    micro_checkpoints, shapes_tasks_world: Path
+):
+    _, _, description = load_model_folder(micro_checkpoints("captioning"))
+    assert description.config.model.architecture == "encoder-decoder"
+    out = micro_checkpoints("captioning").parents[1]
+    results = json.loads((out / "captions_test.json").read_text())
+    karpathy = json.loads((shapes_tasks_world / "karpathy/dataset_coco.json").read_text())
+    test_ids = sorted(image["cocoid"] for image in karpathy["images"] if image["split"] == "test")
+    assert [r["image_id"] for r in results] == test_ids and all(isinstance(r["caption"], str) for r in results)
+    scores = json.loads((out / "caption_scores_test.json").read_text())
+    assert {"bleu4", "cider", "bleu1"} <= set(scores) and 0 <= scores["bleu4"] <= 100 and scores["cider"] >= 0
+
+
+def test_caption_targets_feed_every_word_and_end_with_the_end_token(micro_checkpoints):
+    _, tokenizer, _ = load_model_folder(micro_checkpoints("captioning"))
+    encoded = tokenizer(["a red circle.", "two blue squares at the top"], padding="longest", return_tensors="pt")
+    word_ids = torch.tensor([[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(2)])
+    targets = Targets.of(tokenizer, 48)
+    seq = caption_targets(captions_of(encoded["input_ids"], word_ids, encoded["attention_mask"]), targets)
+    assert seq.input_ids.tolist() == [[tokenizer.cls_token_id, tokenizer.sep_token_id]] * 2  # the empty prompt
+    first = [t for t in seq.labels[0].tolist() if t != IGNORE]
+    assert tokenizer.decode(first[:-1]) == "a red circle." and first[-1] == tokenizer.sep_token_id
+    assert seq.decoder_input_ids[0, 0] == tokenizer.cls_token_id
+    assert seq.decoder_input_ids[0, 1 : len(first)].tolist() == first[:-1]  # teacher forcing: shifted right
+
+
+def test_captioning_without_a_decoder_or_init_is_refused(micro_config):
+    cfg = load_config(None, ["task=captioning"], base=micro_config)
+    with pytest.raises(ConfigError, match="captioning needs a decoder: set model.architecture=encoder-decoder"):
+        run_finetune(cfg)

@@ -55,6 +55,19 @@ def test_two_images_and_a_sentence_give_an_nlvr2_judgement(micro_checkpoints, sh
     assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-3)
 
 
+def test_caption_is_written_by_the_decoder(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    for beam in ("1", "3"):
+        code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("captioning")), "--image",
+                                  str(shapes_tasks_world / IMAGE), "--caption", "--beam", beam)  # fmt: skip
+        assert code == 0 and isinstance(result["caption"], str)
+
+
+def test_caption_from_an_encoder_only_model_is_refused(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(shapes_tasks_world / IMAGE), "--caption")  # fmt: skip
+    assert code == 2 and "--caption needs a model with a decoder" in err
+
+
 def test_missing_image_is_named(micro_checkpoints, tmp_path: Path, capsys):
     code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
                            str(tmp_path / "nope.png"), "--question", "What color is the circle?")  # fmt: skip

@@ -148,6 +148,19 @@ class RetrievalConfig:
 
 
 @dataclass
+class CaptioningConfig:
+    karpathy: str = "karpathy/dataset_coco.json"  # relative to data.root
+    images: str = "images"  # below it: each entry's filepath/filename
+    train_splits: list[str] = field(default_factory=lambda: ["train", "restval"])
+    eval_split: str = "test"
+    max_eval_images: int = 0  # evaluate on the first N images of eval_split (0: all)
+    beam_size: int = 1  # 1: greedy search
+    length_penalty: float = 1.0  # beam search ranks finished captions by log-probability / length ** this
+    max_length: int = 0  # tokens a generated caption may have (0: as many as the decoder has positions)
+    tokenizer: str = "python"  # for BLEU/CIDEr: python (PTB rules, no Java), or ptb (Stanford's, needs java)
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/shapes"
     init_from: str | None = None  # a checkpoint folder to start from (fine-tuning a pretrained model)
@@ -187,6 +200,7 @@ class Config:
     nlvr2: Nlvr2Config = field(default_factory=Nlvr2Config)
     snli_ve: SnliVeConfig = field(default_factory=SnliVeConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
 
 
 C = TypeVar("C")

@@ -1,10 +1,12 @@
-"""Single-input predictions with a trained model folder: answer a question, score a match, judge a pair (NLVR2).
+"""Single-input predictions with a trained model folder: answer a question, score a match, judge a pair (NLVR2),
+write a caption.
 
 Each kind needs the head its task trains; asking a model for one it lacks is an error naming the heads it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError, DataError
 from meter.tasks.build import load_for_eval
+from meter.tasks.captioning import write_captions
 from meter.tasks.nlvr2 import CLASSES as NLVR2_CLASSES
 from meter.tasks.nlvr2 import Nlvr2Task
 from meter.tasks.retrieval import HEAD as RANK_HEAD
@@ -21,7 +24,7 @@ from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
-from meter.train.runtime import pick_device
+from meter.train.runtime import Runtime, pick_device
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -47,6 +50,8 @@ class Predictor:
         self.device = pick_device(device)
         loaded = load_for_eval(self.checkpoint, self.device)
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
+        self.tokenizer = loaded.tokenizer
+        self.runtime = Runtime(self.device, torch.float32)
         self.collate = Collate(loaded.tokenizer, self.description.config.model.text.max_length)
 
     @property
@@ -100,6 +105,20 @@ class Predictor:
             probabilities = task.logits(batch).float().softmax(-1)[0].tolist()
             result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, probabilities, strict=True)}
         return result
+
+    @torch.no_grad()
+    def caption(self, image: str | Path, beam_size: int = 1) -> str:
+        """A caption written by the model's decoder (greedy, or beam search with `beam_size` > 1)."""
+        if self.model.decoder is None:
+            raise ConfigError(
+                f"{self.checkpoint}: --caption needs a model with a decoder (fine-tuned with task=captioning);"
+                f" this one is {self.description.config.model.architecture}-only"
+            )
+        if beam_size < 1:
+            raise ConfigError(f"--beam {beam_size} must be at least 1")
+        settings = dataclasses.replace(self.description.config.captioning, beam_size=beam_size)
+        pixels = self.images(image)[None]
+        return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime)[0]
 
     @torch.no_grad()
     def judge_pair(self, left: str | Path, right: str | Path, text: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ CHECKPOINT_TASKS = {
     "nlvr2": "NLVR2 accuracy and consistency (official script)",
     "snli_ve": "SNLI-VE accuracy",
     "retrieval": "image-text retrieval R@1/5/10",
+    "captioning": "captioning BLEU-4 and CIDEr (pycocoevalcap's scorers)",
 }
 
 

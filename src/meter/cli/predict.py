@@ -21,7 +21,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--question", help="a question about --image (VQA)")
     query.add_argument("--text", help="a sentence to match with --image, or to judge against --images")
+    query.add_argument("--caption", action="store_true", help="write a caption of --image (encoder-decoder)")
     parser.add_argument("--top", type=int, default=5, help="answers to list for --question (default 5)")
+    parser.add_argument("--beam", type=int, default=1, help="beam size for --caption (default 1: greedy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return run
 
@@ -30,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from meter.errors import ConfigError
     from meter.predictor import Predictor
 
-    if args.images and args.question is not None:
-        raise ConfigError("--images A B goes with --text (NLVR2); --question takes one --image")
+    if args.images and args.text is None:
+        raise ConfigError("--images A B goes with --text (NLVR2); --question and --caption take one --image")
     for option in ("question", "text"):
         value = getattr(args, option)
         if value is not None and not value.strip():
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)
     elif args.question is not None:
         result = {"answers": predictor.answer(args.image, args.question, args.top)}
+    elif args.caption:
+        result = {"caption": predictor.caption(args.image, args.beam)}
     else:
         result = predictor.match(args.image, args.text)
     print(json.dumps(result, indent=1))

@@ -1,18 +1,24 @@
-"""Labelled examples of one or more images and a text (SNLI-VE: one image; NLVR2: a left and a right image)."""
+"""Labelled examples of one or more images and a text (SNLI-VE: one image; NLVR2: a left and a right image), and
+plain image lists (retrieval and captioning evaluation)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from meter.data.bad_samples import BadSample
 from meter.data.datasets import ImageReader
 from meter.errors import DataError
 
+log = logging.getLogger(__name__)
 UNLABELLED = -1
 
 
@@ -41,3 +47,37 @@ class LabelledExamples(Dataset):
             return BadSample(str(example.images[0]), str(error))
         pixels = loaded[0] if len(loaded) == 1 else torch.stack(loaded)
         return {"pixels": pixels, "text": example.text, "label": example.label, "index": index}
+
+
+class ImageFiles(Dataset):
+    """Samples `(index, pixels)`, or `(index, BadSample)` for an image that cannot be read; batch with `list`."""
+
+    def __init__(self, paths: list[Path], images: ImageReader) -> None:
+        self.paths = paths
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | BadSample]:
+        try:
+            return index, self.images(self.paths[index])
+        except DataError as error:
+            return index, BadSample(str(self.paths[index]), str(error))
+
+
+def image_batches(
+    paths: list[Path], images: ImageReader, batch_size: int, desc: str, progress: bool
+) -> Iterator[tuple[list[int], Tensor]]:
+    """The readable images in order, batch by batch: (their indices, stacked pixels). An unreadable image is
+    named in a warning and left out."""
+    loader = DataLoader(ImageFiles(paths, images), batch_size=batch_size, collate_fn=list)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        good = []
+        for index, pixels in batch:
+            if isinstance(pixels, BadSample):
+                log.warning("%s: skipped %s", desc, pixels.reason)
+            else:
+                good.append((index, pixels))
+        if good:
+            yield [index for index, _ in good], torch.stack([pixels for _, pixels in good])

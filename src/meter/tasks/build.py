@@ -49,15 +49,23 @@ def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str, int], token_types: int = 2) -> Meter:
+def build_model(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str, int], token_types: int = 2,
+    with_decoder: bool = False,
+) -> Meter:  # fmt: skip
     """A fresh model, or with train.init_from the architecture and weights of that model folder (heads it lacks
-    start at random; heads it has that this task does not use are left behind). Updates cfg.model to match."""
+    start at random; heads it has that this task does not use are left behind). Updates cfg.model to match.
+    `with_decoder`: the task needs a decoder; from an encoder-only folder it starts fresh (model.decoder's sizes)."""
     source = cfg.train.init_from
     if not source:
         return build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
     folder = read_model_folder(source)
     if folder.config.model != cfg.model:
         log.info("train.init_from: using the model architecture of %s", source)
+    if with_decoder and folder.config.model.architecture != "encoder-decoder":
+        log.info("train.init_from: %s has no decoder; a fresh one is added on its encoder", source)
+        folder.config.model.architecture = "encoder-decoder"
+        folder.config.model.decoder = cfg.model.decoder
     cfg.model = folder.config.model
     cfg.model.vision.weights = cfg.model.text.weights = None
     text_config = AutoConfig.from_pretrained(str(Path(source) / TEXT_CONFIG), local_files_only=True)

@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from meter.config import Config, RetrievalConfig
-from meter.data.bad_samples import BadSample
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
+from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
 from meter.models.folder import WEIGHTS, ModelFolder, read_model_folder
@@ -171,21 +170,6 @@ def setup_retrieval(cfg: Config) -> Finetuning:
     return Finetuning(RetrievalTask(model, cfg), dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
 
 
-class ImageFiles(Dataset):
-    def __init__(self, paths: list[Path], images: ImageReader) -> None:
-        self.paths = paths
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor | BadSample]:
-        try:
-            return index, self.images(self.paths[index])
-        except DataError as error:
-            return index, BadSample(str(self.paths[index]), str(error))
-
-
 @dataclass
 class Encoded:
     images: Tensor  # (I, N, vision width): the vision encoder's tokens
@@ -199,18 +183,13 @@ def encode_split(
     model: Meter, records: list[CaptionRecord], texts: list[str], collate: Collate, images: ImageReader,
     runtime: Runtime, batch_size: int, progress: bool,
 ) -> Encoded:  # fmt: skip
-    loader = DataLoader(ImageFiles([r.image for r in records], images), batch_size=batch_size, collate_fn=list)
-    image_tokens: list[Tensor | None] = [None] * len(records)
-    for batch in tqdm(loader, desc="retrieval: images", unit="batch", disable=not progress):
-        good = [(i, pixels) for i, pixels in batch if not isinstance(pixels, BadSample)]
-        for _, pixels in batch:
-            if isinstance(pixels, BadSample):
-                log.warning("retrieval: %s; the image is never retrieved", pixels.reason)
-        if good:
-            with runtime.autocast():
-                tokens = model.encode_image(torch.stack([p for _, p in good]).to(runtime.device))
-            for (i, _), row in zip(good, tokens, strict=True):
-                image_tokens[i] = row
+    image_tokens: list[Tensor | None] = [None] * len(records)  # an unreadable image stays None: never retrieved
+    paths = [r.image for r in records]
+    for indices, pixels in image_batches(paths, images, batch_size, "retrieval: images", progress):
+        with runtime.autocast():
+            tokens = model.encode_image(pixels.to(runtime.device))
+        for i, row in zip(indices, tokens, strict=True):
+            image_tokens[i] = row
     template = next((t for t in image_tokens if t is not None), None)
     if template is None:
         raise DataError(f"retrieval: none of the {len(records)} images could be read (first: {records[0].image})")

@@ -1,0 +1,152 @@
+"""Image captioning with the encoder-decoder: the encoder reads the image and an empty prompt ([CLS] [SEP]), the
+decoder writes the caption (teacher-forced cross-entropy in training; greedy or beam search in evaluation).
+Scored with BLEU-4 and CIDEr through pycocoevalcap's scorers (see meter.metrics.caption for the tokenisation).
+
+A model pretrained without a decoder can be fine-tuned for captioning: its encoders and fusion are loaded and a
+fresh decoder (model.decoder's sizes) is added on top.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from meter.config import CaptioningConfig, Config
+from meter.data.collate import Collate
+from meter.data.datasets import CaptionPairs, ImageReader
+from meter.data.formats.captions import CaptionRecord, read_karpathy
+from meter.data.labelled import image_batches
+from meter.errors import ConfigError
+from meter.metrics.caption import caption_scores
+from meter.models.folder import ModelFolder
+from meter.models.generation import generate
+from meter.models.meter import Meter
+from meter.objectives.mlm import IGNORE
+from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
+from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.train.runtime import Runtime, setup_runtime
+
+log = logging.getLogger(__name__)
+PROMPT = ""  # what the text encoder reads: nothing but its special tokens
+
+
+def caption_targets(captions: list[Caption], targets: Targets) -> Seq2SeqBatch:
+    """Encoder input: the special tokens only (an empty prompt); decoder target: every word token, then the end."""
+    encoder_rows = [[token for token, word in caption.tokens if word < 0] for caption in captions]
+    target_rows = [[token for token, word in caption.tokens if word >= 0] + [targets.end_id] for caption in captions]
+    return pack(encoder_rows, target_rows, targets)
+
+
+class CaptioningTask(nn.Module):
+    def __init__(self, model: Meter, tokenizer: PreTrainedTokenizerBase, cfg: Config) -> None:
+        super().__init__()
+        if model.decoder is None:
+            raise ConfigError("captioning needs a decoder: set model.architecture=encoder-decoder")
+        self.model = model
+        self.cfg = cfg
+        self.targets = Targets.of(tokenizer, model.decoder.max_length)
+
+    def describe(self) -> ModelFolder:
+        return ModelFolder(self.cfg, {})  # the decoder is part of the model, not a head
+
+    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
+        caption_targets(captions, self.targets).store(batch, "caption")
+        return batch
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        model = self.model
+        seq = Seq2SeqBatch.load(batch, "caption")
+        text = model.encode_text(seq.input_ids, seq.attention_mask)
+        fused = model.fuse(text, seq.attention_mask, model.encode_image(batch["pixels"]), pool=False)
+        positions = seq.labels != IGNORE
+        logits = model.decoder.logits(model.decode(fused, seq.decoder_input_ids)[positions]).float()
+        labels = seq.labels[positions]
+        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        return {"caption_loss": F.cross_entropy(logits, labels)}, {"caption_accuracy": accuracy}
+
+
+def read_caption_split(cfg: Config, splits: list[str]) -> list[CaptionRecord]:
+    root = Path(cfg.data.root)
+    records = read_karpathy(root / cfg.captioning.karpathy, root / cfg.captioning.images, tuple(splits))
+    if not records:
+        raise ConfigError(f"captioning: {cfg.captioning.karpathy} has no images in split(s) {', '.join(splits)}")
+    return records
+
+
+def setup_captioning(cfg: Config) -> Finetuning:
+    if not cfg.train.init_from and cfg.model.architecture != "encoder-decoder":
+        raise ConfigError("captioning needs a decoder: set model.architecture=encoder-decoder (or train.init_from)")
+    records = read_caption_split(cfg, cfg.captioning.train_splits)
+    tokenizer = task_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, {}, with_decoder=True)
+    dataset = CaptionPairs(records, image_reader(cfg, model))
+    log.info("captioning: %d training captions of %d images", len(dataset), len(records))
+    task = CaptioningTask(model, tokenizer, cfg)
+    return Finetuning(task, dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
+
+
+@torch.no_grad()
+def write_captions(
+    model: Meter, tokenizer: PreTrainedTokenizerBase, pixels: Tensor, settings: CaptioningConfig, runtime: Runtime
+) -> list[str]:
+    """One caption per image of `pixels` (B, 3, H, W)."""
+    if model.decoder is None:
+        raise ConfigError("writing captions needs a model with a decoder (model.architecture=encoder-decoder)")
+    targets = Targets.of(tokenizer, model.decoder.max_length)
+    prompt = tokenizer([PROMPT] * len(pixels), return_tensors="pt").to(runtime.device)
+    with runtime.autocast():
+        written = generate(model, pixels.to(runtime.device), prompt["input_ids"], prompt["attention_mask"],
+                           targets.start_id, targets.end_id, settings.max_length or None, settings.beam_size,
+                           settings.length_penalty)  # fmt: skip
+    return [text.strip() for text in tokenizer.batch_decode(written.tokens, skip_special_tokens=True)]
+
+
+def caption_split(
+    model: Meter, tokenizer: PreTrainedTokenizerBase, records: list[CaptionRecord], images: ImageReader,
+    settings: CaptioningConfig, runtime: Runtime, batch_size: int, progress: bool,
+) -> dict[int, str]:  # fmt: skip
+    """image_id -> the caption written for it; an unreadable image gets an empty caption (and a warning)."""
+    model.eval()
+    written = {r.image_id: "" for r in records}
+    paths = [r.image for r in records]
+    for indices, pixels in image_batches(paths, images, batch_size, "captioning", progress):
+        for i, text in zip(indices, write_captions(model, tokenizer, pixels, settings, runtime), strict=True):
+            written[records[i].image_id] = text
+    return written
+
+
+def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """Captions captioning.eval_split; writes `captions_{split}.json` in the COCO results format
+    ([{"image_id", "caption"}]) and BLEU-1..4 and CIDEr against the split's references."""
+    settings = cfg.captioning
+    runtime = setup_runtime(cfg.train)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    if loaded.model.decoder is None:
+        raise ConfigError(f"{checkpoint}: the model has no decoder to write captions with; fine-tune it with "
+                          "task=captioning")  # fmt: skip
+    records = read_caption_split(cfg, [settings.eval_split])
+    if settings.max_eval_images > 0:
+        records = records[: settings.max_eval_images]
+    written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,
+                            cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
+    references = {str(r.image_id): list(r.captions) for r in records}
+    scores = caption_scores(references, {str(k): v for k, v in written.items()}, settings.tokenizer).to_dict()
+    result = {**scores, "images": len(records), "beam_size": settings.beam_size, "tokenizer": settings.tokenizer}
+    split = settings.eval_split
+    out.mkdir(parents=True, exist_ok=True)
+    results = [{"image_id": image_id, "caption": text} for image_id, text in sorted(written.items())]
+    (out / f"captions_{split}.json").write_text(json.dumps(results, indent=0))
+    (out / f"caption_scores_{split}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+DOWNSTREAM.add("captioning", Downstream(setup_captioning, evaluate_captioning), "image captioning, BLEU-4 and CIDEr")
