@@ -1,7 +1,8 @@
 """`meter demo --tasks all`: after VQA, every other downstream task on the shapes world, each against a baseline.
 
-NLVR2 and SNLI-VE are fine-tuned twice from the same pretrained checkpoint, as VQA is: the model, and a blind model
-(same budget, every image replaced by a constant: what the text alone gives). Retrieval's baseline is chance (a
+NLVR2, SNLI-VE and captioning are fine-tuned twice from the same pretrained checkpoint, as VQA is: the model, and a
+blind model (same budget, every image replaced by a constant: what the text alone gives; for captioning, the one
+caption that fits all images best). Captioning adds a fresh decoder to the pretrained encoder. Retrieval's baseline is chance (a
 blind model scores every image alike, so its ranking is the order of the list). Each task adds one entry to
 report.json: {"model": metrics, "blind" or "chance": metrics, "baseline": which, "headline": the metric compared}.
 """
@@ -23,6 +24,7 @@ TASKS = {
     "nlvr2": ("shapes-nlvr2.yaml", "accuracy", "blind"),
     "snli_ve": ("shapes-snli-ve.yaml", "accuracy", "blind"),
     "retrieval": ("shapes-retrieval.yaml", "rsum", "chance"),
+    "captioning": ("shapes-captioning.yaml", "cider", "blind"),
 }
 
 
