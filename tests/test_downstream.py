@@ -19,7 +19,13 @@ from meter.runs import evaluate_run, run_finetune
 from meter.tasks.build import build_model, load_for_eval, task_tokenizer
 from meter.tasks.captioning import caption_targets
 from meter.tasks.nlvr2 import Nlvr2Task
-from meter.tasks.retrieval import encode_split, read_retrieval_split, score_matrix, setup_retrieval
+from meter.tasks.retrieval import (
+    encode_split,
+    read_retrieval_split,
+    score_matrix,
+    setup_retrieval,
+    unimodal_embeddings,
+)
 from meter.train.runtime import setup_runtime
 
 
@@ -81,7 +87,7 @@ def test_retrieval_finetune_writes_rankings_and_recalls(micro_checkpoints, shape
     assert all(len(images) == 2 for images in rankings["text_to_image"].values())
 
 
-def test_shortlisted_scores_are_the_full_scores_of_each_querys_best_candidates(micro_checkpoints, tmp_path):
+def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_querys_best(micro_checkpoints, tmp_path):
     loaded = load_for_eval(micro_checkpoints("retrieval"), torch.device("cpu"))
     cfg = loaded.description.config
     records = read_retrieval_split(cfg, ["train"])  # 11 images, 55 captions
@@ -93,7 +99,10 @@ def test_shortlisted_scores_are_the_full_scores_of_each_querys_best_candidates(m
     short = score_matrix(loaded.model, encoded, 10, runtime, 16, False)
     assert np.isfinite(full).all()
     scored = np.isfinite(short)
-    assert np.allclose(short[scored], full[scored], atol=1e-5)
+    text_embedding, image_embedding = unimodal_embeddings(loaded.model, encoded.texts, encoded.images)
+    cosine = (image_embedding @ text_embedding.T).detach().numpy()
+    assert np.allclose(short[scored], full[scored] + cosine[scored], atol=1e-5)  # fused score + first stage
+    assert (cosine[scored].min(initial=1) >= -1) and scored[np.arange(11), cosine.argmax(1)].all()
     assert (scored.sum(1) >= 10).all() and (scored.sum(0) >= min(10, len(records))).all()
     assert not scored.all()
 

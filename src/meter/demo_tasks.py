@@ -2,9 +2,9 @@
 
 NLVR2, SNLI-VE and captioning are fine-tuned twice from the same pretrained checkpoint, as VQA is: the model, and a
 blind model (same budget, every image replaced by a constant: what the text alone gives; for captioning, the one
-caption that fits all images best). Captioning adds a fresh decoder to the pretrained encoder. Retrieval's baseline is chance (a
-blind model scores every image alike, so its ranking is the order of the list). Each task adds one entry to
-report.json: {"model": metrics, "blind" or "chance": metrics, "baseline": which, "headline": the metric compared}.
+caption that fits all images best). Captioning adds a fresh decoder to the pretrained encoder. Retrieval's baseline
+is chance (a blind model scores every image alike, so its ranking is the order of the list). Each task adds one
+entry to report.json: {"model": metrics, "blind" or "chance": metrics, "baseline": which, "headline": the metric}.
 """
 
 from __future__ import annotations

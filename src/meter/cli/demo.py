@@ -10,7 +10,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser = subparsers.add_parser("demo", help="prepare, pretrain, fine-tune and evaluate on the shapes world")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--tasks", default="vqa", choices=["vqa", "all"],
-                        help="downstream tasks to run: vqa, or all (adds nlvr2, snli_ve, retrieval, captioning)")  # fmt: skip
+                        help="vqa, or all (adds nlvr2, snli_ve, retrieval, captioning)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke-test budget (seconds, learns nothing)")
     parser.add_argument("--seed", type=int, default=0)
     return run

@@ -9,7 +9,8 @@ projected [CLS] features trains at the same time. Captions of the same image are
 
 Evaluation scores image x caption pairs with the fused model. Scoring every pair is quadratic (COCO's 5K test:
 125M fused passes), so by default a cheap first stage shortlists, per query, the `shortlist` best candidates by
-unimodal similarity and only those pairs are fused; the rest rank last. `retrieval.shortlist=0` scores every pair.
+unimodal similarity and only those pairs are fused (ranked by fused score + similarity, as ALBEF and BLIP do); the
+rest rank last. `retrieval.shortlist=0` scores every pair with the fused model alone.
 """
 
 from __future__ import annotations
@@ -220,10 +221,13 @@ def candidate_pairs(similarity: Tensor, shortlist: int) -> Tensor:
 def score_matrix(
     model: Meter, encoded: Encoded, shortlist: int, runtime: Runtime, batch_size: int, progress: bool
 ) -> np.ndarray:
-    """(I, T) fused match scores; pairs outside the shortlist and unreadable images score -inf."""
+    """(I, T) scores. Scoring every pair (`shortlist` 0): the fused match score, as METER ranks. With a shortlist:
+    the fused score plus the first stage's cosine similarity on the shortlisted pairs (as ALBEF and BLIP rank),
+    -inf elsewhere. Unreadable images score -inf."""
     text_embedding, image_embedding = unimodal_embeddings(model, encoded.texts, encoded.images)
     similarity = image_embedding @ text_embedding.T
     chosen = candidate_pairs(similarity, shortlist) & encoded.readable[:, None]
+    first_stage = similarity if not bool(chosen.all()) else torch.zeros_like(similarity)
     pairs = chosen.nonzero()
     scores = torch.full(similarity.shape, -math.inf, device=similarity.device)
     starts = range(0, len(pairs), batch_size)
@@ -232,7 +236,7 @@ def score_matrix(
         with runtime.autocast():
             score = match_score(model, encoded.texts[text_index], encoded.masks[text_index],
                                 encoded.images[image_index])  # fmt: skip
-        scores[image_index, text_index] = score.float()
+        scores[image_index, text_index] = score.float() + first_stage[image_index, text_index]
     return scores.cpu().double().numpy()
 
 
