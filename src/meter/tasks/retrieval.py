@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,9 @@ def chance_recall(images: int, captions_per_image: list[int], ks: tuple[int, ...
     result = {}
     for k in ks:
         # an image misses when none of its c captions is among k random texts of T
-        misses = [math.comb(texts - c, k) / math.comb(texts, k) if texts >= k else 0.0 for c in captions_per_image]
-        result[f"i2t_r{k}"] = 100.0 * (1 - sum(misses) / len(misses))
+        misses = [Fraction(math.comb(texts - c, k), math.comb(texts, k)) if texts >= k else Fraction(0)
+                  for c in captions_per_image]  # fmt: skip
+        result[f"i2t_r{k}"] = 100.0 * float(1 - sum(misses) / len(misses))
     for k in ks:
         result[f"t2i_r{k}"] = 100.0 * min(1.0, k / images)
     result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
