@@ -62,10 +62,12 @@ def build_model(
     folder = read_model_folder(source)
     if folder.config.model != cfg.model:
         log.info("train.init_from: using the model architecture of %s", source)
+    fresh_parts = {"heads"}  # parts that may start at random without a warning
     if with_decoder and folder.config.model.architecture != "encoder-decoder":
         log.info("train.init_from: %s has no decoder; a fresh one is added on its encoder", source)
         folder.config.model.architecture = "encoder-decoder"
         folder.config.model.decoder = cfg.model.decoder
+        fresh_parts |= {"decoder", "class_pooler"}
     cfg.model = folder.config.model
     cfg.model.vision.weights = cfg.model.text.weights = None
     text_config = AutoConfig.from_pretrained(str(Path(source) / TEXT_CONFIG), local_files_only=True)
@@ -73,15 +75,11 @@ def build_model(
     not_loaded = load_weights(model, Path(source) / WEIGHTS)
     if TOKEN_TYPES in not_loaded and expand_token_types(model, Path(source) / WEIGHTS):
         not_loaded.remove(TOKEN_TYPES)
-    unexpected = [k for k in not_loaded if not k.startswith("heads.")]
+    unexpected = [k for k in not_loaded if k.split(".")[0] not in fresh_parts]
     if unexpected:
         log.warning("train.init_from: %d weights not in %s, e.g. %s", len(unexpected), source, unexpected[:3])
-    log.info(
-        "initialised from %s (%d tensors start fresh: %s)",
-        source,
-        len(not_loaded),
-        ", ".join(sorted({k.split(".")[1] for k in not_loaded if k.startswith("heads.")})) or "none",
-    )
+    parts = sorted({k.split(".")[1] if k.startswith("heads.") else k.split(".")[0] for k in not_loaded})
+    log.info("initialised from %s (%d tensors start fresh: %s)", source, len(not_loaded), ", ".join(parts) or "none")
     return model
 
 
