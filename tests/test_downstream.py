@@ -16,12 +16,11 @@ from meter.models.folder import load_model_folder
 from meter.objectives.mlm import IGNORE
 from meter.objectives.seq2seq import Targets, captions_of
 from meter.runs import evaluate_run, run_finetune
-from meter.tasks.build import build_model, load_for_eval, task_tokenizer
+from meter.tasks.build import build_model, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.captioning import caption_targets
 from meter.tasks.nlvr2 import Nlvr2Task
 from meter.tasks.retrieval import (
     encode_split,
-    read_retrieval_split,
     score_matrix,
     setup_retrieval,
     unimodal_embeddings,
@@ -90,7 +89,7 @@ def test_retrieval_finetune_writes_rankings_and_recalls(micro_checkpoints, shape
 def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_querys_best(micro_checkpoints, tmp_path):
     loaded = load_for_eval(micro_checkpoints("retrieval"), torch.device("cpu"))
     cfg = loaded.description.config
-    records = read_retrieval_split(cfg, ["train"])  # 11 images, 55 captions
+    records = read_karpathy_splits(cfg, "retrieval", ["train"])  # 11 images, 55 captions
     texts = [c for r in records for c in r.captions]
     collate = Collate(loaded.tokenizer, cfg.model.text.max_length)
     runtime = setup_runtime(cfg.train)

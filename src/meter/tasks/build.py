@@ -12,8 +12,10 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from meter.config import Config
 from meter.data.datasets import ImageReader
+from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
 from meter.data.tokenizers import load_tokenizer
+from meter.errors import ConfigError
 from meter.models.folder import (
     TEXT_CONFIG,
     WEIGHTS,
@@ -122,3 +124,13 @@ def load_for_eval(checkpoint: str | Path, device: torch.device, blind: bool = Fa
 def image_reader(cfg: Config, model: Meter) -> ImageReader:
     size = cfg.model.vision.image_size
     return ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind=cfg.data.blind)
+
+
+def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:
+    """The images of `splits` in the Karpathy file of config section `section` (its `karpathy` and `images`)."""
+    settings = getattr(cfg, section)
+    root = Path(cfg.data.root)
+    records = read_karpathy(root / settings.karpathy, root / settings.images, tuple(splits))
+    if not records:
+        raise ConfigError(f"{section}.karpathy: {settings.karpathy} has no images in split(s) {', '.join(splits)}")
+    return records

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from meter.config import CaptioningConfig, Config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
-from meter.data.formats.captions import CaptionRecord, read_karpathy
+from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError
 from meter.metrics.caption import caption_scores
@@ -30,7 +30,7 @@ from meter.models.generation import generate
 from meter.models.meter import Meter
 from meter.objectives.mlm import IGNORE
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
-from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -74,18 +74,10 @@ class CaptioningTask(nn.Module):
         return {"caption_loss": F.cross_entropy(logits, labels)}, {"caption_accuracy": accuracy}
 
 
-def read_caption_split(cfg: Config, splits: list[str]) -> list[CaptionRecord]:
-    root = Path(cfg.data.root)
-    records = read_karpathy(root / cfg.captioning.karpathy, root / cfg.captioning.images, tuple(splits))
-    if not records:
-        raise ConfigError(f"captioning: {cfg.captioning.karpathy} has no images in split(s) {', '.join(splits)}")
-    return records
-
-
 def setup_captioning(cfg: Config) -> Finetuning:
     if not cfg.train.init_from and cfg.model.architecture != "encoder-decoder":
         raise ConfigError("captioning needs a decoder: set model.architecture=encoder-decoder (or train.init_from)")
-    records = read_caption_split(cfg, cfg.captioning.train_splits)
+    records = read_karpathy_splits(cfg, "captioning", cfg.captioning.train_splits)
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {}, with_decoder=True)
     dataset = CaptionPairs(records, image_reader(cfg, model))
@@ -133,7 +125,7 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     if loaded.model.decoder is None:
         raise ConfigError(f"{checkpoint}: the model has no decoder to write captions with; fine-tune it with "
                           "task=captioning")  # fmt: skip
-    records = read_caption_split(cfg, [settings.eval_split])
+    records = read_karpathy_splits(cfg, "captioning", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
     written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,

@@ -33,13 +33,13 @@ from tqdm import tqdm
 from meter.config import Config, RetrievalConfig
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
-from meter.data.formats.captions import CaptionRecord, read_karpathy
+from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
 from meter.models.folder import WEIGHTS, ModelFolder, read_model_folder
 from meter.models.meter import Meter
-from meter.tasks.build import build_model, image_reader, load_for_eval, task_tokenizer
+from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -150,18 +150,10 @@ class RetrievalTask(nn.Module):
         return losses, report
 
 
-def read_retrieval_split(cfg: Config, splits: list[str]) -> list[CaptionRecord]:
-    root = Path(cfg.data.root)
-    records = read_karpathy(root / cfg.retrieval.karpathy, root / cfg.retrieval.images, tuple(splits))
-    if not records:
-        raise ConfigError(f"retrieval: {cfg.retrieval.karpathy} has no images in split(s) {', '.join(splits)}")
-    return records
-
-
 def setup_retrieval(cfg: Config) -> Finetuning:
     if cfg.retrieval.negatives < 1 and cfg.retrieval.itc <= 0:
         raise ConfigError("retrieval.negatives = 0 and retrieval.itc = 0: nothing to train; raise one of them")
-    records = read_retrieval_split(cfg, cfg.retrieval.train_splits)
+    records = read_karpathy_splits(cfg, "retrieval", cfg.retrieval.train_splits)
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {HEAD: 1})
     source = cfg.train.init_from
@@ -267,7 +259,7 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     if scoring_head(loaded.model) is None:
         raise ConfigError(f"{checkpoint}: the model has no {HEAD} or {ITM} head to score pairs with (it has: "
                           f"{', '.join(loaded.model.heads) or 'none'}); fine-tune it with task=retrieval")  # fmt: skip
-    records = read_retrieval_split(cfg, [settings.eval_split])
+    records = read_karpathy_splits(cfg, "retrieval", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
     texts = [caption for r in records for caption in r.captions]
