@@ -8,7 +8,9 @@ from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
 from meter.models.text import TEXT
 from meter.models.vision import resolve_vision
-from meter.train.runtime import pick_dtype, pick_device
+from meter.tasks.pretrain import check_objectives
+from meter.train.distributed import check_parallel
+from meter.train.runtime import pick_device, pick_dtype
 
 TASKS = ("pretrain", "vqa")
 
@@ -20,10 +22,11 @@ def validate(cfg: Config) -> None:
     TEXT.get(cfg.model.text.name, key="model.text")
     FUSIONS.get(cfg.model.fusion.name, key="model.fusion")
     if cfg.model.architecture not in ARCHITECTURES:
-        raise ConfigError(
-            f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
-        )
+        raise ConfigError(f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
-    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+    check_parallel(cfg.train.parallel)
+    if cfg.task == "pretrain":
+        check_objectives(cfg.objectives)
+    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite_steps"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")
