@@ -188,8 +188,8 @@ class Checkpoints:
         weights = {MODEL + k: v for k, v in load_file(str(path / WEIGHTS)).items()}
         if (path / TASK_WEIGHTS).is_file():
             weights |= load_file(str(path / TASK_WEIGHTS))
-        expected = set(task.state_dict())
-        missing = sorted(expected - set(weights))
+        expected = list(task.state_dict())  # in the module's order: loading shards is collective, key by key
+        missing = [k for k in expected if k not in weights]
         if missing:
             raise DataError(f"{path}: checkpoint lacks {len(missing)} weights of this model, e.g. {missing[:3]}")
         state = torch.load(path / TRAINING_STATE, weights_only=True, map_location="cpu")
