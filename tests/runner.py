@@ -11,8 +11,10 @@ import meter
 from tests.conftest import MICRO
 
 SOURCE = str(Path(meter.__file__).resolve().parents[1])
-# dropout off: runs that must compute the same steps must not differ by their dropout draws
-NO_DROPOUT = [
+# for runs that must compute the same steps: no dropout (its draws depend on the batch layout); on the CPU in fp32,
+# also where a GPU is present (gloo, tight tolerances)
+EXACT = [
+    "train.device=cpu",
     "model.fusion.dropout=0",
     "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,"
     " hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",

@@ -10,9 +10,9 @@ from meter.config import Config, load_config
 from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
 from meter.train.metrics_log import read_metrics
-from tests.runner import NO_DROPOUT, pretrain_args, run_meter
+from tests.runner import EXACT, pretrain_args, run_meter
 
-COMMON = [*NO_DROPOUT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
+COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
           "objectives.itm_group_size=4"]  # fmt: skip
 CURVES = ["train/mlm_loss", "train/itm_loss", "train/mim_loss", "train/grad_norm", "train/lr"]
 

@@ -18,7 +18,7 @@ from meter.train.checkpoint import TASK_WEIGHTS, TRAINING_STATE, Checkpoints
 from meter.train.metrics_log import read_metrics
 from tests.runner import environment, pretrain_args, run_meter
 
-RUN = ["train.max_steps=8", "train.checkpoint_every=3", "train.grad_accum=2", "objectives.mim=1",
+RUN = ["train.device=cpu", "train.max_steps=8", "train.checkpoint_every=3", "train.grad_accum=2", "objectives.mim=1",
        "train.deterministic=true", "model.fusion.dropout=0.1"]  # fmt: skip
 KILLER = """
 import os, signal, sys

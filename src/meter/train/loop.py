@@ -85,7 +85,8 @@ def loss_denominators(task: nn.Module, micro_batches: list[dict[str, Any]], runt
         return {}
     counts = [counter(batch) for batch in micro_batches]
     keys = sorted(counts[0])
-    totals = torch.tensor([sum(c[k] for c in counts) for k in keys], dtype=torch.float64, device=runtime.device)
+    device = runtime.device if runtime.distributed else torch.device("cpu")  # alone: no trip to the GPU and back
+    totals = torch.tensor([sum(c[k] for c in counts) for k in keys], dtype=torch.float64, device=device)
     parts = len(micro_batches) * runtime.world
     return {k: max(v, 1.0) / parts for k, v in zip(keys, all_reduce(totals).tolist(), strict=True)}
 
