@@ -1,6 +1,6 @@
 """Training-step speed and peak memory: meter's MLM + ITM step against Hugging Face BridgeTower's, in one process.
 
-    python benchmarks/train_step.py                  # CPU, a small config (about two minutes on 2 cores)
+    python benchmarks/train_step.py                  # CPU, a small config (a few minutes on 2 cores)
     python benchmarks/train_step.py --device cuda    # the paper's config: CLIP-ViT-B/16 at 288 px + RoBERTa-base +
                                                      # 6 co-attention layers, batch 128, bf16; prints MFU as well
     python benchmarks/train_step.py --device cuda --compile   # adds a row for meter with train.compile
@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -177,17 +178,17 @@ def shapes_batches(shape: Shape, folder: Path, count: int) -> tuple[list[dict[st
 
 def time_steps(step: Callable[[dict[str, Any]], None], batches: list[dict[str, Any]], warmup: int, steps: int,
                device: torch.device) -> float:  # fmt: skip
-    """Seconds per step, after `warmup` untimed steps."""
+    """The median seconds per step, after `warmup` untimed steps (the median shrugs off a busy neighbour)."""
     for k in range(warmup):
         step(batches[k % len(batches)])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    times = []
     for k in range(steps):
-        step(batches[k % len(batches)])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(batches[k % len(batches)])  # each step reads its loss: it ends when the device is done
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measure(name: str, build: Callable[[], tuple[nn.Module, Callable[[dict[str, Any]], None]]],
@@ -290,7 +291,8 @@ def print_table(results: list[Result], baseline: Result, batch: int, device: tor
         if r.error:
             print(f"{r.name:<22}{r.error:>11}")
             continue
-        line = f"{r.name:<22}{r.samples_per_s:>11.1f}{_memory(r.peak_bytes, device):>14}"
+        speed = f"{r.samples_per_s:.1f}" if r.samples_per_s >= 10 else f"{r.samples_per_s:.3g}"
+        line = f"{r.name:<22}{speed:>11}{_memory(r.peak_bytes, device):>14}"
         line += f"{r.flops_per_step / batch / 1e9:>14.1f}"
         if peak_flops:
             line += f"{r.flops_per_step * r.samples_per_s / batch / peak_flops:>8.1%}"

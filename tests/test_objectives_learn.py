@@ -20,7 +20,6 @@ def _mean(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
-@pytest.mark.slow
 def test_mlm_and_mim_losses_fall_on_the_shapes_world(micro_config: Config, tmp_path: Path):
     cfg = load_config(None, [f"train.out={tmp_path / 'run'}", "train.max_steps=60", "train.batch_size=16",
                              "train.lr=1e-3", "objectives.itm=0", "objectives.mim=1"], base=micro_config)  # fmt: skip
