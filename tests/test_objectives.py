@@ -13,7 +13,10 @@ from meter.models.vision import build_vision
 from meter.objectives.itm import itm_pairing
 from meter.objectives.mim import draw_patch_mask, hide_patches, mim_patch_size, patchify, pixel_targets
 from meter.objectives.mlm import IGNORE, mask_tokens
+from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness, StepRandomness
+from meter.objectives.seq2seq import Targets, captions_of
+from meter.objectives.span import add_sentinels, corrupt_spans, sentinel_ids
 from meter.tasks.pretrain import check_objectives
 
 CAPTIONS = [
@@ -58,6 +61,34 @@ def test_mlm_masks_do_not_depend_on_how_the_step_is_split(tokenizer):
 def test_mlm_masks_change_from_step_to_step(tokenizer):
     masks = [_mask(tokenizer, CAPTIONS, StepRandomness(1, step, 8).rows(0, 8))[1] for step in range(3)]
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def _decoder_rows(tokenizer, texts, random):
+    """The unpadded encoder inputs and targets of span corruption and of the prefix split."""
+    batch = Collate(tokenizer, max_length=40)([{"text": t, "pixels": torch.zeros(3, 4, 4)} for t in texts])
+    captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
+    targets = Targets.of(tokenizer, 64)
+    span = corrupt_spans(captions, sentinel_ids(tokenizer), 0.3, 2.0, random.generators("span"), targets)
+    prefix = split_prefix(captions, random.generators("prefix_lm"), targets)
+    return [
+        [ids[mask.bool()].tolist() for ids, mask in zip(out.input_ids, out.attention_mask, strict=True)]
+        + [labels[labels != IGNORE].tolist() for labels in out.labels]
+        for out in (span, prefix)
+    ]
+
+
+def test_span_and_prefix_draws_do_not_depend_on_how_the_step_is_split(shapes_world):
+    tokenizer = load_tokenizer(shapes_world / "tokenizers/bpe")
+    add_sentinels(tokenizer)
+    random = StepRandomness(seed=2, step=4, total=8)
+    whole = _decoder_rows(tokenizer, CAPTIONS, random.rows(0, 8))
+    parts = [_decoder_rows(tokenizer, CAPTIONS[o : o + 4], random.rows(o, 4)) for o in (0, 4)]
+    for objective in range(2):  # encoder rows then target rows, for 8 captions
+        rows = whole[objective]
+        split = parts[0][objective][:4] + parts[1][objective][:4] + parts[0][objective][4:] + parts[1][objective][4:]
+        assert rows == split
+    again = _decoder_rows(tokenizer, CAPTIONS, StepRandomness(seed=2, step=5, total=8).rows(0, 8))
+    assert again != whole
 
 
 def test_itm_pairs_half_of_every_group_with_another_image_of_that_group():

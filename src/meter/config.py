@@ -23,17 +23,17 @@ from meter.errors import ConfigError
 
 @dataclass
 class VisionConfig:
-    name: str = "vit"  # a registered vision encoder (`meter models`)
+    name: str = "vit"  # a registered vision encoder (`meter models`), or timm:<any timm model name>
     size: str = "tiny"  # a preset of that encoder: tiny (tests, CPU demo) or base (the paper)
-    image_size: int = 64
-    weights: str | None = None  # local file (safetensors or state dict); None = random init
+    image_size: int = 64  # position embeddings (Swin: windows) follow it; pretrained ones are resampled
+    weights: str | None = None  # local file (safetensors or state dict, OpenAI CLIP layout too); None = random init
     drop_path: float = 0.0
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for timm.create_model
 
 
 @dataclass
 class TextConfig:
-    name: str = "bert"  # a registered text encoder (`meter models`)
+    name: str = "bert"  # a registered text encoder (`meter models`): bert, roberta, electra, albert, deberta, ...
     size: str = "tiny"  # tiny or base; ignored when `weights` names a pretrained folder
     weights: str | None = None  # local Hugging Face model folder; None = random init from the preset
     tokenizer: str | None = None  # local Hugging Face tokenizer folder; None = `weights`
@@ -53,10 +53,13 @@ class FusionConfig:
 
 @dataclass
 class DecoderConfig:
+    """The decoder of model.architecture=encoder-decoder; its width is the fusion width."""
+
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.1
+    max_length: int = 64  # longest decoder sequence (span targets, generated captions), start token included
 
 
 @dataclass
@@ -64,9 +67,15 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
-    architecture: str = "encoder"  # encoder, or encoder-decoder
+    architecture: str = "encoder"  # encoder, or encoder-decoder (a decoder on the fused output)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     image_pool: str = "first"  # how the image stream is pooled: first token, or mean of all tokens
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""  # a folder written by `meter prepare` (holding manifest.json), relative to data.root
+    weight: float = 1.0  # passes per epoch: 1 every pair once, 2 twice, 0.5 half its shards (the rest next epoch)
 
 
 @dataclass
@@ -77,6 +86,11 @@ class DataConfig:
     num_workers: int = 0
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)
+    # pretraining from shards (`meter prepare`) instead of the Karpathy captions above, when sources are given
+    sources: list[SourceConfig] = field(default_factory=list)
+    shuffle_buffer: int = 1000  # pairs shuffled together in each stream (held as encoded images)
+    open_shards: int = 4  # shards each stream reads at once, taken in turn: batches mix shards and sources
+    streams_per_rank: int = 8  # shard streams of each process; data.num_workers must divide it
 
 
 @dataclass
@@ -88,6 +102,10 @@ class ObjectivesConfig:
     whole_word_masking: bool = True
     itm_group_size: int = 16  # negatives come from groups of this many samples (keep the per-process batch a multiple)
     mim_mask_ratio: float = 0.6  # fraction of patches masked per image (SimMIM's)
+    span: float = 0.0  # T5-style span corruption, reconstructed by the decoder (encoder-decoder only)
+    prefix_lm: float = 0.0  # the decoder continues a caption from an encoded prefix (encoder-decoder only)
+    span_probability: float = 0.15  # fraction of words replaced by sentinels
+    span_mean_length: float = 3.0  # mean span length, in words
 
 
 @dataclass
@@ -118,6 +136,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # 0 disables clipping
     checkpoint_every: int = 100
     keep_last: int = 2
+    export: bool = True  # at the end of a run, write its final model as a model folder to <out>/model
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda

@@ -11,8 +11,9 @@ from meter.config import Config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
+from meter.data.shard_stream import open_corpus
 from meter.errors import ConfigError
-from meter.models.folder import load_model_folder
+from meter.models.folder import load_model_folder, require_answers
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import (
@@ -33,16 +34,21 @@ PRETRAIN_SPLITS = ("train", "restval")
 
 
 def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
-    """MLM + ITM on the Karpathy train (+ restval) captions; returns the final checkpoint."""
+    """MLM + ITM on data.sources (shards), or else the Karpathy train (+ restval) captions; returns the final
+    checkpoint."""
     validate(cfg)
     runtime = setup_runtime(cfg.train)
     tokenizer = task_tokenizer(cfg)
     heads = pretrain_heads(tokenizer, cfg.objectives)
     model = build_model(cfg, tokenizer, heads)
-    root = Path(cfg.data.root)
-    records = read_karpathy(root / cfg.data.karpathy, root / cfg.data.images, PRETRAIN_SPLITS)
-    dataset = CaptionPairs(records, image_reader(cfg, model))
-    log.info("pretraining on %d captions of %d images", len(dataset), len(records))
+    if cfg.data.sources:  # shards from `meter prepare`, streamed (fit builds the corpus's own stream type)
+        dataset = open_corpus(cfg.data, image_reader(cfg, model))
+        log.info("pretraining on %s pairs an epoch from %s", f"{len(dataset):,}", dataset.describe())
+    else:
+        root = Path(cfg.data.root)
+        records = read_karpathy(root / cfg.data.karpathy, root / cfg.data.images, PRETRAIN_SPLITS)
+        dataset = CaptionPairs(records, image_reader(cfg, model))
+        log.info("pretraining on %d captions of %d images", len(dataset), len(records))
     task = PretrainTask(model, tokenizer, cfg, heads)
     return fit(cfg, task, dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer, runtime, resume)
 
@@ -75,6 +81,8 @@ def evaluate_vqa_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str
     """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
+    require_answers(description, checkpoint)
+    cfg.model = description.config.model  # the model's own resolution, not the data config's default
     model.to(runtime.device)
     records = read_vqa_split(cfg, cfg.vqa.eval_split)
     task = VqaTask(model, description.answers, description.config)

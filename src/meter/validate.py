@@ -23,6 +23,17 @@ def validate(cfg: Config) -> None:
     FUSIONS.get(cfg.model.fusion.name, key="model.fusion")
     if cfg.model.architecture not in ARCHITECTURES:
         raise ConfigError(f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    for objective in ("span", "prefix_lm"):
+        if getattr(cfg.objectives, objective) > 0 and cfg.model.architecture != "encoder-decoder":
+            raise ConfigError(
+                f"objectives.{objective} needs a decoder: set model.architecture=encoder-decoder"
+                f" (or objectives.{objective}=0)"
+            )
+    if not 0 < cfg.objectives.span_probability <= 1 or cfg.objectives.span_mean_length < 1:
+        raise ConfigError(
+            f"objectives.span_probability = {cfg.objectives.span_probability} must be in (0, 1] and"
+            f" objectives.span_mean_length = {cfg.objectives.span_mean_length} at least 1 (word)"
+        )
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
     check_parallel(cfg.train.parallel)
     if cfg.task == "pretrain":

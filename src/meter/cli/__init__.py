@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from meter.errors import MeterError
 
-# module name -> adds its subparser and returns the function that runs it
-COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "demo", "models")
+# module name -> adds its subparser and returns the function that runs it; the command is the module's name,
+# or its COMMAND when that differs (`import` is a Python keyword)
+COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "demo", "models", "import_checkpoint")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
@@ -23,7 +24,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     runners = {}
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"meter.cli.{name}")
-        runners[name] = module.add_command(subparsers)
+        runners[getattr(module, "COMMAND", name)] = module.add_command(subparsers)
     return parser, runners
 
 

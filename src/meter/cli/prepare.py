@@ -1,9 +1,33 @@
-"""`meter prepare shapes --out DIR`: write the shapes world."""
+"""`meter prepare SOURCE`: write the shapes world, or turn a corpus in its published layout into shards.
+
+meter prepare shapes --out DIR
+meter prepare coco --root COCO --karpathy dataset_coco.json --out shards/coco
+meter prepare vg --root VG --out shards/vg
+meter prepare cc --root CC --out shards/cc
+meter prepare sbu --root SBU --out shards/sbu
+meter prepare webdataset --root CC12M --out shards/cc12m        # img2dataset shards, indexed in place
+meter prepare arrow --root ARROWS --files "coco_caption_karpathy_*.arrow" --out shards/coco
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meter.data.shard_writer import RawSource
+
+
+def _shard_options(parser: argparse.ArgumentParser, shards: bool = True) -> None:
+    parser.add_argument("--root", required=True, help="the corpus folder, in its published layout")
+    parser.add_argument("--out", required=True, help="folder for the shards and manifest.json (resumes if present)")
+    parser.add_argument("--max-bad", type=float, default=0.01,
+                        help="fraction of records that may be unusable before it stops (default 0.01)")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if shards:
+        parser.add_argument("--shard-size", type=int, default=1000, help="source records per shard (default 1000)")
+        parser.add_argument("--decode", action="store_true", help="decode every image to check it (slow)")
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -15,7 +39,70 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--questions-per-image", type=int, default=5)
+
+    coco = sources.add_parser("coco", help="COCO captions (annotation JSON or Karpathy split) + image folders")
+    _shard_options(coco)
+    coco.add_argument("--karpathy", help="Karpathy split file under --root (dataset_coco.json); takes --splits")
+    coco.add_argument("--splits", default="train,restval", help="Karpathy splits to keep (default train,restval)")
+    coco.add_argument("--annotations", default="annotations/captions_train2014.json",
+                      help="without --karpathy: COCO caption files under --root, comma-separated")  # fmt: skip
+    coco.add_argument("--images", default=".", help="folder under --root holding train2014/, val2014/")
+
+    vg = sources.add_parser("vg", help="Visual Genome: region_descriptions.json + VG_100K/, VG_100K_2/")
+    _shard_options(vg)
+    vg.add_argument("--regions", default="region_descriptions.json")
+    vg.add_argument("--image-dirs", default="VG_100K,VG_100K_2", help="comma-separated folders under --root")
+
+    cc = sources.add_parser("cc", help="Conceptual Captions: caption<TAB>url TSV + images named crc32(url)")
+    _shard_options(cc)
+    cc.add_argument("--tsv", default="Train_GCC-training.tsv")
+    cc.add_argument("--images", default="training")
+
+    sbu = sources.add_parser("sbu", help="SBU: captions and urls files + images named by their URL's file name")
+    _shard_options(sbu)
+    sbu.add_argument("--captions", default="SBU_captioned_photo_dataset_captions.txt")
+    sbu.add_argument("--urls", default="SBU_captioned_photo_dataset_urls.txt")
+    sbu.add_argument("--images", default="images")
+
+    wds = sources.add_parser("webdataset", help="img2dataset shards (key.jpg/.txt/.json): indexed in place")
+    _shard_options(wds)
+    wds.add_argument("--pattern", default="*.tar", help="shards under --root (default *.tar)")
+    wds.add_argument("--copy", action="store_true", help="rewrite them into --out instead of indexing in place")
+
+    arrow = sources.add_parser("arrow", help="the .arrow files of the official METER / ViLT code")
+    _shard_options(arrow)
+    arrow.add_argument("--files", default="*.arrow", help="comma-separated patterns under --root (default *.arrow)")
     return run
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _source(args: argparse.Namespace) -> RawSource:
+    if args.source == "coco":
+        from meter.data.formats.captions import coco_source
+
+        return coco_source(args.root, args.karpathy, _split(args.splits), _split(args.annotations), args.images)
+    if args.source == "vg":
+        from meter.data.formats.visual_genome import visual_genome_source
+
+        return visual_genome_source(args.root, args.regions, _split(args.image_dirs))
+    if args.source == "cc":
+        from meter.data.formats.conceptual_captions import ConceptualCaptionsSource
+
+        return ConceptualCaptionsSource(args.root, args.tsv, args.images)
+    if args.source == "sbu":
+        from meter.data.formats.sbu import SbuSource
+
+        return SbuSource(args.root, args.captions, args.urls, args.images)
+    if args.source == "webdataset":
+        from meter.data.formats.webdataset import WebdatasetSource
+
+        return WebdatasetSource(args.root, args.pattern)
+    from meter.data.formats.arrow import ArrowSource
+
+    return ArrowSource(args.root, _split(args.files))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,4 +115,18 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         manifest = generate(args.out, spec)
         print(f"shapes world in {args.out}: {manifest['images']} images, {manifest['questions']} questions")
+        return 0
+    from meter.data.shard_writer import index_shards, write_shards
+
+    progress = not args.no_progress
+    if args.source == "webdataset" and not args.copy:
+        manifest = index_shards(args.root, args.out, args.pattern, args.max_bad, progress)
+    else:
+        manifest = write_shards(_source(args), args.out, args.shard_size, args.max_bad, args.decode, progress)
+    words = manifest["captions"]["words"]
+    print(
+        f"{manifest['source']} in {args.out}: {manifest['samples']:,} images, {manifest['pairs']:,} image-caption pairs"
+        f" in {len(manifest['shards'])} shards; {manifest['bad']:,} bad, {manifest['not_downloaded']:,} not downloaded;"
+        f" {words.get('mean', 0)} words a caption on average"
+    )
     return 0

@@ -24,7 +24,10 @@ class BadSample:
 class BadSampleBudget:
     """Counts distinct bad samples; raises once more than `max_fraction` of `total` samples are bad."""
 
-    def __init__(self, max_fraction: float, total: int, log_file: str | Path | None = None) -> None:
+    def __init__(
+        self, max_fraction: float, total: int, log_file: str | Path | None = None, setting: str = "data.max_bad_samples"
+    ) -> None:
+        self.setting = setting  # the option that sets the budget, named in the message
         self.allowed = int(max_fraction * total)
         self.total = total
         self.max_fraction = max_fraction
@@ -45,7 +48,7 @@ class BadSampleBudget:
             where = f"; see {self.log_file}" if self.log_file else ""
             raise DataError(
                 f"skipped {len(self.bad):,} of {self.total:,} samples, more than the budget of {self.allowed:,}"
-                f" ({self.max_fraction:.1%}, data.max_bad_samples): first: {first}{where}"
+                f" ({self.max_fraction:.1%}, {self.setting}): first: {first}{where}"
             )
 
     def summary(self) -> str:

@@ -3,7 +3,8 @@
     config.json               {"config": <the run's config>, "heads": {"mlm": 1000, "itm": 2}, "answers": [...]}
     model.safetensors         the weights
     text_encoder/config.json  the transformers config of the text encoder (it may have come pretrained)
-    tokenizer files           as `save_pretrained` writes them
+    tokenizer files           as `save_pretrained` writes them (an imported model may lack them: the card says so)
+    README.md                 the model card: architecture, parts, source, intended use
 
 Loading never unpickles: weights come from safetensors, everything else from JSON.
 """
@@ -12,24 +13,30 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from meter.config import Config, config_from_dict, to_dict
-from meter.data.tokenizers import load_tokenizer
+from meter.data.tokenizers import has_tokenizer, load_tokenizer
 from meter.errors import DataError
 from meter.models.meter import Meter, build_meter
+from meter.models.model_card import model_card
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
 TEXT_CONFIG = "text_encoder"
+MODEL_CARD = "README.md"
+EXPORT = "model"  # a training run's final model, under its output folder
 
 
 @dataclass
@@ -38,6 +45,8 @@ class ModelFolder:
     heads: dict[str, int]
     answers: list[str] = field(default_factory=list)  # VQA: the answer of each classifier row
     token_types: int = 2
+    source: str = ""  # where the weights came from, for the model card
+    notes: list[str] = field(default_factory=list)  # what a reader of the card should know (import reports)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +55,8 @@ class ModelFolder:
             "heads": self.heads,
             "answers": self.answers,
             "token_types": self.token_types,
+            "source": self.source,
+            "notes": self.notes,
         }
 
 
@@ -55,14 +66,44 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model_folder(
-    path: str | Path, model: Meter, tokenizer: PreTrainedTokenizerBase, description: ModelFolder
+    path: str | Path,
+    model: Meter,
+    tokenizer: PreTrainedTokenizerBase | None,
+    description: ModelFolder,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Writes the folder; `tokenizer` None leaves it without one (an import whose tokenizer was not given).
+    `weights`, when given, replace the model's own state dict (gathered from the shards of a sharded model)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_for_saving(model), str(path / WEIGHTS))
-    tokenizer.save_pretrained(str(path))
+    if weights is None:
+        weights = state_dict_for_saving(model)
+    else:  # unshared copies, as state_dict_for_saving makes
+        weights = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    save_file(weights, str(path / WEIGHTS))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
     model.text.model.config.save_pretrained(str(path / TEXT_CONFIG))
     (path / MODEL_CONFIG).write_text(json.dumps(description.to_json(), indent=1))
+    (path / MODEL_CARD).write_text(model_card(model, description, has_tokenizer=tokenizer is not None))
+
+
+def export_model_folder(
+    path: str | Path,
+    model: Meter,
+    tokenizer: PreTrainedTokenizerBase | None,
+    description: ModelFolder,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """A model folder without training state, written to a temporary folder and renamed into place."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    save_model_folder(temporary, model, tokenizer, description, weights)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(temporary, path)
+    return path
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:
@@ -78,12 +119,17 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         heads=data["heads"],
         answers=data.get("answers", []),
         token_types=data.get("token_types", 2),
+        source=data.get("source", ""),
+        notes=data.get("notes", []),
     )
 
 
 def load_weights(model: nn.Module, path: str | Path, skip_heads: bool = False) -> list[str]:
     """Loads safetensors weights into `model`; returns what was not loaded. Shapes that differ are skipped."""
-    weights = load_file(str(path))
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise DataError(f"{path}: not a safetensors weights file ({error})") from None
     own = model.state_dict()
     usable = {
         k: v for k, v in weights.items()
@@ -93,19 +139,42 @@ def load_weights(model: nn.Module, path: str | Path, skip_heads: bool = False) -
     return sorted(set(own) - set(usable))
 
 
-def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase, ModelFolder]:
-    """Rebuilds the model of a folder (a checkpoint or an export) with its weights and tokenizer."""
+def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
+    """Rebuilds the model of a folder (a checkpoint, an export or an import) with its weights; no tokenizer."""
     path = Path(path)
     description = read_model_folder(path)
-    tokenizer = load_tokenizer(path)
     model_cfg = description.config.model
     model_cfg.vision.weights = None  # the folder's weights replace any pretrained starting point
     model_cfg.text.weights = None
     text_hf_config = AutoConfig.from_pretrained(str(path / TEXT_CONFIG), local_files_only=True)
     model = build_meter(
-        model_cfg, len(tokenizer), tokenizer.pad_token_id, description.heads, description.token_types, text_hf_config
-    )
+        model_cfg, text_hf_config.vocab_size, text_hf_config.pad_token_id, description.heads,
+        description.token_types, text_hf_config,
+    )  # fmt: skip
     missing = load_weights(model, path / WEIGHTS)
     if missing:
         raise DataError(f"{path / WEIGHTS}: {len(missing)} weights missing, e.g. {missing[:3]}")
-    return model, tokenizer, description
+    return model, description
+
+
+def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase, ModelFolder]:
+    """The model of a folder with its tokenizer (a clear error if the folder has none)."""
+    if not has_tokenizer(path):
+        raise DataError(
+            f"{path}: this model folder has no tokenizer; copy the text encoder's tokenizer files into it"
+            " (or re-run `meter import ... --tokenizer DIR`)"
+        )
+    model, description = load_model(path)
+    return model, load_tokenizer(path), description
+
+
+def require_answers(description: ModelFolder, path: str | Path) -> None:
+    """VQA needs the answer of every classifier row."""
+    rows = description.heads.get("vqa")
+    if rows is None:
+        raise DataError(f"{path}: this model has no VQA head (heads: {', '.join(description.heads) or 'none'})")
+    if len(description.answers) != rows:
+        raise DataError(
+            f"{path}: the VQA head has {rows} rows but the folder names {len(description.answers)} answers; "
+            "import the model with --vqa-answers FILE (the official answer-to-label JSON)"
+        )

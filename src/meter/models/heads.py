@@ -48,9 +48,10 @@ def classifier(in_width: int, hidden: int, classes: int) -> nn.Sequential:
     )
 
 
-def build_head(kind: str, width: int, size: int) -> nn.Module:
-    """`size` is the vocabulary for mlm and the number of classes for classifiers."""
-    joint = 2 * width
+def build_head(kind: str, width: int, size: int, joint: int | None = None) -> nn.Module:
+    """`size` is the vocabulary for mlm and the number of classes for classifiers; `joint` is the width of the
+    joint feature the classifiers read (2 * width: pooled text and image; width: the decoder's class token)."""
+    joint = joint or 2 * width
     if kind == "mlm":
         return MlmHead(width, size)
     if kind == "itm":
@@ -59,4 +60,6 @@ def build_head(kind: str, width: int, size: int) -> nn.Module:
         return classifier(joint, joint, size)
     if kind == "nlvr2":
         return classifier(2 * joint, joint, size)
+    if kind == "rank":  # retrieval: one matching score per pair (the official `rank_output`)
+        return nn.Linear(joint, size)
     raise ValueError(f"no head of kind {kind!r}")

@@ -1,4 +1,4 @@
-"""Transformer building blocks of the fusion module and decoder, all attention through SDPA.
+"""Transformer building blocks of the fusion module and the decoder, all attention through SDPA.
 
 Parameter names follow the BERT layout the official METER checkpoints use (attention.self.query, ...,
 attention.output.LayerNorm, intermediate.dense, output.dense), so that importing them is a rename-free load.
@@ -6,11 +6,23 @@ attention.output.LayerNorm, intermediate.dense, output.dense), so that importing
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 LAYER_NORM_EPS = 1e-12  # BERT's, and the official METER fusion layers'
+
+
+class KeyValues(NamedTuple):
+    """Keys and values of one attention, split into heads: (B, heads, L, head_width) each."""
+
+    keys: Tensor
+    values: Tensor
+
+    def select(self, rows: Tensor) -> KeyValues:
+        return KeyValues(self.keys[rows], self.values[rows])
 
 
 def key_padding_mask(mask: Tensor | None) -> Tensor | None:
@@ -37,12 +49,19 @@ class SelfProjections(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
-        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+    def keys_values(self, context: Tensor) -> KeyValues:
+        return KeyValues(self._split(self.key(context)), self._split(self.value(context)))
+
+    def attend(self, x: Tensor, context: KeyValues, mask: Tensor | None, causal: bool = False) -> Tensor:
+        """Queries from `x` over keys/values already projected (a decoder caches them between steps)."""
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal and mask is None
-        )
+            self._split(self.query(x)), context.keys, context.values, attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0, is_causal=causal and mask is None,
+        )  # fmt: skip
         return out.transpose(1, 2).flatten(2)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
+        return self.attend(x, self.keys_values(context), mask, causal)
 
 
 class ResidualOutput(nn.Module):
@@ -102,6 +121,22 @@ class TransformerLayer(nn.Module):
         if self.crossattention is not None:
             x = self.crossattention(x, context, context_mask)
         return self.output(self.intermediate(x), x)
+
+    def step(
+        self, x: Tensor, past: KeyValues | None, context: KeyValues, context_mask: Tensor | None
+    ) -> tuple[Tensor, KeyValues]:
+        """Decodes positions `x` that follow the cached ones (`past`: this layer's self-attention keys/values so
+        far; `context`: the cross-attention keys/values of the encoder output). Returns the outputs and the
+        self-attention keys/values to cache. The first call may hold several positions (decoded causally); later
+        calls add one."""
+        if past is not None and x.shape[1] != 1:
+            raise ValueError("after the first step, a decoder step adds one position")
+        new = self.attention.self.keys_values(x)
+        if past is not None:
+            new = KeyValues(torch.cat([past.keys, new.keys], dim=2), torch.cat([past.values, new.values], dim=2))
+        x = self.attention.output(self.attention.self.attend(x, new, None, causal=past is None), x)
+        x = self.crossattention.output(self.crossattention.self.attend(x, context, context_mask), x)
+        return self.output(self.intermediate(x), x), new
 
 
 class Pooler(nn.Module):

@@ -1,7 +1,9 @@
-"""The METER model, composed from a vision encoder, a text encoder, a fusion module and task heads."""
+"""The METER model, composed from a vision encoder, a text encoder, a fusion module, an optional decoder and task
+heads."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,24 +12,45 @@ from transformers import PretrainedConfig
 
 from meter.config import ModelConfig
 from meter.errors import ConfigError
+from meter.models.decoder import Decoder
 from meter.models.fusion import build_fusion
 from meter.models.heads import build_head
-from meter.models.layers import Pooler, init_bert_weights
+from meter.models.layers import Pooler, init_bert_weights, key_padding_mask
 from meter.models.text import TextEncoder, build_text
 from meter.models.vision import VisionEncoder, build_vision
 
+log = logging.getLogger(__name__)
 IMAGE_POOLS = ("first", "mean")
+ARCHITECTURES = {
+    "encoder": "encoder only: heads on the pooled fused features (METER)",
+    "encoder-decoder": "a decoder on the fused output: span LM, PrefixLM, captioning; ITM/VQA via a class token",
+}
 
 
 @dataclass
 class Fused:
     text: Tensor  # (B, L, width): the fused text stream
     image: Tensor  # (B, N, width): the fused image stream
-    joint: Tensor  # (B, 2 * width): pooled text and image, concatenated
+    joint: Tensor | None  # (B, joint width): what ITM/VQA heads read (pooled text + image, or the decoder's class
+    # token); None when fused with pool=False
+    text_mask: Tensor | None = None  # (B, L) 1/0: the decoder's cross-attention skips padded text
+
+    def memory(self) -> tuple[Tensor, Tensor | None]:
+        return encoder_memory(self.text, self.text_mask, self.image)
+
+
+def encoder_memory(text: Tensor, text_mask: Tensor | None, image: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The encoder output a decoder attends to: text then image tokens, and their key-padding mask."""
+    memory = torch.cat([text, image], dim=1)
+    if text_mask is None:
+        return memory, None
+    image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=image.device)
+    return memory, key_padding_mask(torch.cat([text_mask, image_mask], dim=1))
 
 
 class Meter(nn.Module):
-    """Encoders -> projections + modality embeddings -> fusion -> poolers; heads read the joint feature."""
+    """Encoders -> projections + modality embeddings -> fusion -> poolers (or a decoder's class token); heads read
+    the joint feature."""
 
     def __init__(
         self,
@@ -38,6 +61,7 @@ class Meter(nn.Module):
         heads: dict[str, nn.Module],
         token_types: int = 2,
         image_pool: str = "first",
+        decoder: Decoder | None = None,
     ) -> None:
         super().__init__()
         if image_pool not in IMAGE_POOLS:
@@ -48,17 +72,25 @@ class Meter(nn.Module):
         self.image_proj = nn.Linear(vision.width, width)
         self.token_type = nn.Embedding(token_types, width)
         self.fusion = fusion
-        self.text_pooler = Pooler(width)
-        self.image_pooler = Pooler(width)
+        self.decoder = decoder
+        if decoder is None:
+            self.text_pooler, self.image_pooler = Pooler(width), Pooler(width)
+        else:
+            self.class_pooler = Pooler(width)
         self.heads = nn.ModuleDict(heads)
         self.width = width
         self.image_pool = image_pool
         for module in self.new_modules():
             module.apply(init_bert_weights)
 
+    @property
+    def joint_width(self) -> int:
+        return joint_width(self.width, self.decoder is not None)
+
     def new_modules(self) -> list[nn.Module]:
         """The parts that never come pretrained with an encoder (they train at a higher learning rate)."""
-        return [self.text_proj, self.image_proj, self.token_type, self.fusion, self.text_pooler, self.image_pooler]
+        poolers = [self.text_pooler, self.image_pooler] if self.decoder is None else [self.decoder, self.class_pooler]
+        return [self.text_proj, self.image_proj, self.token_type, self.fusion, *poolers]
 
     def encode_image(self, pixels: Tensor) -> Tensor:
         return self.vision(pixels)
@@ -66,17 +98,58 @@ class Meter(nn.Module):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.text(input_ids, attention_mask)
 
-    def fuse(self, text: Tensor, text_mask: Tensor, image: Tensor, image_token_type: int = 1) -> Fused:
-        """Fuses encoder outputs; `image_token_type` is 1, or 2 for NLVR2's second image."""
+    def fuse(
+        self, text: Tensor, text_mask: Tensor, image: Tensor, image_token_type: int = 1, pool: bool = True
+    ) -> Fused:
+        """Fuses encoder outputs; `image_token_type` is 1, or 2 for NLVR2's second image. `pool=False` skips the
+        joint feature (a decoder objective does not read it)."""
         text = self.text_proj(text) + self.token_type.weight[0]
         image = self.image_proj(image) + self.token_type.weight[image_token_type]
         text, image = self.fusion(text, text_mask, image, None)
-        image_summary = image if self.image_pool == "first" else image.mean(dim=1, keepdim=True)
-        joint = torch.cat([self.text_pooler(text), self.image_pooler(image_summary)], dim=-1)
-        return Fused(text, image, joint)
+        if not pool:
+            return Fused(text, image, None, text_mask)
+        if self.decoder is None:
+            image_summary = image if self.image_pool == "first" else image.mean(dim=1, keepdim=True)
+            joint = torch.cat([self.text_pooler(text), self.image_pooler(image_summary)], dim=-1)
+        else:
+            joint = self.class_pooler(self.decoder.classify(*encoder_memory(text, text_mask, image)))
+        return Fused(text, image, joint, text_mask)
+
+    def decode(self, fused: Fused, decoder_input_ids: Tensor) -> Tensor:
+        """The decoder's hidden states (B, T, width) for teacher-forced `decoder_input_ids` on `fused`."""
+        if self.decoder is None:
+            raise ConfigError("this model has no decoder; set model.architecture=encoder-decoder")
+        return self.decoder(decoder_input_ids, *fused.memory())
 
     def forward(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Fused:
         return self.fuse(self.encode_text(input_ids, attention_mask), attention_mask, self.encode_image(pixels))
+
+
+def joint_width(width: int, has_decoder: bool) -> int:
+    return width if has_decoder else 2 * width
+
+
+def parameter_counts(model: Meter) -> dict[str, int]:
+    """Parameters by part (each counted once: tied weights are one parameter), and the total."""
+    parts = {
+        "vision": [model.vision],
+        "text": [model.text],
+        "projections": [model.text_proj, model.image_proj, model.token_type],
+        "fusion": [model.fusion],
+        "poolers": [m for m in model.new_modules() if isinstance(m, Pooler)],
+        "decoder": [model.decoder] if model.decoder is not None else [],
+        "heads": [model.heads],
+    }
+    counts = {}
+    for part, modules in parts.items():
+        unique = {id(p): p.numel() for module in modules for p in module.parameters()}
+        counts[part] = sum(unique.values())
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def describe_parameters(counts: dict[str, int]) -> str:
+    return "parameters: " + ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items() if n)
 
 
 def build_meter(
@@ -89,15 +162,23 @@ def build_meter(
 ) -> Meter:
     """`heads` maps a head kind (mlm, itm, vqa, ...) to its output size; `text_hf_config` rebuilds a saved text
     encoder exactly (it may have come pretrained, with sizes no preset has)."""
-    if cfg.architecture != "encoder":
-        raise ConfigError(f"model.architecture = {cfg.architecture!r}; choose one of: encoder")
+    if cfg.architecture not in ARCHITECTURES:
+        raise ConfigError(f"model.architecture = {cfg.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     width = cfg.fusion.width
-    return Meter(
-        vision=build_vision(cfg.vision),
-        text=build_text(cfg.text, vocab_size, pad_token_id, text_hf_config),
+    with_decoder = cfg.architecture == "encoder-decoder"
+    text = build_text(cfg.text, vocab_size, pad_token_id, text_hf_config)
+    # the decoder writes the text encoder's vocabulary (a pretrained one may have more rows than the tokenizer)
+    decoder = Decoder(cfg.decoder, width, text.vocab_size, pad_token_id) if with_decoder else None
+    model = Meter(
+        vision=build_vision(cfg.vision, summary_token=cfg.image_pool == "first"),
+        text=text,
         fusion=build_fusion(cfg.fusion),
         width=width,
-        heads={kind: build_head(kind, width, size) for kind, size in heads.items()},
+        heads={kind: build_head(kind, width, size, joint_width(width, with_decoder)) for kind, size in heads.items()},
         token_types=token_types,
         image_pool=cfg.image_pool,
+        decoder=decoder,
     )
+    log.info("%s + %s + %s (%s): %s", cfg.vision.name, cfg.text.name, cfg.fusion.name, cfg.architecture,
+             describe_parameters(parameter_counts(model)))  # fmt: skip
+    return model

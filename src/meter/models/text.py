@@ -1,20 +1,34 @@
-"""Text encoders through Hugging Face transformers, from a local pretrained folder or built from a size preset."""
+"""Text encoders through Hugging Face transformers, from a local pretrained folder or built from a size preset.
+
+Attention runs through SDPA wherever the architecture supports it (DeBERTa's disentangled attention does not: it
+runs eagerly). The encoders' own poolers are not built: METER pools the fused stream. `embedding-only` is a BERT
+with no transformer layers: word, position and type embeddings with their LayerNorm, nothing else.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
 from meter.config import TextConfig
 from meter.errors import ConfigError, DataError
 from meter.registry import Registry
 
+log = logging.getLogger(__name__)
+
 TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
-BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+        "max_position_embeddings": 512}  # fmt: skip
+DEBERTA = {  # microsoft/deberta-base: relative (disentangled) attention instead of absolute positions
+    "relative_attention": True, "max_relative_positions": -1, "position_biased_input": False,
+    "pos_att_type": ["c2p", "p2c"], "type_vocab_size": 0, "layer_norm_eps": 1e-7,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,36 @@ class TextSpec:
     tokenizer_kind: str  # which tokenizer family the shapes world trains for it: wordpiece or bpe
     sizes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"tiny": TINY, "base": BASE})
     position_offset: int = 0  # RoBERTa numbers positions from pad_token_id + 1
-    has_pooler: bool = True
+    embedding_only: bool = False  # keep the embeddings of the model, none of its layers
+
+
+def _sizes(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {"tiny": {**TINY, **extra.get("tiny", {})}, "base": {**BASE, **extra.get("base", {})}}
 
 
 TEXT: Registry[TextSpec] = Registry("text encoder")
 TEXT.add("bert", TextSpec("bert", "wordpiece"), "BERT (transformers BertModel)")
-TEXT.add("roberta", TextSpec("roberta", "bpe", position_offset=2), "RoBERTa (transformers RobertaModel)")
+ROBERTA_BASE = {"max_position_embeddings": 514, "layer_norm_eps": 1e-5, "type_vocab_size": 1}
+TEXT.add("roberta", TextSpec("roberta", "bpe", _sizes(base=ROBERTA_BASE), 2), "RoBERTa (transformers RobertaModel)")
+TEXT.add(
+    "electra",
+    TextSpec("electra", "wordpiece", _sizes(tiny={"embedding_size": 128}, base={"embedding_size": 768})),
+    "ELECTRA discriminator (transformers ElectraModel)",
+)
+TEXT.add(
+    "albert",
+    TextSpec("albert", "wordpiece", _sizes(tiny={"embedding_size": 64}, base={"embedding_size": 128})),
+    "ALBERT, one layer shared across depth (transformers AlbertModel)",
+)
+TEXT.add(
+    "deberta", TextSpec("deberta", "bpe", _sizes(tiny=DEBERTA, base=DEBERTA)), "DeBERTa (transformers DebertaModel)"
+)
+TEXT.add(
+    "embedding-only",
+    TextSpec("bert", "wordpiece", _sizes(tiny={"num_hidden_layers": 0}, base={"num_hidden_layers": 0}),
+             embedding_only=True),
+    "a BERT's embeddings (word, position, type; LayerNorm) without its layers",
+)  # fmt: skip
 
 
 class TextEncoder(nn.Module):
@@ -38,6 +76,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.width: int = model.config.hidden_size
+        self.vocab_size: int = model.get_input_embeddings().num_embeddings
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -50,20 +89,38 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
         raise ConfigError(
             f"model.text.size = {cfg.size!r} is not a size of {cfg.name}; choose one of: " + ", ".join(spec.sizes)
         )
+    preset = {**spec.sizes[cfg.size], **cfg.hf_kwargs}
+    if spec.embedding_only:
+        preset["num_hidden_layers"] = 0
+    positions = max(preset.pop("max_position_embeddings", 0), cfg.max_length + spec.position_offset)
     return AutoConfig.for_model(
-        spec.model_type,
-        vocab_size=vocab_size,
-        pad_token_id=pad_token_id,
-        max_position_embeddings=cfg.max_length + spec.position_offset,
-        **{**spec.sizes[cfg.size], **cfg.hf_kwargs},
+        spec.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, max_position_embeddings=positions, **preset
     )
 
 
-def _load_kwargs(spec: TextSpec) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
-    if spec.has_pooler:
+def _model_kwargs(config: PretrainedConfig) -> dict[str, Any]:
+    model_class = MODEL_MAPPING[type(config)]
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa" if model_class._supports_sdpa else "eager"}
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False  # METER pools the fused stream, not the text encoder's output
     return kwargs
+
+
+def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
+    path = Path(cfg.weights)
+    if not (path / "config.json").is_file():
+        raise DataError(f"text encoder folder not found or has no config.json: {path} (model.text.weights)")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.model_type != spec.model_type and not spec.embedding_only:
+        raise ConfigError(
+            f"model.text = {cfg.name!r} but model.text.weights = {str(path)!r} holds a {config.model_type} model"
+        )
+    if spec.embedding_only:
+        config.num_hidden_layers = 0
+    model = AutoModel.from_pretrained(str(path), config=config, local_files_only=True, **_model_kwargs(config))
+    if vocab_size > model.get_input_embeddings().num_embeddings:  # tokens added to the tokenizer (sentinels)
+        model.resize_token_embeddings(vocab_size)
+    return model
 
 
 def build_text(
@@ -72,12 +129,10 @@ def build_text(
     """From `hf_config` when given (rebuilding a saved model), else pretrained `cfg.weights`, else the preset."""
     spec = TEXT.get(cfg.name, key="model.text")
     if hf_config is not None:
-        model = AutoModel.from_config(hf_config, **_load_kwargs(spec))
+        model = AutoModel.from_config(hf_config, **_model_kwargs(hf_config))
     elif cfg.weights:
-        path = Path(cfg.weights)
-        if not (path / "config.json").is_file():
-            raise DataError(f"text encoder folder not found or has no config.json: {path} (model.text.weights)")
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, **_load_kwargs(spec))
+        model = _pretrained(cfg, spec, vocab_size)
     else:
-        model = AutoModel.from_config(text_config(cfg, vocab_size, pad_token_id), **_load_kwargs(spec))
+        config = text_config(cfg, vocab_size, pad_token_id)
+        model = AutoModel.from_config(config, **_model_kwargs(config))
     return TextEncoder(model)

@@ -62,7 +62,9 @@ class SampleRandomness:
         length, not the batch's) and slice: the numbers of a row depend on the column count."""
         return self._step.stream(name, columns)[self.offset : self.offset + self.count]
 
-    @property
-    def generator(self) -> torch.Generator:
-        """A generator for draws that may depend on the batch layout (anything not per sample)."""
-        return torch.Generator().manual_seed(stream_seed(self._step.seed, self._step.step, "generator", self.offset))
+    def generators(self, name: str) -> list[torch.Generator]:
+        """One generator per row, seeded by the row's place in the step: for per-sample draws of varying size and
+        number (span lengths, split points) that do not fit a fixed-width stream."""
+        step = self._step
+        return [torch.Generator().manual_seed(stream_seed(step.seed, step.step, name, self.offset + row))
+                for row in range(self.count)]  # fmt: skip

@@ -14,6 +14,7 @@ from meter.data.tokenizers import load_tokenizer
 from meter.models.folder import TEXT_CONFIG, WEIGHTS, load_weights, read_model_folder
 from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
+from meter.objectives.span import add_sentinels
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,12 @@ def tokenizer_path(cfg: Config) -> Path:
 
 
 def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
-    """The tokenizer of train.init_from's model folder when fine-tuning, else the configured one."""
-    return load_tokenizer(cfg.train.init_from or tokenizer_path(cfg))
+    """The tokenizer of train.init_from's model folder when fine-tuning, else the configured one (with the span
+    sentinels added for an encoder-decoder)."""
+    tokenizer = load_tokenizer(cfg.train.init_from or tokenizer_path(cfg))
+    if not cfg.train.init_from and cfg.model.architecture == "encoder-decoder":
+        add_sentinels(tokenizer)
+    return tokenizer
 
 
 def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str, int], token_types: int = 2) -> Meter:

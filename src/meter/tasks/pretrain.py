@@ -1,9 +1,10 @@
-"""Pretraining: MLM, ITM and MIM, with one vision-encoder pass shared by MLM and ITM.
+"""Pretraining: MLM, ITM and MIM, and (encoder-decoder) span LM and PrefixLM, with one vision-encoder pass shared by
+every objective that reads the intact image.
 
-Each loss is a sum over its items (masked tokens, pairs, masked patches) divided by a denominator. The training loop
-passes the average item count per micro-batch and process of the whole optimizer step (`loss_denominators`), so
-that the gradient is the mean over every item of the step however it is split over processes and micro-batches;
-alone (no denominators) a loss is the plain mean over its batch.
+Each loss is a sum over its items (masked tokens, pairs, masked patches, target tokens) divided by a denominator.
+The training loop passes the average item count per micro-batch and process of the whole optimizer step
+(`loss_denominators`), so that the gradient is the mean over every item of the step however it is split over
+processes and micro-batches; alone (no denominators) a loss is the plain mean over its batch.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from meter.models.meter import Meter
 from meter.objectives.itm import itm_loss, itm_pairing
 from meter.objectives.mim import PixelDecoder, draw_patch_mask, hide_patches, mim_loss, mim_patch_size, pixel_targets
 from meter.objectives.mlm import IGNORE, mask_tokens, mlm_loss
+from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness
+from meter.objectives.seq2seq import Seq2SeqBatch, Targets, captions_of
+from meter.objectives.span import corrupt_spans, sentinel_ids
 
-OBJECTIVES = ("mlm", "itm", "mim")
+DECODER_OBJECTIVES = ("span", "prefix_lm")  # encoder-decoder only (validate.py checks)
+OBJECTIVES = ("mlm", "itm", "mim", *DECODER_OBJECTIVES)
 
 
 def check_objectives(objectives: ObjectivesConfig) -> None:
@@ -71,6 +76,8 @@ class PretrainTask(nn.Module):
         self.mask_token_id = tokenizer.mask_token_id
         special = set(tokenizer.all_special_ids)
         self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length)
+        self.sentinels = sentinel_ids(tokenizer) if self.objectives.span > 0 else []
         if self.objectives.mim > 0:
             self.mim_patch = mim_patch_size(model.vision, cfg.model.vision.image_size)
             self.mim_decoder = PixelDecoder(model.width, self.mim_patch)
@@ -79,7 +86,7 @@ class PretrainTask(nn.Module):
         return ModelFolder(self.cfg, dict(self.heads))
 
     def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
-        """Draws the batch's masks and pairings (on the CPU, before the batch moves to the device)."""
+        """Draws the batch's masks, pairings and splits (on the CPU, before the batch moves to the device)."""
         objectives = self.objectives
         if objectives.mlm > 0:
             batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
@@ -93,6 +100,13 @@ class PretrainTask(nn.Module):
         if objectives.mim > 0:
             patches = (self.cfg.model.vision.image_size // self.mim_patch) ** 2
             batch["mim_mask"] = draw_patch_mask(batch["size"], patches, objectives.mim_mask_ratio, random)
+        if objectives.span > 0 or objectives.prefix_lm > 0:
+            captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
+        if objectives.span > 0:
+            corrupt_spans(captions, self.sentinels, objectives.span_probability, objectives.span_mean_length,
+                          random.generators("span"), self.targets).store(batch, "span")  # fmt: skip
+        if objectives.prefix_lm > 0:
+            split_prefix(captions, random.generators("prefix_lm"), self.targets).store(batch, "prefix_lm")
         return batch
 
     def loss_counts(self, batch: dict[str, Any]) -> dict[str, int]:
@@ -104,11 +118,14 @@ class PretrainTask(nn.Module):
             counts["itm_loss"] = batch["size"]
         if self.objectives.mim > 0:
             counts["mim_loss"] = int(batch["mim_mask"].sum())
+        for objective in DECODER_OBJECTIVES:
+            if getattr(self.objectives, objective) > 0:
+                counts[f"{objective}_loss"] = int((batch[f"{objective}_labels"] != IGNORE).sum())
         return counts
 
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The weighted losses and (detached) accuracies, averaged like the losses."""
-        image = self.model.encode_image(batch["pixels"])  # one pass serves MLM and ITM
+        image = self.model.encode_image(batch["pixels"])  # one pass serves every objective but MIM
         losses: dict[str, Tensor] = {}
         report: dict[str, Tensor] = {}
         if self.objectives.mlm > 0:
@@ -117,17 +134,26 @@ class PretrainTask(nn.Module):
             losses["itm_loss"], report["itm_accuracy"] = self._itm(batch, image)
         if self.objectives.mim > 0:
             losses["mim_loss"] = self._mim(batch)
+        for objective in DECODER_OBJECTIVES:
+            weight = getattr(self.objectives, objective)
+            if weight > 0:
+                loss, report[f"{objective}_accuracy"] = self._decoder_lm(batch, objective, image)
+                losses[f"{objective}_loss"] = weight * loss
         return losses, report
+
+    def _token_loss(self, logits: Tensor, labels: Tensor, name: str, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy over the labelled tokens, averaged over the step's labelled tokens."""
+        loss = _mean(mlm_loss(logits, labels, reduction="sum"), name, len(labels), batch)
+        correct = (logits.argmax(-1) == labels).float().sum().detach()
+        return loss, _mean(correct, name, len(labels), batch)
 
     def _mlm(self, batch: dict[str, Any], image: Tensor) -> tuple[Tensor, Tensor]:
         model, mask, labels = self.model, batch["attention_mask"], batch["mlm_labels"]
-        fused = model.fuse(model.encode_text(batch["mlm_input_ids"], mask), mask, image)
+        fused = model.fuse(model.encode_text(batch["mlm_input_ids"], mask), mask, image, pool=False)
         positions = labels != IGNORE
         logits = model.heads["mlm"](fused.text[positions])  # the vocabulary only where it is needed
-        targets = labels[positions]
-        loss = _mean(mlm_loss(logits, targets, reduction="sum"), "mlm_loss", len(targets), batch)
-        correct = (logits.argmax(-1) == targets).float().sum().detach()
-        return self.objectives.mlm * loss, _mean(correct, "mlm_loss", len(targets), batch)
+        loss, accuracy = self._token_loss(logits, labels[positions], "mlm_loss", batch)
+        return self.objectives.mlm * loss, accuracy
 
     def _itm(self, batch: dict[str, Any], image: Tensor) -> tuple[Tensor, Tensor]:
         model, mask, labels = self.model, batch["attention_mask"], batch["itm_labels"]
@@ -141,8 +167,16 @@ class PretrainTask(nn.Module):
         """A second vision pass (the masked image), fused with the intact text."""
         model, mask, hidden, pixels = self.model, batch["attention_mask"], batch["mim_mask"], batch["pixels"]
         image = model.encode_image(hide_patches(pixels, hidden, self.mim_patch))
-        fused = model.fuse(model.encode_text(batch["input_ids"], mask), mask, image)
-        patches = fused.image[:, fused.image.shape[1] - hidden.shape[1] :]  # the grid tokens, after any CLS token
+        fused = model.fuse(model.encode_text(batch["input_ids"], mask), mask, image, pool=False)
+        patches = fused.image[:, fused.image.shape[1] - hidden.shape[1] :]  # the grid tokens, after any summary
         predictions = self.mim_decoder(patches[hidden])
         total = mim_loss(predictions, pixel_targets(pixels, self.mim_patch)[hidden], reduction="sum")
         return self.objectives.mim * _mean(total, "mim_loss", hidden.sum(), batch)
+
+    def _decoder_lm(self, batch: dict[str, Any], objective: str, image: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder writes the objective's targets from the fused image and encoder text; loss where labelled."""
+        model, seq = self.model, Seq2SeqBatch.load(batch, objective)
+        fused = model.fuse(model.encode_text(seq.input_ids, seq.attention_mask), seq.attention_mask, image, pool=False)
+        positions = seq.labels != IGNORE
+        logits = model.decoder.logits(model.decode(fused, seq.decoder_input_ids)[positions])
+        return self._token_loss(logits, seq.labels[positions], f"{objective}_loss", batch)

@@ -15,6 +15,7 @@ the run was killed, and `--resume latest` picks the newest complete one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.errors import DataError
-from meter.models.folder import MODEL_CONFIG, TEXT_CONFIG, WEIGHTS, ModelFolder
+from meter.models.folder import WEIGHTS, export_model_folder, save_model_folder
 from meter.train.distributed import full_model_state, full_optimizer_state, gather_objects, load_full_state
 from meter.train.runtime import Runtime
 
@@ -79,17 +80,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_model_folder(
-    path: Path, weights: dict[str, Tensor], model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-    description: ModelFolder,
-) -> None:  # fmt: skip
-    """A model folder (as `meter.models.folder` reads it) from gathered weights: the model itself may be sharded."""
-    path.mkdir(parents=True, exist_ok=True)
-    # contiguous unshared copies: safetensors refuses tensors that share storage
-    save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, str(path / WEIGHTS))
-    tokenizer.save_pretrained(str(path))
-    model.text.model.config.save_pretrained(str(path / TEXT_CONFIG))
-    (path / MODEL_CONFIG).write_text(json.dumps(description.to_json(), indent=1))
+def split_weights(weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A task's weights as (the model's, under their names in the model; the task's own)."""
+    model = {k.removeprefix(MODEL): v for k, v in weights.items() if k.startswith(MODEL)}
+    return model, {k: v for k, v in weights.items() if not k.startswith(MODEL)}
+
+
+def export_final_model(
+    task: nn.Module, tokenizer: PreTrainedTokenizerBase, path: Path, source: str, runtime: Runtime
+) -> None:
+    """Every process calls this (under FSDP2 the weights are gathered); rank 0 writes the model folder."""
+    weights, _ = split_weights(full_model_state(task))
+    if runtime.is_main:
+        description = dataclasses.replace(task.describe(), source=source)
+        export_model_folder(path, task.model, tokenizer, description, weights)
 
 
 class Checkpoints:
@@ -136,11 +140,10 @@ class Checkpoints:
     ) -> None:  # fmt: skip
         self._remove_leftovers()
         temporary = self.folder / f".{final.name}.tmp"
-        model_weights = {k.removeprefix(MODEL): v for k, v in weights.items() if k.startswith(MODEL)}
-        task_weights = {k: v.contiguous() for k, v in weights.items() if not k.startswith(MODEL)}
-        write_model_folder(temporary, model_weights, task.model, tokenizer, task.describe())
+        model_weights, task_weights = split_weights(weights)
+        save_model_folder(temporary, task.model, tokenizer, task.describe(), model_weights)
         if task_weights:
-            save_file(task_weights, str(temporary / TASK_WEIGHTS))
+            save_file({k: v.contiguous() for k, v in task_weights.items()}, str(temporary / TASK_WEIGHTS))
         torch.save(training_state, temporary / TRAINING_STATE)
         (temporary / PROGRESS).write_text(json.dumps(asdict(progress)))
         _fsync_tree(temporary)

@@ -27,9 +27,9 @@ from meter.data.bad_samples import BadSampleBudget
 from meter.data.collate import Collate
 from meter.data.stream import BatchStream
 from meter.errors import MeterError
-from meter.models.folder import ModelFolder
+from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
-from meter.train.checkpoint import Checkpoints, Progress
+from meter.train.checkpoint import Checkpoints, Progress, export_final_model
 from meter.train.distributed import all_reduce, distribute, gradient_sync, local
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
@@ -164,7 +164,8 @@ def fit(
             progress.batches_seen = progress.batches_seen * progress.global_batch // global_batch
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
-    stream = BatchStream(
+    stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
+    stream = stream_type(
         dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
         start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
     )  # fmt: skip
@@ -226,6 +227,9 @@ def fit(
             checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
     bar.close()
     metrics.close()
+    if train.export and last_step == train.max_steps:
+        source = f"Trained with meter: `{cfg.task}` run `{out}`, {last_step} steps."
+        export_final_model(task, tokenizer, out / EXPORT, source, runtime)
     if budget.bad:
         log.warning("data: %s", budget.summary())
     if runtime.is_main:

@@ -19,10 +19,10 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def parameter_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Encoders at the base LR, new cross-modal parts at lr_mult_cross_modal, heads (the model's, and the task's
+    """Encoders at the base LR, new cross-modal parts at lr_mult_cross_modal, heads (the model's, and a task's
     own pretraining-only parts such as the MIM pixel decoder) at lr_mult_head; each split into weight-decayed and
-    not (biases, norms, embeddings of positions and types)."""
-    model = task.model
+    not (biases, norms, embeddings of positions and types). `task` is a task holding `model`, or a model."""
+    model = getattr(task, "model", task)
     in_model = {id(p) for p in model.parameters()}
     heads = {id(p) for p in model.heads.parameters()} | {id(p) for p in task.parameters() if id(p) not in in_model}
     new = {id(p) for module in model.new_modules() for p in module.parameters()}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meter.data.formats.common import read_json
+from meter.data.formats.common import RawSample, Unusable, caption_sample, read_json
 from meter.errors import DataError
 
 
@@ -54,3 +55,43 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
         for image in data["images"]
         if by_image[image["id"]]
     ]
+
+
+class CaptionRecordSource:
+    """Caption records (COCO, Karpathy, Visual Genome) as a source for `meter prepare`: one sample per image."""
+
+    missing_images_expected = False  # these corpora ship their images: a missing one is bad data
+
+    def __init__(self, name: str, records: list[CaptionRecord], description: dict[str, object]) -> None:
+        self.name = name
+        self.records = records
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]:
+        for record in self.records[start:]:
+            meta = {"image_id": record.image_id, "split": record.split, "file": record.image.name}
+            yield caption_sample(f"{record.image_id:012d}", record.image, record.captions, str(record.image), meta)
+
+
+def coco_source(
+    root: str | Path,
+    karpathy: str | None = None,
+    splits: tuple[str, ...] = ("train", "restval"),
+    annotations: tuple[str, ...] = ("annotations/captions_train2014.json",),
+    images: str = ".",
+) -> CaptionRecordSource:
+    """COCO as published: with `karpathy` (dataset_coco.json) the images of its `splits` (METER pretrains on train +
+    restval, keeping val and test out for retrieval); without, every image of the COCO caption files."""
+    root = Path(root)
+    image_root = root / images
+    if karpathy:
+        records = read_karpathy(root / karpathy, image_root, splits)
+        return CaptionRecordSource("coco", records, {"root": str(root), "karpathy": karpathy, "splits": list(splits)})
+    records = []
+    for annotation in annotations:
+        split = Path(annotation).stem.removeprefix("captions_")
+        records += read_coco_captions(root / annotation, image_root / split)
+    return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations)})

@@ -1,0 +1,269 @@
+"""`meter prepare SOURCE`: a corpus in its published layout -> webdataset shards and a manifest, resumable.
+
+Shard i holds the usable samples among source records [i * shard_size, (i + 1) * shard_size), so what each shard
+holds depends on nothing but the source: a run killed at any moment is resumed by skipping the shards that have
+their record in `progress/` and rewriting the others. A shard is written to a temporary name and renamed into
+place before its record is written; a record therefore always names a complete shard.
+
+Each sample is `key.<jpg|png|...>` (the image bytes, unchanged), `key.txt` (its first caption, for tools that
+read one) and `key.json` ({"captions": [...], plus what the source knows: image_id, split, url, ...}).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import webdataset
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from meter.data.bad_samples import BadSample, BadSampleBudget
+from meter.data.formats.common import NOT_AN_IMAGE, RawSample, Unusable
+from meter.data.formats.webdataset import TarShard, find_shards
+from meter.data.shard_manifest import (
+    MANIFEST,
+    CaptionCounts,
+    ShardRecord,
+    build_manifest,
+    read_shard_record,
+    write_json_atomically,
+    write_shard_record,
+)
+from meter.errors import DataError
+
+log = logging.getLogger(__name__)
+PROGRESS = "progress"
+SETTINGS = "prepare.json"
+BAD_SAMPLES = "bad_samples.jsonl"
+IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+class RawSource(Protocol):
+    """A corpus in its published layout (formats/): records in a fixed order, readable from any index."""
+
+    name: str
+    description: dict[str, object]
+    missing_images_expected: bool  # images never downloaded (CC, SBU) are counted apart, not as bad data
+
+    def __len__(self) -> int: ...
+
+    def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]: ...
+
+
+def check_image(data: bytes, name: str, decode: bool) -> tuple[str | None, str | None]:
+    """(file extension, None) for a usable image, else (None, what is wrong). Without `decode` only the header and
+    the end marker are checked (truncated JPEG and PNG files lack theirs); the loader decodes and skips the rest."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.format
+            if decode:
+                image.load()
+    except UnidentifiedImageError:
+        return None, f"{name}: {NOT_AN_IMAGE}"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return None, f"{name}: unreadable image ({type(error).__name__}: {error})"
+    if kind not in IMAGE_FORMATS:
+        return None, f"{name}: unsupported image format {kind}; allowed: {', '.join(IMAGE_FORMATS)}"
+    if kind == "JPEG" and b"\xff\xd9" not in data[-1024:]:
+        return None, f"{name}: truncated JPEG (no end-of-image marker)"
+    if kind == "PNG" and b"IEND" not in data[-64:]:
+        return None, f"{name}: truncated PNG (no IEND chunk)"
+    return IMAGE_FORMATS[kind], None
+
+
+class ShardBuilder:
+    """Writes one shard from its records and counts what went in and what was left out."""
+
+    def __init__(self, out: Path, index: int, first: int, budget: BadSampleBudget, missing_expected: bool,
+                 decode: bool) -> None:  # fmt: skip
+        self.name = f"{index:05d}.tar"
+        self.record = ShardRecord(self.name, first, 0, 0, 0)
+        self.path = out / self.name
+        self.temporary = out / f".{self.name}.tmp"
+        self.budget = budget
+        self.missing_expected = missing_expected
+        self.decode = decode
+        self.counts = CaptionCounts()
+
+    def write(self, records: Iterator[RawSample | Unusable]) -> ShardRecord:
+        with self.temporary.open("wb") as f:
+            writer = webdataset.TarWriter(f, mtime=0)  # a fixed mtime: a rewritten shard is byte-identical
+            try:
+                for record in records:
+                    self.record.records += 1
+                    sample = self._sample(record)
+                    if sample is not None:
+                        writer.write(sample)
+            finally:
+                writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.temporary, self.path)
+        self.record.captions = self.counts.to_json()
+        return self.record
+
+    def _bad(self, name: str, reason: str) -> None:
+        self.record.bad += 1
+        self.budget.record(BadSample(name, reason))
+
+    def _sample(self, record: RawSample | Unusable) -> dict[str, object] | None:
+        if isinstance(record, Unusable):
+            self._bad(record.name, record.reason)
+            return None
+        data = record.image
+        if isinstance(data, Path):
+            try:
+                data = data.read_bytes()
+            except FileNotFoundError:
+                if self.missing_expected:
+                    self.record.not_downloaded += 1
+                else:
+                    self._bad(str(record.image), f"{record.image}: image not found")
+                return None
+            except OSError as error:
+                self._bad(str(record.image), f"{record.image}: unreadable ({error})")
+                return None
+        extension, problem = check_image(data, str(record.image) if isinstance(record.image, Path) else record.name,
+                                         self.decode)  # fmt: skip
+        if problem:
+            self._bad(record.name, problem)
+            return None
+        key = record.key.replace(".", "_").replace("/", "_")
+        self.record.samples += 1
+        self.record.pairs += len(record.captions)
+        self.counts.add(record.captions)
+        meta = {"captions": list(record.captions), **record.meta}
+        return {"__key__": key, extension: data, "txt": record.captions[0], "json": meta}
+
+
+def _check_settings(out: Path, settings: dict[str, object]) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != settings:
+            changed = [k for k in settings if before.get(k) != settings[k]]
+            raise DataError(f"{out} holds a preparation with other settings ({', '.join(changed)}); resume with the "
+                            "same source and options, or choose another --out")  # fmt: skip
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(path, settings)
+
+
+def _resume_budget(out: Path, max_bad: float, total: int) -> BadSampleBudget:
+    """The budget, with the bad samples an interrupted run already found (their shards are not read again)."""
+    budget = BadSampleBudget(max_bad, total, out / BAD_SAMPLES, setting="--max-bad")
+    if budget.log_file.is_file():
+        for line in budget.log_file.read_text().splitlines():
+            entry = json.loads(line)
+            budget.bad[entry["path"]] = entry["reason"]
+    return budget
+
+
+def _finished(out: Path, shards: int) -> dict[int, ShardRecord]:
+    done = {}
+    for index in range(shards):
+        path = out / PROGRESS / f"{index:05d}.json"
+        if path.is_file():
+            done[index] = read_shard_record(path)
+    return done
+
+
+def _finish(out: Path, name: str, description: dict[str, object], records: list[ShardRecord],
+            budget: BadSampleBudget) -> dict:  # fmt: skip
+    manifest = build_manifest(out, name, description, records)
+    write_json_atomically(out / MANIFEST, manifest)
+    log.debug(
+        "%s: %s records -> %s samples, %s pairs in %d shards; %s bad%s; %s not downloaded",
+        name, f"{manifest['records']:,}", f"{manifest['samples']:,}", f"{manifest['pairs']:,}", len(records),
+        f"{manifest['bad']:,}", f" (see {budget.log_file})" if manifest["bad"] else "",
+        f"{manifest['not_downloaded']:,}",
+    )  # fmt: skip
+    return manifest
+
+
+def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max_bad: float = 0.01,
+                 decode: bool = False, progress: bool = True) -> dict:  # fmt: skip
+    """Writes (or finishes writing) the shards of `source` into `out`; returns the manifest."""
+    if shard_size < 1:
+        raise DataError(f"--shard-size = {shard_size} must be at least 1")
+    out = Path(out)
+    total = len(source)
+    if total == 0:
+        raise DataError(f"{source.name}: the source holds no records ({source.description})")
+    settings = {"source": source.name, "description": source.description, "records": total,
+                "shard_size": shard_size}  # fmt: skip
+    _check_settings(out, settings)
+    shards = -(-total // shard_size)
+    done = _finished(out, shards)
+    budget = _resume_budget(out, max_bad, total)
+    first_todo = next((i for i in range(shards) if i not in done), shards)
+    bar = tqdm(total=total, initial=sum(r.records for r in done.values()), unit="record", desc=f"prepare {source.name}",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    records = source.samples(first_todo * shard_size)
+    for index in range(first_todo, shards):
+        chunk = itertools.islice(records, shard_size)
+        if index in done:
+            for _ in chunk:  # a shard finished before the interruption, past one that was not
+                pass
+            continue
+        builder = ShardBuilder(out, index, index * shard_size, budget, source.missing_images_expected, decode)
+        done[index] = builder.write(_counted(chunk, bar))
+        write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
+    bar.close()
+    return _finish(out, source.name, source.description, [done[i] for i in range(shards)], budget)
+
+
+def _counted(records: Iterator[RawSample | Unusable], bar: tqdm) -> Iterator[RawSample | Unusable]:
+    for record in records:
+        yield record
+        bar.update(1)
+
+
+def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_bad: float = 0.01,
+                 progress: bool = True) -> dict:  # fmt: skip
+    """A manifest for existing shards (img2dataset's), read in place: samples and pairs counted from the headers and
+    captions, the images not read. Bad samples found here are counted; the loader skips them again when it reads."""
+    out = Path(out)
+    shards = [path.resolve() for path in find_shards(root, pattern)]
+    description = {"root": str(Path(root).resolve()), "pattern": pattern, "in_place": True}
+    _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards)})
+    done = _finished(out, len(shards))
+    found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known
+    for index, path in enumerate(tqdm(shards, unit="shard", desc="index shards", disable=not progress)):
+        if index not in done:
+            done[index] = _index_shard(path, index, found)
+            write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
+    records = [done[i] for i in range(len(shards))]
+    total = sum(r.samples for r in records)
+    if total == 0:
+        raise DataError(f"{root}: the shards matching {pattern!r} hold no samples")
+    budget = BadSampleBudget(max_bad, total, found.log_file, setting="--max-bad")
+    budget.log_file = None  # already written
+    for name, reason in found.bad.items():
+        budget.record(BadSample(name, reason))
+    return _finish(out, "webdataset", description, records, found)
+
+
+def _index_shard(path: Path, index: int, budget: BadSampleBudget) -> ShardRecord:
+    record, counts = ShardRecord(str(path), index, 0, 0, 0), CaptionCounts()
+    with TarShard(path) as shard:
+        for sample in shard.samples():
+            text = shard.text(sample)
+            record.records += 1
+            record.samples += 1
+            record.pairs += text.pairs
+            problem = text.problem or (None if sample.image_member else f"{shard.name(sample)}: no image member")
+            if problem:
+                record.bad += 1
+                budget.record(BadSample(shard.name(sample), problem))
+            else:
+                counts.add(text.captions)
+    record.captions = counts.to_json()
+    return record

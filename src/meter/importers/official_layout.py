@@ -1,0 +1,131 @@
+"""What an official METER checkpoint holds, read from its tensor shapes (its saved config only where shapes are
+silent: attention heads, dropout, text length), as our config.
+
+The official code (zdou0830/METER) builds: a CLIP visual transformer with `layers - 1` residual blocks and
+`width // 64` heads (or a Swin whose window is `image_size / 32`), a BERT/RoBERTa text encoder from a pretrained
+folder, linear transforms to the fusion width, a 2-row token-type table (3 rows after NLVR2 fine-tuning),
+co-attention layers in BERT's layout, two poolers and the task heads present in the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from transformers import PretrainedConfig
+
+from meter.config import Config, FusionConfig, ModelConfig, TextConfig, VisionConfig
+from meter.errors import DataError
+from meter.models.text import TEXT
+
+VISION = "vit_model."
+CLIP_NAMES = {16: "clip-vit", 32: "clip-vit-b32"}  # our registered CLIP encoders by patch size
+SWIN_NAME = "timm:swin_base_patch4_window12_384"  # the family; sizes come from the checkpoint
+# official head -> (our head kind, the tensor whose rows are its output size)
+HEADS = {
+    "mlm_score": ("mlm", "mlm_score.decoder.weight"),
+    "itm_score": ("itm", "itm_score.fc.weight"),
+    "vqa_classifier": ("vqa", "vqa_classifier.3.weight"),
+    "nlvr2_classifier": ("nlvr2", "nlvr2_classifier.3.weight"),
+    "snli_classifier": ("snli_ve", "snli_classifier.3.weight"),
+    "rank_output": ("rank", "rank_output.weight"),
+}
+# head kinds -> the task a model with them is fine-tuned for
+TASK_OF_HEAD = {"vqa": "vqa", "nlvr2": "nlvr2", "snli_ve": "snli_ve", "rank": "retrieval"}
+
+
+@dataclass
+class OfficialLayout:
+    config: Config
+    heads: dict[str, int]
+    token_types: int
+    trained_image_size: int  # the resolution the checkpoint's position tables were trained at
+
+
+def _indices(weights: dict[str, Tensor], pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for key in weights if (m := re.match(pattern, key))})
+
+
+def _need(weights: dict[str, Tensor], key: str) -> Tensor:
+    if key not in weights:
+        raise DataError(f"not an official METER checkpoint: it has no {key!r}")
+    return weights[key]
+
+
+def clip_vision(weights: dict[str, Tensor], name: str | None, image_size: int | None) -> tuple[VisionConfig, int]:
+    width = _need(weights, "vit_model.visual.class_embedding").shape[0]
+    patch = _need(weights, "vit_model.visual.conv1.weight").shape[-1]
+    depth = len(_indices(weights, r"vit_model\.visual\.transformer\.resblocks\.(\d+)\."))
+    grid = math.isqrt(_need(weights, "vit_model.visual.positional_embedding").shape[0] - 1)
+    trained = grid * patch
+    kwargs = {"embed_dim": width, "depth": depth, "num_heads": width // 64, "patch_size": patch}
+    vision = VisionConfig(
+        name=name or CLIP_NAMES.get(patch, "clip-vit"), size="base", image_size=image_size or trained,
+        timm_kwargs=kwargs,
+    )  # fmt: skip
+    return vision, trained
+
+
+def swin_vision(
+    weights: dict[str, Tensor], hparams: dict[str, Any], name: str | None, image_size: int | None
+) -> tuple[VisionConfig, int]:
+    embed = _need(weights, "vit_model.patch_embed.proj.weight")
+    stages = _indices(weights, r"vit_model\.layers\.(\d+)\.blocks\.")
+    depths = [len(_indices(weights, rf"vit_model\.layers\.{s}\.blocks\.(\d+)\.")) for s in stages]
+    tables = [weights[f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in stages]
+    window = (math.isqrt(tables[0].shape[0]) + 1) // 2
+    trained = int(hparams.get("image_size") or window * 32)  # the official window is image_size / 32
+    size = image_size or trained
+    kwargs = {
+        "embed_dim": embed.shape[0], "depths": depths, "num_heads": [t.shape[1] for t in tables],
+        "window_size": size // 32, "patch_size": embed.shape[-1],
+    }  # fmt: skip
+    return VisionConfig(name=name or SWIN_NAME, size="base", image_size=size, timm_kwargs=kwargs), trained
+
+
+def text_name(text_config: PretrainedConfig) -> str:
+    """Our registered text encoder for a transformers model type."""
+    for entry in TEXT.entries():
+        if entry.target.model_type == text_config.model_type:
+            return entry.name
+    known = ", ".join(e.target.model_type for e in TEXT.entries())
+    raise DataError(f"text encoder of model type {text_config.model_type!r} is not supported; known: {known}")
+
+
+def read_layout(
+    weights: dict[str, Tensor],
+    hparams: dict[str, Any],
+    text_config: PretrainedConfig,
+    vision_name: str | None = None,
+    image_size: int | None = None,
+) -> OfficialLayout:
+    if "vit_model.visual.class_embedding" in weights:
+        vision, trained = clip_vision(weights, vision_name, image_size)
+        image_pool = "first"
+    elif "vit_model.patch_embed.proj.weight" in weights:
+        vision, trained = swin_vision(weights, hparams, vision_name, image_size)
+        image_pool = "mean"  # the official Swin model averages the fused image tokens
+    else:
+        sample = sorted(k for k in weights if k.startswith(VISION))[:3]
+        raise DataError(f"unrecognised vision encoder in the checkpoint (neither CLIP nor Swin): {sample}")
+    width = _need(weights, "cross_modal_text_transform.weight").shape[0]
+    layers = _indices(weights, r"cross_modal_text_layers\.(\d+)\.")
+    if layers != _indices(weights, r"cross_modal_image_layers\.(\d+)\."):
+        raise DataError("the checkpoint's text and image co-attention stacks differ in depth")
+    inner = _need(weights, "cross_modal_text_layers.0.intermediate.dense.weight").shape[0]
+    fusion = FusionConfig(
+        name="co-attention", layers=len(layers), width=width, heads=int(hparams.get("num_heads") or width // 64),
+        mlp_ratio=inner / width, dropout=float(hparams.get("drop_rate", 0.1)),
+    )  # fmt: skip
+    name = text_name(text_config)
+    offset = TEXT.get(name).position_offset
+    max_length = min(int(hparams.get("max_text_len", 40)), text_config.max_position_embeddings - offset)
+    text = TextConfig(name=name, size="base", max_length=max_length)
+    heads = {kind: weights[rows].shape[0] for kind, rows in HEADS.values() if rows in weights}
+    task = next((TASK_OF_HEAD[kind] for kind in heads if kind in TASK_OF_HEAD), "pretrain")
+    model = ModelConfig(vision=vision, text=text, fusion=fusion, image_pool=image_pool)
+    token_types = _need(weights, "token_type_embeddings.weight").shape[0]
+    return OfficialLayout(Config(task=task, model=model), heads, token_types, trained)

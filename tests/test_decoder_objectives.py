@@ -1,0 +1,128 @@
+"""Span corruption and PrefixLM: what the encoder reads and the decoder writes, for WordPiece and BPE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from meter.config import Config
+from meter.data.collate import Collate
+from meter.data.tokenizers import load_tokenizer
+from meter.objectives.mlm import IGNORE
+from meter.objectives.prefix_lm import split_prefix
+from meter.objectives.randomness import SampleRandomness
+from meter.objectives.seq2seq import Targets, captions_of
+from meter.objectives.span import add_sentinels, corrupt_spans, sentinel_ids, span_mask
+from meter.tasks.build import build_model, task_tokenizer
+from meter.tasks.pretrain import PretrainTask, pretrain_heads
+
+CAPTIONS = [
+    "a small red circle is to the left of a large blue square",
+    "there are two green triangles and one yellow circle",
+    "one purple square",
+    "nothing",
+]
+
+
+def _batch(shapes_world: Path, kind: str):
+    tokenizer = load_tokenizer(shapes_world / "tokenizers" / kind)
+    add_sentinels(tokenizer)
+    encoded = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+    word_ids = torch.tensor([[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(CAPTIONS))])
+    captions = captions_of(encoded["input_ids"], word_ids, encoded["attention_mask"])
+    return tokenizer, encoded, captions, Targets.of(tokenizer, 64)
+
+
+def _rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+
+
+def _targets(labels: torch.Tensor) -> list[list[int]]:
+    return [row[row != IGNORE].tolist() for row in labels]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_filling_the_sentinels_with_the_decoders_spans_restores_the_caption(shapes_world: Path, kind: str):
+    tokenizer, encoded, captions, targets = _batch(shapes_world, kind)
+    sentinels = sentinel_ids(tokenizer)
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        out = corrupt_spans(captions, sentinels, 0.3, 2.0, [generator] * len(captions), targets)
+        originals = _rows(encoded["input_ids"], encoded["attention_mask"])
+        for original, encoder, target in zip(originals, _rows(out.input_ids, out.attention_mask),
+                                             _targets(out.labels), strict=True):  # fmt: skip
+            assert target[-1] == targets.end_id
+            spans, current = {}, None
+            for token in target[:-1]:  # <extra_id_k> opens span k
+                if token in sentinels:
+                    current = token
+                    spans[current] = []
+                else:
+                    spans[current].append(token)
+            assert list(spans) == sentinels[: len(spans)] and all(spans.values())
+            restored = [t for token in encoder for t in (spans[token] if token in sentinels else [token])]
+            assert restored == original
+            # whole words: the token after a span never continues a word of the span
+            words = tokenizer.decode(restored, skip_special_tokens=True).split()
+            assert words == tokenizer.decode(original, skip_special_tokens=True).split()
+        # the teacher-forced decoder input is the start token, then the targets shifted right
+        assert (out.decoder_input_ids[:, 0] == targets.start_id).all()
+        real = out.labels[:, 1:] != IGNORE  # positions t + 1 of each row's own length
+        assert torch.equal(out.decoder_input_ids[:, 1:][real], out.labels[:, :-1][real])
+
+
+def test_span_masks_keep_their_proportion_and_stay_apart():
+    generator = torch.Generator().manual_seed(0)
+    for words in (1, 2, 5, 13, 40):
+        for _ in range(20):
+            mask = span_mask(words, 0.15, 3.0, 100, generator)
+            assert len(mask) == words
+            assert sum(mask) == min(max(1, round(words * 0.15)), words)
+            spans = sum(1 for i, noisy in enumerate(mask) if noisy and (i == 0 or not mask[i - 1]))
+            assert spans >= 1 and spans <= max(1, round(sum(mask) / 3.0))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_prefix_and_continuation_make_the_caption_split_between_words(shapes_world: Path, kind: str):
+    tokenizer, encoded, captions, targets = _batch(shapes_world, kind)
+    splits = set()
+    for seed in range(10):
+        out = split_prefix(captions, [torch.Generator().manual_seed(seed)] * len(captions), targets)
+        originals = _rows(encoded["input_ids"], encoded["attention_mask"])
+        for original, prefix, target in zip(originals, _rows(out.input_ids, out.attention_mask),
+                                            _targets(out.labels), strict=True):  # fmt: skip
+            assert prefix[0] == original[0] and prefix[-1] == original[-1]  # the encoder keeps [CLS] .. [SEP]
+            assert target[-1] == targets.end_id and len(target) >= 2  # at least one word to write
+            assert prefix[:-1] + target[:-1] == original[:-1]
+            prefix_text = tokenizer.decode(prefix, skip_special_tokens=True)
+            target_text = tokenizer.decode(target, skip_special_tokens=True)
+            assert (prefix_text + " " + target_text).split() == tokenizer.decode(original[1:-1]).split()
+            splits.add(len(prefix))
+    assert len(splits) > 3  # the split point varies
+
+
+def test_long_targets_are_cut_to_the_decoders_positions(shapes_world: Path):
+    _, _, captions, targets = _batch(shapes_world, "wordpiece")
+    short = Targets(targets.start_id, targets.end_id, targets.pad_id, max_length=4)
+    out = split_prefix(captions, [torch.Generator().manual_seed(0)] * len(captions), short)
+    assert out.labels.shape[1] <= 4 and out.decoder_input_ids.shape == out.labels.shape
+
+
+def test_pretraining_an_encoder_decoder_trains_every_objective(micro_config: Config):
+    cfg = micro_config
+    cfg.model.architecture = "encoder-decoder"
+    cfg.objectives.span = cfg.objectives.prefix_lm = 1.0
+    tokenizer = task_tokenizer(cfg)
+    assert len(sentinel_ids(tokenizer)) == 100
+    heads = pretrain_heads(tokenizer, cfg.objectives)
+    task = PretrainTask(build_model(cfg, tokenizer, heads), tokenizer, cfg, heads)
+    samples = [{"pixels": torch.randn(3, 64, 64), "text": text, "image_id": i} for i, text in enumerate(CAPTIONS)]
+    batch = task.prepare(Collate(tokenizer, 40)(samples), SampleRandomness.standalone(0, len(samples)))
+    losses, report = task(batch)
+    assert set(losses) == {"mlm_loss", "itm_loss", "span_loss", "prefix_lm_loss"}
+    assert {"span_accuracy", "prefix_lm_accuracy"} <= set(report)
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in task.named_parameters() if p.grad is None]
+    assert no_grad == [], no_grad

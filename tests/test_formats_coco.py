@@ -1,0 +1,60 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from meter.data.formats.captions import coco_source
+from meter.data.shard_writer import write_shards
+from meter.errors import DataError
+from tests.corpora import image_bytes, shard_members, truncated, write_coco
+
+
+def test_coco_with_karpathy_split_keeps_train_and_restval_images_with_all_their_captions(tmp_path: Path):
+    write_coco(tmp_path / "coco", images=12)
+    manifest = write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"), tmp_path / "out",
+                            shard_size=4, progress=False)  # fmt: skip
+    kept = [i for i in range(1, 13) if i % 4 in (0, 1)]  # train and restval
+    assert manifest["samples"] == len(kept) and manifest["pairs"] == 5 * len(kept)
+    assert manifest["captions"]["captions_per_sample"] == {"min": 5, "mean": 5.0, "p50": 5, "p95": 5, "max": 5}
+    assert manifest["captions"]["words"]["min"] == 7
+    members = {}
+    for shard in manifest["shards"]:
+        members |= shard_members(tmp_path / "out" / shard["path"])
+    for i in kept:
+        meta = json.loads(members[f"{i:012d}.json"])
+        assert meta["captions"] == [f"image {i} caption {j} of a scene" for j in range(5)]
+        assert meta["image_id"] == i and meta["split"] in ("train", "restval")
+        assert members[f"{i:012d}.jpg"] == image_bytes(i)  # the published bytes, unchanged
+        assert members[f"{i:012d}.txt"].decode() == meta["captions"][0]
+
+
+def test_coco_caption_files_without_karpathy_give_every_image(tmp_path: Path):
+    write_coco(tmp_path / "coco", images=6, captions=3)
+    manifest = write_shards(coco_source(tmp_path / "coco"), tmp_path / "out", progress=False)
+    assert (manifest["samples"], manifest["pairs"], len(manifest["shards"])) == (6, 18, 1)
+
+
+def test_missing_and_truncated_coco_images_are_skipped_and_named(tmp_path: Path):
+    write_coco(tmp_path / "coco", images=8)
+    images = tmp_path / "coco/train2014"
+    (images / "COCO_train2014_000000000001.jpg").unlink()
+    (images / "COCO_train2014_000000000004.jpg").write_bytes(truncated(image_bytes(4)))
+    manifest = write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"), tmp_path / "out",
+                            max_bad=0.5, progress=False)  # fmt: skip
+    assert manifest["bad"] == 2 and manifest["samples"] == 2  # of images 1, 4, 5, 8
+    bad = {json.loads(line)["path"]: json.loads(line)["reason"]
+           for line in (tmp_path / "out/bad_samples.jsonl").read_text().splitlines()}  # fmt: skip
+    assert set(bad) == {
+        str(images / "COCO_train2014_000000000001.jpg"),
+        str(images / "COCO_train2014_000000000004.jpg"),
+    }
+    assert "image not found" in bad[str(images / "COCO_train2014_000000000001.jpg")]
+    assert "truncated" in bad[str(images / "COCO_train2014_000000000004.jpg")].lower()
+
+
+def test_preparation_over_its_bad_sample_budget_stops_with_a_clear_message(tmp_path: Path):
+    write_coco(tmp_path / "coco", images=8)
+    (tmp_path / "coco/train2014/COCO_train2014_000000000001.jpg").unlink()
+    with pytest.raises(DataError, match=r"skipped 1 of 4 samples, more than the budget of 0 .*image not found"):
+        write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"), tmp_path / "out", max_bad=0.1,
+                     progress=False)  # fmt: skip

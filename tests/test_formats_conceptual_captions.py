@@ -1,0 +1,49 @@
+import json
+from pathlib import Path
+
+from meter.data.formats.conceptual_captions import ConceptualCaptionsSource, url_file_name
+from meter.data.shard_writer import write_shards
+from tests.corpora import cc_file, image_bytes, shard_members, write_conceptual_captions
+
+
+def _bad_lines(out: Path) -> dict[str, str]:
+    return {
+        json.loads(x)["path"]: json.loads(x)["reason"] for x in (out / "bad_samples.jsonl").read_text().splitlines()
+    }
+
+
+def test_conceptual_captions_images_are_found_by_the_crc32_of_their_url():
+    # the published CRC-32 check value of this sentence is 0x414FA339
+    assert url_file_name("The quick brown fox jumps over the lazy dog") == str(0x414FA339)
+    url = "http://example.com/photos/1/picture.jpg?size=large"
+    assert url_file_name(url) == cc_file(url) and url_file_name(url).isdigit()
+
+
+def test_conceptual_captions_rows_become_samples_and_undownloaded_urls_are_counted_apart(tmp_path: Path):
+    urls = write_conceptual_captions(tmp_path / "cc", rows=10)
+    (tmp_path / "cc/training" / cc_file(urls[3])).unlink()  # never downloaded
+    manifest = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    assert (manifest["samples"], manifest["pairs"], manifest["not_downloaded"], manifest["bad"]) == (9, 9, 1, 0)
+    assert [s["samples"] for s in manifest["shards"]] == [3, 4, 2]
+    members = shard_members(tmp_path / "out/00000.tar")
+    assert json.loads(members["000000002.json"]) == {"captions": ["a photo number 2 of something"], "url": urls[2],
+                                                      "row": 2}  # fmt: skip
+    assert members["000000002.jpg"] == image_bytes(202)
+
+
+def test_bad_conceptual_captions_lines_are_skipped_and_named_by_line(tmp_path: Path):
+    urls = write_conceptual_captions(tmp_path / "cc", rows=8)
+    tsv = tmp_path / "cc/Train_GCC-training.tsv"
+    lines = tsv.read_bytes().split(b"\n")
+    lines[1] = b"\t" + urls[1].encode()  # empty caption
+    lines[2] = b"caf\xe9 latte\t" + urls[2].encode()  # Latin-1, not UTF-8
+    lines[3] = b"no url on this line"
+    tsv.write_bytes(b"\n".join(lines))
+    (tmp_path / "cc/training" / cc_file(urls[4])).write_bytes(b"<html>404 not found</html>")  # a web page
+    manifest = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["bad"]) == (4, 4)
+    bad = _bad_lines(tmp_path / "out")
+    assert "empty caption" in bad[f"{tsv}:2"]
+    assert "not UTF-8" in bad[f"{tsv}:3"]
+    assert "not a 'caption<TAB>url' line" in bad[f"{tsv}:4"]
+    assert "unreadable image" in bad[f"{tsv}:5"]

@@ -1,0 +1,42 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from meter.data.formats.common import iter_json_array
+from meter.data.formats.visual_genome import read_visual_genome, visual_genome_source
+from meter.data.shard_writer import write_shards
+from meter.errors import DataError
+from tests.corpora import image_bytes, shard_members, write_visual_genome
+
+
+def test_visual_genome_regions_become_captions_of_images_in_both_folders(tmp_path: Path):
+    write_visual_genome(tmp_path / "vg", images=5, regions=4)
+    records = read_visual_genome(tmp_path / "vg")
+    assert [r.image_id for r in records] == [1, 2, 3, 4, 5]
+    assert records[0].image == tmp_path / "vg/VG_100K/1.jpg" and records[1].image == tmp_path / "vg/VG_100K_2/2.jpg"
+    assert records[2].captions == tuple(f"region {r} of image 3" for r in range(4))
+
+
+def test_visual_genome_prepares_every_region_phrase_and_skips_images_without_phrases(tmp_path: Path):
+    write_visual_genome(tmp_path / "vg", images=4, regions=3)
+    regions = tmp_path / "vg/region_descriptions.json"
+    entries = json.loads(regions.read_text())
+    entries[2]["regions"] = [{**r, "phrase": "  "} for r in entries[2]["regions"]]  # image 3: empty phrases
+    regions.write_text(json.dumps(entries))
+    manifest = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["pairs"], manifest["bad"]) == (3, 9, 1)
+    members = shard_members(tmp_path / "out/00000.tar")
+    assert members["000000000002.jpg"] == image_bytes(102)
+    assert json.loads(members["000000000002.json"])["captions"] == [f"region {r} of image 2" for r in range(3)]
+    assert "empty caption" in (tmp_path / "out/bad_samples.jsonl").read_text()
+
+
+def test_the_json_list_is_parsed_one_element_at_a_time_across_chunk_boundaries(tmp_path: Path):
+    path = tmp_path / "list.json"
+    elements = [{"id": i, "text": "é" * (i % 7), "nested": [i, {"x": "]"}]} for i in range(300)]
+    path.write_text(json.dumps(elements, ensure_ascii=False))
+    assert list(iter_json_array(path, "a list", chunk_size=37)) == elements
+    path.write_text(json.dumps(elements)[:-10])
+    with pytest.raises(DataError, match="list.json"):
+        list(iter_json_array(path, "a list", chunk_size=64))

@@ -1,0 +1,46 @@
+import json
+from pathlib import Path
+
+from meter.data.formats.webdataset import TarShard, WebdatasetSource, split_member_name
+from meter.data.shard_manifest import read_manifest
+from meter.data.shard_writer import index_shards, write_shards
+from tests.corpora import DAMAGED, image_bytes, shard_members, write_damaged_shard, write_img2dataset
+
+
+def test_member_names_split_at_the_first_dot_of_the_file_name_like_webdataset():
+    assert split_member_name("000010005.jpg") == ("000010005", "jpg")
+    assert split_member_name("a.b/000010005.seg.png") == ("a.b/000010005", "seg.png")
+
+
+def test_img2dataset_shards_are_indexed_in_place_with_their_counts(tmp_path: Path):
+    captions = write_img2dataset(tmp_path / "cc12m", shards=3, per_shard=5)
+    manifest = index_shards(tmp_path / "cc12m", tmp_path / "index", progress=False)
+    assert (manifest["samples"], manifest["pairs"], manifest["bad"]) == (15, 15, 0)
+    read = read_manifest(tmp_path / "index")
+    assert [s.path for s in read.shards] == [(tmp_path / f"cc12m/{i:05d}.tar").resolve() for i in range(3)]
+    assert manifest["captions"]["words"]["mean"] == 4.0
+    assert not list((tmp_path / "index").glob("*.tar"))  # nothing copied
+    with TarShard(read.shards[1].path) as shard:
+        assert [shard.text(s).captions for s in shard.samples()] == [(c,) for c in captions[5:10]]
+
+
+def test_img2dataset_shards_can_be_rewritten_keeping_their_metadata(tmp_path: Path):
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=3)
+    manifest = write_shards(WebdatasetSource(tmp_path / "web"), tmp_path / "out", shard_size=4, progress=False)
+    assert [s["samples"] for s in manifest["shards"]] == [4, 2]
+    members = shard_members(tmp_path / "out/00001.tar")
+    meta = json.loads(members["00001_000010001.json"])
+    assert meta["captions"] == ["web caption 1 1"] and meta["url"] == "http://x/000010001.jpg"
+    assert members["00001_000010001.jpg"] == image_bytes(1001)
+
+
+def test_indexing_counts_and_names_each_kind_of_damaged_sample(tmp_path: Path):
+    write_damaged_shard(tmp_path / "web/00000.tar")
+    manifest = index_shards(tmp_path / "web", tmp_path / "index", max_bad=1.0, progress=False)
+    # the truncated image is only found by decoding (the loader does); the others are found from headers and text
+    assert (manifest["samples"], manifest["pairs"], manifest["bad"]) == (8, 8, 4)
+    bad = [json.loads(line) for line in (tmp_path / "index/bad_samples.jsonl").read_text().splitlines()]
+    for entry in bad:
+        key = entry["path"].rpartition("/")[2]
+        assert DAMAGED[key] in entry["reason"].lower(), entry
+    assert {b["path"].rpartition("/")[2] for b in bad} == set(DAMAGED) - {"000000001"}

@@ -1,0 +1,269 @@
+"""Importing official METER checkpoints: the tiny reference checkpoint and variants of it built in its layout."""
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.cli import main
+from meter.errors import DataError
+from meter.importers.meter_official import import_meter_official
+from meter.models.folder import load_model, read_model_folder
+
+# A copy of the shared reference (../shared/reference/meter-official-tiny): a tiny random checkpoint in the
+# official layout with the outputs the official code computed; see its README.md.
+REFERENCE = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
+CKPT = REFERENCE / "meter_official_tiny.ckpt"
+TEXT_ENCODER = REFERENCE / "text_encoder"
+OUTPUTS = ("text_feats", "image_feats", "cls_feats", "mlm_logits", "itm_logits", "vqa_logits")
+
+
+def official_checkpoint() -> dict:
+    return torch.load(CKPT, weights_only=True)
+
+
+def save_variant(checkpoint: dict, path: Path) -> Path:
+    torch.save(checkpoint, path)
+    return path
+
+
+@torch.no_grad()
+def outputs(model, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the official forward returns, computed by our model."""
+    fused = model.eval()(io["pixel_values"], io["input_ids"], io["attention_mask"])
+    return {
+        "text_feats": fused.text, "image_feats": fused.image, "cls_feats": fused.joint,
+        "mlm_logits": model.heads["mlm"](fused.text), "itm_logits": model.heads["itm"](fused.joint),
+        "vqa_logits": model.heads["vqa"](fused.joint),
+    }  # fmt: skip
+
+
+def test_imported_tiny_checkpoint_reproduces_the_official_outputs(tmp_path: Path, capsys):
+    code = main(["import", "meter-official", "--ckpt", str(CKPT), "--text-encoder", str(TEXT_ENCODER),
+                 "--out", str(tmp_path / "model")])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "placed 195 tensors" in printed and "could not place" not in printed
+    model, description = load_model(tmp_path / "model")
+    io = load_file(REFERENCE / "io.safetensors")
+    ours = outputs(model, io)
+    errors = {name: float((ours[name] - io[name]).abs().max()) for name in OUTPUTS}
+    print("max abs error per output:", errors)
+    assert all(ours[name].shape == io[name].shape for name in OUTPUTS)
+    assert max(errors.values()) <= 1e-5, errors
+    assert description.heads == {"mlm": 1000, "itm": 2, "vqa": 10}
+    assert description.config.model.vision.timm_kwargs["depth"] == 2  # the config's 3 layers, minus one
+
+
+def test_leftover_keys_are_tolerated_and_unknown_ones_reported(tmp_path: Path):
+    checkpoint = official_checkpoint()
+    checkpoint["state_dict"]["vit_model.token_embedding.weight"] = torch.zeros(8, 4)  # CLIP's text tower
+    checkpoint["state_dict"]["some_new_module.weight"] = torch.zeros(3)
+    report = import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    assert report.unplaced == ["some_new_module.weight"]
+    assert set(report.tolerated) == {
+        "vit_model.positional_embedding", "vit_model.ln_final.weight", "vit_model.ln_final.bias",
+        "vit_model.token_embedding.weight", "text_transformer.pooler.dense.weight",
+        "text_transformer.pooler.dense.bias", "text_transformer.embeddings.position_ids",
+    }  # fmt: skip
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "could not place 1 tensors: some_new_module.weight" in card
+
+
+def test_a_missing_weight_is_an_error_naming_it(tmp_path: Path):
+    checkpoint = official_checkpoint()
+    del checkpoint["state_dict"]["cross_modal_text_pooler.dense.weight"]
+    with pytest.raises(DataError, match="text_pooler.dense.weight"):
+        import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_text_encoder_that_does_not_fit_is_a_clear_error(tmp_path: Path):
+    config = json.loads((TEXT_ENCODER / "config.json").read_text())
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "config.json").write_text(json.dumps({**config, "vocab_size": 2000}))
+    with pytest.raises(DataError, match=r"word_embeddings.weight: checkpoint \(1000, 96\), model \(2000, 96\)"):
+        import_meter_official(CKPT, tmp_path / "text", tmp_path / "m")
+
+
+class Bomb:
+    """Unpickling it would create a directory: proof that the loader ran code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip-format", "legacy-format"])
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path: Path, zipped: bool):
+    checkpoint = official_checkpoint()
+    checkpoint["hyper_parameters"]["trap"] = Bomb(tmp_path / "was_unpickled")
+    path = tmp_path / "trap.ckpt"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zipped)
+    refusal = r"refusing to load: .*\bmkdir\b" if zipped else r"can read safely \(.*\bmkdir\b"
+    with pytest.raises(DataError, match=refusal):
+        import_meter_official(path, TEXT_ENCODER, tmp_path / "m")
+    assert not (tmp_path / "was_unpickled").exists()
+    result = main(["import", "meter-official", "--ckpt", str(path), "--text-encoder", str(TEXT_ENCODER),
+                   "--out", str(tmp_path / "m")])  # fmt: skip
+    assert result == 2 and not (tmp_path / "was_unpickled").exists()
+
+
+def test_a_checkpoint_in_the_legacy_format_imports(tmp_path: Path):
+    torch.save(official_checkpoint(), tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    report = import_meter_official(tmp_path / "legacy.ckpt", TEXT_ENCODER, tmp_path / "m")
+    assert report.placed == 195 and not report.unplaced
+
+
+def _fake_module(monkeypatch, name: str, **attributes) -> None:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    for attribute, value in attributes.items():
+        value.__module__ = name
+        setattr(sys.modules[name], attribute, value)
+
+
+def test_a_lightning_checkpoint_with_callback_states_and_attribute_dict_loads(tmp_path: Path, monkeypatch):
+    """Lightning keys callback states by the callback class and may keep hyper-parameters in an AttributeDict."""
+    checkpoint = official_checkpoint()
+    with monkeypatch.context() as patch:
+        model_checkpoint = type("ModelCheckpoint", (), {})
+        attribute_dict = type("AttributeDict", (dict,), {})
+        read_only_dict = type("ReadOnlyDict", (dict,), {"__reduce__": lambda self: (type(self), (dict(self),))})
+        _fake_module(patch, "pytorch_lightning.callbacks.model_checkpoint", ModelCheckpoint=model_checkpoint)
+        _fake_module(patch, "pytorch_lightning.utilities.parsing", AttributeDict=attribute_dict)
+        _fake_module(patch, "sacred.config.custom_containers", ReadOnlyDict=read_only_dict)
+        checkpoint["callbacks"] = {model_checkpoint: {"best_model_score": torch.tensor(0.7), "dirpath": "x"}}
+        config = read_only_dict({**checkpoint["hyper_parameters"]["config"], "max_text_len": 30})
+        checkpoint["hyper_parameters"] = attribute_dict(config=config)
+        path = save_variant(checkpoint, tmp_path / "lightning.ckpt")
+    assert "pytorch_lightning.callbacks.model_checkpoint" not in sys.modules  # the classes are gone when loading
+    report = import_meter_official(path, TEXT_ENCODER, tmp_path / "m")
+    assert report.placed == 195 and not report.unplaced
+    assert read_model_folder(tmp_path / "m").config.model.text.max_length == 30  # read from the hyper-parameters
+
+
+def test_vqa_answers_name_the_classifier_rows(tmp_path: Path):
+    answers = {f"answer {label}": label for label in (3, 0, 9, 1, 8, 2, 7, 4, 6, 5)}  # official ans2label
+    (tmp_path / "ans2label.json").write_text(json.dumps(answers))
+    import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", vqa_answers=tmp_path / "ans2label.json")
+    description = read_model_folder(tmp_path / "m")
+    assert description.answers == [f"answer {row}" for row in range(10)]
+    assert "10 of 10 classifier rows named" in (tmp_path / "m" / "README.md").read_text()
+    (tmp_path / "short.json").write_text(json.dumps(list(answers)[:9]))
+    with pytest.raises(DataError, match="9 answers, but the checkpoint's VQA classifier has 10 rows"):
+        import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m2", vqa_answers=tmp_path / "short.json")
+
+
+def _replace_heads(checkpoint: dict, heads: dict[str, torch.Tensor]) -> dict:
+    weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vqa_classifier.")}
+    checkpoint["state_dict"] = {**weights, **heads}
+    return checkpoint
+
+
+def _classifier(prefix: str, inputs: int, hidden: int, classes: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(len(prefix))
+    return {
+        f"{prefix}.0.weight": torch.randn(hidden, inputs, generator=generator), f"{prefix}.0.bias": torch.randn(hidden),
+        f"{prefix}.1.weight": torch.rand(hidden) + 0.5, f"{prefix}.1.bias": torch.randn(hidden),
+        f"{prefix}.3.weight": torch.randn(classes, hidden), f"{prefix}.3.bias": torch.randn(classes),
+    }  # fmt: skip
+
+
+def test_nlvr2_checkpoint_maps_three_token_types_and_its_wide_classifier(tmp_path: Path):
+    checkpoint = _replace_heads(official_checkpoint(), _classifier("nlvr2_classifier", 256, 128, 2))
+    token_types = checkpoint["state_dict"]["token_type_embeddings.weight"]
+    checkpoint["state_dict"]["token_type_embeddings.weight"] = torch.cat([token_types, token_types[1:]])
+    import_meter_official(save_variant(checkpoint, tmp_path / "nlvr2.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    model, description = load_model(tmp_path / "m")
+    assert description.heads == {"mlm": 1000, "itm": 2, "nlvr2": 2} and description.token_types == 3
+    assert description.config.task == "nlvr2"
+    weights = checkpoint["state_dict"]
+    assert torch.equal(model.token_type.weight, weights["token_type_embeddings.weight"])
+    for index in ("0", "1", "3"):
+        assert torch.equal(
+            model.heads["nlvr2"].get_submodule(index).weight, weights[f"nlvr2_classifier.{index}.weight"]
+        )
+    io = load_file(REFERENCE / "io.safetensors")
+    with torch.no_grad():  # the official NLVR2 forward: image 1 with token type 1, image 2 with token type 2
+        text = model.eval().encode_text(io["input_ids"], io["attention_mask"])
+        image = model.encode_image(io["pixel_values"])
+        first = model.fuse(text, io["attention_mask"], image, image_token_type=1).joint
+        second = model.fuse(text, io["attention_mask"], image.flip(0), image_token_type=2).joint
+        logits = model.heads["nlvr2"](torch.cat([first, second], dim=-1))
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert not torch.equal(first, model.fuse(text, io["attention_mask"], image.flip(0), image_token_type=1).joint)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kind", "task"),
+    [
+        (_classifier("snli_classifier", 128, 128, 3), "snli_ve", "snli_ve"),
+        ({"rank_output.weight": torch.randn(1, 128), "rank_output.bias": torch.randn(1)}, "rank", "retrieval"),
+    ],
+)
+def test_snli_ve_and_retrieval_checkpoints_map_their_heads(tmp_path: Path, heads, kind, task):
+    checkpoint = _replace_heads(official_checkpoint(), heads)
+    report = import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    assert not report.unplaced
+    model, description = load_model(tmp_path / "m")
+    assert description.config.task == task and kind in description.heads
+    for name, value in heads.items():
+        ours = "heads." + kind + "." + name.split(".", 1)[1]
+        assert torch.equal(model.state_dict()[ours], value)
+
+
+def test_another_resolution_resamples_the_position_embeddings(tmp_path: Path):
+    report = import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", image_size=96)
+    assert any("resampled (bicubic) from 16 to 36 patches" in note for note in report.notes)
+    model, description = load_model(tmp_path / "m")
+    assert description.config.model.vision.image_size == 96
+    pos_embed = model.vision.backbone.pos_embed
+    official = official_checkpoint()["state_dict"]["vit_model.visual.positional_embedding"]
+    assert pos_embed.shape == (1, 37, 128)
+    assert torch.equal(pos_embed[0, 0], official[0])  # the class token's position is kept as it was
+    with torch.no_grad():
+        fused = model.eval()(torch.randn(1, 3, 96, 96), torch.tensor([[0, 5, 6, 2]]), torch.ones(1, 4))
+    assert fused.image.shape == (1, 37, 64)
+
+
+def test_an_imported_model_evaluates_vqa_and_fine_tunes_like_any_model_folder(micro_config, tmp_path: Path, capsys):
+    """The tiny checkpoint has a 64 px CLIP tower and a RoBERTa of 1000 tokens: with the shapes world's byte-level
+    BPE tokenizer (300 tokens, RoBERTa's special ids) and 10 of its answers it runs on the shapes world."""
+    root = Path(micro_config.data.root)
+    answers = ["yes", "no", "red", "blue", "green", "circle", "square", "triangle", "1", "2"]
+    (tmp_path / "answers.json").write_text(json.dumps({answer: label for label, answer in enumerate(answers)}))
+    model_dir = tmp_path / "imported"
+    assert main(["import", "meter-official", "--ckpt", str(CKPT), "--text-encoder", str(TEXT_ENCODER),
+                 "--tokenizer", str(root / "tokenizers" / "bpe"), "--vqa-answers", str(tmp_path / "answers.json"),
+                 "--out", str(model_dir)]) == 0  # fmt: skip
+    assert (model_dir / "tokenizer.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "vqa", "--checkpoint", str(model_dir), "--out", str(tmp_path / "eval"),
+                 f"data.root={root}", "train.progress=false"]) == 0  # fmt: skip
+    accuracy = json.loads(capsys.readouterr().out)
+    assert 0 <= accuracy["overall"] <= 100
+    predicted = {p["answer"] for p in json.loads((tmp_path / "eval/vqa_predictions_val2014.json").read_text())}
+    assert predicted <= set(answers)
+    finetune = [
+        "finetune",
+        "task=vqa",
+        f"data.root={root}",
+        f"train.init_from={model_dir}",
+        "train.max_steps=2",
+        "train.batch_size=8",
+        "train.progress=false",
+        "vqa.min_answer_count=1",
+        f"train.out={tmp_path / 'ft'}",
+    ]
+    assert main(finetune) == 0
+    _, description = load_model(tmp_path / "ft" / "model")
+    assert description.config.model.vision.timm_kwargs["embed_dim"] == 128 and description.token_types == 2

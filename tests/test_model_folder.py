@@ -1,0 +1,112 @@
+"""Model folders: every run exports its final model; folders load with identical outputs and never unpickle."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.config import Config, load_config
+from meter.data.tokenizers import load_tokenizer
+from meter.errors import DataError
+from meter.models.folder import (
+    ModelFolder,
+    export_model_folder,
+    load_model,
+    load_model_folder,
+    require_answers,
+    save_model_folder,
+)
+from meter.models.meter import build_meter
+from meter.runs import run_pretrain
+from meter.tasks.build import tokenizer_path
+
+
+def _inputs(tokenizer):
+    encoded = tokenizer(["a red circle", "what shape is the blue object?"], padding=True, return_tensors="pt")
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)), encoded
+
+
+@torch.no_grad()
+def _outputs(model, tokenizer) -> dict[str, torch.Tensor]:
+    pixels, encoded = _inputs(tokenizer)
+    fused = model.eval()(pixels, encoded["input_ids"], encoded["attention_mask"])
+    return {"joint": fused.joint, "image": fused.image, **{k: head(fused.joint if k != "mlm" else fused.text)
+                                                           for k, head in model.heads.items()}}  # fmt: skip
+
+
+def test_a_finished_run_exports_its_trained_model_and_it_loads_with_identical_outputs(micro_config: Config):
+    cfg = load_config(None, ["train.max_steps=3", "train.checkpoint_every=2"], base=micro_config)
+    final = run_pretrain(cfg)
+    export = Path(cfg.train.out) / "model"
+    assert sorted(p.name for p in export.iterdir()) == sorted(
+        p.name for p in final.iterdir() if p.name not in ("training_state.pt", "progress.json")
+    )
+    trained, exported = load_file(final / "model.safetensors"), load_file(export / "model.safetensors")
+    assert trained.keys() == exported.keys() and all(torch.equal(trained[k], exported[k]) for k in trained)
+    from_checkpoint, tokenizer, _ = load_model_folder(final)
+    from_export, _, description = load_model_folder(export)
+    a, b = _outputs(from_checkpoint, tokenizer), _outputs(from_export, tokenizer)
+    assert a.keys() == b.keys() == {"joint", "image", "mlm", "itm"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    card = (export / "README.md").read_text()
+    assert f"Trained with meter: `pretrain` run `{cfg.train.out}`, 3 steps." in card
+    assert "Vision encoder: `vit` (timm `vit_base_patch16_224`" in card and "masked language modelling" in card
+    assert description.source in card
+
+
+def test_a_run_stopped_early_or_with_export_off_writes_no_model_folder(micro_config: Config, tmp_path: Path):
+    for out, override in ((tmp_path / "stopped", "train.stop_at=1"), (tmp_path / "off", "train.export=false")):
+        cfg = load_config(None, ["train.max_steps=2", f"train.out={out}", override], base=micro_config)
+        run_pretrain(cfg)
+        assert (out / "checkpoints").is_dir() and not (out / "model").exists()
+
+
+def _model_and_tokenizer(cfg: Config):
+    tokenizer = load_tokenizer(tokenizer_path(cfg))
+    torch.manual_seed(0)
+    heads = {"mlm": len(tokenizer), "vqa": 3}
+    return build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads), tokenizer, heads
+
+
+def test_export_round_trip_gives_identical_outputs_and_keeps_answers(micro_config: Config, tmp_path: Path):
+    model, tokenizer, heads = _model_and_tokenizer(micro_config)
+    description = ModelFolder(micro_config, heads, answers=["red", "blue", "2"], source="a test")
+    export_model_folder(tmp_path / "m", model, tokenizer, description)
+    loaded, loaded_tokenizer, loaded_description = load_model_folder(tmp_path / "m")
+    a, b = _outputs(model, tokenizer), _outputs(loaded, loaded_tokenizer)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded_description.answers == ["red", "blue", "2"] and loaded_description.source == "a test"
+    require_answers(loaded_description, tmp_path / "m")
+    export_model_folder(tmp_path / "m", model, tokenizer, description)  # exporting again replaces the folder
+    assert not list(tmp_path.glob(".m.tmp"))
+
+
+def test_a_folder_without_tokenizer_loads_as_a_model_and_says_what_is_missing(micro_config: Config, tmp_path: Path):
+    model, _, heads = _model_and_tokenizer(micro_config)
+    save_model_folder(tmp_path / "m", model, None, ModelFolder(micro_config, heads))
+    loaded, _ = load_model(tmp_path / "m")
+    assert loaded.heads.keys() == model.heads.keys()
+    with pytest.raises(DataError, match="has no tokenizer; copy the text encoder's tokenizer files"):
+        load_model_folder(tmp_path / "m")
+    assert "**none**" in (tmp_path / "m" / "README.md").read_text()
+    with pytest.raises(DataError, match="VQA head has 3 rows but the folder names 0 answers"):
+        require_answers(ModelFolder(micro_config, heads), tmp_path / "m")
+
+
+class Bomb:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_weights_that_are_a_pickle_are_refused_without_running_it(micro_config: Config, tmp_path: Path):
+    model, tokenizer, heads = _model_and_tokenizer(micro_config)
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, heads))
+    torch.save({"weights": Bomb(tmp_path / "was_unpickled")}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(DataError, match="not a safetensors weights file"):
+        load_model_folder(tmp_path / "m")
+    assert not (tmp_path / "was_unpickled").exists()

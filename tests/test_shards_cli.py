@@ -1,0 +1,56 @@
+"""`meter prepare SOURCE` for each corpus, in process (the subprocess tests are in test_shards_prepare.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from tests.corpora import (
+    image_bytes,
+    write_coco,
+    write_conceptual_captions,
+    write_img2dataset,
+    write_sbu,
+    write_vilt_arrow,
+    write_visual_genome,
+)
+
+
+def _layout(source: str, root: Path) -> list[str]:
+    """Writes the source's published layout; returns the extra options it needs."""
+    if source == "coco":
+        write_coco(root, images=8)
+        return ["--karpathy", "karpathy/dataset_coco.json"]
+    if source == "vg":
+        write_visual_genome(root, images=4, regions=2)
+    elif source == "cc":
+        write_conceptual_captions(root, rows=4)
+    elif source == "sbu":
+        write_sbu(root, rows=4)
+    elif source == "webdataset":
+        write_img2dataset(root, shards=2, per_shard=2)
+    else:
+        write_vilt_arrow(root / "vg.arrow", [(image_bytes(i), [f"a {i}", f"b {i}"], str(i)) for i in range(4)])
+    return []
+
+
+@pytest.mark.parametrize(
+    ("source", "samples", "pairs"),
+    [("coco", 4, 20), ("vg", 4, 8), ("cc", 4, 4), ("sbu", 4, 4), ("webdataset", 4, 4), ("arrow", 4, 8)],
+)
+def test_prepare_command_writes_a_manifest_for_each_source(
+    source: str, samples: int, pairs: int, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    options = _layout(source, tmp_path / "raw")
+    assert main(["prepare", source, "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                 "--no-progress", *options]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert (manifest["source"], manifest["samples"], manifest["pairs"]) == (source, samples, pairs)
+    assert f"{samples:,} images, {pairs:,} image-caption pairs" in capsys.readouterr().out
+
+
+def test_prepare_command_names_a_missing_layout_file(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "cc/training").mkdir(parents=True)
+    assert main(["prepare", "cc", "--root", str(tmp_path / "cc"), "--out", str(tmp_path / "out")]) == 2
+    assert f"caption file not found: {tmp_path / 'cc/Train_GCC-training.tsv'}" in capsys.readouterr().err

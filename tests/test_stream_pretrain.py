@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.config import Config, load_config
+from meter.data.formats.captions import coco_source
+from meter.data.shard_writer import index_shards, write_shards
+from meter.errors import DataError
+from meter.runs import run_pretrain
+from tests.corpora import write_damaged_shard, write_img2dataset
+
+
+def _pretrain(cfg: Config, out: Path, *overrides: str, resume: str | None = None) -> Path:
+    return run_pretrain(load_config(None, [f"train.out={out}", *overrides], base=cfg), resume=resume)
+
+
+def test_pretraining_from_shards_stopped_and_resumed_matches_a_straight_run(
+    micro_config: Config, shapes_world: Path, tmp_path: Path
+):
+    source = coco_source(shapes_world, "karpathy/dataset_coco.json", images="images")
+    write_shards(source, tmp_path / "shards", shard_size=10, progress=False)
+    sources = f"data.sources=[{{path: {tmp_path / 'shards'}}}]"
+    steps = ["train.max_steps=6", "train.checkpoint_every=3", "train.deterministic=true", sources,
+             "data.num_workers=2", "data.streams_per_rank=4"]  # fmt: skip
+    straight = _pretrain(micro_config, tmp_path / "straight", *steps)
+    _pretrain(micro_config, tmp_path / "split", *steps, "train.stop_at=3")
+    resumed = _pretrain(micro_config, tmp_path / "split", *steps, resume="latest")
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_pretraining_from_damaged_shards_over_the_budget_stops_with_a_clear_message(
+    micro_config: Config, tmp_path: Path
+):
+    write_img2dataset(tmp_path / "web", shards=1, per_shard=12)
+    write_damaged_shard(tmp_path / "web/00001.tar")
+    index_shards(tmp_path / "web", tmp_path / "index", max_bad=1.0, progress=False)
+    overrides = ["train.max_steps=4", f"data.sources=[{{path: {tmp_path / 'index'}}}]", "data.streams_per_rank=1",
+                 "data.max_bad_samples=0.1"]  # fmt: skip
+    with pytest.raises(DataError, match=r"skipped 3 of 20 samples, more than the budget of 2 \(10.0%, data.max_bad"):
+        _pretrain(micro_config, tmp_path / "run", *overrides)
+    assert len((tmp_path / "run/bad_samples.jsonl").read_text().splitlines()) == 3
