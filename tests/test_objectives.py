@@ -11,7 +11,14 @@ from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.models.vision import build_vision
 from meter.objectives.itm import itm_pairing
-from meter.objectives.mim import draw_patch_mask, hide_patches, mim_patch_size, patchify, pixel_targets
+from meter.objectives.mim import (
+    VARIANCE_EPS,
+    draw_patch_mask,
+    hide_patches,
+    mim_patch_size,
+    patchify,
+    pixel_targets,
+)
 from meter.objectives.mlm import IGNORE, mask_tokens
 from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness, StepRandomness
@@ -152,11 +159,17 @@ def test_mim_masks_the_same_number_of_patches_in_every_image_and_hides_exactly_t
 def test_mim_targets_are_each_patchs_pixels_standardised():
     pixels = torch.rand(2, 3, 32, 32) * 4 + 1
     targets = pixel_targets(pixels, 16)
-    assert torch.allclose(targets.mean(dim=-1), torch.zeros(2, 4), atol=1e-5)
-    assert torch.allclose(targets.std(dim=-1, unbiased=False), torch.ones(2, 4), atol=1e-3)
     raw = patchify(pixels, 16)
-    assert torch.allclose(targets * raw.std(dim=-1, unbiased=False, keepdim=True), raw - raw.mean(-1, keepdim=True),
-                          atol=1e-4)  # fmt: skip
+    centred = raw - raw.mean(-1, keepdim=True)
+    var = raw.var(dim=-1, unbiased=False, keepdim=True)
+    assert torch.allclose(targets, centred / (var + VARIANCE_EPS).sqrt(), atol=1e-5)
+    assert torch.allclose(targets.mean(dim=-1), torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(targets.std(dim=-1, unbiased=False), torch.ones(2, 4), atol=0.02)  # textured: ~unit
+
+
+def test_a_flat_patch_is_regressed_to_its_mean_not_to_amplified_noise():
+    pixels = torch.full((1, 3, 16, 16), 1.7) + 0.003 * torch.randn(1, 3, 16, 16)  # a plain background
+    assert pixel_targets(pixels, 16).abs().max() < 0.2
 
 
 def test_objectives_that_are_all_off_or_negative_are_config_errors():
