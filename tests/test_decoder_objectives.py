@@ -12,6 +12,7 @@ from meter.data.collate import Collate
 from meter.data.tokenizers import load_tokenizer
 from meter.objectives.mlm import IGNORE
 from meter.objectives.prefix_lm import split_prefix
+from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Targets, captions_of
 from meter.objectives.span import add_sentinels, corrupt_spans, sentinel_ids, span_mask
 from meter.tasks.build import build_model, task_tokenizer
@@ -48,7 +49,7 @@ def test_filling_the_sentinels_with_the_decoders_spans_restores_the_caption(shap
     sentinels = sentinel_ids(tokenizer)
     for seed in range(5):
         generator = torch.Generator().manual_seed(seed)
-        out = corrupt_spans(captions, sentinels, 0.3, 2.0, generator, targets)
+        out = corrupt_spans(captions, sentinels, 0.3, 2.0, [generator] * len(captions), targets)
         originals = _rows(encoded["input_ids"], encoded["attention_mask"])
         for original, encoder, target in zip(originals, _rows(out.input_ids, out.attention_mask),
                                              _targets(out.labels), strict=True):  # fmt: skip
@@ -88,7 +89,7 @@ def test_prefix_and_continuation_make_the_caption_split_between_words(shapes_wor
     tokenizer, encoded, captions, targets = _batch(shapes_world, kind)
     splits = set()
     for seed in range(10):
-        out = split_prefix(captions, torch.Generator().manual_seed(seed), targets)
+        out = split_prefix(captions, [torch.Generator().manual_seed(seed)] * len(captions), targets)
         originals = _rows(encoded["input_ids"], encoded["attention_mask"])
         for original, prefix, target in zip(originals, _rows(out.input_ids, out.attention_mask),
                                             _targets(out.labels), strict=True):  # fmt: skip
@@ -105,7 +106,7 @@ def test_prefix_and_continuation_make_the_caption_split_between_words(shapes_wor
 def test_long_targets_are_cut_to_the_decoders_positions(shapes_world: Path):
     _, _, captions, targets = _batch(shapes_world, "wordpiece")
     short = Targets(targets.start_id, targets.end_id, targets.pad_id, max_length=4)
-    out = split_prefix(captions, torch.Generator().manual_seed(0), short)
+    out = split_prefix(captions, [torch.Generator().manual_seed(0)] * len(captions), short)
     assert out.labels.shape[1] <= 4 and out.decoder_input_ids.shape == out.labels.shape
 
 
@@ -118,7 +119,7 @@ def test_pretraining_an_encoder_decoder_trains_every_objective(micro_config: Con
     heads = pretrain_heads(tokenizer, cfg.objectives)
     task = PretrainTask(build_model(cfg, tokenizer, heads), tokenizer, cfg, heads)
     samples = [{"pixels": torch.randn(3, 64, 64), "text": text, "image_id": i} for i, text in enumerate(CAPTIONS)]
-    batch = task.prepare(Collate(tokenizer, 40)(samples), torch.Generator().manual_seed(0))
+    batch = task.prepare(Collate(tokenizer, 40)(samples), SampleRandomness.standalone(0, len(samples)))
     losses, report = task(batch)
     assert set(losses) == {"mlm_loss", "itm_loss", "span_loss", "prefix_lm_loss"}
     assert {"span_accuracy", "prefix_lm_accuracy"} <= set(report)

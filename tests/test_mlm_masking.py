@@ -6,6 +6,7 @@ import torch
 from meter.data.collate import Collate
 from meter.data.tokenizers import load_tokenizer, train_tokenizer
 from meter.objectives.mlm import IGNORE, mask_tokens
+from meter.objectives.randomness import SampleRandomness
 
 TEXTS = ["a small purplediamond next to an orangetriangle", "twocircles and threesquares were drawn"] * 20
 
@@ -26,10 +27,11 @@ def _batch(tokenizer, texts):
 def _mask(tokenizer, batch, seed, probability=0.15, whole_word=True):
     special = set(tokenizer.all_special_ids)
     replacements = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-    generator = torch.Generator().manual_seed(seed)
+    random = SampleRandomness.standalone(seed, rows=len(batch["input_ids"]))
     return mask_tokens(
-        batch["input_ids"], batch["word_ids"], tokenizer.mask_token_id, replacements, probability, generator, whole_word
-    )
+        batch["input_ids"], batch["word_ids"], tokenizer.mask_token_id, replacements, probability, random,
+        max_length=40, whole_word=whole_word,
+    )  # fmt: skip
 
 
 def test_words_split_into_several_pieces(small_vocab_tokenizer):

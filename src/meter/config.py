@@ -70,6 +70,9 @@ class ModelConfig:
     architecture: str = "encoder"  # encoder, or encoder-decoder (a decoder on the fused output)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     image_pool: str = "first"  # how the image stream is pooled: first token, or mean of all tokens
+    # std of the normal init of every randomly initialised part (BERT's 0.02 is the paper's, tuned for width 768;
+    # small widths learn faster from a larger one, as the shapes-world recipes use)
+    init_std: float = 0.02
 
 
 @dataclass
@@ -97,8 +100,11 @@ class DataConfig:
 class ObjectivesConfig:
     mlm: float = 1.0  # loss weight; 0 switches the objective off
     itm: float = 1.0
+    mim: float = 0.0  # masked image modelling (normalised-pixel regression); off as in the paper's best recipe
     mlm_probability: float = 0.15
     whole_word_masking: bool = True
+    itm_group_size: int = 16  # negatives come from groups of this many samples (keep the per-process batch a multiple)
+    mim_mask_ratio: float = 0.6  # fraction of patches masked per image (SimMIM's)
     span: float = 0.0  # T5-style span corruption, reconstructed by the decoder (encoder-decoder only)
     prefix_lm: float = 0.0  # the decoder continues a caption from an encoded prefix (encoder-decoder only)
     span_probability: float = 0.15  # fraction of words replaced by sentinels
@@ -183,7 +189,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the vision encoder, text encoder and fusion
+    parallel: str = "ddp"  # under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard: sharded weights)
+    max_nonfinite_steps: int = 5  # a non-finite loss skips its step; this many in a row stop the run
     deterministic: bool = False
     progress: bool = True
     eval_batch_size: int = 128

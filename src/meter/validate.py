@@ -9,6 +9,8 @@ from meter.models.fusion import FUSIONS
 from meter.models.text import TEXT
 from meter.models.vision import resolve_vision
 from meter.tasks.catalog import DOWNSTREAM
+from meter.tasks.pretrain import check_objectives
+from meter.train.distributed import check_parallel
 from meter.train.runtime import pick_device, pick_dtype
 
 TASKS = ("pretrain", *DOWNSTREAM.names())
@@ -34,6 +36,9 @@ def validate(cfg: Config) -> None:
             f" objectives.span_mean_length = {cfg.objectives.span_mean_length} at least 1 (word)"
         )
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
-    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+    check_parallel(cfg.train.parallel)
+    if cfg.task == "pretrain":
+        check_objectives(cfg.objectives)
+    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite_steps"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")

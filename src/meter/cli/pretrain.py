@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
@@ -18,5 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from meter.runs import run_pretrain
 
     checkpoint = run_pretrain(config_from_args(args, task="pretrain"), resume=args.resume)
-    print(f"final checkpoint: {checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"final checkpoint: {checkpoint}")
     return 0

@@ -66,12 +66,21 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model_folder(
-    path: str | Path, model: Meter, tokenizer: PreTrainedTokenizerBase | None, description: ModelFolder
+    path: str | Path,
+    model: Meter,
+    tokenizer: PreTrainedTokenizerBase | None,
+    description: ModelFolder,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Writes the folder; `tokenizer` None leaves it without one (an import whose tokenizer was not given)."""
+    """Writes the folder; `tokenizer` None leaves it without one (an import whose tokenizer was not given).
+    `weights`, when given, replace the model's own state dict (gathered from the shards of a sharded model)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_for_saving(model), str(path / WEIGHTS))
+    if weights is None:
+        weights = state_dict_for_saving(model)
+    else:  # unshared copies, as state_dict_for_saving makes
+        weights = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    save_file(weights, str(path / WEIGHTS))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     model.text.model.config.save_pretrained(str(path / TEXT_CONFIG))
@@ -80,13 +89,17 @@ def save_model_folder(
 
 
 def export_model_folder(
-    path: str | Path, model: Meter, tokenizer: PreTrainedTokenizerBase | None, description: ModelFolder
+    path: str | Path,
+    model: Meter,
+    tokenizer: PreTrainedTokenizerBase | None,
+    description: ModelFolder,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """A model folder without training state, written to a temporary folder and renamed into place."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    save_model_folder(temporary, model, tokenizer, description)
+    save_model_folder(temporary, model, tokenizer, description, weights)
     if path.exists():
         shutil.rmtree(path)
     os.replace(temporary, path)

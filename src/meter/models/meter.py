@@ -3,6 +3,7 @@ heads."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ class Meter(nn.Module):
         token_types: int = 2,
         image_pool: str = "first",
         decoder: Decoder | None = None,
+        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         if image_pool not in IMAGE_POOLS:
@@ -81,7 +83,7 @@ class Meter(nn.Module):
         self.width = width
         self.image_pool = image_pool
         for module in self.new_modules():
-            module.apply(init_bert_weights)
+            module.apply(functools.partial(init_bert_weights, std=init_std))
 
     @property
     def joint_width(self) -> int:
@@ -178,6 +180,7 @@ def build_meter(
         token_types=token_types,
         image_pool=cfg.image_pool,
         decoder=decoder,
+        init_std=cfg.init_std,
     )
     log.info("%s + %s + %s (%s): %s", cfg.vision.name, cfg.text.name, cfg.fusion.name, cfg.architecture,
              describe_parameters(parameter_counts(model)))  # fmt: skip

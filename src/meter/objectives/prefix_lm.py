@@ -10,14 +10,17 @@ BPE word is never cut in half. A new split is drawn every time a sample is seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, pack
 
 
-def split_prefix(captions: list[Caption], generator: torch.Generator, targets: Targets) -> Seq2SeqBatch:
+def split_prefix(captions: list[Caption], generators: Sequence[torch.Generator], targets: Targets) -> Seq2SeqBatch:
+    """Each caption split with its own generator."""
     encoder_rows, target_rows = [], []
-    for caption in captions:
+    for caption, generator in zip(captions, generators, strict=True):
         split = int(torch.randint(max(caption.words, 1), (1,), generator=generator))
         encoder_rows.append([token for token, word in caption.tokens if word < split])  # special tokens (-1) stay
         target_rows.append([token for token, word in caption.tokens if word >= split] + [targets.end_id])

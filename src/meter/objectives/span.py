@@ -13,6 +13,7 @@ objectives.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -70,12 +71,12 @@ def corrupt_spans(
     sentinels: list[int],
     probability: float,
     mean_length: float,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     targets: Targets,
 ) -> Seq2SeqBatch:
-    """Corrupts each caption afresh (new spans every time a sample is seen)."""
+    """Corrupts each caption afresh (new spans every time a sample is seen), with its own generator."""
     encoder_rows, target_rows = [], []
-    for caption in captions:
+    for caption, generator in zip(captions, generators, strict=True):
         noise = span_mask(caption.words, probability, mean_length, len(sentinels), generator)
         encoder, target, span, in_span = [], [], -1, False
         for token, word in caption.tokens:

@@ -29,6 +29,7 @@ from meter.models.folder import ModelFolder
 from meter.models.generation import generate
 from meter.models.meter import Meter
 from meter.objectives.mlm import IGNORE
+from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
 from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
@@ -57,7 +58,7 @@ class CaptioningTask(nn.Module):
     def describe(self) -> ModelFolder:
         return ModelFolder(self.cfg, {})  # the decoder is part of the model, not a head
 
-    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
         captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
         caption_targets(captions, self.targets).store(batch, "caption")
         return batch

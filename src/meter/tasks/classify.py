@@ -20,6 +20,7 @@ from meter.data.datasets import ImageReader
 from meter.errors import ConfigError
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
+from meter.objectives.randomness import SampleRandomness
 from meter.tasks.build import load_for_eval
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -41,7 +42,7 @@ class ClassificationTask(nn.Module):
     def describe(self) -> ModelFolder:
         return ModelFolder(self.cfg, {self.head: self.classes}, token_types=self.token_types)
 
-    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
         return batch
 
     def logits(self, batch: dict[str, Any]) -> Tensor:

@@ -39,6 +39,7 @@ from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
 from meter.models.folder import WEIGHTS, ModelFolder, read_model_folder
 from meter.models.meter import Meter
+from meter.objectives.randomness import SampleRandomness
 from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
@@ -101,6 +102,15 @@ def ranking_loss(positive: Tensor, negative: Tensor, valid: Tensor) -> tuple[Ten
     return F.cross_entropy(candidates, target), candidates.argmax(1) == 0
 
 
+def negative_noise(random: SampleRandomness, size: int, columns: int) -> Tensor:
+    """(2, size, size) Gumbel noise for drawing negatives without replacement: [0] per image over the batch's texts,
+    [1] per text over its images, transposed. Drawn per sample in a fixed number of `columns` (the configured batch
+    size), so a sample's draws do not depend on how the step is split."""
+    to_texts = random.uniform("retrieval_text_negatives", columns)[:, :size]  # rows: images
+    to_images = random.uniform("retrieval_image_negatives", columns)[:, :size]  # rows: texts
+    return -torch.log(-torch.log(torch.stack([to_texts, to_images.T]).clamp_min(1e-12)))
+
+
 class RetrievalTask(nn.Module):
     def __init__(self, model: Meter, cfg: Config) -> None:
         super().__init__()
@@ -111,11 +121,8 @@ class RetrievalTask(nn.Module):
     def describe(self) -> ModelFolder:
         return ModelFolder(self.cfg, {HEAD: 1})
 
-    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-        """Gumbel noise for drawing negatives without replacement (image -> text and text -> image)."""
-        size = batch["size"]
-        uniform = torch.rand(2, size, size, generator=generator).clamp_min(1e-12)
-        batch["negative_noise"] = -torch.log(-torch.log(uniform))
+    def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
+        batch["negative_noise"] = negative_noise(random, batch["size"], max(self.cfg.train.batch_size, batch["size"]))
         return batch
 
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:

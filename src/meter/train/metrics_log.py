@@ -9,15 +9,24 @@ from typing import Any
 
 
 class MetricsLog:
-    def __init__(self, folder: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    """Appends to metrics.jsonl and TensorBoard. Resuming at `resume_step` first drops what a killed run had logged
+    after that step, so that the resumed run's records replace them instead of repeating them."""
+
+    def __init__(
+        self, folder: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.enabled = enabled
         self.path = self.folder / "metrics.jsonl"
         self.writer = None
+        if enabled and resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:

@@ -18,20 +18,21 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or any(marker in name for marker in NO_DECAY_MARKERS)
 
 
-def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Encoders at the base LR, new cross-modal parts at lr_mult_cross_modal, heads at lr_mult_head;
-    each split into weight-decayed and not (biases, norms, embeddings of positions and types)."""
-    heads = {id(p) for p in model.heads.parameters()}
+def parameter_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Encoders at the base LR, new cross-modal parts at lr_mult_cross_modal, heads (the model's, and a task's
+    own pretraining-only parts such as the MIM pixel decoder) at lr_mult_head; each split into weight-decayed and
+    not (biases, norms, embeddings of positions and types). `task` is a task holding `model`, or a model."""
+    model = getattr(task, "model", task)
+    in_model = {id(p) for p in model.parameters()}
+    heads = {id(p) for p in model.heads.parameters()} | {id(p) for p in task.parameters() if id(p) not in in_model}
     new = {id(p) for module in model.new_modules() for p in module.parameters()}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    names: dict[tuple[str, bool], list[str]] = {}
-    for name, param in model.named_parameters():
+    for name, param in task.named_parameters():
         if not param.requires_grad:
             continue
         part = "head" if id(param) in heads else "cross_modal" if id(param) in new else "encoder"
         key = (part, _no_decay(name, param))
         groups.setdefault(key, []).append(param)
-        names.setdefault(key, []).append(name)
     mult = {"encoder": 1.0, "cross_modal": cfg.lr_mult_cross_modal, "head": cfg.lr_mult_head}
     result = []
     for (part, no_decay), params in sorted(groups.items()):
@@ -54,8 +55,9 @@ def describe_groups(groups: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    groups = parameter_groups(model, cfg)
+def build_optimizer(task: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the task's parameters (the model's and the task's own); fused into one kernel on CUDA."""
+    groups = parameter_groups(task, cfg)
     log.info(describe_groups(groups))
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,

@@ -72,7 +72,7 @@ def write_flickr_and_snli_ve(out: Path, spec: WorldSpec, progress: bool) -> dict
     for index in tqdm(range(images), desc="flickr30k + snli-ve", disable=not progress, unit="img"):
         flickr_id = FIRST_FLICKR_ID + index
         rng = np.random.default_rng([spec.seed, index, FLICKR_TAG])
-        scene = sample_scene(rng, flickr_id)
+        scene = sample_scene(rng, flickr_id, spec.layout)
         filename = f"{flickr_id}.jpg"
         _save(out / "images" / "flickr30k-images" / filename, scene, spec, "JPEG")
         split = three_way_split(index, images, ("train", "val", "test"))
@@ -119,7 +119,7 @@ def write_nlvr2(out: Path, spec: WorldSpec, progress: bool) -> dict[str, int]:
         folder = out / "nlvr2" / nlvr2_image_dir(split) / (directory if split == "train" else "")
         pairs = []
         for pair in range(PAIRS_PER_SET):
-            left, right = sample_scene(rng, 2 * pair), sample_scene(rng, 2 * pair + 1)
+            left, right = sample_scene(rng, 2 * pair, spec.layout), sample_scene(rng, 2 * pair + 1, spec.layout)
             for side, scene in enumerate((left, right)):
                 _save(folder / f"{split}-{set_id}-{pair}-img{side}.png", scene, spec, "PNG")
             pairs.append((left, right))

@@ -40,6 +40,7 @@ class WorldSpec:
     disagreement: float = 0.06  # chance that one annotator gives a wrong answer
     variant_rate: float = 0.06  # chance that one annotator writes the right answer in another form
     vocab_size: int = 1000  # of the tokenizers trained on the world's training text
+    layout: str = "grid"  # where objects go: "grid" (one per cell of a 4 x 4 grid) or "free"
 
 
 def image_file(split: str, image_id: int) -> str:
@@ -91,7 +92,7 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     for index in tqdm(range(spec.images), desc="shapes world", disable=not progress, unit="img"):
         image_id = index + 1
         rng = np.random.default_rng([spec.seed, image_id])  # per image: a world of N images extends one of fewer
-        scene: Scene = sample_scene(rng, image_id)
+        scene: Scene = sample_scene(rng, image_id, spec.layout)
         split = "train2014" if index < n_train else "val2014"
         karpathy_split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
         file = image_file(split, image_id)

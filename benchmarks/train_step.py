@@ -1,0 +1,361 @@
+"""Training-step speed and peak memory: meter's MLM + ITM step against Hugging Face BridgeTower's, in one process.
+
+    python benchmarks/train_step.py                  # CPU, a small config (a few minutes on 2 cores)
+    python benchmarks/train_step.py --device cuda    # the paper's config: CLIP-ViT-B/16 at 288 px + RoBERTa-base +
+                                                     # 6 co-attention layers, batch 128, bf16; prints MFU as well
+    python benchmarks/train_step.py --device cuda --compile   # adds a row for meter with train.compile
+
+Both models get the same widths and depths, random initialisation from a config (nothing is downloaded), AdamW
+(fused on CUDA), gradient clipping, and the very same batches: real shapes-world captions and images, with MLM masks
+and ITM pairs drawn once by meter's `PretrainTask.prepare` (identical for both, outside the timing). The baseline
+is what a user of transformers would write: `BridgeTowerForMaskedLM` on the masked text (vocabulary logits at every
+position), then its `bridgetower` trunk again on the re-paired images for ITM, with BridgeTower's ITM head. meter's
+step is the loop's: one vision pass shared by MLM and ITM, vocabulary logits at masked positions only.
+
+Peak memory is the CUDA allocator's peak on GPU; on CPU it is the growth of the process's resident memory while
+the model is built and trained (sampled every 2 ms), an approximation. MFU counts the FLOPs of one step with
+torch's FlopCounterMode (matmuls and attention, forward and backward) against the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BridgeTowerConfig, BridgeTowerForMaskedLM
+from transformers.models.bridgetower.modeling_bridgetower import BridgeTowerITMHead
+
+from meter.config import load_config
+from meter.data.collate import Collate
+from meter.data.datasets import CaptionPairs, ImageReader
+from meter.data.formats.captions import read_karpathy
+from meter.data.images import image_transform
+from meter.data.shapes import WorldSpec, generate
+from meter.data.tokenizers import load_tokenizer
+from meter.models.meter import build_meter
+from meter.objectives.randomness import StepRandomness
+from meter.runs import PRETRAIN_SPLITS
+from meter.tasks.pretrain import PretrainTask
+from meter.train.distributed import compile_parts
+from meter.train.loop import to_device
+from meter.train.runtime import Runtime, pick_device, pick_dtype
+
+# dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes both models get."""
+
+    name: str
+    image_size: int
+    patch: int
+    vision_width: int
+    vision_layers: int
+    text_width: int
+    text_layers: int
+    heads: int  # text and fusion; the vision encoder has width / 64 heads (CLIP's rule, BridgeTower's too)
+    fusion_layers: int
+    vocab: int  # 0: the shapes tokenizer's own
+    batch: int
+    max_length: int = 40
+
+    def describe(self) -> str:
+        return (f"{self.name}: vision {self.vision_width}x{self.vision_layers} at {self.image_size} px (patch "
+                f"{self.patch}), text {self.text_width}x{self.text_layers}, {self.fusion_layers} co-attention layers, "
+                f"vocabulary {self.vocab}, batch {self.batch}")  # fmt: skip
+
+
+PRESETS = {
+    "small": Shape("small", 96, 16, 128, 4, 128, 4, 4, 2, 0, 16),
+    "paper": Shape("paper", 288, 16, 768, 12, 768, 12, 12, 6, 50265, 128),
+}
+
+
+@dataclass
+class Result:
+    name: str
+    samples_per_s: float = float("nan")
+    peak_bytes: float = float("nan")
+    flops_per_step: float = float("nan")
+    error: str = ""
+
+
+class ResidentPeak:
+    """The peak resident memory of this process while active, sampled by a thread (CPU runs)."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.start = self._resident()
+        self._running = False
+
+    def _resident(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, self._resident())
+            time.sleep(0.002)
+
+    def __enter__(self) -> ResidentPeak:
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._thread.join()
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next RSS baseline is honest
+
+
+def meter_task(shape: Shape, tokenizer: Any, vocab: int) -> PretrainTask:
+    overrides = [
+        "model.vision=clip-vit", f"model.vision.image_size={shape.image_size}",
+        f"model.vision.timm_kwargs={{embed_dim: {shape.vision_width}, depth: {shape.vision_layers}, "
+        f"num_heads: {shape.vision_width // 64}, patch_size: {shape.patch}}}",
+        "model.text=roberta", f"model.text.max_length={shape.max_length}",
+        f"model.text.hf_kwargs={{hidden_size: {shape.text_width}, num_hidden_layers: {shape.text_layers}, "
+        f"num_attention_heads: {shape.heads}, intermediate_size: {4 * shape.text_width}}}",
+        f"model.fusion.layers={shape.fusion_layers}", f"model.fusion.width={shape.text_width}",
+        f"model.fusion.heads={shape.heads}", "objectives.mim=0", f"objectives.itm_group_size={shape.batch}",
+    ]  # fmt: skip
+    cfg = load_config(None, overrides)
+    heads = {"mlm": vocab, "itm": 2}
+    return PretrainTask(build_meter(cfg.model, vocab, tokenizer.pad_token_id, heads), tokenizer, cfg, heads)
+
+
+def bridgetower(shape: Shape, vocab: int) -> tuple[BridgeTowerForMaskedLM, BridgeTowerITMHead]:
+    config = BridgeTowerConfig(
+        text_config={"vocab_size": vocab, "hidden_size": shape.text_width, "num_hidden_layers": shape.text_layers,
+                     "num_attention_heads": shape.heads, "intermediate_size": 4 * shape.text_width,
+                     "max_position_embeddings": shape.max_length + 2},
+        vision_config={"hidden_size": shape.vision_width, "num_hidden_layers": shape.vision_layers,
+                       "patch_size": shape.patch, "image_size": shape.image_size},
+        hidden_size=shape.text_width, num_hidden_layers=shape.fusion_layers, num_attention_heads=shape.heads,
+    )  # fmt: skip
+    return BridgeTowerForMaskedLM(config), BridgeTowerITMHead(2 * shape.text_width)
+
+
+def shapes_batches(shape: Shape, folder: Path, count: int) -> tuple[list[dict[str, Any]], Any]:
+    """`count` collated batches of real shapes-world pairs, and the world's byte-level BPE tokenizer."""
+    images = max(8, count * shape.batch // 5 + 8)  # five captions per image
+    generate(folder, WorldSpec(images=images, seed=0, questions_per_image=1), progress=False)
+    tokenizer = load_tokenizer(folder / "tokenizers/bpe")
+    records = read_karpathy(folder / "karpathy/dataset_coco.json", folder / "images", PRETRAIN_SPLITS)
+    clip_mean, clip_std = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
+    pairs = CaptionPairs(records, ImageReader(image_transform(shape.image_size, clip_mean, clip_std), shape.image_size))
+    collate = Collate(tokenizer, shape.max_length)
+    batches = [collate([pairs[i] for i in range(k * shape.batch, (k + 1) * shape.batch)]) for k in range(count)]
+    return batches, tokenizer
+
+
+def time_steps(step: Callable[[dict[str, Any]], None], batches: list[dict[str, Any]], warmup: int, steps: int,
+               device: torch.device) -> float:  # fmt: skip
+    """The median seconds per step, after `warmup` untimed steps (the median shrugs off a busy neighbour)."""
+    for k in range(warmup):
+        step(batches[k % len(batches)])
+    times = []
+    for k in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(batches[k % len(batches)])  # each step reads its loss: it ends when the device is done
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, build: Callable[[], tuple[nn.Module, Callable[[dict[str, Any]], None]]],
+            batches: list[dict[str, Any]], args: argparse.Namespace, device: torch.device,
+            count_flops: bool = True) -> Result:  # fmt: skip
+    """Builds, warms up and times one model; FLOPs of one step counted eagerly (a compiled graph hides its ops
+    from the counter: pass count_flops=False and reuse the eager count)."""
+    result = Result(name)
+    release_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    resident = ResidentPeak()
+    module = step = None
+    try:
+        with resident:
+            module, step = build()
+            seconds = time_steps(step, batches, args.warmup, args.steps, device)
+        result.samples_per_s = len(batches[0]["input_ids"]) / seconds
+        cuda = device.type == "cuda"
+        result.peak_bytes = torch.cuda.max_memory_allocated() if cuda else resident.peak - resident.start
+        if count_flops:
+            with FlopCounterMode(display=False) as counter:
+                step(batches[0])
+            result.flops_per_step = counter.get_total_flops()
+    except torch.OutOfMemoryError:
+        result.error = "out of memory"
+    finally:
+        del module, step  # the model goes before the next one is built
+        release_memory(device)
+    return result
+
+
+def optimizer_for(module: nn.Module, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(module.parameters(), lr=1e-5, betas=(0.9, 0.98), weight_decay=0.01,
+                             fused=device.type == "cuda")  # fmt: skip
+
+
+def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, compiled: bool) -> Callable:
+    def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
+        task = meter_task(shape, tokenizer, vocab).to(runtime.device).train()
+        if compiled:
+            compile_parts(task)
+        optimizer = optimizer_for(task, runtime.device)
+
+        def step(batch: dict[str, Any]) -> None:
+            batch = to_device(batch, runtime.device)
+            with runtime.autocast():
+                losses, _ = task(batch)
+            loss = sum(losses.values())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()  # the loop reads the loss once per step too
+
+        return task, step
+
+    return build
+
+
+def bridgetower_builder(shape: Shape, vocab: int, runtime: Runtime) -> Callable:
+    def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
+        model, itm_head = bridgetower(shape, vocab)
+        module = nn.ModuleList([model, itm_head]).to(runtime.device).train()
+        optimizer = optimizer_for(module, runtime.device)
+
+        def step(batch: dict[str, Any]) -> None:
+            batch = to_device(batch, runtime.device)
+            with runtime.autocast():
+                mlm = model(input_ids=batch["mlm_input_ids"], attention_mask=batch["attention_mask"],
+                            pixel_values=batch["pixels"], labels=batch["mlm_labels"])  # fmt: skip
+                trunk = model.bridgetower(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          pixel_values=batch["pixels"][batch["itm_image_index"]])  # fmt: skip
+                itm = F.cross_entropy(itm_head(trunk.pooler_output).float(), batch["itm_labels"])
+            loss = mlm.loss + itm
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()
+
+        return module, step
+
+    return build
+
+
+def _memory(value: float, device: torch.device) -> str:
+    if value != value:  # nan
+        return "-"
+    return f"{value / 2**30:.1f} GiB" if device.type == "cuda" else f"{value / 2**20:.0f} MiB"
+
+
+def print_table(results: list[Result], baseline: Result, batch: int, device: torch.device) -> None:
+    peak_flops = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None) \
+        if device.type == "cuda" else None  # fmt: skip
+    header = f"{'':<22}{'samples/s':>11}{'peak memory':>14}{'GFLOP/sample':>14}"
+    header += f"{'MFU':>8}" if peak_flops else ""
+    print(header + f"{'speed vs BT':>13}{'memory vs BT':>14}")
+    for r in results:
+        if r.error:
+            print(f"{r.name:<22}{r.error:>11}")
+            continue
+        speed = f"{r.samples_per_s:.1f}" if r.samples_per_s >= 10 else f"{r.samples_per_s:.3g}"
+        line = f"{r.name:<22}{speed:>11}{_memory(r.peak_bytes, device):>14}"
+        line += f"{r.flops_per_step / batch / 1e9:>14.1f}"
+        if peak_flops:
+            line += f"{r.flops_per_step * r.samples_per_s / batch / peak_flops:>8.1%}"
+        if baseline.error:
+            line += f"{'-':>13}{'-':>14}"
+        else:
+            line += f"{r.samples_per_s / baseline.samples_per_s:>12.2f}x{r.peak_bytes / baseline.peak_bytes:>13.2f}x"
+        print(line)
+
+
+def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
+    """Prints the table for one shape; returns BridgeTower's result."""
+    device = runtime.device
+    with tempfile.TemporaryDirectory() as folder:
+        batches, tokenizer = shapes_batches(shape, Path(folder), count=3)
+    vocab = shape.vocab or len(tokenizer)
+    shape = replace(shape, vocab=vocab)
+    # masks and pairs drawn once by meter's prepare, the same for both models; this small task's weights are unused
+    preparer = meter_task(replace(shape, vision_layers=1, text_layers=1, fusion_layers=1), tokenizer, vocab)
+    for k, batch in enumerate(batches):
+        preparer.prepare(batch, StepRandomness(0, k, shape.batch).rows(0, shape.batch))
+    del preparer
+    print(f"config {shape.describe()}; {args.warmup} warm-up + {args.steps} timed steps each")
+    baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
+    ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, False), batches, args, device)
+    results = [ours]
+    if args.compile:
+        compiled = measure("meter (compiled)", meter_builder(shape, tokenizer, vocab, runtime, True), batches, args,
+                           device, count_flops=False)  # fmt: skip
+        compiled.flops_per_step = ours.flops_per_step
+        results.append(compiled)
+    print_table([*results, baseline], baseline, shape.batch, device)
+    return baseline
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", choices=list(PRESETS), help="default: small on CPU, paper on CUDA")
+    parser.add_argument("--batch", type=int, help="override the preset's batch")
+    parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="also time meter with torch.compile")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    shape = PRESETS[args.preset or ("paper" if cuda else "small")]
+    shape = replace(shape, batch=args.batch or shape.batch)
+    args.steps = args.steps or (20 if cuda else 5)
+    args.warmup = args.warmup or (5 if cuda else 2)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    runtime = Runtime(device=device, dtype=pick_dtype("auto", device))
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; precision: {str(runtime.dtype).removeprefix('torch.')}; torch {torch.__version__}")
+    baseline = compare(shape, args, runtime)
+    if baseline.error and shape.batch > 1:
+        print(f"\nBridgeTower does not fit a batch of {shape.batch} here; both again at {shape.batch // 2}:")
+        compare(replace(shape, batch=shape.batch // 2), args, runtime)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Everything the loop needs to run on many processes, in one place: wrapping the task (DDP or FSDP2, optional
+torch.compile), gradient sync under accumulation, reductions across ranks, and full state dicts for checkpoints.
+
+With one process every function here is a no-op or a plain local computation, so the loop reads the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from meter.config import TrainConfig
+from meter.errors import ConfigError
+from meter.train.runtime import Runtime
+
+PARALLEL = ("ddp", "fsdp")
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def check_parallel(name: str) -> None:
+    if name not in PARALLEL:
+        raise ConfigError(f"train.parallel = {name!r}; choose one of: {', '.join(PARALLEL)}")
+
+
+def compile_parts(task: nn.Module) -> None:
+    """Compiles the model's big parts in place (state-dict keys stay the same); the task's own Python, with its
+    data-dependent indexing (masked positions), stays eager."""
+    model = task.model
+    for part in (model.vision, model.text, model.fusion):
+        part.compile()
+
+
+def _layer_stacks(module: nn.Module) -> list[nn.Module]:
+    """The repeated layers of every stack (timm blocks, transformers layers, fusion layers), innermost first:
+    FSDP2's units. A stack is a ModuleList/Sequential of two or more modules of one class with parameters."""
+    units = []
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList | nn.Sequential) and len(child) > 1:
+            layers = list(child)
+            if len({type(layer) for layer in layers}) == 1 and any(True for _ in layers[0].parameters()):
+                units += layers
+    return units[::-1]
+
+
+def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Module:
+    """Returns what the loop calls: the task itself, DDP around it, or the task sharded in place by FSDP2.
+
+    Checkpoints, the optimizer and the model's own methods keep using `task` (FSDP2 shards it in place; DDP holds
+    the same parameters)."""
+    check_parallel(train.parallel)
+    if train.compile:
+        compile_parts(task)
+    if not runtime.distributed:
+        return task
+    if train.parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(runtime.device.type, (runtime.world,))
+        for unit in _layer_stacks(task):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(task, mesh=mesh)
+        return task
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    # which parameters get gradients depends on the objectives switched on (MLM alone never uses the poolers):
+    # a static graph finds out in the first step and costs nothing after it
+    return DistributedDataParallel(task, device_ids=device_ids, static_graph=True)
+
+
+_ddp_synced: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
+    """Accumulating micro-batches: reduce gradients across processes only on the last backward of the step.
+
+    (DDP's static graph is recorded by its first backward, which must sync: reducing a partial sum early is
+    still exact, as the reduction is linear.)"""
+    if not dist.is_initialized():
+        yield
+    elif hasattr(wrapped, "no_sync"):  # DDP
+        with wrapped.no_sync() if not enabled and wrapped in _ddp_synced else contextlib.nullcontext():
+            yield
+        _ddp_synced.add(wrapped)
+    elif enabled:
+        yield
+    elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    """In place across processes (sum or max); unchanged with one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def local(tensor: Tensor) -> Tensor:
+    """A replicated DTensor (FSDP2's gradient norm) as a plain tensor."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's `value`, in rank order (what rank 0 writes into a checkpoint)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def full_model_state(task: nn.Module) -> dict[str, Tensor]:
+    """The whole task's weights on the CPU (gathered from the shards under FSDP2; empty on ranks other than 0)."""
+    return get_model_state_dict(task, options=FULL)
+
+
+def full_optimizer_state(task: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter names (not positions), whole, on the CPU."""
+    return get_optimizer_state_dict(task, optimizer, options=FULL)
+
+
+def load_full_state(
+    task: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Tensor], optimizer_state: dict[str, Any]
+) -> None:
+    """Every process loads the whole state and keeps its shard of it."""
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(task, weights, options=options)
+    set_optimizer_state_dict(task, optimizer, optim_state_dict=optimizer_state, options=options)

@@ -1,0 +1,69 @@
+"""Real torchrun launches (2 processes, gloo, CPU) against one process with the same global batch."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.config import Config, load_config
+from meter.runs import run_pretrain
+from meter.train.checkpoint import Checkpoints
+from meter.train.metrics_log import read_metrics
+from tests.runner import EXACT, pretrain_args, run_meter
+
+COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
+          "objectives.itm_group_size=4"]  # fmt: skip
+CURVES = ["train/mlm_loss", "train/itm_loss", "train/mim_loss", "train/grad_norm", "train/lr"]
+
+
+@pytest.fixture(scope="module")
+def one_process(shapes_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: one process, a batch of 16."""
+    from tests.conftest import MICRO
+
+    out = tmp_path_factory.mktemp("one") / "run"
+    cfg: Config = load_config(None, [f"data.root={shapes_world}", f"train.out={out}", *MICRO, *COMMON,
+                                     "train.batch_size=16"])  # fmt: skip
+    run_pretrain(cfg)
+    return out
+
+
+def _assert_same_curve(reference: Path, run: Path, steps: range) -> None:
+    expected = {r["step"]: r for r in read_metrics(reference / "metrics.jsonl")}
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(steps), "one record per step: only rank 0 logs"
+    for key in CURVES:
+        assert [r[key] for r in records] == pytest.approx([expected[s][key] for s in steps], rel=1e-4, abs=1e-6), key
+
+
+def _assert_same_weights(reference: Path, run: Path) -> None:
+    a = load_file(reference / "checkpoints/step_00000006/model.safetensors")
+    b = load_file(run / "checkpoints/step_00000006/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_accumulating_make_the_loss_curve_of_one_process(one_process, shapes_world, tmp_path):
+    """2 processes x batch 4 x 2 accumulated micro-batches == 1 process x batch 16."""
+    out = tmp_path / "ddp"
+    run_meter(pretrain_args(shapes_world, out, *COMMON, "train.batch_size=4", "train.grad_accum=2"), processes=2)
+    _assert_same_curve(one_process, out, range(1, 7))
+    _assert_same_weights(one_process, out)
+    assert [p.name for p in Checkpoints(out / "checkpoints").all()] == ["step_00000003", "step_00000006"]
+    state = torch.load(out / "checkpoints/step_00000006/training_state.pt", weights_only=True)
+    rngs = state["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"]), "each process its own RNG"
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_stopped_and_resumed_make_the_loss_curve_of_one_process(one_process, shapes_world, tmp_path):
+    out = tmp_path / "fsdp"
+    args = pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8", "train.parallel=fsdp")
+    run_meter([*args, "train.stop_at=3"], processes=2)
+    assert Checkpoints(out / "checkpoints").latest().name == "step_00000003"
+    run_meter([*args, "--resume", "latest"], processes=2)
+    _assert_same_curve(one_process, out, range(1, 7))
+    _assert_same_weights(one_process, out)  # gathered from the shards into one model folder
