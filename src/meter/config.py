@@ -28,6 +28,7 @@ class VisionConfig:
     image_size: int = 64  # position embeddings (Swin: windows) follow it; pretrained ones are resampled
     weights: str | None = None  # local file (safetensors or state dict, OpenAI CLIP layout too); None = random init
     drop_path: float = 0.0
+    conv_stem: bool = False  # ViT family, from scratch: a convolutional stem in place of the patchify layer
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments for timm.create_model
 
 

@@ -29,8 +29,8 @@ class DemoPlan:
     """The demo's budget; the defaults finish in under 10 minutes on 2 CPU cores."""
 
     images: int = 4000
-    pretrain_steps: int = 200
-    vqa_steps: int = 300
+    pretrain_steps: int = 500
+    vqa_steps: int = 600
     seed: int = 0
     task_steps: int = 300  # each of the other downstream tasks (--tasks all)
 
@@ -78,7 +78,7 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
     timings["prepare"] = time.perf_counter() - start
 
     pretrain = _run_config(
-        "shapes-tiny.yaml", out, data, "pretrain", [*common, f"train.max_steps={plan.pretrain_steps}"]
+        "shapes-demo.yaml", out, data, "pretrain", [*common, f"train.max_steps={plan.pretrain_steps}"]
     )
     checkpoint = _finished(pretrain) or run_pretrain(pretrain, resume=_resume_arg(pretrain))
     timings["pretrain"] = time.perf_counter() - start - sum(timings.values())

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from meter.config import VisionConfig
 from meter.errors import ConfigError, DataError
+from meter.models.conv_stem import replace_patchify_with_conv_stem
 from meter.models.vision_weights import load_vision_weights
 from meter.registry import Registry
 
@@ -173,6 +174,13 @@ def build_vision(cfg: VisionConfig, summary_token: bool = True) -> VisionEncoder
             backbone = build(recipe.timm_name, **kwargs)
     except (RuntimeError, TypeError, ValueError, AssertionError) as error:
         raise ConfigError(f"model.vision = {cfg.name!r}: timm cannot build {recipe.timm_name!r}: {error}") from None
+    if cfg.conv_stem:
+        if cfg.weights:
+            raise ConfigError(
+                "model.vision.conv_stem = true replaces the patch projection that pretrained weights hold;"
+                " use it for an encoder trained from scratch (model.vision.weights = null)"
+            )
+        replace_patchify_with_conv_stem(backbone, cfg.name)
     if cfg.weights:
         path = Path(cfg.weights)
         if not path.is_file():

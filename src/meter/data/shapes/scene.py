@@ -17,7 +17,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 SIZES: dict[str, float] = {"small": 0.14, "large": 0.21}  # object extent as a fraction of the image side
-BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((236, 236, 236), (226, 232, 238), (240, 236, 226), (230, 238, 230))
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((118, 118, 118), (108, 116, 124), (124, 118, 108), (112, 122, 112))
 MAX_OBJECTS = 4
 GRID = 4  # cells per side in the grid layout
 LAYOUTS = ("grid", "free")
