@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from meter.config import Config
+from meter.data.collate import Collate
 from meter.data.tokenizers import load_tokenizer
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.meter import build_meter
@@ -61,3 +62,26 @@ def test_model_folder_round_trip_gives_identical_outputs(micro_config: Config, t
         a, b = model(pixels, ids, mask), loaded(pixels, ids, mask)
         assert torch.equal(a.joint, b.joint)
         assert torch.equal(model.heads["mlm"](a.text), loaded.heads["mlm"](b.text))
+
+
+def test_a_batch_of_one_shared_image_is_encoded_once_with_the_same_result(micro_config: Config):
+    """The blind baseline's batches are one constant image expanded (a stride-0 view): encoding it once must give
+    the outputs and gradients of encoding every copy."""
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id, {"vqa": 5}).eval()  # no dropout
+    collate = Collate(tokenizer, max_length=16)
+    image = torch.randn(3, 64, 64)
+    batch = collate([{"pixels": image, "text": t} for t in ("a red circle", "what shape is it?", "two")])
+    assert batch["pixels"].stride(0) == 0
+    results = []
+    for pixels in (batch["pixels"], batch["pixels"].contiguous()):
+        model.zero_grad()
+        joint = model(pixels, batch["input_ids"], batch["attention_mask"]).joint
+        model.heads["vqa"](joint).square().sum().backward()
+        results.append((joint.detach(), [p.grad.clone() for p in model.vision.parameters()]))
+    (shared, shared_grads), (copies, copies_grads) = results
+    torch.testing.assert_close(shared, copies, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, copies_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    distinct = collate([{"pixels": torch.randn(3, 64, 64), "text": "two"} for _ in range(2)])
+    assert distinct["pixels"].stride(0) != 0

@@ -90,6 +90,7 @@ class DataConfig:
     num_workers: int = 0
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)
+    image_cache_mb: int = 0  # keep transformed images in memory up to this size (a small corpus: decode once)
     # pretraining from shards (`meter prepare`) instead of the Karpathy captions above, when sources are given
     sources: list[SourceConfig] = field(default_factory=list)
     shuffle_buffer: int = 1000  # pairs shuffled together in each stream (held as encoded images)

@@ -30,7 +30,11 @@ class Collate:
         batch["word_ids"] = torch.tensor(
             [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(good))], dtype=torch.long
         )
-        batch["pixels"] = torch.stack([s["pixels"] for s in good])
+        first = good[0]["pixels"]
+        if all(s["pixels"] is first for s in good):  # one image for all (the blind baseline): a view, encoded once
+            batch["pixels"] = first.unsqueeze(0).expand(len(good), *first.shape)
+        else:
+            batch["pixels"] = torch.stack([s["pixels"] for s in good])
         for key in ("image_id", "question_id", "label", "index"):
             if key in good[0]:
                 batch[key] = torch.tensor([s[key] for s in good], dtype=torch.long)

@@ -20,17 +20,30 @@ Transform = Callable[[Image.Image], Tensor]
 
 
 class ImageReader:
-    """Loads and transforms images; in blind mode every image is the same constant (the dataset mean)."""
+    """Loads and transforms images; in blind mode every image is the same constant (the dataset mean).
 
-    def __init__(self, transform: Transform, image_size: int, blind: bool = False) -> None:
+    With `cache_mb`, transformed images read from files are kept in memory until that budget is full (the
+    transform is deterministic): a small corpus such as the shapes world is decoded once, not once per question.
+    Each DataLoader worker holds its own cache.
+    """
+
+    def __init__(self, transform: Transform, image_size: int, blind: bool = False, cache_mb: int = 0) -> None:
         self.transform = transform
         self.blind = blind
         self.blank = torch.zeros(3, image_size, image_size)  # zero after normalisation = the mean colour
+        self.cache: dict[str, Tensor] = {}
+        self.cache_left = cache_mb << 20  # bytes
 
     def __call__(self, path: Any) -> Tensor:
         if self.blind:
             return self.blank
-        return self.transform(load_image(path))
+        key = str(path)
+        if (pixels := self.cache.get(key)) is None:
+            pixels = self.transform(load_image(path))
+            size = pixels.numel() * pixels.element_size()
+            if size <= self.cache_left:
+                self.cache[key], self.cache_left = pixels, self.cache_left - size
+        return pixels
 
 
 class CaptionPairs(Dataset):

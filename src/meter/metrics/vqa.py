@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -58,6 +59,7 @@ def clean_whitespace(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+@lru_cache(maxsize=1 << 16)  # answers repeat: 10 per question, and a small vocabulary of them
 def normalize_answer(text: str) -> str:
     """The normal form the official evaluation gives a predicted answer (also used to build the vocabulary)."""
     return process_digit_article(process_punctuation(clean_whitespace(text)))

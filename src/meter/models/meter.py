@@ -95,6 +95,8 @@ class Meter(nn.Module):
         return [self.text_proj, self.image_proj, self.token_type, self.fusion, *poolers]
 
     def encode_image(self, pixels: Tensor) -> Tensor:
+        if len(pixels) > 1 and pixels.stride(0) == 0:  # one image expanded over the batch: encode it once
+            return self.vision(pixels[:1]).expand(len(pixels), -1, -1)
         return self.vision(pixels)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -123,7 +123,8 @@ def load_for_eval(checkpoint: str | Path, device: torch.device, blind: bool = Fa
 
 def image_reader(cfg: Config, model: Meter) -> ImageReader:
     size = cfg.model.vision.image_size
-    return ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind=cfg.data.blind)
+    transform = image_transform(size, model.vision.mean, model.vision.std)
+    return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb)
 
 
 def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:
