@@ -29,8 +29,8 @@ class DemoPlan:
     """The demo's budget; the defaults finish in under 10 minutes on 2 CPU cores."""
 
     images: int = 4000
-    pretrain_steps: int = 500
-    vqa_steps: int = 600
+    pretrain_steps: int = 400
+    vqa_steps: int = 800
     seed: int = 0
     task_steps: int = 300  # each of the other downstream tasks (--tasks all)
 

@@ -21,7 +21,7 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 
 def plural(shape: str) -> str:
-    return shape + "s"
+    return shape + ("es" if shape.endswith(("s", "x", "sh", "ch")) else "s")
 
 
 def _article(word: str) -> str:

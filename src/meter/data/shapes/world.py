@@ -26,7 +26,7 @@ from meter.data.shapes.language import Question, captions, questions, written_fo
 from meter.data.shapes.scene import Scene, render, sample_scene
 from meter.data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: shapes circle, square, triangle, cross, drawn larger
 SPLITS = ("train2014", "val2014")
 
 
