@@ -3,9 +3,9 @@
 A ViT's patchify layer is one linear map per patch: it must learn every shape at every offset inside the patch
 on its own, which takes a ViT trained from scratch many steps ("Early Convolutions Help Transformers See Better",
 Xiao et al., 2021). Two 3x3 stride-2 convolutions (BatchNorm, GELU) and a final patchify convolution keep the
-token grid, the width and everything after the stem unchanged. On the shapes world it is the one change that
-lifted a tiny model's shape answers above chance in our runs (37-56% after 600-1000 fine-tuning steps, though
-not within the 10-minute demo). timm's ConvStem builds the layers.
+token grid, the width and everything after the stem unchanged. On version 1 of the shapes world it was the one
+change that lifted a tiny model's shape answers above chance in our runs (37-56% after 600-1000 fine-tuning
+steps); the demo keeps it. timm's ConvStem builds the layers.
 """
 
 from __future__ import annotations
