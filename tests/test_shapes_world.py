@@ -1,12 +1,16 @@
 import hashlib
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from meter.data.formats.captions import read_coco_captions, read_karpathy
 from meter.data.formats.vqa import read_vqa
 from meter.data.shapes import WorldSpec, generate
-from meter.data.shapes.scene import COLORS, SHAPES
+from meter.data.shapes.language import plural
+from meter.data.shapes.scene import COLORS, SHAPES, Scene, ShapeObject, render
 from meter.data.tokenizers import load_tokenizer
 
 
@@ -81,3 +85,21 @@ def test_tokenizers_load_back_from_their_folders(shapes_world: Path):
     assert wordpiece.convert_ids_to_tokens(wordpiece("a red circle")["input_ids"])[0] == "[CLS]"
     assert bpe.convert_ids_to_tokens(bpe("a red circle")["input_ids"])[0] == "<s>"
     assert bpe.pad_token_id == 1 and wordpiece.mask_token is not None
+
+
+def test_every_two_shapes_differ_in_at_least_ten_pixels_when_small():
+    """A model trained from scratch in minutes must be able to tell the shapes apart at 64 px: drawn small at the
+    same place, any two shapes differ clearly in at least 10 pixels (version 1's circle and square: in 4)."""
+
+    def pixels(shape: str) -> np.ndarray:
+        scene = Scene(image_id=0, background=0, objects=(ShapeObject(shape, "red", "small", 0.5, 0.5),))
+        return np.asarray(render(scene, 64), dtype=np.int16)
+
+    drawn = {shape: pixels(shape) for shape in SHAPES}
+    for a, b in itertools.combinations(SHAPES, 2):
+        differing = int((np.abs(drawn[a] - drawn[b]).max(axis=-1) > 48).sum())
+        assert differing >= 10, (a, b, differing)
+
+
+def test_plural_shape_names_are_english():
+    assert [plural(shape) for shape in ("circle", "cross", "box")] == ["circles", "crosses", "boxes"]
