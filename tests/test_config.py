@@ -70,3 +70,12 @@ def test_unknown_registry_name_lists_the_choices(micro_config: Config):
         ConfigError, match="model.fusion = 'cross' is not a fusion; choose one of: co-attention, merged"
     ):
         build_fusion(micro_config.model.fusion)
+
+
+def test_a_negative_image_cache_is_an_error_naming_the_key(micro_config: Config):
+    from meter.validate import validate
+
+    validate(micro_config)
+    micro_config.data.image_cache_mb = -1
+    with pytest.raises(ConfigError, match="data.image_cache_mb = -1 must be at least 0"):
+        validate(micro_config)

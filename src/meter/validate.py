@@ -42,3 +42,5 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite_steps"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")
+    if cfg.data.image_cache_mb < 0:
+        raise ConfigError(f"data.image_cache_mb = {cfg.data.image_cache_mb} must be at least 0 (0: no cache)")
