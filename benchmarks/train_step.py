@@ -151,8 +151,8 @@ def meter_task(shape: Shape, tokenizer: Any, vocab: int) -> PretrainTask:
     return PretrainTask(build_meter(cfg.model, vocab, tokenizer.pad_token_id, heads), tokenizer, cfg, heads)
 
 
-def bridgetower(shape: Shape, vocab: int) -> tuple[BridgeTowerForMaskedLM, BridgeTowerITMHead]:
-    config = BridgeTowerConfig(
+def bridgetower_config(shape: Shape, vocab: int) -> BridgeTowerConfig:
+    return BridgeTowerConfig(
         text_config={"vocab_size": vocab, "hidden_size": shape.text_width, "num_hidden_layers": shape.text_layers,
                      "num_attention_heads": shape.heads, "intermediate_size": 4 * shape.text_width,
                      "max_position_embeddings": shape.max_length + 2},
@@ -160,12 +160,15 @@ def bridgetower(shape: Shape, vocab: int) -> tuple[BridgeTowerForMaskedLM, Bridg
                        "patch_size": shape.patch, "image_size": shape.image_size},
         hidden_size=shape.text_width, num_hidden_layers=shape.fusion_layers, num_attention_heads=shape.heads,
     )  # fmt: skip
-    return BridgeTowerForMaskedLM(config), BridgeTowerITMHead(2 * shape.text_width)
+
+
+def bridgetower(shape: Shape, vocab: int) -> tuple[BridgeTowerForMaskedLM, BridgeTowerITMHead]:
+    return BridgeTowerForMaskedLM(bridgetower_config(shape, vocab)), BridgeTowerITMHead(2 * shape.text_width)
 
 
 def shapes_batches(shape: Shape, folder: Path, count: int) -> tuple[list[dict[str, Any]], Any]:
     """`count` collated batches of real shapes-world pairs, and the world's byte-level BPE tokenizer."""
-    images = max(8, count * shape.batch // 5 + 8)  # five captions per image
+    images = count * shape.batch // 4 + 8  # five captions per training image; 80% of the images are for training
     generate(folder, WorldSpec(images=images, seed=0, questions_per_image=1), progress=False)
     tokenizer = load_tokenizer(folder / "tokenizers/bpe")
     records = read_karpathy(folder / "karpathy/dataset_coco.json", folder / "images", PRETRAIN_SPLITS)
@@ -315,8 +318,12 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
     for k, batch in enumerate(batches):
         preparer.prepare(batch, StepRandomness(0, k, shape.batch).rows(0, shape.batch))
     del preparer
+    if device.type == "cuda" and not args.pageable:  # as the training loop's loader gives them
+        batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     print(f"config {shape.describe()}; {args.warmup} warm-up + {args.steps} timed steps each")
-    baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
+    baseline = Result("BridgeTower (HF)", error="not run")
+    if not args.only_meter:
+        baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
     ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, False), batches, args, device)
     results = [ours]
     if args.compile:
@@ -325,7 +332,29 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
         compiled.flops_per_step = ours.flops_per_step
         results.append(compiled)
     print_table([*results, baseline], baseline, shape.batch, device)
+    if args.profile:
+        profile_step(meter_builder(shape, tokenizer, vocab, runtime, False), batches, args, device)
     return baseline
+
+
+def profile_step(build: Callable, batches: list[dict[str, Any]], args: argparse.Namespace,
+                 device: torch.device) -> None:  # fmt: skip
+    """Where meter's eager step spends its time: the operators of 3 steps by their own device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    release_memory(device)
+    module, step = build()
+    for k in range(args.warmup):
+        step(batches[k % len(batches)])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for k in range(3):
+            step(batches[k % len(batches)])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nmeter (eager), 3 steps, operators by {sort}:")
+    print(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60))
+    del module, step
+    release_memory(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with torch.compile")
+    parser.add_argument("--profile", action="store_true", help="then profile meter's eager step (top operators)")
+    parser.add_argument("--only-meter", action="store_true", help="skip the BridgeTower baseline")
+    parser.add_argument("--pageable", action="store_true", help="CUDA: batches in pageable memory (default: pinned)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -351,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; precision: {str(runtime.dtype).removeprefix('torch.')}; torch {torch.__version__}")
     baseline = compare(shape, args, runtime)
-    if baseline.error and shape.batch > 1:
+    if baseline.error == "out of memory" and shape.batch > 1:
         print(f"\nBridgeTower does not fit a batch of {shape.batch} here; both again at {shape.batch // 2}:")
         compare(replace(shape, batch=shape.batch // 2), args, runtime)
     return 0

@@ -204,6 +204,7 @@ class ShardStream:
         start_batch: int = 0,
         num_workers: int = 0,
         shuffle: bool = True,
+        pin_memory: bool = False,
     ) -> None:
         streams = dataset.streams_per_rank
         if num_workers > 0 and streams % num_workers:
@@ -213,6 +214,7 @@ class ShardStream:
                             f"({batch_size} x {world} ranks x {streams} data.streams_per_rank)")  # fmt: skip
         self.dataset, self.batch_size, self.collate, self.seed = dataset, batch_size, collate, seed
         self.rank, self.world, self.num_workers, self.shuffle = rank, world, num_workers, shuffle
+        self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.batches_per_epoch = max(1, len(dataset) // (batch_size * world))
         self.batches_seen = start_batch
 
@@ -221,7 +223,8 @@ class ShardStream:
                               self.batches_seen, max(1, self.num_workers), self.shuffle)  # fmt: skip
         # its own generator: a loader seeds its workers from the global RNG otherwise (dropout would shift on resume)
         generator = torch.Generator().manual_seed(self.seed * 7919 + self.batches_seen)
-        loader = DataLoader(batches, batch_size=None, num_workers=self.num_workers, generator=generator)
+        loader = DataLoader(batches, batch_size=None, num_workers=self.num_workers, generator=generator,
+                            pin_memory=self.pin_memory)  # fmt: skip
         for batch in loader:
             self.batches_seen += 1
             yield batch

@@ -34,8 +34,10 @@ class BatchStream:
         start_batch: int = 0,
         num_workers: int = 0,
         shuffle: bool = True,
+        pin_memory: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.batch_size = batch_size
         self.collate = collate
         self.seed = seed
@@ -66,6 +68,7 @@ class BatchStream:
                 collate_fn=self.collate,
                 num_workers=self.num_workers,
                 persistent_workers=False,
+                pin_memory=self.pin_memory,
                 # its own generator: a new loader must not draw from the global RNG (dropout would shift on resume)
                 generator=torch.Generator().manual_seed(self.seed * 7919 + epoch),
             )

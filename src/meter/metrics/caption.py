@@ -19,9 +19,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-
 from meter.errors import ConfigError, DataError
 
 TOKENIZERS = ("python", "ptb")
@@ -122,6 +119,10 @@ def caption_scores(
     empty = [key for key, texts in references.items() if not texts]
     if empty:
         raise DataError(f"captions: {len(empty)} images have no reference caption, e.g. {empty[0]!r}")
+    # imported here, so that training (and the GPU benchmark, on machines without pycocoevalcap) never needs it
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
     gts = tokenize_captions(references, tokenizer)
     res = tokenize_captions({key: [candidates[key]] for key in references}, tokenizer)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

@@ -168,6 +168,7 @@ def fit(
     stream = stream_type(
         dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
         start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
+        pin_memory=runtime.device.type == "cuda",
     )  # fmt: skip
     batches = iter(stream)
     bad_file = out / "bad_samples.jsonl" if runtime.is_main else None
