@@ -11,14 +11,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from meter.config import Config, load_config
 from meter.data.shapes import WorldSpec, generate, is_generated
-from meter.runs import evaluate_vqa_run, run_finetune, run_pretrain
-from meter.train.checkpoint import Checkpoints
+from meter.demo_tasks import run_task_demos, tasks_table
+from meter.run_folders import finetune_once, finished_checkpoint, recipe_config, resume_arg
+from meter.runs import evaluate_vqa_run, run_pretrain
 from meter.train.metrics_log import plot_curves, read_metrics
 
 log = logging.getLogger(__name__)
@@ -40,30 +39,6 @@ class DemoPlan:
         return cls(images=120, pretrain_steps=4, vqa_steps=4, task_steps=4)
 
 
-def recipe(name: str) -> Path:
-    return Path(str(resources.files("meter.configs").joinpath(name)))
-
-
-def _run_config(name: str, out: Path, data: Path, run: str, overrides: list[str]) -> Config:
-    return load_config(recipe(name), [f"data.root={data}", f"train.out={out / run}", *overrides])
-
-
-def _finished(cfg: Config) -> Path | None:
-    final = Checkpoints(Path(cfg.train.out) / "checkpoints").path(cfg.train.max_steps)
-    return final if final.is_dir() else None
-
-
-def _resume_arg(cfg: Config) -> str | None:
-    return "latest" if Checkpoints(Path(cfg.train.out) / "checkpoints").latest() else None
-
-
-def _vqa(cfg: Config) -> dict[str, Any]:
-    final = _finished(cfg)
-    if final is not None:  # trained before: evaluate again (cheap), do not retrain
-        return evaluate_vqa_run(cfg, final, Path(cfg.train.out))
-    return run_finetune(cfg, resume=_resume_arg(cfg))
-
-
 def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True, tasks: str = "vqa") -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,23 +52,21 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
         generate(data, spec, progress=progress)
     timings["prepare"] = time.perf_counter() - start
 
-    pretrain = _run_config(
+    pretrain = recipe_config(
         "shapes-demo.yaml", out, data, "pretrain", [*common, f"train.max_steps={plan.pretrain_steps}"]
     )
-    checkpoint = _finished(pretrain) or run_pretrain(pretrain, resume=_resume_arg(pretrain))
+    checkpoint = finished_checkpoint(pretrain) or run_pretrain(pretrain, resume=resume_arg(pretrain))
     timings["pretrain"] = time.perf_counter() - start - sum(timings.values())
 
     vqa_args = [*common, f"train.max_steps={plan.vqa_steps}", f"train.init_from={checkpoint}"]
     results = {}
     for name, extra in (("model", []), ("blind", ["data.blind=true"])):
-        cfg = _run_config("shapes-vqa.yaml", out, data, f"vqa-{name}", [*vqa_args, *extra])
-        results[name] = _vqa(cfg)
+        cfg = recipe_config("shapes-vqa.yaml", out, data, f"vqa-{name}", [*vqa_args, *extra])
+        results[name] = finetune_once(cfg, evaluate_vqa_run)
         timings[f"vqa_{name}"] = time.perf_counter() - start - sum(timings.values())
 
     extra: dict[str, Any] = {}
     if tasks == "all":  # every other downstream task, after VQA (the VQA-only demo is unchanged)
-        from meter.demo_tasks import run_task_demos
-
         extra = run_task_demos(out, data, spec, checkpoint, plan.task_steps, common, timings, progress)
 
     _plot(out)
@@ -106,8 +79,6 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(results_table(report))
     if extra:
-        from meter.demo_tasks import tasks_table
-
         print(tasks_table(extra))
     return report
 

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meter.config import Config
 from meter.data.shapes import WorldSpec, generate_tasks, tasks_generated
-from meter.demo import _finished, _resume_arg, _run_config
-from meter.runs import evaluate_run, run_finetune
+from meter.run_folders import finetune_once, recipe_config
+from meter.runs import evaluate_run
 from meter.train.metrics_log import plot_curves, read_metrics
 
 # task -> (recipe, the number the table compares, the baseline)
@@ -26,13 +25,6 @@ TASKS = {
     "retrieval": ("shapes-retrieval.yaml", "rsum", "chance"),
     "captioning": ("shapes-captioning.yaml", "cider", "blind"),
 }
-
-
-def _finetune(cfg: Config) -> dict[str, Any]:
-    final = _finished(cfg)
-    if final is not None:  # trained before: evaluate again (cheap), do not retrain
-        return evaluate_run(cfg, final, Path(cfg.train.out))
-    return run_finetune(cfg, resume=_resume_arg(cfg))
 
 
 def run_task_demos(
@@ -51,7 +43,8 @@ def run_task_demos(
         entry: dict[str, Any] = {"baseline": baseline, "headline": headline}
         for name, extra in runs:
             began = time.perf_counter()
-            entry[name] = _finetune(_run_config(recipe, out, data, f"{task}-{name}", [*args, *extra]))
+            cfg = recipe_config(recipe, out, data, f"{task}-{name}", [*args, *extra])
+            entry[name] = finetune_once(cfg, evaluate_run)
             timings[f"{task}_{name}"] = time.perf_counter() - began
         if baseline == "chance":
             entry["chance"] = entry["model"].pop("chance")

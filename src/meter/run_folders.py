@@ -1,0 +1,44 @@
+"""Run folders that are reused: a packaged recipe laid over a run folder, whether that run finished, and the one
+call that trains a fine-tuning run or, when it finished before, only evaluates it again. The demos (and anything
+else that re-runs a set of runs into the same folders) build on these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from meter.config import Config, load_config
+from meter.runs import run_finetune
+from meter.train.checkpoint import Checkpoints
+
+
+def recipe(name: str) -> Path:
+    """A recipe shipped with the package (src/meter/configs/NAME)."""
+    return Path(str(resources.files("meter.configs").joinpath(name)))
+
+
+def recipe_config(name: str, out: Path, data: Path, run: str, overrides: list[str]) -> Config:
+    """The packaged recipe `name` on the data at `data`, writing to the run folder `out / run`."""
+    return load_config(recipe(name), [f"data.root={data}", f"train.out={out / run}", *overrides])
+
+
+def finished_checkpoint(cfg: Config) -> Path | None:
+    """The final checkpoint of the run `cfg` describes, when it got there."""
+    final = Checkpoints(Path(cfg.train.out) / "checkpoints").path(cfg.train.max_steps)
+    return final if final.is_dir() else None
+
+
+def resume_arg(cfg: Config) -> str | None:
+    """`--resume latest` when the run folder holds a checkpoint to resume from."""
+    return "latest" if Checkpoints(Path(cfg.train.out) / "checkpoints").latest() else None
+
+
+def finetune_once(cfg: Config, evaluate: Callable[[Config, Path, Path], dict[str, Any]]) -> dict[str, Any]:
+    """Fine-tunes and evaluates; a run that finished before is only evaluated again (cheap), never retrained, and an
+    interrupted one resumes from its last checkpoint."""
+    final = finished_checkpoint(cfg)
+    if final is not None:
+        return evaluate(cfg, final, Path(cfg.train.out))
+    return run_finetune(cfg, resume=resume_arg(cfg))
