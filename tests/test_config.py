@@ -79,3 +79,30 @@ def test_a_negative_image_cache_is_an_error_naming_the_key(micro_config: Config)
     micro_config.data.image_cache_mb = -1
     with pytest.raises(ConfigError, match="data.image_cache_mb = -1 must be at least 0"):
         validate(micro_config)
+
+
+def test_a_string_setting_takes_text_that_is_not_yaml_as_written():
+    cfg = load_config(None, ["vqa.image_pattern={split}/{image_id}.png", "snli_ve.image_pattern={image_id}"])
+    assert cfg.vqa.image_pattern == "{split}/{image_id}.png"  # YAML: a broken flow mapping
+    assert cfg.snli_ve.image_pattern == "{image_id}"  # YAML: the mapping {image_id: null}
+
+
+def test_a_string_setting_takes_a_value_with_a_colon_as_written():
+    cfg = load_config(None, ["train.out=runs/exp: 2", "train.init_from=runs/a: b: c", "vqa.eval_split=yes"])
+    assert cfg.train.out == "runs/exp: 2"  # YAML: a mapping
+    assert cfg.train.init_from == "runs/a: b: c"  # YAML: an error; the setting is optional text
+    assert cfg.vqa.eval_split == "yes"  # YAML 1.1: true
+
+
+def test_a_value_that_is_not_yaml_is_an_error_naming_the_key_where_text_does_not_fit():
+    with pytest.raises(ConfigError, match=r"train\.max_steps = 'abc' must be an integer"):
+        load_config(None, ["train.max_steps=abc"])
+    with pytest.raises(ConfigError, match=r"train\.max_steps = '\{3' must be an integer \(it does not parse as YAML"):
+        load_config(None, ["train.max_steps={3"])
+    with pytest.raises(ConfigError, match=r"train\.betas = '\[0\.9' must be a list of a number"):
+        load_config(None, ["train.betas=[0.9"])
+
+
+def test_a_mapping_for_a_section_keeps_its_key_errors():
+    with pytest.raises(ConfigError, match=r"model\.vision\.nme is not a setting \(did you mean 'name'\?\)"):
+        load_config(None, ["model.vision={nme: swin}"])

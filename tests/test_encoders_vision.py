@@ -173,6 +173,19 @@ def test_clip_weights_in_openai_layout_load_and_give_the_same_tokens(tmp_path: P
         assert _encoder("clip-vit", 288, tmp_path / "ViT-B-16.pt")(torch.randn(1, 3, 288, 288)).shape[1] == 1 + 18**2
 
 
+def test_a_clip_built_one_block_shallower_takes_the_first_blocks_of_the_file(tmp_path: Path, caplog):
+    """The official METER builds 11 of CLIP-ViT-B/16's 12 blocks: the file's last block is left out, quietly."""
+    deep = build_vision(VisionConfig(name="clip-vit", image_size=64, timm_kwargs={**SMALL_VIT, "depth": 3}))
+    weights = _save(deep, tmp_path / "clip-3-blocks.safetensors")
+    caplog.set_level("INFO", logger="meter.models.vision_weights")
+    shallow = build_vision(VisionConfig(name="clip-vit", image_size=64, timm_kwargs={**SMALL_VIT, "depth": 2},
+                                        weights=str(weights)))  # fmt: skip
+    for key, value in shallow.backbone.state_dict().items():
+        assert torch.equal(value, deep.backbone.state_dict()[key]), key
+    assert "is built with 2 blocks; the file's blocks 2 are not used" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_weights_of_another_architecture_are_a_clear_error(tmp_path: Path):
     weights = _save(_encoder("vit", 224), tmp_path / "vit.safetensors")
     with pytest.raises(DataError, match=r"vit.safetensors: .* (lacks|do not fit) .*swin_base_patch4_window7_224"):

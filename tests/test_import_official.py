@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from meter.cli import main
+from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import DataError
 from meter.importers.meter_official import import_meter_official
 from meter.models.folder import load_model, read_model_folder
@@ -267,3 +269,54 @@ def test_an_imported_model_evaluates_vqa_and_fine_tunes_like_any_model_folder(mi
     assert main(finetune) == 0
     _, description = load_model(tmp_path / "ft" / "model")
     assert description.config.model.vision.timm_kwargs["embed_dim"] == 128 and description.token_types == 2
+
+
+OFFICIAL_SNLI_VE = ("contradiction", "neutral", "entailment")  # label2id of the official meter/utils/write_snli.py
+
+
+def _official_hidden(head: dict[str, torch.Tensor], prefix: str, joint: torch.Tensor) -> torch.Tensor:
+    """The official classifier's first three layers (Linear, LayerNorm, GELU) in plain tensor operations."""
+    hidden = F.linear(joint, head[f"{prefix}.0.weight"], head[f"{prefix}.0.bias"])
+    return F.gelu(F.layer_norm(hidden, hidden.shape[-1:], head[f"{prefix}.1.weight"], head[f"{prefix}.1.bias"], 1e-5))
+
+
+def _official_logits(head: dict[str, torch.Tensor], prefix: str, joint: torch.Tensor) -> torch.Tensor:
+    return F.linear(_official_hidden(head, prefix, joint), head[f"{prefix}.3.weight"], head[f"{prefix}.3.bias"])
+
+
+def test_an_official_snli_ve_checkpoint_predicts_the_official_labels(tmp_path: Path):
+    """Row k of the last layer is reference input k's own hidden feature (unit length): by Cauchy-Schwarz the
+    official model gives input k the official label index k. Meter must name the official label of each."""
+    io = load_file(REFERENCE / "io.safetensors")
+    head = _classifier("snli_classifier", 128, 128, 3)
+    official_joint = io["cls_feats"]  # what the official code computed for the three inputs
+    head["snli_classifier.3.weight"] = F.normalize(_official_hidden(head, "snli_classifier", official_joint), dim=-1)
+    head["snli_classifier.3.bias"] = torch.zeros(3)
+    official = _official_logits(head, "snli_classifier", official_joint).argmax(-1).tolist()
+    assert official == [0, 1, 2]
+    checkpoint = _replace_heads(official_checkpoint(), head)
+    import_meter_official(save_variant(checkpoint, tmp_path / "snli.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    model, _ = load_model(tmp_path / "m")
+    with torch.no_grad():
+        joint = model.eval()(io["pixel_values"], io["input_ids"], io["attention_mask"]).joint
+        ours = model.heads["snli_ve"](joint).argmax(-1).tolist()
+    assert [SNLI_VE_LABELS[i] for i in ours] == [OFFICIAL_SNLI_VE[i] for i in official]
+
+
+def test_predict_gives_an_imported_snli_ve_model_the_official_probabilities(micro_config, tmp_path: Path, capsys):
+    """`meter predict --text` names each SNLI-VE probability by the official label of its row."""
+    bias = torch.tensor([2.0, 0.0, -2.0])  # official rows: contradiction likely, entailment unlikely, for any input
+    head = _classifier("snli_classifier", 128, 128, 3) | {
+        "snli_classifier.3.weight": torch.zeros(3, 128), "snli_classifier.3.bias": bias,
+    }  # fmt: skip
+    checkpoint = _replace_heads(official_checkpoint(), head)
+    root = Path(micro_config.data.root)
+    assert main(["import", "meter-official", "--ckpt", str(save_variant(checkpoint, tmp_path / "snli.ckpt")),
+                 "--text-encoder", str(TEXT_ENCODER), "--tokenizer", str(root / "tokenizers" / "bpe"),
+                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    capsys.readouterr()
+    image = next((root / "images" / "val2014").glob("*.png"))
+    assert main(["predict", "--checkpoint", str(tmp_path / "m"), "--image", str(image), "--text", "a red circle."]) == 0
+    probabilities = json.loads(capsys.readouterr().out)["entailment"]
+    expected = dict(zip(OFFICIAL_SNLI_VE, bias.softmax(-1).tolist(), strict=True))
+    assert probabilities == pytest.approx(expected, abs=1e-4)

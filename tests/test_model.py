@@ -85,3 +85,15 @@ def test_a_batch_of_one_shared_image_is_encoded_once_with_the_same_result(micro_
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     distinct = collate([{"pixels": torch.randn(3, 64, 64), "text": "two"} for _ in range(2)])
     assert distinct["pixels"].stride(0) != 0
+
+
+def test_fresh_heads_start_as_the_official_code_initialises_them(micro_config: Config):
+    """Every new part and every head: Linear and Embedding weights ~ N(0, init_std), biases 0, LayerNorm 1 and 0."""
+    model = build_meter(micro_config.model, 1000, 0, {"mlm": 1000, "itm": 2, "vqa": 500})
+    linears = [m for m in model.heads.modules() if isinstance(m, torch.nn.Linear)]
+    weights = torch.cat([m.weight.flatten() for m in linears])
+    assert weights.std().item() == pytest.approx(micro_config.model.init_std, rel=0.05)
+    assert all(m.bias is None or not m.bias.any() for m in linears)
+    norms = [m for m in model.heads.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(bool((n.weight == 1).all() and (n.bias == 0).all()) for n in norms)
+    assert not model.heads["mlm"].bias.any()

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from meter.objectives.randomness import StepRandomness
-from meter.tasks.retrieval import candidate_pairs, contrastive_loss, negative_noise, ranking_loss
+from meter.objectives.ranking import ranking_loss
+from meter.tasks.retrieval import candidate_pairs, contrastive_loss, negative_noise
 
 
 def test_ranking_loss_ignores_negatives_that_are_not_valid():

@@ -104,4 +104,4 @@ def test_snli_ve_lines_without_a_gold_label_are_left_out(tmp_path: Path):
     ]
     (tmp_path / "ve.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     (record,) = read_snli_ve(tmp_path / "ve.jsonl", tmp_path / "imgs")
-    assert (record.pair_id, record.label, record.image) == ("7.jpg#0r1c", 2, tmp_path / "imgs/7.jpg")
+    assert (record.pair_id, record.label, record.image) == ("7.jpg#0r1c", 0, tmp_path / "imgs/7.jpg")  # official

@@ -1,59 +1,80 @@
+import json
 import random
+from pathlib import Path
 
 import pytest
 
-from meter.errors import DataError
-from meter.metrics.vqa import normalize_answer, question_accuracy, soft_score, vqa_accuracy
-from tests.reference import vqa_eval_literal
+from meter.cli import main
+from meter.config import VqaConfig, load_config
+from meter.errors import ConfigError, DataError
+from meter.metrics.vqa import DEFAULT_VQA_METRIC, normalize_answer, question_accuracy, soft_score, vqa_accuracy
+from meter.metrics.vqa_files import score_files
+from meter.tasks.vqa import evaluate_vqa, setup_vqa
+from tests.reference import vqa_eval_2017_literal, vqa_eval_2021_literal
+
+OFFICIAL = {"official-2021": vqa_eval_2021_literal, "official-2017": vqa_eval_2017_literal}
 
 
 def answers(*given: str) -> list[dict]:
     return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(given)]
 
 
-def test_prediction_punctuation_is_removed():
-    assert question_accuracy("yes.", answers(*["yes"] * 10)) == 1.0
-    assert question_accuracy("Yes!", answers(*["yes"] * 10)) == 1.0
-    assert question_accuracy("(red)", answers(*["red"] * 10)) == 1.0
+def both(prediction: str, given: list[dict]) -> tuple[float, float]:
+    """(2021 accuracy, 2017 accuracy) of one question."""
+    return question_accuracy(prediction, given, "official-2021"), question_accuracy(prediction, given, "official-2017")
 
 
-def test_number_words_become_digits_and_articles_go():
+def test_the_current_official_code_is_the_default():
+    assert DEFAULT_VQA_METRIC == "official-2021" == VqaConfig().metric
+    assert question_accuracy("Yes", answers(*["yes"] * 10)) == 0.0  # 2021: unanimous answers, nothing normalised
+
+
+def test_unanimous_annotators_leave_everything_unnormalised_in_2021_but_not_the_prediction_in_2017():
+    assert both("Yes", answers(*["yes"] * 10)) == (0.0, 1.0)
+    assert both("yes.", answers(*["yes"] * 10)) == (0.0, 1.0)
+    assert both("two", answers(*["2"] * 10)) == (0.0, 1.0)
+    assert both("the dog", answers(*["dog"] * 10)) == (0.0, 1.0)
+    assert both("dont", answers(*["don't"] * 10)) == (0.0, 1.0)
+    assert both("two", answers(*["two"] * 10)) == (1.0, 0.0)  # 2017 turns the prediction into "2"
+    assert both("Yes", answers(*["Yes"] * 10)) == (1.0, 0.0)
+
+
+def test_disagreeing_annotators_are_fully_normalised_in_2021_and_only_punctuation_processed_in_2017():
+    assert both("two", answers(*["Two"] * 5, *["two"] * 5)) == (1.0, 0.0)
+    assert both("dog", answers(*["a dog"] * 6, *["The Dog!"] * 4)) == (1.0, 0.0)
+    assert both("yes", answers(*["yes."] * 5, *["yes"] * 5)) == (1.0, 1.0)
+    assert both("cant", answers(*["can't"] * 5, *["cant"] * 5)) == (1.0, 1.0)
+
+
+def test_every_answer_is_stripped_in_2021_but_only_the_prediction_in_2017():
+    assert both(" yes\n", answers(*["yes"] * 10)) == (1.0, 1.0)
+    assert both("red", answers(*["red\n"] * 10)) == (1.0, 0.0)
+    assert both("red", answers(*["\tred"] * 5, *["red"] * 5)) == (1.0, 1.0)  # 2021 strips: then unanimous
+    assert both("blue", answers(*["\tred"] * 5, *["red"] * 5)) == (0.0, 0.0)
+
+
+def test_normal_form_maps_numbers_drops_articles_restores_contractions():
     assert normalize_answer("Two") == "2"
     assert normalize_answer("none") == "0"
-    assert question_accuracy("two", answers(*["2"] * 10)) == 1.0
-    assert question_accuracy("a circle", answers(*["circle"] * 10)) == 1.0
-    assert question_accuracy("the red square", answers(*["red square"] * 10)) == 1.0
     assert normalize_answer("the red one") == "red 1"  # sic: number words map anywhere
-
-
-def test_unanimous_ground_truth_is_not_normalised():
-    # the official code normalises ground truth only when annotators disagree, and never lower-cases it
-    assert question_accuracy("two", answers(*["two"] * 10)) == 0.0
-    assert question_accuracy("red", answers(*["red."] * 10)) == 0.0
-    assert question_accuracy("red", answers(*["red."] * 5, *["red"] * 5)) == 1.0
-
-
-def test_contractions_are_restored():
     assert normalize_answer("dont") == "don't"
-    assert question_accuracy("dont know", answers(*["don't know"] * 10)) == 1.0
     assert normalize_answer("Im") == "im"  # sic: the table's capitalised keys never match after lower-casing
-
-
-def test_digits_with_commas_keep_together():
     assert normalize_answer("1,000") == "1000"
     assert normalize_answer("3.5") == "3.5"
+    assert normalize_answer("(red)") == "red"
 
 
-def test_annotator_disagreement_averages_leave_one_out():
+@pytest.mark.parametrize("metric", ["official-2021", "official-2017"])
+def test_annotator_disagreement_averages_leave_one_out(metric: str):
     given = answers(*["red"] * 7, *["blue"] * 3)
-    assert question_accuracy("red", given) == 1.0
-    assert question_accuracy("blue", given) == pytest.approx((7 * 1 + 3 * 2 / 3) / 10)
-    assert question_accuracy("green", given) == 0.0
-    assert question_accuracy("blue", answers(*["red"] * 8, *["blue"] * 2)) == pytest.approx(0.6)
-    assert question_accuracy("blue", answers(*["red"] * 9, "blue")) == pytest.approx(0.3)
+    assert question_accuracy("red", given, metric) == 1.0
+    assert question_accuracy("blue", given, metric) == pytest.approx((7 * 1 + 3 * 2 / 3) / 10)
+    assert question_accuracy("green", given, metric) == 0.0
+    assert question_accuracy("blue", answers(*["red"] * 8, *["blue"] * 2), metric) == pytest.approx(0.6)
+    assert question_accuracy("blue", answers(*["red"] * 9, "blue"), metric) == pytest.approx(0.3)
 
 
-def test_totals_per_type_are_means_rounded_to_two_decimals():
+def test_totals_per_type_are_means_rounded_to_two_decimals_and_name_the_metric():
     annotations = [
         {"question_id": 1, "question_type": "what color", "answer_type": "other", "answers": answers(*["red"] * 10)},
         {"question_id": 2, "question_type": "what color", "answer_type": "other",
@@ -64,6 +85,9 @@ def test_totals_per_type_are_means_rounded_to_two_decimals():
     assert result.per_question_type == {"what color": round(100 * (1 + 0.3) / 2, 2), "is there": 0.0}
     assert result.per_answer_type == {"other": 65.0, "yes/no": 0.0}
     assert result.overall == round(100 * 1.3 / 3, 2)
+    assert result.to_dict()["metric"] == "official-2021"
+    older = vqa_accuracy(annotations, {1: "Red", 2: "blue", 3: "yes"}, "official-2017").to_dict()
+    assert older == {**result.to_dict(), "metric": "official-2017"}
 
 
 def test_missing_or_extra_predictions_are_refused_like_the_official_tool():
@@ -74,29 +98,156 @@ def test_missing_or_extra_predictions_are_refused_like_the_official_tool():
         vqa_accuracy(annotations, {1: "a", 2: "b"})
 
 
+def test_an_unknown_metric_is_an_error_naming_the_key_and_the_versions():
+    annotations = [{"question_id": 1, "question_type": "t", "answer_type": "other", "answers": answers(*["a"] * 10)}]
+    with pytest.raises(ConfigError, match="vqa.metric = 'official' is not a VQA metric; choose one of: "
+                                          "official-2021, official-2017"):  # fmt: skip
+        vqa_accuracy(annotations, {1: "a"}, metric="official")
+
+
 def test_soft_scores_follow_meter():
     assert [soft_score(n) for n in range(6)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
 
 
-def test_matches_a_literal_port_of_the_official_loop_on_random_answers():
-    rng = random.Random(0)
-    pool = ["yes", "Yes", "yes.", "no", "2", "two", "a dog", "dog", "the dog!", "dont", "don't", "1,000", "1000",
-            "red / blue", "red/blue", "3.5", "it's", "its", "  white\n", "(none)", "0", "bird?", "bird ?"]  # fmt: skip
+# Random answers as annotators and models type them: one of a few meanings, rendered with mixed case, number words
+# or digits, articles, contractions with or without the apostrophe, punctuation and stray whitespace.
+MEANINGS = [["yes"], ["no"], ["2"], ["0"], ["10"], ["red", "car"], ["dog"], ["don't", "know"], ["isn't"], ["1,000"],
+            ["3.5"], ["it's"], ["i'm"], ["blue/green"], ["man's", "hat"], ["t-shirt"], ["left"],
+            ["5", "o'clock"]]  # fmt: skip
+NUMBER_WORDS = {"2": ["two", "Two"], "0": ["none", "zero", "None"], "10": ["ten", "TEN"], "5": ["five"]}
+
+
+def render(rng: random.Random, meaning: list[str], mess: float = 0.25) -> str:
+    """`meaning` as someone types it: each kind of variation with probability `mess`."""
+    words = []
+    for word in meaning:
+        if word in NUMBER_WORDS and rng.random() < mess:
+            word = rng.choice(NUMBER_WORDS[word])
+        if "'" in word and rng.random() < mess:
+            word = word.replace("'", "")
+        if "/" in word and rng.random() < mess:
+            word = word.replace("/", rng.choice([" / ", "-", " "]))
+        if rng.random() < mess:
+            word = rng.choice([word.capitalize(), word.upper()])
+        words.append(word)
+    text = " ".join(words)
+    if rng.random() < mess:
+        text = rng.choice(["a ", "an ", "the ", "The "]) + text
+    if rng.random() < mess:
+        text = rng.choice(["(", '"', ""]) + text + rng.choice([".", "!", "?", " ?", ")", ",", "..."])
+    if rng.random() < mess:
+        text = rng.choice([" ", "\n", ""]) + text + rng.choice([" ", "\t", "\n"])
+    return text
+
+
+def random_questions(seed: int, count: int) -> tuple[list[dict], dict[int, str]]:
+    rng = random.Random(seed)
     annotations, predictions = [], {}
-    for qid in range(400):
-        core = rng.sample(pool, rng.randint(1, 3))
-        given = [rng.choice(core) for _ in range(10)]
-        annotations.append(
-            {
-                "question_id": qid,
-                "question_type": rng.choice(["what is", "how many", "is the"]),
-                "answer_type": rng.choice(["other", "number", "yes/no"]),
-                "answers": answers(*given),
-            }
-        )
-        predictions[qid] = rng.choice(pool)
-    ours = vqa_accuracy(annotations, predictions)
-    official = vqa_eval_literal.evaluate(annotations, predictions)
+    for qid in range(count):
+        meanings = rng.sample(MEANINGS, rng.randint(1, 3))
+        if rng.random() < 0.3:  # unanimous annotators (the 2021 code then normalises nothing)
+            given = [render(rng, meanings[0])] * 10
+        else:
+            typed = [render(rng, m) for m in meanings for _ in range(2)]
+            given = [rng.choice(typed) if rng.random() < 0.6 else render(rng, rng.choice(meanings)) for _ in range(10)]
+        rows = answers(*given)
+        if rng.random() < 0.05:  # without ids, identical answers are equal dicts (the official leave-one-out quirk)
+            rows = [{"answer": a} for a in given]
+        annotations.append({"question_id": 1000 + qid, "question_type": rng.choice(["what is", "how many", "is the"]),
+                            "answer_type": rng.choice(["other", "number", "yes/no"]), "answers": rows})  # fmt: skip
+        choice = rng.random()
+        if choice < 0.3:
+            predictions[1000 + qid] = rng.choice(given)
+        elif choice < 0.7:
+            predictions[1000 + qid] = render(rng, rng.choice(meanings))
+        else:
+            predictions[1000 + qid] = render(rng, rng.choice(MEANINGS))
+    return annotations, predictions
+
+
+@pytest.mark.parametrize("metric", ["official-2021", "official-2017"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_a_literal_restatement_of_its_official_version_on_random_answers(metric: str, seed: int):
+    annotations, predictions = random_questions(seed, 600)
+    ours = vqa_accuracy(annotations, predictions, metric)
+    official = OFFICIAL[metric].evaluate(annotations, predictions)
     assert ours.overall == official["overall"]
     assert ours.per_question_type == official["perQuestionType"]
     assert ours.per_answer_type == official["perAnswerType"]
+    assert ours.per_question == official["evalQA"]
+
+
+def test_the_random_answers_tell_the_two_versions_apart():
+    annotations, predictions = random_questions(0, 600)
+    official_2021 = vqa_eval_2021_literal.evaluate(annotations, predictions)
+    official_2017 = vqa_eval_2017_literal.evaluate(annotations, predictions)
+    assert abs(official_2021["overall"] - official_2017["overall"]) > 5
+    assert 5 < official_2021["overall"] < 95 and 5 < official_2017["overall"] < 95
+
+
+def test_scoring_leaves_the_annotations_as_they_were():
+    annotations, predictions = random_questions(3, 50)
+    before = json.dumps(annotations)
+    for metric in OFFICIAL:
+        vqa_accuracy(annotations, predictions, metric)
+    assert json.dumps(annotations) == before
+
+
+def write_files(tmp_path: Path) -> tuple[Path, Path]:
+    annotations, predictions = random_questions(4, 100)
+    (tmp_path / "annotations.json").write_text(json.dumps({"annotations": annotations}))
+    rows = [{"question_id": q, "answer": a} for q, a in predictions.items()]
+    (tmp_path / "predictions.json").write_text(json.dumps(rows))
+    return tmp_path / "annotations.json", tmp_path / "predictions.json"
+
+
+@pytest.mark.parametrize("metric", ["official-2021", "official-2017"])
+def test_evaluate_vqa_scores_a_file_with_the_metric_it_is_given(tmp_path: Path, capsys, metric: str):
+    annotations, predictions = write_files(tmp_path)
+    assert main(["evaluate", "vqa", "--annotations", str(annotations), "--predictions", str(predictions),
+                 "--metric", metric]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    answered = {r["question_id"]: r["answer"] for r in json.loads(predictions.read_text())}
+    official = OFFICIAL[metric].evaluate(json.loads(annotations.read_text())["annotations"], answered)
+    assert printed["metric"] == metric
+    assert (printed["overall"], printed["per_answer_type"]) == (official["overall"], official["perAnswerType"])
+    assert printed == score_files(None, annotations, predictions, metric).to_dict()
+
+
+def test_evaluate_vqa_without_a_metric_uses_the_current_official_code(tmp_path: Path, capsys):
+    annotations, predictions = write_files(tmp_path)
+    assert main(["evaluate", "vqa", "--annotations", str(annotations), "--predictions", str(predictions)]) == 0
+    assert json.loads(capsys.readouterr().out)["metric"] == "official-2021"
+
+
+def test_evaluate_vqa_refuses_an_unknown_metric_naming_the_choices(tmp_path: Path, capsys):
+    annotations, predictions = write_files(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", "vqa", "--annotations", str(annotations), "--predictions", str(predictions),
+              "--metric", "2021"])  # fmt: skip
+    assert stopped.value.code == 2
+    assert "--metric: invalid choice: '2021' (choose from 'official-2021', 'official-2017')" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_scored_with_the_metric_given_and_the_score_file_names_it(
+    micro_checkpoints, shapes_world: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out),
+                 "--metric", "official-2017", f"data.root={shapes_world}", "train.progress=false"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "vqa_accuracy_val2014.json").read_text())
+    assert printed == saved and saved["metric"] == "official-2017"
+    rows = json.loads((out / "vqa_predictions_val2014.json").read_text())
+    predictions = {r["question_id"]: r["answer"] for r in rows}
+    annotations = json.loads((shapes_world / "vqa/v2_mscoco_val2014_annotations.json").read_text())["annotations"]
+    assert saved["overall"] == vqa_eval_2017_literal.evaluate(annotations, predictions)["overall"]
+
+
+def test_a_misspelt_metric_fails_before_training_or_predicting(micro_config, tmp_path: Path):
+    cfg = load_config(None, ["task=vqa", "vqa.metric=official-2022", f"data.root={tmp_path / 'absent'}"],
+                      base=micro_config)  # fmt: skip
+    with pytest.raises(ConfigError, match="vqa.metric = 'official-2022' is not a VQA metric"):
+        setup_vqa(cfg)
+    with pytest.raises(ConfigError, match="vqa.metric = 'official-2022' is not a VQA metric"):
+        evaluate_vqa(cfg, tmp_path / "no-checkpoint", tmp_path / "eval")

@@ -83,6 +83,15 @@ class SourceConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Augmentation of training images only (never evaluation's); official METER fine-tunes with randaugment 2, 9."""
+
+    name: str = "none"  # none, or randaugment (torchvision's; drawn per sample from train.seed, epoch and index)
+    num_ops: int = 2  # RandAugment's N: operations applied to each image, at least 1
+    magnitude: int = 9  # RandAugment's M, 0..30
+
+
+@dataclass
 class DataConfig:
     root: str = "data/shapes"  # dataset root; the paths below are relative to it
     images: str = "images"
@@ -91,6 +100,8 @@ class DataConfig:
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)
     image_cache_mb: int = 0  # keep transformed images in memory up to this size (a small corpus: decode once)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # `data.augment=randaugment` (then the cache
+    # above holds decoded images, augmented and transformed at each read)
     # pretraining from shards (`meter prepare`) instead of the Karpathy captions above, when sources are given
     sources: list[SourceConfig] = field(default_factory=list)
     shuffle_buffer: int = 1000  # pairs shuffled together in each stream (held as encoded images)
@@ -120,7 +131,11 @@ class VqaConfig:
     questions: str = "vqa/v2_OpenEnded_mscoco_{split}_questions.json"
     annotations: str = "vqa/v2_mscoco_{split}_annotations.json"
     image_pattern: str = "{split}/COCO_{split}_{image_id:012d}.png"  # relative to data.images
+    # the image folder split of a question split, where they differ: `{split}` in image_pattern becomes it
+    image_splits: dict[str, str] = field(default_factory=lambda: {"test-dev2015": "test2015"})  # official layout
     min_answer_count: int = 9  # an answer enters the vocabulary if it is the consensus answer this often
+    # the official accuracy's version: official-2021 (today's leaderboard) or official-2017 (papers before 2021)
+    metric: str = "official-2021"
 
 
 @dataclass
@@ -149,10 +164,16 @@ class RetrievalConfig:
     train_splits: list[str] = field(default_factory=lambda: ["train"])  # COCO: [train, restval]
     eval_split: str = "test"
     max_eval_images: int = 0  # evaluate on the first N images of eval_split (0: all; Flickr30k 1K, COCO 5K)
-    negatives: int = 3  # hard negatives per positive pair in the ranking loss, in each direction
-    itc: float = 1.0  # weight of the contrastive loss that trains the shortlist's unimodal embeddings; 0: off
-    temperature: float = 0.05  # of that contrastive loss
-    shortlist: int = 16  # candidates per query the fused model re-scores (at least 10); 0: score every pair
+    # meter: hard negatives both ways + a contrastive loss that trains the shortlist; official: METER's own recipe
+    objective: str = "meter"
+    negatives: int = 3  # (meter) hard negatives per positive pair in the ranking loss, in each direction
+    itc: float = 1.0  # (meter) weight of the contrastive loss that trains the shortlist's unimodal embeddings; 0: off
+    temperature: float = 0.05  # (meter) of that contrastive loss
+    negative_texts: int = 15  # (official) random captions of other images ranked against each image's caption
+    itm: float = 1.0  # (official) weight of the ITM loss kept on while fine-tuning (the official sum weighs it 1)
+    # candidates per query the fused model re-scores (at least 10); 0: every pair; unset: 16 for a model whose
+    # projections the contrastive loss trained, else every pair
+    shortlist: int | None = None
 
 
 @dataclass
@@ -308,18 +329,40 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _takes_string(tp: Any) -> bool:
+    """Whether a setting of type `tp` can hold text (a section does: its name)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_takes_string(arg) for arg in typing.get_args(tp))
+    return tp is str or tp is Any or (dataclasses.is_dataclass(tp) and "name" in _fields(tp))
+
+
+def _override_value(raw: str, tp: Any, key: str) -> Any:
+    """The value of `key=raw` for a setting of type `tp`: `raw` parsed as YAML (`3`, `1e-4`, `[a, b]`, `null`), or,
+    where that fails or gives the wrong type and the setting takes text, `raw` as written (`{split}/{id}.png`)."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        if _takes_string(tp):
+            return raw
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{key} = {raw!r} must be {_describe(tp)} (it does not parse as YAML: {problem})") from None
+    if raw.strip() in ("None", "none"):  # Python spelling of null, as users type it
+        value = None
+    if _takes_string(tp) and not (dataclasses.is_dataclass(tp) and isinstance(value, dict)):  # a section's own
+        try:  # settings keep their errors
+            _coerce(value, tp, key)
+        except ConfigError:
+            return raw  # `vqa.eval_split=yes` (a YAML bool) or `train.out=a: b` (a YAML mapping) is the text
+    return value
+
+
 def apply_override(cfg: Any, override: str) -> None:
-    """Applies one `dotted.key=value` override in place; the value is parsed as YAML (`3`, `1e-4`, `[a, b]`)."""
+    """Applies one `dotted.key=value` override in place; the value is parsed as YAML (`3`, `1e-4`, `[a, b]`), or
+    taken as written when the setting takes text and the YAML reading does not fit it."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. train.max_steps=200)")
     key, raw = override.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{key}: cannot parse {raw!r}: {error}") from None
-    if raw.strip() in ("None", "none"):  # Python spelling of null, as users type it
-        value = None
     target = cfg
     parts = key.split(".")
     walked = []
@@ -335,6 +378,7 @@ def apply_override(cfg: Any, override: str) -> None:
     last = parts[-1]
     if last not in fields:
         raise _unknown_key(key, list(fields))
+    value = _override_value(raw, fields[last], key)
     current = getattr(target, last)
     if dataclasses.is_dataclass(current) and isinstance(value, str):
         current.name = _coerce(value, str, f"{key}.name")  # `model.vision=swin` sets the section's name

@@ -1,5 +1,5 @@
-"""Single-input predictions with a trained model folder: answer a question, score a match, judge a pair (NLVR2),
-write a caption.
+"""Predictions with a trained model folder: answer a question, score a match, judge a pair (NLVR2), write a
+caption; for one input, or for a batch of them in one forward pass (`*_batch`, what a server runs).
 
 Each kind needs the head its task trains; asking a model for one it lacks is an error naming the heads it has.
 """
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from torch import Tensor
 
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
@@ -25,6 +27,8 @@ from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
 from meter.train.runtime import Runtime, pick_device
+
+ImageInput = str | Path | Image.Image  # a file, or an image already decoded
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -58,57 +62,87 @@ class Predictor:
     def heads(self) -> list[str]:
         return list(self.description.heads)
 
-    def _require(self, head: str, needed_for: str, task: str) -> None:
+    def require(self, head: str, needed_for: str, task: str) -> None:
         if head not in self.description.heads:
             raise ConfigError(
                 f"{self.checkpoint}: {needed_for} needs a model with a {head} head (fine-tuned with task={task});"
                 f" this one has: {', '.join(self.heads) or 'no heads'}"
             )
 
-    def _batch(self, images: list[str | Path], text: str) -> dict[str, Any]:
-        pixels = [self.images(path) for path in images]
-        sample = {"pixels": pixels[0] if len(pixels) == 1 else torch.stack(pixels), "text": text}
-        batch = self.collate([sample])
+    def pixels(self, image: ImageInput) -> Tensor:
+        """The model's input for an image file, or for an image already decoded (a server's upload)."""
+        return self.images.finish(image, None) if isinstance(image, Image.Image) else self.images(image)
+
+    def text_length(self, text: str) -> int:
+        """Tokens the text encodes to, before truncation to the model's `max_length` (the batch truncates)."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    @property
+    def max_length(self) -> int:
+        return self.collate.max_length
+
+    def batch_of(self, images: list[list[ImageInput]], texts: list[str]) -> dict[str, Any]:
+        """One sample per text, each with its images (one, or NLVR2's two), on the model's device."""
+        samples = []
+        for sample_images, text in zip(images, texts, strict=True):
+            pixels = [self.pixels(image) for image in sample_images]
+            samples.append({"pixels": pixels[0] if len(pixels) == 1 else torch.stack(pixels), "text": text})
+        batch = self.collate(samples)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    @torch.no_grad()
-    def answer(self, image: str | Path, question: str, top: int = 5) -> list[dict[str, Any]]:
+    def answer(self, image: ImageInput, question: str, top: int = 5) -> list[dict[str, Any]]:
         """The `top` answers with their scores (sigmoid of the VQA logits: each is a soft accuracy estimate)."""
-        question = _text(question, "--question")
-        self._require("vqa", "--question", "vqa")
-        task = VqaTask(self.model, self.description.answers, self.description.config)
-        scores = task.logits(self._batch([image], question)).float().sigmoid()[0]
-        best = scores.topk(min(top, len(scores)))
-        return [{"answer": task.answers[i], "score": round(float(s), 4)}
-                for s, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]  # fmt: skip
+        return self.answer_batch([image], [question], top)[0]
 
     @torch.no_grad()
-    def match(self, image: str | Path, text: str) -> dict[str, Any]:
+    def answer_batch(self, images: list[ImageInput], questions: list[str], top: int = 5) -> list[list[dict[str, Any]]]:
+        """`answer` for each (image, question) pair, in one forward pass."""
+        questions = [_text(q, "--question") for q in questions]
+        self.require("vqa", "--question", "vqa")
+        task = VqaTask(self.model, self.description.answers, self.description.config)
+        scores = task.logits(self.batch_of([[image] for image in images], questions)).float().sigmoid()
+        best = scores.topk(min(top, scores.shape[1]))
+        return [
+            [{"answer": task.answers[i], "score": round(float(s), 4)} for s, i in zip(values, indices, strict=True)]
+            for values, indices in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        ]
+
+    def match(self, image: ImageInput, text: str) -> dict[str, Any]:
         """How well the text matches the image: a retrieval model's ranking score, or a pretrained model's ITM
         probability; and SNLI-VE's three probabilities when the model has that head."""
-        text = _text(text, "--text")
+        return self.match_batch([image], [text])[0]
+
+    @torch.no_grad()
+    def match_batch(self, images: list[ImageInput], texts: list[str]) -> list[dict[str, Any]]:
+        """`match` for each (image, text) pair, in one forward pass per head."""
+        texts = [_text(t, "--text") for t in texts]
         scorer = scoring_head(self.model)
         if scorer is None and SnliVeTask.head not in self.description.heads:
-            self._require(RANK_HEAD, "--text", "retrieval (or pretrain, or snli_ve)")
-        batch = self._batch([image], text)
-        result: dict[str, Any] = {}
+            self.require(RANK_HEAD, "--text", "retrieval (or pretrain, or snli_ve)")
+        batch = self.batch_of([[image] for image in images], texts)
+        results: list[dict[str, Any]] = [{} for _ in texts]
         if scorer is not None:
             mask = batch["attention_mask"]
             text_tokens = self.model.encode_text(batch["input_ids"], mask)
-            score = float(match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"]))[0])
-            if scorer == RANK_HEAD:  # trained to rank candidates: a score, higher is better, not a probability
-                result["match_score"] = round(score, 4)
-            else:  # the ITM head's two logits: P(match)
-                result["match_probability"] = round(float(torch.sigmoid(torch.tensor(score))), 4)
+            scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"])).tolist()
+            for result, score in zip(results, scores, strict=True):
+                if scorer == RANK_HEAD:  # trained to rank candidates: a score, higher is better, not a probability
+                    result["match_score"] = round(score, 4)
+                else:  # the ITM head's two logits: P(match)
+                    result["match_probability"] = round(float(torch.sigmoid(torch.tensor(score))), 4)
         if SnliVeTask.head in self.description.heads:
             task = SnliVeTask(self.model, self.description.config, len(SNLI_VE_LABELS))
-            probabilities = task.logits(batch).float().softmax(-1)[0].tolist()
-            result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, probabilities, strict=True)}
-        return result
+            for result, row in zip(results, task.logits(batch).float().softmax(-1).tolist(), strict=True):
+                result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, row, strict=True)}
+        return results
+
+    def caption(self, image: ImageInput, beam_size: int = 1) -> str:
+        """A caption written by the model's decoder (greedy, or beam search with `beam_size` > 1)."""
+        return self.caption_batch([image], beam_size)[0]
 
     @torch.no_grad()
-    def caption(self, image: str | Path, beam_size: int = 1) -> str:
-        """A caption written by the model's decoder (greedy, or beam search with `beam_size` > 1)."""
+    def caption_batch(self, images: list[ImageInput], beam_size: int = 1) -> list[str]:
+        """`caption` for each image, decoded together."""
         if self.model.decoder is None:
             raise ConfigError(
                 f"{self.checkpoint}: --caption needs a model with a decoder (fine-tuned with task=captioning);"
@@ -117,16 +151,23 @@ class Predictor:
         if beam_size < 1:
             raise ConfigError(f"--beam {beam_size} must be at least 1")
         settings = dataclasses.replace(self.description.config.captioning, beam_size=beam_size)
-        pixels = self.images(image)[None]
-        return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime)[0]
+        pixels = torch.stack([self.pixels(image) for image in images])
+        return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime)
+
+    def judge_pair(self, left: ImageInput, right: ImageInput, text: str) -> dict[str, Any]:
+        """NLVR2: the probability that the sentence is true of the (left, right) pair."""
+        return self.judge_pairs([(left, right)], [text])[0]
 
     @torch.no_grad()
-    def judge_pair(self, left: str | Path, right: str | Path, text: str) -> dict[str, Any]:
-        """NLVR2: the probability that the sentence is true of the (left, right) pair."""
-        text = _text(text, "--text")
-        self._require(Nlvr2Task.head, "--images A B --text", "nlvr2")
+    def judge_pairs(self, pairs: list[tuple[ImageInput, ImageInput]], texts: list[str]) -> list[dict[str, Any]]:
+        """`judge_pair` for each ((left, right), sentence), in one forward pass."""
+        texts = [_text(t, "--text") for t in texts]
+        self.require(Nlvr2Task.head, "--images A B --text", "nlvr2")
         task = Nlvr2Task(self.model, self.description.config, len(NLVR2_CLASSES))
-        probabilities = task.logits(self._batch([left, right], text)).float().softmax(-1)[0].tolist()
-        label = NLVR2_CLASSES[max(range(len(probabilities)), key=probabilities.__getitem__)]
-        return {"label": label, "probabilities": dict(zip(NLVR2_CLASSES, [round(p, 4) for p in probabilities],
-                                                          strict=True))}  # fmt: skip
+        rows = task.logits(self.batch_of([list(pair) for pair in pairs], texts)).float().softmax(-1).tolist()
+        results = []
+        for probabilities in rows:
+            label = NLVR2_CLASSES[max(range(len(probabilities)), key=probabilities.__getitem__)]
+            rounded = [round(p, 4) for p in probabilities]
+            results.append({"label": label, "probabilities": dict(zip(NLVR2_CLASSES, rounded, strict=True))})
+        return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meter.config import Config
+from meter.data.augment import AUGMENTATIONS, MAX_MAGNITUDE
 from meter.errors import ConfigError
 from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
@@ -44,3 +45,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")
     if cfg.data.image_cache_mb < 0:
         raise ConfigError(f"data.image_cache_mb = {cfg.data.image_cache_mb} must be at least 0 (0: no cache)")
+    augment = cfg.data.augment
+    if augment.name not in AUGMENTATIONS:
+        raise ConfigError(f"data.augment = {augment.name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    if augment.num_ops < 1:
+        raise ConfigError(f"data.augment.num_ops = {augment.num_ops} must be at least 1 (data.augment=none: no ops)")
+    if not 0 <= augment.magnitude <= MAX_MAGNITUDE:
+        raise ConfigError(f"data.augment.magnitude = {augment.magnitude} must be in 0..{MAX_MAGNITUDE}")

@@ -5,7 +5,8 @@ meter evaluate nlvr2 --labels dev.json --predictions P.csv            the offici
 meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
     predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval), prints the metrics and
     writes the leaderboard files to --out (default C/eval): VQA test-dev JSON, NLVR2 identifier,prediction CSV,
-    SNLI-VE predictions, retrieval rankings
+    SNLI-VE predictions, retrieval rankings; a VQA split without annotations (vqa.eval_split=test-dev2015) gets
+    its submission file and no score
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+from meter.metrics.vqa import DEFAULT_VQA_METRIC, VQA_METRICS
 
 CHECKPOINT_TASKS = {
     "vqa": "VQAv2 accuracy (official algorithm)",
@@ -37,6 +40,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
             sub.add_argument("--annotations", help="VQAv2 annotation JSON (scores --predictions against it)")
             sub.add_argument("--questions", help="VQAv2 question JSON (checked against the predictions)")
             sub.add_argument("--predictions", help='[{"question_id": .., "answer": ..}] as the leaderboard takes')
+            sub.add_argument("--metric", choices=VQA_METRICS.names(),
+                             help=f"the official code's version (sets vqa.metric; default {DEFAULT_VQA_METRIC}: "
+                                  "today's leaderboard; official-2017: papers before 2021)")  # fmt: skip
         if name == "nlvr2":
             sub.add_argument("--labels", help="an NLVR2 JSON-lines file with labels (scores --predictions)")
             sub.add_argument("--predictions", help="identifier,prediction lines as the leaderboard takes")
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         cfg.task = args.task
+        if getattr(args, "metric", None):
+            cfg.vqa.metric = args.metric
         out = Path(args.out or Path(args.checkpoint) / "eval")
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
@@ -59,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise MeterError("evaluate vqa needs --annotations and --predictions, or --checkpoint")
         from meter.metrics.vqa_files import score_files
 
-        print(json.dumps(score_files(args.questions, args.annotations, args.predictions).to_dict(), indent=1))
+        accuracy = score_files(args.questions, args.annotations, args.predictions, args.metric or DEFAULT_VQA_METRIC)
+        print(json.dumps(accuracy.to_dict(), indent=1))
     elif args.task == "nlvr2":
         if not (args.labels and args.predictions):
             raise MeterError("evaluate nlvr2 needs --labels and --predictions, or --checkpoint")

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
+from meter.data.augment import Augmentation, Draw
 from meter.data.bad_samples import BadSample
 from meter.data.formats.captions import CaptionRecord
 from meter.data.formats.vqa import VqaRecord
@@ -22,31 +24,61 @@ Transform = Callable[[Image.Image], Tensor]
 class ImageReader:
     """Loads and transforms images; in blind mode every image is the same constant (the dataset mean).
 
-    With `cache_mb`, transformed images read from files are kept in memory until that budget is full (the
-    transform is deterministic): a small corpus such as the shapes world is decoded once, not once per question.
-    Each DataLoader worker holds its own cache.
+    With `augment`, an image read with a `Draw` (a training sample: see TrainingDraws) is augmented before the
+    transform; one read without (evaluation, prediction) never is.
+
+    With `cache_mb`, images read from files are kept in memory until that budget is full: transformed ones (the
+    transform is deterministic), or with `augment` the decoded ones (uint8), augmented and transformed at each read.
+    A small corpus such as the shapes world is decoded once, not once per question. Each DataLoader worker holds its
+    own cache.
     """
 
-    def __init__(self, transform: Transform, image_size: int, blind: bool = False, cache_mb: int = 0) -> None:
+    def __init__(
+        self, transform: Transform, image_size: int, blind: bool = False, cache_mb: int = 0,
+        augment: Augmentation | None = None,
+    ) -> None:  # fmt: skip
         self.transform = transform
         self.blind = blind
+        self.augment = augment
         self.blank = torch.zeros(3, image_size, image_size)  # zero after normalisation = the mean colour
         self.cache: dict[str, Tensor] = {}
         self.cache_left = cache_mb << 20  # bytes
 
-    def __call__(self, path: Any) -> Tensor:
+    def __call__(self, path: Any, draw: Draw | None = None) -> Tensor:
         if self.blind:
             return self.blank
         key = str(path)
         if (pixels := self.cache.get(key)) is None:
-            pixels = self.transform(load_image(path))
+            image = load_image(path)
+            # augmenting: the cache holds the decoded image, and every read draws afresh
+            pixels = self.transform(image) if self.augment is None else v2.functional.to_image(image)
             size = pixels.numel() * pixels.element_size()
             if size <= self.cache_left:
                 self.cache[key], self.cache_left = pixels, self.cache_left - size
-        return pixels
+        return pixels if self.augment is None else self.finish(pixels, draw)
+
+    def finish(self, image: Image.Image | Tensor, draw: Draw | None) -> Tensor:
+        """The transform of a decoded image, after its augmentation when there is one and `draw` names it."""
+        if self.augment is not None and draw is not None:
+            image = self.augment(v2.functional.to_image(image), draw)
+        return self.transform(image)
 
 
-class CaptionPairs(Dataset):
+class TrainingDraws:
+    """A dataset whose images are augmented in training: the training stream sets the epoch before each epoch
+    (BatchStream), and sample `index` then draws by (epoch, index). A dataset never given an epoch (evaluation) draws
+    nothing, even with an augmenting ImageReader."""
+
+    epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self, index: int, image: int = 0) -> Draw | None:
+        return None if self.epoch is None else Draw(self.epoch, index, image)
+
+
+class CaptionPairs(Dataset, TrainingDraws):
     """Every (image, caption) pair of the records: the pretraining corpus."""
 
     def __init__(self, records: list[CaptionRecord], images: ImageReader) -> None:
@@ -61,13 +93,13 @@ class CaptionPairs(Dataset):
         i, j = self.pairs[index]
         record = self.records[i]
         try:
-            pixels = self.images(record.image)
+            pixels = self.images(record.image, self.draw(index))
         except DataError as error:
             return BadSample(str(record.image), str(error))
         return {"pixels": pixels, "text": record.captions[j], "image_id": record.image_id}
 
 
-class VqaQuestions(Dataset):
+class VqaQuestions(Dataset, TrainingDraws):
     """VQA questions with their images and soft answer targets (label, score) pairs."""
 
     def __init__(
@@ -83,7 +115,7 @@ class VqaQuestions(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         record = self.records[index]
         try:
-            pixels = self.images(record.image)
+            pixels = self.images(record.image, self.draw(index))
         except DataError as error:
             return BadSample(str(record.image), str(error))
         sample = {"pixels": pixels, "text": record.question, "question_id": record.question_id}

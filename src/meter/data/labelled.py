@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from meter.data.bad_samples import BadSample
-from meter.data.datasets import ImageReader
+from meter.data.datasets import ImageReader, TrainingDraws
 from meter.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,9 @@ class Example:
     label: int = UNLABELLED  # a class index; UNLABELLED for a test set without labels
 
 
-class LabelledExamples(Dataset):
-    """Samples `{"pixels", "text", "label", "index"}`; pixels are (3, H, W) for one image, (K, 3, H, W) for K."""
+class LabelledExamples(Dataset, TrainingDraws):
+    """Samples `{"pixels", "text", "label", "index"}`; pixels are (3, H, W) for one image, (K, 3, H, W) for K.
+    In training each of the K images draws its own augmentation."""
 
     def __init__(self, examples: list[Example], images: ImageReader) -> None:
         self.examples = examples
@@ -42,7 +43,7 @@ class LabelledExamples(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         example = self.examples[index]
         try:
-            loaded = [self.images(path) for path in example.images]
+            loaded = [self.images(path, self.draw(index, k)) for k, path in enumerate(example.images)]
         except DataError as error:
             return BadSample(str(example.images[0]), str(error))
         pixels = loaded[0] if len(loaded) == 1 else torch.stack(loaded)

@@ -16,7 +16,7 @@ import hashlib
 import io
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from meter.config import DataConfig
+from meter.data.augment import Draw
 from meter.data.bad_samples import BadSample
 from meter.data.datasets import ImageReader
 from meter.data.formats.webdataset import TarShard
@@ -50,6 +51,8 @@ class Pair:
     caption: str
     image_id: int
     problem: str | None = None  # set when this place of the stream holds a bad sample
+    epoch: int = 0
+    position: int = 0  # its place in the epoch's plan: the sample index its augmentation draws by
 
 
 def image_id(shard: ShardEntry, key: str) -> int:
@@ -94,7 +97,7 @@ def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
         yield Pair(f"{shard.path.name}#{index}", f"{shard.path}#{index}", None, "", -1, missing)
 
 
-def lane_pairs(plan: EpochPlan, start: int, length: int) -> Iterator[Pair]:
+def lane_pairs(plan: EpochPlan, epoch: int, start: int, length: int) -> Iterator[Pair]:
     """Pairs [start, start + length) of the epoch, read visit after visit."""
     if length <= 0:
         return
@@ -102,7 +105,9 @@ def lane_pairs(plan: EpochPlan, start: int, length: int) -> Iterator[Pair]:
     while length > 0:
         shard = plan.visits[visit].shard
         take = min(shard.pairs - offset, length)
-        yield from shard_pairs(shard, offset, take)
+        for pair in shard_pairs(shard, offset, take):
+            yield replace(pair, epoch=epoch, position=start)  # where it stands whatever the ranks and streams
+            start += 1
         length -= take
         visit, offset = visit + 1, 0
 
@@ -137,7 +142,7 @@ class SlotStream:
         first_block = offset // block
         lane_range = [balanced_range(length, lanes, lane) for lane in range(lanes)]
         begun = lane_offsets(first_block * block, lanes)
-        readers = [lane_pairs(plan, start + lane_start + done, lane_length - done)
+        readers = [lane_pairs(plan, epoch, start + lane_start + done, lane_length - done)
                    for (lane_start, lane_length), done in zip(lane_range, begun, strict=True)]  # fmt: skip
         for b in range(first_block, math.ceil(length / block)):
             end = min((b + 1) * block, length)
@@ -149,7 +154,8 @@ class SlotStream:
 
 
 def to_sample(pair: Pair, images: ImageReader) -> dict[str, Any] | BadSample:
-    """Decodes and transforms (augments) the pair's image: runs in the data workers."""
+    """Decodes, augments (a training draw by epoch and place in the epoch's plan) and transforms the pair's image:
+    runs in the data workers."""
     if pair.problem:
         return BadSample(pair.name, pair.problem)
     if images.blind:
@@ -157,7 +163,8 @@ def to_sample(pair: Pair, images: ImageReader) -> dict[str, Any] | BadSample:
     else:
         try:
             size = images.blank.shape[-1]  # the transform's output size: decode no larger than needed
-            pixels = images.transform(decode_image(io.BytesIO(pair.image), pair.name, at_least=size))
+            image = decode_image(io.BytesIO(pair.image), pair.name, at_least=size)
+            pixels = images.finish(image, Draw(pair.epoch, pair.position))
         except DataError as error:
             return BadSample(pair.name, str(error))
     return {"pixels": pixels, "text": pair.caption, "image_id": pair.image_id, "pair": pair.key}

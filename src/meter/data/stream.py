@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from meter.data.datasets import TrainingDraws
+
 
 def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     if not shuffle:
@@ -17,7 +19,8 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 
 class BatchStream:
-    """Yields batches forever. Batch `k` of the whole run is the same whatever the restarts and worker count.
+    """Yields batches forever. Batch `k` of the whole run is the same whatever the restarts and worker count, and so
+    are its images' augmentations (drawn by epoch and sample index: see TrainingDraws).
 
     Each epoch is a seeded permutation; rank r of w takes every w-th batch-sized slice of it, so w processes with
     batch b see exactly what one process with batch w * b sees. The last incomplete global batch is dropped.
@@ -62,6 +65,8 @@ class BatchStream:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             epoch, skip = divmod(self.batches_seen, self.batches_per_epoch)
+            if isinstance(self.dataset, TrainingDraws):
+                self.dataset.set_epoch(epoch)  # augmentation draws by (epoch, sample); the workers start after this
             loader = DataLoader(
                 self.dataset,
                 batch_sampler=self._epoch_batches(epoch, skip),

@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.tokenizers import has_tokenizer, load_tokenizer
 from meter.errors import DataError
 from meter.importers.official_layout import VISION, OfficialLayout, read_layout
@@ -218,6 +219,8 @@ def import_meter_official(
         raise DataError(f"--vqa-answers given, but {ckpt} has no VQA classifier")
     if "vqa" in layout.heads and not answers:
         report.notes.append("VQA classifier rows are unnamed: pass --vqa-answers FILE to name them")
+    if "snli_ve" in layout.heads:  # the official order is meter's: the rows are copied as they are
+        report.notes.append(f"SNLI-VE classifier rows: {', '.join(SNLI_VE_LABELS)} (the official order)")
     loaded_tokenizer = pick_tokenizer(tokenizer, text_encoder, text_config, report)
     step = f", epoch {checkpoint['epoch']}, step {checkpoint['global_step']}" if "global_step" in checkpoint else ""
     source = (

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 from transformers import PretrainedConfig
 
-from meter.config import Config, FusionConfig, ModelConfig, TextConfig, VisionConfig
+from meter.config import Config, FusionConfig, ModelConfig, RetrievalConfig, TextConfig, VisionConfig
 from meter.errors import DataError
 from meter.models.text import TEXT
 
@@ -128,4 +128,6 @@ def read_layout(
     task = next((TASK_OF_HEAD[kind] for kind in heads if kind in TASK_OF_HEAD), "pretrain")
     model = ModelConfig(vision=vision, text=text, fusion=fusion, image_pool=image_pool)
     token_types = _need(weights, "token_type_embeddings.weight").shape[0]
-    return OfficialLayout(Config(task=task, model=model), heads, token_types, trained)
+    # official models were trained with the official retrieval objective: no contrastive first stage to shortlist
+    retrieval = RetrievalConfig(objective="official")
+    return OfficialLayout(Config(task=task, model=model, retrieval=retrieval), heads, token_types, trained)

@@ -1,25 +1,31 @@
 """VQAv2 accuracy, computed exactly as the official evaluation (GT-Vision-Lab/VQA, vqaEval.py) computes it.
 
-The official algorithm, quirks included, because the leaderboard number is what users compare against:
-- the prediction is stripped, then punctuation-processed, then lower-cased with number words mapped to digits,
-  articles dropped and contractions restored;
-- the ten ground-truth answers are punctuation-processed only, and only when they are not all identical
-  (they are never lower-cased);
-- each annotator in turn is left out; the prediction scores min(1, matches among the other nine / 3); the
-  question's accuracy is the mean of the ten;
-- overall, per question type and per answer type are means of those, in percent, rounded to 2 decimals.
+Two versions of the official code, selectable by name (`vqa.metric`, `meter evaluate vqa --metric`), quirks
+included, because the leaderboard number is what users compare against:
+- `official-2021` (the default; commit a013f00 "Fixed processing answers bug", March 2021, behind today's
+  leaderboard): the prediction and the ten ground-truth answers are stripped; only when the ten are not all
+  identical are both the ground truth and the prediction punctuation-processed, then lower-cased with number
+  words mapped to digits, articles dropped and contractions restored. When all ten agree nothing is normalised.
+- `official-2017` (commit a4f1afd, what papers before 2021 report): the prediction is always stripped and fully
+  normalised; the ground truth is never stripped nor lower-cased, and is punctuation-processed only when the ten
+  are not all identical.
+Both: each annotator in turn is left out; the prediction scores min(1, matches among the other nine / 3); the
+question's accuracy is the mean of the ten; overall, per question type and per answer type are means of those, in
+percent, rounded to 2 decimals.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
 from meter.errors import DataError
+from meter.registry import Registry
 
 
 def _load_contractions() -> dict[str, str]:
@@ -61,21 +67,52 @@ def clean_whitespace(text: str) -> str:
 
 @lru_cache(maxsize=1 << 16)  # answers repeat: 10 per question, and a small vocabulary of them
 def normalize_answer(text: str) -> str:
-    """The normal form the official evaluation gives a predicted answer (also used to build the vocabulary)."""
+    """The full normal form of the official evaluation: stripped, punctuation, then digits/articles/contractions
+    (the 2021 code's form of disagreeing answers and the 2017 code's form of every prediction; also the answer
+    vocabulary's form)."""
     return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def question_accuracy(prediction: str, answers: list[dict[str, Any]]) -> float:
-    """One question's accuracy in [0, 1] against its ten annotator answers (dicts with 'answer', 'answer_id')."""
-    predicted = normalize_answer(prediction)
-    truth = [dict(a, answer=clean_whitespace(a["answer"])) for a in answers]
-    if len({a["answer"] for a in truth}) > 1:
-        truth = [dict(a, answer=process_punctuation(a["answer"])) for a in truth]
+def _leave_one_annotator_out(predicted: str, truth: list[dict[str, Any]]) -> float:
     scores = []
     for left_out in truth:
         others = [a for a in truth if a != left_out]  # sic: dict equality, as in the official code
         scores.append(min(1.0, sum(a["answer"] == predicted for a in others) / 3))
     return sum(scores) / len(scores)
+
+
+def _accuracy_2021(prediction: str, answers: list[dict[str, Any]]) -> float:
+    predicted = clean_whitespace(prediction)
+    truth = [dict(a, answer=clean_whitespace(a["answer"])) for a in answers]
+    if len({a["answer"] for a in truth}) > 1:  # unanimous annotators: nothing is normalised, on either side
+        truth = [dict(a, answer=normalize_answer(a["answer"])) for a in truth]
+        predicted = normalize_answer(predicted)
+    return _leave_one_annotator_out(predicted, truth)
+
+
+def _accuracy_2017(prediction: str, answers: list[dict[str, Any]]) -> float:
+    predicted = normalize_answer(prediction)
+    truth = list(answers)  # sic: the 2017 code never strips the ground truth
+    if len({a["answer"] for a in truth}) > 1:
+        truth = [dict(a, answer=process_punctuation(a["answer"])) for a in truth]
+    return _leave_one_annotator_out(predicted, truth)
+
+
+QuestionScorer = Callable[[str, list[dict[str, Any]]], float]
+VQA_METRICS: Registry[QuestionScorer] = Registry("VQA metric")
+VQA_METRICS.add("official-2021", _accuracy_2021, "GT-Vision-Lab/VQA a013f00 (2021), today's leaderboard")
+VQA_METRICS.add("official-2017", _accuracy_2017, "GT-Vision-Lab/VQA a4f1afd (2017), papers before 2021")
+DEFAULT_VQA_METRIC = "official-2021"
+
+
+def vqa_metric(name: str) -> QuestionScorer:
+    """The per-question scorer of a metric version; an unknown name is an error naming `vqa.metric`."""
+    return VQA_METRICS.get(name, key="vqa.metric")
+
+
+def question_accuracy(prediction: str, answers: list[dict[str, Any]], metric: str = DEFAULT_VQA_METRIC) -> float:
+    """One question's accuracy in [0, 1] against its ten annotator answers (dicts with 'answer', 'answer_id')."""
+    return vqa_metric(metric)(prediction, answers)
 
 
 @dataclass
@@ -84,9 +121,11 @@ class VqaAccuracy:
     per_question_type: dict[str, float]
     per_answer_type: dict[str, float]
     per_question: dict[int, float] = field(repr=False)
+    metric: str = DEFAULT_VQA_METRIC  # the official code's version that produced these numbers
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "metric": self.metric,
             "overall": self.overall,
             "per_question_type": self.per_question_type,
             "per_answer_type": self.per_answer_type,
@@ -97,11 +136,14 @@ def _percent(values: list[float], digits: int) -> float:
     return round(100 * sum(values) / len(values), digits)
 
 
-def vqa_accuracy(annotations: list[dict[str, Any]], predictions: dict[int, str], digits: int = 2) -> VqaAccuracy:
-    """Scores `predictions` (question_id -> answer) on VQAv2 `annotations`, as the official evaluation does.
-
-    Like the official tool, it requires a prediction for every annotated question and none for any other.
+def vqa_accuracy(
+    annotations: list[dict[str, Any]], predictions: dict[int, str], metric: str = DEFAULT_VQA_METRIC, digits: int = 2
+) -> VqaAccuracy:
+    """Scores `predictions` (question_id -> answer) on VQAv2 `annotations` as the `metric` version of the official
+    evaluation does. Like the official tool, it requires a prediction for every annotated question and none for
+    any other. `annotations` are left as they are (the official code normalises its copy in place).
     """
+    score = vqa_metric(metric)
     annotated = {a["question_id"] for a in annotations}
     missing, extra = annotated - predictions.keys(), predictions.keys() - annotated
     if missing or extra:
@@ -117,7 +159,7 @@ def vqa_accuracy(annotations: list[dict[str, Any]], predictions: dict[int, str],
     by_answer_type: dict[str, list[float]] = defaultdict(list)
     per_question = {}
     for annotation in annotations:
-        accuracy = question_accuracy(predictions[annotation["question_id"]], annotation["answers"])
+        accuracy = score(predictions[annotation["question_id"]], annotation["answers"])
         overall.append(accuracy)
         by_question_type[annotation["question_type"]].append(accuracy)
         by_answer_type[annotation["answer_type"]].append(accuracy)
@@ -127,6 +169,7 @@ def vqa_accuracy(annotations: list[dict[str, Any]], predictions: dict[int, str],
         per_question_type={k: _percent(v, digits) for k, v in by_question_type.items()},
         per_answer_type={k: _percent(v, digits) for k, v in by_answer_type.items()},
         per_question=per_question,
+        metric=metric,
     )
 
 

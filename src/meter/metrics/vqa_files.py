@@ -7,7 +7,7 @@ from pathlib import Path
 from meter.data.formats.common import read_json
 from meter.data.formats.vqa import read_vqa_annotations, read_vqa_questions
 from meter.errors import DataError
-from meter.metrics.vqa import VqaAccuracy, vqa_accuracy
+from meter.metrics.vqa import DEFAULT_VQA_METRIC, VqaAccuracy, vqa_accuracy
 
 
 def read_predictions(path: str | Path) -> dict[int, str]:
@@ -20,11 +20,18 @@ def read_predictions(path: str | Path) -> dict[int, str]:
     return predictions
 
 
-def score_files(questions: str | Path | None, annotations: str | Path, predictions: str | Path) -> VqaAccuracy:
+def score_files(
+    questions: str | Path | None,
+    annotations: str | Path,
+    predictions: str | Path,
+    metric: str = DEFAULT_VQA_METRIC,
+) -> VqaAccuracy:
+    """The `metric` version of the official accuracy of a predictions file; the questions file, if given, must ask
+    every annotated question."""
     annotated = read_vqa_annotations(annotations)
     if questions is not None:
         asked = {q["question_id"] for q in read_vqa_questions(questions)}
         unasked = [a["question_id"] for a in annotated if a["question_id"] not in asked]
         if unasked:
             raise DataError(f"{annotations}: {len(unasked)} annotated questions are not in {questions}")
-    return vqa_accuracy(annotated, read_predictions(predictions))
+    return vqa_accuracy(annotated, read_predictions(predictions), metric)

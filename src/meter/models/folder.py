@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 from meter.config import Config, config_from_dict, to_dict
 from meter.data.tokenizers import has_tokenizer, load_tokenizer
 from meter.errors import DataError
+from meter.models.class_rows import current_classes, in_current_order, saved_classes
 from meter.models.meter import Meter, build_meter
 from meter.models.model_card import model_card
 
@@ -37,6 +39,7 @@ MODEL_CONFIG = "config.json"
 TEXT_CONFIG = "text_encoder"
 MODEL_CARD = "README.md"
 EXPORT = "model"  # a training run's final model, under its output folder
+Weights = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -47,6 +50,10 @@ class ModelFolder:
     token_types: int = 2
     source: str = ""  # where the weights came from, for the model card
     notes: list[str] = field(default_factory=list)  # what a reader of the card should know (import reports)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # the class of each classifier row (default: today's)
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or current_classes(self.heads)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +64,7 @@ class ModelFolder:
             "token_types": self.token_types,
             "source": self.source,
             "notes": self.notes,
+            "classes": self.classes,
         }
 
 
@@ -121,15 +129,27 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         token_types=data.get("token_types", 2),
         source=data.get("source", ""),
         notes=data.get("notes", []),
+        classes=saved_classes(data, str(file)),
     )
 
 
-def load_weights(model: nn.Module, path: str | Path, skip_heads: bool = False) -> list[str]:
-    """Loads safetensors weights into `model`; returns what was not loaded. Shapes that differ are skipped."""
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    skip_heads: bool = False,
+    adapt: Callable[[Weights], Weights] | None = None,
+    classes: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """Loads safetensors weights into `model`; returns what was not loaded. Shapes that differ are skipped.
+    `adapt` first fits the weights to the model (fine-tuning at another resolution resamples positions).
+    `classes`: the class of each classifier row in the file (its folder's record); the rows load in today's order."""
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise DataError(f"{path}: not a safetensors weights file ({error})") from None
+    weights = in_current_order(weights, classes or {})
+    if adapt is not None:
+        weights = adapt(weights)
     own = model.state_dict()
     usable = {
         k: v for k, v in weights.items()
@@ -151,9 +171,10 @@ def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
         model_cfg, text_hf_config.vocab_size, text_hf_config.pad_token_id, description.heads,
         description.token_types, text_hf_config,
     )  # fmt: skip
-    missing = load_weights(model, path / WEIGHTS)
+    missing = load_weights(model, path / WEIGHTS, classes=description.classes)
     if missing:
         raise DataError(f"{path / WEIGHTS}: {len(missing)} weights missing, e.g. {missing[:3]}")
+    description.classes = current_classes(description.heads)  # the loaded rows are in today's order
     return model, description
 
 

@@ -82,7 +82,7 @@ class Meter(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.width = width
         self.image_pool = image_pool
-        for module in self.new_modules():
+        for module in [*self.new_modules(), self.heads]:  # the heads too, as the official code initialises them
             module.apply(functools.partial(init_bert_weights, std=init_std))
 
     @property

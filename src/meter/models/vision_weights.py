@@ -5,12 +5,14 @@ one timm converts (OpenAI CLIP's `visual.*`, OpenCLIP, ...). timm's own checkpoi
 the conversions and the resolution changes it knows (ViT/DeiT/CLIP position embeddings, Swin and BEiT
 relative-position tables for a new window or grid); absolute position embeddings that filter leaves at the old
 grid (CaiT, VOLO) are resampled here the same way. The classifier is dropped; any other missing weight is an error.
+`adapt_vision_state` is that adaptation alone: fine-tuning a model folder at another resolution uses it too.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -45,13 +47,71 @@ def _resample_position_embeddings(backbone: nn.Module, state: dict[str, torch.Te
     return state
 
 
+def _table_window(rows: int) -> tuple[str, int] | None:
+    """The window of a relative-position table of (2h - 1)(2w - 1) rows, and its extra rows (BEiT: 3, for its
+    class token)."""
+    for extra in (0, 3):
+        side = math.isqrt(rows - extra)
+        if side * side == rows - extra and side % 2:
+            window = (side + 1) // 2
+            return f"{window}x{window}", extra
+    return None
+
+
+def _token_grid(tokens: int, prefix: int) -> str:
+    side = math.isqrt(tokens - prefix)
+    return f"{side}x{side}" if side * side == tokens - prefix else f"{tokens - prefix} positions"
+
+
+def _describe_change(backbone: nn.Module, leaf: str, before: torch.Tensor, after: torch.Tensor) -> str:
+    """What a resampling did, in the terms of the tensor: a grid of positions, or a window of relative positions."""
+    if leaf.endswith("pos_embed") and after.ndim == 4:  # (1, H, W, C)
+        return f"grid {before.shape[1]}x{before.shape[2]} -> {after.shape[1]}x{after.shape[2]}"
+    grid = getattr(getattr(backbone, "patch_embed", None), "grid_size", None)
+    if leaf.endswith("pos_embed") and after.ndim == 3 and grid is not None:
+        prefix = max(after.shape[1] - math.prod(grid), 0)  # tokens without a grid position (a class token)
+        kept = f" (+{prefix} class token{'s' if prefix > 1 else ''}, kept)" if prefix else ""
+        return f"grid {_token_grid(before.shape[1], prefix)} -> {_token_grid(after.shape[1], prefix)}{kept}"
+    old, new = _table_window(before.shape[0]), _table_window(after.shape[0])
+    if leaf == "relative_position_bias_table" and old and new:
+        extra = f", +{new[1]} class-token rows" if new[1] else ""
+        return f"window {old[0]} -> {new[0]} ({before.shape[0]} -> {after.shape[0]} rows{extra})"
+    return f"{tuple(before.shape)} -> {tuple(after.shape)}"
+
+
+def log_resampled(
+    backbone: nn.Module, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], source: str
+) -> list[str]:
+    """Logs (and returns) each kind of tensor whose shape the adaptation changed: which, and from what to what."""
+    changes: dict[tuple[str, str], list[str]] = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if old is None or old.shape == value.shape:
+            continue
+        module, _, leaf = key.rpartition(".")
+        changes.setdefault((leaf, _describe_change(backbone, leaf, old, value)), []).append(module)
+    lines = [f"{leaf}{' of ' + ', '.join(modules) if any(modules) else ''}: {change}"
+             for (leaf, change), modules in changes.items()]  # fmt: skip
+    for line in lines:
+        log.info("%s: resampled %s", source, line)
+    return lines
+
+
+def adapt_vision_state(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """A state dict for `backbone` (converted by timm's filter, positions resampled to its grid and windows);
+    logs what was resampled. `source` names where the weights came from."""
+    adapted = _resample_position_embeddings(backbone, _timm_filter(backbone, dict(state)))
+    log_resampled(backbone, state, adapted, source)
+    return adapted
+
+
 def load_vision_weights(backbone: nn.Module, path: Path) -> None:
     name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
     try:
         state = load_state_dict(str(path))
     except Exception as error:  # a truncated file, a pickle that is not a plain state dict, ...
         raise DataError(f"{path}: cannot read vision weights: {error}") from None
-    state = _resample_position_embeddings(backbone, _timm_filter(backbone, state))
+    state = adapt_vision_state(backbone, state, str(path))
     own = backbone.state_dict()
     classifiers = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
@@ -66,7 +126,18 @@ def load_vision_weights(backbone: nn.Module, path: Path) -> None:
             f"{path}: lacks {len(result.missing_keys)} weights of {name}, e.g. {result.missing_keys[:3]}"
             " (is it a checkpoint of this encoder?)"
         )
-    if result.unexpected_keys:
-        log.warning("%s: %d weights not used by %s, e.g. %s", path, len(result.unexpected_keys), name,
-                    result.unexpected_keys[:3])  # fmt: skip
+    deeper = [k for k in result.unexpected_keys if _block_index(k) is not None]
+    if deeper:  # a shallower encoder than the file's: METER builds 11 of CLIP-ViT's 12 blocks
+        blocks = sorted({_block_index(k) for k in deeper})
+        log.info("%s: %s is built with %d blocks; the file's blocks %s are not used", path, name, blocks[0],
+                 ", ".join(map(str, blocks)))  # fmt: skip
+    others = [k for k in result.unexpected_keys if k not in deeper]
+    if others:
+        log.warning("%s: %d weights not used by %s, e.g. %s", path, len(others), name, others[:3])
     log.info("vision weights: %s (%d tensors)", path, len(state))
+
+
+def _block_index(key: str) -> int | None:
+    """The block number of a ViT-style key (`blocks.11.attn.qkv.weight` -> 11), else None."""
+    match = re.match(r"blocks\.(\d+)\.", key)
+    return int(match.group(1)) if match else None

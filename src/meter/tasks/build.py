@@ -11,6 +11,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from meter.config import Config
+from meter.data.augment import build_augmentation
 from meter.data.datasets import ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
@@ -24,6 +25,7 @@ from meter.models.folder import (
     load_weights,
     read_model_folder,
 )
+from meter.models.init_from import finetune_model_config, vision_adapter
 from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
 from meter.objectives.span import add_sentinels
@@ -56,25 +58,26 @@ def build_model(
     with_decoder: bool = False,
 ) -> Meter:  # fmt: skip
     """A fresh model, or with train.init_from the architecture and weights of that model folder (heads it lacks
-    start at random; heads it has that this task does not use are left behind). Updates cfg.model to match.
+    start at random; heads it has that this task does not use are left behind). The config's resolution, dropout
+    and text length apply, with the folder's weights resampled to them (see `models/init_from.py`). Updates
+    cfg.model to match, so that the run's model folders record them.
     `with_decoder`: the task needs a decoder; from an encoder-only folder it starts fresh (model.decoder's sizes)."""
     source = cfg.train.init_from
     if not source:
         return build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
     folder = read_model_folder(source)
-    if folder.config.model != cfg.model:
-        log.info("train.init_from: using the model architecture of %s", source)
     fresh_parts = {"heads"}  # parts that may start at random without a warning
     if with_decoder and folder.config.model.architecture != "encoder-decoder":
         log.info("train.init_from: %s has no decoder; a fresh one is added on its encoder", source)
         folder.config.model.architecture = "encoder-decoder"
         folder.config.model.decoder = cfg.model.decoder
         fresh_parts |= {"decoder", "class_pooler"}
-    cfg.model = folder.config.model
-    cfg.model.vision.weights = cfg.model.text.weights = None
     text_config = AutoConfig.from_pretrained(str(Path(source) / TEXT_CONFIG), local_files_only=True)
+    cfg.model = finetune_model_config(folder.config.model, cfg.model, text_config, str(source))
     model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types, text_config)
-    not_loaded = load_weights(model, Path(source) / WEIGHTS)
+    not_loaded = load_weights(
+        model, Path(source) / WEIGHTS, adapt=vision_adapter(model, str(source)), classes=folder.classes
+    )
     if TOKEN_TYPES in not_loaded and expand_token_types(model, Path(source) / WEIGHTS):
         not_loaded.remove(TOKEN_TYPES)
     unexpected = [k for k in not_loaded if k.split(".")[0] not in fresh_parts]
@@ -124,7 +127,8 @@ def load_for_eval(checkpoint: str | Path, device: torch.device, blind: bool = Fa
 def image_reader(cfg: Config, model: Meter) -> ImageReader:
     size = cfg.model.vision.image_size
     transform = image_transform(size, model.vision.mean, model.vision.std)
-    return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb)
+    augment = build_augmentation(cfg.data.augment, cfg.train.seed)  # applied to training draws only
+    return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb, augment=augment)
 
 
 def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:

@@ -1,16 +1,19 @@
 """Image-text retrieval (Flickr30k, COCO Karpathy splits): train the fused model to rank, evaluate R@1/5/10.
 
-Training, per batch of (image, caption) pairs: each image ranks its caption above `negatives` other captions of the
-batch, and each caption its image above `negatives` other images, by the `rank` head's score (METER's
-`rank_output`, started from the pretrained ITM head's match row as METER does), with a softmax cross-entropy over
-the candidates (ViLT/METER's ranking loss, in both directions). Negatives are drawn in
+Two training objectives (`retrieval.objective`): `official`, METER's own (see `meter.tasks.retrieval_official`), and
+`meter`, this module's. Training with `meter`, per batch of (image, caption) pairs: each image ranks its caption
+above `negatives` other captions of the batch, and each caption its image above `negatives` other images, by the
+`rank` head's score (METER's `rank_output`, started from the pretrained ITM head's match row as METER does), with a
+softmax cross-entropy over the candidates (ViLT/METER's ranking loss, in both directions). Negatives are drawn in
 proportion to the unimodal similarity (hard negatives, as ALBEF draws them), which a contrastive loss on the
 projected [CLS] features trains at the same time. Captions of the same image are never negatives.
 
 Evaluation scores image x caption pairs with the fused model. Scoring every pair is quadratic (COCO's 5K test:
 125M fused passes), so by default a cheap first stage shortlists, per query, the `shortlist` best candidates by
 unimodal similarity and only those pairs are fused (ranked by fused score + similarity, as ALBEF and BLIP do); the
-rest rank last. `retrieval.shortlist=0` scores every pair with the fused model alone.
+rest rank last. `retrieval.shortlist=0` scores every pair with the fused model alone, as METER evaluates; so does a
+model whose projections the contrastive loss did not train (an official model, or one trained with the official
+objective): its unimodal similarity would shortlist at random.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -37,16 +39,19 @@ from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
-from meter.models.folder import WEIGHTS, ModelFolder, read_model_folder
+from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
+from meter.objectives.ranking import ranking_loss
 from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
+from meter.tasks.rank_head import HEAD, ITM, match_score, scoring_head, start_rank_head
+from meter.tasks.retrieval_official import setup_official
 from meter.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
-HEAD = "rank"  # one score per pair (the official checkpoints' rank_output)
-ITM = "itm"  # a model with only an ITM head (pretrained) ranks by its match - mismatch logit
+OBJECTIVES = ("meter", "official")
+SHORTLIST = 16  # candidates per query when retrieval.shortlist is unset and the model can shortlist
 
 
 def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,50 +61,12 @@ def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tens
     )
 
 
-def scoring_head(model: Meter) -> str | None:
-    """The head that scores pairs: rank, else ITM, else None."""
-    return next((head for head in (HEAD, ITM) if head in model.heads), None)
-
-
-def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
-    """The fused model's score of each (text, image) row pair: the rank head's output, or for a model with only
-    an ITM head its match minus mismatch logit (the log-odds of a match)."""
-    joint = model.fuse(text, mask, image).joint
-    if HEAD in model.heads:
-        return model.heads[HEAD](joint).float()[:, 0]
-    logits = model.heads[ITM](joint).float()
-    return logits[:, 1] - logits[:, 0]
-
-
-def init_rank_from_itm(model: Meter, weights: Path) -> bool:
-    """Starts the rank head as the ITM head's match row, as METER does; False when `weights` has no ITM head."""
-    names = {f"heads.{ITM}.fc.weight": "weight", f"heads.{ITM}.fc.bias": "bias"}
-    with safe_open(str(weights), framework="pt") as f:
-        if not set(names) <= set(f.keys()):
-            return False
-        saved = {part: f.get_tensor(name) for name, part in names.items()}
-    rank = model.heads[HEAD]
-    if saved["weight"].shape[1:] != rank.weight.shape[1:]:
-        return False
-    with torch.no_grad():
-        rank.weight.copy_(saved["weight"][1:])
-        rank.bias.copy_(saved["bias"][1:])
-    return True
-
-
 def contrastive_loss(similarity: Tensor, positive: Tensor) -> Tensor:
     """InfoNCE in both directions with several positives per row (the other captions of the same image)."""
     losses = []
     for sim, pos in ((similarity, positive), (similarity.T, positive.T)):
         losses.append((sim.logsumexp(1) - sim.masked_fill(~pos, -math.inf).logsumexp(1)).mean())
     return sum(losses) / 2
-
-
-def ranking_loss(positive: Tensor, negative: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of the positive (column 0) among it and its negatives; returns (loss, per-row hit)."""
-    candidates = torch.cat([positive[:, None], negative.masked_fill(~valid, -math.inf)], dim=1)
-    target = torch.zeros(len(candidates), dtype=torch.long, device=candidates.device)
-    return F.cross_entropy(candidates, target), candidates.argmax(1) == 0
 
 
 def negative_noise(random: SampleRandomness, size: int, columns: int) -> Tensor:
@@ -125,7 +92,7 @@ class RetrievalTask(nn.Module):
         batch["negative_noise"] = negative_noise(random, batch["size"], max(self.cfg.train.batch_size, batch["size"]))
         return batch
 
-    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         model, settings = self.model, self.settings
         mask = batch["attention_mask"]
         image = model.encode_image(batch["pixels"])
@@ -133,7 +100,7 @@ class RetrievalTask(nn.Module):
         ids = batch["image_id"]
         same = ids[:, None] == ids[None, :]  # (images, texts): pairs that match
         losses: dict[str, Tensor] = {}
-        report: dict[str, float] = {}
+        report: dict[str, Tensor] = {}
         keys = batch["negative_noise"]
         if settings.itc > 0:
             text_embedding, image_embedding = unimodal_embeddings(model, text, image)
@@ -153,19 +120,45 @@ class RetrievalTask(nn.Module):
         loss_t, hit_t = ranking_loss(positive, to_texts.view(-1, k), ~same.gather(1, negative_texts))
         loss_i, hit_i = ranking_loss(positive, to_images.view(-1, k), ~same.T.gather(1, negative_images))
         losses["rank_loss"] = (loss_t + loss_i) / 2
-        report["rank_accuracy"] = float(torch.cat([hit_t, hit_i]).float().mean())
+        report["rank_accuracy"] = torch.cat([hit_t, hit_i]).float().mean()
         return losses, report
 
 
-def setup_retrieval(cfg: Config) -> Finetuning:
-    if cfg.retrieval.negatives < 1 and cfg.retrieval.itc <= 0:
+def untrained_shortlist(cfg: Config) -> str | None:
+    """Why a run (or the run a model folder's config records) did not train the unimodal projections with the
+    contrastive loss, so that their similarity cannot shortlist candidates; None when it did."""
+    settings = cfg.retrieval
+    if cfg.task != "retrieval":
+        return f"a {cfg.task} model"
+    if settings.objective != "meter":
+        return f"retrieval.objective = {settings.objective}"
+    if settings.itc <= 0:
+        return f"retrieval.itc = {settings.itc}"
+    return None
+
+
+def check_settings(cfg: Config) -> None:
+    settings = cfg.retrieval
+    if settings.objective not in OBJECTIVES:
+        raise ConfigError(f"retrieval.objective = {settings.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if settings.objective == "meter" and settings.negatives < 1 and settings.itc <= 0:
         raise ConfigError("retrieval.negatives = 0 and retrieval.itc = 0: nothing to train; raise one of them")
+    reason = untrained_shortlist(cfg)
+    if settings.shortlist and settings.shortlist > 0 and reason:
+        raise ConfigError(
+            f"retrieval.shortlist = {settings.shortlist}, but nothing trains the projections that shortlist "
+            f"({reason}): leave retrieval.shortlist unset or 0 (every pair)"
+        )
+
+
+def setup_retrieval(cfg: Config) -> Finetuning:
+    check_settings(cfg)
     records = read_karpathy_splits(cfg, "retrieval", cfg.retrieval.train_splits)
     tokenizer = task_tokenizer(cfg)
+    if cfg.retrieval.objective == "official":
+        return setup_official(cfg, records, tokenizer)
     model = build_model(cfg, tokenizer, {HEAD: 1})
-    source = cfg.train.init_from
-    if source and HEAD not in read_model_folder(source).heads and init_rank_from_itm(model, Path(source) / WEIGHTS):
-        log.info("retrieval: the rank head starts from %s's ITM head (its match row)", source)
+    start_rank_head(model, cfg.train.init_from)
     dataset = CaptionPairs(records, image_reader(cfg, model))
     log.info("retrieval: %d training captions of %d images", len(dataset), len(records))
     return Finetuning(RetrievalTask(model, cfg), dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
@@ -221,15 +214,21 @@ def candidate_pairs(similarity: Tensor, shortlist: int) -> Tensor:
 def score_matrix(
     model: Meter, encoded: Encoded, shortlist: int, runtime: Runtime, batch_size: int, progress: bool
 ) -> np.ndarray:
-    """(I, T) scores. Scoring every pair (`shortlist` 0): the fused match score, as METER ranks. With a shortlist:
-    the fused score plus the first stage's cosine similarity on the shortlisted pairs (as ALBEF and BLIP rank),
-    -inf elsewhere. Unreadable images score -inf."""
-    text_embedding, image_embedding = unimodal_embeddings(model, encoded.texts, encoded.images)
-    similarity = image_embedding @ text_embedding.T
-    chosen = candidate_pairs(similarity, shortlist) & encoded.readable[:, None]
-    first_stage = similarity if not bool(chosen.all()) else torch.zeros_like(similarity)
+    """(I, T) scores. Scoring every pair (`shortlist` 0, or one as long as the lists): the fused match score, as METER
+    ranks. With a shortlist: the fused score plus the first stage's cosine similarity on the shortlisted pairs (as
+    ALBEF and BLIP rank), -inf elsewhere. Unreadable images score -inf."""
+    shape = (len(encoded.images), len(encoded.texts))
+    first_stage = torch.zeros(shape, device=encoded.texts.device)
+    chosen = torch.ones(shape, dtype=torch.bool, device=encoded.texts.device)
+    if shortlist > 0:
+        text_embedding, image_embedding = unimodal_embeddings(model, encoded.texts, encoded.images)
+        similarity = image_embedding @ text_embedding.T
+        chosen = candidate_pairs(similarity, shortlist)
+        if not bool(chosen.all()):
+            first_stage = similarity
+    chosen &= encoded.readable[:, None]
     pairs = chosen.nonzero()
-    scores = torch.full(similarity.shape, -math.inf, device=similarity.device)
+    scores = torch.full(shape, -math.inf, device=encoded.texts.device)
     starts = range(0, len(pairs), batch_size)
     for start in tqdm(starts, desc="retrieval: pairs", unit="batch", disable=not progress):
         image_index, text_index = pairs[start : start + batch_size].unbind(1)
@@ -255,17 +254,38 @@ def chance_recall(images: int, captions_per_image: list[int], ks: tuple[int, ...
     return result
 
 
+def eval_shortlist(shortlist: int | None, description: ModelFolder, checkpoint: str | Path) -> int:
+    """The shortlist to evaluate a model folder with: `shortlist` when set, else 16 when the folder records a
+    contrastively trained first stage, else 0 (every pair). A shortlist for a model without one is an error: its
+    numbers would measure a random first stage, not the model."""
+    if shortlist is not None and 0 < shortlist < max(KS):
+        raise ConfigError(f"retrieval.shortlist = {shortlist} must be 0 (every pair) or at least {max(KS)}")
+    reason = untrained_shortlist(description.config)
+    if shortlist is None and reason is None:
+        return SHORTLIST
+    if shortlist is None:
+        log.info("retrieval: %s was not trained with the contrastive loss (%s): scoring every pair with the fused "
+                 "model", checkpoint, reason)  # fmt: skip
+        return 0
+    if shortlist > 0 and reason:
+        raise ConfigError(
+            f"retrieval.shortlist = {shortlist}: {checkpoint} was not trained with the contrastive loss that trains "
+            f"the shortlist's projections ({reason}), so its shortlist would be random; leave retrieval.shortlist "
+            "unset or set it to 0 (every pair)"
+        )
+    return shortlist
+
+
 def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """R@1/5/10 on retrieval.eval_split; writes `retrieval_rankings_{split}.json` (each query's 10 best) and the
     recalls."""
     settings = cfg.retrieval
-    if 0 < settings.shortlist < max(KS):
-        raise ConfigError(f"retrieval.shortlist = {settings.shortlist} must be 0 (every pair) or at least {max(KS)}")
     runtime = setup_runtime(cfg.train)
     loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
     if scoring_head(loaded.model) is None:
         raise ConfigError(f"{checkpoint}: the model has no {HEAD} or {ITM} head to score pairs with (it has: "
                           f"{', '.join(loaded.model.heads) or 'none'}); fine-tune it with task=retrieval")  # fmt: skip
+    shortlist = eval_shortlist(settings.shortlist, loaded.description, checkpoint)
     records = read_karpathy_splits(cfg, "retrieval", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
@@ -274,9 +294,10 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     batch = cfg.train.eval_batch_size
     encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress)
-    scores = score_matrix(loaded.model, encoded, settings.shortlist, runtime, batch, cfg.train.progress)
+    scores = score_matrix(loaded.model, encoded, shortlist, runtime, batch, cfg.train.progress)
     recall = retrieval_recall(scores, text_image)
-    result = {**recall, "images": len(records), "texts": len(texts), "shortlist": settings.shortlist,
+    result = {**recall, "images": len(records), "texts": len(texts), "shortlist": shortlist,
+              "scored_pairs": int(np.isfinite(scores).sum()),  # by the fused model
               "chance": chance_recall(len(records), [len(r.captions) for r in records])}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]

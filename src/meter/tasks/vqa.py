@@ -19,8 +19,8 @@ from meter.data.bad_samples import BadSample
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
-from meter.errors import ConfigError
-from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy
+from meter.errors import ConfigError, DataError
+from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy, vqa_metric
 from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.meter import Meter
 from meter.tasks.build import build_model, image_reader, task_tokenizer
@@ -30,14 +30,20 @@ from meter.train.runtime import Runtime, setup_runtime
 log = logging.getLogger(__name__)
 
 
+def annotations_path(cfg: Config, split: str) -> Path:
+    return Path(cfg.data.root) / cfg.vqa.annotations.format(split=split)
+
+
 def read_vqa_split(cfg: Config, split: str, with_annotations: bool = True) -> list[VqaRecord]:
+    """A question split with its annotations; its images in the folder of vqa.image_splits[split] (else its own)."""
     root = Path(cfg.data.root)
     return read_vqa(
         questions=root / cfg.vqa.questions.format(split=split),
-        annotations=root / cfg.vqa.annotations.format(split=split) if with_annotations else None,
+        annotations=annotations_path(cfg, split) if with_annotations else None,
         image_dir=root / cfg.data.images,
         image_pattern=cfg.vqa.image_pattern,
         split=split,
+        image_split=cfg.vqa.image_splits.get(split, split),
     )
 
 
@@ -128,13 +134,30 @@ def write_predictions(predictions: dict[int, str], path: str | Path) -> None:
     Path(path).write_text(json.dumps(rows))
 
 
-def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str]) -> VqaAccuracy:
-    return vqa_accuracy(annotations_of(records), predictions)
+def check_submission(records: list[VqaRecord], predictions: dict[int, str]) -> None:
+    """The leaderboard takes exactly one answer for every question of the split (question ids are unique: the
+    reader checks)."""
+    asked = {r.question_id for r in records}
+    unanswered = sorted(asked - predictions.keys())
+    unasked = sorted(predictions.keys() - asked)
+    if unanswered or unasked:
+        raise DataError(
+            f"vqa submission: {len(unanswered)} questions without an answer (e.g. {unanswered[:3]}) and"
+            f" {len(unasked)} answers to questions not in the split (e.g. {unasked[:3]})"
+        )
+
+
+def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str], metric: str) -> VqaAccuracy:
+    return vqa_accuracy(annotations_of(records), predictions, metric)
 
 
 def setup_vqa(cfg: Config) -> Finetuning:
+    vqa_metric(cfg.vqa.metric)  # a typo in the metric's name fails now, not after training
     train_records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
-    answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)
+    answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)  # over all training splits together
+    if cfg.vqa.eval_split in cfg.vqa.train_splits:
+        log.warning("vqa.eval_split = %s is also a training split: its score measures fit, not generalisation"
+                    " (the leaderboard's split is test-dev2015)", cfg.vqa.eval_split)  # fmt: skip
     if not answers:
         raise ConfigError(
             f"vqa.min_answer_count = {cfg.vqa.min_answer_count}: no answer is that frequent in "
@@ -149,22 +172,38 @@ def setup_vqa(cfg: Config) -> Finetuning:
     return Finetuning(VqaTask(model, answers, cfg), dataset, collate, tokenizer)
 
 
+def unscored(cfg: Config, submission: Path, questions: int) -> dict[str, Any]:
+    """The result for a split without annotations (test-dev, test): the leaderboard file, and why no score."""
+    reason = f"no annotations ({annotations_path(cfg, cfg.vqa.eval_split)} not found)"
+    log.warning("vqa: could not score %s: %s; wrote the leaderboard submission %s", cfg.vqa.eval_split, reason,
+                submission)  # fmt: skip
+    return {"scored": False, "reason": reason, "split": cfg.vqa.eval_split, "questions": questions,
+            "submission": str(submission)}  # fmt: skip
+
+
 def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
-    """Predicts the evaluation split with a model folder; writes predictions and scores (if annotated)."""
+    """Predicts the evaluation split with a model folder; writes the leaderboard submission, and scores it when the
+    split has annotations (test-dev and test have none: then it says so instead)."""
+    vqa_metric(cfg.vqa.metric)
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
     require_answers(description, checkpoint)
     cfg.model = description.config.model  # the model's own resolution, not the data config's default
     model.to(runtime.device)
-    records = read_vqa_split(cfg, cfg.vqa.eval_split)
+    annotated = annotations_path(cfg, cfg.vqa.eval_split).is_file()  # test-dev and test splits have none
+    records = read_vqa_split(cfg, cfg.vqa.eval_split, with_annotations=annotated)
     task = VqaTask(model, description.answers, description.config)
     collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
     images = image_reader(cfg, model)
     dataset = vqa_dataset(records, images, description.answers)
     predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)
+    check_submission(records, predictions)
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(predictions, out / f"vqa_predictions_{cfg.vqa.eval_split}.json")
-    accuracy = evaluate_predictions(records, predictions).to_dict()
+    submission = out / f"vqa_predictions_{cfg.vqa.eval_split}.json"
+    write_predictions(predictions, submission)
+    if not annotated:
+        return unscored(cfg, submission, len(records))
+    accuracy = evaluate_predictions(records, predictions, cfg.vqa.metric).to_dict()
     (out / f"vqa_accuracy_{cfg.vqa.eval_split}.json").write_text(json.dumps(accuracy, indent=1))
     return accuracy
 

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.errors import DataError
-from meter.models.folder import WEIGHTS, export_model_folder, save_model_folder
+from meter.models.class_rows import require_current_order
+from meter.models.folder import WEIGHTS, export_model_folder, read_model_folder, save_model_folder
 from meter.train.distributed import full_model_state, full_optimizer_state, gather_objects, load_full_state
 from meter.train.runtime import Runtime
 
@@ -188,6 +189,7 @@ class Checkpoints:
         runtime: Runtime,
     ) -> Progress:
         """Every process calls this: it loads the whole state, keeps its shard, and takes its own RNG states."""
+        require_current_order(read_model_folder(path).classes, str(path))
         weights = {MODEL + k: v for k, v in load_file(str(path / WEIGHTS)).items()}
         if (path / TASK_WEIGHTS).is_file():
             weights |= load_file(str(path / TASK_WEIGHTS))

@@ -2,6 +2,9 @@
 
 The premise is the image `Flickr30K_ID`; the hypothesis is `sentence2` (`sentence1`, the caption SNLI was written
 from, is not an input of the visual task). Lines without a gold label (SNLI's "-") are left out.
+
+Class indices follow the official METER code (contradiction 0, neutral 1, entailment 2: its `write_snli.py`), so
+the rows of an official checkpoint's classifier mean what meter's do.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from meter.data.formats.common import read_json_lines, require
 from meter.errors import DataError
 
 log = logging.getLogger(__name__)
-SNLI_VE_LABELS = ("entailment", "neutral", "contradiction")  # the class index of each label
+SNLI_VE_LABELS = ("contradiction", "neutral", "entailment")  # the class index of each label (official order)
 NO_CONSENSUS = "-"
 
 

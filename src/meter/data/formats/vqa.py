@@ -42,15 +42,20 @@ def read_vqa(
     image_dir: str | Path,
     image_pattern: str,
     split: str,
+    image_split: str | None = None,
 ) -> list[VqaRecord]:
     """Joins questions with their annotations (if given); images at `image_dir / image_pattern.format(...)`.
 
-    `image_pattern` takes `{split}` and `{image_id}`, e.g. "{split}/COCO_{split}_{image_id:012d}.jpg".
+    `image_pattern` takes `{split}` and `{image_id}`, e.g. "{split}/COCO_{split}_{image_id:012d}.jpg"; `{split}` is
+    `image_split` when given (test-dev2015 questions ask about test2015 images), else `split`.
     """
     by_id = {a["question_id"]: a for a in read_vqa_annotations(annotations)} if annotations else {}
-    records = []
+    records, seen = [], set()
     for q in read_vqa_questions(questions):
-        image = Path(image_dir) / image_pattern.format(split=split, image_id=q["image_id"])
+        if q["question_id"] in seen:  # a leaderboard takes one answer per question
+            raise DataError(f"{questions}: question_id {q['question_id']} appears more than once")
+        seen.add(q["question_id"])
+        image = Path(image_dir) / image_pattern.format(split=image_split or split, image_id=q["image_id"])
         a = by_id.get(q["question_id"])
         if annotations and a is None:
             raise DataError(f"{annotations}: no annotation for question {q['question_id']} of {questions}")

@@ -18,7 +18,8 @@ from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.shapes.language import NUMBER_WORDS, plural
 from meter.data.shapes.scene import COLORS, SHAPES, Scene
 
-ENTAILMENT, NEUTRAL, CONTRADICTION = SNLI_VE_LABELS
+ENTAILMENT, NEUTRAL, CONTRADICTION = "entailment", "neutral", "contradiction"
+HYPOTHESIS_ORDER = (ENTAILMENT, NEUTRAL, CONTRADICTION)  # drawn in this order per premise: it fixes the world's text
 MATERIALS = ("wood", "metal", "plastic", "glass", "paper", "stone", "rubber")
 PROPERTIES = ("heavy", "soft", "warm", "cold", "wet", "old", "new", "hollow")
 

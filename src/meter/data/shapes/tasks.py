@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from meter.data.shapes.language import captions
 from meter.data.shapes.scene import Scene, render, sample_scene
-from meter.data.shapes.statements import SNLI_VE_LABELS, pick_nlvr2_statement, snli_ve_hypothesis
+from meter.data.shapes.statements import HYPOTHESIS_ORDER, pick_nlvr2_statement, snli_ve_hypothesis
 from meter.data.shapes.world import WorldSpec, dump_json, karpathy_tokens
 
 TASKS_VERSION = 1
@@ -86,7 +86,7 @@ def write_flickr_and_snli_ve(out: Path, spec: WorldSpec, progress: bool) -> dict
 
         hypotheses = np.random.default_rng([spec.seed, index, SNLI_VE_TAG])
         for premise in sorted(hypotheses.choice(len(texts), size=PREMISES_PER_IMAGE, replace=False).tolist()):
-            for label in SNLI_VE_LABELS:
+            for label in HYPOTHESIS_ORDER:
                 snli_ve[SNLI_VE_SPLITS[split]].append(
                     {
                         "Flickr30K_ID": str(flickr_id),

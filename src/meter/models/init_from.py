@@ -1,0 +1,135 @@
+"""Fine-tuning from a model folder: which of the config's model settings apply, and the folder's weights fitted to them.
+
+What only changes how the same weights are used comes from the fine-tuning config, as in the official code: the
+image resolution (position embeddings and Swin's windows are resampled, as METER's `adapt_position_encoding` does),
+dropout, drop path, and the text length within the position table (text dropout: when model.text.hf_kwargs holds
+it). Everything else is the folder's: its architecture (encoders and their sizes, widths, depths, heads, fusion,
+vocabulary) and the initialisation of its fresh parts. The config "asks for" another value of such a setting when
+its value differs from the setting's default and from the folder's: that is a warning, and the folder's is kept
+(recipes name the architecture too, and a recipe that leaves a setting at its default asks for nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import PretrainedConfig
+
+from meter.config import ModelConfig
+from meter.errors import ConfigError
+from meter.models.meter import Meter
+from meter.models.text import TEXT
+from meter.models.vision import resolve_vision
+from meter.models.vision_weights import adapt_vision_state
+
+log = logging.getLogger(__name__)
+Weights = dict[str, torch.Tensor]
+
+# settings (below model.) that change no weight's shape, or whose weights are resampled to the new value
+CHANGEABLE = {"vision.image_size", "vision.drop_path", "text.max_length", "fusion.dropout", "decoder.dropout"}
+TIMM_CHANGEABLE = {"window_size", "drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
+                   "patch_drop_rate"}  # fmt: skip
+TEXT_CHANGEABLE = {"hidden_dropout_prob", "attention_probs_dropout_prob"}
+STARTING_POINTS = {"vision.weights", "text.weights", "text.tokenizer"}  # replaced by the folder's weights and tokenizer
+VISION_PREFIX = "vision.backbone."
+
+
+def _settings(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every plain setting of a config section by its dotted path; mappings (timm_kwargs, hf_kwargs) are skipped."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value, path = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(_settings(value, f"{path}."))
+        elif not isinstance(value, dict):
+            out[path] = value
+    return out
+
+
+def _assign(cfg: Any, path: str, value: Any) -> None:
+    *sections, name = path.split(".")
+    for section in sections:
+        cfg = getattr(cfg, section)
+    setattr(cfg, name, value)
+
+
+def _keep(setting: str, folder_value: Any, requested: Any, source: str) -> None:
+    log.warning(
+        "train.init_from: model.%s = %r is ignored: the model of %s has %s = %r, which fine-tuning keeps",
+        setting, requested, source, setting, folder_value,
+    )  # fmt: skip
+
+
+def _differing(requested: dict[str, Any], folder: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in requested.items() if v != folder.get(k)}
+
+
+def _check_text_length(cfg: ModelConfig, text_config: PretrainedConfig, source: str) -> None:
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if not positions:
+        return
+    usable = positions - TEXT.get(cfg.text.name, key="model.text").position_offset
+    if cfg.text.max_length > usable:
+        raise ConfigError(
+            f"model.text.max_length = {cfg.text.max_length}: the text encoder of {source} has a position table of"
+            f" {usable} tokens, so fine-tuning it allows at most {usable}"
+        )
+
+
+def finetune_model_config(
+    saved: ModelConfig, requested: ModelConfig, text_config: PretrainedConfig, source: str
+) -> ModelConfig:
+    """The model config of a fine-tuning run from folder `source`: `saved` (the folder's) with the config's values of
+    the changeable settings; warns of the others it asks for. Sets the text dropout it names on `text_config` (the
+    folder's text encoder) too."""
+    result = copy.deepcopy(saved)
+    result.vision.weights = result.text.weights = None
+    with_decoder = saved.architecture == "encoder-decoder"
+    folder, defaults = _settings(saved), _settings(ModelConfig())
+    changed = []
+    for setting, value in _settings(requested).items():
+        if setting in STARTING_POINTS or (setting.startswith("decoder.") and not with_decoder):
+            continue
+        if setting in CHANGEABLE:
+            if value != folder[setting]:
+                changed.append(f"model.{setting} {folder[setting]!r} -> {value!r}")
+                _assign(result, setting, value)
+        elif value != defaults[setting] and value != folder[setting]:
+            _keep(setting, folder[setting], value, source)
+    folder_timm = resolve_vision(saved.vision).kwargs
+    for key, value in _differing(requested.vision.timm_kwargs, folder_timm).items():
+        if key in TIMM_CHANGEABLE:
+            changed.append(f"model.vision.timm_kwargs.{key} {folder_timm.get(key)!r} -> {value!r}")
+            result.vision.timm_kwargs[key] = value
+        else:
+            _keep(f"vision.timm_kwargs.{key}", folder_timm.get(key), value, source)
+    folder_text = {k: getattr(text_config, k, saved.text.hf_kwargs.get(k)) for k in requested.text.hf_kwargs}
+    for key, value in _differing(requested.text.hf_kwargs, folder_text).items():
+        if key in TEXT_CHANGEABLE:
+            changed.append(f"model.text.hf_kwargs.{key} {folder_text[key]!r} -> {value!r}")
+            result.text.hf_kwargs[key] = value
+            setattr(text_config, key, value)
+        else:
+            _keep(f"text.hf_kwargs.{key}", folder_text[key], value, source)
+    _check_text_length(result, text_config, source)
+    if changed:
+        log.info("train.init_from: %s fine-tuned with %s", source, ", ".join(changed))
+    return result
+
+
+def vision_adapter(model: Meter, source: str) -> Callable[[Weights], Weights]:
+    """Fits a folder's weights to `model`: its vision encoder's through the same adaptation as pretrained vision
+    weights (position embeddings and relative-position tables resampled to the model's resolution and windows)."""
+
+    def adapt(weights: Weights) -> Weights:
+        vision = {k.removeprefix(VISION_PREFIX): v for k, v in weights.items() if k.startswith(VISION_PREFIX)}
+        adapted = adapt_vision_state(model.vision.backbone, vision, f"{source} (train.init_from)")
+        others = {k: v for k, v in weights.items() if not k.startswith(VISION_PREFIX)}
+        return {**others, **{VISION_PREFIX + k: v for k, v in adapted.items()}}
+
+    return adapt

@@ -1,0 +1,158 @@
+"""`make_plan`: what a recipe will do, worked out without training, data or weights."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meter.config import Config, to_dict
+from meter.errors import ConfigError
+from meter.models.meter import Meter
+from meter.models.text import TEXT
+from meter.plan.memory import FP32, MemoryEstimate, estimate_memory
+from meter.plan.model import plan_model
+from meter.plan.tasks import TASK_PLANS, UNKNOWN, Head, TaskPlan, read_data, task_plan
+from meter.validate import validate
+
+
+@dataclass
+class PathCheck:
+    key: str
+    path: str
+    found: bool
+
+
+@dataclass
+class Schedule:
+    optimizer_steps: int
+    warmup_steps: int  # linear warm-up, then linear decay to 0 at optimizer_steps (train.optim.warmup_linear)
+    stop_at: int  # the run stops here (train.stop_at) and resumes later; equals optimizer_steps when not set
+
+
+@dataclass
+class Batching:
+    per_process: int  # train.batch_size: one micro-batch
+    processes: int
+    grad_accum: int
+    global_batch: int  # samples per optimizer step
+    samples: int  # over the whole schedule
+    examples: int | None  # in the training split; None: unknown
+    data: str
+    epochs: float | None
+
+
+@dataclass
+class Plan:
+    task: str
+    config: dict[str, Any]  # the resolved config, as the run saves it
+    parameters: dict[str, int]
+    vocabulary: dict[str, Any]
+    heads: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    schedule: Schedule
+    batching: Batching
+    paths: list[PathCheck]
+    memory: MemoryEstimate
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def configured_paths(cfg: Config, plan: TaskPlan) -> list[PathCheck]:
+    """Every path the config names (or implies, as the tokenizer folder), found or missing."""
+    paths = [("data.root", Path(cfg.data.root)), *plan.files(cfg)]
+    model, init_from = cfg.model, cfg.train.init_from
+    if model.vision.weights:
+        paths.append(("model.vision.weights", Path(model.vision.weights)))
+    if model.text.weights:
+        paths.append(("model.text.weights", Path(model.text.weights)))
+    if init_from:
+        paths.append(("train.init_from", Path(init_from)))  # its tokenizer and architecture take over
+    elif model.text.tokenizer:
+        paths.append(("model.text.tokenizer", Path(model.text.tokenizer)))
+    elif not model.text.weights:
+        kind = TEXT.get(model.text.name, key="model.text").tokenizer_kind
+        paths.append((f"tokenizer (data.root/tokenizers/{kind})", Path(cfg.data.root) / "tokenizers" / kind))
+    return [PathCheck(key, str(path), path.exists()) for key, path in paths]
+
+
+def activation_bytes_per_value(cfg: Config) -> tuple[int, str | None]:
+    """2 under bf16 autocast, 4 in fp32; `auto` plans for the GPU the recipe is meant for."""
+    train = cfg.train
+    if train.precision == "fp32" or (train.precision == "auto" and train.device == "cpu"):
+        return FP32, None
+    if train.precision == "auto":
+        return 2, "train.precision = auto: planned for a CUDA device, where it means bf16 autocast"
+    return 2, None
+
+
+def make_plan(cfg: Config, processes: int = 1) -> Plan:
+    """The plan of a run of `cfg` on `processes` processes (torchrun's --nproc_per_node x nodes). Raises the errors
+    the run would raise at its start (validate)."""
+    if processes < 1:
+        raise ConfigError(f"--processes = {processes} must be at least 1")
+    validate(cfg)
+    cfg = copy.deepcopy(cfg)
+    plan = task_plan(cfg.task)
+    notes = [] if cfg.task in TASK_PLANS else [f"`meter plan` does not know task {cfg.task!r}: no heads or data"]
+    paths = configured_paths(cfg, plan)
+    data = read_data(cfg, plan)
+    model, heads = plan_model(cfg, plan, lambda vocabulary: plan.heads(cfg, vocabulary, data))
+    notes += model.notes
+    train = cfg.train
+    global_batch = train.batch_size * processes * train.grad_accum
+    samples = global_batch * train.max_steps
+    bytes_per_value, precision_note = activation_bytes_per_value(cfg)
+    notes += [precision_note] if precision_note else []
+    forward = plan.forward(cfg, model.vocabulary.size)
+    groups = [
+        {"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"], "parameters": _count(g["params"])}
+        for g in model.groups
+    ]
+    stop_at = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
+    epochs = samples / data.examples if data.examples else None
+    return Plan(
+        task=cfg.task,
+        config=to_dict(cfg),
+        parameters=model.counts,
+        vocabulary=asdict(model.vocabulary),
+        heads=[_head(h, model.model) for h in heads],
+        groups=groups,
+        schedule=Schedule(train.max_steps, int(train.max_steps * train.warmup_ratio), stop_at),
+        batching=Batching(
+            train.batch_size,
+            processes,
+            train.grad_accum,
+            global_batch,
+            samples,
+            data.examples,
+            data.description,
+            epochs,
+        ),
+        paths=paths,
+        memory=estimate_memory(model.shape, forward, train.batch_size, bytes_per_value, processes, train.parallel),
+        notes=notes,
+    )
+
+
+def _count(parameters: list) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+def _head(head: Head, model: Meter) -> dict[str, Any]:
+    """A head's outputs and parameters; an unknown size is built with no output rows, and each adds a known count."""
+    module = model.heads[head.name]
+    result = {
+        "name": head.name,
+        "outputs": head.size,
+        "meaning": head.meaning,
+        "parameters": _count(module.parameters()),
+    }
+    if head.size is None:
+        last = [m for m in module.modules() if hasattr(m, "in_features")][-1]
+        result["parameters_per_output"] = last.in_features + 1
+        result["outputs"] = UNKNOWN
+    return result

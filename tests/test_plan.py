@@ -1,0 +1,199 @@
+"""`meter plan`: every recipe plans without its data or weights; the meta-device model is the real one; the memory
+estimate is of the right size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from meter.cli import main as meter_main
+from meter.config import Config, load_config
+from meter.data.collate import Collate
+from meter.models.meter import parameter_counts
+from meter.objectives.randomness import SampleRandomness
+from meter.plan import make_plan
+from meter.runs import downstream_task
+from meter.tasks.build import build_model, task_tokenizer
+from meter.tasks.pretrain import PretrainTask, pretrain_heads
+from meter.train.optim import parameter_groups, warmup_linear
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+RECIPES = sorted(CONFIGS.glob("*.yaml"))  # every recipe, including ones added later
+SHAPES_RECIPES = sorted(CONFIGS.glob("shapes-*.yaml"))
+NO_DROPOUT = [
+    "model.fusion.dropout=0",
+    "model.decoder.dropout=0",
+    "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+    "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+]
+
+
+def _plan(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = meter_main(["plan", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _real_task(cfg: Config) -> torch.nn.Module:
+    """The task module the run trains, built for real (weights in memory, data read)."""
+    if cfg.task == "pretrain":
+        tokenizer = task_tokenizer(cfg)
+        heads = pretrain_heads(tokenizer, cfg.objectives)
+        return PretrainTask(build_model(cfg, tokenizer, heads), tokenizer, cfg, heads)
+    return downstream_task(cfg.task).setup(cfg).task
+
+
+def _groups(task: torch.nn.Module, cfg: Config) -> list[dict]:
+    return [
+        {
+            "name": g["name"],
+            "lr": g["lr"],
+            "weight_decay": g["weight_decay"],
+            "parameters": sum(p.numel() for p in g["params"]),
+        }
+        for g in parameter_groups(task, cfg.train)
+    ]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_every_recipe_plans_without_its_data_or_weights(recipe: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipes' relative data and weight paths lead nowhere from here
+    code, out, err = _plan(capsys, "--config", str(recipe), "--processes", "8", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    parts = {k: v for k, v in plan["parameters"].items() if k != "total"}
+    assert plan["parameters"]["total"] == sum(parts.values()) > 0
+    assert sum(g["parameters"] for g in plan["groups"]) == plan["parameters"]["total"]
+    train = plan["config"]["train"]
+    assert plan["schedule"]["optimizer_steps"] == train["max_steps"]
+    assert plan["batching"]["global_batch"] == train["batch_size"] * 8 * train["grad_accum"]
+    missing = {p["key"] for p in plan["paths"] if not p["found"]}
+    assert {"data.root"} | {
+        f"model.{part}.weights" for part in ("vision", "text") if plan["config"]["model"][part]["weights"]
+    } <= missing
+    assert plan["batching"]["examples"] is None and plan["memory"]["total"] > 0
+
+    code, text, err = _plan(capsys, "--config", str(recipe), "--processes", "8")
+    assert code == 0, err
+    for section in ("parameters", "heads", "optimizer groups (AdamW)", "schedule", "batch", "paths", "memory"):
+        assert f"== {section}" in text
+    assert f"total       {plan['parameters']['total']:>13,}" in text
+    assert all(g["name"] in text for g in plan["groups"])
+    assert f"{train['max_steps']:,} optimizer steps" in text
+    assert "MISSING  data.root" in text
+
+
+@pytest.mark.parametrize("recipe", SHAPES_RECIPES, ids=lambda path: path.stem)
+def test_the_meta_device_model_counts_as_the_real_build(recipe: Path, shapes_tasks_world: Path):
+    cfg = load_config(recipe, [f"data.root={shapes_tasks_world}", "vqa.min_answer_count=1"])
+    plan = make_plan(cfg)
+    task = _real_task(load_config(recipe, [f"data.root={shapes_tasks_world}", "vqa.min_answer_count=1"]))
+    assert {k: v for k, v in plan.parameters.items() if k != "task-only"} == parameter_counts(task.model)
+    assert plan.groups == _groups(task, cfg)
+    assert plan.vocabulary["known"] and plan.vocabulary["size"] == len(task_tokenizer(cfg))
+    assert plan.batching.examples is not None and plan.batching.examples > 0
+    assert all(isinstance(h["outputs"], int) for h in plan.heads)
+
+
+def test_a_plan_from_an_encoder_only_checkpoint_adds_the_captioning_decoder(
+    micro_checkpoints, micro_config: Config, shapes_tasks_world: Path
+):
+    overrides = [
+        "task=captioning",
+        f"data.root={shapes_tasks_world}",
+        f"train.init_from={micro_checkpoints('pretrain')}",
+    ]
+    plan = make_plan(load_config(None, overrides, base=micro_config))
+    task = _real_task(load_config(None, overrides, base=micro_config))
+    assert plan.config["model"]["architecture"] == "encoder-decoder"  # as the run saves it
+    assert plan.parameters["decoder"] > 0
+    assert plan.parameters == parameter_counts(task.model)
+    assert any("has no decoder" in note for note in plan.notes)
+
+
+def test_unknown_sizes_are_said_to_be_unknown_not_guessed(tmp_path: Path, capsys):
+    code, out, err = _plan(capsys, "--config", str(CONFIGS / "shapes-vqa.yaml"), f"data.root={tmp_path}")
+    assert code == 0, err
+    assert "outputs unknown until the data is read" in out
+    assert "epochs: unknown" in out
+    assert f"MISSING  tokenizer (data.root/tokenizers/wordpiece): {tmp_path}/tokenizers/wordpiece" in out
+    assert "vocabulary (30,522) is assumed from transformers' default for bert" in out
+
+
+def test_batch_schedule_and_epochs_follow_the_processes_and_the_data(shapes_world: Path):
+    cfg = load_config(
+        CONFIGS / "shapes-tiny.yaml",
+        [f"data.root={shapes_world}", "train.batch_size=8", "train.grad_accum=2", "train.max_steps=50"],
+    )
+    plan = make_plan(cfg, processes=4)
+    karpathy = json.loads((shapes_world / cfg.data.karpathy).read_text())
+    captions = sum(len(i["sentences"]) for i in karpathy["images"] if i["split"] in ("train", "restval"))
+    assert (plan.batching.global_batch, plan.batching.samples, plan.batching.examples) == (64, 3200, captions)
+    assert plan.batching.epochs == pytest.approx(3200 / captions)
+    # the schedule the run builds: its learning rate peaks when the warm-up ends
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, rates = warmup_linear(optimizer, cfg.train.max_steps, cfg.train.warmup_ratio), []
+    for _ in range(cfg.train.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert plan.schedule.warmup_steps == rates.index(max(rates)) == 5
+
+
+def test_fsdp_shards_the_optimizer_state_and_ddp_adds_gradient_buckets(micro_config: Config):
+    one = make_plan(micro_config).memory.state
+    ddp = make_plan(micro_config, processes=4).memory.state
+    fsdp = make_plan(load_config(None, ["train.parallel=fsdp"], base=micro_config), processes=4).memory.state
+    assert ddp["DDP gradient buckets"] == ddp["gradients (fp32)"] == one["gradients (fp32)"]
+    assert sum(fsdp.values()) == pytest.approx(sum(one.values()) / 4, abs=4)
+
+
+def test_a_validation_error_is_reported_as_the_run_reports_it(capsys):
+    wrong = ["objectives.span=1", "model.architecture=encoder"]  # validate.py: span needs a decoder
+    code, out, plan_err = _plan(capsys, *wrong)
+    assert code == 2 and out == ""
+    assert meter_main(["pretrain", *wrong]) == 2
+    run_err = capsys.readouterr().err
+    assert plan_err == run_err and "objectives.span needs a decoder" in plan_err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_activation_estimate_is_within_a_factor_of_two_of_the_saved_tensors(micro_config: Config, precision):
+    """Autograd's saved tensors of one training forward pass of a micro model on the CPU, against the plan's estimate
+    (dropout off: the CPU runs attention with dropout through SDPA's math kernel, which keeps the probabilities that
+    the GPU kernels the estimate assumes do not)."""
+    cfg = load_config(None, [*NO_DROPOUT, f"train.precision={precision}", "train.device=cpu"], base=micro_config)
+    task = _real_task(cfg)
+    tokenizer, size, length = task_tokenizer(cfg), cfg.model.vision.image_size, cfg.model.text.max_length
+    caption = " ".join(["a small red circle left of a big blue square"] * length)  # cut to max_length tokens
+    samples = [
+        {"pixels": torch.randn(3, size, size), "text": caption, "image_id": i} for i in range(cfg.train.batch_size)
+    ]
+    batch = task.prepare(Collate(tokenizer, length)(samples), SampleRandomness.standalone(0, len(samples)))
+    assert batch["input_ids"].shape[1] == length
+    parameters = {p.untyped_storage().data_ptr() for p in task.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:  # a saved weight costs nothing more; its autocast copy does
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        task(batch)
+    estimate = sum(make_plan(cfg).memory.activations.values())
+    assert 0.5 < estimate / sum(saved.values()) < 2.0, (estimate, sum(saved.values()))
+
+
+def test_the_full_size_model_is_planned_at_its_public_sizes_without_reading_a_weight(tmp_path: Path, monkeypatch):
+    """CLIP-ViT-B/16 at 288 px (11 blocks) + RoBERTa-base + 6 co-attention layers (test_paper_configs.py builds it
+    for real)."""
+    monkeypatch.chdir(tmp_path)  # pretrained/clip-vit-b16.safetensors and pretrained/roberta-base are not here
+    counts = make_plan(load_config(CONFIGS / "clip16-roberta-pretrain.yaml")).parameters
+    assert (counts["vision"], counts["text"], counts["fusion"]) == (78_809_856, 124_055_040, 113_421_312)
+    assert 318e6 < counts["total"] - counts["heads"] < 319e6

@@ -1,0 +1,112 @@
+"""Retrieval evaluation: every pair scored by the fused model (checked pair by pair against the whole model), and
+which model folders may be shortlisted."""
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meter.config import load_config
+from meter.errors import ConfigError, DataError
+from meter.importers.meter_official import import_meter_official
+from meter.models.folder import load_model_folder
+from meter.runs import evaluate_run
+from meter.tasks.build import load_for_eval, read_karpathy_splits
+from tests.reference.retrieval_brute_force import brute_force_recall
+
+OFFICIAL_TINY = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
+RECALLS = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+
+
+def eval_config(root: Path, *overrides: str):
+    return load_config(None, ["task=retrieval", f"data.root={root}", "train.progress=false", *overrides])
+
+
+@torch.no_grad()
+def brute_force_scores(folder: Path, cfg) -> tuple[list[list[float]], list[int]]:
+    """Each (image, caption) pair alone through the whole model, unpadded; an unreadable image scores -inf."""
+    loaded = load_for_eval(folder, torch.device("cpu"))
+    records = read_karpathy_splits(cfg, "retrieval", [cfg.retrieval.eval_split])[: cfg.retrieval.max_eval_images]
+    texts = [c for r in records for c in r.captions]
+    encoded = [loaded.tokenizer([t], truncation=True, max_length=40, return_tensors="pt") for t in texts]
+    scores = []
+    for record in records:
+        try:
+            pixels = loaded.images(record.image)[None]
+        except DataError:
+            scores.append([-math.inf] * len(texts))
+            continue
+        row = []
+        for e in encoded:
+            joint = loaded.model(pixels, e["input_ids"], e["attention_mask"]).joint
+            row.append(float(loaded.model.heads["rank"](joint)[0, 0]))
+        scores.append(row)
+    return scores, [i for i, r in enumerate(records) for _ in r.captions]
+
+
+def test_every_pair_scoring_matches_pair_by_pair_scores_even_with_an_unreadable_image(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    root = tmp_path / "world"
+    shutil.copytree(shapes_tasks_world, root)
+    # 5 images of the training split, 25 captions; the 4th image unreadable
+    cfg = eval_config(root, "retrieval.shortlist=0", "retrieval.eval_split=train", "retrieval.max_eval_images=5")
+    broken = read_karpathy_splits(cfg, "retrieval", ["train"])[3].image
+    broken.write_bytes(b"not an image")
+    folder = micro_checkpoints("retrieval")
+    result = evaluate_run(cfg, folder, tmp_path / "eval")
+    scores, text_image = brute_force_scores(folder, cfg)
+    assert result["scored_pairs"] == 4 * 25  # every pair of the 4 readable images
+    expected = brute_force_recall(scores, text_image)
+    assert {k: result[k] for k in RECALLS} == pytest.approx(expected, abs=1e-9)
+    rankings = json.loads((tmp_path / "eval" / "retrieval_rankings_train.json").read_text())
+    records = read_karpathy_splits(cfg, "retrieval", ["train"])[:5]
+    text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
+    best = np.argsort(-np.array(scores), axis=1, kind="stable")[:, :10]
+    assert [rankings["image_to_text"][str(r.image_id)] for r in records] == [[text_ids[t] for t in row] for row in best]
+
+
+def official_retrieval_folder(tmp_path: Path, shapes_tasks_world: Path) -> Path:
+    """The tiny official checkpoint with a rank head (an official retrieval model), imported."""
+    checkpoint = torch.load(OFFICIAL_TINY / "meter_official_tiny.ckpt", weights_only=True)
+    weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vqa_classifier.")}
+    generator = torch.Generator().manual_seed(0)
+    weights |= {"rank_output.weight": torch.randn(1, 128, generator=generator), "rank_output.bias": torch.zeros(1)}
+    checkpoint["state_dict"] = weights
+    torch.save(checkpoint, tmp_path / "irtr.ckpt")
+    import_meter_official(tmp_path / "irtr.ckpt", OFFICIAL_TINY / "text_encoder", tmp_path / "imported",
+                          tokenizer=shapes_tasks_world / "tokenizers" / "bpe")  # fmt: skip
+    return tmp_path / "imported"
+
+
+def test_an_official_model_is_scored_on_every_pair_by_default_and_refuses_a_shortlist(
+    shapes_tasks_world: Path, tmp_path: Path, caplog
+):
+    folder = official_retrieval_folder(tmp_path, shapes_tasks_world)
+    assert load_model_folder(folder)[2].heads == {"mlm": 1000, "itm": 2, "rank": 1}
+    with caplog.at_level(logging.INFO, logger="meter"):
+        result = evaluate_run(eval_config(shapes_tasks_world), folder, tmp_path / "eval")
+    assert result["shortlist"] == 0 and result["scored_pairs"] == 2 * 10  # the test split: 2 images, 10 captions
+    assert "not trained with the contrastive loss (retrieval.objective = official): scoring every pair" in caplog.text
+    refused = r"retrieval.shortlist = 16: .* not trained with .* \(retrieval.objective = official\)"
+    with pytest.raises(ConfigError, match=refused):
+        evaluate_run(eval_config(shapes_tasks_world, "retrieval.shortlist=16"), folder, tmp_path / "eval")
+
+
+def test_a_model_trained_with_the_contrastive_loss_is_shortlisted_by_default(micro_checkpoints, shapes_tasks_world,
+                                                                              tmp_path):  # fmt: skip
+    result = evaluate_run(eval_config(shapes_tasks_world), micro_checkpoints("retrieval"), tmp_path / "eval")
+    assert result["shortlist"] == 16
+
+
+def test_a_pretrained_model_is_scored_on_every_pair_by_its_itm_head(micro_checkpoints, shapes_tasks_world, tmp_path,
+                                                                     caplog):  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="meter"):
+        result = evaluate_run(eval_config(shapes_tasks_world), micro_checkpoints("pretrain"), tmp_path / "eval")
+    assert result["shortlist"] == 0 and result["scored_pairs"] == 2 * 10
+    assert "not trained with the contrastive loss (a pretrain model): scoring every pair" in caplog.text

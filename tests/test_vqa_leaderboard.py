@@ -1,0 +1,130 @@
+"""The route to the VQAv2 leaderboard: train on train + val, predict test-dev (no annotations), submit the file."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from meter.config import load_config
+from meter.data.formats.vqa import read_vqa_questions
+from meter.errors import DataError
+from meter.models.folder import read_model_folder
+from meter.runs import run_finetune
+from meter.tasks.vqa import answer_vocabulary, read_vqa_split, setup_vqa
+from tests.conftest import MICRO
+
+QUESTION_OFFSET, IMAGE_OFFSET = 1_000_000, 500_000  # test-dev ids of our own, unlike any val id
+
+
+def leaderboard_root(world: Path, root: Path) -> Path:
+    """`root`: the world's train2014 / val2014 files, plus test-dev2015 questions (val's, renumbered, without
+    annotations) about test2015 images (val's images, renamed), laid out as the official release is."""
+    (root / "vqa").mkdir(parents=True)
+    for file in (world / "vqa").iterdir():
+        (root / "vqa" / file.name).symlink_to(file)
+    (root / "tokenizers").symlink_to(world / "tokenizers")
+    (root / "images" / "test2015").mkdir(parents=True)
+    for split in ("train2014", "val2014"):
+        (root / "images" / split).symlink_to(world / "images" / split)
+    questions = read_vqa_questions(world / "vqa/v2_OpenEnded_mscoco_val2014_questions.json")
+    renumbered = [{"image_id": q["image_id"] + IMAGE_OFFSET, "question": q["question"],
+                   "question_id": q["question_id"] + QUESTION_OFFSET} for q in questions]  # fmt: skip
+    for image_id in {q["image_id"] for q in questions}:
+        (root / f"images/test2015/COCO_test2015_{image_id + IMAGE_OFFSET:012d}.png").symlink_to(
+            world / f"images/val2014/COCO_val2014_{image_id:012d}.png"
+        )
+    test_dev = {"data_subtype": "test-dev2015", "task_type": "Open-Ended", "questions": renumbered}
+    (root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(test_dev))
+    return root
+
+
+def _write_split(root: Path, split: str, answers: list[str], first_id: int) -> None:
+    """One question per consensus answer, each of its ten annotators agreeing."""
+    questions, annotations = [], []
+    for n, answer in enumerate(answers):
+        question_id = first_id + n
+        questions.append({"image_id": n, "question": f"question {n}?", "question_id": question_id})
+        annotations.append({"question_id": question_id, "image_id": n, "question_type": "what", "answer_type": "other",
+                            "multiple_choice_answer": answer,
+                            "answers": [{"answer": answer, "answer_id": i + 1} for i in range(10)]})  # fmt: skip
+    (root / "vqa").mkdir(parents=True, exist_ok=True)
+    (root / f"vqa/v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps({"questions": questions}))
+    (root / f"vqa/v2_mscoco_{split}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+
+
+def test_train_and_val_give_one_vocabulary_with_the_count_applied_over_both(shapes_world: Path, tmp_path: Path):
+    _write_split(tmp_path, "train2014", ["cat"] * 5 + ["dog"] * 8 + ["owl"] * 9, first_id=0)
+    _write_split(tmp_path, "val2014", ["cat"] * 4 + ["yak"] * 9, first_id=100)
+    (tmp_path / "tokenizers").symlink_to(shapes_world / "tokenizers")
+    cfg = load_config(None, [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014, val2014]", *MICRO])
+    job = setup_vqa(cfg)
+    assert job.task.answers == ["cat", "owl", "yak"]  # cat: 5 + 4 = 9 over both splits; dog: 8, short of 9
+    assert len(job.dataset) == 22 + 13
+
+
+def test_test_dev_questions_read_their_images_from_the_test2015_folder(shapes_world: Path, tmp_path: Path):
+    root = leaderboard_root(shapes_world, tmp_path / "data")
+    cfg = load_config(None, [f"data.root={root}"])
+    records = read_vqa_split(cfg, "test-dev2015", with_annotations=False)
+    first = records[0]
+    assert first.image == root / f"images/test2015/COCO_test2015_{first.image_id:012d}.png"
+    assert all(r.image.is_file() for r in records) and first.question_id > QUESTION_OFFSET
+    cfg = load_config(None, [f"data.root={root}", "vqa.image_splits={}"])  # the setting, not a hidden rule
+    assert read_vqa_split(cfg, "test-dev2015", with_annotations=False)[0].image.parent == root / "images/test-dev2015"
+
+
+def test_a_question_asked_twice_is_an_error_naming_the_file(shapes_world: Path, tmp_path: Path):
+    root = leaderboard_root(shapes_world, tmp_path / "data")
+    path = root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({"questions": data["questions"] + data["questions"][:1]}))
+    with pytest.raises(DataError, match=r"test-dev2015_questions.json: question_id \d+ appears more than once"):
+        read_vqa_split(load_config(None, [f"data.root={root}"]), "test-dev2015", with_annotations=False)
+
+
+def _submission_answers(path: Path, questions: Path) -> dict[int, str]:
+    rows = json.loads(path.read_text())
+    assert all(set(row) == {"question_id", "answer"} and isinstance(row["answer"], str) for row in rows)
+    answered = [row["question_id"] for row in rows]
+    assert sorted(answered) == sorted(q["question_id"] for q in read_vqa_questions(questions))  # each once
+    return {row["question_id"]: row["answer"] for row in rows}
+
+
+def test_evaluating_test_dev_writes_the_submission_and_says_it_is_unscored(
+    micro_checkpoints, shapes_world: Path, tmp_path: Path, capsys, caplog
+):
+    root = leaderboard_root(shapes_world, tmp_path / "data")
+    checkpoint = micro_checkpoints("vqa")
+    with caplog.at_level(logging.WARNING):
+        code = main(["evaluate", "vqa", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
+                     f"data.root={root}", "vqa.eval_split=test-dev2015", "train.progress=false"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scored"] is False and "no annotations" in result["reason"] and result["split"] == "test-dev2015"
+    submission = tmp_path / "eval/vqa_predictions_test-dev2015.json"
+    assert result["submission"] == str(submission)
+    answers = _submission_answers(submission, root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")
+    assert len(answers) == result["questions"] and set(answers.values()) <= set(read_model_folder(checkpoint).answers)
+    assert "could not score test-dev2015" in caplog.text and "unreadable" not in caplog.text  # images found
+    assert not (tmp_path / "eval/vqa_accuracy_test-dev2015.json").exists()
+
+
+def test_finetuning_on_train_and_val_predicts_test_dev_end_to_end(micro_checkpoints, shapes_world: Path, tmp_path):
+    root = leaderboard_root(shapes_world, tmp_path / "data")
+    settings = [
+        "task=vqa",
+        "vqa.train_splits=[train2014, val2014]",
+        "vqa.eval_split=test-dev2015",
+        "vqa.min_answer_count=1",
+        f"train.init_from={micro_checkpoints('pretrain')}",
+        "train.max_steps=2",
+    ]
+    cfg = load_config(None, [f"data.root={root}", f"train.out={tmp_path / 'run'}", *settings, *MICRO])
+    result = run_finetune(cfg)
+    assert result["scored"] is False
+    both = read_vqa_split(cfg, "train2014") + read_vqa_split(cfg, "val2014")
+    assert read_model_folder(tmp_path / "run/model").answers == answer_vocabulary(both, 1)
+    _submission_answers(tmp_path / "run/vqa_predictions_test-dev2015.json",
+                        root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")  # fmt: skip
