@@ -12,7 +12,10 @@ from meter.errors import MeterError
 
 # module name -> adds its subparser and returns the function that runs it; the command is the module's name,
 # or its COMMAND when that differs (`import` is a Python keyword)
-COMMAND_MODULES = ("prepare", "pretrain", "finetune", "evaluate", "predict", "demo", "models", "import_checkpoint", "plan")
+COMMAND_MODULES = (
+    "prepare", "pretrain", "finetune", "evaluate", "predict", "explain", "serve", "demo", "models", "import_checkpoint",
+    "plan",
+)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

@@ -1,0 +1,73 @@
+"""`meter explain --checkpoint C --image I --question Q --out map.png`: where the answer came from, as a heat map over
+the image (the same map `meter serve`'s page shows); prints the answers and the map as JSON.
+
+--question Q       explain a VQA answer (the best one, or --answer A)
+--text T           explain a match score (rank or ITM head) or an SNLI-VE judgement (--task snli_ve)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("explain", help="write a heat map of where a model's answer came from")
+    parser.add_argument("--checkpoint", required=True, help="a model folder, or a run folder (its latest checkpoint)")
+    parser.add_argument("--image", required=True, help="an image file")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--question", help="a question about --image (VQA)")
+    query.add_argument("--text", help="a caption or hypothesis about --image (match, snli_ve)")
+    parser.add_argument("--out", required=True, help="the PNG to write: the heat map over the image")
+    parser.add_argument("--method", help="gradcam or attention (default: gradcam; see the README)")
+    parser.add_argument("--layer", default="mean", help="mean (default), or a fusion layer counted from 1")
+    parser.add_argument("--task", help="what --text asks: match or snli_ve (default: the first the model has)")
+    parser.add_argument("--answer", help="the VQA answer to explain (default: the model's best)")
+    parser.add_argument("--top", type=int, default=5, help="answers to list for --question (default 5)")
+    parser.add_argument("--size", type=int, default=384, help="side of the written PNG in pixels (default 384)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return run
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meter.data.images import load_image
+    from meter.errors import ConfigError
+    from meter.explain import DEFAULT_METHOD, check_method, explain_batch, explainable_tasks, overlay
+    from meter.predictor import Predictor
+
+    text = args.question if args.question is not None else args.text
+    if not text.strip():
+        raise ConfigError(f"--{'question' if args.question is not None else 'text'} is empty; give the text to use")
+    method = check_method(args.method or DEFAULT_METHOD)
+    if args.question is not None and args.task not in (None, "vqa"):
+        raise ConfigError(f"--question goes with --task vqa, not {args.task}; use --text for {args.task}")
+    if args.task not in (None, "match", "snli_ve") and args.question is None:
+        raise ConfigError(f"--task {args.task!r}: choose match or snli_ve for --text (or use --question for vqa)")
+    if args.layer != "mean" and not (args.layer.isdigit() and int(args.layer) >= 1):
+        raise ConfigError(f"--layer {args.layer!r}: choose mean or a fusion layer counted from 1")
+    if args.answer is not None and args.question is None:
+        raise ConfigError("--answer picks a VQA answer; it goes with --question")
+    if args.size < 16:
+        raise ConfigError(f"--size {args.size} must be at least 16")
+    predictor = Predictor(args.checkpoint, args.device)
+    task = "vqa" if args.question is not None else args.task
+    if task is None:  # --text: what the model can say about a text
+        task = next((t for t in explainable_tasks(predictor) if t != "vqa"), None)
+        if task is None:
+            raise ConfigError(
+                f"{predictor.checkpoint}: --text needs a rank, itm or snli_ve head to explain; this model has:"
+                f" {', '.join(predictor.heads) or 'no heads'} (use --question for a vqa head)"
+            )
+    image = load_image(args.image)
+    heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top)[0]
+    grid = heat.select(args.layer)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay(image, grid, args.size).save(out)
+    result = {**heat.prediction, "method": heat.method, "layer": args.layer, "grid": "GRID", "out": str(out)}
+    rows = ",\n  ".join(json.dumps([round(v, 4) for v in row]) for row in grid.tolist())
+    print(json.dumps(result, indent=1).replace('"GRID"', f"[\n  {rows}\n ]"))  # one line per row of patches
+    return 0

@@ -1,0 +1,56 @@
+"""`meter serve --model DIR`: load a model folder once and serve a JSON API and a web page over it.
+
+The page is at http://HOST:PORT/; the API's endpoints are listed by GET /api/model. Binds to 127.0.0.1 unless
+--host says otherwise. Needs the serve extra: pip install -e ".[serve]".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from meter.serve.limits import MB, ServeLimits
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("serve", help="serve a model folder: a JSON API and a web page with heat maps")
+    parser.add_argument("--model", required=True, help="a model folder, or a run folder (its latest checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    default = ServeLimits()
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body-mb", type=float, default=default.max_body_bytes / MB,
+                        help="largest request in MiB (default %(default)g)")  # fmt: skip
+    limits.add_argument("--max-pixels", type=int, default=default.max_pixels,
+                        help="largest image in pixels, read before decoding (default %(default)s)")  # fmt: skip
+    limits.add_argument("--max-batch", type=int, default=default.max_batch,
+                        help="requests run in one forward pass (default %(default)s)")  # fmt: skip
+    limits.add_argument("--max-wait-ms", type=float, default=default.max_wait_ms,
+                        help="ms a request waits for others to batch with (default %(default)g)")  # fmt: skip
+    limits.add_argument("--max-pending", type=int, default=default.max_pending,
+                        help="requests queued or running; past it: 503 (default %(default)s)")  # fmt: skip
+    return run
+
+
+def limits_of(args: argparse.Namespace) -> ServeLimits:
+    return ServeLimits(
+        max_body_bytes=int(args.max_body_mb * MB), max_pixels=args.max_pixels, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from meter.errors import ConfigError
+
+    try:
+        from meter.serve.server import build_app, serve
+    except ImportError as error:
+        raise ConfigError(
+            f'meter serve needs the serve extra ({error.name} is missing): pip install -e ".[serve]"'
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} must be from 0 to 65535")
+    app = build_app(args.model, limits_of(args), args.device)
+    serve(app, args.host, args.port)
+    return 0

@@ -1,0 +1,189 @@
+"""The HTTP side of `meter serve`: a JSON API and one web page over a loaded model (see ModelService).
+
+Every error is JSON `{"error": message, "status": code}`: 400 a model without the needed head (the message names
+the heads it has), 413 a body or an image too large, 415 not an image, 422 a truncated image, an empty text or a bad
+value, 503 the queue is full. None of them stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meter.errors import MeterError
+from meter.explain import DEFAULT_METHOD, check_method
+from meter.serve.batcher import MicroBatcher
+from meter.serve.body_limit import BodyLimit
+from meter.serve.service import ModelService
+from meter.serve.uploads import ServeError, check_text, read_image
+
+log = logging.getLogger(__name__)
+PAGE = resources.files("meter.serve") / "page"
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+class CountIncoming:
+    """Tells the batcher of every model request from its first byte, so that a batch waits for requests still
+    being uploaded or decoded, and only for those (see MicroBatcher.expecting)."""
+
+    def __init__(self, app: ASGIApp, batcher: MicroBatcher) -> None:
+        self.app = app
+        self.batcher = batcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
+            with self.batcher.expecting():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(service: ModelService) -> FastAPI:
+    limits = service.limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="meter serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pages load a CDN
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(CountIncoming, batcher=service.batcher)  # outermost: counts uploads still in transit
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, error: ServeError) -> JSONResponse:
+        return error_response(error.status, error.message, {"Retry-After": "1"} if error.status == 503 else None)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: said as JSON, logged, served on
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return error_response(500, f"internal error ({type(error).__name__}: {error}); the server keeps serving")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"] if part not in ("body", "query"))
+            problems.append(f"{field}: {problem['msg']}")
+        return error_response(422, "; ".join(problems))
+
+    async def image_of(upload: UploadFile, field: str) -> Image.Image:
+        data = await upload.read()
+        return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels)
+
+    async def text_of(text: str | None, field: str, what: str) -> tuple[str, list[str]]:
+        text = check_text(text, field, what)
+        return text, await run_in_threadpool(service.text_notes, text, field)
+
+    def top_of(top: int) -> int:
+        if not 1 <= top <= limits.max_top:
+            raise ServeError(422, f"top {top} must be from 1 to {limits.max_top}")
+        return top
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(PAGE / "index.html"))
+
+    app.mount("/static", StaticFiles(directory=str(PAGE)), name="static")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        batcher = service.batcher
+        return {"status": "ok", **service.identity(), "pending": batcher.pending, "batches_run": batcher.batches_run}
+
+    @app.get("/api/model")
+    async def model() -> dict[str, Any]:
+        return service.describe()
+
+    @app.post("/api/vqa")
+    async def vqa(
+        image: Annotated[UploadFile, File()], question: Annotated[str, Form()] = "", top: Annotated[int, Form()] = 5
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("vqa")
+        top = top_of(top)
+        question, notes = await text_of(question, "question", "a question about the image")
+        done = await service.submit(("vqa",), (await image_of(image, "image"), question, top))
+        return service.answer(done, started, notes, answers=done.result)
+
+    @app.post("/api/match")
+    async def match(image: Annotated[UploadFile, File()], text: Annotated[str, Form()] = "") -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("match")
+        text, notes = await text_of(text, "text", "a caption of the image")
+        done = await service.submit(("match",), (await image_of(image, "image"), text))
+        scores = {k: v for k, v in done.result.items() if k in ("match_score", "match_probability")}
+        return service.answer(done, started, notes, **scores)
+
+    @app.post("/api/snli-ve")
+    async def snli_ve(image: Annotated[UploadFile, File()], text: Annotated[str, Form()] = "") -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("snli-ve")
+        text, notes = await text_of(text, "text", "a hypothesis about the image")
+        done = await service.submit(("snli-ve",), (await image_of(image, "image"), text))
+        return service.answer(done, started, notes, entailment=done.result["entailment"])
+
+    @app.post("/api/nlvr2")
+    async def nlvr2(
+        left: Annotated[UploadFile, File()], right: Annotated[UploadFile, File()], text: Annotated[str, Form()] = ""
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("nlvr2")
+        text, notes = await text_of(text, "text", "a statement about the two images")
+        pair = (await image_of(left, "left"), await image_of(right, "right"))
+        done = await service.submit(("nlvr2",), (*pair, text))
+        return service.answer(done, started, notes, **done.result)
+
+    @app.post("/api/caption")
+    async def caption(image: Annotated[UploadFile, File()], beam: Annotated[int, Form()] = 1) -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("caption")
+        if not 1 <= beam <= 8:
+            raise ServeError(422, f"beam {beam} must be from 1 (greedy) to 8")
+        done = await service.submit(("caption", beam), await image_of(image, "image"))
+        return service.answer(done, started, [], caption=done.result, beam=beam)
+
+    @app.post("/api/explain")
+    async def explain(
+        image: Annotated[UploadFile, File()],
+        text: Annotated[str, Form()] = "",
+        task: Annotated[str, Form()] = "",
+        method: Annotated[str, Form()] = DEFAULT_METHOD,
+        answer: Annotated[str, Form()] = "",
+        top: Annotated[int, Form()] = 5,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        service.require("explain")
+        tasks = service.describe()["explain"]["tasks"]
+        task = task or tasks[0]
+        if task not in tasks:
+            raise ServeError(
+                400, f"task {task!r} cannot be explained by this model; it can explain: {', '.join(tasks)}"
+            )
+        try:
+            check_method(method)
+        except MeterError as error:
+            raise ServeError(422, str(error)) from None
+        text, notes = await text_of(text, "text", "a question or a caption")
+        item = (await image_of(image, "image"), text, answer.strip() or None, top_of(top))
+        done = await service.submit(("explain", task, method), item)
+        heat, views = done.result
+        return service.answer(done, started, notes, task=task, **heat.prediction, heatmap=heat.to_dict() | views)
+
+    return app

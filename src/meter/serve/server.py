@@ -1,0 +1,51 @@
+"""Running the app under uvicorn: in the foreground (`meter serve`), or on a thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from meter.predictor import Predictor
+from meter.serve.app import create_app
+from meter.serve.limits import ServeLimits
+from meter.serve.service import ModelService
+
+log = logging.getLogger(__name__)
+
+
+def build_app(model: str | Path, limits: ServeLimits | None = None, device: str = "auto") -> FastAPI:
+    """Loads the model folder once and returns the app that serves it."""
+    predictor = Predictor(model, device)
+    service = ModelService(predictor, limits or ServeLimits())
+    log.info("serving %s (weights %s): %s", predictor.checkpoint, service.model_id, ", ".join(service.endpoints()))
+    return create_app(service)
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+@contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", timeout: float = 60.0) -> Iterator[str]:
+    """Serves `app` on a free port of `host` from a thread; yields the base URL, and stops the server on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host} within {timeout:g} s")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -1,0 +1,55 @@
+"""Uploaded images and texts, checked before the model sees them; each problem becomes a ServeError."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from meter.data.images import decode_image
+from meter.errors import DataError
+
+
+class ServeError(Exception):
+    """A request the server cannot answer: the HTTP status and a message a person can act on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def read_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decodes an upload as RGB. The pixel count is read from the header first: an image over `max_pixels` (a
+    decompression bomb: a small file that decodes to gigabytes) is refused before any pixel is decoded."""
+    if not data:
+        raise ServeError(422, f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+    except UnidentifiedImageError:
+        raise ServeError(415, f"{name}: not an image (PIL knows no such format; send a PNG, JPEG, WebP, ...)") from None
+    except Image.DecompressionBombError as error:
+        raise ServeError(413, f"{name}: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ServeError(422, f"{name}: unreadable image header ({type(error).__name__}: {error})") from None
+    if width * height > max_pixels:
+        raise ServeError(
+            413, f"{name}: {width}x{height} is {width * height:,} pixels; this server decodes at most {max_pixels:,}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return decode_image(io.BytesIO(data), name)
+    except DataError as error:  # a truncated or damaged file: its header was fine, its pixels are not
+        raise ServeError(422, str(error).removeprefix("data: ")) from None
+
+
+def check_text(text: str | None, field: str, what: str) -> str:
+    """The text without surrounding spaces; an empty one is refused."""
+    if text is None or not text.strip():
+        raise ServeError(422, f"{field} is empty; type {what}")
+    return text.strip()

@@ -1,0 +1,154 @@
+"""Heat maps of where an answer came from: the recorded attention, the two methods, `meter explain`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from meter.cli import main
+from meter.config import load_config
+from meter.data.tokenizers import load_tokenizer
+from meter.errors import ConfigError
+from meter.explain import HeatMap, explain_batch, model_view, overlay
+from meter.models.attention_maps import image_grid, record_text_to_image_attention
+from meter.predictor import Predictor
+from meter.tasks.build import build_model
+from tests.conftest import MICRO
+
+IMAGE = "images/val2014/COCO_val2014_000000000055.png"
+QUESTION = "What color is the circle?"
+
+
+@pytest.fixture(scope="module")
+def vqa_predictor(micro_checkpoints) -> Predictor:
+    return Predictor(micro_checkpoints("vqa"), "cpu")
+
+
+def micro_model(shapes_world: Path, fusion: str):
+    cfg = load_config(
+        None, [f"data.root={shapes_world}", *MICRO, f"model.fusion.name={fusion}", "model.fusion.layers=2"]
+    )
+    tokenizer = load_tokenizer(shapes_world / "tokenizers" / "wordpiece")
+    model = build_model(cfg, tokenizer, {"vqa": 5}).eval()
+    batch = tokenizer(["what color is the circle?", "how many shapes are there in the picture?"], padding="longest",
+                      return_tensors="pt")  # fmt: skip
+    return model, torch.randn(2, 3, 64, 64), batch["input_ids"], batch["attention_mask"]
+
+
+@pytest.mark.parametrize("fusion", ["co-attention", "merged"])
+def test_recording_attention_changes_no_output_and_leaves_no_hook(shapes_world: Path, fusion: str):
+    model, pixels, ids, mask = micro_model(shapes_world, fusion)
+    with torch.no_grad():
+        plain = model(pixels, ids, mask)
+        with record_text_to_image_attention(model) as record:
+            recorded = model(pixels, ids, mask)
+    torch.testing.assert_close(recorded.text, plain.text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded.joint, plain.joint, atol=1e-5, rtol=1e-5)
+    assert len(record.weights) == 2
+    assert all(not module._forward_hooks for module in model.modules())
+
+
+@pytest.mark.parametrize("fusion", ["co-attention", "merged"])
+def test_text_to_image_weights_cover_the_image_tokens_of_every_text_token(shapes_world: Path, fusion: str):
+    model, pixels, ids, mask = micro_model(shapes_world, fusion)
+    with torch.no_grad(), record_text_to_image_attention(model) as record:
+        model(pixels, ids, mask)
+    maps = record.text_to_image(ids.shape[1])
+    image_tokens = model.encode_image(pixels).shape[1]
+    assert [m.shape for m in maps] == [(2, 2, ids.shape[1], image_tokens)] * 2
+    rows = maps[0].sum(-1)
+    if fusion == "co-attention":  # the cross-attention's keys are the image: each row sums to 1
+        torch.testing.assert_close(rows, torch.ones_like(rows))
+    else:  # merged: the image block is part of a row over text and image
+        assert bool(((rows > 0) & (rows < 1)).all())
+
+
+def test_image_grid_tells_a_summary_token_from_a_plain_grid():
+    assert image_grid(17) == (1, 4) and image_grid(16) == (0, 4) and image_grid(145) == (1, 12)
+    with pytest.raises(ValueError, match="neither a square grid"):
+        image_grid(20)
+
+
+@pytest.mark.parametrize("method", ["attention", "gradcam"])
+def test_heat_maps_are_patch_grids_that_sum_to_one(vqa_predictor: Predictor, shapes_tasks_world: Path, method: str):
+    heat = explain_batch(vqa_predictor, [shapes_tasks_world / IMAGE], [QUESTION], method=method)[0]
+    assert heat.method == method and len(heat.layers) == 1  # the micro model has one fusion layer
+    for grid in (*heat.layers, heat.mean):
+        assert grid.shape == (4, 4) and grid.min() >= 0 and grid.sum() == pytest.approx(1)
+
+
+def test_explained_answer_is_the_predictors_best_answer(vqa_predictor: Predictor, shapes_tasks_world: Path):
+    heat = explain_batch(vqa_predictor, [shapes_tasks_world / IMAGE], [QUESTION], top=3)[0]
+    expected = vqa_predictor.answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
+    assert [a["answer"] for a in heat.prediction["answers"]] == [a["answer"] for a in expected]
+    assert heat.prediction["explained"]["answer"] == expected[0]["answer"]
+
+
+def test_explaining_a_batch_gives_the_maps_of_one_by_one(vqa_predictor: Predictor, shapes_tasks_world: Path):
+    images = sorted((shapes_tasks_world / "images/val2014").glob("*.png"))[:3]
+    questions = ["What color is the circle?", "How many shapes are there?", "Is there a red square in the picture?"]
+    together = explain_batch(vqa_predictor, images, questions, method="gradcam")
+    for image, question, heat in zip(images, questions, together, strict=True):
+        alone = explain_batch(vqa_predictor, [image], [question], method="gradcam")[0]
+        np.testing.assert_allclose(heat.mean, alone.mean, atol=1e-4)
+
+
+def test_a_chosen_answer_is_explained_and_an_unknown_one_is_refused(vqa_predictor: Predictor, shapes_tasks_world):
+    answer = vqa_predictor.description.answers[-1]
+    heat = explain_batch(vqa_predictor, [shapes_tasks_world / IMAGE], [QUESTION], answers=[answer])[0]
+    assert heat.prediction["explained"]["answer"] == answer
+    with pytest.raises(ConfigError, match="'no such answer' is not in the model's answer vocabulary"):
+        explain_batch(vqa_predictor, [shapes_tasks_world / IMAGE], [QUESTION], answers=["no such answer"])
+
+
+def test_an_unknown_method_is_refused_with_the_known_ones(vqa_predictor: Predictor, shapes_tasks_world: Path):
+    with pytest.raises(ConfigError, match="method 'saliency' is not a heat-map method; choose one of: gradcam, attent"):
+        explain_batch(vqa_predictor, [shapes_tasks_world / IMAGE], [QUESTION], method="saliency")
+
+
+def test_a_model_without_an_explainable_head_names_its_heads(micro_checkpoints, shapes_tasks_world: Path):
+    predictor = Predictor(micro_checkpoints("nlvr2"), "cpu")
+    with pytest.raises(ConfigError, match="nothing to explain: .* this model has: nlvr2"):
+        explain_batch(predictor, [shapes_tasks_world / IMAGE], ["both images contain a circle."])
+
+
+def test_overlay_is_hottest_where_the_map_is(tmp_path: Path):
+    image = Image.new("RGB", (90, 60), (128, 128, 128))  # wide: the model sees its centred 60 x 60 square
+    assert model_view(image).size == (60, 60)
+    grid = np.zeros((4, 4))
+    grid[0, 3] = 1.0  # the top-right patch
+    drawn = np.asarray(overlay(image, grid, size=64), dtype=float)
+    change = np.abs(drawn - 128).sum(-1)
+    top_right, bottom_left = change[:16, 48:].mean(), change[48:, :16].mean()
+    assert top_right > 50 and bottom_left < 1
+
+
+def test_heat_map_layers_are_selected_by_number_or_mean():
+    heat = HeatMap("attention", [np.full((2, 2), 0.25), np.array([[1.0, 0], [0, 0]])])
+    np.testing.assert_allclose(heat.select("mean"), [[0.625, 0.125], [0.125, 0.125]])
+    np.testing.assert_allclose(heat.select(2), heat.layers[1])
+    with pytest.raises(ConfigError, match="layer 3: choose mean or a layer from 1 to 2"):
+        heat.select(3)
+
+
+def test_explain_command_writes_the_heat_map(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys):
+    out = tmp_path / "maps" / "map.png"
+    code = main(["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
+                 "--question", QUESTION, "--out", str(out), "--size", "128"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and Image.open(out).size == (128, 128)
+    assert result["answers"] and result["method"] == "gradcam" and np.sum(result["grid"]) == pytest.approx(1, abs=1e-3)
+
+
+def test_explain_command_refuses_text_for_a_vqa_only_model(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path, capsys
+):
+    code = main(["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
+                 "--text", "a red circle.", "--out", str(tmp_path / "map.png")])  # fmt: skip
+    assert (
+        code == 2
+        and "--text needs a rank, itm or snli_ve head to explain; this model has: vqa" in capsys.readouterr().err
+    )

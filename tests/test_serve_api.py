@@ -1,0 +1,250 @@
+"""`meter serve`'s JSON API through real HTTP requests to a server on a loopback port, with a micro model folder."""
+
+import asyncio
+import base64
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from meter.cli import main
+from meter.predictor import Predictor
+from tests.runner import environment
+from tests.serving import IMAGE, serving, upload
+
+QUESTION = "What color is the circle?"
+LIMITS = {"max_body_bytes": 1 << 20, "max_pixels": 1_000_000, "max_batch": 8, "max_wait_ms": 150, "max_pending": 64}
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoints) -> str:
+    with serving(micro_checkpoints("vqa"), **LIMITS) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> httpx.Client:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+def ask(client: httpx.Client, image: Path, question: str, **form) -> httpx.Response:
+    return client.post("/api/vqa", files=upload(image), data={"question": question, **form})
+
+
+def val_images(world: Path, n: int) -> list[Path]:
+    return sorted((world / "images/val2014").glob("*.png"))[:n]
+
+
+def test_health_says_which_model_serves(client: httpx.Client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model_name"] == "vqa/step_00000002" and len(health["model_id"]) == 12
+
+
+def test_model_endpoint_lists_what_the_folder_can_do(client: httpx.Client):
+    model = client.get("/api/model").json()
+    assert model["heads"] == ["vqa"] and set(model["endpoints"]) == {"/api/vqa", "/api/explain"}
+    assert model["explain"]["tasks"] == ["vqa"] and model["explain"]["layers"] == 1
+    assert model["limits"]["max_batch"] == 8 and model["text_max_length"] == 40
+
+
+def test_vqa_answers_as_the_model_called_directly(client, micro_checkpoints, shapes_tasks_world: Path):
+    response = ask(client, shapes_tasks_world / IMAGE, QUESTION, top="3")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = Predictor(micro_checkpoints("vqa"), "cpu").answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
+    assert [a["answer"] for a in body["answers"]] == [a["answer"] for a in expected]
+    assert [a["score"] for a in body["answers"]] == pytest.approx([a["score"] for a in expected], abs=2e-4)
+    assert body["model_id"] and 0 < body["seconds"] < 60 and body["batch"]["size"] >= 1 and body["notes"] == []
+
+
+def test_requests_that_arrive_together_are_batched_with_the_answers_of_one_by_one(client, server, shapes_tasks_world):
+    images = val_images(shapes_tasks_world, 6)
+    questions = ["What color is the circle?", "How many shapes are there?", "Is there a red square?"] * 2
+    alone = [ask(client, image, q).json() for image, q in zip(images, questions, strict=True)]
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as concurrent:
+            return await asyncio.gather(*(
+                concurrent.post("/api/vqa", files=upload(image), data={"question": q})
+                for image, q in zip(images, questions, strict=True)
+            ))  # fmt: skip
+
+    batched = [r.json() for r in asyncio.run(together())]
+    assert max(b["batch"]["size"] for b in batched) > 1  # they did run together
+    assert all(a["batch"]["size"] == 1 for a in alone)
+    for one, many in zip(alone, batched, strict=True):
+        assert [a["answer"] for a in many["answers"]] == [a["answer"] for a in one["answers"]]
+        assert [a["score"] for a in many["answers"]] == pytest.approx([a["score"] for a in one["answers"]], abs=2e-4)
+
+
+def test_explain_returns_the_answers_and_the_heat_map_over_the_image(client, shapes_tasks_world: Path):
+    response = client.post("/api/explain", files=upload(shapes_tasks_world / IMAGE), data={"text": QUESTION})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "vqa" and body["answers"] and body["explained"]["answer"] == body["answers"][0]["answer"]
+    heat = body["heatmap"]
+    assert heat["method"] == "gradcam" and len(heat["grid"]) == 4 and sum(map(sum, heat["grid"])) == pytest.approx(1)
+    assert set(heat["overlays"]) == {"mean", "1"}
+    png = base64.b64decode(heat["overlays"]["mean"].removeprefix("data:image/png;base64,"))
+    assert Image.open(io.BytesIO(png)).size == (384, 384)
+
+
+def test_page_and_its_assets_come_from_the_server_alone(client: httpx.Client):
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
+    for response in (page, client.get("/static/app.js"), client.get("/static/style.css")):
+        assert response.status_code == 200 and "http://" not in response.text and "https://" not in response.text
+
+
+# bad input: a clear error, and the server keeps serving ---------------------------------------------------------------
+
+
+def still_serves(client: httpx.Client, world: Path) -> None:
+    assert ask(client, world / IMAGE, QUESTION).status_code == 200
+
+
+def test_a_file_that_is_not_an_image_is_415(client, shapes_tasks_world: Path):
+    files = {"image": ("notes.txt", io.BytesIO(b"what color is the circle?"), "text/plain")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 415 and response.json()["error"].startswith("notes.txt: not an image")
+    still_serves(client, shapes_tasks_world)
+
+
+def test_a_truncated_image_is_422(client, shapes_tasks_world: Path):
+    data = (shapes_tasks_world / IMAGE).read_bytes()
+    files = {"image": ("cut.png", io.BytesIO(data[: len(data) // 2]), "image/png")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 422 and response.json()["error"].startswith("cut.png: unreadable image")
+    still_serves(client, shapes_tasks_world)
+
+
+def test_an_empty_file_is_422(client):
+    files = {"image": ("empty.png", io.BytesIO(b""), "image/png")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 422 and response.json()["error"] == "empty.png: the file is empty"
+
+
+def bomb_png(side: int) -> bytes:
+    """A PNG of side x side black 1-bit pixels: a few kilobytes that decode to side^2 pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(client, shapes_tasks_world: Path):
+    bomb = bomb_png(4000)  # 16 million pixels in a small file
+    assert len(bomb) < 100_000
+    files = {"image": ("bomb.png", io.BytesIO(bomb), "image/png")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 413
+    assert response.json()["error"] == "bomb.png: 4000x4000 is 16,000,000 pixels; this server decodes at most 1,000,000"
+    still_serves(client, shapes_tasks_world)
+
+
+def test_a_huge_upload_is_413_by_its_length(client, shapes_tasks_world: Path):
+    files = {"image": ("big.png", io.BytesIO(b"\0" * (2 << 20)), "image/png")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 413 and "this server takes at most 1 MiB per request" in response.json()["error"]
+    still_serves(client, shapes_tasks_world)
+
+
+def test_a_huge_chunked_upload_is_413_by_counting(server: str, client, shapes_tasks_world: Path):
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536  # 2.5 MiB in all, with no Content-Length
+
+    response = httpx.post(f"{server}/api/vqa", content=chunks(), headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 413 and "over 1,048,576 bytes" in response.json()["error"]
+    still_serves(client, shapes_tasks_world)
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_an_empty_question_is_422(client, shapes_tasks_world: Path, question: str):
+    response = ask(client, shapes_tasks_world / IMAGE, question)
+    assert (
+        response.status_code == 422 and response.json()["error"] == "question is empty; type a question about the image"
+    )
+
+
+def test_an_overlong_question_is_truncated_with_a_note(client, shapes_tasks_world: Path):
+    question = "what color is the circle " * 30 + "?"
+    response = ask(client, shapes_tasks_world / IMAGE, question)
+    assert response.status_code == 200 and response.json()["answers"]
+    (note,) = response.json()["notes"]
+    assert note.startswith("question has ") and "the model reads the first 40 (its text.max_length)" in note
+
+
+def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
+    response = client.post("/api/vqa", data={"question": QUESTION})
+    assert response.status_code == 422 and response.json()["error"].startswith("image: ")
+    response = ask(client, shapes_tasks_world / IMAGE, QUESTION, top="0")
+    assert response.status_code == 422 and response.json()["error"] == "top 0 must be from 1 to 50"
+
+
+@pytest.mark.parametrize("endpoint", ["caption", "nlvr2", "match", "snli-ve"])
+def test_an_endpoint_the_model_lacks_a_head_for_names_what_it_has(client, shapes_tasks_world: Path, endpoint: str):
+    files = upload(shapes_tasks_world / IMAGE) | upload(shapes_tasks_world / IMAGE, "left")
+    files |= upload(shapes_tasks_world / IMAGE, "right")
+    response = client.post(f"/api/{endpoint}", files=files, data={"text": "a red circle."})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith(f"/api/{endpoint} needs ") and "has heads: vqa" in error
+    assert error.endswith("it serves: /api/vqa, /api/explain")
+
+
+def test_overload_answers_503_and_the_server_keeps_serving(micro_checkpoints, shapes_tasks_world: Path):
+    image = shapes_tasks_world / IMAGE
+    with serving(micro_checkpoints("vqa"), max_pending=2, max_batch=16, max_wait_ms=1500) as url:
+
+        async def flood():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as concurrent:
+                return await asyncio.gather(*(
+                    concurrent.post("/api/vqa", files=upload(image), data={"question": QUESTION}) for _ in range(6)
+                ))  # fmt: skip
+
+        statuses = sorted(r.status_code for r in asyncio.run(flood()))
+        assert statuses == [200, 200, 503, 503, 503, 503]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            busy = client.post("/api/vqa", files=upload(image), data={"question": QUESTION})
+            assert busy.status_code == 200 and client.get("/health").json()["pending"] == 0
+
+
+def test_limits_out_of_range_are_refused_by_the_command(micro_checkpoints, capsys):
+    code = main(["serve", "--model", str(micro_checkpoints("vqa")), "--max-batch", "0"])
+    assert code == 2 and "--max-batch 0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_meter_serve_binds_to_loopback_and_answers(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    command = [sys.executable, "-m", "meter", "serve", "--model", str(micro_checkpoints("vqa")), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment())
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.5)
+        assert health.json()["status"] == "ok"
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
+        answer = httpx.post(f"http://127.0.0.1:{port}/api/vqa", files=upload(shapes_tasks_world / IMAGE),
+                            data={"question": QUESTION}, timeout=60)  # fmt: skip
+        assert answer.status_code == 200 and answer.json()["answers"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()

@@ -1,0 +1,63 @@
+"""Every endpoint of `meter serve` with a model folder that has its head: the answer the model gives directly."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meter.predictor import Predictor
+from tests.serving import IMAGE, serving, upload
+
+TEXT = "the red circle is made of wood."
+
+
+def post(url: str, endpoint: str, files: dict, data: dict) -> dict:
+    response = httpx.post(f"{url}/api/{endpoint}", files=files, data=data, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_match_gives_the_retrieval_models_score(micro_checkpoints, shapes_tasks_world: Path):
+    model, image = micro_checkpoints("retrieval"), shapes_tasks_world / IMAGE
+    with serving(model) as url:
+        body = post(url, "match", upload(image), {"text": "a red circle."})
+        explained = post(url, "explain", upload(image), {"text": "a red circle."})
+    expected = Predictor(model, "cpu").match(image, "a red circle.")
+    assert body["match_score"] == pytest.approx(expected["match_score"], abs=2e-4)
+    assert explained["task"] == "match" and explained["explained"]["match_score"] == pytest.approx(
+        expected["match_score"], abs=2e-4
+    )
+
+
+def test_snli_ve_gives_the_three_probabilities(micro_checkpoints, shapes_tasks_world: Path):
+    model, image = micro_checkpoints("snli_ve"), shapes_tasks_world / IMAGE
+    with serving(model) as url:
+        body = post(url, "snli-ve", upload(image), {"text": TEXT})
+        explained = post(url, "explain", upload(image), {"text": TEXT, "task": "snli_ve", "method": "attention"})
+    expected = Predictor(model, "cpu").match(image, TEXT)["entailment"]
+    assert body["entailment"] == pytest.approx(expected, abs=2e-4)
+    assert explained["entailment"] == pytest.approx(expected, abs=2e-4)
+    assert explained["explained"]["label"] == max(expected, key=expected.get)
+    assert explained["heatmap"]["method"] == "attention"
+
+
+def test_nlvr2_judges_the_pair(micro_checkpoints, shapes_tasks_world: Path):
+    model = micro_checkpoints("nlvr2")
+    left, right = sorted((shapes_tasks_world / "nlvr2/dev").glob("*.png"))[:2]
+    with serving(model) as url:
+        body = post(
+            url, "nlvr2", upload(left, "left") | upload(right, "right"), {"text": "both images contain a circle."}
+        )
+    expected = Predictor(model, "cpu").judge_pair(left, right, "both images contain a circle.")
+    assert body["label"] == expected["label"]
+    assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=2e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_caption_is_written_greedy_or_by_beam_search(micro_checkpoints, shapes_tasks_world: Path, beam: int):
+    model, image = micro_checkpoints("captioning"), shapes_tasks_world / IMAGE
+    with serving(model) as url:
+        body = post(url, "caption", upload(image), {"beam": str(beam)})
+        refused = httpx.post(f"{url}/api/caption", files=upload(image), data={"beam": "0"}, timeout=60)
+    assert body["caption"] == Predictor(model, "cpu").caption(image, beam) and body["beam"] == beam
+    assert refused.status_code == 422 and refused.json()["error"] == "beam 0 must be from 1 (greedy) to 8"
