@@ -1,0 +1,111 @@
+"""`meter study run|status|report|check|list`: the paper's ablation tables as one command.
+
+meter study run STUDY.yaml --out DIR [--jobs N] [--executor local|submitit-local|slurm] [--only CELL ...]
+meter study status DIR          every cell: done, running, interrupted, failed, not started; its last numbers
+meter study report DIR          report.md, report.csv, report.html (also written at the end of `run`)
+meter study check STUDY.yaml    plan it without running: every cell, run and recipe, every override checked
+meter study list                the study files shipped with meter
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    parser = subparsers.add_parser("study", help="run an ablation study (a grid of runs) and write its tables")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="run every cell of a study that is not done, then write the report")
+    run.add_argument("study", help="a study file (or the name of a shipped one: `meter study list`)")
+    run.add_argument("--out", required=True, help="the study's folder (run folders, report)")
+    run.add_argument("--jobs", type=int, default=1, help="cells at a time (local, submitit-local); each gets "
+                     "cores / jobs threads")  # fmt: skip
+    run.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"],
+                     help="local: worker processes here; slurm: one submitit job per cell, each a torchrun; "
+                          "submitit-local: the same jobs as local processes")  # fmt: skip
+    run.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells (shell patterns: 'vlp/*')")
+    run.add_argument("--partition", help="slurm partition (default: the study file's slurm.partition)")
+    run.add_argument("--gpus-per-node", type=int, help="GPUs per node: torchrun processes per node")
+    run.add_argument("--nodes", type=int, help="nodes per job")
+    run.add_argument("--time-min", type=int, help="each job's time limit, minutes")
+    run.add_argument("--cpus-per-task", type=int, help="CPU cores per job")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    status = actions.add_parser("status", help="every cell's state and last numbers")
+    status.add_argument("out", metavar="DIR")
+    report = actions.add_parser("report", help="write report.md, report.csv and report.html")
+    report.add_argument("out", metavar="DIR")
+    check = actions.add_parser("check", help="plan a study without running it (cells, runs, recipes, overrides)")
+    check.add_argument("study")
+    check.add_argument("--out", default="runs/study-check", help="where it would run (nothing is written)")
+    actions.add_parser("list", help="the study files shipped with meter")
+    cell = actions.add_parser("cell", help="(internal) run one cell: the worker `run` starts")
+    cell.add_argument("cell_file")
+    return run_action
+
+
+def _slurm(args: argparse.Namespace, defaults: dict) -> object:
+    from meter.study.executors import SlurmSettings
+
+    given = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "nodes": args.nodes,
+             "time_min": args.time_min, "cpus_per_task": args.cpus_per_task}  # fmt: skip
+    return SlurmSettings(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
+def run_action(args: argparse.Namespace) -> int:
+    if args.action == "cell":
+        from meter.study.worker import main
+
+        return main(args.cell_file)
+    if args.action == "list":
+        from importlib import resources
+
+        from meter.study.spec import load_study
+
+        for path in sorted(resources.files("meter.studies").iterdir(), key=lambda p: p.name):
+            if path.name.endswith(".yaml"):
+                spec = load_study(str(path))
+                print(f"{path.name:<34} {spec.title}")
+        return 0
+    if args.action == "status":
+        from meter.study.status import status_table, study_states
+
+        print(status_table(study_states(args.out)))
+        return 0
+    if args.action == "report":
+        from meter.study.report import write_report
+
+        for kind, path in write_report(args.out).items():
+            print(f"{kind}: {path}")
+        return 0
+    from meter.study.spec import load_study
+
+    spec = load_study(args.study)
+    if args.action == "check":
+        return _check(spec, args.out)
+    import dataclasses
+
+    from meter.study.execute import run_study
+
+    slurm = _slurm(args, dataclasses.asdict(spec.slurm))
+    outcome = run_study(spec, args.out, args.executor, args.jobs, args.only, slurm, report=not args.no_report)
+    print(f"study {spec.name}: {len(outcome.ran)} cells ran, {len(outcome.skipped_done)} were done, "
+          f"{len(outcome.failed)} failed; report: {args.out}/report.md, report.html")  # fmt: skip
+    for name, error in outcome.failed.items():
+        print(f"  failed: {name}: {error}")
+    return 1 if outcome.failed else 0
+
+
+def _check(spec: object, out: str) -> int:
+    from meter.study.cells import plan_study
+
+    plan = plan_study(spec, out, prepare=False)
+    runs = sum(len(cell.own_runs()) for cell in plan.cells)
+    print(f"{plan.name}: {plan.title}")
+    columns = ", ".join(f"{task} {metric}" for task, spec in plan.tasks.items() for metric in spec.metrics)
+    print(f"{len(plan.rows)} rows x {len(plan.seeds)} seeds x {len(plan.protocols)} protocols = {len(plan.cells)} "
+          f"cells, {runs} runs; columns: {columns}")  # fmt: skip
+    for cell in plan.cells:
+        print(f"  {cell.name}: {', '.join(run.name for run in cell.own_runs())}"
+              + (f" (pretraining of {', '.join(cell.depends_on)})" if cell.depends_on else ""))  # fmt: skip
+    return 0

@@ -1,0 +1,414 @@
+"""A study expanded into cells and runs: every (protocol, row, seed) is a cell; a cell's runs are its pretraining
+(protocol vlp) and each task fine-tuned from it, once with the recipe's settings and once per search point.
+
+    OUT/cells/vlp/roberta/seed-0/pretrain           a run folder (train.out)
+    OUT/cells/vlp/roberta/seed-0/vqa                the task with the recipe's settings (the uniform table)
+    OUT/cells/vlp/roberta/seed-0/vqa@lr=5e-05       a search point (the tuned table picks among these)
+
+Each run is a recipe and its overrides, so it is also the `meter pretrain|finetune` command that reproduces it.
+Runs are identified by their resolved config: two cells whose pretraining resolves to the same config share one run
+(`OUT/pretraining.json` remembers which folder holds it), and a run folder that already holds a run of another
+config is an error, never silently resumed or overwritten (a study file edited after a run: rename the row, or
+delete the folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from meter.config import Config, load_config, to_dict
+from meter.errors import ConfigError
+from meter.study.holdout import Holdout, vqa_holdout
+from meter.study.spec import Change, Row, StudySpec, slug, study_rows, world_spec
+from meter.train.checkpoint import Checkpoints
+from meter.validate import validate
+
+PLAN = "plan.json"
+CELL = "cell.json"
+RUN = "study_run.json"  # in each run folder: the config it was planned with and the command that reproduces it
+SHARED_PRETRAINING = "pretraining.json"
+# settings that do not change what a run computes (left out of its identity)
+NOT_IDENTITY = {("train", "out"), ("train", "progress"), ("train", "log_every"), ("data", "num_workers")}
+# the number a task's table shows by default (a key of its scores)
+DEFAULT_METRICS = {
+    "vqa": ["overall"],
+    "nlvr2": ["accuracy"],
+    "snli_ve": ["accuracy"],
+    "retrieval": ["t2i_r1", "i2t_r1"],  # the paper's IR@1 and TR@1
+    "captioning": ["cider"],
+}
+
+
+@dataclass
+class RunPlan:
+    name: str  # in its cell: pretrain, vqa, vqa@lr=5e-05
+    kind: str  # pretrain or finetune
+    task: str  # the study's name of the task ("" for pretraining)
+    point: str  # the search point ("" : the recipe's settings)
+    recipe: str
+    overrides: list[str]
+    folder: str
+    owner: str  # the cell that runs it (a pretraining shared by cells runs in one of them)
+    identity: str
+    select: list[str] = field(default_factory=list)  # overrides of its evaluation on the selection split
+    task_kind: str = ""  # the recipe's task (vqa, nlvr2, ...)
+
+    def config(self) -> Config:
+        return load_config(self.recipe, self.overrides)
+
+    def command(self) -> str:
+        verb = "pretrain" if self.kind == "pretrain" else "finetune"
+        return shlex.join(["meter", verb, "--config", self.recipe, *self.overrides])
+
+    def select_command(self, checkpoint: str) -> str:
+        return shlex.join(["meter", "evaluate", self.task_kind, "--checkpoint", checkpoint, "--config", self.recipe,
+                           *self.overrides, *self.select, "--out", str(Path(self.folder) / "select")])  # fmt: skip
+
+
+@dataclass
+class CellPlan:
+    name: str  # vlp/roberta/seed-0
+    protocol: str
+    row: str
+    seed: int
+    folder: str
+    runs: list[RunPlan]
+    depends_on: list[str] = field(default_factory=list)  # cells whose pretraining it fine-tunes from
+
+    def own_runs(self) -> list[RunPlan]:
+        return [run for run in self.runs if run.owner == self.name]
+
+
+@dataclass
+class TaskColumns:
+    kind: str
+    metrics: list[str]
+
+
+@dataclass
+class StudyPlan:
+    name: str
+    title: str
+    description: str
+    protocols: list[str]
+    rows: list[str]  # display names, the base first
+    seeds: list[int]
+    tasks: dict[str, TaskColumns]
+    points: list[str]  # search points ([] : no search, no tuned table)
+    cells: list[CellPlan]
+    slurm: dict[str, Any]
+    study_file: str = ""
+
+    def cell(self, name: str) -> CellPlan:
+        for cell in self.cells:
+            if cell.name == name:
+                return cell
+        raise ConfigError(f"no cell {name!r} in this study; its cells: {', '.join(c.name for c in self.cells)}")
+
+
+def recipe_path(name: str, folder: str | Path) -> Path:
+    """A recipe named by a study: a path relative to the study file, else one shipped in meter/configs."""
+    beside = Path(folder) / name
+    if beside.is_file():
+        return beside.resolve()
+    shipped = Path(str(resources.files("meter.configs").joinpath(name)))
+    if Path(name).name == name and shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {name!r} not found: not at {beside}, nor shipped in meter/configs")
+
+
+def identity(cfg: Config, out: Path) -> str:
+    """A hash of what the run computes: its resolved config, less where it writes and how it logs, with the study's
+    folder as a placeholder (a study folder moved elsewhere keeps its runs)."""
+    data = to_dict(cfg)
+    for section, key in NOT_IDENTITY:
+        data[section].pop(key, None)
+    text = json.dumps(data, sort_keys=True, default=str).replace(str(out), "<study>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def search_points(search: dict[str, list[Any]]) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of every combination of the search's values; a name uses each key's last part unless two
+    keys share it (`lr=5e-05,fusion.dropout=0.1`)."""
+    if not search:
+        return []
+    lasts = [key.rsplit(".", 1)[-1] for key in search]
+    short = {key: last if lasts.count(last) == 1 else key for key, last in zip(search, lasts, strict=True)}
+    points = []
+    for values in itertools.product(*search.values()):
+        pairs = list(zip(search, values, strict=True))
+        name = ",".join(f"{short[key]}={_value(value)}" for key, value in pairs)
+        points.append((name, [f"{key}={_value(value)}" for key, value in pairs]))
+    return points
+
+
+def _row_overrides(changes: list[Change], part: str) -> list[str]:
+    return [o for change in changes for o in [*change.overrides, *getattr(change, part)]]
+
+
+def _pretrain_recipe(spec: StudySpec, row: Row) -> str:
+    recipes = [change.pretrain_recipe for change in row.changes if change.pretrain_recipe]
+    if len(set(recipes)) > 1:
+        raise ConfigError(f"row {row.name!r}: its changes name different pretraining recipes: {', '.join(recipes)}")
+    return recipes[0] if recipes else spec.base.pretrain.recipe
+
+
+def _resolved(recipe: Path, overrides: list[str], where: str) -> Config:
+    try:
+        cfg = load_config(recipe, overrides)
+        validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error.args[0]}") from None
+    return cfg
+
+
+class Planner:
+    """Builds the plan of a study into `out`; with `prepare`, makes its data (shapes world, held-out splits)."""
+
+    def __init__(self, spec: StudySpec, out: Path, prepare: bool) -> None:
+        self.spec, self.out, self.prepare = spec, out.resolve(), prepare
+        self.shared: dict[str, str] = {}  # pretraining identity -> its folder, relative to out
+        index = self.out / SHARED_PRETRAINING
+        if index.is_file():
+            self.shared = json.loads(index.read_text())
+        self.owners: dict[str, str] = {}  # pretraining identity -> the cell that runs it in this plan
+        self.data = self._data_overrides()
+        self.kinds = {name: self._task_kind(name) for name in spec.base.tasks}
+        self._prepare_world()
+        self.holdouts = self._holdouts()
+        self.points = search_points(spec.search)
+
+    def _data_overrides(self) -> list[str]:
+        if self.spec.data.shapes:
+            return [f"data.root={self.out / 'shapes'}"]
+        if self.spec.data.root:
+            return [f"data.root={(Path(self.spec.folder) / self.spec.data.root).resolve()}"]
+        return []
+
+    def _recipe(self, name: str) -> Path:
+        return recipe_path(name, self.spec.folder)
+
+    def _task_config(self, name: str) -> Config:
+        task = self.spec.base.tasks[name]
+        overrides = [*self.data, *self.spec.base.overrides, *task.overrides]
+        return _resolved(self._recipe(task.recipe), overrides, f"base.tasks.{name}")
+
+    def _task_kind(self, name: str) -> str:
+        kind = self._task_config(name).task
+        if kind == "pretrain":
+            raise ConfigError(f"base.tasks.{name}.recipe {self.spec.base.tasks[name].recipe!r} is a pretraining recipe")
+        return kind
+
+    def _prepare_world(self) -> None:
+        world = world_spec(self.spec)
+        if world is None or not self.prepare:
+            return
+        from meter.data.shapes import generate, generate_tasks, is_generated, tasks_generated
+
+        root = self.out / "shapes"
+        if not is_generated(root, world):
+            generate(root, world)
+        if any(kind != "vqa" for kind in self.kinds.values()) and not tasks_generated(root, world):
+            generate_tasks(root, world)
+
+    def _holdouts(self) -> dict[str, Holdout]:
+        holdouts = {}
+        for name, task in self.spec.base.tasks.items():
+            if self.spec.search and task.select.holdout:
+                holdouts[name] = vqa_holdout(self._task_config(name), task.select.holdout, self.out / "holdout" / name,
+                                             f"base.tasks.{name}", write=self.prepare)  # fmt: skip
+        return holdouts
+
+    def plan(self) -> StudyPlan:
+        spec = self.spec
+        rows = study_rows(spec)
+        cells = [self._cell(protocol, row, seed) for protocol in spec.protocol for row in rows for seed in spec.seeds]
+        tasks = {name: TaskColumns(self.kinds[name], task.metrics or DEFAULT_METRICS.get(self.kinds[name], []))
+                 for name, task in spec.base.tasks.items()}  # fmt: skip
+        slurm = dataclasses.asdict(spec.slurm)
+        return StudyPlan(spec.name, spec.title or spec.name, spec.description, spec.protocol, [r.name for r in rows],
+                         spec.seeds, tasks, [name for name, _ in self.points], cells, slurm)  # fmt: skip
+
+    def _cell(self, protocol: str, row: Row, seed: int) -> CellPlan:
+        name = f"{protocol}/{row.slug}/seed-{seed}"
+        folder = self.out / "cells" / name
+        common = [f"train.seed={seed}"]
+        runs, depends = [], []
+        init_from = "train.init_from=null"
+        if protocol == "vlp":
+            pretrain = self._pretrain_run(name, folder, row, common)
+            runs.append(pretrain)
+            if pretrain.owner != name:
+                depends.append(pretrain.owner)
+            final = Checkpoints(Path(pretrain.folder) / "checkpoints").path(pretrain.config().train.max_steps)
+            init_from = f"train.init_from={final}"
+        for task in self.spec.base.tasks:
+            runs += self._task_runs(name, folder, row, task, [*common, init_from])
+        return CellPlan(name, protocol, row.name, seed, str(folder), runs, depends)
+
+    def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
+        base = self.spec.base.pretrain
+        recipe = self._recipe(_pretrain_recipe(self.spec, row))
+        steps = [f"train.max_steps={base.steps}"] if base.steps else []
+        overrides = [*self.data, *self.spec.base.overrides, *base.overrides, *_row_overrides(row.changes, "pretrain"),
+                     *common, *steps]  # fmt: skip
+        cfg = _resolved(recipe, overrides, f"{cell} pretraining")
+        if cfg.task != "pretrain":
+            raise ConfigError(f"{cell}: the pretraining recipe {recipe} has task = {cfg.task!r}, not pretrain")
+        key = identity(cfg, self.out)
+        owner = self.owners.setdefault(key, cell)
+        run_folder = str(self.out / self.shared.setdefault(key, str((folder / "pretrain").relative_to(self.out))))
+        overrides.append(f"train.out={run_folder}")
+        return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key)
+
+    def _task_runs(self, cell: str, folder: Path, row: Row, task: str, common: list[str]) -> list[RunPlan]:
+        spec = self.spec.base.tasks[task]
+        recipe = self._recipe(spec.recipe)
+        holdout = self.holdouts.get(task)
+        steps = [f"train.max_steps={spec.steps}"] if spec.steps else []
+        base = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
+                *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else [])]  # fmt: skip
+        select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
+        runs: list[RunPlan] = []
+        seen: set[str] = set()
+        for point, point_overrides in [("", []), *self.points]:
+            name = f"{task}@{slug_point(point)}" if point else task
+            overrides = [*base, *point_overrides, *common, *steps]
+            cfg = _resolved(recipe, overrides, f"{cell} {name}")
+            key = identity(cfg, self.out)
+            if key in seen:  # a search value equal to the recipe's: the same run
+                continue
+            seen.add(key)
+            if select:
+                self._check_selection(cfg, recipe, [*overrides, *select], f"{cell} {name}")
+            overrides.append(f"train.out={folder / name}")
+            runs.append(RunPlan(name, "finetune", task, point, str(recipe), overrides, str(folder / name), cell, key,
+                                select, self.kinds[task]))  # fmt: skip
+        return runs
+
+    @staticmethod
+    def _check_selection(cfg: Config, recipe: Path, overrides: list[str], where: str) -> None:
+        chosen = _resolved(recipe, overrides, f"{where} selection")
+        section = cfg.task
+        if getattr(chosen, section) == getattr(cfg, section):
+            raise ConfigError(
+                f"{where}: its selection evaluates the same {section} split the table reports; select on another "
+                f"(select.overrides such as {section}.eval_split=..., or select.holdout for VQA)"
+            )
+
+
+def slug_point(point: str) -> str:
+    return "".join(c if c.isalnum() or c in "._=-" else "+" if c == "," else "_" for c in point)
+
+
+def plan_study(spec: StudySpec, out: str | Path, prepare: bool = True) -> StudyPlan:
+    """The study's cells and runs; with `prepare` the data is made and the plan is checked against run folders that
+    exist (a changed run is an error) and written to OUT (plan.json, each cell's cell.json, each run's
+    study_run.json)."""
+    planner = Planner(spec, Path(out), prepare)
+    plan = planner.plan()
+    if prepare:
+        check_unchanged(plan, planner.out)
+        save_plan(plan, planner.out)
+        (planner.out / SHARED_PRETRAINING).write_text(json.dumps(planner.shared, indent=1))
+    return plan
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def has_output(folder: Path) -> bool:
+    """Whether a run folder holds anything of a run (more than the plan's record)."""
+    return any(path.name != RUN for path in folder.iterdir()) if folder.is_dir() else False
+
+
+def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
+    """A config's settings by dotted key, paths inside the study's folder written relative to it."""
+    flat = _flat(config)
+    for section, key in NOT_IDENTITY:
+        flat.pop(f"{section}.{key}", None)
+    return {k: json.dumps(v, sort_keys=True, default=str).replace(out, "<study>") for k, v in flat.items()}
+
+
+def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]:
+    """The settings in which the run planned now differs from the record of the run in its folder. Settings only
+    one of them has (a setting that a newer meter added or removed) are not changes of the study."""
+    old = _comparable(before["config"], before.get("study", str(out)))
+    new = _comparable(to_dict(run.config()), str(out))
+    return [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
+
+
+def check_unchanged(plan: StudyPlan, out: Path) -> None:
+    """Every run folder that holds a run must hold this run: its planned config unchanged."""
+    problems = []
+    for cell in plan.cells:
+        for run in cell.own_runs():
+            stored = Path(run.folder) / RUN
+            if not stored.is_file() or not has_output(Path(run.folder)):
+                continue
+            before = json.loads(stored.read_text())
+            if before["identity"] != run.identity and (changed := config_changes(before, run, out)):
+                problems.append(f"{run.folder} ({'; '.join(changed[:4])})")
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} run folder(s) hold a run of another config than the study now plans there: "
+            f"{', '.join(problems[:3])}. The study file changed after they ran: give the changed row a new name "
+            "(its runs then go to new folders), or delete those folders to run them again"
+        )
+
+
+def save_plan(plan: StudyPlan, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN).write_text(json.dumps(asdict(plan), indent=1))
+    for cell in plan.cells:
+        folder = Path(cell.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CELL).write_text(json.dumps(asdict(cell), indent=1))
+        for run in cell.own_runs():
+            stored = Path(run.folder) / RUN
+            if stored.is_file() and has_output(Path(run.folder)):
+                continue  # the record of what it ran with
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            record = {"identity": run.identity, "study": str(out), "command": run.command(),
+                      "config": to_dict(run.config())}  # fmt: skip
+            stored.write_text(json.dumps(record, indent=1, default=str))
+
+
+def _cell_from_dict(data: dict[str, Any]) -> CellPlan:
+    return CellPlan(**{**data, "runs": [RunPlan(**run) for run in data["runs"]]})
+
+
+def load_cell(path: str | Path) -> CellPlan:
+    return _cell_from_dict(json.loads(Path(path).read_text()))
+
+
+def load_plan(out: str | Path) -> StudyPlan:
+    path = Path(out) / PLAN
+    if not path.is_file():
+        raise ConfigError(f"{out} holds no study ({PLAN} not found): run `meter study run STUDY.yaml --out {out}`")
+    data = json.loads(path.read_text())
+    data["tasks"] = {name: TaskColumns(**columns) for name, columns in data["tasks"].items()}
+    data["cells"] = [_cell_from_dict(cell) for cell in data["cells"]]
+    return StudyPlan(**data)
+
+
+__all__ = ["CellPlan", "RunPlan", "StudyPlan", "load_cell", "load_plan", "plan_study", "slug"]

@@ -1,0 +1,168 @@
+"""Where cells run: worker processes on this machine (`--jobs N`), or jobs submitted through submitit (its local
+executor, or Slurm), each job a torchrun of the cell's worker (`python -m meter study cell CELL.json`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from meter.errors import ConfigError, MeterError
+from meter.study.cells import CELL, CellPlan
+from meter.study.records import WORKER_LOG
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+
+
+class Handle(Protocol):
+    def poll(self) -> str | None:
+        """None while it runs; "" when it ended well; else why it did not."""
+
+    def describe(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def worker_command(cell: CellPlan) -> list[str]:
+    return [sys.executable, "-m", "meter", "study", "cell", str(Path(cell.folder) / CELL)]
+
+
+def exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"the worker was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the worker was killed by signal {-code}"
+    return f"the worker exited with code {code}"
+
+
+@dataclass
+class ProcessHandle:
+    process: subprocess.Popen
+
+    def poll(self) -> str | None:
+        code = self.process.poll()
+        if code is None:
+            return None
+        return "" if code == 0 else exit_reason(code)
+
+    def describe(self) -> str:
+        return f"pid {self.process.pid}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+
+class LocalProcesses:
+    """`jobs` worker processes at a time on this machine, each with cores // jobs threads."""
+
+    parallel: int
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ConfigError(f"--jobs = {jobs} must be at least 1")
+        self.parallel = jobs
+        self.threads = max(1, cores() // jobs)
+
+    def submit(self, cell: CellPlan) -> ProcessHandle:
+        env = {**os.environ, **thread_env(self.threads)}
+        with (Path(cell.folder) / WORKER_LOG).open("ab") as log:
+            process = subprocess.Popen(worker_command(cell), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)  # fmt: skip
+        return ProcessHandle(process)
+
+
+def torchrun_cell(cell_file: str, processes: int, nodes: int, port: int, threads: int) -> None:
+    """A submitit job: the cell's worker under torchrun, `processes` per node (one per GPU) on `nodes` nodes, each
+    with `threads` threads."""
+    import submitit
+
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={processes}"]
+    if nodes > 1:
+        job = submitit.JobEnvironment()
+        command += [f"--node-rank={job.node}", f"--master-addr={job.hostnames[0]}", f"--master-port={port}"]
+    else:
+        command += ["--standalone"]
+    env = {**os.environ, **thread_env(threads)}
+    subprocess.run([*command, "-m", "meter", "study", "cell", cell_file], check=True, env=env)
+
+
+@dataclass
+class JobHandle:
+    job: Any  # a submitit Job
+
+    def poll(self) -> str | None:
+        if not self.job.done():
+            return None
+        error = self.job.exception()
+        if error is None:
+            return ""
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        return f"job {self.job.job_id} failed: {lines[-1] if lines else type(error).__name__}"
+
+    def describe(self) -> str:
+        return f"job {self.job.job_id}"
+
+    def stop(self) -> None:
+        self.job.cancel(check=False)
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: str = ""
+    gpus_per_node: int = 1
+    nodes: int = 1
+    time_min: int = 240
+    cpus_per_task: int = 8
+    mem_gb: int = 0
+    extra: dict[str, Any] | None = None
+
+
+class Submitit:
+    """Each cell a submitit job: on Slurm (`slurm`), or as a local process (`local`, the same path on one machine)."""
+
+    def __init__(self, cluster: str, folder: Path, settings: SlurmSettings, parallel: int = 0) -> None:
+        import submitit
+
+        self.settings = settings
+        self.parallel = parallel or 1_000_000  # slurm queues; submitit-local: --jobs at a time
+        try:
+            self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        except RuntimeError as error:  # e.g. no srun here: not a Slurm machine
+            raise MeterError(f"--executor {'slurm' if cluster == 'slurm' else 'submitit-local'}: {error}") from None
+        params: dict[str, Any] = {
+            "timeout_min": settings.time_min, "nodes": settings.nodes, "tasks_per_node": 1,
+            "gpus_per_node": settings.gpus_per_node, "cpus_per_task": settings.cpus_per_task, "name": "meter-study",
+        }  # fmt: skip
+        if settings.mem_gb:
+            params["mem_gb"] = settings.mem_gb
+        if cluster == "slurm":
+            if settings.partition:
+                params["slurm_partition"] = settings.partition
+            if settings.extra:
+                params["slurm_additional_parameters"] = dict(settings.extra)
+        else:  # one machine
+            params.pop("nodes")
+        self.executor.update_parameters(**params)
+
+    def submit(self, cell: CellPlan) -> JobHandle:
+        processes = max(1, self.settings.gpus_per_node)
+        port = 29500 + zlib.crc32(cell.name.encode()) % 1000  # one per cell: two jobs may share a node
+        threads = max(1, self.settings.cpus_per_task // processes)
+        cell_file = str(Path(cell.folder) / CELL)
+        job = self.executor.submit(torchrun_cell, cell_file, processes, self.settings.nodes, port, threads)
+        return JobHandle(job)

@@ -1,0 +1,138 @@
+"""What a study leaves on disk besides the run folders: each run's result and each cell's status.
+
+    RUN/result.json          a finished run: the task's scores (as its own score file holds them), the scores on
+                             the selection split (a searched task), seconds; for a pretraining, its final checkpoint
+    CELL/status.json         the cell's worker: running (pid, host, job, the run it is on, a heartbeat), done or
+                             failed (each failed run's error)
+    CELL/worker.log          the worker's output
+
+Files are the truth: a run is done when its result is there, whatever a status says; a status that says running
+whose process is gone (same host) or whose heartbeat stopped (another host) was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from meter.study.cells import RunPlan
+
+RESULT = "result.json"
+STATUS = "status.json"
+WORKER_LOG = "worker.log"
+HEARTBEAT_S = 30.0
+STALE_S = 5 * HEARTBEAT_S  # a running status without a heartbeat for this long (another host): interrupted
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written to a temporary file and renamed: a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=1, default=str))
+    temporary.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_result(run: RunPlan) -> dict[str, Any] | None:
+    return read_json(Path(run.folder) / RESULT)
+
+
+def run_done(run: RunPlan) -> bool:
+    return (Path(run.folder) / RESULT).is_file()
+
+
+def read_status(cell_folder: str | Path) -> dict[str, Any]:
+    return read_json(Path(cell_folder) / STATUS) or {}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the worker `pid` still runs (on Linux, a process of that number that is not a worker is not it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that number
+        return False
+    if not Path("/proc/self").is_dir():  # no /proc here: trust the number
+        return True
+    try:
+        return b"study" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it ended meanwhile
+        return False
+
+
+def status_alive(status: dict[str, Any]) -> bool:
+    """Whether a status that says running is held by a live worker."""
+    if status.get("state") != "running":
+        return False
+    if status.get("host") == socket.gethostname():
+        return process_alive(int(status.get("pid", 0))) if status.get("pid") else False
+    return time.time() - float(status.get("heartbeat", 0)) < STALE_S
+
+
+class CellStatus:
+    """The worker's status file: started, the run it is on, failed runs, finished; a heartbeat while alive."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / STATUS
+        self.lock = threading.Lock()
+        self.data: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        now = time.time()
+        env = os.environ
+        self.data = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": now,
+                     "heartbeat": now, "run": "", "errors": {},
+                     "job": env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID", ""),
+                     "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in env else "process",
+                     "processes": int(env.get("WORLD_SIZE", "1"))}  # fmt: skip
+        self._write()
+        threading.Thread(target=self._beat, daemon=True, name="study-heartbeat").start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.update(heartbeat=time.time())
+
+    def update(self, **values: Any) -> None:
+        with self.lock:
+            self.data.update(values)
+            self._write()
+
+    def _write(self) -> None:
+        write_json(self.path, self.data)
+
+    def on_run(self, name: str) -> None:
+        self.update(run=name, heartbeat=time.time())
+
+    def failed_run(self, name: str, error: str) -> None:
+        with self.lock:
+            self.data["errors"][name] = error
+            self._write()
+
+    def finish(self) -> None:
+        self._stop.set()
+        state = "failed" if self.data.get("errors") else "done"
+        self.update(state=state, run="", finished=time.time(), heartbeat=time.time())
+
+
+def record_lost_worker(cell_folder: str | Path, reason: str) -> None:
+    """The orchestrator's note when a worker ended without saying how (killed, out of memory, a lost job)."""
+    path = Path(cell_folder) / STATUS
+    status = read_json(path) or {}
+    if status.get("state") in ("done", "failed"):
+        return
+    errors = dict(status.get("errors", {}))
+    errors[status.get("run") or "worker"] = reason
+    write_json(path, {**status, "state": "failed", "errors": errors, "finished": time.time()})

@@ -1,0 +1,55 @@
+"""`meter study report DIR` (also written at the end of `meter study run`): the study's tables as Markdown
+(report.md), CSV (report.csv, one line per table entry, with each seed's value) and a self-contained HTML page
+(report.html: the tables, bar charts with error bars, the pretraining loss curves overlaid, and for each cell its
+state, the command that reproduces each of its runs and the config it ran with)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meter.study.cells import load_plan
+from meter.study.page import write_page
+from meter.study.plots import bar_chart, pretraining_curves
+from meter.study.report_text import NOTE, csv_report, markdown_table
+from meter.study.results import Table, build_tables
+from meter.study.spec import PROTOCOLS
+from meter.study.status import study_states
+
+
+def markdown_report(out: Path, tables: list[Table]) -> str:
+    plan = load_plan(out)
+    parts = [f"# {plan.title}", ""]
+    if plan.description:
+        parts += [plan.description.strip(), ""]
+    parts += ["Protocols: " + "; ".join(f"**{p}**: {PROTOCOLS[p]}" for p in plan.protocols) + ".", "",
+              f"Seeds: {', '.join(map(str, plan.seeds))}. {NOTE}.", ""]  # fmt: skip
+    for table in tables:
+        parts += [f"## {table.title}", "", markdown_table(table), ""]
+    states = study_states(out)
+    unfinished = [s for s in states if s.state != "done"]
+    if unfinished:
+        parts += ["## Cells not done", ""]
+        parts += [f"- `{s.name}`: {s.state}" + (f" ({s.detail})" if s.detail else "") for s in unfinished]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_report(out: str | Path) -> dict[str, Path]:
+    """Writes report.md, report.csv, report.html and the figures (PNG) into OUT; returns their paths."""
+    out = Path(out)
+    plan = load_plan(out)
+    tables = build_tables(plan)
+    figures: dict[str, bytes] = {}
+    for table in tables:
+        if table.kind != "selection":
+            figures[f"bars-{table.key}.png"] = bar_chart(table)
+    curves = pretraining_curves(plan)
+    if curves:
+        figures["pretraining-loss.png"] = curves
+    for name, data in figures.items():
+        (out / name).write_bytes(data)
+    paths = {"markdown": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
+    paths["markdown"].write_text(markdown_report(out, tables))
+    paths["csv"].write_text(csv_report(tables))
+    write_page(out, plan, tables, figures, paths["html"])
+    return paths

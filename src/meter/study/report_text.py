@@ -1,0 +1,53 @@
+"""The tables as text: one entry (mean ± std (n) [difference from the first row]), a Markdown table, and the CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from meter.study.results import Stat, Table, TableRow
+
+NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished); in brackets the difference from the "
+        "first row; bold: the best of its column")  # fmt: skip
+
+
+def entry(row: TableRow, label: str, digits: int = 2) -> str:
+    stat: Stat | None = row.stats.get(label)
+    if stat is None:
+        return "–"
+    text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.std is not None else "") + f" (n={stat.n})"
+    delta = row.delta.get(label)
+    return text + (f" [{delta:+.{digits}f}]" if delta is not None else "")
+
+
+def markdown_table(table: Table) -> str:
+    labels = [c.label for c in table.columns]
+    chosen = table.kind == "tuned"
+    header = ["row", *labels, *(["chosen"] if chosen else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(labels) +
+                                                              (["---"] if chosen else [])) + "|"]  # fmt: skip
+    for row in table.rows:
+        cells = [f"**{entry(row, label)}**" if label in row.best else entry(row, label) for label in labels]
+        extra = [", ".join(f"{task}: {point}" for task, point in row.chosen.items())] if chosen else []
+        lines.append("| " + " | ".join([row.name, *cells, *extra]) + " |")
+    return "\n".join(lines)
+
+
+def csv_report(tables: list[Table]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["table", "protocol", "kind", "row", "task", "metric", "mean", "std", "n", "delta", "best",
+                     "chosen", "values"])  # fmt: skip
+    for table in tables:
+        for row in table.rows:
+            for column in table.columns:
+                stat = row.stats.get(column.label)
+                delta = row.delta.get(column.label)
+                writer.writerow([
+                    table.key, table.protocol, table.kind, row.name, column.task, column.metric,
+                    "" if stat is None else repr(stat.mean), "" if stat is None or stat.std is None else repr(stat.std),
+                    0 if stat is None else stat.n, "" if delta is None else repr(delta),
+                    int(column.label in row.best), row.chosen.get(column.task, ""),
+                    "" if stat is None else ";".join(repr(v) for v in stat.values),
+                ])  # fmt: skip
+    return buffer.getvalue()

@@ -1,0 +1,196 @@
+"""The study's tables from its runs' results: one row per variant, one column per task metric, each entry the mean
+and standard deviation over the seeds that finished (with their number), its difference from the base row, and the
+best of each column marked (every metric here is higher-is-better).
+
+The uniform table runs every row with the recipe's settings, as the paper does. With a search, the tuned table runs
+every row at its own best: for each row and task, the search point (the recipe's settings among them) whose mean
+score on the selection split, over seeds, is highest; the table then shows that point's scores on the reported split.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from meter.study.cells import CellPlan, RunPlan, StudyPlan
+from meter.study.records import run_result
+from meter.study.spec import PROTOCOLS
+
+RECIPE = "recipe"  # the name shown for the search point that is the recipe's own settings
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """The sample standard deviation (n - 1); none from one seed."""
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+
+@dataclass
+class Column:
+    task: str
+    metric: str  # its key in the task's scores (a.b: nested)
+    short: str = ""  # the name shown; "" : the key
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.short or self.metric}"
+
+
+@dataclass
+class TableRow:
+    name: str
+    stats: dict[str, Stat | None]  # column label -> the seeds' values (None: no finished seed)
+    delta: dict[str, float | None] = field(default_factory=dict)  # mean minus the base row's
+    best: set[str] = field(default_factory=set)  # the columns where this row is best
+    chosen: dict[str, str] = field(default_factory=dict)  # tuned: task -> the chosen search point
+
+
+@dataclass
+class Table:
+    key: str  # e.g. vlp-uniform
+    title: str
+    protocol: str
+    kind: str  # uniform, tuned, or selection
+    columns: list[Column]
+    rows: list[TableRow]
+
+
+def metric_value(scores: dict[str, Any], path: str) -> float | None:
+    """A number in a task's scores by its key; `a.b` reaches into a nested mapping (keys may hold spaces)."""
+    if path in scores:
+        value = scores[path]
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    head, dot, rest = path.partition(".")
+    while dot:
+        if head in scores and isinstance(scores[head], dict):
+            return metric_value(scores[head], rest)
+        more, dot, rest = rest.partition(".")
+        head = f"{head}.{more}"
+    return None
+
+
+def _cells(plan: StudyPlan, protocol: str, row: str) -> list[CellPlan]:
+    return [cell for cell in plan.cells if cell.protocol == protocol and cell.row == row]
+
+
+def _runs(cell: CellPlan, task: str) -> dict[str, RunPlan]:
+    return {run.point: run for run in cell.runs if run.task == task}
+
+
+def _values(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> list[float]:
+    values = []
+    for cell in cells:
+        run = _runs(cell, task).get(point)
+        result = run_result(run) if run else None
+        value = metric_value(result.get(part) or {}, metric) if result else None
+        if value is not None and math.isfinite(value):
+            values.append(value)
+    return values
+
+
+def _stat(values: list[float]) -> Stat | None:
+    return Stat(values) if values else None
+
+
+def columns(plan: StudyPlan) -> list[Column]:
+    """One per task metric, shown by the last part of its key (`per_question_type.how many`: `how many`) unless
+    two of the task's would then look alike."""
+    out = []
+    for task, spec in plan.tasks.items():
+        shorts = [metric.rsplit(".", 1)[-1] for metric in spec.metrics]
+        unique = len(set(shorts)) == len(shorts)
+        pairs = zip(spec.metrics, shorts, strict=True)
+        out += [Column(task, metric, short if unique else "") for metric, short in pairs]
+    return out
+
+
+def candidate_points(plan: StudyPlan, cells: list[CellPlan], task: str) -> list[str]:
+    """The row's search points for `task`, the recipe's settings ("") first; a search value equal to the recipe's
+    is the same run, so it appears once."""
+    found = {point for cell in cells for point in _runs(cell, task)}
+    return [point for point in ["", *plan.points] if point in found]
+
+
+def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | None, dict[str, Stat | None]]:
+    """The point with the best mean selection score (ties: the earlier, the recipe's first), and every point's."""
+    primary = plan.tasks[task].metrics[0]
+    scores = {p: _stat(_values(cells, task, p, primary, "select")) for p in candidate_points(plan, cells, task)}
+    ranked = [(stat.mean, -index, point) for index, (point, stat) in enumerate(scores.items()) if stat]
+    return (max(ranked)[2] if ranked else None), scores
+
+
+def _mark(rows: list[TableRow], labels: list[str]) -> None:
+    base = rows[0] if rows else None
+    for label in labels:
+        means = [row.stats[label].mean for row in rows if row.stats.get(label)]
+        top = max(means) if means else None
+        for row in rows:
+            stat = row.stats.get(label)
+            base_stat = base.stats.get(label) if base else None
+            row.delta[label] = stat.mean - base_stat.mean if stat and base_stat and row is not base else None
+            if stat and top is not None and stat.mean == top:
+                row.best.add(label)
+
+
+def point_label(point: str) -> str:
+    return point or RECIPE
+
+
+def build_tables(plan: StudyPlan) -> list[Table]:
+    """Per protocol: the uniform table, and with a search the tuned table and the selection scores behind it."""
+    cols = columns(plan)
+    labels = [c.label for c in cols]
+    tables = []
+    for protocol in plan.protocols:
+        name = PROTOCOLS[protocol].split(":")[0]
+        uniform, tuned, selection = [], [], []
+        select_cols: list[Column] = []
+        for row in plan.rows:
+            cells = _cells(plan, protocol, row)
+            stats = {c.label: _stat(_values(cells, c.task, "", c.metric, "metrics")) for c in cols}
+            uniform.append(TableRow(row, stats))
+            if not plan.points:
+                continue
+            tuned_row, select_row = TableRow(row, {}), TableRow(row, {})
+            for task in plan.tasks:
+                point, scores = choose(plan, cells, task)
+                if point is not None:
+                    tuned_row.chosen[task] = point_label(point)
+                for c in cols:
+                    if c.task == task:
+                        values = _values(cells, task, point, c.metric, "metrics") if point is not None else []
+                        tuned_row.stats[c.label] = _stat(values)
+                for candidate, stat in scores.items():
+                    primary, at = plan.tasks[task].metrics[0], point_label(candidate)
+                    column = Column(task, f"{primary} @ {at}", f"{primary.rsplit('.', 1)[-1]} @ {at}")
+                    if column.label not in [s.label for s in select_cols]:
+                        select_cols.append(column)
+                    select_row.stats[column.label] = stat
+            tuned.append(tuned_row)
+            selection.append(select_row)
+        _mark(uniform, labels)
+        tables.append(Table(f"{protocol}-uniform", f"{plan.title}: {name}, the recipe's settings for every row",
+                            protocol, "uniform", cols, uniform))  # fmt: skip
+        if plan.points:
+            _mark(tuned, labels)
+            _mark(selection, [c.label for c in select_cols])
+            tables.append(Table(f"{protocol}-tuned", f"{plan.title}: {name}, each row at its best search point",
+                                protocol, "tuned", cols, tuned))  # fmt: skip
+            tables.append(Table(f"{protocol}-selection", f"{plan.title}: {name}, selection-split scores of each "
+                                "search point (the tuned table picks the best)", protocol, "selection",
+                                select_cols, selection))  # fmt: skip
+    return tables

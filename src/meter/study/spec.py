@@ -1,0 +1,279 @@
+"""The study file: what a study compares and how, typed like the run configs.
+
+    name, title, description        what the table is (the paper's table it mirrors)
+    protocol: vlp | no-vlp | [both]  with vision-and-language pretraining, or fine-tuned straight from the encoders
+    data: {root: DIR} | {shapes: {images: N, seed: S}}   every run's data.root; `shapes` generates the world in OUT
+    base:                            the recipe every row starts from
+      name: base                     its row's name
+      overrides: [key=value]         every run;  finetune: [...] every fine-tuning run
+      pretrain: {recipe, steps, overrides}
+      tasks: {NAME: {recipe, steps, metrics, overrides, select: {holdout: F} | {overrides: [...]}}}
+    variants: [{name, overrides, pretrain, finetune, pretrain_recipe}]   one-factor changes from the base, or
+    grid: {AXIS: {VALUE: {overrides, ...}}}                              every combination (base: each axis' first)
+    seeds: [0, 1]
+    search: {train.lr: [5.0e-5, 2.0e-4]}   per variant and task, the fine-tuning settings to try (the tuned table)
+    slurm: {partition, gpus_per_node, nodes, time_min, cpus_per_task, mem_gb, extra}
+
+An unknown key or a wrong type is a `ConfigError` that names the key (as `base.tasks.vqa.stepz`) and what is allowed;
+`load_study` then checks what the file alone can tell (names, protocols, a selection split for every searched task).
+What the recipes say (the task each runs, whether every override applies) is checked when the study is planned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meter.config import from_dict
+from meter.data.shapes import WorldSpec
+from meter.errors import ConfigError
+
+PROTOCOLS = {
+    "vlp": "with VLP: pretrained on image-text pairs, then each task fine-tuned from that pretraining",
+    "no-vlp": "without VLP: each task fine-tuned straight from the encoders' own weights (fusion and heads random)",
+}
+
+
+@dataclass
+class PretrainSpec:
+    recipe: str = ""  # a recipe file beside the study, or one shipped in meter/configs (by its name)
+    steps: int = 0  # train.max_steps of the run; 0 keeps the recipe's
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SelectSpec:
+    """Where a searched task's candidates are compared: never the split the table reports."""
+
+    holdout: float = 0.0  # VQA: this fraction of the training split's images is held out of training to select on
+    overrides: list[str] = field(default_factory=list)  # or: settings that point evaluation at a validation split
+
+
+@dataclass
+class TaskSpec:
+    recipe: str = ""
+    steps: int = 0
+    metrics: list[str] = field(default_factory=list)  # keys of the task's scores (a.b for nested); [] = its default
+    overrides: list[str] = field(default_factory=list)
+    select: SelectSpec = field(default_factory=SelectSpec)
+
+
+@dataclass
+class Change:
+    """A variant (one row), or one value of a grid axis."""
+
+    name: str = ""
+    overrides: list[str] = field(default_factory=list)  # every run of the row
+    pretrain: list[str] = field(default_factory=list)  # its pretraining only
+    finetune: list[str] = field(default_factory=list)  # its fine-tuning runs only
+    pretrain_recipe: str = ""  # another pretraining recipe (e.g. the encoder-decoder's); "" keeps the base's
+
+
+@dataclass
+class BaseSpec:
+    name: str = "base"
+    overrides: list[str] = field(default_factory=list)
+    finetune: list[str] = field(default_factory=list)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    tasks: dict[str, Any] = field(default_factory=dict)  # name -> TaskSpec (typed by load_study)
+
+
+@dataclass
+class DataSpec:
+    root: str = ""  # every run's data.root (relative to the study file); "" keeps each recipe's
+    shapes: dict[str, Any] = field(default_factory=dict)  # a WorldSpec: the shapes world, generated in OUT/shapes
+
+
+@dataclass
+class SlurmSpec:
+    partition: str = ""
+    gpus_per_node: int = 1
+    nodes: int = 1
+    time_min: int = 240
+    cpus_per_task: int = 8
+    mem_gb: int = 0  # 0: the partition's default
+    extra: dict[str, Any] = field(default_factory=dict)  # more sbatch settings (submitit's slurm_additional_parameters)
+
+
+@dataclass
+class StudySpec:
+    name: str = ""
+    title: str = ""
+    description: str = ""
+    protocol: list[str] = field(default_factory=lambda: ["vlp"])
+    data: DataSpec = field(default_factory=DataSpec)
+    base: BaseSpec = field(default_factory=BaseSpec)
+    variants: list[Change] = field(default_factory=list)
+    grid: dict[str, Any] = field(default_factory=dict)  # axis -> {value: Change} (typed by load_study)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    search: dict[str, list[Any]] = field(default_factory=dict)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    folder: str = ""  # where the study file lies (recipes and data.root are found relative to it); set on load
+
+
+@dataclass
+class Row:
+    """One row of the study's tables: the base, a variant, or a grid point, with its changes from the base."""
+
+    name: str
+    slug: str
+    changes: list[Change]
+
+
+def slug(name: str) -> str:
+    """A folder name for a display name: `CLIP-ViT 224/16` -> `clip-vit-224-16`."""
+    return re.sub(r"[^a-z0-9._]+", "-", name.lower()).strip("-.") or "row"
+
+
+def _typed_sections(data: Any, cls: type, key: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key} = {data!r} must be a mapping of names to sections")
+    typed = {}
+    for name, value in data.items():
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}.{name} = {value!r} must be a section (a mapping of settings)")
+        typed[str(name)] = from_dict(cls, value, prefix=f"{key}.{name}")
+    return typed
+
+
+def study_from_dict(data: dict[str, Any], folder: str | Path = ".", name: str = "") -> StudySpec:
+    """The typed study from a parsed study file; `folder` is where relative paths in it start."""
+    if not isinstance(data, dict):
+        raise ConfigError("a study file holds a mapping of settings at the top level")
+    data = dict(data)
+    if isinstance(data.get("protocol"), str):
+        data["protocol"] = [data["protocol"]]
+    spec = from_dict(StudySpec, data)
+    spec.base.tasks = _typed_sections(spec.base.tasks, TaskSpec, "base.tasks")
+    spec.grid = {axis: _typed_sections(values, Change, f"grid.{axis}") for axis, values in spec.grid.items()}
+    for axis, values in spec.grid.items():
+        for value_name, change in values.items():
+            change.name = change.name or value_name
+        if not values:
+            raise ConfigError(f"grid.{axis} has no values; give at least one (the first is the base's)")
+    if spec.data.shapes:
+        from_dict(WorldSpec, spec.data.shapes, prefix="data.shapes")
+    spec.name = spec.name or name
+    spec.folder = str(Path(folder).resolve())
+    check_study(spec)
+    return spec
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Reads and checks a study file (a path, or the name of one shipped in meter/studies)."""
+    path = study_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return study_from_dict(data or {}, path.parent, path.stem)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error.args[0]}") from None
+
+
+def study_path(path: str | Path) -> Path:
+    from importlib import resources
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = Path(str(resources.files("meter.studies").joinpath(path.name)))
+    if path.name == str(path) and shipped.is_file():
+        return shipped
+    raise ConfigError(f"study file not found: {path} (nor a shipped study of that name: see `meter study list`)")
+
+
+def world_spec(spec: StudySpec) -> WorldSpec | None:
+    return from_dict(WorldSpec, spec.data.shapes, prefix="data.shapes") if spec.data.shapes else None
+
+
+def _check_overrides(overrides: list[str], key: str) -> None:
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"{key}: {override!r} must look like key.sub=value (e.g. model.text=roberta)")
+
+
+def check_study(spec: StudySpec) -> None:
+    """What the file alone can tell; the recipes are checked when the study is planned."""
+    if not spec.name:
+        raise ConfigError("name is empty; give the study a name")
+    for protocol in spec.protocol:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol = {protocol!r}; choose one of: {', '.join(PROTOCOLS)} (or a list of them)")
+    if not spec.protocol or len(set(spec.protocol)) != len(spec.protocol):
+        raise ConfigError(f"protocol = {spec.protocol}: give each of {', '.join(PROTOCOLS)} at most once, at least one")
+    if "vlp" in spec.protocol and not spec.base.pretrain.recipe:
+        raise ConfigError("base.pretrain.recipe is empty: protocol vlp pretrains; name its recipe (or use no-vlp)")
+    if spec.data.root and spec.data.shapes:
+        raise ConfigError("data.root and data.shapes are both set; give one (shapes: the world generated in OUT)")
+    if not spec.base.tasks:
+        raise ConfigError("base.tasks is empty; name at least one downstream task with its recipe")
+    if spec.variants and spec.grid:
+        raise ConfigError("variants and grid are both set; a study is a list of one-factor changes or a grid")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"seeds = {spec.seeds} must be a non-empty list of distinct integers")
+    _check_overrides(spec.base.overrides, "base.overrides")
+    _check_overrides(spec.base.finetune, "base.finetune")
+    _check_overrides(spec.base.pretrain.overrides, "base.pretrain.overrides")
+    if spec.base.pretrain.steps < 0:
+        raise ConfigError(f"base.pretrain.steps = {spec.base.pretrain.steps} must be at least 0 (0: the recipe's)")
+    for name, task in spec.base.tasks.items():
+        key = f"base.tasks.{name}"
+        if slug(name) != name:
+            raise ConfigError(f"{key}: a task's name is a folder name; use lower case, digits, - . _ ({slug(name)!r})")
+        if not task.recipe:
+            raise ConfigError(f"{key}.recipe is empty; name the task's fine-tuning recipe")
+        if task.steps < 0:
+            raise ConfigError(f"{key}.steps = {task.steps} must be at least 0 (0: the recipe's train.max_steps)")
+        _check_overrides(task.overrides, f"{key}.overrides")
+        _check_overrides(task.select.overrides, f"{key}.select.overrides")
+        if not 0 <= task.select.holdout < 1:
+            raise ConfigError(f"{key}.select.holdout = {task.select.holdout} must be in [0, 1)")
+        if task.select.holdout and task.select.overrides:
+            raise ConfigError(f"{key}.select: give holdout or overrides, not both")
+        if spec.search and not (task.select.holdout or task.select.overrides):
+            raise ConfigError(
+                f"{key}.select is empty, but the study searches {', '.join(spec.search)}: the tuned table picks each "
+                "variant's best on a validation split, never on the split it reports; give select.holdout (VQA: a "
+                "held-out part of the training split) or select.overrides (e.g. nlvr2.eval_split=dev)"
+            )
+    for key, values in spec.search.items():
+        if "=" in key or not values:
+            raise ConfigError(f"search.{key} must map a setting (e.g. train.lr) to a non-empty list of values")
+    rows = study_rows(spec)
+    seen: dict[str, str] = {}
+    for row in rows:
+        if row.slug in seen:
+            raise ConfigError(f"variants {seen[row.slug]!r} and {row.name!r} have the same folder name {row.slug!r}")
+        seen[row.slug] = row.name
+        for change in row.changes:
+            for part in ("overrides", "pretrain", "finetune"):
+                _check_overrides(getattr(change, part), f"variant {row.name!r} {part}")
+
+
+def study_rows(spec: StudySpec) -> list[Row]:
+    """The tables' rows in order: the base first, then each variant; for a grid, every combination (its first is
+    the base)."""
+    if spec.grid:
+        import itertools
+
+        rows = []
+        for combination in itertools.product(*(list(values.values()) for values in spec.grid.values())):
+            pairs = zip(spec.grid, combination, strict=True)
+            name = ", ".join(f"{axis}={change.name}" for axis, change in pairs) if len(spec.grid) > 1 else ""
+            name = name or combination[0].name
+            rows.append(Row(name, slug("-".join(change.name for change in combination)), list(combination)))
+        return rows
+    rows = [Row(spec.base.name, slug(spec.base.name), [])]
+    for index, change in enumerate(spec.variants):
+        if not change.name:
+            raise ConfigError(f"variants[{index}].name is empty; every variant needs a display name")
+        rows.append(Row(change.name, slug(change.name), [change]))
+    return rows

@@ -1,0 +1,83 @@
+"""`meter study status DIR`: every cell's state (done, running, interrupted, failed, not started), how many of its
+runs are done, and its last numbers: the run it is on (its last logged training values) or its tasks' scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meter.study.cells import CellPlan, StudyPlan, load_plan
+from meter.study.records import read_status, run_done, run_result, status_alive
+from meter.study.results import metric_value
+from meter.train.metrics_log import read_metrics
+
+STATES = ("done", "running", "interrupted", "failed", "not started")
+
+
+@dataclass
+class CellState:
+    name: str
+    state: str
+    runs_done: int
+    runs: int
+    detail: str  # what it is on, or why it failed
+    last: str  # its last numbers
+
+
+def _last_logged(folder: str) -> str:
+    records = read_metrics(Path(folder) / "metrics.jsonl")
+    if not records:
+        return ""
+    last = records[-1]
+    values = [f"{k.split('/')[-1]} {v:.4g}" for k, v in last.items() if k.endswith("_loss") and isinstance(v, float)]
+    return f"step {last['step']}: " + ", ".join(values)
+
+
+def _scores(plan: StudyPlan, cell: CellPlan) -> str:
+    shown = []
+    for run in cell.runs:
+        if run.kind != "finetune" or run.point:
+            continue
+        result = run_result(run)
+        metric = plan.tasks[run.task].metrics[0]  # the task's first column
+        value = metric_value(result.get("metrics") or {}, metric) if result else None
+        if value is not None:
+            shown.append(f"{run.task} {metric} {value:.2f}")
+    return ", ".join(shown)
+
+
+def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
+    own = cell.own_runs()
+    done = sum(run_done(run) for run in own)
+    status = read_status(cell.folder)
+    errors = status.get("errors") or {}
+    if done == len(own):
+        return CellState(cell.name, "done", done, len(own), "", _scores(plan, cell))
+    if status.get("state") == "running":
+        current = next((run for run in cell.runs if run.name == status.get("run")), None)
+        last = _last_logged(current.folder) if current else ""
+        if status_alive(status):
+            where = f"pid {status.get('pid')} on {status.get('host')}" + (f", job {status['job']}" if status.get(
+                "job") else "")  # fmt: skip
+            return CellState(cell.name, "running", done, len(own), f"{status.get('run')} ({where})", last)
+        return CellState(cell.name, "interrupted", done, len(own), f"stopped in {status.get('run')}", last)
+    if status.get("state") == "failed" or errors:
+        detail = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in errors.items())
+        return CellState(cell.name, "failed", done, len(own), detail, _scores(plan, cell))
+    return CellState(cell.name, "not started", done, len(own), "", _scores(plan, cell))
+
+
+def study_states(out: str | Path) -> list[CellState]:
+    plan = load_plan(out)
+    return [cell_state(plan, cell) for cell in plan.cells]
+
+
+def status_table(states: list[CellState]) -> str:
+    width = max([len(s.name) for s in states] + [4])
+    lines = [f"{'cell':<{width}}  {'state':<11}  runs  details"]
+    for s in states:
+        details = "; ".join(part for part in (s.detail, s.last) if part)
+        lines.append(f"{s.name:<{width}}  {s.state:<11}  {s.runs_done}/{s.runs:<3} {details}")
+    counts = {state: sum(s.state == state for s in states) for state in STATES}
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    return "\n".join(lines)

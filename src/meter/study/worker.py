@@ -1,0 +1,92 @@
+"""One cell's worker (`meter study cell CELL.json`, a process of its own; under torchrun on a cluster): runs the
+cell's runs in order, each through the engine's own entry points, skipping what is done and resuming what was
+interrupted. A run that fails is recorded with its error and the cell goes on to its next task (a failed
+pretraining leaves nothing to fine-tune: its tasks are recorded as not run)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from meter.config import load_config
+from meter.run_folders import finetune_once, finished_checkpoint, resume_arg
+from meter.runs import evaluate_run, run_pretrain
+from meter.study.cells import CellPlan, RunPlan, load_cell
+from meter.study.records import RESULT, CellStatus, run_done, write_json
+from meter.train.runtime import teardown_runtime
+
+log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _error(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()
+
+
+def pretrain(run: RunPlan) -> dict[str, Any]:
+    cfg = run.config()
+    checkpoint = finished_checkpoint(cfg) or run_pretrain(cfg, resume=resume_arg(cfg))
+    return {"checkpoint": str(checkpoint)}
+
+
+def finetune(run: RunPlan) -> dict[str, Any]:
+    """Fine-tunes and evaluates (a run that finished training is only evaluated), then, for a searched task,
+    evaluates the same final checkpoint on the selection split."""
+    cfg = run.config()
+    result: dict[str, Any] = {"metrics": finetune_once(cfg, evaluate_run)}
+    if run.select:
+        select_cfg = load_config(run.recipe, [*run.overrides, *run.select])
+        result["select"] = evaluate_run(select_cfg, finished_checkpoint(cfg), Path(run.folder) / "select")
+    return result
+
+
+def run_cell(cell: CellPlan) -> bool:
+    """Runs what is not done of the cell; True when every run is done."""
+    main = is_main_process()
+    status = CellStatus(cell.folder)
+    if main:
+        status.start()
+    blocked = ""
+    try:
+        for run in cell.runs:
+            if run.kind == "pretrain" and run.owner != cell.name:  # shared: another cell runs it
+                if finished_checkpoint(run.config()) is None:
+                    blocked = f"its pretraining {run.folder} (run by cell {run.owner}) has not finished"
+                continue
+            if run_done(run):
+                continue
+            if blocked:
+                if main:
+                    status.failed_run(run.name, f"not run: {blocked}")
+                continue
+            if main:
+                status.on_run(run.name)
+            began = time.perf_counter()
+            try:
+                result = pretrain(run) if run.kind == "pretrain" else finetune(run)
+            except Exception as error:  # a failed run is recorded; the cell goes on
+                log.exception("study: %s %s failed", cell.name, run.name)
+                if main:
+                    status.failed_run(run.name, _error(error))
+                if run.kind == "pretrain":
+                    blocked = f"its pretraining failed ({_error(error).splitlines()[-1]})"
+                continue
+            if main:
+                write_json(Path(run.folder) / RESULT, {**result, "seconds": round(time.perf_counter() - began, 1)})
+    finally:
+        if main:
+            status.finish()
+        teardown_runtime()
+    return not status.data.get("errors") if main else not blocked
+
+
+def main(cell_file: str | Path) -> int:
+    return 0 if run_cell(load_cell(cell_file)) else 1

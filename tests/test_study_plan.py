@@ -1,0 +1,94 @@
+"""A study expanded into cells and runs: folders named after the cell, shared pretraining, the reproducing command,
+and the held-out VQA split the tuned table selects on."""
+
+import json
+import shlex
+from pathlib import Path
+
+from meter.config import load_config, to_dict
+from meter.study.cells import config_changes, identity, plan_study
+from meter.study.spec import study_from_dict
+from meter.tasks.vqa import read_vqa_split
+from tests.studies import micro_study
+
+
+def test_every_cell_is_a_row_and_seed_and_its_runs_live_in_folders_named_after_it(tmp_path):
+    plan = plan_study(study_from_dict(micro_study(tmp_path, seeds=[0, 3])), tmp_path / "out", prepare=False)
+    out = (tmp_path / "out").resolve()
+    assert [c.name for c in plan.cells] == ["vlp/co-attention/seed-0", "vlp/co-attention/seed-3", "vlp/merged/seed-0",
+                                            "vlp/merged/seed-3"]  # fmt: skip
+    merged = plan.cell("vlp/merged/seed-3")
+    assert [(r.name, Path(r.folder)) for r in merged.runs] == [
+        ("pretrain", out / "cells/vlp/merged/seed-3/pretrain"),
+        ("vqa", out / "cells/vlp/merged/seed-3/vqa"),
+    ]
+    pretrain, vqa = (run.config() for run in merged.runs)
+    assert (pretrain.model.fusion.name, pretrain.train.seed, pretrain.train.max_steps) == ("merged", 3, 2)
+    assert vqa.train.init_from == str(out / "cells/vlp/merged/seed-3/pretrain/checkpoints/step_00000002")
+
+
+def test_without_vlp_a_task_is_fine_tuned_from_the_encoders_alone(tmp_path):
+    plan = plan_study(study_from_dict(micro_study(tmp_path, protocol="no-vlp")), tmp_path / "out", prepare=False)
+    runs = plan.cell("no-vlp/merged/seed-0").runs
+    assert [r.name for r in runs] == ["vqa"]
+    assert runs[0].config().train.init_from is None and runs[0].config().model.fusion.name == "merged"
+
+
+def test_rows_that_share_a_pretraining_share_one_run(tmp_path):
+    study = micro_study(tmp_path, variants=[{"name": "vqa-lr", "finetune": ["train.lr=3e-4"]}])
+    plan = plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+    base, other = plan.cells
+    assert other.runs[0].folder == base.runs[0].folder and other.runs[0].owner == base.name
+    assert other.depends_on == [base.name] and [r.name for r in other.own_runs()] == ["vqa"]
+    assert other.runs[1].config().train.lr == 3e-4 and base.runs[1].config().train.lr == 1e-4
+
+
+def test_a_run_is_the_command_that_reproduces_it(tmp_path):
+    plan = plan_study(study_from_dict(micro_study(tmp_path)), tmp_path / "out", prepare=False)
+    for run in plan.cells[1].runs:
+        words = shlex.split(run.command())
+        assert words[:2] == ["meter", "pretrain" if run.kind == "pretrain" else "finetune"]
+        assert words[2] == "--config"
+        out = (tmp_path / "out").resolve()
+        assert identity(load_config(words[3], words[4:]), out) == run.identity == identity(run.config(), out)
+
+
+def test_a_search_value_equal_to_the_recipes_is_the_same_run(tmp_path):
+    study = micro_study(tmp_path, search={"train.lr": [1.0e-4, 3.0e-4]})  # the VQA recipe's lr is 1e-4
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.25}
+    plan = plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+    assert [r.name for r in plan.cells[0].runs] == ["pretrain", "vqa", "vqa@lr=0.0003"]
+    assert plan.points == ["lr=0.0001", "lr=0.0003"]
+
+
+def test_the_held_out_split_splits_the_training_images_and_leaves_the_reported_split_alone(shapes_world, tmp_path):
+    study = micro_study(shapes_world, search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.25}
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    run = plan.cells[0].runs[1]
+    trained, selected = run.config(), load_config(run.recipe, [*run.overrides, *run.select])
+    fit = read_vqa_split(trained, trained.vqa.train_splits[0])
+    held = read_vqa_split(selected, selected.vqa.eval_split)
+    original = read_vqa_split(load_config(run.recipe, [f"data.root={shapes_world}"]), "train2014")
+    fit_images, held_images = {r.image_id for r in fit}, {r.image_id for r in held}
+    assert not fit_images & held_images and fit_images | held_images == {r.image_id for r in original}
+    assert len(held_images) == round(0.25 * len(fit_images | held_images))
+    assert sorted(r.question_id for r in fit + held) == sorted(r.question_id for r in original)
+    assert all(r.image.is_file() for r in fit + held)  # the new splits read the training images
+    reported = read_vqa_split(trained, trained.vqa.eval_split)
+    direct = read_vqa_split(load_config(run.recipe, [f"data.root={shapes_world}"]), "val2014")
+    assert trained.vqa.eval_split == "val2014" and [r.question_id for r in reported] == [r.question_id for r in direct]
+    again = plan_study(study_from_dict(study), tmp_path / "out")  # planned again: the same split
+    assert json.loads(Path(again.cells[0].runs[1].folder, "study_run.json").read_text())["identity"] == run.identity
+
+
+def test_a_setting_only_one_side_knows_is_not_a_change_of_the_run(tmp_path):
+    out = (tmp_path / "out").resolve()
+    run = plan_study(study_from_dict(micro_study(tmp_path)), out, prepare=False).cells[0].runs[0]
+    record = {"config": to_dict(run.config()), "study": str(out)}
+    del record["config"]["data"]["max_bad_samples"]  # as a record written before meter had that setting
+    assert config_changes(record, run, out) == []
+    record["config"]["model"]["fusion"]["heads"] = 4
+    assert config_changes(record, run, out) == ["model.fusion.heads: 4 -> 2"]
+    moved = {"config": json.loads(json.dumps(record["config"]).replace(str(out), "/elsewhere")), "study": "/elsewhere"}
+    assert config_changes(moved, run, out) == ["model.fusion.heads: 4 -> 2"]  # paths inside the study's folder move

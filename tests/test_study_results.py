@@ -1,0 +1,81 @@
+"""The tables' arithmetic on result files: the tuned table follows the selection split, never the reported one;
+entries are mean, sample std and count over seeds; differences from the base row; best marked; missing is missing."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from meter.study.cells import plan_study
+from meter.study.report_text import csv_report, entry
+from meter.study.results import build_tables, metric_value
+from meter.study.spec import study_from_dict
+from tests.studies import micro_study
+
+
+def _result(run, reported: float, selected: float | None = None) -> None:
+    record = {"metrics": {"overall": reported, "per_question_type": {"what color is the": reported / 2}}}
+    if selected is not None:
+        record["select"] = {"overall": selected}
+    Path(run.folder, "result.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def searched_plan(tmp_path):
+    study = micro_study(tmp_path, seeds=[0, 1], search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=train2014"]}
+    return plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_the_tuned_table_picks_each_rows_point_by_the_selection_split(searched_plan):
+    # base row: the recipe's lr is better on the reported split, lr=3e-4 on the selection split
+    for cell in searched_plan.cells:
+        runs = {run.name: run for run in cell.runs}
+        if cell.row == "co-attention":
+            _result(runs["vqa"], reported=80.0 + cell.seed, selected=50.0)
+            _result(runs["vqa@lr=0.0003"], reported=70.0 + cell.seed, selected=60.0 + cell.seed)
+        else:
+            _result(runs["vqa"], reported=40.0, selected=55.0)
+            _result(runs["vqa@lr=0.0003"], reported=90.0, selected=54.0)
+    tables = {t.kind: t for t in build_tables(searched_plan)}
+    tuned = {row.name: row for row in tables["tuned"].rows}
+    assert tuned["co-attention"].chosen == {"vqa": "lr=0.0003"} and tuned["merged"].chosen == {"vqa": "recipe"}
+    assert tuned["co-attention"].stats["vqa overall"].values == [70.0, 71.0]
+    assert tuned["merged"].stats["vqa overall"].values == [40.0, 40.0]
+    uniform = {row.name: row for row in tables["uniform"].rows}
+    assert uniform["co-attention"].stats["vqa overall"].values == [80.0, 81.0]
+    selection = {row.name: row for row in tables["selection"].rows}
+    assert selection["co-attention"].stats["vqa overall @ lr=0.0003"].mean == 60.5
+
+
+def test_entries_are_mean_sample_std_and_count_with_the_difference_from_the_base(searched_plan):
+    values = {("co-attention", 0): 61.0, ("co-attention", 1): 64.5, ("merged", 0): 70.25}  # merged seed 1: unfinished
+    for cell in searched_plan.cells:
+        if (cell.row, cell.seed) in values:
+            _result(next(r for r in cell.runs if r.name == "vqa"), reported=values[cell.row, cell.seed])
+    uniform = next(t for t in build_tables(searched_plan) if t.kind == "uniform")
+    base, merged = uniform.rows
+    stat = base.stats["vqa overall"]
+    assert (stat.mean, stat.std, stat.n) == (statistics.mean([61.0, 64.5]), statistics.stdev([61.0, 64.5]), 2)
+    assert merged.stats["vqa overall"].std is None and merged.delta["vqa overall"] == 70.25 - 62.75
+    assert "vqa overall" in merged.best and "vqa overall" not in base.best
+    assert entry(base, "vqa overall") == f"62.75 ± {statistics.stdev([61.0, 64.5]):.2f} (n=2)"
+    assert entry(merged, "vqa overall") == "70.25 (n=1) [+7.50]"
+    lines = [line.split(",") for line in csv_report([uniform]).splitlines()]
+    assert lines[1][3:] == ["co-attention", "vqa", "overall", "62.75", repr(statistics.stdev([61.0, 64.5])), "2", "",
+                            "0", "", "61.0;64.5"]  # fmt: skip
+
+
+def test_a_row_with_no_finished_seed_shows_nothing(searched_plan):
+    uniform = next(t for t in build_tables(searched_plan) if t.kind == "uniform")
+    assert all(row.stats["vqa overall"] is None and not row.best for row in uniform.rows)
+    assert entry(uniform.rows[0], "vqa overall") == "–"
+
+
+def test_a_metric_is_found_by_its_key_or_a_dotted_path_into_nested_scores():
+    scores = {"overall": 71.5, "per_question_type": {"what color is the": 90.0, "how many": 60}, "metric": "x"}
+    assert metric_value(scores, "overall") == 71.5
+    assert metric_value(scores, "per_question_type.what color is the") == 90.0
+    assert metric_value(scores, "per_question_type.how many") == 60.0
+    assert metric_value(scores, "metric") is None and metric_value(scores, "accuracy") is None

@@ -1,0 +1,111 @@
+"""The study file: typed like the run configs, with errors that name the key; every shipped study is valid."""
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from meter.errors import ConfigError
+from meter.study.cells import plan_study
+from meter.study.spec import load_study, study_from_dict, study_rows
+from tests.studies import micro_study, write_study
+
+SHIPPED = sorted(p.name for p in resources.files("meter.studies").iterdir() if p.name.endswith(".yaml"))
+
+
+def test_an_unknown_key_is_an_error_naming_it_and_the_allowed_ones(tmp_path):
+    study = micro_study(tmp_path)
+    study["base"]["tasks"]["vqa"]["stepz"] = 3
+    path = write_study(tmp_path / "study.yaml", study)
+    unknown = r"study\.yaml: base\.tasks\.vqa\.stepz is not a setting \(did you mean 'steps'"
+    with pytest.raises(ConfigError, match=unknown):
+        load_study(path)
+
+
+def test_a_wrong_type_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"seeds\[1\] = 'two' must be an integer"):
+        study_from_dict(micro_study(tmp_path, seeds=[1, "two"]))
+
+
+def test_an_unknown_protocol_names_the_allowed_ones(tmp_path):
+    with pytest.raises(ConfigError, match="protocol = 'pretrained'; choose one of: vlp, no-vlp"):
+        study_from_dict(micro_study(tmp_path, protocol="pretrained"))
+
+
+def test_a_search_needs_a_selection_split_for_every_task(tmp_path):
+    with pytest.raises(ConfigError, match=r"base\.tasks\.vqa\.select is empty, but the study searches train\.lr"):
+        study_from_dict(micro_study(tmp_path, search={"train.lr": [1e-4, 2e-4]}))
+
+
+def test_a_variant_without_a_name_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"variants\[0\]\.name is empty"):
+        study_from_dict(micro_study(tmp_path, variants=[{"overrides": ["model.fusion=merged"]}]))
+
+
+def test_the_rows_are_the_base_then_each_variant(tmp_path):
+    variants = [{"name": "merged", "overrides": ["model.fusion=merged"]},
+                {"name": "RoBERTa", "overrides": ["model.text=roberta"]}]  # fmt: skip
+    rows = study_rows(study_from_dict(micro_study(tmp_path, variants=variants)))
+    assert [(r.name, r.slug) for r in rows] == [("co-attention", "co-attention"), ("merged", "merged"),
+                                                ("RoBERTa", "roberta")]  # fmt: skip
+    assert rows[0].changes == [] and rows[2].changes[0].overrides == ["model.text=roberta"]
+
+
+def test_a_grid_is_every_combination_and_its_first_is_the_base(tmp_path):
+    grid = {"text": {"BERT": {}, "RoBERTa": {"overrides": ["model.text=roberta"]}},
+            "fusion": {"co": {}, "merged": {"overrides": ["model.fusion=merged"]}}}  # fmt: skip
+    study = micro_study(tmp_path, grid=grid)
+    del study["variants"]
+    rows = study_rows(study_from_dict(study))
+    assert [r.name for r in rows] == ["text=BERT, fusion=co", "text=BERT, fusion=merged", "text=RoBERTa, fusion=co",
+                                      "text=RoBERTa, fusion=merged"]  # fmt: skip
+    assert [o for c in rows[3].changes for o in c.overrides] == ["model.text=roberta", "model.fusion=merged"]
+
+
+def test_variants_and_grid_together_are_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="variants and grid are both set"):
+        study_from_dict(micro_study(tmp_path, grid={"text": {"BERT": {}}}))
+
+
+def test_a_bad_override_in_a_variant_names_the_run_and_the_key(tmp_path):
+    study = study_from_dict(micro_study(tmp_path, variants=[{"name": "typo", "overrides": ["model.fusoin=merged"]}]))
+    with pytest.raises(ConfigError, match=r"vlp/typo/seed-0 pretraining: .*model\.fusoin is not a setting"):
+        plan_study(study, tmp_path / "out", prepare=False)
+
+
+def test_selecting_on_the_reported_split_is_refused(tmp_path):
+    study = micro_study(tmp_path, search={"train.lr": [2e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=val2014"]}  # the recipe's own split
+    with pytest.raises(ConfigError, match="its selection evaluates the same vqa split the table reports"):
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
+def test_a_held_out_split_is_for_vqa_only(shapes_tasks_world, tmp_path):
+    study = micro_study(shapes_tasks_world, search={"train.lr": [2e-4]})
+    study["base"]["tasks"] = {"snli_ve": {"recipe": "shapes-snli-ve.yaml", "steps": 2, "select": {"holdout": 0.2}}}
+    with pytest.raises(ConfigError, match=r"base\.tasks\.snli_ve\.select\.holdout is for VQA.*snli_ve\.eval_split"):
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_study_is_valid_and_every_recipe_it_names_exists(name, tmp_path):
+    spec = load_study(name)  # a shipped study by its name
+    plan = plan_study(spec, tmp_path / "out", prepare=False)  # resolves and validates every run's config
+    assert plan.cells and all(Path(run.recipe).is_file() for cell in plan.cells for run in cell.runs)
+    assert {run.task_kind for cell in plan.cells for run in cell.runs if run.kind == "finetune"} <= {
+        "vqa", "nlvr2", "snli_ve", "retrieval", "captioning"}  # fmt: skip
+    if name.startswith("shapes-"):
+        assert spec.data.shapes, "a shapes-world study makes its own world"
+    else:
+        assert f"shapes-{name}" in SHIPPED, "each full-size study has a shapes-world version"
+
+
+def test_check_lists_every_cell_and_run_and_writes_nothing(tmp_path, capsys):
+    path = write_study(tmp_path / "study.yaml", micro_study(tmp_path, seeds=[0, 1]))
+    assert main(["study", "check", str(path), "--out", str(tmp_path / "out")]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[1] == "2 rows x 2 seeds x 1 protocols = 4 cells, 8 runs; columns: vqa overall"
+    assert shown[2:] == [f"  vlp/{row}/seed-{seed}: pretrain, vqa" for row in ("co-attention", "merged")
+                         for seed in (0, 1)]  # fmt: skip
+    assert not (tmp_path / "out").exists()
