@@ -76,7 +76,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "demo/report.json").read_text())
     for name in ("model", "blind"):
-        assert set(report["vqa"][name]) == {"metric", "overall", "per_question_type", "per_answer_type"}
+        assert set(report["vqa"][name]) == {"metric", "overall", "per_question_type", "per_answer_type", "skipped"}
         assert report["vqa"][name]["metric"] == "official-2021"
         assert report["vqa"][name]["per_question_type"]
     assert (tmp_path / "demo/vqa_loss.png").is_file() and (tmp_path / "demo/pretrain_loss.png").is_file()

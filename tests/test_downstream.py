@@ -34,7 +34,7 @@ def test_nlvr2_finetune_writes_the_leaderboard_csv_and_official_scores(micro_che
     labelled = [json.loads(line)["identifier"] for line in (shapes_tasks_world / "nlvr2/data/dev.json").open()]
     assert list(predictions) == labelled and set(predictions.values()) <= {"True", "False"}
     score = json.loads((out / "nlvr2_accuracy_dev.json").read_text())
-    assert set(score) == {"accuracy", "consistency", "examples", "sentences"}
+    assert set(score) == {"accuracy", "consistency", "examples", "sentences", "skipped"}
     assert 0 <= score["consistency"] <= score["accuracy"] <= 100
 
 

@@ -97,9 +97,13 @@ class DataConfig:
     images: str = "images"
     karpathy: str = "karpathy/dataset_coco.json"
     num_workers: int = 0
+    worker_timeout: float = 300.0  # seconds a data worker may take to give a batch; then the run stops, naming it
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)
     image_cache_mb: int = 0  # keep transformed images in memory up to this size (a small corpus: decode once)
+    # an image whose header declares more pixels is a bad sample, refused before decoding (training, evaluation,
+    # prediction); the default is Pillow's own decompression-bomb guard, which refuses larger images anyway
+    max_image_pixels: int = 178_956_970
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # `data.augment=randaugment` (then the cache
     # above holds decoded images, augmented and transformed at each read)
     # pretraining from shards (`meter prepare`) instead of the Karpathy captions above, when sources are given
@@ -386,6 +390,42 @@ def apply_override(cfg: Any, override: str) -> None:
     setattr(target, last, _coerce(value, fields[last], key))
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML (no Python tags) that also refuses a key set twice in one section: the second would silently win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key.value!r} is set twice in one section", key.start_mark
+                    )
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def read_recipe(path: Path) -> Any:
+    """A YAML file's content; a ConfigError naming the file and the line of what is wrong with it."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror})") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = error.problem or error.context or "not valid YAML"
+        if "python/" in problem:
+            problem += "; a recipe is plain YAML (Python tags are never run)"
+        elif error.context and error.context_mark and error.problem:
+            problem += f" ({error.context} at line {error.context_mark.line + 1})"
+        raise ConfigError(f"{where}: {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), base: Config | None = None) -> Config:
     """Reads a YAML recipe (or starts from defaults) and applies `key=value` overrides in order."""
     cfg = copy.deepcopy(base) if base is not None else Config()
@@ -393,7 +433,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_recipe(path)
+        if data is None or data == {}:  # a recipe that sets nothing would silently train the defaults
+            raise ConfigError(f"{path} holds no settings (an empty recipe would train the defaults); see configs/")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of settings at the top level")
         cfg = merge(cfg, data)

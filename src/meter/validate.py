@@ -1,18 +1,31 @@
-"""Checks a config's names against the registries before any work starts, so a typo fails in the first second."""
+"""Checks a config before any work starts, so that a mistake fails in the first second with a message naming the
+key: names against the registries, every numeric setting's range (setting_ranges.py), the relations between
+settings (validate_model.py for the model's), and settings that state an intent the run would silently ignore."""
 
 from __future__ import annotations
 
+import shutil
+
 from meter.config import Config
-from meter.data.augment import AUGMENTATIONS, MAX_MAGNITUDE
+from meter.data.augment import AUGMENTATIONS
+from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError
+from meter.metrics.caption import TOKENIZERS
+from meter.metrics.retrieval import KS
+from meter.metrics.vqa import vqa_metric
 from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
+from meter.models.meter import IMAGE_POOLS
 from meter.models.text import TEXT
 from meter.models.vision import resolve_vision
+from meter.setting_ranges import check_ranges
 from meter.tasks.catalog import DOWNSTREAM
-from meter.tasks.pretrain import check_objectives
+from meter.tasks.pretrain import DECODER_OBJECTIVES, check_objectives
+from meter.tasks.retrieval import check_settings as check_retrieval
+from meter.tasks.retrieval_official import check_official
 from meter.train.distributed import check_parallel
 from meter.train.runtime import pick_device, pick_dtype
+from meter.validate_model import check_model
 
 TASKS = ("pretrain", *DOWNSTREAM.names())
 
@@ -20,35 +33,94 @@ TASKS = ("pretrain", *DOWNSTREAM.names())
 def validate(cfg: Config) -> None:
     if cfg.task not in TASKS:
         raise ConfigError(f"task = {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    check_ranges(cfg)
+    _check_names(cfg)
+    _check_training(cfg)
+    _check_task(cfg)
+    _check_ignored(cfg)
+    check_model(cfg, with_decoder=cfg.model.architecture == "encoder-decoder" or cfg.task == "captioning")
+
+
+def _check_names(cfg: Config) -> None:
     resolve_vision(cfg.model.vision)
-    TEXT.get(cfg.model.text.name, key="model.text")
+    text = TEXT.get(cfg.model.text.name, key="model.text")
+    if not cfg.model.text.weights and cfg.model.text.size not in text.sizes:
+        raise ConfigError(
+            f"model.text.size = {cfg.model.text.size!r} is not a size of {cfg.model.text.name}; choose one of: "
+            + ", ".join(text.sizes)
+        )
     FUSIONS.get(cfg.model.fusion.name, key="model.fusion")
     if cfg.model.architecture not in ARCHITECTURES:
         raise ConfigError(f"model.architecture = {cfg.model.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    for objective in ("span", "prefix_lm"):
+    if cfg.model.image_pool not in IMAGE_POOLS:
+        raise ConfigError(f"model.image_pool = {cfg.model.image_pool!r}; choose one of: {', '.join(IMAGE_POOLS)}")
+    if cfg.data.augment.name not in AUGMENTATIONS:
+        raise ConfigError(f"data.augment = {cfg.data.augment.name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
+    check_parallel(cfg.train.parallel)
+
+
+def _check_training(cfg: Config) -> None:
+    train, data = cfg.train, cfg.data
+    if len(train.betas) != 2:
+        raise ConfigError(f"train.betas = {train.betas} must be two numbers (AdamW's beta1, beta2), e.g. [0.9, 0.98]")
+    if not train.out.strip():
+        raise ConfigError("train.out is empty; give the run folder")
+    check_pixel_limit(data.max_image_pixels)
+    for i, source in enumerate(data.sources):
+        if not source.path.strip():
+            raise ConfigError(f"data.sources[{i}].path is empty; give a folder written by `meter prepare`")
+    if data.sources and data.num_workers and data.streams_per_rank % data.num_workers:
+        raise ConfigError(
+            f"data.num_workers = {data.num_workers} must divide data.streams_per_rank = {data.streams_per_rank}"
+            " (each worker reads whole streams)"
+        )
+
+
+def _check_task(cfg: Config) -> None:
+    for objective in DECODER_OBJECTIVES:
         if getattr(cfg.objectives, objective) > 0 and cfg.model.architecture != "encoder-decoder":
             raise ConfigError(
                 f"objectives.{objective} needs a decoder: set model.architecture=encoder-decoder"
                 f" (or objectives.{objective}=0)"
             )
-    if not 0 < cfg.objectives.span_probability <= 1 or cfg.objectives.span_mean_length < 1:
-        raise ConfigError(
-            f"objectives.span_probability = {cfg.objectives.span_probability} must be in (0, 1] and"
-            f" objectives.span_mean_length = {cfg.objectives.span_mean_length} at least 1 (word)"
-        )
-    pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
-    check_parallel(cfg.train.parallel)
     if cfg.task == "pretrain":
         check_objectives(cfg.objectives)
-    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite_steps"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} = {getattr(cfg.train, key)} must be at least 1")
-    if cfg.data.image_cache_mb < 0:
-        raise ConfigError(f"data.image_cache_mb = {cfg.data.image_cache_mb} must be at least 0 (0: no cache)")
-    augment = cfg.data.augment
-    if augment.name not in AUGMENTATIONS:
-        raise ConfigError(f"data.augment = {augment.name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-    if augment.num_ops < 1:
-        raise ConfigError(f"data.augment.num_ops = {augment.num_ops} must be at least 1 (data.augment=none: no ops)")
-    if not 0 <= augment.magnitude <= MAX_MAGNITUDE:
-        raise ConfigError(f"data.augment.magnitude = {augment.magnitude} must be in 0..{MAX_MAGNITUDE}")
+    elif cfg.task == "vqa":
+        vqa_metric(cfg.vqa.metric)
+        if not cfg.vqa.train_splits:
+            raise ConfigError("vqa.train_splits is empty; name at least one split to train on (e.g. [train2014])")
+    elif cfg.task == "retrieval":
+        check_retrieval(cfg)
+        if cfg.retrieval.objective == "official":
+            check_official(cfg)
+        if cfg.retrieval.shortlist and cfg.retrieval.shortlist < max(KS):
+            raise ConfigError(
+                f"retrieval.shortlist = {cfg.retrieval.shortlist} must be 0 (every pair) or at least {max(KS)}"
+            )
+    elif cfg.task == "captioning":
+        if cfg.captioning.tokenizer not in TOKENIZERS:
+            raise ConfigError(
+                f"captioning.tokenizer = {cfg.captioning.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}"
+            )
+        if cfg.captioning.tokenizer == "ptb" and shutil.which("java") is None:
+            raise ConfigError(
+                "captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH; install"
+                " java or use captioning.tokenizer=python"
+            )
+
+
+def _check_ignored(cfg: Config) -> None:
+    """Settings that ask for something this run would not do: refused rather than silently dropped."""
+    text = cfg.model.text
+    if text.hf_kwargs and text.weights and not cfg.train.init_from:
+        raise ConfigError(
+            f"model.text.hf_kwargs = {text.hf_kwargs} sets up a randomly initialised text encoder; the pretrained one "
+            f"of model.text.weights = {text.weights!r} keeps its own config.json, so they would be ignored: remove "
+            "them (or edit that config.json)"
+        )
+    if cfg.data.sources and cfg.task != "pretrain":
+        raise ConfigError(
+            f"data.sources is read by pretraining only; task = {cfg.task!r} reads its own files ({cfg.task}.*): "
+            "remove data.sources from this recipe"
+        )

@@ -8,12 +8,23 @@ import os
 import sys
 from collections.abc import Callable
 
+from meter.cli.errors import DEBUG_HELP, debug_requested, report_unexpected
 from meter.errors import MeterError
 
 # module name -> adds its subparser and returns the function that runs it; the command is the module's name,
 # or its COMMAND when that differs (`import` is a Python keyword)
 COMMAND_MODULES = (
-    "prepare", "pretrain", "finetune", "evaluate", "predict", "explain", "serve", "demo", "models", "import_checkpoint",
+    "prepare",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "predict",
+    "explain",
+    "serve",
+    "demo",
+    "study",
+    "models",
+    "import_checkpoint",
     "plan",
 )
 
@@ -23,6 +34,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     parser = argparse.ArgumentParser(prog="meter", description="Train and evaluate METER vision-and-language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runners = {}
     for name in COMMAND_MODULES:
@@ -35,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data workers fork after tokenizing
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local paths
     parser, runners = build_parser()
+    argv, debug = debug_requested(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "PIL", "httpx", "urllib3", "timm"):
@@ -42,5 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runners[args.command](args) or 0
     except MeterError as error:
+        if debug:
+            raise
         print(f"meter: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)  # a run stopped by a signal has its own (meter.train.stop_signals)
+    except KeyboardInterrupt:  # Ctrl-C outside training (training says where its last checkpoint is)
+        print("meter: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # an OSError on a user's path, or a bug of ours: one line unless --debug
+        if debug:
+            raise
+        return report_unexpected(error)

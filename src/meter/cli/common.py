@@ -1,10 +1,16 @@
-"""Arguments shared by the training commands."""
+"""Arguments shared by the commands, and the checks that refuse a bad one before any work starts."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 from meter.config import Config, load_config
+from meter.errors import ConfigError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +20,75 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, task: str | None = None) -> Config:
+    """The run's config; its run folder (train.out) must be a folder this process can write in."""
     cfg = load_config(args.config, args.overrides)
     if task is not None and cfg.task != task:
         cfg.task = task
+    check_output_folder(cfg.train.out, "train.out")
     return cfg
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (argparse reports any other as a usage error)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+        return value
+
+    return integer
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"{text} must be from 0 to 1")
+    return value
+
+
+def text_option(value: str | None, option: str) -> str | None:
+    """A text option as given, refused when empty or not UTF-8: Python hands over the bytes of an argument that does
+    not decode as lone surrogates, which no tokenizer takes."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(f"{option} is empty; give the text to use")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raw = value.encode("utf-8", "surrogateescape")
+        first = ord(value[error.start]) - 0xDC00  # the byte that does not decode, as surrogateescape keeps it
+        raise ConfigError(
+            f"{option} {raw!r} is not UTF-8 text (byte {first:#04x}); give it in UTF-8 (check the terminal's encoding)"
+        ) from None
+    return value
+
+
+def check_output_folder(path: str | Path, option: str) -> None:
+    """Refuses an output folder that is a file, or lies below one, or that cannot be written: the nearest folder of
+    its path that exists must take a new entry (a probe file, removed at once; under torchrun only the first process
+    of each machine probes, so that no other process meets the probe in the run folder). Nothing is created."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing.is_file() else "not a folder"
+        where = f"is {what}" if existing == path else f"lies below {existing}, which is {what}"
+        raise ConfigError(f"{option} = {path} {where}; give a folder to write to")
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".meter-write-check-"):
+            pass
+    except OSError as error:
+        place = "in it" if existing == path else f"in {existing}, where it would be created"
+        raise ConfigError(f"{option} = {path}: cannot write {place} ({error.strerror})") from None

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from meter.cli.common import check_output_folder
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VQA_METRICS
 
 CHECKPOINT_TASKS = {
@@ -55,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from meter.config import load_config
         from meter.runs import evaluate_run
+        from meter.setting_ranges import check_ranges
 
         cfg = load_config(args.config, args.overrides)
         cfg.task = args.task
         if getattr(args, "metric", None):
             cfg.vqa.metric = args.metric
+        check_ranges(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
         out = Path(args.out or Path(args.checkpoint) / "eval")
+        check_output_folder(out, "--out" if args.out else "--out (default CHECKPOINT/eval)")
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from meter.cli.common import at_least, check_output_folder
+
 COMMAND = "import"  # `import` is a Python keyword: the module has another name
 
 
@@ -26,7 +28,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
         "--vision", metavar="NAME", help="our vision encoder name (default: from the checkpoint: clip-vit, ...)"
     )
     official.add_argument(
-        "--image-size", type=int, help="run at another resolution (position embeddings are resampled)"
+        "--image-size", type=at_least(1), help="run at another resolution (position embeddings are resampled)"
     )
     official.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder, if --text-encoder has none")
     official.add_argument(
@@ -38,6 +40,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 def run(args: argparse.Namespace) -> int:
     from meter.importers.meter_official import import_meter_official
 
+    check_output_folder(args.out, "--out")
     report = import_meter_official(
         args.ckpt, args.text_encoder, args.out, vision=args.vision, image_size=args.image_size,
         tokenizer=args.tokenizer, vqa_answers=args.vqa_answers,

@@ -11,6 +11,8 @@ import argparse
 import json
 from collections.abc import Callable
 
+from meter.cli.common import at_least, text_option
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("predict", help="predict on one input with a trained model")
@@ -22,8 +24,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query.add_argument("--question", help="a question about --image (VQA)")
     query.add_argument("--text", help="a sentence to match with --image, or to judge against --images")
     query.add_argument("--caption", action="store_true", help="write a caption of --image (encoder-decoder)")
-    parser.add_argument("--top", type=int, default=5, help="answers to list for --question (default 5)")
-    parser.add_argument("--beam", type=int, default=1, help="beam size for --caption (default 1: greedy)")
+    parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
+    parser.add_argument("--beam", type=at_least(1), default=1, help="beam size for --caption (default 1: greedy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return run
 
@@ -35,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images and args.text is None:
         raise ConfigError("--images A B goes with --text (NLVR2); --question and --caption take one --image")
     for option in ("question", "text"):
-        value = getattr(args, option)
-        if value is not None and not value.strip():
-            raise ConfigError(f"--{option} is empty; give the text to use")
+        text_option(getattr(args, option), f"--{option}")
     predictor = Predictor(args.checkpoint, args.device)
     if args.images:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)

@@ -15,6 +15,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from meter.cli.common import at_least, check_output_folder, fraction
+
 if TYPE_CHECKING:
     from meter.data.shard_writer import RawSource
 
@@ -22,11 +24,12 @@ if TYPE_CHECKING:
 def _shard_options(parser: argparse.ArgumentParser, shards: bool = True) -> None:
     parser.add_argument("--root", required=True, help="the corpus folder, in its published layout")
     parser.add_argument("--out", required=True, help="folder for the shards and manifest.json (resumes if present)")
-    parser.add_argument("--max-bad", type=float, default=0.01,
+    parser.add_argument("--max-bad", type=fraction, default=0.01,
                         help="fraction of records that may be unusable before it stops (default 0.01)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     if shards:
-        parser.add_argument("--shard-size", type=int, default=1000, help="source records per shard (default 1000)")
+        parser.add_argument("--shard-size", type=at_least(1), default=1000,
+                            help="source records per shard (default 1000)")  # fmt: skip
         parser.add_argument("--decode", action="store_true", help="decode every image to check it (slow)")
 
 
@@ -37,10 +40,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
         "shapes", help="generate the shapes world (captions, VQA, NLVR2, SNLI-VE, Flickr30k split, tokenizers)"
     )
     shapes.add_argument("--out", required=True, help="output folder")
-    shapes.add_argument("--images", type=int, default=4000, help="number of images (default 4000)")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--image-size", type=int, default=64)
-    shapes.add_argument("--questions-per-image", type=int, default=5)
+    shapes.add_argument("--images", type=int, default=4000, help="number of images (default 4000; at least 8)")
+    shapes.add_argument("--seed", type=at_least(0), default=0)
+    shapes.add_argument("--image-size", type=at_least(1), default=64, help="pixels a side (default 64)")
+    shapes.add_argument("--questions-per-image", type=at_least(0), default=5)
 
     coco = sources.add_parser("coco", help="COCO captions (annotation JSON or Karpathy split) + image folders")
     _shard_options(coco)
@@ -108,13 +111,16 @@ def _source(args: argparse.Namespace) -> RawSource:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "--out")
     if args.source == "shapes":
         from meter.data.shapes import WorldSpec, generate, generate_tasks
+        from meter.data.shapes.world import check_image_count
 
         spec = WorldSpec(
             images=args.images, seed=args.seed, image_size=args.image_size,
             questions_per_image=args.questions_per_image,
         )  # fmt: skip
+        check_image_count(spec)
         manifest = generate(args.out, spec)
         print(f"shapes world in {args.out}: {manifest['images']} images, {manifest['questions']} questions")
         counts = generate_tasks(args.out, spec)["counts"]

@@ -7,10 +7,11 @@ import os
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
+from meter.train.stop_signals import EXIT_STATUSES
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
-    parser = subparsers.add_parser("pretrain", help="pretrain a model (MLM, ITM, ...)")
+    parser = subparsers.add_parser("pretrain", help="pretrain a model (MLM, ITM, ...)", epilog=EXIT_STATUSES)
     add_config_arguments(parser)
     return run
 

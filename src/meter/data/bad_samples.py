@@ -22,34 +22,85 @@ class BadSample:
 
 
 class BadSampleBudget:
-    """Counts distinct bad samples; raises once more than `max_fraction` of `total` samples are bad."""
+    """Counts bad samples; raises once more than `max_fraction` of `total` samples are bad.
+
+    Training meets a sample again every epoch, so a path counts once. Evaluation (`per_sample`) reads each sample
+    once and counts every one: five questions about one missing image are five questions it could not answer.
+    """
 
     def __init__(
-        self, max_fraction: float, total: int, log_file: str | Path | None = None, setting: str = "data.max_bad_samples"
-    ) -> None:
+        self, max_fraction: float, total: int, log_file: str | Path | None = None,
+        setting: str = "data.max_bad_samples", per_sample: bool = False,
+    ) -> None:  # fmt: skip
         self.setting = setting  # the option that sets the budget, named in the message
         self.allowed = int(max_fraction * total)
         self.total = total
         self.max_fraction = max_fraction
         self.log_file = Path(log_file) if log_file else None
-        self.bad: dict[str, str] = {}
+        self.per_sample = per_sample
+        self.bad: dict[str, str] = {}  # path -> reason, the first reason of each path
+        self.samples = 0  # with per_sample: every sample recorded
+
+    @property
+    def count(self) -> int:
+        return self.samples if self.per_sample else len(self.bad)
 
     def record(self, sample: BadSample) -> None:
-        if sample.path in self.bad:
+        if sample.path in self.bad and not self.per_sample:
             return
-        self.bad[sample.path] = sample.reason
-        if len(self.bad) <= WARN_FIRST:
+        self.bad.setdefault(sample.path, sample.reason)
+        self.samples += 1
+        if self.count <= WARN_FIRST:
             log.warning("data: skipped %s", sample.reason)
         if self.log_file is not None:
             with self.log_file.open("a") as f:
                 f.write(json.dumps({"path": sample.path, "reason": sample.reason}) + "\n")
-        if len(self.bad) > self.allowed:
+        if self.count > self.allowed:
             first = next(iter(self.bad.values()))
             where = f"; see {self.log_file}" if self.log_file else ""
             raise DataError(
-                f"skipped {len(self.bad):,} of {self.total:,} samples, more than the budget of {self.allowed:,}"
+                f"skipped {self.count:,} of {self.total:,} samples, more than the budget of {self.allowed:,}"
                 f" ({self.max_fraction:.1%}, {self.setting}): first: {first}{where}"
             )
 
     def summary(self) -> str:
-        return f"skipped {len(self.bad):,} of {self.total:,} samples (budget {self.allowed:,})"
+        return f"skipped {self.count:,} of {self.total:,} samples (budget {self.allowed:,})"
+
+
+def warn_skipped(what: str, skipped: list[BadSample]) -> None:
+    """One warning for the records a reader leaves out (empty captions, say): how many, and the first few by name,
+    as a budget names them."""
+    if skipped:
+        named = "; ".join(s.reason for s in skipped[:WARN_FIRST])
+        more = f" (and {len(skipped) - WARN_FIRST:,} more)" if len(skipped) > WARN_FIRST else ""
+        log.warning("data: skipped %d %s: %s%s", len(skipped), what, named, more)
+
+
+def evaluation_budget(max_fraction: float, total: int, log_file: Path) -> BadSampleBudget:
+    """The budget of one evaluation over `total` samples: every unreadable sample counts, each is listed in
+    `log_file` (started afresh: an earlier evaluation's list is not this one's), and past `max_fraction`
+    (data.max_bad_samples, as in training) the evaluation stops, naming the first."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.unlink(missing_ok=True)
+    return BadSampleBudget(max_fraction, total, log_file, per_sample=True)
+
+
+def count_bad(budget: BadSampleBudget | None, sample: BadSample) -> None:
+    """Counts `sample` against `budget`; without a budget an unreadable sample is an error."""
+    if budget is None:
+        raise DataError(sample.reason.removeprefix("data: "))
+    budget.record(sample)
+
+
+def skipped_fields(budget: BadSampleBudget) -> dict[str, int | str]:
+    """What a score file says of the samples an evaluation skipped: how many, and where they are listed."""
+    listed = {"skipped_list": str(budget.log_file)} if budget.count and budget.log_file else {}
+    return {"skipped": budget.count, **listed}
+
+
+def warn_evaluation_skips(what: str, budget: BadSampleBudget, predictions_file: str) -> None:
+    """After an evaluation within its budget: the skipped samples are out of the score; `predictions_file` says
+    what the leaderboard file (which needs a row for every sample) does with them."""
+    if budget.count:
+        log.warning("%s: %s, left out of the score (%d scored); %s; list: %s", what, budget.summary(),
+                    budget.total - budget.count, predictions_file, budget.log_file)  # fmt: skip

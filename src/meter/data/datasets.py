@@ -15,7 +15,7 @@ from meter.data.augment import Augmentation, Draw
 from meter.data.bad_samples import BadSample
 from meter.data.formats.captions import CaptionRecord
 from meter.data.formats.vqa import VqaRecord
-from meter.data.images import load_image
+from meter.data.images import load_image, to_rgb
 from meter.errors import DataError
 
 Transform = Callable[[Image.Image], Tensor]
@@ -35,9 +35,11 @@ class ImageReader:
 
     def __init__(
         self, transform: Transform, image_size: int, blind: bool = False, cache_mb: int = 0,
-        augment: Augmentation | None = None,
+        augment: Augmentation | None = None, max_pixels: int | None = None,
     ) -> None:  # fmt: skip
         self.transform = transform
+        self.image_size = image_size  # the transform's size: a large image may be decoded smaller (never below it)
+        self.max_pixels = max_pixels  # data.max_image_pixels: a larger image is a bad sample, refused undecoded
         self.blind = blind
         self.augment = augment
         self.blank = torch.zeros(3, image_size, image_size)  # zero after normalisation = the mean colour
@@ -49,13 +51,17 @@ class ImageReader:
             return self.blank
         key = str(path)
         if (pixels := self.cache.get(key)) is None:
-            image = load_image(path)
+            image = load_image(path, at_least=self.image_size, max_pixels=self.max_pixels)
             # augmenting: the cache holds the decoded image, and every read draws afresh
             pixels = self.transform(image) if self.augment is None else v2.functional.to_image(image)
             size = pixels.numel() * pixels.element_size()
             if size <= self.cache_left:
                 self.cache[key], self.cache_left = pixels, self.cache_left - size
         return pixels if self.augment is None else self.finish(pixels, draw)
+
+    def decoded(self, image: Image.Image) -> Tensor:
+        """The transform of an image decoded elsewhere (a caller's PIL image, an upload), in any PIL mode."""
+        return self.finish(to_rgb(image, "image", self.image_size), None)
 
     def finish(self, image: Image.Image | Tensor, draw: Draw | None) -> Tensor:
         """The transform of a decoded image, after its augmentation when there is one and `draw` names it."""

@@ -1,42 +1,141 @@
-"""Reading images, and the transforms of DESIGN.md (resize, centre crop, the encoder's normalisation)."""
+"""Reading images, and the transforms of DESIGN.md (resize, centre crop, the encoder's normalisation).
+
+`decode_image` is the one way in for image bytes (files, shard members, uploads): it refuses an image with more
+pixels than a limit from its header, before any pixel is decoded; decodes a large JPEG at a reduced scale and
+box-reduces any other large image right after decoding, when the caller says how small it may get; and converts
+every PIL mode to 8-bit RGB (`to_rgb`).
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
 from meter.data.formats.common import NOT_AN_IMAGE
-from meter.errors import DataError
+from meter.errors import ConfigError, DataError
+
+PIXEL_LIMIT_SETTING = "data.max_image_pixels"
+REDUCE_GAP = 2  # box-reduce only while the short side stays this many times the target: close to a fair resize
+SIXTEEN_BIT_MAX = 65535
+EXACT_MODE_OF = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}  # PIL converts these without loss; others: RGB
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Reads an image as RGB, or raises a DataError naming the path and what is wrong with it."""
+def load_image(path: str | Path, at_least: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Reads an image file as RGB, or raises a DataError naming the path and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image not found")
-    return decode_image(path, str(path))
+    return decode_image(path, str(path), at_least, max_pixels)
 
 
-def decode_image(source: Path | BinaryIO, name: str, at_least: int | None = None) -> Image.Image:
-    """Decodes a file or an in-memory image (a shard member) as RGB; a DataError names `name` if it cannot.
+def decode_image(
+    source: Path | BinaryIO, name: str, at_least: int | None = None, max_pixels: int | None = None,
+    setting: str = PIXEL_LIMIT_SETTING,
+) -> Image.Image:  # fmt: skip
+    """Decodes a file or an in-memory image (a shard member, an upload) as RGB; a DataError names `name` if it
+    cannot, or if its header declares more than `max_pixels` pixels (`setting` is the option that sets the limit).
 
-    With `at_least`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when both sides stay at
-    least that long: a 1024x768 photo for 288 px decodes at 512x384, about 1.4x faster, before the same resize.
+    With `at_least`, the image may come back smaller, both sides still at least that long: a JPEG is decoded at
+    1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: a 1024x768 photo for 288 px decodes at 512x384, about 1.4x
+    faster), and any image with sides beyond twice that is box-reduced by a whole factor once decoded, so that
+    the later resize works on a small copy (a 12000x12000 PNG for 224 px: 462x462).
     """
+    if isinstance(source, Path):
+        try:
+            file = source.open("rb")  # our handle, not PIL's: the returned image stays usable once it is closed
+        except OSError as error:
+            raise DataError(f"{name}: cannot be opened ({error.strerror})") from None
+        with file:
+            return decode_image(file, name, at_least, max_pixels, setting)
     try:
-        with Image.open(source) as image:
-            if at_least:
-                image.draft("RGB", (at_least, at_least))
-            image.load()
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours to set
+            image = Image.open(source)
+        check_pixels(image.size, name, max_pixels, setting)
+        if at_least:
+            image.draft("RGB", (at_least, at_least))
+        image.load()
+        return to_rgb(image, name, at_least)
     except UnidentifiedImageError:
         raise DataError(f"{name}: {NOT_AN_IMAGE}") from None  # PIL's message names a BytesIO object
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # past Pillow's own guard, which no setting of ours lifts
+        raise DataError(f"{name}: too many pixels to decode ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{name}: unreadable image ({type(error).__name__}: {error})") from None
+
+
+def pillow_pixel_guard() -> int | None:
+    """The most pixels Pillow opens (more raise its DecompressionBombError): twice Image.MAX_IMAGE_PIXELS."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def check_pixel_limit(limit: int, setting: str = PIXEL_LIMIT_SETTING) -> None:
+    """A limit above Pillow's guard would promise images that Pillow refuses anyway: say so before any work."""
+    guard = pillow_pixel_guard()
+    if limit < 1 or (guard is not None and limit > guard):
+        upper = f"{guard:,} (Pillow refuses larger images as decompression bombs)" if guard else "any size"
+        raise ConfigError(f"{setting} = {limit} must be in 1..{upper}")
+
+
+def check_pixels(size: tuple[int, int], name: str, max_pixels: int | None, setting: str = PIXEL_LIMIT_SETTING) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise DataError(
+            f"{name}: {width}x{height} is {width * height:,} pixels, more than {setting} = {max_pixels:,}"
+            " (raise it to read this image)"
+        )
+
+
+def to_rgb(image: Image.Image, name: str = "image", at_least: int | None = None) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16-bit and 32-bit integer samples (I;16, I;16B, I) scaled from 0..65535, floats
+    (F) from 0..1, transparent pixels (RGBA, LA, PA, P with transparency) composited on white, palette, CMYK, YCbCr,
+    1-bit and the rest through PIL's conversions. With `at_least`, a large image is box-reduced first (see
+    `decode_image`). Returns `image` itself when it is already RGB and small enough."""
+    image = _exact_mode(image, name)
+    if at_least:
+        factor = min(image.size) // (REDUCE_GAP * at_least)
+        if factor >= 2:
+            image = image.reduce(factor)  # LA and RGBA are premultiplied while they are reduced: no dark fringes
+    if image.mode == "I":
+        image = _eight_bits(np.clip(np.asarray(image), 0, SIXTEEN_BIT_MAX).astype(np.uint32), SIXTEEN_BIT_MAX)
+    elif image.mode == "F":
+        image = _eight_bits(np.nan_to_num(np.asarray(image), nan=0.0).clip(0, 1), 1)
+    if image.mode in ("LA", "RGBA"):
+        shown = Image.new(image.mode[:-1], image.size, "white")  # as an image viewer or a web page shows them
+        shown.paste(image, mask=image.getchannel("A"))
+        image = shown
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _exact_mode(image: Image.Image, name: str) -> Image.Image:
+    """The image in one of L, LA, RGB, RGBA, I, F without losing anything: the modes the rest of `to_rgb` knows
+    (and `Image.reduce` averages correctly: a palette index or a CMYK sample is not a brightness)."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        return image
+    if mode.startswith("I;16"):
+        return image.convert("I")  # PIL's own I;16 -> L clips at 255: a 16-bit image would come out white
+    if mode == "P":
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    try:
+        return image.convert(EXACT_MODE_OF.get(mode, "RGB"))
+    except ValueError as error:
+        raise DataError(f"{name}: images of mode {mode} cannot be read ({error})") from None
+
+
+def _eight_bits(values: np.ndarray, full_scale: float) -> Image.Image:
+    """A greyscale image from samples in 0..full_scale, rounded to the nearest of 0..255."""
+    if values.dtype.kind == "u":  # exact integer rounding: 257 -> 1, 65535 -> 255
+        scaled = (values * (2 * 255) + full_scale) // (2 * full_scale)
+    else:
+        scaled = np.rint(values * (255 / full_scale))
+    return Image.fromarray(scaled.astype(np.uint8))
 
 
 def image_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:

@@ -3,7 +3,6 @@ plain image lists (retrieval and captioning evaluation)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from meter.data.bad_samples import BadSample
+from meter.data.bad_samples import BadSample, BadSampleBudget, count_bad
 from meter.data.datasets import ImageReader, TrainingDraws
 from meter.errors import DataError
 
-log = logging.getLogger(__name__)
 UNLABELLED = -1
 
 
@@ -42,10 +40,12 @@ class LabelledExamples(Dataset, TrainingDraws):
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         example = self.examples[index]
-        try:
-            loaded = [self.images(path, self.draw(index, k)) for k, path in enumerate(example.images)]
-        except DataError as error:
-            return BadSample(str(example.images[0]), str(error))
+        loaded = []
+        for k, path in enumerate(example.images):
+            try:
+                loaded.append(self.images(path, self.draw(index, k)))
+            except DataError as error:
+                return BadSample(str(path), str(error))  # the image that failed (NLVR2's right one, say)
         pixels = loaded[0] if len(loaded) == 1 else torch.stack(loaded)
         return {"pixels": pixels, "text": example.text, "label": example.label, "index": index}
 
@@ -68,16 +68,17 @@ class ImageFiles(Dataset):
 
 
 def image_batches(
-    paths: list[Path], images: ImageReader, batch_size: int, desc: str, progress: bool
-) -> Iterator[tuple[list[int], Tensor]]:
-    """The readable images in order, batch by batch: (their indices, stacked pixels). An unreadable image is
-    named in a warning and left out."""
+    paths: list[Path], images: ImageReader, batch_size: int, desc: str, progress: bool,
+    budget: BadSampleBudget | None = None,
+) -> Iterator[tuple[list[int], Tensor]]:  # fmt: skip
+    """The readable images in order, batch by batch: (their indices, stacked pixels). An unreadable image counts
+    against `budget` and is left out (without a budget, it is an error)."""
     loader = DataLoader(ImageFiles(paths, images), batch_size=batch_size, collate_fn=list)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
         good = []
         for index, pixels in batch:
             if isinstance(pixels, BadSample):
-                log.warning("%s: skipped %s", desc, pixels.reason)
+                count_bad(budget, pixels)
             else:
                 good.append((index, pixels))
         if good:

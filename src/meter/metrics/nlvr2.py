@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meter.data.formats.common import read_json_lines, require
+from meter.data.formats.common import json_field, read_json_lines
+from meter.data.formats.nlvr2 import LABELS
 from meter.errors import DataError
 
 
@@ -70,20 +71,32 @@ def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"NLVR2 predictions file not found: {path}")
-    predictions = {}
+    predictions: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         fields = line.strip().split(",")
         if len(fields) < 2:
             raise DataError(f"{path}:{number}: expected identifier,prediction; got {line!r}")
-        predictions[fields[0]] = fields[1]
+        identifier, prediction = fields[0], fields[1]
+        if prediction.lower() not in LABELS:
+            raise DataError(f"{path}:{number}: prediction {prediction!r} for {identifier} must be True or False")
+        if identifier in lines:
+            raise DataError(f"{path}:{number}: {identifier} is predicted again (first on line {lines[identifier]})")
+        predictions[identifier], lines[identifier] = prediction, number
     return predictions
 
 
 def score_nlvr2_files(labels: str | Path, predictions: str | Path) -> Nlvr2Score:
     """Scores a leaderboard CSV against an NLVR2 JSON-lines file, as the official script does."""
     rows = read_json_lines(labels, "NLVR2 file")
+    gold = {}
     for number, row in enumerate(rows, 1):
-        require(row, ("identifier", "label"), f"{labels}: example {number}")
-    return nlvr2_score({str(r["identifier"]): str(r["label"]) for r in rows}, read_nlvr2_predictions(predictions))
+        where = f"{labels}: example {number}"
+        identifier = json_field(row, "identifier", str, where)
+        label = json_field(row, "label", (str, bool), f"{where} ({identifier})")
+        if str(label).lower() not in LABELS:
+            raise DataError(f"{where} ({identifier}): label {label!r} must be 'True' or 'False'")
+        gold[identifier] = str(label)
+    return nlvr2_score(gold, read_nlvr2_predictions(predictions))

@@ -122,6 +122,7 @@ class VqaAccuracy:
     per_answer_type: dict[str, float]
     per_question: dict[int, float] = field(repr=False)
     metric: str = DEFAULT_VQA_METRIC  # the official code's version that produced these numbers
+    skipped: int = 0  # questions left out of the score (an evaluation's unreadable images); a file scores them all
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +130,7 @@ class VqaAccuracy:
             "overall": self.overall,
             "per_question_type": self.per_question_type,
             "per_answer_type": self.per_answer_type,
+            "skipped": self.skipped,
         }
 
 

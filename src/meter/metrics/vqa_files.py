@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meter.data.formats.common import read_json
+from meter.data.formats.common import json_field, read_json
 from meter.data.formats.vqa import read_vqa_annotations, read_vqa_questions
 from meter.errors import DataError
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VqaAccuracy, vqa_accuracy
 
 
 def read_predictions(path: str | Path) -> dict[int, str]:
+    """question_id -> answer of a leaderboard file; an entry of another shape or type is named, never converted (a
+    question id 161000.7 is not question 161000, an answer null is not "None")."""
     rows = read_json(path, "VQA predictions file")
-    if not isinstance(rows, list) or any(not isinstance(r, dict) or {"question_id", "answer"} - r.keys() for r in rows):
+    if not isinstance(rows, list):
         raise DataError(f'{path}: predictions must be a list of {{"question_id": int, "answer": str}}')
-    predictions = {int(r["question_id"]): str(r["answer"]) for r in rows}
-    if len(predictions) != len(rows):
-        raise DataError(f"{path}: {len(rows) - len(predictions)} questions are answered more than once")
+    predictions: dict[int, str] = {}
+    entries: dict[int, int] = {}
+    for index, row in enumerate(rows):
+        where = f"{path}: entry {index}"
+        question_id = json_field(row, "question_id", int, where)
+        predictions[question_id] = json_field(row, "answer", str, f"{where} (question_id {question_id})")
+        if question_id in entries:
+            raise DataError(
+                f"{where}: question_id {question_id} is answered again (first in entry {entries[question_id]})"
+            )
+        entries[question_id] = index
     return predictions
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from meter.config import Config
 from meter.data.augment import build_augmentation
@@ -17,13 +17,14 @@ from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
 from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
+from meter.models.checksums import verify_checksums
 from meter.models.folder import (
-    TEXT_CONFIG,
     WEIGHTS,
     ModelFolder,
     load_model_folder,
     load_weights,
     read_model_folder,
+    read_text_config,
 )
 from meter.models.init_from import finetune_model_config, vision_adapter
 from meter.models.meter import Meter, build_meter
@@ -47,6 +48,8 @@ def tokenizer_path(cfg: Config) -> Path:
 def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     """The tokenizer of train.init_from's model folder when fine-tuning, else the configured one (with the span
     sentinels added for an encoder-decoder)."""
+    if cfg.train.init_from:  # named as a model folder (and its files verified) before its tokenizer is read
+        read_init_from(cfg.train.init_from)
     tokenizer = load_tokenizer(cfg.train.init_from or tokenizer_path(cfg))
     if not cfg.train.init_from and cfg.model.architecture == "encoder-decoder":
         add_sentinels(tokenizer)
@@ -65,14 +68,14 @@ def build_model(
     source = cfg.train.init_from
     if not source:
         return build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
-    folder = read_model_folder(source)
+    folder = read_init_from(source)
     fresh_parts = {"heads"}  # parts that may start at random without a warning
     if with_decoder and folder.config.model.architecture != "encoder-decoder":
         log.info("train.init_from: %s has no decoder; a fresh one is added on its encoder", source)
         folder.config.model.architecture = "encoder-decoder"
         folder.config.model.decoder = cfg.model.decoder
         fresh_parts |= {"decoder", "class_pooler"}
-    text_config = AutoConfig.from_pretrained(str(Path(source) / TEXT_CONFIG), local_files_only=True)
+    text_config = read_text_config(source)
     cfg.model = finetune_model_config(folder.config.model, cfg.model, text_config, str(source))
     model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types, text_config)
     not_loaded = load_weights(
@@ -86,6 +89,14 @@ def build_model(
     parts = sorted({k.split(".")[1] if k.startswith("heads.") else k.split(".")[0] for k in not_loaded})
     log.info("initialised from %s (%d tensors start fresh: %s)", source, len(not_loaded), ", ".join(parts) or "none")
     return model
+
+
+def read_init_from(source: str | Path) -> ModelFolder:
+    """train.init_from's description, its model files verified against their checksums (a DataError names the path
+    of a folder that is missing, not a model folder, or damaged)."""
+    folder = read_model_folder(source)
+    verify_checksums(source, ("model",))
+    return folder
 
 
 def expand_token_types(model: Meter, weights: Path) -> bool:
@@ -116,11 +127,15 @@ class EvalModel:
     images: ImageReader
 
 
-def load_for_eval(checkpoint: str | Path, device: torch.device, blind: bool = False) -> EvalModel:
+def load_for_eval(
+    checkpoint: str | Path, device: torch.device, blind: bool = False, max_pixels: int | None = None
+) -> EvalModel:
+    """`max_pixels`: the largest image to decode; by default the data.max_image_pixels the folder's config records."""
     model, tokenizer, description = load_model_folder(checkpoint)
     model.to(device).eval()
     size = description.config.model.vision.image_size
-    images = ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind=blind)
+    limit = description.config.data.max_image_pixels if max_pixels is None else max_pixels
+    images = ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind, max_pixels=limit)
     return EvalModel(model, tokenizer, description, images)
 
 
@@ -128,7 +143,8 @@ def image_reader(cfg: Config, model: Meter) -> ImageReader:
     size = cfg.model.vision.image_size
     transform = image_transform(size, model.vision.mean, model.vision.std)
     augment = build_augmentation(cfg.data.augment, cfg.train.seed)  # applied to training draws only
-    return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb, augment=augment)
+    return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb, augment=augment,
+                       max_pixels=cfg.data.max_image_pixels)  # fmt: skip
 
 
 def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.config import CaptioningConfig, Config
+from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
@@ -106,12 +107,14 @@ def write_captions(
 def caption_split(
     model: Meter, tokenizer: PreTrainedTokenizerBase, records: list[CaptionRecord], images: ImageReader,
     settings: CaptioningConfig, runtime: Runtime, batch_size: int, progress: bool,
+    budget: BadSampleBudget | None = None,
 ) -> dict[int, str]:  # fmt: skip
-    """image_id -> the caption written for it; an unreadable image gets an empty caption (and a warning)."""
+    """image_id -> the caption written for it, for every image that could be read; the others count against
+    `budget` (without one, an unreadable image is an error)."""
     model.eval()
-    written = {r.image_id: "" for r in records}
+    written: dict[int, str] = {}
     paths = [r.image for r in records]
-    for indices, pixels in image_batches(paths, images, batch_size, "captioning", progress):
+    for indices, pixels in image_batches(paths, images, batch_size, "captioning", progress, budget):
         for i, text in zip(indices, write_captions(model, tokenizer, pixels, settings, runtime), strict=True):
             written[records[i].image_id] = text
     return written
@@ -122,21 +125,24 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     ([{"image_id", "caption"}]) and BLEU-1..4 and CIDEr against the split's references."""
     settings = cfg.captioning
     runtime = setup_runtime(cfg.train)
-    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind, max_pixels=cfg.data.max_image_pixels)
     if loaded.model.decoder is None:
         raise ConfigError(f"{checkpoint}: the model has no decoder to write captions with; fine-tune it with "
                           "task=captioning")  # fmt: skip
     records = read_karpathy_splits(cfg, "captioning", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
-    written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,
-                            cfg.train.eval_batch_size, cfg.train.progress)  # fmt: skip
-    references = {str(r.image_id): list(r.captions) for r in records}
-    scores = caption_scores(references, {str(k): v for k, v in written.items()}, settings.tokenizer).to_dict()
-    result = {**scores, "images": len(records), "beam_size": settings.beam_size, "tokenizer": settings.tokenizer}
     split = settings.eval_split
-    out.mkdir(parents=True, exist_ok=True)
-    results = [{"image_id": image_id, "caption": text} for image_id, text in sorted(written.items())]
+    budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"captioning_bad_samples_{split}.jsonl")
+    written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,
+                            cfg.train.eval_batch_size, cfg.train.progress, budget)  # fmt: skip
+    warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption")
+    references = {str(r.image_id): list(r.captions) for r in records if r.image_id in written}
+    scores = caption_scores(references, {str(k): v for k, v in written.items()}, settings.tokenizer).to_dict()
+    result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": settings.tokenizer,
+              **skipped_fields(budget)}  # fmt: skip
+    results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]
+    results.sort(key=lambda row: row["image_id"])
     (out / f"captions_{split}.json").write_text(json.dumps(results, indent=0))
     (out / f"caption_scores_{split}.json").write_text(json.dumps(result, indent=1))
     return result

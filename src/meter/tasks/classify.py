@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from meter.config import Config
-from meter.data.bad_samples import BadSample
+from meter.data.bad_samples import BadSampleBudget, count_bad
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.errors import ConfigError
@@ -57,12 +57,14 @@ class ClassificationTask(nn.Module):
 
 def eval_batches(
     dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int, desc: str, progress: bool,
-    unreadable: list[BadSample],
+    budget: BadSampleBudget | None = None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """The dataset in order, batch by batch on the run's device; samples that cannot be read go to `unreadable`."""
+    """The dataset in order, batch by batch on the run's device; samples that cannot be read count against `budget`
+    (without one, they are an error)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-        unreadable += batch["bad"]
+        for bad in batch["bad"]:
+            count_bad(budget, bad)
         if batch["size"]:
             yield {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -70,33 +72,28 @@ def eval_batches(
 @torch.no_grad()
 def predict_classes(
     task: ClassificationTask, dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int,
-    progress: bool = True,
+    progress: bool = True, budget: BadSampleBudget | None = None,
 ) -> dict[int, int]:  # fmt: skip
-    """Example index -> predicted class. An example whose images cannot be read gets class 0, and is counted."""
+    """Example index -> predicted class, for every example whose images could be read (see `eval_batches`)."""
     was_training = task.training
     task.eval()
     predictions: dict[int, int] = {}
-    unreadable: list[BadSample] = []
-    for batch in eval_batches(dataset, collate, runtime, batch_size, f"{task.head} eval", progress, unreadable):
+    for batch in eval_batches(dataset, collate, runtime, batch_size, f"{task.head} eval", progress, budget):
         with runtime.autocast():
             labels = task.logits(batch).argmax(-1).tolist()
         predictions.update(zip(batch["index"].tolist(), labels, strict=True))
-    if unreadable:
-        log.warning("%s eval: %d examples had unreadable images (first: %s); they are predicted as class 0",
-                    task.head, len(unreadable), unreadable[0].reason)  # fmt: skip
-        for index in range(len(dataset)):  # type: ignore[arg-type]
-            predictions.setdefault(index, 0)
     task.train(was_training)
     return predictions
 
 
 def classify_split(
     cfg: Config, checkpoint: str | Path, task_type: type[ClassificationTask], classes: int,
-    examples: Callable[[ImageReader], Dataset],
+    examples: Callable[[ImageReader], Dataset], budget: BadSampleBudget,
 ) -> dict[int, int]:  # fmt: skip
-    """Loads a model folder and predicts every example `examples(image_reader)` gives: index -> class."""
+    """Loads a model folder and predicts every example `examples(image_reader)` gives: index -> class, for the
+    examples whose images could be read; the others count against `budget` (data.max_bad_samples)."""
     runtime = setup_runtime(cfg.train)
-    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind, max_pixels=cfg.data.max_image_pixels)
     if task_type.head not in loaded.description.heads:
         raise ConfigError(
             f"{checkpoint}: the model has no {task_type.head} head (it has: "
@@ -105,4 +102,4 @@ def classify_split(
     task = task_type(loaded.model, loaded.description.config, classes)
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     dataset = examples(loaded.images)
-    return predict_classes(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)
+    return predict_classes(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress, budget)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from meter.config import Config
+from meter.data.bad_samples import evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.data.formats.nlvr2 import Nlvr2Record, read_nlvr2
@@ -76,14 +77,17 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     labelled, the official accuracy and consistency."""
     split = cfg.nlvr2.eval_split
     records = read_nlvr2_split(cfg, split)
-    classes = classify_split(cfg, checkpoint, Nlvr2Task, len(CLASSES), lambda images: nlvr2_dataset(records, images))
-    predictions = {r.identifier: CLASSES[classes[i]] for i, r in enumerate(records)}
-    out.mkdir(parents=True, exist_ok=True)
-    write_nlvr2_predictions(predictions, out / f"nlvr2_predictions_{split}.csv")
+    budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"nlvr2_bad_samples_{split}.jsonl")
+    classes = classify_split(cfg, checkpoint, Nlvr2Task, len(CLASSES), lambda images: nlvr2_dataset(records, images),
+                             budget)  # fmt: skip
+    predictions = {r.identifier: CLASSES[classes[i]] for i, r in enumerate(records) if i in classes}
+    warn_evaluation_skips("nlvr2 eval", budget, f"the predictions file gives them {CLASSES[0]!r}")
+    leaderboard = {r.identifier: predictions.get(r.identifier, CLASSES[0]) for r in records}  # a row for each
+    write_nlvr2_predictions(leaderboard, out / f"nlvr2_predictions_{split}.csv")
     if any(r.label is None for r in records):
-        return {"examples": len(records), "labelled": False}
-    labels = {r.identifier: CLASSES[int(r.label)] for r in records}
-    score = nlvr2_score(labels, predictions).to_dict()
+        return {"examples": len(records), "labelled": False} | skipped_fields(budget)
+    labels = {r.identifier: CLASSES[int(r.label)] for r in records if r.identifier in predictions}
+    score = nlvr2_score(labels, predictions).to_dict() | skipped_fields(budget)
     (out / f"nlvr2_accuracy_{split}.json").write_text(json.dumps(score, indent=1))
     return score
 

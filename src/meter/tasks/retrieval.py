@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from meter.config import Config, RetrievalConfig
+from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
@@ -171,15 +172,27 @@ class Encoded:
     texts: Tensor  # (T, L, text width), padded to the longest caption
     masks: Tensor  # (T, L)
 
+    def readable_only(self, text_image: list[int]) -> tuple[Encoded, list[int], list[int]]:
+        """The split without its unreadable images and their captions (`text_image`: each text's image): the
+        encodings, and the indices of the images and of the texts kept."""
+        kept = self.readable.nonzero().flatten()
+        images = set(kept.tolist())
+        texts = [t for t, i in enumerate(text_image) if i in images]
+        at = torch.tensor(texts, dtype=torch.long, device=self.texts.device)
+        encoded = Encoded(self.images[kept], self.readable[kept], self.texts[at], self.masks[at])
+        return encoded, kept.tolist(), texts
+
 
 @torch.no_grad()
 def encode_split(
     model: Meter, records: list[CaptionRecord], texts: list[str], collate: Collate, images: ImageReader,
-    runtime: Runtime, batch_size: int, progress: bool,
+    runtime: Runtime, batch_size: int, progress: bool, budget: BadSampleBudget | None = None,
 ) -> Encoded:  # fmt: skip
-    image_tokens: list[Tensor | None] = [None] * len(records)  # an unreadable image stays None: never retrieved
+    """Every image and text through its encoder; an unreadable image counts against `budget` (without one, it is
+    an error) and is marked unreadable."""
+    image_tokens: list[Tensor | None] = [None] * len(records)  # an unreadable image stays None
     paths = [r.image for r in records]
-    for indices, pixels in image_batches(paths, images, batch_size, "retrieval: images", progress):
+    for indices, pixels in image_batches(paths, images, batch_size, "retrieval: images", progress, budget):
         with runtime.autocast():
             tokens = model.encode_image(pixels.to(runtime.device))
         for i, row in zip(indices, tokens, strict=True):
@@ -281,7 +294,7 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     recalls."""
     settings = cfg.retrieval
     runtime = setup_runtime(cfg.train)
-    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind)
+    loaded = load_for_eval(checkpoint, runtime.device, blind=cfg.data.blind, max_pixels=cfg.data.max_image_pixels)
     if scoring_head(loaded.model) is None:
         raise ConfigError(f"{checkpoint}: the model has no {HEAD} or {ITM} head to score pairs with (it has: "
                           f"{', '.join(loaded.model.heads) or 'none'}); fine-tune it with task=retrieval")  # fmt: skip
@@ -289,18 +302,27 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     records = read_karpathy_splits(cfg, "retrieval", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
+    split = settings.eval_split
     texts = [caption for r in records for caption in r.captions]
     text_image = [i for i, r in enumerate(records) for _ in r.captions]
+    text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     batch = cfg.train.eval_batch_size
-    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress)
+    budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"retrieval_bad_samples_{split}.jsonl")
+    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress,
+                           budget)  # fmt: skip
+    if budget.count:  # an unreadable image leaves the split with its captions: it is neither query nor candidate
+        encoded, kept_images, kept_texts = encoded.readable_only(text_image)
+        position = {image: n for n, image in enumerate(kept_images)}
+        records, text_image = [records[i] for i in kept_images], [position[text_image[t]] for t in kept_texts]
+        texts, text_ids = [texts[t] for t in kept_texts], [text_ids[t] for t in kept_texts]
+        warn_evaluation_skips("retrieval eval", budget, "the rankings file leaves them out")
     scores = score_matrix(loaded.model, encoded, shortlist, runtime, batch, cfg.train.progress)
     recall = retrieval_recall(scores, text_image)
     result = {**recall, "images": len(records), "texts": len(texts), "shortlist": shortlist,
               "scored_pairs": int(np.isfinite(scores).sum()),  # by the fused model
-              "chance": chance_recall(len(records), [len(r.captions) for r in records])}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
+              "chance": chance_recall(len(records), [len(r.captions) for r in records]),
+              **skipped_fields(budget)}  # fmt: skip
     top = max(KS)
     rankings = {
         "image_to_text": {str(r.image_id): [text_ids[t] for t in row] for r, row in
@@ -308,7 +330,6 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
         "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in
                           enumerate(ranking(scores.T, top).tolist())},
     }  # fmt: skip
-    split = settings.eval_split
     (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(rankings))
     (out / f"retrieval_recall_{split}.json").write_text(json.dumps(result, indent=1))
     return result

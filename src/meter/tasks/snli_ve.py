@@ -10,10 +10,12 @@ from typing import Any
 from torch import Tensor
 
 from meter.config import Config
+from meter.data.bad_samples import evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.data.formats.snli_ve import SNLI_VE_LABELS, SnliVeRecord, read_snli_ve
 from meter.data.labelled import Example, LabelledExamples
+from meter.errors import DataError
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.classify import ClassificationTask, classify_split
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
@@ -51,27 +53,32 @@ def setup_snli_ve(cfg: Config) -> Finetuning:
 
 
 def snli_ve_accuracy(records: list[SnliVeRecord], predictions: dict[int, int]) -> dict[str, Any]:
-    """Accuracy in percent, overall and per gold label."""
+    """Accuracy in percent, overall and per gold label, over the examples that have a prediction."""
+    scored = [(i, r) for i, r in enumerate(records) if i in predictions]
+    if not scored:
+        raise DataError("snli-ve: no example to score")
     per_label = {}
     for label, name in enumerate(SNLI_VE_LABELS):
-        indices = [i for i, r in enumerate(records) if r.label == label]
+        indices = [i for i, r in scored if r.label == label]
         if indices:
             per_label[name] = 100 * sum(predictions[i] == label for i in indices) / len(indices)
-    correct = sum(predictions[i] == r.label for i, r in enumerate(records))
-    return {"accuracy": 100 * correct / len(records), "per_label": per_label, "examples": len(records)}
+    correct = sum(predictions[i] == r.label for i, r in scored)
+    return {"accuracy": 100 * correct / len(scored), "per_label": per_label, "examples": len(scored)}
 
 
 def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
-    """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, label) and the accuracy."""
+    """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, label) and the accuracy.
+    Examples whose image cannot be read count against data.max_bad_samples and are left out of the accuracy."""
     split = cfg.snli_ve.eval_split
     records = read_snli_ve_split(cfg, split)
+    budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"snli_ve_bad_samples_{split}.jsonl")
     predictions = classify_split(cfg, checkpoint, SnliVeTask, len(SNLI_VE_LABELS),
-                                 lambda images: snli_ve_dataset(records, images))  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"pairID": r.pair_id, "gold_label": SNLI_VE_LABELS[predictions[i]]}) + "\n"
+                                 lambda images: snli_ve_dataset(records, images), budget)  # fmt: skip
+    warn_evaluation_skips("snli-ve eval", budget, f"the predictions file gives them {SNLI_VE_LABELS[0]!r}")
+    lines = [json.dumps({"pairID": r.pair_id, "gold_label": SNLI_VE_LABELS[predictions.get(i, 0)]}) + "\n"
              for i, r in enumerate(records)]  # fmt: skip
     (out / f"snli_ve_predictions_{split}.jsonl").write_text("".join(lines))
-    accuracy = snli_ve_accuracy(records, predictions)
+    accuracy = snli_ve_accuracy(records, predictions) | skipped_fields(budget)
     (out / f"snli_ve_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
     return accuracy
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from meter.config import Config
-from meter.data.bad_samples import BadSample
+from meter.data.bad_samples import BadSampleBudget, count_bad, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
@@ -95,15 +95,17 @@ def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str
 
 @torch.no_grad()
 def predict_vqa(
-    task: VqaTask, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int, progress: bool = True
-) -> dict[int, str]:
-    """question_id -> answer for every question; one whose image is unreadable gets the most common answer."""
+    task: VqaTask, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int, progress: bool = True,
+    budget: BadSampleBudget | None = None,
+) -> dict[int, str]:  # fmt: skip
+    """question_id -> answer for every question whose image could be read; the others count against `budget`
+    (without one, an unreadable image is an error)."""
     task.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions: dict[int, str] = {}
-    unreadable: list[BadSample] = []
     for batch in tqdm(loader, desc="vqa eval", unit="batch", disable=not progress):
-        unreadable += batch["bad"]
+        for bad in batch["bad"]:
+            count_bad(budget, bad)
         if batch["size"] == 0:
             continue
         batch = {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
@@ -111,11 +113,6 @@ def predict_vqa(
             labels = task.logits(batch).argmax(-1).tolist()
         for question_id, label in zip(batch["question_id"].tolist(), labels, strict=True):
             predictions[question_id] = task.answers[label]
-    if unreadable:
-        log.warning("vqa eval: %d questions had unreadable images (first: %s); they get the most common answer",
-                    len(unreadable), unreadable[0].reason)  # fmt: skip
-        for record in dataset.records:
-            predictions.setdefault(record.question_id, task.answers[0])
     task.train()
     return predictions
 
@@ -183,7 +180,9 @@ def unscored(cfg: Config, submission: Path, questions: int) -> dict[str, Any]:
 
 def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Predicts the evaluation split with a model folder; writes the leaderboard submission, and scores it when the
-    split has annotations (test-dev and test have none: then it says so instead)."""
+    split has annotations (test-dev and test have none: then it says so instead). Questions whose image cannot be
+    read count against data.max_bad_samples; within it they are left out of the score (the submission, which needs
+    every question, gives them the most common answer), and the result says how many."""
     vqa_metric(cfg.vqa.metric)
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
@@ -196,15 +195,19 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
     images = image_reader(cfg, model)
     dataset = vqa_dataset(records, images, description.answers)
-    predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress)
-    check_submission(records, predictions)
-    out.mkdir(parents=True, exist_ok=True)
-    submission = out / f"vqa_predictions_{cfg.vqa.eval_split}.json"
-    write_predictions(predictions, submission)
+    split = cfg.vqa.eval_split
+    budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"vqa_bad_samples_{split}.jsonl")
+    predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress, budget)
+    submission = {r.question_id: predictions.get(r.question_id, task.answers[0]) for r in records}
+    check_submission(records, submission)
+    warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r}, the most common")
+    submission_file = out / f"vqa_predictions_{split}.json"
+    write_predictions(submission, submission_file)
     if not annotated:
-        return unscored(cfg, submission, len(records))
-    accuracy = evaluate_predictions(records, predictions, cfg.vqa.metric).to_dict()
-    (out / f"vqa_accuracy_{cfg.vqa.eval_split}.json").write_text(json.dumps(accuracy, indent=1))
+        return unscored(cfg, submission_file, len(records)) | skipped_fields(budget)
+    scored = [r for r in records if r.question_id in predictions]
+    accuracy = evaluate_predictions(scored, predictions, cfg.vqa.metric).to_dict() | skipped_fields(budget)
+    (out / f"vqa_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
     return accuracy
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meter.data.formats.common import RawSample, Unusable, caption_sample, read_json
-from meter.errors import DataError
+from meter.data.bad_samples import BadSample, warn_skipped
+from meter.data.formats.common import RawSample, Unusable, caption_sample, json_field, listed, read_json
 
 
 @dataclass(frozen=True)
@@ -25,36 +25,62 @@ def read_karpathy(
     """Karpathy's split file: one entry per image with `split` (train/restval/val/test) and its sentences.
 
     Images are found at `image_root/filepath/filename` (COCO) or `image_root/filename` (Flickr30k has no filepath).
+    Every entry is checked (a DataError names the file, the entry and the field); empty captions are skipped and
+    counted in one warning, and so are images left without a caption.
     """
-    data = read_json(path, "Karpathy split file")
-    if "images" not in data:
-        raise DataError(f"{path}: a Karpathy split file has an 'images' list")
+    entries = listed(read_json(path, "Karpathy split file"), "images", path, "Karpathy split file")
     image_root = Path(image_root)
-    records = []
-    for entry in data["images"]:
-        if splits is not None and entry["split"] not in splits:
-            continue
-        folder = image_root / entry["filepath"] if entry.get("filepath") else image_root
-        image_id = entry.get("cocoid", entry.get("imgid"))
-        captions = tuple(s["raw"].strip() for s in entry["sentences"])
-        records.append(CaptionRecord(folder / entry["filename"], captions, int(image_id), entry["split"]))
+    records, skipped = [], []
+    for index, entry in enumerate(entries):
+        where = f"{path}: images[{index}]"
+        filename = json_field(entry, "filename", str, where)
+        where += f" ({filename})"
+        split = json_field(entry, "split", str, where)
+        filepath = json_field(entry, "filepath", str, where, optional=True) or ""
+        image_id = json_field(entry, "cocoid" if "cocoid" in entry else "imgid", int, where)
+        captions, empty = [], []
+        for number, sentence in enumerate(json_field(entry, "sentences", list, where)):
+            caption = json_field(sentence, "raw", str, f"{where}: sentences[{number}]").strip()
+            if caption:
+                captions.append(caption)
+            else:
+                empty.append(BadSample(f"{path}#{index}.{number}", f"{where}: sentences[{number}] is empty"))
+        if splits is not None and split not in splits:
+            continue  # checked all the same: a damaged file is damaged whichever split is read
+        skipped += empty
+        if captions:
+            records.append(CaptionRecord(image_root / filepath / filename, tuple(captions), image_id, split))
+        else:
+            skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
+    warn_skipped(f"empty captions and images without one in {path}", skipped)
     return records
 
 
 def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionRecord]:
-    """COCO captions JSON (`captions_train2014.json`): images, and annotations with one caption each."""
+    """COCO captions JSON (`captions_train2014.json`): images, and annotations with one caption each. Every record is
+    checked (a DataError names the file, the record and the field); empty captions are skipped and counted in one
+    warning, and images without a caption left out."""
     data = read_json(path, "COCO captions file")
-    if "images" not in data or "annotations" not in data:
-        raise DataError(f"{path}: a COCO captions file has 'images' and 'annotations'")
+    images = listed(data, "images", path, "COCO captions file")
     by_image: dict[int, list[str]] = defaultdict(list)
-    for annotation in data["annotations"]:
-        by_image[annotation["image_id"]].append(annotation["caption"].strip())
+    skipped = []
+    for index, annotation in enumerate(listed(data, "annotations", path, "COCO captions file")):
+        where = f"{path}: annotations[{index}]"
+        image_id = json_field(annotation, "image_id", int, where)
+        caption = json_field(annotation, "caption", str, f"{where} (image_id {image_id})").strip()
+        if caption:
+            by_image[image_id].append(caption)
+        else:
+            skipped.append(BadSample(f"{path}#{index}", f"{where} (image_id {image_id}): the caption is empty"))
     split = Path(path).stem.removeprefix("captions_")
-    return [
-        CaptionRecord(Path(image_dir) / image["file_name"], tuple(by_image[image["id"]]), int(image["id"]), split)
-        for image in data["images"]
-        if by_image[image["id"]]
-    ]
+    records = []
+    for index, image in enumerate(images):
+        image_id = json_field(image, "id", int, f"{path}: images[{index}]")
+        file_name = json_field(image, "file_name", str, f"{path}: images[{index}] (id {image_id})")
+        if by_image[image_id]:
+            records.append(CaptionRecord(Path(image_dir) / file_name, tuple(by_image[image_id]), image_id, split))
+    warn_skipped(f"empty captions in {path}", skipped)
+    return records
 
 
 class CaptionRecordSource:

@@ -27,12 +27,21 @@ def read_json(path: str | Path, what: str) -> Any:
 
 def read_json_lines(path: str | Path, what: str) -> list[dict[str, Any]]:
     """Reads a JSON-lines file (one object per line; blank lines allowed), naming the line of any error."""
+    return [row for _, row in numbered_json_lines(path, what)]
+
+
+def numbered_json_lines(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each line of a JSON-lines file that is not blank."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
             if not line.strip():
                 continue
             try:
@@ -41,7 +50,7 @@ def read_json_lines(path: str | Path, what: str) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{number}: not valid JSON ({error})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: each line of a {what} is a JSON object")
-            rows.append(row)
+            rows.append((number, row))
     return rows
 
 
@@ -50,6 +59,48 @@ def require(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
         raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
+
+
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+              dict: "an object"}  # fmt: skip
+
+
+def describe_json(value: Any) -> str:
+    """How a message shows a JSON value that is not what it should be."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def json_field(row: Any, key: str, kinds: type | tuple[type, ...], where: str, optional: bool = False) -> Any:
+    """row[key], checked to be of one of `kinds` (JSON's: int, float, str, bool, list, dict), or a DataError naming
+    `where` (the file and the record), the key, and what was found. An integer is never a bool, as in JSON.
+    `optional`: a missing key (or null) gives None."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: should be a JSON object, not {describe_json(row)}")
+    if optional and row.get(key) is None:
+        return None
+    if key not in row:
+        raise DataError(f"{where}: missing {key!r}")
+    value = row[key]
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if (bool not in kinds and isinstance(value, bool)) or not isinstance(value, kinds):
+        expected = " or ".join(KIND_NAMES[k] for k in kinds)
+        raise DataError(f"{where}: {key!r} should be {expected}, not {describe_json(value)}")
+    return value
+
+
+def listed(data: Any, key: str, path: str | Path, what: str) -> list[Any]:
+    """The list under `key` of a file's top-level object, or a DataError saying what the file should hold."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"{path}: a {what} is a JSON object with a {key!r} list")
+    return data[key]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from meter.data.formats.common import read_json_lines, require
+from meter.data.formats.common import json_field, numbered_json_lines
 from meter.errors import DataError
 
 LABELS = {"true": True, "false": False}
@@ -30,22 +30,27 @@ def pair_name(identifier: str) -> str:
 
 
 def read_nlvr2(path: str | Path, image_dir: str | Path) -> list[Nlvr2Record]:
+    """Each example checked: a DataError names the file, the line, the identifier and the field."""
     records = []
-    for number, row in enumerate(read_json_lines(path, "NLVR2 file"), 1):
-        where = f"{path}: example {number}"
-        require(row, ("identifier", "sentence"), where)
-        identifier = str(row["identifier"])
+    for number, (line, row) in enumerate(numbered_json_lines(path, "NLVR2 file"), 1):
+        where = f"{path}:{line}: example {number}"
+        identifier = json_field(row, "identifier", str, where)
         if identifier.count("-") < 3:
             raise DataError(f"{where}: identifier {identifier!r} is not split-set-pair-sentence")
+        where += f" ({identifier})"
+        sentence = json_field(row, "sentence", str, where)
+        if not sentence.strip():
+            raise DataError(f"{where}: 'sentence' is empty")
         label = row.get("label")
         if label is not None and str(label).lower() not in LABELS:
             raise DataError(f"{where}: label {label!r} must be 'True' or 'False'")
-        folder = Path(image_dir) / str(row["directory"]) if "directory" in row else Path(image_dir)
+        directory = json_field(row, "directory", (int, str), where, optional=True)
+        folder = Path(image_dir) / str(directory) if directory is not None else Path(image_dir)
         name = pair_name(identifier)
         records.append(
             Nlvr2Record(
                 identifier=identifier,
-                sentence=str(row["sentence"]),
+                sentence=sentence,
                 left=folder / f"{name}-img0.png",
                 right=folder / f"{name}-img1.png",
                 label=None if label is None else LABELS[str(label).lower()],

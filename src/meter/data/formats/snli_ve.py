@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from meter.data.formats.common import read_json_lines, require
+from meter.data.formats.common import json_field, numbered_json_lines, require
 from meter.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,32 @@ class SnliVeRecord:
 
 
 def read_snli_ve(path: str | Path, image_dir: str | Path, image_pattern: str = "{image_id}.jpg") -> list[SnliVeRecord]:
-    """Images at `image_dir / image_pattern.format(image_id=Flickr30K_ID)`."""
+    """Images at `image_dir / image_pattern.format(image_id=Flickr30K_ID)`. Each line is checked: a DataError names
+    the file, the line, the pair and the field."""
     records, unlabelled = [], 0
-    for number, row in enumerate(read_json_lines(path, "SNLI-VE file"), 1):
-        where = f"{path}: example {number}"
+    for number, (line, row) in enumerate(numbered_json_lines(path, "SNLI-VE file"), 1):
+        where = f"{path}:{line}: example {number}"
+        pair_id = json_field(row, "pairID", (str, int), where, optional=True)
+        where += "" if pair_id is None else f" (pairID {pair_id})"
+        pair_id = str(number if pair_id is None else pair_id)
         require(row, ("Flickr30K_ID", "sentence2", "gold_label"), where)
-        if row["gold_label"] == NO_CONSENSUS:
+        gold_label = json_field(row, "gold_label", str, where)
+        if gold_label == NO_CONSENSUS:
             unlabelled += 1
             continue
-        if row["gold_label"] not in SNLI_VE_LABELS:
-            raise DataError(f"{where}: gold_label {row['gold_label']!r}; expected one of {', '.join(SNLI_VE_LABELS)}")
-        image_id = str(row["Flickr30K_ID"])
+        if gold_label not in SNLI_VE_LABELS:
+            raise DataError(f"{where}: gold_label {gold_label!r}; expected one of {', '.join(SNLI_VE_LABELS)}")
+        image_id = str(json_field(row, "Flickr30K_ID", (str, int), where))
+        hypothesis = json_field(row, "sentence2", str, where)
+        if not hypothesis.strip():
+            raise DataError(f"{where}: 'sentence2' (the hypothesis) is empty")
         records.append(
             SnliVeRecord(
-                pair_id=str(row.get("pairID", number)),
+                pair_id=pair_id,
                 image_id=image_id,
-                hypothesis=str(row["sentence2"]),
+                hypothesis=hypothesis,
                 image=Path(image_dir) / image_pattern.format(image_id=image_id),
-                label=SNLI_VE_LABELS.index(row["gold_label"]),
+                label=SNLI_VE_LABELS.index(gold_label),
             )
         )
     if unlabelled:

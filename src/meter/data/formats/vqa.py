@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meter.data.formats.common import read_json
+from meter.data.formats.common import json_field, listed, read_json
 from meter.errors import DataError
+
+log = logging.getLogger(__name__)
+ANSWERS_PER_QUESTION = 10  # every question of the official files has ten annotators
 
 
 @dataclass(frozen=True)
@@ -23,17 +27,53 @@ class VqaRecord:
 
 
 def read_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
-    data = read_json(path, "VQAv2 annotation file")
-    if "annotations" not in data:
-        raise DataError(f"{path}: a VQAv2 annotation file has an 'annotations' list")
-    return data["annotations"]
+    """The annotations of an official annotation file, each checked (a DataError names the file, the annotation
+    and the field): ids are integers, the answers a non-empty list of {"answer": str}, one annotation per question.
+    A number of answers other than ten (the official files' count) is allowed, with one warning."""
+    annotations = listed(read_json(path, "VQAv2 annotation file"), "annotations", path, "VQAv2 annotation file")
+    seen: dict[int, int] = {}
+    unusual: list[tuple[int, int]] = []  # (question_id, number of answers) where it is not ten
+    for index, annotation in enumerate(annotations):
+        where = f"{path}: annotations[{index}]"
+        question_id = json_field(annotation, "question_id", int, where)
+        where += f" (question_id {question_id})"
+        if question_id in seen:
+            raise DataError(f"{where}: annotated twice (also annotations[{seen[question_id]}])")
+        seen[question_id] = index
+        json_field(annotation, "image_id", int, where, optional=True)  # the question file's is the one read
+        json_field(annotation, "multiple_choice_answer", str, where, optional=True)  # required to train on
+        for key in ("question_type", "answer_type"):
+            json_field(annotation, key, str, where)
+        answers = json_field(annotation, "answers", list, where)
+        if not answers:
+            raise DataError(f"{where}: 'answers' is empty; each annotated question has its annotators' answers")
+        for number, answer in enumerate(answers):
+            json_field(answer, "answer", str, f"{where}: answers[{number}]")
+        if len(answers) != ANSWERS_PER_QUESTION:
+            unusual.append((question_id, len(answers)))
+    if unusual:
+        log.warning("%s: %d of %d annotations have a number of answers other than %d (question %d has %d); the "
+                    "accuracy averages over however many there are", path, len(unusual), len(annotations),
+                    ANSWERS_PER_QUESTION, *unusual[0])  # fmt: skip
+    return annotations
 
 
 def read_vqa_questions(path: str | Path) -> list[dict[str, Any]]:
-    data = read_json(path, "VQAv2 question file")
-    if "questions" not in data:
-        raise DataError(f"{path}: a VQAv2 question file has a 'questions' list")
-    return data["questions"]
+    """The questions of an official question file, each checked (a DataError names the file, the question and the
+    field); a question id asked twice is an error, since a leaderboard takes one answer per question."""
+    questions = listed(read_json(path, "VQAv2 question file"), "questions", path, "VQAv2 question file")
+    seen: dict[int, int] = {}
+    for index, question in enumerate(questions):
+        where = f"{path}: questions[{index}]"
+        question_id = json_field(question, "question_id", int, where)
+        if question_id in seen:
+            raise DataError(f"{path}: question_id {question_id} appears more than once (questions[{seen[question_id]}]"
+                            f" and [{index}])")  # fmt: skip
+        seen[question_id] = index
+        where += f" (question_id {question_id})"
+        json_field(question, "image_id", int, where)
+        json_field(question, "question", str, where)
+    return questions
 
 
 def read_vqa(
@@ -50,19 +90,19 @@ def read_vqa(
     `image_split` when given (test-dev2015 questions ask about test2015 images), else `split`.
     """
     by_id = {a["question_id"]: a for a in read_vqa_annotations(annotations)} if annotations else {}
-    records, seen = [], set()
+    records = []
     for q in read_vqa_questions(questions):
-        if q["question_id"] in seen:  # a leaderboard takes one answer per question
-            raise DataError(f"{questions}: question_id {q['question_id']} appears more than once")
-        seen.add(q["question_id"])
         image = Path(image_dir) / image_pattern.format(split=image_split or split, image_id=q["image_id"])
         a = by_id.get(q["question_id"])
         if annotations and a is None:
             raise DataError(f"{annotations}: no annotation for question {q['question_id']} of {questions}")
+        if a is not None and "multiple_choice_answer" not in a:
+            raise DataError(f"{annotations}: the annotation of question {q['question_id']} has no "
+                            "'multiple_choice_answer' (the consensus answer the vocabulary is made of)")  # fmt: skip
         records.append(
             VqaRecord(
-                question_id=int(q["question_id"]),
-                image_id=int(q["image_id"]),
+                question_id=q["question_id"],
+                image_id=q["image_id"],
                 question=q["question"],
                 image=image,
                 answers=tuple(a["answers"]) if a else (),

