@@ -99,7 +99,7 @@ def test_a_nan_input_skips_its_step_with_a_warning_and_training_goes_on(micro_co
 
 
 def test_a_learning_rate_that_blows_up_stops_the_run_after_too_many_non_finite_steps(micro_config, tmp_path):
-    with pytest.raises(MeterError, match=r"3 non-finite losses in a row at step \d+ \(train.max_nonfinite_steps\)"):
+    with pytest.raises(MeterError, match=r"3 steps in a row with a non-finite .* \(train.max_nonfinite_steps = 3\)"):
         _pretrain(micro_config, tmp_path / "run", "train.lr=1e30", "train.max_steps=20",
                   "train.max_nonfinite_steps=3")  # fmt: skip
     records = read_metrics(tmp_path / "run/metrics.jsonl")

@@ -107,6 +107,9 @@ def test_weights_that_are_a_pickle_are_refused_without_running_it(micro_config: 
     model, tokenizer, heads = _model_and_tokenizer(micro_config)
     save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, heads))
     torch.save({"weights": Bomb(tmp_path / "was_unpickled")}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(DataError, match="model.safetensors: damaged"):  # its checksum differs
+        load_model_folder(tmp_path / "m")
+    (tmp_path / "m" / "checksums.json").unlink()  # a folder without checksums: the safetensors reader refuses it
     with pytest.raises(DataError, match="not a safetensors weights file"):
         load_model_folder(tmp_path / "m")
     assert not (tmp_path / "was_unpickled").exists()

@@ -32,14 +32,17 @@ ImageInput = str | Path | Image.Image  # a file, or an image already decoded
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model folder as given, or the latest checkpoint of a run folder."""
+    """A model folder as given, or the newest intact checkpoint of a run folder (a damaged one is passed over with a
+    warning)."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such model folder or run folder")
     if (path / "config.json").is_file():
         return path
-    latest = Checkpoints(path / "checkpoints").latest() if path.is_dir() else None
-    if latest is None:
+    checkpoints = Checkpoints(path / "checkpoints")
+    if not path.is_dir() or not checkpoints.steps():
         raise DataError(f"{path}: neither a model folder (config.json, model.safetensors) nor a run with checkpoints")
-    return latest
+    return checkpoints.resolve("latest", parts=("model",))
 
 
 def _text(value: str, option: str) -> str:
@@ -49,10 +52,12 @@ def _text(value: str, option: str) -> str:
 
 
 class Predictor:
-    def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "auto", max_image_pixels: int | None = None) -> None:
+        """`max_image_pixels`: images with more pixels are refused undecoded; by default the model folder's
+        data.max_image_pixels."""
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = pick_device(device)
-        loaded = load_for_eval(self.checkpoint, self.device)
+        loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
         self.tokenizer = loaded.tokenizer
         self.runtime = Runtime(self.device, torch.float32)
@@ -70,8 +75,8 @@ class Predictor:
             )
 
     def pixels(self, image: ImageInput) -> Tensor:
-        """The model's input for an image file, or for an image already decoded (a server's upload)."""
-        return self.images.finish(image, None) if isinstance(image, Image.Image) else self.images(image)
+        """The model's input for an image file, or for an image already decoded (a server's upload) in any mode."""
+        return self.images.decoded(image) if isinstance(image, Image.Image) else self.images(image)
 
     def text_length(self, text: str) -> int:
         """Tokens the text encodes to, before truncation to the model's `max_length` (the batch truncates)."""

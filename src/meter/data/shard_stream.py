@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from meter.config import DataConfig
 from meter.data.augment import Draw
@@ -29,6 +29,7 @@ from meter.data.bad_samples import BadSample
 from meter.data.datasets import ImageReader
 from meter.data.formats.webdataset import TarShard
 from meter.data.images import decode_image
+from meter.data.loader_watch import WORKER_TIMEOUT, note_reading, watched_batches
 from meter.data.shard_manifest import Manifest, ShardEntry, read_manifest
 from meter.data.shard_plan import (
     EpochPlan,
@@ -105,8 +106,10 @@ def lane_pairs(plan: EpochPlan, epoch: int, start: int, length: int) -> Iterator
     while length > 0:
         shard = plan.visits[visit].shard
         take = min(shard.pairs - offset, length)
-        for pair in shard_pairs(shard, offset, take):
-            yield replace(pair, epoch=epoch, position=start)  # where it stands whatever the ranks and streams
+        pairs = shard_pairs(shard, offset, take)
+        for _ in range(take):
+            note_reading(shard.path)  # before each read: a worker that dies or hangs is named with its shard
+            yield replace(next(pairs), epoch=epoch, position=start)  # where it stands whatever the ranks and streams
             start += 1
         length -= take
         visit, offset = visit + 1, 0
@@ -163,7 +166,7 @@ def to_sample(pair: Pair, images: ImageReader) -> dict[str, Any] | BadSample:
     else:
         try:
             size = images.blank.shape[-1]  # the transform's output size: decode no larger than needed
-            image = decode_image(io.BytesIO(pair.image), pair.name, at_least=size)
+            image = decode_image(io.BytesIO(pair.image), pair.name, at_least=size, max_pixels=images.max_pixels)
             pixels = images.finish(image, Draw(pair.epoch, pair.position))
         except DataError as error:
             return BadSample(pair.name, str(error))
@@ -212,6 +215,7 @@ class ShardStream:
         num_workers: int = 0,
         shuffle: bool = True,
         pin_memory: bool = False,
+        worker_timeout: float = WORKER_TIMEOUT,
     ) -> None:
         streams = dataset.streams_per_rank
         if num_workers > 0 and streams % num_workers:
@@ -222,6 +226,7 @@ class ShardStream:
         self.dataset, self.batch_size, self.collate, self.seed = dataset, batch_size, collate, seed
         self.rank, self.world, self.num_workers, self.shuffle = rank, world, num_workers, shuffle
         self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
+        self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
         self.batches_per_epoch = max(1, len(dataset) // (batch_size * world))
         self.batches_seen = start_batch
 
@@ -230,8 +235,8 @@ class ShardStream:
                               self.batches_seen, max(1, self.num_workers), self.shuffle)  # fmt: skip
         # its own generator: a loader seeds its workers from the global RNG otherwise (dropout would shift on resume)
         generator = torch.Generator().manual_seed(self.seed * 7919 + self.batches_seen)
-        loader = DataLoader(batches, batch_size=None, num_workers=self.num_workers, generator=generator,
-                            pin_memory=self.pin_memory)  # fmt: skip
+        loader = watched_batches(batches, self.num_workers, self.worker_timeout, batch_size=None, generator=generator,
+                                 pin_memory=self.pin_memory)  # fmt: skip
         for batch in loader:
             self.batches_seen += 1
             yield batch

@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from meter.data.datasets import TrainingDraws
+from meter.data.loader_watch import WORKER_TIMEOUT, NotedReads, watched_batches
 
 
 def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -38,8 +39,10 @@ class BatchStream:
         num_workers: int = 0,
         shuffle: bool = True,
         pin_memory: bool = False,
+        worker_timeout: float = WORKER_TIMEOUT,
     ) -> None:
         self.dataset = dataset
+        self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
         self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.batch_size = batch_size
         self.collate = collate
@@ -67,17 +70,18 @@ class BatchStream:
             epoch, skip = divmod(self.batches_seen, self.batches_per_epoch)
             if isinstance(self.dataset, TrainingDraws):
                 self.dataset.set_epoch(epoch)  # augmentation draws by (epoch, sample); the workers start after this
-            loader = DataLoader(
-                self.dataset,
+            batches = watched_batches(
+                NotedReads(self.dataset) if self.num_workers else self.dataset,  # a dead worker names its sample
+                self.num_workers,
+                self.worker_timeout,
                 batch_sampler=self._epoch_batches(epoch, skip),
                 collate_fn=self.collate,
-                num_workers=self.num_workers,
                 persistent_workers=False,
                 pin_memory=self.pin_memory,
                 # its own generator: a new loader must not draw from the global RNG (dropout would shift on resume)
                 generator=torch.Generator().manual_seed(self.seed * 7919 + epoch),
             )
-            for batch in loader:
+            for batch in batches:
                 self.batches_seen += 1
                 yield batch
 

@@ -5,8 +5,10 @@
     text_encoder/config.json  the transformers config of the text encoder (it may have come pretrained)
     tokenizer files           as `save_pretrained` writes them (an imported model may lack them: the card says so)
     README.md                 the model card: architecture, parts, source, intended use
+    checksums.json            the size and sha256 of each file above (see `meter.models.checksums`)
 
-Loading never unpickles: weights come from safetensors, everything else from JSON.
+Loading never unpickles: weights come from safetensors, everything else from JSON. It verifies the checksums first,
+so a damaged file is refused by name instead of loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from meter.config import Config, config_from_dict, to_dict
 from meter.data.tokenizers import has_tokenizer, load_tokenizer
-from meter.errors import DataError
+from meter.errors import ConfigError, DataError
+from meter.models.checksums import record_checksums, verify_checksums
 from meter.models.class_rows import current_classes, in_current_order, saved_classes
 from meter.models.meter import Meter, build_meter
 from meter.models.model_card import model_card
@@ -94,6 +98,7 @@ def save_model_folder(
     model.text.model.config.save_pretrained(str(path / TEXT_CONFIG))
     (path / MODEL_CONFIG).write_text(json.dumps(description.to_json(), indent=1))
     (path / MODEL_CARD).write_text(model_card(model, description, has_tokenizer=tokenizer is not None))
+    record_checksums(path, "model")
 
 
 def export_model_folder(
@@ -103,27 +108,80 @@ def export_model_folder(
     description: ModelFolder,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A model folder without training state, written to a temporary folder and renamed into place."""
+    """A model folder without training state, written to a temporary folder and renamed into place. A write that
+    fails (a full disk, no permission) leaves no temporary folder and any earlier folder at `path` as it was."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    save_model_folder(temporary, model, tokenizer, description, weights)
+    try:
+        save_model_folder(temporary, model, tokenizer, description, weights)
+    except BaseException as error:  # a signal or Ctrl-C too: no half-written folder stays behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        failed = as_os_error(error)
+        if failed is None:
+            raise
+        needed = tensor_bytes(weights if weights is not None else model.state_dict())
+        raise DataError(cannot_write(path, failed, needed)) from None
     if path.exists():
         shutil.rmtree(path)
     os.replace(temporary, path)
     return path
 
 
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in a (nested) state: about what writing it takes on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def as_os_error(error: BaseException) -> OSError | None:
+    """The operating system's error behind a failed write: an OSError, or safetensors' error that quotes one."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"os error (\d+)", str(error)) if isinstance(error, SafetensorError) else None
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
+
+
+def cannot_write(path: Path, error: OSError, needed: int) -> str:
+    """What a failed write of `path` tells the user: the path, why, and the space it needs next to what is free."""
+    free = ""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            free = f", {shutil.disk_usage(folder).free / 2**20:,.1f} MB free there"
+            break
+    reason = error.strerror or type(error).__name__
+    return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
+
+
 def read_model_folder(path: str | Path) -> ModelFolder:
+    """The folder's description (config.json), without its weights; a DataError naming the path if it is not one."""
     path = Path(path)
     file = path / MODEL_CONFIG
-    if not file.is_file() or not (path / WEIGHTS).is_file():
+    if not path.exists():
+        raise DataError(f"{path}: no such model folder")
+    if not file.is_file():
         raise DataError(f"{path}: not a meter model folder (it needs {MODEL_CONFIG} and {WEIGHTS})")
-    data = json.loads(file.read_text())
-    if data.get("format") != "meter-model":
+    if not (path / WEIGHTS).is_file():
+        raise DataError(f"{path / WEIGHTS}: missing (a meter model folder holds its weights there)")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{file}: not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != "meter-model":
         raise DataError(f'{file}: not a meter model config (no "format": "meter-model")')
+    if not isinstance(data.get("config"), dict) or not isinstance(data.get("heads"), dict):
+        raise DataError(f'{file}: a meter model config needs "config" and "heads" mappings')
+    try:
+        config = config_from_dict(data["config"])
+    except ConfigError as error:
+        raise DataError(f"{file}: {error}") from None
     return ModelFolder(
-        config=config_from_dict(data["config"]),
+        config=config,
         heads=data["heads"],
         answers=data.get("answers", []),
         token_types=data.get("token_types", 2),
@@ -163,10 +221,11 @@ def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
     """Rebuilds the model of a folder (a checkpoint, an export or an import) with its weights; no tokenizer."""
     path = Path(path)
     description = read_model_folder(path)
+    verify_checksums(path, ("model",))
     model_cfg = description.config.model
     model_cfg.vision.weights = None  # the folder's weights replace any pretrained starting point
     model_cfg.text.weights = None
-    text_hf_config = AutoConfig.from_pretrained(str(path / TEXT_CONFIG), local_files_only=True)
+    text_hf_config = read_text_config(path)
     model = build_meter(
         model_cfg, text_hf_config.vocab_size, text_hf_config.pad_token_id, description.heads,
         description.token_types, text_hf_config,
@@ -178,8 +237,20 @@ def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
     return model, description
 
 
+def read_text_config(path: str | Path) -> PretrainedConfig:
+    """The transformers config of the folder's text encoder (text_encoder/config.json)."""
+    folder = Path(path) / TEXT_CONFIG
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:  # missing, not JSON, or no model_type
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{folder}: not a readable text encoder config ({first})") from None
+
+
 def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase, ModelFolder]:
     """The model of a folder with its tokenizer (a clear error if the folder has none)."""
+    read_model_folder(path)  # a path that is not a model folder, or a damaged one, is named as such before its
+    verify_checksums(path, ("model",))  # tokenizer is looked for
     if not has_tokenizer(path):
         raise DataError(
             f"{path}: this model folder has no tokenizer; copy the text encoder's tokenizer files into it"

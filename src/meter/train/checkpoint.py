@@ -5,12 +5,17 @@
         task.safetensors    the task's own pretraining-only weights (the MIM pixel decoder), when it has any
         training_state.pt   optimizer (by parameter name), scheduler, every process's RNG states (tensors, numbers
                             and strings only: loads with weights_only)
-        progress.json       step, batches seen (the data position), the global batch, and whatever the task keeps
+        progress.json       step, batches seen (the data position), the global batch, the run that wrote it, and
+                            whatever the task keeps
+        checksums.json      the size and sha256 of every file above (`meter.models.checksums`)
 
 Every process takes part in a save (under FSDP2 the weights are gathered from their shards; the RNG states of all
-processes are collected) and rank 0 writes. A checkpoint is written to a hidden temporary folder, synced, and renamed
-into place; old ones are renamed away before they are deleted. So a folder named step_* is always complete, whenever
-the run was killed, and `--resume latest` picks the newest complete one.
+processes are collected) and rank 0 writes; the others wait for its outcome. A checkpoint is written to a hidden
+temporary folder, synced, and renamed into place; only then are the run's old ones beyond `keep_last` renamed away
+and deleted (never another run's). So a folder named step_* is always complete, whenever the run was killed, and a
+write that fails (a full disk, no permission) removes its temporary folder and stops the run with a message naming
+the path and the space it needed, the earlier checkpoints intact. `--resume latest` verifies the newest checkpoint's
+checksums and falls back to the newest intact one, setting damaged ones aside (renamed damaged-step_*).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,9 +36,24 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.errors import DataError
+from meter.models.checksums import DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
-from meter.models.folder import WEIGHTS, export_model_folder, read_model_folder, save_model_folder
-from meter.train.distributed import full_model_state, full_optimizer_state, gather_objects, load_full_state
+from meter.models.folder import (
+    WEIGHTS,
+    as_os_error,
+    cannot_write,
+    export_model_folder,
+    read_model_folder,
+    save_model_folder,
+    tensor_bytes,
+)
+from meter.train.distributed import (
+    broadcast_object,
+    full_model_state,
+    full_optimizer_state,
+    gather_objects,
+    load_full_state,
+)
 from meter.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +61,7 @@ TRAINING_STATE = "training_state.pt"
 TASK_WEIGHTS = "task.safetensors"
 PROGRESS = "progress.json"
 PREFIX = "step_"
+DAMAGED = "damaged-"  # a damaged checkpoint set aside by --resume latest: kept for a look, never loaded
 MODEL = "model."  # the task's weights under this prefix are the model's
 
 
@@ -50,6 +72,7 @@ class Progress:
     nonfinite_in_a_row: int = 0
     global_batch: int = 0  # samples per micro-batch over all processes, when the checkpoint was written
     extra: dict[str, Any] = field(default_factory=dict)
+    run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -66,6 +89,67 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Writes:
+    """The file torch.save writes `path` through: it keeps the error of a failed write (torch reports a full disk as a
+    bad position), and creates the file with its first bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)  # as a file object names its path
+        self.file: Any = None
+        self.error: OSError | None = None
+
+    def __repr__(self) -> str:
+        return f"<writes to {self.name}>"
+
+    def write(self, data: bytes) -> int:
+        try:
+            if self.file is None:
+                self.file = open(self.name, "wb")  # noqa: SIM115 (closed by `close`, after torch.save)
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save, raising the operating system's error when a write fails (a full disk, a file-size limit)."""
+    writes = _Writes(path)
+    try:
+        torch.save(state, writes)
+    except Exception:
+        if writes.error is not None:
+            raise writes.error from None
+        raise
+    finally:
+        writes.close()
+
+
+def _verify(path: Path, parts: tuple[str, ...] | None = None) -> bool:
+    """Verifies a checkpoint against its checksums; False for one without them (written before checkpoints
+    recorded them) that is not complete either. A damaged one raises DamagedFolder naming the file."""
+    if verify_checksums(path, parts):
+        return True
+    if (path / PROGRESS).is_file():
+        log.warning("%s: written before checkpoints recorded checksums; loaded unverified", path)
+        return True
+    return False
+
+
+def _written_by(path: Path) -> str:
+    try:
+        return str(json.loads((path / PROGRESS).read_text()).get("run", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def rng_state() -> dict[str, Any]:
@@ -98,19 +182,26 @@ def export_final_model(
 
 
 class Checkpoints:
-    def __init__(self, folder: str | Path, keep_last: int = 2) -> None:
+    """The checkpoints of a run folder. `run`: the id of the run that writes (its progress.json records it, and
+    `keep_last` counts only its own)."""
+
+    def __init__(self, folder: str | Path, keep_last: int = 2, run: str = "") -> None:
         self.folder = Path(folder)
         self.keep_last = keep_last
+        self.run = run
 
     def path(self, step: int) -> Path:
         return self.folder / f"{PREFIX}{step:08d}"
 
-    def all(self) -> list[Path]:
+    def steps(self) -> list[Path]:
+        """Every step_* folder, oldest first (complete or not: see `all`)."""
         if not self.folder.is_dir():
             return []
-        return sorted(
-            p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / PROGRESS).is_file()
-        )
+        return sorted(p for p in self.folder.iterdir() if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name))
+
+    def all(self) -> list[Path]:
+        """The complete checkpoints (with their progress.json), oldest first."""
+        return [p for p in self.steps() if (p / PROGRESS).is_file()]
 
     def latest(self) -> Path | None:
         found = self.all()
@@ -125,35 +216,63 @@ class Checkpoints:
         progress: Progress,
         runtime: Runtime,
     ) -> Path:
-        """Every process calls this; rank 0 writes. Returns the checkpoint's folder."""
+        """Every process calls this; rank 0 writes, the others wait for it. Returns the checkpoint's folder; raises
+        DataError on every process when it could not be written."""
         weights = full_model_state(task)
         optimizer_state = full_optimizer_state(task, optimizer)
         rngs = gather_objects(rng_state())
         final = self.path(progress.step)
+        failed: DataError | None = None
         if runtime.is_main:
             training_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rngs}
-            self._write(final, weights, task, tokenizer, training_state, progress)
+            mine = dataclasses.replace(progress, run=self.run)
+            try:
+                self._write(final, weights, task, tokenizer, training_state, mine)
+            except DataError as error:
+                failed = error
+        failed = broadcast_object(failed)
+        if failed is not None:
+            raise failed
         return final
 
     def _write(
         self, final: Path, weights: dict[str, Tensor], task: nn.Module, tokenizer: PreTrainedTokenizerBase,
         training_state: dict[str, Any], progress: Progress,
     ) -> None:  # fmt: skip
-        self._remove_leftovers()
         temporary = self.folder / f".{final.name}.tmp"
-        model_weights, task_weights = split_weights(weights)
-        save_model_folder(temporary, task.model, tokenizer, task.describe(), model_weights)
-        if task_weights:
-            save_file({k: v.contiguous() for k, v in task_weights.items()}, str(temporary / TASK_WEIGHTS))
-        torch.save(training_state, temporary / TRAINING_STATE)
-        (temporary / PROGRESS).write_text(json.dumps(asdict(progress)))
-        _fsync_tree(temporary)
+        try:
+            self._remove_leftovers()
+            model_weights, task_weights = split_weights(weights)
+            save_model_folder(temporary, task.model, tokenizer, task.describe(), model_weights)
+            if task_weights:
+                save_file({k: v.contiguous() for k, v in task_weights.items()}, str(temporary / TASK_WEIGHTS))
+            save_state(training_state, temporary / TRAINING_STATE)
+            (temporary / PROGRESS).write_text(json.dumps(asdict(progress)))
+            record_checksums(temporary, "training")
+            _fsync_tree(temporary)
+        except BaseException as error:  # a full disk, or a signal: no temporary folder stays behind
+            shutil.rmtree(temporary, ignore_errors=True)
+            failed = as_os_error(error)
+            if failed is None:
+                raise
+            needed = tensor_bytes(weights) + tensor_bytes(training_state)
+            earlier = self.latest()
+            kept = f"; the run's earlier checkpoint {earlier} is intact" if earlier else ""
+            raise DataError(f"checkpoint not written: {cannot_write(final, failed, needed)}{kept}") from None
         if final.exists():  # a resumed run re-saving a step it had saved before
             self._delete(final)
         os.replace(temporary, final)
         _fsync_folder(self.folder)
-        for old in self.all()[: -self.keep_last] if self.keep_last > 0 else []:
-            self._delete(old)
+        self._prune(keep=final)
+
+    def _prune(self, keep: Path) -> None:
+        """Deletes this run's checkpoints beyond the newest `keep_last` (0: keeps all); never another run's."""
+        if self.keep_last <= 0:
+            return
+        own = [p for p in self.all() if p == keep or _written_by(p) == self.run]
+        for old in own[: -self.keep_last]:
+            if old != keep:
+                self._delete(old)
 
     def _delete(self, path: Path) -> None:
         """Renamed away first, so that a kill during the deletion leaves no half-deleted step_* folder."""
@@ -168,17 +287,47 @@ class Checkpoints:
             if path.name.startswith(f".{PREFIX}"):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def resolve(self, which: str) -> Path:
-        """'latest' or a path to a checkpoint folder."""
-        if which == "latest":
-            found = self.latest()
-            if found is None:
-                raise DataError(f"no checkpoint to resume from in {self.folder}")
-            return found
-        path = Path(which)
-        if not (path / TRAINING_STATE).is_file():
-            raise DataError(f"{path}: not a checkpoint folder (no {TRAINING_STATE})")
-        return path
+    def resolve(self, which: str, set_aside: bool = False, parts: tuple[str, ...] | None = None) -> Path:
+        """'latest' (the newest intact checkpoint: damaged ones are skipped with a warning, and with `set_aside`
+        renamed damaged-step_*) or a path to a checkpoint folder (verified: a damaged one is an error). `parts`: the
+        parts of the checksums to verify (default all; the model's alone to predict with it)."""
+        if which != "latest":
+            path = Path(which)
+            if not (path / TRAINING_STATE).is_file():
+                raise DataError(f"{path}: not a checkpoint folder (no {TRAINING_STATE})")
+            _verify(path, parts)
+            return path
+        for path in reversed(self.steps()):
+            try:
+                if not _verify(path, parts):
+                    continue  # written before checkpoints recorded checksums, and incomplete
+            except DamagedFolder as damage:
+                aside = self.folder / f"{DAMAGED}{path.name}"
+                for again in range(2, 1000):  # one damaged there before: the name of this one gets a number
+                    if not aside.exists():
+                        break
+                    aside = self.folder / f"{DAMAGED}{path.name}-{again}"
+                if set_aside:
+                    os.replace(path, aside)
+                log.warning("checkpoint %s is damaged (%s)%s; trying the one before", path.name, damage.args[0],
+                            f", set aside as {aside}" if set_aside else "")  # fmt: skip
+                continue
+            return path
+        raise DataError(f"no intact checkpoint to resume from in {self.folder}")
+
+    def resolve_everywhere(self, which: str, runtime: Runtime) -> Path:
+        """`resolve` on rank 0 (it reads and verifies the files, and sets damaged ones aside); every process gets
+        its answer."""
+        found: Path | DataError | None = None
+        if runtime.is_main:
+            try:
+                found = self.resolve(which, set_aside=True)
+            except DataError as error:
+                found = error
+        found = broadcast_object(found)
+        if isinstance(found, DataError):
+            raise found
+        return found
 
     @staticmethod
     def load(

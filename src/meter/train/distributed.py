@@ -130,6 +130,15 @@ def gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_object(value: Any, source: int = 0) -> Any:
+    """Process `source`'s `value` on every process (a decision one process takes for all: rank 0 reads the disk)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
+
+
 def full_model_state(task: nn.Module) -> dict[str, Tensor]:
     """The whole task's weights on the CPU (gathered from the shards under FSDP2; empty on ranks other than 0)."""
     return get_model_state_dict(task, options=FULL)

@@ -5,6 +5,9 @@ whole step, see `meter.objectives.randomness`); agree across processes on each l
 over the whole step); forward and backward each micro-batch, gradients reduced across processes on the last one;
 clip; and step, unless a loss or the gradient norm is non-finite on any process. So one process with batch 2b, two
 with b, and one with b accumulating 2 compute the same step, up to float rounding.
+
+The processes agree on each step in one small reduction: whether every loss and gradient was finite (all skip the
+step, or none), and whether any process was asked to stop (all stop after it: see `meter.train.stop_signals`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from meter.config import Config, save_config
+from meter.config import Config
 from meter.data.bad_samples import BadSampleBudget
 from meter.data.collate import Collate
 from meter.data.stream import BatchStream
@@ -33,7 +38,9 @@ from meter.train.checkpoint import Checkpoints, Progress, export_final_model
 from meter.train.distributed import all_reduce, distribute, gradient_sync, local
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
+from meter.train.run_folder import finish_run, open_run_folder
 from meter.train.runtime import Runtime
+from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +98,40 @@ def loss_denominators(task: nn.Module, micro_batches: list[dict[str, Any]], runt
     return {k: max(v, 1.0) / parts for k, v in zip(keys, all_reduce(totals).tolist(), strict=True)}
 
 
-def all_finite(loss: Tensor, grad_norm: Tensor) -> bool:
-    """True when the loss and the gradient norm are finite on every process (all skip a step, or none)."""
-    bad = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)]).any().float()
-    return all_reduce(bad, op="max").item() == 0
+@dataclass
+class StepVerdict:
+    """What every process knows after a step's reduction."""
+
+    nonfinite_loss: list[int]  # the processes whose loss was not finite
+    nonfinite_gradient: list[int]  # ... whose gradient norm was not finite
+    stop_signal: int  # a stop signal some process received (0: none)
+    signalled: list[int]  # the processes that received one
+
+    @property
+    def finite(self) -> bool:
+        return not (self.nonfinite_loss or self.nonfinite_gradient)
+
+    def nonfinite(self, world: int) -> str:
+        where = [("loss", self.nonfinite_loss), ("gradient", self.nonfinite_gradient)]
+        parts = [f"the {what}" + (f" on process {', '.join(map(str, ranks))} of {world}" if world > 1 else "")
+                 for what, ranks in where if ranks]  # fmt: skip
+        return " and ".join(parts)
+
+
+def agree_on_step(loss: Tensor, grad_norm: Tensor, stop_signal: int, runtime: Runtime) -> StepVerdict:
+    """One reduction: each process fills its row (loss non-finite, gradient non-finite, stop signal); the sum tells
+    every process about all of them."""
+    table = torch.zeros(runtime.world, 3, device=runtime.device)
+    table[runtime.rank, :2] = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)]).float()
+    table[runtime.rank, 2] = float(stop_signal)
+    rows = all_reduce(table).tolist()
+    signalled = [rank for rank, row in enumerate(rows) if row[2]]
+    return StepVerdict(
+        nonfinite_loss=[rank for rank, row in enumerate(rows) if row[0]],
+        nonfinite_gradient=[rank for rank, row in enumerate(rows) if row[1]],
+        stop_signal=int(rows[signalled[0]][2]) if signalled else 0,
+        signalled=signalled,
+    )
 
 
 class Window:
@@ -141,22 +178,21 @@ def fit(
     runtime: Runtime,
     resume: str | None = None,
 ) -> Path:
-    """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder."""
+    """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
+    when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
     train = cfg.train
     out = Path(train.out)
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     task.to(runtime.device)
     wrapped = distribute(task, runtime, train)
     optimizer = build_optimizer(task, train, runtime.device)
     scheduler = warmup_linear(optimizer, train.max_steps, train.warmup_ratio)
-    checkpoints = Checkpoints(out / "checkpoints", train.keep_last)
+    checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
     progress = Progress(global_batch=global_batch)
     if resume:
-        path = checkpoints.resolve(resume)
+        path = checkpoints.resolve_everywhere(resume, runtime)
         progress = checkpoints.load(path, task, optimizer, scheduler, runtime)
         if progress.global_batch not in (0, global_batch):
             log.warning("resuming with a global batch of %d samples instead of %d: the data position is rounded",
@@ -164,71 +200,107 @@ def fit(
             progress.batches_seen = progress.batches_seen * progress.global_batch // global_batch
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
-    stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
-    stream = stream_type(
-        dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
-        start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
-        pin_memory=runtime.device.type == "cuda",
-    )  # fmt: skip
-    batches = iter(stream)
-    bad_file = out / "bad_samples.jsonl" if runtime.is_main else None
-    budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file)
-    metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step if resume else None)
-    last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
-    bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
-               disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip
-    max_norm = train.clip_grad if train.clip_grad > 0 else math.inf  # inf: measure the norm, do not clip
-    window = Window()
-    task.train()
-    for step in range(progress.step, last_step):
-        random = StepRandomness(train.seed, step, global_batch * train.grad_accum)
-        micro_batches = draw_step(task, batches, budget, random, train.batch_size, train.grad_accum, runtime)
-        denominators = loss_denominators(task, micro_batches, runtime)
-        step_values: dict[str, Tensor] = {}
-        loss_keys: list[str] = []
-        for index, batch in enumerate(micro_batches):
-            batch = to_device(batch, runtime.device) | {"loss_denominators": denominators}
-            with gradient_sync(wrapped, index == len(micro_batches) - 1):
-                with runtime.autocast():
-                    losses, report = wrapped(batch)
-                (sum(losses.values()) / train.grad_accum).backward()
-            loss_keys = list(losses)
-            for key, value in (losses | report).items():
-                step_values[key] = step_values.get(key, 0) + _detached(value, runtime.device) / train.grad_accum
-        grad_norm = local(torch.nn.utils.clip_grad_norm_(task.parameters(), max_norm))
-        if all_finite(sum(step_values[k] for k in loss_keys), grad_norm):
-            optimizer.step()
-            progress.nonfinite_in_a_row = 0
-            window.add(step_values | {"grad_norm": grad_norm.detach().float()},
-                       sum(b["size"] for b in micro_batches))  # fmt: skip
-        else:
-            progress.nonfinite_in_a_row += 1
-            window.skipped += 1
-            log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", step + 1,
-                        progress.nonfinite_in_a_row)  # fmt: skip
-            if progress.nonfinite_in_a_row >= train.max_nonfinite_steps:
-                raise MeterError(
-                    f"{progress.nonfinite_in_a_row} non-finite losses in a row at step {step + 1} "
-                    f"(train.max_nonfinite_steps): lower train.lr, check the data, or use train.precision=fp32"
-                )
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        progress.step = step + 1
-        progress.batches_seen = stream.batches_seen
-        if progress.step % train.log_every == 0 or progress.step == last_step:
-            group = optimizer.param_groups[0]
-            values = window.reduce(runtime) | {"lr": train.lr * group["lr"] / group["initial_lr"],
-                                               "epoch": stream.epoch}  # fmt: skip
-            metrics.write(progress.step, values)
-            loss = sum(values.get(k, math.nan) for k in loss_keys)
-            bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{values['samples_per_s']:.1f}", refresh=False)
-            window = Window()
-        bar.update(1)
-        if progress.step % train.checkpoint_every == 0 or progress.step == last_step:
-            checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
-    bar.close()
-    metrics.close()
-    if train.export and last_step == train.max_steps:
+    # installed before the data workers start: forked, they inherit handlers that leave the signals to this process
+    with StopRequests() as stop:
+        stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
+        stream = stream_type(
+            dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
+            start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
+            worker_timeout=cfg.data.worker_timeout, pin_memory=runtime.device.type == "cuda",
+        )  # fmt: skip
+        batches = iter(stream)
+        bad_file = out / "bad_samples.jsonl" if runtime.is_main else None
+        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file)
+        metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step if resume else None)
+        last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
+        bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
+                   disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip
+        max_norm = train.clip_grad if train.clip_grad > 0 else math.inf  # inf: measure the norm, do not clip
+        window = Window()
+        task.train()
+        try:
+            for step in range(progress.step, last_step):
+                random = StepRandomness(train.seed, step, global_batch * train.grad_accum)
+                micro_batches = draw_step(task, batches, budget, random, train.batch_size, train.grad_accum, runtime)
+                denominators = loss_denominators(task, micro_batches, runtime)
+                step_values: dict[str, Tensor] = {}
+                loss_keys: list[str] = []
+                for index, batch in enumerate(micro_batches):
+                    batch = to_device(batch, runtime.device) | {"loss_denominators": denominators}
+                    with gradient_sync(wrapped, index == len(micro_batches) - 1):
+                        with runtime.autocast():
+                            losses, report = wrapped(batch)
+                        (sum(losses.values()) / train.grad_accum).backward()
+                    loss_keys = list(losses)
+                    for key, value in (losses | report).items():
+                        step_values[key] = step_values.get(key, 0) + _detached(value, runtime.device) / train.grad_accum
+                grad_norm = local(torch.nn.utils.clip_grad_norm_(task.parameters(), max_norm))
+                verdict = agree_on_step(sum(step_values[k] for k in loss_keys), grad_norm, stop.received, runtime)
+                if verdict.finite:
+                    optimizer.step()
+                    progress.nonfinite_in_a_row = 0
+                    window.add(step_values | {"grad_norm": grad_norm.detach().float()},
+                               sum(b["size"] for b in micro_batches))  # fmt: skip
+                else:
+                    skip_step(verdict, progress, window, step + 1, train.max_nonfinite_steps, runtime.world)
+                optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a first step skipped: the schedule still counts it, as it should
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    scheduler.step()
+                progress.step = step + 1
+                progress.batches_seen = stream.batches_seen
+                if progress.step % train.log_every == 0 or progress.step == last_step:
+                    group = optimizer.param_groups[0]
+                    values = window.reduce(runtime) | {"lr": train.lr * group["lr"] / group["initial_lr"],
+                                                       "epoch": stream.epoch}  # fmt: skip
+                    metrics.write(progress.step, values)
+                    loss = sum(values.get(k, math.nan) for k in loss_keys)
+                    bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{values['samples_per_s']:.1f}", refresh=False)
+                    window = Window()
+                bar.update(1)
+                stopping = bool(verdict.stop_signal) and progress.step < last_step
+                if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping:
+                    saved = checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
+                if stopping:
+                    raise RunStopped(preempted(verdict, progress.step, saved, runtime), PREEMPTED)
+            bar.close()
+            finish(cfg, task, tokenizer, runtime, last_step, budget)
+        except KeyboardInterrupt:
+            where = f"at step {progress.step + 1}" if progress.step < last_step else "after the last step"
+            raise RunStopped(f"interrupted (Ctrl-C) {where}: {last_checkpoint(checkpoints)}", INTERRUPTED) from None
+        except StopAtOnce as again:
+            raise RunStopped(f"stopped at once by a second {signal_name(again.signum)} (a checkpoint being written "
+                             f"was dropped): {last_checkpoint(checkpoints)}", PREEMPTED) from None  # fmt: skip
+        finally:
+            bar.close()
+            metrics.close()
+    if runtime.is_main and last_step == train.max_steps:
+        finish_run(out)
+    return checkpoints.path(last_step)
+
+
+def skip_step(verdict: StepVerdict, progress: Progress, window: Window, step: int, budget: int, world: int) -> None:
+    """A step with a non-finite loss or gradient on any process: no process applies it; too many in a row end the
+    run."""
+    progress.nonfinite_in_a_row += 1
+    window.skipped += 1
+    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row): %s", step,
+                progress.nonfinite_in_a_row, verdict.nonfinite(world))  # fmt: skip
+    if progress.nonfinite_in_a_row >= budget:
+        raise MeterError(
+            f"{progress.nonfinite_in_a_row} steps in a row with a non-finite loss or gradient, the last at step {step} "
+            f"(train.max_nonfinite_steps = {budget}): {verdict.nonfinite(world)}; lower train.lr or the loss weights, "
+            "check the data, or use train.precision=fp32"
+        )
+
+
+def finish(
+    cfg: Config, task: nn.Module, tokenizer: PreTrainedTokenizerBase, runtime: Runtime, last_step: int,
+    budget: BadSampleBudget,
+) -> None:  # fmt: skip
+    """After the last step: the final model folder (when the run got to max_steps), the data summary, the plots."""
+    out = Path(cfg.train.out)
+    if cfg.train.export and last_step == cfg.train.max_steps:
         source = f"Trained with meter: `{cfg.task}` run `{out}`, {last_step} steps."
         export_final_model(task, tokenizer, out / EXPORT, source, runtime)
     if budget.bad:
@@ -238,4 +310,18 @@ def fit(
         keys = sorted({k for r in records for k in r if k.endswith("_loss")})
         if keys:
             plot_curves({out.name: records}, keys, out / "loss_curves.png", title=f"{cfg.task}: {out.name}")
-    return checkpoints.path(last_step)
+
+
+def preempted(verdict: StepVerdict, step: int, checkpoint: Path, runtime: Runtime) -> str:
+    who = f" (sent to process {', '.join(map(str, verdict.signalled))})" if runtime.distributed else ""
+    return (
+        f"stopped by {signal_name(verdict.stop_signal)}{who} after step {step}: checkpoint {checkpoint} written; "
+        f"continue with --resume latest (exit status {PREEMPTED}: requeue the job)"
+    )
+
+
+def last_checkpoint(checkpoints: Checkpoints) -> str:
+    latest = checkpoints.latest()
+    if latest is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint is {latest}; continue with --resume latest"

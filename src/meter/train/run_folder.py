@@ -1,0 +1,190 @@
+"""A run's folder (train.out): what a run writes there, and which folders a run may write into.
+
+A run starts in a folder that is missing or empty; it goes on (`--resume`) in a folder that holds an unfinished run
+of the same config. It refuses every other folder, saying why: one that holds someone else's files (it could
+overwrite a `model/` of theirs), a run of another config, a finished run, or an unfinished run without `--resume`
+(starting again would overwrite its checkpoints). So a run never writes over, or deletes, a file it did not write.
+
+    meter-run.json   {"format": "meter-run", "id": ..., "config": {...}, "finished": false}   written first
+    config.yaml      the resolved config, to read and to reuse (`meter pretrain --config RUN/config.yaml`)
+    metrics.jsonl, tensorboard/, bad_samples.jsonl, loss_curves.png    logs
+    checkpoints/     step_* folders (their progress.json names the run that wrote them: `keep_last` counts those)
+    model/           the final model (`train.export`)
+
+The record holds the config the run started with; a run of "the same config" is one whose config equals it except
+for MAY_DIFFER_ON_RESUME. A folder a run wrote before runs were recorded (no meter-run.json, only a run's files and
+checkpoints) is taken as that run when `--resume` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from meter.config import Config, save_config, to_dict
+from meter.errors import ConfigError, DataError, MeterError
+from meter.models.folder import EXPORT, cannot_write
+from meter.train.checkpoint import Checkpoints
+from meter.train.distributed import broadcast_object
+from meter.train.runtime import Runtime
+
+RECORD = "meter-run.json"
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+# everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
+RUN_FILES = frozenset(
+    {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
+     "bad_samples.jsonl"}
+)  # fmt: skip
+# files other meter commands put into a run's folder before the run: `meter study` its plan of the run
+PLANNED_BY_OTHERS = frozenset({"study_run.json"})
+# settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets; not what it
+# computes
+MAY_DIFFER_ON_RESUME = frozenset(
+    {"train.out", "train.stop_at", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
+     "train.export", "train.eval_batch_size", "train.max_nonfinite_steps", "data.num_workers", "data.image_cache_mb",
+     "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels"}
+)  # fmt: skip
+
+
+def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict as {dotted key: value} (mappings inside, like timm_kwargs, are flattened too)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """`key: saved -> new` for each setting that differs, leaving out those that may differ on resume."""
+    old = flat_settings(saved)
+    new = flat_settings(json.loads(json.dumps(to_dict(cfg))))  # as the record holds it (JSON types)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and key not in MAY_DIFFER_ON_RESUME
+    ]
+
+
+def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
+    """Checks that train.out may take this run (see the module's doc), records the run, writes config.yaml; returns
+    the run's id. Rank 0 decides and writes; every process gets its decision (a refusal raises on every one)."""
+    outcome: str | MeterError = ""
+    if runtime.is_main:
+        try:
+            outcome = _open(Path(cfg.train.out), cfg, resume)
+        except MeterError as error:
+            outcome = error
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, MeterError):
+        raise outcome
+    return outcome
+
+
+def finish_run(out: str | Path) -> None:
+    """Marks the run of `out` finished (rank 0, after its final model and plots): it is never trained again."""
+    path = Path(out) / RECORD
+    record = json.loads(path.read_text())
+    _write(path, json.dumps(record | {"finished": True}, indent=1))
+
+
+def _open(out: Path, cfg: Config, resume: str | None) -> str:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.out = {out} is a file; give a folder for the run")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if (out / RECORD).is_file():
+        run = _read_record(out)
+        _check_same_run(out, cfg, resume, run)
+    elif set(entries) <= PLANNED_BY_OTHERS:
+        run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
+    else:
+        run = _earlier_run(out, entries, cfg, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / RECORD, json.dumps(run, indent=1))
+    try:
+        save_config(cfg, out / CONFIG)
+    except OSError as error:
+        raise DataError(cannot_write(out / CONFIG, error, 0)) from None
+    return run["id"]
+
+
+def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, Any]) -> None:
+    changed = config_differences(run["config"], cfg)
+    new_folder = f"train.out={out.parent / (out.name + '-2')}"
+    if changed:
+        raise ConfigError(
+            f"train.out = {out} holds a run of another config ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}): give the new run a folder of its own ({new_folder}), or "
+            f"continue that run with its own config ({out / CONFIG})"
+        )
+    if run.get("finished"):
+        raise ConfigError(
+            f"train.out = {out} holds a finished run of this config (its model: {out / EXPORT}): evaluate it with "
+            f"`meter evaluate`, or train again in a new folder ({new_folder})"
+        )
+    latest = Checkpoints(out / CHECKPOINTS).latest()
+    if latest is not None and not resume:
+        raise ConfigError(
+            f"train.out = {out} holds an unfinished run of this config, with a checkpoint at {latest.name}: continue "
+            f"it with --resume latest, or start again in a new folder ({new_folder})"
+        )
+
+
+def _earlier_run(out: Path, entries: list[str], cfg: Config, resume: str | None) -> dict[str, Any]:
+    """A folder without a record: a run from before runs were recorded is taken with --resume; nothing else is."""
+    others = [name for name in entries if name not in RUN_FILES | PLANNED_BY_OTHERS]
+    listed = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    if others or not Checkpoints(out / CHECKPOINTS).latest():
+        raise ConfigError(
+            f"train.out = {out} is not empty ({listed}) and holds no meter run: a run writes only into a new or "
+            f"empty folder, so that it never overwrites files of yours; choose another (train.out=...)"
+        )
+    if not resume:
+        raise ConfigError(
+            f"train.out = {out} holds a run written before meter recorded its runs ({listed}): continue it with "
+            f"--resume latest, or choose a new folder (train.out=...)"
+        )
+    saved = _saved_config(out / CONFIG)
+    changed = config_differences(saved, cfg) if saved is not None else []
+    if changed:
+        raise ConfigError(f"train.out = {out} holds a run of another config ({'; '.join(changed[:5])}): give the new "
+                          f"run a folder of its own")  # fmt: skip
+    return {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
+
+
+def _saved_config(path: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_record(out: Path) -> dict[str, Any]:
+    path = out / RECORD
+    try:
+        run = json.loads(path.read_text())
+        if run.get("format") != "meter-run" or not isinstance(run.get("config"), dict):
+            raise ValueError("not a meter run record")
+        return run
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise DataError(f"{path}: unreadable run record ({error}); choose a new folder (train.out=...)") from None
+
+
+def _write(path: Path, text: str) -> None:
+    """Written whole or not at all (a temporary file renamed into place)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise DataError(cannot_write(path, error, len(text))) from None

@@ -1,0 +1,78 @@
+"""Stopping a run from outside: a cluster's preemption signals, and Ctrl-C.
+
+SIGTERM (what `scancel` and a preempting scheduler send) and SIGUSR1 (what SLURM sends ahead of the time limit with
+`--signal=USR1@SECONDS`) ask the run to stop: every process finishes the optimizer step it is in; the request travels
+with the step's one reduction across processes, so all of them stop after the same step, even when only one was
+signalled; rank 0 writes a checkpoint of it; every process exits with PREEMPTED, on which a job script requeues the
+job, to go on with `--resume latest`. A second signal while that happens stops at once: the checkpoint being written
+is dropped (its temporary folder removed: never a partial step_* folder), the last complete one stays.
+
+Ctrl-C (SIGINT) stops at once, with INTERRUPTED, and says where the last checkpoint is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from meter.errors import MeterError
+
+PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again; job scripts requeue on it
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_STATUSES = (
+    f"exit status: 0 done; 2 a config or data error (the message says which); {PREEMPTED} stopped by SIGTERM or "
+    f"SIGUSR1 after a checkpoint (requeue the job, then --resume latest); {INTERRUPTED} interrupted by Ctrl-C"
+)
+
+
+class RunStopped(MeterError):
+    """The run stopped before its end, as asked; the command exits with `exit_status`."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class StopAtOnce(BaseException):
+    """A second stop signal, raised wherever the process is (a BaseException: no `except Exception` holds it up)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopRequests:
+    """While entered, SIGTERM and SIGUSR1 set `received`; a second one raises StopAtOnce. The handlers are those of
+    the process that entered: data workers forked meanwhile inherit them and ignore the signals (their main process
+    stops them)."""
+
+    def __init__(self) -> None:
+        self.received = 0  # the signal number of the first request; 0: none
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers in the main thread only
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return
+        if not self.received:
+            self.received = signum
+            return
+        raise StopAtOnce(signum)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name

@@ -1,0 +1,118 @@
+"""A checkpoint that cannot be written (issue 14 item 3): the run stops with a message naming the path and the space
+it needed; the earlier checkpoint and the run's logs stay intact; no temporary folder is left; `keep_last=1` deletes
+nothing before the new checkpoint is complete.
+
+The fault is real: the run folder lies on a small tmpfs that holds one checkpoint and not two (where this machine
+lets the test mount one: root with CAP_SYS_ADMIN), else the training process runs under a file-size limit
+(RLIMIT_FSIZE) smaller than a checkpoint's training state, set in the process before it starts. No permission: a
+read-only bind mount of the checkpoints folder (as root), else a folder without write permission.
+"""
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meter.config import load_config
+from meter.models.checksums import verify_checksums
+from meter.runs import run_pretrain
+from meter.train.metrics_log import read_metrics
+from meter.train.run_folder import RECORD
+from tests.runner import environment
+
+RUN = ["train.max_steps=6", "train.checkpoint_every=3", "train.keep_last=1"]
+TMPFS_SIZE = "2400k"  # one checkpoint of the micro model (about 1.6 MB) and the logs, not a second checkpoint
+FILE_LIMIT = 600_000  # bytes: more than the logs and the weights, less than the training state (about 1.1 MB)
+
+
+@dataclass
+class SmallDisk:
+    folder: Path
+    file_limit: int | None  # None: a real small filesystem
+
+    def preexec(self):  # runs in the training process before it starts
+        if self.file_limit is not None:
+            limit = self.file_limit
+            return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        return None
+
+
+def _mount(*args: str) -> bool:
+    return shutil.which("mount") is not None and subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if _mount("-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(folder)):
+        try:
+            yield SmallDisk(folder, None)
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+    elif hasattr(resource, "RLIMIT_FSIZE"):
+        yield SmallDisk(folder, FILE_LIMIT)
+    else:
+        pytest.skip("neither a tmpfs mount nor a file-size limit is possible here")
+
+
+def _resume_in_a_process(out: Path, preexec=None) -> subprocess.CompletedProcess:
+    """`meter pretrain` with the run's own config, to its end: steps 4 to 6, a checkpoint at step 6."""
+    args = ["pretrain", "--config", str(out / "config.yaml"), "train.stop_at=0", "--resume", "latest"]
+    return subprocess.run([sys.executable, "-m", "meter", *args], env=environment(), capture_output=True, text=True,
+                          timeout=180, preexec_fn=preexec)  # fmt: skip
+
+
+def _stopped_at_step_3(micro_config, out: Path) -> bytes:
+    """A run stopped after its checkpoint at step 3; returns its record."""
+    run_pretrain(load_config(None, [f"train.out={out}", *RUN, "train.stop_at=3"], base=micro_config))
+    return (out / RECORD).read_bytes()
+
+
+def _assert_intact(out: Path, record: bytes) -> None:
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003"], "no temporary folder left"
+    assert verify_checksums(out / "checkpoints/step_00000003")
+    assert (out / RECORD).read_bytes() == record and list((out / "tensorboard").iterdir())
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_checkpoint_that_does_not_fit_stops_the_run_naming_the_path_and_the_space(micro_config, small_disk):
+    out = small_disk.folder / "run"
+    record = _stopped_at_step_3(micro_config, out)
+    done = _resume_in_a_process(out, small_disk.preexec())
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    reason = "No space left on device" if small_disk.file_limit is None else "File too large"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert last.startswith(f"meter: data: checkpoint not written: cannot write {out}/checkpoints/step_00000006: "
+                           f"{reason} (it needs about 1.")  # fmt: skip
+    assert last.endswith(f"MB free there); the run's earlier checkpoint {out}/checkpoints/step_00000003 is intact")
+    _assert_intact(out, record)
+    progress = json.loads((out / "checkpoints/step_00000003/progress.json").read_text())
+    assert progress["step"] == 3
+
+
+def test_a_checkpoints_folder_without_write_permission_stops_the_run_naming_it(micro_config, tmp_path):
+    out = tmp_path / "run"
+    record = _stopped_at_step_3(micro_config, out)
+    checkpoints = out / "checkpoints"
+    read_only = os.geteuid() == 0 and _mount("--bind", "-o", "ro", str(checkpoints), str(checkpoints))
+    if not read_only:
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permissions and cannot mount here")
+        checkpoints.chmod(0o555)
+    try:
+        done = _resume_in_a_process(out)
+    finally:
+        subprocess.run(["umount", str(checkpoints)], check=False) if read_only else checkpoints.chmod(0o755)
+    assert done.returncode == 2, done.stderr[-3000:]
+    reason = "Read-only file system" if read_only else "Permission denied"
+    assert f"cannot write {checkpoints}/step_00000006: {reason}" in done.stderr.strip().splitlines()[-1]
+    _assert_intact(out, record)

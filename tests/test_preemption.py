@@ -1,0 +1,127 @@
+"""Preemption and Ctrl-C (issue 14 item 1, issue 15 item 8): real signals sent to real training processes at a chosen
+moment (see tests/faults.py: the process signals itself when the training reaches its N-th backward, or the write of
+a checkpoint's training state).
+
+SIGTERM or SIGUSR1 in the middle of step 5 (its first of two micro-batches): the process finishes step 5, writes
+its checkpoint and exits with 75; resumed, the run ends bitwise where a run that was never stopped ends. A second
+signal during that checkpoint's write: exit at once, no step_5 folder, no temporary one. Ctrl-C: exit 130 without a
+traceback, naming the last checkpoint. Two processes, only one signalled: both stop after the same step.
+"""
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meter.models.checksums import verify_checksums
+from meter.train.checkpoint import TASK_WEIGHTS, Checkpoints
+from meter.train.metrics_log import read_metrics
+from meter.train.stop_signals import INTERRUPTED, PREEMPTED
+from tests.faults import applied_steps, run_meter_with_faults
+from tests.runner import EXACT, pretrain_args
+
+RUN = ["train.device=cpu", "train.max_steps=8", "train.checkpoint_every=3", "train.grad_accum=2", "objectives.mim=1",
+       "train.deterministic=true", "model.fusion.dropout=0.1"]  # fmt: skip
+IN_STEP_5 = "backward:9"  # step 5's first micro-batch (2 per step)
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint / "model.safetensors") | load_file(checkpoint / TASK_WEIGHTS)
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = _weights(a), _weights(b)
+    assert first.keys() == second.keys()
+    differing = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not differing, differing[:5]
+
+
+def _checkpoints(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
+
+
+def _last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_finishes_the_step_writes_its_checkpoint_and_exits_75(shapes_world, tmp_path, sent):
+    out = tmp_path / "run"
+    [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out, *RUN), [f"{IN_STEP_5}:{sent}"])
+    assert code == PREEMPTED == 75, stderr[-3000:]
+    checkpoint = out / "checkpoints/step_00000005"
+    assert _last_line(stderr) == (f"meter: stopped by {sent} after step 5: checkpoint {checkpoint} written; continue "
+                                  "with --resume latest (exit status 75: requeue the job)")  # fmt: skip
+    assert _checkpoints(out) == ["step_00000003", "step_00000005"]
+    assert verify_checksums(out / "checkpoints/step_00000005")
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_a_stop_signal_that_reaches_the_data_workers_too_stops_the_run_the_same_way(shapes_world, tmp_path):
+    """A cluster signals every process of the job: the data workers ignore it, their main process stops them."""
+    out = tmp_path / "run"
+    args = pretrain_args(shapes_world, out, *RUN, "data.num_workers=2")
+    [(code, stderr)] = run_meter_with_faults(args, [f"{IN_STEP_5}:group-SIGUSR1"], start_new_session=True)
+    assert code == PREEMPTED, stderr[-3000:]
+    assert _last_line(stderr).startswith("meter: stopped by SIGUSR1 after step 5: checkpoint ")
+    assert _checkpoints(out) == ["step_00000003", "step_00000005"]
+
+
+def test_a_second_signal_while_the_checkpoint_is_written_exits_at_once_leaving_no_partial_one(shapes_world, tmp_path):
+    out = tmp_path / "run"
+    faults = [f"{IN_STEP_5}:SIGTERM", "save:.step_00000005.tmp:SIGTERM"]  # the second while step 5's state is written
+    [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out, *RUN), faults)
+    assert code == PREEMPTED, stderr[-3000:]
+    assert _last_line(stderr) == (f"meter: stopped at once by a second SIGTERM (a checkpoint being written was "
+                                  f"dropped): the last checkpoint is {out}/checkpoints/step_00000003; continue with "
+                                  f"--resume latest")  # fmt: skip
+    assert _checkpoints(out) == ["step_00000003"], "no step_00000005 folder, no temporary one"
+
+
+def test_ctrl_c_stops_without_a_traceback_and_names_the_last_checkpoint(shapes_world, tmp_path):
+    out = tmp_path / "run"
+    [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out, *RUN), [f"{IN_STEP_5}:SIGINT"])
+    assert code == INTERRUPTED == 128 + signal.SIGINT, stderr[-3000:]
+    assert _last_line(stderr) == (f"meter: interrupted (Ctrl-C) at step 5: the last checkpoint is "
+                                  f"{out}/checkpoints/step_00000003; continue with --resume latest")  # fmt: skip
+    assert _checkpoints(out) == ["step_00000003"]
+
+
+@pytest.mark.slow
+def test_a_preempted_run_resumed_ends_bitwise_where_a_run_never_stopped_ends(shapes_world, tmp_path):
+    [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, tmp_path / "straight", *RUN))
+    assert code == 0, stderr[-3000:]
+    out = tmp_path / "run"
+    [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out, *RUN), [f"{IN_STEP_5}:SIGUSR1"])
+    assert code == PREEMPTED, stderr[-3000:]
+    [(code, stderr)] = run_meter_with_faults([*pretrain_args(shapes_world, out, *RUN), "--resume", "latest"])
+    assert code == 0, stderr[-3000:]
+    _assert_same_weights(tmp_path / "straight/checkpoints/step_00000008", out / "checkpoints/step_00000008")
+    straight, resumed = read_metrics(tmp_path / "straight/metrics.jsonl"), read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    assert [r["train/mlm_loss"] for r in resumed] == [r["train/mlm_loss"] for r in straight]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_after_the_same_step_when_one_is_signalled_and_resume_exactly(shapes_world, tmp_path):
+    """Started as srun starts them (one process each); SIGTERM reaches process 1 alone, in step 3."""
+    run = [*EXACT, "train.max_steps=6", "train.checkpoint_every=10", "train.batch_size=4", "objectives.mim=1",
+           "objectives.itm_group_size=4"]  # fmt: skip
+    straight = run_meter_with_faults(pretrain_args(shapes_world, tmp_path / "straight", *run), processes=2)
+    assert [code for code, _ in straight] == [0, 0], straight[0][1][-3000:]
+    out, log = tmp_path / "run", tmp_path / "steps"
+    stopped = run_meter_with_faults(pretrain_args(shapes_world, out, *run), ["backward:3:SIGTERM:1"], processes=2,
+                                    env={"STEP_LOG": str(log)})  # fmt: skip
+    assert [code for code, _ in stopped] == [PREEMPTED, PREEMPTED], stopped[0][1][-3000:]
+    for _, stderr in stopped:
+        assert _last_line(stderr).startswith("meter: stopped by SIGTERM (sent to process 1) after step 3: checkpoint ")
+    assert applied_steps(log, 0) == applied_steps(log, 1) == [1, 2, 3]
+    assert [p.name for p in Checkpoints(out / "checkpoints").all()] == ["step_00000003"]
+    resumed = run_meter_with_faults([*pretrain_args(shapes_world, out, *run), "--resume", "latest"], processes=2)
+    assert [code for code, _ in resumed] == [0, 0], resumed[0][1][-3000:]
+    a = load_file(tmp_path / "straight/checkpoints/step_00000006/model.safetensors")
+    b = load_file(out / "checkpoints/step_00000006/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,104 @@
+"""A run's folder (train.out) holds one run: a run refuses a folder of anything else, never writes over a file it did
+not write, and `keep_last` counts only its own checkpoints (issue 15 item 1). Real runs of a micro model."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from meter.config import Config, load_config
+from meter.errors import ConfigError
+from meter.runs import run_pretrain
+from meter.train.checkpoint import Checkpoints
+from meter.train.metrics_log import read_metrics
+from meter.train.run_folder import PLANNED_BY_OTHERS, RECORD
+
+STEPS = ["train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=1"]
+
+
+def _pretrain(cfg: Config, out: Path | str, *overrides: str, resume: str | None = None) -> Path:
+    return run_pretrain(load_config(None, [f"train.out={out}", *STEPS, *overrides], base=cfg), resume=resume)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _users_folder(folder: Path) -> dict[str, bytes]:
+    """A folder of someone's own files, among them a model/ folder and a config.yaml, as a run would name them."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "weights.bin").write_bytes(b"my own model")
+    (folder / "config.yaml").write_text("mine: true\n")
+    (folder / "notes.txt").write_text("do not lose")
+    return _snapshot(folder)
+
+
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(micro_config, tmp_path, monkeypatch):
+    before = _users_folder(tmp_path / "mine")
+    monkeypatch.chdir(tmp_path / "mine")  # the issue's `train.out=.`
+    with pytest.raises(ConfigError, match=r"train.out = \. is not empty \(config.yaml, model, notes.txt\) and holds "
+                                          r"no meter run.*choose another"):  # fmt: skip
+        _pretrain(micro_config, ".")
+    assert _snapshot(tmp_path / "mine") == before
+
+
+def test_a_folder_holding_a_run_of_another_config_is_refused_naming_what_differs(micro_config, tmp_path):
+    _pretrain(micro_config, tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(train.lr: 0.0001 -> 0.0002\): give the "
+                                          r"new run a folder of its own \(train.out=.*run-2\)"):  # fmt: skip
+        _pretrain(micro_config, tmp_path / "run", "train.lr=2e-4")
+    assert _snapshot(tmp_path / "run") == before, "the earlier run's model, config and checkpoints are kept"
+
+
+@pytest.mark.parametrize("resume", [None, "latest"])
+def test_a_finished_run_is_never_trained_again(micro_config, tmp_path, resume):
+    final = _pretrain(micro_config, tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"holds a finished run of this config \(its model: .*model\): evaluate it"):
+        _pretrain(micro_config, tmp_path / "run", resume=resume)
+    assert _snapshot(tmp_path / "run") == before and final.is_dir()
+
+
+def test_an_unfinished_run_goes_on_with_resume_and_settings_that_may_differ(micro_config, tmp_path):
+    _pretrain(micro_config, tmp_path / "run", "train.stop_at=2")
+    with pytest.raises(ConfigError, match=r"holds an unfinished run of this config, with a checkpoint at step_00000002"
+                                          r": continue it with --resume latest"):  # fmt: skip
+        _pretrain(micro_config, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"another config \(model.fusion.layers: 1 -> 2\)"):
+        _pretrain(micro_config, tmp_path / "run", "model.fusion.layers=2", resume="latest")
+    # where it stops, its logs and budgets may differ: not what it computes
+    final = _pretrain(micro_config, tmp_path / "run", "train.log_every=2", "train.max_nonfinite_steps=9",
+                      "train.progress=true", resume="latest")  # fmt: skip
+    assert final.name == "step_00000004" and final.is_dir() and (tmp_path / "run/model").is_dir()
+    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl")] == [1, 2, 4]
+
+
+def test_keep_last_deletes_only_the_runs_own_checkpoints(micro_config, micro_checkpoints, tmp_path):
+    """A checkpoint of another run in the folder (copied there by hand, named as a later step) is neither counted nor
+    deleted: the run's final checkpoint stays, the other one too."""
+    _pretrain(micro_config, tmp_path / "run", "train.stop_at=2")
+    shutil.copytree(micro_checkpoints("pretrain"), tmp_path / "run/checkpoints/step_00000006")
+    final = _pretrain(micro_config, tmp_path / "run", resume=str(tmp_path / "run/checkpoints/step_00000002"))
+    assert final.is_dir(), "the final checkpoint it reports exists"
+    names = [p.name for p in Checkpoints(tmp_path / "run/checkpoints").all()]
+    assert names == ["step_00000004", "step_00000006"]  # its own step 2 pruned (keep_last=1), the other's kept
+
+
+def test_a_folder_that_meter_study_planned_takes_its_run(micro_config, tmp_path):
+    from meter.study.cells import RUN
+
+    assert RUN in PLANNED_BY_OTHERS  # the study's record of a run, written into its folder before the run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RUN).write_text("{}")
+    assert _pretrain(micro_config, tmp_path / "run").is_dir()
+    assert (tmp_path / "run" / RUN).read_text() == "{}" and (tmp_path / "run" / RECORD).is_file()
+
+
+def test_a_run_written_before_runs_were_recorded_goes_on_only_with_resume(micro_config, tmp_path):
+    _pretrain(micro_config, tmp_path / "run", "train.stop_at=2")
+    os.remove(tmp_path / "run" / RECORD)  # as meter wrote run folders before
+    with pytest.raises(ConfigError, match=r"holds a run written before meter recorded its runs.*--resume latest"):
+        _pretrain(micro_config, tmp_path / "run")
+    assert _pretrain(micro_config, tmp_path / "run", resume="latest").is_dir()
