@@ -29,6 +29,9 @@ LAUNCHER = r"""
 import os, signal, sys
 import torch
 
+# Ctrl-C as in a terminal: a process started in the background of a non-interactive shell (as CI may start the
+# tests) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 rank = int(os.environ.get("RANK", "0"))
 faults = [arg.split(":") for arg in sys.argv[1:sys.argv.index("--")]]
 counts = {"backward": 0, "clip": 0}
