@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from meter.config import load_config
 from meter.errors import DataError
-from meter.models.checksums import CHECKSUMS, file_digest
+from meter.models import checksums
+from meter.models.checksums import CHECKSUMS, file_digest, record_checksums, verify_checksums
 from meter.predictor import resolve_checkpoint
 from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
@@ -94,3 +95,20 @@ def test_resumed_past_a_damaged_checkpoint_the_run_ends_where_a_straight_run_end
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_long_process_verifying_many_folders_keeps_a_bounded_record_and_still_finds_damage(tmp_path: Path):
+    folders = []
+    for index in range(checksums.VERIFIED_KEPT // 4 + 8):  # four files each: past the record's bound
+        folder = tmp_path / f"folder_{index}"
+        folder.mkdir()
+        for name in ("a.bin", "b.bin", "c.bin", "d.bin"):
+            (folder / name).write_bytes(bytes([index % 256]) * 64)
+        record_checksums(folder, "model")
+        assert verify_checksums(folder)
+        folders.append(folder)
+    assert len(checksums._VERIFIED) <= checksums.VERIFIED_KEPT
+    first = folders[0] / "a.bin"  # the record forgot it: verified again from its bytes
+    first.write_bytes(b"\xff" * 64)
+    with pytest.raises(DataError, match="a.bin: damaged: its sha256 differs"):
+        verify_checksums(folders[0])

@@ -65,12 +65,15 @@ def verify_checksums(folder: str | Path, parts: tuple[str, ...] | None = None) -
             if signature is None or _VERIFIED.get(path.resolve()) != signature:
                 _verify_file(path, expected)
                 _VERIFIED[path.resolve()] = signature
+                if len(_VERIFIED) > VERIFIED_KEPT:  # a long process (serve, a study) verifies many folders
+                    del _VERIFIED[next(iter(_VERIFIED))]
     return True
 
 
 # files this process verified, by path: (size, mtime, inode, expected digest) then. A file is hashed again only
 # when one of them changed (a fine-tuning run verifies its init_from folder once for the tokenizer and the weights)
 _VERIFIED: dict[Path, tuple[int, int, int, str]] = {}
+VERIFIED_KEPT = 256  # the oldest is forgotten beyond this: at worst a file is hashed again
 
 
 def _signature(path: Path, expected: dict[str, Any]) -> tuple[int, int, int, str] | None:
