@@ -1,5 +1,6 @@
 """Real torchrun launches (2 processes, gloo, CPU) against one process with the same global batch."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,16 @@ def test_two_fsdp_processes_stopped_and_resumed_make_the_loss_curve_of_one_proce
     run_meter([*args, "--resume", "latest"], processes=2)
     _assert_same_curve(one_process, out, range(1, 7))
     _assert_same_weights(one_process, out)  # gathered from the shards into one model folder
+
+
+@pytest.mark.slow
+def test_fsdp_in_one_process_under_torchrun_shards_and_makes_the_loss_curve_of_one_process(one_process, shapes_world,
+                                                                                          tmp_path):  # fmt: skip
+    """A single-GPU debugging run of a sharded job: FSDP2 over a group of one, the same steps as no wrapping."""
+    out = tmp_path / "fsdp1"
+    done = run_meter(pretrain_args(shapes_world, out, *COMMON, "train.batch_size=16", "train.parallel=fsdp"),
+                     torchrun=True)  # fmt: skip
+    assert re.search(r"FSDP2: \d+ layers and the rest of the task sharded over 1 process", done.stderr), (
+        done.stderr[-2000:])  # fmt: skip
+    _assert_same_curve(one_process, out, range(1, 7))
+    _assert_same_weights(one_process, out)

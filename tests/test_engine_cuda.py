@@ -11,7 +11,7 @@ from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.train.checkpoint import TASK_WEIGHTS
 from meter.train.metrics_log import read_metrics
 from meter.train.optim import build_optimizer
-from tests.runner import EXACT
+from tests.runner import EXACT, pretrain_args, run_meter
 
 NO_DROPOUT = [o for o in EXACT if o != "train.device=cpu"]
 
@@ -61,3 +61,18 @@ def test_a_run_stopped_and_resumed_on_cuda_ends_bitwise_where_a_straight_run_end
         a, b = load_file(tmp_path / "straight" / final / name), load_file(tmp_path / "resumed" / final / name)
         differ = [k for k in a if not torch.equal(a[k], b[k])]
         assert not differ, f"{len(differ)} tensors of {name} differ, e.g. {differ[:3]}"
+
+
+def test_fsdp2_in_one_process_on_cuda_trains_as_the_unwrapped_task(shapes_world, tmp_path):
+    """FSDP2 over a group of one (torchrun, NCCL): fused AdamW on sharded (DTensor) parameters, bf16 autocast, full
+    state dicts gathered for the checkpoint; the same losses as the task trained unwrapped."""
+    steps = ["train.device=cuda", "train.max_steps=4", "objectives.mim=1", "train.deterministic=true", *NO_DROPOUT]
+    run_meter(pretrain_args(shapes_world, tmp_path / "plain", *steps))
+    done = run_meter(pretrain_args(shapes_world, tmp_path / "fsdp", *steps, "train.parallel=fsdp"), torchrun=True)
+    assert "sharded over 1 process" in done.stderr, done.stderr[-2000:]
+    plain = read_metrics(tmp_path / "plain/metrics.jsonl")
+    sharded = read_metrics(tmp_path / "fsdp/metrics.jsonl")
+    for key in LOSSES:
+        assert [r[key] for r in sharded] == pytest.approx([r[key] for r in plain], rel=0.01, abs=1e-3), key
+    weights = load_file(tmp_path / "fsdp/checkpoints/step_00000004/model.safetensors")
+    assert weights.keys() == load_file(tmp_path / "plain/checkpoints/step_00000004/model.safetensors").keys()

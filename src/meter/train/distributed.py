@@ -7,6 +7,7 @@ With one process every function here is a no-op or a plain local computation, so
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from meter.errors import ConfigError
 from meter.train.runtime import Runtime
 
 PARALLEL = ("ddp", "fsdp")
+log = logging.getLogger(__name__)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -63,16 +65,20 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
     check_parallel(train.parallel)
     if train.compile:
         compile_parts(task)
-    if not runtime.distributed:
-        return task
-    if train.parallel == "fsdp":
+    if train.parallel == "fsdp" and dist.is_initialized():  # also one process under a launcher (see setup_runtime)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(runtime.device.type, (runtime.world,))
-        for unit in _layer_stacks(task):
+        units = _layer_stacks(task)
+        for unit in units:
             fully_shard(unit, mesh=mesh)
         fully_shard(task, mesh=mesh)
+        if runtime.is_main:
+            log.info("FSDP2: %d layers and the rest of the task sharded over %d process(es)", len(units),
+                     runtime.world)  # fmt: skip
+        return task
+    if not runtime.distributed:
         return task
     from torch.nn.parallel import DistributedDataParallel
 

@@ -75,7 +75,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
+    # a launcher's rendezvous (torchrun, or srun with MASTER_ADDR) with train.parallel=fsdp: a group even of one
+    # process, so that FSDP2 shards on one GPU as on many (what a single-GPU debugging run of a sharded job wants)
+    launched_sharded = cfg.parallel == "fsdp" and "MASTER_ADDR" in os.environ
+    if (world > 1 or launched_sharded) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
