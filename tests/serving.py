@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meter.serve.limits import ServeLimits
 from meter.serve.server import build_app, running
+from tests.browser import chromium_page
 
 IMAGE = "images/val2014/COCO_val2014_000000000055.png"
 
@@ -28,36 +29,25 @@ def upload(path: Path, name: str = "image") -> dict[str, tuple[str, io.BytesIO, 
     return {name: (Path(path).name, io.BytesIO(png_bytes(path)), "image/png")}
 
 
-CHROMIUM = Path("/usr/bin/chromium")  # the system's package (`apt-get install chromium`; .ci/run installs it)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
-
-
 def ask_in_browser(url: str, image: Path, question: str, screenshot: Path, layer: str = "mean") -> dict[str, object]:
     """Drives the page in headless Chromium as a person would: chooses the image, types the question, asks, waits
     for the answers and the heat map; saves a screenshot. Returns what the page shows."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 640})
-            page.goto(url)
-            page.wait_for_selector("#task option", state="attached")  # the model's description has arrived
-            page.set_input_files("#file", str(image))
-            page.fill("#text", question)
-            page.click("#go")
-            page.wait_for_selector("#answers li")
-            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
-            if layer != "mean":
-                page.select_option("#layer", layer)
-            page.screenshot(path=str(screenshot), full_page=True)
-            return {
-                "answers": page.locator("#answers li").all_inner_texts(),
-                "heatmap_width": page.evaluate("document.getElementById('heatmap').naturalWidth"),
-                "heatmap_src": page.get_attribute("#heatmap", "src") or "",
-                "caption": page.inner_text("#heatmap-caption"),
-                "error": page.inner_text("#error"),
-            }
-        finally:
-            browser.close()
+    with chromium_page(1400, 640) as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("#task option", state="attached")  # the model's description has arrived
+        page.set_input_files("#file", str(image))
+        page.fill("#text", question)
+        page.click("#go")
+        page.wait_for_selector("#answers li")
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+        if layer != "mean":
+            page.select_option("#layer", layer)
+        page.screenshot(path=str(screenshot), full_page=True)
+        return {
+            "answers": page.locator("#answers li").all_inner_texts(),
+            "heatmap_width": page.evaluate("document.getElementById('heatmap').naturalWidth"),
+            "heatmap_src": page.get_attribute("#heatmap", "src") or "",
+            "caption": page.inner_text("#heatmap-caption"),
+            "error": page.inner_text("#error"),
+            "console_errors": list(errors),
+        }

@@ -2,11 +2,10 @@
 
 import pytest
 
-from tests.serving import CHROMIUM, IMAGE, ask_in_browser, serving
+from tests.browser import needs_chromium
+from tests.serving import IMAGE, ask_in_browser, serving
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: install the system's Chromium (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.mark.slow
@@ -14,7 +13,7 @@ def test_page_shows_the_answers_and_the_heat_map_of_an_uploaded_image(micro_chec
     screenshot = tmp_path / "page.png"
     with serving(micro_checkpoints("vqa")) as url:
         shown = ask_in_browser(url, shapes_tasks_world / IMAGE, "What color is the circle?", screenshot)
-    assert shown["error"] == "" and len(shown["answers"]) == 5
+    assert shown["error"] == "" and shown["console_errors"] == [] and len(shown["answers"]) == 5
     assert all(": " in answer for answer in shown["answers"])  # "red: 0.512"
     assert shown["heatmap_src"].startswith("data:image/png;base64,") and shown["heatmap_width"] == 384
     assert shown["caption"].startswith("gradcam map for ")
