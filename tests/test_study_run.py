@@ -21,9 +21,8 @@ from meter.cli import main
 from meter.errors import ConfigError
 from meter.study.cells import load_plan, plan_study
 from meter.study.execute import run_study
-from meter.study.executors import SlurmSettings
 from meter.study.records import read_status
-from meter.study.spec import study_from_dict
+from meter.study.spec import SlurmSpec, study_from_dict
 from meter.study.status import study_states
 from tests.browser import chromium_page, needs_chromium
 from tests.studies import micro_study, write_study
@@ -204,7 +203,7 @@ def test_the_tuned_table_selects_each_rows_learning_rate_on_the_held_out_split(s
 def test_the_submitit_executor_runs_a_cell_as_a_torchrun_job(shapes_world, tmp_path):
     study = micro_study(shapes_world, variants=[])
     out = tmp_path / "out"
-    settings = SlurmSettings(gpus_per_node=0, cpus_per_task=2, time_min=20)
+    settings = SlurmSpec(gpus_per_node=0, cpus_per_task=2, time_min=20)
     outcome = run_study(study_from_dict(study), out, executor="submitit-local", slurm=settings, poll_s=0.5)
     assert outcome.ran == ["vlp/co-attention/seed-0"] and not outcome.failed
     cell = out / "cells/vlp/co-attention/seed-0"

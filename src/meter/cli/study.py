@@ -45,11 +45,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def _slurm(args: argparse.Namespace, defaults: dict) -> object:
-    from meter.study.executors import SlurmSettings
+    from meter.study.spec import SlurmSpec
 
     given = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "nodes": args.nodes,
              "time_min": args.time_min, "cpus_per_task": args.cpus_per_task}  # fmt: skip
-    return SlurmSettings(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    return SlurmSpec(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
 def run_action(args: argparse.Namespace) -> int:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from meter.errors import ConfigError
 from meter.study.cells import CellPlan, StudyPlan, plan_study
-from meter.study.executors import EXECUTORS, LocalProcesses, SlurmSettings, Submitit
+from meter.study.executors import EXECUTORS, LocalProcesses, Submitit
 from meter.study.records import read_status, record_lost_worker, run_done, status_alive
-from meter.study.spec import StudySpec
+from meter.study.spec import SlurmSpec, StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def select_cells(plan: StudyPlan, only: list[str] | None) -> list[CellPlan]:
     return chosen
 
 
-def make_executor(name: str, out: Path, jobs: int, slurm: SlurmSettings) -> LocalProcesses | Submitit:
+def make_executor(name: str, out: Path, jobs: int, slurm: SlurmSpec) -> LocalProcesses | Submitit:
     if name == "local":
         return LocalProcesses(jobs)
     if name == "submitit-local":
@@ -97,7 +97,7 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
 
 def run_study(
     spec: StudySpec, out: str | Path, executor: str = "local", jobs: int = 1, only: list[str] | None = None,
-    slurm: SlurmSettings | None = None, poll_s: float | None = None, report: bool = True,
+    slurm: SlurmSpec | None = None, poll_s: float | None = None, report: bool = True,
 ) -> Outcome:  # fmt: skip
     out = Path(out)
     plan = plan_study(spec, out)
@@ -113,7 +113,7 @@ def run_study(
             todo.append(cell)
     log.info("study %s: %d cells, %d done, %d to run", plan.name, len(plan.cells), len(outcome.skipped_done), len(todo))
     if todo:
-        chosen = make_executor(executor, out, jobs, slurm or SlurmSettings(**plan.slurm))
+        chosen = make_executor(executor, out, jobs, slurm or SlurmSpec(**plan.slurm))
         schedule(todo, chosen, poll_s if poll_s is not None else (30.0 if executor == "slurm" else 0.5), outcome)
     if report:
         from meter.study.report import write_report

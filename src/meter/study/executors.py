@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from meter.errors import ConfigError, MeterError
 from meter.study.cells import CELL, CellPlan
 from meter.study.records import WORKER_LOG
+from meter.study.spec import SlurmSpec
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 
@@ -121,21 +122,10 @@ class JobHandle:
         self.job.cancel(check=False)
 
 
-@dataclass(frozen=True)
-class SlurmSettings:
-    partition: str = ""
-    gpus_per_node: int = 1
-    nodes: int = 1
-    time_min: int = 240
-    cpus_per_task: int = 8
-    mem_gb: int = 0
-    extra: dict[str, Any] | None = None
-
-
 class Submitit:
     """Each cell a submitit job: on Slurm (`slurm`), or as a local process (`local`, the same path on one machine)."""
 
-    def __init__(self, cluster: str, folder: Path, settings: SlurmSettings, parallel: int = 0) -> None:
+    def __init__(self, cluster: str, folder: Path, settings: SlurmSpec, parallel: int = 0) -> None:
         import submitit
 
         self.settings = settings

@@ -49,6 +49,7 @@ from meter.models.folder import (
 )
 from meter.train.distributed import (
     broadcast_object,
+    decided_on_main,
     full_model_state,
     full_optimizer_state,
     gather_objects,
@@ -318,16 +319,7 @@ class Checkpoints:
     def resolve_everywhere(self, which: str, runtime: Runtime) -> Path:
         """`resolve` on rank 0 (it reads and verifies the files, and sets damaged ones aside); every process gets
         its answer."""
-        found: Path | DataError | None = None
-        if runtime.is_main:
-            try:
-                found = self.resolve(which, set_aside=True)
-            except DataError as error:
-                found = error
-        found = broadcast_object(found)
-        if isinstance(found, DataError):
-            raise found
-        return found
+        return decided_on_main(lambda: self.resolve(which, set_aside=True), runtime)
 
     @staticmethod
     def load(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -24,11 +24,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from meter.config import TrainConfig
-from meter.errors import ConfigError
+from meter.errors import ConfigError, MeterError
 from meter.train.runtime import Runtime
 
 PARALLEL = ("ddp", "fsdp")
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -143,6 +144,21 @@ def broadcast_object(value: Any, source: int = 0) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=source)
     return box[0]
+
+
+def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:
+    """`decide()` on rank 0 (it reads, verifies or writes the disk); every process gets its answer, and a MeterError
+    it raised is raised on every process."""
+    outcome: T | MeterError | None = None
+    if runtime.is_main:
+        try:
+            outcome = decide()
+        except MeterError as error:
+            outcome = error
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, MeterError):
+        raise outcome
+    return outcome  # type: ignore[return-value]
 
 
 def full_model_state(task: nn.Module) -> dict[str, Tensor]:

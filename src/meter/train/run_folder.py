@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import Config, save_config, to_dict
-from meter.errors import ConfigError, DataError, MeterError
+from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT, cannot_write
 from meter.train.checkpoint import Checkpoints
-from meter.train.distributed import broadcast_object
+from meter.train.distributed import decided_on_main
 from meter.train.runtime import Runtime
 
 RECORD = "meter-run.json"
@@ -75,16 +75,7 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
 def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
     """Checks that train.out may take this run (see the module's doc), records the run, writes config.yaml; returns
     the run's id. Rank 0 decides and writes; every process gets its decision (a refusal raises on every one)."""
-    outcome: str | MeterError = ""
-    if runtime.is_main:
-        try:
-            outcome = _open(Path(cfg.train.out), cfg, resume)
-        except MeterError as error:
-            outcome = error
-    outcome = broadcast_object(outcome)
-    if isinstance(outcome, MeterError):
-        raise outcome
-    return outcome
+    return decided_on_main(lambda: _open(Path(cfg.train.out), cfg, resume), runtime)
 
 
 def finish_run(out: str | Path) -> None:
