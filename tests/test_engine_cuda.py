@@ -9,8 +9,10 @@ from meter.runs import run_pretrain
 from meter.tasks.build import build_model, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.train.checkpoint import TASK_WEIGHTS
+from meter.train.loop import to_device
 from meter.train.metrics_log import read_metrics
 from meter.train.optim import build_optimizer
+from tests.batches import pretraining_batch
 from tests.runner import EXACT, pretrain_args, run_meter
 
 NO_DROPOUT = [o for o in EXACT if o != "train.device=cpu"]
@@ -37,6 +39,24 @@ def test_the_optimizer_is_fused_adamw_on_cuda(micro_config):
     task = PretrainTask(build_model(micro_config, tokenizer, heads), tokenizer, micro_config, heads).cuda()
     optimizer = build_optimizer(task, micro_config.train, torch.device("cuda"))
     assert optimizer.defaults["fused"] is True
+
+
+def test_the_pretraining_forward_and_backward_never_wait_for_the_device(micro_config):
+    """torch's sync debug mode turns every host sync into an error (the CPU twin: tests/test_no_host_sync.py);
+    the first pass, which sets up cuBLAS and cuDNN, is not checked."""
+    task, batch = pretraining_batch(load_config(None, ["objectives.mim=1"], base=micro_config), 8)
+    task.cuda().train()
+    pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = to_device(pinned, torch.device("cuda"))
+    for checked in (False, True):
+        torch.cuda.set_sync_debug_mode("error" if checked else "default")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                losses, _ = task(batch)
+            sum(losses.values()).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(p.grad is not None for p in task.model.fusion.parameters())
 
 
 def test_compiled_training_matches_eager_training_in_bf16(micro_config, tmp_path):

@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from meter.objectives.mlm import IGNORE
+from meter.objectives.positions import positions_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Seq2SeqBatch:
     attention_mask: Tensor  # (B, L)
     decoder_input_ids: Tensor  # (B, T) the start token, then the targets shifted right
     labels: Tensor  # (B, T) the targets; IGNORE at padding
+    positions: Tensor  # (N, 2) where labels are not IGNORE (see `objectives/positions.py`)
 
     def store(self, batch: dict[str, Any], prefix: str) -> None:
         """Into the batch as flat tensors (`{prefix}_input_ids`, ...), so that the loop moves them to the device."""
@@ -74,4 +76,4 @@ def pack(encoder_rows: list[list[int]], target_rows: list[list[int]], targets: T
         attention_mask[i, : len(encoder)] = 1
         decoder_input_ids[i, : len(target)] = torch.tensor([start_id, *target[:-1]])
         labels[i, : len(target)] = torch.tensor(target)
-    return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, labels)
+    return Seq2SeqBatch(input_ids, attention_mask, decoder_input_ids, labels, positions_of(labels != IGNORE))

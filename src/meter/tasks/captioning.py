@@ -29,7 +29,7 @@ from meter.metrics.caption import caption_scores
 from meter.models.folder import ModelFolder
 from meter.models.generation import generate
 from meter.models.meter import Meter
-from meter.objectives.mlm import IGNORE
+from meter.objectives.positions import at_positions
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
 from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
@@ -64,15 +64,14 @@ class CaptioningTask(nn.Module):
         caption_targets(captions, self.targets).store(batch, "caption")
         return batch
 
-    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         model = self.model
         seq = Seq2SeqBatch.load(batch, "caption")
         text = model.encode_text(seq.input_ids, seq.attention_mask)
         fused = model.fuse(text, seq.attention_mask, model.encode_image(batch["pixels"]), pool=False)
-        positions = seq.labels != IGNORE
-        logits = model.decoder.logits(model.decode(fused, seq.decoder_input_ids)[positions]).float()
-        labels = seq.labels[positions]
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        logits = model.decoder.logits(at_positions(model.decode(fused, seq.decoder_input_ids), seq.positions)).float()
+        labels = at_positions(seq.labels, seq.positions)
+        accuracy = (logits.argmax(-1) == labels).float().mean().detach()
         return {"caption_loss": F.cross_entropy(logits, labels)}, {"caption_accuracy": accuracy}
 
 

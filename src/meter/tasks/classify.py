@@ -48,10 +48,10 @@ class ClassificationTask(nn.Module):
     def logits(self, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = self.logits(batch).float()
         labels = batch["label"]
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        accuracy = (logits.argmax(-1) == labels).float().mean().detach()  # a tensor: reading it would sync
         return {f"{self.head}_loss": F.cross_entropy(logits, labels)}, {f"{self.head}_accuracy": accuracy}
 
 

@@ -22,6 +22,7 @@ from meter.models.meter import Meter
 from meter.objectives.itm import itm_loss, itm_pairing
 from meter.objectives.mim import PixelDecoder, draw_patch_mask, hide_patches, mim_loss, mim_patch_size, pixel_targets
 from meter.objectives.mlm import IGNORE, mask_tokens, mlm_loss
+from meter.objectives.positions import at_positions, positions_of
 from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Seq2SeqBatch, Targets, captions_of
@@ -93,6 +94,7 @@ class PretrainTask(nn.Module):
                 batch["input_ids"], batch["word_ids"], self.mask_token_id, self.replacement_ids,
                 objectives.mlm_probability, random, self.max_length, objectives.whole_word_masking,
             )  # fmt: skip
+            batch["mlm_positions"] = positions_of(batch["mlm_labels"] != IGNORE)
         if objectives.itm > 0:
             batch["itm_image_index"], batch["itm_labels"] = itm_pairing(
                 batch["image_id"], random, objectives.itm_group_size
@@ -100,6 +102,7 @@ class PretrainTask(nn.Module):
         if objectives.mim > 0:
             patches = (self.cfg.model.vision.image_size // self.mim_patch) ** 2
             batch["mim_mask"] = draw_patch_mask(batch["size"], patches, objectives.mim_mask_ratio, random)
+            batch["mim_positions"] = positions_of(batch["mim_mask"])
         if objectives.span > 0 or objectives.prefix_lm > 0:
             captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
         if objectives.span > 0:
@@ -113,14 +116,14 @@ class PretrainTask(nn.Module):
         """How many items each loss averages over in this (prepared) batch."""
         counts = {}
         if self.objectives.mlm > 0:
-            counts["mlm_loss"] = int((batch["mlm_labels"] != IGNORE).sum())
+            counts["mlm_loss"] = len(batch["mlm_positions"])
         if self.objectives.itm > 0:
             counts["itm_loss"] = batch["size"]
         if self.objectives.mim > 0:
-            counts["mim_loss"] = int(batch["mim_mask"].sum())
+            counts["mim_loss"] = len(batch["mim_positions"])
         for objective in DECODER_OBJECTIVES:
             if getattr(self.objectives, objective) > 0:
-                counts[f"{objective}_loss"] = int((batch[f"{objective}_labels"] != IGNORE).sum())
+                counts[f"{objective}_loss"] = len(batch[f"{objective}_positions"])
         return counts
 
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -148,11 +151,10 @@ class PretrainTask(nn.Module):
         return loss, _mean(correct, name, len(labels), batch)
 
     def _mlm(self, batch: dict[str, Any], image: Tensor) -> tuple[Tensor, Tensor]:
-        model, mask, labels = self.model, batch["attention_mask"], batch["mlm_labels"]
+        model, mask, positions = self.model, batch["attention_mask"], batch["mlm_positions"]
         fused = model.fuse(model.encode_text(batch["mlm_input_ids"], mask), mask, image, pool=False)
-        positions = labels != IGNORE
-        logits = model.heads["mlm"](fused.text[positions])  # the vocabulary only where it is needed
-        loss, accuracy = self._token_loss(logits, labels[positions], "mlm_loss", batch)
+        logits = model.heads["mlm"](at_positions(fused.text, positions))  # the vocabulary only where it is needed
+        loss, accuracy = self._token_loss(logits, at_positions(batch["mlm_labels"], positions), "mlm_loss", batch)
         return self.objectives.mlm * loss, accuracy
 
     def _itm(self, batch: dict[str, Any], image: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,14 +171,15 @@ class PretrainTask(nn.Module):
         image = model.encode_image(hide_patches(pixels, hidden, self.mim_patch))
         fused = model.fuse(model.encode_text(batch["input_ids"], mask), mask, image, pool=False)
         patches = fused.image[:, fused.image.shape[1] - hidden.shape[1] :]  # the grid tokens, after any summary
-        predictions = self.mim_decoder(patches[hidden])
-        total = mim_loss(predictions, pixel_targets(pixels, self.mim_patch)[hidden], reduction="sum")
-        return self.objectives.mim * _mean(total, "mim_loss", hidden.sum(), batch)
+        positions = batch["mim_positions"]
+        predictions = self.mim_decoder(at_positions(patches, positions))
+        targets = at_positions(pixel_targets(pixels, self.mim_patch), positions)
+        total = mim_loss(predictions, targets, reduction="sum")
+        return self.objectives.mim * _mean(total, "mim_loss", len(positions), batch)
 
     def _decoder_lm(self, batch: dict[str, Any], objective: str, image: Tensor) -> tuple[Tensor, Tensor]:
         """The decoder writes the objective's targets from the fused image and encoder text; loss where labelled."""
         model, seq = self.model, Seq2SeqBatch.load(batch, objective)
         fused = model.fuse(model.encode_text(seq.input_ids, seq.attention_mask), seq.attention_mask, image, pool=False)
-        positions = seq.labels != IGNORE
-        logits = model.decoder.logits(model.decode(fused, seq.decoder_input_ids)[positions])
-        return self._token_loss(logits, seq.labels[positions], f"{objective}_loss", batch)
+        logits = model.decoder.logits(at_positions(model.decode(fused, seq.decoder_input_ids), seq.positions))
+        return self._token_loss(logits, at_positions(seq.labels, seq.positions), f"{objective}_loss", batch)

@@ -23,6 +23,7 @@ from meter.errors import ConfigError, DataError
 from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy, vqa_metric
 from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.meter import Meter
+from meter.objectives.randomness import SampleRandomness
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
@@ -72,20 +73,20 @@ class VqaTask(nn.Module):
         heads = {"vqa": len(self.answers)}
         return ModelFolder(self.cfg, heads, answers=list(self.answers))
 
-    def prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
         return batch
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
         return self.model.heads["vqa"](fused.joint)
 
-    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = self.logits(batch)
         targets = batch["targets"]
         # METER/ViLT scale the mean BCE by the number of answers (a sum over answers, mean over questions)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
         score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
-        return {"vqa_loss": loss}, {"vqa_score": float(score)}
+        return {"vqa_loss": loss}, {"vqa_score": score.detach()}  # a tensor: reading it would sync
 
 
 def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str]) -> VqaQuestions:
