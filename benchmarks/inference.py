@@ -37,9 +37,9 @@ from train_step import (
 )
 
 from meter.config import load_config
+from meter.data.shared_rows import to_device
 from meter.models.heads import classifier
 from meter.models.meter import build_meter
-from meter.train.loop import to_device
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 ANSWERS = 3129  # the VQAv2 answer vocabulary of METER and ViLT

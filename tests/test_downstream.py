@@ -23,7 +23,7 @@ from meter.tasks.retrieval import (
     encode_split,
     score_matrix,
     setup_retrieval,
-    unimodal_embeddings,
+    unimodal_similarity,
 )
 from meter.train.runtime import setup_runtime
 
@@ -98,8 +98,7 @@ def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_query
     short = score_matrix(loaded.model, encoded, 10, runtime, 16, False)
     assert np.isfinite(full).all()
     scored = np.isfinite(short)
-    text_embedding, image_embedding = unimodal_embeddings(loaded.model, encoded.texts, encoded.images)
-    cosine = (image_embedding @ text_embedding.T).detach().numpy()
+    cosine = unimodal_similarity(loaded.model, encoded.texts, encoded.images).detach().numpy()
     assert np.allclose(short[scored], full[scored] + cosine[scored], atol=1e-5)  # fused score + first stage
     assert (cosine[scored].min(initial=1) >= -1) and scored[np.arange(11), cosine.argmax(1)].all()
     assert (scored.sum(1) >= 10).all() and (scored.sum(0) >= min(10, len(records))).all()
@@ -128,6 +127,20 @@ def test_evaluate_refuses_a_model_without_the_task_head(
     cfg = load_config(None, [f"task={task}", f"data.root={shapes_tasks_world}", "train.progress=false"])
     with pytest.raises(ConfigError, match=message):
         evaluate_run(cfg, micro_checkpoints(checkpoint), tmp_path)
+
+
+def test_under_a_launcher_only_the_first_process_evaluates(
+    micro_checkpoints, shapes_tasks_world, tmp_path, monkeypatch
+):
+    """After a fine-tune under torchrun every process would score the whole split and write the same files."""
+    cfg = load_config(None, ["task=snli_ve", f"data.root={shapes_tasks_world}", "train.progress=false"])
+    checkpoint = micro_checkpoints("snli_ve")  # trained first, as one process
+    monkeypatch.setenv("RANK", "1")
+    assert evaluate_run(cfg, checkpoint, tmp_path / "second") == {}
+    assert not (tmp_path / "second").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert 0 <= evaluate_run(cfg, checkpoint, tmp_path / "first")["accuracy"] <= 100
+    assert (tmp_path / "first" / "snli_ve_accuracy_dev.json").is_file()
 
 
 def test_pretrain_is_not_a_downstream_task(micro_config):

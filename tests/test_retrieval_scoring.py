@@ -15,8 +15,12 @@ from meter.config import load_config
 from meter.errors import ConfigError, DataError
 from meter.importers.meter_official import import_meter_official
 from meter.models.folder import load_model_folder
+from meter.models.heads import in_fp32
+from meter.models.meter import build_meter
 from meter.runs import evaluate_run
 from meter.tasks.build import load_for_eval, read_karpathy_splits
+from meter.tasks.retrieval import Encoded, score_matrix
+from meter.train.runtime import Runtime
 from tests.reference.retrieval_brute_force import brute_force_recall
 
 OFFICIAL_TINY = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
@@ -113,3 +117,31 @@ def test_a_pretrained_model_is_scored_on_every_pair_by_its_itm_head(micro_checkp
         result = evaluate_run(eval_config(shapes_tasks_world), micro_checkpoints("pretrain"), tmp_path / "eval")
     assert result["shortlist"] == 0 and result["scored_pairs"] == 2 * 10
     assert "not trained with the contrastive loss (a pretrain model): scoring every pair" in caplog.text
+
+
+def test_shortlisting_tokens_encoded_in_bf16_scores_as_in_fp32(micro_config):
+    """Under bf16 autocast a backbone without a final LayerNorm hands over bf16 tokens; the shortlist's projections
+    and every score are still computed in fp32 (near scores must not tie)."""
+    model = build_meter(micro_config.model, 300, 0, {"rank": 1}).eval()
+    size = micro_config.model.vision.image_size
+    with torch.no_grad():
+        images = model.encode_image(torch.randn(6, 3, size, size))
+        texts = model.encode_text(torch.randint(5, 300, (12, 9)), torch.ones(12, 9, dtype=torch.long))
+    masks = torch.ones(12, 9, dtype=torch.long)
+    readable = torch.ones(6, dtype=torch.bool)
+    mixed = score_matrix(model, Encoded(images.bfloat16(), readable, texts, masks), 4,
+                         Runtime(torch.device("cpu"), torch.bfloat16), 16, False)  # fmt: skip
+    exact = score_matrix(model, Encoded(images.bfloat16().float(), readable, texts, masks), 4,
+                         Runtime(torch.device("cpu"), torch.float32), 16, False)  # fmt: skip
+    assert mixed.dtype == np.float64 and (np.isfinite(mixed) == np.isfinite(exact)).all()
+    assert len(np.unique(mixed[np.isfinite(mixed)])) == np.isfinite(mixed).sum()  # no ties
+    np.testing.assert_allclose(mixed[np.isfinite(mixed)], exact[np.isfinite(exact)], atol=0.05)
+
+
+def test_a_head_in_fp32_ignores_autocast():
+    head = torch.nn.Linear(16, 3)
+    joint = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(joint).dtype == torch.bfloat16
+        out = in_fp32(head, joint.bfloat16())
+    assert out.dtype == torch.float32 and torch.equal(out, head(joint.bfloat16().float()))

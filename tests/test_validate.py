@@ -86,6 +86,7 @@ BAD_RELATIONS = [
     (["task=captioning", "captioning.tokenizer=nltk"], "captioning.tokenizer = 'nltk'; choose one of: python, ptb"),
     (["model.text.size=huge"], "model.text.size = 'huge' is not a size of bert"),
     (["model.image_pool=max"], "model.image_pool = 'max'; choose one of: first, mean"),
+    (["train.compile_mode=fast"], "train.compile_mode = 'fast'; choose one of: default, reduce-overhead, max-autotune"),
 ]
 
 # settings that state an intent the run would silently drop

@@ -217,6 +217,8 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
     compile: bool = False  # torch.compile the vision encoder, text encoder and fusion
+    # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard: sharded weights)
     max_nonfinite_steps: int = 5  # a non-finite loss skips its step; this many in a row stop the run
     deterministic: bool = False

@@ -18,7 +18,7 @@ from meter.tasks.downstream import Downstream
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import evaluate_vqa
 from meter.train.loop import fit
-from meter.train.runtime import setup_runtime
+from meter.train.runtime import is_main_process, setup_runtime
 from meter.validate import validate
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     runtime = setup_runtime(cfg.train)
     job = downstream.setup(cfg)
     checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume)
-    return downstream.evaluate(cfg, checkpoint, Path(cfg.train.out))
+    return evaluate_run(cfg, checkpoint, Path(cfg.train.out))
 
 
 def downstream_task(name: str) -> Downstream:
@@ -65,7 +65,11 @@ def downstream_task(name: str) -> Downstream:
 
 
 def evaluate_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
-    """Evaluates a model folder on cfg.task's evaluation split; writes predictions and leaderboard files to `out`."""
+    """Evaluates a model folder on cfg.task's evaluation split; writes predictions and leaderboard files to `out`.
+    Under a launcher only the first process evaluates (the others would score the whole split again and write the
+    same files at the same time); the others get {}."""
+    if not is_main_process():
+        return {}
     return downstream_task(cfg.task).evaluate(cfg, checkpoint, out)
 
 

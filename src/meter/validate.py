@@ -23,7 +23,7 @@ from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.pretrain import DECODER_OBJECTIVES, check_objectives
 from meter.tasks.retrieval import check_settings as check_retrieval
 from meter.tasks.retrieval_official import check_official
-from meter.train.distributed import check_parallel
+from meter.train.distributed import check_compile_mode, check_parallel
 from meter.train.runtime import pick_device, pick_dtype
 from meter.validate_model import check_model
 
@@ -58,6 +58,7 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(f"data.augment = {cfg.data.augment.name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
     check_parallel(cfg.train.parallel)
+    check_compile_mode(cfg.train.compile_mode)
 
 
 def _check_training(cfg: Config) -> None:

@@ -20,6 +20,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 def run(args: argparse.Namespace) -> int:
     from meter.runs import run_finetune
+    from meter.train.runtime import is_main_process
 
-    print(json.dumps(run_finetune(config_from_args(args), resume=args.resume), indent=1))
+    metrics = run_finetune(config_from_args(args), resume=args.resume)
+    if is_main_process():  # under torchrun, the one that evaluated
+        print(json.dumps(metrics, indent=1))
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils import signal_handling
 
+from meter.data.shared_rows import compacting, restored
 from meter.errors import DataError
 
 WORKER_TIMEOUT = 300.0  # data.worker_timeout's default: seconds a worker may hold up a batch
@@ -82,6 +83,18 @@ class NotedReads(Dataset):
 def watched_batches(dataset: Dataset, num_workers: int, worker_timeout: float, **loader: Any) -> Iterator[Any]:
     """The batches of `DataLoader(dataset, num_workers=num_workers, **loader)`; a worker that dies, or holds up a
     batch for `worker_timeout` seconds, raises DataError naming it."""
+    pinned = bool(loader.get("pin_memory"))
+    if pinned:  # a blind batch's one image, expanded over the rows, cannot be pinned as it is
+        loader["collate_fn"] = compacting(loader.get("collate_fn"))
+    batches = _watched(dataset, num_workers, worker_timeout, **loader)
+    try:
+        for batch in batches:
+            yield restored(batch) if pinned else batch
+    finally:
+        batches.close()  # the workers are shut down now
+
+
+def _watched(dataset: Dataset, num_workers: int, worker_timeout: float, **loader: Any) -> Iterator[Any]:
     if num_workers == 0:
         yield from DataLoader(dataset, num_workers=0, **loader)
         return

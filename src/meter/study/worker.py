@@ -6,7 +6,6 @@ pretraining leaves nothing to fine-tune: its tasks are recorded as not run)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -17,13 +16,9 @@ from meter.run_folders import finetune_once, finished_checkpoint, resume_arg
 from meter.runs import evaluate_run, run_pretrain
 from meter.study.cells import CellPlan, RunPlan, load_cell
 from meter.study.records import RESULT, CellStatus, run_done, write_json
-from meter.train.runtime import teardown_runtime
+from meter.train.runtime import is_main_process, teardown_runtime
 
 log = logging.getLogger(__name__)
-
-
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _error(error: BaseException) -> str:

@@ -24,6 +24,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
+from meter.data.shared_rows import moved
 from meter.errors import ConfigError
 from meter.metrics.caption import caption_scores
 from meter.models.folder import ModelFolder
@@ -97,7 +98,7 @@ def write_captions(
     targets = Targets.of(tokenizer, model.decoder.max_length)
     prompt = tokenizer([PROMPT] * len(pixels), return_tensors="pt").to(runtime.device)
     with runtime.autocast():
-        written = generate(model, pixels.to(runtime.device), prompt["input_ids"], prompt["attention_mask"],
+        written = generate(model, moved(pixels, runtime.device), prompt["input_ids"], prompt["attention_mask"],
                            targets.start_id, targets.end_id, settings.max_length or None, settings.beam_size,
                            settings.length_penalty)  # fmt: skip
     return [text.strip() for text in tokenizer.batch_decode(written.tokens, skip_special_tokens=True)]

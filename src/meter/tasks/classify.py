@@ -17,6 +17,7 @@ from meter.config import Config
 from meter.data.bad_samples import BadSampleBudget, count_bad
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
+from meter.data.shared_rows import to_device
 from meter.errors import ConfigError
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
@@ -66,7 +67,7 @@ def eval_batches(
         for bad in batch["bad"]:
             count_bad(budget, bad)
         if batch["size"]:
-            yield {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            yield to_device(batch, runtime.device)
 
 
 @torch.no_grad()

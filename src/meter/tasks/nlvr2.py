@@ -19,6 +19,7 @@ from meter.data.formats.nlvr2 import Nlvr2Record, read_nlvr2
 from meter.data.labelled import UNLABELLED, Example, LabelledExamples
 from meter.errors import ConfigError
 from meter.metrics.nlvr2 import nlvr2_score, write_nlvr2_predictions
+from meter.models.heads import in_fp32
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.classify import ClassificationTask, classify_split
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
@@ -40,7 +41,7 @@ class Nlvr2Task(ClassificationTask):
         images = model.encode_image(pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2])
         left = model.fuse(text, mask, images[:, 0], image_token_type=1)
         right = model.fuse(text, mask, images[:, 1], image_token_type=2)
-        return model.heads[self.head](torch.cat([left.joint, right.joint], dim=-1))
+        return in_fp32(model.heads[self.head], torch.cat([left.joint, right.joint], dim=-1))
 
 
 def read_nlvr2_split(cfg: Config, split: str) -> list[Nlvr2Record]:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from meter.models.folder import WEIGHTS, read_model_folder
+from meter.models.heads import in_fp32
 from meter.models.meter import Meter
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tens
     an ITM head its match minus mismatch logit (the log-odds of a match)."""
     joint = model.fuse(text, mask, image).joint
     if HEAD in model.heads:
-        return model.heads[HEAD](joint).float()[:, 0]
-    logits = model.heads[ITM](joint).float()
+        return in_fp32(model.heads[HEAD], joint)[:, 0]
+    logits = in_fp32(model.heads[ITM], joint)
     return logits[:, 1] - logits[:, 0]
 
 

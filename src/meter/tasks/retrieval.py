@@ -55,11 +55,14 @@ OBJECTIVES = ("meter", "official")
 SHORTLIST = 16  # candidates per query when retrieval.shortlist is unset and the model can shortlist
 
 
-def unimodal_embeddings(model: Meter, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
-    """Unit-length [CLS] features of each encoder, through the model's projections: the shortlist's embedding."""
-    return F.normalize(model.text_proj(text[:, 0]).float(), dim=-1), F.normalize(
-        model.image_proj(image[:, 0]).float(), dim=-1
-    )
+def unimodal_similarity(model: Meter, text: Tensor, image: Tensor) -> Tensor:
+    """(images, texts) cosine similarity of the unit-length [CLS] features of each encoder, through the model's
+    projections: the shortlist's ranking and the contrastive loss's logits. In fp32 whatever autocast is on (the
+    encoders' tokens may come in bf16): a ranking, and logits that a temperature of 0.05 multiplies by 20."""
+    with torch.autocast(text.device.type, enabled=False):
+        text_embedding = F.normalize(model.text_proj(text[:, 0].float()), dim=-1)
+        image_embedding = F.normalize(model.image_proj(image[:, 0].float()), dim=-1)
+        return image_embedding @ text_embedding.T
 
 
 def contrastive_loss(similarity: Tensor, positive: Tensor) -> Tensor:
@@ -104,8 +107,7 @@ class RetrievalTask(nn.Module):
         report: dict[str, Tensor] = {}
         keys = batch["negative_noise"]
         if settings.itc > 0:
-            text_embedding, image_embedding = unimodal_embeddings(model, text, image)
-            similarity = image_embedding @ text_embedding.T / settings.temperature
+            similarity = unimodal_similarity(model, text, image) / settings.temperature
             losses["itc_loss"] = settings.itc * contrastive_loss(similarity, same)
             keys = keys + similarity.detach()  # Gumbel top-k: draws in proportion to softmax(similarity)
         k = min(settings.negatives, len(ids) - 1)
@@ -234,8 +236,7 @@ def score_matrix(
     first_stage = torch.zeros(shape, device=encoded.texts.device)
     chosen = torch.ones(shape, dtype=torch.bool, device=encoded.texts.device)
     if shortlist > 0:
-        text_embedding, image_embedding = unimodal_embeddings(model, encoded.texts, encoded.images)
-        similarity = image_embedding @ text_embedding.T
+        similarity = unimodal_similarity(model, encoded.texts, encoded.images)
         chosen = candidate_pairs(similarity, shortlist)
         if not bool(chosen.all()):
             first_stage = similarity

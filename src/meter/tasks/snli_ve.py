@@ -16,6 +16,7 @@ from meter.data.datasets import ImageReader
 from meter.data.formats.snli_ve import SNLI_VE_LABELS, SnliVeRecord, read_snli_ve
 from meter.data.labelled import Example, LabelledExamples
 from meter.errors import DataError
+from meter.models.heads import in_fp32
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.classify import ClassificationTask, classify_split
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
@@ -28,7 +29,7 @@ class SnliVeTask(ClassificationTask):
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
-        return self.model.heads[self.head](fused.joint)
+        return in_fp32(self.model.heads[self.head], fused.joint)
 
 
 def read_snli_ve_split(cfg: Config, split: str) -> list[SnliVeRecord]:

@@ -19,9 +19,11 @@ from meter.data.bad_samples import BadSampleBudget, count_bad, evaluation_budget
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
+from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
 from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy, vqa_metric
 from meter.models.folder import ModelFolder, load_model_folder, require_answers
+from meter.models.heads import in_fp32
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
 from meter.tasks.build import build_model, image_reader, task_tokenizer
@@ -78,7 +80,7 @@ class VqaTask(nn.Module):
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
-        return self.model.heads["vqa"](fused.joint)
+        return in_fp32(self.model.heads["vqa"], fused.joint)
 
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = self.logits(batch)
@@ -109,7 +111,7 @@ def predict_vqa(
             count_bad(budget, bad)
         if batch["size"] == 0:
             continue
-        batch = {k: v.to(runtime.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        batch = to_device(batch, runtime.device)
         with runtime.autocast():
             labels = task.logits(batch).argmax(-1).tolist()
         for question_id, label in zip(batch["question_id"].tolist(), labels, strict=True):

@@ -28,6 +28,7 @@ from meter.errors import ConfigError, MeterError
 from meter.train.runtime import Runtime
 
 PARALLEL = ("ddp", "fsdp")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -38,12 +39,23 @@ def check_parallel(name: str) -> None:
         raise ConfigError(f"train.parallel = {name!r}; choose one of: {', '.join(PARALLEL)}")
 
 
-def compile_parts(task: nn.Module) -> None:
-    """Compiles the model's big parts in place (state-dict keys stay the same); the task's own Python, with its
-    data-dependent indexing (masked positions), stays eager."""
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode = {mode!r}; choose one of: {', '.join(COMPILE_MODES)}")
+
+
+def uses_cuda_graphs(train: TrainConfig) -> bool:
+    """Whether the compiled parts replay CUDA graphs: the loop then marks where each step begins."""
+    return train.compile and train.compile_mode in ("reduce-overhead", "max-autotune")
+
+
+def compile_parts(task: nn.Module, mode: str = "default") -> None:
+    """Compiles the model's big parts in place (state-dict keys stay the same); the task's own Python (losses, the
+    selection of labelled positions) stays eager."""
+    check_compile_mode(mode)
     model = task.model
     for part in (model.vision, model.text, model.fusion):
-        part.compile()
+        part.compile(mode=None if mode == "default" else mode)
 
 
 def _layer_stacks(module: nn.Module) -> list[nn.Module]:
@@ -65,7 +77,7 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
     the same parameters)."""
     check_parallel(train.parallel)
     if train.compile:
-        compile_parts(task)
+        compile_parts(task, train.compile_mode)
     if train.parallel == "fsdp" and dist.is_initialized():  # also one process under a launcher (see setup_runtime)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -30,12 +30,13 @@ from transformers import PreTrainedTokenizerBase
 from meter.config import Config
 from meter.data.bad_samples import BadSampleBudget
 from meter.data.collate import Collate
+from meter.data.shared_rows import to_device
 from meter.data.stream import BatchStream
 from meter.errors import MeterError
 from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
-from meter.train.distributed import all_reduce, distribute, gradient_sync, local
+from meter.train.distributed import all_reduce, distribute, gradient_sync, local, uses_cuda_graphs
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
 from meter.train.run_folder import finish_run, open_run_folder
@@ -58,10 +59,6 @@ class Task(Protocol):
     def __call__(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor | float]]: ...
 
     def describe(self) -> ModelFolder: ...
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 def draw_step(
@@ -216,6 +213,7 @@ def fit(
         bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
                    disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip
         max_norm = train.clip_grad if train.clip_grad > 0 else math.inf  # inf: measure the norm, do not clip
+        cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
         window = Window()
         task.train()
         try:
@@ -227,6 +225,8 @@ def fit(
                 loss_keys: list[str] = []
                 for index, batch in enumerate(micro_batches):
                     batch = to_device(batch, runtime.device) | {"loss_denominators": denominators}
+                    if cuda_graphs:  # the graphs' outputs of the last pass may be overwritten from here on
+                        torch.compiler.cudagraph_mark_step_begin()
                     with gradient_sync(wrapped, index == len(micro_batches) - 1):
                         with runtime.autocast():
                             losses, report = wrapped(batch)

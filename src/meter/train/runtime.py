@@ -40,6 +40,11 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+def is_main_process() -> bool:
+    """The first process of a launcher's group (torchrun sets RANK), or a process alone."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def pick_device(name: str) -> torch.device:
     if name not in DEVICES:
         raise ConfigError(f"train.device = {name!r}; choose one of: {', '.join(DEVICES)}")
@@ -70,11 +75,16 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(cfg.device)
+    if cfg.deterministic:  # cuBLAS reads it when its first handle is made: deterministic matrix products
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # TF32 for the products autocast leaves in fp32; train.precision=fp32 asks for fp32 itself (the advice
+        # the loop gives after non-finite steps)
+        tf32 = cfg.precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     # a launcher's rendezvous (torchrun, or srun with MASTER_ADDR) with train.parallel=fsdp: a group even of one
     # process, so that FSDP2 shards on one GPU as on many (what a single-GPU debugging run of a sharded job wants)
     launched_sharded = cfg.parallel == "fsdp" and "MASTER_ADDR" in os.environ
