@@ -4,6 +4,8 @@
     python benchmarks/train_step.py --device cuda    # the paper's config: CLIP-ViT-B/16 at 288 px + RoBERTa-base +
                                                      # 6 co-attention layers, batch 128, bf16; prints MFU as well
     python benchmarks/train_step.py --device cuda --compile   # adds a row for meter with train.compile
+    python benchmarks/train_step.py --device cuda --compile --compile-mode default reduce-overhead --only-meter
+                                                     # a row per torch.compile mode (reduce-overhead: CUDA graphs)
 
 Both models get the same widths and depths, random initialisation from a config (nothing is downloaded), AdamW
 (fused on CUDA), gradient clipping, and the very same batches: real shapes-world captions and images, with MLM masks
@@ -47,13 +49,13 @@ from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import read_karpathy
 from meter.data.images import image_transform
 from meter.data.shapes import WorldSpec, generate
+from meter.data.shared_rows import to_device
 from meter.data.tokenizers import load_tokenizer
 from meter.models.meter import build_meter
 from meter.objectives.randomness import StepRandomness
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks.pretrain import PretrainTask
-from meter.train.distributed import compile_parts
-from meter.train.loop import to_device
+from meter.train.distributed import COMPILE_MODES, compile_parts
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 # dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
@@ -229,15 +231,20 @@ def optimizer_for(module: nn.Module, device: torch.device) -> torch.optim.AdamW:
                              fused=device.type == "cuda")  # fmt: skip
 
 
-def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, compiled: bool) -> Callable:
+def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, compile_mode: str | None) -> Callable:
+    """`compile_mode`: None for eager, else torch.compile's mode (as train.compile_mode)."""
+
     def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
         task = meter_task(shape, tokenizer, vocab).to(runtime.device).train()
-        if compiled:
-            compile_parts(task)
+        if compile_mode:
+            compile_parts(task, compile_mode)
+        graphs = compile_mode in ("reduce-overhead", "max-autotune")
         optimizer = optimizer_for(task, runtime.device)
 
         def step(batch: dict[str, Any]) -> None:
             batch = to_device(batch, runtime.device)
+            if graphs:  # as the training loop does
+                torch.compiler.cudagraph_mark_step_begin()
             with runtime.autocast():
                 losses, _ = task(batch)
             loss = sum(losses.values())
@@ -324,22 +331,25 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
     baseline = Result("BridgeTower (HF)", error="not run")
     if not args.only_meter:
         baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
-    ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, False), batches, args, device)
+    ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, None), batches, args, device)
     results = [ours]
-    if args.compile:
-        compiled = measure("meter (compiled)", meter_builder(shape, tokenizer, vocab, runtime, True), batches, args,
-                           device, count_flops=False)  # fmt: skip
+    for mode in args.compile_mode if args.compile else []:
+        name = "meter (compiled)" if mode == "default" else f"meter ({mode})"
+        compiled = measure(name, meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device,
+                           count_flops=False)  # fmt: skip
         compiled.flops_per_step = ours.flops_per_step
         results.append(compiled)
     print_table([*results, baseline], baseline, shape.batch, device)
     if args.profile:
-        profile_step(meter_builder(shape, tokenizer, vocab, runtime, False), batches, args, device)
+        mode = args.compile_mode[0] if args.profile == "compiled" else None
+        profile_step(meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device, args.profile)
     return baseline
 
 
 def profile_step(build: Callable, batches: list[dict[str, Any]], args: argparse.Namespace,
-                 device: torch.device) -> None:  # fmt: skip
-    """Where meter's eager step spends its time: the operators of 3 steps by their own device time."""
+                 device: torch.device, kind: str) -> None:  # fmt: skip
+    """Where meter's step (eager or compiled) spends its time: the operators (kernels, when compiled) of 3 steps by
+    their own device time."""
     from torch.profiler import ProfilerActivity, profile
 
     release_memory(device)
@@ -351,7 +361,7 @@ def profile_step(build: Callable, batches: list[dict[str, Any]], args: argparse.
         for k in range(3):
             step(batches[k % len(batches)])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nmeter (eager), 3 steps, operators by {sort}:")
+    print(f"\nmeter ({kind}), 3 steps, operators by {sort}:")
     print(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60))
     del module, step
     release_memory(device)
@@ -365,7 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with torch.compile")
-    parser.add_argument("--profile", action="store_true", help="then profile meter's eager step (top operators)")
+    parser.add_argument(
+        "--compile-mode",
+        nargs="+",
+        default=["default"],
+        choices=COMPILE_MODES,
+        help="with --compile: a row for each torch.compile mode (default: default)",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="eager",
+        choices=["eager", "compiled"],
+        help="then profile meter's step, eager (the default) or compiled (the first --compile-mode)",
+    )
     parser.add_argument("--only-meter", action="store_true", help="skip the BridgeTower baseline")
     parser.add_argument("--pageable", action="store_true", help="CUDA: batches in pageable memory (default: pinned)")
     args = parser.parse_args(argv)
