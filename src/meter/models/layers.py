@@ -27,9 +27,9 @@ class KeyValues(NamedTuple):
 
 def key_padding_mask(mask: Tensor | None) -> Tensor | None:
     """(B, L) 1/0 key mask -> the boolean (B, 1, 1, L) mask SDPA broadcasts; None when nothing is padded. On an
-    accelerator the mask is kept as it is: looking would cost a host sync (and a graph break under torch.compile),
-    and an all-true mask gives the same attention."""
-    if mask is None or (mask.device.type == "cpu" and bool(mask.all())):
+    accelerator, or under torch.compile, the mask is kept as it is: looking would cost a host sync (or a graph
+    break), and an all-true mask gives the same attention."""
+    if mask is None or (mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all())):
         return None
     return mask.bool()[:, None, None, :]
 
