@@ -50,8 +50,8 @@ from meter.data.formats.captions import read_karpathy
 from meter.data.images import image_transform
 from meter.data.shapes import WorldSpec, generate
 from meter.data.shared_rows import to_device
-from meter.data.tokenizers import load_tokenizer
 from meter.models.meter import build_meter
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.randomness import StepRandomness
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks.pretrain import PretrainTask

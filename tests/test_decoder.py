@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from meter.config import Config, DecoderConfig
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.models.decoder import Decoder
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.generation import beam_search, generate, greedy_search
 from meter.models.layers import key_padding_mask
 from meter.models.meter import build_meter
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.span import add_sentinels
 from meter.tasks.build import tokenizer_path
 from meter.train.optim import parameter_groups

@@ -9,7 +9,7 @@ import torch
 
 from meter.config import Config
 from meter.data.collate import Collate
-from meter.data.tokenizers import load_tokenizer
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.mlm import IGNORE
 from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness

@@ -14,11 +14,11 @@ import torch
 
 from meter.cli import main as meter_main
 from meter.config import Config
-from meter.data.tokenizers import load_tokenizer
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.fusion import FUSIONS
 from meter.models.meter import build_meter
 from meter.models.text import TEXT
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.models.vision import VISION
 from meter.objectives.span import add_sentinels
 from meter.tasks.build import tokenizer_path

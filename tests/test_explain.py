@@ -10,10 +10,10 @@ from PIL import Image
 
 from meter.cli import main
 from meter.config import load_config
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.explain import HeatMap, explain_batch, model_view, overlay
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.predictor import Predictor
 from meter.tasks.build import build_model
 from tests.conftest import MICRO

@@ -13,11 +13,11 @@ from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from meter.config import Config, load_config
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.models.folder import EXPORT, WEIGHTS, ModelFolder, read_model_folder, save_model_folder
 from meter.models.layers import SelfProjections
 from meter.models.meter import build_meter
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.runs import run_finetune
 from meter.tasks.build import build_model, load_for_eval, task_tokenizer, tokenizer_path
 

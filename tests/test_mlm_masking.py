@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from meter.data.collate import Collate
-from meter.data.tokenizers import load_tokenizer, train_tokenizer
+from meter.data.tokenizers import train_tokenizer
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.mlm import IGNORE, mask_tokens
 from meter.objectives.randomness import SampleRandomness
 

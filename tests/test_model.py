@@ -5,9 +5,9 @@ import torch
 
 from meter.config import Config
 from meter.data.collate import Collate
-from meter.data.tokenizers import load_tokenizer
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.meter import build_meter
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.tasks.build import tokenizer_path
 
 

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from meter.config import Config, load_config
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import DataError
 from meter.models.folder import (
     ModelFolder,
@@ -19,6 +18,7 @@ from meter.models.folder import (
     save_model_folder,
 )
 from meter.models.meter import build_meter
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.runs import run_pretrain
 from meter.tasks.build import tokenizer_path
 

@@ -7,8 +7,8 @@ import torch
 
 from meter.config import load_config
 from meter.data.collate import Collate
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.models.vision import build_vision
 from meter.objectives.itm import itm_pairing
 from meter.objectives.mim import (

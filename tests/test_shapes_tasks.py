@@ -10,8 +10,8 @@ from meter.data.formats.nlvr2 import read_nlvr2
 from meter.data.formats.snli_ve import SNLI_VE_LABELS, read_snli_ve
 from meter.data.shapes import WorldSpec, generate, generate_tasks, tasks_generated
 from meter.data.shapes.statements import MATERIALS, PROPERTIES
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import DataError
+from meter.models.tokenizer_folder import load_tokenizer
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from meter.data.formats.vqa import read_vqa
 from meter.data.shapes import WorldSpec, generate
 from meter.data.shapes.language import plural
 from meter.data.shapes.scene import COLORS, SHAPES, Scene, ShapeObject, render
-from meter.data.tokenizers import load_tokenizer
+from meter.models.tokenizer_folder import load_tokenizer
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from meter.data.collate import Collate
 from meter.data.loader_watch import watched_batches
 from meter.data.shared_rows import SharedRows, compacting, moved, restored, to_device
-from meter.data.tokenizers import load_tokenizer
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.tasks.build import tokenizer_path
 
 IMAGE = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8)

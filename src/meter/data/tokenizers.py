@@ -3,7 +3,7 @@
 Two kinds, the two families of the study's text encoders:
 - `wordpiece`: BERT-style (lower-cased, `[CLS] ... [SEP]`, `##` continuation pieces);
 - `bpe`: RoBERTa-style byte-level BPE (`<s> ... </s>`, `Ġ` marks a leading space).
-Both load back with `AutoTokenizer.from_pretrained(folder, local_files_only=True)`.
+Both load back with `meter.models.tokenizer_folder.load_tokenizer(folder)`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase, RobertaTokenizerFast
-
-from meter.errors import DataError
+from transformers import BertTokenizerFast, PreTrainedTokenizerBase, RobertaTokenizerFast
 
 TOKENIZER_KINDS = ("wordpiece", "bpe")
 
@@ -86,28 +84,4 @@ def train_tokenizer(
         raise ValueError(f"tokenizer kind {kind!r} is not one of {TOKENIZER_KINDS}")
     tokenizer = trainer(texts, vocab_size)
     tokenizer.save_pretrained(str(out))
-    return tokenizer
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
-
-
-def has_tokenizer(path: str | Path) -> bool:
-    """Whether a folder holds tokenizer files (an imported model folder may not)."""
-    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Loads a Hugging Face tokenizer from a local folder; never from a hub."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(
-            f"tokenizer folder not found: {path} (give a local Hugging Face tokenizer folder, e.g. the"
-            " `tokenizers/wordpiece` folder that `meter prepare shapes` writes)"
-        )
-    if not has_tokenizer(path):
-        raise DataError(f"{path}: no tokenizer files in this folder (looked for {', '.join(TOKENIZER_FILES)})")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if not tokenizer.is_fast:
-        raise DataError(f"{path}: meter needs a fast tokenizer (tokenizer.json) for whole-word masking")
     return tokenizer

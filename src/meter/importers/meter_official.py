@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
-from meter.data.tokenizers import has_tokenizer, load_tokenizer
 from meter.errors import DataError
 from meter.importers.official_layout import VISION, OfficialLayout, read_layout
 from meter.importers.safe_load import read_checkpoint, state_dict_of
 from meter.models.folder import ModelFolder, export_model_folder
 from meter.models.meter import Meter, build_meter
+from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 

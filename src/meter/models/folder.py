@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
-from meter.config import Config, config_from_dict, to_dict
-from meter.data.tokenizers import has_tokenizer, load_tokenizer
+from meter.config import config_from_dict
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import record_checksums, verify_checksums
 from meter.models.class_rows import current_classes, in_current_order, saved_classes
+from meter.models.folder_description import ModelFolder
 from meter.models.meter import Meter, build_meter
 from meter.models.model_card import model_card
+from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -44,32 +44,6 @@ TEXT_CONFIG = "text_encoder"
 MODEL_CARD = "README.md"
 EXPORT = "model"  # a training run's final model, under its output folder
 Weights = dict[str, torch.Tensor]
-
-
-@dataclass
-class ModelFolder:
-    config: Config
-    heads: dict[str, int]
-    answers: list[str] = field(default_factory=list)  # VQA: the answer of each classifier row
-    token_types: int = 2
-    source: str = ""  # where the weights came from, for the model card
-    notes: list[str] = field(default_factory=list)  # what a reader of the card should know (import reports)
-    classes: dict[str, list[str]] = field(default_factory=dict)  # the class of each classifier row (default: today's)
-
-    def __post_init__(self) -> None:
-        self.classes = self.classes or current_classes(self.heads)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": "meter-model",
-            "config": to_dict(self.config),
-            "heads": self.heads,
-            "answers": self.answers,
-            "token_types": self.token_types,
-            "source": self.source,
-            "notes": self.notes,
-            "classes": self.classes,
-        }
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from meter.models.vision import resolve_vision
 
 if TYPE_CHECKING:
     from meter.config import DecoderConfig
-    from meter.models.folder import ModelFolder
+    from meter.models.folder_description import ModelFolder
     from meter.models.meter import Meter
 
 # head kind -> what a model carrying it is for

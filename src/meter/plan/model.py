@@ -16,11 +16,11 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from meter.config import Config
-from meter.data.tokenizers import has_tokenizer, load_tokenizer
 from meter.errors import ConfigError, MeterError
 from meter.models.folder import TEXT_CONFIG, read_model_folder
 from meter.models.meter import Meter, build_meter, parameter_counts
 from meter.models.text import TEXT, text_config
+from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
 from meter.objectives.mim import PixelDecoder, mim_patch_size
 from meter.objectives.span import SENTINELS, add_sentinels
 from meter.plan.memory import Layers, ModelShape

@@ -15,7 +15,6 @@ from meter.data.augment import build_augmentation
 from meter.data.datasets import ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
-from meter.data.tokenizers import load_tokenizer
 from meter.errors import ConfigError
 from meter.models.checksums import verify_checksums
 from meter.models.folder import (
@@ -29,6 +28,7 @@ from meter.models.folder import (
 from meter.models.init_from import finetune_model_config, vision_adapter
 from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
+from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.span import add_sentinels
 
 log = logging.getLogger(__name__)
