@@ -5,6 +5,7 @@
                                                      # 6 co-attention layers, batch 128, bf16; prints MFU as well
     python benchmarks/train_step.py --device cuda --compile   # adds a row for meter with train.compile
     python benchmarks/train_step.py --device cuda --compile --compile-mode default reduce-overhead --only-meter
+    python benchmarks/train_step.py --preset paper --recompute --only-meter  # adds activation checkpointing's row
                                                      # a row per torch.compile mode (reduce-overhead: CUDA graphs)
 
 Both models get the same widths and depths, random initialisation from a config (nothing is downloaded), AdamW
@@ -56,6 +57,7 @@ from meter.objectives.randomness import StepRandomness
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks.pretrain import PretrainTask
 from meter.train.distributed import COMPILE_MODES, compile_parts
+from meter.train.recompute import recompute_layers
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 # dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
@@ -231,11 +233,15 @@ def optimizer_for(module: nn.Module, device: torch.device) -> torch.optim.AdamW:
                              fused=device.type == "cuda")  # fmt: skip
 
 
-def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, compile_mode: str | None) -> Callable:
-    """`compile_mode`: None for eager, else torch.compile's mode (as train.compile_mode)."""
+def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, compile_mode: str | None,
+                  recompute: bool = False) -> Callable:  # fmt: skip
+    """`compile_mode`: None for eager, else torch.compile's mode (as train.compile_mode); `recompute`: activation
+    checkpointing (as train.activation_checkpointing)."""
 
     def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
         task = meter_task(shape, tokenizer, vocab).to(runtime.device).train()
+        if recompute:
+            recompute_layers(task)
         if compile_mode:
             compile_parts(task, compile_mode)
         graphs = compile_mode in ("reduce-overhead", "max-autotune")
@@ -333,6 +339,11 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
         baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
     ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, None), batches, args, device)
     results = [ours]
+    if args.recompute:
+        recomputing = measure("meter (recomputing)", meter_builder(shape, tokenizer, vocab, runtime, None, True),
+                              batches, args, device, count_flops=False)  # fmt: skip
+        recomputing.flops_per_step = ours.flops_per_step  # the useful FLOPs: MFU counts the recomputation as waste
+        results.append(recomputing)
     for mode in args.compile_mode if args.compile else []:
         name = "meter (compiled)" if mode == "default" else f"meter ({mode})"
         compiled = measure(name, meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device,
@@ -390,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         help="then profile meter's step, eager (the default) or compiled (the first --compile-mode)",
     )
     parser.add_argument("--only-meter", action="store_true", help="skip the BridgeTower baseline")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="also time meter with activation checkpointing (train.activation_checkpointing)",
+    )
     parser.add_argument("--pageable", action="store_true", help="CUDA: batches in pageable memory (default: pinned)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)

@@ -24,6 +24,9 @@ from tests.runner import EXACT, pretrain_args, run_meter
 from tests.test_shared_rows import IMAGE, Questions
 
 NO_DROPOUT = [o for o in EXACT if o != "train.device=cpu"]
+TWO_LAYERS = ["model.vision.timm_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 16}",
+              "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size:"
+              " 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}", "model.fusion.layers=2"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 LOSSES = ["train/mlm_loss", "train/itm_loss", "train/mim_loss"]
@@ -75,11 +78,14 @@ def test_the_pretraining_forward_and_backward_never_wait_for_the_device(micro_co
     assert all(p.grad is not None for p in task.model.fusion.parameters())
 
 
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_training_matches_eager_training_in_bf16(micro_config, tmp_path, mode: str):
-    """reduce-overhead replays CUDA graphs: the text encoder and the fusion run twice a step (MLM and ITM)."""
+@pytest.mark.parametrize(("mode", "recompute"), [("default", False), ("reduce-overhead", False), ("default", True)])
+def test_compiled_training_matches_eager_training_in_bf16(micro_config, tmp_path, mode: str, recompute: bool):
+    """reduce-overhead replays CUDA graphs: the text encoder and the fusion run twice a step (MLM and ITM); with
+    activation checkpointing, the compiled layers recompute in the backward (two layers per stack, so that some do)."""
     steps = ["train.max_steps=4", "objectives.mim=1", *NO_DROPOUT]  # compiled dropout draws differently
-    eager = _pretrain(micro_config, tmp_path / "eager", *steps)
+    if recompute:
+        steps += [*TWO_LAYERS, "train.activation_checkpointing=true"]
+    eager = _pretrain(micro_config, tmp_path / "eager", *[s for s in steps if "checkpointing" not in s])
     compiled = _pretrain(micro_config, tmp_path / "compiled", *steps, "train.compile=true",
                          f"train.compile_mode={mode}")  # fmt: skip
     for key in LOSSES:

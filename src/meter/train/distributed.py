@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
+from meter.train.recompute import recompute_layers, repeated_layers
 from meter.train.runtime import Runtime
 
 PARALLEL = ("ddp", "fsdp")
@@ -58,24 +59,16 @@ def compile_parts(task: nn.Module, mode: str = "default") -> None:
         part.compile(mode=None if mode == "default" else mode)
 
 
-def _layer_stacks(module: nn.Module) -> list[nn.Module]:
-    """The repeated layers of every stack (timm blocks, transformers layers, fusion layers), innermost first:
-    FSDP2's units. A stack is a ModuleList/Sequential of two or more modules of one class with parameters."""
-    units = []
-    for child in module.modules():
-        if isinstance(child, nn.ModuleList | nn.Sequential) and len(child) > 1:
-            layers = list(child)
-            if len({type(layer) for layer in layers}) == 1 and any(True for _ in layers[0].parameters()):
-                units += layers
-    return units[::-1]
-
-
 def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Module:
     """Returns what the loop calls: the task itself, DDP around it, or the task sharded in place by FSDP2.
 
     Checkpoints, the optimizer and the model's own methods keep using `task` (FSDP2 shards it in place; DDP holds
     the same parameters)."""
     check_parallel(train.parallel)
+    if train.activation_checkpointing:
+        layers = recompute_layers(task)
+        if runtime.is_main:
+            log.info("activation checkpointing: %d layers recompute their activations in the backward", layers)
     if train.compile:
         compile_parts(task, train.compile_mode)
     if train.parallel == "fsdp" and dist.is_initialized():  # also one process under a launcher (see setup_runtime)
@@ -83,7 +76,7 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(runtime.device.type, (runtime.world,))
-        units = _layer_stacks(task)
+        units = repeated_layers(task)
         for unit in units:
             fully_shard(unit, mesh=mesh)
         fully_shard(task, mesh=mesh)

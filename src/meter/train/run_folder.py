@@ -46,7 +46,7 @@ PLANNED_BY_OTHERS = frozenset({"study_run.json"})
 MAY_DIFFER_ON_RESUME = frozenset(
     {"train.out", "train.stop_at", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
      "train.export", "train.eval_batch_size", "train.max_nonfinite_steps", "data.num_workers", "data.image_cache_mb",
-     "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels"}
+     "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels", "train.activation_checkpointing"}
 )  # fmt: skip
 
 
