@@ -19,6 +19,13 @@ EXACT = [
     "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,"
     " hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
 ]
+# with EXACT: two layers in every stack, so that activation checkpointing has layers to recompute
+TWO_LAYERS = [
+    "model.vision.timm_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 16}",
+    "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64,"
+    " hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+    "model.fusion.layers=2",
+]
 
 
 def environment() -> dict[str, str]:

@@ -11,7 +11,7 @@ from meter.config import Config, load_config
 from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
 from meter.train.metrics_log import read_metrics
-from tests.runner import EXACT, pretrain_args, run_meter
+from tests.runner import EXACT, TWO_LAYERS, pretrain_args, run_meter
 
 COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
           "objectives.itm_group_size=4"]  # fmt: skip
@@ -87,12 +87,9 @@ def test_fsdp_in_one_process_under_torchrun_shards_and_makes_the_loss_curve_of_o
 def test_two_fsdp_processes_recomputing_activations_make_the_loss_curve_of_one_plain_process(shapes_world, tmp_path):
     """FSDP2's units are the layers that recompute: each one's parameters are gathered again for the recomputation
     in the backward."""
-    deeper = ["model.vision.timm_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 16}",
-              "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size:"
-              " 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}", "model.fusion.layers=2"]  # fmt: skip
-    run_meter(pretrain_args(shapes_world, tmp_path / "one", *COMMON, *deeper, "train.batch_size=16"))
+    run_meter(pretrain_args(shapes_world, tmp_path / "one", *COMMON, *TWO_LAYERS, "train.batch_size=16"))
     out = tmp_path / "fsdp"
-    done = run_meter(pretrain_args(shapes_world, out, *COMMON, *deeper, "train.batch_size=8", "train.parallel=fsdp",
+    done = run_meter(pretrain_args(shapes_world, out, *COMMON, *TWO_LAYERS, "train.batch_size=8", "train.parallel=fsdp",
                                    "train.activation_checkpointing=true"), processes=2)  # fmt: skip
     assert "activation checkpointing: 8 layers recompute" in done.stderr, done.stderr[-2000:]
     _assert_same_curve(tmp_path / "one", out, range(1, 7))

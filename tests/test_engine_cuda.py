@@ -20,13 +20,10 @@ from meter.train.checkpoint import TASK_WEIGHTS
 from meter.train.metrics_log import read_metrics
 from meter.train.optim import build_optimizer
 from tests.batches import pretraining_batch
-from tests.runner import EXACT, pretrain_args, run_meter
+from tests.runner import EXACT, TWO_LAYERS, pretrain_args, run_meter
 from tests.test_shared_rows import IMAGE, Questions
 
 NO_DROPOUT = [o for o in EXACT if o != "train.device=cpu"]
-TWO_LAYERS = ["model.vision.timm_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 16}",
-              "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size:"
-              " 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}", "model.fusion.layers=2"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 LOSSES = ["train/mlm_loss", "train/itm_loss", "train/mim_loss"]

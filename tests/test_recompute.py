@@ -15,6 +15,7 @@ from meter.runs import run_pretrain
 from meter.train.metrics_log import read_metrics
 from meter.train.recompute import innermost, recompute_layers, repeated_layers
 from tests.batches import pretraining_batch
+from tests.runner import EXACT, TWO_LAYERS
 
 DEEPER = [
     "model.vision.timm_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 16}",
@@ -70,3 +71,15 @@ def test_a_run_with_activation_checkpointing_logs_the_losses_of_a_plain_run(micr
     plain, recomputed = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("plain", "recomputed"))
     keys = ["train/mlm_loss", "train/itm_loss", "train/grad_norm"]
     assert [r[k] for r in recomputed for k in keys] == pytest.approx([r[k] for r in plain for k in keys], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layers_recompute_as_the_eager_ones(micro_config: Config, tmp_path):
+    """torch.compile traces through the wrapped forwards (the recomputation becomes part of the compiled backward)."""
+    steps = [*EXACT, *TWO_LAYERS, "train.max_steps=3"]
+    run_pretrain(load_config(None, [f"train.out={tmp_path / 'eager'}", *steps], base=micro_config))
+    run_pretrain(load_config(None, [f"train.out={tmp_path / 'compiled'}", *steps, "train.compile=true",
+                                    "train.activation_checkpointing=true"], base=micro_config))  # fmt: skip
+    eager, compiled = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("eager", "compiled"))
+    keys = ["train/mlm_loss", "train/itm_loss", "train/grad_norm"]
+    assert [r[k] for r in compiled for k in keys] == pytest.approx([r[k] for r in eager for k in keys], rel=1e-4)
