@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -397,14 +398,11 @@ KINDS = [
 def print_time_by_kind(prof: Any, device: torch.device) -> None:
     """The profile's time summed by kind: GPU kernels by their own duration (no operator counted twice), or on the
     CPU each operator's self time."""
-    import re
-
     from torch.autograd import DeviceType
 
-    if device.type == "cuda":
-        items = [
-            (e.name, e.time_range.end - e.time_range.start) for e in prof.events() if e.device_type == DeviceType.CUDA
-        ]
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA] if device.type == "cuda" else []
+    if kernels:
+        items = [(e.name, e.time_range.end - e.time_range.start) for e in kernels]
     else:
         items = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     totals: dict[str, float] = {}
@@ -412,7 +410,10 @@ def print_time_by_kind(prof: Any, device: torch.device) -> None:
         kind = next((k for k, pattern in KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
         totals[kind] = totals.get(kind, 0.0) + micros
     whole = sum(totals.values()) or 1.0
-    print(f"\nby kind ({'GPU kernels' if device.type == 'cuda' else 'CPU operators'}, {whole / 3e3:.1f} ms a step):")
+    print(f"\nby kind ({'GPU kernels' if kernels else 'CPU operators'}, {whole / 3e3:.1f} ms a step):")
+    if kernels:  # idle gaps between kernels: a step the host holds up
+        span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
+        print(f"  the GPU ran kernels {whole / span:.1%} of the 3 steps' span ({span / 3e3:.1f} ms a step)")
     for kind, micros in sorted(totals.items(), key=lambda item: -item[1]):
         print(f"  {kind:<20}{micros / whole:>7.1%}{micros / 3e3:>10.1f} ms")
 
