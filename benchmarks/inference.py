@@ -4,6 +4,7 @@
     python benchmarks/inference.py --device cuda    # the paper's VQA fine-tuning setting: CLIP-ViT-B/16 at 576 px +
                                                     # RoBERTa-base + 6 co-attention layers, batch 128, bf16
     python benchmarks/inference.py --device cuda --compile   # adds a row for meter with its parts compiled
+    python benchmarks/inference.py --device cuda --compile --compile-mode default reduce-overhead  # + CUDA graphs
 
 Both models get the same widths and depths, random initialisation from a config, and the very same batches of
 shapes-world questions and images (see train_step.py). Both end in METER's VQA classifier (3,129 answers) on the
@@ -38,8 +39,9 @@ from train_step import (
 
 from meter.config import load_config
 from meter.data.shared_rows import to_device
-from meter.models.heads import classifier
+from meter.models.heads import classifier, in_fp32
 from meter.models.meter import build_meter
+from meter.train.distributed import COMPILE_MODES
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 ANSWERS = 3129  # the VQAv2 answer vocabulary of METER and ViLT
@@ -63,19 +65,25 @@ def meter_vqa(shape: Shape, vocab: int, pad_id: int) -> nn.Module:
     return build_meter(load_config(None, overrides).model, vocab, pad_id, {"vqa": ANSWERS})
 
 
-def meter_builder(shape: Shape, vocab: int, pad_id: int, runtime: Runtime, compiled: bool) -> Callable:
+def meter_builder(shape: Shape, vocab: int, pad_id: int, runtime: Runtime, compile_mode: str | None) -> Callable:
+    """`compile_mode`: None for eager, else torch.compile's mode (as train.compile_mode)."""
+
     def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
         model = meter_vqa(shape, vocab, pad_id).to(runtime.device).eval()
-        if compiled:
+        if compile_mode:
             for part in (model.vision, model.text, model.fusion):
-                part.compile()
+                part.compile(mode=None if compile_mode == "default" else compile_mode)
+        graphs = compile_mode in ("reduce-overhead", "max-autotune")
 
         @torch.inference_mode()
         def forward(batch: dict[str, Any]) -> None:
             batch = to_device(batch, runtime.device)
-            with runtime.autocast():
-                logits = model.heads["vqa"](model(batch["pixels"], batch["input_ids"], batch["attention_mask"]).joint)
-            logits.float().cpu()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with runtime.autocast():  # the head in fp32, as VqaTask.logits
+                joint = model(batch["pixels"], batch["input_ids"], batch["attention_mask"]).joint
+                logits = in_fp32(model.heads["vqa"], joint)
+            logits.cpu()
 
         return model, forward
 
@@ -110,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed forwards (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed forwards first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with its parts compiled")
+    parser.add_argument(
+        "--compile-mode",
+        nargs="+",
+        default=["default"],
+        choices=COMPILE_MODES,
+        help="with --compile: a row for each torch.compile mode (reduce-overhead: CUDA graphs)",
+    )
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -131,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"VQA inference, {shape.describe()}, {ANSWERS} answers; {args.warmup} warm-up + {args.steps} timed "
           "forwards each")  # fmt: skip
     baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
-    ours = measure("meter", meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, False), batches, args, device)
+    ours = measure("meter", meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, None), batches, args, device)
     results = [ours]
-    if args.compile:
-        compiled = measure("meter (compiled)", meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, True),
-                           batches, args, device, count_flops=False)  # fmt: skip
+    for mode in args.compile_mode if args.compile else []:
+        name = "meter (compiled)" if mode == "default" else f"meter ({mode})"
+        compiled = measure(name, meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, mode), batches, args,
+                           device, count_flops=False)  # fmt: skip
         compiled.flops_per_step = ours.flops_per_step
         results.append(compiled)
     print_table([*results, baseline], baseline, shape.batch, device)
