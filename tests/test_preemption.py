@@ -72,13 +72,26 @@ def test_a_stop_signal_that_reaches_the_data_workers_too_stops_the_run_the_same_
 
 def test_a_second_signal_while_the_checkpoint_is_written_exits_at_once_leaving_no_partial_one(shapes_world, tmp_path):
     out = tmp_path / "run"
-    faults = [f"{IN_STEP_5}:SIGTERM", "save:.step_00000005.tmp:SIGTERM"]  # the second while step 5's state is written
+    faults = [f"{IN_STEP_5}:SIGUSR1", "save:.step_00000005.tmp:SIGTERM"]  # the second while step 5's state is written
     [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out, *RUN), faults)
     assert code == PREEMPTED, stderr[-3000:]
     assert _last_line(stderr) == (f"meter: stopped at once by a second SIGTERM (a checkpoint being written was "
                                   f"dropped): the last checkpoint is {out}/checkpoints/step_00000003; continue with "
                                   f"--resume latest")  # fmt: skip
     assert _checkpoints(out) == ["step_00000003"], "no step_00000005 folder, no temporary one"
+
+
+@pytest.mark.slow
+def test_the_same_signal_delivered_twice_is_one_request(shapes_world, tmp_path):
+    """A scheduler signals every process of the job and torchrun forwards what it got: a worker sees SIGTERM twice
+    within moments. The checkpoint is still written (SIGUSR2: submitit's time-limit warning, a stop signal too)."""
+    out = tmp_path / "run"
+    for signal_name in ("SIGTERM", "SIGUSR2"):
+        faults = [f"{IN_STEP_5}:{signal_name}", f"save:.step_00000005.tmp:{signal_name}"]
+        [(code, stderr)] = run_meter_with_faults(pretrain_args(shapes_world, out / signal_name, *RUN), faults)
+        assert code == PREEMPTED, stderr[-3000:]
+        assert _last_line(stderr).startswith(f"meter: stopped by {signal_name} after step 5: checkpoint ")
+        assert _checkpoints(out / signal_name) == ["step_00000003", "step_00000005"]
 
 
 def test_ctrl_c_stops_without_a_traceback_and_names_the_last_checkpoint(shapes_world, tmp_path):

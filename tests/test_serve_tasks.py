@@ -4,8 +4,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from meter.predictor import Predictor
+from meter.serve.limits import ServeLimits
+from meter.serve.service import ModelService
 from tests.serving import IMAGE, serving, upload
 
 TEXT = "the red circle is made of wood."
@@ -61,3 +64,13 @@ def test_caption_is_written_greedy_or_by_beam_search(micro_checkpoints, shapes_t
         refused = httpx.post(f"{url}/api/caption", files=upload(image), data={"beam": "0"}, timeout=60)
     assert body["caption"] == Predictor(model, "cpu").caption(image, beam) and body["beam"] == beam
     assert refused.status_code == 422 and refused.json()["error"] == "beam 0 must be from 1 (greedy) to 8"
+
+
+def test_explain_requests_batched_together_each_get_their_own_number_of_answers(micro_checkpoints, shapes_tasks_world):
+    """The batch asks the model for its largest `top`; each request gets back as many answers as it asked for."""
+    service = ModelService(Predictor(micro_checkpoints("vqa"), "cpu"), ServeLimits())
+    image = Image.open(shapes_tasks_world / IMAGE).convert("RGB")
+    items = [(image, "what shape is it?", None, 1), (image, "what shape is it?", None, 3)]
+    (one, _), (three, _) = service.run_batch(("explain", "vqa", "gradcam"), items)
+    assert len(one.prediction["answers"]) == 1 and len(three.prediction["answers"]) == 3
+    assert one.prediction["answers"][0] == three.prediction["answers"][0]

@@ -164,7 +164,8 @@ def explain_batch(
         )
     answers = answers or [None] * len(texts)
     batch = predictor.batch_of([[image] for image in images], texts)
-    with torch.enable_grad(), record_text_to_image_attention(predictor.model) as record:
+    gradients = torch.enable_grad() if method == "gradcam" else torch.no_grad()  # raw attention needs no graph
+    with gradients, record_text_to_image_attention(predictor.model) as record:
         score, predictions = _scores(predictor, task, batch, answers, top)
         weights = record.text_to_image(batch["input_ids"].shape[1])
         grads = list(torch.autograd.grad(score.sum(), weights)) if method == "gradcam" else None

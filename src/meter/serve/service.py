@@ -166,6 +166,9 @@ class ModelService:
             task, method = settings
             images, texts, answers, tops = zip(*items, strict=True)
             maps = explain_batch(predictor, list(images), list(texts), task, method, list(answers), max(tops))
+            for heat, top in zip(maps, tops, strict=True):  # the batch asked for its largest top; each its own
+                if "answers" in heat.prediction:
+                    heat.prediction["answers"] = heat.prediction["answers"][:top]
             return [(heat, _overlays(image, heat)) for image, heat in zip(images, maps, strict=True)]
         raise ValueError(f"unknown batch kind {kind!r}")
 

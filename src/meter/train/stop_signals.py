@@ -1,11 +1,14 @@
 """Stopping a run from outside: a cluster's preemption signals, and Ctrl-C.
 
-SIGTERM (what `scancel` and a preempting scheduler send) and SIGUSR1 (what SLURM sends ahead of the time limit with
-`--signal=USR1@SECONDS`) ask the run to stop: every process finishes the optimizer step it is in; the request travels
-with the step's one reduction across processes, so all of them stop after the same step, even when only one was
-signalled; rank 0 writes a checkpoint of it; every process exits with PREEMPTED, on which a job script requeues the
-job, to go on with `--resume latest`. A second signal while that happens stops at once: the checkpoint being written
-is dropped (its temporary folder removed: never a partial step_* folder), the last complete one stays.
+SIGTERM (what `scancel` and a preempting scheduler send), SIGUSR1 (what SLURM sends ahead of the time limit with
+`--signal=USR1@SECONDS`) and SIGUSR2 (submitit's choice for that warning) ask the run to stop: every process finishes
+the optimizer step it is in; the request travels with the step's one reduction across processes, so all of them stop
+after the same step, even when only one was signalled; rank 0 writes a checkpoint of it; every process exits with
+PREEMPTED, on which a job script requeues the job, to go on with `--resume latest`. A second signal while that
+happens stops at once: the checkpoint being written is dropped (its temporary folder removed: never a partial step_*
+folder), the last complete one stays. The same signal again within REPEAT_WINDOW seconds is the first one delivered
+twice, not a second request: a scheduler signals every process of a job, and torchrun forwards the one it received
+to its workers as well.
 
 Ctrl-C (SIGINT) stops at once, with INTERRUPTED, and says where the last checkpoint is.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -22,10 +26,12 @@ from meter.errors import MeterError
 
 PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again; job scripts requeue on it
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+REPEAT_WINDOW = 5.0  # seconds
 EXIT_STATUSES = (
-    f"exit status: 0 done; 2 a config or data error (the message says which); {PREEMPTED} stopped by SIGTERM or "
-    f"SIGUSR1 after a checkpoint (requeue the job, then --resume latest); {INTERRUPTED} interrupted by Ctrl-C"
+    f"exit status: 0 done; 2 a config or data error (the message says which); {PREEMPTED} stopped by SIGTERM, "
+    f"SIGUSR1 or SIGUSR2 after a checkpoint (requeue the job, then --resume latest); {INTERRUPTED} interrupted by "
+    "Ctrl-C"
 )
 
 
@@ -46,12 +52,14 @@ class StopAtOnce(BaseException):
 
 
 class StopRequests:
-    """While entered, SIGTERM and SIGUSR1 set `received`; a second one raises StopAtOnce. The handlers are those of
-    the process that entered: data workers forked meanwhile inherit them and ignore the signals (their main process
-    stops them)."""
+    """While entered, SIGTERM, SIGUSR1 and SIGUSR2 set `received`; a second one raises StopAtOnce (but the first one
+    repeated within REPEAT_WINDOW seconds: the same request delivered twice). The handlers are those of the process
+    that entered: data workers forked meanwhile inherit them and ignore the signals (their main process stops
+    them)."""
 
     def __init__(self) -> None:
         self.received = 0  # the signal number of the first request; 0: none
+        self._received_at = 0.0
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
 
@@ -69,7 +77,9 @@ class StopRequests:
         if os.getpid() != self._pid:
             return
         if not self.received:
-            self.received = signum
+            self.received, self._received_at = signum, time.monotonic()
+            return
+        if signum == self.received and time.monotonic() - self._received_at < REPEAT_WINDOW:
             return
         raise StopAtOnce(signum)
 
