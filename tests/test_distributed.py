@@ -11,6 +11,7 @@ from meter.config import Config, load_config
 from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
 from meter.train.metrics_log import read_metrics
+from tests.conftest import MICRO
 from tests.runner import EXACT, TWO_LAYERS, pretrain_args, run_meter
 
 COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
@@ -94,3 +95,21 @@ def test_two_fsdp_processes_recomputing_activations_make_the_loss_curve_of_one_p
     assert "activation checkpointing: 8 layers recompute" in done.stderr, done.stderr[-2000:]
     _assert_same_curve(tmp_path / "one", out, range(1, 7))
     _assert_same_weights(tmp_path / "one", out)
+
+
+@pytest.mark.slow
+def test_after_a_fine_tune_of_two_processes_the_first_evaluates_and_the_other_waits_or_fails_with_it(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """Both processes train; the first alone evaluates and writes the files, the other waits for it (on a group
+    whose waits last longer than a training collective's) and stops with it if the evaluation fails."""
+    finetune = ["finetune", *MICRO, *EXACT, f"data.root={shapes_tasks_world}", "task=snli_ve", "train.max_steps=2",
+                f"train.init_from={micro_checkpoints('pretrain')}"]  # fmt: skip
+    done = run_meter([*finetune, f"train.out={tmp_path / 'good'}"], processes=2)
+    assert done.stdout.count('"accuracy"') == 1, done.stdout  # printed by the first process only
+    assert (tmp_path / "good" / "snli_ve_accuracy_dev.json").is_file()
+    failed = run_meter([*finetune, f"train.out={tmp_path / 'bad'}", "snli_ve.eval_split=nosuch"], processes=2,
+                       check=False)  # fmt: skip
+    assert failed.returncode != 0
+    assert "SNLI-VE file not found" in failed.stderr, failed.stderr[-3000:]
+    assert "the first process failed, so this one stops too: DataError" in failed.stderr, failed.stderr[-3000:]

@@ -17,8 +17,9 @@ from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import evaluate_vqa
+from meter.train.distributed import main_alone
 from meter.train.loop import fit
-from meter.train.runtime import is_main_process, setup_runtime
+from meter.train.runtime import setup_runtime
 from meter.validate import validate
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,8 @@ def downstream_task(name: str) -> Downstream:
 def evaluate_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Evaluates a model folder on cfg.task's evaluation split; writes predictions and leaderboard files to `out`.
     Under a launcher only the first process evaluates (the others would score the whole split again and write the
-    same files at the same time); the others get {}."""
-    if not is_main_process():
-        return {}
-    return downstream_task(cfg.task).evaluate(cfg, checkpoint, out)
+    same files at the same time); the others get {} when it is done (a study cell's next run needs them together)."""
+    return main_alone(lambda: downstream_task(cfg.task).evaluate(cfg, checkpoint, out), others={})
 
 
 def evaluate_vqa_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:

@@ -68,23 +68,52 @@ class ProcessHandle:
             self.process.terminate()
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this machine's processes may use, as CUDA_VISIBLE_DEVICES names them (else by index)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        import torch
+
+        return [str(index) for index in range(torch.cuda.device_count())]
+    gpus = []
+    for name in (part.strip() for part in listed.split(",")):
+        if not name or name.startswith("-"):  # CUDA reads the list up to its first invalid entry
+            break
+        gpus.append(name)
+    return gpus
+
+
 class LocalProcesses:
-    """`jobs` worker processes at a time on this machine, each with cores // jobs threads."""
+    """`jobs` worker processes at a time on this machine, each with cores // jobs threads and, where there are GPUs,
+    the least busy one of them (CUDA_VISIBLE_DEVICES): `--jobs 8` on 8 GPUs runs a cell on each."""
 
     parallel: int
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, gpus: list[str] | None = None) -> None:
         if jobs < 1:
             raise ConfigError(f"--jobs = {jobs} must be at least 1")
         self.parallel = jobs
         self.threads = max(1, cores() // jobs)
+        self.gpus = visible_gpus() if gpus is None else gpus
+        self._on_gpu: list[tuple[str, ProcessHandle]] = []  # the processes started on each GPU
 
     def submit(self, cell: CellPlan) -> ProcessHandle:
+        return self.start(worker_command(cell), Path(cell.folder) / WORKER_LOG)
+
+    def start(self, command: list[str], log_path: Path) -> ProcessHandle:
         env = {**os.environ, **thread_env(self.threads)}
-        with (Path(cell.folder) / WORKER_LOG).open("ab") as log:
-            process = subprocess.Popen(worker_command(cell), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)  # fmt: skip
-        return ProcessHandle(process)
+        gpu = None
+        if self.gpus:
+            self._on_gpu = [(g, handle) for g, handle in self._on_gpu if handle.poll() is None]
+            busy = [g for g, _ in self._on_gpu]
+            gpu = min(self.gpus, key=busy.count)  # the first of the least busy
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        handle = ProcessHandle(process)
+        if gpu is not None:
+            self._on_gpu.append((gpu, handle))
+        return handle
 
 
 def torchrun_cell(cell_file: str, processes: int, nodes: int, port: int, threads: int) -> None:

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
 from meter.train.recompute import recompute_layers, repeated_layers
-from meter.train.runtime import Runtime
+from meter.train.runtime import Runtime, is_main_process, waiting_group
 
 PARALLEL = ("ddp", "fsdp")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -142,13 +142,33 @@ def gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
-def broadcast_object(value: Any, source: int = 0) -> Any:
+def broadcast_object(value: Any, source: int = 0, group: dist.ProcessGroup | None = None) -> Any:
     """Process `source`'s `value` on every process (a decision one process takes for all: rank 0 reads the disk)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=source)
+    dist.broadcast_object_list(box, src=source, group=group)
     return box[0]
+
+
+def main_alone(work: Callable[[], T], others: T) -> T:
+    """`work()` on the first process alone (an evaluation that writes files) while the others wait for it, however
+    long (the waiting group's day, not a training collective's minutes); they get `others`. An error it raised is
+    raised on every process, so that all of them go on, or stop, together."""
+    main = is_main_process()
+    failure: BaseException | None = None
+    result = others
+    if main:
+        try:
+            result = work()
+        except Exception as error:
+            failure = error
+    told = broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}", group=waiting_group())
+    if failure is not None:
+        raise failure
+    if told is not None:
+        raise MeterError(f"the first process failed, so this one stops too: {told}")
+    return result
 
 
 def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -15,6 +16,8 @@ from meter.config import TrainConfig
 from meter.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+WAIT_FOR_MAIN = timedelta(days=1)  # see waiting_group
+_WAITING: dist.ProcessGroup | None = None  # a gloo group of every process, for waits longer than a collective's
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -90,6 +93,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     launched_sharded = cfg.parallel == "fsdp" and "MASTER_ADDR" in os.environ
     if (world > 1 or launched_sharded) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        global _WAITING
+        _WAITING = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
@@ -98,6 +103,14 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     )
 
 
+def waiting_group() -> dist.ProcessGroup | None:
+    """A gloo group of every process whose collectives wait up to a day (WAIT_FOR_MAIN): for waiting on the first
+    process while it works alone, longer than a collective of the training group may wait (NCCL: 10 minutes)."""
+    return _WAITING if dist.is_initialized() else None
+
+
 def teardown_runtime() -> None:
+    global _WAITING
+    _WAITING = None
     if dist.is_initialized():
         dist.destroy_process_group()
