@@ -41,7 +41,7 @@ from meter.config import load_config
 from meter.data.shared_rows import to_device
 from meter.models.heads import classifier, in_fp32
 from meter.models.meter import build_meter
-from meter.train.distributed import COMPILE_MODES
+from meter.train.distributed import COMPILE_MODES, CUDA_GRAPH_MODES
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 ANSWERS = 3129  # the VQAv2 answer vocabulary of METER and ViLT
@@ -73,7 +73,7 @@ def meter_builder(shape: Shape, vocab: int, pad_id: int, runtime: Runtime, compi
         if compile_mode:
             for part in (model.vision, model.text, model.fusion):
                 part.compile(mode=None if compile_mode == "default" else compile_mode)
-        graphs = compile_mode in ("reduce-overhead", "max-autotune")
+        graphs = compile_mode in CUDA_GRAPH_MODES
 
         @torch.inference_mode()
         def forward(batch: dict[str, Any]) -> None:

@@ -57,7 +57,7 @@ from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.randomness import StepRandomness
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks.pretrain import PretrainTask
-from meter.train.distributed import COMPILE_MODES, compile_parts
+from meter.train.distributed import COMPILE_MODES, CUDA_GRAPH_MODES, compile_parts
 from meter.train.recompute import recompute_layers
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
@@ -245,7 +245,7 @@ def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, co
             recompute_layers(task)
         if compile_mode:
             compile_parts(task, compile_mode)
-        graphs = compile_mode in ("reduce-overhead", "max-autotune")
+        graphs = compile_mode in CUDA_GRAPH_MODES
         optimizer = optimizer_for(task, runtime.device)
 
         def step(batch: dict[str, Any]) -> None:

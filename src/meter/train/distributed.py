@@ -30,6 +30,7 @@ from meter.train.runtime import Runtime, is_main_process, waiting_group
 
 PARALLEL = ("ddp", "fsdp")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes whose compiled code replays CUDA graphs
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -47,7 +48,7 @@ def check_compile_mode(mode: str) -> None:
 
 def uses_cuda_graphs(train: TrainConfig) -> bool:
     """Whether the compiled parts replay CUDA graphs: the loop then marks where each step begins."""
-    return train.compile and train.compile_mode in ("reduce-overhead", "max-autotune")
+    return train.compile and train.compile_mode in CUDA_GRAPH_MODES
 
 
 def compile_parts(task: nn.Module, mode: str = "default") -> None:
