@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_step import (
     PRESETS,
     Shape,
+    add_compile_mode_argument,
     bridgetower_config,
     measure,
     print_table,
@@ -41,7 +42,7 @@ from meter.config import load_config
 from meter.data.shared_rows import to_device
 from meter.models.heads import classifier, in_fp32
 from meter.models.meter import build_meter
-from meter.train.distributed import COMPILE_MODES, CUDA_GRAPH_MODES
+from meter.train.distributed import CUDA_GRAPH_MODES, compile_parts
 from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 ANSWERS = 3129  # the VQAv2 answer vocabulary of METER and ViLT
@@ -71,8 +72,7 @@ def meter_builder(shape: Shape, vocab: int, pad_id: int, runtime: Runtime, compi
     def build() -> tuple[nn.Module, Callable[[dict[str, Any]], None]]:
         model = meter_vqa(shape, vocab, pad_id).to(runtime.device).eval()
         if compile_mode:
-            for part in (model.vision, model.text, model.fusion):
-                part.compile(mode=None if compile_mode == "default" else compile_mode)
+            compile_parts(model, compile_mode)
         graphs = compile_mode in CUDA_GRAPH_MODES
 
         @torch.inference_mode()
@@ -118,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed forwards (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed forwards first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with its parts compiled")
-    parser.add_argument(
-        "--compile-mode",
-        nargs="+",
-        default=["default"],
-        choices=COMPILE_MODES,
-        help="with --compile: a row for each torch.compile mode (reduce-overhead: CUDA graphs)",
-    )
+    add_compile_mode_argument(parser)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"

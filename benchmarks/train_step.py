@@ -244,7 +244,7 @@ def meter_builder(shape: Shape, tokenizer: Any, vocab: int, runtime: Runtime, co
         if recompute:
             recompute_layers(task)
         if compile_mode:
-            compile_parts(task, compile_mode)
+            compile_parts(task.model, compile_mode)
         graphs = compile_mode in CUDA_GRAPH_MODES
         optimizer = optimizer_for(task, runtime.device)
 
@@ -418,6 +418,16 @@ def print_time_by_kind(prof: Any, device: torch.device) -> None:
         print(f"  {kind:<20}{micros / whole:>7.1%}{micros / 3e3:>10.1f} ms")
 
 
+def add_compile_mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile-mode",
+        nargs="+",
+        default=["default"],
+        choices=COMPILE_MODES,
+        help="with --compile: a row for each torch.compile mode (reduce-overhead: CUDA graphs)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -426,13 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with torch.compile")
-    parser.add_argument(
-        "--compile-mode",
-        nargs="+",
-        default=["default"],
-        choices=COMPILE_MODES,
-        help="with --compile: a row for each torch.compile mode (default: default)",
-    )
+    add_compile_mode_argument(parser)
     parser.add_argument(
         "--profile",
         nargs="?",

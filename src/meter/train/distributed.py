@@ -51,11 +51,10 @@ def uses_cuda_graphs(train: TrainConfig) -> bool:
     return train.compile and train.compile_mode in CUDA_GRAPH_MODES
 
 
-def compile_parts(task: nn.Module, mode: str = "default") -> None:
-    """Compiles the model's big parts in place (state-dict keys stay the same); the task's own Python (losses, the
-    selection of labelled positions) stays eager."""
+def compile_parts(model: nn.Module, mode: str = "default") -> None:
+    """Compiles a model's big parts (vision, text, fusion) in place (state-dict keys stay the same); the task's own
+    Python around them (losses, the selection of labelled positions) stays eager."""
     check_compile_mode(mode)
-    model = task.model
     for part in (model.vision, model.text, model.fusion):
         part.compile(mode=None if mode == "default" else mode)
 
@@ -71,7 +70,7 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
         if runtime.is_main:
             log.info("activation checkpointing: %d layers recompute their activations in the backward", layers)
     if train.compile:
-        compile_parts(task, train.compile_mode)
+        compile_parts(task.model, train.compile_mode)
     if train.parallel == "fsdp" and dist.is_initialized():  # also one process under a launcher (see setup_runtime)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
