@@ -38,6 +38,18 @@ def test_a_search_needs_a_selection_split_for_every_task(tmp_path):
         study_from_dict(micro_study(tmp_path, search={"train.lr": [1e-4, 2e-4]}))
 
 
+def test_a_stop_warning_that_leaves_no_time_or_exceeds_the_time_limit_is_refused(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"slurm\.stop_s = 10 must be at least 30"):
+        study_from_dict(micro_study(tmp_path, slurm={"stop_s": 10}))
+    with pytest.raises(ConfigError, match=r"slurm\.stop_s = 600 .* under slurm\.time_min \(10 min\)"):
+        study_from_dict(micro_study(tmp_path, slurm={"time_min": 10, "stop_s": 600}))
+    with pytest.raises(ConfigError, match=r"slurm\.requeues = -1 must be at least 0"):
+        study_from_dict(micro_study(tmp_path, slurm={"requeues": -1}))
+    path = write_study(tmp_path / "study.yaml", micro_study(tmp_path))  # the command line's time limit is checked too
+    assert main(["study", "run", str(path), "--out", str(tmp_path / "out"), "--time-min", "1"]) == 2
+    assert "slurm.stop_s = 120 must be at least 30" in capsys.readouterr().err
+
+
 def test_a_variant_without_a_name_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match=r"variants\[0\]\.name is empty"):
         study_from_dict(micro_study(tmp_path, variants=[{"overrides": ["model.fusion=merged"]}]))

@@ -45,11 +45,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def _slurm(args: argparse.Namespace, defaults: dict) -> object:
-    from meter.study.spec import SlurmSpec
+    from meter.study.spec import SlurmSpec, check_slurm
 
     given = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "nodes": args.nodes,
              "time_min": args.time_min, "cpus_per_task": args.cpus_per_task}  # fmt: skip
-    return SlurmSpec(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    settings = SlurmSpec(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    check_slurm(settings)
+    return settings
 
 
 def run_action(args: argparse.Namespace) -> int:
@@ -86,14 +88,18 @@ def run_action(args: argparse.Namespace) -> int:
     import dataclasses
 
     from meter.study.execute import run_study
+    from meter.train.stop_signals import PREEMPTED
 
     slurm = _slurm(args, dataclasses.asdict(spec.slurm))
     outcome = run_study(spec, args.out, args.executor, args.jobs, args.only, slurm, report=not args.no_report)
+    stopped = f", {len(outcome.stopped)} stopped (they resume on the next run)" if outcome.stopped else ""
     print(f"study {spec.name}: {len(outcome.ran)} cells ran, {len(outcome.skipped_done)} were done, "
-          f"{len(outcome.failed)} failed; report: {args.out}/report.md, report.html")  # fmt: skip
+          f"{len(outcome.failed)} failed{stopped}; report: {args.out}/report.md, report.html")  # fmt: skip
     for name, error in outcome.failed.items():
         print(f"  failed: {name}: {error}")
-    return 1 if outcome.failed else 0
+    for name, why in outcome.stopped.items():
+        print(f"  stopped: {name}: {why}")
+    return 1 if outcome.failed else PREEMPTED if outcome.stopped else 0
 
 
 def _check(spec: object, out: str) -> int:

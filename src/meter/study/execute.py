@@ -3,30 +3,40 @@ allows, a cell after the cells whose pretraining it uses; then write the report.
 
 A cell that finished is not run again; one that was interrupted or failed runs again and resumes its runs from their
 checkpoints (finished runs are kept); one whose worker is alive elsewhere (another `meter study run`, a queued
-Slurm job) is left to it. A cell that fails is recorded with its error and the others go on.
+Slurm job) is left to it. A cell that fails is recorded with its error and the others go on. A cell whose worker was
+asked to stop (a preemption signal) stopped after a checkpoint and resumes on the next run.
+
+Interrupted itself (Ctrl-C, SIGTERM), `meter study run` asks its local workers to stop after a checkpoint and waits
+for them (up to STOP_WAIT_S; Ctrl-C again leaves them), so that a run started right after finds every cell stopped.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meter.errors import ConfigError
 from meter.study.cells import CellPlan, StudyPlan, plan_study
-from meter.study.executors import EXECUTORS, LocalProcesses, Submitit
+from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit
 from meter.study.records import read_status, record_lost_worker, run_done, status_alive
 from meter.study.spec import SlurmSpec, StudySpec
 
 log = logging.getLogger(__name__)
+STOP_WAIT_S = 600.0  # for local workers asked to stop: the step they are in, then their checkpoint
 
 
 @dataclass
 class Outcome:
     ran: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    stopped: dict[str, str] = field(default_factory=dict)  # asked to stop by a signal: resume on the next run
     skipped_done: list[str] = field(default_factory=list)
     skipped_running: list[str] = field(default_factory=list)
 
@@ -80,8 +90,12 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 seconds = time.perf_counter() - began
                 if reason:
                     record_lost_worker(cell.folder, reason)
-                errors = read_status(cell.folder).get("errors", {})
-                if errors or reason:
+                status = read_status(cell.folder)
+                errors = status.get("errors", {})
+                if status.get("state") == "stopped":
+                    outcome.stopped[name] = f"{status.get('run')}: {status.get('stopped')}"
+                    log.warning("study: %s stopped after %.0f s: %s", name, seconds, outcome.stopped[name])
+                elif errors or reason:
                     outcome.failed[name] = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in
                                                      errors.items()) or reason  # fmt: skip
                     log.warning("study: %s failed after %.0f s: %s", name, seconds, outcome.failed[name])
@@ -90,9 +104,42 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
             if running:
                 time.sleep(poll_s)
     except BaseException:  # interrupted: stop the workers; their cells resume on the next run
-        for _, handle, _ in running.values():
+        handles = [handle for _, handle, _ in running.values()]
+        for handle in handles:
             handle.stop()
+        wait_for_stopped([handle for handle in handles if isinstance(handle, ProcessHandle)])
         raise
+
+
+def wait_for_stopped(handles: list[ProcessHandle], timeout_s: float = STOP_WAIT_S) -> None:
+    """Waits for workers asked to stop to write their checkpoints and end; Ctrl-C again leaves them to it."""
+    if not handles:
+        return
+    log.warning("study: waiting for %d workers to stop after a checkpoint (Ctrl-C again to leave them)", len(handles))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(handle.poll() is None for handle in handles) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        log.warning("study: left %s to stop on their own", ", ".join(handle.describe() for handle in handles))
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while scheduling, so that a terminated `meter study run` stops its workers
+    as Ctrl-C does, instead of dying and leaving them to run on."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_study(
@@ -114,7 +161,8 @@ def run_study(
     log.info("study %s: %d cells, %d done, %d to run", plan.name, len(plan.cells), len(outcome.skipped_done), len(todo))
     if todo:
         chosen = make_executor(executor, out, jobs, slurm or SlurmSpec(**plan.slurm))
-        schedule(todo, chosen, poll_s if poll_s is not None else (30.0 if executor == "slurm" else 0.5), outcome)
+        with sigterm_interrupts():
+            schedule(todo, chosen, poll_s if poll_s is not None else (30.0 if executor == "slurm" else 0.5), outcome)
     if report:
         from meter.study.report import write_report
 

@@ -3,10 +3,12 @@ executor, or Slurm), each job a torchrun of the cell's worker (`python -m meter 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,19 +118,69 @@ class LocalProcesses:
         return handle
 
 
-def torchrun_cell(cell_file: str, processes: int, nodes: int, port: int, threads: int) -> None:
-    """A submitit job: the cell's worker under torchrun, `processes` per node (one per GPU) on `nodes` nodes, each
-    with `threads` threads."""
-    import submitit
+def worker_processes(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux: read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
 
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={processes}"]
-    if nodes > 1:
-        job = submitit.JobEnvironment()
-        command += [f"--node-rank={job.node}", f"--master-addr={job.hostnames[0]}", f"--master-port={port}"]
-    else:
-        command += ["--standalone"]
-    env = {**os.environ, **thread_env(threads)}
-    subprocess.run([*command, "-m", "meter", "study", "cell", cell_file], check=True, env=env)
+
+def _ignore_warning_signal() -> None:
+    """In torchrun (before exec): SLURM sends its time-limit warning to every process of the job, and torchrun, which
+    does not handle SIGUSR2, would die of it and leave its workers; ignored, torchrun waits for them to stop. The
+    workers inherit the setting and handle the signal while they train (meter.train.stop_signals)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class TorchrunCell:
+    """A submitit job: the cell's worker under torchrun, `processes` per node (one per GPU) on `nodes` nodes, each
+    with `threads` threads. Checkpointable: ahead of the time limit, or on a preemption, submitit calls `checkpoint`,
+    which asks the workers to stop after a checkpoint (SIGUSR2), waits up to `stop_wait_s` for them, and has the
+    job requeued; the requeued job runs the cell again, which resumes where it stopped."""
+
+    def __init__(self, stop_wait_s: float = 60.0) -> None:
+        self.stop_wait_s = stop_wait_s
+        self._torchrun: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stop_wait_s": self.stop_wait_s, "_torchrun": None}
+
+    def __call__(self, cell_file: str, processes: int, nodes: int, port: int, threads: int) -> None:
+        import submitit
+
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={processes}"]
+        if nodes > 1:
+            job = submitit.JobEnvironment()
+            command += [f"--node-rank={job.node}", f"--master-addr={job.hostnames[0]}", f"--master-port={port}"]
+        else:
+            command += ["--standalone"]
+        command += ["-m", "meter", "study", "cell", cell_file]
+        env = {**os.environ, **thread_env(threads)}
+        self._torchrun = subprocess.Popen(command, env=env, preexec_fn=_ignore_warning_signal)
+        while (code := self._torchrun.poll()) is None:  # polled, not waited: `checkpoint` may run meanwhile
+            time.sleep(0.5)
+        if code:
+            raise subprocess.CalledProcessError(code, command)
+
+    def checkpoint(self, *args: Any) -> Any:
+        """Called by submitit (in its signal handler) before it requeues the job."""
+        from submitit.helpers import DelayedSubmission
+
+        torchrun = self._torchrun
+        if torchrun is not None and torchrun.poll() is None:
+            for pid in worker_processes(torchrun.pid):  # SLURM signals them too: twice is one request
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR2)
+            deadline = time.monotonic() + self.stop_wait_s
+            while torchrun.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return DelayedSubmission(TorchrunCell(self.stop_wait_s), *args)
 
 
 @dataclass
@@ -152,30 +204,35 @@ class JobHandle:
 
 
 class Submitit:
-    """Each cell a submitit job: on Slurm (`slurm`), or as a local process (`local`, the same path on one machine)."""
+    """Each cell a submitit job: on Slurm (`slurm`), or as a local process (`local`, the same path on one machine).
+    `stop_s` before the time limit submitit signals the job: its cell checkpoints and stops, and the job is requeued
+    (at most `requeues` times), to resume (TorchrunCell)."""
 
     def __init__(self, cluster: str, folder: Path, settings: SlurmSpec, parallel: int = 0) -> None:
         import submitit
 
         self.settings = settings
         self.parallel = parallel or 1_000_000  # slurm queues; submitit-local: --jobs at a time
+        self.stop_wait_s = max(10.0, settings.stop_s - 30.0)  # leaves the requeue its time before the limit
+        params: dict[str, Any] = {"timeout_min": settings.time_min, "tasks_per_node": 1,
+                                  "gpus_per_node": settings.gpus_per_node}  # fmt: skip
+        if cluster != "slurm":  # one machine; its controller signals the job signal_delay_s before the time limit
+            self.executor: Any = submitit.LocalExecutor(folder=folder, max_num_timeout=settings.requeues)
+            self.executor.update_parameters(**params, signal_delay_s=settings.stop_s)
+            return
         try:
-            self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+            requeues = settings.requeues
+            self.executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=requeues)
         except RuntimeError as error:  # e.g. no srun here: not a Slurm machine
-            raise MeterError(f"--executor {'slurm' if cluster == 'slurm' else 'submitit-local'}: {error}") from None
-        params: dict[str, Any] = {
-            "timeout_min": settings.time_min, "nodes": settings.nodes, "tasks_per_node": 1,
-            "gpus_per_node": settings.gpus_per_node, "cpus_per_task": settings.cpus_per_task, "name": "meter-study",
-        }  # fmt: skip
+            raise MeterError(f"--executor slurm: {error}") from None
+        params.update(nodes=settings.nodes, cpus_per_task=settings.cpus_per_task, name="meter-study",
+                      slurm_signal_delay_s=settings.stop_s)  # fmt: skip
         if settings.mem_gb:
             params["mem_gb"] = settings.mem_gb
-        if cluster == "slurm":
-            if settings.partition:
-                params["slurm_partition"] = settings.partition
-            if settings.extra:
-                params["slurm_additional_parameters"] = dict(settings.extra)
-        else:  # one machine
-            params.pop("nodes")
+        if settings.partition:
+            params["slurm_partition"] = settings.partition
+        if settings.extra:
+            params["slurm_additional_parameters"] = dict(settings.extra)
         self.executor.update_parameters(**params)
 
     def submit(self, cell: CellPlan) -> JobHandle:
@@ -183,5 +240,6 @@ class Submitit:
         port = 29500 + zlib.crc32(cell.name.encode()) % 1000  # one per cell: two jobs may share a node
         threads = max(1, self.settings.cpus_per_task // processes)
         cell_file = str(Path(cell.folder) / CELL)
-        job = self.executor.submit(torchrun_cell, cell_file, processes, self.settings.nodes, port, threads)
+        job = self.executor.submit(TorchrunCell(self.stop_wait_s), cell_file, processes, self.settings.nodes, port,
+                                   threads)  # fmt: skip
         return JobHandle(job)

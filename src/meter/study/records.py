@@ -2,8 +2,8 @@
 
     RUN/result.json          a finished run: the task's scores (as its own score file holds them), the scores on
                              the selection split (a searched task), seconds; for a pretraining, its final checkpoint
-    CELL/status.json         the cell's worker: running (pid, host, job, the run it is on, a heartbeat), done or
-                             failed (each failed run's error)
+    CELL/status.json         the cell's worker: running (pid, host, job, the run it is on, a heartbeat), done,
+                             failed (each failed run's error) or stopped (asked to, in a run, after a checkpoint)
     CELL/worker.log          the worker's output
 
 Files are the truth: a run is done when its result is there, whatever a status says; a status that says running
@@ -121,8 +121,13 @@ class CellStatus:
             self.data["errors"][name] = error
             self._write()
 
+    def stopped(self, name: str, reason: str) -> None:
+        self.update(state="stopped", run=name, stopped=reason, finished=time.time(), heartbeat=time.time())
+
     def finish(self) -> None:
         self._stop.set()
+        if self.data.get("state") == "stopped":
+            return
         state = "failed" if self.data.get("errors") else "done"
         self.update(state=state, run="", finished=time.time(), heartbeat=time.time())
 
@@ -131,7 +136,7 @@ def record_lost_worker(cell_folder: str | Path, reason: str) -> None:
     """The orchestrator's note when a worker ended without saying how (killed, out of memory, a lost job)."""
     path = Path(cell_folder) / STATUS
     status = read_json(path) or {}
-    if status.get("state") in ("done", "failed"):
+    if status.get("state") in ("done", "failed", "stopped"):
         return
     errors = dict(status.get("errors", {}))
     errors[status.get("run") or "worker"] = reason

@@ -12,7 +12,7 @@
     grid: {AXIS: {VALUE: {overrides, ...}}}                              every combination (base: each axis' first)
     seeds: [0, 1]
     search: {train.lr: [5.0e-5, 2.0e-4]}   per variant and task, the fine-tuning settings to try (the tuned table)
-    slurm: {partition, gpus_per_node, nodes, time_min, cpus_per_task, mem_gb, extra}
+    slurm: {partition, gpus_per_node, nodes, time_min, cpus_per_task, mem_gb, stop_s, requeues, extra}
 
 An unknown key or a wrong type is a `ConfigError` that names the key (as `base.tasks.vqa.stepz`) and what is allowed;
 `load_study` then checks what the file alone can tell (names, protocols, a selection split for every searched task).
@@ -96,7 +96,17 @@ class SlurmSpec:
     time_min: int = 240
     cpus_per_task: int = 8
     mem_gb: int = 0  # 0: the partition's default
+    stop_s: int = 120  # this long before the time limit a cell checkpoints, stops and its job is requeued
+    requeues: int = 10  # at most this many time-limit requeues per cell (preemptions are not counted)
     extra: dict[str, Any] = field(default_factory=dict)  # more sbatch settings (submitit's slurm_additional_parameters)
+
+
+def check_slurm(slurm: SlurmSpec) -> None:
+    if not 30 <= slurm.stop_s < slurm.time_min * 60:
+        raise ConfigError(f"slurm.stop_s = {slurm.stop_s} must be at least 30 (seconds for the step, the checkpoint "
+                          f"and the requeue) and under slurm.time_min ({slurm.time_min} min)")  # fmt: skip
+    if slurm.requeues < 0:
+        raise ConfigError(f"slurm.requeues = {slurm.requeues} must be at least 0")
 
 
 @dataclass
@@ -219,6 +229,7 @@ def check_study(spec: StudySpec) -> None:
         raise ConfigError("variants and grid are both set; a study is a list of one-factor changes or a grid")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"seeds = {spec.seeds} must be a non-empty list of distinct integers")
+    check_slurm(spec.slurm)
     _check_overrides(spec.base.overrides, "base.overrides")
     _check_overrides(spec.base.finetune, "base.finetune")
     _check_overrides(spec.base.pretrain.overrides, "base.pretrain.overrides")

@@ -53,14 +53,17 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
     errors = status.get("errors") or {}
     if done == len(own):
         return CellState(cell.name, "done", done, len(own), "", _scores(plan, cell))
+    current = next((run for run in cell.runs if run.name == status.get("run")), None)
+    last = _last_logged(current.folder) if current else ""
     if status.get("state") == "running":
-        current = next((run for run in cell.runs if run.name == status.get("run")), None)
-        last = _last_logged(current.folder) if current else ""
         if status_alive(status):
             where = f"pid {status.get('pid')} on {status.get('host')}" + (f", job {status['job']}" if status.get(
                 "job") else "")  # fmt: skip
             return CellState(cell.name, "running", done, len(own), f"{status.get('run')} ({where})", last)
         return CellState(cell.name, "interrupted", done, len(own), f"stopped in {status.get('run')}", last)
+    if status.get("state") == "stopped":  # asked to stop (a signal), after a checkpoint: resumes on the next run
+        reason = str(status.get("stopped") or "").split(":")[0]
+        return CellState(cell.name, "interrupted", done, len(own), f"stopped in {status.get('run')}: {reason}", last)
     if status.get("state") == "failed" or errors:
         detail = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in errors.items())
         return CellState(cell.name, "failed", done, len(own), detail, _scores(plan, cell))

@@ -1,7 +1,9 @@
 """One cell's worker (`meter study cell CELL.json`, a process of its own; under torchrun on a cluster): runs the
 cell's runs in order, each through the engine's own entry points, skipping what is done and resuming what was
 interrupted. A run that fails is recorded with its error and the cell goes on to its next task (a failed
-pretraining leaves nothing to fine-tune: its tasks are recorded as not run)."""
+pretraining leaves nothing to fine-tune: its tasks are recorded as not run). A run asked to stop (a preemption or
+time-limit signal, Ctrl-C) stops the cell after its checkpoint: the status says stopped, the worker exits with the
+run's stop status (PREEMPTED: requeue), and the cell resumes from that checkpoint when it runs again."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from meter.runs import evaluate_run, run_pretrain
 from meter.study.cells import CellPlan, RunPlan, load_cell
 from meter.study.records import RESULT, CellStatus, run_done, write_json
 from meter.train.runtime import is_main_process, teardown_runtime
+from meter.train.stop_signals import RunStopped
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ def run_cell(cell: CellPlan) -> bool:
             began = time.perf_counter()
             try:
                 result = pretrain(run) if run.kind == "pretrain" else finetune(run)
+            except RunStopped as stopped:  # not a failure: the cell stops here, to resume from the checkpoint
+                if main:
+                    status.stopped(run.name, str(stopped))
+                raise
             except Exception as error:  # a failed run is recorded; the cell goes on
                 log.exception("study: %s %s failed", cell.name, run.name)
                 if main:
