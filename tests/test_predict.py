@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from meter.cli import main
 
@@ -103,3 +104,40 @@ def test_predict_runs_as_a_command(micro_checkpoints, shapes_tasks_world: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["answers"]
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2", "retrieval"])
+def test_bf16_runs_the_encoders_in_bf16_and_agrees_with_fp32(micro_checkpoints, shapes_tasks_world: Path, task: str):
+    from meter.predictor import Predictor
+
+    image = shapes_tasks_world / IMAGE
+    seen: list[torch.dtype] = []
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        predictor = Predictor(micro_checkpoints(task), "cpu", precision=precision)
+        first_linear = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Linear))
+        hook = first_linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        if task == "vqa":
+            outputs[precision] = predictor.answer(image, "What color is the circle?", top=3)
+        elif task == "nlvr2":
+            outputs[precision] = predictor.judge_pair(image, image, "there is a circle.")["probabilities"]
+        else:
+            outputs[precision] = predictor.match(image, "a red circle.")
+        hook.remove()
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+    fp32, bf16 = outputs["fp32"], outputs["bf16"]
+    if task == "vqa":
+        assert fp32[0]["answer"] == bf16[0]["answer"]
+        assert all(abs(a["score"] - b["score"]) < 0.03 for a, b in zip(fp32, bf16, strict=True))
+    else:
+        assert fp32.keys() == bf16.keys() and all(abs(fp32[k] - bf16[k]) < 0.05 for k in fp32)
+
+
+def test_precision_is_a_choice_of_the_command(micro_checkpoints, shapes_tasks_world: Path, capsys):
+    code, result, _ = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                              str(shapes_tasks_world / IMAGE), "--question", "What color?",
+                              "--precision", "bf16")  # fmt: skip
+    assert code == 0 and result["answers"]
+    with pytest.raises(SystemExit):
+        main(["predict", "--checkpoint", "x", "--image", "y", "--question", "z", "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

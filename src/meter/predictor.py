@@ -26,7 +26,7 @@ from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
-from meter.train.runtime import Runtime, pick_device
+from meter.train.runtime import Runtime, pick_device, pick_dtype
 
 ImageInput = str | Path | Image.Image  # a file, or an image already decoded
 
@@ -52,15 +52,19 @@ def _text(value: str, option: str) -> str:
 
 
 class Predictor:
-    def __init__(self, checkpoint: str | Path, device: str = "auto", max_image_pixels: int | None = None) -> None:
+    def __init__(
+        self, checkpoint: str | Path, device: str = "auto", max_image_pixels: int | None = None,
+        precision: str = "auto",
+    ) -> None:  # fmt: skip
         """`max_image_pixels`: images with more pixels are refused undecoded; by default the model folder's
-        data.max_image_pixels."""
+        data.max_image_pixels. `precision`: auto (bf16 autocast on a GPU, fp32 on the CPU, as training), bf16 or
+        fp32; the heads score in fp32 either way."""
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = pick_device(device)
         loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
         self.tokenizer = loaded.tokenizer
-        self.runtime = Runtime(self.device, torch.float32)
+        self.runtime = Runtime(self.device, pick_dtype(precision, self.device))
         self.collate = Collate(loaded.tokenizer, self.description.config.model.text.max_length)
 
     @property
@@ -105,7 +109,8 @@ class Predictor:
         questions = [_text(q, "--question") for q in questions]
         self.require("vqa", "--question", "vqa")
         task = VqaTask(self.model, self.description.answers, self.description.config)
-        scores = task.logits(self.batch_of([[image] for image in images], questions)).float().sigmoid()
+        with self.runtime.autocast():
+            scores = task.logits(self.batch_of([[image] for image in images], questions)).float().sigmoid()
         best = scores.topk(min(top, scores.shape[1]))
         return [
             [{"answer": task.answers[i], "score": round(float(s), 4)} for s, i in zip(values, indices, strict=True)]
@@ -128,8 +133,9 @@ class Predictor:
         results: list[dict[str, Any]] = [{} for _ in texts]
         if scorer is not None:
             mask = batch["attention_mask"]
-            text_tokens = self.model.encode_text(batch["input_ids"], mask)
-            scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"])).tolist()
+            with self.runtime.autocast():
+                text_tokens = self.model.encode_text(batch["input_ids"], mask)
+                scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"])).tolist()
             for result, score in zip(results, scores, strict=True):
                 if scorer == RANK_HEAD:  # trained to rank candidates: a score, higher is better, not a probability
                     result["match_score"] = round(score, 4)
@@ -137,7 +143,9 @@ class Predictor:
                     result["match_probability"] = round(float(torch.sigmoid(torch.tensor(score))), 4)
         if SnliVeTask.head in self.description.heads:
             task = SnliVeTask(self.model, self.description.config, len(SNLI_VE_LABELS))
-            for result, row in zip(results, task.logits(batch).float().softmax(-1).tolist(), strict=True):
+            with self.runtime.autocast():
+                rows = task.logits(batch).float().softmax(-1).tolist()
+            for result, row in zip(results, rows, strict=True):
                 result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, row, strict=True)}
         return results
 
@@ -169,7 +177,8 @@ class Predictor:
         texts = [_text(t, "--text") for t in texts]
         self.require(Nlvr2Task.head, "--images A B --text", "nlvr2")
         task = Nlvr2Task(self.model, self.description.config, len(NLVR2_CLASSES))
-        rows = task.logits(self.batch_of([list(pair) for pair in pairs], texts)).float().softmax(-1).tolist()
+        with self.runtime.autocast():
+            rows = task.logits(self.batch_of([list(pair) for pair in pairs], texts)).float().softmax(-1).tolist()
         results = []
         for probabilities in rows:
             label = NLVR2_CLASSES[max(range(len(probabilities)), key=probabilities.__getitem__)]

@@ -28,6 +28,15 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> Confi
     return cfg
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision of the commands that run a trained model (predict, serve)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+        help="auto (default): bf16 autocast on a GPU, fp32 on the CPU; the heads score in fp32",
+    )  # fmt: skip
+
+
 def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least `low` (argparse reports any other as a usage error)."""
 

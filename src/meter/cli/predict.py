@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from meter.cli.common import at_least, text_option
+from meter.cli.common import add_device_arguments, at_least, text_option
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -26,7 +26,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query.add_argument("--caption", action="store_true", help="write a caption of --image (encoder-decoder)")
     parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
     parser.add_argument("--beam", type=at_least(1), default=1, help="beam size for --caption (default 1: greedy)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_arguments(parser)
     return run
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--images A B goes with --text (NLVR2); --question and --caption take one --image")
     for option in ("question", "text"):
         text_option(getattr(args, option), f"--{option}")
-    predictor = Predictor(args.checkpoint, args.device)
+    predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
     if args.images:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)
     elif args.question is not None:

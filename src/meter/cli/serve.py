@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from meter.cli.common import add_device_arguments
 from meter.serve.limits import MB, ServeLimits
 
 
@@ -17,7 +18,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser.add_argument("--model", required=True, help="a model folder, or a run folder (its latest checkpoint)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_arguments(parser)
     default = ServeLimits()
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-mb", type=float, default=default.max_body_bytes / MB,
@@ -51,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} must be from 0 to 65535")
-    app = build_app(args.model, limits_of(args), args.device)
+    app = build_app(args.model, limits_of(args), args.device, args.precision)
     serve(app, args.host, args.port)
     return 0

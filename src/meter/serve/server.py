@@ -20,9 +20,11 @@ from meter.serve.service import ModelService
 log = logging.getLogger(__name__)
 
 
-def build_app(model: str | Path, limits: ServeLimits | None = None, device: str = "auto") -> FastAPI:
+def build_app(
+    model: str | Path, limits: ServeLimits | None = None, device: str = "auto", precision: str = "auto"
+) -> FastAPI:
     """Loads the model folder once and returns the app that serves it."""
-    predictor = Predictor(model, device)
+    predictor = Predictor(model, device, precision=precision)
     service = ModelService(predictor, limits or ServeLimits())
     log.info("serving %s (weights %s): %s", predictor.checkpoint, service.model_id, ", ".join(service.endpoints()))
     return create_app(service)
