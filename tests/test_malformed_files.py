@@ -224,7 +224,41 @@ def test_coco_captions_name_a_malformed_annotation_and_skip_empty_captions(tmp_p
         records = read_coco_captions(path, tmp_path)
     assert [(r.image_id, r.captions) for r in records] == [(1, ("A cat.",))]
     named = f"{path}: annotations[1] (image_id 2): the caption is empty"
-    assert f"data: skipped 1 empty captions in {path}: {named}" in caplog.text
+    assert f"data: skipped 1 empty captions and captions of unlisted images in {path}: {named}" in caplog.text
     path.write_text(json.dumps({"images": images, "annotations": [{"image_id": 1, "caption": 7}]}))
     with pytest.raises(DataError, match=r"annotations\[0\] \(image_id 1\): 'caption' should be a string, not the num"):
+        read_coco_captions(path, tmp_path)
+
+
+def test_an_nlvr2_identifier_listed_twice_is_refused_naming_both_lines(tmp_path: Path):
+    # scoring is by identifier: the second line would replace the first, and the example be counted once
+    path = write_lines(tmp_path / "dev.json", [NLVR2_GOOD, NLVR2_GOOD | {"label": "False"}])
+    identifier = NLVR2_GOOD["identifier"]
+    with pytest.raises(DataError, match=rf"dev.json:2: example 2: identifier {identifier} is listed again \(first on "
+                                        r"line 1\)"):  # fmt: skip
+        read_nlvr2(path, tmp_path)
+
+
+def test_an_image_listed_twice_in_a_karpathy_split_is_refused(tmp_path: Path):
+    # rankings and captions are keyed by image id: the copy's captions could never be hits, its references dropped
+    path = tmp_path / "dataset_coco.json"
+    entries = [karpathy_entry(0, ["A cat."]), karpathy_entry(1, ["A dog."]), karpathy_entry(0, ["A cat again."])]
+    path.write_text(json.dumps({"images": entries}))
+    with pytest.raises(DataError, match=r"images\[2\] \(img0.jpg\): image id 100 is listed again \(first at images\[0"):
+        read_karpathy(path, tmp_path)
+
+
+def test_coco_captions_refuse_an_image_listed_twice_and_count_captions_of_unlisted_images(tmp_path: Path, caplog):
+    path = tmp_path / "captions_val2014.json"
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}]
+    annotations = [{"image_id": 1, "caption": "A cat."}, {"image_id": 2, "caption": "A dog."},
+                   {"image_id": 3, "caption": "A bird."}, {"image_id": 3, "caption": "A small bird."}]  # fmt: skip
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    with caplog.at_level(logging.WARNING, logger="meter"):
+        records = read_coco_captions(path, tmp_path)
+    assert [(r.image_id, r.captions) for r in records] == [(1, ("A cat.",)), (2, ("A dog.",))]
+    assert f"skipped 2 empty captions and captions of unlisted images in {path}" in caplog.text
+    assert "a caption of image_id 3, which is not among its images" in caplog.text
+    path.write_text(json.dumps({"images": [*images, {"id": 1, "file_name": "a2.jpg"}], "annotations": annotations}))
+    with pytest.raises(DataError, match=r"images\[2\] \(a2.jpg\): image id 1 is listed again \(first at images\[0\]\)"):
         read_coco_captions(path, tmp_path)

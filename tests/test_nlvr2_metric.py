@@ -80,3 +80,13 @@ def test_predictions_csv_round_trips_and_names_a_bad_line(tmp_path: Path):
     (tmp_path / "bad.csv").write_text("dev-1-0-0,True\ndev-1-1-0\n")
     with pytest.raises(DataError, match=r"bad.csv:2: expected identifier,prediction"):
         read_nlvr2_predictions(tmp_path / "bad.csv")
+
+
+def test_a_labels_file_listing_an_identifier_twice_is_refused(tmp_path: Path):
+    labels = tmp_path / "dev.json"
+    row = {"identifier": "dev-1-0-0", "sentence": "s.", "label": "True"}
+    labels.write_text(json.dumps(row) + "\n" + json.dumps(row | {"label": "False"}) + "\n")
+    csv = tmp_path / "predictions.csv"
+    write_nlvr2_predictions({"dev-1-0-0": "True"}, csv)
+    with pytest.raises(DataError, match=r"dev.json:2: example 2: identifier dev-1-0-0 is listed again \(first on line"):
+        score_nlvr2_files(labels, csv)

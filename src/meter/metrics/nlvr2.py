@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meter.data.formats.common import json_field, read_json_lines
+from meter.data.formats.common import json_field, numbered_json_lines
 from meter.data.formats.nlvr2 import LABELS
 from meter.errors import DataError
 
@@ -90,11 +90,15 @@ def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
 
 def score_nlvr2_files(labels: str | Path, predictions: str | Path) -> Nlvr2Score:
     """Scores a leaderboard CSV against an NLVR2 JSON-lines file, as the official script does."""
-    rows = read_json_lines(labels, "NLVR2 file")
-    gold = {}
-    for number, row in enumerate(rows, 1):
-        where = f"{labels}: example {number}"
+    gold: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for number, (line, row) in enumerate(numbered_json_lines(labels, "NLVR2 file"), 1):
+        where = f"{labels}:{line}: example {number}"
         identifier = json_field(row, "identifier", str, where)
+        if identifier in first_line:
+            first = first_line[identifier]
+            raise DataError(f"{where}: identifier {identifier} is listed again (first on line {first})")
+        first_line[identifier] = line
         label = json_field(row, "label", (str, bool), f"{where} ({identifier})")
         if str(label).lower() not in LABELS:
             raise DataError(f"{where} ({identifier}): label {label!r} must be 'True' or 'False'")

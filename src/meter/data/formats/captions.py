@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meter.data.bad_samples import BadSample, warn_skipped
 from meter.data.formats.common import RawSample, Unusable, caption_sample, json_field, listed, read_json
+from meter.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ def read_karpathy(
     entries = listed(read_json(path, "Karpathy split file"), "images", path, "Karpathy split file")
     image_root = Path(image_root)
     records, skipped = [], []
+    first_index: dict[int, int] = {}
     for index, entry in enumerate(entries):
         where = f"{path}: images[{index}]"
         filename = json_field(entry, "filename", str, where)
@@ -38,6 +40,7 @@ def read_karpathy(
         split = json_field(entry, "split", str, where)
         filepath = json_field(entry, "filepath", str, where, optional=True) or ""
         image_id = json_field(entry, "cocoid" if "cocoid" in entry else "imgid", int, where)
+        _once(image_id, index, first_index, where)
         captions, empty = [], []
         for number, sentence in enumerate(json_field(entry, "sentences", list, where)):
             caption = json_field(sentence, "raw", str, f"{where}: sentences[{number}]").strip()
@@ -74,13 +77,25 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
             skipped.append(BadSample(f"{path}#{index}", f"{where} (image_id {image_id}): the caption is empty"))
     split = Path(path).stem.removeprefix("captions_")
     records = []
+    first_index: dict[int, int] = {}
     for index, image in enumerate(images):
         image_id = json_field(image, "id", int, f"{path}: images[{index}]")
         file_name = json_field(image, "file_name", str, f"{path}: images[{index}] (id {image_id})")
+        _once(image_id, index, first_index, f"{path}: images[{index}] ({file_name})")
         if by_image[image_id]:
             records.append(CaptionRecord(Path(image_dir) / file_name, tuple(by_image[image_id]), image_id, split))
-    warn_skipped(f"empty captions in {path}", skipped)
+    for image_id in sorted(set(by_image) - set(first_index)):  # captions of an image the file does not list
+        skipped += [BadSample(f"{path}#image{image_id}.{n}", f"{path}: a caption of image_id {image_id}, which is not "
+                              "among its images") for n in range(len(by_image[image_id]))]  # fmt: skip
+    warn_skipped(f"empty captions and captions of unlisted images in {path}", skipped)
     return records
+
+
+def _once(image_id: int, index: int, first_index: dict[int, int], where: str) -> None:
+    """Refuses an image listed twice: scores and outputs are keyed by image id, and would count it once."""
+    if image_id in first_index:
+        raise DataError(f"{where}: image id {image_id} is listed again (first at images[{first_index[image_id]}])")
+    first_index[image_id] = index
 
 
 class CaptionRecordSource:

@@ -32,11 +32,16 @@ def pair_name(identifier: str) -> str:
 def read_nlvr2(path: str | Path, image_dir: str | Path) -> list[Nlvr2Record]:
     """Each example checked: a DataError names the file, the line, the identifier and the field."""
     records = []
+    first_line: dict[str, int] = {}
     for number, (line, row) in enumerate(numbered_json_lines(path, "NLVR2 file"), 1):
         where = f"{path}:{line}: example {number}"
         identifier = json_field(row, "identifier", str, where)
         if identifier.count("-") < 3:
             raise DataError(f"{where}: identifier {identifier!r} is not split-set-pair-sentence")
+        if identifier in first_line:  # the official script counts every line; scoring by identifier would not
+            first = first_line[identifier]
+            raise DataError(f"{where}: identifier {identifier} is listed again (first on line {first})")
+        first_line[identifier] = line
         where += f" ({identifier})"
         sentence = json_field(row, "sentence", str, where)
         if not sentence.strip():
