@@ -90,6 +90,18 @@ def test_totals_per_type_are_means_rounded_to_two_decimals_and_name_the_metric()
     assert older == {**result.to_dict(), "metric": "official-2017"}
 
 
+@pytest.mark.parametrize("metric", list(OFFICIAL))
+def test_a_half_at_the_third_decimal_rounds_away_from_zero_as_the_official_python_2_code_does(metric: str):
+    # 1 right of 32 is 3.125 exactly: Python 2's round (the official code's) gives 3.13, Python 3's 3.12
+    annotations = [{"question_id": q, "question_type": "what color", "answer_type": "other",
+                    "answers": answers(*["red"] * 10)} for q in range(32)]  # fmt: skip
+    predictions = {q: "red" if q == 0 else "blue" for q in range(32)}
+    result = vqa_accuracy(annotations, predictions, metric)
+    assert result.overall == 3.13 and result.per_question_type == {"what color": 3.13}
+    official = OFFICIAL[metric].evaluate(annotations, predictions)
+    assert official["overall"] == 3.13
+
+
 def test_missing_or_extra_predictions_are_refused_like_the_official_tool():
     annotations = [{"question_id": 1, "question_type": "t", "answer_type": "other", "answers": answers(*["a"] * 10)}]
     with pytest.raises(DataError, match="no prediction"):

@@ -1,15 +1,24 @@
 """The answer processing of the official VQAv2 evaluation (GT-Vision-Lab/VQA,
-PythonEvaluationTools/vqaEvaluation/vqaEval.py), restated literally in Python 3 and written independently of
-meter.metrics.vqa to cross-check it. The tables, processPunctuation and processDigitArticle are the same in the 2017
-(a4f1afd) and the 2021 (a013f00) versions; only `evaluate` differs (vqa_eval_2017_literal, vqa_eval_2021_literal).
-The contraction table is read from the shared reference copy of the official one."""
+PythonEvaluationTools/vqaEvaluation/vqaEval.py, Python 2 code), restated literally in Python 3 (with Python 2's
+round) and written independently of meter.metrics.vqa to cross-check it. The tables, processPunctuation and
+processDigitArticle are the same in the 2017 (a4f1afd) and the 2021 (a013f00) versions; only `evaluate` differs
+(vqa_eval_2017_literal, vqa_eval_2021_literal). The contraction table is read from the shared reference copy of the
+official one."""
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 _TABLE = Path(__file__).resolve().parents[2] / "src/meter/metrics/vqa_contractions.tsv"
+
+
+def round(x, n):  # Python 2's, which the official code runs with: a half goes away from zero
+    scaled = Fraction(x) * 10**n
+    whole = math.floor(abs(scaled) + Fraction(1, 2))
+    return math.copysign(float(Fraction(whole, 10**n)), x)
 
 
 def _official_contractions():

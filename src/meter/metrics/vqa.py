@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -134,8 +135,14 @@ class VqaAccuracy:
         }
 
 
+def round_as_python2(value: float, digits: int) -> float:
+    """Python 2's round, which the official evaluation (Python 2 code) uses: the exact binary value rounded half away
+    from zero (3.125 -> 3.13), where Python 3 rounds half to even (3.12)."""
+    return float(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))  # half: away from 0
+
+
 def _percent(values: list[float], digits: int) -> float:
-    return round(100 * sum(values) / len(values), digits)
+    return round_as_python2(100 * sum(values) / len(values), digits)
 
 
 def vqa_accuracy(
@@ -165,7 +172,7 @@ def vqa_accuracy(
         overall.append(accuracy)
         by_question_type[annotation["question_type"]].append(accuracy)
         by_answer_type[annotation["answer_type"]].append(accuracy)
-        per_question[annotation["question_id"]] = round(100 * accuracy, digits)
+        per_question[annotation["question_id"]] = round_as_python2(100 * accuracy, digits)
     return VqaAccuracy(
         overall=_percent(overall, digits),
         per_question_type={k: _percent(v, digits) for k, v in by_question_type.items()},
