@@ -3,11 +3,13 @@
 The COCO caption evaluation tokenises references and candidates with Stanford's PTBTokenizer (Java, CoreNLP 3.4.1,
 `-preserveLines -lowerCase`) and then drops punctuation tokens. Two tokenisers are offered:
 - "python" (default): `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
-  meets (lower-casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and '';
-  brackets to -lrb- -rrb- ...; `, ; : ? ! % $ / ...` split off where PTB splits them; a sentence's final period
-  split off except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of caption-
-  like text (tested where Java is installed); it can differ on rarer inputs (the full abbreviation lists, emoticons,
-  some symbol clusters).
+  meets (typographic quotes, apostrophes, dashes, the ellipsis, £ € and ½ mapped to PTB's ASCII first; lower-
+  casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to
+  -lrb- -rrb- ...; `, ; : ? ! % $ / ...` split off where PTB splits them; a sentence's final period split off
+  except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of 264 caption-like
+  lines (tested where Java is installed); it still differs on rarer inputs: the full abbreviation lists, emoticons
+  (`:)`), `&` between lower-case letters (`b&w`), feet and inches (`5'6"`), a period glued to the next word
+  (`hat .A`), a clitic before a hyphen (`kid's-meal`), `y'all`, low quotes (`‚`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
 """
@@ -33,10 +35,18 @@ ABBREVIATIONS = {
 SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me",
                "gimme": "gim me", "'tis": "'t is", "'twas": "'t was"}  # fmt: skip
 URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+")
+# characters PTBTokenizer maps to the ASCII of the Penn Treebank before its rules (typographic quotes and
+# apostrophes, dashes, the ellipsis, currency, fractions): web-typed captions are full of them
+CURLY_APOSTROPHE = re.compile(r"(?<!’n)’(?!n’)(?!\d)")  # but PTB keeps rock ’n’ roll and the ’90s as they are
+TYPOGRAPHY = str.maketrans({"‘": "'", "“": '"', "”": '"', "«": '"', "»": '"', "–": " -- ", "—": " -- ",
+                            "…": " ... ", "£": "#", "€": "$", "½": "1/2", "¼": "1/4", "¾": "3/4"})  # fmt: skip
 _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased text
     (re.compile(r"^\"|(?<=[(\[{`])\""), " `` "),
     (re.compile(r"\""), " '' "),
-    (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)"), "` "),
+    (re.compile(r"''"), " '' "),
+    (re.compile(r"^`+|`+$"), r" \g<0> "),
+    (re.compile(r"(?<=\w)`(?=\w)"), " ` "),
+    (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)(?!(?:s|re|ve|ll|d|m)$)(?!n'$)"), "` "),
     (re.compile(r"\.\.\."), " ... "),
     (re.compile(r"-{2,}"), " -- "),
     (re.compile(r"[()\[\]{}]"), lambda m: f" {BRACKETS[m.group()]} "),
@@ -44,11 +54,11 @@ _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased
     (re.compile(r";|,(?!\d)|(?<!\d),|:(?!\d)|(?<!\d):"), r" \g<0> "),
     (re.compile(r"[%$]|#(?=\d)"), r" \g<0> "),
     (re.compile(r"(?<=\S)/$|^/(?=\S)"), " / "),
-    (re.compile(r"(?<=\d)(am|pm)$"), r" \1"),
+    (re.compile(r"(?<=\d:\d\d)(am|pm)(?=\.*$)"), r" \1"),  # 3:00pm splits, 3pm does not
     (re.compile(r"'n'"), " 'n' "),
     (re.compile(r"(?<=\w)n't\b"), " n't"),
     (re.compile(r"(?<=\w)'(s|re|ve|ll|d|m)\b"), r" '\1"),
-    (re.compile(r"(?<=\w)'(?=\W*$)"), " ' "),
+    (re.compile(r"(?<=\w)(?<!'n)'(?=\W*$)"), " ' "),
 ]
 
 
@@ -67,6 +77,7 @@ def _split_period(token: str, next_token: str | None) -> list[str]:
 def ptb_tokenize(text: str) -> str:
     """One caption as PTBTokenizer (-lowerCase) would tokenise it, tokens joined by single spaces."""
     chunks = []
+    text = CURLY_APOSTROPHE.sub("'", text).translate(TYPOGRAPHY)
     for chunk in text.replace("\n", " ").lower().split():
         if not URL.fullmatch(chunk):
             for pattern, replacement in _RULES:
