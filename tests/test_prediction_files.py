@@ -84,5 +84,5 @@ def test_an_nlvr2_label_or_identifier_of_the_wrong_type_is_named(tmp_path: Path,
     labels = tmp_path / "dev.json"
     labels.write_text(json.dumps({"identifier": "dev-1-0-0", "label": "True"}) + "\n" + json.dumps(row) + "\n")
     (tmp_path / "p.csv").write_text("dev-1-0-0,True\ndev-1-1-0,False\n")
-    with pytest.raises(DataError, match=re.escape(f"{labels}: {message}")):
+    with pytest.raises(DataError, match=re.escape(f"{labels}:2: {message}")):  # the line too
         score_nlvr2_files(labels, tmp_path / "p.csv")

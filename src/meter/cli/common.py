@@ -11,6 +11,7 @@ from pathlib import Path
 
 from meter.config import Config, load_config
 from meter.errors import ConfigError
+from meter.output_folder import WRITE_PROBE
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +97,7 @@ def check_output_folder(path: str | Path, option: str) -> None:
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".meter-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=WRITE_PROBE):
             pass
     except OSError as error:
         place = "in it" if existing == path else f"in {existing}, where it would be created"

@@ -4,9 +4,9 @@ meter evaluate vqa --questions Q --annotations A --predictions P      the offici
 meter evaluate nlvr2 --labels dev.json --predictions P.csv            the official NLVR2 accuracy, consistency
 meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
     predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval), prints the metrics and
-    writes the leaderboard files to --out (default C/eval): VQA test-dev JSON, NLVR2 identifier,prediction CSV,
-    SNLI-VE predictions, retrieval rankings; a VQA split without annotations (vqa.eval_split=test-dev2015) gets
-    its submission file and no score
+    writes the leaderboard files to --out (default RUN/eval/step_N for a run's checkpoint, else C/eval): VQA
+    test-dev JSON, NLVR2 identifier,prediction CSV, SNLI-VE predictions, retrieval rankings; a VQA split without
+    annotations (vqa.eval_split=test-dev2015) gets its submission file and no score
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
         sub = tasks.add_parser(name, help=help_text)
         sub.add_argument("--checkpoint", help="a model folder: predict the config's evaluation split with it")
         sub.add_argument("--config", help="YAML recipe for data paths (with --checkpoint)")
-        sub.add_argument("--out", help="where to write predictions (with --checkpoint; default CHECKPOINT/eval)")
+        sub.add_argument(
+            "--out", help="where to write predictions (with --checkpoint; default RUN/eval/step_N for a run's "
+            "checkpoint, outside the checkpoint that keep_last may delete; else CHECKPOINT/eval)",
+        )  # fmt: skip
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
         if name == "vqa":
             sub.add_argument("--annotations", help="VQAv2 annotation JSON (scores --predictions against it)")
@@ -63,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "metric", None):
             cfg.vqa.metric = args.metric
         check_ranges(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
-        out = Path(args.out or Path(args.checkpoint) / "eval")
-        check_output_folder(out, "--out" if args.out else "--out (default CHECKPOINT/eval)")
+        out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
+        check_output_folder(out, "--out" if args.out else f"--out (default {out})")
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):
@@ -82,3 +85,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise MeterError(f"evaluate {args.task} needs --checkpoint")
     return 0
+
+
+def default_eval_folder(checkpoint: Path) -> Path:
+    """Beside a run's checkpoints, not in one (`train.keep_last` deletes a checkpoint's whole folder): RUN/eval/step_N;
+    a model folder's or a run folder's own eval/ otherwise."""
+    if checkpoint.parent.name == "checkpoints" and checkpoint.name.startswith("step_"):
+        return checkpoint.parent.parent / "eval" / checkpoint.name
+    return checkpoint / "eval"

@@ -39,8 +39,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 def run(args: argparse.Namespace) -> int:
     from meter.importers.meter_official import import_meter_official
+    from meter.models.folder import check_replaceable
 
     check_output_folder(args.out, "--out")
+    check_replaceable(args.out)  # before the import's work: a folder of the user's is refused, never deleted
     report = import_meter_official(
         args.ckpt, args.text_encoder, args.out, vision=args.vision, image_size=args.image_size,
         tokenizer=args.tokenizer, vqa_answers=args.vqa_answers,

@@ -37,6 +37,7 @@ from meter.data.shard_manifest import (
     write_shard_record,
 )
 from meter.errors import DataError
+from meter.output_folder import check_own_folder
 
 log = logging.getLogger(__name__)
 PROGRESS = "progress"
@@ -152,6 +153,7 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
             raise DataError(f"{out} holds a preparation with other settings ({', '.join(changed)}); resume with the "
                             "same source and options, or choose another --out")  # fmt: skip
     else:
+        check_own_folder(out, (SETTINGS,), "meter prepare", "--out")
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, settings)
 

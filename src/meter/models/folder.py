@@ -83,8 +83,10 @@ def export_model_folder(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """A model folder without training state, written to a temporary folder and renamed into place. A write that
-    fails (a full disk, no permission) leaves no temporary folder and any earlier folder at `path` as it was."""
+    fails (a full disk, no permission) leaves no temporary folder and any earlier folder at `path` as it was. Only a
+    model folder is replaced (check_replaceable)."""
     path = Path(path)
+    check_replaceable(path)
     temporary = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
@@ -100,6 +102,22 @@ def export_model_folder(
         shutil.rmtree(path)
     os.replace(temporary, path)
     return path
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuses a `path` that a model folder written there would replace, unless it is empty or a meter model folder
+    itself (its config.json says so): a folder of the user's is never deleted."""
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    try:
+        kind = json.loads((path / MODEL_CONFIG).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "meter-model":
+        what = "a folder that is not a meter model folder" if path.is_dir() else "a file"
+        raise ConfigError(f"{path} is {what}; a model folder written there would replace it, so it is left as it "
+                          "is: give a new or empty folder (or an earlier model folder to replace)")  # fmt: skip
 
 
 def tensor_bytes(value: Any) -> int:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meter.errors import ConfigError
-from meter.study.cells import CellPlan, StudyPlan, plan_study
+from meter.output_folder import check_own_folder
+from meter.study.cells import PLAN, CellPlan, StudyPlan, plan_study
 from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit
 from meter.study.records import read_status, record_lost_worker, run_done, status_alive
 from meter.study.spec import SlurmSpec, StudySpec
@@ -86,6 +87,10 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 if reason is None:
                     continue
                 del running[name]
+                if reason and status_alive(read_status(cell.folder)):  # another worker holds the cell (its lock)
+                    outcome.skipped_running.append(name)
+                    log.warning("study: %s is run by another worker (%s); left to it", name, reason)
+                    continue
                 outcome.ran.append(name)
                 seconds = time.perf_counter() - began
                 if reason:
@@ -147,6 +152,7 @@ def run_study(
     slurm: SlurmSpec | None = None, poll_s: float | None = None, report: bool = True,
 ) -> Outcome:  # fmt: skip
     out = Path(out)
+    check_own_folder(out, (PLAN,), "meter study run", "--out")
     plan = plan_study(spec, out)
     outcome = Outcome()
     todo = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import load_config
+from meter.output_folder import lock_folder, release_folder
 from meter.run_folders import finetune_once, finished_checkpoint, resume_arg
 from meter.runs import evaluate_run, run_pretrain
 from meter.study.cells import CellPlan, RunPlan, load_cell
@@ -22,6 +23,7 @@ from meter.train.runtime import is_main_process, teardown_runtime
 from meter.train.stop_signals import RunStopped
 
 log = logging.getLogger(__name__)
+CELL_LOCK = ".worker.lock"
 
 
 def _error(error: BaseException) -> str:
@@ -50,7 +52,8 @@ def run_cell(cell: CellPlan) -> bool:
     """Runs what is not done of the cell; True when every run is done."""
     main = is_main_process()
     status = CellStatus(cell.folder)
-    if main:
+    if main:  # before its status: a second worker of the cell (a second `meter study run`) leaves the first alone
+        lock_folder(cell.folder, CELL_LOCK, "another worker of this cell")
         status.start()
     blocked = ""
     try:
@@ -86,6 +89,7 @@ def run_cell(cell: CellPlan) -> bool:
     finally:
         if main:
             status.finish()
+            release_folder(cell.folder, CELL_LOCK)
         teardown_runtime()
     return not status.data.get("errors") if main else not blocked
 

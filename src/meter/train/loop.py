@@ -39,7 +39,7 @@ from meter.train.checkpoint import Checkpoints, Progress, export_final_model
 from meter.train.distributed import all_reduce, distribute, gradient_sync, local, uses_cuda_graphs
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
-from meter.train.run_folder import finish_run, open_run_folder
+from meter.train.run_folder import finish_run, open_run_folder, release_run_folder
 from meter.train.runtime import Runtime
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
@@ -177,9 +177,20 @@ def fit(
 ) -> Path:
     """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
     when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
+    run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
+    try:
+        return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume)
+    finally:
+        if runtime.is_main:
+            release_run_folder(cfg.train.out)
+
+
+def _fit_in(
+    run: str, cfg: Config, task: nn.Module, dataset: Dataset, collate: Collate, tokenizer: PreTrainedTokenizerBase,
+    runtime: Runtime, resume: str | None,
+) -> Path:  # fmt: skip
     train = cfg.train
     out = Path(train.out)
-    run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     task.to(runtime.device)
     wrapped = distribute(task, runtime, train)
     optimizer = build_optimizer(task, train, runtime.device)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -21,7 +25,9 @@ class MetricsLog:
         self.writer = None
         if enabled and resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            temporary = self.path.with_name(f".{self.path.name}.tmp")  # a kill while rewriting keeps the old log
+            temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(temporary, self.path)
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
@@ -45,10 +51,27 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A line cut short (a full disk or a kill while appending) is left out with a
+    warning: the run it belongs to resumes, and rewrites the file without it."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            torn.append(number)
+    if torn:
+        log.warning("%s: left out %d lines that are not whole records (line %s)", path, len(torn),
+                    ", ".join(map(str, torn[:5])))  # fmt: skip
+    return records
 
 
 def plot_curves(series: dict[str, list[dict[str, Any]]], keys: list[str], out: str | Path, title: str = "") -> None:

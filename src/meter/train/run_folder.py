@@ -27,6 +27,7 @@ from typing import Any
 from meter.config import Config, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT, cannot_write
+from meter.output_folder import lock_folder, release_folder
 from meter.train.checkpoint import Checkpoints
 from meter.train.distributed import decided_on_main
 from meter.train.runtime import Runtime
@@ -34,10 +35,11 @@ from meter.train.runtime import Runtime
 RECORD = "meter-run.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
+LOCK = ".meter-run.lock"  # held by the process that trains in the folder (who: inside)
 # everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
 RUN_FILES = frozenset(
     {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
-     "bad_samples.jsonl"}
+     "bad_samples.jsonl", LOCK}
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
@@ -78,6 +80,11 @@ def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
     return decided_on_main(lambda: _open(Path(cfg.train.out), cfg, resume), runtime)
 
 
+def release_run_folder(out: str | Path) -> None:
+    """Lets another process train in `out` (the run in this one has ended, or stopped)."""
+    release_folder(out, LOCK)
+
+
 def finish_run(out: str | Path) -> None:
     """Marks the run of `out` finished (rank 0, after its final model and plots): it is never trained again."""
     path = Path(out) / RECORD
@@ -88,7 +95,7 @@ def finish_run(out: str | Path) -> None:
 def _open(out: Path, cfg: Config, resume: str | None) -> str:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out = {out} is a file; give a folder for the run")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
     if (out / RECORD).is_file():
         run = _read_record(out)
         _check_same_run(out, cfg, resume, run)
@@ -96,7 +103,9 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
         run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
     else:
         run = _earlier_run(out, entries, cfg, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    # one run at a time: a second (the same command twice, a requeued job while the first still writes) would
+    # delete the first one's checkpoint being written and log its steps twice
+    lock_folder(out, LOCK, "another run (`train.out` takes one at a time)")
     _write(out / RECORD, json.dumps(run, indent=1))
     try:
         save_config(cfg, out / CONFIG)

@@ -9,6 +9,7 @@ Layout under `out` (the names of the real datasets, so the real readers read it 
     scenes.json                                            the ground-truth scenes
     tokenizers/{wordpiece,bpe}/                            tokenizers trained on the training text
     shapes_world.json                                      what was generated, and from which seed
+    .shapes_world.started                                  written first: a world is written here (refused elsewhere)
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from meter.data.shapes.language import Question, captions, questions, written_fo
 from meter.data.shapes.scene import Scene, render, sample_scene
 from meter.data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 from meter.errors import ConfigError
+from meter.output_folder import check_own_folder
 
+MANIFEST = "shapes_world.json"
+STARTED = ".shapes_world.started"
 GENERATOR_VERSION = 2  # 2: shapes circle, square, triangle, cross, drawn larger
 SPLITS = ("train2014", "val2014")
 
@@ -104,6 +108,9 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     if spec.images < 1:  # a world of no images: empty files and tokenizers trained on no text
         raise ConfigError(f"shapes world: images = {spec.images} must be at least 1")
     out = Path(out)
+    check_own_folder(out, (MANIFEST, STARTED), "meter prepare shapes", "the shapes world's folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STARTED).touch()
     n_train = spec.images - round(spec.images * spec.val_fraction)
     coco = {split: {"images": [], "annotations": []} for split in SPLITS}
     vqa_questions = {split: [] for split in SPLITS}
@@ -183,13 +190,13 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     texts += [q["question"] for q in vqa_questions["train2014"]]
     for kind in TOKENIZER_KINDS:
         train_tokenizer(kind, texts, out / "tokenizers" / kind, vocab_size=spec.vocab_size)
-    dump_json(out / "shapes_world.json", manifest)  # written last: its presence marks a complete world
+    dump_json(out / MANIFEST, manifest)  # written last: its presence marks a complete world
     return manifest
 
 
 def is_generated(out: str | Path, spec: WorldSpec) -> bool:
     """True when `out` already holds a complete world generated from `spec`."""
-    path = Path(out) / "shapes_world.json"
+    path = Path(out) / MANIFEST
     if not path.is_file():
         return False
     manifest = json.loads(path.read_text())

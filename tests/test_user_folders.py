@@ -1,0 +1,151 @@
+"""Folders of the user's that a command would fill are refused before anything is written, and left as they were
+(`meter import --out`, `meter prepare --out`, `meter study run --out`); one process at a time trains in a run folder
+or runs a study cell (a killed one holds nothing); a metrics line cut short by a full disk does not block the resume;
+`meter evaluate` writes beside a run's checkpoints, not into one that `keep_last` deletes. Real files and processes."""
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from meter.config import Config, load_config
+from meter.output_folder import FolderInUse
+from meter.runs import run_pretrain
+from meter.study.cells import plan_study
+from meter.study.execute import run_study
+from meter.study.records import STATUS
+from meter.study.spec import study_from_dict
+from meter.study.worker import CELL_LOCK, run_cell
+from meter.train.metrics_log import read_metrics
+from meter.train.run_folder import LOCK
+from tests.corpora import write_coco, write_img2dataset
+from tests.studies import micro_study
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _mine(folder: Path, *names: str) -> dict[str, bytes]:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"my own {name}")
+    return _snapshot(folder)
+
+
+def test_an_import_into_a_folder_of_the_users_is_refused_and_deletes_nothing(tmp_path: Path, capsys):
+    before = _mine(tmp_path / "mydata", "thesis.tex", "annotations.json")
+    code = main(["import", "meter-official", "--ckpt", str(REFERENCE / "meter_official_tiny.ckpt"), "--text-encoder",
+                 str(REFERENCE / "text_encoder"), "--out", str(tmp_path / "mydata")])  # fmt: skip
+    assert code == 2 and "is a folder that is not a meter model folder" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "mydata") == before
+
+
+@pytest.mark.parametrize("source", ["coco", "webdataset"])
+def test_prepare_into_a_folder_of_the_users_is_refused_and_writes_nothing(source: str, tmp_path: Path, capsys):
+    root = tmp_path / "raw"
+    options = ["--karpathy", "karpathy/dataset_coco.json"] if source == "coco" else ["--copy"]
+    write_coco(root, images=4) if source == "coco" else write_img2dataset(root, shards=2, per_shard=2)
+    users = tmp_path / "shards"  # img2dataset's own names, which the preparation writes too
+    write_img2dataset(users, shards=2, per_shard=3)
+    before_users, before_root = _snapshot(users), _snapshot(root)
+    for out in (users, root):  # another corpus's shards; the very shards it would read (--out = --root)
+        assert main(["prepare", source, "--root", str(root), "--out", str(out), "--no-progress", *options]) == 2
+        assert f"--out = {out} holds files that meter prepare did not write (" in capsys.readouterr().err
+    assert _snapshot(users) == before_users and _snapshot(root) == before_root
+
+
+def test_prepare_shapes_refuses_a_coco_folder_but_completes_an_interrupted_world(tmp_path: Path, capsys):
+    coco = tmp_path / "coco"
+    before = _mine(coco, "annotations/captions_train2014.json", "karpathy/dataset_coco.json")
+    assert main(["prepare", "shapes", "--images", "8", "--out", str(coco)]) == 2
+    assert "holds files that meter prepare shapes did not write (annotations, karpathy)" in capsys.readouterr().err
+    assert _snapshot(coco) == before
+    world = tmp_path / "world"
+    assert main(["prepare", "shapes", "--images", "8", "--out", str(world)]) == 0
+    (world / "shapes_world.json").unlink()  # as a world interrupted before its last file
+    assert main(["prepare", "shapes", "--images", "8", "--out", str(world)]) == 0
+    assert (world / "shapes_world.json").is_file()
+
+
+def test_a_study_into_a_folder_of_the_users_is_refused_before_anything_is_written(tmp_path: Path):
+    before = _mine(tmp_path / "myproject", "report.md", "notes.txt")
+    with pytest.raises(Exception, match=r"--out = .*myproject holds files that meter study run did not write "
+                                        r"\(notes.txt, report.md\)"):  # fmt: skip
+        run_study(study_from_dict(micro_study(tmp_path)), tmp_path / "myproject")
+    assert _snapshot(tmp_path / "myproject") == before
+
+
+def _hold_lock(folder: Path, name: str) -> subprocess.Popen:
+    """Another process holding the folder's lock (as a live run or worker does), until killed."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from meter.output_folder import lock_folder
+        lock_folder({str(folder)!r}, {name!r}, "a test")
+        print("locked", flush=True)
+        time.sleep(600)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _pretrain(cfg: Config, out: Path, resume: str | None = None) -> Path:
+    steps = ["train.max_steps=4", "train.checkpoint_every=2"]
+    return run_pretrain(load_config(None, [f"train.out={out}", *steps], base=cfg), resume=resume)
+
+
+def test_a_run_folder_another_live_process_trains_in_is_refused_and_a_killed_one_holds_nothing(micro_config, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, ["train.stop_at=2"], base=micro_config)
+    _pretrain(cfg, out)  # stopped at step 2: an unfinished run to resume
+    holder = _hold_lock(out, LOCK)
+    try:
+        with pytest.raises(FolderInUse, match=rf"{out} is in use by another run .*\(pid {holder.pid} on "):
+            _pretrain(micro_config, out, resume="latest")
+        assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]  # nothing written meanwhile
+    finally:
+        holder.kill()
+        holder.wait()
+    _pretrain(micro_config, out, resume="latest")  # the killed holder's lock went with it
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_study_cell_another_worker_runs_is_left_to_it(shapes_world, tmp_path):
+    cell = plan_study(study_from_dict(micro_study(shapes_world, variants=[])), tmp_path / "out").cells[0]
+    holder = _hold_lock(Path(cell.folder), CELL_LOCK)
+    try:
+        with pytest.raises(FolderInUse, match=rf"in use by another worker of this cell \(pid {holder.pid} on "):
+            run_cell(cell)
+        assert not (Path(cell.folder) / STATUS).exists()  # its status is the other worker's to write
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_metrics_line_cut_short_by_a_full_disk_does_not_block_the_resume(micro_config, tmp_path, caplog):
+    out = tmp_path / "run"
+    _pretrain(load_config(None, ["train.stop_at=2"], base=micro_config), out)
+    with (out / "metrics.jsonl").open("a") as log_file:
+        log_file.write('{"step": 3, "train/ml')  # what an append stopped by ENOSPC leaves
+    with caplog.at_level(logging.WARNING, logger="meter"):
+        _pretrain(micro_config, out, resume="latest")
+    assert "left out 1 lines that are not whole records (line 3)" in caplog.text
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]  # rewritten whole, then appended
+
+
+def test_evaluate_writes_beside_a_runs_checkpoint_not_into_it(micro_checkpoints, shapes_tasks_world, capsys):
+    checkpoint = micro_checkpoints("vqa")
+    run = checkpoint.parents[1]
+    assert main(["evaluate", "vqa", "--checkpoint", str(checkpoint), f"data.root={shapes_tasks_world}",
+                 "vqa.min_answer_count=1"]) == 0  # fmt: skip
+    assert (run / "eval" / checkpoint.name / "vqa_accuracy_val2014.json").is_file()
+    assert not (checkpoint / "eval").exists()  # keep_last deletes a checkpoint's whole folder
