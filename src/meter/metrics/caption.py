@@ -6,10 +6,10 @@ The COCO caption evaluation tokenises references and candidates with Stanford's 
   meets (typographic quotes, apostrophes, dashes, the ellipsis, £ € and ½ mapped to PTB's ASCII first; lower-
   casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to
   -lrb- -rrb- ...; `, ; : ? ! % $ / ...` split off where PTB splits them; a sentence's final period split off
-  except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of 264 caption-like
+  except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of 309 caption-like
   lines (tested where Java is installed); it still differs on rarer inputs: the full abbreviation lists, emoticons
-  (`:)`), `&` between lower-case letters (`b&w`), feet and inches (`5'6"`), a period glued to the next word
-  (`hat .A`), a clitic before a hyphen (`kid's-meal`), `y'all`, low quotes (`‚`).
+  (`:)`), `&` between lower-case letters (`b&w`), feet and inches (`5'6"`, `4’x8’`), a period glued to the next
+  word (`hat .A`), a clitic before a hyphen (`kid's-meal`), `y'all`, `y’know`, `’Tis`, low quotes (`‚`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
 """
@@ -37,8 +37,10 @@ SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna
 URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+")
 # characters PTBTokenizer maps to the ASCII of the Penn Treebank before its rules (typographic quotes and
 # apostrophes, dashes, the ellipsis, currency, fractions): web-typed captions are full of them
-CURLY_APOSTROPHE = re.compile(r"(?<!’n)’(?!n’)(?!\d)")  # but PTB keeps rock ’n’ roll and the ’90s as they are
-TYPOGRAPHY = str.maketrans({"‘": "'", "“": '"', "”": '"', "«": '"', "»": '"', "–": " -- ", "—": " -- ",
+# ’ as PTB reads it: an apostrophe before a clitic (’s ’re ’ve ’ll ’d ’m, n’t), a closing quote after a word (or its
+# punctuation), a quote standing alone; inside a word (o’clock, O’Neil), before one (’em, ’90s, rock ’n’ roll) it stays
+CURLY_APOSTROPHE = re.compile(r"’(?=(?:s|re|ve|ll|d|m)\b)|(?<=n)’(?=t\b)|(?<=[\w,.!?;:])(?<!’n)’(?!\w)|(?<!\S)’(?!\S)")
+TYPOGRAPHY = str.maketrans({"‘": "`", "“": '"', "”": '"', "«": '"', "»": '"', "–": " -- ", "—": " -- ",
                             "…": " ... ", "£": "#", "€": "$", "½": "1/2", "¼": "1/4", "¾": "3/4"})  # fmt: skip
 _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased text
     (re.compile(r"^\"|(?<=[(\[{`])\""), " `` "),
