@@ -102,3 +102,20 @@ def test_a_run_written_before_runs_were_recorded_goes_on_only_with_resume(micro_
     with pytest.raises(ConfigError, match=r"holds a run written before meter recorded its runs.*--resume latest"):
         _pretrain(micro_config, tmp_path / "run")
     assert _pretrain(micro_config, tmp_path / "run", resume="latest").is_dir()
+
+
+def test_a_finished_run_of_another_config_is_not_taken_as_this_configs_but_a_moved_one_is(micro_config, tmp_path):
+    from meter.run_folders import finished_checkpoint
+
+    shutil.copytree(micro_config.data.root, tmp_path / "old" / "data")  # the data inside the folder that moves
+    micro_config = load_config(None, [f"data.root={tmp_path / 'old' / 'data'}"], base=micro_config)
+    final = _pretrain(micro_config, tmp_path / "old" / "runs" / "run")
+    cfg = load_config(None, [f"train.out={tmp_path / 'old' / 'runs' / 'run'}", *STEPS], base=micro_config)
+    assert finished_checkpoint(cfg) == final  # evaluated again, never retrained
+    reseeded = load_config(None, ["train.seed=1"], base=cfg)  # e.g. `meter demo --seed 1` into the same --out
+    with pytest.raises(ConfigError, match=r"holds a finished run of another config \(train.seed: 0 -> 1\)"):
+        finished_checkpoint(reseeded)
+    shutil.move(tmp_path / "old", tmp_path / "new")  # the folder moved, with the paths inside it
+    new = tmp_path / "new"
+    moved = load_config(None, [f"train.out={new / 'runs' / 'run'}", f"data.root={new / 'data'}"], base=cfg)
+    assert finished_checkpoint(moved) == tmp_path / "new" / "runs" / "run" / "checkpoints" / final.name

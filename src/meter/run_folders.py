@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import Config, load_config
+from meter.errors import ConfigError
 from meter.runs import run_finetune
 from meter.train.checkpoint import Checkpoints
+from meter.train.run_folder import RECORD, config_differences, read_record
 
 
 def recipe(name: str) -> Path:
@@ -25,9 +27,21 @@ def recipe_config(name: str, out: Path, data: Path, run: str, overrides: list[st
 
 
 def finished_checkpoint(cfg: Config) -> Path | None:
-    """The final checkpoint of the run `cfg` describes, when it got there."""
-    final = Checkpoints(Path(cfg.train.out) / "checkpoints").path(cfg.train.max_steps)
-    return final if final.is_dir() else None
+    """The final checkpoint of the run `cfg` describes, when it got there. A finished run of another config in the
+    folder is refused, naming what differs: its scores are not this config's (a demo run again with another seed)."""
+    out = Path(cfg.train.out)
+    final = Checkpoints(out / "checkpoints").path(cfg.train.max_steps)
+    if not final.is_dir():
+        return None
+    if (out / RECORD).is_file():
+        changed = config_differences(read_record(out)["config"], cfg)
+        if changed:
+            raise ConfigError(
+                f"train.out = {out} holds a finished run of another config ({'; '.join(changed[:5])}"
+                f"{'; ...' if len(changed) > 5 else ''}): its model is not this config's; give this run another "
+                "folder (another --out), or delete that one"
+            )
+    return final
 
 
 def resume_arg(cfg: Config) -> str | None:

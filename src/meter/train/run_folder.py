@@ -64,14 +64,33 @@ def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """`key: saved -> new` for each setting that differs, leaving out those that may differ on resume."""
+    """`key: saved -> new` for each setting that differs, leaving out those that may differ on resume. Paths in a
+    folder that moved with the run (a study or demo folder moved elsewhere) are read at their new place."""
     old = flat_settings(saved)
     new = flat_settings(json.loads(json.dumps(to_dict(cfg))))  # as the record holds it (JSON types)
+    old = {key: _moved(value, old.get("train.out"), new.get("train.out")) for key, value in old.items()}
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key) and key not in MAY_DIFFER_ON_RESUME
     ]
+
+
+def _moved(value: Any, old_out: Any, new_out: Any) -> Any:
+    """`value` with the folder the run moved out of (the common root of the old and new train.out, their shared
+    ending taken off) replaced by the one it moved into."""
+    if not (isinstance(value, str) and isinstance(old_out, str) and isinstance(new_out, str)) or old_out == new_out:
+        return value
+    old_parts, new_parts = Path(old_out).parts, Path(new_out).parts
+    shared = 0
+    while shared < min(len(old_parts), len(new_parts)) and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    if shared == 0 or shared == len(old_parts):
+        return value
+    old_root, new_root = str(Path(*old_parts[:-shared])), str(Path(*new_parts[:-shared]))
+    if value == old_root or value.startswith(old_root.rstrip("/") + "/"):
+        return new_root + value[len(old_root) :]
+    return value
 
 
 def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
@@ -97,7 +116,7 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
         raise ConfigError(f"train.out = {out} is a file; give a folder for the run")
     entries = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
     if (out / RECORD).is_file():
-        run = _read_record(out)
+        run = read_record(out)
         _check_same_run(out, cfg, resume, run)
     elif set(entries) <= PLANNED_BY_OTHERS:
         run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
@@ -168,7 +187,7 @@ def _saved_config(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_record(out: Path) -> dict[str, Any]:
+def read_record(out: Path) -> dict[str, Any]:
     path = out / RECORD
     try:
         run = json.loads(path.read_text())
