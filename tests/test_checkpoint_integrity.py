@@ -23,7 +23,8 @@ from tests.faults import damage
 
 STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=5", "train.deterministic=true"]
 DAMAGES = [("model.safetensors", "truncate"), ("model.safetensors", "flip"), ("training_state.pt", "flip"),
-           ("progress.json", "delete"), ("tokenizer.json", "delete"), (CHECKSUMS, "truncate")]  # fmt: skip
+           ("progress.json", "delete"), ("tokenizer.json", "delete"), (CHECKSUMS, "truncate"),
+           (CHECKSUMS, "delete")]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.errors import DataError
-from meter.models.checksums import DamagedFolder, record_checksums, verify_checksums
+from meter.models.checksums import CHECKSUMS, DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
 from meter.models.folder import (
     WEIGHTS,
@@ -141,6 +141,8 @@ def _verify(path: Path, parts: tuple[str, ...] | None = None) -> bool:
     if verify_checksums(path, parts):
         return True
     if (path / PROGRESS).is_file():
+        if _written_by(path):  # the run id came with the checksums: this one's checksums.json is lost, not missing
+            raise DamagedFolder(f"{path / CHECKSUMS}: missing (checkpoints of this version record their checksums)")
         log.warning("%s: written before checkpoints recorded checksums; loaded unverified", path)
         return True
     return False
