@@ -46,8 +46,10 @@ def test_a_stop_warning_that_leaves_no_time_or_exceeds_the_time_limit_is_refused
     with pytest.raises(ConfigError, match=r"slurm\.requeues = -1 must be at least 0"):
         study_from_dict(micro_study(tmp_path, slurm={"requeues": -1}))
     path = write_study(tmp_path / "study.yaml", micro_study(tmp_path))  # the command line's time limit is checked too
-    assert main(["study", "run", str(path), "--out", str(tmp_path / "out"), "--time-min", "1"]) == 2
+    out = str(tmp_path / "out")
+    assert main(["study", "run", str(path), "--out", out, "--executor", "slurm", "--time-min", "1"]) == 2
     assert "slurm.stop_s = 120 must be at least 30" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_a_variant_without_a_name_is_an_error(tmp_path):

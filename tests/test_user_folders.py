@@ -149,3 +149,16 @@ def test_evaluate_writes_beside_a_runs_checkpoint_not_into_it(micro_checkpoints,
                  "vqa.min_answer_count=1"]) == 0  # fmt: skip
     assert (run / "eval" / checkpoint.name / "vqa_accuracy_val2014.json").is_file()
     assert not (checkpoint / "eval").exists()  # keep_last deletes a checkpoint's whole folder
+
+
+def test_a_study_whose_first_planning_failed_after_writing_its_world_runs_again_in_its_folder(tmp_path: Path):
+    study = micro_study(tmp_path, data={"shapes": {"images": 8, "seed": 0}}, search={"train.lr": [1e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["train.seed=5"]}  # selects on the reported split
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="select"):  # refused once the world is written
+        run_study(study_from_dict(study), out, only=["nothing*"])
+    assert (out / "shapes" / "shapes_world.json").is_file()
+    study.pop("search")
+    study["base"]["tasks"]["vqa"].pop("select")
+    with pytest.raises(Exception, match="--only nothing\\* matches no cell"):  # planned: the folder was taken
+        run_study(study_from_dict(study), out, only=["nothing*"])

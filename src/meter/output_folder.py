@@ -6,6 +6,7 @@ may write (a run's folder, a study cell's)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -14,7 +15,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,11 @@ def lock_folder(folder: str | Path, name: str, what: str) -> None:
     path = (Path(folder) / name).resolve()
     if path in _held:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # no permission, no space: a DataError every process of a run is told of
+        raise DataError(f"{path}: cannot create ({error.strerror}); check the folder's space and permissions") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -62,10 +66,11 @@ def lock_folder(folder: str | Path, name: str, what: str) -> None:
             raise FolderInUse(message) from None
         log.warning("%s: cannot lock (%s); a second writer would not be noticed", path, error.strerror)
         return
-    job = os.environ.get("SLURM_JOB_ID")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}{f', job {job}' if job else ''}\n".encode(), 0)
     _held[path] = fd
+    job = os.environ.get("SLURM_JOB_ID")
+    with contextlib.suppress(OSError):  # who holds it, for the message of the next one; a full disk leaves it empty
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}{f', job {job}' if job else ''}\n".encode(), 0)
 
 
 def release_folder(folder: str | Path, name: str) -> None:

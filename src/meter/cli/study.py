@@ -10,6 +10,7 @@ meter study list                the study files shipped with meter
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 
@@ -44,13 +45,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     return run_action
 
 
-def _slurm(args: argparse.Namespace, defaults: dict) -> object:
+def _slurm(args: argparse.Namespace, defaults: dict, check: bool) -> object:
     from meter.study.spec import SlurmSpec, check_slurm
 
     given = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "nodes": args.nodes,
              "time_min": args.time_min, "cpus_per_task": args.cpus_per_task}  # fmt: skip
     settings = SlurmSpec(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
-    check_slurm(settings)
+    if check:  # the time limit and its warning are a job's
+        check_slurm(settings)
     return settings
 
 
@@ -87,11 +89,15 @@ def run_action(args: argparse.Namespace) -> int:
         return _check(spec, args.out)
     import dataclasses
 
-    from meter.study.execute import run_study
+    from meter.study.execute import Terminated, run_study
     from meter.train.stop_signals import PREEMPTED
 
-    slurm = _slurm(args, dataclasses.asdict(spec.slurm))
-    outcome = run_study(spec, args.out, args.executor, args.jobs, args.only, slurm, report=not args.no_report)
+    slurm = _slurm(args, dataclasses.asdict(spec.slurm), check=args.executor != "local")
+    try:
+        outcome = run_study(spec, args.out, args.executor, args.jobs, args.only, slurm, report=not args.no_report)
+    except Terminated as signal_name:  # a scheduler's stop: requeue and run again to go on
+        print(f"meter: study stopped by {signal_name}; its cells resume on the next run", file=sys.stderr)
+        return PREEMPTED
     stopped = f", {len(outcome.stopped)} stopped (they resume on the next run)" if outcome.stopped else ""
     print(f"study {spec.name}: {len(outcome.ran)} cells ran, {len(outcome.skipped_done)} were done, "
           f"{len(outcome.failed)} failed{stopped}; report: {args.out}/report.md, report.html")  # fmt: skip

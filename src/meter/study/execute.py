@@ -6,8 +6,9 @@ checkpoints (finished runs are kept); one whose worker is alive elsewhere (anoth
 Slurm job) is left to it. A cell that fails is recorded with its error and the others go on. A cell whose worker was
 asked to stop (a preemption signal) stopped after a checkpoint and resumes on the next run.
 
-Interrupted itself (Ctrl-C, SIGTERM), `meter study run` asks its local workers to stop after a checkpoint and waits
-for them (up to STOP_WAIT_S; Ctrl-C again leaves them), so that a run started right after finds every cell stopped.
+Interrupted itself (Ctrl-C, SIGTERM, SIGHUP), `meter study run` asks its local workers to stop after a checkpoint and
+waits for them (up to STOP_WAIT_S; Ctrl-C again leaves them), so that a run started right after finds every cell
+stopped; submitit jobs run on (the next run leaves them to their jobs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from meter.study.records import read_status, record_lost_worker, run_done, statu
 from meter.study.spec import SlurmSpec, StudySpec
 
 log = logging.getLogger(__name__)
+MARKER = ".meter-study"  # written first into a study's --out
 STOP_WAIT_S = 600.0  # for local workers asked to stop: the step they are in, then their checkpoint
 
 
@@ -87,20 +89,22 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 if reason is None:
                     continue
                 del running[name]
-                if reason and status_alive(read_status(cell.folder)):  # another worker holds the cell (its lock)
+                status = read_status(cell.folder)
+                own = handle.owns(status)
+                if reason and not own and status_alive(status):  # another worker holds the cell (its lock)
                     outcome.skipped_running.append(name)
                     log.warning("study: %s is run by another worker (%s); left to it", name, reason)
                     continue
                 outcome.ran.append(name)
                 seconds = time.perf_counter() - began
-                if reason:
-                    record_lost_worker(cell.folder, reason)
-                status = read_status(cell.folder)
-                errors = status.get("errors", {})
-                if status.get("state") == "stopped":
+                if own and status.get("state") == "stopped":  # this worker's, not one an earlier attempt left
                     outcome.stopped[name] = f"{status.get('run')}: {status.get('stopped')}"
                     log.warning("study: %s stopped after %.0f s: %s", name, seconds, outcome.stopped[name])
-                elif errors or reason:
+                    continue
+                if reason:
+                    record_lost_worker(cell.folder, reason)
+                errors = read_status(cell.folder).get("errors", {})
+                if errors or reason:
                     outcome.failed[name] = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in
                                                      errors.items()) or reason  # fmt: skip
                     log.warning("study: %s failed after %.0f s: %s", name, seconds, outcome.failed[name])
@@ -108,11 +112,14 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                     log.info("study: %s done in %.0f s", name, seconds)
             if running:
                 time.sleep(poll_s)
-    except BaseException:  # interrupted: stop the workers; their cells resume on the next run
-        handles = [handle for _, handle, _ in running.values()]
-        for handle in handles:
+    except BaseException:  # interrupted: stop this machine's workers (their cells resume on the next run)
+        local = [handle for _, handle, _ in running.values() if isinstance(handle, ProcessHandle)]
+        jobs = [handle.describe() for _, handle, _ in running.values() if not isinstance(handle, ProcessHandle)]
+        for handle in local:
             handle.stop()
-        wait_for_stopped([handle for handle in handles if isinstance(handle, ProcessHandle)])
+        if jobs:  # they run on without this process; the next `meter study run` leaves them to it
+            log.warning("study: left running: %s (scancel to stop them)", ", ".join(jobs))
+        wait_for_stopped(local)
         raise
 
 
@@ -129,22 +136,27 @@ def wait_for_stopped(handles: list[ProcessHandle], timeout_s: float = STOP_WAIT_
         log.warning("study: left %s to stop on their own", ", ".join(handle.describe() for handle in handles))
 
 
+class Terminated(KeyboardInterrupt):
+    """`meter study run` was sent SIGTERM or SIGHUP (a scheduler's, or its terminal closed)."""
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt while scheduling, so that a terminated `meter study run` stops its workers
-    as Ctrl-C does, instead of dying and leaving them to run on."""
+    """SIGTERM and SIGHUP raise Terminated while scheduling, so that `meter study run` stops its workers as Ctrl-C
+    does, instead of dying and leaving them to run on."""
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise Terminated(signal.Signals(signum).name)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_study(
@@ -152,7 +164,9 @@ def run_study(
     slurm: SlurmSpec | None = None, poll_s: float | None = None, report: bool = True,
 ) -> Outcome:  # fmt: skip
     out = Path(out)
-    check_own_folder(out, (PLAN,), "meter study run", "--out")
+    check_own_folder(out, (PLAN, MARKER), "meter study run", "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()  # first: the world or holdout files planning writes next are this study's too
     plan = plan_study(spec, out)
     outcome = Outcome()
     todo = []

@@ -28,6 +28,9 @@ class Handle(Protocol):
 
     def describe(self) -> str: ...
 
+    def owns(self, status: dict[str, Any]) -> bool:
+        """Whether the cell's status was written by this handle's worker (not an earlier or another one)."""
+
     def stop(self) -> None: ...
 
 
@@ -64,6 +67,9 @@ class ProcessHandle:
 
     def describe(self) -> str:
         return f"pid {self.process.pid}"
+
+    def owns(self, status: dict[str, Any]) -> bool:
+        return status.get("pid") == self.process.pid
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -110,8 +116,10 @@ class LocalProcesses:
             busy = [g for g, _ in self._on_gpu]
             gpu = min(self.gpus, key=busy.count)  # the first of the least busy
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with log_path.open("ab") as log:  # a session of its own: Ctrl-C in the terminal reaches only `meter study run`,
+            process = subprocess.Popen(  # which asks its workers to stop after a checkpoint (SIGTERM)
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         handle = ProcessHandle(process)
         if gpu is not None:
             self._on_gpu.append((gpu, handle))
@@ -134,7 +142,7 @@ def worker_processes(parent: int) -> list[int]:
 def _ignore_warning_signal() -> None:
     """In torchrun (before exec): SLURM sends its time-limit warning to every process of the job, and torchrun, which
     does not handle SIGUSR2, would die of it and leave its workers; ignored, torchrun waits for them to stop. The
-    workers inherit the setting and handle the signal while they train (meter.train.stop_signals)."""
+    workers inherit the setting and install their own handlers (meter.study.worker, meter.train.stop_signals)."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
@@ -173,14 +181,30 @@ class TorchrunCell:
         from submitit.helpers import DelayedSubmission
 
         torchrun = self._torchrun
-        if torchrun is not None and torchrun.poll() is None:
-            for pid in worker_processes(torchrun.pid):  # SLURM signals them too: twice is one request
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR2)
+        if torchrun is not None and _running(torchrun.pid):
+            workers = worker_processes(torchrun.pid)
+            _signal(workers, signal.SIGUSR2)  # SLURM signals them too: twice is one request
             deadline = time.monotonic() + self.stop_wait_s
-            while torchrun.poll() is None and time.monotonic() < deadline:
+            while _running(torchrun.pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if _running(torchrun.pid):  # still evaluating, say: what it did since its checkpoint is lost either way,
+                _signal([*worker_processes(torchrun.pid), torchrun.pid], signal.SIGKILL)  # and none is left behind
         return DelayedSubmission(TorchrunCell(self.stop_wait_s), *args)
+
+
+def _running(pid: int) -> bool:
+    """Whether the child `pid` has not exited; it is not reaped (Popen.poll, whose lock the interrupted main loop may
+    hold, is not called from the signal handler this runs in)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 @dataclass
@@ -198,6 +222,9 @@ class JobHandle:
 
     def describe(self) -> str:
         return f"job {self.job.job_id}"
+
+    def owns(self, status: dict[str, Any]) -> bool:
+        return str(status.get("job", "")) == str(self.job.job_id)  # a requeued job keeps its id
 
     def stop(self) -> None:
         self.job.cancel(check=False)

@@ -136,7 +136,7 @@ def record_lost_worker(cell_folder: str | Path, reason: str) -> None:
     """The orchestrator's note when a worker ended without saying how (killed, out of memory, a lost job)."""
     path = Path(cell_folder) / STATUS
     status = read_json(path) or {}
-    if status.get("state") in ("done", "failed", "stopped"):
+    if status.get("state") in ("done", "failed"):
         return
     errors = dict(status.get("errors", {}))
     errors[status.get("run") or "worker"] = reason

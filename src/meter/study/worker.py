@@ -3,7 +3,8 @@ cell's runs in order, each through the engine's own entry points, skipping what 
 interrupted. A run that fails is recorded with its error and the cell goes on to its next task (a failed
 pretraining leaves nothing to fine-tune: its tasks are recorded as not run). A run asked to stop (a preemption or
 time-limit signal, Ctrl-C) stops the cell after its checkpoint: the status says stopped, the worker exits with the
-run's stop status (PREEMPTED: requeue), and the cell resumes from that checkpoint when it runs again."""
+run's stop status (PREEMPTED: requeue), and the cell resumes from that checkpoint when it runs again. Asked while
+a run evaluates, the evaluation finishes and the cell stops before its next run."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from meter.runs import evaluate_run, run_pretrain
 from meter.study.cells import CellPlan, RunPlan, load_cell
 from meter.study.records import RESULT, CellStatus, run_done, write_json
 from meter.train.runtime import is_main_process, teardown_runtime
-from meter.train.stop_signals import RunStopped
+from meter.train.stop_signals import PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
 log = logging.getLogger(__name__)
 CELL_LOCK = ".worker.lock"
@@ -55,37 +56,50 @@ def run_cell(cell: CellPlan) -> bool:
     if main:  # before its status: a second worker of the cell (a second `meter study run`) leaves the first alone
         lock_folder(cell.folder, CELL_LOCK, "another worker of this cell")
         status.start()
-    blocked = ""
+    blocked, current = "", ""
+    # for the whole cell: a stop asked outside training (while a run evaluates, between runs) stops the cell before
+    # its next run; while a run trains, the loop's own handlers take over (a checkpoint, then RunStopped)
     try:
-        for run in cell.runs:
-            if run.kind == "pretrain" and run.owner != cell.name:  # shared: another cell runs it
-                if finished_checkpoint(run.config()) is None:
-                    blocked = f"its pretraining {run.folder} (run by cell {run.owner}) has not finished"
-                continue
-            if run_done(run):
-                continue
-            if blocked:
+        with StopRequests() as stop:
+            for run in cell.runs:
+                if run.kind == "pretrain" and run.owner != cell.name:  # shared: another cell runs it
+                    if finished_checkpoint(run.config()) is None:
+                        blocked = f"its pretraining {run.folder} (run by cell {run.owner}) has not finished"
+                    continue
+                if run_done(run):
+                    continue
+                if blocked:
+                    if main:
+                        status.failed_run(run.name, f"not run: {blocked}")
+                    continue
+                current = run.name
+                if stop.received:
+                    raise RunStopped(f"stopped by {signal_name(stop.received)} before this run", PREEMPTED)
                 if main:
-                    status.failed_run(run.name, f"not run: {blocked}")
-                continue
-            if main:
-                status.on_run(run.name)
-            began = time.perf_counter()
-            try:
-                result = pretrain(run) if run.kind == "pretrain" else finetune(run)
-            except RunStopped as stopped:  # not a failure: the cell stops here, to resume from the checkpoint
+                    status.on_run(run.name)
+                began = time.perf_counter()
+                try:
+                    result = pretrain(run) if run.kind == "pretrain" else finetune(run)
+                except RunStopped:
+                    raise
+                except Exception as error:  # a failed run is recorded; the cell goes on
+                    log.exception("study: %s %s failed", cell.name, run.name)
+                    if main:
+                        status.failed_run(run.name, _error(error))
+                    if run.kind == "pretrain":
+                        blocked = f"its pretraining failed ({_error(error).splitlines()[-1]})"
+                    continue
                 if main:
-                    status.stopped(run.name, str(stopped))
-                raise
-            except Exception as error:  # a failed run is recorded; the cell goes on
-                log.exception("study: %s %s failed", cell.name, run.name)
-                if main:
-                    status.failed_run(run.name, _error(error))
-                if run.kind == "pretrain":
-                    blocked = f"its pretraining failed ({_error(error).splitlines()[-1]})"
-                continue
-            if main:
-                write_json(Path(run.folder) / RESULT, {**result, "seconds": round(time.perf_counter() - began, 1)})
+                    write_json(Path(run.folder) / RESULT, {**result, "seconds": round(time.perf_counter() - began, 1)})
+    except StopAtOnce as again:  # a second signal outside training
+        stopped = RunStopped(f"stopped at once by a second {signal_name(again.signum)}", PREEMPTED)
+        if main:
+            status.stopped(current, str(stopped))
+        raise stopped from None
+    except RunStopped as stopped:  # not a failure: the cell stops here, to resume from the run's checkpoint
+        if main:
+            status.stopped(current, str(stopped))
+        raise
     finally:
         if main:
             status.finish()

@@ -115,21 +115,30 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out = {out} is a file; give a folder for the run")
     entries = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
-    if (out / RECORD).is_file():
-        run = read_record(out)
-        _check_same_run(out, cfg, resume, run)
-    elif set(entries) <= PLANNED_BY_OTHERS:
-        run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
-    else:
-        run = _earlier_run(out, entries, cfg, resume)
     # one run at a time: a second (the same command twice, a requeued job while the first still writes) would
-    # delete the first one's checkpoint being written and log its steps twice
-    lock_folder(out, LOCK, "another run (`train.out` takes one at a time)")
-    _write(out / RECORD, json.dumps(run, indent=1))
+    # delete the first one's checkpoint being written and log its steps twice. A run's folder is locked before it is
+    # checked (a live run is named as such); any other folder after (a folder of the user's gets no lock file)
+    in_use = "another run (`train.out` takes one at a time)"
+    recorded = (out / RECORD).is_file()
+    if recorded:
+        lock_folder(out, LOCK, in_use)
     try:
-        save_config(cfg, out / CONFIG)
-    except OSError as error:
-        raise DataError(cannot_write(out / CONFIG, error, 0)) from None
+        if recorded:
+            run = read_record(out)
+            _check_same_run(out, cfg, resume, run)
+        elif set(entries) <= PLANNED_BY_OTHERS:
+            run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
+        else:
+            run = _earlier_run(out, entries, cfg, resume)
+        lock_folder(out, LOCK, in_use)
+        _write(out / RECORD, json.dumps(run, indent=1))
+        try:
+            save_config(cfg, out / CONFIG)
+        except OSError as error:
+            raise DataError(cannot_write(out / CONFIG, error, 0)) from None
+    except BaseException:
+        release_run_folder(out)
+        raise
     return run["id"]
 
 
