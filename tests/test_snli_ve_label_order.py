@@ -29,6 +29,9 @@ def as_written_before_the_record(folder: Path, rows_in_old_order: bool = True) -
     assert config.pop("classes") == {"snli_ve": list(SNLI_VE_LABELS)}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "checksums.json").unlink(missing_ok=True)  # nor the checksums of its files
+    progress = folder / "progress.json"
+    if progress.is_file():  # a checkpoint: nor the id of its run (recorded since checkpoints have checksums)
+        progress.write_text(json.dumps(json.loads(progress.read_text()) | {"run": ""}))
     if rows_in_old_order:
         weights = load_file(folder / "model.safetensors")
         old = [SNLI_VE_LABELS.index(name) for name in BEFORE_RECORD]

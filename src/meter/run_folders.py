@@ -35,6 +35,8 @@ def finished_checkpoint(cfg: Config) -> Path | None:
         return None
     if (out / RECORD).is_file():
         changed = config_differences(read_record(out)["config"], cfg)
+        if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it)
+            changed = [change for change in changed if not change.startswith("model.")]
         if changed:
             raise ConfigError(
                 f"train.out = {out} holds a finished run of another config ({'; '.join(changed[:5])}"
