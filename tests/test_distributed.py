@@ -1,6 +1,8 @@
 """Real torchrun launches (2 processes, gloo, CPU) against one process with the same global batch."""
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,48 @@ def test_after_a_fine_tune_of_two_processes_the_first_evaluates_and_the_other_wa
     assert failed.returncode != 0
     assert "SNLI-VE file not found" in failed.stderr, failed.stderr[-3000:]
     assert "the first process failed, so this one stops too: DataError" in failed.stderr, failed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_process_that_skipped_a_batch_of_unreadable_images_resumes_at_its_own_place(shapes_world, tmp_path):
+    """Rank 1's batch of step 2 is all unreadable images: it draws one batch more than rank 0. Stopped at step 3 and
+    resumed, each process goes on from its own place, so the weights equal a straight run's bit for bit."""
+    from meter.data.formats.captions import read_karpathy
+    from meter.data.stream import epoch_order
+
+    world = shutil.copytree(shapes_world, tmp_path / "world")
+    records = read_karpathy(world / "karpathy/dataset_coco.json", world / "images", ("train", "restval"))
+    pairs = [record for record in records for _ in record.captions]
+    order, batch, processes = epoch_order(len(pairs), 0, 0, True), 4, 2
+    start = 1 * batch * processes + 1 * batch  # step 2 (index 1), rank 1
+    doomed = {pairs[i].image for i in order[start : start + batch]}
+    for image in doomed:
+        Path(image).unlink()
+    common = [*COMMON, "train.batch_size=4", "data.max_bad_samples=0.5", "train.deterministic=true"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_meter(pretrain_args(world, straight, *common), processes=2, timeout=300)
+    run_meter([*pretrain_args(world, split, *common), "train.stop_at=3"], processes=2, timeout=300)
+    saved = json.loads((split / "checkpoints/step_00000003/progress.json").read_text())["batches_per_process"]
+    assert saved[1] == saved[0] + 1, saved  # the skipped batch: rank 1 is a batch ahead
+    run_meter([*pretrain_args(world, split, *common), "--resume", "latest"], processes=2, timeout=300)
+    a = load_file(straight / "checkpoints/step_00000006/model.safetensors")
+    b = load_file(split / "checkpoints/step_00000006/model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_a_shard_corpus_run_of_two_processes_is_not_resumed_by_one(shapes_world, tmp_path):
+    """The shard stream cuts each epoch into slots per process: resumed by another number of processes, part of
+    the epoch would be read twice and part never. Refused, naming the number to resume with."""
+    from meter.data.formats.captions import coco_source
+    from meter.data.shard_writer import write_shards
+    from meter.errors import ConfigError
+
+    source = coco_source(shapes_world, "karpathy/dataset_coco.json", images="images")
+    write_shards(source, tmp_path / "shards", shard_size=10, progress=False)
+    args = [*COMMON, "train.batch_size=4", f"data.sources=[{{path: {tmp_path / 'shards'}}}]", "train.stop_at=3"]
+    out = tmp_path / "run"
+    run_meter(pretrain_args(shapes_world, out, *args), processes=2, timeout=300)
+    cfg = load_config(None, [f"data.root={shapes_world}", f"train.out={out}", *MICRO, *args[:-1]])
+    with pytest.raises(ConfigError, match=r"written by 2 processes, this run has 1: a shard corpus .* resume with 2"):
+        run_pretrain(cfg, resume="latest")

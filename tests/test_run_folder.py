@@ -119,3 +119,19 @@ def test_a_finished_run_of_another_config_is_not_taken_as_this_configs_but_a_mov
     new = tmp_path / "new"
     moved = load_config(None, [f"train.out={new / 'runs' / 'run'}", f"data.root={new / 'data'}"], base=cfg)
     assert finished_checkpoint(moved) == tmp_path / "new" / "runs" / "run" / "checkpoints" / final.name
+
+
+def test_a_checkpoint_of_another_configs_run_is_not_resumed_but_named_for_init_from(micro_config, tmp_path):
+    _pretrain(micro_config, tmp_path / "a", "train.stop_at=2")
+    checkpoint = tmp_path / "a" / "checkpoints" / "step_00000002"
+    with pytest.raises(ConfigError, match=rf"a run of another config \(train.lr: .*use train.init_from={checkpoint}"):
+        _pretrain(micro_config, tmp_path / "b", "train.lr=0.01", resume=str(checkpoint))
+    _pretrain(micro_config, tmp_path / "c", resume=str(checkpoint))  # the same config, in a folder of its own
+    assert [r["step"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl")] == [3, 4]
+
+
+def test_a_process_that_torchrun_restarted_resumes_from_the_latest_checkpoint(micro_config, tmp_path, monkeypatch):
+    _pretrain(micro_config, tmp_path / "run", "train.stop_at=2")  # as a process that died after its checkpoint
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets for the restart
+    _pretrain(micro_config, tmp_path / "run")  # the same command line: no --resume
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]

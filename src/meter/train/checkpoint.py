@@ -72,6 +72,8 @@ class Progress:
     batches_seen: int = 0  # micro-batches drawn from the data stream (per process)
     nonfinite_in_a_row: int = 0
     global_batch: int = 0  # samples per micro-batch over all processes, when the checkpoint was written
+    # each process's batches_seen (a batch of only unreadable samples makes one process draw one more than another)
+    batches_per_process: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
 
@@ -229,11 +231,12 @@ class Checkpoints:
         weights = full_model_state(task)
         optimizer_state = full_optimizer_state(task, optimizer)
         rngs = gather_objects(rng_state())
+        seen = gather_objects(progress.batches_seen)
         final = self.path(progress.step)
         failed: DataError | None = None
         if runtime.is_main:
             training_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rngs}
-            mine = dataclasses.replace(progress, run=self.run)
+            mine = dataclasses.replace(progress, run=self.run, batches_per_process=seen)
             try:
                 self._write(final, weights, task, tokenizer, training_state, mine)
             except DataError as error:
@@ -353,6 +356,9 @@ class Checkpoints:
             set_rng_state(rngs[runtime.rank])
         else:
             log.warning("%s was written by %d processes, this run has %d: dropout and other RNG draws restart "
-                        "from fresh seeds (masks and data order do not depend on them)", path, len(rngs),
-                        runtime.world)  # fmt: skip
-        return Progress(**json.loads((path / PROGRESS).read_text()))
+                        "from fresh seeds (masks and the order of a corpus's samples do not depend on them)", path,
+                        len(rngs), runtime.world)  # fmt: skip
+        progress = Progress(**json.loads((path / PROGRESS).read_text()))
+        if len(progress.batches_per_process) == runtime.world:
+            progress.batches_seen = progress.batches_per_process[runtime.rank]  # this process's own place
+        return progress

@@ -32,14 +32,14 @@ from meter.data.bad_samples import BadSampleBudget
 from meter.data.collate import Collate
 from meter.data.shared_rows import to_device
 from meter.data.stream import BatchStream
-from meter.errors import MeterError
+from meter.errors import ConfigError, MeterError
 from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
 from meter.train.distributed import all_reduce, distribute, gradient_sync, local, uses_cuda_graphs
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
-from meter.train.run_folder import finish_run, open_run_folder, release_run_folder
+from meter.train.run_folder import check_resumed_from, finish_run, open_run_folder, release_run_folder, restarted_resume
 from meter.train.runtime import Runtime
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
@@ -177,6 +177,7 @@ def fit(
 ) -> Path:
     """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
     when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
+    resume = resume or restarted_resume(cfg)
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
         return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume)
@@ -201,7 +202,15 @@ def _fit_in(
     progress = Progress(global_batch=global_batch)
     if resume:
         path = checkpoints.resolve_everywhere(resume, runtime)
+        check_resumed_from(path, cfg)
         progress = checkpoints.load(path, task, optimizer, scheduler, runtime)
+        written_by = len(progress.batches_per_process)
+        if written_by not in (0, runtime.world) and hasattr(dataset, "stream_type"):
+            raise ConfigError(
+                f"{path} was written by {written_by} processes, this run has {runtime.world}: a shard corpus is "
+                f"cut into slots per process, so its place in the epoch cannot be carried over (part of the epoch "
+                f"would be read twice and part never); resume with {written_by} processes"
+            )
         if progress.global_batch not in (0, global_batch):
             log.warning("resuming with a global batch of %d samples instead of %d: the data position is rounded",
                         global_batch, progress.global_batch)  # fmt: skip

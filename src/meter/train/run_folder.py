@@ -19,6 +19,7 @@ checkpoints) is taken as that run when `--resume` is given.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -32,6 +33,7 @@ from meter.train.checkpoint import Checkpoints
 from meter.train.distributed import decided_on_main
 from meter.train.runtime import Runtime
 
+log = logging.getLogger(__name__)
 RECORD = "meter-run.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -97,6 +99,32 @@ def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
     """Checks that train.out may take this run (see the module's doc), records the run, writes config.yaml; returns
     the run's id. Rank 0 decides and writes; every process gets its decision (a refusal raises on every one)."""
     return decided_on_main(lambda: _open(Path(cfg.train.out), cfg, resume), runtime)
+
+
+def restarted_resume(cfg: Config) -> str | None:
+    """`latest` for a process that torchrun restarted (`--max-restarts`) in a folder with a checkpoint: it is given
+    the command line it started with, and goes on where the run got to instead of being refused."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
+        return None
+    if Checkpoints(Path(cfg.train.out) / CHECKPOINTS).latest() is None:
+        return None
+    log.warning("restarted by torchrun: resuming %s from its latest checkpoint", cfg.train.out)
+    return "latest"
+
+
+def check_resumed_from(checkpoint: Path, cfg: Config) -> None:
+    """Refuses a checkpoint of another run folder whose run had another config: resuming takes its optimizer, schedule
+    and data position, which that config set (its learning rate would be applied, and this one's logged)."""
+    folder = checkpoint.parent.parent
+    if folder.resolve() == Path(cfg.train.out).resolve() or not (folder / RECORD).is_file():
+        return
+    changed = config_differences(read_record(folder)["config"], cfg)
+    if changed:
+        raise ConfigError(
+            f"--resume {checkpoint}: a checkpoint of a run of another config ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}); resuming takes its optimizer, schedule and place in the data. "
+            f"To start from its weights with this config, use train.init_from={checkpoint}"
+        )
 
 
 def release_run_folder(out: str | Path) -> None:
