@@ -162,3 +162,10 @@ def test_a_study_whose_first_planning_failed_after_writing_its_world_runs_again_
     study["base"]["tasks"]["vqa"].pop("select")
     with pytest.raises(Exception, match="--only nothing\\* matches no cell"):  # planned: the folder was taken
         run_study(study_from_dict(study), out, only=["nothing*"])
+
+
+def test_a_demo_into_a_folder_of_the_users_is_refused_and_writes_nothing(tmp_path: Path, capsys):
+    before = _mine(tmp_path / "mine", "report.md", "pretrain/notes.txt")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "mine")]) == 2
+    assert "holds files that meter demo did not write (pretrain, report.md)" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "mine") == before

@@ -16,6 +16,7 @@ from typing import Any
 
 from meter.data.shapes import WorldSpec, generate, is_generated
 from meter.demo_tasks import run_task_demos, tasks_table
+from meter.output_folder import check_own_folder
 from meter.run_folders import finetune_once, finished_checkpoint, recipe_config, resume_arg
 from meter.runs import evaluate_vqa_run, run_pretrain
 from meter.train.metrics_log import plot_curves, read_metrics
@@ -39,9 +40,14 @@ class DemoPlan:
         return cls(images=120, pretrain_steps=4, vqa_steps=4, task_steps=4)
 
 
+MARKER = ".meter-demo"  # written first into the demo's --out
+
+
 def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True, tasks: str = "vqa") -> dict[str, Any]:
     out = Path(out)
+    check_own_folder(out, (MARKER, "report.json", "shapes/shapes_world.json"), "meter demo", "--out")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()  # first: an interrupted demo's folder is taken again
     timings: dict[str, float] = {}
     start = time.perf_counter()
     common = [f"train.seed={plan.seed}", f"train.progress={str(progress).lower()}"]
