@@ -46,6 +46,12 @@ def _wait_for_training(run: Path, alive: subprocess.Popen | None = None, timeout
         time.sleep(0.02)
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default, so that Python installs its KeyboardInterrupt handler: a process started in the
+    background of a non-interactive shell (as CI may start the tests) inherits it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     """Running: not ended, nor a zombie that its parent has not reaped yet."""
     try:
@@ -72,7 +78,7 @@ def test_a_stopped_study_stops_its_worker_after_a_checkpoint_and_the_next_run_re
     path, out = write_study(tmp_path / "study.yaml", study), tmp_path / "out"
     orchestrator = subprocess.Popen([sys.executable, "-m", "meter", "study", "run", str(path), "--out", str(out)],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)  # fmt: skip
+                                    start_new_session=True, preexec_fn=_as_in_a_terminal)  # fmt: skip
     cell = out / "cells/vlp/co-attention/seed-0"
     _wait_for_training(cell / "pretrain", orchestrator)
     worker = read_status(cell)["pid"]
