@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from meter.cli.errors import DEBUG_HELP, debug_requested, report_unexpected
 from meter.errors import MeterError
+from meter.train.stop_signals import PREEMPTED  # no torch: a command that needs none imports none
 
 # module name -> adds its subparser and returns the function that runs it; the command is the module's name,
 # or its COMMAND when that differs (`import` is a Python keyword)
@@ -53,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("matplotlib", "PIL", "httpx", "urllib3", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return runners[args.command](args) or 0
+        status = runners[args.command](args) or 0
     except MeterError as error:
         if debug:
             raise
         print(f"meter: {error}", file=sys.stderr)
-        return getattr(error, "exit_status", 2)  # a run stopped by a signal has its own (meter.train.stop_signals)
+        status = getattr(error, "exit_status", 2)  # a run stopped by a signal has its own (meter.train.stop_signals)
+        if status == PREEMPTED:  # every process stopped after the same step: its requeue status must hold
+            release_process_groups()
+        return status
     except KeyboardInterrupt:  # Ctrl-C outside training (training says where its last checkpoint is)
         print("meter: interrupted", file=sys.stderr)
         return 130
@@ -66,3 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return report_unexpected(error)
+    release_process_groups()
+    return status
+
+
+def release_process_groups() -> None:
+    """Destroys a launcher's process groups once every process has ended its command well: left to the interpreter's
+    exit, gloo's threads now and then abort it (SIGABRT, "terminate called without an active exception"). Not on an
+    error: the other processes may be inside a collective, and destroying the groups would wait for them."""
+    if "torch.distributed" in sys.modules:  # never imports torch for a command that did not
+        from meter.train.runtime import teardown_runtime
+
+        teardown_runtime()
