@@ -13,7 +13,7 @@ from meter.config import Config, load_config
 from meter.errors import ConfigError
 from meter.runs import run_finetune
 from meter.train.checkpoint import Checkpoints
-from meter.train.run_folder import RECORD, config_differences, read_record
+from meter.train.run_folder import RECORD, config_differences, listed_changes, read_record
 
 
 def recipe(name: str) -> Path:
@@ -39,8 +39,8 @@ def finished_checkpoint(cfg: Config) -> Path | None:
             changed = [change for change in changed if not change.startswith("model.")]
         if changed:
             raise ConfigError(
-                f"train.out = {out} holds a finished run of another config ({'; '.join(changed[:5])}"
-                f"{'; ...' if len(changed) > 5 else ''}): its model is not this config's; give this run another "
+                f"train.out = {out} holds a finished run of another config ({listed_changes(changed)}): its model is "
+                "not this config's; give this run another "
                 "folder (another --out), or delete that one"
             )
     return final

@@ -78,6 +78,11 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     ]
 
 
+def listed_changes(changed: list[str]) -> str:
+    """The first few of config_differences' lines, for a message."""
+    return "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
+
+
 def _moved(value: Any, old_out: Any, new_out: Any) -> Any:
     """`value` with the folder the run moved out of (the common root of the old and new train.out, their shared
     ending taken off) replaced by the one it moved into."""
@@ -121,8 +126,8 @@ def check_resumed_from(checkpoint: Path, cfg: Config) -> None:
     changed = config_differences(read_record(folder)["config"], cfg)
     if changed:
         raise ConfigError(
-            f"--resume {checkpoint}: a checkpoint of a run of another config ({'; '.join(changed[:5])}"
-            f"{'; ...' if len(changed) > 5 else ''}); resuming takes its optimizer, schedule and place in the data. "
+            f"--resume {checkpoint}: a checkpoint of a run of another config ({listed_changes(changed)}); resuming "
+            "takes its optimizer, schedule and place in the data. "
             f"To start from its weights with this config, use train.init_from={checkpoint}"
         )
 
@@ -175,8 +180,8 @@ def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, A
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
         raise ConfigError(
-            f"train.out = {out} holds a run of another config ({'; '.join(changed[:5])}"
-            f"{'; ...' if len(changed) > 5 else ''}): give the new run a folder of its own ({new_folder}), or "
+            f"train.out = {out} holds a run of another config ({listed_changes(changed)}): give the new run a folder "
+            f"of its own ({new_folder}), or "
             f"continue that run with its own config ({out / CONFIG})"
         )
     if run.get("finished"):
@@ -209,7 +214,7 @@ def _earlier_run(out: Path, entries: list[str], cfg: Config, resume: str | None)
     saved = _saved_config(out / CONFIG)
     changed = config_differences(saved, cfg) if saved is not None else []
     if changed:
-        raise ConfigError(f"train.out = {out} holds a run of another config ({'; '.join(changed[:5])}): give the new "
+        raise ConfigError(f"train.out = {out} holds a run of another config ({listed_changes(changed)}): give the new "
                           f"run a folder of its own")  # fmt: skip
     return {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
 
