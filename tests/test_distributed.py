@@ -144,6 +144,55 @@ def test_a_process_that_skipped_a_batch_of_unreadable_images_resumes_at_its_own_
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+class EpochReads:
+    """Which images each of `processes` processes reads at each step of epoch 0 (batches of `per_process`)."""
+
+    def __init__(self, world: Path, per_process: int, processes: int) -> None:
+        from meter.data.formats.captions import read_karpathy
+        from meter.data.stream import epoch_order
+
+        records = read_karpathy(world / "karpathy/dataset_coco.json", world / "images", ("train", "restval"))
+        self.pairs = [record for record in records for _ in record.captions]
+        self.order = epoch_order(len(self.pairs), 0, 0, True)
+        self.per_process, self.processes = per_process, processes
+
+    def images(self, steps: range, rank: int) -> set[str]:
+        return {str(self.pairs[i].image) for step in steps
+                for i in self.order[(step * self.processes + rank) * self.per_process:][:self.per_process]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bad_samples_of_every_process_are_listed_and_counted_against_one_budget(shapes_world, tmp_path):
+    """Missing images met by process 1 are listed all the same (rank 0 writes the list), and the budget is the
+    run's: with both processes over it together (each alone within it), both stop with the budget's message."""
+    world = shutil.copytree(shapes_world, tmp_path / "world")
+    common = [*COMMON, "train.batch_size=4", "train.checkpoint_every=100"]
+    reads = EpochReads(world, per_process=4, processes=2)
+    only_rank1 = reads.images(range(1, 2), rank=1) - reads.images(range(6), rank=0)
+    assert only_rank1, "step 2 of process 1 has an image process 0 never reads"
+    for image in only_rank1:
+        Path(image).unlink()
+    listed = tmp_path / "listed"
+    run_meter([*pretrain_args(world, listed, *common, "data.max_bad_samples=0.5")], processes=2, timeout=300)
+    written = [json.loads(line)["path"] for line in (listed / "bad_samples.jsonl").read_text().splitlines()]
+    assert sorted(written) == sorted(only_rank1)
+
+    doomed = only_rank1 | (reads.images(range(2, 3), rank=0) - reads.images(range(6), rank=1))
+    for image in doomed:
+        Path(image).unlink(missing_ok=True)
+    met = [reads.images(range(6), rank) & doomed for rank in (0, 1)]
+    total = len(reads.pairs)
+    fraction = (len(doomed) - 0.5) / total  # a budget of len(doomed) - 1
+    assert int(fraction * total) == len(doomed) - 1 >= max(map(len, met)), "each process alone stays within it"
+    over = tmp_path / "over"
+    done = run_meter([*pretrain_args(world, over, *common, f"data.max_bad_samples={fraction}")], processes=2,
+                     timeout=300, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert f"skipped {len(doomed)} of {total}" in done.stderr and "more than the budget" in done.stderr, \
+        done.stderr[-3000:]  # fmt: skip
+    assert len(read_metrics(over / "metrics.jsonl")) < 6, "stopped before the end"
+
+
 @pytest.mark.slow
 def test_a_shard_corpus_run_of_two_processes_is_not_resumed_by_one(shapes_world, tmp_path):
     """The shard stream cuts each epoch into slots per process: resumed by another number of processes, part of

@@ -26,11 +26,16 @@ class BadSampleBudget:
 
     Training meets a sample again every epoch, so a path counts once. Evaluation (`per_sample`) reads each sample
     once and counts every one: five questions about one missing image are five questions it could not answer.
+
+    With several processes (`shared`) each one reads its own part of the data: `record` only notes a bad sample,
+    and the training loop hands every process's notes to `settle` on all of them at once, so that the budget is
+    the whole run's, one list names them all (written by the process given `log_file`), and every process stops
+    at the same step when it is spent (one process stopping alone would leave the others waiting for it).
     """
 
     def __init__(
         self, max_fraction: float, total: int, log_file: str | Path | None = None,
-        setting: str = "data.max_bad_samples", per_sample: bool = False,
+        setting: str = "data.max_bad_samples", per_sample: bool = False, shared: bool = False,
     ) -> None:  # fmt: skip
         self.setting = setting  # the option that sets the budget, named in the message
         self.allowed = int(max_fraction * total)
@@ -40,21 +45,37 @@ class BadSampleBudget:
         self.per_sample = per_sample
         self.bad: dict[str, str] = {}  # path -> reason, the first reason of each path
         self.samples = 0  # with per_sample: every sample recorded
+        self.shared = shared
+        self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
 
     @property
     def count(self) -> int:
         return self.samples if self.per_sample else len(self.bad)
 
     def record(self, sample: BadSample) -> None:
-        if sample.path in self.bad and not self.per_sample:
-            return
-        self.bad.setdefault(sample.path, sample.reason)
-        self.samples += 1
-        if self.count <= WARN_FIRST:
-            log.warning("data: skipped %s", sample.reason)
-        if self.log_file is not None:
+        if self.shared:
+            self.pending.append(sample)
+        else:
+            self.settle([sample])
+
+    def take_pending(self) -> list[BadSample]:
+        taken, self.pending = self.pending, []
+        return taken
+
+    def settle(self, samples: list[BadSample]) -> None:
+        """Counts `samples`; raises once the budget is spent."""
+        new = []
+        for sample in samples:
+            if sample.path in self.bad and not self.per_sample:
+                continue
+            self.bad.setdefault(sample.path, sample.reason)
+            self.samples += 1
+            new.append(sample)
+            if self.count <= WARN_FIRST and (self.log_file is not None or not self.shared):
+                log.warning("data: skipped %s", sample.reason)
+        if new and self.log_file is not None:
             with self.log_file.open("a") as f:
-                f.write(json.dumps({"path": sample.path, "reason": sample.reason}) + "\n")
+                f.writelines(json.dumps({"path": s.path, "reason": s.reason}) + "\n" for s in new)
         if self.count > self.allowed:
             first = next(iter(self.bad.values()))
             where = f"; see {self.log_file}" if self.log_file else ""

@@ -36,7 +36,7 @@ from meter.errors import ConfigError, MeterError
 from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
-from meter.train.distributed import all_reduce, distribute, gradient_sync, local, uses_cuda_graphs
+from meter.train.distributed import all_reduce, distribute, gather_objects, gradient_sync, local, uses_cuda_graphs
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
 from meter.train.run_folder import check_resumed_from, finish_run, open_run_folder, release_run_folder, restarted_resume
@@ -115,13 +115,18 @@ class StepVerdict:
         return " and ".join(parts)
 
 
-def agree_on_step(loss: Tensor, grad_norm: Tensor, stop_signal: int, runtime: Runtime) -> StepVerdict:
-    """One reduction: each process fills its row (loss non-finite, gradient non-finite, stop signal); the sum tells
-    every process about all of them."""
-    table = torch.zeros(runtime.world, 3, device=runtime.device)
+def agree_on_step(loss: Tensor, grad_norm: Tensor, stop_signal: int, runtime: Runtime,
+                  budget: BadSampleBudget | None = None) -> StepVerdict:  # fmt: skip
+    """One reduction: each process fills its row (loss non-finite, gradient non-finite, stop signal, bad samples met
+    since the last step); the sum tells every process about all of them. When some process met bad samples, every
+    process settles all of them into its `budget` (so that all stop together when it is spent)."""
+    table = torch.zeros(runtime.world, 4, device=runtime.device)
     table[runtime.rank, :2] = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)]).float()
     table[runtime.rank, 2] = float(stop_signal)
+    table[runtime.rank, 3] = float(len(budget.pending)) if budget is not None else 0.0
     rows = all_reduce(table).tolist()
+    if budget is not None and any(row[3] for row in rows):  # rare: only then a second, larger exchange
+        budget.settle([sample for samples in gather_objects(budget.take_pending()) for sample in samples])
     signalled = [rank for rank, row in enumerate(rows) if row[2]]
     return StepVerdict(
         nonfinite_loss=[rank for rank, row in enumerate(rows) if row[0]],
@@ -227,7 +232,7 @@ def _fit_in(
         )  # fmt: skip
         batches = iter(stream)
         bad_file = out / "bad_samples.jsonl" if runtime.is_main else None
-        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file)
+        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file, shared=runtime.distributed)
         metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step if resume else None)
         last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
         bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
@@ -255,7 +260,8 @@ def _fit_in(
                     for key, value in (losses | report).items():
                         step_values[key] = step_values.get(key, 0) + _detached(value, runtime.device) / train.grad_accum
                 grad_norm = local(torch.nn.utils.clip_grad_norm_(task.parameters(), max_norm))
-                verdict = agree_on_step(sum(step_values[k] for k in loss_keys), grad_norm, stop.received, runtime)
+                verdict = agree_on_step(sum(step_values[k] for k in loss_keys), grad_norm, stop.received, runtime,
+                                        budget)  # fmt: skip
                 if verdict.finite:
                     optimizer.step()
                     progress.nonfinite_in_a_row = 0
