@@ -123,14 +123,15 @@ def write_img2dataset(root: Path, shards: int, per_shard: int) -> list[str]:
 
 
 def write_vilt_arrow(path: Path, rows: list[tuple[bytes, list[str], str]], base64_images: bool = False,
-                     batch_rows: int | None = None) -> None:  # fmt: skip
-    """An Arrow IPC file like ViLT's write_*.py: columns image, caption, image_id, split."""
+                     batch_rows: int | None = None, split: str | list[str] = "train") -> None:  # fmt: skip
+    """An Arrow IPC file like ViLT's write_*.py: columns image, caption, image_id, split (`split`: every row's, or
+    one per row)."""
     images = [base64.b64encode(r[0]).decode() if base64_images else r[0] for r in rows]
     table = pa.table({
         "image": pa.array(images, type=pa.string() if base64_images else pa.binary()),
         "caption": pa.array([r[1] for r in rows], type=pa.list_(pa.string())),
         "image_id": pa.array([r[2] for r in rows]),
-        "split": pa.array(["train"] * len(rows)),
+        "split": pa.array([split] * len(rows) if isinstance(split, str) else split),
     })  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with pa.OSFile(str(path), "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:

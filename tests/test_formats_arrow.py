@@ -1,8 +1,12 @@
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from meter.data.formats.arrow import ArrowSource, iter_rows
 from meter.data.shard_writer import write_shards
+from meter.errors import DataError
 from tests.corpora import image_bytes, shard_members, write_vilt_arrow
 
 
@@ -22,7 +26,7 @@ def test_vilt_arrow_files_are_read_a_slice_at_a_time_from_any_row(tmp_path: Path
 def test_arrow_files_become_shards_with_every_caption_and_base64_images_decoded(tmp_path: Path):
     write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_train.arrow", _rows(0, 5))
     write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_restval.arrow", _rows(5, 3), base64_images=True)
-    write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_test.arrow", _rows(8, 3))
+    write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_test.arrow", _rows(8, 3), split="test")
     source = ArrowSource(tmp_path / "arrows", ("coco_caption_karpathy_train.arrow", "*restval.arrow"))
     manifest = write_shards(source, tmp_path / "out", progress=False)
     assert (manifest["samples"], manifest["pairs"]) == (8, 16)
@@ -33,3 +37,36 @@ def test_arrow_files_become_shards_with_every_caption_and_base64_images_decoded(
     meta = json.loads(members["001_000000004.json"])
     assert meta["captions"] == ["arrow caption 4 a", "arrow caption 4 b"]
     assert meta["image_id"] == "COCO_train2014_000000000004.jpg" and meta["split"] == "train"
+
+
+def _vilt_coco(folder: Path) -> None:
+    """ViLT's COCO files: one per Karpathy split, each row naming its split."""
+    for first, split in ((0, "train"), (4, "restval"), (7, "val"), (9, "test")):
+        write_vilt_arrow(folder / f"coco_caption_karpathy_{split}.arrow", _rows(first, 2 + (split == "train")),
+                         split=split)  # fmt: skip
+
+
+def test_files_of_the_evaluation_splits_are_left_out_of_a_pretraining_corpus(tmp_path: Path, caplog):
+    """`--files "*.arrow"` over ViLT's folder: the val and test images (the retrieval and captioning evaluation
+    sets) were shards like the others; the official pretraining reads only train and restval."""
+    _vilt_coco(tmp_path / "arrows")
+    with caplog.at_level(logging.WARNING):
+        source = ArrowSource(tmp_path / "arrows")
+    kept = [p.name for p in source.files]
+    assert kept == ["coco_caption_karpathy_restval.arrow", "coco_caption_karpathy_train.arrow"]
+    assert "coco_caption_karpathy_test.arrow, coco_caption_karpathy_val.arrow" in caplog.text
+    manifest = write_shards(source, tmp_path / "out", progress=False)
+    assert (manifest["samples"], manifest["pairs"]) == (5, 10)
+    members = shard_members(tmp_path / "out/00000.tar")
+    splits = {json.loads(value)["split"] for name, value in members.items() if name.endswith(".json")}
+    assert splits == {"train", "restval"}
+    assert len(ArrowSource(tmp_path / "arrows", held_out=())) == 9, "--held-out '' keeps every file"
+
+
+def test_a_file_mixing_an_evaluation_split_with_training_rows_is_refused(tmp_path: Path):
+    write_vilt_arrow(tmp_path / "mixed.arrow", _rows(0, 3), split=["train", "test", "train"])
+    with pytest.raises(DataError, match=r"mixed.arrow: rows of the held-out split\(s\) test .* with rows of train"):
+        ArrowSource(tmp_path)
+    with pytest.raises(DataError, match=r"every arrow file matching \*test.arrow .* holds a held-out split"):
+        write_vilt_arrow(tmp_path / "only_test.arrow", _rows(3, 1), split="test")
+        ArrowSource(tmp_path, ("*test.arrow",))

@@ -6,7 +6,7 @@ meter prepare vg --root VG --out shards/vg
 meter prepare cc --root CC --out shards/cc
 meter prepare sbu --root SBU --out shards/sbu
 meter prepare webdataset --root CC12M --out shards/cc12m        # img2dataset shards, indexed in place
-meter prepare arrow --root ARROWS --files "coco_caption_karpathy_*.arrow" --out shards/coco
+meter prepare arrow --root ARROWS --files "coco_caption_karpathy_*.arrow" --out shards/coco  # val, test left out
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     arrow = sources.add_parser("arrow", help="the .arrow files of the official METER / ViLT code")
     _shard_options(arrow)
     arrow.add_argument("--files", default="*.arrow", help="comma-separated patterns under --root (default *.arrow)")
+    arrow.add_argument("--held-out", default="val,test",
+                       help="files of these splits are left out (default val,test: evaluation images)")  # fmt: skip
     return run
 
 
@@ -107,7 +109,7 @@ def _source(args: argparse.Namespace) -> RawSource:
         return WebdatasetSource(args.root, args.pattern)
     from meter.data.formats.arrow import ArrowSource
 
-    return ArrowSource(args.root, _split(args.files))
+    return ArrowSource(args.root, _split(args.files), _split(args.held_out))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,10 @@
 image: binary, or base64 text as some of the writers left it), `caption` (a list of strings, or one string),
 `image_id` and, in most, `split`.
 
+Files of the held-out splits (`val`, `test`: `coco_caption_karpathy_test.arrow` holds the retrieval and captioning
+test images, `conceptual_caption_val_0.arrow` CC's validation) are left out, as the official pretraining leaves
+them out, so that `--files "*.arrow"` over a ViLT folder never trains on a downstream task's test images.
+
 The files are memory-mapped and read a slice of rows at a time: a 10 GB file costs a few slices of memory, never
 the whole table (`to_pandas` on these files is what runs the official code out of RAM).
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from meter.errors import DataError
 
 ROWS_PER_SLICE = 64
 REQUIRED = ("image", "caption")
+HELD_OUT = ("val", "test")
+log = logging.getLogger(__name__)
 
 
 def open_arrow(path: Path) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
@@ -48,14 +56,23 @@ def _batches(reader: pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamRead
 
 
 def count_rows(path: Path) -> int:
+    return sum(split_counts(path).values())
+
+
+def split_counts(path: Path) -> Counter[str | None]:
+    """The number of rows of each value of the `split` column (None: rows of a file without one)."""
     reader = open_arrow(path)
     missing = [c for c in REQUIRED if c not in reader.schema.names]
     if missing:
         raise DataError(f"{path}: an arrow file of METER/ViLT has the columns {', '.join(REQUIRED)}; "
                         f"{', '.join(missing)} missing (it has {', '.join(reader.schema.names)})")  # fmt: skip
-    if isinstance(reader, pa.ipc.RecordBatchFileReader):
-        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    return sum(batch.num_rows for batch in reader)
+    counts: Counter[str | None] = Counter()
+    for batch in _batches(reader):
+        if "split" in batch.schema.names:
+            counts.update(batch.column("split").to_pylist())
+        else:
+            counts[None] += batch.num_rows
+    return counts
 
 
 def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -84,18 +101,42 @@ def image_bytes(value: Any) -> bytes | None:
 
 
 class ArrowSource:
-    """Every row of the files, one sample per image with its captions."""
+    """Every row of the files, one sample per image with its captions; files of the `held_out` splits are left
+    out (a file mixing them with others is refused)."""
 
     name = "arrow"
     missing_images_expected = False
 
-    def __init__(self, root: str | Path, patterns: tuple[str, ...] = ("*.arrow",)) -> None:
+    def __init__(self, root: str | Path, patterns: tuple[str, ...] = ("*.arrow",),
+                 held_out: tuple[str, ...] = HELD_OUT) -> None:  # fmt: skip
         root = Path(root)
-        self.files = sorted({path for pattern in patterns for path in root.glob(pattern)})
-        if not self.files:
+        found = sorted({path for pattern in patterns for path in root.glob(pattern)})
+        if not found:
             raise DataError(f"no arrow files matching {', '.join(patterns)} in {root}")
-        self.counts = [count_rows(path) for path in self.files]
-        self.description = {"root": str(root), "files": [p.name for p in self.files]}
+        self.files, self.counts, left_out = [], [], []
+        for path in found:
+            splits = split_counts(path)
+            held = sorted(str(split) for split in splits if split in held_out)
+            if not held:
+                self.files.append(path)
+                self.counts.append(sum(splits.values()))
+            elif set(held) == set(splits):
+                left_out.append(path.name)
+            else:
+                raise DataError(
+                    f"{path}: rows of the held-out split(s) {', '.join(held)} (evaluation images) mixed with rows "
+                    f"of {', '.join(sorted(str(s) for s in splits if s not in held_out))}: rewrite it without them, "
+                    f"or pass --held-out '' to keep every row"
+                )
+        if left_out:
+            log.warning("left out %d arrow file(s) of the held-out splits %s (evaluation images, never pretrained "
+                        "on): %s", len(left_out), "/".join(held_out), ", ".join(left_out))  # fmt: skip
+        if not self.files:
+            raise DataError(f"every arrow file matching {', '.join(patterns)} in {root} holds a held-out split "
+                            f"({', '.join(left_out)}); pass --held-out '' to keep them")  # fmt: skip
+        self.description: dict[str, object] = {"root": str(root), "files": [p.name for p in self.files]}
+        if left_out:
+            self.description["left_out"] = left_out
 
     def __len__(self) -> int:
         return sum(self.counts)
