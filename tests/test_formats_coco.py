@@ -28,6 +28,20 @@ def test_coco_with_karpathy_split_keeps_train_and_restval_images_with_all_their_
         assert members[f"{i:012d}.txt"].decode() == meta["captions"][0]
 
 
+def test_a_misspelt_split_is_an_error_naming_the_splits_of_the_file(tmp_path: Path):
+    """`--splits train,rest` (for restval) wrote half the corpus and said nothing; a split of Karpathy's that a file
+    lacks (Flickr30k's has no restval) is still fine."""
+    write_coco(tmp_path / "coco", images=8)
+    with pytest.raises(DataError, match=r"dataset_coco.json: no image of the split\(s\) rest; the file has the splits "
+                                        r"restval, test, train, val"):  # fmt: skip
+        coco_source(tmp_path / "coco", "karpathy/dataset_coco.json", ("train", "rest"))
+    karpathy = tmp_path / "coco/karpathy/dataset_coco.json"
+    data = json.loads(karpathy.read_text())
+    data["images"] = [image for image in data["images"] if image["split"] != "restval"]
+    karpathy.write_text(json.dumps(data))
+    assert len(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json", ("train", "restval"))) == 2
+
+
 def test_coco_caption_files_without_karpathy_give_every_image(tmp_path: Path):
     write_coco(tmp_path / "coco", images=6, captions=3)
     manifest = write_shards(coco_source(tmp_path / "coco"), tmp_path / "out", progress=False)

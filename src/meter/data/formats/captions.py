@@ -20,6 +20,9 @@ class CaptionRecord:
     split: str
 
 
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+
+
 def read_karpathy(
     path: str | Path, image_root: str | Path, splits: tuple[str, ...] | None = None
 ) -> list[CaptionRecord]:
@@ -33,11 +36,13 @@ def read_karpathy(
     image_root = Path(image_root)
     records, skipped = [], []
     first_index: dict[int, int] = {}
+    in_file: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"{path}: images[{index}]"
         filename = json_field(entry, "filename", str, where)
         where += f" ({filename})"
         split = json_field(entry, "split", str, where)
+        in_file.add(split)
         filepath = json_field(entry, "filepath", str, where, optional=True) or ""
         image_id = json_field(entry, "cocoid" if "cocoid" in entry else "imgid", int, where)
         _once(image_id, index, first_index, where)
@@ -55,6 +60,12 @@ def read_karpathy(
             records.append(CaptionRecord(image_root / filepath / filename, tuple(captions), image_id, split))
         else:
             skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
+    # a misspelt split (`rest` for `restval`) would quietly leave its images out; a split of Karpathy's that a file
+    # lacks is fine (Flickr30k's has no restval)
+    unknown = [split for split in splits or () if split not in in_file and split not in KARPATHY_SPLITS]
+    if unknown:
+        raise DataError(f"{path}: no image of the split(s) {', '.join(unknown)}; the file has the splits "
+                        f"{', '.join(sorted(in_file))}")  # fmt: skip
     warn_skipped(f"empty captions and images without one in {path}", skipped)
     return records
 
