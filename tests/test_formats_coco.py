@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from meter.data.formats.captions import coco_source
-from meter.data.shard_writer import write_shards
+from meter.data.shard_writer import check_image, write_shards
 from meter.errors import DataError
 from tests.corpora import image_bytes, shard_members, truncated, write_coco
 
@@ -72,3 +72,16 @@ def test_preparation_over_its_bad_sample_budget_stops_with_a_clear_message(tmp_p
     with pytest.raises(DataError, match=r"skipped 1 of 4 samples, more than the budget of 0 .*image not found"):
         write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"), tmp_path / "out", max_bad=0.1,
                      progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG"])
+@pytest.mark.parametrize("decode", [False, True])
+def test_an_image_with_bytes_after_its_end_marker_is_kept_and_a_truncated_one_is_not(kind, decode):
+    """Web and phone JPEGs often carry bytes after the end-of-image marker (a motion photo's video, padding): PIL
+    decodes them whole, and they were called truncated and left out of the shards."""
+    data = image_bytes(3, kind=kind)
+    extension = "png" if kind == "PNG" else "jpg"
+    assert check_image(data + b"\0" * 2048, "padded", decode) == (extension, None)
+    assert check_image(data + b"ftypmp42" + bytes(range(256)) * 8, "motion photo", decode) == (extension, None)
+    found, problem = check_image(truncated(data), "cut", decode)
+    assert found is None and problem.startswith("cut: unreadable image (OSError"), problem

@@ -60,23 +60,29 @@ class RawSource(Protocol):
 
 def check_image(data: bytes, name: str, decode: bool) -> tuple[str | None, str | None]:
     """(file extension, None) for a usable image, else (None, what is wrong). Without `decode` only the header and
-    the end marker are checked (truncated JPEG and PNG files lack theirs); the loader decodes and skips the rest."""
+    the end marker are checked (truncated JPEG and PNG files lack theirs), and an image without its marker near
+    the end is decoded whole before it is called bad (web and phone JPEGs often carry bytes after it: a motion
+    photo's video, padding); the loader decodes and skips the rest."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = image.format
-            if decode:
-                image.load()
+            if decode or not _end_marker_near_end(kind, data):
+                image.load()  # PIL raises on a truncated JPEG or PNG
     except UnidentifiedImageError:
         return None, f"{name}: {NOT_AN_IMAGE}"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return None, f"{name}: unreadable image ({type(error).__name__}: {error})"
     if kind not in IMAGE_FORMATS:
         return None, f"{name}: unsupported image format {kind}; allowed: {', '.join(IMAGE_FORMATS)}"
-    if kind == "JPEG" and b"\xff\xd9" not in data[-1024:]:
-        return None, f"{name}: truncated JPEG (no end-of-image marker)"
-    if kind == "PNG" and b"IEND" not in data[-64:]:
-        return None, f"{name}: truncated PNG (no IEND chunk)"
     return IMAGE_FORMATS[kind], None
+
+
+def _end_marker_near_end(kind: str | None, data: bytes) -> bool:
+    if kind == "JPEG":
+        return b"\xff\xd9" in data[-1024:]
+    if kind == "PNG":
+        return b"IEND" in data[-64:]
+    return True
 
 
 class ShardBuilder:
