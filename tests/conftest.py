@@ -13,6 +13,8 @@ from meter.data.shapes import WorldSpec, generate, generate_tasks
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# cuBLAS reads it once, when a process makes its first handle: the deterministic CUDA tests run after others
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 MICRO = [
     "model.vision.timm_kwargs={embed_dim: 32, depth: 1, num_heads: 2, patch_size: 16}",

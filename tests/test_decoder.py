@@ -60,6 +60,19 @@ def test_cached_steps_give_the_logits_of_the_whole_sequence():
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 1:], atol=1e-5, rtol=1e-5)
 
 
+def test_under_bf16_autocast_the_next_token_is_chosen_from_fp32_logits():
+    """Greedy and beam search rank the logits: in bf16 (steps of 0.0625 near 10) near tokens tie and the lower id
+    wins, so captions written on a GPU differed from fp32 ones. The decoder's layers run in bf16, its logits not."""
+    decoder, (memory, mask) = _decoder(vocab=300, width=32), _memory(width=32)
+    start = torch.ones(3, 1, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = decoder.step(start, decoder.start(memory, mask))
+        trained = decoder.logits(decoder(start, memory, mask))
+    assert trained.dtype == torch.bfloat16, "training's logits (every position) stay in bf16"
+    assert logits.dtype == torch.float32
+    assert logits.unique().numel() > logits.float().bfloat16().unique().numel(), "finer than bf16's grid"
+
+
 def test_padded_memory_keys_do_not_change_the_decoder_output():
     decoder, (memory, mask) = _decoder(), _memory()
     tokens = torch.randint(1, 7, (3, 4))

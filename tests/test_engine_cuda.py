@@ -105,6 +105,33 @@ def test_a_run_stopped_and_resumed_on_cuda_ends_bitwise_where_a_straight_run_end
         assert not differ, f"{len(differ)} tensors of {name} differ, e.g. {differ[:3]}"
 
 
+def test_deterministic_attention_gradients_are_bitwise_equal_at_a_real_number_of_keys():
+    """train.deterministic on a GPU: warned only, SDPA kept cuDNN's kernel and the memory-efficient one's split keys
+    (atomic adds), equal only at the micro sizes above. 577 image keys (576 px), padded text keys, bf16."""
+    from meter.config import TrainConfig
+    from meter.models.layers import TransformerLayer, key_padding_mask
+    from meter.train.runtime import setup_runtime
+
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        setup_runtime(TrainConfig(device="cuda", deterministic=True))
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.manual_seed(0)
+        layer = TransformerLayer(768, 12, 4.0, 0.0, cross=True).cuda()
+        x, context = torch.randn(32, 40, 768, device="cuda"), torch.randn(32, 577, 768, device="cuda")
+        mask = torch.ones(32, 40, dtype=torch.long, device="cuda")
+        mask[::2, 25:] = 0
+        grads = []
+        for _ in range(2):
+            layer.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                layer(x, key_padding_mask(mask), context, None).float().square().mean().backward()
+            grads.append([p.grad.clone() for p in layer.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
 def test_fsdp2_in_one_process_on_cuda_trains_as_the_unwrapped_task(shapes_world, tmp_path):
     """FSDP2 over a group of one (torchrun, NCCL): fused AdamW on sharded (DTensor) parameters, bf16 autocast, full
     state dicts gathered for the checkpoint; the same losses as the task trained unwrapped."""

@@ -224,6 +224,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard: sharded weights)
     max_nonfinite_steps: int = 5  # a non-finite loss skips its step; this many in a row stop the run
+    # deterministic kernels (what a bitwise-exact resume needs on a GPU): cuBLAS's fixed workspace, and on CUDA torch's
+    # strict mode (attention without split-key atomics; an operation with no deterministic kernel stops the run)
     deterministic: bool = False
     progress: bool = True
     eval_batch_size: int = 128

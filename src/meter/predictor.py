@@ -26,7 +26,7 @@ from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
-from meter.train.runtime import Runtime, pick_device, pick_dtype
+from meter.train.runtime import Runtime, allow_tf32, pick_device, pick_dtype
 
 ImageInput = str | Path | Image.Image  # a file, or an image already decoded
 
@@ -65,6 +65,7 @@ class Predictor:
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
         self.tokenizer = loaded.tokenizer
         self.runtime = Runtime(self.device, pick_dtype(precision, self.device))
+        allow_tf32(self.device, self.runtime.dtype != torch.float32)  # fp32 asked for: convolutions too
         self.collate = Collate(loaded.tokenizer, self.description.config.model.text.max_length)
 
     @property

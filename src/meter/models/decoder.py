@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from meter.config import DecoderConfig
 from meter.errors import ConfigError
+from meter.models.heads import in_fp32
 from meter.models.layers import LAYER_NORM_EPS, KeyValues, TransformerLayer
 
 
@@ -114,4 +115,4 @@ class Decoder(nn.Module):
             x, kv = layer.step(x, None if state.past is None else state.past[i], state.context[i], state.context_mask)
             past.append(kv)
         new_state = DecodingState(state.context, state.context_mask, past, state.length + input_ids.shape[1])
-        return self.logits(x[:, -1]), new_state
+        return in_fp32(lambda last: self.logits(last), x[:, -1]), new_state  # ranked: argmax, top-k

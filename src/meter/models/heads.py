@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,10 +11,10 @@ from torch import Tensor, nn
 from meter.models.layers import LAYER_NORM_EPS
 
 
-def in_fp32(head: nn.Module, joint: Tensor) -> Tensor:
-    """A head's output computed in fp32 whatever autocast is on: scores that are ranked (retrieval) or compared
-    (the argmax over 3,129 answers) keep their resolution, where bf16's 8 bits would tie near ones and break the
-    tie by position. Heads are small; the cost is nothing next to the encoders."""
+def in_fp32(head: Callable[[Tensor], Tensor], joint: Tensor) -> Tensor:
+    """A head's output computed in fp32 whatever autocast is on: scores that are ranked (retrieval, the next token
+    of a caption) or compared (the argmax over 3,129 answers) keep their resolution, where bf16's 8 bits would tie
+    near ones and break the tie by position. Heads are small; the cost is nothing next to the encoders."""
     with torch.autocast(joint.device.type, enabled=False):
         return head(joint.float())
 

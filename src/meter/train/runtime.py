@@ -72,6 +72,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def allow_tf32(device: torch.device, allowed: bool) -> None:
+    """TF32 for the matrix products and convolutions autocast leaves in fp32, unless fp32 itself was asked for."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group if there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -83,11 +90,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        # TF32 for the products autocast leaves in fp32; train.precision=fp32 asks for fp32 itself (the advice
-        # the loop gives after non-finite steps)
-        tf32 = cfg.precision != "fp32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+    # train.precision=fp32 asks for fp32 itself (the advice the loop gives after non-finite steps)
+    allow_tf32(device, cfg.precision != "fp32")
     # a launcher's rendezvous (torchrun, or srun with MASTER_ADDR) with train.parallel=fsdp: a group even of one
     # process, so that FSDP2 shards on one GPU as on many (what a single-GPU debugging run of a sharded job wants)
     launched_sharded = cfg.parallel == "fsdp" and "MASTER_ADDR" in os.environ
@@ -96,7 +100,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         global _WAITING
         _WAITING = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN)
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and
+        # the memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes;
+        # an operation without a deterministic CUDA kernel then stops the run, naming it
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cuda")
     seed_everything(cfg.seed)
     return Runtime(
         device=device, dtype=pick_dtype(cfg.precision, device), rank=rank, world=world, local_rank=local_rank
