@@ -113,3 +113,32 @@ def test_a_long_process_verifying_many_folders_keeps_a_bounded_record_and_still_
     first.write_bytes(b"\xff" * 64)
     with pytest.raises(DataError, match="a.bin: damaged: its sha256 differs"):
         verify_checksums(folders[0])
+
+
+def test_resumed_from_an_earlier_checkpoint_the_newer_ones_are_set_aside(stopped_run, tmp_path, caplog):
+    """`--resume .../step_2` in a run that got to step 4: step_4 (the continuation given up) stayed, counted by
+    keep_last and taken by a later `--resume latest` after a crash, which then went on from the abandoned
+    continuation with this one's log."""
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    cfg = load_config(run / "config.yaml", [f"train.out={run}", "train.stop_at=3"])
+    with caplog.at_level(logging.WARNING):
+        run_pretrain(cfg, str(run / "checkpoints/step_00000002"))
+    assert "step_00000004 is newer than step 2, where this run resumes" in caplog.text
+    assert [p.name for p in Checkpoints(run / "checkpoints").all()] == ["step_00000002", "step_00000003"]
+    assert (run / "checkpoints/abandoned-step_00000004" / CHECKSUMS).is_file(), "kept, renamed"
+    assert Checkpoints(run / "checkpoints").resolve("latest").name == "step_00000003"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_step_saved_again_survives_a_kill_between_the_two_renames(stopped_run, tmp_path, caplog):
+    """Saving a step again renames the earlier save away, then the new one in: killed in between, the earlier one
+    is restored (it used to be deleted first, so that a kill there lost the step)."""
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    checkpoints = run / "checkpoints"
+    (checkpoints / "step_00000004").rename(checkpoints / ".step_00000004.replaced")  # what the kill leaves
+    shutil.copytree(checkpoints / "step_00000002", checkpoints / ".step_00000004.tmp")
+    with caplog.at_level(logging.WARNING):
+        found = Checkpoints(checkpoints).resolve("latest", set_aside=True)
+    assert found == checkpoints / "step_00000004" and "checkpoint step_00000004 restored" in caplog.text
+    resumed = run_pretrain(load_config(run / "config.yaml", [f"train.out={run}", "train.stop_at=5"]), "latest")
+    assert resumed.name == "step_00000005" and not list(checkpoints.glob(".step_*")), "the leftovers are gone"

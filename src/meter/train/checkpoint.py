@@ -15,7 +15,8 @@ temporary folder, synced, and renamed into place; only then are the run's old on
 and deleted (never another run's). So a folder named step_* is always complete, whenever the run was killed, and a
 write that fails (a full disk, no permission) removes its temporary folder and stops the run with a message naming
 the path and the space it needed, the earlier checkpoints intact. `--resume latest` verifies the newest checkpoint's
-checksums and falls back to the newest intact one, setting damaged ones aside (renamed damaged-step_*).
+checksums and falls back to the newest intact one, setting damaged ones aside (renamed damaged-step_*). A run
+resumed from an older checkpoint than the newest sets the newer ones aside (renamed abandoned-step_*).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ TASK_WEIGHTS = "task.safetensors"
 PROGRESS = "progress.json"
 PREFIX = "step_"
 DAMAGED = "damaged-"  # a damaged checkpoint set aside by --resume latest: kept for a look, never loaded
+ABANDONED = "abandoned-"  # newer than the checkpoint a run was resumed from: a continuation given up, kept
+REPLACED = ".replaced"  # an earlier save of a step being saved again, until the new one is in place
 MODEL = "model."  # the task's weights under this prefix are the model's
 
 
@@ -148,6 +151,16 @@ def _verify(path: Path, parts: tuple[str, ...] | None = None) -> bool:
         log.warning("%s: written before checkpoints recorded checksums; loaded unverified", path)
         return True
     return False
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """folder/name, or with a number (-2, -3, ...) when one of that name is there already."""
+    path = folder / name
+    for again in range(2, 10_000):
+        if not path.exists():
+            break
+        path = folder / f"{name}-{again}"
+    return path
 
 
 def _written_by(path: Path) -> str:
@@ -270,10 +283,12 @@ class Checkpoints:
             earlier = self.latest()
             kept = f"; the run's earlier checkpoint {earlier} is intact" if earlier else ""
             raise DataError(f"checkpoint not written: {cannot_write(final, failed, needed)}{kept}") from None
-        if final.exists():  # a resumed run re-saving a step it had saved before
-            self._delete(final)
+        replaced = self.folder / f".{final.name}{REPLACED}"
+        if final.exists():  # a step saved before: renamed away, deleted only once the new one is in its place (a
+            os.replace(final, replaced)  # kill in between leaves the earlier one to restore, see _remove_leftovers)
         os.replace(temporary, final)
         _fsync_folder(self.folder)
+        shutil.rmtree(replaced, ignore_errors=True)
         self._prune(keep=final)
 
     def _prune(self, keep: Path) -> None:
@@ -294,14 +309,40 @@ class Checkpoints:
     def _remove_leftovers(self) -> None:
         """Temporary and half-deleted folders of a run that was killed while writing or pruning."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._restore_replaced()
         for path in self.folder.iterdir():
             if path.name.startswith(f".{PREFIX}"):
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _restore_replaced(self) -> None:
+        """A kill between renaming a step's earlier save away and renaming its new save in: the earlier one (whole:
+        its deletion starts only once the new one is in place) goes back to its name."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob(f".{PREFIX}*{REPLACED}"):
+            step = self.folder / path.name[1 : -len(REPLACED)]
+            if not step.exists():
+                os.replace(path, step)
+                log.warning("checkpoint %s restored: the run was killed while saving that step again", step.name)
+
+    def set_aside_after(self, step: int) -> list[Path]:
+        """A run resumed from a checkpoint older than its newest: the newer ones, a continuation now given up, are
+        renamed abandoned-step_* (kept, never counted by `keep_last` or taken by `--resume latest`: a crash later
+        would have resumed the abandoned continuation)."""
+        newer = [path for path in self.steps() if int(path.name[len(PREFIX) :]) > step]
+        for path in newer:
+            aside = _free_name(self.folder, f"{ABANDONED}{path.name}")
+            os.replace(path, aside)
+            log.warning("checkpoint %s is newer than step %d, where this run resumes: set aside as %s (delete it "
+                        "if it is not wanted)", path.name, step, aside)  # fmt: skip
+        return newer
 
     def resolve(self, which: str, set_aside: bool = False, parts: tuple[str, ...] | None = None) -> Path:
         """'latest' (the newest intact checkpoint: damaged ones are skipped with a warning, and with `set_aside`
         renamed damaged-step_*) or a path to a checkpoint folder (verified: a damaged one is an error). `parts`: the
         parts of the checksums to verify (default all; the model's alone to predict with it)."""
+        if set_aside:
+            self._restore_replaced()
         if which != "latest":
             path = Path(which)
             if not (path / TRAINING_STATE).is_file():
@@ -313,11 +354,7 @@ class Checkpoints:
                 if not _verify(path, parts):
                     continue  # written before checkpoints recorded checksums, and incomplete
             except DamagedFolder as damage:
-                aside = self.folder / f"{DAMAGED}{path.name}"
-                for again in range(2, 1000):  # one damaged there before: the name of this one gets a number
-                    if not aside.exists():
-                        break
-                    aside = self.folder / f"{DAMAGED}{path.name}-{again}"
+                aside = _free_name(self.folder, f"{DAMAGED}{path.name}")
                 if set_aside:
                     os.replace(path, aside)
                 log.warning("checkpoint %s is damaged (%s)%s; trying the one before", path.name, damage.args[0],

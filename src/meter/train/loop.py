@@ -209,6 +209,8 @@ def _fit_in(
         path = checkpoints.resolve_everywhere(resume, runtime)
         check_resumed_from(path, cfg)
         progress = checkpoints.load(path, task, optimizer, scheduler, runtime)
+        if runtime.is_main:  # resumed from an earlier one than the newest: the newer ones are a continuation given up
+            checkpoints.set_aside_after(progress.step)
         written_by = len(progress.batches_per_process)
         if written_by not in (0, runtime.world) and hasattr(dataset, "stream_type"):
             raise ConfigError(
