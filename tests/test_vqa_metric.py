@@ -226,6 +226,22 @@ def test_evaluate_vqa_scores_a_file_with_the_metric_it_is_given(tmp_path: Path, 
     assert printed == score_files(None, annotations, predictions, metric).to_dict()
 
 
+def test_identical_answer_records_are_scored_as_officially_with_a_warning(tmp_path: Path, capsys, caplog):
+    """A converted file without answer_id: the official leave-one-out compares whole records, so ten identical ones
+    are left out together (both questions right scores 15.00, where ids give 100). The number stays the official
+    one; the warning says why it is low and what to add."""
+    annotations = [{"question_id": q, "image_id": 1, "question_type": "is", "answer_type": "yes/no",
+                    "answers": [{"answer": a, "answer_confidence": "yes"} for a in given]}
+                   for q, given in ((1, ["yes"] * 10), (2, ["yes"] * 7 + ["no"] * 3))]  # fmt: skip
+    (tmp_path / "annotations.json").write_text(json.dumps({"annotations": annotations}))
+    (tmp_path / "predictions.json").write_text(json.dumps([{"question_id": q, "answer": "yes"} for q in (1, 2)]))
+    assert main(["evaluate", "vqa", "--annotations", str(tmp_path / "annotations.json"), "--predictions",
+                 str(tmp_path / "predictions.json")]) == 0  # fmt: skip
+    official = vqa_eval_2021_literal.evaluate(annotations, {1: "yes", 2: "yes"})["overall"]
+    assert json.loads(capsys.readouterr().out)["overall"] == official == 15.0
+    assert "2 of 2 annotations have identical answer records (question 1; no answer_id?)" in caplog.text
+
+
 def test_evaluate_vqa_without_a_metric_uses_the_current_official_code(tmp_path: Path, capsys):
     annotations, predictions = write_files(tmp_path)
     assert main(["evaluate", "vqa", "--annotations", str(annotations), "--predictions", str(predictions)]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,14 @@ class VqaRecord:
 def read_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
     """The annotations of an official annotation file, each checked (a DataError names the file, the annotation
     and the field): ids are integers, the answers a non-empty list of {"answer": str}, one annotation per question.
-    A number of answers other than ten (the official files' count) is allowed, with one warning."""
+    A number of answers other than ten (the official files' count) is allowed, with one warning; so are identical
+    answer records (a file without `answer_id`s), with a warning of their own: the official scoring leaves one
+    annotator out by comparing whole records, so identical ones are left out together and a right answer scores
+    less. Scored as the official code scores them all the same: the number must be the official one."""
     annotations = listed(read_json(path, "VQAv2 annotation file"), "annotations", path, "VQAv2 annotation file")
     seen: dict[int, int] = {}
     unusual: list[tuple[int, int]] = []  # (question_id, number of answers) where it is not ten
+    repeated: list[int] = []  # questions with identical answer records
     for index, annotation in enumerate(annotations):
         where = f"{path}: annotations[{index}]"
         question_id = json_field(annotation, "question_id", int, where)
@@ -51,10 +56,17 @@ def read_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
             json_field(answer, "answer", str, f"{where}: answers[{number}]")
         if len(answers) != ANSWERS_PER_QUESTION:
             unusual.append((question_id, len(answers)))
+        if len({json.dumps(answer, sort_keys=True) for answer in answers}) < len(answers):
+            repeated.append(question_id)
     if unusual:
         log.warning("%s: %d of %d annotations have a number of answers other than %d (question %d has %d); the "
                     "accuracy averages over however many there are", path, len(unusual), len(annotations),
                     ANSWERS_PER_QUESTION, *unusual[0])  # fmt: skip
+    if repeated:
+        log.warning("%s: %d of %d annotations have identical answer records (question %d; no answer_id?): the "
+                    "official scoring, which meter follows, leaves identical records out together, so a right answer "
+                    "scores less there; give each answer its answer_id (1-10) for the usual score", path,
+                    len(repeated), len(annotations), repeated[0])  # fmt: skip
     return annotations
 
 
