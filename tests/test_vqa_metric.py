@@ -121,6 +121,24 @@ def test_soft_scores_follow_meter():
     assert [soft_score(n) for n in range(6)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
 
 
+def test_soft_targets_count_the_answers_as_written_as_the_official_recipe_does():
+    """write_vqa.py counts each annotator's answer string against the (normalised) vocabulary: "Two" and "two." do
+    not count for "2"; vqa.normalize_targets=true counts them in their normal form."""
+    from meter.data.formats.vqa import VqaRecord
+    from meter.tasks.vqa import soft_targets
+
+    given = ["2", "2", "Two", "two.", "2", "3", "three", "yes", "2", "2"]
+    record = VqaRecord(1, 1, "how many?", Path("x.png"), tuple({"answer": a, "answer_id": i} for i, a in
+                                                             enumerate(given)))  # fmt: skip
+    index = {"2": 0, "3": 1, "yes": 2}
+    official = {}  # the official loop, restated: raw strings, counted, kept where the vocabulary has them
+    for answer in given:
+        official[answer] = official.get(answer, 0) + 1
+    expected = sorted((index[a], soft_score(n)) for a, n in official.items() if a in index)
+    assert sorted(soft_targets(record, index)) == expected == [(0, 1.0), (1, 0.3), (2, 0.3)]
+    assert sorted(soft_targets(record, index, normalize=True)) == [(0, 1.0), (1, 0.6), (2, 0.3)]
+
+
 # Random answers as annotators and models type them: one of a few meanings, rendered with mixed case, number words
 # or digits, articles, contractions with or without the apostrophe, punctuation and stray whitespace.
 MEANINGS = [["yes"], ["no"], ["2"], ["0"], ["10"], ["red", "car"], ["dog"], ["don't", "know"], ["isn't"], ["1,000"],

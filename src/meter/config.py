@@ -138,6 +138,9 @@ class VqaConfig:
     # the image folder split of a question split, where they differ: `{split}` in image_pattern becomes it
     image_splits: dict[str, str] = field(default_factory=lambda: {"test-dev2015": "test2015"})  # official layout
     min_answer_count: int = 9  # an answer enters the vocabulary if it is the consensus answer this often
+    # the soft targets count the annotators' answers as written, as the official recipe does; true: in their normal
+    # form (as the vocabulary and the accuracy read them: "Two" and "two" count for "2")
+    normalize_targets: bool = False
     # the official accuracy's version: official-2021 (today's leaderboard) or official-2017 (papers before 2021)
     metric: str = "official-2021"
 

@@ -58,9 +58,11 @@ def answer_vocabulary(records: list[VqaRecord], min_count: int) -> list[str]:
     return [answer for answer, _ in sorted(kept, key=lambda item: (-item[1], item[0]))]
 
 
-def soft_targets(record: VqaRecord, index: dict[str, int]) -> list[tuple[int, float]]:
-    """(label, score) for each vocabulary answer given by any annotator: 0.3 per annotator, 1.0 from four."""
-    counts = Counter(normalize_answer(a["answer"]) for a in record.answers)
+def soft_targets(record: VqaRecord, index: dict[str, int], normalize: bool = False) -> list[tuple[int, float]]:
+    """(label, score) for each vocabulary answer given by any annotator: 0.3 per annotator, 1.0 from four. The
+    official recipe counts the answers as the annotators wrote them (write_vqa.py: "Two" or "two" is not "2"); with
+    `normalize` (vqa.normalize_targets) in their normal form, as the vocabulary and the accuracy read them."""
+    counts = Counter(normalize_answer(a["answer"]) if normalize else a["answer"] for a in record.answers)
     return [(index[answer], soft_score(n)) for answer, n in sorted(counts.items()) if answer in index]
 
 
@@ -91,9 +93,10 @@ class VqaTask(nn.Module):
         return {"vqa_loss": loss}, {"vqa_score": score.detach()}  # a tensor: reading it would sync
 
 
-def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str]) -> VqaQuestions:
+def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str], normalize: bool = False
+                ) -> VqaQuestions:  # fmt: skip
     index = {answer: i for i, answer in enumerate(answers)}
-    return VqaQuestions(records, images, [soft_targets(r, index) for r in records])
+    return VqaQuestions(records, images, [soft_targets(r, index, normalize) for r in records])
 
 
 @torch.no_grad()
@@ -166,7 +169,7 @@ def setup_vqa(cfg: Config) -> Finetuning:
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {"vqa": len(answers)})
     images = image_reader(cfg, model)
-    dataset = vqa_dataset(train_records, images, answers)
+    dataset = vqa_dataset(train_records, images, answers, cfg.vqa.normalize_targets)
     log.info("vqa: %d training questions, %d answers in the vocabulary", len(dataset), len(answers))
     collate = Collate(tokenizer, cfg.model.text.max_length, num_labels=len(answers))
     return Finetuning(VqaTask(model, answers, cfg), dataset, collate, tokenizer)
