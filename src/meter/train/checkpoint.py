@@ -328,8 +328,8 @@ class Checkpoints:
     def set_aside_after(self, step: int) -> list[Path]:
         """A run resumed from a checkpoint older than its newest: the newer ones, a continuation now given up, are
         renamed abandoned-step_* (kept, never counted by `keep_last` or taken by `--resume latest`: a crash later
-        would have resumed the abandoned continuation)."""
-        newer = [path for path in self.steps() if int(path.name[len(PREFIX) :]) > step]
+        would have resumed the abandoned continuation). Another run's checkpoints are left as they are."""
+        newer = [path for path in self.all() if int(path.name[len(PREFIX) :]) > step and _written_by(path) == self.run]
         for path in newer:
             aside = _free_name(self.folder, f"{ABANDONED}{path.name}")
             os.replace(path, aside)
