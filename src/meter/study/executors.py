@@ -91,6 +91,28 @@ def visible_gpus() -> list[str]:
     return gpus
 
 
+class GpuSlots:
+    """The GPUs of this machine handed out to running cells, `per_job` each: a new cell gets the least busy group
+    (as CUDA_VISIBLE_DEVICES names them); a group is free again once its cell's handle has ended."""
+
+    def __init__(self, gpus: list[str], per_job: int) -> None:
+        count = len(gpus) // per_job if per_job > 0 else 0
+        self.groups = [",".join(gpus[k * per_job : (k + 1) * per_job]) for k in range(count)]
+        self._held: list[tuple[str, Handle]] = []
+
+    def pick(self) -> str | None:
+        """The next cell's group, the first of the least busy (None: no GPUs to hand out)."""
+        if not self.groups:
+            return None
+        self._held = [(group, handle) for group, handle in self._held if handle.poll() is None]
+        busy = [group for group, _ in self._held]
+        return min(self.groups, key=busy.count)
+
+    def hold(self, group: str | None, handle: Handle) -> None:
+        if group is not None:
+            self._held.append((group, handle))
+
+
 class LocalProcesses:
     """`jobs` worker processes at a time on this machine, each with cores // jobs threads and, where there are GPUs,
     the least busy one of them (CUDA_VISIBLE_DEVICES): `--jobs 8` on 8 GPUs runs a cell on each."""
@@ -102,27 +124,22 @@ class LocalProcesses:
             raise ConfigError(f"--jobs = {jobs} must be at least 1")
         self.parallel = jobs
         self.threads = max(1, cores() // jobs)
-        self.gpus = visible_gpus() if gpus is None else gpus
-        self._on_gpu: list[tuple[str, ProcessHandle]] = []  # the processes started on each GPU
+        self.gpus = GpuSlots(visible_gpus() if gpus is None else gpus, 1)
 
     def submit(self, cell: CellPlan) -> ProcessHandle:
         return self.start(worker_command(cell), Path(cell.folder) / WORKER_LOG)
 
     def start(self, command: list[str], log_path: Path) -> ProcessHandle:
         env = {**os.environ, **thread_env(self.threads)}
-        gpu = None
-        if self.gpus:
-            self._on_gpu = [(g, handle) for g, handle in self._on_gpu if handle.poll() is None]
-            busy = [g for g, _ in self._on_gpu]
-            gpu = min(self.gpus, key=busy.count)  # the first of the least busy
+        gpu = self.gpus.pick()
+        if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         with log_path.open("ab") as log:  # a session of its own: Ctrl-C in the terminal reaches only `meter study run`,
             process = subprocess.Popen(  # which asks its workers to stop after a checkpoint (SIGTERM)
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
         handle = ProcessHandle(process)
-        if gpu is not None:
-            self._on_gpu.append((gpu, handle))
+        self.gpus.hold(gpu, handle)
         return handle
 
 
@@ -159,17 +176,22 @@ class TorchrunCell:
     def __getstate__(self) -> dict[str, Any]:
         return {"stop_wait_s": self.stop_wait_s, "_torchrun": None}
 
-    def __call__(self, cell_file: str, processes: int, nodes: int, port: int, threads: int) -> None:
+    def __call__(self, cell_file: str, processes: int, nodes: int, threads: int, gpus: str = "") -> None:
+        """`gpus`: the job's CUDA_VISIBLE_DEVICES where meter hands them out (submitit's local executor gives every
+        job the first GPUs); empty: as the cluster set it."""
         import submitit
 
         command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={processes}"]
         if nodes > 1:
             job = submitit.JobEnvironment()
-            command += [f"--node-rank={job.node}", f"--master-addr={job.hostnames[0]}", f"--master-port={port}"]
+            command += [f"--node-rank={job.node}", f"--master-addr={job.hostnames[0]}",
+                        f"--master-port={rendezvous_port(job.job_id)}"]  # fmt: skip
         else:
-            command += ["--standalone"]
+            command += ["--standalone"]  # a free port of its own
         command += ["-m", "meter", "study", "cell", cell_file]
         env = {**os.environ, **thread_env(threads)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
         self._torchrun = subprocess.Popen(command, env=env, preexec_fn=_ignore_warning_signal)
         while (code := self._torchrun.poll()) is None:  # polled, not waited: `checkpoint` may run meanwhile
             time.sleep(0.5)
@@ -190,6 +212,14 @@ class TorchrunCell:
             if _running(torchrun.pid):  # still evaluating, say: what it did since its checkpoint is lost either way,
                 _signal([*worker_processes(torchrun.pid), torchrun.pid], signal.SIGKILL)  # and none is left behind
         return DelayedSubmission(TorchrunCell(self.stop_wait_s), *args)
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The port of a multi-node job's rendezvous, which every node derives alike from the job's id (a requeued job
+    keeps it): two jobs on one node get different ports unless their ids are 12,000 apart (a hash of the cell's name
+    took one of 1,000, and two cells met there); below Linux's ephemeral ports (32768 on)."""
+    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())  # an array task: "1234_5"
+    return 20000 + number % 12000
 
 
 def _running(pid: int) -> bool:
@@ -235,7 +265,10 @@ class Submitit:
     `stop_s` before the time limit submitit signals the job: its cell checkpoints and stops, and the job is requeued
     (at most `requeues` times), to resume (TorchrunCell)."""
 
-    def __init__(self, cluster: str, folder: Path, settings: SlurmSpec, parallel: int = 0) -> None:
+    def __init__(self, cluster: str, folder: Path, settings: SlurmSpec, parallel: int = 0,
+                 gpus: list[str] | None = None) -> None:  # fmt: skip
+        """`gpus` (the local executor): the machine's GPUs to hand out, `settings.gpus_per_node` to a job (default:
+        those CUDA_VISIBLE_DEVICES names)."""
         import submitit
 
         self.settings = settings
@@ -243,7 +276,13 @@ class Submitit:
         self.stop_wait_s = max(10.0, settings.stop_s - 30.0)  # leaves the requeue its time before the limit
         params: dict[str, Any] = {"timeout_min": settings.time_min, "tasks_per_node": 1,
                                   "gpus_per_node": settings.gpus_per_node}  # fmt: skip
+        self.gpus: GpuSlots | None = None
         if cluster != "slurm":  # one machine; its controller signals the job signal_delay_s before the time limit
+            local_gpus = visible_gpus() if gpus is None else gpus
+            if 0 < len(local_gpus) < settings.gpus_per_node:
+                raise ConfigError(f"slurm.gpus_per_node = {settings.gpus_per_node}, but this machine shows "
+                                  f"{len(local_gpus)} GPU(s) ({', '.join(local_gpus)})")  # fmt: skip
+            self.gpus = GpuSlots(local_gpus, settings.gpus_per_node)
             self.executor: Any = submitit.LocalExecutor(folder=folder, max_num_timeout=settings.requeues)
             self.executor.update_parameters(**params, signal_delay_s=settings.stop_s)
             return
@@ -264,9 +303,12 @@ class Submitit:
 
     def submit(self, cell: CellPlan) -> JobHandle:
         processes = max(1, self.settings.gpus_per_node)
-        port = 29500 + zlib.crc32(cell.name.encode()) % 1000  # one per cell: two jobs may share a node
         threads = max(1, self.settings.cpus_per_task // processes)
         cell_file = str(Path(cell.folder) / CELL)
-        job = self.executor.submit(TorchrunCell(self.stop_wait_s), cell_file, processes, self.settings.nodes, port,
-                                   threads)  # fmt: skip
-        return JobHandle(job)
+        gpus = self.gpus.pick() if self.gpus is not None else None
+        job = self.executor.submit(TorchrunCell(self.stop_wait_s), cell_file, processes, self.settings.nodes, threads,
+                                   gpus or "")  # fmt: skip
+        handle = JobHandle(job)
+        if self.gpus is not None:
+            self.gpus.hold(gpus, handle)
+        return handle
