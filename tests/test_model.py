@@ -50,6 +50,25 @@ def test_padding_does_not_change_the_fused_features(micro_config: Config):
     torch.testing.assert_close(a.text, b.text[:, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("texts", "max_length", "padded_to"), [
+    (["a red circle", "what shape is the blue object?"], 40, 16),  # 9 tokens -> 16
+    (["a red circle " * 6], 20, 20),  # cut at 20, a multiple of 8 would be 24: max_length caps it
+])  # fmt: skip
+def test_text_padded_to_a_multiple_adds_only_padding(micro_config: Config, texts, max_length, padded_to):
+    """With CUDA graphs the loop pads text to a multiple of 8 tokens (one graph per length met); the tokens, mask
+    and word ids of the text itself are those of the plain batch, the rest padding (which the masks keep out: see
+    the test above)."""
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    samples = [{"text": text, "pixels": torch.zeros(3, 8, 8)} for text in texts]
+    plain = Collate(tokenizer, max_length)(samples)
+    bucketed = Collate(tokenizer, max_length).bucketed(8)(samples)
+    n = plain["input_ids"].shape[1]
+    assert bucketed["input_ids"].shape == (len(texts), padded_to) and n <= padded_to
+    for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("word_ids", -1)):
+        assert torch.equal(bucketed[key][:, :n], plain[key]), key
+        assert (bucketed[key][:, n:] == pad).all(), key
+
+
 def test_model_folder_round_trip_gives_identical_outputs(micro_config: Config, tmp_path: Path):
     tokenizer = load_tokenizer(tokenizer_path(micro_config))
     model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id, {"mlm": len(tokenizer)}).eval()

@@ -44,6 +44,7 @@ from meter.train.runtime import Runtime
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
 log = logging.getLogger(__name__)
+TEXT_LENGTH_MULTIPLE = 8  # with CUDA graphs: text padded to a multiple of 8 tokens (also what tensor cores like)
 
 
 class Task(Protocol):
@@ -225,6 +226,9 @@ def _fit_in(
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
     # installed before the data workers start: forked, they inherit handlers that leave the signals to this process
+    cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
+    if cuda_graphs:  # a graph is recorded for each text length met: a few lengths, not every one up to max_length
+        collate = collate.bucketed(TEXT_LENGTH_MULTIPLE)
     with StopRequests() as stop:
         stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
         stream = stream_type(
@@ -240,7 +244,6 @@ def _fit_in(
         bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
                    disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip
         max_norm = train.clip_grad if train.clip_grad > 0 else math.inf  # inf: measure the norm, do not clip
-        cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
         window = Window()
         task.train()
         try:
