@@ -47,7 +47,21 @@ def test_prepare_command_writes_a_manifest_for_each_source(
                  "--no-progress", *options]) == 0  # fmt: skip
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
     assert (manifest["source"], manifest["samples"], manifest["pairs"]) == (source, samples, pairs)
-    assert f"{samples:,} images, {pairs:,} image-caption pairs" in capsys.readouterr().out
+    said = f"{samples:,} samples indexed in place, {pairs:,} image-caption pairs" if source == "webdataset" else \
+        f"{samples:,} images, {pairs:,} image-caption pairs"  # fmt: skip
+    assert said in capsys.readouterr().out
+
+
+def test_indexing_in_place_says_its_counts_are_places_with_the_bad_samples_among_them(tmp_path, capsys):
+    """Indexed in place the shards keep their bad samples (skipped when read): '8 images ... 4 bad' read as 12
+    records, where --copy of the same shard says 3 images and 5 bad."""
+    from tests.corpora import write_damaged_shard
+
+    write_damaged_shard(tmp_path / "wds/00000.tar")
+    assert main(["prepare", "webdataset", "--root", str(tmp_path / "wds"), "--out", str(tmp_path / "index"),
+                 "--max-bad", "0.9", "--no-progress"]) == 0  # fmt: skip
+    assert "8 samples indexed in place, 8 image-caption pairs, in 1 shards; 4 of the samples bad" in \
+        capsys.readouterr().out  # fmt: skip
 
 
 def test_prepare_command_names_a_missing_layout_file(tmp_path: Path, capsys: pytest.CaptureFixture):

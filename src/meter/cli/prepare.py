@@ -136,9 +136,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         manifest = write_shards(_source(args), args.out, args.shard_size, args.max_bad, args.decode, progress)
     words = manifest["captions"]["words"]
-    print(
-        f"{manifest['source']} in {args.out}: {manifest['samples']:,} images, {manifest['pairs']:,} image-caption pairs"
-        f" in {len(manifest['shards'])} shards; {manifest['bad']:,} bad, {manifest['not_downloaded']:,} not downloaded;"
-        f" {words.get('mean', 0)} words a caption on average"
-    )
+    if args.source == "webdataset" and not args.copy:  # positions of the shards as they are: bad ones among them
+        counts = (f"{manifest['samples']:,} samples indexed in place, {manifest['pairs']:,} image-caption pairs, in "
+                  f"{len(manifest['shards'])} shards; {manifest['bad']:,} of the samples bad (no caption or no image; "
+                  f"an unreadable image is found when read), skipped in training")  # fmt: skip
+    else:
+        counts = (f"{manifest['samples']:,} images, {manifest['pairs']:,} image-caption pairs in "
+                  f"{len(manifest['shards'])} shards; {manifest['bad']:,} bad, {manifest['not_downloaded']:,} not "
+                  f"downloaded")  # fmt: skip
+    print(f"{manifest['source']} in {args.out}: {counts}; {words.get('mean', 0)} words a caption on average")
     return 0
