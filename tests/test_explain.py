@@ -87,6 +87,18 @@ def test_explained_answer_is_the_predictors_best_answer(vqa_predictor: Predictor
     assert heat.prediction["explained"]["answer"] == expected[0]["answer"]
 
 
+@pytest.mark.parametrize("method", ["gradcam", "attention"])
+def test_in_bf16_the_explained_scores_are_the_predictors_bf16_scores(micro_checkpoints, shapes_tasks_world, method):
+    """`--precision bf16` (auto on a GPU): the heat map explained the fp32 model, whose scores and even top answer
+    may differ from the answers /vqa gives in bf16."""
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu", precision="bf16")
+    heat = explain_batch(predictor, [shapes_tasks_world / IMAGE], [QUESTION], method=method, top=3)[0]
+    expected = predictor.answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
+    assert heat.prediction["answers"] == expected
+    fp32 = Predictor(micro_checkpoints("vqa"), "cpu").answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
+    assert [a["score"] for a in fp32] != [a["score"] for a in expected], "bf16 scores differ: the test can tell"
+
+
 def test_explaining_a_batch_gives_the_maps_of_one_by_one(vqa_predictor: Predictor, shapes_tasks_world: Path):
     images = sorted((shapes_tasks_world / "images/val2014").glob("*.png"))[:3]
     questions = ["What color is the circle?", "How many shapes are there?", "Is there a red square in the picture?"]

@@ -166,7 +166,8 @@ def explain_batch(
     batch = predictor.batch_of([[image] for image in images], texts)
     gradients = torch.enable_grad() if method == "gradcam" else torch.no_grad()  # raw attention needs no graph
     with gradients, record_text_to_image_attention(predictor.model) as record:
-        score, predictions = _scores(predictor, task, batch, answers, top)
+        with predictor.runtime.autocast():  # the precision the answers of /vqa are given in: the same top answer
+            score, predictions = _scores(predictor, task, batch, answers, top)
         weights = record.text_to_image(batch["input_ids"].shape[1])
         grads = list(torch.autograd.grad(score.sum(), weights)) if method == "gradcam" else None
     prefix, side = image_grid(weights[0].shape[-1])
