@@ -29,7 +29,7 @@ from meter.validate import validate
 SEED = 5
 SIZE = 64
 TRANSFORM = image_transform(SIZE, (0.5,) * 3, (0.5,) * 3)
-RANDAUGMENT = AugmentConfig("randaugment", num_ops=2, magnitude=9)
+RANDAUGMENT = AugmentConfig("randaugment-official", num_ops=2, magnitude=9)  # the recipes'
 
 
 def augmenting(seed: int = SEED, **options: Any) -> ImageReader:
@@ -117,7 +117,8 @@ def test_each_image_of_an_nlvr2_pair_draws_its_own_augmentation(shapes_world: Pa
     assert not torch.equal(left, right)
 
 
-def test_augment_none_is_todays_pipeline_and_randaugment_reaches_the_training_reader(micro_config: Config):
+@pytest.mark.parametrize("name", ["randaugment-official", "randaugment"])
+def test_augment_none_is_todays_pipeline_and_randaugment_reaches_the_training_reader(micro_config: Config, name):
     cfg = load_config(None, ["data.augment=none"], base=micro_config)  # `none` on the command line reads as null
     validate(cfg)
     model = build_model(cfg, task_tokenizer(cfg), {})
@@ -127,7 +128,7 @@ def test_augment_none_is_todays_pipeline_and_randaugment_reaches_the_training_re
     world = Path(cfg.data.root)
     for a, b in zip(take(caption_pairs(world, reader), 3), take(caption_pairs(world, today), 3), strict=True):
         assert torch.equal(a["pixels"], b["pixels"])
-    augmented = image_reader(load_config(None, ["data.augment=randaugment"], base=cfg), model)
+    augmented = image_reader(load_config(None, [f"data.augment={name}"], base=cfg), model)
     for a, b in zip(take(caption_pairs(world, augmented), 3), take(caption_pairs(world, today), 3), strict=True):
         assert fraction_changed(a["pixels"], b["pixels"]) > 0.8
 
@@ -135,7 +136,10 @@ def test_augment_none_is_todays_pipeline_and_randaugment_reaches_the_training_re
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.augment=autoaugment"], "data.augment = 'autoaugment'; choose one of: none, randaugment"),
+        (
+            ["data.augment=autoaugment"],
+            "data.augment = 'autoaugment'; choose one of: none, randaugment-official, randaugment",
+        ),
         (["data.augment=randaugment", "data.augment.num_ops=0"], "data.augment.num_ops = 0 must be at least 1"),
         (["data.augment=randaugment", "data.augment.magnitude=31"], r"data.augment.magnitude = 31 must be in 0\.\.30"),
         (["data.augment.magnitude=-1"], r"data.augment.magnitude = -1 must be in 0\.\.30"),

@@ -59,7 +59,7 @@ def test_the_full_size_recipes_follow_the_official_runs(name: str):
     else:
         assert global_batch == {"vqa": 512, "nlvr2": 256, "snli_ve": 64, "retrieval": 512}[cfg.task]
         augment = cfg.data.augment
-        assert (augment.name, augment.num_ops, augment.magnitude) == ("randaugment", 2, 9)
+        assert (augment.name, augment.num_ops, augment.magnitude) == ("randaugment-official", 2, 9)
         assert train.init_from == "runs/clip16-roberta-pretrain/model"
     if cfg.model.vision.name == "clip-vit":
         assert cfg.model.vision.timm_kwargs["depth"] == 11

@@ -86,7 +86,9 @@ class SourceConfig:
 class AugmentConfig:
     """Augmentation of training images only (never evaluation's); official METER fine-tunes with randaugment 2, 9."""
 
-    name: str = "none"  # none, or randaugment (torchvision's; drawn per sample from train.seed, epoch and index)
+    # none, randaugment-official (METER's own policy) or randaugment (torchvision's); drawn per sample from
+    # train.seed, epoch and index
+    name: str = "none"
     num_ops: int = 2  # RandAugment's N: operations applied to each image, at least 1
     magnitude: int = 9  # RandAugment's M, 0..30
 

@@ -1,4 +1,5 @@
-"""Training-time image augmentation: RandAugment (METER fine-tunes with N=2, M=9 before the CLIP transform).
+"""Training-time image augmentation: RandAugment (METER fine-tunes with N=2, M=9 before the CLIP transform), as
+official METER draws it (`randaugment-official`, the recipes': meter.data.randaugment_official) or torchvision's.
 
 An image's draw is seeded by (train.seed, epoch, sample index, image slot) alone, so a sample gets the same pixels in
 an epoch whatever the number of DataLoader workers or processes, and a resumed run draws what a straight run drew.
@@ -6,7 +7,7 @@ torchvision's RandAugment draws from the global torch RNG: each call runs on a f
 draw's seed, which leaves the training's own stream (dropout) untouched. The augmented image is the batch's pixels:
 MIM's targets are cut from them, so the model regresses exactly what it was shown.
 
-Official METER (meter/transforms/randaug.py, the EfficientNet policy) against torchvision's RandAugment, used here:
+Official METER (meter/transforms/randaug.py, the EfficientNet policy) against torchvision's RandAugment:
 - ops: both AutoContrast, Equalize, Rotate, Posterize, Solarize, Color, Contrast, Brightness, Sharpness, ShearX/Y,
   TranslateX/Y; METER adds SolarizeAdd, torchvision adds Identity (a no-op draw); both leave out Invert and Cutout
   (METER comments them out). Both pick N ops with replacement; nearest-neighbour geometry, black fill.
@@ -29,10 +30,13 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from meter.config import AugmentConfig
+from meter.data.randaugment_official import MAX_MAGNITUDE, OfficialRandAugment
 from meter.errors import ConfigError
 
-AUGMENTATIONS = ("none", "randaugment")
-MAX_MAGNITUDE = 30  # RandAugment's scale in METER and torchvision (31 magnitude bins)
+__all__ = ["AUGMENTATIONS", "MAX_MAGNITUDE", "Augmentation", "Draw", "build_augmentation"]
+
+# randaugment-official: METER's own policy (the recipes'); randaugment: torchvision's, milder (compared above)
+AUGMENTATIONS = ("none", "randaugment-official", "randaugment")
 
 
 @dataclass(frozen=True)
@@ -86,4 +90,6 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> Augmentation | None:
         return None
     if cfg.name == "randaugment":
         return Augmentation(v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude), seed)
+    if cfg.name == "randaugment-official":
+        return Augmentation(OfficialRandAugment(cfg.num_ops, cfg.magnitude), seed)
     raise ConfigError(f"data.augment = {cfg.name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
