@@ -225,10 +225,10 @@ def _fit_in(
             progress.batches_seen = progress.batches_seen * progress.global_batch // global_batch
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
-    # installed before the data workers start: forked, they inherit handlers that leave the signals to this process
     cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
     if cuda_graphs:  # a graph is recorded for each text length met: a few lengths, not every one up to max_length
         collate = collate.bucketed(TEXT_LENGTH_MULTIPLE)
+    # installed before the data workers start: forked, they inherit handlers that leave the signals to this process
     with StopRequests() as stop:
         stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
         stream = stream_type(
