@@ -22,9 +22,9 @@ def _result(run, reported: float, selected: float | None = None) -> None:
 
 
 @pytest.fixture
-def searched_plan(tmp_path):
-    study = micro_study(tmp_path, seeds=[0, 1], search={"train.lr": [3.0e-4]})
-    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=train2014"]}
+def searched_plan(shapes_world, tmp_path):
+    study = micro_study(shapes_world, seeds=[0, 1], search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.2}
     return plan_study(study_from_dict(study), tmp_path / "out")
 
 
@@ -49,6 +49,20 @@ def test_the_tuned_table_picks_each_rows_point_by_the_selection_split(searched_p
     assert selection["co-attention"].stats["vqa overall @ lr=0.0003"].mean == 60.5
 
 
+def test_points_are_compared_over_the_seeds_all_of_them_finished(searched_plan):
+    """The recipe scores 72 and 70 on selection; lr=3e-4 72 on seed 0, and its seed 1 failed: it was chosen on its
+    one seed's 72 against the recipe's mean of 71, though on the seed both have they tie (the recipe wins ties)."""
+    for cell in searched_plan.cells:
+        runs = {run.name: run for run in cell.runs}
+        _result(runs["vqa"], reported=60.0, selected=72.0 - 2 * cell.seed)
+        if cell.seed == 0:
+            _result(runs["vqa@lr=0.0003"], reported=75.0, selected=72.0)
+    tables = {t.kind: t for t in build_tables(searched_plan)}
+    assert all(row.chosen == {"vqa": "recipe"} for row in tables["tuned"].rows)
+    selection = tables["selection"].rows[0].stats
+    assert (selection["vqa overall @ recipe"].n, selection["vqa overall @ lr=0.0003"].n) == (2, 1), "shown as found"
+
+
 def test_entries_are_mean_sample_std_and_count_with_the_difference_from_the_base(searched_plan):
     values = {("co-attention", 0): 61.0, ("co-attention", 1): 64.5, ("merged", 0): 70.25}  # merged seed 1: unfinished
     for cell in searched_plan.cells:
@@ -64,7 +78,17 @@ def test_entries_are_mean_sample_std_and_count_with_the_difference_from_the_base
     assert entry(merged, "vqa overall") == "70.25 (n=1) [+7.50]"
     lines = [line.split(",") for line in csv_report([uniform]).splitlines()]
     assert lines[1][3:] == ["co-attention", "vqa", "overall", "62.75", repr(statistics.stdev([61.0, 64.5])), "2", "",
-                            "0", "", "61.0;64.5"]  # fmt: skip
+                            "0", "", "61.0;64.5", "0"]  # fmt: skip
+
+
+def test_an_evaluation_that_left_samples_out_says_so_in_its_entry(searched_plan):
+    """3 of 36 questions skipped (an unreadable image, within data.max_bad_samples): the table showed 15.76 (n=1) as
+    if every question had been scored, next to rows scored on all of them."""
+    run = next(r for r in searched_plan.cells[0].runs if r.name == "vqa")
+    Path(run.folder, "result.json").write_text(json.dumps({"metrics": {"overall": 15.76, "skipped": 3}}))
+    uniform = next(t for t in build_tables(searched_plan) if t.kind == "uniform")
+    assert entry(uniform.rows[0], "vqa overall") == "15.76 (n=1, 3 skipped)"
+    assert csv_report([uniform]).splitlines()[1].endswith(",15.76,3")
 
 
 def test_a_row_with_no_finished_seed_shows_nothing(searched_plan):

@@ -60,6 +60,9 @@ class RunPlan:
     identity: str
     select: list[str] = field(default_factory=list)  # overrides of its evaluation on the selection split
     task_kind: str = ""  # the recipe's task (vqa, nlvr2, ...)
+    # what shapes its result beyond its config, whose files keep their paths when it changes: the pretraining it
+    # starts from (its identity), the shapes world (its spec), the held-out fraction of its training split
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> Config:
         return load_config(self.recipe, self.overrides)
@@ -189,6 +192,8 @@ class Planner:
         self._prepare_world()
         self.holdouts = self._holdouts()
         self.points = search_points(spec.search)
+        world = world_spec(spec)
+        self.world = {"world": dataclasses.asdict(world)} if world is not None else {}
 
     def _data_overrides(self) -> list[str]:
         if self.spec.data.shapes:
@@ -254,8 +259,9 @@ class Planner:
                 depends.append(pretrain.owner)
             final = Checkpoints(Path(pretrain.folder) / "checkpoints").path(pretrain.config().train.max_steps)
             init_from = f"train.init_from={final}"
+        upstream = {"pretraining": runs[0].identity} if runs else {}
         for task in self.spec.base.tasks:
-            runs += self._task_runs(name, folder, row, task, [*common, init_from])
+            runs += self._task_runs(name, folder, row, task, [*common, init_from], upstream)
         return CellPlan(name, protocol, row.name, seed, str(folder), runs, depends)
 
     def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
@@ -271,9 +277,11 @@ class Planner:
         owner = self.owners.setdefault(key, cell)
         run_folder = str(self.out / self.shared.setdefault(key, str((folder / "pretrain").relative_to(self.out))))
         overrides.append(f"train.out={run_folder}")
-        return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key)
+        return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
+                       inputs=dict(self.world))  # fmt: skip
 
-    def _task_runs(self, cell: str, folder: Path, row: Row, task: str, common: list[str]) -> list[RunPlan]:
+    def _task_runs(self, cell: str, folder: Path, row: Row, task: str, common: list[str], upstream: dict[str, Any]
+                   ) -> list[RunPlan]:  # fmt: skip
         spec = self.spec.base.tasks[task]
         recipe = self._recipe(spec.recipe)
         holdout = self.holdouts.get(task)
@@ -281,6 +289,7 @@ class Planner:
         base = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
                 *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else [])]  # fmt: skip
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
+        inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {})}
         runs: list[RunPlan] = []
         seen: set[str] = set()
         for point, point_overrides in [("", []), *self.points]:
@@ -295,7 +304,7 @@ class Planner:
                 self._check_selection(cfg, recipe, [*overrides, *select], f"{cell} {name}")
             overrides.append(f"train.out={folder / name}")
             runs.append(RunPlan(name, "finetune", task, point, str(recipe), overrides, str(folder / name), cell, key,
-                                select, self.kinds[task]))  # fmt: skip
+                                select, self.kinds[task], inputs))  # fmt: skip
         return runs
 
     @staticmethod
@@ -306,6 +315,15 @@ class Planner:
             raise ConfigError(
                 f"{where}: its selection evaluates the same {section} split the table reports; select on another "
                 f"(select.overrides such as {section}.eval_split=..., or select.holdout for VQA)"
+            )
+        trained = getattr(cfg, section)
+        splits = getattr(trained, "train_splits", None) or [getattr(trained, "train_split", None)]
+        selected = getattr(getattr(chosen, section), "eval_split", None)
+        if selected in splits:  # a point would be chosen by how well it fits its own training data
+            raise ConfigError(
+                f"{where}: its selection evaluates {section}.eval_split = {selected}, a split it trains on "
+                f"({section}.train_split{'s' if hasattr(trained, 'train_splits') else ''} = {splits}); select on a "
+                f"split it does not train on (or leave it out of training), or use select.holdout for VQA"
             )
 
 
@@ -357,6 +375,20 @@ def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]
     return [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
 
 
+INPUT_NAMES = {"pretraining": "the pretraining it starts from", "world": "data.shapes", "holdout": "select.holdout"}
+
+
+def input_changes(before: dict[str, Any], run: RunPlan) -> list[str]:
+    """The inputs (RunPlan.inputs) in which the run planned now differs from the record in its folder; a record
+    written before runs recorded them has none to compare."""
+    old = before.get("inputs")
+    if old is None:
+        return []
+    new = json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (tuples as lists)
+    return [f"{INPUT_NAMES.get(key, key)} changed" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)]  # fmt: skip
+
+
 def check_unchanged(plan: StudyPlan, out: Path) -> None:
     """Every run folder that holds a run must hold this run: its planned config unchanged."""
     problems = []
@@ -366,7 +398,10 @@ def check_unchanged(plan: StudyPlan, out: Path) -> None:
             if not stored.is_file() or not has_output(Path(run.folder)):
                 continue
             before = json.loads(stored.read_text())
-            if before["identity"] != run.identity and (changed := config_changes(before, run, out)):
+            changed = input_changes(before, run)
+            if before["identity"] != run.identity:
+                changed += config_changes(before, run, out)
+            if changed:
                 problems.append(f"{run.folder} ({'; '.join(changed[:4])})")
     if problems:
         raise ConfigError(
@@ -389,7 +424,7 @@ def save_plan(plan: StudyPlan, out: Path) -> None:
                 continue  # the record of what it ran with
             stored.parent.mkdir(parents=True, exist_ok=True)
             record = {"identity": run.identity, "study": str(out), "command": run.command(),
-                      "config": to_dict(run.config())}  # fmt: skip
+                      "config": to_dict(run.config()), "inputs": run.inputs}  # fmt: skip
             stored.write_text(json.dumps(record, indent=1, default=str))
 
 

@@ -49,7 +49,10 @@ def run_result(run: RunPlan) -> dict[str, Any] | None:
 
 
 def run_done(run: RunPlan) -> bool:
-    return (Path(run.folder) / RESULT).is_file()
+    """Its result is written, with the evaluation on the selection split the plan now asks for (a search added to
+    a study, or its selection changed, re-evaluates the runs that have a result without it)."""
+    result = run_result(run)
+    return result is not None and (not run.select or result.get("select_overrides") == run.select)
 
 
 def read_status(cell_folder: str | Path) -> dict[str, Any]:

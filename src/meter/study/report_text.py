@@ -7,15 +7,17 @@ import io
 
 from meter.study.results import Stat, Table, TableRow
 
-NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished); in brackets the difference from the "
-        "first row; bold: the best of its column")  # fmt: skip
+NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished; skipped: evaluation samples whose image "
+        "could not be read, left out of the score, over those seeds); in brackets the difference from the first row; "
+        "bold: the best of its column")  # fmt: skip
 
 
 def entry(row: TableRow, label: str, digits: int = 2) -> str:
     stat: Stat | None = row.stats.get(label)
     if stat is None:
         return "–"
-    text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.std is not None else "") + f" (n={stat.n})"
+    counts = f"n={stat.n}" + (f", {stat.skipped:,} skipped" if stat.skipped else "")
+    text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.std is not None else "") + f" ({counts})"
     delta = row.delta.get(label)
     return text + (f" [{delta:+.{digits}f}]" if delta is not None else "")
 
@@ -37,7 +39,7 @@ def csv_report(tables: list[Table]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", "protocol", "kind", "row", "task", "metric", "mean", "std", "n", "delta", "best",
-                     "chosen", "values"])  # fmt: skip
+                     "chosen", "values", "skipped"])  # fmt: skip
     for table in tables:
         for row in table.rows:
             for column in table.columns:
@@ -48,6 +50,6 @@ def csv_report(tables: list[Table]) -> str:
                     "" if stat is None else repr(stat.mean), "" if stat is None or stat.std is None else repr(stat.std),
                     0 if stat is None else stat.n, "" if delta is None else repr(delta),
                     int(column.label in row.best), row.chosen.get(column.task, ""),
-                    "" if stat is None else ";".join(repr(v) for v in stat.values),
+                    "" if stat is None else ";".join(repr(v) for v in stat.values), 0 if stat is None else stat.skipped,
                 ])  # fmt: skip
     return buffer.getvalue()

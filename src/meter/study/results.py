@@ -24,6 +24,7 @@ RECIPE = "recipe"  # the name shown for the search point that is the recipe's ow
 @dataclass
 class Stat:
     values: list[float]
+    skipped: int = 0  # evaluation samples left out of these scores (unreadable images), over the seeds
 
     @property
     def n(self) -> int:
@@ -91,19 +92,29 @@ def _runs(cell: CellPlan, task: str) -> dict[str, RunPlan]:
     return {run.point: run for run in cell.runs if run.task == task}
 
 
-def _values(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> list[float]:
-    values = []
+def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> dict[str, tuple[float, int]]:
+    """Each cell's (seed's) finite value of `metric` in its result's `part` (metrics, select), and the number of
+    samples its evaluation left out (unreadable images, within data.max_bad_samples)."""
+    values = {}
     for cell in cells:
         run = _runs(cell, task).get(point)
         result = run_result(run) if run else None
-        value = metric_value(result.get(part) or {}, metric) if result else None
+        scores = (result.get(part) or {}) if result else {}
+        value = metric_value(scores, metric)
         if value is not None and math.isfinite(value):
-            values.append(value)
+            skipped = scores.get("skipped", 0)
+            values[cell.name] = (value, skipped if isinstance(skipped, int) else 0)
     return values
 
 
-def _stat(values: list[float]) -> Stat | None:
-    return Stat(values) if values else None
+def _stat(found: dict[str, tuple[float, int]]) -> Stat | None:
+    if not found:
+        return None
+    return Stat([value for value, _ in found.values()], sum(skipped for _, skipped in found.values()))
+
+
+def _column_stat(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> Stat | None:
+    return _stat(_by_cell(cells, task, point, metric, part))
 
 
 def columns(plan: StudyPlan) -> list[Column]:
@@ -126,10 +137,24 @@ def candidate_points(plan: StudyPlan, cells: list[CellPlan], task: str) -> list[
 
 
 def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | None, dict[str, Stat | None]]:
-    """The point with the best mean selection score (ties: the earlier, the recipe's first), and every point's."""
+    """The point with the best mean selection score (ties: the earlier, the recipe's first), and every point's. The
+    points are compared over the seeds every one of them finished (a point whose second seed failed is not ranked
+    by its first seed alone against the others' two); without such a seed, over each point's own."""
     primary = plan.tasks[task].metrics[0]
-    scores = {p: _stat(_values(cells, task, p, primary, "select")) for p in candidate_points(plan, cells, task)}
-    ranked = [(stat.mean, -index, point) for index, (point, stat) in enumerate(scores.items()) if stat]
+    found = {p: _by_cell(cells, task, p, primary, "select") for p in candidate_points(plan, cells, task)}
+    scores = {point: _stat(values) for point, values in found.items()}
+    shared = set.intersection(*(set(values) for values in found.values() if values)) if any(found.values()) else set()
+    ranked = [
+        (
+            statistics.fmean(values[c][0] for c in shared)
+            if shared
+            else statistics.fmean(v for v, _ in values.values()),
+            -index,
+            point,
+        )
+        for index, (point, values) in enumerate(found.items())
+        if values
+    ]
     return (max(ranked)[2] if ranked else None), scores
 
 
@@ -161,7 +186,7 @@ def build_tables(plan: StudyPlan) -> list[Table]:
         select_cols: list[Column] = []
         for row in plan.rows:
             cells = _cells(plan, protocol, row)
-            stats = {c.label: _stat(_values(cells, c.task, "", c.metric, "metrics")) for c in cols}
+            stats = {c.label: _column_stat(cells, c.task, "", c.metric, "metrics") for c in cols}
             uniform.append(TableRow(row, stats))
             if not plan.points:
                 continue
@@ -172,8 +197,8 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                     tuned_row.chosen[task] = point_label(point)
                 for c in cols:
                     if c.task == task:
-                        values = _values(cells, task, point, c.metric, "metrics") if point is not None else []
-                        tuned_row.stats[c.label] = _stat(values)
+                        tuned_row.stats[c.label] = _column_stat(cells, task, point, c.metric, "metrics") \
+                            if point is not None else None  # fmt: skip
                 for candidate, stat in scores.items():
                     primary, at = plan.tasks[task].metrics[0], point_label(candidate)
                     column = Column(task, f"{primary} @ {at}", f"{primary.rsplit('.', 1)[-1]} @ {at}")

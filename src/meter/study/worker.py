@@ -46,6 +46,7 @@ def finetune(run: RunPlan) -> dict[str, Any]:
     if run.select:
         select_cfg = load_config(run.recipe, [*run.overrides, *run.select])
         result["select"] = evaluate_run(select_cfg, finished_checkpoint(cfg), Path(run.folder) / "select")
+        result["select_overrides"] = run.select  # what the selection score was evaluated with
     return result
 
 

@@ -1,0 +1,86 @@
+"""What shapes a study run's result beyond its config, whose files keep their paths when it changes: the pretraining
+a fine-tuning starts from, the held-out fraction, the selection it is scored with, and the selection split itself
+(never a split the run trains on). A change is refused or re-evaluated, never reused as if nothing had changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from meter.errors import ConfigError
+from meter.study.cells import plan_study
+from meter.study.records import RESULT, run_done
+from meter.study.spec import study_from_dict
+from tests.studies import micro_study
+
+
+def _ran(plan) -> None:
+    """Every run of the plan as if it had finished: a result in each folder."""
+    for cell in plan.cells:
+        for run in cell.own_runs():
+            record = {"metrics": {"overall": 50.0}, "select": {"overall": 40.0}, "select_overrides": run.select}
+            Path(run.folder, RESULT).write_text(json.dumps(record))
+
+
+def test_a_changed_pretraining_refuses_the_fine_tunings_that_started_from_the_old_one(shapes_world, tmp_path):
+    """The refusal named the pretraining folders; deleted as it said, the fine-tunings of the deleted pretraining
+    counted as done, and the table showed their scores under the new pretraining."""
+    study = micro_study(shapes_world)
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    _ran(plan)
+    study["base"]["pretrain"]["overrides"] = ["train.lr=0.0003"]
+    with pytest.raises(ConfigError, match=r"pretrain \(train.lr: "):
+        plan_study(study_from_dict(study), tmp_path / "out")
+    for cell in plan.cells:
+        shutil.rmtree(next(run.folder for run in cell.runs if run.kind == "pretrain"))
+    with pytest.raises(ConfigError, match=r"2 run folder\(s\) .*seed-0/vqa \(the pretraining it starts from changed\)"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_changed_held_out_fraction_refuses_the_runs_trained_on_the_old_split(shapes_world, tmp_path):
+    """The held-out files keep their paths: 0.1 -> 0.3 rewrote them, and the runs trained without 9 of the images now
+    held out were reused, scored on selection images they had trained on."""
+    study = micro_study(shapes_world, search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.1}
+    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.3}
+    with pytest.raises(ConfigError, match=r"vqa \(select.holdout changed\)"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_run_scored_without_the_selection_the_plan_now_asks_for_is_not_done(shapes_world, tmp_path):
+    """A search added to a study that had run (or its select.overrides changed): the runs with a result counted as
+    done without the selection score it asks for, and the tuned table could never choose them."""
+    study = micro_study(shapes_world, search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.2}
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    run = next(run for run in plan.cells[0].own_runs() if run.name == "vqa")
+    pretraining = next(run for run in plan.cells[0].own_runs() if run.kind == "pretrain")
+    for record, done in (({"metrics": {}}, False), ({"metrics": {}, "select": {}}, False),
+                         ({"metrics": {}, "select": {}, "select_overrides": ["vqa.eval_split=val2014"]}, False),
+                         ({"metrics": {}, "select": {}, "select_overrides": run.select}, True)):  # fmt: skip
+        Path(run.folder, RESULT).write_text(json.dumps(record))
+        assert run_done(run) is done, record
+    Path(pretraining.folder, RESULT).write_text(json.dumps({"checkpoint": "x"}))
+    assert run_done(pretraining), "a run without a selection needs none"
+
+
+def test_selecting_on_a_split_the_runs_train_on_is_refused(shapes_world, tmp_path):
+    study = micro_study(shapes_world, search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=train2014"]}
+    with pytest.raises(ConfigError, match=r"selection evaluates vqa.eval_split = train2014, a split it trains on "
+                                          r"\(vqa.train_splits = \['train2014'\]\)"):  # fmt: skip
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
+def test_a_changed_shapes_world_refuses_the_runs_of_the_old_one(tmp_path):
+    """The world is regenerated in the same folder: every cell counted as done with the old world's scores."""
+    study = micro_study(tmp_path)
+    study["data"] = {"shapes": {"images": 20, "seed": 3, "questions_per_image": 1, "vocab_size": 300}}
+    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    study["data"]["shapes"]["seed"] = 4
+    with pytest.raises(ConfigError, match=r"pretrain \(data.shapes changed\)"):
+        plan_study(study_from_dict(study), tmp_path / "out")
