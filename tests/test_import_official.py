@@ -16,6 +16,7 @@ from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import DataError
 from meter.importers.meter_official import import_meter_official
 from meter.models.folder import load_model, read_model_folder
+from tests.reference import meter_resample_literal
 
 # A copy of the shared reference (../shared/reference/meter-official-tiny): a tiny random checkpoint in the
 # official layout with the outputs the official code computed; see its README.md.
@@ -225,13 +226,15 @@ def test_snli_ve_and_retrieval_checkpoints_map_their_heads(tmp_path: Path, heads
 
 def test_another_resolution_resamples_the_position_embeddings(tmp_path: Path):
     report = import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", image_size=96)
-    assert any("resampled (bicubic) from 16 to 36 patches" in note for note in report.notes)
+    assert any("resampled (bicubic, as METER) from 16 to 36 patches" in note for note in report.notes)
     model, description = load_model(tmp_path / "m")
     assert description.config.model.vision.image_size == 96
     pos_embed = model.vision.backbone.pos_embed
     official = official_checkpoint()["state_dict"]["vit_model.visual.positional_embedding"]
     assert pos_embed.shape == (1, 37, 128)
     assert torch.equal(pos_embed[0, 0], official[0])  # the class token's position is kept as it was
+    expected = meter_resample_literal.adapt_position_encoding(official, 16, 96)  # official METER's resampling
+    torch.testing.assert_close(pos_embed[0].detach(), expected, rtol=0, atol=1e-6)
     with torch.no_grad():
         fused = model.eval()(torch.randn(1, 3, 96, 96), torch.tensor([[0, 5, 6, 2]]), torch.ones(1, 4))
     assert fused.image.shape == (1, 37, 64)

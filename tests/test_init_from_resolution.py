@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from meter.config import Config, load_config
@@ -20,6 +19,7 @@ from meter.models.meter import build_meter
 from meter.models.tokenizer_folder import load_tokenizer
 from meter.runs import run_finetune
 from meter.tasks.build import build_model, load_for_eval, task_tokenizer, tokenizer_path
+from tests.reference import meter_resample_literal
 
 SWIN = "model.vision.timm_kwargs={embed_dim: 16, depths: [1, 1], num_heads: [1, 2], patch_size: 4}"
 HEADS = {"itm": 2}
@@ -50,8 +50,9 @@ def test_a_folder_at_32_px_fine_tunes_at_64_px_with_its_position_grid_resampled(
         model, cfg = _finetune(micro_config, folder, [f"model.vision={vision}", "model.vision.image_size=64"])
     pos_embed = model.vision.backbone.pos_embed.detach()
     assert saved["vision.backbone.pos_embed"].shape == (1, 1 + 2 * 2, 32) and pos_embed.shape == (1, 1 + 4 * 4, 32)
-    expected = resample_abs_pos_embed(saved["vision.backbone.pos_embed"], [4, 4], num_prefix_tokens=1)
-    torch.testing.assert_close(pos_embed, expected)
+    # as official METER resamples (timm's default antialiased kernel differed by up to a tenth of the values)
+    expected = meter_resample_literal.adapt_position_encoding(saved["vision.backbone.pos_embed"], 16, 64)
+    torch.testing.assert_close(pos_embed, expected, rtol=0, atol=1e-6)
     assert torch.equal(pos_embed[0, 0], saved["vision.backbone.pos_embed"][0, 0])  # the class token's is kept
     for key, value in model.state_dict().items():
         if key != "vision.backbone.pos_embed" and not key.startswith("heads."):
@@ -89,8 +90,8 @@ def test_a_swin_folder_fine_tunes_at_a_larger_size_with_larger_windows(
         attention = model.get_submodule(key.removesuffix(".relative_position_bias_table"))
         assert attention.window_size == (12, 12)
         assert saved[key].shape[0] == 15 * 15 and state[key].shape[0] == 23 * 23
-        expected = resize_rel_pos_bias_table(saved[key], new_window_size=(12, 12), new_bias_shape=state[key].shape)
-        torch.testing.assert_close(state[key], expected)
+        expected = meter_resample_literal.swin_adapt_position_encoding(saved[key], 8, 12)  # official METER's way
+        torch.testing.assert_close(state[key], expected, rtol=0, atol=1e-6)
     assert cfg.model.vision.image_size == 96
     assert "relative_position_bias_table of layers.0.blocks.0.attn, layers.1.blocks.0.attn: window 8x8 -> 12x12" in (
         caplog.text

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from meter.importers.safe_load import read_checkpoint, state_dict_of
 from meter.models.folder import ModelFolder, export_model_folder
 from meter.models.meter import Meter, build_meter
 from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
+from meter.models.vision_weights import timm_filter
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,14 @@ def vision_weights(weights: dict[str, Tensor], backbone: nn.Module, report: Impo
     if "visual.class_embedding" in vision:  # METER's CLIP object keeps a few tensors of CLIP's text tower
         report.tolerated += sorted(VISION + k for k in vision if not k.startswith("visual."))
     report.tolerated += sorted(VISION + k for k in vision if k.endswith(REBUILT_BUFFERS))
-    convert = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
-    converted = convert(vision, backbone) if convert is not None else vision
+    converted = timm_filter(backbone, vision)
     own = backbone.state_dict()
     report.unplaced += sorted(f"{VISION}* -> timm {k}" for k in converted if k not in own)
     before, after = vision.get("visual.positional_embedding"), converted.get("pos_embed")
     if before is not None and after is not None and before.shape[0] != after.shape[1]:
         report.notes.append(
-            f"vision position embeddings resampled (bicubic) from {before.shape[0] - 1} to {after.shape[1] - 1}"
-            " patches: the model runs at a resolution it was not trained at"
+            f"vision position embeddings resampled (bicubic, as METER) from {before.shape[0] - 1} to "
+            f"{after.shape[1] - 1} patches: the model runs at a resolution it was not trained at"
         )
     return {f"vision.backbone.{k}": v for k, v in converted.items() if k in own}
 

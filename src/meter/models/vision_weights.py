@@ -2,14 +2,16 @@
 
 The file is safetensors or a state dict (read with `weights_only=True`, never plain pickle), in timm's layout or
 one timm converts (OpenAI CLIP's `visual.*`, OpenCLIP, ...). timm's own checkpoint filter of the architecture does
-the conversions and the resolution changes it knows (ViT/DeiT/CLIP position embeddings, Swin and BEiT
-relative-position tables for a new window or grid); absolute position embeddings that filter leaves at the old
+the conversions and the resolution changes it knows (ViT/DeiT/CLIP position embeddings, BEiT relative-position
+tables), resampling as official METER does (plain bicubic, no antialiasing); Swin's relative-position tables for a
+new window are resized here first, as METER resizes them; absolute position embeddings that filter leaves at the old
 grid (CaiT, VOLO) are resampled here the same way. The classifier is dropped; any other missing weight is an error.
 `adapt_vision_state` is that adaptation alone: fine-tuning a model folder at another resolution uses it too.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
 from timm.models import load_state_dict
 from torch import nn
@@ -26,10 +29,36 @@ from meter.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _timm_filter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The architecture's `checkpoint_filter_fn`, the function timm applies to its own pretrained downloads."""
+def timm_filter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The architecture's `checkpoint_filter_fn`, the function timm applies to its own pretrained downloads, with
+    METER's resampling: relative-position tables first resized as METER resizes them (`resize_tables_as_meter`),
+    and position embeddings bicubic without antialiasing (METER's adapt_position_encoding is a plain
+    F.interpolate; timm's default antialiased kernel differs from it by up to a tenth of the values)."""
+    state = resize_tables_as_meter(backbone, state)
     convert = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
-    return convert(state, backbone) if convert is not None else state
+    if convert is None:
+        return state
+    if "antialias" in inspect.signature(convert).parameters:
+        return convert(state, backbone, antialias=False)
+    return convert(state, backbone)
+
+
+def resize_tables_as_meter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Swin's relative-position tables ((2w - 1)^2 rows, one column per head) for another window, as METER's
+    swin_adapt_position_encoding does: each head's table a (2w - 1)-square image, resized bicubic (timm's own filter
+    interpolates them another way). Tables with extra rows (BEiT's class-token rows) are left to timm."""
+    own = backbone.state_dict()
+    for key, table in list(state.items()):
+        target = own.get(key)
+        if not key.endswith("relative_position_bias_table") or target is None or target.shape == table.shape:
+            continue
+        before, after = math.isqrt(table.shape[0]), math.isqrt(target.shape[0])
+        if before * before != table.shape[0] or after * after != target.shape[0] or table.shape[1] != target.shape[1]:
+            continue
+        images = table.transpose(0, 1).reshape(1, -1, before, before).float()
+        resized = F.interpolate(images, size=(after, after), mode="bicubic", align_corners=False)
+        state[key] = resized[0].permute(1, 2, 0).reshape(-1, table.shape[1]).to(table.dtype)
+    return state
 
 
 def _resample_position_embeddings(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -39,11 +68,11 @@ def _resample_position_embeddings(backbone: nn.Module, state: dict[str, torch.Te
         if not key.endswith("pos_embed") or target is None or target.shape == value.shape:
             continue
         if value.ndim == 4:  # (1, H, W, C)
-            state[key] = resample_abs_pos_embed_nhwc(value, list(target.shape[1:3]))
+            state[key] = resample_abs_pos_embed_nhwc(value, list(target.shape[1:3]), antialias=False)
             continue
         grid = tuple(backbone.patch_embed.grid_size)
         prefix = target.shape[1] - math.prod(grid)  # tokens without a grid position (a class token, if any)
-        state[key] = resample_abs_pos_embed(value, list(grid), num_prefix_tokens=prefix)
+        state[key] = resample_abs_pos_embed(value, list(grid), num_prefix_tokens=prefix, antialias=False)
     return state
 
 
@@ -100,7 +129,7 @@ def log_resampled(
 def adapt_vision_state(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """A state dict for `backbone` (converted by timm's filter, positions resampled to its grid and windows);
     logs what was resampled. `source` names where the weights came from."""
-    adapted = _resample_position_embeddings(backbone, _timm_filter(backbone, dict(state)))
+    adapted = _resample_position_embeddings(backbone, timm_filter(backbone, dict(state)))
     log_resampled(backbone, state, adapted, source)
     return adapted
 
