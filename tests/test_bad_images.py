@@ -195,6 +195,38 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
+@pytest.mark.parametrize(("size", "exact"), [((400, 10), True), ((10, 400), True), ((160, 4), True),
+                                             ((401, 10), False), ((403, 9), False)])  # fmt: skip
+def test_a_very_elongated_image_is_cut_to_its_central_band_before_it_is_resized(size, exact):
+    """A 20000x1 PNG (140 bytes, far under the pixel limit) took 9 GB at 384 px: its short side was resized to 384,
+    its long side to 7.7 million pixels, before the centre crop kept a square. Cut to its central 16:1 band first,
+    the crop is the same square of the image (here, small enough for the whole resize: equal where the cut falls on
+    the resized grid, else shifted by under a resized pixel; random pixels are the worst case for that)."""
+    from torchvision.transforms import v2
+
+    from meter.data.images import MAX_ASPECT, central_band
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    transform = image_transform(64, (0.5,) * 3, (0.5,) * 3)
+    whole = v2.Compose([t for t in transform.transforms if t is not central_band])(image)
+    banded = transform(image)
+    band = central_band(v2.functional.to_image(image))
+    assert MAX_ASPECT * min(band.shape[-2:]) <= max(band.shape[-2:]) <= MAX_ASPECT * min(band.shape[-2:]) + 1
+    assert banded.shape == whole.shape == (3, 64, 64)
+    difference = (banded - whole).abs()
+    assert difference.max() == 0 if exact else difference.mean() < 0.1
+
+
+def test_a_photograph_passes_the_central_band_unchanged():
+    import torch
+
+    from meter.data.images import central_band
+
+    photo = torch.zeros(3, 480, 640, dtype=torch.uint8)
+    assert central_band(photo) is photo
+
+
 def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path: Path):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header(12000, 12000))

@@ -138,11 +138,38 @@ def _eight_bits(values: np.ndarray, full_scale: float) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8))
 
 
+MAX_ASPECT = 16  # an image longer than this many times its width (or the reverse) is cut to its central band first
+
+
+def central_band(image: torch.Tensor) -> torch.Tensor:
+    """The central MAX_ASPECT:1 band of a more elongated image (a view). Resizing its short side would otherwise
+    make the long side enormous (a 20000x1 image at 384 px: 7.7 million pixels a row, gigabytes) only for the centre
+    crop to keep a square of it; cut first, the crop is the same square of the image (shifted by under a resized
+    pixel where the cut falls between pixels of the resized grid). Images up to 16:1 (every photograph) pass
+    unchanged."""
+    height, width = image.shape[-2:]
+    if width > MAX_ASPECT * height:
+        start, keep = _band(width, height)
+        return image[..., start : start + keep]
+    if height > MAX_ASPECT * width:
+        start, keep = _band(height, width)
+        return image[..., start : start + keep, :]
+    return image
+
+
+def _band(long: int, short: int) -> tuple[int, int]:
+    """(start, length) of the band: as many pixels cut on each side, so that its centre is the image's."""
+    keep = MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2
+    return (long - keep) // 2, keep
+
+
 def image_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """METER's evaluation transform: bicubic resize of the short side, centre crop, normalise."""
+    """METER's evaluation transform: bicubic resize of the short side, centre crop, normalise (an image more
+    elongated than 16:1 cut to its central band first: `central_band`)."""
     return v2.Compose(
         [
             v2.ToImage(),
+            central_band,
             v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
             v2.CenterCrop(image_size),
             v2.ToDtype(torch.float32, scale=True),
