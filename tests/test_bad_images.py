@@ -179,8 +179,23 @@ def test_a_large_png_is_box_reduced_while_staying_twice_the_target_and_transform
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path: Path):
     path = tmp_path / "photo.jpg"
     smooth(2000, 1500).save(path, quality=90)
-    assert load_image(path, at_least=224).size == (500, 375)  # libjpeg's 1/4 scale: both sides still >= 224
+    assert load_image(path, at_least=224).size == (1000, 750)  # libjpeg's 1/2 scale: both sides still >= 2 x 224
     assert load_image(path).size == (2000, 1500)
+
+
+def test_a_jpeg_under_twice_the_size_decodes_whole_as_official_meter_and_an_upload_decode_it(tmp_path: Path):
+    """A 1024x768 photo for 384 px was decoded at 1/2 scale by meter predict and evaluate, whole by meter serve and
+    the official pipeline: the same file gave other scores (the ranking of two answers changed)."""
+    from meter.serve.uploads import read_image
+
+    path = tmp_path / "photo.jpg"
+    smooth(1024, 768).save(path, quality=90)
+    whole = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(np.asarray(load_image(path, at_least=384)), whole)
+    large = tmp_path / "large.jpg"
+    smooth(4032, 3024).save(large, quality=90)
+    served = read_image(large.read_bytes(), "upload", 10**9, at_least=384)
+    assert served.size == (2016, 1512) and np.array_equal(np.asarray(served), np.asarray(load_image(large, 384)))
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -41,10 +41,11 @@ def decode_image(
     """Decodes a file or an in-memory image (a shard member, an upload) as RGB; a DataError names `name` if it
     cannot, or if its header declares more than `max_pixels` pixels (`setting` is the option that sets the limit).
 
-    With `at_least`, the image may come back smaller, both sides still at least that long: a JPEG is decoded at
-    1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: a 1024x768 photo for 288 px decodes at 512x384, about 1.4x
-    faster), and any image with sides beyond twice that is box-reduced by a whole factor once decoded, so that
-    the later resize works on a small copy (a 12000x12000 PNG for 224 px: 462x462).
+    With `at_least`, a large image may come back smaller, both sides still at least twice that long (REDUCE_GAP):
+    a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: a 4032x3024 photo for 384 px decodes at
+    2016x1512), and any image with sides beyond twice that is box-reduced by a whole factor once decoded, so that
+    the later resize works on a small copy (a 12000x12000 PNG for 224 px: 462x462). An image under twice the size
+    on a side (COCO's 640x480 at 288 to 576 px) decodes whole, as the official pipeline decodes it.
     """
     if isinstance(source, Path):
         try:
@@ -58,8 +59,8 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours to set
             image = Image.open(source)
         check_pixels(image.size, name, max_pixels, setting)
-        if at_least:
-            image.draft("RGB", (at_least, at_least))
+        if at_least and min(image.size) >= 2 * REDUCE_GAP * at_least:  # (a draft of scale 1 changes the decode)
+            image.draft("RGB", (REDUCE_GAP * at_least, REDUCE_GAP * at_least))
         image.load()
         return to_rgb(image, name, at_least)
     except UnidentifiedImageError:

@@ -85,7 +85,8 @@ def create_app(service: ModelService) -> FastAPI:
 
     async def image_of(upload: UploadFile, field: str) -> Image.Image:
         data = await upload.read()
-        return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels)
+        return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels,
+                                       service.predictor.images.image_size)  # fmt: skip
 
     async def text_of(text: str | None, field: str, what: str) -> tuple[str, list[str]]:
         text = check_text(text, field, what)

@@ -20,9 +20,11 @@ class ServeError(Exception):
         self.message = message
 
 
-def read_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = None) -> Image.Image:
     """Decodes an upload as RGB. The pixel count is read from the header first: an image over `max_pixels` (a
-    decompression bomb: a small file that decodes to gigabytes) is refused before any pixel is decoded."""
+    decompression bomb: a small file that decodes to gigabytes) is refused before any pixel is decoded. `at_least`:
+    the model's image size, so that a large JPEG is decoded as `meter predict` and `meter evaluate` decode a file
+    (meter.data.images.decode_image): the same pixels, the same answers."""
     if not data:
         raise ServeError(422, f"{name}: the file is empty")
     try:
@@ -43,7 +45,7 @@ def read_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(io.BytesIO(data), name)
+            return decode_image(io.BytesIO(data), name, at_least)
     except DataError as error:  # a truncated or damaged file: its header was fine, its pixels are not
         raise ServeError(422, str(error).removeprefix("data: ")) from None
 
