@@ -285,3 +285,33 @@ def test_predict_refuses_an_image_over_the_limit_by_name(micro_checkpoints, tmp_
     smooth(40, 30).save(small)
     with pytest.raises(DataError, match=r"40x30 is 1,200 pixels, more than data.max_image_pixels = 1,000"):
         predictor.answer(small, "what colour?")
+
+
+def _sideways_photo(tmp_path: Path) -> tuple[Path, Path]:
+    """A photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view), and the same photo
+    stored upright without the tag."""
+    upright = Image.new("RGB", (120, 80), (200, 30, 30))
+    upright.paste((30, 30, 200), (0, 0, 60, 80))  # left half blue: the orientation shows
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a phone held sideways writes
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = tmp_path / "sideways.png"
+    stored.save(sideways, exif=exif)
+    plain = tmp_path / "upright.png"
+    upright.save(plain)
+    return sideways, plain
+
+
+def test_predicting_turns_a_photo_as_its_exif_says_and_evaluating_reads_it_as_stored(micro_checkpoints, tmp_path):
+    """The browser shows an upload upright; the model saw it sideways and answered about another view. Datasets keep
+    the stored pixels, as the official pipeline read them."""
+    from meter.serve.uploads import read_image
+
+    sideways, plain = _sideways_photo(tmp_path)
+    assert np.array_equal(np.asarray(load_image(sideways, upright=True)), np.asarray(load_image(plain)))
+    served = read_image(sideways.read_bytes(), "upload", 10**9, at_least=64)
+    assert np.array_equal(np.asarray(served), np.asarray(load_image(plain)))
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu")
+    assert predictor.pixels(sideways).equal(predictor.pixels(plain))
+    evaluated = ImageReader(image_transform(64, (0.5,) * 3, (0.5,) * 3), 64)
+    assert not evaluated(sideways).equal(evaluated(plain)), "training and evaluation read the stored pixels"

@@ -63,6 +63,7 @@ class Predictor:
         self.device = pick_device(device)
         loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
+        self.images.upright = True  # a phone photo taken sideways is answered about as its viewer shows it
         self.tokenizer = loaded.tokenizer
         self.runtime = Runtime(self.device, pick_dtype(precision, self.device))
         allow_tf32(self.device, self.runtime.dtype != torch.float32)  # fp32 asked for: convolutions too

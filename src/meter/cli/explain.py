@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{predictor.checkpoint}: --text needs a rank, itm or snli_ve head to explain; this model has:"
                 f" {', '.join(predictor.heads) or 'no heads'} (use --question for a vqa head)"
             )
-    image = load_image(args.image)
+    image = load_image(args.image, upright=True)  # as the model saw it (meter.predictor)
     heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top)[0]
     grid = heat.select(args.layer)
     out = Path(args.out)

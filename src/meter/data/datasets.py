@@ -43,6 +43,7 @@ class ImageReader:
         self.blind = blind
         self.augment = augment
         self.blank = torch.zeros(3, image_size, image_size)  # zero after normalisation = the mean colour
+        self.upright = False  # files turned as their EXIF orientation says (predicting: see decode_image)
         self.cache: dict[str, Tensor] = {}
         self.cache_left = cache_mb << 20  # bytes
 
@@ -51,7 +52,7 @@ class ImageReader:
             return self.blank
         key = str(path)
         if (pixels := self.cache.get(key)) is None:
-            image = load_image(path, at_least=self.image_size, max_pixels=self.max_pixels)
+            image = load_image(path, at_least=self.image_size, max_pixels=self.max_pixels, upright=self.upright)
             # augmenting: the cache holds the decoded image, and every read draws afresh
             pixels = self.transform(image) if self.augment is None else v2.functional.to_image(image)
             size = pixels.numel() * pixels.element_size()

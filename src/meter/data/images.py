@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
 from meter.data.formats.common import NOT_AN_IMAGE
@@ -26,17 +26,18 @@ SIXTEEN_BIT_MAX = 65535
 EXACT_MODE_OF = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}  # PIL converts these without loss; others: RGB
 
 
-def load_image(path: str | Path, at_least: int | None = None, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | Path, at_least: int | None = None, max_pixels: int | None = None, upright: bool = False
+               ) -> Image.Image:  # fmt: skip
     """Reads an image file as RGB, or raises a DataError naming the path and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image not found")
-    return decode_image(path, str(path), at_least, max_pixels)
+    return decode_image(path, str(path), at_least, max_pixels, upright=upright)
 
 
 def decode_image(
     source: Path | BinaryIO, name: str, at_least: int | None = None, max_pixels: int | None = None,
-    setting: str = PIXEL_LIMIT_SETTING,
+    setting: str = PIXEL_LIMIT_SETTING, upright: bool = False,
 ) -> Image.Image:  # fmt: skip
     """Decodes a file or an in-memory image (a shard member, an upload) as RGB; a DataError names `name` if it
     cannot, or if its header declares more than `max_pixels` pixels (`setting` is the option that sets the limit).
@@ -46,6 +47,10 @@ def decode_image(
     2016x1512), and any image with sides beyond twice that is box-reduced by a whole factor once decoded, so that
     the later resize works on a small copy (a 12000x12000 PNG for 224 px: 462x462). An image under twice the size
     on a side (COCO's 640x480 at 288 to 576 px) decodes whole, as the official pipeline decodes it.
+
+    `upright`: turned as its EXIF orientation says (a phone photo taken sideways), as a browser or a viewer shows it:
+    what `meter predict`, `meter serve` and `meter explain` answer about. Training and evaluation read the pixels as
+    stored, as the official pipeline (and the datasets' annotators' tools) did.
     """
     if isinstance(source, Path):
         try:
@@ -53,7 +58,7 @@ def decode_image(
         except OSError as error:
             raise DataError(f"{name}: cannot be opened ({error.strerror})") from None
         with file:
-            return decode_image(file, name, at_least, max_pixels, setting)
+            return decode_image(file, name, at_least, max_pixels, setting, upright)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours to set
@@ -62,6 +67,8 @@ def decode_image(
         if at_least and min(image.size) >= 2 * REDUCE_GAP * at_least:  # (a draft of scale 1 changes the decode)
             image.draft("RGB", (REDUCE_GAP * at_least, REDUCE_GAP * at_least))
         image.load()
+        if upright:
+            image = ImageOps.exif_transpose(image)
         return to_rgb(image, name, at_least)
     except UnidentifiedImageError:
         raise DataError(f"{name}: {NOT_AN_IMAGE}") from None  # PIL's message names a BytesIO object

@@ -45,7 +45,7 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(io.BytesIO(data), name, at_least)
+            return decode_image(io.BytesIO(data), name, at_least, upright=True)  # as the browser shows it
     except DataError as error:  # a truncated or damaged file: its header was fine, its pixels are not
         raise ServeError(422, str(error).removeprefix("data: ")) from None
 
