@@ -47,6 +47,9 @@ def test_nlvr2_model_starts_its_third_token_type_from_the_image_row(micro_checkp
     fresh = build_model(cfg, task_tokenizer(cfg), {"nlvr2": 2}, token_types=3)
     rows = fresh.token_type.weight.detach()
     assert torch.equal(rows[:2], pretrained) and torch.equal(rows[2], pretrained[1])
+    cfg.train.init_from = None  # no pretraining (the study's no-vlp protocol): the same rule, on random rows
+    scratch = build_model(cfg, task_tokenizer(cfg), {"nlvr2": 2}, token_types=3).token_type.weight.detach()
+    assert torch.equal(scratch[2], scratch[1]) and not torch.equal(scratch[0], scratch[1])
 
 
 def test_nlvr2_right_image_and_only_it_uses_the_third_token_type(micro_checkpoints):

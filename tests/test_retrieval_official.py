@@ -75,6 +75,35 @@ def test_official_rank_head_starts_as_the_itm_match_row_and_the_itm_head_stays_f
     assert job.task.describe().heads == {"rank": 1, "itm": 2}
 
 
+def test_the_frozen_itm_head_reads_its_match_row_from_the_rank_head_as_it_trains(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """Officially the rank head is a view of the ITM head's match row (meter_module.py:153-157): as it trains, the
+    ITM loss's match logit moves with it. meter copied the row, and the ITM loss kept the pretrained one."""
+    job = setup_retrieval(official_config(shapes_tasks_world, micro_checkpoints("pretrain"), tmp_path))
+    samples = [job.dataset[i] for i in (0, 6, 12, 13)]
+    batch = job.task.prepare(job.collate(samples), SampleRandomness.standalone(seed=5, rows=len(samples)))
+    task, heads = job.task.eval(), job.task.model.heads
+    with torch.no_grad():
+        heads["rank"].weight.add_(0.5)  # as a few optimizer steps would move it
+        heads["rank"].bias.add_(0.3)
+        losses, _ = task(batch)
+        itm_logits = []
+        for row, sample in enumerate(samples):
+            partner = samples[int(batch["itm_image_index"][row])]["pixels"]
+            joint = job.task.model(partner[None], *_encoded(job.tokenizer, sample["text"])).joint
+            tied = torch.cat([heads["itm"].fc.weight[:1], heads["rank"].weight])
+            itm_logits.append(F.linear(joint, tied, torch.cat([heads["itm"].fc.bias[:1], heads["rank"].bias]))[0])
+    assert torch.allclose(losses["itm_loss"], F.cross_entropy(torch.stack(itm_logits), batch["itm_labels"]), atol=1e-5)
+    logits = job.task.model.heads["itm"].fc.weight
+    assert not torch.equal(logits[1:], heads["rank"].weight), "the ITM head's own row stays as saved"
+
+
+def _encoded(tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = tokenizer([text], truncation=True, max_length=40, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
 def test_random_negatives_skip_the_rows_own_block_and_cover_the_rest():
     random = SampleRandomness.standalone(seed=0, rows=2)
     drawn = random_negatives(torch.tensor([0, 3]), torch.tensor([3, 2]), 6, random, 300, "negatives")

@@ -67,7 +67,10 @@ def build_model(
     `with_decoder`: the task needs a decoder; from an encoder-only folder it starts fresh (model.decoder's sizes)."""
     source = cfg.train.init_from
     if not source:
-        return build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
+        model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
+        with torch.no_grad():  # NLVR2's second image row starts as the first's, as METER does with or without weights
+            model.token_type.weight[2:] = model.token_type.weight[1]
+        return model
     folder = read_init_from(source)
     fresh_parts = {"heads"}  # parts that may start at random without a warning
     if with_decoder and folder.config.model.architecture != "encoder-decoder":

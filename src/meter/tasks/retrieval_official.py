@@ -120,10 +120,21 @@ class OfficialRetrievalTask(nn.Module):
         if self.settings.itm > 0:
             positive = torch.arange(rows, device=image.device) * candidates  # each image's own caption
             fused = model.fuse(text[positive], mask[positive], image[batch["itm_image_index"]])
-            logits = model.heads[ITM](fused.joint)
+            logits = itm_logits(model, fused.joint)
             losses["itm_loss"] = self.settings.itm * itm_loss(logits, batch["itm_labels"])
             report["itm_accuracy"] = (logits.argmax(1) == batch["itm_labels"]).float().mean()
         return losses, report
+
+
+def itm_logits(model: Meter, joint: Tensor) -> Tensor:
+    """The ITM head's logits. A frozen (pretrained) ITM head scores a match with the rank head's current row, as in
+    the official code, where the rank head is a view of the ITM head's match row (meter_module.py:153-157): as the
+    rank head trains, the ITM loss reads its match logit from it (no ITM gradient reaches it: it is detached)."""
+    itm, rank = model.heads[ITM], model.heads[HEAD]
+    if any(p.requires_grad for p in itm.parameters()):  # trained from scratch: its own rows
+        return itm(joint)
+    weight = torch.cat([itm.fc.weight[:1], rank.weight.detach()])
+    return F.linear(joint, weight, torch.cat([itm.fc.bias[:1], rank.bias.detach()]))
 
 
 def official_heads(settings: RetrievalConfig) -> dict[str, int]:
