@@ -46,6 +46,32 @@ def test_a_count_below_one_is_a_usage_error(micro_checkpoints, shapes_tasks_worl
     assert f"argument {option}: {value} must be at least 1" in err
 
 
+def test_explain_never_writes_its_heat_map_over_the_image_it_explains(micro_checkpoints, shapes_tasks_world, tmp_path):
+    """`--out` equal to `--image` replaced the user's photo with the heat map; a folder or a name without an image
+    extension was an internal error after the model had run; `--top -1` too."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((shapes_tasks_world / IMAGE).read_bytes())
+    before = photo.read_bytes()
+    base = ["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(photo), "--question", "colour?"]
+    one_line_error(*meter(*base, "--out", str(photo))[::2], "is the --image it explains")
+    one_line_error(*meter(*base, "--out", str(tmp_path))[::2], "is a folder; give the PNG file to write")
+    one_line_error(*meter(*base, "--out", str(tmp_path / "map"))[::2], "give an image file name (.png, .jpg, ...)")
+    code, _, err = meter(*base, "--out", str(tmp_path / "map.png"), "--top", "-1")
+    assert code == 2 and "argument --top: -1 must be at least 1" in err
+    assert photo.read_bytes() == before
+
+
+def test_pretrain_refuses_a_recipe_of_another_task(shapes_world: Path, tmp_path: Path):
+    """`meter pretrain --config shapes-vqa.yaml` pretrained on captions and recorded task: pretrain."""
+    import meter as package
+
+    recipe = Path(package.__file__).parent / "configs/shapes-vqa.yaml"
+    code, _, err = meter("pretrain", "--config", str(recipe), f"data.root={shapes_world}",
+                         f"train.out={tmp_path / 'run'}", *MICRO)  # fmt: skip
+    one_line_error(code, err, "task = 'vqa': `meter pretrain` pretrains", "`meter finetune --config ...`")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_that_is_a_file_is_refused_before_any_work(shapes_world: Path, tmp_path: Path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")

@@ -93,6 +93,21 @@ BAD_RELATIONS = [
 IGNORED = [
     (["task=vqa", "data.sources=[{path: shards/coco}]"], "data.sources is read by pretraining only"),
     ([f"model.text.weights={MINILM}", "model.text.hf_kwargs={hidden_dropout_prob: 0.0}"], "model.text.hf_kwargs = "),
+    # an empty path read as "not set": an unset $CKPT fine-tuned from random weights
+    (["task=vqa", "train.init_from="], "train.init_from is empty; give a path, or null for none"),
+    (["model.vision.weights="], "model.vision.weights is empty"),
+    (["data.root="], "data.root is empty; give a path"),
+    (["train.out=~/runs/x"], "train.out = '~/runs/x': the shell does not expand ~ after train.out=; write the full"),
+    # timm arguments meter sets itself: given again, they won silently (drop_path off) or failed later
+    (
+        ["model.vision.drop_path=0.3", "model.vision.timm_kwargs={drop_path_rate: 0.0}"],
+        "model.vision.timm_kwargs.drop_path_rate: meter sets it from model.vision.drop_path",
+    ),
+    (["model.vision.timm_kwargs={img_size: 128}"], "model.vision.timm_kwargs.img_size: meter sets it from model."),
+    (["model.vision.timm_kwargs={num_classes: 7}"], "model.vision.timm_kwargs.num_classes: meter sets it from"),
+    # ITM's mismatched pairs come from the batch: with one sample every pair was a match (accuracy 1.0)
+    (["train.batch_size=1", "train.grad_accum=8"], "train.batch_size = 1: ITM draws its mismatched pairs from"),
+    (["task=retrieval", "retrieval.objective=official", "train.batch_size=1"], "train.batch_size = 1: ITM draws"),
 ]
 
 

@@ -61,12 +61,38 @@ def _check_names(cfg: Config) -> None:
     check_compile_mode(cfg.train.compile_mode)
 
 
+PATH_SETTINGS = ("data.root", "train.out", "train.init_from", "model.vision.weights", "model.text.weights",
+                 "model.text.tokenizer")  # fmt: skip
+
+
+def _check_paths(cfg: Config) -> None:
+    """An empty path read as "not set" (an unset $CKPT: fine-tuned from random weights), and `~` is no home folder
+    after `key=` (the shell leaves it: a folder named ~ was made)."""
+    for key in PATH_SETTINGS:
+        section, _, name = key.rpartition(".")
+        value = getattr(_section(cfg, section), name)
+        if value is None:
+            continue
+        if not str(value).strip():
+            raise ConfigError(f"{key} is empty; give a path" + ("" if key in ("data.root", "train.out") else
+                                                                 ", or null for none"))  # fmt: skip
+        if str(value).startswith("~"):
+            raise ConfigError(f"{key} = {value!r}: the shell does not expand ~ after {key}=; write the full path "
+                              f"(e.g. {key}=$HOME{str(value)[1:]})")  # fmt: skip
+
+
+def _section(cfg: Config, dotted: str) -> object:
+    section: object = cfg
+    for part in dotted.split("."):
+        section = getattr(section, part)
+    return section
+
+
 def _check_training(cfg: Config) -> None:
+    _check_paths(cfg)
     train, data = cfg.train, cfg.data
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas = {train.betas} must be two numbers (AdamW's beta1, beta2), e.g. [0.9, 0.98]")
-    if not train.out.strip():
-        raise ConfigError("train.out is empty; give the run folder")
     check_pixel_limit(data.max_image_pixels)
     for i, source in enumerate(data.sources):
         if not source.path.strip():
@@ -85,6 +111,11 @@ def _check_task(cfg: Config) -> None:
                 f"objectives.{objective} needs a decoder: set model.architecture=encoder-decoder"
                 f" (or objectives.{objective}=0)"
             )
+    official = cfg.task == "retrieval" and cfg.retrieval.objective == "official"
+    itm = cfg.objectives.itm if cfg.task == "pretrain" else cfg.retrieval.itm if official else 0
+    if itm > 0 and cfg.train.batch_size < 2:  # every pair would be a match: ITM would learn to say yes
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: ITM draws its mismatched pairs from the batch, "
+                          "so it needs at least 2 (use train.grad_accum to keep a small memory footprint)")  # fmt: skip
     if cfg.task == "pretrain":
         check_objectives(cfg.objectives)
     elif cfg.task == "vqa":

@@ -23,6 +23,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, task: str | None = None) -> Config:
     """The run's config; its run folder (train.out) must be a folder this process can write in."""
     cfg = load_config(args.config, args.overrides)
+    if task == "pretrain" and cfg.task != task:  # pretraining on captions a recipe or override says is a task's
+        raise ConfigError(f"task = {cfg.task!r}: `meter pretrain` pretrains (task=pretrain); fine-tune with "
+                          f"`meter finetune --config ...`")  # fmt: skip
     if task is not None and cfg.task != task:
         cfg.task = task
     check_output_folder(cfg.train.out, "train.out")

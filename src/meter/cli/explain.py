@@ -11,6 +11,8 @@ import argparse
 import json
 from collections.abc import Callable
 
+from meter.cli.common import at_least
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("explain", help="write a heat map of where a model's answer came from")
@@ -24,7 +26,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser.add_argument("--layer", default="mean", help="mean (default), or a fusion layer counted from 1")
     parser.add_argument("--task", help="what --text asks: match or snli_ve (default: the first the model has)")
     parser.add_argument("--answer", help="the VQA answer to explain (default: the model's best)")
-    parser.add_argument("--top", type=int, default=5, help="answers to list for --question (default 5)")
+    parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
     parser.add_argument("--size", type=int, default=384, help="side of the written PNG in pixels (default 384)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return run
@@ -37,6 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from meter.errors import ConfigError
     from meter.explain import DEFAULT_METHOD, check_method, explain_batch, explainable_tasks, overlay
     from meter.predictor import Predictor
+
+    def check_heat_map_path(out: Path, image: Path) -> None:
+        """Before the model loads: an image file Pillow can write, and never the image it explains."""
+        from PIL import Image
+
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder; give the PNG file to write (e.g. {out / 'heat_map.png'})")
+        if out.suffix.lower() not in Image.registered_extensions():
+            raise ConfigError(f"--out {out}: give an image file name (.png, .jpg, ...) for the heat map")
+        if out.exists() and out.resolve() == image.resolve():
+            raise ConfigError(f"--out {out} is the --image it explains: give the heat map a file of its own")
 
     text = args.question if args.question is not None else args.text
     if not text.strip():
@@ -52,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--answer picks a VQA answer; it goes with --question")
     if args.size < 16:
         raise ConfigError(f"--size {args.size} must be at least 16")
+    check_heat_map_path(Path(args.out), Path(args.image))
     predictor = Predictor(args.checkpoint, args.device)
     task = "vqa" if args.question is not None else args.task
     if task is None:  # --text: what the model can say about a text

@@ -7,6 +7,7 @@ The page is at http://HOST:PORT/; the API's endpoints are listed by GET /api/mod
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from meter.cli.common import add_device_arguments
@@ -21,17 +22,34 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     add_device_arguments(parser)
     default = ServeLimits()
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-body-mb", type=float, default=default.max_body_bytes / MB,
+    limits.add_argument("--max-body-mb", type=finite_number(0, above=True), default=default.max_body_bytes / MB,
                         help="largest request in MiB (default %(default)g)")  # fmt: skip
     limits.add_argument("--max-pixels", type=int, default=default.max_pixels,
                         help="largest image in pixels, read before decoding (default %(default)s)")  # fmt: skip
     limits.add_argument("--max-batch", type=int, default=default.max_batch,
                         help="requests run in one forward pass (default %(default)s)")  # fmt: skip
-    limits.add_argument("--max-wait-ms", type=float, default=default.max_wait_ms,
+    limits.add_argument("--max-wait-ms", type=finite_number(0), default=default.max_wait_ms,
                         help="ms a request waits for others to batch with (default %(default)g)")  # fmt: skip
     limits.add_argument("--max-pending", type=int, default=default.max_pending,
                         help="requests queued or running; past it: 503 (default %(default)s)")  # fmt: skip
     return run
+
+
+def finite_number(low: float, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least `low` (`above`: more than it); nan and inf are not sizes or
+    waits."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {'above' if above else 'of at least'} "
+                                             f"{low:g}")  # fmt: skip
+        return value
+
+    return number
 
 
 def limits_of(args: argparse.Namespace) -> ServeLimits:

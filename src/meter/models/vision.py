@@ -145,8 +145,20 @@ def _swin_windows(image_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "window_size": image_size // stride}
 
 
+# timm arguments meter sets from its own settings: given in timm_kwargs too, they silently won (a drop_path_rate of
+# 0 there turned model.vision.drop_path off) or failed later (img_size against image_size)
+OWN_TIMM_ARGUMENTS = {"img_size": "model.vision.image_size", "drop_path_rate": "model.vision.drop_path",
+                      "num_classes": "nothing: the encoder has no classifier, the heads are meter's"}  # fmt: skip
+
+
 def resolve_vision(cfg: VisionConfig) -> VisionRecipe:
     """The timm architecture and keyword arguments for a vision config."""
+    for key, setting in OWN_TIMM_ARGUMENTS.items():
+        if key in cfg.timm_kwargs:
+            raise ConfigError(
+                f"model.vision.timm_kwargs.{key}: meter sets it from {setting}; remove it from "
+                f"timm_kwargs" + ("" if setting.startswith("nothing") else f" and set {setting}")
+            )
     if cfg.name.startswith("timm:"):
         return VisionRecipe(cfg.name.removeprefix("timm:"), dict(cfg.timm_kwargs))
     spec = VISION.get(cfg.name, key="model.vision")
