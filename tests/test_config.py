@@ -1,6 +1,8 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meter.config import Config, apply_override, load_config
 from meter.errors import ConfigError
@@ -106,3 +108,35 @@ def test_a_value_that_is_not_yaml_is_an_error_naming_the_key_where_text_does_not
 def test_a_mapping_for_a_section_keeps_its_key_errors():
     with pytest.raises(ConfigError, match=r"model\.vision\.nme is not a setting \(did you mean 'name'\?\)"):
         load_config(None, ["model.vision={nme: swin}"])
+
+
+def test_a_mapping_for_a_section_is_laid_over_it_as_a_recipe_is(tmp_path: Path):
+    """`model.fusion={layers: 1}` on the command line reset the recipe's fusion dropout to the default (a recipe's
+    section merges; the command line replaced it)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model:\n  fusion: {layers: 2, dropout: 0.0}\n  vision: {conv_stem: true, timm_kwargs: {patch_size: 16}}\n"
+    )
+    cfg = load_config(recipe, ["model.fusion={layers: 1}", "model.vision={name: vit}"])
+    assert (cfg.model.fusion.layers, cfg.model.fusion.dropout) == (1, 0.0)
+    assert (cfg.model.vision.name, cfg.model.vision.conv_stem, cfg.model.vision.timm_kwargs) == (
+        "vit",
+        True,
+        {"patch_size": 16},
+    )
+    assert load_config(recipe, ["model.fusion={layers: 1}"]) == load_config(recipe, ["model.fusion.layers=1"])
+
+
+@pytest.mark.parametrize(("override", "reads_as"), [("train.batch_size=032", 26), ("train.max_steps=1:30", 90)])
+def test_a_number_yaml_would_read_in_another_base_is_refused(tmp_path: Path, override: str, reads_as: int):
+    """YAML 1.1 reads 032 as octal (26) and 1:30 in base 60 (90): the run used another number than the one typed."""
+    key, value = override.split("=")
+    assert yaml.safe_load(value) == reads_as  # what the plain reading gave
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = '{value}' must be an integer .*octal or base-60"):
+        load_config(None, [override])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train:\n  {key.split('.')[1]}: {value}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:2:.*is read by YAML as an octal or base-60 number"):
+        load_config(recipe)
+    assert load_config(None, ["vqa.eval_split=032"]).vqa.eval_split == "032", "text stays text"
+    assert load_config(None, ["train.max_steps=1_000", "train.lr=0.0001"]).train.max_steps == 1000

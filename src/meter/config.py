@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -356,7 +357,7 @@ def _override_value(raw: str, tp: Any, key: str) -> Any:
     """The value of `key=raw` for a setting of type `tp`: `raw` parsed as YAML (`3`, `1e-4`, `[a, b]`, `null`), or,
     where that fails or gives the wrong type and the setting takes text, `raw` as written (`{split}/{id}.png`)."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_RecipeLoader) if raw.strip() else ""
     except yaml.YAMLError as error:
         if _takes_string(tp):
             return raw
@@ -399,11 +400,23 @@ def apply_override(cfg: Any, override: str) -> None:
     if dataclasses.is_dataclass(current) and isinstance(value, str):
         current.name = _coerce(value, str, f"{key}.name")  # `model.vision=swin` sets the section's name
         return
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):  # laid over the section, as a recipe is:
+        setattr(target, last, merge(current, value, key))  # `model.fusion={layers: 1}` keeps the rest as it was
+        return
     setattr(target, last, _coerce(value, fields[last], key))
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """Safe YAML (no Python tags) that also refuses a key set twice in one section: the second would silently win."""
+    """Safe YAML (no Python tags) that also refuses a key set twice in one section: the second would silently win;
+    and numbers YAML 1.1 reads in another base: `032` is 26 (octal), `1:30` is 90 (base 60)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _check_plain_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _check_plain_number(node)
+        return super().construct_yaml_float(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
@@ -415,6 +428,19 @@ class _RecipeLoader(yaml.SafeLoader):
                     )
                 seen.add(key.value)
         return super().construct_mapping(node, deep)
+
+
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
+_RecipeLoader.add_constructor("tag:yaml.org,2002:float", _RecipeLoader.construct_yaml_float)
+
+
+def _check_plain_number(node: yaml.ScalarNode) -> None:
+    text = node.value.replace("_", "").lstrip("+-")
+    if ":" in text or re.fullmatch(r"0[0-9]+", text):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value!r} is read by YAML as an octal or base-60 number; write it without the leading "
+            "zero or the colon (or quote it for text)", node.start_mark,
+        )  # fmt: skip
 
 
 def read_recipe(path: Path) -> Any:
