@@ -105,6 +105,11 @@ IGNORED = [
     ),
     (["model.vision.timm_kwargs={img_size: 128}"], "model.vision.timm_kwargs.img_size: meter sets it from model."),
     (["model.vision.timm_kwargs={num_classes: 7}"], "model.vision.timm_kwargs.num_classes: meter sets it from"),
+    # a misspelt transformers setting was kept as an unread attribute: the preset's value trained
+    (
+        ["model.text.hf_kwargs={intermediate_sise: 64}"],
+        "model.text.hf_kwargs.intermediate_sise is not a setting of bert's config (did you mean 'intermediate_size'?)",
+    ),
     # ITM's mismatched pairs come from the batch: with one sample every pair was a match (accuracy 1.0)
     (["train.batch_size=1", "train.grad_accum=8"], "train.batch_size = 1: ITM draws its mismatched pairs from"),
     (["task=retrieval", "retrieval.objective=official", "train.batch_size=1"], "train.batch_size = 1: ITM draws"),

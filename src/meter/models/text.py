@@ -7,6 +7,7 @@ with no transformer layers: word, position and type embeddings with their LayerN
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
         raise ConfigError(
             f"model.text.size = {cfg.size!r} is not a size of {cfg.name}; choose one of: " + ", ".join(spec.sizes)
         )
+    check_hf_kwargs(cfg.hf_kwargs, spec.model_type)
     preset = {**spec.sizes[cfg.size], **cfg.hf_kwargs}
     if spec.embedding_only:
         preset["num_hidden_layers"] = 0
@@ -96,6 +98,18 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
     return AutoConfig.for_model(
         spec.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, max_position_embeddings=positions, **preset
     )
+
+
+def check_hf_kwargs(hf_kwargs: dict[str, Any], model_type: str) -> None:
+    """Every key a setting of `model_type`'s config: transformers keeps an unknown one as an attribute nobody reads
+    (`intermediate_sise: 64` trained with the preset's 512 and said nothing)."""
+    known = set(AutoConfig.for_model(model_type).to_dict())
+    for key in hf_kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"model.text.hf_kwargs.{key} is not a setting of {model_type}'s config{hint}; its "
+                              f"settings: {', '.join(sorted(known))}")  # fmt: skip
 
 
 def _model_kwargs(config: PretrainedConfig) -> dict[str, Any]:
