@@ -4,7 +4,9 @@ settings (validate_model.py for the model's), and settings that state an intent 
 
 from __future__ import annotations
 
+import re
 import shutil
+import string
 
 from meter.config import Config
 from meter.data.augment import AUGMENTATIONS
@@ -89,8 +91,32 @@ def _section(cfg: Config, dotted: str) -> object:
     return section
 
 
+SAMPLE_FIELDS = {"split": "train2014", "image_id": 1}  # of the types the patterns are formatted with
+# pattern settings and the fields they are formatted with
+PATTERNS = {"vqa.questions": ("split",), "vqa.annotations": ("split",), "vqa.image_pattern": ("split", "image_id"),
+            "nlvr2.file": ("split",), "snli_ve.file": ("split",), "snli_ve.image_pattern": ("image_id",)}  # fmt: skip
+
+
+def _check_patterns(cfg: Config) -> None:
+    """A field a pattern does not get (`{splt}`), or a brace out of place, failed as an internal error when the
+    first file name was made."""
+    for key, allowed in PATTERNS.items():
+        section, _, name = key.rpartition(".")
+        pattern = getattr(_section(cfg, section), name)
+        listed = ", ".join(f"{{{field}}}" for field in allowed)
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+            unknown = [field for field in fields if re.split(r"[.\[]", field)[0] not in allowed]
+            if unknown:
+                raise ConfigError(f"{key} = {pattern!r} has {{{unknown[0]}}}; its fields: {listed}")
+            pattern.format(**{field: SAMPLE_FIELDS[field] for field in allowed})
+        except (ValueError, IndexError, KeyError) as error:
+            raise ConfigError(f"{key} = {pattern!r} is not a pattern ({error}); its fields: {listed}") from None
+
+
 def _check_training(cfg: Config) -> None:
     _check_paths(cfg)
+    _check_patterns(cfg)
     train, data = cfg.train, cfg.data
     if len(train.betas) != 2:
         raise ConfigError(f"train.betas = {train.betas} must be two numbers (AdamW's beta1, beta2), e.g. [0.9, 0.98]")
