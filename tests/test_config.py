@@ -140,3 +140,13 @@ def test_a_number_yaml_would_read_in_another_base_is_refused(tmp_path: Path, ove
         load_config(recipe)
     assert load_config(None, ["vqa.eval_split=032"]).vqa.eval_split == "032", "text stays text"
     assert load_config(None, ["train.max_steps=1_000", "train.lr=0.0001"]).train.max_steps == 1000
+
+
+def test_the_entries_of_a_mapping_setting_are_checked_against_its_types():
+    """`nlvr2.image_dirs={train: 5}` was an internal error (a path joined with an int) once the data was read;
+    `vqa.image_splits={train2014: [a]}` made folders named ['a']."""
+    with pytest.raises(ConfigError, match=r"nlvr2\.image_dirs\.train = 5 must be a string"):
+        load_config(None, ["nlvr2.image_dirs={train: 5}"])
+    with pytest.raises(ConfigError, match=r"vqa\.image_splits\.train2014 = \['a'\] must be a string"):
+        load_config(None, ["vqa.image_splits={train2014: [a]}"])
+    assert load_config(None, ["model.text.hf_kwargs={hidden_size: 32}"]).model.text.hf_kwargs == {"hidden_size": 32}

@@ -123,3 +123,9 @@ def test_check_lists_every_cell_and_run_and_writes_nothing(tmp_path, capsys):
     assert shown[2:] == [f"  vlp/{row}/seed-{seed}: pretrain, vqa" for row in ("co-attention", "merged")
                          for seed in (0, 1)]  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_a_search_value_that_is_not_a_list_is_named(tmp_path):
+    study = micro_study(tmp_path, search={"train.lr": 5.0e-5})  # was an internal error: 'float' is not iterable
+    with pytest.raises(ConfigError, match=r"search\.train\.lr = 5e-05 must be a list"):
+        study_from_dict(study)

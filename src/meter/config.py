@@ -264,7 +264,8 @@ def _describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        (item,) = typing.get_args(tp)
+        return "a list" if item is Any else f"a list of {_describe(item)}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -298,7 +299,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} = {value!r} must be a mapping")
-        return dict(value)
+        key_type, value_type = typing.get_args(tp) or (Any, Any)  # each entry of its types: {train: 5} is no path
+        return {_coerce(k, key_type, f"{key} key {k!r}"): _coerce(v, value_type, f"{key}.{k}")
+                for k, v in value.items()}  # fmt: skip
     if tp is Any:
         return value
     if tp is type(None):
