@@ -61,6 +61,27 @@ def test_explain_never_writes_its_heat_map_over_the_image_it_explains(micro_chec
     assert photo.read_bytes() == before
 
 
+def test_evaluate_refuses_the_options_of_the_other_way_of_evaluating(micro_checkpoints, tmp_path: Path, capsys):
+    """Scoring a file took --config, --out and KEY=VALUE settings and ignored them; predicting with --checkpoint
+    took --annotations and --predictions and ignored them."""
+    (tmp_path / "a.json").write_text('{"annotations": []}')
+    (tmp_path / "p.json").write_text("[]")
+    files = ["--annotations", str(tmp_path / "a.json"), "--predictions", str(tmp_path / "p.json")]
+    assert main(["evaluate", "vqa", *files, "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "--config goes with --checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "vqa", *files, "train.max_steps=-5"]) == 2
+    assert "settings (KEY=VALUE) go with --checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), *files]) == 2
+    assert "--annotations scores a predictions file; with --checkpoint" in capsys.readouterr().err
+
+
+def test_predict_refuses_options_its_query_does_not_read(micro_checkpoints, shapes_tasks_world: Path):
+    """`--text ... --top 3` and `--question ... --beam 4` ran and ignored the option."""
+    base = ["predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE)]
+    one_line_error(*meter(*base, "--text", "a red circle", "--top", "3")[::2], "--top lists VQA answers")
+    one_line_error(*meter(*base, "--question", "what colour?", "--beam", "4")[::2], "--beam is the beam size")
+
+
 def test_pretrain_refuses_a_recipe_of_another_task(shapes_world: Path, tmp_path: Path):
     """`meter pretrain --config shapes-vqa.yaml` pretrained on captions and recorded task: pretrain."""
     import meter as package

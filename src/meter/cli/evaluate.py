@@ -53,9 +53,31 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     return run
 
 
+FILE_OPTIONS = ("annotations", "questions", "predictions", "labels")  # scoring a predictions file
+CHECKPOINT_OPTIONS = ("config", "out", "overrides")  # predicting with a checkpoint
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The options of the other way of evaluating were accepted and ignored (a mistyped --checkpoint run scored
+    nothing the user named; a --config next to --predictions read no file)."""
+    from meter.errors import ConfigError
+
+    given = [name for name in FILE_OPTIONS if getattr(args, name, None)]
+    if args.checkpoint and given:
+        raise ConfigError(f"--{given[0]} scores a predictions file; with --checkpoint the config's own files are "
+                          "predicted and scored: give one or the other")  # fmt: skip
+    if not args.checkpoint:
+        extra = [name for name in CHECKPOINT_OPTIONS if getattr(args, name, None)]
+        if extra:
+            option = "settings (KEY=VALUE)" if extra[0] == "overrides" else f"--{extra[0]}"
+            raise ConfigError(f"{option} go{'' if extra[0] == 'overrides' else 'es'} with --checkpoint (predicting "
+                              "with a model); scoring a predictions file reads only its own options")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from meter.errors import MeterError
 
+    check_options(args)
     if args.checkpoint:
         from meter.config import load_config
         from meter.runs import evaluate_run
@@ -64,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         cfg.task = args.task
         if getattr(args, "metric", None):
+            if any(override.startswith("vqa.metric=") for override in args.overrides):
+                raise MeterError("--metric and vqa.metric= both given; give one")
             cfg.vqa.metric = args.metric
         check_ranges(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))

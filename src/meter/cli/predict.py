@@ -24,8 +24,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query.add_argument("--question", help="a question about --image (VQA)")
     query.add_argument("--text", help="a sentence to match with --image, or to judge against --images")
     query.add_argument("--caption", action="store_true", help="write a caption of --image (encoder-decoder)")
-    parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
-    parser.add_argument("--beam", type=at_least(1), default=1, help="beam size for --caption (default 1: greedy)")
+    parser.add_argument("--top", type=at_least(1), help="answers to list for --question (default 5)")
+    parser.add_argument("--beam", type=at_least(1), help="beam size for --caption (default 1: greedy)")
     add_device_arguments(parser)
     return run
 
@@ -38,13 +38,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--images A B goes with --text (NLVR2); --question and --caption take one --image")
     for option in ("question", "text"):
         text_option(getattr(args, option), f"--{option}")
+    if args.top is not None and args.question is None:  # given and ignored, the user would think it applied
+        raise ConfigError("--top lists VQA answers; it goes with --question")
+    if args.beam is not None and not args.caption:
+        raise ConfigError("--beam is the beam size of --caption; it goes with --caption")
     predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
     if args.images:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)
     elif args.question is not None:
-        result = {"answers": predictor.answer(args.image, args.question, args.top)}
+        result = {"answers": predictor.answer(args.image, args.question, args.top or 5)}
     elif args.caption:
-        result = {"caption": predictor.caption(args.image, args.beam)}
+        result = {"caption": predictor.caption(args.image, args.beam or 1)}
     else:
         result = predictor.match(args.image, args.text)
     print(json.dumps(result, indent=1))
