@@ -82,6 +82,11 @@ def test_predict_refuses_options_its_query_does_not_read(micro_checkpoints, shap
     one_line_error(*meter(*base, "--question", "what colour?", "--beam", "4")[::2], "--beam is the beam size")
 
 
+def test_a_wrong_device_is_named_as_the_command_takes_it(micro_checkpoints, shapes_tasks_world: Path):
+    base = ["predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE)]
+    one_line_error(*meter(*base, "--question", "colour?", "--device", "gpu")[::2], "--device gpu; choose one of: auto")
+
+
 def test_pretrain_refuses_a_recipe_of_another_task(shapes_world: Path, tmp_path: Path):
     """`meter pretrain --config shapes-vqa.yaml` pretrained on captions and recorded task: pretrain."""
     import meter as package

@@ -60,7 +60,7 @@ class Predictor:
         data.max_image_pixels. `precision`: auto (bf16 autocast on a GPU, fp32 on the CPU, as training), bf16 or
         fp32; the heads score in fp32 either way."""
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.device = pick_device(device)
+        self.device = pick_device(device, "--device")
         loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
         self.images.upright = True  # a phone photo taken sideways is answered about as its viewer shows it

@@ -48,11 +48,14 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, option: str = "train.device") -> torch.device:
+    """`option`: how the user gave it (train.device, or a command's --device), named in an error."""
+    spelled = f"{option} = {name!r}" if option.startswith("train.") else f"{option} {name}"
     if name not in DEVICES:
-        raise ConfigError(f"train.device = {name!r}; choose one of: {', '.join(DEVICES)}")
+        raise ConfigError(f"{spelled}; choose one of: {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu")
+        use = "train.device=cpu" if option.startswith("train.") else f"{option} cpu"
+        raise ConfigError(f"{spelled} but no CUDA device is available; use {use}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
