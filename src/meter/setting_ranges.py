@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from meter.config import Config
-from meter.data.augment import MAX_MAGNITUDE
+from meter.data.randaugment_official import MAX_MAGNITUDE
 from meter.errors import ConfigError
 
 

@@ -67,6 +67,23 @@ def fraction(text: str) -> float:
     return value
 
 
+def finite_number(low: float, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least `low` (`above`: more than it); nan and inf are not sizes or
+    waits."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {'above' if above else 'of at least'} "
+                                             f"{low:g}")  # fmt: skip
+        return value
+
+    return number
+
+
 def text_option(value: str | None, option: str) -> str | None:
     """A text option as given, refused when empty or not UTF-8: Python hands over the bytes of an argument that does
     not decode as lone surrogates, which no tokenizer takes."""

@@ -7,10 +7,9 @@ The page is at http://HOST:PORT/; the API's endpoints are listed by GET /api/mod
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
-from meter.cli.common import add_device_arguments
+from meter.cli.common import add_device_arguments, finite_number
 from meter.serve.limits import MB, ServeLimits
 
 
@@ -33,23 +32,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     limits.add_argument("--max-pending", type=int, default=default.max_pending,
                         help="requests queued or running; past it: 503 (default %(default)s)")  # fmt: skip
     return run
-
-
-def finite_number(low: float, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number of at least `low` (`above`: more than it); nan and inf are not sizes or
-    waits."""
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < low or (above and value == low):
-            raise argparse.ArgumentTypeError(f"{text} must be a finite number {'above' if above else 'of at least'} "
-                                             f"{low:g}")  # fmt: skip
-        return value
-
-    return number
 
 
 def limits_of(args: argparse.Namespace) -> ServeLimits:

@@ -30,10 +30,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from meter.config import AugmentConfig
-from meter.data.randaugment_official import MAX_MAGNITUDE, OfficialRandAugment
+from meter.data.randaugment_official import OfficialRandAugment
 from meter.errors import ConfigError
-
-__all__ = ["AUGMENTATIONS", "MAX_MAGNITUDE", "Augmentation", "Draw", "build_augmentation"]
 
 # randaugment-official: METER's own policy (the recipes'); randaugment: torchvision's, milder (compared above)
 AUGMENTATIONS = ("none", "randaugment-official", "randaugment")

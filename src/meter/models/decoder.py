@@ -115,4 +115,4 @@ class Decoder(nn.Module):
             x, kv = layer.step(x, None if state.past is None else state.past[i], state.context[i], state.context_mask)
             past.append(kv)
         new_state = DecodingState(state.context, state.context_mask, past, state.length + input_ids.shape[1])
-        return in_fp32(lambda last: self.logits(last), x[:, -1]), new_state  # ranked: argmax, top-k
+        return in_fp32(self.logits, x[:, -1]), new_state  # ranked: argmax, top-k

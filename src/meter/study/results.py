@@ -144,17 +144,8 @@ def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | Non
     found = {p: _by_cell(cells, task, p, primary, "select") for p in candidate_points(plan, cells, task)}
     scores = {point: _stat(values) for point, values in found.items()}
     shared = set.intersection(*(set(values) for values in found.values() if values)) if any(found.values()) else set()
-    ranked = [
-        (
-            statistics.fmean(values[c][0] for c in shared)
-            if shared
-            else statistics.fmean(v for v, _ in values.values()),
-            -index,
-            point,
-        )
-        for index, (point, values) in enumerate(found.items())
-        if values
-    ]
+    ranked = [(statistics.fmean(values[cell][0] for cell in shared or values), -index, point)
+              for index, (point, values) in enumerate(found.items()) if values]  # fmt: skip
     return (max(ranked)[2] if ranked else None), scores
 
 

@@ -325,7 +325,7 @@ class Checkpoints:
                 os.replace(path, step)
                 log.warning("checkpoint %s restored: the run was killed while saving that step again", step.name)
 
-    def set_aside_after(self, step: int) -> list[Path]:
+    def set_aside_after(self, step: int) -> None:
         """A run resumed from a checkpoint older than its newest: the newer ones, a continuation now given up, are
         renamed abandoned-step_* (kept, never counted by `keep_last` or taken by `--resume latest`: a crash later
         would have resumed the abandoned continuation). Another run's checkpoints are left as they are."""
@@ -335,7 +335,6 @@ class Checkpoints:
             os.replace(path, aside)
             log.warning("checkpoint %s is newer than step %d, where this run resumes: set aside as %s (delete it "
                         "if it is not wanted)", path.name, step, aside)  # fmt: skip
-        return newer
 
     def resolve(self, which: str, set_aside: bool = False, parts: tuple[str, ...] | None = None) -> Path:
         """'latest' (the newest intact checkpoint: damaged ones are skipped with a warning, and with `set_aside`

@@ -55,10 +55,6 @@ def _batches(reader: pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamRead
         yield from reader
 
 
-def count_rows(path: Path) -> int:
-    return sum(split_counts(path).values())
-
-
 def split_counts(path: Path) -> Counter[str | None]:
     """The number of rows of each value of the `split` column (None: rows of a file without one)."""
     reader = open_arrow(path)
@@ -69,7 +65,8 @@ def split_counts(path: Path) -> Counter[str | None]:
     counts: Counter[str | None] = Counter()
     for batch in _batches(reader):
         if "split" in batch.schema.names:
-            counts.update(batch.column("split").to_pylist())
+            for entry in batch.column("split").value_counts().to_pylist():
+                counts[entry["values"]] += entry["counts"]
         else:
             counts[None] += batch.num_rows
     return counts
