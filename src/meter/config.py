@@ -235,6 +235,11 @@ class TrainConfig:
     deterministic: bool = False
     progress: bool = True
     eval_batch_size: int = 128
+    # the official choice of the weights to evaluate: score this split (e.g. dev) after each epoch, or every
+    # `best_every` steps, and after the last step; keep the best as <out>/best, which the run's evaluation scores.
+    # "": the final weights
+    best_on: str = ""
+    best_every: int = 0  # steps between those evaluations; 0: once an epoch
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 from meter.config import Config, load_config
 from meter.errors import ConfigError
 from meter.runs import run_finetune
+from meter.tasks.best_checkpoint import evaluated_weights
 from meter.train.checkpoint import Checkpoints
 from meter.train.run_folder import RECORD, config_differences, listed_changes, read_record
 
@@ -56,5 +57,5 @@ def finetune_once(cfg: Config, evaluate: Callable[[Config, Path, Path], dict[str
     interrupted one resumes from its last checkpoint."""
     final = finished_checkpoint(cfg)
     if final is not None:
-        return evaluate(cfg, final, Path(cfg.train.out))
+        return evaluate(cfg, evaluated_weights(cfg, final), Path(cfg.train.out))
     return run_finetune(cfg, resume=resume_arg(cfg))

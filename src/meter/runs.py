@@ -12,6 +12,7 @@ from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
 from meter.data.shard_stream import open_corpus
 from meter.errors import ConfigError
+from meter.tasks.best_checkpoint import BestCheckpoint, check_best_on, evaluated_weights
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream
@@ -47,13 +48,20 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
 
 
 def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
-    """Fine-tunes on the task's training split, then evaluates on its evaluation split."""
+    """Fine-tunes on the task's training split, then evaluates on its evaluation split (the final weights, or with
+    train.best_on the best checkpoint on that split: see `meter.tasks.best_checkpoint`)."""
     validate(cfg)
     downstream = downstream_task(cfg.task)
+    if cfg.train.best_on:
+        check_best_on(cfg, downstream)
     runtime = setup_runtime(cfg.train)
     job = downstream.setup(cfg)
-    checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume)
-    return evaluate_run(cfg, checkpoint, Path(cfg.train.out))
+    best = None
+    if cfg.train.best_on:
+        epoch = len(job.dataset) // (cfg.train.batch_size * runtime.world)  # type: ignore[arg-type]
+        best = BestCheckpoint(cfg, downstream, batches_per_epoch=epoch)
+    checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume, best)
+    return evaluate_run(cfg, evaluated_weights(cfg, checkpoint), Path(cfg.train.out))
 
 
 def downstream_task(name: str) -> Downstream:

@@ -136,6 +136,7 @@ RANGES: dict[str, Range] = {
     "train.seed": Range(0, 2**63 - 1),
     "train.max_nonfinite_steps": at_least(1),
     "train.eval_batch_size": at_least(1),
+    "train.best_every": at_least(0, "0: once an epoch"),
 }
 
 

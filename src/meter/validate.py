@@ -183,3 +183,11 @@ def _check_ignored(cfg: Config) -> None:
             f"data.sources is read by pretraining only; task = {cfg.task!r} reads its own files ({cfg.task}.*): "
             "remove data.sources from this recipe"
         )
+    if cfg.train.best_on and cfg.task == "pretrain":
+        raise ConfigError(
+            f"train.best_on = {cfg.train.best_on!r} chooses a fine-tuning run's best checkpoint by its task's score; "
+            "pretraining has none: remove it (a pretraining run's model is its last)"
+        )
+    if cfg.train.best_every and not cfg.train.best_on:
+        raise ConfigError(f"train.best_every = {cfg.train.best_every} is how often train.best_on scores the run; "
+                          "train.best_on is not set (give the split to choose the best checkpoint on)")  # fmt: skip

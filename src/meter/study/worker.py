@@ -20,6 +20,7 @@ from meter.run_folders import finetune_once, finished_checkpoint, resume_arg
 from meter.runs import evaluate_run, run_pretrain
 from meter.study.cells import CellPlan, RunPlan, load_cell
 from meter.study.records import RESULT, CellStatus, run_done, write_json
+from meter.tasks.best_checkpoint import evaluated_weights
 from meter.train.runtime import is_main_process, teardown_runtime
 from meter.train.stop_signals import PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
@@ -40,12 +41,14 @@ def pretrain(run: RunPlan) -> dict[str, Any]:
 
 def finetune(run: RunPlan) -> dict[str, Any]:
     """Fine-tunes and evaluates (a run that finished training is only evaluated), then, for a searched task,
-    evaluates the same final checkpoint on the selection split."""
+    evaluates the same weights (the final checkpoint, or the best with train.best_on) on the selection split."""
     cfg = run.config()
     result: dict[str, Any] = {"metrics": finetune_once(cfg, evaluate_run)}
     if run.select:
         select_cfg = load_config(run.recipe, [*run.overrides, *run.select])
-        result["select"] = evaluate_run(select_cfg, finished_checkpoint(cfg), Path(run.folder) / "select")
+        final = finished_checkpoint(cfg)  # there: finetune_once trained it
+        weights = evaluated_weights(cfg, final) if final is not None else final
+        result["select"] = evaluate_run(select_cfg, weights, Path(run.folder) / "select")
         result["select_overrides"] = run.select  # what the selection score was evaluated with
     return result
 

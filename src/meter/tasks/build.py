@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def image_reader(cfg: Config, model: Meter) -> ImageReader:
     augment = build_augmentation(cfg.data.augment, cfg.train.seed)  # applied to training draws only
     return ImageReader(transform, size, blind=cfg.data.blind, cache_mb=cfg.data.image_cache_mb, augment=augment,
                        max_pixels=cfg.data.max_image_pixels)  # fmt: skip
+
+
+def karpathy_split(section: str) -> Callable[[Config, str], list[CaptionRecord]]:
+    """A reader of one split of config section `section`'s Karpathy file (a task's `read_split`)."""
+    return lambda cfg, split: read_karpathy_splits(cfg, section, [split])
 
 
 def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:

@@ -33,7 +33,14 @@ from meter.models.meter import Meter
 from meter.objectives.positions import at_positions
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
-from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
+from meter.tasks.build import (
+    build_model,
+    image_reader,
+    karpathy_split,
+    load_for_eval,
+    read_karpathy_splits,
+    task_tokenizer,
+)
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -148,4 +155,9 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     return result
 
 
-DOWNSTREAM.add("captioning", Downstream(setup_captioning, evaluate_captioning), "image captioning, BLEU-4 and CIDEr")
+DOWNSTREAM.add(
+    "captioning",
+    Downstream(setup_captioning, evaluate_captioning, karpathy_split("captioning"),
+               lambda scores: scores["cider"], "CIDEr"),
+    "image captioning, BLEU-4 and CIDEr",
+)  # fmt: skip

@@ -35,6 +35,11 @@ class Downstream:
     setup: Callable[[Config], Finetuning]
     # (config for data paths, model folder, output folder) -> metrics; writes predictions / leaderboard files
     evaluate: Callable[[Config, str | Path, Path], dict[str, Any]]
+    # (config, split) -> its records: reads a split as the evaluation does (a missing file is named before training)
+    read_split: Callable[[Config, str], list[Any]]
+    # the metrics -> the one number the best checkpoint is chosen by (official METER's `val/the_metric`)
+    selection_score: Callable[[dict[str, Any]], float]
+    selection_metric: str  # what that number is, in words
 
 
 DOWNSTREAM: Registry[Downstream] = Registry("downstream task")

@@ -93,4 +93,8 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     return score
 
 
-DOWNSTREAM.add("nlvr2", Downstream(setup_nlvr2, evaluate_nlvr2), "NLVR2: is the sentence true of the image pair")
+DOWNSTREAM.add(
+    "nlvr2",
+    Downstream(setup_nlvr2, evaluate_nlvr2, read_nlvr2_split, lambda scores: scores["accuracy"], "accuracy"),
+    "NLVR2: is the sentence true of the image pair",
+)

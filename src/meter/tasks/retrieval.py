@@ -44,7 +44,14 @@ from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.ranking import ranking_loss
-from meter.tasks.build import build_model, image_reader, load_for_eval, read_karpathy_splits, task_tokenizer
+from meter.tasks.build import (
+    build_model,
+    image_reader,
+    karpathy_split,
+    load_for_eval,
+    read_karpathy_splits,
+    task_tokenizer,
+)
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.tasks.rank_head import HEAD, ITM, match_score, scoring_head, start_rank_head
 from meter.tasks.retrieval_official import setup_official
@@ -336,4 +343,9 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     return result
 
 
-DOWNSTREAM.add("retrieval", Downstream(setup_retrieval, evaluate_retrieval), "image-text retrieval, R@1/5/10")
+DOWNSTREAM.add(
+    "retrieval",
+    Downstream(setup_retrieval, evaluate_retrieval, karpathy_split("retrieval"),
+               lambda scores: scores["t2i_r1"] + scores["i2t_r1"], "text-to-image R@1 + image-to-text R@1"),
+    "image-text retrieval, R@1/5/10",
+)  # fmt: skip

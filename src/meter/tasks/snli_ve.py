@@ -84,4 +84,8 @@ def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str
     return accuracy
 
 
-DOWNSTREAM.add("snli_ve", Downstream(setup_snli_ve, evaluate_snli_ve), "SNLI-VE: entailment, neutral, contradiction")
+DOWNSTREAM.add(
+    "snli_ve",
+    Downstream(setup_snli_ve, evaluate_snli_ve, read_snli_ve_split, lambda scores: scores["accuracy"], "accuracy"),
+    "SNLI-VE: entailment, neutral, contradiction",
+)

@@ -217,4 +217,8 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     return accuracy
 
 
-DOWNSTREAM.add("vqa", Downstream(setup_vqa, evaluate_vqa), "VQAv2: answer a question about the image")
+DOWNSTREAM.add(
+    "vqa",
+    Downstream(setup_vqa, evaluate_vqa, read_vqa_split, lambda scores: scores["overall"], "VQA score"),
+    "VQAv2: answer a question about the image",
+)

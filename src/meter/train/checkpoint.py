@@ -153,7 +153,7 @@ def _verify(path: Path, parts: tuple[str, ...] | None = None) -> bool:
     return False
 
 
-def _free_name(folder: Path, name: str) -> Path:
+def free_name(folder: Path, name: str) -> Path:
     """folder/name, or with a number (-2, -3, ...) when one of that name is there already."""
     path = folder / name
     for again in range(2, 10_000):
@@ -331,7 +331,7 @@ class Checkpoints:
         would have resumed the abandoned continuation). Another run's checkpoints are left as they are."""
         newer = [path for path in self.all() if int(path.name[len(PREFIX) :]) > step and _written_by(path) == self.run]
         for path in newer:
-            aside = _free_name(self.folder, f"{ABANDONED}{path.name}")
+            aside = free_name(self.folder, f"{ABANDONED}{path.name}")
             os.replace(path, aside)
             log.warning("checkpoint %s is newer than step %d, where this run resumes: set aside as %s (delete it "
                         "if it is not wanted)", path.name, step, aside)  # fmt: skip
@@ -353,7 +353,7 @@ class Checkpoints:
                 if not _verify(path, parts):
                     continue  # written before checkpoints recorded checksums, and incomplete
             except DamagedFolder as damage:
-                aside = _free_name(self.folder, f"{DAMAGED}{path.name}")
+                aside = free_name(self.folder, f"{DAMAGED}{path.name}")
                 if set_aside:
                     os.replace(path, aside)
                 log.warning("checkpoint %s is damaged (%s)%s; trying the one before", path.name, damage.args[0],

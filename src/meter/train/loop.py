@@ -62,6 +62,18 @@ class Task(Protocol):
     def describe(self) -> ModelFolder: ...
 
 
+class CheckpointHook(Protocol):
+    """Told, on every process, where a run starts (`start`: its step, and the checkpoint it resumed from) and of the
+    checkpoints it saves at the steps the hook `wants`: what chooses the best checkpoint on a validation split
+    (`meter.tasks.best_checkpoint`)."""
+
+    def start(self, step: int, checkpoint: Path | None) -> None: ...
+
+    def wants(self, step: int) -> bool: ...
+
+    def __call__(self, checkpoint: Path, step: int) -> None: ...
+
+
 def draw_step(
     task: nn.Module, batches: Iterator[dict[str, Any]], budget: BadSampleBudget, random: StepRandomness,
     train_batch: int, grad_accum: int, runtime: Runtime,
@@ -180,13 +192,14 @@ def fit(
     tokenizer: PreTrainedTokenizerBase,
     runtime: Runtime,
     resume: str | None = None,
+    hook: CheckpointHook | None = None,
 ) -> Path:
     """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
     when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
     resume = resume or restarted_resume(cfg)
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
-        return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume)
+        return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume, hook)
     finally:
         if runtime.is_main:
             release_run_folder(cfg.train.out)
@@ -194,7 +207,7 @@ def fit(
 
 def _fit_in(
     run: str, cfg: Config, task: nn.Module, dataset: Dataset, collate: Collate, tokenizer: PreTrainedTokenizerBase,
-    runtime: Runtime, resume: str | None,
+    runtime: Runtime, resume: str | None, hook: CheckpointHook | None,
 ) -> Path:  # fmt: skip
     train = cfg.train
     out = Path(train.out)
@@ -206,6 +219,7 @@ def _fit_in(
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
     progress = Progress(global_batch=global_batch)
+    path: Path | None = None  # the checkpoint resumed from
     if resume:
         path = checkpoints.resolve_everywhere(resume, runtime)
         check_resumed_from(path, cfg)
@@ -225,6 +239,8 @@ def _fit_in(
             progress.batches_seen = progress.batches_seen * progress.global_batch // global_batch
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
+    if hook is not None:
+        hook.start(progress.step, path)
     cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
     if cuda_graphs:  # a graph is recorded for each text length met: a few lengths, not every one up to max_length
         collate = collate.bucketed(TEXT_LENGTH_MULTIPLE)
@@ -290,8 +306,11 @@ def _fit_in(
                     window = Window()
                 bar.update(1)
                 stopping = bool(verdict.stop_signal) and progress.step < last_step
-                if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping:
+                hooked = hook is not None and hook.wants(progress.step)
+                if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping or hooked:
                     saved = checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
+                if hook is not None and hooked and not stopping:  # stopping: the hook hears of it on resuming
+                    hook(saved, progress.step)
                 if stopping:
                     raise RunStopped(preempted(verdict, progress.step, saved, runtime), PREEMPTED)
             bar.close()

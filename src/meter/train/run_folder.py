@@ -10,6 +10,7 @@ overwrite a `model/` of theirs), a run of another config, a finished run, or an 
     metrics.jsonl, tensorboard/, bad_samples.jsonl, loss_curves.png    logs
     checkpoints/     step_* folders (their progress.json names the run that wrote them: `keep_last` counts those)
     model/           the final model (`train.export`)
+    best/, best.json, eval/    the best checkpoint on a validation split and its evaluations (`train.best_on`)
 
 The record holds the config the run started with; a run of "the same config" is one whose config equals it except
 for MAY_DIFFER_ON_RESUME. A folder a run wrote before runs were recorded (no meter-run.json, only a run's files and
@@ -41,7 +42,7 @@ LOCK = ".meter-run.lock"  # held by the process that trains in the folder (who: 
 # everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
 RUN_FILES = frozenset(
     {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
-     "bad_samples.jsonl", LOCK}
+     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval"}
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})

@@ -1,0 +1,144 @@
+"""train.best_on: the best checkpoint on a validation split, scored after each epoch and after the last step, is what
+the run's evaluation scores (official METER's ModelCheckpoint on val/the_metric)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from meter.config import Config, load_config
+from meter.errors import ConfigError, MeterError
+from meter.runs import evaluate_run, run_finetune
+from meter.tasks.best_checkpoint import BEST, RECORD, keep_as_best
+from meter.validate import validate
+from tests.conftest import MICRO
+
+# 66 SNLI-VE training examples in batches of 8: 8 steps an epoch
+EPOCH = 8
+
+
+def snli_ve_config(world: Path, init: Path, out: Path, *overrides: str) -> Config:
+    return load_config(None, ["task=snli_ve", f"data.root={world}", f"train.out={out}", f"train.init_from={init}",
+                              "snli_ve.eval_split=test", *MICRO, *overrides])  # fmt: skip
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def record(out: Path) -> dict:
+    return json.loads((out / RECORD).read_text())
+
+
+def test_the_best_checkpoint_on_dev_is_chosen_each_epoch_and_is_what_the_run_scores(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.max_steps=10", "train.keep_last=5")  # fmt: skip
+    result = run_finetune(cfg)
+    chosen = record(out)
+    assert chosen["split"] == "dev" and chosen["metric"] == "accuracy"
+    assert sorted(map(int, chosen["scores"])) == [EPOCH, 10]  # the end of the first epoch, and the last step
+    for step, score in chosen["scores"].items():
+        scored = json.loads((out / "eval" / f"step_{int(step):08d}" / "snli_ve_accuracy_dev.json").read_text())
+        assert scored["accuracy"] == score
+    best = max(chosen["scores"].values())
+    assert chosen["best_step"] == min(int(s) for s, v in chosen["scores"].items() if v == best)  # a tie: the earlier
+    checkpoint = out / "checkpoints" / f"step_{chosen['best_step']:08d}"
+    assert same_weights(weights(out / BEST), weights(checkpoint))
+    assert result == evaluate_run(cfg, checkpoint, tmp_path / "direct")  # the run scored the best, on test
+
+
+def test_a_run_trains_the_same_with_the_best_checkpoint_chosen_as_without(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """The evaluations in between seed and draw from the global generators (dropout's): they are put back."""
+    init = micro_checkpoints("pretrain")
+    plain = snli_ve_config(shapes_tasks_world, init, tmp_path / "plain", "train.max_steps=10")
+    chosen = snli_ve_config(shapes_tasks_world, init, tmp_path / "chosen", "train.max_steps=10", "train.best_on=dev",
+                            "train.best_every=3")  # fmt: skip
+    assert plain.model.fusion.dropout > 0  # the generators matter
+    run_finetune(plain)
+    run_finetune(chosen)
+    assert sorted(map(int, record(tmp_path / "chosen")["scores"])) == [3, 6, 9, 10]
+    final = "checkpoints/step_00000010"
+    assert same_weights(weights(tmp_path / "plain" / final), weights(tmp_path / "chosen" / final))
+
+
+def test_a_checkpoint_saved_but_not_scored_when_the_run_was_killed_is_scored_on_resume(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.max_steps=10")  # fmt: skip
+    run_finetune(load_config(None, [f"train.stop_at={EPOCH}"], base=cfg))
+    assert list(record(out)["scores"]) == [str(EPOCH)]
+    (out / RECORD).unlink()  # as a kill between saving step 8 and scoring it leaves the run
+    run_finetune(cfg, resume="latest")
+    assert sorted(map(int, record(out)["scores"])) == [EPOCH, 10]
+    assert (out / "eval" / f"step_{EPOCH:08d}" / "snli_ve_accuracy_dev.json").is_file()
+
+
+def test_resuming_from_an_earlier_step_forgets_the_later_scores_and_sets_their_best_aside(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.best_every=3", "train.max_steps=7", "train.keep_last=5")  # fmt: skip
+    run_finetune(load_config(None, ["train.stop_at=6"], base=cfg))
+    first = record(out)
+    assert sorted(map(int, first["scores"])) == [3, 6]
+    best_weights = weights(out / BEST)
+    (out / RECORD).write_text(json.dumps(first | {"best_step": 6}))  # as if step 6 had scored best
+    run_finetune(cfg, resume=str(out / "checkpoints" / "step_00000003"))
+    again = record(out)
+    assert sorted(map(int, again["scores"])) == [3, 6, 7]  # step 3 scored again: its checkpoint is the candidate
+    assert same_weights(weights(out / "abandoned-best-step_00000006"), best_weights)
+    assert same_weights(weights(out / BEST), weights(out / "checkpoints" / f"step_{again['best_step']:08d}"))
+
+
+def test_a_best_replaced_while_killed_is_whole_the_old_or_the_new(micro_checkpoints, tmp_path: Path):
+    best = tmp_path / BEST
+    keep_as_best(micro_checkpoints("snli_ve"), best)
+    assert sorted(p.name for p in best.iterdir()) == sorted(
+        p.name for p in micro_checkpoints("snli_ve").iterdir()
+        if p.name not in ("training_state.pt", "progress.json", "task.safetensors")
+    )  # fmt: skip
+    from meter.models.checksums import verify_checksums
+
+    assert verify_checksums(best)  # the model part of the checkpoint's checksums, verified
+    keep_as_best(micro_checkpoints("nlvr2"), best)  # replaced whole
+    assert same_weights(weights(best), weights(micro_checkpoints("nlvr2")))
+    assert not list(tmp_path.glob(".best*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["task=pretrain", "train.best_on=val"], "pretraining has none"),
+     (["task=snli_ve", "train.best_every=3"], "train.best_on is not set"),
+     (["task=snli_ve", "train.best_every=-1", "train.best_on=dev"], "train.best_every")],
+)  # fmt: skip
+def test_best_on_settings_that_would_be_ignored_are_refused(overrides: list[str], message: str):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(None, overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["train.best_on=train"], "a split the run trains on"), (["train.best_on=nosuch"], "nosuch")],
+)
+def test_a_best_on_split_that_is_trained_on_or_missing_is_refused_before_training(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, overrides: list[str], message: str
+):
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), tmp_path / "run", *overrides)
+    with pytest.raises(MeterError, match=message):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists()
