@@ -142,3 +142,19 @@ def test_a_best_on_split_that_is_trained_on_or_missing_is_refused_before_trainin
     with pytest.raises(MeterError, match=message):
         run_finetune(cfg)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "examples", "overrides", "expected"),
+    [("clip16-roberta-nlvr2.yaml", 86_373, [], 11),  # 337 steps an epoch: 10 epochs end by step 3,370 of 3,380
+     ("clip16-roberta-coco-retrieval.yaml", 566_747, ["train.best_on=val"], 11),  # 2 micro-batches a step
+     ("clip16-roberta-nlvr2.yaml", 86_373, ["train.best_every=1000"], 4)],  # 1,000, 2,000, 3,000 and the last
+)  # fmt: skip
+def test_the_plan_counts_an_evaluation_after_each_epoch_and_the_last_step(
+    recipe: str, examples: int, overrides: list[str], expected: int
+):
+    from meter.plan.make import best_evaluations
+    from meter.run_folders import recipe as packaged
+
+    cfg = load_config(packaged(recipe), overrides)
+    assert best_evaluations(cfg, examples, processes=8) == expected

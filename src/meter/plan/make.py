@@ -14,6 +14,8 @@ from meter.models.text import TEXT
 from meter.plan.memory import FP32, MemoryEstimate, estimate_memory
 from meter.plan.model import plan_model
 from meter.plan.tasks import TASK_PLANS, UNKNOWN, Head, TaskPlan, read_data, task_plan
+from meter.tasks.best_checkpoint import BestCheckpoint
+from meter.tasks.catalog import DOWNSTREAM
 from meter.validate import validate
 
 
@@ -29,6 +31,8 @@ class Schedule:
     optimizer_steps: int
     warmup_steps: int  # linear warm-up, then linear decay to 0 at optimizer_steps (train.optim.warmup_linear)
     stop_at: int  # the run stops here (train.stop_at) and resumes later; equals optimizer_steps when not set
+    # train.best_on: how many times the run scores that split (None: unknown until the training data is counted)
+    best_evaluations: int | None = 0
 
 
 @dataclass
@@ -121,7 +125,12 @@ def make_plan(cfg: Config, processes: int = 1) -> Plan:
         vocabulary=asdict(model.vocabulary),
         heads=[_head(h, model.model) for h in heads],
         groups=groups,
-        schedule=Schedule(train.max_steps, int(train.max_steps * train.warmup_ratio), stop_at),
+        schedule=Schedule(
+            train.max_steps,
+            int(train.max_steps * train.warmup_ratio),
+            stop_at,
+            best_evaluations(cfg, data.examples, processes),
+        ),
         batching=Batching(
             train.batch_size,
             processes,
@@ -156,3 +165,14 @@ def _head(head: Head, model: Meter) -> dict[str, Any]:
         result["parameters_per_output"] = last.in_features + 1
         result["outputs"] = UNKNOWN
     return result
+
+
+def best_evaluations(cfg: Config, examples: int | None, processes: int) -> int | None:
+    """How many times train.best_on scores its split over the run (see BestCheckpoint.wants)."""
+    if not cfg.train.best_on:
+        return 0
+    if not examples and not cfg.train.best_every:
+        return None
+    epoch = (examples or 0) // (cfg.train.batch_size * processes)
+    best = BestCheckpoint(cfg, DOWNSTREAM.get(cfg.task, key="task"), batches_per_epoch=epoch)
+    return sum(best.wants(step) for step in range(1, cfg.train.max_steps + 1))

@@ -55,6 +55,12 @@ def _schedule(plan: Plan) -> list[str]:
     ]
     if s.stop_at != s.optimizer_steps:
         lines.append(f"  train.stop_at: this run stops after step {s.stop_at:,} (resume with --resume latest)")
+    best_on, every = plan.config["train"]["best_on"], plan.config["train"]["best_every"]
+    if best_on:
+        when = f"every {every:,} steps" if every else "after each epoch"
+        count = f"{s.best_evaluations:,}" if s.best_evaluations is not None else "unknown until the data is counted"
+        lines.append(f"  train.best_on: scores {best_on} {when} and after the last step (evaluations: {count}); the "
+                     "run's evaluation scores the best of them")  # fmt: skip
     return lines
 
 
