@@ -7,7 +7,14 @@ import pytest
 from meter.cli import main
 from meter.config import VqaConfig, load_config
 from meter.errors import ConfigError, DataError
-from meter.metrics.vqa import DEFAULT_VQA_METRIC, normalize_answer, question_accuracy, soft_score, vqa_accuracy
+from meter.metrics.vqa import (
+    DEFAULT_VQA_METRIC,
+    normalize_answer,
+    question_accuracy,
+    soft_score,
+    sum_in_order,
+    vqa_accuracy,
+)
 from meter.metrics.vqa_files import score_files
 from meter.tasks.vqa import evaluate_vqa, setup_vqa
 from tests.reference import vqa_eval_2017_literal, vqa_eval_2021_literal
@@ -100,6 +107,33 @@ def test_a_half_at_the_third_decimal_rounds_away_from_zero_as_the_official_pytho
     assert result.overall == 3.13 and result.per_question_type == {"what color": 3.13}
     official = OFFICIAL[metric].evaluate(annotations, predictions)
     assert official["overall"] == 3.13
+
+
+# 400 questions' accuracies 0, 0.3, 0.6, 0.9, 1 (0-4 annotators agreeing) in an order where adding left to right, as
+# the official Python 2 code does, and Python 3.12's compensated sum() round to different totals
+LEFT_TO_RIGHT_MATTERS = (
+    "23320401331301332410410414432231033423212134324322300232414211121303311001343124320210322340101433002220230224"
+    "12212424001132231202044403430443004403031240334210133234033442003121032044201421120124403434332443110121111131"
+    "03443343443323113024131133021124432140430000001420132221130203324000134110134024221300210420120124331012011114"
+    "4300142120021324121240240133003302332113414411312310102001323333443201"
+)
+
+
+def test_the_overall_mean_adds_left_to_right_as_the_official_code_does():
+    """The official code (run unchanged under Python 2.7.18 on these 400 questions) gives 55.18; Python 3.12's sum()
+    gave 55.17."""
+    annotations = [{"question_id": q, "question_type": "is it", "answer_type": "yes/no",
+                    "answers": answers(*["yes"] * int(k), *["no"] * (10 - int(k)))}  # 0-4 of 10 say yes
+                   for q, k in enumerate(LEFT_TO_RIGHT_MATTERS)]  # fmt: skip
+    result = vqa_accuracy(annotations, dict.fromkeys(range(len(annotations)), "yes"))
+    assert len(annotations) == 400 and result.overall == 55.18
+    assert sum_in_order([1e16, 1.0, -1e16]) == 0.0  # no compensation (fsum and 3.12's sum give 1.0)
+
+
+def test_digits_are_ascii_digits_as_in_the_official_python_2_code():
+    """Python 3's \\d matches any Unicode digit: a full-width "１.５" kept its period (read as a decimal point)."""
+    assert normalize_answer("１.５") == "１５"
+    assert question_accuracy("１.５", answers(*["１５"] * 4, *["2"] * 6)) == 1.0
 
 
 def test_missing_or_extra_predictions_are_refused_like_the_official_tool():
