@@ -89,6 +89,26 @@ def test_retrieval_finetune_writes_rankings_and_recalls(micro_checkpoints, shape
     assert all(len(images) == 2 for images in rankings["text_to_image"].values())
 
 
+def test_an_images_repeated_caption_is_ranked_once_as_the_official_evaluation_does(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """METER keeps set(texts) of each image: a repeat would be a second query, and a second right answer."""
+    karpathy = json.loads((shapes_tasks_world / "karpathy/dataset_flickr30k.json").read_text())
+    first = next(image for image in karpathy["images"] if image["split"] == "test")
+    repeated, dropped = json.loads(json.dumps(karpathy)), json.loads(json.dumps(karpathy))
+    next(i for i in repeated["images"] if i["imgid"] == first["imgid"])["sentences"][1] = first["sentences"][0]
+    del next(i for i in dropped["images"] if i["imgid"] == first["imgid"])["sentences"][1]
+    results = {}
+    for name, data in (("repeated", repeated), ("dropped", dropped)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        cfg = load_config(None, ["task=retrieval", f"data.root={shapes_tasks_world}", "train.progress=false",
+                                 f"retrieval.karpathy={tmp_path / name}.json"])  # fmt: skip
+        results[name] = evaluate_run(cfg, micro_checkpoints("retrieval"), tmp_path / name)
+    assert results["repeated"] == results["dropped"] and results["repeated"]["texts"] == 9
+    rankings = json.loads((tmp_path / "repeated" / "retrieval_rankings_test.json").read_text())
+    assert f"{first['imgid']}#1" not in rankings["text_to_image"] and f"{first['imgid']}#2" in rankings["text_to_image"]
+
+
 def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_querys_best(micro_checkpoints, tmp_path):
     loaded = load_for_eval(micro_checkpoints("retrieval"), torch.device("cpu"))
     cfg = loaded.description.config

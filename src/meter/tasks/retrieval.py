@@ -297,6 +297,24 @@ def eval_shortlist(shortlist: int | None, description: ModelFolder, checkpoint: 
     return shortlist
 
 
+def distinct_captions(records: list[CaptionRecord]) -> list[tuple[int, int, str]]:
+    """(image index, caption index, caption) of each image's captions, an image's repeated caption once: the
+    official evaluation ranks distinct captions (METER's datasets keep `set(texts)` of each image,
+    base_dataset.py:66-69), so a repeat would count a query twice."""
+    queries = []
+    for i, record in enumerate(records):
+        seen: set[str] = set()
+        for k, caption in enumerate(record.captions):
+            if caption not in seen:
+                seen.add(caption)
+                queries.append((i, k, caption))
+    repeats = sum(len(r.captions) for r in records) - len(queries)
+    if repeats:
+        log.info("retrieval eval: %d repeated captions of the same image ranked once, as the official evaluation "
+                 "does", repeats)  # fmt: skip
+    return queries
+
+
 def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """R@1/5/10 on retrieval.eval_split; writes `retrieval_rankings_{split}.json` (each query's 10 best) and the
     recalls."""
@@ -311,9 +329,10 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
     split = settings.eval_split
-    texts = [caption for r in records for caption in r.captions]
-    text_image = [i for i, r in enumerate(records) for _ in r.captions]
-    text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
+    queries = distinct_captions(records)
+    texts = [caption for _, _, caption in queries]
+    text_image = [i for i, _, _ in queries]
+    text_ids = [f"{records[i].image_id}#{k}" for i, k, _ in queries]
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     batch = cfg.train.eval_batch_size
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"retrieval_bad_samples_{split}.jsonl")
@@ -329,7 +348,7 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     recall = retrieval_recall(scores, text_image)
     result = {**recall, "images": len(records), "texts": len(texts), "shortlist": shortlist,
               "scored_pairs": int(np.isfinite(scores).sum()),  # by the fused model
-              "chance": chance_recall(len(records), [len(r.captions) for r in records]),
+              "chance": chance_recall(len(records), [text_image.count(i) for i in range(len(records))]),
               **skipped_fields(budget)}  # fmt: skip
     top = max(KS)
     rankings = {
