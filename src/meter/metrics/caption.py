@@ -5,11 +5,13 @@ The COCO caption evaluation tokenises references and candidates with Stanford's 
 - "python" (default): `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
   meets (typographic quotes, apostrophes, dashes, the ellipsis, £ € and ½ mapped to PTB's ASCII first; lower-
   casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to
-  -lrb- -rrb- ...; `, ; : ? ! % $ / ...` split off where PTB splits them; a sentence's final period split off
-  except from acronyms and common abbreviations). It equals the Java tokenizer on a corpus of 309 caption-like
-  lines (tested where Java is installed); it still differs on rarer inputs: the full abbreviation lists, emoticons
-  (`:)`), `&` between lower-case letters (`b&w`), feet and inches (`5'6"`, `4’x8’`), a period glued to the next
-  word (`hat .A`), a clitic before a hyphen (`kid's-meal`), `y'all`, `y’know`, `’Tis`, low quotes (`‚`).
+  -lrb- -rrb- ...; `, ; : ? ! % $ / + * = < > ~ | °` and a word's last hyphen split off where PTB splits them; a
+  chunk's final period split off except from acronyms and common abbreviations, and two periods as two). It equals
+  the Java tokenizer on a corpus of 488 caption-like lines (tested where Java is installed); it still differs on
+  rarer inputs: the full abbreviation lists, a caption's last abbreviation (`approx.`), `No.5`, emoticons (`:)`),
+  `&` between lower-case letters (`b&w`), feet and inches (`5'6"`, `4’x8’`), a period glued to the next word (`hat
+  .A`) or before `!` (`table.!`), a clitic before a hyphen (`kid's-meal`), quoted acronyms (`'S.S.`), `toys'r'us`,
+  `y'all`, `y’know`, `’Tis`, low quotes (`‚`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
 """
@@ -20,12 +22,14 @@ import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import dropwhile
 
 from meter.errors import ConfigError, DataError
 
 TOKENIZERS = ("python", "ptb")
 # the tokens pycocoevalcap's PTBTokenizer wrapper removes after tokenising (its PUNCTUATIONS list, verbatim)
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+CLOSING = {"''", "'", "-rrb-", "-rsb-", "-rcb-"}  # after a final period, it is still split off
 BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co", "corp", "ave",
@@ -51,11 +55,13 @@ _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased
     (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)(?!(?:s|re|ve|ll|d|m)$)(?!n'$)"), "` "),
     (re.compile(r"\.\.\."), " ... "),
     (re.compile(r"-{2,}"), " -- "),
+    (re.compile(r"(?<=\w)-(?=\W*$)"), " - "),  # a hyphen ending a word (horse-)
     (re.compile(r"[()\[\]{}]"), lambda m: f" {BRACKETS[m.group()]} "),
     (re.compile(r"[?!]+"), r" \g<0> "),
     (re.compile(r";|,(?!\d)|(?<!\d),|:(?!\d)|(?<!\d):"), r" \g<0> "),
     (re.compile(r"[%$]|#(?=\d)"), r" \g<0> "),
     (re.compile(r"(?<=\S)/$|^/(?=\S)"), " / "),
+    (re.compile(r"[+*=<>~|°×−]"), r" \g<0> "),  # symbols PTB always splits off (food+drinks, 5*, 50°f)
     (re.compile(r"(?<=\d:\d\d)(am|pm)(?=\.*$)"), r" \1"),  # 3:00pm splits, 3pm does not
     (re.compile(r"'n'"), " 'n' "),
     (re.compile(r"(?<=\w)n't\b"), " n't"),
@@ -65,11 +71,16 @@ _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased
 
 
 def _split_period(token: str, next_token: str | None) -> list[str]:
-    """A token's final period(s) go, except from acronyms (u.s., p.m., b.) and abbreviations (mr., no. 5)."""
+    """A chunk's final period(s) go, except from acronyms (u.s., p.m., b.) and abbreviations (mr., no. 5); a
+    second period after them, and two standing alone, are periods of their own (`u.s..`, `bench ..`)."""
     stem = token.rstrip(".")
     periods = len(token) - len(stem)
-    if periods == 0 or not stem or re.fullmatch(r"(?:[a-z]\.)*[a-z]", stem):
+    if not stem and periods == 2:
+        return [".", "."]
+    if periods == 0 or not stem:
         return [token]
+    if re.fullmatch(r"(?:[a-z]\.)*[a-z]", stem):
+        return [f"{stem}.", *["."] * (periods - 1)]
     number_follows = next_token is not None and next_token[:1].isdigit()
     if periods == 1 and (stem in ABBREVIATIONS or (stem == "no" and number_follows)):
         return [token]
@@ -80,15 +91,20 @@ def ptb_tokenize(text: str) -> str:
     """One caption as PTBTokenizer (-lowerCase) would tokenise it, tokens joined by single spaces."""
     chunks = []
     text = CURLY_APOSTROPHE.sub("'", text).translate(TYPOGRAPHY)
-    for chunk in text.replace("\n", " ").lower().split():
+    for chunk in text.replace("\n", " ").replace("&amp;", "&").lower().split():
         if not URL.fullmatch(chunk):
             for pattern, replacement in _RULES:
                 chunk = pattern.sub(replacement, chunk)
-        chunks.append(chunk)
-    words = " ".join(SPLIT_WORDS.get(word, word) for word in " ".join(chunks).split()).split()
+        chunks.append(" ".join(SPLIT_WORDS.get(word, word) for word in chunk.split()).split())
+    words = [word for chunk in chunks for word in chunk]
+    ends, start = set(), 0
+    for chunk in chunks:  # a chunk's last word before its closing quotes and brackets: `dog."` but not `people.,`
+        closing = len(chunk) - len(list(dropwhile(lambda word: word in CLOSING, reversed(chunk))))
+        ends.add(start + len(chunk) - 1 - closing)
+        start += len(chunk)
     tokens: list[str] = []
     for i, word in enumerate(words):
-        tokens += _split_period(word, words[i + 1] if i + 1 < len(words) else None)
+        tokens += _split_period(word, words[i + 1] if i + 1 < len(words) else None) if i in ends else [word]
     return " ".join(tokens)
 
 
