@@ -118,6 +118,23 @@ def test_after_a_fine_tune_of_two_processes_the_first_evaluates_and_the_other_wa
 
 
 @pytest.mark.slow
+def test_two_processes_choose_the_best_checkpoint_after_each_of_their_epochs(micro_checkpoints, shapes_tasks_world,
+                                                                              tmp_path):  # fmt: skip
+    """66 examples in global batches of 2 x 8: an epoch is 4 steps (one process alone: 8). The first process scores,
+    the other waits; both train on."""
+    out = tmp_path / "run"
+    run_meter(["finetune", *MICRO, *EXACT, f"data.root={shapes_tasks_world}", "task=snli_ve", "train.max_steps=6",
+               f"train.init_from={micro_checkpoints('pretrain')}", "train.best_on=dev", "snli_ve.eval_split=test",
+               f"train.out={out}"], processes=2)  # fmt: skip
+    chosen = json.loads((out / "best.json").read_text())
+    assert sorted(map(int, chosen["scores"])) == [4, 6]
+    best = load_file(out / "best" / "model.safetensors")
+    kept = load_file(out / f"checkpoints/step_{chosen['best_step']:08d}/model.safetensors")
+    assert all(best[k].equal(kept[k]) for k in kept)
+    assert (out / "snli_ve_accuracy_test.json").is_file()
+
+
+@pytest.mark.slow
 def test_a_process_that_skipped_a_batch_of_unreadable_images_resumes_at_its_own_place(shapes_world, tmp_path):
     """Rank 1's batch of step 2 is all unreadable images: it draws one batch more than rank 0. Stopped at step 3 and
     resumed, each process goes on from its own place, so the weights equal a straight run's bit for bit."""
