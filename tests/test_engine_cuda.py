@@ -154,3 +154,22 @@ def test_a_blind_batch_is_pinned_and_copied_to_the_gpu_as_one_image(micro_config
     assert batch["pixels"].is_pinned() and batch["pixels"].stride(0) == 0
     pixels = to_device(batch, torch.device("cuda"))["pixels"]
     assert pixels.is_cuda and pixels.stride(0) == 0 and torch.equal(pixels[2].cpu(), IMAGE)
+
+
+def test_choosing_the_best_checkpoint_leaves_cuda_training_bitwise_as_it_was(micro_checkpoints, shapes_tasks_world,
+                                                                              tmp_path):  # fmt: skip
+    """The evaluations between steps (a second model on the GPU, seeding, a loader's draw) put the CUDA generator
+    back: dropout on, deterministic kernels, the same weights with train.best_on as without."""
+    from meter.runs import run_finetune
+    from tests.conftest import MICRO
+
+    common = [*MICRO, "task=snli_ve", f"data.root={shapes_tasks_world}", "train.device=cuda", "train.max_steps=10",
+              "train.deterministic=true", "model.fusion.dropout=0.1",
+              f"train.init_from={micro_checkpoints('pretrain')}"]  # fmt: skip
+    run_finetune(load_config(None, [*common, f"train.out={tmp_path / 'plain'}"]))
+    run_finetune(load_config(None, [*common, f"train.out={tmp_path / 'best'}", "train.best_on=test",
+                                    "train.best_every=3"]))  # fmt: skip
+    final = "checkpoints/step_00000010/model.safetensors"
+    a, b = load_file(tmp_path / "plain" / final), load_file(tmp_path / "best" / final)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
