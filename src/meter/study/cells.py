@@ -29,6 +29,7 @@ from meter.errors import ConfigError
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
+from meter.train.run_folder import flat_settings
 from meter.validate import validate
 
 PLAN = "plan.json"
@@ -344,16 +345,6 @@ def plan_study(spec: StudySpec, out: str | Path, prepare: bool = True) -> StudyP
     return plan
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def has_output(folder: Path) -> bool:
     """Whether a run folder holds anything of a run (more than the plan's record)."""
     return any(path.name != RUN for path in folder.iterdir()) if folder.is_dir() else False
@@ -361,7 +352,7 @@ def has_output(folder: Path) -> bool:
 
 def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
     """A config's settings by dotted key, paths inside the study's folder written relative to it."""
-    flat = _flat(config)
+    flat = flat_settings(config)
     for section, key in NOT_IDENTITY:
         flat.pop(f"{section}.{key}", None)
     return {k: json.dumps(v, sort_keys=True, default=str).replace(out, "<study>") for k, v in flat.items()}
