@@ -184,3 +184,17 @@ def test_an_internal_error_is_one_line_that_points_to_debug(monkeypatch: pytest.
     assert "internal error: RuntimeError: the registry is inconsistent" in err and "--debug" in err
     with pytest.raises(RuntimeError, match="the registry is inconsistent"):
         main(["models", "--debug"])
+
+
+def test_prepare_coco_refuses_options_of_the_other_caption_source(tmp_path: Path, capsys):
+    """`--karpathy K --annotations A` read K and ignored A; `--splits` without --karpathy was ignored too."""
+    from tests.corpora import write_coco
+
+    write_coco(tmp_path / "coco", images=4)
+    base = ["prepare", "coco", "--root", str(tmp_path / "coco"), "--out", str(tmp_path / "out")]
+    assert main([*base, "--karpathy", "karpathy/dataset_coco.json", "--annotations", "a.json"]) == 2
+    assert "--annotations names COCO's caption files; with --karpathy" in capsys.readouterr().err
+    assert main([*base, "--splits", "train"]) == 2
+    assert "--splits chooses splits of a Karpathy file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([*base, "--karpathy", "karpathy/dataset_coco.json", "--shard-size", "2"]) == 0  # the defaults

@@ -16,9 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meter.cli.common import at_least, check_output_folder, fraction
+from meter.errors import ConfigError
 
 if TYPE_CHECKING:
     from meter.data.shard_writer import RawSource
+
+
+KARPATHY_DEFAULT = "train,restval"  # meter prepare coco --karpathy
+ANNOTATIONS_DEFAULT = "annotations/captions_train2014.json"  # without it
 
 
 def _shard_options(parser: argparse.ArgumentParser, shards: bool = True) -> None:
@@ -48,9 +53,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     coco = sources.add_parser("coco", help="COCO captions (annotation JSON or Karpathy split) + image folders")
     _shard_options(coco)
     coco.add_argument("--karpathy", help="Karpathy split file under --root (dataset_coco.json); takes --splits")
-    coco.add_argument("--splits", default="train,restval", help="Karpathy splits to keep (default train,restval)")
-    coco.add_argument("--annotations", default="annotations/captions_train2014.json",
-                      help="without --karpathy: COCO caption files under --root, comma-separated")  # fmt: skip
+    coco.add_argument("--splits", help=f"with --karpathy: the splits to keep (default {KARPATHY_DEFAULT})")
+    coco.add_argument("--annotations", help="without --karpathy: COCO caption files under --root, comma-separated "
+                      f"(default {ANNOTATIONS_DEFAULT})")  # fmt: skip
     coco.add_argument("--images", default=".", help="folder under --root holding train2014/, val2014/")
 
     vg = sources.add_parser("vg", help="Visual Genome: region_descriptions.json + VG_100K/, VG_100K_2/")
@@ -90,7 +95,14 @@ def _source(args: argparse.Namespace) -> RawSource:
     if args.source == "coco":
         from meter.data.formats.captions import coco_source
 
-        return coco_source(args.root, args.karpathy, _split(args.splits), _split(args.annotations), args.images)
+        if args.karpathy and args.annotations:  # both were read as given, and the annotations silently ignored
+            raise ConfigError("--annotations names COCO's caption files; with --karpathy the split file holds the "
+                              "captions: give one of them")  # fmt: skip
+        if args.splits and not args.karpathy:
+            raise ConfigError("--splits chooses splits of a Karpathy file: give it with --karpathy (COCO's own "
+                              "caption files are read whole)")  # fmt: skip
+        splits, annotations = args.splits or KARPATHY_DEFAULT, args.annotations or ANNOTATIONS_DEFAULT
+        return coco_source(args.root, args.karpathy, _split(splits), _split(annotations), args.images)
     if args.source == "vg":
         from meter.data.formats.visual_genome import visual_genome_source
 
