@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from meter.data.formats.common import NOT_AN_IMAGE
+from meter.data.formats.common import DECODE_ERRORS, NOT_AN_IMAGE, READ_FORMATS
 from meter.errors import ConfigError, DataError
 
 PIXEL_LIMIT_SETTING = "data.max_image_pixels"
@@ -62,7 +62,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours to set
-            image = Image.open(source)
+            image = Image.open(source, formats=READ_FORMATS)
         check_pixels(image.size, name, max_pixels, setting)
         if at_least and min(image.size) >= 2 * REDUCE_GAP * at_least:  # (a draft of scale 1 changes the decode)
             image.draft("RGB", (REDUCE_GAP * at_least, REDUCE_GAP * at_least))
@@ -74,7 +74,7 @@ def decode_image(
         raise DataError(f"{name}: {NOT_AN_IMAGE}") from None  # PIL's message names a BytesIO object
     except Image.DecompressionBombError as error:  # past Pillow's own guard, which no setting of ours lifts
         raise DataError(f"{name}: too many pixels to decode ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except DECODE_ERRORS as error:
         raise DataError(f"{name}: unreadable image ({type(error).__name__}: {error})") from None
 
 

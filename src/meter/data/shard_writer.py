@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from meter.data.bad_samples import BadSample, BadSampleBudget
-from meter.data.formats.common import NOT_AN_IMAGE, RawSample, Unusable
+from meter.data.formats.common import DECODE_ERRORS, IMAGE_FORMATS, NOT_AN_IMAGE, READ_FORMATS, RawSample, Unusable
 from meter.data.formats.webdataset import TarShard, find_shards
 from meter.data.shard_manifest import (
     MANIFEST,
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 PROGRESS = "progress"
 SETTINGS = "prepare.json"
 BAD_SAMPLES = "bad_samples.jsonl"
-IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
 class RawSource(Protocol):
@@ -64,16 +63,14 @@ def check_image(data: bytes, name: str, decode: bool) -> tuple[str | None, str |
     the end is decoded whole before it is called bad (web and phone JPEGs often carry bytes after it: a motion
     photo's video, padding); the loader decodes and skips the rest."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=READ_FORMATS) as image:
             kind = image.format
             if decode or not _end_marker_near_end(kind, data):
                 image.load()  # PIL raises on a truncated JPEG or PNG
     except UnidentifiedImageError:
         return None, f"{name}: {NOT_AN_IMAGE}"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
         return None, f"{name}: unreadable image ({type(error).__name__}: {error})"
-    if kind not in IMAGE_FORMATS:
-        return None, f"{name}: unsupported image format {kind}; allowed: {', '.join(IMAGE_FORMATS)}"
     return IMAGE_FORMATS[kind], None
 
 

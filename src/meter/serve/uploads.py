@@ -7,6 +7,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from meter.data.formats.common import DECODE_ERRORS, READ_FORMATS
 from meter.data.images import decode_image
 from meter.errors import DataError
 
@@ -30,13 +31,14 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=READ_FORMATS) as probe:
                 width, height = probe.size
     except UnidentifiedImageError:
-        raise ServeError(415, f"{name}: not an image (PIL knows no such format; send a PNG, JPEG, WebP, ...)") from None
+        raise ServeError(415, f"{name}: not an image this server reads (send a JPEG, PNG, WebP, GIF, BMP or TIFF)"
+                         ) from None  # fmt: skip
     except Image.DecompressionBombError as error:
         raise ServeError(413, f"{name}: {error}") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except DECODE_ERRORS as error:
         raise ServeError(422, f"{name}: unreadable image header ({type(error).__name__}: {error})") from None
     if width * height > max_pixels:
         raise ServeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,14 @@ from typing import Any
 
 from meter.errors import DataError
 
-NOT_AN_IMAGE = "unreadable image (not a format PIL knows: a web page, an empty or damaged file?)"
+# the raster formats meter reads (Pillow's names), with the extension a shard stores each under (MPO: a camera's
+# JPEG with a second picture). Pillow's other plugins are never tried: EPS runs Ghostscript on the file, ICO decodes
+# its pixels while it is opened (before any pixel limit), damaged BLP and DDS files raise outside Pillow's errors
+IMAGE_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Image.open's names: its JPEG opener gives MPO too
+NOT_AN_IMAGE = "unreadable image (not a JPEG, PNG, WebP, GIF, BMP or TIFF: a web page, an empty or damaged file?)"
+# what a damaged file of those formats raises while it is decoded
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, NotImplementedError, struct.error)
 
 
 def read_json(path: str | Path, what: str) -> Any:
