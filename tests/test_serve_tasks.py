@@ -74,3 +74,29 @@ def test_explain_requests_batched_together_each_get_their_own_number_of_answers(
     (one, _), (three, _) = service.run_batch(("explain", "vqa", "gradcam"), items)
     assert len(one.prediction["answers"]) == 1 and len(three.prediction["answers"]) == 3
     assert one.prediction["answers"][0] == three.prediction["answers"][0]
+
+
+def test_a_vqa_head_whose_rows_name_no_answer_is_neither_served_nor_answered(micro_checkpoints, shapes_tasks_world,
+                                                                             tmp_path: Path):  # fmt: skip
+    """What `meter import meter-official` without --vqa-answers writes: /api/model listed /api/vqa and /api/explain,
+    and both answered 500 (IndexError); `meter predict` called it a bug of meter."""
+    import json
+    import shutil
+
+    from meter.errors import DataError
+    from meter.explain import explain_batch
+    from meter.models.checksums import record_checksums
+
+    folder = tmp_path / "unnamed"
+    shutil.copytree(micro_checkpoints("vqa"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"answers": []}))
+    record_checksums(folder, "model", names=json.loads((folder / "checksums.json").read_text())["parts"]["model"])
+    predictor = Predictor(folder, "cpu")
+    service = ModelService(predictor, ServeLimits())
+    assert "vqa" not in service.endpoints() and "vqa" not in service.describe()["explain"].get("tasks", [])
+    image = Image.open(shapes_tasks_world / IMAGE).convert("RGB")
+    with pytest.raises(DataError, match="--vqa-answers"):
+        predictor.answer(image, "what shape is it?")
+    with pytest.raises(DataError, match="--vqa-answers"):
+        explain_batch(predictor, [image], ["what shape is it?"], task="vqa")

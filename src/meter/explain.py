@@ -24,6 +24,7 @@ from torch import Tensor
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
+from meter.models.folder import names_its_answers, require_answers
 from meter.predictor import ImageInput, Predictor
 from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
@@ -79,7 +80,8 @@ def check_method(method: str) -> str:
 
 def explainable_tasks(predictor: Predictor) -> list[str]:
     heads = predictor.description.heads
-    found = {"vqa": "vqa" in heads, "match": scoring_head(predictor.model) is not None, "snli_ve": "snli_ve" in heads}
+    found = {"vqa": names_its_answers(predictor.description), "match": scoring_head(predictor.model) is not None,
+             "snli_ve": "snli_ve" in heads}  # fmt: skip
     return [task for task in TASKS if found[task]]
 
 
@@ -157,6 +159,8 @@ def explain_batch(
     `answers` picks the VQA answer to explain per example (default: the best)."""
     check_method(method)
     task = task or default_task(predictor)
+    if task == "vqa" and "vqa" in predictor.heads:
+        require_answers(predictor.description, predictor.checkpoint)  # a head whose rows name no answer
     if task not in explainable_tasks(predictor):
         raise ConfigError(
             f"{predictor.checkpoint}: explaining {task} needs its head; this model can explain:"

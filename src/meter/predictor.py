@@ -17,6 +17,7 @@ from torch import Tensor
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError, DataError
+from meter.models.folder import require_answers
 from meter.tasks.build import load_for_eval
 from meter.tasks.captioning import write_captions
 from meter.tasks.nlvr2 import CLASSES as NLVR2_CLASSES
@@ -79,6 +80,8 @@ class Predictor:
                 f"{self.checkpoint}: {needed_for} needs a model with a {head} head (fine-tuned with task={task});"
                 f" this one has: {', '.join(self.heads) or 'no heads'}"
             )
+        if head == "vqa":  # the rows' answers too: an official checkpoint imported without them has the head only
+            require_answers(self.description, self.checkpoint)
 
     def pixels(self, image: ImageInput) -> Tensor:
         """The model's input for an image file, or for an image already decoded (a server's upload) in any mode."""

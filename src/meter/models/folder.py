@@ -252,6 +252,13 @@ def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase,
     return model, load_tokenizer(path), description
 
 
+def names_its_answers(description: ModelFolder) -> bool:
+    """Whether a model answers VQA questions: a vqa head and the answer of each of its rows (an official checkpoint
+    imported without --vqa-answers has the head and no answers)."""
+    rows = description.heads.get("vqa")
+    return rows is not None and len(description.answers) == rows
+
+
 def require_answers(description: ModelFolder, path: str | Path) -> None:
     """VQA needs the answer of every classifier row."""
     rows = description.heads.get("vqa")

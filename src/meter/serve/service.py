@@ -19,6 +19,7 @@ from PIL import Image
 from meter.errors import MeterError
 from meter.explain import DEFAULT_METHOD, METHODS, HeatMap, explain_batch, explainable_tasks, overlay
 from meter.models.attention_maps import layer_count
+from meter.models.folder import names_its_answers
 from meter.predictor import Predictor
 from meter.serve.batcher import Done, MicroBatcher, Overloaded
 from meter.serve.limits import ServeLimits
@@ -69,7 +70,7 @@ class ModelService:
     def endpoints(self) -> list[str]:
         heads, model = self.predictor.description.heads, self.predictor.model
         found = {
-            "vqa": "vqa" in heads,
+            "vqa": names_its_answers(self.predictor.description),
             "match": scoring_head(model) is not None,
             "snli-ve": "snli_ve" in heads,
             "nlvr2": "nlvr2" in heads,
