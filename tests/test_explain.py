@@ -155,6 +155,19 @@ def test_explain_command_writes_the_heat_map(micro_checkpoints, shapes_tasks_wor
     assert result["answers"] and result["method"] == "gradcam" and np.sum(result["grid"]) == pytest.approx(1, abs=1e-3)
 
 
+def test_explain_command_scores_a_large_photo_as_predict_does(micro_checkpoints, shapes_tasks_world: Path,
+                                                              tmp_path: Path, capsys):  # fmt: skip
+    """A JPEG far larger than the model's input is decoded at a reduced scale by predict and serve; explain decoded
+    it whole, so its scores (and sometimes its answer) differed from theirs."""
+    photo = tmp_path / "photo.jpg"
+    Image.open(shapes_tasks_world / IMAGE).convert("RGB").resize((1600, 1200), Image.BICUBIC).save(photo, quality=90)
+    checkpoint = str(micro_checkpoints("vqa"))
+    assert main(["explain", "--checkpoint", checkpoint, "--image", str(photo), "--question", QUESTION, "--out",
+                 str(tmp_path / "map.png"), "--device", "cpu", "--precision", "fp32"]) == 0  # fmt: skip
+    explained = json.loads(capsys.readouterr().out)["answers"]
+    assert explained == Predictor(checkpoint, "cpu").answer(photo, QUESTION)
+
+
 def test_explain_command_refuses_text_for_a_vqa_only_model(
     micro_checkpoints, shapes_tasks_world: Path, tmp_path, capsys
 ):

@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from meter.cli.common import at_least
+from meter.cli.common import add_device_arguments, at_least
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -28,7 +28,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser.add_argument("--answer", help="the VQA answer to explain (default: the model's best)")
     parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
     parser.add_argument("--size", type=int, default=384, help="side of the written PNG in pixels (default 384)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_arguments(parser)
     return run
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 16:
         raise ConfigError(f"--size {args.size} must be at least 16")
     check_heat_map_path(Path(args.out), Path(args.image))
-    predictor = Predictor(args.checkpoint, args.device)
+    predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
     task = "vqa" if args.question is not None else args.task
     if task is None:  # --text: what the model can say about a text
         task = next((t for t in explainable_tasks(predictor) if t != "vqa"), None)
@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{predictor.checkpoint}: --text needs a rank, itm or snli_ve head to explain; this model has:"
                 f" {', '.join(predictor.heads) or 'no heads'} (use --question for a vqa head)"
             )
-    image = load_image(args.image, upright=True)  # as the model saw it (meter.predictor)
+    # decoded as `meter predict` and serve decode it (a large JPEG at a reduced scale, the model's pixel limit):
+    # the same pixels, the same scores
+    reader = predictor.images
+    image = load_image(args.image, at_least=reader.image_size, max_pixels=reader.max_pixels, upright=True)
     heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top)[0]
     grid = heat.select(args.layer)
     out = Path(args.out)
