@@ -4,6 +4,7 @@ the run's evaluation scores (official METER's ModelCheckpoint on val/the_metric)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,44 @@ def test_the_plan_counts_an_evaluation_after_each_epoch_and_the_last_step(
 
     cfg = load_config(packaged(recipe), overrides)
     assert best_evaluations(cfg, examples, processes=8) == expected
+
+
+def test_a_run_killed_while_scoring_its_last_step_is_finished_not_taken_as_done(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """The demos, the study and `meter finetune --resume latest` took the final step_N for a finished run: a run
+    killed while it scored that step for best_on (or exported its model) was evaluated with a best that had not
+    seen the last step."""
+    from meter.run_folders import finetune_once
+    from meter.train.run_folder import RECORD as RUN_RECORD
+
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.max_steps=10")  # fmt: skip
+    finished = run_finetune(cfg)
+    # the folder as a kill while step 10 was scored leaves it: saved, not scored, not exported, not finished
+    chosen = record(out)
+    (out / RECORD).write_text(json.dumps(chosen | {"scores": {str(EPOCH): chosen["scores"][str(EPOCH)]},
+                                                   "best_step": EPOCH}))  # fmt: skip
+    keep_as_best(out / "checkpoints" / f"step_{EPOCH:08d}", out / BEST)
+    run = json.loads((out / RUN_RECORD).read_text())
+    (out / RUN_RECORD).write_text(json.dumps(run | {"finished": False}))
+    shutil.rmtree(out / "model")
+    assert finetune_once(cfg, evaluate_run) == finished  # resumed: step 10 scored, the model exported, evaluated
+    assert record(out) == chosen and (out / "model").is_dir()
+
+
+def test_meter_finetune_resume_latest_of_a_run_that_finished_training_evaluates_it(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys
+):
+    """A job stopped while it evaluated and requeued with the same command was refused ("holds a finished run")."""
+    from meter.cli import main
+
+    args = ["finetune", "task=snli_ve", f"data.root={shapes_tasks_world}", f"train.out={tmp_path / 'run'}",
+            f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=3", *MICRO]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    (tmp_path / "run" / "snli_ve_accuracy_dev.json").unlink()  # as a kill during the evaluation leaves it
+    assert main([*args, "--resume", "latest"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert (tmp_path / "run" / "snli_ve_accuracy_dev.json").is_file()

@@ -28,14 +28,17 @@ def recipe_config(name: str, out: Path, data: Path, run: str, overrides: list[st
 
 
 def finished_checkpoint(cfg: Config) -> Path | None:
-    """The final checkpoint of the run `cfg` describes, when it got there. A finished run of another config in the
-    folder is refused, naming what differs: its scores are not this config's (a demo run again with another seed)."""
+    """The final checkpoint of the run `cfg` describes, when the run finished (its record says so: a run killed after
+    its last step, while it exported its model or scored that step for train.best_on, resumes to finish). A finished
+    run of another config in the folder is refused, naming what differs: its scores are not this config's (a demo
+    run again with another seed)."""
     out = Path(cfg.train.out)
     final = Checkpoints(out / "checkpoints").path(cfg.train.max_steps)
     if not final.is_dir():
         return None
     if (out / RECORD).is_file():
-        changed = config_differences(read_record(out)["config"], cfg)
+        record = read_record(out)
+        changed = config_differences(record["config"], cfg)
         if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it)
             changed = [change for change in changed if not change.startswith("model.")]
         if changed:
@@ -44,6 +47,8 @@ def finished_checkpoint(cfg: Config) -> Path | None:
                 "not this config's; give this run another "
                 "folder (another --out), or delete that one"
             )
+        if not record.get("finished"):  # killed after its last step: exporting, or scoring it for train.best_on
+            return None
     return final
 
 

@@ -19,10 +19,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def run(args: argparse.Namespace) -> int:
-    from meter.runs import run_finetune
+    from meter.run_folders import finetune_once
+    from meter.runs import evaluate_run, run_finetune
     from meter.train.runtime import is_main_process
 
-    metrics = run_finetune(config_from_args(args), resume=args.resume)
+    cfg = config_from_args(args)
+    # --resume latest (a requeued job): a run whose training finished is evaluated (stopped while it evaluated)
+    latest = args.resume == "latest"
+    metrics = finetune_once(cfg, evaluate_run) if latest else run_finetune(cfg, resume=args.resume)
     if is_main_process():  # under torchrun, the one that evaluated
         print(json.dumps(metrics, indent=1))
     return 0
