@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from meter.config import Config, load_config
 from meter.errors import ConfigError, MeterError
 from meter.runs import evaluate_run, run_finetune
-from meter.tasks.best_checkpoint import BEST, RECORD, keep_as_best
+from meter.tasks.best_checkpoint import BEST, HELD, RECORD, BestCheckpoint, held_step, keep_as_best
 from meter.validate import validate
 from tests.conftest import MICRO
 
@@ -97,8 +97,9 @@ def test_resuming_from_an_earlier_step_forgets_the_later_scores_and_sets_their_b
     run_finetune(load_config(None, ["train.stop_at=6"], base=cfg))
     first = record(out)
     assert sorted(map(int, first["scores"])) == [3, 6]
+    keep_as_best(out / "checkpoints" / "step_00000006", out / BEST, 6)  # as if step 6 had scored best
     best_weights = weights(out / BEST)
-    (out / RECORD).write_text(json.dumps(first | {"best_step": 6}))  # as if step 6 had scored best
+    (out / RECORD).write_text(json.dumps(first | {"best_step": 6}))
     run_finetune(cfg, resume=str(out / "checkpoints" / "step_00000003"))
     again = record(out)
     assert sorted(map(int, again["scores"])) == [3, 6, 7]  # step 3 scored again: its checkpoint is the candidate
@@ -108,16 +109,18 @@ def test_resuming_from_an_earlier_step_forgets_the_later_scores_and_sets_their_b
 
 def test_a_best_replaced_while_killed_is_whole_the_old_or_the_new(micro_checkpoints, tmp_path: Path):
     best = tmp_path / BEST
-    keep_as_best(micro_checkpoints("snli_ve"), best)
-    assert sorted(p.name for p in best.iterdir()) == sorted(
+    keep_as_best(micro_checkpoints("snli_ve"), best, 2)
+    assert sorted(p.name for p in best.iterdir()) == sorted([HELD, *(
         p.name for p in micro_checkpoints("snli_ve").iterdir()
         if p.name not in ("training_state.pt", "progress.json", "task.safetensors")
-    )  # fmt: skip
+    )])  # fmt: skip
     from meter.models.checksums import verify_checksums
 
     assert verify_checksums(best)  # the model part of the checkpoint's checksums, verified
-    keep_as_best(micro_checkpoints("nlvr2"), best)  # replaced whole
-    assert same_weights(weights(best), weights(micro_checkpoints("nlvr2")))
+    (tmp_path / ".best.replaced").mkdir()  # a kill while the last replaced best/ was deleted
+    (tmp_path / ".best.replaced" / "model.safetensors").write_bytes(b"old")
+    keep_as_best(micro_checkpoints("nlvr2"), best, 3)  # replaced whole
+    assert same_weights(weights(best), weights(micro_checkpoints("nlvr2"))) and held_step(best) == 3
     assert not list(tmp_path.glob(".best*"))
 
 
@@ -178,7 +181,7 @@ def test_a_run_killed_while_scoring_its_last_step_is_finished_not_taken_as_done(
     chosen = record(out)
     (out / RECORD).write_text(json.dumps(chosen | {"scores": {str(EPOCH): chosen["scores"][str(EPOCH)]},
                                                    "best_step": EPOCH}))  # fmt: skip
-    keep_as_best(out / "checkpoints" / f"step_{EPOCH:08d}", out / BEST)
+    keep_as_best(out / "checkpoints" / f"step_{EPOCH:08d}", out / BEST, EPOCH)
     run = json.loads((out / RUN_RECORD).read_text())
     (out / RUN_RECORD).write_text(json.dumps(run | {"finished": False}))
     shutil.rmtree(out / "model")
@@ -200,3 +203,52 @@ def test_meter_finetune_resume_latest_of_a_run_that_finished_training_evaluates_
     assert main([*args, "--resume", "latest"]) == 0
     assert json.loads(capsys.readouterr().out) == first
     assert (tmp_path / "run" / "snli_ve_accuracy_dev.json").is_file()
+
+
+def test_a_run_stopped_early_by_stop_at_scores_the_checkpoint_it_stopped_at(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """A time-limited chunk (train.stop_at) before the run's last step: its evaluation is of where it stopped (there
+    may be no best yet: the chunk failed, "best: no such model folder")."""
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.max_steps=10", "train.stop_at=6")  # fmt: skip
+    result = run_finetune(cfg)
+    assert not (out / BEST).exists()
+    assert result == evaluate_run(cfg, out / "checkpoints" / "step_00000006", tmp_path / "direct")
+
+
+def test_a_reconciled_record_names_the_step_best_holds(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+    """A kill between replacing best/ and writing best.json: the record named the step before; best/ names its own
+    step, and the run takes that."""
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.best_every=3", "train.max_steps=7", "train.keep_last=5")  # fmt: skip
+    run_finetune(load_config(None, ["train.stop_at=6"], base=cfg))
+    first = record(out)
+    keep_as_best(out / "checkpoints" / "step_00000006", out / BEST, 6)
+    (out / RECORD).write_text(json.dumps(first | {"best_step": 3, "scores": {"3": first["scores"]["3"]}}))
+    run_finetune(cfg, resume="latest")  # resumes at 6: scores it again, then 7
+    again = record(out)
+    assert sorted(map(int, again["scores"])) == [3, 6, 7] and held_step(out / BEST) == again["best_step"]
+
+
+def test_epochs_are_counted_from_where_the_data_is_after_a_resume_with_another_world():
+    """Resumed at step 6 with 12 batches of 4 an epoch read (the data position, rescaled when the global batch
+    changed): epochs end at steps 6, 10 and 14, not at the steps a count from step 0 gives."""
+    from meter.tasks.catalog import DOWNSTREAM
+
+    hook = BestCheckpoint(load_config(None, ["task=snli_ve", "train.best_on=dev", "train.max_steps=100"]),
+                          DOWNSTREAM.get("snli_ve"), batches_per_epoch=4)  # fmt: skip
+    hook.origin = (6, 12)
+    assert [step for step in range(6, 16) if hook.wants(step)] == [6, 10, 14]
+
+
+def test_meter_evaluate_of_a_runs_best_writes_beside_it_not_into_it(tmp_path: Path):
+    """best/ is replaced whole when a later step scores better: files written into it went with it."""
+    from meter.cli.evaluate import default_eval_folder
+
+    (tmp_path / BEST).mkdir()
+    assert default_eval_folder(tmp_path / BEST) == tmp_path / BEST / "eval"  # a model folder that happens to be named
+    (tmp_path / RECORD).write_text("{}")
+    assert default_eval_folder(tmp_path / BEST) == tmp_path / "eval" / "best"

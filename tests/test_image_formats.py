@@ -1,4 +1,4 @@
-"""The image formats meter reads: photographs and scans (JPEG, its camera variant MPO, PNG, WebP, GIF, BMP, TIFF),
+"""The image formats meter reads: photographs and scans (JPEG, its camera variant MPO, PNG, WebP, GIF, BMP, TIFF, PPM),
 never Pillow's other plugins (EPS runs Ghostscript on the file; ICO decodes its pixels while it is opened)."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_an_icon_is_refused_before_its_pixels_are_decoded():
     icon = encoded(Image.new("RGB", (64, 64), "red"), "ICO")
     with pytest.raises(ServeError) as refused:
         read_image(icon, "favicon.ico", 10**7)
-    assert refused.value.status == 415 and "JPEG, PNG, WebP, GIF, BMP or TIFF" in refused.value.message
+    assert refused.value.status == 415 and "JPEG, PNG, WebP, GIF, BMP, TIFF or PPM" in refused.value.message
     with pytest.raises(DataError, match="not a JPEG, PNG"):
         decode_image(io.BytesIO(icon), "favicon.ico")
 
@@ -80,7 +80,7 @@ def test_a_cameras_mpo_jpeg_is_read_and_stored_as_a_jpeg():
     assert read_image(data, "photo.jpg", 10**7).size == (32, 24)
 
 
-@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM"])
 def test_every_format_meter_reads_is_read(kind: str):
     data = encoded(Image.new("RGB", (20, 10), (10, 200, 10)), kind)
     assert decode_image(io.BytesIO(data), f"image.{kind.lower()}").size == (20, 10)

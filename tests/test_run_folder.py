@@ -135,3 +135,22 @@ def test_a_process_that_torchrun_restarted_resumes_from_the_latest_checkpoint(mi
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets for the restart
     _pretrain(micro_config, tmp_path / "run")  # the same command line: no --resume
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_run_recorded_before_a_setting_existed_goes_on_with_that_setting_at_its_default(micro_config, tmp_path):
+    """Every folder recorded before train.best_on was "another config" (`train.best_on: None -> ''`) and refused."""
+    import json
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"train.out={out}", "train.max_steps=4", "train.stop_at=2"], base=micro_config)
+    run_pretrain(cfg)
+    record = json.loads((out / RECORD).read_text())
+    for key in ("best_on", "best_every"):
+        del record["config"]["train"][key]
+    del record["config"]["vqa"]["normalize_targets"]
+    (out / RECORD).write_text(json.dumps(record))
+    run_pretrain(load_config(None, ["train.stop_at=0"], base=cfg), resume="latest")
+    assert json.loads((out / RECORD).read_text())["finished"]
+    changed = load_config(None, ["vqa.normalize_targets=true"], base=cfg)  # a value other than the default is a change
+    with pytest.raises(ConfigError, match=r"vqa.normalize_targets: False -> True"):
+        run_pretrain(changed, resume="latest")

@@ -112,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_eval_folder(checkpoint: Path) -> Path:
-    """Beside a run's checkpoints, not in one (`train.keep_last` deletes a checkpoint's whole folder): RUN/eval/step_N;
-    a model folder's or a run folder's own eval/ otherwise."""
+    """Beside a run's checkpoints, not in one (`train.keep_last` deletes a checkpoint's whole folder): RUN/eval/step_N,
+    RUN/eval/best for its train.best_on choice; a model folder's or a run folder's own eval/ otherwise."""
     if checkpoint.parent.name == "checkpoints" and checkpoint.name.startswith("step_"):
         return checkpoint.parent.parent / "eval" / checkpoint.name
+    if checkpoint.name == "best" and (checkpoint.parent / "best.json").is_file():  # replaced while its run trains
+        return checkpoint.parent / "eval" / "best"
     return checkpoint / "eval"

@@ -84,8 +84,34 @@ class BadSampleBudget:
                 f" ({self.max_fraction:.1%}, {self.setting}): first: {first}{where}"
             )
 
+    def restore(self, bad: dict[str, str]) -> None:
+        """The samples a run had skipped before it stopped: resumed, it goes on counting from them (a path counts
+        once in a run, so meeting them again costs nothing)."""
+        self.bad.update(bad)
+        self.samples = len(self.bad)
+
     def summary(self) -> str:
         return f"skipped {self.count:,} of {self.total:,} samples (budget {self.allowed:,})"
+
+
+def continued_list(path: Path, resumed: bool) -> dict[str, str]:
+    """A training run's list of bad samples as it goes on: a resumed run's (path -> reason; a line cut short by a
+    kill left out, and the file rewritten without it), or none for a run that starts (a killed first attempt's list
+    is deleted: the run meets those samples again)."""
+    if not resumed or not path.is_file():
+        path.unlink(missing_ok=True)
+        return {}
+    listed: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            listed.setdefault(str(entry["path"]), str(entry["reason"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in listed.items()))
+    temporary.replace(path)
+    return listed
 
 
 def warn_skipped(what: str, skipped: list[BadSample]) -> None:

@@ -34,7 +34,7 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
             with Image.open(io.BytesIO(data), formats=READ_FORMATS) as probe:
                 width, height = probe.size
     except UnidentifiedImageError:
-        raise ServeError(415, f"{name}: not an image this server reads (send a JPEG, PNG, WebP, GIF, BMP or TIFF)"
+        raise ServeError(415, f"{name}: not an image this server reads (send a JPEG, PNG, WebP, GIF, BMP, TIFF or PPM)"
                          ) from None  # fmt: skip
     except Image.DecompressionBombError as error:
         raise ServeError(413, f"{name}: {error}") from None

@@ -28,7 +28,7 @@ def _last_logged(folder: str) -> str:
     records = read_metrics(Path(folder) / "metrics.jsonl")
     if not records:
         return ""
-    last = records[-1]
+    last = next((r for r in reversed(records) if any(k.endswith("_loss") for k in r)), records[-1])  # a training one
     values = [f"{k.split('/')[-1]} {v:.4g}" for k, v in last.items() if k.endswith("_loss") and isinstance(v, float)]
     return f"step {last['step']}: " + ", ".join(values)
 

@@ -3,7 +3,8 @@ monitor="val/the_metric", mode="max")`, run.py): with `train.best_on=SPLIT` a fi
 task's own evaluation after each epoch (or every `train.best_every` steps) and after its last step, and keeps the
 weights that scored best as a model folder, which the run's final evaluation then scores.
 
-    <out>/best/          the model folder of the best step so far (its files hard-linked from the checkpoint)
+    <out>/best/          the model folder of the best step so far (its files hard-linked from the checkpoint), with
+                         best_step.json naming the step
     <out>/best.json      {"split", "metric", "scores": {step: score}, "best_step"}
     <out>/eval/step_N/   each of those evaluations' prediction and score files, as `meter evaluate` writes them
 
@@ -36,6 +37,7 @@ from meter.models.checksums import ALGORITHM, CHECKSUMS
 from meter.tasks.downstream import Downstream
 from meter.train.checkpoint import (
     ABANDONED,
+    PREFIX,
     PROGRESS,
     TASK_WEIGHTS,
     TRAINING_STATE,
@@ -43,12 +45,14 @@ from meter.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from meter.train.distributed import main_alone
+from meter.train.distributed import broadcast_object, main_alone
+from meter.train.metrics_log import MetricsLog
 
 log = logging.getLogger(__name__)
 BEST = "best"
 RECORD = "best.json"
 EVALUATIONS = "eval"  # as `meter evaluate` names a run checkpoint's evaluation folder
+HELD = "best_step.json"  # in best/: the step whose weights it holds
 TRAINING_FILES = {TRAINING_STATE, TASK_WEIGHTS, PROGRESS, CHECKSUMS}  # a checkpoint's files that are no model's
 
 
@@ -56,9 +60,17 @@ def best_folder(out: str | Path) -> Path:
     return Path(out) / BEST
 
 
-def evaluated_weights(cfg: Config, final: Path) -> Path:
-    """What a run's evaluation scores: its best checkpoint with train.best_on, else its final one."""
-    return best_folder(cfg.train.out) if cfg.train.best_on else final
+def evaluated_weights(cfg: Config, checkpoint: Path) -> Path:
+    """What a run's evaluation scores: with train.best_on, its best checkpoint once the run got to its last step;
+    else (or a run stopped early by train.stop_at) the checkpoint it ended at."""
+    if not cfg.train.best_on or checkpoint.name != f"{PREFIX}{cfg.train.max_steps:08d}":
+        return checkpoint
+    record = Path(cfg.train.out) / RECORD
+    chosen_on = json.loads(record.read_text()).get("split") if record.is_file() else None
+    if chosen_on != cfg.train.best_on:
+        raise ConfigError(f"train.best_on = {cfg.train.best_on!r}: {record} chose the best checkpoint on "
+                          f"{chosen_on!r}; resume the run (--resume latest) to choose again")  # fmt: skip
+    return best_folder(cfg.train.out)
 
 
 def check_best_on(cfg: Config, downstream: Downstream) -> None:
@@ -72,8 +84,11 @@ def check_best_on(cfg: Config, downstream: Downstream) -> None:
             f"train.best_on = {split!r} is a split the run trains on ({', '.join(trained)}): its best would be the "
             "last; choose the best on a split it does not train on (dev, val)"
         )
-    if not downstream.read_split(cfg, split):
+    records = downstream.read_split(cfg, split)
+    if not records:
         raise ConfigError(f"train.best_on = {split!r}: the split has no examples to choose the best checkpoint by")
+    if any(getattr(record, "label", 0) is None for record in records):  # NLVR2's hidden test: no score after epoch 1
+        raise ConfigError(f"train.best_on = {split!r}: the split's examples have no labels to score them by")
 
 
 class BestCheckpoint:
@@ -85,6 +100,7 @@ class BestCheckpoint:
         # of each process (the loop's stream drops a last partial batch; none at all is its error to give)
         self.batches_per_epoch = max(batches_per_epoch, 1)
         self.out = Path(cfg.train.out)
+        self.origin = (0, 0)  # (a step, the batches every process had read by then): where epochs are counted from
 
     def wants(self, step: int) -> bool:
         """After the last step, and after each step that ends an epoch (or every `best_every` steps)."""
@@ -93,13 +109,18 @@ class BestCheckpoint:
             return True
         if train.best_every:
             return step % train.best_every == 0
-        return step * train.grad_accum // self.batches_per_epoch > (step - 1) * train.grad_accum // (
-            self.batches_per_epoch
-        )
+        first, read = self.origin
 
-    def start(self, step: int, checkpoint: Path | None) -> None:
-        """The run trains from `step` on (resumed from `checkpoint`, or from scratch): scores of later steps are of a
-        continuation given up; a resumed checkpoint is scored if it was due and was not (a run killed meanwhile)."""
+        def epoch(at: int) -> int:  # of the data position after step `at` (a resume with another world rescales it)
+            return (read + (at - first) * train.grad_accum) // self.batches_per_epoch
+
+        return epoch(step) > epoch(step - 1)
+
+    def start(self, step: int, checkpoint: Path | None, batches_read: int = 0) -> None:
+        """The run trains from `step` on (resumed from `checkpoint` with `batches_read` of data read, or from
+        scratch): scores of later steps are of a continuation given up; a resumed checkpoint is scored if it was due
+        and was not (a run killed meanwhile)."""
+        self.origin = (step, broadcast_object(batches_read))  # the first process's: all must agree on the epochs
         with untouched_random_state():
             main_alone(lambda: self._start(step, checkpoint), others=None)
 
@@ -112,7 +133,11 @@ class BestCheckpoint:
         replaced = best.with_name(f".{BEST}.replaced")
         if replaced.is_dir() and not best.exists():  # killed between setting the old best aside and the new in place
             os.replace(replaced, best)
+        shutil.rmtree(replaced, ignore_errors=True)  # killed while deleting it
         record = self._record()
+        held = held_step(best)
+        if held is not None and held != record["best_step"]:  # killed between replacing best/ and the record
+            record["best_step"] = held
         later = [s for s in record["scores"] if int(s) > step]
         if later:
             log.warning("%s: forgetting the scores of steps %s, after step %d where this run trains on",
@@ -143,10 +168,12 @@ class BestCheckpoint:
                             f"by (is the split annotated?)") from None  # fmt: skip
         best = record["best_step"]
         if best is None or better(score, record["scores"].get(str(best), math.nan)):
-            keep_as_best(checkpoint, best_folder(self.out))
+            keep_as_best(checkpoint, best_folder(self.out), step)
             record["best_step"] = step
         record["scores"][str(step)] = score
         write_json_atomically(self.out / RECORD, record)
+        # beside the training's records (official METER logs val/the_metric): best_on/dev/score
+        MetricsLog(self.out, tensorboard=False).write(step, {"score": score}, prefix=f"best_on/{split}")
         log.info("step %d: %s %s %.4g (the best: step %d, %.4g)", step, split, self.downstream.selection_metric,
                  score, record["best_step"], record["scores"][str(record["best_step"])])  # fmt: skip
 
@@ -176,9 +203,16 @@ def better(score: float, best: float) -> bool:
     return math.isnan(best) or score > best
 
 
-def keep_as_best(checkpoint: Path, best: Path) -> None:
-    """The model folder of `checkpoint` (its files without the training state) becomes `best`: built beside it,
-    then swapped in, so that a kill at any moment leaves a whole best folder, the old or the new."""
+def held_step(best: Path) -> int | None:
+    """The step whose weights `best` holds (None: no best yet)."""
+    marker = best / HELD
+    return int(json.loads(marker.read_text())["step"]) if marker.is_file() else None
+
+
+def keep_as_best(checkpoint: Path, best: Path, step: int) -> None:
+    """The model folder of `checkpoint` (its files without the training state) becomes `best`, with the step it
+    holds: built beside it, then swapped in, so that a kill at any moment leaves a whole best folder, the old or
+    the new."""
     temporary = best.with_name(f".{best.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     recorded = _model_checksums(checkpoint)
@@ -196,10 +230,12 @@ def keep_as_best(checkpoint: Path, best: Path) -> None:
                 shutil.copy2(checkpoint / name, target)
         if recorded is not None:
             (temporary / CHECKSUMS).write_text(json.dumps({"algorithm": ALGORITHM, "parts": {"model": recorded}}))
+        (temporary / HELD).write_text(json.dumps({"step": step, "checkpoint": checkpoint.name}))
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
         raise DataError(f"{best}: the best checkpoint could not be written ({error})") from None
     replaced = best.with_name(f".{best.name}.replaced")
+    shutil.rmtree(replaced, ignore_errors=True)  # a kill while it was deleted last time
     if best.exists():
         os.replace(best, replaced)
     os.replace(temporary, best)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from meter.config import Config
-from meter.data.bad_samples import BadSampleBudget
+from meter.data.bad_samples import BadSampleBudget, continued_list
 from meter.data.collate import Collate
 from meter.data.shared_rows import to_device
 from meter.data.stream import BatchStream
@@ -36,7 +36,15 @@ from meter.errors import ConfigError, MeterError
 from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
-from meter.train.distributed import all_reduce, distribute, gather_objects, gradient_sync, local, uses_cuda_graphs
+from meter.train.distributed import (
+    all_reduce,
+    decided_on_main,
+    distribute,
+    gather_objects,
+    gradient_sync,
+    local,
+    uses_cuda_graphs,
+)
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
 from meter.train.run_folder import check_resumed_from, finish_run, open_run_folder, release_run_folder, restarted_resume
@@ -63,11 +71,12 @@ class Task(Protocol):
 
 
 class CheckpointHook(Protocol):
-    """Told, on every process, where a run starts (`start`: its step, and the checkpoint it resumed from) and of the
+    """Told, on every process, where a run starts (`start`: its step, the checkpoint it resumed from, the batches
+    each process had read) and of the
     checkpoints it saves at the steps the hook `wants`: what chooses the best checkpoint on a validation split
     (`meter.tasks.best_checkpoint`)."""
 
-    def start(self, step: int, checkpoint: Path | None) -> None: ...
+    def start(self, step: int, checkpoint: Path | None, batches_read: int) -> None: ...
 
     def wants(self, step: int) -> bool: ...
 
@@ -240,7 +249,7 @@ def _fit_in(
             progress.global_batch = global_batch
         log.info("resumed from %s at step %d", path, progress.step)
     if hook is not None:
-        hook.start(progress.step, path)
+        hook.start(progress.step, path, progress.batches_seen)
     cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
     if cuda_graphs:  # a graph is recorded for each text length met: a few lengths, not every one up to max_length
         collate = collate.bucketed(TEXT_LENGTH_MULTIPLE)
@@ -253,9 +262,13 @@ def _fit_in(
             worker_timeout=cfg.data.worker_timeout, pin_memory=runtime.device.type == "cuda",
         )  # fmt: skip
         batches = iter(stream)
-        bad_file = out / "bad_samples.jsonl" if runtime.is_main else None
-        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file, shared=runtime.distributed)
-        metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step if resume else None)
+        bad_file = out / "bad_samples.jsonl"
+        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file if runtime.is_main else None,
+                                 shared=runtime.distributed)  # fmt: skip
+        # resumed: the budget goes on from the samples skipped so far (every process's the same: all stop together)
+        budget.restore(decided_on_main(lambda: continued_list(bad_file, resumed=path is not None), runtime))
+        # step 0 too: a run restarted before its first checkpoint drops the records its killed attempt logged
+        metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step)
         last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
         bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
                    disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip

@@ -19,6 +19,7 @@ checkpoints) is taken as that run when `--resume` is given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,12 +47,13 @@ RUN_FILES = frozenset(
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
-# settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets; not what it
-# computes
+# settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets, which of its
+# checkpoints is chosen as the best; not what it trains
 MAY_DIFFER_ON_RESUME = frozenset(
     {"train.out", "train.stop_at", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
      "train.export", "train.eval_batch_size", "train.max_nonfinite_steps", "data.num_workers", "data.image_cache_mb",
-     "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels", "train.activation_checkpointing"}
+     "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels", "train.activation_checkpointing",
+     "train.best_on", "train.best_every"}
 )  # fmt: skip
 
 
@@ -69,7 +71,7 @@ def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """`key: saved -> new` for each setting that differs, leaving out those that may differ on resume. Paths in a
     folder that moved with the run (a study or demo folder moved elsewhere) are read at their new place."""
-    old = flat_settings(saved)
+    old = flat_settings(with_new_defaults(saved, Config()))
     new = flat_settings(json.loads(json.dumps(to_dict(cfg))))  # as the record holds it (JSON types)
     old = {key: _moved(value, old.get("train.out"), new.get("train.out")) for key, value in old.items()}
     return [
@@ -77,6 +79,20 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key) and key not in MAY_DIFFER_ON_RESUME
     ]
+
+
+def with_new_defaults(saved: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """A config recorded before a setting existed, with that setting at its default (what the run computed then):
+    a meter that adds a setting does not make every earlier run "another config"."""
+    filled = dict(saved)
+    for field in dataclasses.fields(defaults):
+        default = getattr(defaults, field.name)
+        if field.name not in filled:
+            filled[field.name] = json.loads(json.dumps(to_dict(default) if dataclasses.is_dataclass(default)
+                                                       else default))  # fmt: skip
+        elif dataclasses.is_dataclass(default) and isinstance(filled[field.name], dict):
+            filled[field.name] = with_new_defaults(filled[field.name], default)
+    return filled
 
 
 def listed_changes(changed: list[str]) -> str:

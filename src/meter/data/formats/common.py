@@ -15,9 +15,10 @@ from meter.errors import DataError
 # the raster formats meter reads (Pillow's names), with the extension a shard stores each under (MPO: a camera's
 # JPEG with a second picture). Pillow's other plugins are never tried: EPS runs Ghostscript on the file, ICO decodes
 # its pixels while it is opened (before any pixel limit), damaged BLP and DDS files raise outside Pillow's errors
-IMAGE_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
-READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Image.open's names: its JPEG opener gives MPO too
-NOT_AN_IMAGE = "unreadable image (not a JPEG, PNG, WebP, GIF, BMP or TIFF: a web page, an empty or damaged file?)"
+IMAGE_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
+                 "PPM": "ppm"}  # fmt: skip
+READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")  # Image.open's names (its JPEG opener gives MPO)
+NOT_AN_IMAGE = "unreadable image (not a JPEG, PNG, WebP, GIF, BMP, TIFF or PPM: a web page, an empty or damaged file?)"
 # what a damaged file of those formats raises while it is decoded
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, NotImplementedError, struct.error)
 
