@@ -103,3 +103,34 @@ def test_every_two_shapes_differ_in_at_least_ten_pixels_when_small():
 
 def test_plural_shape_names_are_english():
     assert [plural(shape) for shape in ("circle", "cross", "box")] == ["circles", "crosses", "boxes"]
+
+
+def test_a_world_written_again_and_killed_part_way_is_neither_the_old_world_nor_the_new(tmp_path: Path):
+    """The old manifest stayed while another spec's images were written over the old ones: killed part-way, the demo
+    and the study took the mix for the old world (prepare: 0 s) and trained on it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from meter.data.shapes import is_generated
+
+    old = WorldSpec(images=12, seed=3, questions_per_image=2, vocab_size=200)
+    generate(tmp_path, old, progress=False)
+    assert is_generated(tmp_path, old)
+    first_image = next((tmp_path / "images" / "train2014").iterdir())
+    before = first_image.stat().st_mtime_ns
+    new = "WorldSpec(images=3000, seed=4, questions_per_image=2, vocab_size=200)"
+    script = f"from meter.data.shapes import WorldSpec, generate; generate({str(tmp_path)!r}, {new}, progress=False)"
+    writer = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(600):  # until it has written over an old image
+            if first_image.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.05)
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.wait()
+    assert first_image.stat().st_mtime_ns != before, "the new world never got to its first image"
+    assert not is_generated(tmp_path, old)

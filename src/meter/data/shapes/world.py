@@ -30,6 +30,7 @@ from meter.errors import ConfigError
 from meter.output_folder import check_own_folder
 
 MANIFEST = "shapes_world.json"
+TASKS_MANIFEST = "shapes_tasks.json"  # the task files' (meter.data.shapes.tasks)
 STARTED = ".shapes_world.started"
 GENERATOR_VERSION = 2  # 2: shapes circle, square, triangle, cross, drawn larger
 SPLITS = ("train2014", "val2014")
@@ -111,6 +112,10 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     check_own_folder(out, (MANIFEST, STARTED), "meter prepare shapes", "the shapes world's folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / STARTED).touch()
+    # a world written again (another spec) over an old one: killed part-way, the old manifest would vouch for a mix
+    # of both worlds' files; nor do the old task files belong to the new world
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / TASKS_MANIFEST).unlink(missing_ok=True)
     n_train = spec.images - round(spec.images * spec.val_fraction)
     coco = {split: {"images": [], "annotations": []} for split in SPLITS}
     vqa_questions = {split: [] for split in SPLITS}
