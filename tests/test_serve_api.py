@@ -248,3 +248,31 @@ def test_meter_serve_binds_to_loopback_and_answers(micro_checkpoints, shapes_tas
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def test_requests_past_max_pending_are_refused_before_their_bodies_are_read(micro_checkpoints):
+    """--max-pending counted only decoded requests: a flood of large uploads was read and decoded (gigabytes) before
+    any 503. Two uploads stalled mid-body now hold the two places; a third is refused at once."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with serving(micro_checkpoints("vqa"), max_pending=2) as url:
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        head = (f"POST /api/vqa HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                "Content-Length: 1000000\r\n\r\n--b\r\n")  # fmt: skip
+        stalled = [socket.create_connection((host, port)) for _ in range(2)]
+        try:
+            for connection in stalled:
+                connection.sendall(head.encode())
+            time.sleep(0.5)  # the server has both in hand, reading their bodies
+            refused = httpx.post(f"{url}/api/vqa", files={"image": ("x.png", b"\x89PNG", "image/png")},
+                                 data={"question": QUESTION}, timeout=10)  # fmt: skip
+        finally:
+            for connection in stalled:
+                connection.close()
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "2 requests are already being read, waiting or running (the limit is 2)" in refused.json()["error"]
+        time.sleep(0.5)
+        again = httpx.post(f"{url}/api/vqa", files={"image": ("x.png", b"not an image", "image/png")},
+                           data={"question": QUESTION}, timeout=30)  # fmt: skip
+        assert again.status_code == 415  # the places are free again once the stalled ones are gone

@@ -8,12 +8,14 @@ value, 503 the queue is full. None of them stops the server.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
+import anyio
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -31,6 +33,7 @@ from meter.serve.uploads import ServeError, check_text, read_image
 
 log = logging.getLogger(__name__)
 PAGE = resources.files("meter.serve") / "page"
+DECODERS = min(4, os.cpu_count() or 1)  # uploads decoded at once
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -47,7 +50,13 @@ class CountIncoming:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
-            with self.batcher.expecting():
+            batcher = self.batcher
+            if batcher.incoming >= batcher.max_pending:  # 503 before its body is read: bodies and decodes held memory
+                message = (f"{batcher.incoming} requests are already being read, waiting or running (the limit is "
+                           f"{batcher.max_pending})")  # fmt: skip
+                await error_response(503, message, {"Retry-After": "1"})(scope, receive, send)
+                return
+            with batcher.expecting():
                 await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -83,10 +92,13 @@ def create_app(service: ModelService) -> FastAPI:
             problems.append(f"{field}: {problem['msg']}")
         return error_response(422, "; ".join(problems))
 
+    decoding = anyio.Semaphore(DECODERS)
+
     async def image_of(upload: UploadFile, field: str) -> Image.Image:
         data = await upload.read()
-        return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels,
-                                       service.predictor.images.image_size)  # fmt: skip
+        async with decoding:  # a 40 M-pixel image takes ~300 MB while it is decoded: a few at a time, not 40 threads
+            return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels,
+                                           service.predictor.images.image_size)  # fmt: skip
 
     async def text_of(text: str | None, field: str, what: str) -> tuple[str, list[str]]:
         text = check_text(text, field, what)
