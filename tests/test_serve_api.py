@@ -276,3 +276,14 @@ def test_requests_past_max_pending_are_refused_before_their_bodies_are_read(micr
         again = httpx.post(f"{url}/api/vqa", files={"image": ("x.png", b"not an image", "image/png")},
                            data={"question": QUESTION}, timeout=30)  # fmt: skip
         assert again.status_code == 415  # the places are free again once the stalled ones are gone
+
+
+def test_a_malformed_form_an_unknown_path_and_a_wrong_method_are_json_errors_like_the_rest(client: httpx.Client):
+    """Starlette's own 400/404/405 came as {"detail": ...}: the page showed "400: undefined"."""
+    malformed = client.post(
+        "/api/vqa", content=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    unknown, method = client.get("/api/nothing"), client.get("/api/vqa")
+    for response, status in ((malformed, 400), (unknown, 404), (method, 405)):
+        assert response.status_code == status and response.json()["status"] == status
+        assert response.json()["error"], response.json()

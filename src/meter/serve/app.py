@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meter.errors import MeterError
@@ -78,6 +79,10 @@ def create_app(service: ModelService) -> FastAPI:
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError) -> JSONResponse:
         return error_response(error.status, error.message, {"Retry-After": "1"} if error.status == 503 else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # 400 a malformed form,
+        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))  # 404, 405
 
     @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: said as JSON, logged, served on
