@@ -287,3 +287,14 @@ def test_a_malformed_form_an_unknown_path_and_a_wrong_method_are_json_errors_lik
     for response, status in ((malformed, 400), (unknown, 404), (method, 405)):
         assert response.status_code == status and response.json()["status"] == status
         assert response.json()["error"], response.json()
+
+
+def test_a_body_limit_under_a_byte_is_named_by_its_option_and_a_folder_given_as_dot_has_a_name(
+    micro_checkpoints, capsys, monkeypatch
+):
+    from meter.serve.service import model_name
+
+    assert main(["serve", "--model", str(micro_checkpoints("vqa")), "--max-body-mb", "0.0000001"]) == 2
+    assert "--max-body-mb 1e-07 is less than a byte" in capsys.readouterr().err
+    monkeypatch.chdir(micro_checkpoints("vqa"))
+    assert model_name(Path(".")) == "vqa/step_00000002"  # the run and its checkpoint, as for the full path

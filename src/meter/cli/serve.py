@@ -35,6 +35,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def limits_of(args: argparse.Namespace) -> ServeLimits:
+    if int(args.max_body_mb * MB) < 1:  # else ServeLimits named --max-body-bytes, which the command does not have
+        from meter.errors import ConfigError
+
+        raise ConfigError(f"--max-body-mb {args.max_body_mb:g} is less than a byte")
     return ServeLimits(
         max_body_bytes=int(args.max_body_mb * MB), max_pixels=args.max_pixels, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
