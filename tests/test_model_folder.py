@@ -113,3 +113,21 @@ def test_weights_that_are_a_pickle_are_refused_without_running_it(micro_config: 
     with pytest.raises(DataError, match="not a safetensors weights file"):
         load_model_folder(tmp_path / "m")
     assert not (tmp_path / "was_unpickled").exists()
+
+
+def test_the_card_of_a_captioner_says_it_writes_captions_and_a_conv_stem_is_named(micro_checkpoints, micro_config):
+    """A captioning model's card said "Heads: none (encoders and fusion only)" and offered it only as a pretrained
+    starting point; a conv-stem model's card named the patchify layer it replaced; a small part read "0.0 M"."""
+    from meter.models.model_card import model_card
+
+    card = (micro_checkpoints("captioning") / "README.md").read_text()
+    assert "Heads: none (the decoder writes text)" in card and "image captioning: `meter predict --caption`" in card
+    assert "a pretrained starting point" not in card
+    cfg = load_config(None, ["model.vision.conv_stem=true"], base=micro_config)
+    from meter.models.folder_description import ModelFolder
+    from meter.tasks.build import build_model
+
+    model = build_model(cfg, load_tokenizer(tokenizer_path(cfg)), {"itm": 2})
+
+    stem_card = model_card(model, ModelFolder(cfg, {"itm": 2}), has_tokenizer=True)
+    assert "replaced by a convolutional stem (`conv_stem`)" in stem_card and "0.0 M" not in stem_card

@@ -24,15 +24,21 @@ HEAD_TASKS = {
 }
 
 
-def intended_tasks(heads: dict[str, int]) -> list[str]:
+NO_HEADS = {True: "the decoder writes text", False: "encoders and fusion only"}  # has a decoder ->
+
+
+def intended_tasks(heads: dict[str, int], task: str = "", decoder: bool = False) -> list[str]:
     tasks = [HEAD_TASKS[kind] for kind in HEAD_TASKS if kind in heads]
-    if set(heads) <= {"mlm", "itm"}:
+    if decoder and task == "captioning":  # a captioner has a decoder and no head
+        tasks.append("image captioning: `meter predict --caption`, `/api/caption`, `meter evaluate captioning`")
+    elif set(heads) <= {"mlm", "itm"}:
         tasks.append("a pretrained starting point: fine-tune it with `train.init_from=DIR`")
     return tasks
 
 
 def _millions(module: nn.Module) -> str:
-    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
+    count = sum(p.numel() for p in module.parameters())
+    return f"{count / 1e6:.1f} M" if count >= 50_000 else f"{count:,}"  # a small part is not "0.0 M"
 
 
 def _decoder_lines(model: Meter, decoder: DecoderConfig) -> list[str]:
@@ -67,6 +73,7 @@ def model_card(model: Meter, description: ModelFolder, has_tokenizer: bool) -> s
         "",
         f"- Vision encoder: `{vision.name}` (timm `{timm_name}`"
         + (f", {', '.join(f'{k}={v}' for k, v in sorted(timm_kwargs.items()))}" if timm_kwargs else "")
+        + ("; its patch embedding replaced by a convolutional stem (`conv_stem`)" if vision.conv_stem else "")
         + f"), {vision.image_size} px, {model.vision.width} wide, {_millions(model.vision)} parameters; "
         f"pixels normalised with mean {list(model.vision.mean)}, std {list(model.vision.std)}.",
         f"- Text encoder: `{cfg.text.name}` (transformers `{text.model_type}`, {text.num_hidden_layers} layers, "
@@ -79,12 +86,12 @@ def model_card(model: Meter, description: ModelFolder, has_tokenizer: bool) -> s
         *_decoder_lines(model, cfg.decoder),
         "- Heads: " + ", ".join(f"`{kind}` ({size} outputs)" for kind, size in heads.items()) + "."
         if heads
-        else "- Heads: none (encoders and fusion only).",
+        else f"- Heads: none ({NO_HEADS[model.decoder is not None]}).",
         f"- Parameters in all: {_millions(model)}.",
         "",
         "## Intended use",
         "",
-        *[f"- {task}" for task in intended_tasks(heads)],
+        *[f"- {task}" for task in intended_tasks(heads, description.config.task, model.decoder is not None)],
     ]
     if "vqa" in heads:
         lines.append(
