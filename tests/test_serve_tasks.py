@@ -32,6 +32,18 @@ def test_match_gives_the_retrieval_models_score(micro_checkpoints, shapes_tasks_
     )
 
 
+def test_a_pretrained_models_match_is_a_probability_in_explain_as_in_match(micro_checkpoints, shapes_tasks_world):
+    """An ITM head's score: /api/match gave P(match) 0.4957, /api/explain the log-odds (-0.0172) under match_score."""
+    from meter.explain import explain_batch
+
+    predictor = Predictor(micro_checkpoints("pretrain"), "cpu")
+    image = Image.open(shapes_tasks_world / IMAGE).convert("RGB")
+    matched = predictor.match(image, "a red circle.")
+    explained = explain_batch(predictor, [image], ["a red circle."], task="match")[0].prediction["explained"]
+    assert set(matched) == set(explained) == {"match_probability"}
+    assert explained["match_probability"] == pytest.approx(matched["match_probability"], abs=2e-4)
+
+
 def test_snli_ve_gives_the_three_probabilities(micro_checkpoints, shapes_tasks_world: Path):
     model, image = micro_checkpoints("snli_ve"), shapes_tasks_world / IMAGE
     with serving(model) as url:

@@ -25,7 +25,7 @@ from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
 from meter.models.folder import names_its_answers, require_answers
-from meter.predictor import ImageInput, Predictor
+from meter.predictor import ImageInput, Predictor, match_reading
 from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
@@ -125,7 +125,8 @@ def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: lis
         mask = batch["attention_mask"]
         text = model.encode_text(batch["input_ids"], mask)
         score = match_score(model, text, mask, model.encode_image(batch["pixels"]))
-        return score, [{"explained": {"match_score": round(float(s), 4)}} for s in score.tolist()]
+        scorer = scoring_head(model)  # as /api/match and `meter predict --text` read it
+        return score, [{"explained": match_reading(scorer, s)} for s in score.tolist()]
     logits = SnliVeTask(model, description.config, len(SNLI_VE_LABELS)).logits(batch).float()
     probabilities = logits.detach().softmax(-1)
     chosen = logits.argmax(-1)

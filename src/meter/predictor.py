@@ -52,6 +52,14 @@ def _text(value: str, option: str) -> str:
     return value.strip()
 
 
+def match_reading(scorer: str, score: float) -> dict[str, float]:
+    """What a pair's score says: a rank head's is a score (higher is better, not a probability); the ITM head's (its
+    two logits' difference) is P(match)."""
+    if scorer == RANK_HEAD:
+        return {"match_score": round(score, 4)}
+    return {"match_probability": round(float(torch.sigmoid(torch.tensor(score))), 4)}
+
+
 class Predictor:
     def __init__(
         self, checkpoint: str | Path, device: str = "auto", max_image_pixels: int | None = None,
@@ -142,10 +150,7 @@ class Predictor:
                 text_tokens = self.model.encode_text(batch["input_ids"], mask)
                 scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"])).tolist()
             for result, score in zip(results, scores, strict=True):
-                if scorer == RANK_HEAD:  # trained to rank candidates: a score, higher is better, not a probability
-                    result["match_score"] = round(score, 4)
-                else:  # the ITM head's two logits: P(match)
-                    result["match_probability"] = round(float(torch.sigmoid(torch.tensor(score))), 4)
+                result |= match_reading(scorer, score)
         if SnliVeTask.head in self.description.heads:
             task = SnliVeTask(self.model, self.description.config, len(SNLI_VE_LABELS))
             with self.runtime.autocast():

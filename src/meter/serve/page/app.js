@@ -53,6 +53,9 @@ function listResults(data) {
   if (data.answers) for (const a of data.answers) rows.push([a.answer, a.score]);
   if (data.entailment) for (const [label, p] of Object.entries(data.entailment)) rows.push([label, p]);
   if (data.explained && data.explained.match_score !== undefined) rows.push(["match score", data.explained.match_score]);
+  if (data.explained && data.explained.match_probability !== undefined) {
+    rows.push(["P(match)", data.explained.match_probability]);
+  }
   if (data.caption !== undefined) rows.push([data.caption, null]);
   $("answers").replaceChildren(
     ...rows.map(([name, score]) => {
