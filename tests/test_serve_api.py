@@ -298,3 +298,24 @@ def test_a_body_limit_under_a_byte_is_named_by_its_option_and_a_folder_given_as_
     assert "--max-body-mb 1e-07 is less than a byte" in capsys.readouterr().err
     monkeypatch.chdir(micro_checkpoints("vqa"))
     assert model_name(Path(".")) == "vqa/step_00000002"  # the run and its checkpoint, as for the full path
+
+
+def test_an_explain_answer_outside_the_vocabulary_is_refused_without_costing_its_batch_mates(
+    micro_checkpoints, shapes_tasks_world: Path
+):
+    """Checked inside the batch, one bad answer failed the batch, whose requests then ran again one by one."""
+    image = shapes_tasks_world / IMAGE
+    with serving(micro_checkpoints("vqa"), max_batch=16, max_wait_ms=1500) as url:
+
+        async def together():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as concurrent:
+                asks = [{"text": QUESTION}] * 3 + [{"text": QUESTION, "answer": "no such answer"}]
+                return await asyncio.gather(*(concurrent.post("/api/explain", files=upload(image), data=form)
+                                              for form in asks))  # fmt: skip
+
+        before = httpx.get(f"{url}/health").json()["batches_run"]
+        responses = asyncio.run(together())
+        ran = httpx.get(f"{url}/health").json()["batches_run"] - before
+    assert [r.status_code for r in responses] == [200, 200, 200, 422]
+    assert responses[3].json()["error"] == "answer 'no such answer' is not in the model's answer vocabulary"
+    assert ran == 1  # the three good ones in one forward pass

@@ -198,8 +198,14 @@ def create_app(service: ModelService) -> FastAPI:
             check_method(method)
         except MeterError as error:
             raise ServeError(422, str(error)) from None
+        # checked here, not in its batch: a bad answer failed its batch-mates, which then ran again one by one
+        answer = answer.strip()
+        if answer and task != "vqa":
+            raise ServeError(422, f"answer {answer!r} goes with task vqa, not {task}")
+        if answer and answer not in service.predictor.description.answers:
+            raise ServeError(422, f"answer {answer!r} is not in the model's answer vocabulary")
         text, notes = await text_of(text, "text", "a question or a caption")
-        item = (await image_of(image, "image"), text, answer.strip() or None, top_of(top))
+        item = (await image_of(image, "image"), text, answer or None, top_of(top))
         done = await service.submit(("explain", task, method), item)
         heat, views = done.result
         return service.answer(done, started, notes, task=task, **heat.prediction, heatmap=heat.to_dict() | views)
