@@ -6,6 +6,8 @@ import io
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -220,34 +222,78 @@ def test_limits_out_of_range_are_refused_by_the_command(micro_checkpoints, capsy
     assert code == 2 and "--max-batch 0 must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_meter_serve_binds_to_loopback_and_answers(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+@contextmanager
+def meter_serve(model: Path, log_file: Path, *options: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`meter serve` in a process of its own on a free loopback port, once it answers /health."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = (tmp_path / "serve.log").open("w")
-    command = [sys.executable, "-m", "meter", "serve", "--model", str(micro_checkpoints("vqa")), "--port", str(port)]
+    log = log_file.open("w")
+    command = [sys.executable, "-m", "meter", "serve", "--model", str(model), "--port", str(port), *options]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment())
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
                 break
             except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()
                 time.sleep(0.5)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_meter_serve_binds_to_loopback_and_answers(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+    with meter_serve(micro_checkpoints("vqa"), tmp_path / "serve.log") as (port, _):
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         assert health.json()["status"] == "ok"
         assert f"Uvicorn running on http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
         answer = httpx.post(f"http://127.0.0.1:{port}/api/vqa", files=upload(shapes_tasks_world / IMAGE),
                             data={"question": QUESTION}, timeout=60)  # fmt: skip
         assert answer.status_code == 200 and answer.json()["answers"]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+
+
+@pytest.mark.slow
+def test_requests_queued_when_the_server_is_stopped_get_a_json_503_not_a_500(micro_checkpoints, shapes_tasks_world,
+                                                                             tmp_path: Path):  # fmt: skip
+    """uvicorn cancelled what was still queued after its 5 s of grace: 284 of 400 clients got a plain-text 500 and
+    the log a traceback each. The queue is answered 503 ("the server is stopping") as the stop is asked for."""
+    import signal
+
+    image = (shapes_tasks_world / IMAGE).read_bytes()
+    options = ("--max-batch", "1", "--max-pending", "400")
+    with meter_serve(micro_checkpoints("captioning"), tmp_path / "serve.log", *options) as (port, process):
+
+        async def flood() -> list:
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as client:
+
+                async def ask():
+                    try:
+                        return await client.post("/api/caption", files={"image": ("i.png", image, "image/png")},
+                                                 data={"beam": "8"})  # fmt: skip
+                    except httpx.TransportError as error:  # not yet connected when the server stopped listening
+                        return error
+
+                asks = [asyncio.ensure_future(ask()) for _ in range(200)]
+                while not any(a.done() for a in asks):
+                    await asyncio.sleep(0.01)
+                process.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*asks)
+
+        responses = asyncio.run(flood())
+    answered = [r for r in responses if isinstance(r, httpx.Response)]
+    statuses = sorted({r.status_code for r in answered})
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+    assert all("the server is stopping" in r.json()["error"] for r in answered if r.status_code == 503)
+    assert "CancelledError" not in (tmp_path / "serve.log").read_text()
 
 
 def test_requests_past_max_pending_are_refused_before_their_bodies_are_read(micro_checkpoints):

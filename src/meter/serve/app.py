@@ -73,6 +73,7 @@ def create_app(service: ModelService) -> FastAPI:
         await service.batcher.stop()
 
     app = FastAPI(title="meter serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pages load a CDN
+    app.state.batcher = service.batcher  # the server drains it when it is asked to stop (meter.serve.server)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(CountIncoming, batcher=service.batcher)  # outermost: counts uploads still in transit
 

@@ -54,6 +54,7 @@ class MicroBatcher:
         self.max_pending = max_pending
         self.pending = 0  # jobs submitted and not yet answered
         self.incoming = 0  # requests being read or answered (see `expecting`); `incoming - pending` are on their way
+        self.stopping = False  # see `drain`
         self.batches_run = 0
         self._jobs: list[_Job] = []
         self._arrived: asyncio.Event | None = None
@@ -77,6 +78,16 @@ class MicroBatcher:
                 job.future.set_exception(Overloaded("the server is stopping"))
         self._jobs.clear()
 
+    def drain(self) -> None:
+        """The server is stopping: the jobs not yet started are answered Overloaded now (a 503 the client may retry
+        elsewhere), and new ones at once; the batch running finishes. (Left queued, they outlived the server's grace
+        period and were cancelled: plain-text 500s.)"""
+        self.stopping = True
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the server is stopping"))
+        self._jobs.clear()
+
     @contextlib.contextmanager
     def expecting(self) -> Iterator[None]:
         """A request that may submit a job once it is read: a batch waits for it (up to `max_wait`)."""
@@ -91,6 +102,8 @@ class MicroBatcher:
     async def submit(self, key: Hashable, item: Any) -> Done:
         if self._worker is None:
             raise RuntimeError("the batcher is not started")
+        if self.stopping:
+            raise Overloaded("the server is stopping")
         if self.pending >= self.max_pending:
             raise Overloaded(
                 f"{self.pending} requests are already waiting or running (the limit is {self.max_pending})"

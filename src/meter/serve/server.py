@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,8 +32,25 @@ def build_app(
     return create_app(service)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that, asked to stop (SIGINT, SIGTERM), answers the requests still queued for the model with
+    a JSON 503 at once, and lets the batch running finish within the grace period."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        batcher = getattr(self.config.app.state, "batcher", None)
+        if batcher is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(batcher.drain)
+
+    async def serve(self, sockets: list | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)).run()
 
 
 @contextmanager
