@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import io
 import subprocess
 import sys
@@ -365,3 +366,27 @@ def test_an_explain_answer_outside_the_vocabulary_is_refused_without_costing_its
     assert [r.status_code for r in responses] == [200, 200, 200, 422]
     assert responses[3].json()["error"] == "answer 'no such answer' is not in the model's answer vocabulary"
     assert ran == 1  # the three good ones in one forward pass
+
+
+def test_requests_whose_clients_gave_up_leave_the_queue_unrun(micro_checkpoints, shapes_tasks_world: Path):
+    """57 clients that timed out after 0.5 s still had their jobs run (and held their places in --max-pending): a
+    client that hangs up cancels its request."""
+    image = (shapes_tasks_world / IMAGE).read_bytes()
+    with serving(micro_checkpoints("captioning"), max_batch=1) as url:
+
+        async def impatient() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=0.3, limits=httpx.Limits(max_connections=40)) as c:
+
+                async def ask() -> None:
+                    with contextlib.suppress(httpx.TimeoutException):
+                        await c.post("/api/caption", files={"image": ("i.png", image, "image/png")}, data={"beam": "8"})
+
+                await asyncio.gather(*(ask() for _ in range(40)))
+
+        before = httpx.get(f"{url}/health").json()["batches_run"]
+        asyncio.run(impatient())
+        time.sleep(1.0)
+        health = httpx.get(f"{url}/health").json()
+        answered = httpx.post(f"{url}/api/caption", files=upload(shapes_tasks_world / IMAGE), timeout=30)
+    assert health["pending"] == 0 and health["batches_run"] - before < 20, health
+    assert answered.status_code == 200

@@ -7,6 +7,8 @@ value, 503 the queue is full. None of them stops the server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -23,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meter.errors import MeterError
 from meter.explain import DEFAULT_METHOD, check_method
@@ -58,9 +60,37 @@ class CountIncoming:
                 await error_response(503, message, {"Retry-After": "1"})(scope, receive, send)
                 return
             with batcher.expecting():
-                await self.app(scope, receive, send)
+                await answer_unless_gone(self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def answer_unless_gone(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Runs the request's handler; a client that hangs up once its body is sent (a timeout, a closed tab) cancels
+    it: its job leaves the queue unrun, and its place in --max-pending is free again."""
+    body_read = asyncio.Event()
+
+    async def counted_receive() -> Message:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_read.set()
+        return message
+
+    async def hung_up() -> None:
+        await body_read.wait()  # the handler reads the body; only then is `receive` free to listen on
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    handler = asyncio.ensure_future(app(scope, counted_receive, send))
+    watcher = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not handler.done():  # the client is gone: nobody to answer
+            handler.cancel()
+        watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handler
 
 
 def create_app(service: ModelService) -> FastAPI:
