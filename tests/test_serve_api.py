@@ -167,7 +167,7 @@ def test_a_huge_chunked_upload_is_413_by_counting(server: str, client, shapes_ta
     still_serves(client, shapes_tasks_world)
 
 
-@pytest.mark.parametrize("question", ["", "   "])
+@pytest.mark.parametrize("question", ["", "   ", "\u200b\u200b", "\ufeff \u2060"])  # zero-width characters: no word
 def test_an_empty_question_is_422(client, shapes_tasks_world: Path, question: str):
     response = ask(client, shapes_tasks_world / IMAGE, question)
     assert (

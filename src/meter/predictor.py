@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from meter.data.blank_text import is_blank
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError, DataError
@@ -47,7 +48,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _text(value: str, option: str) -> str:
-    if not value or not value.strip():
+    if is_blank(value):
         raise ConfigError(f"{option} is empty; give the text to use")
     return value.strip()
 

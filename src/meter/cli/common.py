@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meter.config import Config, load_config
+from meter.data.blank_text import is_blank
 from meter.errors import ConfigError
 from meter.output_folder import WRITE_PROBE
 
@@ -89,7 +90,7 @@ def text_option(value: str | None, option: str) -> str | None:
     not decode as lone surrogates, which no tokenizer takes."""
     if value is None:
         return None
-    if not value.strip():
+    if is_blank(value):
         raise ConfigError(f"{option} is empty; give the text to use")
     try:
         value.encode("utf-8")

@@ -7,6 +7,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from meter.data.blank_text import is_blank
 from meter.data.formats.common import DECODE_ERRORS, READ_FORMATS
 from meter.data.images import decode_image
 from meter.errors import DataError
@@ -54,6 +55,6 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
 
 def check_text(text: str | None, field: str, what: str) -> str:
     """The text without surrounding spaces; an empty one is refused."""
-    if text is None or not text.strip():
+    if text is None or is_blank(text):
         raise ServeError(422, f"{field} is empty; type {what}")
     return text.strip()
