@@ -85,3 +85,18 @@ def test_an_image_with_bytes_after_its_end_marker_is_kept_and_a_truncated_one_is
     assert check_image(data + b"ftypmp42" + bytes(range(256)) * 8, "motion photo", decode) == (extension, None)
     found, problem = check_image(truncated(data), "cut", decode)
     assert found is None and problem.startswith("cut: unreadable image (OSError"), problem
+
+
+def test_a_preparation_whose_bad_sample_list_was_cut_short_by_a_kill_goes_on(tmp_path: Path):
+    """The last line of bad_samples.jsonl cut short (a kill or a full disk while it was appended) stopped every later
+    `meter prepare` with an internal JSONDecodeError until the file was edited by hand."""
+    write_coco(tmp_path / "coco", images=8)
+    image = tmp_path / "coco/train2014/COCO_train2014_000000000004.jpg"
+    image.write_bytes(truncated(image_bytes(4)))
+    source = coco_source(tmp_path / "coco", "karpathy/dataset_coco.json")
+    first = write_shards(source, tmp_path / "out", shard_size=2, max_bad=0.5, progress=False)
+    listed = tmp_path / "out/bad_samples.jsonl"
+    whole = listed.read_text()
+    listed.write_text(whole + '{"path": "/cut')
+    again = write_shards(source, tmp_path / "out", shard_size=2, max_bad=0.5, progress=False)
+    assert again["bad"] == first["bad"] == 1 and listed.read_text() == whole

@@ -116,3 +116,21 @@ def test_a_checkpoints_folder_without_write_permission_stops_the_run_naming_it(m
     reason = "Read-only file system" if read_only else "Permission denied"
     assert f"cannot write {checkpoints}/step_00000006: {reason}" in done.stderr.strip().splitlines()[-1]
     _assert_intact(out, record)
+
+
+def test_a_metrics_log_that_cannot_be_rewritten_on_resume_is_named_and_leaves_no_temporary_file(tmp_path: Path):
+    """Resuming rewrites metrics.jsonl without the killed run's later steps: on a full disk that was a bare
+    "[Errno 28] No space left on device", and `.metrics.jsonl.tmp` stayed behind."""
+    records = "".join(json.dumps({"step": step, "train/loss": 1.0 / step}) + "\n" for step in range(1, 60))
+    (tmp_path / "metrics.jsonl").write_text(records)
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
+        "from meter.errors import DataError\nfrom meter.train.metrics_log import MetricsLog\n"
+        f"try:\n    MetricsLog({str(tmp_path)!r}, tensorboard=False, resume_step=50)\n"
+        "except DataError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert str(tmp_path / "metrics.jsonl") in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / ".metrics.jsonl.tmp").exists()
+    assert (tmp_path / "metrics.jsonl").read_text() == records  # the log as it was

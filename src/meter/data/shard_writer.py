@@ -24,7 +24,7 @@ import webdataset
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from meter.data.bad_samples import BadSample, BadSampleBudget
+from meter.data.bad_samples import BadSample, BadSampleBudget, continued_list
 from meter.data.formats.common import DECODE_ERRORS, IMAGE_FORMATS, NOT_AN_IMAGE, READ_FORMATS, RawSample, Unusable
 from meter.data.formats.webdataset import TarShard, find_shards
 from meter.data.shard_manifest import (
@@ -164,10 +164,7 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
 def _resume_budget(out: Path, max_bad: float, total: int) -> BadSampleBudget:
     """The budget, with the bad samples an interrupted run already found (their shards are not read again)."""
     budget = BadSampleBudget(max_bad, total, out / BAD_SAMPLES, setting="--max-bad")
-    if budget.log_file.is_file():
-        for line in budget.log_file.read_text().splitlines():
-            entry = json.loads(line)
-            budget.bad[entry["path"]] = entry["reason"]
+    budget.restore(continued_list(out / BAD_SAMPLES, resumed=True))  # a line cut short by a kill is dropped
     return budget
 
 

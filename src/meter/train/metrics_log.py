@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from meter.errors import DataError
+from meter.models.folder import cannot_write
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +29,13 @@ class MetricsLog:
         if enabled and resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             temporary = self.path.with_name(f".{self.path.name}.tmp")  # a kill while rewriting keeps the old log
-            temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(temporary, self.path)
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            try:
+                temporary.write_text(text)
+                os.replace(temporary, self.path)
+            except OSError as error:  # a full disk: named, and no temporary file left
+                temporary.unlink(missing_ok=True)
+                raise DataError(cannot_write(self.path, error, len(text))) from None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
