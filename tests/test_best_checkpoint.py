@@ -252,3 +252,19 @@ def test_meter_evaluate_of_a_runs_best_writes_beside_it_not_into_it(tmp_path: Pa
     assert default_eval_folder(tmp_path / BEST) == tmp_path / BEST / "eval"  # a model folder that happens to be named
     (tmp_path / RECORD).write_text("{}")
     assert default_eval_folder(tmp_path / BEST) == tmp_path / "eval" / "best"
+
+
+def test_a_finished_fine_tuning_is_not_reused_for_another_resolution_dropout_or_text_length(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """With train.init_from every model.* difference was ignored: a run finished at 64 px was evaluated again as
+    the result of one at 96 px. The settings the folder decides (its architecture) still may differ."""
+    from meter.run_folders import finished_checkpoint
+
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.max_steps=2")
+    run_finetune(cfg)
+    assert finished_checkpoint(cfg) == out / "checkpoints" / "step_00000002"
+    for changed in ("model.vision.image_size=96", "model.fusion.dropout=0.3", "model.text.max_length=16"):
+        with pytest.raises(ConfigError, match="holds a finished run of another config"):
+            finished_checkpoint(load_config(None, [changed], base=cfg))

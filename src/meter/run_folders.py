@@ -11,6 +11,7 @@ from typing import Any
 
 from meter.config import Config, load_config
 from meter.errors import ConfigError
+from meter.models.init_from import set_by_the_run
 from meter.runs import run_finetune
 from meter.tasks.best_checkpoint import evaluated_weights
 from meter.train.checkpoint import Checkpoints
@@ -39,8 +40,9 @@ def finished_checkpoint(cfg: Config) -> Path | None:
     if (out / RECORD).is_file():
         record = read_record(out)
         changed = config_differences(record["config"], cfg)
-        if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it)
-            changed = [change for change in changed if not change.startswith("model.")]
+        if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it),
+            changed = [change for change in changed  # but for those the run sets (resolution, dropout, text length)
+                       if not change.startswith("model.") or set_by_the_run(change.split(":")[0])]  # fmt: skip
         if changed:
             raise ConfigError(
                 f"train.out = {out} holds a finished run of another config ({listed_changes(changed)}): its model is "

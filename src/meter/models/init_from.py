@@ -39,6 +39,16 @@ STARTING_POINTS = {"vision.weights", "text.weights", "text.tokenizer"}  # replac
 VISION_PREFIX = "vision.backbone."
 
 
+def set_by_the_run(key: str) -> bool:
+    """Whether a `model.*` setting (dotted, as config_differences names it) of a fine-tuning run from a model folder
+    is the run's own (its resolution, dropout, text length), not the folder's."""
+    setting = key.removeprefix("model.")
+    for mapping, keys in (("vision.timm_kwargs.", TIMM_CHANGEABLE), ("text.hf_kwargs.", TEXT_CHANGEABLE)):
+        if setting.startswith(mapping):
+            return setting.removeprefix(mapping) in keys
+    return setting in CHANGEABLE
+
+
 def _settings(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """Every plain setting of a config section by its dotted path; mappings (timm_kwargs, hf_kwargs) are skipped."""
     out: dict[str, Any] = {}
