@@ -63,6 +63,22 @@ def test_two_ddp_processes_accumulating_make_the_loss_curve_of_one_process(one_p
 
 
 @pytest.mark.slow
+def test_a_run_of_two_processes_resumed_by_one_accumulating_two_ends_as_one_process(one_process, shapes_world,
+                                                                                     tmp_path):  # fmt: skip
+    """A job requeued on half its GPUs keeps its steps of 16 samples with train.grad_accum=2; left at 1, it is refused
+    (it went on with steps of 8 and a warning)."""
+    out = tmp_path / "requeued"
+    run_meter(pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8", "train.stop_at=3"), processes=2)
+    refused = run_meter([*pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8"), "--resume", "latest"],
+                        check=False)  # fmt: skip
+    assert refused.returncode == 2 and "resume with train.grad_accum=2 or train.batch_size=16" in refused.stderr
+    run_meter([*pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8", "train.grad_accum=2"), "--resume",
+               "latest"])  # fmt: skip
+    _assert_same_curve(one_process, out, range(1, 7))
+    _assert_same_weights(one_process, out)
+
+
+@pytest.mark.slow
 def test_two_fsdp_processes_stopped_and_resumed_make_the_loss_curve_of_one_process(one_process, shapes_world, tmp_path):
     out = tmp_path / "fsdp"
     args = pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8", "train.parallel=fsdp")

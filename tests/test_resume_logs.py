@@ -1,5 +1,6 @@
-"""What a run lists and logs survives a restart: the bad-sample budget goes on from the samples skipped before, and
-a run restarted before its first checkpoint does not keep its killed attempt's records."""
+"""What a run lists, logs and computes survives a restart: the bad-sample budget goes on from the samples skipped
+before, a run restarted before its first checkpoint does not keep its killed attempt's records, and a resumed run's
+steps keep their samples however they are split."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import logging
 import shutil
 from pathlib import Path
+
+import pytest
+import torch
 
 from meter.config import Config, load_config
 from meter.runs import run_pretrain
@@ -50,3 +54,30 @@ def test_a_run_restarted_before_its_first_checkpoint_logs_each_step_once(micro_c
     shutil.rmtree(out / "checkpoints")  # as a run killed before it wrote its first checkpoint leaves its folder
     run_pretrain(cfg)
     assert [record["step"] for record in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_step_split_another_way_resumes_to_the_same_weights_and_another_step_size_is_refused(
+    micro_config: Config, tmp_path: Path
+):
+    """A job requeued on fewer GPUs went on with a smaller global batch and a warning (its schedule and learning
+    rate were set for the larger one). Now train.batch_size and train.grad_accum may change on resume as long as a
+    step keeps its samples: 2 micro-batches of 8 become 4 of 4, the same 16 samples a step."""
+    from safetensors.torch import load_file
+
+    from meter.errors import ConfigError
+    from tests.runner import EXACT
+
+    common = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.itm_group_size=4"]
+    straight = load_config(None, [f"train.out={tmp_path / 'straight'}", *common, "train.grad_accum=2"],
+                           base=micro_config)  # fmt: skip
+    run_pretrain(straight)
+    split = load_config(None, [f"train.out={tmp_path / 'split'}", *common, "train.grad_accum=2"], base=micro_config)
+    run_pretrain(load_config(None, ["train.stop_at=3"], base=split))
+    with pytest.raises(ConfigError, match=r"its steps took 16 samples; this run's take 8 .*resume with "
+                                          r"train.grad_accum=4 or train.batch_size=8"):  # fmt: skip
+        run_pretrain(load_config(None, ["train.batch_size=4"], base=split), resume="latest")
+    run_pretrain(load_config(None, ["train.batch_size=4", "train.grad_accum=4"], base=split), resume="latest")
+    final = "checkpoints/step_00000006/model.safetensors"
+    a, b = load_file(tmp_path / "straight" / final), load_file(tmp_path / "split" / final)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)

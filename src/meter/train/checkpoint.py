@@ -75,6 +75,7 @@ class Progress:
     batches_seen: int = 0  # micro-batches drawn from the data stream (per process)
     nonfinite_in_a_row: int = 0
     global_batch: int = 0  # samples per micro-batch over all processes, when the checkpoint was written
+    grad_accum: int = 0  # micro-batches a step, when the checkpoint was written (0: not recorded then)
     # each process's batches_seen (a batch of only unreadable samples makes one process draw one more than another)
     batches_per_process: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)

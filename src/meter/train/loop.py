@@ -227,7 +227,7 @@ def _fit_in(
     checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
-    progress = Progress(global_batch=global_batch)
+    progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum)
     path: Path | None = None  # the checkpoint resumed from
     if resume:
         path = checkpoints.resolve_everywhere(resume, runtime)
@@ -242,11 +242,14 @@ def _fit_in(
                 f"cut into slots per process, so its place in the epoch cannot be carried over (part of the epoch "
                 f"would be read twice and part never); resume with {written_by} processes"
             )
-        if progress.global_batch not in (0, global_batch):
-            log.warning("resuming with a global batch of %d samples instead of %d: the data position is rounded",
-                        global_batch, progress.global_batch)  # fmt: skip
+        check_step_size(path, progress, train.batch_size, runtime.world, train.grad_accum)
+        if progress.global_batch not in (0, global_batch):  # the same samples a step, split another way
+            log.info("resumed with %d samples a micro-batch over all processes instead of %d, %d micro-batches a "
+                     "step instead of %d", global_batch, progress.global_batch, train.grad_accum,
+                     progress.grad_accum or train.grad_accum)  # fmt: skip
             progress.batches_seen = progress.batches_seen * progress.global_batch // global_batch
             progress.global_batch = global_batch
+        progress.grad_accum = train.grad_accum
         log.info("resumed from %s at step %d", path, progress.step)
     if hook is not None:
         hook.start(progress.step, path, progress.batches_seen)
@@ -340,6 +343,25 @@ def _fit_in(
     if runtime.is_main and last_step == train.max_steps:
         finish_run(out)
     return checkpoints.path(last_step)
+
+
+def check_step_size(path: Path, progress: Progress, batch_size: int, world: int, grad_accum: int) -> None:
+    """A run resumed on another number of processes (a job requeued on fewer GPUs) goes on only with the samples a
+    step its checkpoint's steps took: the schedule, the learning rate and the data position were set for them.
+    train.batch_size and train.grad_accum may change to keep it (each step then sees the same samples)."""
+    if not progress.global_batch:  # written before the global batch was recorded
+        return
+    before = progress.global_batch * (progress.grad_accum or grad_accum)
+    now = batch_size * world * grad_accum
+    if before == now:
+        return
+    fits = [f"train.grad_accum={before // (batch_size * world)}"] if before % (batch_size * world) == 0 else []
+    fits += [f"train.batch_size={before // (world * grad_accum)}"] if before % (world * grad_accum) == 0 else []
+    raise ConfigError(
+        f"{path}: its steps took {before} samples; this run's take {now} (train.batch_size {batch_size} x {world} "
+        f"process{'es' if world > 1 else ''} x train.grad_accum {grad_accum}): the schedule and the data position were "
+        f"set for {before}; resume with " + (" or ".join(fits) if fits else f"a split of {before} samples a step")
+    )
 
 
 def skip_step(verdict: StepVerdict, progress: Progress, window: Window, step: int, budget: int, world: int) -> None:

@@ -57,6 +57,11 @@ MAY_DIFFER_ON_RESUME = frozenset(
 )  # fmt: skip
 
 
+# how a step's samples are split over micro-batches (and processes): may change on resume, when the samples a step
+# stay the same (meter.train.loop.check_step_size): a job requeued on fewer GPUs keeps its global batch
+SPLIT_OF_A_STEP = frozenset({"train.batch_size", "train.grad_accum"})
+
+
 def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A config dict as {dotted key: value} (mappings inside, like timm_kwargs, are flattened too)."""
     out: dict[str, Any] = {}
@@ -194,6 +199,8 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
 
 def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, Any]) -> None:
     changed = config_differences(run["config"], cfg)
+    if resume:  # how a step's samples are split may change, when a step keeps its number (checked once it is loaded)
+        changed = [change for change in changed if change.split(":")[0] not in SPLIT_OF_A_STEP]
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
         raise ConfigError(
