@@ -91,7 +91,8 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 del running[name]
                 status = read_status(cell.folder)
                 own = handle.owns(status)
-                if reason and not own and status_alive(status):  # another worker holds the cell (its lock)
+                # another worker holds the cell (its lock), or finished it while this one was refused its lock
+                if reason and not own and (status_alive(status) or status.get("state") == "done"):
                     outcome.skipped_running.append(name)
                     log.warning("study: %s is run by another worker (%s); left to it", name, reason)
                     continue
