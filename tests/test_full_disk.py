@@ -134,3 +134,21 @@ def test_a_metrics_log_that_cannot_be_rewritten_on_resume_is_named_and_leaves_no
     assert str(tmp_path / "metrics.jsonl") in done.stdout, done.stdout + done.stderr
     assert not (tmp_path / ".metrics.jsonl.tmp").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == records  # the log as it was
+
+
+def test_a_bad_sample_list_that_cannot_be_rewritten_on_resume_is_named_and_leaves_no_temporary_file(tmp_path: Path):
+    """The list is rewritten without a line a kill cut short: on a full disk that was a bare OSError (raised on the
+    first process only: the others waited for it in their broadcast) and a `.bad_samples.jsonl.tmp` left behind."""
+    lines = "".join(json.dumps({"path": f"/images/{i}.jpg", "reason": "truncated"}) + "\n" for i in range(60))
+    (tmp_path / "bad_samples.jsonl").write_text(lines + '{"path": "/cut')
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
+        "from pathlib import Path\nfrom meter.errors import DataError\n"
+        "from meter.data.bad_samples import continued_list\n"
+        f"try:\n    continued_list(Path({str(tmp_path / 'bad_samples.jsonl')!r}), resumed=True)\n"
+        "except DataError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert str(tmp_path / "bad_samples.jsonl") in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / ".bad_samples.jsonl.tmp").exists()

@@ -154,3 +154,17 @@ def test_a_run_recorded_before_a_setting_existed_goes_on_with_that_setting_at_it
     changed = load_config(None, ["vqa.normalize_targets=true"], base=cfg)  # a value other than the default is a change
     with pytest.raises(ConfigError, match=r"vqa.normalize_targets: False -> True"):
         run_pretrain(changed, resume="latest")
+
+
+def test_a_finished_run_written_before_runs_were_recorded_is_reused_only_for_its_own_config(micro_config, tmp_path):
+    """Such a folder's final checkpoint was taken for any config's (`meter finetune --resume latest`, the demos):
+    its config.yaml is compared instead of the record it lacks."""
+    from meter.run_folders import finished_checkpoint
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"train.out={out}", "train.max_steps=2"], base=micro_config)
+    run_pretrain(cfg)
+    (out / RECORD).unlink()
+    assert finished_checkpoint(cfg) == out / "checkpoints" / "step_00000002"
+    with pytest.raises(ConfigError, match=r"holds a finished run of another config \(train.seed: 0 -> 1\)"):
+        finished_checkpoint(load_config(None, ["train.seed=1"], base=cfg))

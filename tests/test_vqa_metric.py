@@ -1,4 +1,5 @@
 import json
+import math
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from meter.metrics.vqa import (
     DEFAULT_VQA_METRIC,
     normalize_answer,
     question_accuracy,
+    round_as_python2,
     soft_score,
     sum_in_order,
     vqa_accuracy,
@@ -127,6 +129,8 @@ def test_the_overall_mean_adds_left_to_right_as_the_official_code_does():
                    for q, k in enumerate(LEFT_TO_RIGHT_MATTERS)]  # fmt: skip
     result = vqa_accuracy(annotations, dict.fromkeys(range(len(annotations)), "yes"))
     assert len(annotations) == 400 and result.overall == 55.18
+    values = [question_accuracy("yes", annotation["answers"]) for annotation in annotations]
+    assert round_as_python2(100 * math.fsum(values) / 400, 2) == 55.17  # compensated, as 3.12's sum(): the case tells
     assert sum_in_order([1e16, 1.0, -1e16]) == 0.0  # no compensation (fsum and 3.12's sum give 1.0)
 
 

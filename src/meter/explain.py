@@ -78,6 +78,16 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_answer(predictor: Predictor, task: str, answer: str | None) -> None:
+    """A VQA answer to explain (None: the model's best) is one of the model's answers."""
+    if answer is None:
+        return
+    if task != "vqa":
+        raise ConfigError(f"answer {answer!r} goes with task vqa, not {task}")
+    if answer not in predictor.description.answers:
+        raise ConfigError(f"answer {answer!r} is not in the model's answer vocabulary")
+
+
 def explainable_tasks(predictor: Predictor) -> list[str]:
     heads = predictor.description.heads
     found = {"vqa": names_its_answers(predictor.description), "match": scoring_head(predictor.model) is not None,
@@ -103,12 +113,8 @@ def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: lis
         logits = vqa.logits(batch).float()
         chosen = []
         for row, answer in zip(logits, answers, strict=True):
-            if answer is None:
-                chosen.append(int(row.argmax()))
-            elif answer in vqa.answers:
-                chosen.append(vqa.answers.index(answer))
-            else:
-                raise ConfigError(f"answer {answer!r} is not in the model's answer vocabulary")
+            check_answer(predictor, "vqa", answer)
+            chosen.append(int(row.argmax()) if answer is None else vqa.answers.index(answer))
         probabilities = logits.detach().sigmoid()
         best = probabilities.topk(min(top, logits.shape[1]))
         predictions = [

@@ -15,7 +15,7 @@ from meter.models.init_from import set_by_the_run
 from meter.runs import run_finetune
 from meter.tasks.best_checkpoint import evaluated_weights
 from meter.train.checkpoint import Checkpoints
-from meter.train.run_folder import RECORD, config_differences, listed_changes, read_record
+from meter.train.run_folder import CONFIG, RECORD, config_differences, listed_changes, read_record, saved_config
 
 
 def recipe(name: str) -> Path:
@@ -39,18 +39,21 @@ def finished_checkpoint(cfg: Config) -> Path | None:
         return None
     if (out / RECORD).is_file():
         record = read_record(out)
-        changed = config_differences(record["config"], cfg)
+        saved, finished = record["config"], record.get("finished")
+    else:  # a folder written before runs were recorded: the config.yaml it saved
+        saved, finished = saved_config(out / CONFIG), True
+    if saved is not None:
+        changed = config_differences(saved, cfg)
         if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it),
             changed = [change for change in changed  # but for those the run sets (resolution, dropout, text length)
                        if not change.startswith("model.") or set_by_the_run(change.split(":")[0])]  # fmt: skip
         if changed:
             raise ConfigError(
                 f"train.out = {out} holds a finished run of another config ({listed_changes(changed)}): its model is "
-                "not this config's; give this run another "
-                "folder (another --out), or delete that one"
+                "not this config's; give this run another folder (another --out), or delete that one"
             )
-        if not record.get("finished"):  # killed after its last step: exporting, or scoring it for train.best_on
-            return None
+    if not finished:  # killed after its last step: exporting, or scoring it for train.best_on
+        return None
     return final
 
 

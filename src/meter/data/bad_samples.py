@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from meter.atomic_files import write_text_atomically
 from meter.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,16 @@ def continued_list(path: Path, resumed: bool) -> dict[str, str]:
         path.unlink(missing_ok=True)
         return {}
     listed: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
+    written = path.read_text(errors="replace")
+    for line in written.splitlines():
         try:
             entry = json.loads(line)
             listed.setdefault(str(entry["path"]), str(entry["reason"]))
         except (ValueError, KeyError, TypeError):
             continue
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in listed.items()))
-    temporary.replace(path)
+    whole = "".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in listed.items())
+    if whole != written:  # a line cut short (or a list written otherwise): appended to, it would glue to the next
+        write_text_atomically(path, whole)
     return listed
 
 

@@ -12,12 +12,12 @@ pair, as in METER's pretraining (every caption of COCO and every region phrase o
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meter.atomic_files import write_text_atomically
 from meter.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -115,9 +115,7 @@ class Manifest:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def build_manifest(out: Path, source: str, description: dict[str, Any], records: list[ShardRecord]) -> dict:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from meter.atomic_files import cannot_write
 from meter.config import config_from_dict
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import record_checksums, verify_checksums
@@ -137,17 +138,6 @@ def as_os_error(error: BaseException) -> OSError | None:
         return error
     found = re.search(r"os error (\d+)", str(error)) if isinstance(error, SafetensorError) else None
     return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
-
-
-def cannot_write(path: Path, error: OSError, needed: int) -> str:
-    """What a failed write of `path` tells the user: the path, why, and the space it needs next to what is free."""
-    free = ""
-    for folder in (path, *path.parents):
-        if folder.exists():
-            free = f", {shutil.disk_usage(folder).free / 2**20:,.1f} MB free there"
-            break
-    reason = error.strerror or type(error).__name__
-    return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
 
 
 def read_model_folder(path: str | Path) -> ModelFolder:

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meter.errors import MeterError
-from meter.explain import DEFAULT_METHOD, check_method
+from meter.explain import DEFAULT_METHOD, check_answer, check_method
 from meter.serve.batcher import MicroBatcher
 from meter.serve.body_limit import BodyLimit
 from meter.serve.service import ModelService
@@ -69,6 +69,13 @@ async def answer_unless_gone(app: ASGIApp, scope: Scope, receive: Receive, send:
     """Runs the request's handler; a client that hangs up once its body is sent (a timeout, a closed tab) cancels
     it: its job leaves the queue unrun, and its place in --max-pending is free again."""
     body_read = asyncio.Event()
+    answered = False  # once the response is sent, uvicorn's receive says "disconnect": no hang-up, the cycle's end
+
+    async def marked_send(message: Message) -> None:
+        nonlocal answered
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True
 
     async def counted_receive() -> Message:
         message = await receive()
@@ -81,12 +88,12 @@ async def answer_unless_gone(app: ASGIApp, scope: Scope, receive: Receive, send:
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    handler = asyncio.ensure_future(app(scope, counted_receive, send))
+    handler = asyncio.ensure_future(app(scope, counted_receive, marked_send))
     watcher = asyncio.ensure_future(hung_up())
     try:
         await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not handler.done():  # the client is gone: nobody to answer
+        if not handler.done() and not answered:  # the client is gone: nobody to answer
             handler.cancel()
         watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -104,7 +111,7 @@ def create_app(service: ModelService) -> FastAPI:
 
     app = FastAPI(title="meter serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pages load a CDN
     app.state.batcher = service.batcher  # the server drains it when it is asked to stop (meter.serve.server)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, idle_s=limits.body_idle_s)
     app.add_middleware(CountIncoming, batcher=service.batcher)  # outermost: counts uploads still in transit
 
     @app.exception_handler(ServeError)
@@ -130,11 +137,20 @@ def create_app(service: ModelService) -> FastAPI:
 
     decoding = anyio.Semaphore(DECODERS)
 
+    async def decoded(data: bytes, name: str) -> Image.Image:
+        async with decoding:  # a 40 M-pixel image takes ~300 MB while it is decoded: a few at a time, not 40 threads
+            return await run_in_threadpool(read_image, data, name, limits.max_pixels,
+                                           service.predictor.images.image_size)  # fmt: skip
+
     async def image_of(upload: UploadFile, field: str) -> Image.Image:
         data = await upload.read()
-        async with decoding:  # a 40 M-pixel image takes ~300 MB while it is decoded: a few at a time, not 40 threads
-            return await run_in_threadpool(read_image, data, upload.filename or field, limits.max_pixels,
-                                           service.predictor.images.image_size)  # fmt: skip
+        decode = asyncio.ensure_future(decoded(data, upload.filename or field))
+        try:
+            return await asyncio.shield(decode)
+        except asyncio.CancelledError:  # the client left; its decode thread runs on: the request holds its decoding
+            with contextlib.suppress(Exception):  # place, and its place in --max-pending, until that thread is done
+                await decode
+            raise
 
     async def text_of(text: str | None, field: str, what: str) -> tuple[str, list[str]]:
         text = check_text(text, field, what)
@@ -154,7 +170,8 @@ def create_app(service: ModelService) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         batcher = service.batcher
-        return {"status": "ok", **service.identity(), "pending": batcher.pending, "batches_run": batcher.batches_run}
+        return {"status": "ok", **service.identity(), "pending": batcher.pending, "incoming": batcher.incoming,
+                "batches_run": batcher.batches_run}  # fmt: skip
 
     @app.get("/api/model")
     async def model() -> dict[str, Any]:
@@ -225,16 +242,12 @@ def create_app(service: ModelService) -> FastAPI:
             raise ServeError(
                 400, f"task {task!r} cannot be explained by this model; it can explain: {', '.join(tasks)}"
             )
-        try:
-            check_method(method)
-        except MeterError as error:
-            raise ServeError(422, str(error)) from None
-        # checked here, not in its batch: a bad answer failed its batch-mates, which then ran again one by one
         answer = answer.strip()
-        if answer and task != "vqa":
-            raise ServeError(422, f"answer {answer!r} goes with task vqa, not {task}")
-        if answer and answer not in service.predictor.description.answers:
-            raise ServeError(422, f"answer {answer!r} is not in the model's answer vocabulary")
+        try:  # here, not in its batch: a bad answer failed its batch-mates, which then ran again one by one
+            check_method(method)
+            check_answer(service.predictor, task, answer or None)
+        except MeterError as error:
+            raise ServeError(422, str(error.args[0])) from None  # without the CLI's "config error: "
         text, notes = await text_of(text, "text", "a question or a caption")
         item = (await image_of(image, "image"), text, answer or None, top_of(top))
         done = await service.submit(("explain", task, method), item)

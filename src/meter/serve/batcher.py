@@ -73,10 +73,7 @@ class MicroBatcher:
                 await self._worker
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        for job in self._jobs:
-            if not job.future.done():
-                job.future.set_exception(Overloaded("the server is stopping"))
-        self._jobs.clear()
+        self.drain()
 
     def drain(self) -> None:
         """The server is stopping: the jobs not yet started are answered Overloaded now (a 503 the client may retry
@@ -152,7 +149,8 @@ class MicroBatcher:
         except Exception as error:
             if len(batch) > 1:  # find the job that failed: the others still get their answers
                 for job in batch:
-                    await self._run([job])
+                    if not job.future.done():  # its client may have gone meanwhile
+                        await self._run([job])
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,12 +14,13 @@ class BodyLimit:
     """Answers 413 to a request whose body is over `max_bytes`, by its Content-Length or, for a chunked one, by
     counting. A body within the limit is read here and handed on whole. An oversized body is read and thrown away
     (up to `drain_bytes`) before answering, so that the client, still sending, reads the 413 instead of a reset
-    connection."""
+    connection. A body that stalls for `idle_s` is answered 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int | None = None, idle_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.drain_bytes = drain_bytes if drain_bytes is not None else 4 * max_bytes
+        self.idle_s = idle_s  # a body that sends nothing for this long is answered 408
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -28,7 +31,13 @@ class BodyLimit:
         chunks: list[bytes] = []
         received, more = 0, True
         while more and received <= self.drain_bytes:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.idle_s):
+                    message = await receive()
+            except TimeoutError:  # a stalled upload: it would hold its place in --max-pending for as long as it likes
+                error = f"the request body sent nothing for {self.idle_s:g} s; send it again"
+                await _closing(408, error)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             received += len(message.get("body", b""))
@@ -41,8 +50,7 @@ class BodyLimit:
             limit = f"{self.max_bytes / MB:g} MiB" if self.max_bytes >= MB else f"{self.max_bytes:,} bytes"
             size = f"{int(declared):,} bytes" if declared and declared.isdigit() else f"over {self.max_bytes:,} bytes"
             error = f"the request body is {size}; this server takes at most {limit} per request"
-            response = JSONResponse({"error": error, "status": 413}, status_code=413, headers={"Connection": "close"})
-            await response(scope, receive, send)
+            await _closing(413, error)(scope, receive, send)
             return
         body = b"".join(chunks)
         replayed = False
@@ -55,3 +63,8 @@ class BodyLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _closing(status: int, error: str) -> JSONResponse:
+    """An error answered before the body was read whole: the connection closes after it."""
+    return JSONResponse({"error": error, "status": status}, status_code=status, headers={"Connection": "close"})

@@ -18,6 +18,8 @@ class ServeLimits:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     max_pending: int = 64  # requests queued or running; past it the server answers 503
     max_top: int = 50  # answers a VQA request may ask for
+    # a request body that sends nothing for this long is answered 408 (a stalled upload holds a --max-pending place)
+    body_idle_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

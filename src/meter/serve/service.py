@@ -54,7 +54,7 @@ def weights_id(folder: Path) -> str:
 
 def model_name(folder: Path) -> str:
     """The folder and its parent ("vqa-model/model"), or the run and its checkpoint ("vqa/step_00000800")."""
-    folder = folder.resolve()  # `.` has no name
+    folder = folder.absolute()  # `.` has no name (a symlinked folder keeps its own)
     parent = folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
     return f"{parent.name}/{folder.name}" if parent.name else folder.name
 

@@ -8,7 +8,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from meter.data.blank_text import is_blank
-from meter.data.formats.common import DECODE_ERRORS, READ_FORMATS
+from meter.data.formats.common import DECODE_ERRORS, READ_FORMATS, READABLE
 from meter.data.images import decode_image
 from meter.errors import DataError
 
@@ -35,8 +35,7 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
             with Image.open(io.BytesIO(data), formats=READ_FORMATS) as probe:
                 width, height = probe.size
     except UnidentifiedImageError:
-        raise ServeError(415, f"{name}: not an image this server reads (send a JPEG, PNG, WebP, GIF, BMP, TIFF or PPM)"
-                         ) from None  # fmt: skip
+        raise ServeError(415, f"{name}: not an image this server reads (send a {READABLE})") from None
     except Image.DecompressionBombError as error:
         raise ServeError(413, f"{name}: {error}") from None
     except DECODE_ERRORS as error:

@@ -36,13 +36,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from meter.atomic_files import cannot_write
 from meter.errors import DataError
 from meter.models.checksums import CHECKSUMS, DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
 from meter.models.folder import (
     WEIGHTS,
     as_os_error,
-    cannot_write,
     export_model_folder,
     read_model_folder,
     save_model_folder,

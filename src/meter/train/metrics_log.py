@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from meter.errors import DataError
-from meter.models.folder import cannot_write
+from meter.atomic_files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +26,7 @@ class MetricsLog:
         self.writer = None
         if enabled and resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-            temporary = self.path.with_name(f".{self.path.name}.tmp")  # a kill while rewriting keeps the old log
-            text = "".join(json.dumps(r) + "\n" for r in kept)
-            try:
-                temporary.write_text(text)
-                os.replace(temporary, self.path)
-            except OSError as error:  # a full disk: named, and no temporary file left
-                temporary.unlink(missing_ok=True)
-                raise DataError(cannot_write(self.path, error, len(text))) from None
+            write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))  # a kill keeps the old
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 

@@ -27,9 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from meter.atomic_files import cannot_write, write_text_atomically
 from meter.config import Config, save_config, to_dict
 from meter.errors import ConfigError, DataError
-from meter.models.folder import EXPORT, cannot_write
+from meter.models.folder import EXPORT
 from meter.output_folder import lock_folder, release_folder
 from meter.train.checkpoint import Checkpoints
 from meter.train.distributed import decided_on_main
@@ -163,7 +164,7 @@ def finish_run(out: str | Path) -> None:
     """Marks the run of `out` finished (rank 0, after its final model and plots): it is never trained again."""
     path = Path(out) / RECORD
     record = json.loads(path.read_text())
-    _write(path, json.dumps(record | {"finished": True}, indent=1))
+    write_text_atomically(path, json.dumps(record | {"finished": True}, indent=1))
 
 
 def _open(out: Path, cfg: Config, resume: str | None) -> str:
@@ -186,7 +187,7 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
         else:
             run = _earlier_run(out, entries, cfg, resume)
         lock_folder(out, LOCK, in_use)
-        _write(out / RECORD, json.dumps(run, indent=1))
+        write_text_atomically(out / RECORD, json.dumps(run, indent=1))
         try:
             save_config(cfg, out / CONFIG)
         except OSError as error:
@@ -235,7 +236,7 @@ def _earlier_run(out: Path, entries: list[str], cfg: Config, resume: str | None)
             f"train.out = {out} holds a run written before meter recorded its runs ({listed}): continue it with "
             f"--resume latest, or choose a new folder (train.out=...)"
         )
-    saved = _saved_config(out / CONFIG)
+    saved = saved_config(out / CONFIG)
     changed = config_differences(saved, cfg) if saved is not None else []
     if changed:
         raise ConfigError(f"train.out = {out} holds a run of another config ({listed_changes(changed)}): give the new "
@@ -243,7 +244,8 @@ def _earlier_run(out: Path, entries: list[str], cfg: Config, resume: str | None)
     return {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
 
 
-def _saved_config(path: Path) -> dict[str, Any] | None:
+def saved_config(path: Path) -> dict[str, Any] | None:
+    """A run's config.yaml as a dict (None: unreadable or missing)."""
     import yaml
 
     try:
@@ -262,14 +264,3 @@ def read_record(out: Path) -> dict[str, Any]:
         return run
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
         raise DataError(f"{path}: unreadable run record ({error}); choose a new folder (train.out=...)") from None
-
-
-def _write(path: Path, text: str) -> None:
-    """Written whole or not at all (a temporary file renamed into place)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise DataError(cannot_write(path, error, len(text))) from None

@@ -10,15 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from meter.errors import DataError
 
 # the raster formats meter reads (Pillow's names), with the extension a shard stores each under (MPO: a camera's
 # JPEG with a second picture). Pillow's other plugins are never tried: EPS runs Ghostscript on the file, ICO decodes
 # its pixels while it is opened (before any pixel limit), damaged BLP and DDS files raise outside Pillow's errors
-IMAGE_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
-                 "PPM": "ppm"}  # fmt: skip
-READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")  # Image.open's names (its JPEG opener gives MPO)
-NOT_AN_IMAGE = "unreadable image (not a JPEG, PNG, WebP, GIF, BMP, TIFF or PPM: a web page, an empty or damaged file?)"
+IMAGE_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "GIF": "gif", "BMP": "bmp",
+                 "TIFF": "tif", "PPM": "ppm"}  # fmt: skip
+Image.init()  # every plugin registered: AVIF's only where Pillow was built with libavif
+# Image.open's names for them (its JPEG opener gives MPO too)
+READ_FORMATS = tuple(kind for kind in IMAGE_FORMATS if kind != "MPO" and kind in Image.OPEN)
+# the extensions of an image member of a shard, the first found taken (img2dataset's, and those `meter prepare` writes)
+IMAGE_EXTENSIONS = tuple(dict.fromkeys(["jpg", "jpeg", *IMAGE_FORMATS.values(), "tiff"]))
+READABLE = "JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF or PPM"
+NOT_AN_IMAGE = f"unreadable image (not a {READABLE}: a web page, an empty or damaged file?)"
 # what a damaged file of those formats raises while it is decoded
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, NotImplementedError, struct.error)
 

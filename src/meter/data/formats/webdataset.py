@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meter.data.formats.common import RawSample, Unusable, caption_sample, clean_captions
+from meter.data.formats.common import IMAGE_EXTENSIONS, RawSample, Unusable, caption_sample, clean_captions
 from meter.errors import DataError
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -1,0 +1,32 @@
+"""Files written whole or not at all, and what a failed write tells the user (the path, why, the space it needs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from meter.errors import DataError
+
+
+def cannot_write(path: Path, error: OSError, needed: int) -> str:
+    """What a failed write of `path` tells the user: the path, why, and the space it needs next to what is free."""
+    free = ""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            free = f", {shutil.disk_usage(folder).free / 2**20:,.1f} MB free there"
+            break
+    reason = error.strerror or type(error).__name__
+    return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` in `path`, written to a temporary file beside it and renamed into place: a kill leaves the old file or
+    the new one. A write that fails (a full disk) leaves no temporary file and raises a DataError naming the path."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise DataError(cannot_write(path, error, len(text.encode()))) from None
