@@ -118,20 +118,26 @@ def test_a_checkpoints_folder_without_write_permission_stops_the_run_naming_it(m
     _assert_intact(out, record)
 
 
+def _under_a_file_limit(imports: str, call: str) -> str:
+    """What `call` prints of the DataError it raises, run in a process whose files may not exceed 1,000 bytes."""
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
+        f"from pathlib import Path\nfrom meter.errors import DataError\n{imports}\n"
+        f"try:\n    {call}\nexcept DataError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    return done.stdout + done.stderr
+
+
 def test_a_metrics_log_that_cannot_be_rewritten_on_resume_is_named_and_leaves_no_temporary_file(tmp_path: Path):
     """Resuming rewrites metrics.jsonl without the killed run's later steps: on a full disk that was a bare
     "[Errno 28] No space left on device", and `.metrics.jsonl.tmp` stayed behind."""
     records = "".join(json.dumps({"step": step, "train/loss": 1.0 / step}) + "\n" for step in range(1, 60))
     (tmp_path / "metrics.jsonl").write_text(records)
-    script = (
-        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
-        "from meter.errors import DataError\nfrom meter.train.metrics_log import MetricsLog\n"
-        f"try:\n    MetricsLog({str(tmp_path)!r}, tensorboard=False, resume_step=50)\n"
-        "except DataError as error:\n    print(error)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
-    assert str(tmp_path / "metrics.jsonl") in done.stdout, done.stdout + done.stderr
+    said = _under_a_file_limit("from meter.train.metrics_log import MetricsLog",
+                               f"MetricsLog({str(tmp_path)!r}, tensorboard=False, resume_step=50)")  # fmt: skip
+    assert f"data: cannot write {tmp_path / 'metrics.jsonl'}" in said, said
     assert not (tmp_path / ".metrics.jsonl.tmp").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == records  # the log as it was
 
@@ -141,14 +147,9 @@ def test_a_bad_sample_list_that_cannot_be_rewritten_on_resume_is_named_and_leave
     first process only: the others waited for it in their broadcast) and a `.bad_samples.jsonl.tmp` left behind."""
     lines = "".join(json.dumps({"path": f"/images/{i}.jpg", "reason": "truncated"}) + "\n" for i in range(60))
     (tmp_path / "bad_samples.jsonl").write_text(lines + '{"path": "/cut')
-    script = (
-        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
-        "from pathlib import Path\nfrom meter.errors import DataError\n"
-        "from meter.data.bad_samples import continued_list\n"
-        f"try:\n    continued_list(Path({str(tmp_path / 'bad_samples.jsonl')!r}), resumed=True)\n"
-        "except DataError as error:\n    print(error)\n"
+    said = _under_a_file_limit(
+        "from meter.data.bad_samples import continued_list",
+        f"continued_list(Path({str(tmp_path / 'bad_samples.jsonl')!r}), resumed=True)",
     )
-    done = subprocess.run([sys.executable, "-c", script], env=environment(), capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
-    assert str(tmp_path / "bad_samples.jsonl") in done.stdout, done.stdout + done.stderr
+    assert f"data: cannot write {tmp_path / 'bad_samples.jsonl'}" in said, said
     assert not (tmp_path / ".bad_samples.jsonl.tmp").exists()
