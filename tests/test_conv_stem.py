@@ -56,6 +56,8 @@ def test_a_saved_encoder_with_a_stem_loads_into_one_built_from_the_same_config(t
 def test_misuse_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="conv_stem = true needs a ViT-family encoder with a patchify layer"):
         build_vision(VisionConfig(name="timm:resnet18", image_size=64, conv_stem=True))
+    with pytest.raises(ConfigError, match="it has its own stem"):  # VOLO: a second stem was stacked behind its own
+        build_vision(VisionConfig(name="volo", image_size=64, conv_stem=True))
     with pytest.raises(ConfigError, match="patch size divisible by 4"):
         build_vision(
             VisionConfig(name="vit", image_size=60, conv_stem=True, timm_kwargs={**SMALL_VIT, "patch_size": 6})

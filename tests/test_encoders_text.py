@@ -110,3 +110,20 @@ def test_added_sentinels_grow_a_pretrained_vocabulary():
 def test_a_pretrained_folder_of_another_architecture_is_refused():
     with pytest.raises(ConfigError, match="model.text = 'roberta' but model.text.weights .* holds a bert model"):
         build_text(TextConfig(name="roberta", weights=str(MINILM)), 30522, 0)
+
+
+def test_a_pretrained_folder_whose_tensors_this_model_lacks_is_refused(tmp_path: Path):
+    """A folder of another layout (every tensor under an extra prefix) loaded nothing: the text encoder trained from
+    random values, and the run went on."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from meter.errors import DataError
+
+    folder = tmp_path / "prefixed"
+    shutil.copytree(MINILM, folder)
+    weights = next(folder.glob("*.safetensors"))
+    save_file({f"model.{k}": v.contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(DataError, match=r"the text encoder's weights lack \d+ of this model's"):
+        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)

@@ -41,3 +41,23 @@ def test_negative_noise_is_drawn_per_sample():
     assert noise.shape == (2, 4, 4) and torch.isfinite(noise).all()
     half = negative_noise(step.rows(2, 2), 2, 4)  # the same step split in two micro-batches
     assert torch.equal(half[0], noise[0, 2:, :2])  # rows 2-3 draw the same numbers
+
+
+def test_a_mean_pooled_model_compares_texts_with_the_mean_of_its_image_tokens(micro_config):
+    """A grid encoder mean-pooled (Swin, as the official Swin METER) returns no summary token: the contrastive loss
+    and the shortlist compared texts with its top-left patch. With image_pool=mean the order of the image tokens
+    cannot matter; with image_pool=first the first token is the summary."""
+    from meter.config import load_config
+    from meter.models.tokenizer_folder import load_tokenizer
+    from meter.tasks.build import build_model, tokenizer_path
+    from meter.tasks.retrieval import unimodal_similarity
+
+    torch.manual_seed(0)
+    text, image = torch.randn(3, 5, 32), torch.randn(2, 17, 32)
+    shuffled = image[:, torch.randperm(17)]
+    for pool in ("mean", "first"):
+        cfg = load_config(None, [f"model.image_pool={pool}"], base=micro_config)
+        model = build_model(cfg, load_tokenizer(tokenizer_path(cfg)), {"itm": 2})
+        same = torch.allclose(unimodal_similarity(model, text, image), unimodal_similarity(model, text, shuffled),
+                              atol=1e-6)  # fmt: skip
+        assert same == (pool == "mean"), pool

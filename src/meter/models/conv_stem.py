@@ -21,8 +21,15 @@ STEM_CHANNELS = (32, 64)  # the two 3x3 stride-2 convolutions
 def replace_patchify_with_conv_stem(backbone: nn.Module, name: str) -> None:
     """Swaps `backbone.patch_embed.proj` (a patch-sized, patch-strided convolution) for a convolutional stem with
     the same overall stride and output width."""
-    proj = getattr(getattr(backbone, "patch_embed", None), "proj", None)
-    if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride or proj.kernel_size[0] != proj.kernel_size[1]:
+    patch_embed = getattr(backbone, "patch_embed", None)
+    proj = getattr(patch_embed, "proj", None)
+    has_stem = any(hasattr(patch_embed, part) for part in ("conv", "stem"))  # VOLO: convolutions before its proj
+    if (
+        has_stem
+        or not isinstance(proj, nn.Conv2d)
+        or proj.kernel_size != proj.stride
+        or (proj.kernel_size[0] != proj.kernel_size[1])
+    ):
         raise ConfigError(
             f"model.vision.conv_stem = true needs a ViT-family encoder with a patchify layer; {name!r} has none "
             "(it has its own stem: set conv_stem false)"

@@ -103,6 +103,9 @@ def finetune_model_config(
     folder, defaults = _settings(saved), _settings(ModelConfig())
     changed = []
     for setting, value in _settings(requested).items():
+        if setting in STARTING_POINTS and value:  # a study row's pretraining weights reach its fine-tuning too
+            log.warning("train.init_from: model.%s = %r is not read: the weights and the tokenizer are %s's",
+                        setting, value, source)  # fmt: skip
         if setting in STARTING_POINTS or (setting.startswith("decoder.") and not with_decoder):
             continue
         if setting in CHANGEABLE:

@@ -131,7 +131,15 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
         )
     if spec.embedding_only:
         config.num_hidden_layers = 0
-    model = AutoModel.from_pretrained(str(path), config=config, local_files_only=True, **_model_kwargs(config))
+    model, loading = AutoModel.from_pretrained(
+        str(path), config=config, local_files_only=True, output_loading_info=True, **_model_kwargs(config)
+    )
+    # weights the file lacks are left random (a folder of another layout: every tensor under another prefix): an
+    # error, as for the vision weights; the pooler (meter has its own) and position ids (a buffer) may be missing
+    missing = [k for k in loading["missing_keys"] if not k.startswith("pooler.") and not k.endswith("position_ids")]
+    if missing and not spec.embedding_only:
+        raise DataError(f"{path}: the text encoder's weights lack {len(missing)} of this model's, e.g. "
+                        f"{sorted(missing)[:3]} (model.text.weights): they would train from random values")  # fmt: skip
     if vocab_size > model.get_input_embeddings().num_embeddings:  # tokens added to the tokenizer (sentinels)
         model.resize_token_embeddings(vocab_size)
     return model

@@ -66,9 +66,12 @@ def unimodal_similarity(model: Meter, text: Tensor, image: Tensor) -> Tensor:
     """(images, texts) cosine similarity of the unit-length [CLS] features of each encoder, through the model's
     projections: the shortlist's ranking and the contrastive loss's logits. In fp32 whatever autocast is on (the
     encoders' tokens may come in bf16): a ranking, and logits that a temperature of 0.05 multiplies by 20."""
+    # the image's summary as the model pools its stream (image_pool): its first token, or the mean of its tokens (a
+    # grid encoder mean-pooled, Swin as official METER, has no first token of its own: it was the top-left patch)
+    summary = image[:, 0] if model.image_pool == "first" else image.mean(dim=1)
     with torch.autocast(text.device.type, enabled=False):
         text_embedding = F.normalize(model.text_proj(text[:, 0].float()), dim=-1)
-        image_embedding = F.normalize(model.image_proj(image[:, 0].float()), dim=-1)
+        image_embedding = F.normalize(model.image_proj(summary.float()), dim=-1)
         return image_embedding @ text_embedding.T
 
 
