@@ -197,3 +197,16 @@ def test_the_full_size_model_is_planned_at_its_public_sizes_without_reading_a_we
     counts = make_plan(load_config(CONFIGS / "clip16-roberta-pretrain.yaml")).parameters
     assert (counts["vision"], counts["text"], counts["fusion"]) == (78_809_856, 124_055_040, 113_421_312)
     assert 318e6 < counts["total"] - counts["heads"] < 319e6
+
+
+def test_a_plan_from_a_checkpoint_plans_the_runs_resolution_dropout_and_text_length(
+    micro_checkpoints, micro_config: Config, shapes_tasks_world: Path
+):
+    """The plan took the folder's model section whole: the paper's VQA recipe at 576 px from a 288 px pretraining
+    was planned at 288 px (13.7 GB a GPU instead of 34.4)."""
+    overrides = ["task=snli_ve", f"data.root={shapes_tasks_world}", f"train.init_from={micro_checkpoints('pretrain')}",
+                 "model.vision.image_size=96", "model.fusion.dropout=0.3"]  # fmt: skip
+    plan = make_plan(load_config(None, overrides, base=micro_config))
+    task = _real_task(load_config(None, overrides, base=micro_config))
+    assert plan.config["model"]["vision"]["image_size"] == 96 and plan.config["model"]["fusion"]["dropout"] == 0.3
+    assert plan.parameters == parameter_counts(task.model)  # the resampled position table counted as built

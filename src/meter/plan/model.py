@@ -18,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig
 from meter.config import Config
 from meter.errors import ConfigError, MeterError
 from meter.models.folder import TEXT_CONFIG, read_model_folder
+from meter.models.init_from import finetune_model_config
 from meter.models.meter import Meter, build_meter, parameter_counts
 from meter.models.text import TEXT, text_config
 from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
@@ -70,14 +71,17 @@ def _from_init_folder(cfg: Config, plan: TaskPlan, notes: list[str]) -> Pretrain
         folder.config.model.architecture = "encoder-decoder"
         folder.config.model.decoder = cfg.model.decoder
         notes.append(f"train.init_from: {source} has no decoder; the run adds a fresh one (model.decoder's sizes)")
-    cfg.model = folder.config.model
-    cfg.model.vision.weights = cfg.model.text.weights = None
-    notes.append(f"train.init_from: the model architecture of {source} (its weights are not read)")
     text = Path(source) / TEXT_CONFIG
+    notes.append(f"train.init_from: the model architecture of {source} (its weights are not read)")
     if not (text / "config.json").is_file():
+        cfg.model = folder.config.model
+        cfg.model.vision.weights = cfg.model.text.weights = None
         notes.append(f"train.init_from: no {text}/config.json; the text encoder is planned from its preset")
         return None
-    return AutoConfig.from_pretrained(str(text), local_files_only=True)
+    text_config = AutoConfig.from_pretrained(str(text), local_files_only=True)
+    # as the run builds it: the folder's architecture at the run's resolution, dropout and text length
+    cfg.model = finetune_model_config(folder.config.model, cfg.model, text_config, str(source))
+    return text_config
 
 
 def _pretrained_text_config(cfg: Config) -> PretrainedConfig | None:
