@@ -17,7 +17,7 @@ from tests.studies import micro_study
 def _result(run, reported: float, selected: float | None = None) -> None:
     record = {"metrics": {"overall": reported, "per_question_type": {"what color is the": reported / 2}}}
     if selected is not None:
-        record["select"] = {"overall": selected}
+        record |= {"select": {"overall": selected}, "select_overrides": run.select}
     Path(run.folder, "result.json").write_text(json.dumps(record))
 
 
@@ -103,3 +103,17 @@ def test_a_metric_is_found_by_its_key_or_a_dotted_path_into_nested_scores():
     assert metric_value(scores, "per_question_type.what color is the") == 90.0
     assert metric_value(scores, "per_question_type.how many") == 60.0
     assert metric_value(scores, "metric") is None and metric_value(scores, "accuracy") is None
+
+
+def test_a_selection_score_of_another_split_is_not_compared(searched_plan):
+    """A study whose selection split changed (its re-evaluation not done yet, or failed) compared one row's new
+    selection scores with another's old ones, and said nothing."""
+    for cell in searched_plan.cells:
+        runs = {run.name: run for run in cell.runs}
+        _result(runs["vqa"], reported=80.0, selected=50.0)
+        _result(runs["vqa@lr=0.0003"], reported=70.0, selected=60.0)  # better on the selection split
+        old = json.loads(Path(runs["vqa@lr=0.0003"].folder, "result.json").read_text())
+        if cell.row == "merged":  # its point was scored on a split the study no longer selects on
+            Path(runs["vqa@lr=0.0003"].folder, "result.json").write_text(json.dumps(old | {"select_overrides": []}))
+    tuned = {row.name: row for row in {t.kind: t for t in build_tables(searched_plan)}["tuned"].rows}
+    assert tuned["co-attention"].chosen == {"vqa": "lr=0.0003"} and tuned["merged"].chosen == {"vqa": "recipe"}

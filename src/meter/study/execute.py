@@ -91,8 +91,9 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 del running[name]
                 status = read_status(cell.folder)
                 own = handle.owns(status)
-                # another worker holds the cell (its lock), or finished it while this one was refused its lock
-                if reason and not own and (status_alive(status) or status.get("state") == "done"):
+                # another worker holds the cell (its lock), or finished it while this one was refused its lock (its
+                # runs' own records say so: a status file's "done" may be an earlier attempt's)
+                if reason and not own and (status_alive(status) or cell_done(cell)):
                     outcome.skipped_running.append(name)
                     log.warning("study: %s is run by another worker (%s); left to it", name, reason)
                     continue

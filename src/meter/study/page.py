@@ -16,6 +16,7 @@ from meter.study.report_text import NOTE, entry
 from meter.study.results import Table
 from meter.study.spec import PROTOCOLS
 from meter.study.status import cell_state
+from meter.tasks.best_checkpoint import evaluated_weights
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -67,7 +68,8 @@ def _run_details(run: RunPlan) -> str:
     parts = [f"<p><strong>{_e(run.name)}</strong> ({state}) in <code>{_e(run.folder)}</code></p>",
              f"<pre>{_e(run.command())}</pre>"]  # fmt: skip
     if run.select:
-        checkpoint = finished_checkpoint(run.config()) or Path(run.folder) / "checkpoints" / "step_N"
+        final = finished_checkpoint(run.config())  # the weights the worker scored: the best of train.best_on's
+        checkpoint = evaluated_weights(run.config(), final) if final else Path(run.folder) / "checkpoints" / "step_N"
         parts.append(f"<p>selection split:</p><pre>{_e(run.select_command(str(checkpoint)))}</pre>")
     if result is not None:
         shown = {k: v for k, v in result.items() if k in ("metrics", "select", "seconds")}

@@ -99,6 +99,8 @@ def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: st
     for cell in cells:
         run = _runs(cell, task).get(point)
         result = run_result(run) if run else None
+        if result and part == "select" and result.get("select_overrides") != run.select:  # scored on another split
+            result = None  # (a study whose selection changed, its re-evaluation not yet done): not this table's
         scores = (result.get(part) or {}) if result else {}
         value = metric_value(scores, metric)
         if value is not None and math.isfinite(value):
