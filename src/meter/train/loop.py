@@ -72,9 +72,8 @@ class Task(Protocol):
 
 class CheckpointHook(Protocol):
     """Told, on every process, where a run starts (`start`: its step, the checkpoint it resumed from, the batches
-    each process had read) and of the
-    checkpoints it saves at the steps the hook `wants`: what chooses the best checkpoint on a validation split
-    (`meter.tasks.best_checkpoint`)."""
+    each process had read) and of the checkpoints it saves at the steps the hook `wants`: what chooses the best
+    checkpoint on a validation split (`meter.tasks.best_checkpoint`)."""
 
     def start(self, step: int, checkpoint: Path | None, batches_read: int) -> None: ...
 
