@@ -117,3 +117,18 @@ def test_a_selection_score_of_another_split_is_not_compared(searched_plan):
             Path(runs["vqa@lr=0.0003"].folder, "result.json").write_text(json.dumps(old | {"select_overrides": []}))
     tuned = {row.name: row for row in {t.kind: t for t in build_tables(searched_plan)}["tuned"].rows}
     assert tuned["co-attention"].chosen == {"vqa": "lr=0.0003"} and tuned["merged"].chosen == {"vqa": "recipe"}
+
+
+def test_a_row_name_with_a_bar_keeps_the_markdown_tables_columns(searched_plan):
+    """A row named `a|b` shifted every later cell of report.md one column to the right (the page escaped it)."""
+    from meter.study.report_text import markdown_table
+
+    for cell in searched_plan.cells:
+        for run in cell.runs:
+            if run.kind == "finetune":
+                _result(run, 50.0, 40.0)
+    table = build_tables(searched_plan)[0]
+    table.rows[0].name = "co|attention"
+    lines = markdown_table(table).splitlines()
+    columns = [line.replace("\\|", "").count("|") for line in lines]
+    assert len(set(columns)) == 1 and "co\\|attention" in lines[2]

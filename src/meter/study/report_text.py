@@ -25,14 +25,19 @@ def entry(row: TableRow, label: str, digits: int = 2) -> str:
 def markdown_table(table: Table) -> str:
     labels = [c.label for c in table.columns]
     chosen = table.kind == "tuned"
-    header = ["row", *labels, *(["chosen"] if chosen else [])]
+    header = ["row", *map(_cell, labels), *(["chosen"] if chosen else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(labels) +
                                                               (["---"] if chosen else [])) + "|"]  # fmt: skip
     for row in table.rows:
         cells = [f"**{entry(row, label)}**" if label in row.best else entry(row, label) for label in labels]
         extra = [", ".join(f"{task}: {point}" for task, point in row.chosen.items())] if chosen else []
-        lines.append("| " + " | ".join([row.name, *cells, *extra]) + " |")
+        lines.append("| " + " | ".join([_cell(row.name), *cells, *map(_cell, extra)]) + " |")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """A name as a markdown table cell: a `|` in it would start another column."""
+    return text.replace("|", "\\|")
 
 
 def csv_report(tables: list[Table]) -> str:
