@@ -62,10 +62,12 @@ def resume_arg(cfg: Config) -> str | None:
     return "latest" if Checkpoints(Path(cfg.train.out) / "checkpoints").latest() else None
 
 
-def finetune_once(cfg: Config, evaluate: Callable[[Config, Path, Path], dict[str, Any]]) -> dict[str, Any]:
+def finetune_once(
+    cfg: Config, evaluate: Callable[[Config, Path, Path], dict[str, Any]], resume: str | None = None
+) -> dict[str, Any]:
     """Fine-tunes and evaluates; a run that finished before is only evaluated again (cheap), never retrained, and an
-    interrupted one resumes from its last checkpoint."""
+    interrupted one resumes from `resume` (default: its last checkpoint, when it has one)."""
     final = finished_checkpoint(cfg)
     if final is not None:
         return evaluate(cfg, evaluated_weights(cfg, final), Path(cfg.train.out))
-    return run_finetune(cfg, resume=resume_arg(cfg))
+    return run_finetune(cfg, resume=resume or resume_arg(cfg))

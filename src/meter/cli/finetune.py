@@ -19,20 +19,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from meter.run_folders import finished_checkpoint
+    from meter.run_folders import finetune_once
     from meter.runs import evaluate_run, run_finetune
-    from meter.tasks.best_checkpoint import evaluated_weights
     from meter.train.runtime import is_main_process
 
     cfg = config_from_args(args)
     # --resume latest (a requeued job): a run whose training finished is evaluated (stopped while it evaluated)
-    final = finished_checkpoint(cfg) if args.resume == "latest" else None
-    if final is not None:
-        metrics = evaluate_run(cfg, evaluated_weights(cfg, final), Path(cfg.train.out))
-    else:
-        metrics = run_finetune(cfg, resume=args.resume)
+    latest = args.resume == "latest"
+    metrics = finetune_once(cfg, evaluate_run, "latest") if latest else run_finetune(cfg, resume=args.resume)
     if is_main_process():  # under torchrun, the one that evaluated
         print(json.dumps(metrics, indent=1))
     return 0
