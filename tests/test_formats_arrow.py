@@ -2,6 +2,7 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from meter.data.formats.arrow import ArrowSource, iter_rows
@@ -70,3 +71,22 @@ def test_a_file_mixing_an_evaluation_split_with_training_rows_is_refused(tmp_pat
     with pytest.raises(DataError, match=r"every arrow file matching \*test.arrow .* holds a held-out split"):
         write_vilt_arrow(tmp_path / "only_test.arrow", _rows(3, 1), split="test")
         ArrowSource(tmp_path, ("*test.arrow",))
+
+
+def test_the_task_files_of_an_official_arrow_folder_are_left_out_with_a_warning(tmp_path: Path, caplog):
+    """The official folder holds vqav2_*.arrow, nlvr2_*.arrow, snli_*.arrow beside the captions: the default
+    `--files "*.arrow"` stopped at the first of them ("caption missing")."""
+    _vilt_coco(tmp_path / "arrows")
+    table = pa.table({"image": pa.array([image_bytes(1)]), "questions": pa.array([["what is it?"]])})
+    path = str(tmp_path / "arrows/vqav2_train.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+    with caplog.at_level(logging.WARNING):
+        source = ArrowSource(tmp_path / "arrows")
+    assert [p.name for p in source.files] == [
+        "coco_caption_karpathy_restval.arrow",
+        "coco_caption_karpathy_train.arrow",
+    ]
+    assert "without a caption column (a task's, not captions): vqav2_train.arrow" in caplog.text
+    with pytest.raises(DataError, match=r"no arrow file matching vqa\* in .* holds captions .*: vqav2_train.arrow"):
+        ArrowSource(tmp_path / "arrows", ("vqa*",))

@@ -1,9 +1,12 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from meter.data.formats.captions import coco_source
+from meter.data.datasets import CaptionPairs, ImageReader
+from meter.data.formats.captions import coco_source, read_karpathy
+from meter.data.images import image_transform
 from meter.data.shard_writer import check_image, write_shards
 from meter.errors import DataError
 from tests.corpora import image_bytes, shard_members, truncated, write_coco
@@ -100,3 +103,45 @@ def test_a_preparation_whose_bad_sample_list_was_cut_short_by_a_kill_goes_on(tmp
     listed.write_text(whole + '{"path": "/cut')
     again = write_shards(source, tmp_path / "out", shard_size=2, max_bad=0.5, progress=False)
     assert again["bad"] == first["bad"] == 1 and listed.read_text() == whole
+
+
+def test_an_evaluation_image_listed_again_under_a_training_split_is_refused(tmp_path: Path):
+    """A Karpathy file naming a test image's file again as train (another cocoid) wrote it into the pretraining
+    shards without a word."""
+    write_coco(tmp_path / "coco", images=8)
+    karpathy = tmp_path / "coco/karpathy/dataset_coco.json"
+    data = json.loads(karpathy.read_text())
+    test_image = next(image for image in data["images"] if image["split"] == "test")
+    data["images"].append({**test_image, "cocoid": 99, "imgid": 99, "split": "train"})
+    karpathy.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"images\[8\] \({test_image['filename']}\): the image of images\[2\] "
+                                        r"\(split test\) is listed again, split train"):  # fmt: skip
+        coco_source(tmp_path / "coco", "karpathy/dataset_coco.json")
+
+
+def test_caption_files_listing_one_image_twice_are_refused_and_val2014_is_warned_about(tmp_path: Path, caplog):
+    write_coco(tmp_path / "coco", images=4)
+    annotations = tmp_path / "coco/annotations"
+    (annotations / "captions_val2014.json").write_text((annotations / "captions_train2014.json").read_text())
+    both = ("annotations/captions_train2014.json", "annotations/captions_val2014.json")
+    with pytest.raises(DataError, match=r"captions_val2014.json: image id 1 is listed again \(also in "
+                                        r"annotations/captions_train2014.json\)"):  # fmt: skip
+        coco_source(tmp_path / "coco", annotations=both)
+    with caplog.at_level(logging.WARNING):
+        coco_source(tmp_path / "coco", annotations=("annotations/captions_val2014.json",), images="..")
+    assert "Karpathy's val and test images" in caplog.text and "--karpathy dataset_coco.json" in caplog.text
+
+
+def test_an_images_repeated_caption_trains_as_one_pair_as_in_official_meter(tmp_path: Path):
+    """Official METER's caption datasets keep `set(texts)` of each image: the repeat was a second, identical pair
+    for pretraining, retrieval and captioning read from Karpathy's file, and counted twice by `meter plan`."""
+    write_coco(tmp_path / "coco", images=4, captions=3)
+    karpathy = tmp_path / "coco/karpathy/dataset_coco.json"
+    data = json.loads(karpathy.read_text())
+    data["images"][0]["sentences"].append(data["images"][0]["sentences"][1])
+    karpathy.write_text(json.dumps(data))
+    records = read_karpathy(karpathy, tmp_path / "coco", ("train", "restval", "val", "test"))
+    assert len(records[0].captions) == 4, "the references of an evaluation keep every caption"
+    pairs = CaptionPairs(records, ImageReader(image_transform(16, (0.5,) * 3, (0.5,) * 3), 16))
+    assert len(pairs) == 12
+    assert [pairs[index]["text"] for index in range(3)] == [f"image 1 caption {j} of a scene" for j in range(3)]

@@ -40,3 +40,35 @@ def test_the_json_list_is_parsed_one_element_at_a_time_across_chunk_boundaries(t
     path.write_text(json.dumps(elements)[:-10])
     with pytest.raises(DataError, match="list.json"):
         list(iter_json_array(path, "a list", chunk_size=64))
+
+
+def test_a_phrase_repeated_within_an_image_is_one_pair_as_official_meter_trains(tmp_path: Path):
+    """Official METER keeps `set(texts)` of each image (base_dataset.py:64-69); Visual Genome repeats phrases
+    within an image, and meter wrote each repeat as a pair (more pairs, and more weight, than official)."""
+    write_visual_genome(tmp_path / "vg", images=2, regions=2)
+    regions = tmp_path / "vg/region_descriptions.json"
+    entries = json.loads(regions.read_text())
+    entries[0]["regions"] += [{**entries[0]["regions"][0], "phrase": phrase} for phrase in ("white  clouds",) * 3]
+    regions.write_text(json.dumps(entries))
+    manifest = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", progress=False)
+    assert (manifest["samples"], manifest["pairs"]) == (2, 5)
+    captions = json.loads(shard_members(tmp_path / "out/00000.tar")["000000000001.json"])["captions"]
+    assert captions == ["region 0 of image 1", "region 1 of image 1", "white clouds"]
+
+
+def test_an_image_listed_twice_is_refused_and_an_entry_without_an_id_takes_its_regions(tmp_path: Path):
+    """Listed twice, its two samples shared a key in the shard: read back as one damaged sample, two bad pairs."""
+    write_visual_genome(tmp_path / "vg", images=3, regions=2)
+    regions = tmp_path / "vg/region_descriptions.json"
+    entries = json.loads(regions.read_text())
+    del entries[1]["id"]  # some releases: the id is the regions' image_id
+    entries[2]["regions"] = [{k: v for k, v in r.items() if k != "image_id"} for r in entries[2]["regions"]]
+    regions.write_text(json.dumps(entries))
+    assert [r.image_id for r in read_visual_genome(tmp_path / "vg")] == [1, 2, 3]
+    regions.write_text(json.dumps([*entries, {**entries[0], "regions": entries[0]["regions"][:1]}]))
+    with pytest.raises(DataError, match=r"region_descriptions.json: \[3\]: image id 1 is listed again \(first at "
+                                        r"\[0\]\)"):  # fmt: skip
+        read_visual_genome(tmp_path / "vg")
+    regions.write_text(json.dumps([{"regions": [{"phrase": "a cat"}]}]))
+    with pytest.raises(DataError, match=r"\[0\]: no integer image id"):
+        read_visual_genome(tmp_path / "vg")

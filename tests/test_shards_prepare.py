@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from meter.data.formats.common import RawSample
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource
 from meter.data.shard_writer import write_shards
 from meter.errors import DataError
-from tests.corpora import cc_file, write_conceptual_captions
+from tests.corpora import cc_file, image_bytes, shard_members, write_conceptual_captions
 
 
 def prepare(*args: str) -> subprocess.Popen:
@@ -67,3 +68,51 @@ def test_prepare_command_over_its_budget_stops_with_a_message_naming_the_option_
     bad = tmp_path / "cc/training" / cc_file("http://example.com/photos/7/picture.jpg?size=large")
     assert f"meter: data: skipped 1 of 20 samples, more than the budget of 0 (1.0%, --max-bad): first: {bad}" in stderr
     assert "bad_samples.jsonl" in stderr
+
+
+def test_a_rerun_over_an_edited_source_file_is_refused_naming_it_and_another_directory_is_the_same_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Shards of the old captions were reused without a word by a rerun (or mixed with new ones by a resume) after
+    the TSV was edited; a resume from another working directory was refused as 'other settings (description)'."""
+    write_conceptual_captions(tmp_path / "cc", rows=6)
+    write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    monkeypatch.chdir(tmp_path)
+    again = write_shards(ConceptualCaptionsSource("cc"), "out", shard_size=4, progress=False)  # a relative root
+    assert again["pairs"] == 6
+    tsv = tmp_path / "cc/Train_GCC-training.tsv"
+    tsv.write_text(tsv.read_text().replace("a photo number 2", "a picture number 2"))
+    digest = r"\"[0-9a-f]{64}\""
+    with pytest.raises(DataError, match=rf"another source .*\(source_files\[0\]\.bytes: 486 then, 488 now; "
+                                        rf"source_files\[0\]\.sha256: {digest} then, {digest} now\)"):  # fmt: skip
+        write_shards(ConceptualCaptionsSource("cc"), "out", shard_size=4, progress=False)
+
+
+def test_an_output_folder_holding_a_prepare_json_of_its_own_is_refused_by_name(tmp_path: Path):
+    write_conceptual_captions(tmp_path / "cc", rows=2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/prepare.json").write_text("my own notes, not JSON")
+    with pytest.raises(DataError, match=r"out/prepare.json is not the record of a `meter prepare` .*another --out"):
+        write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", progress=False)
+    assert (tmp_path / "out/prepare.json").read_text() == "my own notes, not JSON"
+
+
+class RepeatedKeys:
+    """A source whose records 0 and 2 have one key (the webdataset copy of `a.b` and `a_b`)."""
+
+    name, description, missing_images_expected, files = "repeated", {}, False, ()
+
+    def __len__(self) -> int:
+        return 3
+
+    def samples(self, start: int = 0):
+        for i, key in list(enumerate(["a_b", "c", "a.b"]))[start:]:
+            yield RawSample(key, image_bytes(i), (f"caption {i}",), f"record {i}")
+
+
+def test_a_sample_key_repeated_within_a_shard_is_a_counted_bad_sample_not_a_merged_one(tmp_path: Path):
+    manifest = write_shards(RepeatedKeys(), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["bad"]) == (2, 1)
+    assert sorted(shard_members(tmp_path / "out/00000.tar")) == ["a_b.jpg", "a_b.json", "a_b.txt", "c.jpg", "c.json",
+                                                                 "c.txt"]  # fmt: skip
+    assert "record 2: its sample key 'a_b' is an earlier sample's" in (tmp_path / "out/bad_samples.jsonl").read_text()

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 from meter.data.augment import Augmentation, Draw
 from meter.data.bad_samples import BadSample
 from meter.data.formats.captions import CaptionRecord
+from meter.data.formats.common import distinct
 from meter.data.formats.vqa import VqaRecord
 from meter.data.images import load_image, to_rgb
 from meter.errors import DataError
@@ -86,12 +87,13 @@ class TrainingDraws:
 
 
 class CaptionPairs(Dataset, TrainingDraws):
-    """Every (image, caption) pair of the records: the pretraining corpus."""
+    """Every (image, caption) pair of the records, an image's repeated caption once (as official METER trains)."""
 
     def __init__(self, records: list[CaptionRecord], images: ImageReader) -> None:
         self.records = records
         self.images = images
-        self.pairs = [(i, j) for i, record in enumerate(records) for j in range(len(record.captions))]
+        self.captions = [distinct(record.captions) for record in records]
+        self.pairs = [(i, j) for i, captions in enumerate(self.captions) for j in range(len(captions))]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -103,7 +105,7 @@ class CaptionPairs(Dataset, TrainingDraws):
             pixels = self.images(record.image, self.draw(index))
         except DataError as error:
             return BadSample(str(record.image), str(error))
-        return {"pixels": pixels, "text": record.captions[j], "image_id": record.image_id}
+        return {"pixels": pixels, "text": self.captions[i][j], "image_id": record.image_id}
 
 
 class VqaQuestions(Dataset, TrainingDraws):

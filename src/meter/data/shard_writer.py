@@ -36,12 +36,14 @@ from meter.data.shard_manifest import (
     write_json_atomically,
     write_shard_record,
 )
+from meter.data.source_files import fingerprint
 from meter.errors import DataError
 from meter.output_folder import check_own_folder
 
 log = logging.getLogger(__name__)
 PROGRESS = "progress"
 SETTINGS = "prepare.json"
+SOURCE_FILES = "source_files"
 BAD_SAMPLES = "bad_samples.jsonl"
 
 
@@ -51,6 +53,7 @@ class RawSource(Protocol):
     name: str
     description: dict[str, object]
     missing_images_expected: bool  # images never downloaded (CC, SBU) are counted apart, not as bad data
+    files: tuple[Path, ...] | list[Path]  # what lists the records: a rerun over another version of them is refused
 
     def __len__(self) -> int: ...
 
@@ -95,6 +98,7 @@ class ShardBuilder:
         self.missing_expected = missing_expected
         self.decode = decode
         self.counts = CaptionCounts()
+        self.keys: set[str] = set()
 
     def write(self, records: Iterator[RawSample | Unusable]) -> ShardRecord:
         with self.temporary.open("wb") as f:
@@ -140,6 +144,10 @@ class ShardBuilder:
             self._bad(record.name, problem)
             return None
         key = record.key.replace(".", "_").replace("/", "_")
+        if key in self.keys:  # a reader groups a tar's files by key: the two samples would merge into a damaged one
+            self._bad(record.name, f"{record.name}: its sample key {key!r} is an earlier sample's in this shard")
+            return None
+        self.keys.add(key)
         self.record.samples += 1
         self.record.pairs += len(record.captions)
         self.counts.add(record.captions)
@@ -148,17 +156,51 @@ class ShardBuilder:
 
 
 def _check_settings(out: Path, settings: dict[str, object]) -> None:
+    """Records the settings of a new preparation; refuses to resume one of other settings or other source files
+    (its shards would mix two versions of the corpus), naming what differs."""
     path = out / SETTINGS
     if path.is_file():
-        before = json.loads(path.read_text())
-        if before != settings:
-            changed = [k for k in settings if before.get(k) != settings[k]]
-            raise DataError(f"{out} holds a preparation with other settings ({', '.join(changed)}); resume with the "
-                            "same source and options, or choose another --out")  # fmt: skip
+        try:
+            before = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path} is not the record of a `meter prepare` ({error}); choose another --out") from None
+        if not isinstance(before, dict):
+            raise DataError(f"{path} is not the record of a `meter prepare`; choose another --out")
+        if SOURCE_FILES not in before:  # written before meter recorded them: nothing to compare
+            settings = {k: v for k, v in settings.items() if k != SOURCE_FILES}
+        before = {**before, "description": _resolved_root(before.get("description"))}
+        differences = "; ".join(_differences(before, settings))
+        if differences:
+            raise DataError(f"{out} holds a preparation of another source or with other settings ({differences}): "
+                            "resume with the same source and options, or choose another --out")  # fmt: skip
     else:
         check_own_folder(out, (SETTINGS,), "meter prepare", "--out")
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, settings)
+
+
+def _resolved_root(description: object) -> object:
+    """A description with its root as an absolute path: a resume from another working directory (a requeued job)
+    names the same folder."""
+    if isinstance(description, dict) and isinstance(description.get("root"), str):
+        return {**description, "root": str(Path(description["root"]).resolve())}
+    return description
+
+
+def _differences(before: object, now: object, key: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [*now, *(k for k in before if k not in now)]
+        return [d for k in keys for d in _differences(before.get(k), now.get(k), f"{key}.{k}" if key else k)]
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        return [d for i, (b, n) in enumerate(zip(before, now, strict=True)) for d in _differences(b, n, f"{key}[{i}]")]
+    if before == now:
+        return []
+    return [f"{key}: {_short(before)} then, {_short(now)} now"]
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _resume_budget(out: Path, max_bad: float, total: int) -> BadSampleBudget:
@@ -199,11 +241,15 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
     total = len(source)
     if total == 0:
         raise DataError(f"{source.name}: the source holds no records ({source.description})")
-    settings = {"source": source.name, "description": source.description, "records": total,
-                "shard_size": shard_size}  # fmt: skip
+    description = _resolved_root(source.description)
+    settings = {"source": source.name, "description": description, "records": total, "shard_size": shard_size,
+                SOURCE_FILES: fingerprint(source.files)}  # fmt: skip
     _check_settings(out, settings)
     shards = -(-total // shard_size)
     done = _finished(out, shards)
+    if done:
+        log.info("%s: %d of %d shards were written before: kept, their images not read again (their bad samples "
+                 "stay bad: prepare into another --out to read a fixed image)", out, len(done), shards)  # fmt: skip
     budget = _resume_budget(out, max_bad, total)
     first_todo = next((i for i in range(shards) if i not in done), shards)
     bar = tqdm(total=total, initial=sum(r.records for r in done.values()), unit="record", desc=f"prepare {source.name}",
@@ -219,7 +265,7 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
         done[index] = builder.write(_counted(chunk, bar))
         write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
     bar.close()
-    return _finish(out, source.name, source.description, [done[i] for i in range(shards)], budget)
+    return _finish(out, source.name, description, [done[i] for i in range(shards)], budget)
 
 
 def _counted(records: Iterator[RawSample | Unusable], bar: tqdm) -> Iterator[RawSample | Unusable]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from meter.config import Config
 from meter.data.formats.captions import read_karpathy
+from meter.data.formats.common import distinct
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.shard_manifest import MANIFEST, read_manifest
 from meter.errors import MeterError
@@ -57,7 +58,7 @@ def _root(cfg: Config) -> Path:
 
 
 def _captions(records: list, splits: list[str] | tuple[str, ...]) -> DataFacts:
-    captions = sum(len(r.captions) for r in records)
+    captions = sum(len(distinct(r.captions)) for r in records)  # the pairs it trains on (CaptionPairs)
     return DataFacts(captions, f"{captions:,} captions of {len(records):,} images ({', '.join(splits)})")
 
 

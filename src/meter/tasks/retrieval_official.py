@@ -30,6 +30,7 @@ from meter.config import Config, RetrievalConfig
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import CaptionRecord
+from meter.data.formats.common import distinct
 from meter.errors import ConfigError
 from meter.models.folder import ModelFolder, read_model_folder
 from meter.models.meter import Meter
@@ -53,7 +54,8 @@ class CaptionPool:
             by_image.setdefault(record.image_id, []).extend(record.captions)
         self.texts: list[str] = []
         self.block: dict[int, tuple[int, int]] = {}  # image id -> (first caption, number of captions)
-        for image_id, captions in by_image.items():
+        for image_id, repeated in by_image.items():
+            captions = distinct(repeated)  # as the training pairs (CaptionPairs)
             self.block[image_id] = (len(self.texts), len(captions))
             self.texts.extend(captions)
 

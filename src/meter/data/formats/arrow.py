@@ -72,6 +72,12 @@ def split_counts(path: Path) -> Counter[str | None]:
     return counts
 
 
+def _task_file(path: Path) -> bool:
+    """A METER/ViLT arrow file of a downstream task (questions, hypotheses, ...: images, no `caption` column)."""
+    names = open_arrow(path).schema.names
+    return "image" in names and "caption" not in names
+
+
 def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row, {column: value}) from row `start` on, converting ROWS_PER_SLICE rows to Python at a time."""
     row = 0
@@ -111,7 +117,11 @@ class ArrowSource:
         if not found:
             raise DataError(f"no arrow files matching {', '.join(patterns)} in {root}")
         self.files, self.counts, left_out = [], [], []
-        for path in found:
+        other_tasks = [path for path in found if _task_file(path)]
+        if other_tasks:  # an official arrow folder holds the VQAv2, NLVR2 and SNLI-VE files beside the captions
+            log.warning("left out %d arrow file(s) without a caption column (a task's, not captions): %s",
+                        len(other_tasks), ", ".join(path.name for path in other_tasks))  # fmt: skip
+        for path in (path for path in found if path not in other_tasks):
             splits = split_counts(path)
             held = sorted(str(split) for split in splits if split in held_out)
             if not held:
@@ -128,6 +138,9 @@ class ArrowSource:
         if left_out:
             log.warning("left out %d arrow file(s) of the held-out splits %s (evaluation images, never pretrained "
                         "on): %s", len(left_out), "/".join(held_out), ", ".join(left_out))  # fmt: skip
+        if not self.files and not left_out:
+            raise DataError(f"no arrow file matching {', '.join(patterns)} in {root} holds captions (a `caption` "
+                            f"column): {', '.join(path.name for path in other_tasks)}")  # fmt: skip
         if not self.files:
             raise DataError(f"every arrow file matching {', '.join(patterns)} in {root} holds a held-out split "
                             f"({', '.join(left_out)}); pass --held-out '' to keep them")  # fmt: skip

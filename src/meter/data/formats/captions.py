@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class CaptionRecord:
 
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def read_karpathy(
@@ -36,6 +38,7 @@ def read_karpathy(
     image_root = Path(image_root)
     records, skipped = [], []
     first_index: dict[int, int] = {}
+    first_file: dict[Path, tuple[int, str]] = {}
     in_file: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"{path}: images[{index}]"
@@ -45,7 +48,12 @@ def read_karpathy(
         in_file.add(split)
         filepath = json_field(entry, "filepath", str, where, optional=True) or ""
         image_id = json_field(entry, "cocoid" if "cocoid" in entry else "imgid", int, where)
-        _once(image_id, index, first_index, where)
+        listed_once(image_id, index, first_index, where)
+        image = image_root / filepath / filename
+        if image in first_file:  # under another id: one split's image would train another split's model
+            first, its_split = first_file[image]
+            raise DataError(f"{where}: the image of images[{first}] (split {its_split}) is listed again, split {split}")
+        first_file[image] = (index, split)
         captions, empty = [], []
         for number, sentence in enumerate(json_field(entry, "sentences", list, where)):
             caption = json_field(sentence, "raw", str, f"{where}: sentences[{number}]").strip()
@@ -57,7 +65,7 @@ def read_karpathy(
             continue  # checked all the same: a damaged file is damaged whichever split is read
         skipped += empty
         if captions:
-            records.append(CaptionRecord(image_root / filepath / filename, tuple(captions), image_id, split))
+            records.append(CaptionRecord(image, tuple(captions), image_id, split))
         else:
             skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
     # a misspelt split (`rest` for `restval`) would quietly leave its images out; a split of Karpathy's that a file
@@ -92,7 +100,7 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
     for index, image in enumerate(images):
         image_id = json_field(image, "id", int, f"{path}: images[{index}]")
         file_name = json_field(image, "file_name", str, f"{path}: images[{index}] (id {image_id})")
-        _once(image_id, index, first_index, f"{path}: images[{index}] ({file_name})")
+        listed_once(image_id, index, first_index, f"{path}: images[{index}] ({file_name})")
         if by_image[image_id]:
             records.append(CaptionRecord(Path(image_dir) / file_name, tuple(by_image[image_id]), image_id, split))
     for image_id in sorted(set(by_image) - set(first_index)):  # captions of an image the file does not list
@@ -102,10 +110,11 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
     return records
 
 
-def _once(image_id: int, index: int, first_index: dict[int, int], where: str) -> None:
-    """Refuses an image listed twice: scores and outputs are keyed by image id, and would count it once."""
+def listed_once(image_id: int, index: int, first_index: dict[int, int], where: str, listing: str = "images") -> None:
+    """Refuses an image listed twice: scores, outputs and shard samples are keyed by image id, and would count it
+    once."""
     if image_id in first_index:
-        raise DataError(f"{where}: image id {image_id} is listed again (first at images[{first_index[image_id]}])")
+        raise DataError(f"{where}: image id {image_id} is listed again (first at {listing}[{first_index[image_id]}])")
     first_index[image_id] = index
 
 
@@ -114,10 +123,12 @@ class CaptionRecordSource:
 
     missing_images_expected = False  # these corpora ship their images: a missing one is bad data
 
-    def __init__(self, name: str, records: list[CaptionRecord], description: dict[str, object]) -> None:
+    def __init__(self, name: str, records: list[CaptionRecord], description: dict[str, object],
+                 files: tuple[Path, ...]) -> None:  # fmt: skip
         self.name = name
         self.records = records
         self.description = description
+        self.files = files  # what lists the records
 
     def __len__(self) -> int:
         return len(self.records)
@@ -141,9 +152,20 @@ def coco_source(
     image_root = root / images
     if karpathy:
         records = read_karpathy(root / karpathy, image_root, splits)
-        return CaptionRecordSource("coco", records, {"root": str(root), "karpathy": karpathy, "splits": list(splits)})
-    records = []
+        description = {"root": str(root), "karpathy": karpathy, "splits": list(splits)}
+        return CaptionRecordSource("coco", records, description, (root / karpathy,))
+    records: list[CaptionRecord] = []
     for annotation in annotations:
         split = Path(annotation).stem.removeprefix("captions_")
-        records += read_coco_captions(root / annotation, image_root / split)
-    return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations)})
+        read = read_coco_captions(root / annotation, image_root / split)
+        repeated = {record.image_id for record in records} & {record.image_id for record in read}
+        if repeated:
+            raise DataError(f"{root / annotation}: image id {min(repeated)} is listed again (also in "
+                            f"{', '.join(a for a in annotations[: annotations.index(annotation)])})")  # fmt: skip
+        if "val" in split:
+            log.warning("%s: the val2014 images hold Karpathy's val and test images (the retrieval and captioning "
+                        "evaluation): pretraining on them inflates those scores; `--karpathy dataset_coco.json` "
+                        "keeps them out", root / annotation)  # fmt: skip
+        records += read
+    files = tuple(root / annotation for annotation in annotations)
+    return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations)}, files)

@@ -139,8 +139,15 @@ class Unusable:
 
 
 def clean_captions(captions: Iterable[str]) -> tuple[str, ...]:
-    """Strips each caption and folds runs of whitespace (TSV captions carry stray tabs); drops empty ones."""
-    return tuple(text for text in (" ".join(c.split()) for c in captions) if text)
+    """Strips each caption and folds runs of whitespace (TSV captions carry stray tabs); drops empty ones and keeps
+    an image's repeated caption once (see `distinct`)."""
+    return distinct(text for text in (" ".join(c.split()) for c in captions) if text)
+
+
+def distinct(captions: Iterable[str]) -> tuple[str, ...]:
+    """The captions of one image, each once, in their order: official METER trains on `set(texts)` of each image
+    (base_dataset.py:64-69, for every caption corpus), so a phrase Visual Genome repeats is one pair, not three."""
+    return tuple(dict.fromkeys(captions))
 
 
 def decode_caption(raw: bytes, name: str) -> str | Unusable:

@@ -55,6 +55,7 @@ class ConceptualCaptionsSource:
             raise DataError(f"Conceptual Captions image folder not found: {self.images}")
         self.lines = count_lines(self.tsv)
         self.description = {"root": str(self.root), "tsv": tsv, "images": images}
+        self.files = (self.tsv,)
 
     def __len__(self) -> int:
         return self.lines

@@ -38,6 +38,7 @@ class SbuSource:
         if count_lines(self.urls) != self.lines:
             raise DataError(f"{self.captions} and {self.urls} must have one line per photo each; their counts differ")
         self.description = {"root": str(self.root), "captions": captions, "urls": urls, "images": images}
+        self.files = (self.captions, self.urls)
 
     def __len__(self) -> int:
         return self.lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meter.data.formats.captions import CaptionRecord, CaptionRecordSource
+from meter.data.formats.captions import CaptionRecord, CaptionRecordSource, listed_once
 from meter.data.formats.common import clean_captions, iter_json_array
 from meter.errors import DataError
 
@@ -36,18 +36,30 @@ def read_visual_genome(
     if not any(f.is_dir() for f in folders):
         raise DataError(f"{root}: no Visual Genome image folder ({', '.join(image_dirs)})")
     records = []
-    for entry in iter_json_array(root / regions, "Visual Genome region descriptions"):
-        if not isinstance(entry, dict) or "regions" not in entry:
-            raise DataError(f"{root / regions}: each entry has 'id' and 'regions'; found {str(entry)[:80]}")
-        regions_of_image = entry["regions"]
-        image_id = int(entry.get("id", regions_of_image[0]["image_id"] if regions_of_image else -1))
-        phrases = clean_captions(region.get("phrase", "") for region in regions_of_image)
+    first_index: dict[int, int] = {}
+    for index, entry in enumerate(iter_json_array(root / regions, "Visual Genome region descriptions")):
+        where = f"{root / regions}: [{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("regions"), list):
+            raise DataError(f"{where}: each entry has 'id' and a list 'regions'; found {str(entry)[:80]}")
+        regions_of_image = [region for region in entry["regions"] if isinstance(region, dict)]
+        image_id = _image_id(entry, regions_of_image, where)
+        listed_once(image_id, index, first_index, where, listing="")  # its sample key would be the first one's
+        phrases = clean_captions(str(region.get("phrase") or "") for region in regions_of_image)
         records.append(CaptionRecord(find_vg_image(image_id, folders), phrases, image_id, "train"))
     return records
+
+
+def _image_id(entry: dict, regions: list[dict], where: str) -> int:
+    """The entry's `id`; entries without one (some releases) are named by their regions' `image_id`."""
+    found = entry["id"] if "id" in entry else regions[0].get("image_id") if regions else None
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise DataError(f"{where}: no integer image id ('id', or its regions' 'image_id'); found {found!r}")
+    return found
 
 
 def visual_genome_source(
     root: str | Path, regions: str = REGIONS, image_dirs: tuple[str, ...] = IMAGE_DIRS
 ) -> CaptionRecordSource:
     records = read_visual_genome(root, regions, image_dirs)
-    return CaptionRecordSource("vg", records, {"root": str(root), "regions": regions, "images": list(image_dirs)})
+    description = {"root": str(root), "regions": regions, "images": list(image_dirs)}
+    return CaptionRecordSource("vg", records, description, (Path(root) / regions,))

@@ -153,6 +153,7 @@ class WebdatasetSource:
         self.shards = find_shards(root, pattern)
         self.counts = [sum(1 for _ in _samples_of(path)) for path in self.shards]
         self.description = {"root": str(root), "pattern": pattern, "shards": len(self.shards)}
+        self.files: tuple[Path, ...] = ()  # thousands of shards: known by their sample counts (records) alone
 
     def __len__(self) -> int:
         return sum(self.counts)
