@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -223,6 +224,9 @@ def measure(name: str, build: Callable[[], tuple[nn.Module, Callable[[dict[str, 
             result.flops_per_step = counter.get_total_flops()
     except torch.OutOfMemoryError:
         result.error = "out of memory"
+    except Exception as error:  # a row that fails (a compile mode never run on this card) must not cost the table
+        traceback.print_exc()
+        result.error = type(error).__name__
     finally:
         del module, step  # the model goes before the next one is built
         release_memory(device)

@@ -9,6 +9,7 @@ Faults are given as arguments `WHEN:AT:WHAT[:RANK]`:
     backward:9:group-SIGUSR1    ... SIGUSR1 to its process group: its data workers too (start it with
                                 start_new_session=True, so that the group is its own)
     save:.step_00000005.tmp:SIGTERM   the torch.save whose file is in that temporary checkpoint folder
+    evaluate:1:SIGTERM          the 1st evaluation of a model folder after training (meter.runs.evaluate_run)
     clip:3:nan:1                at the 3rd gradient clipping (the 3rd optimizer step) of rank 1, after its backward
                                 and the gradient all-reduce, one gradient of that rank becomes NaN
     clip:6+:nan:1               the same at every step from the 6th on
@@ -84,6 +85,17 @@ def save(obj, f, *args, **kwargs):
             act(what)
     return original_save(obj, f, *args, **kwargs)
 torch.save = save
+
+import meter.runs
+original_evaluate = meter.runs.evaluate_run
+counts["evaluate"] = 0
+def evaluate_run(*args, **kwargs):
+    counts["evaluate"] += 1
+    for when, at, what, *target in faults:
+        if when == "evaluate" and due(when, at, counts["evaluate"], target[0] if target else None):
+            act(what)
+    return original_evaluate(*args, **kwargs)
+meter.runs.evaluate_run = evaluate_run
 
 if os.environ.get("STEP_LOG"):
     original_step = torch.optim.AdamW.step

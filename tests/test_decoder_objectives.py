@@ -126,3 +126,30 @@ def test_pretraining_an_encoder_decoder_trains_every_objective(micro_config: Con
     sum(losses.values()).backward()
     no_grad = [n for n, p in task.named_parameters() if p.grad is None]
     assert no_grad == [], no_grad
+
+
+def test_with_cuda_graphs_the_encoder_text_of_span_lm_and_prefix_lm_is_padded_to_a_multiple_of_eight(
+    micro_config: Config,
+):
+    """The loop pads the batch's text to a multiple of 8 for CUDA graphs; the decoder objectives rebuilt their
+    encoder text at each batch's own longest length, so the compiled encoder recorded a graph for nearly every step.
+    The padding changes nothing the model reads (the mask hides it)."""
+    cfg = micro_config
+    cfg.model.architecture = "encoder-decoder"
+    cfg.objectives.span = cfg.objectives.prefix_lm = 1.0
+    tokenizer = task_tokenizer(cfg)
+    heads = pretrain_heads(tokenizer, cfg.objectives)
+    model = build_model(cfg, tokenizer, heads)
+    samples = [{"pixels": torch.randn(3, 64, 64), "text": text, "image_id": i} for i, text in enumerate(CAPTIONS)]
+    prepared = {}
+    for mode in ("default", "reduce-overhead"):
+        cfg.train.compile, cfg.train.compile_mode = True, mode
+        task = PretrainTask(model, tokenizer, cfg, heads)
+        prepared[mode] = task.prepare(Collate(tokenizer, 40, pad_to_multiple_of=8)(samples),
+                                      SampleRandomness.standalone(0, len(samples)))  # fmt: skip
+    for name in ("span", "prefix_lm"):
+        plain, padded = prepared["default"][f"{name}_input_ids"], prepared["reduce-overhead"][f"{name}_input_ids"]
+        assert padded.shape[1] % 8 == 0 and plain.shape[1] % 8 != 0, (plain.shape, padded.shape)
+        assert torch.equal(padded[:, : plain.shape[1]], plain)
+        mask = prepared["reduce-overhead"][f"{name}_attention_mask"]
+        assert torch.equal(mask.sum(1), prepared["default"][f"{name}_attention_mask"].sum(1))

@@ -127,3 +127,13 @@ def test_a_pretrained_folder_whose_tensors_this_model_lacks_is_refused(tmp_path:
     save_file({f"model.{k}": v.contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
     with pytest.raises(DataError, match=r"the text encoder's weights lack \d+ of this model's"):
         build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+
+
+def test_a_half_precision_folder_trains_fp32_weights_holding_its_values(tmp_path: Path):
+    """transformers 5 loads a folder as saved: a float16 hub folder trained float16 weights (autocast hid it, and
+    AdamW's small updates rounded away)."""
+    AutoModel.from_pretrained(str(MINILM)).half().save_pretrained(tmp_path / "half")
+    encoder = build_text(TextConfig(name="bert", weights=str(tmp_path / "half")), 30522, 0)
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+    half = AutoModel.from_pretrained(str(tmp_path / "half"))
+    assert torch.equal(encoder.model.embeddings.word_embeddings.weight, half.embeddings.word_embeddings.weight.float())

@@ -128,3 +128,19 @@ def test_a_mim_checkpoint_is_a_plain_model_folder_with_the_pixel_decoder_beside_
     assert decoder and all(k.startswith("mim_decoder.") for k in decoder)
     assert decoder["mim_decoder.decoder.weight"].shape == (16 * 16 * 3, model.width)
     assert json.loads((final / "progress.json").read_text())["global_batch"] == 8
+
+
+def test_a_later_run_in_the_same_process_drops_an_earlier_runs_strict_deterministic_mode():
+    """A study cell runs its runs in one process: a run after a `train.deterministic` one kept its slower kernels
+    (and the NaN-filling of fresh memory)."""
+    from meter.config import TrainConfig
+    from meter.train.runtime import setup_runtime
+
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        setup_runtime(TrainConfig(device="cpu", deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        setup_runtime(TrainConfig(device="cpu", deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])

@@ -19,6 +19,7 @@ from meter.models.checksums import verify_checksums
 from meter.train.checkpoint import TASK_WEIGHTS, Checkpoints
 from meter.train.metrics_log import read_metrics
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED
+from tests.conftest import MICRO
 from tests.faults import applied_steps, run_meter_with_faults
 from tests.runner import EXACT, pretrain_args
 
@@ -138,3 +139,20 @@ def test_two_processes_stop_after_the_same_step_when_one_is_signalled_and_resume
     a = load_file(tmp_path / "straight/checkpoints/step_00000006/model.safetensors")
     b = load_file(out / "checkpoints/step_00000006/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stop_signal_while_finetune_evaluates_exits_75_and_the_requeued_job_evaluates(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """After training, Python's default handler was back: SIGTERM ended the evaluation with 143, which a job
+    script requeuing on 75 took for a failure (and the run was never evaluated)."""
+    out = tmp_path / "run"
+    args = ["finetune", "task=snli_ve", f"data.root={shapes_tasks_world}", f"train.out={out}",
+            f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=3", *MICRO]  # fmt: skip
+    [(code, stderr)] = run_meter_with_faults(args, ["evaluate:1:SIGTERM"])
+    assert code == PREEMPTED, stderr[-3000:]
+    assert _last_line(stderr).startswith("meter: stopped by SIGTERM outside training, nothing to save: requeue")
+    assert not (out / "snli_ve_accuracy_dev.json").exists()
+    [(code, stderr)] = run_meter_with_faults([*args, "--resume", "latest"])
+    assert code == 0, stderr[-3000:]
+    assert (out / "snli_ve_accuracy_dev.json").is_file()

@@ -20,7 +20,7 @@ from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import evaluate_vqa
 from meter.train.distributed import main_alone
 from meter.train.loop import fit
-from meter.train.runtime import setup_runtime
+from meter.train.runtime import release_cached_memory, setup_runtime
 from meter.validate import validate
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         epoch = len(job.dataset) // (cfg.train.batch_size * runtime.world)  # type: ignore[arg-type]
         best = BestCheckpoint(cfg, downstream, batches_per_epoch=epoch)
     checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume, best)
+    del job, best  # the trained model leaves the device before the evaluation loads the saved weights
+    release_cached_memory()
     return evaluate_run(cfg, evaluated_weights(cfg, checkpoint), Path(cfg.train.out))
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
-from meter.train.stop_signals import EXIT_STATUSES
+from meter.train.stop_signals import EXIT_STATUSES, stopped_outside_training
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     # --resume latest (a requeued job): a run whose training finished is evaluated (stopped while it evaluated)
     latest = args.resume == "latest"
-    metrics = finetune_once(cfg, evaluate_run, "latest") if latest else run_finetune(cfg, resume=args.resume)
+    with stopped_outside_training():
+        metrics = finetune_once(cfg, evaluate_run, "latest") if latest else run_finetune(cfg, resume=args.resume)
     if is_main_process():  # under torchrun, the one that evaluated
         print(json.dumps(metrics, indent=1))
     return 0

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
-from meter.train.stop_signals import EXIT_STATUSES
+from meter.train.stop_signals import EXIT_STATUSES, stopped_outside_training
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -19,7 +19,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 def run(args: argparse.Namespace) -> int:
     from meter.runs import run_pretrain
 
-    checkpoint = run_pretrain(config_from_args(args, task="pretrain"), resume=args.resume)
+    with stopped_outside_training():
+        checkpoint = run_pretrain(config_from_args(args, task="pretrain"), resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"final checkpoint: {checkpoint}")
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
@@ -114,7 +115,10 @@ def check_hf_kwargs(hf_kwargs: dict[str, Any], model_type: str) -> None:
 
 def _model_kwargs(config: PretrainedConfig) -> dict[str, Any]:
     model_class = MODEL_MAPPING[type(config)]
-    kwargs: dict[str, Any] = {"attn_implementation": "sdpa" if model_class._supports_sdpa else "eager"}
+    # fp32 weights whatever the folder's dtype (transformers 5 loads a half-precision folder as saved: trained so,
+    # autocast hides it and AdamW's small updates round away); autocast makes the half-precision computation
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa" if model_class._supports_sdpa else "eager",
+                              "dtype": torch.float32}  # fmt: skip
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False  # METER pools the fused stream, not the text encoder's output
     return kwargs

@@ -21,11 +21,15 @@ class Targets:
     end_id: int
     pad_id: int
     max_length: int
+    # the encoder's text padded to a multiple of it: with CUDA graphs, a few lengths to record a graph for, not one
+    # for every length a span-corrupted or cut caption has (as the loop pads the batch's text: TEXT_LENGTH_MULTIPLE)
+    encoder_multiple: int = 1
 
     @staticmethod
-    def of(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Targets:
+    def of(tokenizer: PreTrainedTokenizerBase, max_length: int, encoder_multiple: int = 1) -> Targets:
         """[CLS]/<s> starts, [SEP]/</s> ends: the tokenizer's own sequence markers."""
-        return Targets(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, max_length)
+        return Targets(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, max_length,
+                       encoder_multiple)  # fmt: skip
 
 
 @dataclass
@@ -66,7 +70,8 @@ def pack(encoder_rows: list[list[int]], target_rows: list[list[int]], targets: T
     with the end token already."""
     start_id, pad_id = targets.start_id, targets.pad_id
     target_rows = [row[: targets.max_length] for row in target_rows]
-    batch, length, steps = len(encoder_rows), max(map(len, encoder_rows)), max(map(len, target_rows))
+    batch, longest, steps = len(encoder_rows), max(map(len, encoder_rows)), max(map(len, target_rows))
+    length = -(-longest // targets.encoder_multiple) * targets.encoder_multiple
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     decoder_input_ids = torch.full((batch, steps), pad_id, dtype=torch.long)

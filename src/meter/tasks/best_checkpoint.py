@@ -47,6 +47,7 @@ from meter.train.checkpoint import (
 )
 from meter.train.distributed import broadcast_object, main_alone
 from meter.train.metrics_log import MetricsLog
+from meter.train.runtime import release_cached_memory
 
 log = logging.getLogger(__name__)
 BEST = "best"
@@ -161,6 +162,7 @@ class BestCheckpoint:
             return
         split = self.cfg.train.best_on
         scores = self.downstream.evaluate(self._split_config(), checkpoint, self.out / EVALUATIONS / checkpoint.name)
+        release_cached_memory()  # the evaluation's model copy: its blocks back to the device for the training
         try:
             score = float(self.downstream.selection_score(scores))
         except KeyError as missing:

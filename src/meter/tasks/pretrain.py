@@ -27,6 +27,8 @@ from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Seq2SeqBatch, Targets, captions_of
 from meter.objectives.span import corrupt_spans, sentinel_ids
+from meter.train.distributed import uses_cuda_graphs
+from meter.train.loop import TEXT_LENGTH_MULTIPLE
 
 DECODER_OBJECTIVES = ("span", "prefix_lm")  # encoder-decoder only (validate.py checks)
 OBJECTIVES = ("mlm", "itm", "mim", *DECODER_OBJECTIVES)
@@ -77,7 +79,8 @@ class PretrainTask(nn.Module):
         self.mask_token_id = tokenizer.mask_token_id
         special = set(tokenizer.all_special_ids)
         self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length)
+        multiple = TEXT_LENGTH_MULTIPLE if uses_cuda_graphs(cfg.train) else 1
+        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length, multiple)
         self.sentinels = sentinel_ids(tokenizer) if self.objectives.span > 0 else []
         if self.objectives.mim > 0:
             self.mim_patch = mim_patch_size(model.vision, cfg.model.vision.image_size)

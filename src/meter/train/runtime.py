@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 from dataclasses import dataclass
@@ -102,15 +103,23 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         global _WAITING
         _WAITING = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN)
-    if cfg.deterministic:
-        # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and
-        # the memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes;
-        # an operation without a deterministic CUDA kernel then stops the run, naming it
-        torch.use_deterministic_algorithms(True, warn_only=device.type != "cuda")
+    # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and the
+    # memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes; an
+    # operation without a deterministic CUDA kernel then stops the run, naming it. Set either way: a process that
+    # runs several runs (a study's cell) keeps no earlier run's slower kernels
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=device.type != "cuda")
     seed_everything(cfg.seed)
     return Runtime(
         device=device, dtype=pick_dtype(cfg.precision, device), rank=rank, world=world, local_rank=local_rank
     )
+
+
+def release_cached_memory() -> None:
+    """Frees what nothing refers to any more and gives the CUDA allocator's cached blocks back (one model goes, the
+    next comes: an evaluation's copy beside the training, the trained model before the final evaluation)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def waiting_group() -> dist.ProcessGroup | None:

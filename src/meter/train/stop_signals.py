@@ -11,14 +11,20 @@ twice, not a second request: a scheduler signals every process of a job, and tor
 to its workers as well.
 
 Ctrl-C (SIGINT) stops at once, with INTERRUPTED, and says where the last checkpoint is.
+
+Outside training (`meter finetune` loading its data, or evaluating the trained model) there is nothing to save: the
+first signal stops at once, with PREEMPTED all the same (`stopped_outside_training`), and the requeued job's
+`--resume latest` evaluates again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -57,7 +63,8 @@ class StopRequests:
     that entered: data workers forked meanwhile inherit them and ignore the signals (their main process stops
     them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = False) -> None:
+        self.at_once = at_once  # the first request raises StopAtOnce (later ones: the stop is under way)
         self.received = 0  # the signal number of the first request; 0: none
         self._received_at = 0.0
         self._pid = os.getpid()
@@ -78,6 +85,10 @@ class StopRequests:
             return
         if not self.received:
             self.received, self._received_at = signum, time.monotonic()
+            if self.at_once:
+                raise StopAtOnce(signum)
+            return
+        if self.at_once:
             return
         if signum == self.received and time.monotonic() - self._received_at < REPEAT_WINDOW:
             return
@@ -86,3 +97,19 @@ class StopRequests:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def stopped_outside_training() -> Iterator[None]:
+    """Around a training command (training installs its own handlers within): a stop signal before or after training
+    (loading data, the final evaluation) ends it at once with PREEMPTED, where Python's default would end the process
+    with 143, which a job script that requeues on PREEMPTED takes for a failure."""
+    try:
+        with StopRequests(at_once=True):
+            yield
+    except StopAtOnce as stop:
+        if isinstance(stop.__context__, RunStopped):  # training's own stop, its signal delivered again on the way out
+            raise stop.__context__ from None
+        raise RunStopped(f"stopped by {signal_name(stop.signum)} outside training, nothing to save: requeue, with "
+                         "`--resume latest` where the run has a checkpoint (a finished one is evaluated again)",
+                         PREEMPTED) from None  # fmt: skip
