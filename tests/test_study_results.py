@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.errors import ConfigError
 from meter.study.cells import plan_study
 from meter.study.report_text import csv_report, entry
 from meter.study.results import build_tables, metric_value
@@ -132,3 +133,21 @@ def test_a_row_name_with_a_bar_keeps_the_markdown_tables_columns(searched_plan):
     lines = markdown_table(table).splitlines()
     columns = [line.replace("\\|", "").count("|") for line in lines]
     assert len(set(columns)) == 1 and "co\\|attention" in lines[2]
+
+
+def test_a_misspelt_metric_is_refused_naming_the_scores_the_runs_have(shapes_world, tmp_path):
+    """`metrics: [overal]` showed a dash in every row, as if no run had finished."""
+    study = micro_study(shapes_world, seeds=[0])
+    study["base"]["tasks"]["vqa"]["metrics"] = ["overall", "overal"]
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    assert next(t for t in build_tables(plan) if t.kind == "uniform").rows, "no run finished: nothing to check yet"
+    for cell in plan.cells:
+        _result(next(run for run in cell.runs if run.task == "vqa"), reported=70.0)
+    with pytest.raises(ConfigError, match=r"tasks.vqa.metrics: 'overal' is a score of none of the task's 2 finished "
+                                          r"runs; their scores: overall, per_question_type.what color is the\. "
+                                          r"Correct it in the study file"):  # fmt: skip
+        build_tables(plan)
+    unscored = {"metrics": {"scored": False, "questions": 10}}  # a split without answers: nothing to check by
+    for cell in plan.cells:
+        Path(next(run for run in cell.runs if run.task == "vqa").folder, "result.json").write_text(json.dumps(unscored))
+    assert build_tables(plan)

@@ -88,8 +88,10 @@ BAD_RELATIONS = [
     (["model.image_pool=max"], "model.image_pool = 'max'; choose one of: first, mean"),
     (["train.compile_mode=fast"], "train.compile_mode = 'fast'; choose one of: default, reduce-overhead, max-autotune"),
     # a replay of the backward's CUDA graph overwrites the gradients `.grad` holds (pytorch/pytorch#169545)
-    (["train.compile=true", "train.compile_mode=reduce-overhead", "train.grad_accum=2"],
-     "train.compile_mode = 'reduce-overhead' replays CUDA graphs, which cannot accumulate gradients"),
+    (
+        ["train.compile=true", "train.compile_mode=reduce-overhead", "train.grad_accum=2"],
+        "train.compile_mode = 'reduce-overhead' replays CUDA graphs, which cannot accumulate gradients",
+    ),
 ]
 
 # settings that state an intent the run would silently drop

@@ -14,11 +14,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from meter.errors import ConfigError
 from meter.study.cells import CellPlan, RunPlan, StudyPlan
 from meter.study.records import run_result
 from meter.study.spec import PROTOCOLS
 
 RECIPE = "recipe"  # the name shown for the search point that is the recipe's own settings
+MAX_LISTED = 20  # score keys a message lists (VQA has one per question type)
 
 
 @dataclass
@@ -82,6 +84,43 @@ def metric_value(scores: dict[str, Any], path: str) -> float | None:
         more, dot, rest = rest.partition(".")
         head = f"{head}.{more}"
     return None
+
+
+def metric_paths(scores: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys of every number in a task's scores (`a.b` for nested ones), as `metric_value` reads them."""
+    paths = []
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            paths += metric_paths(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def check_metrics(plan: StudyPlan) -> None:
+    """Refuses a task metric that none of the task's scored runs has (a misspelt key showed dashes in every row, as
+    if no run had finished), naming the keys they have."""
+    for task, spec in plan.tasks.items():
+        results = [run_result(run) for cell in plan.cells for run in cell.runs if run.task == task]
+        scored = [
+            scores
+            for result in results
+            if result
+            for scores in [result.get("metrics") or {}]
+            if scores.get("scored", scores.get("labelled", True))
+        ]
+        if not scored:
+            continue
+        for metric in spec.metrics:
+            if all(metric_value(scores, metric) is None for scores in scored):
+                keys = sorted({path for scores in scored for path in metric_paths(scores)})
+                more = f", ... ({len(keys)} in all)" if len(keys) > MAX_LISTED else ""
+                listed = ", ".join(keys[:MAX_LISTED]) + more
+                raise ConfigError(
+                    f"tasks.{task}.metrics: {metric!r} is a score of none of the task's {len(scored)} finished runs; "
+                    f"their scores: {listed}. Correct it in the study file and run `meter study run` again (finished "
+                    "runs are kept, not run again)"
+                )
 
 
 def _cells(plan: StudyPlan, protocol: str, row: str) -> list[CellPlan]:
@@ -170,6 +209,7 @@ def point_label(point: str) -> str:
 
 def build_tables(plan: StudyPlan) -> list[Table]:
     """Per protocol: the uniform table, and with a search the tuned table and the selection scores behind it."""
+    check_metrics(plan)
     cols = columns(plan)
     labels = [c.label for c in cols]
     tables = []
