@@ -151,3 +151,19 @@ def test_a_misspelt_metric_is_refused_naming_the_scores_the_runs_have(shapes_wor
     for cell in plan.cells:
         Path(next(run for run in cell.runs if run.task == "vqa").folder, "result.json").write_text(json.dumps(unscored))
     assert build_tables(plan)
+
+
+def test_a_moved_study_folder_reports_the_results_it_holds(shapes_world, tmp_path):
+    """plan.json names its folders absolutely: a study copied off the cluster to write its report showed dashes."""
+    import shutil
+
+    from meter.study.cells import load_plan
+
+    plan = plan_study(study_from_dict(micro_study(shapes_world, seeds=[0])), tmp_path / "out")
+    for cell in plan.cells:
+        _result(next(run for run in cell.runs if run.task == "vqa"), reported=70.0 + cell.row.startswith("m"))
+    shutil.move(tmp_path / "out", tmp_path / "moved")
+    moved = load_plan(tmp_path / "moved")
+    assert all(cell.folder.startswith(f"{tmp_path / 'moved'}/") for cell in moved.cells)
+    uniform = next(t for t in build_tables(moved) if t.kind == "uniform")
+    assert [row.stats["vqa overall"].values for row in uniform.rows] == [[70.0], [71.0]]

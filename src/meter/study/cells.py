@@ -427,11 +427,23 @@ def load_cell(path: str | Path) -> CellPlan:
     return _cell_from_dict(json.loads(Path(path).read_text()))
 
 
+def _moved(text: str, out: Path) -> str:
+    """A plan read from a study folder that was moved since it was planned (copied off the cluster to write its
+    report): the folders it names under the planned one, under the folder it is in now."""
+    cells = json.loads(text)["cells"]
+    if not cells:
+        return text
+    planned = Path(cells[0]["folder"]).parents[len(Path(cells[0]["name"]).parts)]  # PLANNED/cells/vlp/row/seed-0
+    if planned == out:
+        return text
+    return text.replace(json.dumps(f"{planned}/")[1:-1], json.dumps(f"{out}/")[1:-1])
+
+
 def load_plan(out: str | Path) -> StudyPlan:
     path = Path(out) / PLAN
     if not path.is_file():
         raise ConfigError(f"{out} holds no study ({PLAN} not found): run `meter study run STUDY.yaml --out {out}`")
-    data = json.loads(path.read_text())
+    data = json.loads(_moved(path.read_text(), Path(out).resolve()))
     data["tasks"] = {name: TaskColumns(**columns) for name, columns in data["tasks"].items()}
     data["cells"] = [_cell_from_dict(cell) for cell in data["cells"]]
     return StudyPlan(**data)
