@@ -153,3 +153,19 @@ def test_a_bad_sample_list_that_cannot_be_rewritten_on_resume_is_named_and_leave
     )
     assert f"data: cannot write {tmp_path / 'bad_samples.jsonl'}" in said, said
     assert not (tmp_path / ".bad_samples.jsonl.tmp").exists()
+
+
+def test_a_shard_that_cannot_be_written_is_named_and_leaves_no_temporary_file(tmp_path: Path):
+    """`meter prepare` on a full disk said only "[Errno 28] No space left on device" and left the part-written
+    `.00000.tar.tmp` taking the space."""
+    from tests.corpora import write_conceptual_captions
+
+    write_conceptual_captions(tmp_path / "cc", rows=4)
+    said = _under_a_file_limit(
+        "from meter.data.formats.conceptual_captions import ConceptualCaptionsSource\n"
+        "from meter.data.shard_writer import write_shards",
+        f"write_shards(ConceptualCaptionsSource({str(tmp_path / 'cc')!r}), {str(tmp_path / 'out')!r}, progress=False)",
+    )
+    assert f"shard not written: cannot write {tmp_path / 'out/00000.tar'}: File too large" in said, said
+    assert "run the same command again (it resumes at this shard)" in said
+    assert not list((tmp_path / "out").glob(".*.tmp"))

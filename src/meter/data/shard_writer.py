@@ -11,6 +11,7 @@ read one) and `key.json` ({"captions": [...], plus what the source knows: image_
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -24,6 +25,7 @@ import webdataset
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from meter.atomic_files import cannot_write
 from meter.data.bad_samples import BadSample, BadSampleBudget, continued_list
 from meter.data.formats.common import DECODE_ERRORS, IMAGE_FORMATS, NOT_AN_IMAGE, READ_FORMATS, RawSample, Unusable
 from meter.data.formats.webdataset import TarShard, find_shards
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 PROGRESS = "progress"
 SETTINGS = "prepare.json"
 SOURCE_FILES = "source_files"
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 BAD_SAMPLES = "bad_samples.jsonl"
 
 
@@ -101,19 +104,28 @@ class ShardBuilder:
         self.keys: set[str] = set()
 
     def write(self, records: Iterator[RawSample | Unusable]) -> ShardRecord:
-        with self.temporary.open("wb") as f:
-            writer = webdataset.TarWriter(f, mtime=0)  # a fixed mtime: a rewritten shard is byte-identical
-            try:
-                for record in records:
-                    self.record.records += 1
-                    sample = self._sample(record)
-                    if sample is not None:
-                        writer.write(sample)
-            finally:
-                writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self.temporary, self.path)
+        try:
+            with self.temporary.open("wb") as f:
+                writer = webdataset.TarWriter(f, mtime=0)  # a fixed mtime: a rewritten shard is byte-identical
+                try:
+                    for record in records:
+                        self.record.records += 1
+                        sample = self._sample(record)
+                        if sample is not None:
+                            writer.write(sample)
+                finally:
+                    writer.close()
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.temporary, self.path)
+        except OSError as error:
+            if error.errno not in OUT_OF_SPACE:
+                raise
+            # what it needs: at least what it had written, about as much as the largest shard before it
+            sizes = [path.stat().st_size for path in (self.temporary, *self.path.parent.glob("*.tar")) if path.exists()]
+            self.temporary.unlink(missing_ok=True)  # the space it took back: the shard is written again on resume
+            raise DataError(f"shard not written: {cannot_write(self.path, error, max(sizes, default=0))}; free some "
+                            "space and run the same command again (it resumes at this shard)") from None  # fmt: skip
         self.record.captions = self.counts.to_json()
         return self.record
 
