@@ -202,3 +202,33 @@ def test_captioning_without_a_decoder_or_init_is_refused(micro_config):
     cfg = load_config(None, ["task=captioning"], base=micro_config)
     with pytest.raises(ConfigError, match="captioning needs a decoder: set model.architecture=encoder-decoder"):
         run_finetune(cfg)
+
+
+def test_an_nlvr2_split_labelled_in_part_is_refused_and_one_without_labels_writes_only_its_file(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """One line without a label made the whole dev split unscored, without a word."""
+    import shutil
+
+    from meter.errors import DataError
+
+    root = tmp_path / "world"
+    shutil.copytree(shapes_tasks_world, root)
+    dev = root / "nlvr2/data/dev.json"
+    lines = [json.loads(line) for line in dev.read_text().splitlines()]
+    unlabelled = [{k: v for k, v in line.items() if k != "label"} for line in lines]
+    dev.write_text("".join(json.dumps(line) + "\n" for line in [lines[0], *unlabelled[1:]]))
+    cfg = load_config(None, ["task=nlvr2", f"data.root={root}", "train.progress=false"])
+    with pytest.raises(DataError, match=rf"nlvr2 dev: {len(lines) - 1} of {len(lines)} examples have no label \(the "
+                                        rf"first: {lines[1]['identifier']}\)"):  # fmt: skip
+        evaluate_run(cfg, micro_checkpoints("nlvr2"), tmp_path / "eval")
+    dev.write_text("".join(json.dumps(line) + "\n" for line in unlabelled))
+    (tmp_path / "eval").mkdir(exist_ok=True)
+    (tmp_path / "eval/nlvr2_accuracy_dev.json").write_text("{}")  # an earlier evaluation's
+    assert evaluate_run(cfg, micro_checkpoints("nlvr2"), tmp_path / "eval") == {
+        "examples": len(lines),
+        "labelled": False,
+        "skipped": 0,
+    }
+    assert not (tmp_path / "eval/nlvr2_accuracy_dev.json").exists()
+    assert len(read_nlvr2_predictions(tmp_path / "eval/nlvr2_predictions_dev.csv")) == len(lines)

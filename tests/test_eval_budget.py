@@ -1,6 +1,7 @@
 """Evaluation holds training's bad-sample budget (data.max_bad_samples): past it, it stops naming the first file it
-could not read, instead of scoring a split it did not see; within it, the skipped samples are left out of the score
-and every score file says how many there were."""
+could not read, instead of scoring a split it did not see; within it, the leaderboard file answers every sample, the
+score is the official score of that file (a skipped sample counts with the answer the file gives it), and every score
+file says how many were skipped."""
 
 import json
 import shutil
@@ -10,13 +11,14 @@ import pytest
 
 from meter.cli import main
 from meter.config import load_config
-from meter.data.formats.vqa import read_vqa_annotations
 from meter.errors import DataError
-from meter.metrics.vqa import vqa_accuracy
+from meter.metrics.caption import caption_scores
+from meter.metrics.nlvr2 import score_nlvr2_files
+from meter.metrics.vqa_files import score_files
 from meter.runs import evaluate_run
 from meter.tasks.build import read_karpathy_splits
 from meter.tasks.nlvr2 import read_nlvr2_split
-from meter.tasks.snli_ve import read_snli_ve_split
+from meter.tasks.snli_ve import SNLI_VE_LABELS, read_snli_ve_split
 from meter.tasks.vqa import read_vqa_split
 
 SCORE_FILES = {"vqa": "vqa_accuracy_val2014.json", "nlvr2": "nlvr2_accuracy_dev.json",
@@ -84,20 +86,41 @@ def test_within_the_budget_skipped_samples_are_counted_in_the_score_file_and_lis
     assert len(listed) == reading_it and all(row["path"] == str(missing) for row in listed)
 
 
-def test_vqa_scores_only_the_questions_it_could_read_and_still_answers_every_one(
-    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+@pytest.mark.parametrize("task", ["vqa", "nlvr2", "snli_ve", "captioning", "retrieval"])
+def test_with_skipped_samples_the_score_is_the_official_score_of_the_file_it_wrote(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, task: str
 ):
-    root = tmp_path / "world"
-    missing, reading_it = one_image_missing("vqa", shapes_tasks_world, root)
-    cfg = eval_config("vqa", root, "data.max_bad_samples=0.6")
-    accuracy = evaluate_run(cfg, micro_checkpoints("vqa"), tmp_path / "eval")
-    submission = {row["question_id"]: row["answer"] for row in
-                  json.loads((tmp_path / "eval/vqa_predictions_val2014.json").read_text())}  # fmt: skip
-    records = read_vqa_split(cfg, "val2014")
-    assert submission.keys() == {r.question_id for r in records}  # the leaderboard needs every question
-    readable = {r.question_id for r in records if r.image != missing}
-    assert len(readable) == len(records) - reading_it
-    annotations = [a for a in read_vqa_annotations(root / "vqa/v2_mscoco_val2014_annotations.json")
-                   if a["question_id"] in readable]  # fmt: skip
-    expected = vqa_accuracy(annotations, {q: submission[q] for q in readable})
-    assert accuracy["overall"] == expected.overall and accuracy["skipped"] == reading_it
+    """The score left the skipped samples out, while the leaderboard file answered them: the number reported was not
+    the number the official evaluation gives that file (VQA 3.89 reported, 4.75 for the file, in the audit)."""
+    root, out = tmp_path / "world", tmp_path / "eval"
+    _, reading_it = one_image_missing(task, shapes_tasks_world, root)
+    cfg = eval_config(task, root, "data.max_bad_samples=0.6")
+    result = evaluate_run(cfg, micro_checkpoints(task), out)
+    assert result["skipped"] == reading_it > 0
+    if task == "vqa":
+        official = score_files(
+            root / "vqa/v2_OpenEnded_mscoco_val2014_questions.json",
+            root / "vqa/v2_mscoco_val2014_annotations.json",
+            out / "vqa_predictions_val2014.json",
+        )
+        assert result["overall"] == official.overall  # fmt: skip
+    elif task == "nlvr2":
+        official = score_nlvr2_files(root / "nlvr2/data/dev.json", out / "nlvr2_predictions_dev.csv")
+        assert (result["accuracy"], result["consistency"]) == (official.accuracy, official.consistency)
+    elif task == "snli_ve":
+        records = read_snli_ve_split(cfg, "dev")
+        written = [json.loads(line) for line in (out / "snli_ve_predictions_dev.jsonl").read_text().splitlines()]
+        assert [row["pairID"] for row in written] == [r.pair_id for r in records]
+        correct = sum(SNLI_VE_LABELS[r.label] == row["prediction"] for r, row in zip(records, written, strict=True))
+        assert (result["accuracy"], result["examples"]) == (100 * correct / len(records), len(records))
+    elif task == "captioning":
+        records = read_karpathy_splits(cfg, task, ["test"])
+        written = {str(row["image_id"]): row["caption"] for row in json.loads((out / "captions_test.json").read_text())}
+        official = caption_scores({str(r.image_id): list(r.captions) for r in records}, written)
+        assert (result["cider"], result["images"]) == (official.to_dict()["cider"], len(records))
+    else:  # the unreadable image stays in the split: a query that misses, and its captions miss
+        records = read_karpathy_splits(cfg, task, ["test"])
+        assert result["images"] == len(records) and result["texts"] == sum(len(set(r.captions)) for r in records)
+        misses = {k: round(len(records) * (100 - result[f"i2t_r{k}"]) / 100) for k in (1, 5, 10)}
+        assert all(miss >= 1 for miss in misses.values()), result
+        assert result["t2i_r10"] <= 100 * (1 - len(set(records[0].captions)) / result["texts"]) + 1e-9

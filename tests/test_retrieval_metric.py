@@ -76,3 +76,17 @@ def test_chance_recall_is_the_mean_of_random_rankings():
     chance = chance_recall(8, [5] * 8)
     for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"):
         assert np.mean([t[key] for t in trials]) == pytest.approx(chance[key], abs=1.5)
+
+
+def test_an_image_that_could_not_be_read_stays_in_the_split_as_misses():
+    """Its row of scores is not read (here it would be perfect); it and its captions count as queries that miss,
+    even at R@10 among three images, and it is never retrieved above an image that was read."""
+    scores = np.array([[9.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [1.0, 1.0, 1.0, 9.0]])
+    text_image = [0, 0, 1, 2]
+    full = retrieval_recall(scores, text_image)
+    assert full["i2t_r1"] == full["t2i_r1"] == 100.0
+    without = retrieval_recall(scores, text_image, absent=[0])
+    assert without["i2t_r1"] == without["i2t_r10"] == pytest.approx(100 * 2 / 3)
+    assert without["t2i_r1"] == without["t2i_r10"] == pytest.approx(100 * 2 / 4)
+    scores[1, 3] = 10.0  # text 3 now prefers image 1 over its own image 2: the absent image 0 does not count
+    assert retrieval_recall(scores, text_image, absent=[0])["t2i_r5"] == 100 * 2 / 4

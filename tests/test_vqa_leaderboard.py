@@ -128,3 +128,19 @@ def test_finetuning_on_train_and_val_predicts_test_dev_end_to_end(micro_checkpoi
     assert read_model_folder(tmp_path / "run/model").answers == answer_vocabulary(both, 1)
     _submission_answers(tmp_path / "run/vqa_predictions_test-dev2015.json",
                         root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")  # fmt: skip
+
+
+def test_an_annotated_split_whose_annotations_are_missing_is_an_error_naming_the_file(
+    micro_checkpoints, shapes_world: Path, tmp_path: Path, capsys
+):
+    """A typo in vqa.annotations (or a missing file) made val2014 'unscored' like test-dev: exit 0, no score, at the
+    end of a whole fine-tuning."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    code = main(["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out),
+                 f"data.root={shapes_world}", "vqa.annotations=vqa/v2_mscoco_{split}_annotation.json",
+                 "train.progress=false"])  # fmt: skip
+    assert code == 2
+    assert (f"vqa.eval_split = 'val2014': its annotations {shapes_world}/vqa/v2_mscoco_val2014_annotation.json not "
+            "found") in capsys.readouterr().err  # fmt: skip
+    assert not list(out.iterdir())

@@ -147,9 +147,8 @@ def skipped_fields(budget: BadSampleBudget) -> dict[str, int | str]:
     return {"skipped": budget.count, **listed}
 
 
-def warn_evaluation_skips(what: str, budget: BadSampleBudget, predictions_file: str) -> None:
-    """After an evaluation within its budget: the skipped samples are out of the score; `predictions_file` says
-    what the leaderboard file (which needs a row for every sample) does with them."""
+def warn_evaluation_skips(what: str, budget: BadSampleBudget, counted: str) -> None:
+    """After an evaluation within its budget: `counted` says how the skipped samples count (the leaderboard file
+    needs a row for each, and the score is the official score of that file)."""
     if budget.count:
-        log.warning("%s: %s, left out of the score (%d scored); %s; list: %s", what, budget.summary(),
-                    budget.total - budget.count, predictions_file, budget.log_file)  # fmt: skip
+        log.warning("%s: %s; %s; list: %s", what, budget.summary(), counted, budget.log_file)

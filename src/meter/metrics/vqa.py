@@ -124,7 +124,7 @@ class VqaAccuracy:
     per_answer_type: dict[str, float]
     per_question: dict[int, float] = field(repr=False)
     metric: str = DEFAULT_VQA_METRIC  # the official code's version that produced these numbers
-    skipped: int = 0  # questions left out of the score (an evaluation's unreadable images); a file scores them all
+    skipped: int = 0  # questions whose image an evaluation could not read (scored with the submission's answer)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -8,8 +8,8 @@ import io
 from meter.study.results import Stat, Table, TableRow
 
 NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished; skipped: evaluation samples whose image "
-        "could not be read, left out of the score, over those seeds); in brackets the difference from the first row; "
-        "bold: the best of its column")  # fmt: skip
+        "could not be read, scored as the leaderboard file answers them, over those seeds); in brackets the "
+        "difference from the first row; bold: the best of its column")  # fmt: skip
 
 
 def entry(row: TableRow, label: str, digits: int = 2) -> str:

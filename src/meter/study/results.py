@@ -26,7 +26,7 @@ MAX_LISTED = 20  # score keys a message lists (VQA has one per question type)
 @dataclass
 class Stat:
     values: list[float]
-    skipped: int = 0  # evaluation samples left out of these scores (unreadable images), over the seeds
+    skipped: int = 0  # evaluation samples whose image could not be read (scored as the file answers them), all seeds
 
     @property
     def n(self) -> int:
@@ -133,7 +133,7 @@ def _runs(cell: CellPlan, task: str) -> dict[str, RunPlan]:
 
 def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> dict[str, tuple[float, int]]:
     """Each cell's (seed's) finite value of `metric` in its result's `part` (metrics, select), and the number of
-    samples its evaluation left out (unreadable images, within data.max_bad_samples)."""
+    samples whose image its evaluation could not read (within data.max_bad_samples)."""
     values = {}
     for cell in cells:
         run = _runs(cell, task).get(point)

@@ -143,12 +143,15 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"captioning_bad_samples_{split}.jsonl")
     written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,
                             cfg.train.eval_batch_size, cfg.train.progress, budget)  # fmt: skip
-    warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption")
-    references = {str(r.image_id): list(r.captions) for r in records if r.image_id in written}
-    scores = caption_scores(references, {str(k): v for k, v in written.items()}, settings.tokenizer).to_dict()
+    warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption, and the "
+                          "scores are that file's")  # fmt: skip
+    results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]
+    references = {str(r.image_id): list(r.captions) for r in records}
+    # the official score of the captions file: an image it could not read scores its empty caption
+    scores = caption_scores(references, {str(row["image_id"]): row["caption"] for row in results},
+                            settings.tokenizer).to_dict()  # fmt: skip
     result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": settings.tokenizer,
               **skipped_fields(budget)}  # fmt: skip
-    results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]
     results.sort(key=lambda row: row["image_id"])
     (out / f"captions_{split}.json").write_text(json.dumps(results, indent=0))
     (out / f"caption_scores_{split}.json").write_text(json.dumps(result, indent=1))

@@ -17,7 +17,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.data.formats.nlvr2 import Nlvr2Record, read_nlvr2
 from meter.data.labelled import UNLABELLED, Example, LabelledExamples
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.metrics.nlvr2 import nlvr2_score, write_nlvr2_predictions
 from meter.models.heads import in_fp32
 from meter.tasks.build import build_model, image_reader, task_tokenizer
@@ -81,15 +81,23 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"nlvr2_bad_samples_{split}.jsonl")
     classes = classify_split(cfg, checkpoint, Nlvr2Task, len(CLASSES), lambda images: nlvr2_dataset(records, images),
                              budget)  # fmt: skip
-    predictions = {r.identifier: CLASSES[classes[i]] for i, r in enumerate(records) if i in classes}
-    warn_evaluation_skips("nlvr2 eval", budget, f"the predictions file gives them {CLASSES[0]!r}")
-    leaderboard = {r.identifier: predictions.get(r.identifier, CLASSES[0]) for r in records}  # a row for each
-    write_nlvr2_predictions(leaderboard, out / f"nlvr2_predictions_{split}.csv")
-    if any(r.label is None for r in records):
+    warn_evaluation_skips("nlvr2 eval", budget, f"the predictions file gives them {CLASSES[0]!r}, and the accuracy "
+                          "is that file's")  # fmt: skip
+    leaderboard = {r.identifier: CLASSES[classes.get(i, 0)] for i, r in enumerate(records)}  # a row for each
+    predictions_file = out / f"nlvr2_predictions_{split}.csv"
+    write_nlvr2_predictions(leaderboard, predictions_file)
+    accuracy_file = out / f"nlvr2_accuracy_{split}.json"
+    unlabelled = [r.identifier for r in records if r.label is None]
+    if unlabelled:  # test2 (the hidden test set): the file is for the leaderboard
+        if len(unlabelled) < len(records):
+            raise DataError(f"nlvr2 {split}: {len(unlabelled)} of {len(records)} examples have no label (the first: "
+                            f"{unlabelled[0]}): a split is labelled whole (scored) or not at all (test2)")  # fmt: skip
+        accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this file's
+        log.info("nlvr2 %s: no labels; wrote the leaderboard file %s", split, predictions_file)
         return {"examples": len(records), "labelled": False} | skipped_fields(budget)
-    labels = {r.identifier: CLASSES[int(r.label)] for r in records if r.identifier in predictions}
-    score = nlvr2_score(labels, predictions).to_dict() | skipped_fields(budget)
-    (out / f"nlvr2_accuracy_{split}.json").write_text(json.dumps(score, indent=1))
+    labels = {r.identifier: CLASSES[int(r.label)] for r in records}
+    score = nlvr2_score(labels, leaderboard).to_dict() | skipped_fields(budget)  # the official score of the file
+    accuracy_file.write_text(json.dumps(score, indent=1))
     return score
 
 

@@ -184,15 +184,12 @@ class Encoded:
     texts: Tensor  # (T, L, text width), padded to the longest caption
     masks: Tensor  # (T, L)
 
-    def readable_only(self, text_image: list[int]) -> tuple[Encoded, list[int], list[int]]:
-        """The split without its unreadable images and their captions (`text_image`: each text's image): the
-        encodings, and the indices of the images and of the texts kept."""
+    def images_read(self) -> Encoded:
+        """The split's readable images (in order) with every text."""
+        if bool(self.readable.all()):
+            return self  # no copy of the image tokens (gigabytes for COCO's 5,000)
         kept = self.readable.nonzero().flatten()
-        images = set(kept.tolist())
-        texts = [t for t, i in enumerate(text_image) if i in images]
-        at = torch.tensor(texts, dtype=torch.long, device=self.texts.device)
-        encoded = Encoded(self.images[kept], self.readable[kept], self.texts[at], self.masks[at])
-        return encoded, kept.tolist(), texts
+        return Encoded(self.images[kept], self.readable[kept], self.texts, self.masks)
 
 
 @torch.no_grad()
@@ -341,24 +338,25 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"retrieval_bad_samples_{split}.jsonl")
     encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress,
                            budget)  # fmt: skip
-    if budget.count:  # an unreadable image leaves the split with its captions: it is neither query nor candidate
-        encoded, kept_images, kept_texts = encoded.readable_only(text_image)
-        position = {image: n for n, image in enumerate(kept_images)}
-        records, text_image = [records[i] for i in kept_images], [position[text_image[t]] for t in kept_texts]
-        texts, text_ids = [texts[t] for t in kept_texts], [text_ids[t] for t in kept_texts]
-        warn_evaluation_skips("retrieval eval", budget, "the rankings file leaves them out")
-    scores = score_matrix(loaded.model, encoded, shortlist, runtime, batch, cfg.train.progress)
-    recall = retrieval_recall(scores, text_image)
+    # an unreadable image stays in the split, as the official evaluation of the same files would keep it: a query
+    # that misses, the image of captions that miss, never retrieved; only the readable ones are scored
+    read = encoded.readable.nonzero().flatten().tolist()
+    absent = sorted(set(range(len(records))) - set(read))
+    scores = np.full((len(records), len(texts)), -np.inf)
+    scores[read] = score_matrix(loaded.model, encoded.images_read(), shortlist, runtime, batch, cfg.train.progress)
+    warn_evaluation_skips("retrieval eval", budget, "they stay in the split as misses (as queries, and as the image "
+                          "of their captions); the rankings file leaves them out")  # fmt: skip
+    recall = retrieval_recall(scores, text_image, absent=absent)
     result = {**recall, "images": len(records), "texts": len(texts), "shortlist": shortlist,
               "scored_pairs": int(np.isfinite(scores).sum()),  # by the fused model
               "chance": chance_recall(len(records), [text_image.count(i) for i in range(len(records))]),
               **skipped_fields(budget)}  # fmt: skip
     top = max(KS)
-    rankings = {
-        "image_to_text": {str(r.image_id): [text_ids[t] for t in row] for r, row in
-                          zip(records, ranking(scores, top).tolist(), strict=True)},
-        "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in
-                          enumerate(ranking(scores.T, top).tolist())},
+    rankings = {  # the readable images': an image that was not read ranks nothing and is ranked by nothing
+        "image_to_text": {str(records[i].image_id): [text_ids[t] for t in row] for i, row in
+                          zip(read, ranking(scores[read], top).tolist(), strict=True)},
+        "text_to_image": {text_ids[t]: [records[read[i]].image_id for i in row] for t, row in
+                          enumerate(ranking(scores[read].T, top).tolist())},
     }  # fmt: skip
     (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(rankings))
     (out / f"retrieval_recall_{split}.json").write_text(json.dumps(result, indent=1))

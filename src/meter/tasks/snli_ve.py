@@ -54,7 +54,8 @@ def setup_snli_ve(cfg: Config) -> Finetuning:
 
 
 def snli_ve_accuracy(records: list[SnliVeRecord], predictions: dict[int, int]) -> dict[str, Any]:
-    """Accuracy in percent, overall and per gold label, over the examples that have a prediction."""
+    """Accuracy in percent, overall and per gold label, over the examples that have a prediction (an evaluation
+    gives every example one: the predictions file's)."""
     scored = [(i, r) for i, r in enumerate(records) if i in predictions]
     if not scored:
         raise DataError("snli-ve: no example to score")
@@ -68,18 +69,21 @@ def snli_ve_accuracy(records: list[SnliVeRecord], predictions: dict[int, int]) -
 
 
 def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
-    """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, label) and the accuracy.
-    Examples whose image cannot be read count against data.max_bad_samples and are left out of the accuracy."""
+    """Predicts snli_ve.eval_split; writes `snli_ve_predictions_{split}.jsonl` (pairID, predicted label) and the
+    accuracy of that file. Examples whose image cannot be read count against data.max_bad_samples; the file gives
+    them the first label, and the accuracy counts them so."""
     split = cfg.snli_ve.eval_split
     records = read_snli_ve_split(cfg, split)
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"snli_ve_bad_samples_{split}.jsonl")
     predictions = classify_split(cfg, checkpoint, SnliVeTask, len(SNLI_VE_LABELS),
                                  lambda images: snli_ve_dataset(records, images), budget)  # fmt: skip
-    warn_evaluation_skips("snli-ve eval", budget, f"the predictions file gives them {SNLI_VE_LABELS[0]!r}")
-    lines = [json.dumps({"pairID": r.pair_id, "gold_label": SNLI_VE_LABELS[predictions.get(i, 0)]}) + "\n"
+    warn_evaluation_skips("snli-ve eval", budget, f"the predictions file gives them {SNLI_VE_LABELS[0]!r}, and the "
+                          "accuracy is that file's")  # fmt: skip
+    filled = {i: predictions.get(i, 0) for i in range(len(records))}
+    lines = [json.dumps({"pairID": r.pair_id, "prediction": SNLI_VE_LABELS[filled[i]]}) + "\n"
              for i, r in enumerate(records)]  # fmt: skip
     (out / f"snli_ve_predictions_{split}.jsonl").write_text("".join(lines))
-    accuracy = snli_ve_accuracy(records, predictions) | skipped_fields(budget)
+    accuracy = snli_ve_accuracy(records, filled) | skipped_fields(budget)
     (out / f"snli_ve_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
     return accuracy
 

@@ -33,6 +33,9 @@ from meter.train.runtime import Runtime, setup_runtime
 log = logging.getLogger(__name__)
 
 
+UNANNOTATED_PREFIX = "test"  # test-dev2015, test2015: published without annotations (scored by the leaderboard)
+
+
 def annotations_path(cfg: Config, split: str) -> Path:
     return Path(cfg.data.root) / cfg.vqa.annotations.format(split=split)
 
@@ -186,9 +189,10 @@ def unscored(cfg: Config, submission: Path, questions: int) -> dict[str, Any]:
 
 def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Predicts the evaluation split with a model folder; writes the leaderboard submission, and scores it when the
-    split has annotations (test-dev and test have none: then it says so instead). Questions whose image cannot be
-    read count against data.max_bad_samples; within it they are left out of the score (the submission, which needs
-    every question, gives them the most common answer), and the result says how many."""
+    split has annotations (test-dev and test have none: then it says so instead; another split without its
+    annotation file is an error naming it). Questions whose image cannot be read count against
+    data.max_bad_samples; within it the submission, which needs every question, gives them the vocabulary's first
+    answer, and the score is the official score of that submission (the result says how many were skipped)."""
     vqa_metric(cfg.vqa.metric)
     runtime = setup_runtime(cfg.train)
     model, tokenizer, description = load_model_folder(checkpoint)
@@ -196,6 +200,10 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     cfg.model = description.config.model  # the model's own resolution, not the data config's default
     model.to(runtime.device)
     annotated = annotations_path(cfg, cfg.vqa.eval_split).is_file()  # test-dev and test splits have none
+    if not annotated and not cfg.vqa.eval_split.startswith(UNANNOTATED_PREFIX):
+        raise DataError(f"vqa.eval_split = {cfg.vqa.eval_split!r}: its annotations "
+                        f"{annotations_path(cfg, cfg.vqa.eval_split)} not found (vqa.annotations; only the test "
+                        "splits are published without them)")  # fmt: skip
     records = read_vqa_split(cfg, cfg.vqa.eval_split, with_annotations=annotated)
     task = VqaTask(model, description.answers, description.config)
     collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
@@ -206,14 +214,17 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress, budget)
     submission = {r.question_id: predictions.get(r.question_id, task.answers[0]) for r in records}
     check_submission(records, submission)
-    warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r}, the most common")
+    warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r} (the vocabulary's "
+                          "first answer), and the score is that submission's")  # fmt: skip
     submission_file = out / f"vqa_predictions_{split}.json"
     write_predictions(submission, submission_file)
+    accuracy_file = out / f"vqa_accuracy_{split}.json"
     if not annotated:
+        accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this submission's
         return unscored(cfg, submission_file, len(records)) | skipped_fields(budget)
-    scored = [r for r in records if r.question_id in predictions]
-    accuracy = evaluate_predictions(scored, predictions, cfg.vqa.metric).to_dict() | skipped_fields(budget)
-    (out / f"vqa_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
+    # the submission's official score: a skipped question counts with the answer the file gives it
+    accuracy = evaluate_predictions(records, submission, cfg.vqa.metric).to_dict() | skipped_fields(budget)
+    accuracy_file.write_text(json.dumps(accuracy, indent=1))
     return accuracy
 
 

@@ -123,4 +123,7 @@ def read_vqa(
                 multiple_choice_answer=a["multiple_choice_answer"] if a else "",
             )
         )
+    if annotations and len(by_id) > len(records):  # every question is annotated (checked above): the rest are not asked
+        log.warning("%s: %d annotated questions are not in %s: only its %d questions are read (and scored)",
+                    annotations, len(by_id) - len(records), questions, len(records))  # fmt: skip
     return records
