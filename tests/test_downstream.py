@@ -26,6 +26,7 @@ from meter.tasks.retrieval import (
     unimodal_similarity,
 )
 from meter.train.runtime import setup_runtime
+from tests.conftest import MICRO
 
 
 def test_nlvr2_finetune_writes_the_leaderboard_csv_and_official_scores(micro_checkpoints, shapes_tasks_world: Path):
@@ -232,3 +233,24 @@ def test_an_nlvr2_split_labelled_in_part_is_refused_and_one_without_labels_write
     }
     assert not (tmp_path / "eval/nlvr2_accuracy_dev.json").exists()
     assert len(read_nlvr2_predictions(tmp_path / "eval/nlvr2_predictions_dev.csv")) == len(lines)
+
+
+def test_meter_evaluate_of_a_model_takes_the_evaluation_settings_its_run_recorded(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys
+):
+    """Without --config, `meter evaluate` used the defaults (a captioner fine-tuned and scored with beam 3 was scored
+    again with beam 1: another CIDEr than its run reported); --config and KEY=VALUE still choose."""
+    from meter.cli import main
+
+    out = tmp_path / "run"
+    cfg = load_config(None, ["task=captioning", f"data.root={shapes_tasks_world}", f"train.out={out}",
+                             f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=2",
+                             "captioning.beam_size=2", "captioning.max_eval_images=3", *MICRO])  # fmt: skip
+    reported = run_finetune(cfg)
+    assert (reported["images"], reported["beam_size"]) == (3, 2)
+    args = ["evaluate", "captioning", "--checkpoint", str(out / "model"), "--out"]
+    settings = [f"data.root={shapes_tasks_world}", "train.progress=false"]
+    assert main([*args, str(tmp_path / "again"), *settings]) == 0
+    assert json.loads(capsys.readouterr().out) == reported
+    assert main([*args, str(tmp_path / "beam1"), *settings, "captioning.beam_size=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["beam_size"] == 1

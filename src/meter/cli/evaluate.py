@@ -3,7 +3,8 @@
 meter evaluate vqa --questions Q --annotations A --predictions P      the official VQAv2 accuracy
 meter evaluate nlvr2 --labels dev.json --predictions P.csv            the official NLVR2 accuracy, consistency
 meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
-    predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval), prints the metrics and
+    predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval, captioning; without --config
+    the task's settings are those the model was fine-tuned with, if it was on TASK), prints the metrics and
     writes the leaderboard files to --out (default RUN/eval/step_N for a run's checkpoint, else C/eval): VQA
     test-dev JSON, NLVR2 identifier,prediction CSV, SNLI-VE predictions, retrieval rankings; a VQA split without
     annotations (vqa.eval_split=test-dev2015) gets its submission file and no score
@@ -12,12 +13,20 @@ meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meter.cli.common import check_output_folder
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VQA_METRICS
+
+if TYPE_CHECKING:
+    from meter.config import Config
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_TASKS = {
     "vqa": "VQAv2 accuracy (official algorithm)",
@@ -34,7 +43,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     for name, help_text in CHECKPOINT_TASKS.items():
         sub = tasks.add_parser(name, help=help_text)
         sub.add_argument("--checkpoint", help="a model folder: predict the config's evaluation split with it")
-        sub.add_argument("--config", help="YAML recipe for data paths (with --checkpoint)")
+        sub.add_argument("--config", help="YAML recipe for data paths and evaluation settings (with --checkpoint; "
+                         "default: the settings the model was fine-tuned with)")  # fmt: skip
         sub.add_argument(
             "--out", help="where to write predictions (with --checkpoint; default RUN/eval/step_N for a run's "
             "checkpoint, outside the checkpoint that keep_last may delete; else CHECKPOINT/eval)",
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         from meter.runs import evaluate_run
         from meter.setting_ranges import check_ranges
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, base=None if args.config else recorded_settings(args))
         cfg.task = args.task
         if getattr(args, "metric", None):
             if any(override.startswith("vqa.metric=") for override in args.overrides):
@@ -109,6 +119,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise MeterError(f"evaluate {args.task} needs --checkpoint")
     return 0
+
+
+def recorded_settings(args: argparse.Namespace) -> Config | None:
+    """Without --config: the defaults with the task's own section as the model folder recorded it, when it was
+    fine-tuned on that task (its beam size, VQA metric, retrieval shortlist, ...): evaluated again, it gives the
+    numbers its run reported (the defaults' beam of 1 gave another CIDEr)."""
+    from meter.config import Config
+    from meter.models.folder import read_model_folder
+
+    recorded = read_model_folder(args.checkpoint).config
+    if recorded.task != args.task:
+        return None
+    base = Config()
+    setattr(base, args.task, copy.deepcopy(getattr(recorded, args.task)))
+    log.info("evaluate: the %s settings %s was fine-tuned with (--config or KEY=VALUE change them)", args.task,
+             args.checkpoint)  # fmt: skip
+    return base
 
 
 def default_eval_folder(checkpoint: Path) -> Path:
