@@ -169,3 +169,20 @@ def test_a_demo_into_a_folder_of_the_users_is_refused_and_writes_nothing(tmp_pat
     assert main(["demo", "--quick", "--out", str(tmp_path / "mine")]) == 2
     assert "holds files that meter demo did not write (pretrain, report.md)" in capsys.readouterr().err
     assert _snapshot(tmp_path / "mine") == before
+
+
+def test_an_evaluation_into_a_folder_of_the_users_is_refused_and_one_it_filled_is_taken(
+    micro_checkpoints, shapes_tasks_world, tmp_path, capsys
+):
+    """`meter evaluate --out DIR` wrote over the user's own vqa_predictions_val2014.json without a word."""
+    mine = tmp_path / "submissions"
+    mine.mkdir()
+    (mine / "vqa_predictions_val2014.json").write_text("[my submission]")
+    args = ["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out"]
+    settings = [f"data.root={shapes_tasks_world}", "train.progress=false"]
+    assert main([*args, str(mine), *settings]) == 2
+    assert "holds files that meter evaluate did not write (vqa_predictions_val2014.json)" in capsys.readouterr().err
+    assert (mine / "vqa_predictions_val2014.json").read_text() == "[my submission]"
+    for _ in range(2):  # a folder an evaluation filled is taken again
+        assert main([*args, str(tmp_path / "eval"), *settings]) == 0
+    assert (tmp_path / "eval/vqa_accuracy_val2014.json").is_file()

@@ -90,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
     check_options(args)
     if args.checkpoint:
         from meter.config import load_config
+        from meter.output_folder import check_own_folder
         from meter.runs import evaluate_run
         from meter.setting_ranges import check_ranges
+        from meter.tasks.downstream import EVALUATION_MARKER
+        from meter.train.run_folder import RECORD as RUN_RECORD
 
         cfg = load_config(args.config, args.overrides, base=None if args.config else recorded_settings(args))
         cfg.task = args.task
@@ -101,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
             cfg.vqa.metric = args.metric
         check_ranges(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
-        check_output_folder(out, "--out" if args.out else f"--out (default {out})")
+        option = "--out" if args.out else f"--out (default {out})"
+        check_output_folder(out, option)
+        check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD), "meter evaluate", option)
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):

@@ -43,3 +43,11 @@ class Downstream:
 
 
 DOWNSTREAM: Registry[Downstream] = Registry("downstream task")
+# in each folder an evaluation wrote into: `meter evaluate --out` writes only into a new or empty folder, a run's, or
+# one an evaluation filled (a folder of the user's could hold a vqa_predictions_val2014.json of their own)
+EVALUATION_MARKER = ".meter-evaluation"
+
+
+def mark_evaluation_folder(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EVALUATION_MARKER).touch()
