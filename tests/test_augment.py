@@ -204,3 +204,20 @@ def test_pretraining_with_augmentation_stopped_and_resumed_on_2_workers_matches_
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     logged, relogged = read_metrics(tmp_path / "straight/metrics.jsonl"), read_metrics(tmp_path / "split/metrics.jsonl")
     assert [r["train/mim_loss"] for r in relogged] == [r["train/mim_loss"] for r in logged]
+
+
+def test_a_large_photo_is_augmented_at_the_resolution_it_is_stored_as_official_randaugment_is(tmp_path: Path):
+    """A photo 4x the training size was decoded reduced, then augmented: official RandAugment's shifts are in pixels
+    of the stored photo (30), so the reduced copy moved 2-8x further."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from meter.data.augment import Draw
+    from tests.corpora import image_bytes
+
+    path = tmp_path / "large.jpg"
+    path.write_bytes(image_bytes(3, size=(8 * SIZE, 6 * SIZE)))
+    reader, draw = augmenting(), Draw(epoch=0, sample=7)
+    with Image.open(path) as stored:  # the whole photo, as the official pipeline decodes it
+        expected = TRANSFORM(reader.augment(v2.functional.to_image(stored.convert("RGB")), draw))
+    assert torch.equal(reader(path, draw), expected)

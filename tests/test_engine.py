@@ -144,3 +144,25 @@ def test_a_later_run_in_the_same_process_drops_an_earlier_runs_strict_determinis
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+@pytest.mark.parametrize(("total", "ratio"), [(100, 0.1), (37, 0.25), (10, 0.0), (5, 0.4)])
+def test_the_learning_rate_schedule_is_the_official_one_step_by_step(total: int, ratio: float):
+    """Official METER: transformers' polynomial decay of power 1 to 0 after int(ratio x steps) warm-up steps, whose
+    first step is at 0; meter's warm-up was shifted by one step ((step + 1) / (warmup + 1))."""
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    from meter.train.optim import warmup_linear
+
+    rates = {}
+    for name in ("meter", "official"):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-5)
+        warmup = int(total * ratio)
+        scheduler = warmup_linear(optimizer, total, ratio) if name == "meter" else \
+            get_polynomial_decay_schedule_with_warmup(optimizer, warmup, total, lr_end=0.0, power=1.0)  # fmt: skip
+        rates[name] = []
+        for _ in range(total):
+            rates[name].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert rates["meter"] == pytest.approx(rates["official"], rel=1e-12, abs=1e-20)

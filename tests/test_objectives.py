@@ -179,3 +179,26 @@ def test_objectives_that_are_all_off_or_negative_are_config_errors():
         check_objectives(load_config(None, ["objectives.mim=-1"]).objectives)
     with pytest.raises(ConfigError, match="objectives.mim_mask_ratio = 1.0 must be between 0 and 1"):
         check_objectives(load_config(None, ["objectives.mim_mask_ratio=1"]).objectives)
+
+
+def test_without_at_least_one_mlm_masks_its_rate_of_words_and_leaves_some_short_captions_unmasked(tokenizer):
+    """The forced word raised the rate of 4-word phrases to about 25% (the official collator leaves them unmasked
+    when its draw picks none): the paper's recipes turn it off."""
+    batch = Collate(tokenizer, max_length=40)([{"text": CAPTIONS[4], "pixels": torch.zeros(3, 4, 4)}] * 400)
+    special = set(tokenizer.all_special_ids)
+    replacements = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+    masked_words = {}
+    for at_least_one in (True, False):
+        _, labels = mask_tokens(
+            batch["input_ids"],
+            batch["word_ids"],
+            tokenizer.mask_token_id,
+            replacements,
+            0.15,
+            StepRandomness(1, 0, 400).rows(0, 400),
+            max_length=40,
+            at_least_one=at_least_one,
+        )
+        masked_words[at_least_one] = (labels != IGNORE).any(dim=1).float()  # "one square": a word at most, mostly
+    assert masked_words[True].mean() == 1.0
+    assert 0.2 < masked_words[False].mean() < 0.4  # 1 - 0.85^2 = 0.28 of the two-word captions have one

@@ -48,7 +48,7 @@ def test_every_recipe_in_the_folder_is_listed_here():
 @pytest.mark.parametrize("name", PAPER + FINETUNE)
 def test_the_full_size_recipes_follow_the_official_runs(name: str):
     """CLIP built with 11 of its 12 blocks, no gradient clipping, the official global batch on 8 processes, the
-    4M corpus for pretraining and RandAugment(2, 9) for fine-tuning."""
+    4M corpus and the official collator's MLM draw for pretraining, and RandAugment(2, 9) for fine-tuning."""
     cfg = load_config(CONFIGS / f"{name}.yaml")
     train = cfg.train
     assert train.clip_grad == 0
@@ -56,6 +56,7 @@ def test_the_full_size_recipes_follow_the_official_runs(name: str):
     if cfg.task == "pretrain":
         assert global_batch == 4096
         assert [s.path for s in cfg.data.sources][:4] == ["shards/coco", "shards/vg", "shards/sbu", "shards/cc"]
+        assert cfg.objectives.mlm == 0 or not cfg.objectives.mlm_at_least_one  # a caption may draw no masked word
     else:
         assert global_batch == {"vqa": 512, "nlvr2": 256, "snli_ve": 64, "retrieval": 512}[cfg.task]
         augment = cfg.data.augment

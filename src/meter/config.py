@@ -122,6 +122,9 @@ class ObjectivesConfig:
     itm: float = 1.0
     mim: float = 0.0  # masked image modelling (normalised-pixel regression); off as in the paper's best recipe
     mlm_probability: float = 0.15
+    # a caption whose draw masked no word gets one (small corpora: every caption teaches); off in the paper's recipes,
+    # as the official collator leaves a short caption unmasked (with it, 4-word phrases are masked at 25%, not 15%)
+    mlm_at_least_one: bool = True
     whole_word_masking: bool = True
     itm_group_size: int = 16  # negatives come from groups of this many samples (keep the per-process batch a multiple)
     mim_mask_ratio: float = 0.6  # fraction of patches masked per image (SimMIM's)

@@ -53,7 +53,10 @@ class ImageReader:
             return self.blank
         key = str(path)
         if (pixels := self.cache.get(key)) is None:
-            image = load_image(path, at_least=self.image_size, max_pixels=self.max_pixels, upright=self.upright)
+            # augmenting, the whole image: official RandAugment's shifts are in pixels (30 of the photo as stored), and
+            # would move a reduced copy 2-8x further
+            at_least = self.image_size if self.augment is None else None
+            image = load_image(path, at_least=at_least, max_pixels=self.max_pixels, upright=self.upright)
             # augmenting: the cache holds the decoded image, and every read draws afresh
             pixels = self.transform(image) if self.augment is None else v2.functional.to_image(image)
             size = pixels.numel() * pixels.element_size()

@@ -26,11 +26,12 @@ def mask_tokens(
     random: SampleRandomness,
     max_length: int,
     whole_word: bool = True,
+    at_least_one: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Returns (masked input ids, labels with IGNORE where not masked).
 
-    `word_ids` is (B, L) with the word index of each token and -1 for special and padding tokens. Every sequence
-    with at least one word gets at least one masked word. Of the masked tokens, 80% become `mask_token_id`,
+    `word_ids` is (B, L) with the word index of each token and -1 for special and padding tokens. With
+    `at_least_one`, every sequence with at least one word gets at least one masked word. Of the masked tokens, 80% become `mask_token_id`,
     10% a random id from `replacement_ids`, 10% stay. `max_length` (the tokenizer's, >= L) fixes the width of the
     random streams, so that a row's draws do not depend on the longest text of its batch.
     """
@@ -46,7 +47,7 @@ def mask_tokens(
     chosen &= torch.arange(max_words)[None, :] < words_per_row[:, None]
     # rows where nothing was drawn: mask one random word so that every caption teaches something
     fallback = (random.uniform("mlm_fallback")[:, 0] * words_per_row).long()
-    empty = ~chosen.any(dim=1) & (words_per_row > 0)
+    empty = ~chosen.any(dim=1) & (words_per_row > 0) & at_least_one
     chosen[empty, fallback[empty]] = True
 
     masked = chosen.gather(1, word_ids.clamp(min=0)) & valid

@@ -96,6 +96,7 @@ class PretrainTask(nn.Module):
             batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
                 batch["input_ids"], batch["word_ids"], self.mask_token_id, self.replacement_ids,
                 objectives.mlm_probability, random, self.max_length, objectives.whole_word_masking,
+                objectives.mlm_at_least_one,
             )  # fmt: skip
             batch["mlm_positions"] = positions_of(batch["mlm_labels"] != IGNORE)
         if objectives.itm > 0:

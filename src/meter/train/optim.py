@@ -66,12 +66,13 @@ def build_optimizer(task: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
-    """Linear warmup over warmup_ratio of the optimizer steps, then linear decay to 0 at total_steps."""
+    """Linear warmup over warmup_ratio of the optimizer steps, then linear decay to 0 at total_steps: the official
+    schedule (transformers' polynomial decay of power 1 to 0, meter_utils.py:289-295), whose first step is at 0."""
     warmup = int(total_steps * warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return step / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
