@@ -32,30 +32,30 @@ def eval_config(root: Path, *overrides: str):
 
 
 @torch.no_grad()
-def brute_force_scores(folder: Path, cfg) -> tuple[list[list[float]], list[int]]:
-    """Each (image, caption) pair alone through the whole model, unpadded; an unreadable image leaves the split with
-    its captions."""
+def brute_force_scores(folder: Path, cfg) -> tuple[list[list[float]], list[int], tuple[int, ...]]:
+    """Each (image, caption) pair alone through the whole model, unpadded; an unreadable image stays in the split
+    (absent: its row is not scored, a row of zeros here)."""
     loaded = load_for_eval(folder, torch.device("cpu"))
     records = read_karpathy_splits(cfg, "retrieval", [cfg.retrieval.eval_split])[: cfg.retrieval.max_eval_images]
     pixels_of = {}
     for record in records:
         with contextlib.suppress(DataError):
             pixels_of[record.image_id] = loaded.images(record.image)[None]
-    records = [r for r in records if r.image_id in pixels_of]
     texts = [c for r in records for c in r.captions]
     encoded = [loaded.tokenizer([t], truncation=True, max_length=40, return_tensors="pt") for t in texts]
     scores = []
     for record in records:
-        pixels = pixels_of[record.image_id]
+        pixels = pixels_of.get(record.image_id)
         row = []
         for e in encoded:
-            joint = loaded.model(pixels, e["input_ids"], e["attention_mask"]).joint
-            row.append(float(loaded.model.heads["rank"](joint)[0, 0]))
+            joint = loaded.model(pixels, e["input_ids"], e["attention_mask"]).joint if pixels is not None else None
+            row.append(float(loaded.model.heads["rank"](joint)[0, 0]) if joint is not None else 0.0)
         scores.append(row)
-    return scores, [i for i, r in enumerate(records) for _ in r.captions]
+    absent = tuple(i for i, r in enumerate(records) if r.image_id not in pixels_of)
+    return scores, [i for i, r in enumerate(records) for _ in r.captions], absent
 
 
-def test_every_pair_scoring_matches_pair_by_pair_scores_without_an_unreadable_image(
+def test_every_pair_scoring_matches_pair_by_pair_scores_with_an_unreadable_image_as_misses(
     micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
 ):
     root = tmp_path / "world"
@@ -67,15 +67,19 @@ def test_every_pair_scoring_matches_pair_by_pair_scores_without_an_unreadable_im
     broken.write_bytes(b"not an image")
     folder = micro_checkpoints("retrieval")
     result = evaluate_run(cfg, folder, tmp_path / "eval")
-    scores, text_image = brute_force_scores(folder, cfg)
-    assert result["scored_pairs"] == 4 * 20 and result["skipped"] == 1  # the 4 readable images and their captions
-    expected = brute_force_recall(scores, text_image)
+    scores, text_image, absent = brute_force_scores(folder, cfg)
+    assert absent == (3,) and result["skipped"] == 1
+    assert result["scored_pairs"] == 4 * 25 and (result["images"], result["texts"]) == (5, 25)  # every caption
+    expected = brute_force_recall(scores, text_image, absent=absent)
     assert {k: result[k] for k in RECALLS} == pytest.approx(expected, abs=1e-9)
     rankings = json.loads((tmp_path / "eval" / "retrieval_rankings_train.json").read_text())
-    records = [r for r in read_karpathy_splits(cfg, "retrieval", ["train"])[:5] if r.image != broken]
+    records = read_karpathy_splits(cfg, "retrieval", ["train"])[:5]
     text_ids = [f"{r.image_id}#{k}" for r in records for k in range(len(r.captions))]
-    best = np.argsort(-np.array(scores), axis=1, kind="stable")[:, :10]
-    assert [rankings["image_to_text"][str(r.image_id)] for r in records] == [[text_ids[t] for t in row] for row in best]
+    read = [i for i in range(5) if i not in absent]
+    best = np.argsort(-np.array([scores[i] for i in read]), axis=1, kind="stable")[:, :10]
+    assert [rankings["image_to_text"][str(records[i].image_id)] for i in read] == \
+        [[text_ids[t] for t in row] for row in best]  # fmt: skip
+    assert str(records[3].image_id) not in rankings["image_to_text"]
 
 
 def official_retrieval_folder(tmp_path: Path, shapes_tasks_world: Path) -> Path:

@@ -15,7 +15,7 @@ from meter.errors import ConfigError
 from meter.tasks.best_checkpoint import BestCheckpoint, check_best_on, evaluated_weights
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.catalog import DOWNSTREAM
-from meter.tasks.downstream import Downstream, mark_evaluation_folder
+from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import evaluate_vqa
 from meter.train.distributed import main_alone
@@ -80,11 +80,7 @@ def evaluate_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     Under a launcher only the first process evaluates (the others would score the whole split again and write the
     same files at the same time); the others get {} when it is done (a study cell's next run needs them together)."""
 
-    def evaluate() -> dict[str, Any]:
-        mark_evaluation_folder(out)
-        return downstream_task(cfg.task).evaluate(cfg, checkpoint, out)
-
-    return main_alone(evaluate, others={})
+    return main_alone(lambda: evaluate_into(downstream_task(cfg.task), cfg, checkpoint, out), others={})
 
 
 def evaluate_vqa_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:

@@ -31,9 +31,9 @@ def mask_tokens(
     """Returns (masked input ids, labels with IGNORE where not masked).
 
     `word_ids` is (B, L) with the word index of each token and -1 for special and padding tokens. With
-    `at_least_one`, every sequence with at least one word gets at least one masked word. Of the masked tokens, 80% become `mask_token_id`,
-    10% a random id from `replacement_ids`, 10% stay. `max_length` (the tokenizer's, >= L) fixes the width of the
-    random streams, so that a row's draws do not depend on the longest text of its batch.
+    `at_least_one`, every sequence with at least one word gets at least one masked word. Of the masked tokens, 80%
+    become `mask_token_id`, 10% a random id from `replacement_ids`, 10% stay. `max_length` (the tokenizer's, >= L)
+    fixes the width of the random streams, so that a row's draws do not depend on the longest text of its batch.
     """
     length = input_ids.shape[1]
     if length > max_length:

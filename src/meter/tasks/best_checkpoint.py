@@ -34,7 +34,7 @@ from meter.config import Config
 from meter.data.shard_manifest import write_json_atomically
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import ALGORITHM, CHECKSUMS
-from meter.tasks.downstream import Downstream, mark_evaluation_folder
+from meter.tasks.downstream import Downstream, evaluate_into
 from meter.train.checkpoint import (
     ABANDONED,
     PREFIX,
@@ -162,8 +162,7 @@ class BestCheckpoint:
             return
         split = self.cfg.train.best_on
         folder = self.out / EVALUATIONS / checkpoint.name
-        mark_evaluation_folder(folder)
-        scores = self.downstream.evaluate(self._split_config(), checkpoint, folder)
+        scores = evaluate_into(self.downstream, self._split_config(), checkpoint, folder)
         release_cached_memory()  # the evaluation's model copy: its blocks back to the device for the training
         try:
             score = float(self.downstream.selection_score(scores))

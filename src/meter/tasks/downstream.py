@@ -48,6 +48,11 @@ DOWNSTREAM: Registry[Downstream] = Registry("downstream task")
 EVALUATION_MARKER = ".meter-evaluation"
 
 
-def mark_evaluation_folder(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EVALUATION_MARKER).touch()
+def evaluate_into(downstream: Downstream, cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
+    """`downstream.evaluate`, then the marker in `out` when the evaluation wrote anything there (one that failed
+    before writing leaves no folder)."""
+    try:
+        return downstream.evaluate(cfg, checkpoint, out)
+    finally:
+        if out.is_dir() and any(out.iterdir()):
+            (out / EVALUATION_MARKER).touch()
