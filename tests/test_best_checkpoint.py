@@ -268,3 +268,24 @@ def test_a_finished_fine_tuning_is_not_reused_for_another_resolution_dropout_or_
     for changed in ("model.vision.image_size=96", "model.fusion.dropout=0.3", "model.text.max_length=16"):
         with pytest.raises(ConfigError, match="holds a finished run of another config"):
             finished_checkpoint(load_config(None, [changed], base=cfg))
+
+
+def test_a_finished_fine_tuning_from_a_folder_without_text_dropout_is_taken_when_its_recipe_names_none(
+    shapes_tasks_world: Path, tmp_path: Path
+):
+    """The demo run again after it finished: its pretraining sets text dropout 0 (hf_kwargs), the VQA recipe names
+    none, the run inherits 0, and the rerun was refused as "another config (... 0.0 -> None)"."""
+    from meter.run_folders import finished_checkpoint
+    from meter.runs import run_pretrain
+
+    no_dropout = ("model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                  "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}")
+    pretrained = run_pretrain(load_config(None, [f"data.root={shapes_tasks_world}", f"train.out={tmp_path / 'pre'}",
+                                                 "train.max_steps=1", *MICRO, no_dropout]))  # fmt: skip
+    out = tmp_path / "run"
+    run_finetune(snli_ve_config(shapes_tasks_world, pretrained, out, "train.max_steps=2"))
+    cfg = snli_ve_config(shapes_tasks_world, pretrained, out, "train.max_steps=2")  # as a rerun reads the recipe
+    assert finished_checkpoint(cfg) == out / "checkpoints" / "step_00000002"
+    with pytest.raises(ConfigError, match=r"another config \(model.text.hf_kwargs.hidden_dropout_prob: 0.0 -> 0.2"):
+        finished_checkpoint(load_config(None, [no_dropout.replace("hidden_dropout_prob: 0.0", "hidden_dropout_prob: 0.2")],
+                                        base=cfg))  # fmt: skip

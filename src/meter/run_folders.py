@@ -46,7 +46,7 @@ def finished_checkpoint(cfg: Config) -> Path | None:
         changed = config_differences(saved, cfg)
         if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it),
             changed = [change for change in changed  # but for those the run sets (resolution, dropout, text length)
-                       if not change.startswith("model.") or set_by_the_run(change.split(":")[0])]  # fmt: skip
+                       if not change.startswith("model.") or asked_by_the_run(cfg, change.split(":")[0])]  # fmt: skip
         if changed:
             raise ConfigError(
                 f"train.out = {out} holds a finished run of another config ({listed_changes(changed)}): its model is "
@@ -55,6 +55,20 @@ def finished_checkpoint(cfg: Config) -> Path | None:
     if not finished:  # killed after its last step: exporting, or scoring it for train.best_on
         return None
     return final
+
+
+def asked_by_the_run(cfg: Config, key: str) -> bool:
+    """Whether a `model.*` setting that differs from the saved run's is one this fine-tuning config sets: one the run
+    sets itself, and for a timm or text keyword the config names (one it leaves out is the folder's: a dropout of 0
+    from the demo's pretraining is the saved run's too, and its recipe's silence asks for nothing)."""
+    if not set_by_the_run(key):
+        return False
+    setting = key.removeprefix("model.")
+    for mapping, given in (("vision.timm_kwargs.", cfg.model.vision.timm_kwargs),
+                           ("text.hf_kwargs.", cfg.model.text.hf_kwargs)):  # fmt: skip
+        if setting.startswith(mapping):
+            return setting.removeprefix(mapping) in given
+    return True
 
 
 def resume_arg(cfg: Config) -> str | None:
