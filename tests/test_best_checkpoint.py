@@ -278,8 +278,10 @@ def test_a_finished_fine_tuning_from_a_folder_without_text_dropout_is_taken_when
     from meter.run_folders import finished_checkpoint
     from meter.runs import run_pretrain
 
-    no_dropout = ("model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
-                  "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}")
+    no_dropout = (
+        "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+    )
     pretrained = run_pretrain(load_config(None, [f"data.root={shapes_tasks_world}", f"train.out={tmp_path / 'pre'}",
                                                  "train.max_steps=1", *MICRO, no_dropout]))  # fmt: skip
     out = tmp_path / "run"
@@ -287,5 +289,5 @@ def test_a_finished_fine_tuning_from_a_folder_without_text_dropout_is_taken_when
     cfg = snli_ve_config(shapes_tasks_world, pretrained, out, "train.max_steps=2")  # as a rerun reads the recipe
     assert finished_checkpoint(cfg) == out / "checkpoints" / "step_00000002"
     with pytest.raises(ConfigError, match=r"another config \(model.text.hf_kwargs.hidden_dropout_prob: 0.0 -> 0.2"):
-        finished_checkpoint(load_config(None, [no_dropout.replace("hidden_dropout_prob: 0.0", "hidden_dropout_prob: 0.2")],
-                                        base=cfg))  # fmt: skip
+        more = no_dropout.replace("hidden_dropout_prob: 0.0", "hidden_dropout_prob: 0.2")
+        finished_checkpoint(load_config(None, [more], base=cfg))
