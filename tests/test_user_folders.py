@@ -186,3 +186,23 @@ def test_an_evaluation_into_a_folder_of_the_users_is_refused_and_one_it_filled_i
     for _ in range(2):  # a folder an evaluation filled is taken again
         assert main([*args, str(tmp_path / "eval"), *settings]) == 0
     assert (tmp_path / "eval/vqa_accuracy_val2014.json").is_file()
+
+
+def test_a_demo_of_another_seed_over_a_finished_one_is_refused_before_its_world_is_rewritten(tmp_path: Path):
+    """`meter demo --seed 1` over the quick start's folder rewrote the world, then refused its first run: the
+    finished seed-0 runs were left beside a seed-1 world."""
+    from meter.data.shapes import WorldSpec, generate
+    from meter.demo import MARKER, DemoPlan, run_demo
+    from meter.errors import ConfigError
+    from meter.train.run_folder import RECORD
+
+    out = tmp_path / "demo"
+    generate(out / "shapes", WorldSpec(images=8, seed=0), progress=False)
+    (out / MARKER).touch()
+    (out / "pretrain").mkdir()
+    (out / "pretrain" / RECORD).write_text("{}")  # a run of the seed-0 world
+    world = (out / "shapes/shapes_world.json").read_text()
+    with pytest.raises(ConfigError, match=r"holds the runs \(pretrain\) of a demo on another shapes world \(seed 0, "
+                                          r"8 images; this demo's: seed 1, 8 images\)"):  # fmt: skip
+        run_demo(out, DemoPlan(images=8, seed=1), progress=False)
+    assert (out / "shapes/shapes_world.json").read_text() == world

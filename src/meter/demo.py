@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from meter.data.shapes import WorldSpec, generate, is_generated
+from meter.data.shapes.world import MANIFEST as WORLD_MANIFEST
 from meter.demo_tasks import run_task_demos, tasks_table
+from meter.errors import ConfigError
 from meter.output_folder import check_own_folder
 from meter.run_folders import finetune_once, finished_checkpoint, recipe_config, resume_arg
 from meter.runs import evaluate_vqa_run, run_pretrain
 from meter.train.metrics_log import plot_curves, read_metrics
+from meter.train.run_folder import RECORD as RUN_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
     data = out / "shapes"
     spec = WorldSpec(images=plan.images, seed=plan.seed)
     if not is_generated(data, spec):
+        check_no_runs_of_another_world(out, spec)
         generate(data, spec, progress=progress)
     timings["prepare"] = time.perf_counter() - start
 
@@ -87,6 +91,19 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
     if extra:
         print(tasks_table(extra))
     return report
+
+
+def check_no_runs_of_another_world(out: Path, spec: WorldSpec) -> None:
+    """Refuses to write another world (another --seed, --quick's size) under the runs of the one there: it was
+    rewritten before a run refused its other config, and the finished runs were left beside a world not theirs."""
+    runs = sorted(path.parent.name for path in out.glob(f"*/{RUN_RECORD}"))
+    if runs and (out / "shapes" / WORLD_MANIFEST).is_file():
+        there = json.loads((out / "shapes" / WORLD_MANIFEST).read_text()).get("spec", {})
+        raise ConfigError(
+            f"--out = {out} holds the runs ({', '.join(runs)}) of a demo on another shapes world (seed "
+            f"{there.get('seed')}, {there.get('images')} images; this demo's: seed {spec.seed}, {spec.images} "
+            "images): give this demo another --out"
+        )
 
 
 def _plot(out: Path) -> None:
