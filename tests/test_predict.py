@@ -141,3 +141,21 @@ def test_precision_is_a_choice_of_the_command(micro_checkpoints, shapes_tasks_wo
     with pytest.raises(SystemExit):
         main(["predict", "--checkpoint", "x", "--image", "y", "--question", "z", "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_a_finished_run_folder_serves_the_weights_its_evaluation_scored(micro_checkpoints, tmp_path: Path):
+    """predict, explain and serve on a run folder took its newest checkpoint: with train.best_on, not the weights the
+    run's evaluation scored (its best/)."""
+    import shutil
+
+    from meter.predictor import resolve_checkpoint
+    from meter.train.run_folder import RECORD
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_checkpoints("retrieval").parents[1], run)
+    assert resolve_checkpoint(run) == run / "model"  # finished: its exported model
+    shutil.copytree(run / "model", run / "best")
+    assert resolve_checkpoint(run) == run / "best"  # with train.best_on: its best
+    record = json.loads((run / RECORD).read_text())
+    (run / RECORD).write_text(json.dumps(record | {"finished": False}))
+    assert resolve_checkpoint(run) == run / "checkpoints" / "step_00000002"  # still training: its newest checkpoint

@@ -7,6 +7,7 @@ Each kind needs the head its task trains; asking a model for one it lacks is an 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from meter.data.blank_text import is_blank
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError, DataError
-from meter.models.folder import require_answers
+from meter.models.folder import EXPORT, require_answers
+from meter.tasks.best_checkpoint import BEST
 from meter.tasks.build import load_for_eval
 from meter.tasks.captioning import write_captions
 from meter.tasks.nlvr2 import CLASSES as NLVR2_CLASSES
@@ -28,14 +30,18 @@ from meter.tasks.retrieval import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints
+from meter.train.run_folder import RECORD as RUN_RECORD
+from meter.train.run_folder import read_record
 from meter.train.runtime import Runtime, allow_tf32, pick_device, pick_dtype
 
 ImageInput = str | Path | Image.Image  # a file, or an image already decoded
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model folder as given, or the newest intact checkpoint of a run folder (a damaged one is passed over with a
-    warning)."""
+    """A model folder as given; of a run folder, the weights its evaluation scored once it finished (its best/ with
+    train.best_on, else its exported model/), and while it trains its newest intact checkpoint (a damaged one is
+    passed over with a warning)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such model folder or run folder")
@@ -44,7 +50,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     checkpoints = Checkpoints(path / "checkpoints")
     if not path.is_dir() or not checkpoints.steps():
         raise DataError(f"{path}: neither a model folder (config.json, model.safetensors) nor a run with checkpoints")
-    return checkpoints.resolve("latest", parts=("model",))
+    finished = (path / RUN_RECORD).is_file() and read_record(path).get("finished")
+    chosen = next((path / name for name in (BEST, EXPORT) if (path / name / "config.json").is_file()), None)
+    if finished and chosen is not None:
+        log.info("%s: a finished run: its %s", path, chosen.name)
+        return chosen
+    latest = checkpoints.resolve("latest", parts=("model",))
+    log.info("%s: a run folder: its newest checkpoint, %s", path, latest.name)
+    return latest
 
 
 def _text(value: str, option: str) -> str:
