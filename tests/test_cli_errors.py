@@ -198,3 +198,31 @@ def test_prepare_coco_refuses_options_of_the_other_caption_source(tmp_path: Path
     assert "--splits chooses splits of a Karpathy file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main([*base, "--karpathy", "karpathy/dataset_coco.json", "--shard-size", "2"]) == 0  # the defaults
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ([], "data.root = {root}: the wordpiece tokenizer `meter prepare shapes` trains there; for other data set "
+         "model.text.tokenizer"),
+    (["model.text.tokenizer={root}/mine"], "model.text.tokenizer"),
+])  # fmt: skip
+def test_a_missing_tokenizer_names_the_setting_that_points_to_it(tmp_path: Path, capsys, overrides, named):
+    """A data root without the shapes world's tokenizer said only "tokenizer folder not found: DIR": which setting to
+    change (data.root, or model.text.tokenizer for real data) was left to guess."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    args = ["pretrain", f"data.root={root}", f"train.out={tmp_path / 'run'}"]
+    assert main([*args, *(o.format(root=root) for o in overrides)]) == 2
+    assert named.format(root=root) in capsys.readouterr().err
+
+
+def test_a_chunk_stopped_by_stop_at_says_so_and_a_misspelt_resume_is_named(shapes_world: Path, tmp_path: Path, capsys):
+    """A `train.stop_at` chunk printed "final checkpoint: ..."; `--resume last` said "last: not a checkpoint folder
+    (no training_state.pt)"."""
+    args = ["pretrain", f"data.root={shapes_world}", f"train.out={tmp_path / 'run'}", "train.max_steps=2", *MICRO]
+    assert main([*args, "train.stop_at=1"]) == 0
+    assert capsys.readouterr().out.strip() == (f"stopped at step 1 of 2 (train.stop_at): {tmp_path}/run/checkpoints/"
+                                               "step_00000001; continue with --resume latest")  # fmt: skip
+    assert main([*args, "--resume", "last"]) == 2
+    assert "--resume last: no such checkpoint folder; give `latest` or a checkpoint folder" in capsys.readouterr().err
+    assert main([*args, "--resume", "latest"]) == 0
+    assert capsys.readouterr().out.strip() == f"final checkpoint: {tmp_path}/run/checkpoints/step_00000002"

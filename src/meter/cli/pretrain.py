@@ -19,8 +19,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 def run(args: argparse.Namespace) -> int:
     from meter.runs import run_pretrain
 
+    cfg = config_from_args(args, task="pretrain")
     with stopped_outside_training():
-        checkpoint = run_pretrain(config_from_args(args, task="pretrain"), resume=args.resume)
+        checkpoint = run_pretrain(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
-        print(f"final checkpoint: {checkpoint}")
+        step, last = int(checkpoint.name.removeprefix("step_")), cfg.train.max_steps
+        print(
+            f"final checkpoint: {checkpoint}"
+            if step >= last
+            else f"stopped at step {step} of {last} (train.stop_at): {checkpoint}; continue with --resume latest"
+        )
     return 0

@@ -16,7 +16,7 @@ from meter.data.augment import build_augmentation
 from meter.data.datasets import ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.models.checksums import verify_checksums
 from meter.models.folder import (
     WEIGHTS,
@@ -38,12 +38,21 @@ TOKEN_TYPES = "token_type.weight"
 
 def tokenizer_path(cfg: Config) -> Path:
     """model.text.tokenizer, else the pretrained text encoder's folder, else the data root's trained tokenizer."""
+    return tokenizer_source(cfg)[0]
+
+
+def tokenizer_source(cfg: Config) -> tuple[Path, str]:
+    """The tokenizer's folder, and the setting that names it (for a message when it is not there)."""
     text = cfg.model.text
     if text.tokenizer:
-        return Path(text.tokenizer)
+        return Path(text.tokenizer), "model.text.tokenizer"
     if text.weights:
-        return Path(text.weights)
-    return Path(cfg.data.root) / "tokenizers" / TEXT.get(text.name, key="model.text").tokenizer_kind
+        return Path(text.weights), "model.text.weights (its tokenizer; or set model.text.tokenizer)"
+    kind = TEXT.get(text.name, key="model.text").tokenizer_kind
+    return Path(cfg.data.root) / "tokenizers" / kind, (
+        f"data.root = {cfg.data.root}: the {kind} tokenizer `meter prepare shapes` trains there; for other data set "
+        "model.text.tokenizer (or model.text.weights)"
+    )
 
 
 def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
@@ -51,7 +60,10 @@ def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     sentinels added for an encoder-decoder)."""
     if cfg.train.init_from:  # named as a model folder (and its files verified) before its tokenizer is read
         read_init_from(cfg.train.init_from)
-    tokenizer = load_tokenizer(cfg.train.init_from or tokenizer_path(cfg))
+    path, setting = (Path(cfg.train.init_from), "train.init_from") if cfg.train.init_from else tokenizer_source(cfg)
+    if not path.is_dir():
+        raise DataError(f"tokenizer folder not found: {path} ({setting})")
+    tokenizer = load_tokenizer(path)
     if not cfg.train.init_from and cfg.model.architecture == "encoder-decoder":
         add_sentinels(tokenizer)
     return tokenizer

@@ -345,6 +345,9 @@ class Checkpoints:
             self._restore_replaced()
         if which != "latest":
             path = Path(which)
+            if not path.exists():  # `--resume last`: a misspelt `latest` read as a path
+                raise DataError(f"--resume {which}: no such checkpoint folder; give `latest` or a checkpoint folder "
+                                "(RUN/checkpoints/step_N)")  # fmt: skip
             if not (path / TRAINING_STATE).is_file():
                 raise DataError(f"{path}: not a checkpoint folder (no {TRAINING_STATE})")
             _verify(path, parts)
