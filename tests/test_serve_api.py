@@ -463,3 +463,17 @@ def test_a_stalled_upload_is_answered_408_and_frees_its_place(micro_checkpoints)
         assert reply.startswith("HTTP/1.1 408") and "sent nothing for 1 s" in reply
         health = wait_for_health(url, lambda health: health["incoming"] == 0)
         assert health["pending"] == 0
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(micro_checkpoints, capsys):
+    """uvicorn's own error after the model had loaded: several lines, exit 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--checkpoint", str(micro_checkpoints("vqa")), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in err
+    assert "serving" not in err  # refused before the model loaded

@@ -15,7 +15,9 @@ from meter.serve.limits import MB, ServeLimits
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("serve", help="serve a model folder: a JSON API and a web page with heat maps")
-    parser.add_argument("--model", required=True, help="a model folder, or a run folder (its latest checkpoint)")
+    parser.add_argument("--model", "--checkpoint", dest="model", required=True,
+                        help="a model folder, or a run folder (a finished run's best/ or model/, else its newest "
+                             "checkpoint); --checkpoint as in predict and explain")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_device_arguments(parser)
@@ -45,6 +47,25 @@ def limits_of(args: argparse.Namespace) -> ServeLimits:
     )  # fmt: skip
 
 
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    from meter.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ConfigError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    family, kind, protocol, _, address = infos[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); give another "
+                              "--port, or stop what serves there") from None  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from meter.errors import ConfigError
 
@@ -56,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} must be from 0 to 65535")
-    app = build_app(args.model, limits_of(args), args.device, args.precision)
+    limits = limits_of(args)
+    check_port_free(args.host, args.port)  # before the model loads: a busy port was uvicorn's traceback, exit 3
+    app = build_app(args.model, limits, args.device, args.precision)
     serve(app, args.host, args.port)
     return 0
