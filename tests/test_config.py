@@ -6,6 +6,7 @@ import yaml
 
 from meter.config import Config, apply_override, load_config
 from meter.errors import ConfigError
+from meter.validate import validate
 
 
 def test_override_sets_nested_value_with_its_type():
@@ -150,3 +151,9 @@ def test_the_entries_of_a_mapping_setting_are_checked_against_its_types():
     with pytest.raises(ConfigError, match=r"vqa\.image_splits\.train2014 = \['a'\] must be a string"):
         load_config(None, ["vqa.image_splits={train2014: [a]}"])
     assert load_config(None, ["model.text.hf_kwargs={hidden_size: 32}"]).model.text.hf_kwargs == {"hidden_size": 32}
+
+
+def test_a_misspelt_part_name_gets_a_suggestion():
+    with pytest.raises(ConfigError, match=r"model.vision = 'vitt' is not a vision encoder \(did you mean 'vit'\?\); "
+                                          r"choose one of: vit, "):  # fmt: skip
+        validate(load_config(None, ["model.vision=vitt"]))

@@ -150,8 +150,9 @@ def test_missing_or_extra_predictions_are_refused_like_the_official_tool():
 
 def test_an_unknown_metric_is_an_error_naming_the_key_and_the_versions():
     annotations = [{"question_id": 1, "question_type": "t", "answer_type": "other", "answers": answers(*["a"] * 10)}]
-    with pytest.raises(ConfigError, match="vqa.metric = 'official' is not a VQA metric; choose one of: "
-                                          "official-2021, official-2017"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"vqa.metric = 'official' is not a VQA metric \(did you mean "
+                                          r"'official-2021'\?\); choose one of: official-2021, "
+                                          r"official-2017"):  # fmt: skip
         vqa_accuracy(annotations, {1: "a"}, metric="official")
 
 

@@ -1,5 +1,6 @@
 """Named registries of swappable parts (vision encoders, text encoders, fusions, ...)."""
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -38,7 +39,9 @@ class Registry(Generic[T]):
     def get(self, name: str, key: str | None = None) -> T:
         if name not in self._entries:
             where = f"{key} = {name!r}" if key else repr(name)
-            raise ConfigError(f"{where} is not a {self.kind}; choose one of: {', '.join(self.names())}")
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} is not a {self.kind}{hint}; choose one of: {', '.join(self.names())}")
         return self._entries[name].target
 
     def build(self, name: str, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
