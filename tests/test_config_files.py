@@ -54,3 +54,17 @@ def test_the_same_settings_written_well_still_load(tmp_path: Path):
     (tmp_path / "good.yaml").write_text("task: vqa\ntrain:\n  lr: 1.0e-4\n  out: runs/café\n")
     cfg = load_config(tmp_path / "good.yaml")
     assert (cfg.task, cfg.train.lr, cfg.train.out) == ("vqa", 1e-4, "runs/café")
+
+
+def test_a_shipped_recipe_is_found_by_its_name_from_any_folder_and_a_bad_key_in_a_file_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`--config shapes-tiny.yaml` outside the repository was "config file not found" (`meter study` found shipped
+    recipes by name); `max_step:` in a recipe named the key but not the file."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config("shapes-tiny.yaml").model.vision.size == "tiny"
+    with pytest.raises(ConfigError, match=r"config file not found: shapes-tinny.yaml \(nor a recipe of that name"):
+        load_config("shapes-tinny.yaml")
+    (tmp_path / "mine.yaml").write_text("train:\n  max_step: 5\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: train.max_step is not a setting \(did you mean 'max_steps'\?\)"):
+        load_config(tmp_path / "mine.yaml")

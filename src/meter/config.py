@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -479,18 +480,32 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
     """Reads a YAML recipe (or starts from defaults) and applies `key=value` overrides in order."""
     cfg = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = recipe_file(path)
         data = read_recipe(path)
         if data is None or data == {}:  # a recipe that sets nothing would silently train the defaults
             raise ConfigError(f"{path} holds no settings (an empty recipe would train the defaults); see configs/")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of settings at the top level")
-        cfg = merge(cfg, data)
+        try:
+            cfg = merge(cfg, data)
+        except ConfigError as error:  # a key or value of the file: which file (an override names itself)
+            raise ConfigError(f"{path}: {error.args[0]}") from None
     for override in overrides:
         apply_override(cfg, override)
     return cfg
+
+
+def recipe_file(path: str | Path) -> Path:
+    """A recipe file as given; a bare name that is not a file here, the recipe shipped in meter/configs (as
+    `--config shapes-tiny.yaml` from any folder, as `meter study` finds them)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = Path(str(resources.files("meter.configs").joinpath(path.name)))
+    if path.name == str(path) and shipped.is_file():
+        return shipped
+    shipped_too = " (nor a recipe of that name shipped in meter/configs)" if path.name == str(path) else ""
+    raise ConfigError(f"config file not found: {path}{shipped_too}")
 
 
 def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
