@@ -102,7 +102,7 @@ def test_a_value_that_is_not_yaml_is_an_error_naming_the_key_where_text_does_not
         load_config(None, ["train.max_steps=abc"])
     with pytest.raises(ConfigError, match=r"train\.max_steps = '\{3' must be an integer \(it does not parse as YAML"):
         load_config(None, ["train.max_steps={3"])
-    with pytest.raises(ConfigError, match=r"train\.betas = '\[0\.9' must be a list of a number"):
+    with pytest.raises(ConfigError, match=r"train\.betas = '\[0\.9' must be a list of numbers"):
         load_config(None, ["train.betas=[0.9"])
 
 
@@ -157,3 +157,9 @@ def test_a_misspelt_part_name_gets_a_suggestion():
     with pytest.raises(ConfigError, match=r"model.vision = 'vitt' is not a vision encoder \(did you mean 'vit'\?\); "
                                           r"choose one of: vit, "):  # fmt: skip
         validate(load_config(None, ["model.vision=vitt"]))
+
+
+def test_a_single_value_for_a_list_shows_the_list_it_needs():
+    with pytest.raises(ConfigError, match=r"vqa.train_splits = 'train2014' must be a list of strings, e\.g\. "
+                                          r"\[train2014\]"):  # fmt: skip
+        load_config(None, ["vqa.train_splits=train2014"])

@@ -268,13 +268,18 @@ def _fields(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+PLURALS = {int: "integers", float: "numbers", str: "strings"}
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
         (item,) = typing.get_args(tp)
-        return "a list" if item is Any else f"a list of {_describe(item)}"
+        if item is Any:
+            return "a list"
+        return f"a list of {PLURALS.get(item, _describe(item))}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -302,7 +307,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key} = {value!r} must be a section (a mapping of settings)")
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            scalar = number or (isinstance(value, str) and not set(value) & set("[]{},:"))
+            example = f", e.g. [{value}]" if scalar else ""
+            raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}{example}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
