@@ -4,7 +4,8 @@ meter evaluate vqa --questions Q --annotations A --predictions P      the offici
 meter evaluate nlvr2 --labels dev.json --predictions P.csv            the official NLVR2 accuracy, consistency
 meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
     predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval, captioning; without --config
-    the task's settings are those the model was fine-tuned with, if it was on TASK), prints the metrics and
+    the task's settings, and its data where that folder is here, are those the model was fine-tuned with, if it
+    was on TASK), prints the metrics and
     writes the leaderboard files to --out (default RUN/eval/step_N for a run's checkpoint, else C/eval): VQA
     test-dev JSON, NLVR2 identifier,prediction CSV, SNLI-VE predictions, retrieval rankings; a VQA split without
     annotations (vqa.eval_split=test-dev2015) gets its submission file and no score
@@ -138,8 +139,11 @@ def recorded_settings(args: argparse.Namespace) -> Config | None:
         return None
     base = Config()
     setattr(base, args.task, copy.deepcopy(getattr(recorded, args.task)))
-    log.info("evaluate: the %s settings %s was fine-tuned with (--config or KEY=VALUE change them)", args.task,
-             args.checkpoint)  # fmt: skip
+    taken = f"the {args.task} settings"
+    if Path(recorded.data.root).is_dir():  # its data too, where it is there to be read (a blind baseline's blindness)
+        base.data = copy.deepcopy(recorded.data)
+        taken += f" and the data ({recorded.data.root})"
+    log.info("evaluate: %s %s was fine-tuned with (--config or KEY=VALUE change them)", taken, args.checkpoint)
     return base
 
 

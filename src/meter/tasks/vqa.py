@@ -202,8 +202,8 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     annotated = annotations_path(cfg, cfg.vqa.eval_split).is_file()  # test-dev and test splits have none
     if not annotated and not cfg.vqa.eval_split.startswith(UNANNOTATED_PREFIX):
         raise DataError(f"vqa.eval_split = {cfg.vqa.eval_split!r}: its annotations "
-                        f"{annotations_path(cfg, cfg.vqa.eval_split)} not found (vqa.annotations; only the test "
-                        "splits are published without them)")  # fmt: skip
+                        f"{annotations_path(cfg, cfg.vqa.eval_split)} not found (vqa.annotations under data.root; "
+                        "only the test splits are published without them)")  # fmt: skip
     records = read_vqa_split(cfg, cfg.vqa.eval_split, with_annotations=annotated)
     task = VqaTask(model, description.answers, description.config)
     collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
