@@ -81,3 +81,16 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path: Path):
         assert report["vqa"][name]["per_question_type"]
     assert (tmp_path / "demo/vqa_loss.png").is_file() and (tmp_path / "demo/pretrain_loss.png").is_file()
     assert "VQA accuracy" in result.stdout
+
+
+def test_only_takes_one_cell_pattern_each_time_so_the_study_file_after_it_is_read(capsys):
+    """`--only 'vlp/merged/*' study.yaml` swallowed the study file ("the following arguments are required: study")."""
+    from meter import __version__
+    from meter.cli import build_parser
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["study", "run", "--only", "vlp/merged/*", "tiny.yaml", "--only", "vlp/co*", "--out", "X"])
+    assert (args.study, args.only) == ("tiny.yaml", ["vlp/merged/*", "vlp/co*"])
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"meter {__version__}"

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from meter import __version__
 from meter.cli.errors import DEBUG_HELP, debug_requested, report_unexpected
 from meter.errors import MeterError
 from meter.train.stop_signals import PREEMPTED  # no torch: a command that needs none imports none
@@ -35,6 +36,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     parser = argparse.ArgumentParser(prog="meter", description="Train and evaluate METER vision-and-language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runners = {}

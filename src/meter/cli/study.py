@@ -1,6 +1,6 @@
 """`meter study run|status|report|check|list`: the paper's ablation tables as one command.
 
-meter study run STUDY.yaml --out DIR [--jobs N] [--executor local|submitit-local|slurm] [--only CELL ...]
+meter study run STUDY.yaml --out DIR [--jobs N] [--executor local|submitit-local|slurm] [--only CELL]...
 meter study status DIR          every cell: done, running, interrupted, failed, not started; its last numbers
 meter study report DIR          report.md, report.csv, report.html (also written at the end of `run`)
 meter study check STUDY.yaml    plan it without running: every cell, run and recipe, every override checked
@@ -25,7 +25,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     run.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"],
                      help="local: worker processes here; slurm: one submitit job per cell, each a torchrun; "
                           "submitit-local: the same jobs as local processes")  # fmt: skip
-    run.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells (shell patterns: 'vlp/*')")
+    run.add_argument("--only", action="append", metavar="CELL",
+                     help="run only this cell (a shell pattern: 'vlp/*'); repeat it for more")  # fmt: skip
     run.add_argument("--partition", help="slurm partition (default: the study file's slurm.partition)")
     run.add_argument("--gpus-per-node", type=int, help="GPUs per node: torchrun processes per node")
     run.add_argument("--nodes", type=int, help="nodes per job")
