@@ -34,7 +34,7 @@ CHECKPOINT_TASKS = {
     "nlvr2": "NLVR2 accuracy and consistency (official script)",
     "snli_ve": "SNLI-VE accuracy",
     "retrieval": "image-text retrieval R@1/5/10",
-    "captioning": "captioning BLEU-4 and CIDEr (pycocoevalcap's scorers)",
+    "captioning": "captioning BLEU-1..4 and CIDEr (pycocoevalcap's scorers)",
 }
 
 
@@ -50,7 +50,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
             "--out", help="where to write predictions (with --checkpoint; default RUN/eval/step_N for a run's "
             "checkpoint, outside the checkpoint that keep_last may delete; else CHECKPOINT/eval)",
         )  # fmt: skip
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                         help="with --checkpoint: settings over the config's (data.root=..., the task's)")  # fmt: skip
         if name == "vqa":
             sub.add_argument("--annotations", help="VQAv2 annotation JSON (scores --predictions against it)")
             sub.add_argument("--questions", help="VQAv2 question JSON (checked against the predictions)")

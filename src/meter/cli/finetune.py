@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
@@ -30,4 +31,5 @@ def run(args: argparse.Namespace) -> int:
         metrics = finetune_once(cfg, evaluate_run, "latest") if latest else run_finetune(cfg, resume=args.resume)
     if is_main_process():  # under torchrun, the one that evaluated
         print(json.dumps(metrics, indent=1))
+        print(f"meter finetune: predictions and scores in {cfg.train.out}", file=sys.stderr)
     return 0

@@ -46,9 +46,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     )
     shapes.add_argument("--out", required=True, help="output folder")
     shapes.add_argument("--images", type=int, default=4000, help="number of images (default 4000; at least 8)")
-    shapes.add_argument("--seed", type=at_least(0), default=0)
+    shapes.add_argument("--seed", type=at_least(0), default=0, help="the world's seed (default 0): its images, texts")
     shapes.add_argument("--image-size", type=at_least(1), default=64, help="pixels a side (default 64)")
-    shapes.add_argument("--questions-per-image", type=at_least(0), default=5)
+    shapes.add_argument("--questions-per-image", type=at_least(0), default=5, help="VQA questions (default 5)")
 
     coco = sources.add_parser("coco", help="COCO captions (annotation JSON or Karpathy split) + image folders")
     _shard_options(coco)
