@@ -221,3 +221,13 @@ def test_a_large_photo_is_augmented_at_the_resolution_it_is_stored_as_official_r
     with Image.open(path) as stored:  # the whole photo, as the official pipeline decodes it
         expected = TRANSFORM(reader.augment(v2.functional.to_image(stored.convert("RGB")), draw))
     assert torch.equal(reader(path, draw), expected)
+
+
+def test_an_augmenting_readers_evaluation_read_of_a_large_photo_equals_a_plain_readers(tmp_path: Path):
+    """Reads without a draw (evaluation, prediction) decoded a large photo whole when the recipe augments: the run's
+    own evaluation saw other pixels than `meter evaluate` with a config that does not augment."""
+    from tests.corpora import image_bytes
+
+    path = tmp_path / "large.jpg"
+    path.write_bytes(image_bytes(3, size=(8 * SIZE, 6 * SIZE)))
+    assert torch.equal(augmenting()(path), ImageReader(TRANSFORM, SIZE)(path))

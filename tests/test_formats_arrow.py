@@ -78,15 +78,18 @@ def test_the_task_files_of_an_official_arrow_folder_are_left_out_with_a_warning(
     `--files "*.arrow"` stopped at the first of them ("caption missing")."""
     _vilt_coco(tmp_path / "arrows")
     table = pa.table({"image": pa.array([image_bytes(1)]), "questions": pa.array([["what is it?"]])})
-    path = str(tmp_path / "arrows/vqav2_train.arrow")
-    with pa.OSFile(path, "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
-        writer.write_table(table)
+    pair = pa.table({"image_0": pa.array([image_bytes(2)]), "image_1": pa.array([image_bytes(3)]),
+                     "questions": pa.array([["two dogs."]])})  # NLVR2's: two image columns  # fmt: skip
+    for name, written in (("vqav2_train", table), ("nlvr2_train", pair)):
+        path = str(tmp_path / f"arrows/{name}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.RecordBatchFileWriter(sink, written.schema) as writer:
+            writer.write_table(written)
     with caplog.at_level(logging.WARNING):
         source = ArrowSource(tmp_path / "arrows")
     assert [p.name for p in source.files] == [
         "coco_caption_karpathy_restval.arrow",
         "coco_caption_karpathy_train.arrow",
     ]
-    assert "without a caption column (a task's, not captions): vqav2_train.arrow" in caplog.text
+    assert "without a caption column (a task's, not captions): nlvr2_train.arrow, vqav2_train.arrow" in caplog.text
     with pytest.raises(DataError, match=r"no arrow file matching vqa\* in .* holds captions .*: vqav2_train.arrow"):
         ArrowSource(tmp_path / "arrows", ("vqa*",))

@@ -206,3 +206,52 @@ def test_a_demo_of_another_seed_over_a_finished_one_is_refused_before_its_world_
                                           r"8 images; this demo's: seed 1, 8 images\)"):  # fmt: skip
         run_demo(out, DemoPlan(images=8, seed=1), progress=False)
     assert (out / "shapes/shapes_world.json").read_text() == world
+
+
+def test_the_default_evaluation_folder_of_a_runs_checkpoint_is_taken_though_an_older_meter_filled_it(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """RUN/eval/step_N written before evaluations marked their folders (by `meter evaluate` or train.best_on) was
+    refused as "files meter evaluate did not write"."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_checkpoints("vqa").parents[1], run)
+    older = run / "eval" / "step_00000002"
+    older.mkdir(parents=True, exist_ok=True)
+    (older / "vqa_accuracy_val2014.json").write_text("{}")
+    (older / ".meter-evaluation").unlink(missing_ok=True)
+    assert main(["evaluate", "vqa", "--checkpoint", str(run / "checkpoints/step_00000002"),
+                 f"data.root={shapes_tasks_world}", "train.progress=false"]) == 0  # fmt: skip
+    assert json.loads((older / "vqa_accuracy_val2014.json").read_text())["overall"] >= 0
+
+
+def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(shapes_tasks_world, tmp_path, capsys):
+    """Without --config, the recorded data section was taken only where its folder is here: a blind baseline given
+    data.root=... elsewhere was scored with images."""
+    import argparse
+    import shutil
+
+    from meter.cli.evaluate import recorded_settings
+    from meter.runs import run_finetune
+    from tests.conftest import MICRO
+
+    world = tmp_path / "world"
+    shutil.copytree(shapes_tasks_world, world)
+    run_finetune(
+        load_config(
+            None,
+            [
+                "task=vqa",
+                f"data.root={world}",
+                f"train.out={tmp_path / 'blind'}",
+                "data.blind=true",
+                "train.max_steps=1",
+                "vqa.min_answer_count=1",
+                *MICRO,
+            ],
+        )
+    )
+    shutil.rmtree(world)  # the model evaluated on another machine, its data elsewhere
+    base = recorded_settings(argparse.Namespace(checkpoint=str(tmp_path / "blind/model"), task="vqa"))
+    assert base.data.blind and base.data.root != str(world)

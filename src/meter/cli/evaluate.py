@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         from meter.output_folder import check_own_folder
         from meter.runs import evaluate_run
         from meter.setting_ranges import check_ranges
+        from meter.tasks.best_checkpoint import EVALUATIONS
         from meter.tasks.downstream import EVALUATION_MARKER
         from meter.train.run_folder import RECORD as RUN_RECORD
 
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
-        check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD), "meter evaluate", option)
+        if not (out.parent.name == EVALUATIONS and (out.parent.parent / RUN_RECORD).is_file()):  # RUN/eval/step_N
+            check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD), "meter evaluate", option)
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):
@@ -141,9 +143,11 @@ def recorded_settings(args: argparse.Namespace) -> Config | None:
     base = Config()
     setattr(base, args.task, copy.deepcopy(getattr(recorded, args.task)))
     taken = f"the {args.task} settings"
-    if Path(recorded.data.root).is_dir():  # its data too, where it is there to be read (a blind baseline's blindness)
+    if Path(recorded.data.root).is_dir():  # its data too, where it is there to be read
         base.data = copy.deepcopy(recorded.data)
         taken += f" and the data ({recorded.data.root})"
+    else:  # what changes the numbers wherever the data is: a blind baseline stays blind
+        base.data.blind, base.data.max_image_pixels = recorded.data.blind, recorded.data.max_image_pixels
     log.info("evaluate: %s %s was fine-tuned with (--config or KEY=VALUE change them)", taken, args.checkpoint)
     return base
 

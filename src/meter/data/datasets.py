@@ -51,6 +51,9 @@ class ImageReader:
     def __call__(self, path: Any, draw: Draw | None = None) -> Tensor:
         if self.blind:
             return self.blank
+        if self.augment is not None and draw is None:  # an augmenting reader's evaluation read: as a plain reader's
+            image = load_image(path, at_least=self.image_size, max_pixels=self.max_pixels, upright=self.upright)
+            return self.transform(image)
         key = str(path)
         if (pixels := self.cache.get(key)) is None:
             # augmenting, the whole image: official RandAugment's shifts are in pixels (30 of the photo as stored), and

@@ -73,9 +73,10 @@ def split_counts(path: Path) -> Counter[str | None]:
 
 
 def _task_file(path: Path) -> bool:
-    """A METER/ViLT arrow file of a downstream task (questions, hypotheses, ...: images, no `caption` column)."""
+    """A METER/ViLT arrow file of a downstream task (questions, hypotheses, ...: images, no `caption` column; NLVR2's
+    hold image_0 and image_1)."""
     names = open_arrow(path).schema.names
-    return "image" in names and "caption" not in names
+    return "caption" not in names and any(name == "image" or name.startswith("image_") for name in names)
 
 
 def iter_rows(path: Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
