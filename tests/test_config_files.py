@@ -65,6 +65,8 @@ def test_a_shipped_recipe_is_found_by_its_name_from_any_folder_and_a_bad_key_in_
     assert load_config("shapes-tiny.yaml").model.vision.size == "tiny"
     with pytest.raises(ConfigError, match=r"config file not found: shapes-tinny.yaml \(nor a recipe of that name"):
         load_config("shapes-tinny.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: shapes-tiny.yaml$"):  # ./ names a file here
+        load_config("./shapes-tiny.yaml")
     (tmp_path / "mine.yaml").write_text("train:\n  max_step: 5\n")
     with pytest.raises(ConfigError, match=r"mine.yaml: train.max_step is not a setting \(did you mean 'max_steps'\?\)"):
         load_config(tmp_path / "mine.yaml")

@@ -153,3 +153,12 @@ def test_with_cuda_graphs_the_encoder_text_of_span_lm_and_prefix_lm_is_padded_to
         assert torch.equal(padded[:, : plain.shape[1]], plain)
         mask = prepared["reduce-overhead"][f"{name}_attention_mask"]
         assert torch.equal(mask.sum(1), prepared["default"][f"{name}_attention_mask"].sum(1))
+
+
+def test_the_encoder_padding_stops_at_the_texts_max_length():
+    """The loop's padding to a multiple of 8 stops at max_length; the decoder objectives' went past it (50 -> 56)."""
+    from meter.objectives.seq2seq import pack
+
+    targets = Targets(start_id=1, end_id=2, pad_id=0, max_length=20, encoder_multiple=8, encoder_max_length=50)
+    assert pack([[5] * 5, [5] * 50], [[3, 2], [3, 2]], targets).input_ids.shape == (2, 50)
+    assert pack([[5] * 5, [5] * 9], [[3, 2], [3, 2]], targets).input_ids.shape == (2, 16)

@@ -223,6 +223,7 @@ def test_an_nlvr2_split_labelled_in_part_is_refused_and_one_without_labels_write
     with pytest.raises(DataError, match=rf"nlvr2 dev: {len(lines) - 1} of {len(lines)} examples have no label \(the "
                                         rf"first: {lines[1]['identifier']}\)"):  # fmt: skip
         evaluate_run(cfg, micro_checkpoints("nlvr2"), tmp_path / "eval")
+    assert not (tmp_path / "eval/nlvr2_predictions_dev.csv").exists()  # refused before the split was predicted
     dev.write_text("".join(json.dumps(line) + "\n" for line in unlabelled))
     (tmp_path / "eval").mkdir(exist_ok=True)
     (tmp_path / "eval/nlvr2_accuracy_dev.json").write_text("{}")  # an earlier evaluation's

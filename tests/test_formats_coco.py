@@ -127,6 +127,8 @@ def test_caption_files_listing_one_image_twice_are_refused_and_val2014_is_warned
     with pytest.raises(DataError, match=r"captions_val2014.json: image id 1 is listed again \(also in "
                                         r"annotations/captions_train2014.json\)"):  # fmt: skip
         coco_source(tmp_path / "coco", annotations=both)
+    with pytest.raises(DataError, match=r"--annotations names annotations/captions_train2014.json twice"):
+        coco_source(tmp_path / "coco", annotations=(both[0], both[0]))
     with caplog.at_level(logging.WARNING):
         coco_source(tmp_path / "coco", annotations=("annotations/captions_val2014.json",), images="..")
     assert "Karpathy's val and test images" in caplog.text and "--karpathy dataset_coco.json" in caplog.text

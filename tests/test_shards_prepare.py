@@ -116,3 +116,18 @@ def test_a_sample_key_repeated_within_a_shard_is_a_counted_bad_sample_not_a_merg
     assert sorted(shard_members(tmp_path / "out/00000.tar")) == ["a_b.jpg", "a_b.json", "a_b.txt", "c.jpg", "c.json",
                                                                  "c.txt"]  # fmt: skip
     assert "record 2: its sample key 'a_b' is an earlier sample's" in (tmp_path / "out/bad_samples.jsonl").read_text()
+
+
+def test_a_preparation_by_an_older_meter_gets_its_fingerprint_recorded_and_is_guarded_from_then_on(tmp_path: Path):
+    """prepare.json without source_files (an older meter's) was never fingerprinted: every later edit passed."""
+    write_conceptual_captions(tmp_path / "cc", rows=6)
+    write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    record = tmp_path / "out/prepare.json"
+    older = {k: v for k, v in json.loads(record.read_text()).items() if k != "source_files"}
+    record.write_text(json.dumps(older))
+    write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    assert "source_files" in json.loads(record.read_text())
+    tsv = tmp_path / "cc/Train_GCC-training.tsv"
+    tsv.write_text(tsv.read_text().replace("a photo number 2", "a picture number 2"))
+    with pytest.raises(DataError, match=r"source_files\[0\]"):
+        write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)

@@ -167,3 +167,21 @@ def test_a_moved_study_folder_reports_the_results_it_holds(shapes_world, tmp_pat
     assert all(cell.folder.startswith(f"{tmp_path / 'moved'}/") for cell in moved.cells)
     uniform = next(t for t in build_tables(moved) if t.kind == "uniform")
     assert [row.stats["vqa overall"].values for row in uniform.rows] == [[70.0], [71.0]]
+
+
+def test_a_study_run_whose_metric_is_misspelt_reports_its_cells_and_says_why_there_is_no_report(
+    shapes_world, tmp_path, capsys
+):
+    """The refusal replaced the run's summary (which cells ran, failed, stopped) at the end of `meter study run`."""
+    from meter.cli import main
+    from tests.studies import write_study
+
+    study = micro_study(shapes_world, seeds=[0])
+    study["base"]["tasks"]["vqa"]["metrics"] = ["overal"]
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    for cell in plan.cells:  # every run done: nothing to run, only the report to write
+        for run in cell.own_runs():
+            Path(run.folder, "result.json").write_text(json.dumps({"metrics": {"overall": 70.0}}))
+    code = main(["study", "run", str(write_study(tmp_path / "study.yaml", study)), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 2 and "cells ran, 2 were done, 0 failed; no report (config error: tasks.vqa.metrics: 'overal'" in out

@@ -503,16 +503,17 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
     return cfg
 
 
-def recipe_file(path: str | Path) -> Path:
+def recipe_file(given: str | Path) -> Path:
     """A recipe file as given; a bare name that is not a file here, the recipe shipped in meter/configs (as
-    `--config shapes-tiny.yaml` from any folder, as `meter study` finds them)."""
-    path = Path(path)
+    `--config shapes-tiny.yaml` from any folder, as `meter study` finds them; `./name.yaml` is a file's path)."""
+    path = Path(given)
     if path.is_file():
         return path
+    bare = str(given) == path.name
     shipped = Path(str(resources.files("meter.configs").joinpath(path.name)))
-    if path.name == str(path) and shipped.is_file():
+    if bare and shipped.is_file():
         return shipped
-    shipped_too = " (nor a recipe of that name shipped in meter/configs)" if path.name == str(path) else ""
+    shipped_too = " (nor a recipe of that name shipped in meter/configs)" if bare else ""
     raise ConfigError(f"config file not found: {path}{shipped_too}")
 
 

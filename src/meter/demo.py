@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.data.shapes import WorldSpec, generate, is_generated
+from meter.data.shapes.world import GENERATOR_VERSION
 from meter.data.shapes.world import MANIFEST as WORLD_MANIFEST
 from meter.demo_tasks import run_task_demos, tasks_table
 from meter.errors import ConfigError
@@ -98,12 +99,14 @@ def check_no_runs_of_another_world(out: Path, spec: WorldSpec) -> None:
     rewritten before a run refused its other config, and the finished runs were left beside a world not theirs."""
     runs = sorted(path.parent.name for path in out.glob(f"*/{RUN_RECORD}"))
     if runs and (out / "shapes" / WORLD_MANIFEST).is_file():
-        there = json.loads((out / "shapes" / WORLD_MANIFEST).read_text()).get("spec", {})
-        raise ConfigError(
-            f"--out = {out} holds the runs ({', '.join(runs)}) of a demo on another shapes world (seed "
-            f"{there.get('seed')}, {there.get('images')} images; this demo's: seed {spec.seed}, {spec.images} "
-            "images): give this demo another --out"
-        )
+        manifest = json.loads((out / "shapes" / WORLD_MANIFEST).read_text())
+        there = manifest.get("spec", {})
+        same = there.get("seed") == spec.seed and there.get("images") == spec.images
+        other = (f"generator version {manifest.get('generator_version')}, this meter's {GENERATOR_VERSION}" if same
+                 else f"seed {there.get('seed')}, {there.get('images')} images; this demo's: seed {spec.seed}, "
+                      f"{spec.images} images")  # fmt: skip
+        raise ConfigError(f"--out = {out} holds the runs ({', '.join(runs)}) of a demo on another shapes world "
+                          f"({other}): give this demo another --out")  # fmt: skip
 
 
 def _plot(out: Path) -> None:

@@ -100,13 +100,15 @@ def run_action(args: argparse.Namespace) -> int:
         print(f"meter: study stopped by {signal_name}; its cells resume on the next run", file=sys.stderr)
         return PREEMPTED
     stopped = f", {len(outcome.stopped)} stopped (they resume on the next run)" if outcome.stopped else ""
+    report = f"no report ({outcome.report_error})" if outcome.report_error else \
+        f"report: {args.out}/report.md, report.html"  # fmt: skip
     print(f"study {spec.name}: {len(outcome.ran)} cells ran, {len(outcome.skipped_done)} were done, "
-          f"{len(outcome.failed)} failed{stopped}; report: {args.out}/report.md, report.html")  # fmt: skip
+          f"{len(outcome.failed)} failed{stopped}; {report}")  # fmt: skip
     for name, error in outcome.failed.items():
         print(f"  failed: {name}: {error}")
     for name, why in outcome.stopped.items():
         print(f"  stopped: {name}: {why}")
-    return 1 if outcome.failed else PREEMPTED if outcome.stopped else 0
+    return 1 if outcome.failed else PREEMPTED if outcome.stopped else 2 if outcome.report_error else 0
 
 
 def _check(spec: object, out: str) -> int:

@@ -178,13 +178,20 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
             raise DataError(f"{path} is not the record of a `meter prepare` ({error}); choose another --out") from None
         if not isinstance(before, dict):
             raise DataError(f"{path} is not the record of a `meter prepare`; choose another --out")
-        if SOURCE_FILES not in before:  # written before meter recorded them: nothing to compare
-            settings = {k: v for k, v in settings.items() if k != SOURCE_FILES}
-        before = {**before, "description": _resolved_root(before.get("description"))}
-        differences = "; ".join(_differences(before, settings))
+        older = SOURCE_FILES not in before and SOURCE_FILES in settings  # written before meter recorded them
+        compared = {k: v for k, v in settings.items() if k != SOURCE_FILES} if older else settings
+        resolved = {**before, "description": _resolved_root(before.get("description"))}
+        differences = "; ".join(_differences(resolved, compared))
         if differences:
             raise DataError(f"{out} holds a preparation of another source or with other settings ({differences}): "
                             "resume with the same source and options, or choose another --out")  # fmt: skip
+        if older:
+            log.warning(
+                "%s: written by an older meter, without its source files' fingerprint: recorded now (an edit "
+                "of them before today is not seen; its shards keep an image's repeated captions)",
+                path,
+            )
+            write_json_atomically(path, {**before, SOURCE_FILES: settings[SOURCE_FILES]})
     else:
         check_own_folder(out, (SETTINGS,), "meter prepare", "--out")
         out.mkdir(parents=True, exist_ok=True)

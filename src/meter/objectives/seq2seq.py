@@ -24,12 +24,14 @@ class Targets:
     # the encoder's text padded to a multiple of it: with CUDA graphs, a few lengths to record a graph for, not one
     # for every length a span-corrupted or cut caption has (as the loop pads the batch's text: TEXT_LENGTH_MULTIPLE)
     encoder_multiple: int = 1
+    encoder_max_length: int = 0  # the padding stops there (the text's max_length; 0: no limit), as the loop's does
 
     @staticmethod
-    def of(tokenizer: PreTrainedTokenizerBase, max_length: int, encoder_multiple: int = 1) -> Targets:
+    def of(tokenizer: PreTrainedTokenizerBase, max_length: int, encoder_multiple: int = 1,
+           encoder_max_length: int = 0) -> Targets:  # fmt: skip
         """[CLS]/<s> starts, [SEP]/</s> ends: the tokenizer's own sequence markers."""
         return Targets(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, max_length,
-                       encoder_multiple)  # fmt: skip
+                       encoder_multiple, encoder_max_length)  # fmt: skip
 
 
 @dataclass
@@ -72,6 +74,8 @@ def pack(encoder_rows: list[list[int]], target_rows: list[list[int]], targets: T
     target_rows = [row[: targets.max_length] for row in target_rows]
     batch, longest, steps = len(encoder_rows), max(map(len, encoder_rows)), max(map(len, target_rows))
     length = -(-longest // targets.encoder_multiple) * targets.encoder_multiple
+    if targets.encoder_max_length:
+        length = max(longest, min(length, targets.encoder_max_length))
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     decoder_input_ids = torch.full((batch, steps), pad_id, dtype=torch.long)

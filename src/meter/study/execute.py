@@ -42,6 +42,7 @@ class Outcome:
     stopped: dict[str, str] = field(default_factory=dict)  # asked to stop by a signal: resume on the next run
     skipped_done: list[str] = field(default_factory=list)
     skipped_running: list[str] = field(default_factory=list)
+    report_error: str = ""  # the report was not written (a setting of the study's tables to correct)
 
 
 def cell_done(cell: CellPlan) -> bool:
@@ -188,5 +189,8 @@ def run_study(
     if report:
         from meter.study.report import write_report
 
-        write_report(out)
+        try:
+            write_report(out)
+        except ConfigError as error:  # a misspelt metric: the cells' outcome stands, the report waits for the fix
+            outcome.report_error = str(error)
     return outcome

@@ -78,6 +78,10 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     labelled, the official accuracy and consistency."""
     split = cfg.nlvr2.eval_split
     records = read_nlvr2_split(cfg, split)
+    unlabelled = [r.identifier for r in records if r.label is None]
+    if 0 < len(unlabelled) < len(records):  # before a whole split is predicted
+        raise DataError(f"nlvr2 {split}: {len(unlabelled)} of {len(records)} examples have no label (the first: "
+                        f"{unlabelled[0]}): a split is labelled whole (scored) or not at all (test2)")  # fmt: skip
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"nlvr2_bad_samples_{split}.jsonl")
     classes = classify_split(cfg, checkpoint, Nlvr2Task, len(CLASSES), lambda images: nlvr2_dataset(records, images),
                              budget)  # fmt: skip
@@ -87,11 +91,7 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     predictions_file = out / f"nlvr2_predictions_{split}.csv"
     write_nlvr2_predictions(leaderboard, predictions_file)
     accuracy_file = out / f"nlvr2_accuracy_{split}.json"
-    unlabelled = [r.identifier for r in records if r.label is None]
     if unlabelled:  # test2 (the hidden test set): the file is for the leaderboard
-        if len(unlabelled) < len(records):
-            raise DataError(f"nlvr2 {split}: {len(unlabelled)} of {len(records)} examples have no label (the first: "
-                            f"{unlabelled[0]}): a split is labelled whole (scored) or not at all (test2)")  # fmt: skip
         accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this file's
         log.info("nlvr2 %s: no labels; wrote the leaderboard file %s", split, predictions_file)
         return {"examples": len(records), "labelled": False} | skipped_fields(budget)

@@ -80,7 +80,7 @@ class PretrainTask(nn.Module):
         special = set(tokenizer.all_special_ids)
         self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
         multiple = TEXT_LENGTH_MULTIPLE if uses_cuda_graphs(cfg.train) else 1
-        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length, multiple)
+        self.targets = Targets.of(tokenizer, cfg.model.decoder.max_length, multiple, cfg.model.text.max_length)
         self.sentinels = sentinel_ids(tokenizer) if self.objectives.span > 0 else []
         if self.objectives.mim > 0:
             self.mim_patch = mim_patch_size(model.vision, cfg.model.vision.image_size)

@@ -36,8 +36,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 REPEAT_WINDOW = 5.0  # seconds
 EXIT_STATUSES = (
     f"exit status: 0 done; 2 a config or data error (the message says which); {PREEMPTED} stopped by SIGTERM, "
-    f"SIGUSR1 or SIGUSR2 after a checkpoint (requeue the job, then --resume latest); {INTERRUPTED} interrupted by "
-    "Ctrl-C"
+    f"SIGUSR1 or SIGUSR2 after a checkpoint, or outside training with nothing to save (requeue the job, then "
+    f"--resume latest where the run has a checkpoint); {INTERRUPTED} interrupted by Ctrl-C"
 )
 
 

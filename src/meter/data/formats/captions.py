@@ -155,6 +155,9 @@ def coco_source(
         description = {"root": str(root), "karpathy": karpathy, "splits": list(splits)}
         return CaptionRecordSource("coco", records, description, (root / karpathy,))
     records: list[CaptionRecord] = []
+    repeated_files = sorted({a for a in annotations if annotations.count(a) > 1})
+    if repeated_files:
+        raise DataError(f"--annotations names {', '.join(repeated_files)} twice; name each caption file once")
     for annotation in annotations:
         split = Path(annotation).stem.removeprefix("captions_")
         read = read_coco_captions(root / annotation, image_root / split)
