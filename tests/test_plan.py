@@ -210,3 +210,11 @@ def test_a_plan_from_a_checkpoint_plans_the_runs_resolution_dropout_and_text_len
     task = _real_task(load_config(None, overrides, base=micro_config))
     assert plan.config["model"]["vision"]["image_size"] == 96 and plan.config["model"]["fusion"]["dropout"] == 0.3
     assert plan.parameters == parameter_counts(task.model)  # the resampled position table counted as built
+
+
+def test_the_vqa_recipes_test_dev_split_needs_no_annotations():
+    """The paper's VQA recipe predicts test-dev2015, published without annotations: its plan listed them MISSING."""
+    plan = make_plan(load_config(CONFIGS / "clip16-roberta-vqa.yaml"), processes=8)
+    keys = {path.key for path in plan.paths}
+    assert "vqa.questions (test-dev2015)" in keys and "vqa.annotations (test-dev2015)" not in keys
+    assert {"vqa.annotations (train2014)", "vqa.annotations (val2014)"} <= keys

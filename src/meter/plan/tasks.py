@@ -22,7 +22,7 @@ from meter.plan.memory import Forward
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks import nlvr2, retrieval, snli_ve
 from meter.tasks.build import read_karpathy_splits
-from meter.tasks.vqa import answer_vocabulary, read_vqa_split
+from meter.tasks.vqa import UNANNOTATED_PREFIX, answer_vocabulary, read_vqa_split
 
 UNKNOWN = "unknown until the data is read"
 
@@ -128,10 +128,9 @@ def _one_pass(cfg: Config, vocabulary: int) -> Forward:
 def _vqa_files(cfg: Config) -> list[tuple[str, Path]]:
     files = []
     for split in dict.fromkeys([*cfg.vqa.train_splits, cfg.vqa.eval_split]):
-        files += [
-            (f"vqa.questions ({split})", _root(cfg) / cfg.vqa.questions.format(split=split)),
-            (f"vqa.annotations ({split})", _root(cfg) / cfg.vqa.annotations.format(split=split)),
-        ]
+        files.append((f"vqa.questions ({split})", _root(cfg) / cfg.vqa.questions.format(split=split)))
+        if split in cfg.vqa.train_splits or not split.startswith(UNANNOTATED_PREFIX):  # test-dev's are not published
+            files.append((f"vqa.annotations ({split})", _root(cfg) / cfg.vqa.annotations.format(split=split)))
     return [*files, ("data.images", _root(cfg) / cfg.data.images)]
 
 
