@@ -166,3 +166,14 @@ def test_the_learning_rate_schedule_is_the_official_one_step_by_step(total: int,
             optimizer.step()
             scheduler.step()
     assert rates["meter"] == pytest.approx(rates["official"], rel=1e-12, abs=1e-20)
+
+
+def test_fsdp_without_a_launcher_says_it_runs_one_unsharded_process(monkeypatch, caplog):
+    from meter.config import TrainConfig
+    from meter.train.runtime import setup_runtime
+
+    for name in ("MASTER_ADDR", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.WARNING):
+        setup_runtime(TrainConfig(device="cpu", parallel="fsdp"))
+    assert "train.parallel = fsdp without a launcher" in caplog.text

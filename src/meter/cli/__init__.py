@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
     argv, debug = debug_requested(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # under a launcher the first process says what every process would say alike (the data, the groups); the others
+    # only warn
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else level, format="%(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "PIL", "httpx", "urllib3", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from meter.config import TrainConfig
 from meter.errors import ConfigError
 
+log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 WAIT_FOR_MAIN = timedelta(days=1)  # see waiting_group
 _WAITING: dist.ProcessGroup | None = None  # a gloo group of every process, for waits longer than a collective's
@@ -99,6 +101,9 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     # a launcher's rendezvous (torchrun, or srun with MASTER_ADDR) with train.parallel=fsdp: a group even of one
     # process, so that FSDP2 shards on one GPU as on many (what a single-GPU debugging run of a sharded job wants)
     launched_sharded = cfg.parallel == "fsdp" and "MASTER_ADDR" in os.environ
+    if cfg.parallel == "fsdp" and world == 1 and not launched_sharded:
+        log.warning("train.parallel = fsdp without a launcher (torchrun, or srun with MASTER_ADDR): one process, its "
+                    "model and optimizer state not sharded")  # fmt: skip
     if (world > 1 or launched_sharded) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         global _WAITING
