@@ -162,3 +162,19 @@ def test_the_encoder_padding_stops_at_the_texts_max_length():
     targets = Targets(start_id=1, end_id=2, pad_id=0, max_length=20, encoder_multiple=8, encoder_max_length=50)
     assert pack([[5] * 5, [5] * 50], [[3, 2], [3, 2]], targets).input_ids.shape == (2, 50)
     assert pack([[5] * 5, [5] * 9], [[3, 2], [3, 2]], targets).input_ids.shape == (2, 16)
+
+
+def test_a_captioning_target_is_cut_at_the_decoders_length_not_the_texts(micro_config: Config):
+    """The caption came through a Collate cut at model.text.max_length: with 12 text tokens and a decoder of 48,
+    a long caption's target stopped mid-sentence (its end token after "and a")."""
+    from meter.tasks.captioning import setup_captioning
+
+    cfg = micro_config
+    cfg.task, cfg.model.architecture, cfg.model.text.max_length = "captioning", "encoder-decoder", 12
+    job = setup_captioning(cfg)
+    caption = "a small blue circle at the top left and a large red square at the bottom right of a plain background"
+    batch = job.task.prepare(job.collate([{"pixels": torch.zeros(3, 64, 64), "text": caption, "image_id": 0}]),
+                             SampleRandomness.standalone(0, 1))  # fmt: skip
+    labels = batch["caption_labels"][0]
+    written = job.tokenizer.decode(labels[labels != IGNORE][:-1])
+    assert written == caption and job.task.targets.max_length >= 24

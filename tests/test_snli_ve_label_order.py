@@ -46,6 +46,13 @@ def test_the_reader_numbers_the_labels_as_the_official_code(tmp_path: Path):
     assert [r.label for r in records] == [2, 1, 0]  # write_snli.py: contradiction 0, neutral 1, entailment 2
 
 
+def test_the_hypothesis_is_stripped_as_the_official_dataset_strips_it(tmp_path: Path):
+    """base_dataset.py:73 strips it; meter fed " at least one shape is blue. " raw (other BPE tokens)."""
+    line = {"Flickr30K_ID": "7", "sentence2": " at least one shape is blue. ", "gold_label": "neutral"}
+    (tmp_path / "ve.jsonl").write_text(json.dumps(line) + "\n")
+    assert read_snli_ve(tmp_path / "ve.jsonl", tmp_path)[0].hypothesis == "at least one shape is blue."
+
+
 def test_a_model_folder_from_before_the_record_predicts_what_it_did(micro_checkpoints, shapes_tasks_world, tmp_path):
     today = micro_checkpoints("snli_ve")
     image, text = shapes_tasks_world / IMAGE, "the red circle is made of wood."

@@ -92,7 +92,10 @@ def setup_captioning(cfg: Config) -> Finetuning:
     dataset = CaptionPairs(records, image_reader(cfg, model))
     log.info("captioning: %d training captions of %d images", len(dataset), len(records))
     task = CaptioningTask(model, tokenizer, cfg)
-    return Finetuning(task, dataset, Collate(tokenizer, cfg.model.text.max_length), tokenizer)
+    # the caption is the decoder's target, cut at its positions (the text encoder reads the special tokens alone):
+    # cut at model.text.max_length, a long caption taught the decoder to stop mid-sentence
+    collate = Collate(tokenizer, max(cfg.model.text.max_length, model.decoder.max_length + 1))
+    return Finetuning(task, dataset, collate, tokenizer)
 
 
 @torch.no_grad()

@@ -47,8 +47,8 @@ def read_snli_ve(path: str | Path, image_dir: str | Path, image_pattern: str = "
         if gold_label not in SNLI_VE_LABELS:
             raise DataError(f"{where}: gold_label {gold_label!r}; expected one of {', '.join(SNLI_VE_LABELS)}")
         image_id = str(json_field(row, "Flickr30K_ID", (str, int), where))
-        hypothesis = json_field(row, "sentence2", str, where)
-        if not hypothesis.strip():
+        hypothesis = json_field(row, "sentence2", str, where).strip()  # as official (base_dataset.py:73)
+        if not hypothesis:
             raise DataError(f"{where}: 'sentence2' (the hypothesis) is empty")
         records.append(
             SnliVeRecord(
