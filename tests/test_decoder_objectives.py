@@ -178,3 +178,16 @@ def test_a_captioning_target_is_cut_at_the_decoders_length_not_the_texts(micro_c
     labels = batch["caption_labels"][0]
     written = job.tokenizer.decode(labels[labels != IGNORE][:-1])
     assert written == caption and job.task.targets.max_length >= 24
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_caption_decodes_as_it_was_written(kind: str):
+    """BERT's WordPiece decoded "double-decker" as "double - decker" (and woman ' s, 3 : 00, u. s.): the PTB
+    tokenizer then dropped the pieces, and a caption written exactly as its reference scored CIDEr 330, not 1000."""
+    from meter.data.tokenizers import train_bpe, train_wordpiece
+    from meter.tasks.captioning import caption_texts
+
+    texts = ["a double-decker bus at 3:00 near the u.s. flag, a woman's 1/2 hat.", "a red bus isn't here."]
+    tokenizer = (train_wordpiece if kind == "wordpiece" else train_bpe)(texts * 20, 300)
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")["input_ids"]
+    assert caption_texts(tokenizer, tokens) == texts

@@ -159,3 +159,24 @@ def test_a_finished_run_folder_serves_the_weights_its_evaluation_scored(micro_ch
     record = json.loads((run / RECORD).read_text())
     (run / RECORD).write_text(json.dumps(record | {"finished": False}))
     assert resolve_checkpoint(run) == run / "checkpoints" / "step_00000002"  # still training: its newest checkpoint
+
+
+def test_a_caption_without_beam_is_the_one_the_models_evaluation_wrote(shapes_tasks_world: Path, tmp_path: Path,
+                                                                         micro_checkpoints):  # fmt: skip
+    """predict and /api/caption wrote greedy captions by default while the model's evaluation used its beam (3)."""
+    from meter.config import load_config
+    from meter.predictor import Predictor
+    from meter.runs import run_finetune
+    from meter.tasks.build import read_karpathy_splits
+    from tests.conftest import MICRO
+
+    cfg = load_config(None, ["task=captioning", f"data.root={shapes_tasks_world}", f"train.out={tmp_path / 'run'}",
+                             f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=2",
+                             "captioning.beam_size=3", "captioning.max_eval_images=6", *MICRO])  # fmt: skip
+    run_finetune(cfg)
+    written = {row["image_id"]: row["caption"] for row in json.loads((tmp_path / "run/captions_test.json").read_text())}
+    predictor = Predictor(tmp_path / "run/model", "cpu")
+    records = read_karpathy_splits(cfg, "captioning", ["test"])[:6]
+    differing = [r for r in records if predictor.caption(r.image, 1) != predictor.caption(r.image, 3)]
+    assert differing, "no image whose greedy and beam captions differ: the default cannot be told apart"
+    assert [predictor.caption(r.image) for r in differing] == [written[r.image_id] for r in differing]

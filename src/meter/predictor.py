@@ -173,13 +173,16 @@ class Predictor:
                 result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, row, strict=True)}
         return results
 
-    def caption(self, image: ImageInput, beam_size: int = 1) -> str:
-        """A caption written by the model's decoder (greedy, or beam search with `beam_size` > 1)."""
+    def caption(self, image: ImageInput, beam_size: int | None = None) -> str:
+        """A caption written by the model's decoder (greedy, or beam search with `beam_size` > 1; None: the beam
+        size the model's own evaluation used, captioning.beam_size of its config)."""
         return self.caption_batch([image], beam_size)[0]
 
     @torch.no_grad()
-    def caption_batch(self, images: list[ImageInput], beam_size: int = 1) -> list[str]:
+    def caption_batch(self, images: list[ImageInput], beam_size: int | None = None) -> list[str]:
         """`caption` for each image, decoded together."""
+        if beam_size is None:
+            beam_size = self.description.config.captioning.beam_size
         if self.model.decoder is None:
             raise ConfigError(
                 f"{self.checkpoint}: --caption needs a model with a decoder (fine-tuned with task=captioning);"

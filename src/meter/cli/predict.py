@@ -25,7 +25,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query.add_argument("--text", help="a sentence to match with --image, or to judge against --images")
     query.add_argument("--caption", action="store_true", help="write a caption of --image (encoder-decoder)")
     parser.add_argument("--top", type=at_least(1), help="answers to list for --question (default 5)")
-    parser.add_argument("--beam", type=at_least(1), help="beam size for --caption (default 1: greedy)")
+    parser.add_argument(
+        "--beam",
+        type=at_least(1),
+        help="beam size for --caption (default: the one the model was evaluated with; 1: greedy)",
+    )
     add_device_arguments(parser)
     return run
 
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.question is not None:
         result = {"answers": predictor.answer(args.image, args.question, args.top or 5)}
     elif args.caption:
-        result = {"caption": predictor.caption(args.image, args.beam or 1)}
+        result = {"caption": predictor.caption(args.image, args.beam)}  # None: the beam its evaluation used
     else:
         result = predictor.match(args.image, args.text)
     print(json.dumps(result, indent=1))

@@ -217,9 +217,13 @@ def create_app(service: ModelService) -> FastAPI:
         return service.answer(done, started, notes, **done.result)
 
     @app.post("/api/caption")
-    async def caption(image: Annotated[UploadFile, File()], beam: Annotated[int, Form()] = 1) -> dict[str, Any]:
+    async def caption(
+        image: Annotated[UploadFile, File()], beam: Annotated[int | None, Form()] = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         service.require("caption")
+        if beam is None:  # the beam the model's own evaluation used
+            beam = service.predictor.description.config.captioning.beam_size
         if not 1 <= beam <= 8:
             raise ServeError(422, f"beam {beam} must be from 1 (greedy) to 8")
         done = await service.submit(("caption", beam), await image_of(image, "image"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,23 @@ def write_captions(
         written = generate(model, moved(pixels, runtime.device), prompt["input_ids"], prompt["attention_mask"],
                            targets.start_id, targets.end_id, settings.max_length or None, settings.beam_size,
                            settings.length_penalty)  # fmt: skip
-    return [text.strip() for text in tokenizer.batch_decode(written.tokens, skip_special_tokens=True)]
+    return caption_texts(tokenizer, written.tokens)
+
+
+def caption_texts(tokenizer: PreTrainedTokenizerBase, tokens: Tensor) -> list[str]:
+    """The captions of token rows as text. BERT's WordPiece splits punctuation off every word ("double-decker" is
+    double - decker, "woman's" woman ' s) and its decoder does not join it back: the PTB tokenizer then drops the
+    pieces, and the caption no longer matches a reference that has the word (CIDEr 330 for a caption written exactly
+    as its references: 1000). Joined back as written; byte-level BPE (RoBERTa) decodes exactly as it is."""
+    wordpiece = type(tokenizer.backend_tokenizer.decoder).__name__ == "WordPiece"
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=wordpiece)
+    return [join_split_punctuation(text.strip()) if wordpiece else text.strip() for text in texts]
+
+
+def join_split_punctuation(text: str) -> str:
+    text = re.sub(r"(?<=\w) ([-/]) (?=\w)", r"\1", text)  # double - decker, 1 / 2
+    text = re.sub(r"(?<=\d) : (?=\d)", ":", text)  # 3 : 00
+    return re.sub(r"\b((?:[a-z]\. )+[a-z]\.)", lambda found: found.group(1).replace(" ", ""), text)  # u. s.
 
 
 def caption_split(
