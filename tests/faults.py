@@ -9,7 +9,8 @@ Faults are given as arguments `WHEN:AT:WHAT[:RANK]`:
     backward:9:group-SIGUSR1    ... SIGUSR1 to its process group: its data workers too (start it with
                                 start_new_session=True, so that the group is its own)
     save:.step_00000005.tmp:SIGTERM   the torch.save whose file is in that temporary checkpoint folder
-    evaluate:1:SIGTERM          the 1st evaluation of a model folder after training (meter.runs.evaluate_run)
+    evaluate:1:SIGTERM:0        the 1st evaluation of a model folder (inside meter.runs.evaluate_run, on the process
+                                that evaluates: the first)
     clip:3:nan:1                at the 3rd gradient clipping (the 3rd optimizer step) of rank 1, after its backward
                                 and the gradient all-reduce, one gradient of that rank becomes NaN
     clip:6+:nan:1               the same at every step from the 6th on
@@ -87,15 +88,15 @@ def save(obj, f, *args, **kwargs):
 torch.save = save
 
 import meter.runs
-original_evaluate = meter.runs.evaluate_run
+original_evaluate = meter.runs.evaluate_into
 counts["evaluate"] = 0
-def evaluate_run(*args, **kwargs):
+def evaluate_into(*args, **kwargs):
     counts["evaluate"] += 1
     for when, at, what, *target in faults:
         if when == "evaluate" and due(when, at, counts["evaluate"], target[0] if target else None):
             act(what)
     return original_evaluate(*args, **kwargs)
-meter.runs.evaluate_run = evaluate_run
+meter.runs.evaluate_into = evaluate_into
 
 if os.environ.get("STEP_LOG"):
     original_step = torch.optim.AdamW.step

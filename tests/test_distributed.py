@@ -242,3 +242,14 @@ def test_a_shard_corpus_run_of_two_processes_is_not_resumed_by_one(shapes_world,
     cfg = load_config(None, [f"data.root={shapes_world}", f"train.out={out}", *MICRO, *args[:-1]])
     with pytest.raises(ConfigError, match=r"written by 2 processes, this run has 1: a shard corpus .* resume with 2"):
         run_pretrain(cfg, resume="latest")
+
+
+@pytest.mark.slow
+def test_meter_evaluate_under_torchrun_evaluates_on_the_first_process_and_ends(micro_checkpoints, shapes_tasks_world,
+                                                                               tmp_path):  # fmt: skip
+    """Without training before it (`meter evaluate`, a requeued `finetune --resume latest` of a run stopped while it
+    evaluated), the first process joined the launcher's group alone: the other had returned, and it waited for ever."""
+    out = tmp_path / "eval"
+    done = run_meter(["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out),
+                      f"data.root={shapes_tasks_world}", "train.progress=false"], processes=2, timeout=150)  # fmt: skip
+    assert done.stdout.count('"overall"') == 1 and (out / "vqa_accuracy_val2014.json").is_file()

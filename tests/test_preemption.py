@@ -156,3 +156,16 @@ def test_a_stop_signal_while_finetune_evaluates_exits_75_and_the_requeued_job_ev
     [(code, stderr)] = run_meter_with_faults([*args, "--resume", "latest"])
     assert code == 0, stderr[-3000:]
     assert (out / "snli_ve_accuracy_dev.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_the_evaluating_process_alone_stops_both_with_75(micro_checkpoints, shapes_tasks_world,
+                                                                          tmp_path):  # fmt: skip
+    """The first process stopped without telling the other, which waited for it in a broadcast: cut off, it ended
+    with exit 1, "a bug in meter"."""
+    out = tmp_path / "run"
+    args = ["finetune", "task=snli_ve", f"data.root={shapes_tasks_world}", f"train.out={out}",
+            f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=2", *MICRO]  # fmt: skip
+    results = run_meter_with_faults(args, ["evaluate:1:SIGTERM:0"], processes=2)
+    assert [code for code, _ in results] == [PREEMPTED, PREEMPTED], [stderr[-2000:] for _, stderr in results]
+    assert "the first process was stopped, so this one stops too" in _last_line(results[1][1])

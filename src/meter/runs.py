@@ -78,8 +78,10 @@ def downstream_task(name: str) -> Downstream:
 def evaluate_run(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """Evaluates a model folder on cfg.task's evaluation split; writes predictions and leaderboard files to `out`.
     Under a launcher only the first process evaluates (the others would score the whole split again and write the
-    same files at the same time); the others get {} when it is done (a study cell's next run needs them together)."""
-
+    same files at the same time); the others get {} when it is done (a study cell's next run needs them together).
+    Every process joins the launcher's group first (`meter evaluate` and a requeued `finetune --resume latest` come
+    here without training: the first process joined alone and waited for the others, gone)."""
+    setup_runtime(cfg.train)
     return main_alone(lambda: evaluate_into(downstream_task(cfg.task), cfg, checkpoint, out), others={})
 
 

@@ -6,6 +6,7 @@ folder (writing its leaderboard files). `meter.tasks.catalog` imports the module
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,9 @@ EVALUATION_MARKER = ".meter-evaluation"
 def evaluate_into(downstream: Downstream, cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """`downstream.evaluate`, then the marker in `out` when the evaluation wrote anything there (one that failed
     before writing leaves no folder)."""
+    started = time.time()
     try:
         return downstream.evaluate(cfg, checkpoint, out)
-    finally:
-        if out.is_dir() and any(out.iterdir()):
+    finally:  # what it wrote: a run folder has files of its own before
+        if out.is_dir() and any(path.stat().st_mtime >= started - 1 for path in out.iterdir() if path.is_file()):
             (out / EVALUATION_MARKER).touch()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -27,6 +29,7 @@ from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
 from meter.train.recompute import recompute_layers, repeated_layers
 from meter.train.runtime import Runtime, is_main_process, waiting_group
+from meter.train.stop_signals import INTERRUPTED, PREEMPTED, STOP_SIGNALS, RunStopped, StopAtOnce
 
 PARALLEL = ("ddp", "fsdp")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -161,14 +164,45 @@ def main_alone(work: Callable[[], T], others: T) -> T:
     if main:
         try:
             result = work()
-        except Exception as error:
+        except BaseException as error:  # a stop signal too: the others are told, not cut off mid-collective
             failure = error
-    told = broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}", group=waiting_group())
+    news = None if failure is None else (stopped_status(failure), f"{type(failure).__name__}: {failure}")
+    with signals_deferred() as deferred:  # a signal to a waiting process alone must not split the broadcast
+        told = broadcast_object(news, group=waiting_group())
     if failure is not None:
         raise failure
     if told is not None:
-        raise MeterError(f"the first process failed, so this one stops too: {told}")
+        status, message = told
+        if status:
+            raise RunStopped(f"the first process was stopped, so this one stops too: {message}", status)
+        raise MeterError(f"the first process failed, so this one stops too: {message}")
+    if deferred:
+        raise StopAtOnce(deferred[0])
     return result
+
+
+def stopped_status(error: BaseException) -> int:
+    """The exit status of a stop (a signal, Ctrl-C), 0 for a failure."""
+    if isinstance(error, StopAtOnce):
+        return PREEMPTED
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED
+    return getattr(error, "exit_status", 0)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """While entered (in the main thread), a stop signal is noted, not raised: the list holds it after."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
 def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:
