@@ -176,8 +176,8 @@ def main_alone(work: Callable[[], T], others: T) -> T:
         if status:
             raise RunStopped(f"the first process was stopped, so this one stops too: {message}", status)
         raise MeterError(f"the first process failed, so this one stops too: {message}")
-    if deferred:
-        raise StopAtOnce(deferred[0])
+    for signum in deferred:  # now to the handler of the moment: training notes it, outside training it stops
+        signal.raise_signal(signum)
     return result
 
 
@@ -192,7 +192,7 @@ def stopped_status(error: BaseException) -> int:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[list[int]]:
-    """While entered (in the main thread), a stop signal is noted, not raised: the list holds it after."""
+    """While entered (in the main thread), a stop signal is noted, not handled: the list holds it after."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
