@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -29,7 +28,7 @@ from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
 from meter.train.recompute import recompute_layers, repeated_layers
 from meter.train.runtime import Runtime, is_main_process, waiting_group
-from meter.train.stop_signals import INTERRUPTED, PREEMPTED, STOP_SIGNALS, RunStopped, StopAtOnce
+from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, signals_deferred
 
 PARALLEL = ("ddp", "fsdp")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -188,21 +187,6 @@ def stopped_status(error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED
     return getattr(error, "exit_status", 0)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[list[int]]:
-    """While entered (in the main thread), a stop signal is noted, not handled: the list holds it after."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
 def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:

@@ -71,14 +71,11 @@ class StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():  # Python runs handlers in the main thread only
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = install(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+        restore(self._previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:
@@ -93,6 +90,31 @@ class StopRequests:
         if signum == self.received and time.monotonic() - self._received_at < REPEAT_WINDOW:
             return
         raise StopAtOnce(signum)
+
+
+def install(handler: Any) -> dict[int, Any]:
+    """`handler` for the stop signals; returns the handlers it replaced, for `restore`. Python runs handlers in the
+    main thread only: in another thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """While entered, a stop signal is noted, not handled: the list holds it after (for the caller to hand on once
+    what must not be cut in two, a collective, is done)."""
+    received: list[int] = []
+    previous = install(lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        restore(previous)
 
 
 def signal_name(signum: int) -> str:
