@@ -37,6 +37,7 @@ from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_f
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
+from meter.data.formats.common import distinct
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, ranking, retrieval_recall
@@ -301,13 +302,8 @@ def distinct_captions(records: list[CaptionRecord]) -> list[tuple[int, int, str]
     """(image index, caption index, caption) of each image's captions, an image's repeated caption once: the
     official evaluation ranks distinct captions (METER's datasets keep `set(texts)` of each image,
     base_dataset.py:66-69), so a repeat would count a query twice."""
-    queries = []
-    for i, record in enumerate(records):
-        seen: set[str] = set()
-        for k, caption in enumerate(record.captions):
-            if caption not in seen:
-                seen.add(caption)
-                queries.append((i, k, caption))
+    queries = [(i, record.captions.index(caption), caption)
+               for i, record in enumerate(records) for caption in distinct(record.captions)]  # fmt: skip
     repeats = sum(len(r.captions) for r in records) - len(queries)
     if repeats:
         log.info("retrieval eval: %d repeated captions of the same image ranked once, as the official evaluation "
