@@ -94,6 +94,41 @@ def test_a_text_encoder_that_does_not_fit_is_a_clear_error(tmp_path: Path):
         import_meter_official(CKPT, tmp_path / "text", tmp_path / "m")
 
 
+def test_a_truncated_download_or_a_folder_is_named_as_such(tmp_path: Path):
+    data = CKPT.read_bytes()
+    (tmp_path / "half.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"half.ckpt: not a complete PyTorch checkpoint .*interrupted download"):
+        import_meter_official(tmp_path / "half.ckpt", TEXT_ENCODER, tmp_path / "m")
+    with pytest.raises(DataError, match="is a folder: name the checkpoint file in it"):
+        import_meter_official(REFERENCE, TEXT_ENCODER, tmp_path / "m")
+    code = main(["import", "meter-official", "--ckpt", str(tmp_path / "half.ckpt"), "--text-encoder",
+                 str(TEXT_ENCODER), "--out", str(tmp_path / "m")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(state_dict=[1, 2]), r"its `state_dict` is a list, expected a dictionary of tensors"),
+        (lambda c: c.update(hyper_parameters=[1, 2]), r"its hyper_parameters hold a list, expected the config"),
+        (lambda c: c.update(state_dict={"visual.conv1.weight": torch.zeros(1)}),  # a bare OpenAI CLIP, say
+         r"not an official METER checkpoint: no vision encoder under 'vit_model.' \(it has e.g. \['visual.conv1"),
+    ],
+    ids=["state-dict-list", "hyper-parameters-list", "another-model"],
+)  # fmt: skip
+def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path: Path, change, message: str):
+    checkpoint = official_checkpoint()
+    change(checkpoint)
+    with pytest.raises(DataError, match=message):
+        import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+
+
+def test_an_image_size_the_patches_do_not_tile_is_refused(tmp_path: Path):
+    with pytest.raises(DataError, match=r"--image-size 72 must be a multiple of 16 .*e.g. 64 or 80"):
+        import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", image_size=72)
+    assert not (tmp_path / "m").exists()
+
+
 class Bomb:
     """Unpickling it would create a directory: proof that the loader ran code from the file."""
 
@@ -164,6 +199,27 @@ def test_vqa_answers_name_the_classifier_rows(tmp_path: Path):
     (tmp_path / "short.json").write_text(json.dumps(list(answers)[:9]))
     with pytest.raises(DataError, match="9 answers, but the checkpoint's VQA classifier has 10 rows"):
         import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m2", vqa_answers=tmp_path / "short.json")
+
+
+def _annotations(path: Path, consensus: list[str]) -> None:
+    annotations = [{"question_id": n, "multiple_choice_answer": answer, "answers": []} for n, answer in
+                   enumerate(consensus)]  # fmt: skip
+    path.write_text(json.dumps({"annotations": annotations}))
+
+
+def test_vqa_answers_rebuilds_the_official_numbering_from_the_annotations(tmp_path: Path):
+    """write_vqa.py: train2014 then val2014 consensus answers in file order, in normal form, those given at least 9
+    times, numbered in the order first met (not by frequency)."""
+    first_met = ["owl", "2", "yes", "red", "cat", "dog", "no", "3", "blue", "left"]
+    train = [answer for answer in first_met[:6] for _ in range(5)] + ["zebra"] * 8
+    val = [answer for answer in first_met for _ in range(9 if first_met.index(answer) >= 6 else 4)] + ["Two", "The owl"]
+    _annotations(tmp_path / "v2_mscoco_train2014_annotations.json", train)
+    _annotations(tmp_path / "v2_mscoco_val2014_annotations.json", val)
+    import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", vqa_answers=tmp_path)
+    assert read_model_folder(tmp_path / "m").answers == first_met  # zebra: 8; "Two" counts as "2", "The owl" as owl
+    (tmp_path / "v2_mscoco_val2014_annotations.json").unlink()
+    with pytest.raises(DataError, match=r"must hold the VQAv2 annotations .* not found: .*val2014_annotations"):
+        import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m2", vqa_answers=tmp_path)
 
 
 def _replace_heads(checkpoint: dict, heads: dict[str, torch.Tensor]) -> dict:

@@ -5,12 +5,13 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from meter.cli import main
 from meter.config import load_config
 from meter.data.formats.vqa import read_vqa_questions
 from meter.errors import DataError
-from meter.models.folder import read_model_folder
+from meter.models.folder import export_model_folder, read_model_folder
 from meter.runs import run_finetune
 from meter.tasks.vqa import answer_vocabulary, read_vqa_split, setup_vqa
 from tests.conftest import MICRO
@@ -144,3 +145,32 @@ def test_an_annotated_split_whose_annotations_are_missing_is_an_error_naming_the
     assert (f"vqa.eval_split = 'val2014': its annotations {shapes_world}/vqa/v2_mscoco_val2014_annotation.json not "
             "found") in capsys.readouterr().err  # fmt: skip
     assert not list(out.iterdir())
+
+
+def _vqa_folder(job, path: Path, answers: list[str]) -> list[torch.Tensor]:
+    """A model folder of `job`'s model whose VQA rows name `answers` (none: unnamed rows); returns its rows, each
+    one distinct."""
+    classifier = job.task.model.heads["vqa"][3]
+    with torch.no_grad():
+        for row in range(len(classifier.weight)):
+            classifier.weight[row] = row + 1.0
+    description = job.task.describe()
+    description.answers = list(answers)
+    export_model_folder(path, job.task.model, job.tokenizer, description)
+    return list(classifier.weight.detach().clone())
+
+
+def test_fine_tuning_from_a_vqa_folder_loads_its_rows_by_answer_not_by_position(shapes_world: Path, tmp_path: Path):
+    _write_split(tmp_path, "train2014", ["cat"] * 9 + ["owl"] * 9 + ["yak"] * 9, first_id=0)
+    (tmp_path / "tokenizers").symlink_to(shapes_world / "tokenizers")
+    settings = [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014]", *MICRO]
+    saved = _vqa_folder(setup_vqa(load_config(None, settings)), tmp_path / "folder", ["yak", "cat", "emu"])
+    job = setup_vqa(load_config(None, [*settings, f"train.init_from={tmp_path / 'folder'}"]))
+    rows = job.task.model.heads["vqa"][3].weight.detach()
+    assert job.task.answers == ["cat", "owl", "yak"]  # as many rows as the folder's, other answers in another order
+    assert torch.equal(rows[0], saved[1]) and torch.equal(rows[2], saved[0])
+    assert not any(torch.equal(rows[1], row) for row in saved)  # owl: the folder has none, it starts fresh
+    # an import without --vqa-answers: rows that name no answer cannot be matched, the head starts fresh
+    _vqa_folder(setup_vqa(load_config(None, settings)), tmp_path / "unnamed", [])
+    unnamed = setup_vqa(load_config(None, [*settings, f"train.init_from={tmp_path / 'unnamed'}"]))
+    assert not any(torch.equal(row, old) for row in unnamed.task.model.heads["vqa"][3].weight for old in saved)

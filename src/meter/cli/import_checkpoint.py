@@ -32,7 +32,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     )
     official.add_argument("--tokenizer", metavar="DIR", help="a tokenizer folder, if --text-encoder has none")
     official.add_argument(
-        "--vqa-answers", metavar="FILE", help="the official answer-to-label JSON: names the VQA classifier rows"
+        "--vqa-answers",
+        metavar="DIR|FILE",
+        help="names the VQA classifier rows: the folder of the VQAv2 train2014/val2014 annotations (the official"
+        " numbering is rebuilt from them), or an answer-to-label JSON / a list of answers in row order",
     )
     return run
 

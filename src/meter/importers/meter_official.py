@@ -11,10 +11,10 @@ is reported; a weight of our model that the checkpoint cannot fill, or fills wit
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
@@ -23,6 +23,7 @@ from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import DataError
 from meter.importers.official_layout import VISION, OfficialLayout, read_layout
 from meter.importers.safe_load import read_checkpoint, state_dict_of
+from meter.importers.vqa_answers import read_answers
 from meter.models.folder import ModelFolder, export_model_folder
 from meter.models.meter import Meter, build_meter
 from meter.models.tokenizer_folder import has_tokenizer, load_tokenizer
@@ -139,28 +140,13 @@ def read_text_config(folder: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
-def read_answers(path: str | Path, rows: int) -> list[str]:
-    """The answer of each VQA classifier row from the official answer-to-label JSON ({answer: label}), or a list."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--vqa-answers: file not found: {path}")
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-        data = data.get("label2ans", data.get("ans2label", data))
-    if isinstance(data, dict):
-        labels = sorted(data.values())
-        if labels != list(range(len(data))):
-            raise DataError(f"{path}: labels must be 0..{len(data) - 1}, each once (the classifier rows)")
-        answers = [""] * len(data)
-        for answer, label in data.items():
-            answers[label] = answer
-    elif isinstance(data, list) and all(isinstance(a, str) for a in data):
-        answers = data
-    else:
-        raise DataError(f"{path}: expected {{answer: label}} (answer-to-label JSON) or a list of answers")
-    if len(answers) != rows:
-        raise DataError(f"{path}: {len(answers)} answers, but the checkpoint's VQA classifier has {rows} rows")
-    return answers
+def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The official config the checkpoint saved (`hyper_parameters.config`), empty when it saved none."""
+    hyper = checkpoint.get("hyper_parameters") or {}
+    config = (hyper.get("config") or {}) if isinstance(hyper, dict) else hyper
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: its hyper_parameters hold a {type(config).__name__}, expected the config dictionary")
+    return config
 
 
 def pick_tokenizer(
@@ -204,7 +190,7 @@ def import_meter_official(
     ckpt = Path(ckpt)
     checkpoint = read_checkpoint(ckpt)
     weights = state_dict_of(checkpoint, ckpt)
-    hparams = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    hparams = saved_config(checkpoint, ckpt)
     text_config = read_text_config(text_encoder)
     layout: OfficialLayout = read_layout(weights, hparams, text_config, vision, image_size)
     report = ImportReport(Path(out))

@@ -55,12 +55,22 @@ def _need(weights: dict[str, Tensor], key: str) -> Tensor:
     return weights[key]
 
 
+def _check_image_size(image_size: int | None, multiple: int, why: str) -> None:
+    """--image-size must tile the encoder's grid: the official code asserts it (a rest would be cut off unseen)."""
+    if image_size is not None and (image_size <= 0 or image_size % multiple):
+        fits = sorted({max(multiple, image_size // multiple * multiple), (image_size // multiple + 1) * multiple})
+        raise DataError(
+            f"--image-size {image_size} must be a multiple of {multiple} ({why}): e.g. {' or '.join(map(str, fits))}"
+        )
+
+
 def clip_vision(weights: dict[str, Tensor], name: str | None, image_size: int | None) -> tuple[VisionConfig, int]:
     width = _need(weights, "vit_model.visual.class_embedding").shape[0]
     patch = _need(weights, "vit_model.visual.conv1.weight").shape[-1]
     depth = len(_indices(weights, r"vit_model\.visual\.transformer\.resblocks\.(\d+)\."))
     grid = math.isqrt(_need(weights, "vit_model.visual.positional_embedding").shape[0] - 1)
     trained = grid * patch
+    _check_image_size(image_size, patch, f"the side of CLIP's {patch}-pixel patches")
     kwargs = {"embed_dim": width, "depth": depth, "num_heads": width // 64, "patch_size": patch}
     vision = VisionConfig(
         name=name or CLIP_NAMES.get(patch, "clip-vit"), size="base", image_size=image_size or trained,
@@ -78,6 +88,7 @@ def swin_vision(
     tables = [weights[f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in stages]
     window = (math.isqrt(tables[0].shape[0]) + 1) // 2
     trained = int(hparams.get("image_size") or window * 32)  # the official window is image_size / 32
+    _check_image_size(image_size, 32, "Swin's window is image_size / 32")
     size = image_size or trained
     kwargs = {
         "embed_dim": embed.shape[0], "depths": depths, "num_heads": [t.shape[1] for t in tables],
@@ -108,9 +119,12 @@ def read_layout(
     elif "vit_model.patch_embed.proj.weight" in weights:
         vision, trained = swin_vision(weights, hparams, vision_name, image_size)
         image_pool = "mean"  # the official Swin model averages the fused image tokens
-    else:
+    elif any(k.startswith(VISION) for k in weights):
         sample = sorted(k for k in weights if k.startswith(VISION))[:3]
         raise DataError(f"unrecognised vision encoder in the checkpoint (neither CLIP nor Swin): {sample}")
+    else:
+        sample = sorted(weights)[:3]
+        raise DataError(f"not an official METER checkpoint: no vision encoder under {VISION!r} (it has e.g. {sample})")
     width = _need(weights, "cross_modal_text_transform.weight").shape[0]
     layers = _indices(weights, r"cross_modal_text_layers\.(\d+)\.")
     if layers != _indices(weights, r"cross_modal_image_layers\.(\d+)\."):

@@ -61,6 +61,11 @@ def _unsafe_globals(path: Path) -> list[str] | None:
         return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except ValueError:  # the legacy (pre-zip) format cannot be scanned; the weights-only unpickler still guards it
         return None
+    except (RuntimeError, OSError, EOFError) as error:  # a zip archive cut short: released files are gigabytes
+        raise DataError(
+            f"{path}: not a complete PyTorch checkpoint ({_reason(error).split('. ')[0]}): a truncated or damaged"
+            " file, e.g. an interrupted download; download it again"
+        ) from None
 
 
 def _reason(error: Exception) -> str:
@@ -75,6 +80,8 @@ def _reason(error: Exception) -> str:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's top-level dictionary, loaded with `weights_only=True` on the CPU."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder: name the checkpoint file in it (e.g. its .ckpt)")
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     scanned = _unsafe_globals(path)
@@ -100,6 +107,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def state_dict_of(checkpoint: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a Lightning checkpoint (`state_dict`), or the file itself when it is a bare state dict."""
     weights = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(weights, dict):
+        raise DataError(f"{path}: its `state_dict` is a {type(weights).__name__}, expected a dictionary of tensors")
     tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise DataError(f"{path}: no weights found (expected a `state_dict` of tensors)")

@@ -67,3 +67,27 @@ def require_current_order(saved: Mapping[str, list[str]], where: str) -> None:
                 f" {', '.join(today)}; a run cannot resume across that change: fine-tune from it instead"
                 f" (train.init_from={where} reorders the rows on load), or finish the run with the meter that began it"
             )
+
+
+def rows_by_answer(
+    weights: dict[str, Tensor], saved: list[str], wanted: list[str], fresh: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], int]:
+    """`weights` with the VQA classifier's rows moved from the answers of the folder (`saved`, one per row) to the
+    run's vocabulary (`wanted`): an answer the folder has keeps its row, another starts at its `fresh` row. A folder
+    whose rows name no answers (an import without --vqa-answers) gives none: its rows cannot be matched. Returns
+    the weights and how many answers kept their row."""
+    index = {answer: row for row, answer in enumerate(saved)}
+    kept = [(row, index[answer]) for row, answer in enumerate(wanted) if answer in index]
+    moved = dict(weights)
+    for part in ("weight", "bias"):
+        key = f"heads.vqa.{OUTPUT_LAYER}.{part}"
+        if key not in moved:
+            continue
+        if len(saved) != len(moved[key]):  # unnamed or mismatched rows: none can be trusted
+            del moved[key]
+            continue
+        rows = fresh[key].detach().clone()
+        for row, old in kept:
+            rows[row] = moved[key][old]
+        moved[key] = rows
+    return moved, len(kept) if f"heads.vqa.{OUTPUT_LAYER}.weight" in moved else 0

@@ -257,5 +257,5 @@ def require_answers(description: ModelFolder, path: str | Path) -> None:
     if len(description.answers) != rows:
         raise DataError(
             f"{path}: the VQA head has {rows} rows but the folder names {len(description.answers)} answers; "
-            "import the model with --vqa-answers FILE (the official answer-to-label JSON)"
+            "import the model with --vqa-answers DIR (the folder of the VQAv2 annotations; or an answer-to-label JSON)"
         )

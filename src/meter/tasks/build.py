@@ -18,6 +18,7 @@ from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import verify_checksums
+from meter.models.class_rows import OUTPUT_LAYER, rows_by_answer
 from meter.models.folder import (
     WEIGHTS,
     ModelFolder,
@@ -26,7 +27,7 @@ from meter.models.folder import (
     read_model_folder,
     read_text_config,
 )
-from meter.models.init_from import finetune_model_config, vision_adapter
+from meter.models.init_from import Weights, finetune_model_config, vision_adapter
 from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
 from meter.models.tokenizer_folder import load_tokenizer
@@ -71,13 +72,14 @@ def task_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
 
 def build_model(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, heads: dict[str, int], token_types: int = 2,
-    with_decoder: bool = False,
+    with_decoder: bool = False, answers: list[str] | None = None,
 ) -> Meter:  # fmt: skip
     """A fresh model, or with train.init_from the architecture and weights of that model folder (heads it lacks
     start at random; heads it has that this task does not use are left behind). The config's resolution, dropout
     and text length apply, with the folder's weights resampled to them (see `models/init_from.py`). Updates
     cfg.model to match, so that the run's model folders record them.
-    `with_decoder`: the task needs a decoder; from an encoder-only folder it starts fresh (model.decoder's sizes)."""
+    `with_decoder`: the task needs a decoder; from an encoder-only folder it starts fresh (model.decoder's sizes).
+    `answers`: the VQA head's answer of each row; a folder's VQA rows load by answer, not by position."""
     source = cfg.train.init_from
     if not source:
         model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
@@ -94,9 +96,10 @@ def build_model(
     text_config = read_text_config(source)
     cfg.model = finetune_model_config(folder.config.model, cfg.model, text_config, str(source))
     model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types, text_config)
-    not_loaded = load_weights(
-        model, Path(source) / WEIGHTS, adapt=vision_adapter(model, str(source)), classes=folder.classes
-    )
+    adapt = vision_adapter(model, str(source))
+    if answers is not None and "vqa" in heads:
+        adapt = _with_answer_rows(adapt, model, folder.answers, answers, str(source))
+    not_loaded = load_weights(model, Path(source) / WEIGHTS, adapt=adapt, classes=folder.classes)
     if TOKEN_TYPES in not_loaded and expand_token_types(model, Path(source) / WEIGHTS):
         not_loaded.remove(TOKEN_TYPES)
     unexpected = [k for k in not_loaded if k.split(".")[0] not in fresh_parts]
@@ -105,6 +108,28 @@ def build_model(
     parts = sorted({k.split(".")[1] if k.startswith("heads.") else k.split(".")[0] for k in not_loaded})
     log.info("initialised from %s (%d tensors start fresh: %s)", source, len(not_loaded), ", ".join(parts) or "none")
     return model
+
+
+def _with_answer_rows(
+    adapt: Callable[[Weights], Weights], model: Meter, saved: list[str], answers: list[str], source: str
+) -> Callable[[Weights], Weights]:
+    """`adapt`, then the folder's VQA rows moved to the run's answers (a row count that matches is no sign that the
+    answers do: an import numbers them officially, meter by frequency)."""
+
+    def adapt_with_rows(weights: Weights) -> Weights:
+        weights = adapt(weights)
+        if f"heads.vqa.{OUTPUT_LAYER}.weight" not in weights:
+            return weights
+        moved, kept = rows_by_answer(weights, saved, answers, model.state_dict())
+        if not saved:
+            log.warning("train.init_from: the VQA rows of %s name no answers (imported without --vqa-answers): the "
+                        "head starts fresh", source)  # fmt: skip
+        else:
+            log.info("train.init_from: %d of the %d answers keep their VQA row from %s; %d start fresh", kept,
+                     len(answers), source, len(answers) - kept)  # fmt: skip
+        return moved
+
+    return adapt_with_rows
 
 
 def read_init_from(source: str | Path) -> ModelFolder:

@@ -170,7 +170,7 @@ def setup_vqa(cfg: Config) -> Finetuning:
             f"{', '.join(cfg.vqa.train_splits)}; lower it"
         )
     tokenizer = task_tokenizer(cfg)
-    model = build_model(cfg, tokenizer, {"vqa": len(answers)})
+    model = build_model(cfg, tokenizer, {"vqa": len(answers)}, answers=answers)
     images = image_reader(cfg, model)
     dataset = vqa_dataset(train_records, images, answers, cfg.vqa.normalize_targets)
     log.info("vqa: %d training questions, %d answers in the vocabulary", len(dataset), len(answers))
