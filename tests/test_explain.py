@@ -13,6 +13,8 @@ from meter.config import load_config
 from meter.errors import ConfigError
 from meter.explain import HeatMap, explain_batch, model_view, overlay
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
+from meter.models.folder import export_model_folder, load_model_folder
+from meter.models.folder_description import ModelFolder
 from meter.models.tokenizer_folder import load_tokenizer
 from meter.predictor import Predictor
 from meter.tasks.build import build_model
@@ -177,3 +179,67 @@ def test_explain_command_refuses_text_for_a_vqa_only_model(
         code == 2
         and "--text needs a rank, itm or snli_ve head to explain; this model has: vqa" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("fusion", ["co-attention", "merged"])
+def test_gradcam_explains_both_fusions(shapes_world: Path, tmp_path: Path, fusion: str):
+    """Merged attention's text-to-image block is a slice of each layer's weights: the gradient is taken with respect
+    to the weights the score used, then sliced (with respect to the slice, the graph had no path: an error)."""
+    model, *_ = micro_model(shapes_world, fusion)
+    settings = [f"data.root={shapes_world}", *MICRO, f"model.fusion.name={fusion}", "model.fusion.layers=2"]
+    cfg = load_config(None, settings)
+    answers = ["red", "blue", "green", "2", "3"]
+    tokenizer = load_tokenizer(shapes_world / "tokenizers" / "wordpiece")
+    export_model_folder(tmp_path / "model", model, tokenizer, ModelFolder(cfg, {"vqa": 5}, answers))
+    image = shapes_world / IMAGE
+    heat = explain_batch(Predictor(tmp_path / "model", "cpu"), [image], [QUESTION], method="gradcam")[0]
+    assert len(heat.layers) == 2 and heat.prediction["answers"][0]["answer"] in answers
+    for grid in (*heat.layers, heat.mean):
+        assert grid.shape == (4, 4) and grid.min() >= 0 and grid.sum() == pytest.approx(1)
+
+
+def test_a_loaded_model_folder_is_in_evaluation_mode(micro_checkpoints):
+    model, _, _ = load_model_folder(micro_checkpoints("vqa"))
+    assert not any(module.training for module in model.modules())  # dropout off: the same input, the same output
+
+
+def _explain(checkpoint: Path, image: Path, out: Path, *extra: str) -> int:
+    return main(["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--question", QUESTION,
+                 "--out", str(out), "--size", "64", *extra])  # fmt: skip
+
+
+def test_explain_never_writes_over_a_users_file_and_replaces_its_own(micro_checkpoints, shapes_tasks_world: Path,
+                                                                     tmp_path: Path, capsys):  # fmt: skip
+    image, checkpoint = shapes_tasks_world / IMAGE, micro_checkpoints("vqa")
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (40, 30), "orange").save(photo)
+    before = photo.read_bytes()
+    assert _explain(checkpoint, image, photo) == 2 and photo.read_bytes() == before
+    assert "holiday.png is a file meter did not write" in capsys.readouterr().err
+    for out in (tmp_path / "map.jpg", tmp_path / "map.jpg"):  # a rerun replaces the heat map it wrote
+        assert _explain(checkpoint, image, out) == 0 and Image.open(out).size == (64, 64)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("out", "extra", "message"),
+    [
+        ("map.psd", [], "give a .png, .jpg, .webp or .tif file name"),  # Pillow reads it, cannot write it
+        ("map.xbm", [], "give a .png, .jpg, .webp or .tif file name"),  # writes black and white only
+        ("holiday.png/map.png", [], "the folder of --out = "),
+        ("map.png", ["--size", "30000"], "--size 30000 must be from 16 to 8192"),
+    ],
+)
+def test_a_heat_map_path_or_size_that_cannot_be_written_is_refused_before_the_model_loads(
+    shapes_tasks_world: Path, tmp_path: Path, capsys, out: str, extra: list[str], message: str
+):
+    Image.new("RGB", (8, 8)).save(tmp_path / "holiday.png")
+    missing_model = tmp_path / "no-model-here"  # loading it would fail: the refusal comes first
+    assert _explain(missing_model, shapes_tasks_world / IMAGE, tmp_path / out, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_top_goes_with_a_question(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys):
+    code = main(["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
+                 "--text", "a red circle.", "--top", "3", "--out", str(tmp_path / "map.png")])  # fmt: skip
+    assert code == 2 and "--top lists VQA answers; it goes with --question" in capsys.readouterr().err

@@ -179,8 +179,12 @@ def explain_batch(
     with gradients, record_text_to_image_attention(predictor.model) as record:
         with predictor.runtime.autocast():  # the precision the answers of /vqa are given in: the same top answer
             score, predictions = _scores(predictor, task, batch, answers, top)
-        weights = record.text_to_image(batch["input_ids"].shape[1])
-        grads = list(torch.autograd.grad(score.sum(), weights)) if method == "gradcam" else None
+        text_length = batch["input_ids"].shape[1]
+        weights = record.text_to_image(text_length)
+        if method == "gradcam":
+            grads = record.text_to_image(text_length, of=torch.autograd.grad(score.sum(), record.weights))
+        else:
+            grads = None
     prefix, side = image_grid(weights[0].shape[-1])
     weights = [w.detach()[..., prefix:] for w in weights]
     grads = None if grads is None else [g[..., prefix:] for g in grads]

@@ -11,7 +11,9 @@ import argparse
 import json
 from collections.abc import Callable
 
-from meter.cli.common import add_device_arguments, at_least
+from meter.cli.common import add_device_arguments, at_least, check_output_folder
+
+TOP = 5  # answers listed by default
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -21,13 +23,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--question", help="a question about --image (VQA)")
     query.add_argument("--text", help="a caption or hypothesis about --image (match, snli_ve)")
-    parser.add_argument("--out", required=True, help="the PNG to write: the heat map over the image")
+    parser.add_argument("--out", required=True, help="the image to write (.png, .jpg, .webp, .tif): the heat map")
     parser.add_argument("--method", help="gradcam or attention (default: gradcam; see the README)")
     parser.add_argument("--layer", default="mean", help="mean (default), or a fusion layer counted from 1")
     parser.add_argument("--task", help="what --text asks: match or snli_ve (default: the first the model has)")
     parser.add_argument("--answer", help="the VQA answer to explain (default: the model's best)")
-    parser.add_argument("--top", type=at_least(1), default=5, help="answers to list for --question (default 5)")
-    parser.add_argument("--size", type=int, default=384, help="side of the written PNG in pixels (default 384)")
+    parser.add_argument("--top", type=at_least(1), help=f"answers to list for --question (default {TOP})")
+    parser.add_argument("--size", type=int, default=384, help="side of the written image in pixels (default 384)")
     add_device_arguments(parser)
     return run
 
@@ -38,18 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from meter.data.images import load_image
     from meter.errors import ConfigError
     from meter.explain import DEFAULT_METHOD, check_method, explain_batch, explainable_tasks, overlay
+    from meter.heat_map_file import MAX_SIDE, check_heat_map_path, save_heat_map
     from meter.predictor import Predictor
-
-    def check_heat_map_path(out: Path, image: Path) -> None:
-        """Before the model loads: an image file Pillow can write, and never the image it explains."""
-        from PIL import Image
-
-        if out.is_dir():
-            raise ConfigError(f"--out {out} is a folder; give the PNG file to write (e.g. {out / 'heat_map.png'})")
-        if out.suffix.lower() not in Image.registered_extensions():
-            raise ConfigError(f"--out {out}: give an image file name (.png, .jpg, ...) for the heat map")
-        if out.exists() and out.resolve() == image.resolve():
-            raise ConfigError(f"--out {out} is the --image it explains: give the heat map a file of its own")
 
     text = args.question if args.question is not None else args.text
     if not text.strip():
@@ -63,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--layer {args.layer!r}: choose mean or a fusion layer counted from 1")
     if args.answer is not None and args.question is None:
         raise ConfigError("--answer picks a VQA answer; it goes with --question")
-    if args.size < 16:
-        raise ConfigError(f"--size {args.size} must be at least 16")
-    check_heat_map_path(Path(args.out), Path(args.image))
+    if args.top is not None and args.question is None:
+        raise ConfigError("--top lists VQA answers; it goes with --question")
+    if not 16 <= args.size <= MAX_SIDE:
+        raise ConfigError(f"--size {args.size} must be from 16 to {MAX_SIDE} pixels")
+    out = Path(args.out)
+    check_output_folder(out.parent, "the folder of --out")
+    image_format = check_heat_map_path(out, Path(args.image))
     predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
     task = "vqa" if args.question is not None else args.task
     if task is None:  # --text: what the model can say about a text
@@ -79,11 +75,10 @@ def run(args: argparse.Namespace) -> int:
     # the same pixels, the same scores
     reader = predictor.images
     image = load_image(args.image, at_least=reader.image_size, max_pixels=reader.max_pixels, upright=True)
-    heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top)[0]
+    heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top or TOP)[0]
     grid = heat.select(args.layer)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay(image, grid, args.size).save(out)
+    save_heat_map(overlay(image, grid, args.size), out, image_format)
     result = {**heat.prediction, "method": heat.method, "layer": args.layer, "grid": "GRID", "out": str(out)}
     rows = ",\n  ".join(json.dumps([round(v, 4) for v in row]) for row in grid.tolist())
     print(json.dumps(result, indent=1).replace('"GRID"', f"[\n  {rows}\n ]"))  # one line per row of patches

@@ -203,7 +203,7 @@ def import_meter_official(
     if vqa_answers and "vqa" not in layout.heads:
         raise DataError(f"--vqa-answers given, but {ckpt} has no VQA classifier")
     if "vqa" in layout.heads and not answers:
-        report.notes.append("VQA classifier rows are unnamed: pass --vqa-answers FILE to name them")
+        report.notes.append("VQA classifier rows are unnamed: name them with --vqa-answers DIR (VQAv2 annotations)")
     if "snli_ve" in layout.heads:  # the official order is meter's: the rows are copied as they are
         report.notes.append(f"SNLI-VE classifier rows: {', '.join(SNLI_VE_LABELS)} (the official order)")
     loaded_tokenizer = pick_tokenizer(tokenizer, text_encoder, text_config, report)

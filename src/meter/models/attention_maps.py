@@ -31,11 +31,13 @@ class AttentionRecord:
     merged: bool
     weights: list[Tensor] = field(default_factory=list)
 
-    def text_to_image(self, text_length: int) -> list[Tensor]:
-        """(B, heads, text tokens, image tokens) per layer."""
+    def text_to_image(self, text_length: int, of: list[Tensor] | None = None) -> list[Tensor]:
+        """(B, heads, text tokens, image tokens) per layer: of the weights, or of tensors shaped as they are (their
+        gradients: taken with respect to the recorded weights themselves, which the score used, not to a slice)."""
+        tensors = list(self.weights if of is None else of)
         if not self.merged:
-            return list(self.weights)
-        return [w[:, :, :text_length, text_length:] for w in self.weights]
+            return tensors
+        return [w[:, :, :text_length, text_length:] for w in tensors]
 
 
 def explicit_attention(

@@ -200,7 +200,8 @@ def load_weights(
 
 
 def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
-    """Rebuilds the model of a folder (a checkpoint, an export or an import) with its weights; no tokenizer."""
+    """Rebuilds the model of a folder (a checkpoint, an export or an import) with its weights; no tokenizer. In
+    evaluation mode (no dropout), as transformers' from_pretrained gives a model: `.train()` to train it."""
     path = Path(path)
     description = read_model_folder(path)
     verify_checksums(path, ("model",))
@@ -216,7 +217,7 @@ def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
     if missing:
         raise DataError(f"{path / WEIGHTS}: {len(missing)} weights missing, e.g. {missing[:3]}")
     description.classes = current_classes(description.heads)  # the loaded rows are in today's order
-    return model, description
+    return model.eval(), description
 
 
 def read_text_config(path: str | Path) -> PretrainedConfig:
