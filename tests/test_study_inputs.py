@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from meter.cli import main
 from meter.errors import ConfigError
 from meter.study.cells import plan_study
 from meter.study.records import RESULT, run_done
 from meter.study.spec import study_from_dict
-from tests.studies import micro_study
+from tests.studies import micro_study, write_study
 
 
 def _ran(plan) -> None:
@@ -84,3 +85,45 @@ def test_a_changed_shapes_world_refuses_the_runs_of_the_old_one(tmp_path):
     study["data"]["shapes"]["seed"] = 4
     with pytest.raises(ConfigError, match=r"pretrain \(data.shapes changed\)"):
         plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_row_that_keeps_an_edited_rows_old_pretraining_gets_a_folder_of_its_own(shapes_world, tmp_path):
+    """Row a pretrained with weight decay 0.02; a edited to 0.05, and a new row b with a's old 0.02: both were planned
+    into a's pretraining folder (the old setting's entry), b then fine-tuned from a's new run as if it were its own."""
+    study = micro_study(shapes_world, variants=[{"name": "a", "pretrain": ["train.weight_decay=0.02"]}])
+    first = plan_study(study_from_dict(study), tmp_path / "out")
+    _ran(first)
+    old_folder = next(run.folder for run in first.cell("vlp/a/seed-0").runs if run.kind == "pretrain")
+    study["variants"] = [
+        {"name": "a", "pretrain": ["train.weight_decay=0.05"]},
+        {"name": "b", "pretrain": ["train.weight_decay=0.02"], "finetune": ["train.lr=1.0e-3"]},
+    ]
+    shutil.rmtree(Path(old_folder).parent / "vqa")  # a's fine-tuning started from the old pretraining: run it again
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    folders = {cell.row: next(run.folder for run in cell.runs if run.kind == "pretrain") for cell in plan.cells}
+    assert folders["b"] == old_folder  # b keeps the run of its setting
+    assert folders["a"] != old_folder and len(set(folders.values())) == 3
+    assert plan_study(study_from_dict(study), tmp_path / "out").cells == plan.cells  # the same plan the next time
+
+
+def test_an_edit_that_is_refused_leaves_the_studys_data_as_it_was(tmp_path):
+    """The refusal came after the shapes world had been made again for the new setting: jobs still running read it."""
+    study = micro_study(tmp_path)
+    study["data"] = {"shapes": {"images": 20, "seed": 3, "questions_per_image": 1, "vocab_size": 300}}
+    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    manifest = next((tmp_path / "out" / "shapes").glob("*.json"))
+    before = manifest.read_bytes()
+    study["data"]["shapes"]["seed"] = 4
+    with pytest.raises(ConfigError, match=r"pretrain \(data.shapes changed\)"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+    assert manifest.read_bytes() == before
+
+
+def test_study_check_refuses_an_edit_that_run_would_refuse(shapes_world, tmp_path, capsys):
+    study = micro_study(shapes_world)
+    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    study["base"]["overrides"] = [*study["base"]["overrides"], "model.fusion.heads=4"]
+    path = write_study(tmp_path / "study.yaml", study)
+    assert main(["study", "check", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "model.fusion.heads: 2 -> 4" in capsys.readouterr().err
+    assert main(["study", "check", str(path), "--out", str(tmp_path / "elsewhere")]) == 0  # nothing ran there

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.errors import ConfigError
 from meter.study.cells import plan_study
 from meter.study.execute import Outcome, run_study, schedule
 from meter.study.executors import LocalProcesses, ProcessHandle, Submitit, worker_processes
@@ -170,3 +171,30 @@ def test_the_orchestrator_reads_only_its_own_workers_status(shapes_world, tmp_pa
         assert earlier != "stopped" or read_status(cell.folder)["state"] == "failed"
     else:
         assert outcome.skipped_running == [cell.name] and not outcome.failed and not outcome.ran
+
+
+class _CountingWorkers(_Workers):
+    def __init__(self, command: list[str], log: Path) -> None:
+        super().__init__(command, log)
+        self.submitted: list[str] = []
+
+    def submit(self, cell) -> ProcessHandle:
+        self.submitted.append(cell.name)
+        return super().submit(cell)
+
+
+def test_a_cell_whose_shared_pretraining_did_not_finish_is_not_started(shapes_world, tmp_path):
+    """The cell that runs a shared pretraining failed (or stopped): the cells fine-tuning from it were started anyway,
+    each worker failing for want of it; a stop of the first was reported as their failure (exit 1, not 75)."""
+    study = micro_study(shapes_world, variants=[{"name": "vqa-lr", "finetune": ["train.lr=3e-4"]}])
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    owner, user = plan.cells
+    assert user.depends_on == [owner.name]
+    workers = _CountingWorkers([sys.executable, "-c", "raise SystemExit(1)"], tmp_path / "worker.log")
+    outcome = Outcome()
+    schedule([owner, user], workers, 0.05, outcome)
+    assert workers.submitted == [owner.name]
+    assert outcome.failed[user.name] == f"not run: the pretraining of {owner.name} did not finish"
+    with pytest.raises(ConfigError, match=rf"--only: {user.name} fine-tunes from the pretraining of {owner.name}, "
+                                          r"which has not finished and is not chosen: add it"):  # fmt: skip
+        run_study(study_from_dict(study), tmp_path / "out", only=["vlp/vqa-lr/*"])

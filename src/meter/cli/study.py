@@ -108,13 +108,20 @@ def run_action(args: argparse.Namespace) -> int:
         print(f"  failed: {name}: {error}")
     for name, why in outcome.stopped.items():
         print(f"  stopped: {name}: {why}")
-    return 1 if outcome.failed else PREEMPTED if outcome.stopped else 2 if outcome.report_error else 0
+    if outcome.skipped_running:  # not finished: another worker (a job, a worker a killed run left) still runs them
+        print(f"  left to the workers running them: {', '.join(outcome.skipped_running)} (run again once they end)")
+    unfinished = outcome.stopped or outcome.skipped_running
+    return 1 if outcome.failed else PREEMPTED if unfinished else 2 if outcome.report_error else 0
 
 
 def _check(spec: object, out: str) -> int:
-    from meter.study.cells import plan_study
+    from pathlib import Path
+
+    from meter.study.cells import PLAN, check_unchanged, plan_study
 
     plan = plan_study(spec, out, prepare=False)
+    if (Path(out) / PLAN).is_file():  # the study has run there: an edit `run` would refuse is refused here too
+        check_unchanged(plan, Path(out).resolve())
     runs = sum(len(cell.own_runs()) for cell in plan.cells)
     print(f"{plan.name}: {plan.title}")
     columns = ", ".join(f"{task} {metric}" for task, spec in plan.tasks.items() for metric in spec.metrics)

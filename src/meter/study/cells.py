@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import Config, load_config, to_dict
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
@@ -188,6 +188,8 @@ class Planner:
         if index.is_file():
             self.shared = json.loads(index.read_text())
         self.owners: dict[str, str] = {}  # pretraining identity -> the cell that runs it in this plan
+        self.claimed: dict[str, str] = {}  # pretraining folder -> the identity this plan runs there
+        self.planned: set[str] = set()  # the pretraining identities of this plan
         self.data = self._data_overrides()
         self.kinds = {name: self._task_kind(name) for name in spec.base.tasks}
         self._prepare_world()
@@ -240,6 +242,8 @@ class Planner:
     def plan(self) -> StudyPlan:
         spec = self.spec
         rows = study_rows(spec)
+        self.planned = {self._pretraining(f"vlp/{row.slug}/seed-{seed}", row, [f"train.seed={seed}"])[2]
+                        for row in rows for seed in spec.seeds if "vlp" in spec.protocol}  # fmt: skip
         cells = [self._cell(protocol, row, seed) for protocol in spec.protocol for row in rows for seed in spec.seeds]
         tasks = {name: TaskColumns(self.kinds[name], task.metrics or DEFAULT_METRICS.get(self.kinds[name], []))
                  for name, task in spec.base.tasks.items()}  # fmt: skip
@@ -265,7 +269,8 @@ class Planner:
             runs += self._task_runs(name, folder, row, task, [*common, init_from], upstream)
         return CellPlan(name, protocol, row.name, seed, str(folder), runs, depends)
 
-    def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
+    def _pretraining(self, cell: str, row: Row, common: list[str]) -> tuple[Path, list[str], str]:
+        """The recipe, overrides and identity of a cell's pretraining."""
         base = self.spec.base.pretrain
         recipe = self._recipe(_pretrain_recipe(self.spec, row))
         steps = [f"train.max_steps={base.steps}"] if base.steps else []
@@ -274,12 +279,27 @@ class Planner:
         cfg = _resolved(recipe, overrides, f"{cell} pretraining")
         if cfg.task != "pretrain":
             raise ConfigError(f"{cell}: the pretraining recipe {recipe} has task = {cfg.task!r}, not pretrain")
-        key = identity(cfg, self.out)
+        return recipe, overrides, identity(cfg, self.out)
+
+    def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
+        recipe, overrides, key = self._pretraining(cell, row, common)
         owner = self.owners.setdefault(key, cell)
-        run_folder = str(self.out / self.shared.setdefault(key, str((folder / "pretrain").relative_to(self.out))))
+        run_folder = str(self.out / self._pretraining_folder(key, str((folder / "pretrain").relative_to(self.out))))
         overrides.append(f"train.out={run_folder}")
         return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
                        inputs=dict(self.world))  # fmt: skip
+
+    def _pretraining_folder(self, key: str, default: str) -> str:
+        """The folder of the pretraining `key` (relative to out): where it ran before, else the cell's own `pretrain`
+        unless another pretraining of the plan ran there (an earlier setting of the row, which another row keeps):
+        then `pretrain-<key>`. Never a folder of another pretraining of the plan."""
+        folder = self.shared.get(key)
+        if folder is None or self.claimed.get(folder, key) != key:
+            planned = {f for k, f in self.shared.items() if k != key and k in self.planned} | set(self.claimed)
+            folder = default if default not in planned else f"{default}-{key[:8]}"
+            self.shared[key] = folder
+        self.claimed[folder] = key
+        return folder
 
     def _task_runs(self, cell: str, folder: Path, row: Row, task: str, common: list[str], upstream: dict[str, Any]
                    ) -> list[RunPlan]:  # fmt: skip
@@ -336,6 +356,13 @@ def plan_study(spec: StudySpec, out: str | Path, prepare: bool = True) -> StudyP
     """The study's cells and runs; with `prepare` the data is made and the plan is checked against run folders that
     exist (a changed run is an error) and written to OUT (plan.json, each cell's cell.json, each run's
     study_run.json)."""
+    if prepare and (Path(out) / PLAN).is_file():  # runs exist: a changed study is refused before its data is remade
+        try:
+            before_data = Planner(spec, Path(out), prepare=False).plan()
+        except DataError:  # its data is not all there (deleted to be made again): checked below once it is
+            before_data = None
+        if before_data is not None:
+            check_unchanged(before_data, Path(out).resolve())
     planner = Planner(spec, Path(out), prepare)
     plan = planner.plan()
     if prepare:

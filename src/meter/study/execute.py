@@ -49,6 +49,29 @@ def cell_done(cell: CellPlan) -> bool:
     return all(run_done(run) for run in cell.own_runs())
 
 
+def waits_for_pretraining(cell: CellPlan) -> bool:
+    """Whether the pretraining the cell shares with another (which runs it) has not finished."""
+    return any(run.kind == "pretrain" and run.owner != cell.name and not run_done(run) for run in cell.runs)
+
+
+def blocked_by(cell: CellPlan, outcome: Outcome) -> bool:
+    """Records the cell as stopped, failed or left to another worker when the cell that runs its pretraining ended
+    so, without it; True then (the cell is not submitted: its worker could only fail for want of it)."""
+    if not waits_for_pretraining(cell):
+        return False
+    for owner in cell.depends_on:
+        if owner in outcome.stopped:
+            outcome.stopped[cell.name] = f"waits for the pretraining of {owner}, which stopped"
+        elif owner in outcome.failed:
+            outcome.failed[cell.name] = f"not run: the pretraining of {owner} did not finish"
+        elif owner in outcome.skipped_running:
+            outcome.skipped_running.append(cell.name)
+        else:
+            continue
+        return True
+    return False
+
+
 def select_cells(plan: StudyPlan, only: list[str] | None) -> list[CellPlan]:
     if not only:
         return plan.cells
@@ -82,6 +105,10 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 if any(dependency in pending for dependency in cell.depends_on):
                     continue
                 waiting.remove(cell)
+                if blocked_by(cell, outcome):
+                    log.warning("study: %s not started: its pretraining did not finish in %s", cell.name,
+                                ", ".join(cell.depends_on))  # fmt: skip
+                    continue
                 handle = executor.submit(cell)
                 running[cell.name] = (cell, handle, time.perf_counter())
                 log.info("study: %s started (%s)", cell.name, handle.describe())
@@ -178,9 +205,24 @@ def run_study(
             outcome.skipped_done.append(cell.name)
         elif status_alive(read_status(cell.folder)):
             outcome.skipped_running.append(cell.name)
-            log.warning("study: %s is running elsewhere (%s); left to it", cell.name, read_status(cell.folder))
+            status = read_status(cell.folder)
+            log.warning("study: %s is run by another worker (pid %s on %s, on its run %s); left to it", cell.name,
+                        status.get("pid", "?"), status.get("host", "?"), status.get("run") or "-")  # fmt: skip
         else:
             todo.append(cell)
+    chosen_names = {cell.name for cell in todo}
+    for cell in todo:
+        missing = [owner for owner in cell.depends_on if owner not in chosen_names]
+        if not missing or not waits_for_pretraining(cell) or blocked_by(cell, outcome):
+            continue
+        if any(status_alive(read_status(plan.cell(owner).folder)) for owner in missing):
+            outcome.skipped_running.append(cell.name)  # its pretraining runs elsewhere: the cell waits for it
+        else:
+            raise ConfigError(
+                f"--only: {cell.name} fine-tunes from the pretraining of {', '.join(missing)}, which has not finished "
+                f"and is not chosen: add it (--only '{missing[0]}')"
+            )
+    todo = [cell for cell in todo if cell.name not in outcome.skipped_running]
     log.info("study %s: %d cells, %d done, %d to run", plan.name, len(plan.cells), len(outcome.skipped_done), len(todo))
     if todo:
         chosen = make_executor(executor, out, jobs, slurm or SlurmSpec(**plan.slurm))
