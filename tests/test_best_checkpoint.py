@@ -148,6 +148,15 @@ def test_a_best_on_split_that_is_trained_on_or_missing_is_refused_before_trainin
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_evaluation_split_is_named_before_training(micro_checkpoints, shapes_tasks_world: Path,
+                                                             tmp_path: Path):  # fmt: skip
+    """It was named after the last step, and the finished run would not resume under the corrected split."""
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), tmp_path / "run", "snli_ve.eval_split=val")
+    with pytest.raises(MeterError, match="val"):
+        run_finetune(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("recipe", "examples", "overrides", "expected"),
     [("clip16-roberta-nlvr2.yaml", 86_373, [], 11),  # 337 steps an epoch: 10 epochs end by step 3,370 of 3,380

@@ -452,6 +452,11 @@ class _RecipeLoader(yaml.SafeLoader):
 
 _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 _RecipeLoader.add_constructor("tag:yaml.org,2002:float", _RecipeLoader.construct_yaml_float)
+# YAML 1.1 reads `1e-12` (no dot) as text; YAML 1.2 and Python read it as a number: so do we, in free-form settings
+# (hf_kwargs, timm_kwargs) too, where no declared type could correct it
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _check_plain_number(node: yaml.ScalarNode) -> None:

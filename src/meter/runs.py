@@ -17,7 +17,7 @@ from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
-from meter.tasks.vqa import evaluate_vqa
+from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split
 from meter.train.distributed import main_alone
 from meter.train.loop import fit
 from meter.train.runtime import release_cached_memory, setup_runtime
@@ -54,6 +54,7 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     downstream = downstream_task(cfg.task)
     if cfg.train.best_on:
         check_best_on(cfg, downstream)
+    read_eval_split(cfg, downstream)
     runtime = setup_runtime(cfg.train)
     job = downstream.setup(cfg)
     best = None
@@ -64,6 +65,17 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     del job, best  # the trained model leaves the device before the evaluation loads the saved weights
     release_cached_memory()
     return evaluate_run(cfg, evaluated_weights(cfg, checkpoint), Path(cfg.train.out))
+
+
+def read_eval_split(cfg: Config, downstream: Downstream) -> None:
+    """Reads the evaluation split once before training: a typo in `eval_split` (or a file of it missing) is named
+    now, not after the last step (a finished run does not resume under another config). VQA's test splits are read
+    without the annotations they never have."""
+    split = getattr(cfg, cfg.task).eval_split
+    if cfg.task == "vqa" and split.startswith(UNANNOTATED_PREFIX):
+        read_vqa_split(cfg, split, with_annotations=False)
+    else:
+        downstream.read_split(cfg, split)
 
 
 def downstream_task(name: str) -> Downstream:

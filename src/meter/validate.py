@@ -88,6 +88,8 @@ def _check_paths(cfg: Config) -> None:
         if str(value).startswith("~"):
             raise ConfigError(f"{key} = {value!r}: the shell does not expand ~ after {key}=; write the full path "
                               f"(e.g. {key}=$HOME{str(value)[1:]})")  # fmt: skip
+        if "$" in str(value):  # a recipe's `$SCRATCH/runs`: no shell reads the file, the folder would be named so
+            raise ConfigError(f"{key} = {value!r}: variables are not expanded in settings; write the full path")
 
 
 def _section(cfg: Config, dotted: str) -> object:
@@ -149,12 +151,17 @@ def _check_task(cfg: Config) -> None:
     if itm > 0 and cfg.train.batch_size < 2:  # every pair would be a match: ITM would learn to say yes
         raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: ITM draws its mismatched pairs from the batch, "
                           "so it needs at least 2 (use train.grad_accum to keep a small memory footprint)")  # fmt: skip
+    if cfg.task == "retrieval" and not official and cfg.train.batch_size < 2:  # one pair: a loss of 0, no gradient
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: retrieval's contrastive loss takes its"
+                          " negatives from the batch, so it needs at least 2")  # fmt: skip
     if cfg.task == "pretrain":
         check_objectives(cfg.objectives)
     elif cfg.task == "vqa":
         vqa_metric(cfg.vqa.metric)
         if not cfg.vqa.train_splits:
             raise ConfigError("vqa.train_splits is empty; name at least one split to train on (e.g. [train2014])")
+        if len(set(cfg.vqa.train_splits)) < len(cfg.vqa.train_splits):  # its questions twice, the answer count halved
+            raise ConfigError(f"vqa.train_splits = {cfg.vqa.train_splits} names a split twice")
     elif cfg.task == "retrieval":
         check_retrieval(cfg)
         if cfg.retrieval.objective == "official":
