@@ -194,6 +194,15 @@ def test_an_overlong_question_is_truncated_with_a_note(client, shapes_tasks_worl
     assert note.startswith("question has ") and "the model reads the first 40 (its text.max_length)" in note
 
 
+def test_a_text_of_a_megabyte_is_refused_before_it_is_tokenized(client, shapes_tasks_world: Path):
+    """A question of a million dots (within the form's field size) took seconds of the model's thread and hundreds of
+    MB of memory that stayed: tokenized whole twice before the batch kept its first 40 tokens."""
+    response = ask(client, shapes_tasks_world / IMAGE, "." * 900_000)
+    assert response.status_code == 413
+    assert response.json()["error"] == "question has 900,000 characters; this server takes at most 10,000"
+    still_serves(client, shapes_tasks_world)
+
+
 def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
     response = client.post("/api/vqa", data={"question": QUESTION})
     assert response.status_code == 422 and response.json()["error"].startswith("image: ")
@@ -463,6 +472,43 @@ def test_a_stalled_upload_is_answered_408_and_frees_its_place(micro_checkpoints)
         assert reply.startswith("HTTP/1.1 408") and "sent nothing for 1 s" in reply
         health = wait_for_health(url, lambda health: health["incoming"] == 0)
         assert health["pending"] == 0
+
+
+def test_an_upload_trickled_past_the_body_deadline_is_answered_408(micro_checkpoints):
+    """A byte now and then, never idle long enough for the idle limit: the place in --max-pending was held for as long
+    as the client liked, every other request answered 503."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with serving(micro_checkpoints("vqa"), max_pending=1, body_idle_s=1, body_total_s=2) as url:
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        with socket.create_connection((host, port)) as trickling:
+            trickling.sendall(f"POST /api/vqa HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+                              "boundary=b\r\nContent-Length: 1000\r\n\r\n".encode())  # fmt: skip
+            trickling.settimeout(0.5)
+            reply = b""
+            for _ in range(20):  # a byte each half second, for up to 10 s
+                try:
+                    trickling.sendall(b"-")
+                    reply += trickling.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:  # the server closed the connection after its answer
+                    break
+                if reply:
+                    break
+        assert reply.decode().startswith("HTTP/1.1 408") and "took over 2 s" in reply.decode()
+        assert wait_for_health(url, lambda health: health["incoming"] == 0)["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--max-pixels", "400000000"], "--max-pixels = 400000000 must be in 1..178,956,970"),
+     (["--host", "10.255.255.1"], "--host 10.255.255.1: not an address of this machine")],
+)  # fmt: skip
+def test_a_limit_past_pillows_guard_or_a_foreign_address_is_refused(micro_checkpoints, capsys, option, message):
+    code = main(["serve", "--checkpoint", str(micro_checkpoints("vqa")), "--port", "0", *option])
+    assert code == 2 and message in capsys.readouterr().err
 
 
 def test_a_busy_port_is_one_line_before_the_model_loads(micro_checkpoints, capsys):

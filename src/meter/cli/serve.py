@@ -41,6 +41,9 @@ def limits_of(args: argparse.Namespace) -> ServeLimits:
         from meter.errors import ConfigError
 
         raise ConfigError(f"--max-body-mb {args.max_body_mb:g} is less than a byte")
+    from meter.data.images import check_pixel_limit
+
+    check_pixel_limit(args.max_pixels, "--max-pixels")  # above Pillow's guard: images it refuses all the same
     return ServeLimits(
         max_body_bytes=int(args.max_body_mb * MB), max_pixels=args.max_pixels, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_pending=args.max_pending,
@@ -48,6 +51,7 @@ def limits_of(args: argparse.Namespace) -> ServeLimits:
 
 
 def check_port_free(host: str, port: int) -> None:
+    import errno
     import socket
 
     from meter.errors import ConfigError
@@ -62,6 +66,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:  # the address, not the port
+                raise ConfigError(f"--host {host}: not an address of this machine ({error.strerror}); give one of its"
+                                  " own, 127.0.0.1 or 0.0.0.0 (every address)") from None  # fmt: skip
             raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); give another "
                               "--port, or stop what serves there") from None  # fmt: skip
 

@@ -111,7 +111,8 @@ def create_app(service: ModelService) -> FastAPI:
 
     app = FastAPI(title="meter serve", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pages load a CDN
     app.state.batcher = service.batcher  # the server drains it when it is asked to stop (meter.serve.server)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, idle_s=limits.body_idle_s)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, idle_s=limits.body_idle_s,
+                       total_s=limits.body_total_s)  # fmt: skip
     app.add_middleware(CountIncoming, batcher=service.batcher)  # outermost: counts uploads still in transit
 
     @app.exception_handler(ServeError)
@@ -153,7 +154,7 @@ def create_app(service: ModelService) -> FastAPI:
             raise
 
     async def text_of(text: str | None, field: str, what: str) -> tuple[str, list[str]]:
-        text = check_text(text, field, what)
+        text = check_text(text, field, what, limits.max_text_chars)
         return text, await run_in_threadpool(service.text_notes, text, field)
 
     def top_of(top: int) -> int:

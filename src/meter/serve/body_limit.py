@@ -14,13 +14,16 @@ class BodyLimit:
     """Answers 413 to a request whose body is over `max_bytes`, by its Content-Length or, for a chunked one, by
     counting. A body within the limit is read here and handed on whole. An oversized body is read and thrown away
     (up to `drain_bytes`) before answering, so that the client, still sending, reads the 413 instead of a reset
-    connection. A body that stalls for `idle_s` is answered 408."""
+    connection. A body that stalls for `idle_s`, or is not whole after `total_s`, is answered 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int | None = None, idle_s: float = 30.0) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, drain_bytes: int | None = None, idle_s: float = 30.0, total_s: float = 300.0
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.drain_bytes = drain_bytes if drain_bytes is not None else 4 * max_bytes
         self.idle_s = idle_s  # a body that sends nothing for this long is answered 408
+        self.total_s = total_s  # nor one that is not whole after this long (a byte now and then)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,13 +33,15 @@ class BodyLimit:
         too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
         chunks: list[bytes] = []
         received, more = 0, True
+        deadline = asyncio.get_running_loop().time() + self.total_s
         while more and received <= self.drain_bytes:
+            left = deadline - asyncio.get_running_loop().time()
             try:
-                async with asyncio.timeout(self.idle_s):
+                async with asyncio.timeout(min(self.idle_s, max(left, 0))):
                     message = await receive()
             except TimeoutError:  # a stalled upload: it would hold its place in --max-pending for as long as it likes
-                error = f"the request body sent nothing for {self.idle_s:g} s; send it again"
-                await _closing(408, error)(scope, receive, send)
+                what = f"sent nothing for {self.idle_s:g} s" if left > self.idle_s else f"took over {self.total_s:g} s"
+                await _closing(408, f"the request body {what}; send it again")(scope, receive, send)
                 return
             if message["type"] == "http.disconnect":
                 return

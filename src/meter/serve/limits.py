@@ -20,6 +20,11 @@ class ServeLimits:
     max_top: int = 50  # answers a VQA request may ask for
     # a request body that sends nothing for this long is answered 408 (a stalled upload holds a --max-pending place)
     body_idle_s: float = 30.0
+    # a body not whole after this long is answered 408: one trickled a byte at a time holds its place for ever
+    body_total_s: float = 300.0
+    # characters of a question or caption: the model reads its first text.max_length tokens (a few hundred
+    # characters); a megabyte of text took seconds of the model's thread and hundreds of MB to tokenize
+    max_text_chars: int = 10_000
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

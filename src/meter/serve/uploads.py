@@ -36,8 +36,10 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
                 width, height = probe.size
     except UnidentifiedImageError:
         raise ServeError(415, f"{name}: not an image this server reads (send a {READABLE})") from None
-    except Image.DecompressionBombError as error:
-        raise ServeError(413, f"{name}: {error}") from None
+    except Image.DecompressionBombError:  # past Pillow's own guard, far past ours
+        raise ServeError(
+            413, f"{name}: a decompression bomb; this server decodes at most {max_pixels:,} pixels"
+        ) from None
     except DECODE_ERRORS as error:
         raise ServeError(422, f"{name}: unreadable image header ({type(error).__name__}: {error})") from None
     if width * height > max_pixels:
@@ -52,8 +54,11 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
         raise ServeError(422, str(error).removeprefix("data: ")) from None
 
 
-def check_text(text: str | None, field: str, what: str) -> str:
-    """The text without surrounding spaces; an empty one is refused."""
+def check_text(text: str | None, field: str, what: str, max_chars: int | None = None) -> str:
+    """The text without surrounding spaces; an empty one is refused, and one over `max_chars` (the model reads a few
+    hundred: tokenizing a megabyte would hold the model's thread for seconds)."""
     if text is None or is_blank(text):
         raise ServeError(422, f"{field} is empty; type {what}")
+    if max_chars is not None and len(text) > max_chars:
+        raise ServeError(413, f"{field} has {len(text):,} characters; this server takes at most {max_chars:,}")
     return text.strip()
