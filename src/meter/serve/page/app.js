@@ -46,6 +46,23 @@ function choose(file) {
   $("preview").hidden = false;
   $("drop-hint").hidden = true;
   showError("");
+  clearOutput(); // the answers and the map were the previous image's
+}
+
+function clearOutput() {
+  $("output").hidden = true;
+  $("answers").replaceChildren();
+  $("notes").replaceChildren();
+  $("timing").textContent = "";
+  overlays = {};
+  $("heatmap").removeAttribute("src");
+}
+
+function explainedWhat(task, data) {
+  if (!data.explained) return "";
+  if (data.explained.answer !== undefined) return `the answer "${data.explained.answer}"`;
+  if (data.explained.label !== undefined) return `"${data.explained.label}"`;
+  return `the match of "${$("text").value.trim()}"`;
 }
 
 function listResults(data) {
@@ -94,16 +111,19 @@ async function ask(event) {
   $("go").disabled = true;
   try {
     const response = await fetch(url, { method: "POST", body: form });
-    const data = await response.json();
-    if (!response.ok) return showError(`${response.status}: ${data.error}`);
+    const json = (response.headers.get("content-type") || "").includes("application/json");
+    const data = json ? await response.json() : { error: (await response.text()).slice(0, 200) };
+    if (!response.ok) {
+      clearOutput(); // not the answers of an earlier question beside this error
+      return showError(`${response.status}: ${data.error || response.statusText}`);
+    }
     showError("");
     $("output").hidden = false;
     $("result-title").textContent = task === "vqa" ? "Answers" : "Result";
     listResults(data);
     overlays = data.heatmap ? data.heatmap.overlays : {};
-    const explained = data.explained ? Object.values(data.explained)[0] : "";
     $("heatmap-caption").textContent = data.heatmap
-      ? `${data.heatmap.method} map for "${explained}" over the part of the image the model sees`
+      ? `${data.heatmap.method} map for ${explainedWhat(task, data)} over the part of the image the model sees`
       : "";
     showHeatmap();
     $("timing").textContent = `${data.model_name} answered in ${(data.seconds * 1000).toFixed(0)} ms (batch of ${data.batch.size})`;
