@@ -49,8 +49,12 @@ class DrainingServer(uvicorn.Server):
     _loop: asyncio.AbstractEventLoop | None = None
 
 
+GRACE_S = 60  # for the running batch to answer when asked to stop (uvicorn cancels requests after it: plain 500s)
+
+
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=GRACE_S)
+    DrainingServer(config).run()
 
 
 @contextmanager
