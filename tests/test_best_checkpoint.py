@@ -152,7 +152,7 @@ def test_a_missing_evaluation_split_is_named_before_training(micro_checkpoints, 
                                                              tmp_path: Path):  # fmt: skip
     """It was named after the last step, and the finished run would not resume under the corrected split."""
     cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), tmp_path / "run", "snli_ve.eval_split=val")
-    with pytest.raises(MeterError, match="val"):
+    with pytest.raises(MeterError, match=r"snli_ve.eval_split = 'val': .*snli_ve_val.jsonl"):
         run_finetune(cfg)
     assert not (tmp_path / "run").exists()
 

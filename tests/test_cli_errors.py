@@ -54,8 +54,8 @@ def test_explain_never_writes_its_heat_map_over_the_image_it_explains(micro_chec
     before = photo.read_bytes()
     base = ["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(photo), "--question", "colour?"]
     one_line_error(*meter(*base, "--out", str(photo))[::2], "is the --image it explains")
-    one_line_error(*meter(*base, "--out", str(tmp_path))[::2], "is a folder; give the PNG file to write")
-    one_line_error(*meter(*base, "--out", str(tmp_path / "map"))[::2], "give an image file name (.png, .jpg, ...)")
+    one_line_error(*meter(*base, "--out", str(tmp_path))[::2], "is a folder; give the image file to write")
+    one_line_error(*meter(*base, "--out", str(tmp_path / "map"))[::2], "give a .png, .jpg, .webp or .tif file name")
     code, _, err = meter(*base, "--out", str(tmp_path / "map.png"), "--top", "-1")
     assert code == 2 and "argument --top: -1 must be at least 1" in err
     assert photo.read_bytes() == before

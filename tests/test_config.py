@@ -20,10 +20,10 @@ def test_scientific_notation_is_a_number_in_free_form_settings_too(tmp_path: Pat
     """YAML 1.1 reads 1e-12 (no dot) as text: in hf_kwargs, typed by nobody, it reached transformers as a string (an
     internal error); in a split name it stays the name."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model:\n  vision:\n    timm_kwargs: {init_values: 1e-5}\n")
-    cfg = load_config(recipe, ["model.text.hf_kwargs={layer_norm_eps: 1e-12, hidden_size: 32}", "vqa.eval_split=1e5"])
+    recipe.write_text("model:\n  vision:\n    timm_kwargs: {init_values: 1e-5}\nvqa: {eval_split: 1e5}\n")
+    cfg = load_config(recipe, ["model.text.hf_kwargs={layer_norm_eps: 1e-12, hidden_size: 32}", "train.out=1e3"])
     assert cfg.model.text.hf_kwargs["layer_norm_eps"] == 1e-12 and cfg.model.vision.timm_kwargs["init_values"] == 1e-5
-    assert cfg.vqa.eval_split == "1e5"
+    assert cfg.vqa.eval_split == "1e5" and cfg.train.out == "1e3"
 
 
 def test_section_shorthand_sets_its_name():

@@ -215,7 +215,7 @@ def test_explain_never_writes_over_a_users_file_and_replaces_its_own(micro_check
     Image.new("RGB", (40, 30), "orange").save(photo)
     before = photo.read_bytes()
     assert _explain(checkpoint, image, photo) == 2 and photo.read_bytes() == before
-    assert "holiday.png is a file meter did not write" in capsys.readouterr().err
+    assert "holiday.png exists and has no mark of meter's heat maps" in capsys.readouterr().err
     for out in (tmp_path / "map.jpg", tmp_path / "map.jpg"):  # a rerun replaces the heat map it wrote
         assert _explain(checkpoint, image, out) == 0 and Image.open(out).size == (64, 64)
     assert not list(tmp_path.glob(".*.tmp"))

@@ -57,6 +57,12 @@ def test_a_variant_without_a_name_is_an_error(tmp_path):
         study_from_dict(micro_study(tmp_path, variants=[{"overrides": ["model.fusion=merged"]}]))
 
 
+def test_a_variant_that_changes_nothing_is_an_error(tmp_path):
+    """`variants: [merged]` (a name alone) was a row identical to the base, sharing its pretraining."""
+    with pytest.raises(ConfigError, match=r"variants\[0\] \('merged'\) changes nothing from the base"):
+        study_rows(study_from_dict(micro_study(tmp_path, variants=["merged"])))
+
+
 def test_the_rows_are_the_base_then_each_variant(tmp_path):
     variants = [{"name": "merged", "overrides": ["model.fusion=merged"]},
                 {"name": "RoBERTa", "overrides": ["model.text=roberta"]}]  # fmt: skip

@@ -319,8 +319,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         key_type, value_type = typing.get_args(tp) or (Any, Any)  # each entry of its types: {train: 5} is no path
         return {_coerce(k, key_type, f"{key} key {k!r}"): _coerce(v, value_type, f"{key}.{k}")
                 for k, v in value.items()}  # fmt: skip
-    if tp is Any:
-        return value
+    if tp is Any:  # free-form (hf_kwargs, timm_kwargs): YAML 1.1 reads `1e-12` (no dot) as text, Python as a number
+        return float(value) if isinstance(value, str) and SCIENTIFIC.fullmatch(value) else value
     if tp is type(None):
         if value is None:
             return None
@@ -341,6 +341,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{key} = {value!r} must be {_describe(tp)}")
+
+
+SCIENTIFIC = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
 def _unknown_key(key: str, allowed: list[str]) -> ConfigError:
@@ -452,11 +455,6 @@ class _RecipeLoader(yaml.SafeLoader):
 
 _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 _RecipeLoader.add_constructor("tag:yaml.org,2002:float", _RecipeLoader.construct_yaml_float)
-# YAML 1.1 reads `1e-12` (no dot) as text; YAML 1.2 and Python read it as a number: so do we, in free-form settings
-# (hf_kwargs, timm_kwargs) too, where no declared type could correct it
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
 
 
 def _check_plain_number(node: yaml.ScalarNode) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -59,19 +60,23 @@ def check_heat_map_path(out: Path, image: Path) -> str:
     if out.exists() and out.resolve() == image.resolve():
         raise ConfigError(f"--out {out} is the --image it explains: give the heat map a file of its own")
     if out.exists() and not written_by_meter(out):
-        raise ConfigError(f"--out {out} is a file meter did not write: give the heat map a new file name")
+        raise ConfigError(f"--out {out} exists and has no mark of meter's heat maps (another program's file, or a map"
+                          " of a meter before the mark): give a new file name, or delete it")  # fmt: skip
     return name
 
 
 def save_heat_map(picture: Image.Image, out: Path, name: str) -> None:
     """`picture` at `out`, marked as meter's, through a temporary file beside it: a failed write leaves `out` as
     it was."""
-    temporary = out.with_name(f".{out.name}.tmp")
+    temporary: Path | None = None
     try:
+        handle, named = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # never a user's name
+        os.close(handle)
+        temporary = Path(named)
         picture.save(temporary, format=name, exif=_marked())
         os.replace(temporary, out)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise DataError(cannot_write(out, error, picture.width * picture.height * 3)) from None
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
 from meter.data.shard_stream import open_corpus
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.tasks.best_checkpoint import BestCheckpoint, check_best_on, evaluated_weights
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.catalog import DOWNSTREAM
@@ -72,10 +72,13 @@ def read_eval_split(cfg: Config, downstream: Downstream) -> None:
     now, not after the last step (a finished run does not resume under another config). VQA's test splits are read
     without the annotations they never have."""
     split = getattr(cfg, cfg.task).eval_split
-    if cfg.task == "vqa" and split.startswith(UNANNOTATED_PREFIX):
-        read_vqa_split(cfg, split, with_annotations=False)
-    else:
-        downstream.read_split(cfg, split)
+    try:
+        if cfg.task == "vqa" and split.startswith(UNANNOTATED_PREFIX):
+            read_vqa_split(cfg, split, with_annotations=False)
+        else:
+            downstream.read_split(cfg, split)
+    except DataError as error:
+        raise DataError(f"{cfg.task}.eval_split = {split!r}: {str(error).removeprefix('data: ')}") from None
 
 
 def downstream_task(name: str) -> Downstream:

@@ -133,7 +133,7 @@ RANGES: dict[str, Range] = {
     "train.checkpoint_every": at_least(1),
     "train.keep_last": at_least(1),
     "train.log_every": at_least(1),
-    "train.seed": Range(0, 2**32 - 1),  # the data streams' seeds are products of it, within torch's 64 bits
+    "train.seed": Range(0, 2**63 // 100_003 - 2**20),  # the data stream's seed, seed * 100,003 + epoch, in 64 bits
     "train.max_nonfinite_steps": at_least(1),
     "train.eval_batch_size": at_least(1),
     "train.best_every": at_least(0, "0: once an epoch"),

@@ -106,7 +106,7 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                     continue
                 waiting.remove(cell)
                 if blocked_by(cell, outcome):
-                    log.warning("study: %s not started: its pretraining did not finish in %s", cell.name,
+                    log.warning("study: %s not started: its pretraining, run by %s, has not finished", cell.name,
                                 ", ".join(cell.depends_on))  # fmt: skip
                     continue
                 handle = executor.submit(cell)

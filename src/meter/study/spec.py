@@ -286,5 +286,10 @@ def study_rows(spec: StudySpec) -> list[Row]:
     for index, change in enumerate(spec.variants):
         if not change.name:
             raise ConfigError(f"variants[{index}].name is empty; every variant needs a display name")
+        if not (change.overrides or change.pretrain or change.finetune or change.pretrain_recipe):
+            raise ConfigError(
+                f"variants[{index}] ({change.name!r}) changes nothing from the base: give its overrides, pretrain,"
+                f" finetune or pretrain_recipe (e.g. {{name: {change.name}, overrides: [model.fusion=merged]}})"
+            )
         rows.append(Row(change.name, slug(change.name), [change]))
     return rows
