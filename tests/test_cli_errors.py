@@ -61,6 +61,19 @@ def test_explain_never_writes_its_heat_map_over_the_image_it_explains(micro_chec
     assert photo.read_bytes() == before
 
 
+def test_a_chunk_whose_stop_the_run_has_passed_trains_nothing_and_names_its_checkpoint(shapes_world, tmp_path, capsys):
+    """A stop_at below the step resumed from (an earlier chunk's job requeued) named step_00000001, which
+    keep_last had removed: a path that did not exist."""
+    args = ["pretrain", f"data.root={shapes_world}", f"train.out={tmp_path / 'run'}", "train.max_steps=3",
+            "train.keep_last=1", *MICRO]  # fmt: skip
+    assert main([*args, "train.stop_at=2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "train.stop_at=1", "--resume", "latest"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == (f"stopped at step 2 of 3 (train.stop_at): {tmp_path}/run/checkpoints/step_00000002; continue"
+                       " with --resume latest")  # fmt: skip
+
+
 def test_evaluate_refuses_the_options_of_the_other_way_of_evaluating(micro_checkpoints, tmp_path: Path, capsys):
     """Scoring a file took --config, --out and KEY=VALUE settings and ignored them; predicting with --checkpoint
     took --annotations and --predictions and ignored them."""

@@ -96,6 +96,8 @@ BAD_RELATIONS = [
 
 # settings that state an intent the run would silently drop
 IGNORED = [
+    (["train.compile_mode=max-autotune"], "train.compile_mode = 'max-autotune' is torch.compile's mode; train.compile"),
+    (["data.augment.num_ops=7"], "data.augment.num_ops / magnitude = 7 / 9 set RandAugment, but data.augment.name is"),
     (["task=vqa", "data.sources=[{path: shards/coco}]"], "data.sources is read by pretraining only"),
     ([f"model.text.weights={MINILM}", "model.text.hf_kwargs={hidden_dropout_prob: 0.0}"], "model.text.hf_kwargs = "),
     # an empty path read as "not set": an unset $CKPT fine-tuned from random weights

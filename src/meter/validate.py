@@ -8,7 +8,7 @@ import re
 import shutil
 import string
 
-from meter.config import Config
+from meter.config import AugmentConfig, Config
 from meter.data.augment import AUGMENTATIONS
 from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError
@@ -200,6 +200,15 @@ def _check_ignored(cfg: Config) -> None:
         raise ConfigError(
             f"train.best_on = {cfg.train.best_on!r} chooses a fine-tuning run's best checkpoint by its task's score; "
             "pretraining has none: remove it (a pretraining run's model is its last)"
+        )
+    if cfg.train.compile_mode != "default" and not cfg.train.compile:
+        raise ConfigError(f"train.compile_mode = {cfg.train.compile_mode!r} is torch.compile's mode; train.compile is "
+                          "false, so nothing is compiled: set train.compile=true (or remove compile_mode)")  # fmt: skip
+    augment, plain = cfg.data.augment, AugmentConfig()
+    if augment.name == "none" and (augment.num_ops, augment.magnitude) != (plain.num_ops, plain.magnitude):
+        raise ConfigError(
+            f"data.augment.num_ops / magnitude = {augment.num_ops} / {augment.magnitude} set RandAugment, but "
+            "data.augment.name is none: name the policy (randaugment-official or randaugment)"
         )
     if cfg.train.best_every and not cfg.train.best_on:
         raise ConfigError(f"train.best_every = {cfg.train.best_every} is how often train.best_on scores the run; "

@@ -250,6 +250,10 @@ def _fit_in(
             progress.global_batch = global_batch
         progress.grad_accum = train.grad_accum
         log.info("resumed from %s at step %d", path, progress.step)
+        if 0 < train.stop_at <= progress.step < train.max_steps:  # a chunk's stop the run has passed: nothing to do
+            log.warning("train.stop_at = %d: the run is at step %d already; nothing to train (raise stop_at to go on)",
+                        train.stop_at, progress.step)  # fmt: skip
+            return path
     if hook is not None:
         hook.start(progress.step, path, progress.batches_seen)
     cuda_graphs = uses_cuda_graphs(train) and runtime.device.type == "cuda"
