@@ -127,3 +127,17 @@ def test_study_check_refuses_an_edit_that_run_would_refuse(shapes_world, tmp_pat
     assert main(["study", "check", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "model.fusion.heads: 2 -> 4" in capsys.readouterr().err
     assert main(["study", "check", str(path), "--out", str(tmp_path / "elsewhere")]) == 0  # nothing ran there
+
+
+def test_another_study_in_the_same_folder_is_refused_before_it_replaces_the_plan(shapes_world, tmp_path):
+    from meter.study.cells import PLAN
+    from meter.study.execute import run_study
+
+    plan_study(study_from_dict(micro_study(shapes_world)), tmp_path / "out")
+    before = (tmp_path / "out" / PLAN).read_bytes()
+    other = study_from_dict(micro_study(shapes_world, name="other-study"))
+    with pytest.raises(ConfigError, match=r"holds the study 'micro'; this file is the study 'other-study'"):
+        run_study(other, tmp_path / "out", only=["nothing"])
+    with pytest.raises(ConfigError, match=r"--only nothing matches no cell"):
+        run_study(study_from_dict(micro_study(shapes_world)), tmp_path / "out", only=["nothing"])
+    assert (tmp_path / "out" / PLAN).read_bytes() == before

@@ -13,7 +13,9 @@ stopped; submitit jobs run on (the next run leaves them to their jobs).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import json
 import logging
 import signal
 import threading
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.output_folder import check_own_folder
 from meter.study.cells import PLAN, CellPlan, StudyPlan, plan_study
 from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit
@@ -80,6 +82,17 @@ def select_cells(plan: StudyPlan, only: list[str] | None) -> list[CellPlan]:
         names = ", ".join(cell.name for cell in plan.cells)
         raise ConfigError(f"--only {' '.join(only)} matches no cell; the cells: {names}")
     return chosen
+
+
+def check_same_study(spec: StudySpec, out: Path) -> None:
+    """An --out that holds another study's plan is refused: its plan, status and report would become this one's."""
+    try:
+        planned = json.loads((out / PLAN).read_text()).get("name")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return
+    if planned is not None and planned != spec.name:
+        raise ConfigError(f"--out {out} holds the study {planned!r}; this file is the study {spec.name!r}: give it an "
+                          "--out of its own")  # fmt: skip
 
 
 def make_executor(name: str, out: Path, jobs: int, slurm: SlurmSpec) -> LocalProcesses | Submitit:
@@ -195,6 +208,10 @@ def run_study(
 ) -> Outcome:  # fmt: skip
     out = Path(out)
     check_own_folder(out, (PLAN, MARKER), "meter study run", "--out")
+    check_same_study(spec, out)
+    if only:  # a bad --only before anything is written (a study whose data is not made yet is checked after)
+        with contextlib.suppress(DataError):
+            select_cells(plan_study(spec, out, prepare=False), only)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()  # first: the world or holdout files planning writes next are this study's too
     plan = plan_study(spec, out)
