@@ -115,7 +115,7 @@ def _check_text(cfg: Config, saved: ModelConfig | None) -> None:
     try:
         with torch.device("meta"):
             build_text(text, vocab_size=1024, pad_token_id=0)  # the vocabulary is the tokenizer's: any size builds
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError, KeyError, ZeroDivisionError) as error:  # hidden_size -1, act "foo"
         raise ConfigError(
             f"model.text.hf_kwargs = {text.hf_kwargs} (model.text = {text.name!r}, size {text.size}): transformers "
             f"cannot build that text encoder: {str(error).strip().splitlines()[0]}"

@@ -148,7 +148,8 @@ def _swin_windows(image_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
 # timm arguments meter sets from its own settings: given in timm_kwargs too, they silently won (a drop_path_rate of
 # 0 there turned model.vision.drop_path off) or failed later (img_size against image_size)
 OWN_TIMM_ARGUMENTS = {"img_size": "model.vision.image_size", "drop_path_rate": "model.vision.drop_path",
-                      "num_classes": "nothing: the encoder has no classifier, the heads are meter's"}  # fmt: skip
+                      "num_classes": "nothing: the encoder has no classifier, the heads are meter's",
+                      "in_chans": "nothing: meter feeds it RGB images (3 channels)"}  # fmt: skip
 
 
 def resolve_vision(cfg: VisionConfig) -> VisionRecipe:
@@ -184,7 +185,7 @@ def build_vision(cfg: VisionConfig, summary_token: bool = True) -> VisionEncoder
                 raise
             kwargs.pop("img_size")  # a convolutional model: it takes any resolution and has no such argument
             backbone = build(recipe.timm_name, **kwargs)
-    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
+    except (RuntimeError, TypeError, ValueError, AssertionError, KeyError, ZeroDivisionError) as error:  # patch_size 0
         raise ConfigError(f"model.vision = {cfg.name!r}: timm cannot build {recipe.timm_name!r}: {error}") from None
     if cfg.conv_stem:
         if cfg.weights:
