@@ -88,6 +88,19 @@ def test_evaluate_refuses_the_options_of_the_other_way_of_evaluating(micro_check
     assert "--annotations scores a predictions file; with --checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("task", "setting", "message"),
+    [("vqa", "vqa.image_pattern={splt}/x.png", "vqa.image_pattern = '{splt}/x.png' has {splt}; its fields"),
+     ("captioning", "captioning.tokenizer=foo", "captioning.tokenizer = 'foo'; choose one of: python, ptb")],
+)  # fmt: skip
+def test_evaluate_checks_its_settings_before_the_model_loads(micro_checkpoints, tmp_path, capsys, task, setting,
+                                                             message):  # fmt: skip
+    """A misspelt pattern field was an internal error (KeyError) at the first image; a caption tokenizer that does
+    not exist was named after every caption had been generated."""
+    code = main(["evaluate", task, "--checkpoint", str(micro_checkpoints("vqa")), setting])
+    assert code == 2 and message in capsys.readouterr().err
+
+
 def test_predict_refuses_options_its_query_does_not_read(micro_checkpoints, shapes_tasks_world: Path):
     """`--text ... --top 3` and `--question ... --beam 4` ran and ignored the option."""
     base = ["predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE)]

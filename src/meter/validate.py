@@ -139,6 +139,29 @@ def _check_training(cfg: Config) -> None:
         )
 
 
+def validate_evaluation(cfg: Config) -> None:
+    """What `meter evaluate --checkpoint` reads of a config (the model is the folder's): the ranges, the file
+    patterns, the task's evaluation settings; before the model loads."""
+    check_ranges(cfg)
+    _check_patterns(cfg)
+    if cfg.task == "vqa":
+        vqa_metric(cfg.vqa.metric)
+    elif cfg.task == "captioning":
+        _check_caption_tokenizer(cfg)
+
+
+def _check_caption_tokenizer(cfg: Config) -> None:
+    if cfg.captioning.tokenizer not in TOKENIZERS:
+        raise ConfigError(
+            f"captioning.tokenizer = {cfg.captioning.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}"
+        )
+    if cfg.captioning.tokenizer == "ptb" and shutil.which("java") is None:
+        raise ConfigError(
+            "captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH; install"
+            " java or use captioning.tokenizer=python"
+        )
+
+
 def _check_task(cfg: Config) -> None:
     for objective in DECODER_OBJECTIVES:
         if getattr(cfg.objectives, objective) > 0 and cfg.model.architecture != "encoder-decoder":
@@ -171,15 +194,7 @@ def _check_task(cfg: Config) -> None:
                 f"retrieval.shortlist = {cfg.retrieval.shortlist} must be 0 (every pair) or at least {max(KS)}"
             )
     elif cfg.task == "captioning":
-        if cfg.captioning.tokenizer not in TOKENIZERS:
-            raise ConfigError(
-                f"captioning.tokenizer = {cfg.captioning.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}"
-            )
-        if cfg.captioning.tokenizer == "ptb" and shutil.which("java") is None:
-            raise ConfigError(
-                "captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH; install"
-                " java or use captioning.tokenizer=python"
-            )
+        _check_caption_tokenizer(cfg)
 
 
 def _check_ignored(cfg: Config) -> None:

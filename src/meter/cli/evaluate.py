@@ -94,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
         from meter.config import load_config
         from meter.output_folder import check_own_folder
         from meter.runs import evaluate_run
-        from meter.setting_ranges import check_ranges
         from meter.tasks.best_checkpoint import EVALUATIONS
         from meter.tasks.downstream import EVALUATION_MARKER
         from meter.train.run_folder import RECORD as RUN_RECORD
+        from meter.validate import validate_evaluation
 
         cfg = load_config(args.config, args.overrides, base=None if args.config else recorded_settings(args))
         cfg.task = args.task
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             if any(override.startswith("vqa.metric=") for override in args.overrides):
                 raise MeterError("--metric and vqa.metric= both given; give one")
             cfg.vqa.metric = args.metric
-        check_ranges(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
+        validate_evaluation(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
