@@ -218,3 +218,13 @@ def test_the_vqa_recipes_test_dev_split_needs_no_annotations():
     keys = {path.key for path in plan.paths}
     assert "vqa.questions (test-dev2015)" in keys and "vqa.annotations (test-dev2015)" not in keys
     assert {"vqa.annotations (train2014)", "vqa.annotations (val2014)"} <= keys
+
+
+def test_settings_may_follow_an_option(capsys):
+    """`--processes 1 train.batch_size=8` was "unrecognized arguments": argparse takes a positional list once."""
+    code, out, _ = _plan(capsys, "--config", "shapes-tiny.yaml", "--json", "train.max_steps=7", "--processes", "1",
+                         "train.batch_size=8")  # fmt: skip
+    plan = json.loads(out[: out.rindex("}") + 1])
+    assert code == 0 and plan["batching"]["per_process"] == 8 and plan["schedule"]["optimizer_steps"] == 7
+    with pytest.raises(SystemExit):
+        meter_main(["plan", "--config", "shapes-tiny.yaml", "--processes", "1", "--bogus"])

@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local paths
     parser, runners = build_parser()
     argv, debug = debug_requested(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE settings after an option (`--config X a=1 --resume latest b=2`): argparse takes a positional list
+    # only once; the rest are settings too, in the order given
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # under a launcher the first process says what every process would say alike (the data, the groups); the others
     # only warn
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
