@@ -203,6 +203,19 @@ def test_a_text_of_a_megabyte_is_refused_before_it_is_tokenized(client, shapes_t
     still_serves(client, shapes_tasks_world)
 
 
+def test_a_multipart_body_cut_short_is_named_as_such(client, shapes_tasks_world: Path):
+    """Without its closing boundary the form parser kept the parts it had: "image: Field required" or "question is
+    empty" for fields the client did send."""
+    request = client.build_request("POST", "/api/vqa", files=upload(shapes_tasks_world / IMAGE),
+                                   data={"question": QUESTION})  # fmt: skip
+    body = request.read()
+    cut = body[: body.rindex(b"--", 0, len(body) - 4)]  # up to the closing boundary
+    response = client.post("/api/vqa", content=cut, headers={"Content-Type": request.headers["Content-Type"]})
+    assert response.status_code == 400 and "multipart body is cut short" in response.json()["error"]
+    assert client.post("/api/vqa", content=body, headers={"Content-Type": request.headers["Content-Type"]}).is_success
+    still_serves(client, shapes_tasks_world)
+
+
 def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
     response = client.post("/api/vqa", data={"question": QUESTION})
     assert response.status_code == 422 and response.json()["error"].startswith("image: ")

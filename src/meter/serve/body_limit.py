@@ -58,6 +58,11 @@ class BodyLimit:
             await _closing(413, error)(scope, receive, send)
             return
         body = b"".join(chunks)
+        boundary = _multipart_boundary(dict(scope["headers"]).get(b"content-type", b""))
+        if boundary and b"--" + boundary + b"--" not in body[-len(boundary) - 64 :]:  # the form parser would take the
+            error = "the multipart body is cut short (no closing boundary): send it again"  # parts it got and name
+            await _closing(400, error)(scope, receive, send)  # a field it lost as missing
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -68,6 +73,18 @@ class BodyLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _multipart_boundary(content_type: bytes) -> bytes | None:
+    """The boundary of a multipart/form-data body, from its Content-Type header."""
+    kind, _, parameters = content_type.partition(b";")
+    if kind.strip().lower() != b"multipart/form-data":
+        return None
+    for parameter in parameters.split(b";"):
+        name, _, value = parameter.strip().partition(b"=")
+        if name.strip().lower() == b"boundary" and value.strip(b' "'):
+            return value.strip(b' "')
+    return None
 
 
 def _closing(status: int, error: str) -> JSONResponse:
