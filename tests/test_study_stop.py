@@ -16,7 +16,7 @@ import pytest
 
 from meter.errors import ConfigError
 from meter.study.cells import plan_study
-from meter.study.execute import Outcome, run_study, schedule
+from meter.study.execute import Outcome, blocked_by, run_study, schedule
 from meter.study.executors import LocalProcesses, ProcessHandle, Submitit, worker_processes
 from meter.study.records import STATUS, process_alive, read_status, write_json
 from meter.study.spec import SlurmSpec, study_from_dict
@@ -195,6 +195,10 @@ def test_a_cell_whose_shared_pretraining_did_not_finish_is_not_started(shapes_wo
     schedule([owner, user], workers, 0.05, outcome)
     assert workers.submitted == [owner.name]
     assert outcome.failed[user.name] == f"not run: the pretraining of {owner.name} did not finish"
+    stopped = Outcome(stopped={owner.name: "stopped by SIGTERM after step 1"})  # the owner's worker was preempted
+    assert blocked_by(user, stopped) and stopped.stopped[user.name] == (
+        f"waits for the pretraining of {owner.name}, which stopped"
+    )  # so the run exits 75 (requeue), not 1
     with pytest.raises(ConfigError, match=rf"--only: {user.name} fine-tunes from the pretraining of {owner.name}, "
                                           r"which has not finished and is not chosen: add it"):  # fmt: skip
         run_study(study_from_dict(study), tmp_path / "out", only=["vlp/vqa-lr/*"])
