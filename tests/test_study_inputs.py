@@ -141,3 +141,21 @@ def test_another_study_in_the_same_folder_is_refused_before_it_replaces_the_plan
     with pytest.raises(ConfigError, match=r"--only nothing matches no cell"):
         run_study(study_from_dict(micro_study(shapes_world)), tmp_path / "out", only=["nothing"])
     assert (tmp_path / "out" / PLAN).read_bytes() == before
+
+
+def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp_path):
+    """A smaller evaluation batch after an out-of-memory error, or checkpoints more often: every finished run was
+    refused ("train.eval_batch_size: 32 -> 16"), its fine-tunings too (their pretraining's identity changed)."""
+    study = micro_study(shapes_world)
+    first = plan_study(study_from_dict(study), tmp_path / "out")
+    _ran(first)
+    study["base"]["overrides"] = [*study["base"]["overrides"], "train.eval_batch_size=16", "train.checkpoint_every=7",
+                                  "data.worker_timeout=60"]  # fmt: skip
+    again = plan_study(study_from_dict(study), tmp_path / "out")
+    assert [run.folder for cell in again.cells for run in cell.runs] == [
+        run.folder for cell in first.cells for run in cell.runs
+    ]
+    assert all(run_done(run) for cell in again.cells for run in cell.own_runs())
+    study["base"]["overrides"].append("train.lr=0.0003")  # a change of the result is refused as before
+    with pytest.raises(ConfigError, match=r"train.lr: "):
+        plan_study(study_from_dict(study), tmp_path / "out")

@@ -38,6 +38,12 @@ RUN = "study_run.json"  # in each run folder: the config it was planned with and
 SHARED_PRETRAINING = "pretraining.json"
 # settings that do not change what a run computes (left out of its identity)
 NOT_IDENTITY = {("train", "out"), ("train", "progress"), ("train", "log_every"), ("data", "num_workers")}
+# settings that change no result either, but are part of identities already recorded: a run whose config differs
+# from its record in these alone is the same run (a smaller evaluation batch after an out-of-memory error,
+# checkpoints more often), and so is a fine-tuning whose pretraining differs so
+NOT_RESULT = {("train", "eval_batch_size"), ("train", "checkpoint_every"), ("train", "keep_last"),
+              ("train", "activation_checkpointing"), ("data", "image_cache_mb"),
+              ("data", "worker_timeout")}  # fmt: skip
 # the number a task's table shows by default (a key of its scores)
 DEFAULT_METRICS = {
     "vqa": ["overall"],
@@ -380,7 +386,7 @@ def has_output(folder: Path) -> bool:
 def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
     """A config's settings by dotted key, paths inside the study's folder written relative to it."""
     flat = flat_settings(config)
-    for section, key in NOT_IDENTITY:
+    for section, key in NOT_IDENTITY | NOT_RESULT:
         flat.pop(f"{section}.{key}", None)
     return {k: json.dumps(v, sort_keys=True, default=str).replace(out, "<study>") for k, v in flat.items()}
 
@@ -396,12 +402,15 @@ def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]
 INPUT_NAMES = {"pretraining": "the pretraining it starts from", "world": "data.shapes", "holdout": "select.holdout"}
 
 
-def input_changes(before: dict[str, Any], run: RunPlan) -> list[str]:
+def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str] | None = None) -> list[str]:
     """The inputs (RunPlan.inputs) in which the run planned now differs from the record in its folder; a record
-    written before runs recorded them has none to compare."""
+    written before runs recorded them has none to compare. `same_runs`: recorded pretraining identities -> the
+    identities planned now of the same runs (they differ in NOT_RESULT settings alone)."""
     old = before.get("inputs")
     if old is None:
         return []
+    if "pretraining" in old:
+        old = {**old, "pretraining": (same_runs or {}).get(old["pretraining"], old["pretraining"])}
     new = json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (tuples as lists)
     return [f"{INPUT_NAMES.get(key, key)} changed" for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key)]  # fmt: skip
@@ -410,17 +419,21 @@ def input_changes(before: dict[str, Any], run: RunPlan) -> list[str]:
 def check_unchanged(plan: StudyPlan, out: Path) -> None:
     """Every run folder that holds a run must hold this run: its planned config unchanged."""
     problems = []
-    for cell in plan.cells:
-        for run in cell.own_runs():
-            stored = Path(run.folder) / RUN
-            if not stored.is_file() or not has_output(Path(run.folder)):
-                continue
-            before = json.loads(stored.read_text())
-            changed = input_changes(before, run)
-            if before["identity"] != run.identity:
-                changed += config_changes(before, run, out)
-            if changed:
-                problems.append(f"{run.folder} ({'; '.join(changed[:4])})")
+    same_runs: dict[str, str] = {}  # pretraining identities recorded -> planned now, of runs that did not change
+    for kinds in (("pretrain",), ("finetune",)):  # the pretraining first: the fine-tunings' input
+        for cell in plan.cells:
+            for run in (run for run in cell.own_runs() if run.kind in kinds):
+                stored = Path(run.folder) / RUN
+                if not stored.is_file() or not has_output(Path(run.folder)):
+                    continue
+                before = json.loads(stored.read_text())
+                changed = input_changes(before, run, same_runs)
+                if before["identity"] != run.identity:
+                    changed += config_changes(before, run, out)
+                    if not changed and run.kind == "pretrain":
+                        same_runs[before["identity"]] = run.identity
+                if changed:
+                    problems.append(f"{run.folder} ({'; '.join(changed[:4])})")
     if problems:
         raise ConfigError(
             f"{len(problems)} run folder(s) hold a run of another config than the study now plans there: "
