@@ -169,3 +169,16 @@ def test_a_stop_signal_to_the_evaluating_process_alone_stops_both_with_75(micro_
     results = run_meter_with_faults(args, ["evaluate:1:SIGTERM:0"], processes=2)
     assert [code for code, _ in results] == [PREEMPTED, PREEMPTED], [stderr[-2000:] for _, stderr in results]
     assert "the first process was stopped, so this one stops too" in _last_line(results[1][1])
+
+
+def test_a_stop_signal_in_the_last_step_exits_75_and_the_resumed_run_finishes(shapes_world, tmp_path):
+    """A signal in the last step was dropped: the run went on to export and, when fine-tuning, to the whole final
+    evaluation (hours on COCO), and exited 0 — or was killed after the grace period, 137: no requeue."""
+    out = tmp_path / "run"
+    args = pretrain_args(shapes_world, out, *RUN)
+    [(code, stderr)] = run_meter_with_faults(args, ["backward:15:SIGTERM"])  # step 8's first micro-batch
+    assert code == PREEMPTED, stderr[-3000:]
+    assert _last_line(stderr).startswith("meter: stopped by SIGTERM after step 8: checkpoint")
+    assert not (out / "model").exists()  # not exported: the resumed run does it
+    [(code, stderr)] = run_meter_with_faults([*args, "--resume", "latest"])
+    assert code == 0 and (out / "model" / "model.safetensors").is_file(), stderr[-3000:]

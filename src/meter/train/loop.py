@@ -324,7 +324,7 @@ def _fit_in(
                     bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{values['samples_per_s']:.1f}", refresh=False)
                     window = Window()
                 bar.update(1)
-                stopping = bool(verdict.stop_signal) and progress.step < last_step
+                stopping = bool(verdict.stop_signal)  # the last step too: not on to a best_on or a final evaluation
                 hooked = hook is not None and hook.wants(progress.step)
                 if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping or hooked:
                     saved = checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
@@ -334,6 +334,11 @@ def _fit_in(
                     raise RunStopped(preempted(verdict, progress.step, saved, runtime), PREEMPTED)
             bar.close()
             finish(cfg, task, tokenizer, runtime, last_step, budget)
+            zero = torch.zeros((), device=runtime.device)
+            late = agree_on_step(zero, zero, stop.received, runtime)  # asked during a best_on evaluation or the export
+            if late.stop_signal:  # not on to the final evaluation (hours on a large split): resumed, it exports again
+                raise RunStopped(f"stopped by {signal_name(late.stop_signal)} after the last step: "
+                                 f"{last_checkpoint(checkpoints)}", PREEMPTED)  # fmt: skip
         except KeyboardInterrupt:
             where = f"at step {progress.step + 1}" if progress.step < last_step else "after the last step"
             raise RunStopped(f"interrupted (Ctrl-C) {where}: {last_checkpoint(checkpoints)}", INTERRUPTED) from None
