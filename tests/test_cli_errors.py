@@ -252,3 +252,6 @@ def test_a_chunk_stopped_by_stop_at_says_so_and_a_misspelt_resume_is_named(shape
     assert "--resume last: no such checkpoint folder; give `latest` or a checkpoint folder" in capsys.readouterr().err
     assert main([*args, "--resume", "latest"]) == 0
     assert capsys.readouterr().out.strip() == f"final checkpoint: {tmp_path}/run/checkpoints/step_00000002"
+    # requeued once more after it finished (killed between its record and its exit): "holds a finished run", exit 2
+    assert main([*args, "--resume", "latest"]) == 0
+    assert capsys.readouterr().out.strip() == f"final checkpoint: {tmp_path}/run/checkpoints/step_00000002"

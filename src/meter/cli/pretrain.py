@@ -17,11 +17,14 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def run(args: argparse.Namespace) -> int:
+    from meter.run_folders import finished_checkpoint
     from meter.runs import run_pretrain
 
     cfg = config_from_args(args, task="pretrain")
+    # --resume latest (a requeued job) of a run that finished (killed in the second between its record and its exit)
+    finished = finished_checkpoint(cfg) if args.resume == "latest" else None
     with stopped_outside_training():
-        checkpoint = run_pretrain(cfg, resume=args.resume)
+        checkpoint = finished or run_pretrain(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         step, last = int(checkpoint.name.removeprefix("step_")), cfg.train.max_steps
         print(
