@@ -126,10 +126,22 @@ def test_after_a_fine_tune_of_two_processes_the_first_evaluates_and_the_other_wa
     done = run_meter([*finetune, f"train.out={tmp_path / 'good'}"], processes=2)
     assert done.stdout.count('"accuracy"') == 1, done.stdout  # printed by the first process only
     assert (tmp_path / "good" / "snli_ve_accuracy_dev.json").is_file()
-    failed = run_meter([*finetune, f"train.out={tmp_path / 'bad'}", "snli_ve.eval_split=nosuch"], processes=2,
-                       check=False)  # fmt: skip
+    # an evaluation split whose image is missing, with no bad sample allowed: it fails after training (the split's
+    # file itself is read before training)
+    root = tmp_path / "data"
+    root.mkdir()
+    for entry in shapes_tasks_world.iterdir():
+        if entry.name != "snli_ve":
+            (root / entry.name).symlink_to(entry)
+    (root / "snli_ve").mkdir()
+    for entry in (shapes_tasks_world / "snli_ve").iterdir():
+        (root / "snli_ve" / entry.name).symlink_to(entry)
+    row = json.loads((shapes_tasks_world / "snli_ve/snli_ve_dev.jsonl").read_text().splitlines()[0])
+    (root / "snli_ve/snli_ve_gone.jsonl").write_text(json.dumps({**row, "Flickr30K_ID": "999999999"}) + "\n")
+    failed = run_meter([*finetune, f"train.out={tmp_path / 'bad'}", f"data.root={root}", "snli_ve.eval_split=gone",
+                        "data.max_bad_samples=0"], processes=2, check=False)  # fmt: skip
     assert failed.returncode != 0
-    assert "SNLI-VE file not found" in failed.stderr, failed.stderr[-3000:]
+    assert "999999999" in failed.stderr, failed.stderr[-3000:]
     assert "the first process failed, so this one stops too: DataError" in failed.stderr, failed.stderr[-3000:]
 
 
