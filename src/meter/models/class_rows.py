@@ -79,15 +79,15 @@ def rows_by_answer(
     index = {answer: row for row, answer in enumerate(saved)}
     kept = [(row, index[answer]) for row, answer in enumerate(wanted) if answer in index]
     moved = dict(weights)
-    for part in ("weight", "bias"):
-        key = f"heads.vqa.{OUTPUT_LAYER}.{part}"
+    for key in (f"heads.vqa.{OUTPUT_LAYER}.weight", f"heads.vqa.{OUTPUT_LAYER}.bias"):
         if key not in moved:
             continue
-        if len(saved) != len(moved[key]):  # unnamed or mismatched rows: none can be trusted
+        if len(saved) != len(moved[key]):  # unnamed or mismatched rows: none can be trusted, none is kept
             del moved[key]
+            kept = []
             continue
         rows = fresh[key].detach().clone()
         for row, old in kept:
             rows[row] = moved[key][old]
         moved[key] = rows
-    return moved, len(kept) if f"heads.vqa.{OUTPUT_LAYER}.weight" in moved else 0
+    return moved, len(kept)

@@ -218,11 +218,11 @@ def run_study(
     outcome = Outcome()
     todo = []
     for cell in select_cells(plan, only):
+        status = read_status(cell.folder)
         if cell_done(cell):
             outcome.skipped_done.append(cell.name)
-        elif status_alive(read_status(cell.folder)):
+        elif status_alive(status):
             outcome.skipped_running.append(cell.name)
-            status = read_status(cell.folder)
             log.warning("study: %s is run by another worker (pid %s on %s, on its run %s); left to it", cell.name,
                         status.get("pid", "?"), status.get("host", "?"), status.get("run") or "-")  # fmt: skip
         else:
