@@ -95,6 +95,16 @@ def test_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_on
     _assert_same_run(straight_run, out)
 
 
+def test_a_resume_finishes_the_deletion_a_kill_interrupted_after_the_last_checkpoint(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for name in ("step_00000004", ".step_00000002.deleting"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "progress.json").write_text("{}")
+    (folder / "abandoned-step_00000006").mkdir()
+    assert Checkpoints(folder).resolve("latest", set_aside=True).name == "step_00000004"
+    assert sorted(p.name for p in folder.iterdir()) == ["abandoned-step_00000006", "step_00000004"]
+
+
 def test_latest_skips_folders_a_killed_run_left_half_written_or_half_deleted(tmp_path):
     folder = tmp_path / "checkpoints"
     for name in ("step_00000002", "step_00000004", ".step_00000006.tmp", ".step_00000001.deleting"):

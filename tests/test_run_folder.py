@@ -43,6 +43,13 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(micro_con
     assert _snapshot(tmp_path / "mine") == before
 
 
+def test_a_run_killed_while_writing_its_first_record_leaves_a_folder_a_new_run_takes(micro_config, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / f".{RECORD}.tmp").write_text('{"format": "meter-ru')  # cut short by the kill
+    _pretrain(micro_config, tmp_path / "run")
+    assert (tmp_path / "run" / RECORD).is_file() and not (tmp_path / "run" / f".{RECORD}.tmp").exists()
+
+
 def test_a_folder_holding_a_run_of_another_config_is_refused_naming_what_differs(micro_config, tmp_path):
     _pretrain(micro_config, tmp_path / "run")
     before = _snapshot(tmp_path / "run")

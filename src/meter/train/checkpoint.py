@@ -326,6 +326,12 @@ class Checkpoints:
                 os.replace(path, step)
                 log.warning("checkpoint %s restored: the run was killed while saving that step again", step.name)
 
+    def _finish_deletions(self) -> None:
+        """A kill while `keep_last` deleted a checkpoint after the run's last one (no later save cleans up): the
+        half-deleted folder, renamed away before its deletion began, goes now."""
+        for path in self.folder.glob(f".{PREFIX}*.deleting"):
+            shutil.rmtree(path, ignore_errors=True)
+
     def set_aside_after(self, step: int) -> None:
         """A run resumed from a checkpoint older than its newest: the newer ones, a continuation now given up, are
         renamed abandoned-step_* (kept, never counted by `keep_last` or taken by `--resume latest`: a crash later
@@ -343,6 +349,7 @@ class Checkpoints:
         parts of the checksums to verify (default all; the model's alone to predict with it)."""
         if set_aside:
             self._restore_replaced()
+            self._finish_deletions()
         if which != "latest":
             path = Path(which)
             if not path.exists():  # `--resume last`: a misspelt `latest` read as a path
@@ -352,6 +359,7 @@ class Checkpoints:
                 raise DataError(f"{path}: not a checkpoint folder (no {TRAINING_STATE})")
             _verify(path, parts)
             return path
+        damaged: list[str] = []
         for path in reversed(self.steps()):
             try:
                 if not _verify(path, parts):
@@ -360,11 +368,14 @@ class Checkpoints:
                 aside = free_name(self.folder, f"{DAMAGED}{path.name}")
                 if set_aside:
                     os.replace(path, aside)
+                named = f"{path.name} ({damage.args[0]})"
+                damaged.append(f"{named}, set aside as {aside.name}" if set_aside else named)
                 log.warning("checkpoint %s is damaged (%s)%s; trying the one before", path.name, damage.args[0],
                             f", set aside as {aside}" if set_aside else "")  # fmt: skip
                 continue
             return path
-        raise DataError(f"no intact checkpoint to resume from in {self.folder}")
+        found = f": every checkpoint is damaged: {'; '.join(damaged)}" if damaged else ""
+        raise DataError(f"no intact checkpoint to resume from in {self.folder}{found}")
 
     def resolve_everywhere(self, which: str, runtime: Runtime) -> Path:
         """`resolve` on rank 0 (it reads and verifies the files, and sets damaged ones aside); every process gets

@@ -44,10 +44,12 @@ LOCK = ".meter-run.lock"  # held by the process that trains in the folder (who: 
 # everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
 RUN_FILES = frozenset(
     {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
-     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval"}
+     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval", f".{RECORD}.tmp"}
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
+# what a run killed while writing its first record leaves: the folder is still a new run's (the file is rewritten)
+RECORD_LEFT_HALF_WRITTEN = f".{RECORD}.tmp"
 # settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets, which of its
 # checkpoints is chosen as the best; not what it trains
 MAY_DIFFER_ON_RESUME = frozenset(
@@ -182,7 +184,7 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
         if recorded:
             run = read_record(out)
             _check_same_run(out, cfg, resume, run)
-        elif set(entries) <= PLANNED_BY_OTHERS:
+        elif set(entries) <= PLANNED_BY_OTHERS | {RECORD_LEFT_HALF_WRITTEN}:
             run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
         else:
             run = _earlier_run(out, entries, cfg, resume)
