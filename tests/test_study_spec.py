@@ -135,3 +135,32 @@ def test_a_search_value_that_is_not_a_list_is_named(tmp_path):
     study = micro_study(tmp_path, search={"train.lr": 5.0e-5})  # was an internal error: 'float' is not iterable
     with pytest.raises(ConfigError, match=r"search\.train\.lr = 5e-05 must be a list"):
         study_from_dict(study)
+
+
+def _runs(name: str, out: Path) -> list[tuple[str, object]]:
+    """(row, resolved config) of every run of a shipped study."""
+    plan = plan_study(load_study(name), out, prepare=False)
+    return [(cell.name.split("/")[1], run.config()) for cell in plan.cells for run in cell.runs]
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if not n.startswith("shapes-")])
+def test_the_paper_studies_answer_vqa_with_the_official_vocabulary(name, tmp_path):
+    vqa = [cfg for _, cfg in _runs(name, tmp_path / "out") if cfg.task == "vqa"]
+    assert vqa and all(cfg.vqa.answer_splits == ["train2014", "val2014"] for cfg in vqa)  # 3,129 answers, as write_vqa
+
+
+def test_the_vlp_encoder_table_pretrains_at_the_resolution_its_rows_are_named_with(tmp_path):
+    runs = _runs("encoders-vlp.yaml", tmp_path / "out")
+    assert {row.split("-")[0] for row, _ in runs} == {"roberta", "bert", "embedding"}, "Table 4's Embed-only row"
+    for row, cfg in runs:
+        swin = cfg.model.vision.name == "swin"
+        if cfg.task == "pretrain":  # CLIP-ViT-224/16 (the official 224 checkpoint), Swin-B-384/32
+            assert cfg.model.vision.image_size == (384 if swin else 224), row
+        if swin:  # the official Swin METER: image stream mean-pooled, drop path 0.1 in every run
+            assert cfg.model.image_pool == "mean" and cfg.model.vision.drop_path == 0.1, (row, cfg.task)
+
+
+def test_the_vision_encoder_table_runs_each_encoder_at_the_resolution_the_paper_names(tmp_path):
+    sizes = {cfg.model.vision.name: cfg.model.vision.image_size for _, cfg in _runs("vision-encoders.yaml", tmp_path)}
+    assert sizes == {"clip-vit": 224, "clip-vit-b32": 224, "beit": 224, "volo": 224, "vit": 384, "deit": 384,
+                     "cait": 384, "swin": 384}  # fmt: skip

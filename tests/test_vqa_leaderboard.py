@@ -10,10 +10,11 @@ import torch
 from meter.cli import main
 from meter.config import load_config
 from meter.data.formats.vqa import read_vqa_questions
-from meter.errors import DataError
+from meter.errors import ConfigError, DataError
 from meter.models.folder import export_model_folder, read_model_folder
 from meter.runs import run_finetune
 from meter.tasks.vqa import answer_vocabulary, read_vqa_split, setup_vqa
+from meter.validate import validate
 from tests.conftest import MICRO
 
 QUESTION_OFFSET, IMAGE_OFFSET = 1_000_000, 500_000  # test-dev ids of our own, unlike any val id
@@ -63,6 +64,19 @@ def test_train_and_val_give_one_vocabulary_with_the_count_applied_over_both(shap
     job = setup_vqa(cfg)
     assert job.task.answers == ["cat", "owl", "yak"]  # cat: 5 + 4 = 9 over both splits; dog: 8, short of 9
     assert len(job.dataset) == 22 + 13
+
+
+def test_the_vocabulary_counts_its_own_splits_whatever_the_model_trains_on(shapes_world: Path, tmp_path: Path):
+    _write_split(tmp_path, "train2014", ["cat"] * 5 + ["dog"] * 8 + ["owl"] * 9, first_id=0)
+    _write_split(tmp_path, "val2014", ["cat"] * 4 + ["yak"] * 9, first_id=100)
+    (tmp_path / "tokenizers").symlink_to(shapes_world / "tokenizers")
+    settings = [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014]", *MICRO]
+    official = setup_vqa(load_config(None, [*settings, "vqa.answer_splits=[train2014, val2014]"]))
+    assert official.task.answers == ["cat", "owl", "yak"]  # the official rule: train2014 and val2014 counted
+    assert len(official.dataset) == 22, "trained on train2014 alone"
+    assert setup_vqa(load_config(None, settings)).task.answers == ["owl"]  # by default the training splits'
+    with pytest.raises(ConfigError, match=r"vqa.answer_splits = \['val2014', 'val2014'\] names a split twice"):
+        validate(load_config(None, [*settings, "vqa.answer_splits=[val2014, val2014]"]))
 
 
 def test_test_dev_questions_read_their_images_from_the_test2015_folder(shapes_world: Path, tmp_path: Path):

@@ -145,6 +145,9 @@ class VqaConfig:
     # the image folder split of a question split, where they differ: `{split}` in image_pattern becomes it
     image_splits: dict[str, str] = field(default_factory=lambda: {"test-dev2015": "test2015"})  # official layout
     min_answer_count: int = 9  # an answer enters the vocabulary if it is the consensus answer this often
+    # the splits whose consensus answers are counted for the vocabulary ([]: vqa.train_splits). The official
+    # vocabulary (3,129 answers) counts train2014 and val2014 whatever a model trains on: [train2014, val2014]
+    answer_splits: list[str] = field(default_factory=list)
     # the soft targets count the annotators' answers as written, as the official recipe does; true: in their normal
     # form (as the vocabulary and the accuracy read them: "Two" and "two" count for "2")
     normalize_targets: bool = False

@@ -185,6 +185,8 @@ def _check_task(cfg: Config) -> None:
             raise ConfigError("vqa.train_splits is empty; name at least one split to train on (e.g. [train2014])")
         if len(set(cfg.vqa.train_splits)) < len(cfg.vqa.train_splits):  # its questions twice, the answer count halved
             raise ConfigError(f"vqa.train_splits = {cfg.vqa.train_splits} names a split twice")
+        if len(set(cfg.vqa.answer_splits)) < len(cfg.vqa.answer_splits):  # its answers counted twice
+            raise ConfigError(f"vqa.answer_splits = {cfg.vqa.answer_splits} names a split twice")
     elif cfg.task == "retrieval":
         check_retrieval(cfg)
         if cfg.retrieval.objective == "official":

@@ -22,7 +22,7 @@ from meter.plan.memory import Forward
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks import nlvr2, retrieval, snli_ve
 from meter.tasks.build import read_karpathy_splits
-from meter.tasks.vqa import UNANNOTATED_PREFIX, answer_vocabulary, read_vqa_split
+from meter.tasks.vqa import UNANNOTATED_PREFIX, config_vocabulary, read_vqa_split, vocabulary_splits
 
 UNKNOWN = "unknown until the data is read"
 
@@ -127,21 +127,23 @@ def _one_pass(cfg: Config, vocabulary: int) -> Forward:
 
 def _vqa_files(cfg: Config) -> list[tuple[str, Path]]:
     files = []
-    for split in dict.fromkeys([*cfg.vqa.train_splits, cfg.vqa.eval_split]):
+    read = [*cfg.vqa.train_splits, *vocabulary_splits(cfg)]
+    for split in dict.fromkeys([*read, cfg.vqa.eval_split]):
         files.append((f"vqa.questions ({split})", _root(cfg) / cfg.vqa.questions.format(split=split)))
-        if split in cfg.vqa.train_splits or not split.startswith(UNANNOTATED_PREFIX):  # test-dev's are not published
+        if split in read or not split.startswith(UNANNOTATED_PREFIX):  # test-dev's are not published
             files.append((f"vqa.annotations ({split})", _root(cfg) / cfg.vqa.annotations.format(split=split)))
     return [*files, ("data.images", _root(cfg) / cfg.data.images)]
 
 
 def _vqa_read(cfg: Config) -> DataFacts:
     records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
-    answers = answer_vocabulary(records, cfg.vqa.min_answer_count)
+    answers = config_vocabulary(cfg, records)
     return DataFacts(len(records), f"{len(records):,} questions ({', '.join(cfg.vqa.train_splits)})", len(answers))
 
 
 def _vqa_heads(cfg: Config, vocabulary: int, data: DataFacts) -> list[Head]:
-    rule = f"answers given as the consensus at least {cfg.vqa.min_answer_count} times in the training splits"
+    splits = ", ".join(vocabulary_splits(cfg))
+    rule = f"answers given as the consensus at least {cfg.vqa.min_answer_count} times in {splits}"
     return [Head("vqa", data.classes, rule)]
 
 

@@ -61,6 +61,20 @@ def answer_vocabulary(records: list[VqaRecord], min_count: int) -> list[str]:
     return [answer for answer, _ in sorted(kept, key=lambda item: (-item[1], item[0]))]
 
 
+def vocabulary_splits(cfg: Config) -> list[str]:
+    """The splits whose consensus answers make the vocabulary: vqa.answer_splits, else the training splits."""
+    return cfg.vqa.answer_splits or cfg.vqa.train_splits
+
+
+def config_vocabulary(cfg: Config, train_records: list[VqaRecord]) -> list[str]:
+    """The answer vocabulary a config trains with (`train_records`: its training splits' questions, read already)."""
+    splits = vocabulary_splits(cfg)
+    records = train_records if splits == cfg.vqa.train_splits else [
+        r for split in splits for r in read_vqa_split(cfg, split)
+    ]  # fmt: skip
+    return answer_vocabulary(records, cfg.vqa.min_answer_count)
+
+
 def soft_targets(record: VqaRecord, index: dict[str, int], normalize: bool = False) -> list[tuple[int, float]]:
     """(label, score) for each vocabulary answer given by any annotator: 0.3 per annotator, 1.0 from four. The
     official recipe counts the answers as the annotators wrote them (write_vqa.py: "Two" or "two" is not "2"); with
@@ -160,14 +174,14 @@ def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str], 
 def setup_vqa(cfg: Config) -> Finetuning:
     vqa_metric(cfg.vqa.metric)  # a typo in the metric's name fails now, not after training
     train_records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
-    answers = answer_vocabulary(train_records, cfg.vqa.min_answer_count)  # over all training splits together
+    answers = config_vocabulary(cfg, train_records)  # over all its splits together
     if cfg.vqa.eval_split in cfg.vqa.train_splits:
         log.warning("vqa.eval_split = %s is also a training split: its score measures fit, not generalisation"
                     " (the leaderboard's split is test-dev2015)", cfg.vqa.eval_split)  # fmt: skip
     if not answers:
         raise ConfigError(
             f"vqa.min_answer_count = {cfg.vqa.min_answer_count}: no answer is that frequent in "
-            f"{', '.join(cfg.vqa.train_splits)}; lower it"
+            f"{', '.join(vocabulary_splits(cfg))}; lower it"
         )
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {"vqa": len(answers)}, answers=answers)
