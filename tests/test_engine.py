@@ -23,6 +23,7 @@ from meter.train.checkpoint import TASK_WEIGHTS, Checkpoints
 from meter.train.loop import fit
 from meter.train.metrics_log import read_metrics
 from meter.train.runtime import setup_runtime
+from tests.conftest import MICRO
 from tests.runner import EXACT
 
 LOSSES = ["train/mlm_loss", "train/itm_loss", "train/mim_loss"]
@@ -177,3 +178,20 @@ def test_fsdp_without_a_launcher_says_it_runs_one_unsharded_process(monkeypatch,
     with caplog.at_level(logging.WARNING):
         setup_runtime(TrainConfig(device="cpu", parallel="fsdp"))
     assert "train.parallel = fsdp without a launcher" in caplog.text
+
+
+def test_captioning_accumulated_over_micro_batches_makes_the_same_steps_as_one_batch(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """The caption loss is a mean over the step's tokens: a micro-batch of short captions weighs no more than one of
+    long ones (a mean per micro-batch, then over the micro-batches, changed the gradient by up to ~17% per token)."""
+    from meter.runs import run_finetune
+
+    start = f"train.init_from={micro_checkpoints('pretrain')}"
+    common = ["task=captioning", f"data.root={shapes_tasks_world}", start, "train.max_steps=3",
+              "captioning.max_eval_images=2", "model.decoder.dropout=0", *MICRO, *EXACT]  # fmt: skip
+    for name, split in (("big", ["train.batch_size=8"]), ("accum", ["train.batch_size=4", "train.grad_accum=2"])):
+        run_finetune(load_config(None, [*common, *split, f"train.out={tmp_path / name}"]))
+    big, accum = read_metrics(tmp_path / "big/metrics.jsonl"), read_metrics(tmp_path / "accum/metrics.jsonl")
+    for key in ("train/caption_loss", "train/caption_accuracy", "train/grad_norm"):
+        assert [r[key] for r in accum if key in r] == pytest.approx([r[key] for r in big if key in r], rel=1e-5), key

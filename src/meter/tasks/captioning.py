@@ -34,6 +34,7 @@ from meter.models.meter import Meter
 from meter.objectives.positions import at_positions
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of, pack
+from meter.objectives.step_mean import step_mean
 from meter.tasks.build import (
     build_model,
     image_reader,
@@ -80,8 +81,14 @@ class CaptioningTask(nn.Module):
         fused = model.fuse(text, seq.attention_mask, model.encode_image(batch["pixels"]), pool=False)
         logits = model.decoder.logits(at_positions(model.decode(fused, seq.decoder_input_ids), seq.positions)).float()
         labels = at_positions(seq.labels, seq.positions)
-        accuracy = (logits.argmax(-1) == labels).float().mean().detach()
-        return {"caption_loss": F.cross_entropy(logits, labels)}, {"caption_accuracy": accuracy}
+        loss = step_mean(F.cross_entropy(logits, labels, reduction="sum"), "caption_loss", len(labels), batch)
+        correct = (logits.argmax(-1) == labels).float().sum().detach()
+        return {"caption_loss": loss}, {"caption_accuracy": step_mean(correct, "caption_loss", len(labels), batch)}
+
+    def loss_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+        """The caption tokens the loss averages over in this (prepared) batch: every token of the step weighs the
+        same, however the step is split over micro-batches and processes."""
+        return {"caption_loss": len(batch["caption_positions"])}
 
 
 def setup_captioning(cfg: Config) -> Finetuning:

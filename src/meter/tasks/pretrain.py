@@ -27,6 +27,7 @@ from meter.objectives.prefix_lm import split_prefix
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.seq2seq import Seq2SeqBatch, Targets, captions_of
 from meter.objectives.span import corrupt_spans, sentinel_ids
+from meter.objectives.step_mean import step_mean
 from meter.train.distributed import uses_cuda_graphs
 from meter.train.loop import TEXT_LENGTH_MULTIPLE
 
@@ -55,14 +56,6 @@ def pretrain_heads(tokenizer: PreTrainedTokenizerBase, objectives: ObjectivesCon
     if objectives.itm > 0:
         heads["itm"] = 2
     return heads
-
-
-def _mean(total: Tensor, name: str, count: int | Tensor, batch: dict[str, Any]) -> Tensor:
-    """`total` over the step's denominator for this loss when the loop gave one, else over `count` (at least 1)."""
-    denominators = batch.get("loss_denominators", {})
-    if name in denominators:
-        return total / denominators[name]
-    return total / (count.clamp(min=1) if isinstance(count, Tensor) else max(count, 1))
 
 
 class PretrainTask(nn.Module):
@@ -150,9 +143,9 @@ class PretrainTask(nn.Module):
 
     def _token_loss(self, logits: Tensor, labels: Tensor, name: str, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Cross-entropy and accuracy over the labelled tokens, averaged over the step's labelled tokens."""
-        loss = _mean(mlm_loss(logits, labels, reduction="sum"), name, len(labels), batch)
+        loss = step_mean(mlm_loss(logits, labels, reduction="sum"), name, len(labels), batch)
         correct = (logits.argmax(-1) == labels).float().sum().detach()
-        return loss, _mean(correct, name, len(labels), batch)
+        return loss, step_mean(correct, name, len(labels), batch)
 
     def _mlm(self, batch: dict[str, Any], image: Tensor) -> tuple[Tensor, Tensor]:
         model, mask, positions = self.model, batch["attention_mask"], batch["mlm_positions"]
@@ -165,9 +158,9 @@ class PretrainTask(nn.Module):
         model, mask, labels = self.model, batch["attention_mask"], batch["itm_labels"]
         fused = model.fuse(model.encode_text(batch["input_ids"], mask), mask, image[batch["itm_image_index"]])
         logits = model.heads["itm"](fused.joint)
-        loss = _mean(itm_loss(logits, labels, reduction="sum"), "itm_loss", len(labels), batch)
+        loss = step_mean(itm_loss(logits, labels, reduction="sum"), "itm_loss", len(labels), batch)
         correct = (logits.argmax(-1) == labels).float().sum().detach()
-        return self.objectives.itm * loss, _mean(correct, "itm_loss", len(labels), batch)
+        return self.objectives.itm * loss, step_mean(correct, "itm_loss", len(labels), batch)
 
     def _mim(self, batch: dict[str, Any]) -> Tensor:
         """A second vision pass (the masked image), fused with the intact text."""
@@ -179,7 +172,7 @@ class PretrainTask(nn.Module):
         predictions = self.mim_decoder(at_positions(patches, positions))
         targets = at_positions(pixel_targets(pixels, self.mim_patch), positions)
         total = mim_loss(predictions, targets, reduction="sum")
-        return self.objectives.mim * _mean(total, "mim_loss", len(positions), batch)
+        return self.objectives.mim * step_mean(total, "mim_loss", len(positions), batch)
 
     def _decoder_lm(self, batch: dict[str, Any], objective: str, image: Tensor) -> tuple[Tensor, Tensor]:
         """The decoder writes the objective's targets from the fused image and encoder text; loss where labelled."""
