@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from meter.config import Config, load_config
 from meter.data.formats.captions import coco_source
 from meter.data.shard_writer import index_shards, write_shards
-from meter.errors import DataError
+from meter.errors import ConfigError, DataError
 from meter.runs import run_pretrain
 from tests.corpora import write_damaged_shard, write_img2dataset
 
@@ -29,6 +29,21 @@ def test_pretraining_from_shards_stopped_and_resumed_matches_a_straight_run(
     resumed = _pretrain(micro_config, tmp_path / "split", *steps, resume="latest")
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_a_shard_corpus_run_is_not_resumed_with_its_step_split_another_way(micro_config, shapes_world, tmp_path):
+    """The same samples a step in other micro-batches (4 x 1 -> 2 x 2, a requeue onto smaller GPUs) moved the
+    streams to other places in the epoch: pairs read twice, others never. Refused, naming the split to resume with."""
+    source = coco_source(shapes_world, "karpathy/dataset_coco.json", images="images")
+    write_shards(source, tmp_path / "shards", shard_size=10, progress=False)
+    steps = ["train.max_steps=6", "train.batch_size=4", f"data.sources=[{{path: {tmp_path / 'shards'}}}]"]
+    _pretrain(micro_config, tmp_path / "run", *steps, "train.stop_at=3")
+    with pytest.raises(
+        ConfigError,
+        match=r"written with train.batch_size = 4 \(train.grad_accum = 1\), this run has "
+        r"2 \(2\): a shard corpus.*resume with train.batch_size=4 train.grad_accum=1",
+    ):
+        _pretrain(micro_config, tmp_path / "run", *steps, "train.batch_size=2", "train.grad_accum=2", resume="latest")
 
 
 def test_pretraining_from_damaged_shards_over_the_budget_stops_with_a_clear_message(

@@ -242,6 +242,14 @@ def _fit_in(
                 f"would be read twice and part never); resume with {written_by} processes"
             )
         check_step_size(path, progress, train.batch_size, runtime.world, train.grad_accum)
+        if progress.global_batch not in (0, global_batch) and hasattr(dataset, "stream_type"):
+            raise ConfigError(
+                f"{path} was written with train.batch_size = {progress.global_batch // runtime.world} (train."
+                f"grad_accum = {progress.grad_accum}), this run has {train.batch_size} ({train.grad_accum}): a shard "
+                "corpus's streams stand at whole batches of theirs, so its place in the epoch cannot be carried over "
+                f"(part of the epoch would be read twice and part never); resume with train.batch_size="
+                f"{progress.global_batch // runtime.world} train.grad_accum={progress.grad_accum}"
+            )
         if progress.global_batch not in (0, global_batch):  # the same samples a step, split another way
             log.info("resumed with %d samples a micro-batch over all processes instead of %d, %d micro-batches a "
                      "step instead of %d", global_batch, progress.global_batch, train.grad_accum,
