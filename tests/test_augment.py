@@ -1,15 +1,17 @@
 """data.augment: RandAugment on training images, drawn by (train.seed, epoch, sample) whatever the workers, processes
 and restarts; never on evaluation images; `none` is today's pipeline."""
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from meter.config import AugmentConfig, Config, VqaConfig, load_config
-from meter.data.augment import build_augmentation
+from meter.data.augment import Draw, build_augmentation
 from meter.data.bad_samples import BadSample
 from meter.data.datasets import CaptionPairs, ImageReader, VqaQuestions
 from meter.data.formats.captions import coco_source, read_karpathy
@@ -17,7 +19,7 @@ from meter.data.formats.vqa import read_vqa
 from meter.data.images import image_transform
 from meter.data.labelled import Example, LabelledExamples, image_batches
 from meter.data.shard_manifest import read_manifest
-from meter.data.shard_stream import ShardCorpus, ShardStream
+from meter.data.shard_stream import Pair, ShardCorpus, ShardStream, to_sample
 from meter.data.shard_writer import write_shards
 from meter.data.stream import BatchStream
 from meter.errors import ConfigError
@@ -231,3 +233,18 @@ def test_an_augmenting_readers_evaluation_read_of_a_large_photo_equals_a_plain_r
     path = tmp_path / "large.jpg"
     path.write_bytes(image_bytes(3, size=(8 * SIZE, 6 * SIZE)))
     assert torch.equal(augmenting()(path), ImageReader(TRANSFORM, SIZE)(path))
+
+
+def test_a_large_photo_in_a_shard_is_augmented_at_full_size_as_its_file_is(tmp_path: Path):
+    """Official RandAugment shifts by pixels of the photo as stored: a shard's 1600 px JPEG was decoded at 1/8 scale
+    first (as for a plain resize), so its shifts covered 8x more of the image than its file's."""
+    ramp = torch.linspace(0, 255, 1600).round().to(torch.uint8)
+    rows, columns = ramp[:1200, None].expand(1200, 1600), ramp[None, :].expand(1200, 1600)
+    photo = Image.fromarray(torch.stack([columns, rows, columns.flip(1)], dim=-1).numpy())
+    encoded = io.BytesIO()
+    photo.save(encoded, format="JPEG", quality=95)
+    (tmp_path / "photo.jpg").write_bytes(encoded.getvalue())
+    reader = augmenting()
+    from_file = reader(tmp_path / "photo.jpg", Draw(epoch=0, sample=3))
+    pair = Pair("s/photo#0", "photo.jpg", encoded.getvalue(), "a caption", 1, epoch=0, position=3)
+    assert torch.equal(to_sample(pair, reader)["pixels"], from_file)

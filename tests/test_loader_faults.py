@@ -210,10 +210,26 @@ def test_a_corrupt_shard_read_by_two_workers_counts_as_in_the_main_process(tmp_p
         results[workers] = counted(data, workers, epoch, budget), budget.bad
     assert results[2] == results[0]
     (texts, _), bad = results[0]
-    damaged = {Path(path).stem for path in bad if "00004.tar" in path}
+    damaged = {Path(pair.partition("#")[0]).stem for pair in bad if "00004.tar" in pair}  # shard/key#caption
     assert damaged == set(DAMAGED) and sum(texts.values()) == len(data) - len(bad)  # every place read once
     assert any("00001.tar" in path and "fewer pairs than its manifest" in why for path, why in bad.items()), bad
     assert (tmp_path / "bad_2.jsonl").read_text() == (tmp_path / "bad_0.jsonl").read_text()
+
+
+def test_every_pair_of_a_missing_shard_counts_once_whatever_reads_it(tmp_path: Path):
+    """A shard deleted after it was indexed: each of its places is a bad pair, named by its place in the shard (they
+    were numbered from where each read began, so reads of parts of it by several streams shared names: a third
+    of them were counted)."""
+    write_img2dataset(tmp_path / "web", shards=4, per_shard=6)
+    index_shards(tmp_path / "web", tmp_path / "index", max_bad=1.0, progress=False)
+    manifest = read_manifest(tmp_path / "index")
+    (tmp_path / "web/00002.tar").unlink()
+    data = ShardCorpus([(manifest, 1.0)], ImageReader(TRANSFORM, 16), shuffle_buffer=4, open_shards=2,
+                       streams_per_rank=4)  # fmt: skip
+    budget = BadSampleBudget(1.0, len(data))
+    counted(data, 0, 2 * len(data) // 4, budget)  # two epochs: each stream has been through its part
+    assert len(budget.bad) == 6 and all("00002.tar" in pair and "shard not found" in why for pair, why in
+                                        budget.bad.items())  # fmt: skip
 
 
 def test_the_bad_sample_budget_stops_at_the_same_batch_with_the_same_message_with_two_workers(tmp_path: Path):
@@ -247,7 +263,7 @@ def test_a_corrupt_image_read_by_two_workers_counts_as_in_the_main_process(tmp_p
                 budget.record(bad)
         seen[workers] = texts, budget.bad
     assert seen[2] == seen[0]
-    assert {Path(p).name for p in seen[0][1]} == {"3.jpg", "5.jpg", "8.jpg"}
+    assert sorted(Path(p).name for p in seen[0][1]) == [f"{i}.jpg#{j}" for i in (3, 5, 8) for j in (0, 1)]  # pairs
     assert sum(seen[0][0].values()) == 24 - 6
 
 

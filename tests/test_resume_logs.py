@@ -30,20 +30,21 @@ def broken_world(shapes_world: Path, tmp_path: Path) -> Path:
 def test_a_resumed_run_counts_the_bad_samples_it_had_skipped_and_lists_each_once(micro_config: Config,
                                                                                   shapes_world: Path, tmp_path: Path,
                                                                                   caplog):  # fmt: skip
-    """240 training pairs, 3 unreadable images: an epoch (30 steps of 8) meets them all. Resumed after it, the
-    budget started again from 0 (a run stopped and resumed could skip three times what a straight one may) and the
-    list named them again."""
+    """240 training pairs, 3 unreadable images of 5 captions each: an epoch (30 steps of 8) meets their 15 pairs.
+    Resumed after it, the budget started again from 0 (a run stopped and resumed could skip three times what a
+    straight one may) and the list named them again."""
     out = tmp_path / "run"
     cfg = load_config(None, [f"data.root={broken_world(shapes_world, tmp_path)}", f"train.out={out}",
-                             "data.max_bad_samples=0.0125", "train.max_steps=31"], base=micro_config)  # fmt: skip
+                             "data.max_bad_samples=0.0625", "train.max_steps=31"], base=micro_config)  # fmt: skip
     run_pretrain(load_config(None, ["train.stop_at=30"], base=cfg))
     listed = (out / "bad_samples.jsonl").read_text().splitlines()
-    assert sorted(Path(json.loads(line)["path"]).name for line in listed) == sorted(BROKEN)
+    names = [Path(json.loads(line)["path"]).name for line in listed]
+    assert sorted(set(names)) == sorted(BROKEN) and len(names) == 15, "each pair of a broken image, once"
     with (out / "bad_samples.jsonl").open("a") as f:
         f.write('{"path": "cut sh')  # a kill while a line was appended
     with caplog.at_level(logging.WARNING, logger="meter.train.loop"):
         run_pretrain(cfg, resume="latest")
-    assert "skipped 3 of 240 samples (budget 3)" in caplog.text
+    assert "skipped 15 of 240 samples (budget 15)" in caplog.text
     assert (out / "bad_samples.jsonl").read_text().splitlines() == listed
 
 

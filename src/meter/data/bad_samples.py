@@ -20,13 +20,20 @@ class BadSample:
 
     path: str
     reason: str
+    key: str = ""  # the sample, where one path serves several (an image's captions, its questions): "" the path
+
+    @property
+    def sample(self) -> str:
+        """What the budget counts once: the sample (a pair, a question), not the image it shares with others."""
+        return self.key or self.path
 
 
 class BadSampleBudget:
     """Counts bad samples; raises once more than `max_fraction` of `total` samples are bad.
 
-    Training meets a sample again every epoch, so a path counts once. Evaluation (`per_sample`) reads each sample
-    once and counts every one: five questions about one missing image are five questions it could not answer.
+    Training meets a sample again every epoch, so a sample counts once (its key: an image with five captions is five
+    pairs of the total, and five bad ones). Evaluation (`per_sample`) reads each sample once and counts every one:
+    five questions about one missing image are five questions it could not answer.
 
     With several processes (`shared`) each one reads its own part of the data: `record` only notes a bad sample,
     and the training loop hands every process's notes to `settle` on all of them at once, so that the budget is
@@ -44,7 +51,7 @@ class BadSampleBudget:
         self.max_fraction = max_fraction
         self.log_file = Path(log_file) if log_file else None
         self.per_sample = per_sample
-        self.bad: dict[str, str] = {}  # path -> reason, the first reason of each path
+        self.bad: dict[str, str] = {}  # sample -> reason, the first reason of each sample
         self.samples = 0  # with per_sample: every sample recorded
         self.shared = shared
         self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
@@ -67,16 +74,16 @@ class BadSampleBudget:
         """Counts `samples`; raises once the budget is spent."""
         new = []
         for sample in samples:
-            if sample.path in self.bad and not self.per_sample:
+            if sample.sample in self.bad and not self.per_sample:
                 continue
-            self.bad.setdefault(sample.path, sample.reason)
+            self.bad.setdefault(sample.sample, sample.reason)
             self.samples += 1
             new.append(sample)
             if self.count <= WARN_FIRST and (self.log_file is not None or not self.shared):
                 log.warning("data: skipped %s", sample.reason)
         if new and self.log_file is not None:
             with self.log_file.open("a") as f:
-                f.writelines(json.dumps({"path": s.path, "reason": s.reason}) + "\n" for s in new)
+                f.writelines(json.dumps(_entry(s.path, s.reason, s.key)) + "\n" for s in new)
         if self.count > self.allowed:
             first = next(iter(self.bad.values()))
             where = f"; see {self.log_file}" if self.log_file else ""
@@ -95,6 +102,11 @@ class BadSampleBudget:
         return f"skipped {self.count:,} of {self.total:,} samples (budget {self.allowed:,})"
 
 
+def _entry(path: str, reason: str, key: str = "") -> dict[str, str]:
+    """A line of bad_samples.jsonl: the file, why, and the sample where the file serves several."""
+    return {"path": path, "reason": reason, **({"sample": key} if key else {})}
+
+
 def continued_list(path: Path, resumed: bool) -> dict[str, str]:
     """A training run's list of bad samples as it goes on: a resumed run's (path -> reason; a line cut short by a
     kill left out, and the file rewritten without it), or none for a run that starts (a killed first attempt's list
@@ -103,14 +115,18 @@ def continued_list(path: Path, resumed: bool) -> dict[str, str]:
         path.unlink(missing_ok=True)
         return {}
     listed: dict[str, str] = {}
+    lines: dict[str, str] = {}
     written = path.read_text(errors="replace")
     for line in written.splitlines():
         try:
             entry = json.loads(line)
-            listed.setdefault(str(entry["path"]), str(entry["reason"]))
-        except (ValueError, KeyError, TypeError):
+            sample = str(entry.get("sample") or entry["path"])
+            if sample not in listed:
+                listed[sample] = str(entry["reason"])
+                lines[sample] = json.dumps(_entry(str(entry["path"]), listed[sample], str(entry.get("sample") or "")))
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    whole = "".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in listed.items())
+    whole = "".join(line + "\n" for line in lines.values())
     if whole != written:  # a line cut short (or a list written otherwise): appended to, it would glue to the next
         write_text_atomically(path, whole)
     return listed

@@ -110,7 +110,7 @@ class CaptionPairs(Dataset, TrainingDraws):
         try:
             pixels = self.images(record.image, self.draw(index))
         except DataError as error:
-            return BadSample(str(record.image), str(error))
+            return BadSample(str(record.image), str(error), key=f"{record.image}#{j}")
         return {"pixels": pixels, "text": self.captions[i][j], "image_id": record.image_id}
 
 
@@ -132,7 +132,7 @@ class VqaQuestions(Dataset, TrainingDraws):
         try:
             pixels = self.images(record.image, self.draw(index))
         except DataError as error:
-            return BadSample(str(record.image), str(error))
+            return BadSample(str(record.image), str(error), key=f"question {record.question_id}")
         sample = {"pixels": pixels, "text": record.question, "question_id": record.question_id}
         if self.targets is not None:
             sample["targets"] = self.targets[index]

@@ -45,7 +45,8 @@ class LabelledExamples(Dataset, TrainingDraws):
             try:
                 loaded.append(self.images(path, self.draw(index, k)))
             except DataError as error:
-                return BadSample(str(path), str(error))  # the image that failed (NLVR2's right one, say)
+                # the image that failed (NLVR2's right one, say), counted as this example
+                return BadSample(str(path), str(error), key=f"example {index}")
         pixels = loaded[0] if len(loaded) == 1 else torch.stack(loaded)
         return {"pixels": pixels, "text": example.text, "label": example.label, "index": index}
 

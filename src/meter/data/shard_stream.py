@@ -65,7 +65,7 @@ def image_id(shard: ShardEntry, key: str) -> int:
 def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
     """Pairs [skip, skip + take) of a shard. A shard that holds fewer than its manifest says (damaged, or changed
     since it was indexed) fills the missing places with bad pairs, so the positions of the stream stay exact."""
-    given = 0
+    given, first = 0, skip
     try:
         with TarShard(shard.path) as tar:
             for sample in tar.samples():
@@ -94,7 +94,7 @@ def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
         missing = f"{shard.path}: shard not found"
     except OSError as error:  # a failing disk or network file system: the rest of this shard is lost, not the run
         missing = f"{shard.path}: unreadable ({error})"
-    for index in range(given, take):
+    for index in range(first + given, first + take):  # named by their place in the shard: each counts once
         yield Pair(f"{shard.path.name}#{index}", f"{shard.path}#{index}", None, "", -1, missing)
 
 
@@ -160,16 +160,18 @@ def to_sample(pair: Pair, images: ImageReader) -> dict[str, Any] | BadSample:
     """Decodes, augments (a training draw by epoch and place in the epoch's plan) and transforms the pair's image:
     runs in the data workers."""
     if pair.problem:
-        return BadSample(pair.name, pair.problem)
+        return BadSample(pair.name, pair.problem, key=pair.key)
     if images.blind:
         pixels = images.blank
     else:
         try:
-            size = images.blank.shape[-1]  # the transform's output size: decode no larger than needed
+            # the transform's output size: decode no larger than needed; augmenting, the whole image, as a file is
+            # read (official RandAugment's shifts are in pixels of the photo as stored)
+            size = images.blank.shape[-1] if images.augment is None else None
             image = decode_image(io.BytesIO(pair.image), pair.name, at_least=size, max_pixels=images.max_pixels)
             pixels = images.finish(image, Draw(pair.epoch, pair.position))
         except DataError as error:
-            return BadSample(pair.name, str(error))
+            return BadSample(pair.name, str(error), key=pair.key)
     return {"pixels": pixels, "text": pair.caption, "image_id": pair.image_id, "pair": pair.key}
 
 
