@@ -211,3 +211,32 @@ def test_the_submitit_executor_runs_a_cell_as_a_torchrun_job(shapes_world, tmp_p
     status = read_status(cell)
     assert status["state"] == "done" and status["launcher"] == "torchrun" and status["processes"] == 1
     assert status["job"] and list((out / "submitit").glob(f"{status['job']}_*result.pkl"))
+
+
+def test_a_zero_shot_task_scores_each_cells_pretraining_as_meter_evaluate_does(shapes_tasks_world, tmp_path, capsys):
+    """The paper's Flickr-ZS columns: each row's pretraining evaluated on the retrieval split, not fine-tuned; in a
+    searched study it has nothing to tune, and the tuned table shows its one evaluation."""
+    study = micro_study(shapes_tasks_world, search={"train.lr": [1.0e-3]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.25}
+    study["base"]["tasks"]["zs"] = {"recipe": "shapes-retrieval.yaml", "zero_shot": True,
+                                    "overrides": ["retrieval.max_eval_images=6"]}  # fmt: skip
+    out = tmp_path / "out"
+    outcome = run_study(study_from_dict(study), out, jobs=1)
+    assert not outcome.failed
+    plan = load_plan(out)
+    assert [run.name for run in plan.cells[0].runs] == ["pretrain", "vqa", "vqa@lr=0.001", "zs"]
+    with (out / "report.csv").open() as f:
+        reported = {(r["table"], r["row"]): float(r["mean"]) for r in csv.DictReader(f) if r["task"] == "zs"
+                    and r["metric"] == "t2i_r1"}  # fmt: skip
+    for row in ("co-attention", "merged"):
+        cell = out / "cells/vlp" / row / "seed-0"
+        pretraining = load_plan(out).cell(f"vlp/{row}/seed-0").runs[3].config().train.init_from
+        assert pretraining.startswith(str(cell / "pretrain/checkpoints/step_")), "the pretraining, as it is"
+        settings = [f"data.root={shapes_tasks_world}", "retrieval.max_eval_images=6"]
+        recipe = plan.cells[0].runs[3].recipe
+        assert main(["evaluate", "retrieval", "--checkpoint", pretraining, "--config", recipe, "--out",
+                     str(tmp_path / row), *settings]) == 0  # fmt: skip
+        by_hand = json.loads(capsys.readouterr().out)["t2i_r1"]
+        assert json.loads((cell / "zs/result.json").read_text())["metrics"]["t2i_r1"] == by_hand
+        assert reported[("vlp-uniform", row)] == reported[("vlp-tuned", row)] == pytest.approx(by_hand, abs=1e-9)
+    assert not (out / "cells/vlp/co-attention/seed-0/zs/checkpoints").exists(), "nothing trained"

@@ -164,3 +164,26 @@ def test_the_vision_encoder_table_runs_each_encoder_at_the_resolution_the_paper_
     sizes = {cfg.model.vision.name: cfg.model.vision.image_size for _, cfg in _runs("vision-encoders.yaml", tmp_path)}
     assert sizes == {"clip-vit": 224, "clip-vit-b32": 224, "beit": 224, "volo": 224, "vit": 384, "deit": 384,
                      "cait": 384, "swin": 384}  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "study_fields", "message"), [
+    ({"steps": 5}, {}, r"base\.tasks\.zs\.zero_shot trains nothing: it takes no steps and no select"),
+    ({}, {"protocol": "no-vlp"}, r"base\.tasks\.zs\.zero_shot evaluates each cell's pretraining: it needs protocol"),
+    ({"recipe": "shapes-vqa.yaml"}, {}, r"base\.tasks\.zs\.zero_shot: a vqa recipe; only retrieval is scored"),
+])  # fmt: skip
+def test_a_zero_shot_task_is_retrieval_from_a_pretraining_that_trains_nothing(task, study_fields, message, tmp_path):
+    study = micro_study(tmp_path, **study_fields)
+    study["base"]["tasks"]["zs"] = {"recipe": "shapes-retrieval.yaml", "zero_shot": True, **task}
+    with pytest.raises(ConfigError, match=message):
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
+@pytest.mark.parametrize("name", ["architecture.yaml", "encoders-vlp.yaml", "fusion.yaml", "objectives.yaml"])
+def test_the_vlp_studies_report_zero_shot_flickr_retrieval_from_each_pretraining(name, tmp_path):
+    plan = plan_study(load_study(name), tmp_path / "out", prepare=False)
+    zero_shot = [run for cell in plan.cells for run in cell.runs if run.kind == "evaluate"]
+    assert len(zero_shot) == len(plan.cells) and {run.task_kind for run in zero_shot} == {"retrieval"}
+    for cell in plan.cells:
+        pretraining = next(run for run in cell.runs if run.kind == "pretrain")
+        evaluated = next(run for run in cell.runs if run.kind == "evaluate").config().train.init_from
+        assert evaluated.startswith(f"{pretraining.folder}/checkpoints/step_"), "the pretraining, not fine-tuned"

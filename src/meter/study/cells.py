@@ -57,7 +57,7 @@ DEFAULT_METRICS = {
 @dataclass
 class RunPlan:
     name: str  # in its cell: pretrain, vqa, vqa@lr=5e-05
-    kind: str  # pretrain or finetune
+    kind: str  # pretrain, finetune, or evaluate (a zero-shot task: the pretraining evaluated as it is)
     task: str  # the study's name of the task ("" for pretraining)
     point: str  # the search point ("" : the recipe's settings)
     recipe: str
@@ -75,6 +75,9 @@ class RunPlan:
         return load_config(self.recipe, self.overrides)
 
     def command(self) -> str:
+        if self.kind == "evaluate":
+            return shlex.join(["meter", "evaluate", self.task_kind, "--checkpoint", str(self.config().train.init_from),
+                               "--config", self.recipe, *self.overrides, "--out", self.folder])  # fmt: skip
         verb = "pretrain" if self.kind == "pretrain" else "finetune"
         return shlex.join(["meter", verb, "--config", self.recipe, *self.overrides])
 
@@ -101,6 +104,7 @@ class CellPlan:
 class TaskColumns:
     kind: str
     metrics: list[str]
+    zero_shot: bool = False  # evaluated from the pretraining, not fine-tuned: no search point to choose
 
 
 @dataclass
@@ -251,8 +255,8 @@ class Planner:
         self.planned = {self._pretraining(f"vlp/{row.slug}/seed-{seed}", row, [f"train.seed={seed}"])[2]
                         for row in rows for seed in spec.seeds if "vlp" in spec.protocol}  # fmt: skip
         cells = [self._cell(protocol, row, seed) for protocol in spec.protocol for row in rows for seed in spec.seeds]
-        tasks = {name: TaskColumns(self.kinds[name], task.metrics or DEFAULT_METRICS.get(self.kinds[name], []))
-                 for name, task in spec.base.tasks.items()}  # fmt: skip
+        tasks = {name: TaskColumns(self.kinds[name], task.metrics or DEFAULT_METRICS.get(self.kinds[name], []),
+                                   task.zero_shot) for name, task in spec.base.tasks.items()}  # fmt: skip
         slurm = dataclasses.asdict(spec.slurm)
         return StudyPlan(spec.name, spec.title or spec.name, spec.description, spec.protocol, [r.name for r in rows],
                          spec.seeds, tasks, [name for name, _ in self.points], cells, slurm)  # fmt: skip
@@ -317,6 +321,8 @@ class Planner:
                 *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else [])]  # fmt: skip
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
         inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {})}
+        if spec.zero_shot:
+            return [self._zero_shot_run(cell, folder, task, recipe, [*base, *common], inputs)]
         runs: list[RunPlan] = []
         seen: set[str] = set()
         for point, point_overrides in [("", []), *self.points]:
@@ -333,6 +339,17 @@ class Planner:
             runs.append(RunPlan(name, "finetune", task, point, str(recipe), overrides, str(folder / name), cell, key,
                                 select, self.kinds[task], inputs))  # fmt: skip
         return runs
+
+    def _zero_shot_run(self, cell: str, folder: Path, task: str, recipe: Path, overrides: list[str],
+                       inputs: dict[str, Any]) -> RunPlan:  # fmt: skip
+        """The cell's pretraining (train.init_from) evaluated on the task's evaluation split, not fine-tuned."""
+        if self.kinds[task] != "retrieval":
+            raise ConfigError(f"base.tasks.{task}.zero_shot: a {self.kinds[task]} recipe; only retrieval is scored "
+                              "without fine-tuning (the pretraining's ITM head ranks the pairs)")  # fmt: skip
+        cfg = _resolved(recipe, overrides, f"{cell} {task}")
+        overrides = [*overrides, f"train.out={folder / task}"]
+        return RunPlan(task, "evaluate", task, "", str(recipe), overrides, str(folder / task), cell,
+                       identity(cfg, self.out), [], self.kinds[task], inputs)  # fmt: skip
 
     @staticmethod
     def _check_selection(cfg: Config, recipe: Path, overrides: list[str], where: str) -> None:
@@ -420,7 +437,7 @@ def check_unchanged(plan: StudyPlan, out: Path) -> None:
     """Every run folder that holds a run must hold this run: its planned config unchanged."""
     problems = []
     same_runs: dict[str, str] = {}  # pretraining identities recorded -> planned now, of runs that did not change
-    for kinds in (("pretrain",), ("finetune",)):  # the pretraining first: the fine-tunings' input
+    for kinds in (("pretrain",), ("finetune", "evaluate")):  # the pretraining first: the fine-tunings' input
         for cell in plan.cells:
             for run in (run for run in cell.own_runs() if run.kind in kinds):
                 stored = Path(run.folder) / RUN

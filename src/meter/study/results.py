@@ -225,7 +225,8 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                 continue
             tuned_row, select_row = TableRow(row, {}), TableRow(row, {})
             for task in plan.tasks:
-                point, scores = choose(plan, cells, task)
+                # a zero-shot task has nothing to tune: the tuned table shows its one evaluation
+                point, scores = ("", {}) if plan.tasks[task].zero_shot else choose(plan, cells, task)
                 if point is not None:
                     tuned_row.chosen[task] = point_label(point)
                 for c in cols:

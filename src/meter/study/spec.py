@@ -7,7 +7,7 @@
       name: base                     its row's name
       overrides: [key=value]         every run;  finetune: [...] every fine-tuning run
       pretrain: {recipe, steps, overrides}
-      tasks: {NAME: {recipe, steps, metrics, overrides, select: {holdout: F} | {overrides: [...]}}}
+      tasks: {NAME: {recipe, steps, metrics, overrides, select: {holdout: F} | {overrides: [...]}, zero_shot}}
     variants: [{name, overrides, pretrain, finetune, pretrain_recipe}]   one-factor changes from the base, or
     grid: {AXIS: {VALUE: {overrides, ...}}}                              every combination (base: each axis' first)
     seeds: [0, 1]
@@ -60,6 +60,9 @@ class TaskSpec:
     metrics: list[str] = field(default_factory=list)  # keys of the task's scores (a.b for nested); [] = its default
     overrides: list[str] = field(default_factory=list)
     select: SelectSpec = field(default_factory=SelectSpec)
+    # retrieval only, with VLP: the cell's pretraining evaluated as it is on the recipe's evaluation split, not
+    # fine-tuned (the paper's Flickr-ZS columns: the ITM head ranks the pairs)
+    zero_shot: bool = False
 
 
 @dataclass
@@ -204,6 +207,16 @@ def world_spec(spec: StudySpec) -> WorldSpec | None:
     return from_dict(WorldSpec, spec.data.shapes, prefix="data.shapes") if spec.data.shapes else None
 
 
+def _check_zero_shot(spec: StudySpec, task: TaskSpec, key: str) -> None:
+    """A zero-shot task evaluates the cell's pretraining: it needs one, and trains nothing (no steps, no search)."""
+    if spec.protocol != ["vlp"]:
+        raise ConfigError(f"{key}.zero_shot evaluates each cell's pretraining: it needs protocol vlp alone "
+                          f"(protocol = {spec.protocol})")  # fmt: skip
+    if task.steps or task.select.holdout or task.select.overrides:
+        raise ConfigError(f"{key}.zero_shot trains nothing: it takes no steps and no select (the search leaves it "
+                          "as it is)")  # fmt: skip
+
+
 def _check_overrides(overrides: list[str], key: str) -> None:
     for override in overrides:
         if "=" not in override:
@@ -249,6 +262,9 @@ def check_study(spec: StudySpec) -> None:
             raise ConfigError(f"{key}.select.holdout = {task.select.holdout} must be in [0, 1)")
         if task.select.holdout and task.select.overrides:
             raise ConfigError(f"{key}.select: give holdout or overrides, not both")
+        if task.zero_shot:
+            _check_zero_shot(spec, task, key)
+            continue
         if spec.search and not (task.select.holdout or task.select.overrides):
             raise ConfigError(
                 f"{key}.select is empty, but the study searches {', '.join(spec.search)}: the tuned table picks each "

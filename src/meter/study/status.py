@@ -36,7 +36,7 @@ def _last_logged(folder: str) -> str:
 def _scores(plan: StudyPlan, cell: CellPlan) -> str:
     shown = []
     for run in cell.runs:
-        if run.kind != "finetune" or run.point:
+        if run.kind == "pretrain" or run.point:
             continue
         result = run_result(run)
         metric = plan.tasks[run.task].metrics[0]  # the task's first column

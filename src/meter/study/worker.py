@@ -53,6 +53,15 @@ def finetune(run: RunPlan) -> dict[str, Any]:
     return result
 
 
+def evaluate_zero_shot(run: RunPlan) -> dict[str, Any]:
+    """A zero-shot task: the cell's pretraining (train.init_from) evaluated as it is."""
+    cfg = run.config()
+    return {"metrics": evaluate_run(cfg, cfg.train.init_from, Path(run.folder))}
+
+
+RUNNERS = {"pretrain": pretrain, "finetune": finetune, "evaluate": evaluate_zero_shot}
+
+
 def run_cell(cell: CellPlan) -> bool:
     """Runs what is not done of the cell; True when every run is done."""
     main = is_main_process()
@@ -83,7 +92,7 @@ def run_cell(cell: CellPlan) -> bool:
                     status.on_run(run.name)
                 began = time.perf_counter()
                 try:
-                    result = pretrain(run) if run.kind == "pretrain" else finetune(run)
+                    result = RUNNERS[run.kind](run)
                 except RunStopped:
                     raise
                 except Exception as error:  # a failed run is recorded; the cell goes on
