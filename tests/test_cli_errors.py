@@ -38,6 +38,25 @@ def test_a_question_that_is_not_utf8_is_named_not_a_traceback(micro_checkpoints,
     assert out == ""
 
 
+def test_a_question_of_bytes_that_are_not_utf8_alone_is_named_as_such_not_as_empty(
+    micro_checkpoints, shapes_tasks_world: Path
+):
+    code, _, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                         str(shapes_tasks_world / IMAGE), "--question", b"\xff\xfe")  # fmt: skip
+    one_line_error(code, err, "--question", "is not UTF-8 text (byte 0xff)")
+
+
+def test_a_beam_beyond_the_limit_is_refused_before_it_fills_the_memory(micro_checkpoints, shapes_tasks_world):
+    """--beam 100000 held a copy of the decoder's cache per beam: ~24 GB, then the kernel killed it (exit 137)."""
+    from meter.errors import ConfigError
+    from meter.predictor import Predictor
+    from meter.setting_ranges import MAX_BEAM
+
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu")
+    with pytest.raises(ConfigError, match=rf"--beam 100000 must be from 1 \(greedy\) to {MAX_BEAM}"):
+        predictor.caption(shapes_tasks_world / IMAGE, 100000)
+
+
 @pytest.mark.parametrize(("option", "value"), [("--top", "-3"), ("--top", "0"), ("--beam", "0")])
 def test_a_count_below_one_is_a_usage_error(micro_checkpoints, shapes_tasks_world: Path, option: str, value: str):
     code, _, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",

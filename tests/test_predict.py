@@ -156,9 +156,49 @@ def test_a_finished_run_folder_serves_the_weights_its_evaluation_scored(micro_ch
     assert resolve_checkpoint(run) == run / "model"  # finished: its exported model
     shutil.copytree(run / "model", run / "best")
     assert resolve_checkpoint(run) == run / "best"  # with train.best_on: its best
+    shutil.rmtree(run / "checkpoints")  # deleted to free the disk: a finished run needs none
+    assert resolve_checkpoint(run) == run / "best"
+    shutil.copytree(micro_checkpoints("retrieval").parent, run / "checkpoints")
     record = json.loads((run / RECORD).read_text())
     (run / RECORD).write_text(json.dumps(record | {"finished": False}))
     assert resolve_checkpoint(run) == run / "checkpoints" / "step_00000002"  # still training: its newest checkpoint
+
+
+def test_a_blind_baseline_predicts_blind_as_it_trained_and_was_evaluated(micro_checkpoints, shapes_tasks_world,
+                                                                          tmp_path, caplog):  # fmt: skip
+    """predict gave a blind baseline (the demo's vqa-blind) the real image it never saw in training: answers that
+    its evaluation never scored."""
+    import logging
+
+    from meter.config import load_config
+    from meter.predictor import Predictor
+    from meter.runs import run_finetune
+    from tests.conftest import MICRO
+
+    cfg = load_config(None, ["task=vqa", "data.blind=true", f"data.root={shapes_tasks_world}", "vqa.min_answer_count=1",
+                             f"train.out={tmp_path / 'blind'}", "train.max_steps=2", *MICRO])  # fmt: skip
+    run_finetune(cfg)
+    with caplog.at_level(logging.WARNING, logger="meter.predictor"):
+        predictor = Predictor(tmp_path / "blind/model", "cpu")
+    assert "a blind baseline (data.blind)" in caplog.text
+    images = sorted((shapes_tasks_world / "images/val2014").iterdir())[:2]
+    assert predictor.pixels(images[0]).equal(predictor.pixels(images[1]))
+    question = "what color is the circle?"
+    assert predictor.answer(images[0], question) == predictor.answer(images[1], question)
+    seeing = Predictor(micro_checkpoints("vqa"), "cpu")
+    assert not seeing.pixels(images[0]).equal(seeing.pixels(images[1])), "a model that looks sees each image"
+
+
+def test_a_photo_given_as_a_pil_image_is_turned_as_the_same_file_is(micro_checkpoints, tmp_path):
+    from PIL import Image
+
+    from meter.predictor import Predictor
+    from tests.test_bad_images import _sideways_photo
+
+    sideways, _ = _sideways_photo(tmp_path)
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu")
+    with Image.open(sideways) as opened:
+        assert predictor.pixels(opened).equal(predictor.pixels(sideways))
 
 
 def test_a_caption_without_beam_is_the_one_the_models_evaluation_wrote(shapes_tasks_world: Path, tmp_path: Path,

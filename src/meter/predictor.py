@@ -20,6 +20,7 @@ from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT, require_answers
+from meter.setting_ranges import MAX_BEAM
 from meter.tasks.best_checkpoint import BEST
 from meter.tasks.build import load_for_eval
 from meter.tasks.captioning import write_captions
@@ -47,14 +48,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise DataError(f"{path}: no such model folder or run folder")
     if (path / "config.json").is_file():
         return path
+    finished = (path / RUN_RECORD).is_file() and read_record(path).get("finished")
+    chosen = next((path / name for name in (BEST, EXPORT) if (path / name / "config.json").is_file()), None)
+    if finished and chosen is not None:  # its checkpoints may be deleted since: not needed
+        log.info("%s: a finished run: its %s", path, chosen.name)
+        return chosen
     checkpoints = Checkpoints(path / "checkpoints")
     if not path.is_dir() or not checkpoints.steps():
         raise DataError(f"{path}: neither a model folder (config.json, model.safetensors) nor a run with checkpoints")
-    finished = (path / RUN_RECORD).is_file() and read_record(path).get("finished")
-    chosen = next((path / name for name in (BEST, EXPORT) if (path / name / "config.json").is_file()), None)
-    if finished and chosen is not None:
-        log.info("%s: a finished run: its %s", path, chosen.name)
-        return chosen
     latest = checkpoints.resolve("latest", parts=("model",))
     log.info("%s: a run folder: its newest checkpoint, %s", path, latest.name)
     return latest
@@ -84,8 +85,11 @@ class Predictor:
         fp32; the heads score in fp32 either way."""
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = pick_device(device, "--device")
-        loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)
+        loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)  # blind as it trained
         self.model, self.description, self.images = loaded.model, loaded.description, loaded.images
+        if self.images.blind:
+            log.warning("%s: a blind baseline (data.blind): it sees one constant image, whatever image it is given",
+                        self.checkpoint)  # fmt: skip
         self.images.upright = True  # a phone photo taken sideways is answered about as its viewer shows it
         self.tokenizer = loaded.tokenizer
         self.runtime = Runtime(self.device, pick_dtype(precision, self.device))
@@ -183,13 +187,13 @@ class Predictor:
         """`caption` for each image, decoded together."""
         if beam_size is None:
             beam_size = self.description.config.captioning.beam_size
+        if not 1 <= beam_size <= MAX_BEAM:
+            raise ConfigError(f"--beam {beam_size} must be from 1 (greedy) to {MAX_BEAM}")
         if self.model.decoder is None:
             raise ConfigError(
                 f"{self.checkpoint}: --caption needs a model with a decoder (fine-tuned with task=captioning);"
                 f" this one is {self.description.config.model.architecture}-only"
             )
-        if beam_size < 1:
-            raise ConfigError(f"--beam {beam_size} must be at least 1")
         settings = dataclasses.replace(self.description.config.captioning, beam_size=beam_size)
         pixels = torch.stack([self.pixels(image) for image in images])
         return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime)

@@ -67,6 +67,7 @@ def fraction(low_open: bool = False, high_open: bool = False, note: str = "") ->
 
 
 LOSS_WEIGHT = at_least(0, "a loss weight; 0: off")
+MAX_BEAM = 32  # captions: beams beyond this cost memory (a copy of the decoder's cache each) and gain nothing
 PROBABILITY = fraction(high_open=True)  # dropout, drop path: 1 would drop everything
 
 # the rule of each numeric setting, by its dotted key; `[*]` stands for any item of a list
@@ -115,7 +116,7 @@ RANGES: dict[str, Range] = {
     "retrieval.itm": LOSS_WEIGHT,
     "retrieval.shortlist": at_least(0, "0: every pair"),
     "captioning.max_eval_images": at_least(0, "0: all"),
-    "captioning.beam_size": at_least(1, "1: greedy search"),
+    "captioning.beam_size": Range(1, MAX_BEAM, note="1: greedy search; each beam keeps a copy of the decoder's cache"),
     "captioning.length_penalty": Range(),
     "captioning.max_length": at_least(0, "0: as many as the decoder has positions"),
     "train.max_steps": at_least(1),

@@ -90,9 +90,7 @@ def text_option(value: str | None, option: str) -> str | None:
     not decode as lone surrogates, which no tokenizer takes."""
     if value is None:
         return None
-    if is_blank(value):
-        raise ConfigError(f"{option} is empty; give the text to use")
-    try:
+    try:  # first: a lone undecodable byte is a character of category Cs, which is_blank takes for nothing
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         raw = value.encode("utf-8", "surrogateescape")
@@ -100,6 +98,8 @@ def text_option(value: str | None, option: str) -> str | None:
         raise ConfigError(
             f"{option} {raw!r} is not UTF-8 text (byte {first:#04x}); give it in UTF-8 (check the terminal's encoding)"
         ) from None
+    if is_blank(value):
+        raise ConfigError(f"{option} is empty; give the text to use")
     return value
 
 

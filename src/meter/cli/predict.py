@@ -3,6 +3,7 @@
 --image I --question Q     VQA: the best answers with their scores
 --image I --text T         the match score of the pair (and SNLI-VE's probabilities if the model has that head)
 --images A B --text T      NLVR2: is the sentence true of the pair (left A, right B)
+--image I --caption        a caption (encoder-decoder; --beam N)
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import json
 from collections.abc import Callable
 
 from meter.cli.common import add_device_arguments, at_least, text_option
+from meter.setting_ranges import MAX_BEAM
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("predict", help="predict on one input with a trained model")
-    parser.add_argument("--checkpoint", required=True, help="a model folder, or a run folder (its latest checkpoint)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a model folder, or a run folder (finished: its best/ or model/; else its newest checkpoint)",
+    )
     images = parser.add_mutually_exclusive_group(required=True)
     images.add_argument("--image", help="an image file")
     images.add_argument("--images", nargs=2, metavar=("LEFT", "RIGHT"), help="two image files (NLVR2)")
@@ -28,7 +34,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser.add_argument(
         "--beam",
         type=at_least(1),
-        help="beam size for --caption (default: the one the model was evaluated with; 1: greedy)",
+        help=f"beam size for --caption, 1 (greedy) to {MAX_BEAM} (default: the one the model was evaluated with)",
     )
     add_device_arguments(parser)
     return run

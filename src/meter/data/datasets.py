@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -68,7 +68,10 @@ class ImageReader:
         return pixels if self.augment is None else self.finish(pixels, draw)
 
     def decoded(self, image: Image.Image) -> Tensor:
-        """The transform of an image decoded elsewhere (a caller's PIL image, an upload), in any PIL mode."""
+        """The transform of an image decoded elsewhere (a caller's PIL image, an upload), in any PIL mode; turned as
+        its EXIF orientation says when this reader turns files (`upright`), as the same photo given by its path."""
+        if self.upright:
+            image = ImageOps.exif_transpose(image)
         return self.finish(to_rgb(image, "image", self.image_size), None)
 
     def finish(self, image: Image.Image | Tensor, draw: Draw | None) -> Tensor:

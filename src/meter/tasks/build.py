@@ -169,13 +169,16 @@ class EvalModel:
 
 
 def load_for_eval(
-    checkpoint: str | Path, device: torch.device, blind: bool = False, max_pixels: int | None = None
+    checkpoint: str | Path, device: torch.device, blind: bool | None = None, max_pixels: int | None = None
 ) -> EvalModel:
-    """`max_pixels`: the largest image to decode; by default the data.max_image_pixels the folder's config records."""
+    """`blind`: every image the constant one (a blind baseline); by default as the folder's config records, as the
+    model trained. `max_pixels`: the largest image to decode; by default the data.max_image_pixels the folder's
+    config records."""
     model, tokenizer, description = load_model_folder(checkpoint)
     model.to(device).eval()
     size = description.config.model.vision.image_size
     limit = description.config.data.max_image_pixels if max_pixels is None else max_pixels
+    blind = description.config.data.blind if blind is None else blind
     images = ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind, max_pixels=limit)
     return EvalModel(model, tokenizer, description, images)
 
