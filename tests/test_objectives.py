@@ -15,6 +15,7 @@ from meter.objectives.mim import (
     VARIANCE_EPS,
     draw_patch_mask,
     hide_patches,
+    in_batch_loss,
     mim_patch_size,
     patchify,
     pixel_targets,
@@ -179,6 +180,19 @@ def test_objectives_that_are_all_off_or_negative_are_config_errors():
         check_objectives(load_config(None, ["objectives.mim=-1"]).objectives)
     with pytest.raises(ConfigError, match="objectives.mim_mask_ratio = 1.0 must be between 0 and 1"):
         check_objectives(load_config(None, ["objectives.mim_mask_ratio=1"]).objectives)
+    with pytest.raises(ConfigError, match="objectives.mim_target = 'dall-e'; choose one of: pixels, in-batch"):
+        check_objectives(load_config(None, ["objectives.mim_target=dall-e"]).objectives)
+
+
+def test_in_batch_mim_picks_each_masked_patch_out_of_every_patch_of_the_batch():
+    torch.manual_seed(0)
+    candidates = pixel_targets(torch.randn(2, 3, 32, 32), 8).flatten(0, 1)  # 2 images x 16 patches of 8 x 8 x 3
+    answers = torch.tensor([3, 17, 30])
+    loss, correct = in_batch_loss(candidates[answers], candidates, answers, reduction="sum")
+    logits = candidates[answers] @ candidates.T / candidates.shape[1] ** 0.5
+    expected = -(logits.log_softmax(-1)[torch.arange(3), answers]).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and correct.item() == 3
+    assert in_batch_loss(candidates[answers].roll(1, 0), candidates, answers)[1].item() == 0, "another patch's guess"
 
 
 def test_without_at_least_one_mlm_masks_its_rate_of_words_and_leaves_some_short_captions_unmasked(tokenizer):

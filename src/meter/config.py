@@ -121,14 +121,17 @@ class DataConfig:
 class ObjectivesConfig:
     mlm: float = 1.0  # loss weight; 0 switches the objective off
     itm: float = 1.0
-    mim: float = 0.0  # masked image modelling (normalised-pixel regression); off as in the paper's best recipe
+    mim: float = 0.0  # masked image modelling (see mim_target); off as in the paper's best recipe
     mlm_probability: float = 0.15
     # a caption whose draw masked no word gets one (small corpora: every caption teaches); off in the paper's recipes,
     # as the official collator leaves a short caption unmasked (with it, 4-word phrases are masked at 25%, not 15%)
     mlm_at_least_one: bool = True
     whole_word_masking: bool = True
     itm_group_size: int = 16  # negatives come from groups of this many samples (keep the per-process batch a multiple)
-    mim_mask_ratio: float = 0.6  # fraction of patches masked per image (SimMIM's)
+    mim_mask_ratio: float = 0.6  # fraction of patches masked per image (SimMIM's; the paper's MIM rows mask 0.15)
+    # what a masked patch is predicted as: `pixels` regresses its normalised pixels (SimMIM/MAE); `in-batch` picks it
+    # out of every patch of the batch (the paper's masked patch classification with in-batch negatives)
+    mim_target: str = "pixels"
     span: float = 0.0  # T5-style span corruption, reconstructed by the decoder (encoder-decoder only)
     prefix_lm: float = 0.0  # the decoder continues a caption from an encoded prefix (encoder-decoder only)
     span_probability: float = 0.15  # fraction of words replaced by sentinels

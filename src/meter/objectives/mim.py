@@ -12,6 +12,11 @@ of the pixel range): a flat patch (a plain background, a sky) is then regressed 
 resampling noise blown up to unit variance, while textured patches keep MAE's target.
 The loss is the squared error averaged over those values, and over the
 masked patches only (the visible ones are copied, not predicted).
+
+`in-batch` (objectives.mim_target; the paper's "masked patch classification with in-batch negatives", its Table 7):
+the same prediction, read as a query over a vocabulary made of every patch of the batch (their normalised pixels,
+masked or not): the score of each candidate is the scaled dot product of the two (divided by the square root of
+their length, as attention scores are), and the loss is the cross-entropy of picking the masked patch's own.
 """
 
 from __future__ import annotations
@@ -74,6 +79,18 @@ def mim_loss(predictions: Tensor, targets: Tensor, reduction: str = "mean") -> T
     """(M, D) predictions and targets of the M masked patches; the squared error is averaged over D."""
     per_patch = F.mse_loss(predictions.float(), targets, reduction="none").mean(dim=-1)
     return per_patch.sum() if reduction == "sum" else per_patch.mean()
+
+
+MIM_TARGETS = ("pixels", "in-batch")
+
+
+def in_batch_loss(predictions: Tensor, candidates: Tensor, answers: Tensor, reduction: str = "mean"
+                  ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(M, D) predictions of the masked patches over (K, D) candidates (every patch of the batch); `answers`: each
+    masked patch's row among the candidates. The cross-entropy and the number picked right."""
+    logits = predictions.float() @ candidates.float().T / candidates.shape[-1] ** 0.5
+    loss = F.cross_entropy(logits, answers, reduction=reduction)
+    return loss, (logits.argmax(-1) == answers).float().sum().detach()
 
 
 class PixelDecoder(nn.Module):

@@ -20,7 +20,16 @@ from meter.errors import ConfigError
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.itm import itm_loss, itm_pairing
-from meter.objectives.mim import PixelDecoder, draw_patch_mask, hide_patches, mim_loss, mim_patch_size, pixel_targets
+from meter.objectives.mim import (
+    MIM_TARGETS,
+    PixelDecoder,
+    draw_patch_mask,
+    hide_patches,
+    in_batch_loss,
+    mim_loss,
+    mim_patch_size,
+    pixel_targets,
+)
 from meter.objectives.mlm import IGNORE, mask_tokens, mlm_loss
 from meter.objectives.positions import at_positions, positions_of
 from meter.objectives.prefix_lm import split_prefix
@@ -42,6 +51,8 @@ def check_objectives(objectives: ObjectivesConfig) -> None:
     if not any(getattr(objectives, name) > 0 for name in OBJECTIVES):
         raise ConfigError(f"every objective is off; give at least one of objectives.{{{','.join(OBJECTIVES)}}} a "
                           "weight above 0")  # fmt: skip
+    if objectives.mim_target not in MIM_TARGETS:
+        raise ConfigError(f"objectives.mim_target = {objectives.mim_target!r}; choose one of: {', '.join(MIM_TARGETS)}")
     for key in ("mlm_probability", "mim_mask_ratio"):
         if not 0 < getattr(objectives, key) < 1:
             raise ConfigError(f"objectives.{key} = {getattr(objectives, key)} must be between 0 and 1")
@@ -133,7 +144,9 @@ class PretrainTask(nn.Module):
         if self.objectives.itm > 0:
             losses["itm_loss"], report["itm_accuracy"] = self._itm(batch, image)
         if self.objectives.mim > 0:
-            losses["mim_loss"] = self._mim(batch)
+            losses["mim_loss"], mim_accuracy = self._mim(batch)
+            if mim_accuracy is not None:
+                report["mim_accuracy"] = mim_accuracy
         for objective in DECODER_OBJECTIVES:
             weight = getattr(self.objectives, objective)
             if weight > 0:
@@ -162,17 +175,23 @@ class PretrainTask(nn.Module):
         correct = (logits.argmax(-1) == labels).float().sum().detach()
         return self.objectives.itm * loss, step_mean(correct, "itm_loss", len(labels), batch)
 
-    def _mim(self, batch: dict[str, Any]) -> Tensor:
-        """A second vision pass (the masked image), fused with the intact text."""
+    def _mim(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """A second vision pass (the masked image), fused with the intact text; the loss, and for `in-batch` the
+        share of masked patches picked right."""
         model, mask, hidden, pixels = self.model, batch["attention_mask"], batch["mim_mask"], batch["pixels"]
         image = model.encode_image(hide_patches(pixels, hidden, self.mim_patch))
         fused = model.fuse(model.encode_text(batch["input_ids"], mask), mask, image, pool=False)
         patches = fused.image[:, fused.image.shape[1] - hidden.shape[1] :]  # the grid tokens, after any summary
         positions = batch["mim_positions"]
         predictions = self.mim_decoder(at_positions(patches, positions))
-        targets = at_positions(pixel_targets(pixels, self.mim_patch), positions)
-        total = mim_loss(predictions, targets, reduction="sum")
-        return self.objectives.mim * step_mean(total, "mim_loss", len(positions), batch)
+        every_patch = pixel_targets(pixels, self.mim_patch)
+        weight, count = self.objectives.mim, len(positions)
+        if self.objectives.mim_target == "in-batch":  # each masked patch's row among all the batch's patches
+            answers = positions[:, 0] * hidden.shape[1] + positions[:, 1]
+            total, correct = in_batch_loss(predictions, every_patch.flatten(0, 1), answers, reduction="sum")
+            return weight * step_mean(total, "mim_loss", count, batch), step_mean(correct, "mim_loss", count, batch)
+        total = mim_loss(predictions, at_positions(every_patch, positions), reduction="sum")
+        return weight * step_mean(total, "mim_loss", count, batch), None
 
     def _decoder_lm(self, batch: dict[str, Any], objective: str, image: Tensor) -> tuple[Tensor, Tensor]:
         """The decoder writes the objective's targets from the fused image and encoder text; loss where labelled."""
