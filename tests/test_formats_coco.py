@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from meter.data.datasets import CaptionPairs, ImageReader
-from meter.data.formats.captions import coco_source, read_karpathy
+from meter.data.formats.captions import coco_source, read_coco_captions, read_karpathy
 from meter.data.images import image_transform
 from meter.data.shard_writer import check_image, write_shards
 from meter.errors import DataError
@@ -132,6 +132,17 @@ def test_caption_files_listing_one_image_twice_are_refused_and_val2014_is_warned
     with caplog.at_level(logging.WARNING):
         coco_source(tmp_path / "coco", annotations=("annotations/captions_val2014.json",), images="..")
     assert "Karpathy's val and test images" in caplog.text and "--karpathy dataset_coco.json" in caplog.text
+
+
+def test_a_caption_file_listing_one_photo_under_two_ids_is_refused(tmp_path: Path):
+    """The Karpathy reader refused it; the COCO one read the photo as two images (two samples, two ITM identities)."""
+    write_coco(tmp_path / "coco", images=4)
+    annotations = tmp_path / "coco/annotations/captions_train2014.json"
+    data = json.loads(annotations.read_text())
+    data["images"][2]["file_name"] = data["images"][0]["file_name"]
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[2\] \(id \d+\): its file .* is the one of images\[0\], listed again"):
+        read_coco_captions(annotations, tmp_path / "coco/images")
 
 
 def test_an_images_repeated_caption_trains_as_one_pair_as_in_official_meter(tmp_path: Path):

@@ -97,10 +97,15 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
     split = Path(path).stem.removeprefix("captions_")
     records = []
     first_index: dict[int, int] = {}
+    first_file: dict[str, int] = {}
     for index, image in enumerate(images):
         image_id = json_field(image, "id", int, f"{path}: images[{index}]")
         file_name = json_field(image, "file_name", str, f"{path}: images[{index}] (id {image_id})")
         listed_once(image_id, index, first_index, f"{path}: images[{index}] ({file_name})")
+        if file_name in first_file:  # under another id: one photo trained (and scored) as two
+            raise DataError(f"{path}: images[{index}] (id {image_id}): its file {file_name} is the one of "
+                            f"images[{first_file[file_name]}], listed again under another id")  # fmt: skip
+        first_file[file_name] = index
         if by_image[image_id]:
             records.append(CaptionRecord(Path(image_dir) / file_name, tuple(by_image[image_id]), image_id, split))
     for image_id in sorted(set(by_image) - set(first_index)):  # captions of an image the file does not list
