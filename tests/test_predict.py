@@ -220,3 +220,23 @@ def test_a_caption_without_beam_is_the_one_the_models_evaluation_wrote(shapes_ta
     differing = [r for r in records if predictor.caption(r.image, 1) != predictor.caption(r.image, 3)]
     assert differing, "no image whose greedy and beam captions differ: the default cannot be told apart"
     assert [predictor.caption(r.image) for r in differing] == [written[r.image_id] for r in differing]
+
+
+def test_the_python_api_names_a_bad_argument(micro_checkpoints, shapes_tasks_world):
+    """Raw errors of torch (`selected index k out of range`, KeyError 'pixels') or a setting the caller never gave
+    (`train.precision`) were what a wrong argument got."""
+    from meter.errors import ConfigError
+    from meter.predictor import Predictor
+
+    image = sorted((shapes_tasks_world / "images/val2014").iterdir())[0]
+    with pytest.raises(ConfigError, match=r"error: precision = 'fp16'; choose one of"):
+        Predictor(micro_checkpoints("vqa"), "cpu", precision="fp16")
+    with pytest.raises(ConfigError, match=r"max_image_pixels = 0 must be in 1\.\."):
+        Predictor(micro_checkpoints("vqa"), "cpu", max_image_pixels=0)
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu")
+    with pytest.raises(ConfigError, match=r"--top -1 must be at least 1"):
+        predictor.answer(image, "what color?", top=-1)
+    with pytest.raises(ConfigError, match=r"0 images and 0 texts: give one text per image, at least one"):
+        predictor.answer_batch([], [])
+    with pytest.raises(ConfigError, match=r"2 images and 1 texts"):
+        predictor.answer_batch([image, image], ["what color?"])

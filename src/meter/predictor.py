@@ -18,6 +18,7 @@ from torch import Tensor
 from meter.data.blank_text import is_blank
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
+from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT, require_answers
 from meter.setting_ranges import MAX_BEAM
@@ -83,6 +84,9 @@ class Predictor:
         """`max_image_pixels`: images with more pixels are refused undecoded; by default the model folder's
         data.max_image_pixels. `precision`: auto (bf16 autocast on a GPU, fp32 on the CPU, as training), bf16 or
         fp32; the heads score in fp32 either way."""
+        if max_image_pixels is not None:
+            check_pixel_limit(max_image_pixels, "max_image_pixels")
+        pick_dtype(precision, torch.device("cpu"), "precision")  # a misspelt precision is named before the load
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = pick_device(device, "--device")
         loaded = load_for_eval(self.checkpoint, self.device, max_pixels=max_image_pixels)  # blind as it trained
@@ -92,7 +96,7 @@ class Predictor:
                         self.checkpoint)  # fmt: skip
         self.images.upright = True  # a phone photo taken sideways is answered about as its viewer shows it
         self.tokenizer = loaded.tokenizer
-        self.runtime = Runtime(self.device, pick_dtype(precision, self.device))
+        self.runtime = Runtime(self.device, pick_dtype(precision, self.device, "precision"))
         allow_tf32(self.device, self.runtime.dtype != torch.float32)  # fp32 asked for: convolutions too
         self.collate = Collate(loaded.tokenizer, self.description.config.model.text.max_length)
 
@@ -123,6 +127,8 @@ class Predictor:
 
     def batch_of(self, images: list[list[ImageInput]], texts: list[str]) -> dict[str, Any]:
         """One sample per text, each with its images (one, or NLVR2's two), on the model's device."""
+        if not texts or len(images) != len(texts):
+            raise ConfigError(f"{len(images)} images and {len(texts)} texts: give one text per image, at least one")
         samples = []
         for sample_images, text in zip(images, texts, strict=True):
             pixels = [self.pixels(image) for image in sample_images]
@@ -138,6 +144,8 @@ class Predictor:
     def answer_batch(self, images: list[ImageInput], questions: list[str], top: int = 5) -> list[list[dict[str, Any]]]:
         """`answer` for each (image, question) pair, in one forward pass."""
         questions = [_text(q, "--question") for q in questions]
+        if top < 1:
+            raise ConfigError(f"--top {top} must be at least 1")
         self.require("vqa", "--question", "vqa")
         task = VqaTask(self.model, self.description.answers, self.description.config)
         with self.runtime.autocast():

@@ -64,9 +64,10 @@ def pick_device(name: str, option: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+def pick_dtype(precision: str, device: torch.device, option: str = "train.precision") -> torch.dtype:
+    """`option`: how the user gave it (train.precision, or an argument's name), named in an error."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision = {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{option} = {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
