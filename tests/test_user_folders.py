@@ -130,6 +130,25 @@ def test_a_study_cell_another_worker_runs_is_left_to_it(shapes_world, tmp_path):
         holder.wait()
 
 
+def test_a_preparation_another_live_process_writes_is_left_to_it(tmp_path):
+    """Two `meter prepare` into one --out: the second renamed the first one's half-written shard away and ended with
+    an unclear 'No such file or directory'."""
+    from meter.data.shard_writer import PREPARE_LOCK
+
+    write_coco(tmp_path / "raw", images=4)
+    args = ["prepare", "coco", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "shards"), "--no-progress",
+            "--karpathy", "karpathy/dataset_coco.json"]  # fmt: skip
+    assert main(args) == 0  # a finished preparation: a second one resumes it (nothing to do)
+    holder = _hold_lock(tmp_path / "shards", PREPARE_LOCK)
+    try:
+        with pytest.raises(FolderInUse, match=rf"in use by another meter prepare .*\(pid {holder.pid} on "):
+            main([*args, "--debug"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0
+
+
 def test_a_metrics_line_cut_short_by_a_full_disk_does_not_block_the_resume(micro_config, tmp_path, caplog):
     out = tmp_path / "run"
     _pretrain(load_config(None, ["train.stop_at=2"], base=micro_config), out)

@@ -11,6 +11,7 @@ read one) and `key.json` ({"captions": [...], plus what the source knows: image_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import itertools
@@ -40,11 +41,12 @@ from meter.data.shard_manifest import (
 )
 from meter.data.source_files import fingerprint
 from meter.errors import DataError
-from meter.output_folder import check_own_folder
+from meter.output_folder import check_own_folder, lock_folder, release_folder
 
 log = logging.getLogger(__name__)
 PROGRESS = "progress"
 SETTINGS = "prepare.json"
+PREPARE_LOCK = ".meter-prepare.lock"  # held by the `meter prepare` writing the folder
 SOURCE_FILES = "source_files"
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 BAD_SAMPLES = "bad_samples.jsonl"
@@ -264,6 +266,23 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
     settings = {"source": source.name, "description": description, "records": total, "shard_size": shard_size,
                 SOURCE_FILES: fingerprint(source.files)}  # fmt: skip
     _check_settings(out, settings)
+    with _prepare_lock(out):
+        return _write_shards(source, out, shard_size, max_bad, decode, progress, description)
+
+
+@contextlib.contextmanager
+def _prepare_lock(out: Path) -> Iterator[None]:
+    """One `meter prepare` at a time in a folder: a second would rename the first one's half-written shards away."""
+    lock_folder(out, PREPARE_LOCK, "another meter prepare (one at a time in a folder)")
+    try:
+        yield
+    finally:
+        release_folder(out, PREPARE_LOCK)
+
+
+def _write_shards(source: RawSource, out: Path, shard_size: int, max_bad: float, decode: bool, progress: bool,
+                  description: object) -> dict:  # fmt: skip
+    total = len(source)
     shards = -(-total // shard_size)
     done = _finished(out, shards)
     if done:
@@ -301,6 +320,12 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
     shards = [path.resolve() for path in find_shards(root, pattern)]
     description = {"root": str(Path(root).resolve()), "pattern": pattern, "in_place": True}
     _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards)})
+    with _prepare_lock(out):
+        return _index_all(root, out, pattern, max_bad, progress, shards, description)
+
+
+def _index_all(root: str | Path, out: Path, pattern: str, max_bad: float, progress: bool, shards: list[Path],
+               description: dict[str, object]) -> dict:  # fmt: skip
     done = _finished(out, len(shards))
     found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known
     for index, path in enumerate(tqdm(shards, unit="shard", desc="index shards", disable=not progress)):
