@@ -73,7 +73,7 @@ def test_no_intact_checkpoint_is_an_error_naming_the_folder(stopped_run, tmp_pat
     run = shutil.copytree(stopped_run, tmp_path / "run")
     for step in ("step_00000002", "step_00000004"):
         damage(run / "checkpoints" / step / "model.safetensors", "flip")
-    named = (r"no intact checkpoint to resume from in .*run/checkpoints: every checkpoint is damaged: step_00000004 "
+    named = (r"no intact checkpoint to resume from in .*run/checkpoints; damaged: step_00000004 "
              r"\(.*model.safetensors: damaged: .*\), set aside as damaged-step_00000004; step_00000002 .*set aside as "
              r"damaged-step_00000002")  # fmt: skip
     with pytest.raises(DataError, match=named):

@@ -220,16 +220,17 @@ def test_every_pair_of_a_missing_shard_counts_once_whatever_reads_it(tmp_path: P
     """A shard deleted after it was indexed: each of its places is a bad pair, named by its place in the shard (they
     were numbered from where each read began, so reads of parts of it by several streams shared names: a third
     of them were counted)."""
-    write_img2dataset(tmp_path / "web", shards=4, per_shard=6)
-    index_shards(tmp_path / "web", tmp_path / "index", max_bad=1.0, progress=False)
-    manifest = read_manifest(tmp_path / "index")
-    (tmp_path / "web/00002.tar").unlink()
-    data = ShardCorpus([(manifest, 1.0)], ImageReader(TRANSFORM, 16), shuffle_buffer=4, open_shards=2,
-                       streams_per_rank=4)  # fmt: skip
+    sources = []
+    for name in ("cc", "sbu"):  # two sources whose shards have the same names (img2dataset's)
+        write_img2dataset(tmp_path / name, shards=4, per_shard=6)
+        index_shards(tmp_path / name, tmp_path / f"{name}-index", max_bad=1.0, progress=False)
+        sources.append((read_manifest(tmp_path / f"{name}-index"), 1.0))
+        (tmp_path / name / "00002.tar").unlink()
+    data = ShardCorpus(sources, ImageReader(TRANSFORM, 16), shuffle_buffer=4, open_shards=2, streams_per_rank=4)
     budget = BadSampleBudget(1.0, len(data))
     counted(data, 0, 2 * len(data) // 4, budget)  # two epochs: each stream has been through its part
-    assert len(budget.bad) == 6 and all("00002.tar" in pair and "shard not found" in why for pair, why in
-                                        budget.bad.items())  # fmt: skip
+    assert len(budget.bad) == 12 and all("00002.tar" in pair and "shard not found" in why for pair, why in
+                                         budget.bad.items())  # fmt: skip
 
 
 def test_the_bad_sample_budget_stops_at_the_same_batch_with_the_same_message_with_two_workers(tmp_path: Path):
@@ -299,3 +300,17 @@ def test_a_training_run_whose_data_worker_dies_or_hangs_stops_with_a_message(sha
     what = r"\) was killed by SIGKILL" if fault == signal.SIGKILL else r", stopped\) held up a batch for 5 s"
     assert re.search(rf"meter: data: data worker [01] \(pid {workers[0]}{what}.* while reading sample \d+ of "
                      rf"CaptionPairs", stderr), stderr[-3000:]  # fmt: skip
+
+
+def test_a_list_of_bad_images_written_before_pairs_were_counted_goes_on_counting_each_image_once(tmp_path: Path):
+    """A run resumed across the upgrade: its list names images (one line each); their pairs met again are not new."""
+    from meter.data.bad_samples import continued_list
+
+    listed = tmp_path / "bad_samples.jsonl"
+    listed.write_text('{"path": "images/7.jpg", "reason": "images/7.jpg: image not found"}\n')
+    budget = BadSampleBudget(1.0, 100, listed)
+    budget.restore(continued_list(listed, resumed=True))
+    for caption in range(5):
+        budget.record(BadSample("images/7.jpg", "images/7.jpg: image not found", key=f"images/7.jpg#{caption}"))
+    budget.record(BadSample("images/8.jpg", "images/8.jpg: image not found", key="images/8.jpg#0"))
+    assert budget.count == 2 and len(listed.read_text().splitlines()) == 2

@@ -193,6 +193,8 @@ def test_in_batch_mim_picks_each_masked_patch_out_of_every_patch_of_the_batch():
     expected = -(logits.log_softmax(-1)[torch.arange(3), answers]).sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6) and correct.item() == 3
     assert in_batch_loss(candidates[answers].roll(1, 0), candidates, answers)[1].item() == 0, "another patch's guess"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as training runs on a GPU: the scores stay in fp32
+        assert in_batch_loss(candidates[answers], candidates, answers, reduction="sum")[0].item() == loss.item()
 
 
 def test_without_at_least_one_mlm_masks_its_rate_of_words_and_leaves_some_short_captions_unmasked(tokenizer):

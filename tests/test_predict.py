@@ -170,6 +170,8 @@ def test_a_blind_baseline_predicts_blind_as_it_trained_and_was_evaluated(micro_c
     its evaluation never scored."""
     import logging
 
+    from PIL import Image
+
     from meter.config import load_config
     from meter.predictor import Predictor
     from meter.runs import run_finetune
@@ -183,6 +185,8 @@ def test_a_blind_baseline_predicts_blind_as_it_trained_and_was_evaluated(micro_c
     assert "a blind baseline (data.blind)" in caplog.text
     images = sorted((shapes_tasks_world / "images/val2014").iterdir())[:2]
     assert predictor.pixels(images[0]).equal(predictor.pixels(images[1]))
+    with Image.open(images[0]) as opened:  # as serve's uploads and explain give it
+        assert predictor.pixels(opened).equal(predictor.pixels(images[1]))
     question = "what color is the circle?"
     assert predictor.answer(images[0], question) == predictor.answer(images[1], question)
     seeing = Predictor(micro_checkpoints("vqa"), "cpu")

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -240,3 +241,10 @@ def test_a_zero_shot_task_scores_each_cells_pretraining_as_meter_evaluate_does(s
         assert json.loads((cell / "zs/result.json").read_text())["metrics"]["t2i_r1"] == by_hand
         assert reported[("vlp-uniform", row)] == reported[("vlp-tuned", row)] == pytest.approx(by_hand, abs=1e-9)
     assert not (out / "cells/vlp/co-attention/seed-0/zs/checkpoints").exists(), "nothing trained"
+    run = plan.cells[0].runs[3]  # the command the report prints reproduces it, in the folder the study planned
+    studied = json.loads((Path(run.folder) / "result.json").read_text())["metrics"]
+    for path in Path(run.folder).iterdir():
+        if path.name != "study_run.json":
+            path.unlink()
+    assert main(shlex.split(run.command())[1:]) == 0
+    assert json.loads(capsys.readouterr().out) == studied

@@ -20,10 +20,15 @@ def cannot_write(path: Path, error: OSError, needed: int) -> str:
     return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
 
 
+def temporary_of(path: Path) -> Path:
+    """The temporary file beside `path` that write_text_atomically writes first (a kill may leave it)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """`text` in `path`, written to a temporary file beside it and renamed into place: a kill leaves the old file or
     the new one. A write that fails (a full disk) leaves no temporary file and raises a DataError naming the path."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = temporary_of(path)
     try:
         temporary.write_text(text)
         os.replace(temporary, path)

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from meter.runs import evaluate_run
         from meter.tasks.best_checkpoint import EVALUATIONS
         from meter.tasks.downstream import EVALUATION_MARKER
+        from meter.train.run_folder import PLANNED_BY_OTHERS
         from meter.train.run_folder import RECORD as RUN_RECORD
         from meter.validate import validate_evaluation
 
@@ -110,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
         if not (out.parent.name == EVALUATIONS and (out.parent.parent / RUN_RECORD).is_file()):  # RUN/eval/step_N
-            check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD), "meter evaluate", option)
+            # a study's zero-shot run evaluates into the folder the study planned it in (its record there)
+            check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD, *PLANNED_BY_OTHERS), "meter evaluate", option)
         print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):

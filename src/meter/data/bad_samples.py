@@ -74,7 +74,8 @@ class BadSampleBudget:
         """Counts `samples`; raises once the budget is spent."""
         new = []
         for sample in samples:
-            if sample.sample in self.bad and not self.per_sample:
+            # a list written before samples had keys names the image: its pairs counted once, as then
+            if not self.per_sample and (sample.sample in self.bad or (sample.key and sample.path in self.bad)):
                 continue
             self.bad.setdefault(sample.sample, sample.reason)
             self.samples += 1
@@ -93,7 +94,7 @@ class BadSampleBudget:
             )
 
     def restore(self, bad: dict[str, str]) -> None:
-        """The samples a run had skipped before it stopped: resumed, it goes on counting from them (a path counts
+        """The samples a run had skipped before it stopped: resumed, it goes on counting from them (a sample counts
         once in a run, so meeting them again costs nothing)."""
         self.bad.update(bad)
         self.samples = len(self.bad)
@@ -108,7 +109,7 @@ def _entry(path: str, reason: str, key: str = "") -> dict[str, str]:
 
 
 def continued_list(path: Path, resumed: bool) -> dict[str, str]:
-    """A training run's list of bad samples as it goes on: a resumed run's (path -> reason; a line cut short by a
+    """A training run's list of bad samples as it goes on: a resumed run's (sample -> reason; a line cut short by a
     kill left out, and the file rewritten without it), or none for a run that starts (a killed first attempt's list
     is deleted: the run meets those samples again)."""
     if not resumed or not path.is_file():

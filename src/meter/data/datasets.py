@@ -70,6 +70,8 @@ class ImageReader:
     def decoded(self, image: Image.Image) -> Tensor:
         """The transform of an image decoded elsewhere (a caller's PIL image, an upload), in any PIL mode; turned as
         its EXIF orientation says when this reader turns files (`upright`), as the same photo given by its path."""
+        if self.blind:  # as a file is read: a blind baseline sees the constant image (serve's uploads, explain)
+            return self.blank
         if self.upright:
             image = ImageOps.exif_transpose(image)
         return self.finish(to_rgb(image, "image", self.image_size), None)

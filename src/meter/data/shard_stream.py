@@ -46,7 +46,7 @@ from meter.errors import ConfigError, DataError
 class Pair:
     """One (image, caption) of the stream, not yet decoded."""
 
-    key: str  # shard/key#caption: names this pair (the pairs of one image share the image's bytes)
+    key: str  # shard path/key#caption: names this pair in every source (the pairs of one image share its bytes)
     name: str  # the image member, for messages
     image: bytes | None
     caption: str
@@ -82,7 +82,7 @@ def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
                 ident = image_id(shard, sample.key)
                 for index in range(skip, text.pairs):
                     caption = text.captions[index] if text.captions else ""
-                    yield Pair(f"{shard.path.name}/{sample.key}#{index}", name, image, caption, ident, problem)
+                    yield Pair(f"{shard.path}/{sample.key}#{index}", name, image, caption, ident, problem)
                     given += 1
                     if given == take:
                         return
@@ -95,7 +95,7 @@ def shard_pairs(shard: ShardEntry, skip: int, take: int) -> Iterator[Pair]:
     except OSError as error:  # a failing disk or network file system: the rest of this shard is lost, not the run
         missing = f"{shard.path}: unreadable ({error})"
     for index in range(first + given, first + take):  # named by their place in the shard: each counts once
-        yield Pair(f"{shard.path.name}#{index}", f"{shard.path}#{index}", None, "", -1, missing)
+        yield Pair(f"{shard.path}#{index}", f"{shard.path}#{index}", None, "", -1, missing)
 
 
 def lane_pairs(plan: EpochPlan, epoch: int, start: int, length: int) -> Iterator[Pair]:

@@ -16,7 +16,9 @@ masked patches only (the visible ones are copied, not predicted).
 `in-batch` (objectives.mim_target; the paper's "masked patch classification with in-batch negatives", its Table 7):
 the same prediction, read as a query over a vocabulary made of every patch of the batch (their normalised pixels,
 masked or not): the score of each candidate is the scaled dot product of the two (divided by the square root of
-their length, as attention scores are), and the loss is the cross-entropy of picking the masked patch's own.
+their length, as attention scores are), and the loss is the cross-entropy of picking the masked patch's own. The
+vocabulary is the micro-batch's (one process's, as the paper's per-GPU batch): unlike the other objectives, this loss
+depends on how a step is split over micro-batches and processes (fewer candidates, an easier choice).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def in_batch_loss(predictions: Tensor, candidates: Tensor, answers: Tensor, redu
                   ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(M, D) predictions of the masked patches over (K, D) candidates (every patch of the batch); `answers`: each
     masked patch's row among the candidates. The cross-entropy and the number picked right."""
-    logits = predictions.float() @ candidates.float().T / candidates.shape[-1] ** 0.5
+    with torch.autocast(predictions.device.type, enabled=False):  # bf16 logits would blur close candidates
+        logits = predictions.float() @ candidates.float().T / candidates.shape[-1] ** 0.5
     loss = F.cross_entropy(logits, answers, reduction=reduction)
     return loss, (logits.argmax(-1) == answers).float().sum().detach()
 

@@ -1,11 +1,14 @@
 """A study expanded into cells and runs: every (protocol, row, seed) is a cell; a cell's runs are its pretraining
-(protocol vlp) and each task fine-tuned from it, once with the recipe's settings and once per search point.
+(protocol vlp) and each task fine-tuned from it, once with the recipe's settings and once per search point; a
+zero-shot task is the pretraining evaluated as it is (no search point).
 
     OUT/cells/vlp/roberta/seed-0/pretrain           a run folder (train.out)
     OUT/cells/vlp/roberta/seed-0/vqa                the task with the recipe's settings (the uniform table)
     OUT/cells/vlp/roberta/seed-0/vqa@lr=5e-05       a search point (the tuned table picks among these)
+    OUT/cells/vlp/roberta/seed-0/f30k-zs            a zero-shot task's evaluation
 
-Each run is a recipe and its overrides, so it is also the `meter pretrain|finetune` command that reproduces it.
+Each run is a recipe and its overrides, so it is also the `meter pretrain|finetune|evaluate` command that
+reproduces it.
 Runs are identified by their resolved config: two cells whose pretraining resolves to the same config share one run
 (`OUT/pretraining.json` remembers which folder holds it), and a run folder that already holds a run of another
 config is an error, never silently resumed or overwritten (a study file edited after a run: rename the row, or
@@ -78,8 +81,7 @@ class RunPlan:
         if self.kind == "evaluate":
             return shlex.join(["meter", "evaluate", self.task_kind, "--checkpoint", str(self.config().train.init_from),
                                "--config", self.recipe, *self.overrides, "--out", self.folder])  # fmt: skip
-        verb = "pretrain" if self.kind == "pretrain" else "finetune"
-        return shlex.join(["meter", verb, "--config", self.recipe, *self.overrides])
+        return shlex.join(["meter", self.kind, "--config", self.recipe, *self.overrides])  # pretrain or finetune
 
     def select_command(self, checkpoint: str) -> str:
         return shlex.join(["meter", "evaluate", self.task_kind, "--checkpoint", checkpoint, "--config", self.recipe,
@@ -267,15 +269,20 @@ class Planner:
         common = [f"train.seed={seed}"]
         runs, depends = [], []
         init_from = "train.init_from=null"
+        ranks_pairs = False  # its pretraining has an ITM head: a zero-shot task has something to rank pairs with
         if protocol == "vlp":
             pretrain = self._pretrain_run(name, folder, row, common)
             runs.append(pretrain)
             if pretrain.owner != name:
                 depends.append(pretrain.owner)
-            final = Checkpoints(Path(pretrain.folder) / "checkpoints").path(pretrain.config().train.max_steps)
+            pretraining = pretrain.config()
+            final = Checkpoints(Path(pretrain.folder) / "checkpoints").path(pretraining.train.max_steps)
             init_from = f"train.init_from={final}"
+            ranks_pairs = pretraining.objectives.itm > 0
         upstream = {"pretraining": runs[0].identity} if runs else {}
         for task in self.spec.base.tasks:
+            if self.spec.base.tasks[task].zero_shot and not ranks_pairs:
+                continue  # pretrained without ITM (the MLM row): nothing scores a pair; its column shows a dash
             runs += self._task_runs(name, folder, row, task, [*common, init_from], upstream)
         return CellPlan(name, protocol, row.name, seed, str(folder), runs, depends)
 

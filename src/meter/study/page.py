@@ -103,8 +103,9 @@ def write_page(out: Path, plan: StudyPlan, tables: list[Table], figures: dict[st
         parts.append(_image(figures, f"bars-{table.key}.png", f"bar chart: {table.title}"))
     if "pretraining-loss.png" in figures:
         parts += ["<h2>Pretraining losses</h2>", _image(figures, "pretraining-loss.png", "pretraining loss curves")]
-    parts += ["<h2>Cells</h2>", "<p>Each cell's runs: the command that reproduces each (a `meter pretrain` or "
-              "`meter finetune` of the recipe with the study's overrides) and the config it ran with.</p>",
+    parts += ["<h2>Cells</h2>", "<p>Each cell's runs: the command that reproduces each (a `meter pretrain`, "
+              "`meter finetune` or, zero-shot, `meter evaluate` of the recipe with the study's overrides) and the "
+              "config it ran with.</p>",
               _cells(plan)]  # fmt: skip
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(plan.title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")  # fmt: skip

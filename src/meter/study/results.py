@@ -227,7 +227,7 @@ def build_tables(plan: StudyPlan) -> list[Table]:
             for task in plan.tasks:
                 # a zero-shot task has nothing to tune: the tuned table shows its one evaluation
                 point, scores = ("", {}) if plan.tasks[task].zero_shot else choose(plan, cells, task)
-                if point is not None:
+                if point is not None and not plan.tasks[task].zero_shot:  # nothing chosen: one evaluation
                     tuned_row.chosen[task] = point_label(point)
                 for c in cols:
                     if c.task == task:

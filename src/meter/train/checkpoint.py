@@ -374,7 +374,7 @@ class Checkpoints:
                             f", set aside as {aside}" if set_aside else "")  # fmt: skip
                 continue
             return path
-        found = f": every checkpoint is damaged: {'; '.join(damaged)}" if damaged else ""
+        found = f"; damaged: {'; '.join(damaged)}" if damaged else ""
         raise DataError(f"no intact checkpoint to resume from in {self.folder}{found}")
 
     def resolve_everywhere(self, which: str, runtime: Runtime) -> Path:

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.atomic_files import cannot_write, write_text_atomically
+from meter.atomic_files import cannot_write, temporary_of, write_text_atomically
 from meter.config import Config, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
@@ -41,15 +41,16 @@ RECORD = "meter-run.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LOCK = ".meter-run.lock"  # held by the process that trains in the folder (who: inside)
+# what a run killed while writing its first record leaves (write_text_atomically's temporary file): the folder is
+# still a new run's, the file is written again
+RECORD_LEFT_HALF_WRITTEN = temporary_of(Path(RECORD)).name
 # everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
 RUN_FILES = frozenset(
     {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
-     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval", f".{RECORD}.tmp"}
+     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval", RECORD_LEFT_HALF_WRITTEN}
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
-# what a run killed while writing its first record leaves: the folder is still a new run's (the file is rewritten)
-RECORD_LEFT_HALF_WRITTEN = f".{RECORD}.tmp"
 # settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets, which of its
 # checkpoints is chosen as the best; not what it trains
 MAY_DIFFER_ON_RESUME = frozenset(
