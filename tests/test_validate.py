@@ -62,7 +62,8 @@ OUT_OF_RANGE = [
     (["vqa.min_answer_count=0"], "vqa.min_answer_count = 0 must be at least 1"),
     (["retrieval.temperature=0"], "retrieval.temperature = 0.0 must be above 0"),
     (["retrieval.max_eval_images=-1"], "retrieval.max_eval_images = -1 must be at least 0"),
-    (["captioning.beam_size=0"], "captioning.beam_size = 0 must be at least 1"),
+    (["captioning.beam_size=0"], "captioning.beam_size = 0 must be in 1..32"),
+    (["captioning.beam_size=33"], "captioning.beam_size = 33 must be in 1..32"),
     (["captioning.length_penalty=nan"], "captioning.length_penalty = nan must be a finite number"),
 ]
 
