@@ -1,6 +1,9 @@
 import json
 import math
+import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ from meter.config import VqaConfig, load_config
 from meter.errors import ConfigError, DataError
 from meter.metrics.vqa import (
     DEFAULT_VQA_METRIC,
+    PYTHON2_LOWER,
     normalize_answer,
+    python2_lower,
     question_accuracy,
     round_as_python2,
     soft_score,
@@ -138,6 +143,29 @@ def test_digits_are_ascii_digits_as_in_the_official_python_2_code():
     """Python 3's \\d matches any Unicode digit: a full-width "１.５" kept its period (read as a decimal point)."""
     assert normalize_answer("１.５") == "１５"
     assert question_accuracy("１.５", answers(*["１５"] * 4, *["2"] * 6)) == 1.0
+
+
+def test_case_and_whitespace_are_python_2s_as_in_the_official_code():
+    """Python 3 lowers `İ` to `i` plus a combining dot (the official Python 2 code: `i`), lowers a final sigma
+    contextually, and does not split at U+180E: "İstanbul" predicted for "istanbul" scored 0."""
+    assert normalize_answer("İSTANBUL") == "istanbul"
+    assert normalize_answer("ΟΔΟΣ") == "οδοσ"  # Python 2 has no final-sigma rule
+    assert normalize_answer("Ꭰ") == "Ꭰ"  # Cherokee: no lower case in Python 2's Unicode 5.2
+    assert normalize_answer("two\u180edogs\u180e") == "2 dogs"
+    assert question_accuracy("İstanbul", answers(*["istanbul"] * 4, *["rome"] * 6)) == 1.0
+
+
+@pytest.mark.skipif(shutil.which("python2") is None, reason="compares with the Python 2 that the official code needs")
+def test_lower_case_equals_python_2s_on_every_code_point_that_differs_and_on_mixed_text(tmp_path: Path):
+    texts = ["".join(chr(c) for c in range(start, start + 64)) for start in range(0, 0x3000, 64)]
+    texts += [chr(code) for code in PYTHON2_LOWER] + ["İSTANBUL ΟΔΟΣ Ꭰ Ⴧ Ϳ", "Straße ǅ ΐ"]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = "import io, json; t = json.load(io.open('texts.json')); print(json.dumps([s.lower() for s in t]))"
+    done = subprocess.run(["python2", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYENV_VERSION": "2.7.18"})  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"python2 does not run here: {done.stderr[-200:]}")
+    assert [python2_lower(text) for text in texts] == json.loads(done.stdout)
 
 
 def test_missing_or_extra_predictions_are_refused_like_the_official_tool():

@@ -12,6 +12,11 @@ included, because the leaderboard number is what users compare against:
 Both: each annotator in turn is left out; the prediction scores min(1, matches among the other nine / 3); the
 question's accuracy is the mean of the ten; overall, per question type and per answer type are means of those, in
 percent, rounded to 2 decimals.
+
+The official code runs on Python 2.7, whose Unicode (5.2) differs from Python 3's on a few characters an answer may
+hold: its `lower()` maps 405 code points otherwise (`İ` to `i`, not `i` and a combining dot; Cherokee and some
+Georgian letters not at all) and lowers a final sigma as any other, and its `split()` and `strip()` take U+180E
+(the Mongolian vowel separator) for whitespace. Those are read as Python 2 reads them (`vqa_python2_lower.tsv`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,28 @@ def _load_contractions() -> dict[str, str]:
 
 
 CONTRACTIONS = _load_contractions()
+
+
+def _load_python2_lower() -> dict[int, str]:
+    """The code points whose lower case in Python 2.7 differs from Python 3's, each to Python 2's."""
+    table = resources.files("meter.metrics").joinpath("vqa_python2_lower.tsv").read_text()
+    rows = (line.split("\t") for line in table.splitlines() if line.strip())
+    return {int(code, 16): "".join(chr(int(part, 16)) for part in lower.split()) for code, lower in rows}
+
+
+PYTHON2_LOWER = _load_python2_lower()
+PYTHON2_ONLY_SPACE = "\u180e"  # whitespace to Python 2's split() and strip(), not to Python 3's
+PYTHON2_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + PYTHON2_ONLY_SPACE
+
+
+def python2_lower(text: str) -> str:
+    """`text.lower()` as Python 2.7 computes it for a unicode string: character by character (no final-sigma rule),
+    with its own table where Python 3's differs."""
+    if text.isascii():
+        return text.lower()
+    return "".join(PYTHON2_LOWER.get(ord(c)) or c.lower() for c in text)
+
+
 MANUAL_MAP = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
@@ -58,13 +85,13 @@ def process_punctuation(text: str) -> str:
 
 
 def process_digit_article(text: str) -> str:
-    words = [MANUAL_MAP.get(word, word) for word in text.lower().split()]
+    words = [MANUAL_MAP.get(word, word) for word in python2_lower(text.replace(PYTHON2_ONLY_SPACE, " ")).split()]
     words = [word for word in words if word not in ARTICLES]
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
 def clean_whitespace(text: str) -> str:
-    return text.replace("\n", " ").replace("\t", " ").strip()
+    return text.replace("\n", " ").replace("\t", " ").strip(PYTHON2_WHITESPACE)
 
 
 @lru_cache(maxsize=1 << 16)  # answers repeat: 10 per question, and a small vocabulary of them
