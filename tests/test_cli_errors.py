@@ -3,6 +3,7 @@ work; `--debug` (anywhere on the line) or METER_DEBUG=1 shows the traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,6 +45,13 @@ def test_a_question_of_bytes_that_are_not_utf8_alone_is_named_as_such_not_as_emp
     code, _, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
                          str(shapes_tasks_world / IMAGE), "--question", b"\xff\xfe")  # fmt: skip
     one_line_error(code, err, "--question", "is not UTF-8 text (byte 0xff)")
+
+
+def test_a_question_longer_than_the_model_reads_is_answered_with_a_note(micro_checkpoints, shapes_tasks_world):
+    code, out, err = meter("predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image",
+                           str(shapes_tasks_world / IMAGE), "--question", "is there a red circle " * 30)  # fmt: skip
+    assert code == 0 and json.loads(out)["answers"]
+    assert "meter: note: --question has " in err and "the model reads the first 40" in err
 
 
 def test_a_beam_beyond_the_limit_is_refused_before_it_fills_the_memory(micro_checkpoints, shapes_tasks_world):

@@ -125,6 +125,14 @@ class Predictor:
     def max_length(self) -> int:
         return self.collate.max_length
 
+    def length_note(self, text: str, field: str) -> str | None:
+        """A note when the text is longer than the model reads (the batch keeps its first tokens); else None."""
+        length = self.text_length(text)
+        if length <= self.max_length:
+            return None
+        return (f"{field} has {length} tokens; the model reads the first {self.max_length} (its text.max_length):"
+                " the rest was left out")  # fmt: skip
+
     def batch_of(self, images: list[list[ImageInput]], texts: list[str]) -> dict[str, Any]:
         """One sample per text, each with its images (one, or NLVR2's two), on the model's device."""
         if not texts or len(images) != len(texts):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 from meter.cli.common import add_device_arguments, at_least, text_option
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.beam is not None and not args.caption:
         raise ConfigError("--beam is the beam size of --caption; it goes with --caption")
     predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
+    for option in ("question", "text"):  # cut to the model's max_length, as serve says too
+        note = getattr(args, option) and predictor.length_note(getattr(args, option), f"--{option}")
+        if note:
+            print(f"meter: note: {note}", file=sys.stderr)
     if args.images:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)
     elif args.question is not None:

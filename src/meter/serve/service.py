@@ -123,13 +123,8 @@ class ModelService:
     # requests --------------------------------------------------------------------------------------------------
     def text_notes(self, text: str, field: str) -> list[str]:
         """A note when the text is longer than the model reads (the batch keeps its first tokens)."""
-        length = self.predictor.text_length(text)
-        if length <= self.predictor.max_length:
-            return []
-        return [
-            f"{field} has {length} tokens; the model reads the first {self.predictor.max_length}"
-            " (its text.max_length): the rest was left out"
-        ]
+        note = self.predictor.length_note(text, field)
+        return [note] if note else []
 
     async def submit(self, key: Hashable, item: Any) -> Done:
         try:
