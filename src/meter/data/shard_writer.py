@@ -267,7 +267,27 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
                 SOURCE_FILES: fingerprint(source.files)}  # fmt: skip
     _check_settings(out, settings)
     with _prepare_lock(out):
-        return _write_shards(source, out, shard_size, max_bad, decode, progress, description)
+        shards = -(-total // shard_size)
+        done = _finished(out, shards)
+        if done:
+            log.info("%s: %d of %d shards were written before: kept, their images not read again (their bad samples "
+                     "stay bad: prepare into another --out to read a fixed image)", out, len(done), shards)  # fmt: skip
+        budget = _resume_budget(out, max_bad, total)
+        first_todo = next((i for i in range(shards) if i not in done), shards)
+        bar = tqdm(total=total, initial=sum(r.records for r in done.values()), unit="record",
+                   desc=f"prepare {source.name}", disable=not progress, dynamic_ncols=True)  # fmt: skip
+        records = source.samples(first_todo * shard_size)
+        for index in range(first_todo, shards):
+            chunk = itertools.islice(records, shard_size)
+            if index in done:
+                for _ in chunk:  # a shard finished before the interruption, past one that was not
+                    pass
+                continue
+            builder = ShardBuilder(out, index, index * shard_size, budget, source.missing_images_expected, decode)
+            done[index] = builder.write(_counted(chunk, bar))
+            write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
+        bar.close()
+        return _finish(out, source.name, description, [done[i] for i in range(shards)], budget)
 
 
 @contextlib.contextmanager
@@ -278,32 +298,6 @@ def _prepare_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         release_folder(out, PREPARE_LOCK)
-
-
-def _write_shards(source: RawSource, out: Path, shard_size: int, max_bad: float, decode: bool, progress: bool,
-                  description: object) -> dict:  # fmt: skip
-    total = len(source)
-    shards = -(-total // shard_size)
-    done = _finished(out, shards)
-    if done:
-        log.info("%s: %d of %d shards were written before: kept, their images not read again (their bad samples "
-                 "stay bad: prepare into another --out to read a fixed image)", out, len(done), shards)  # fmt: skip
-    budget = _resume_budget(out, max_bad, total)
-    first_todo = next((i for i in range(shards) if i not in done), shards)
-    bar = tqdm(total=total, initial=sum(r.records for r in done.values()), unit="record", desc=f"prepare {source.name}",
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
-    records = source.samples(first_todo * shard_size)
-    for index in range(first_todo, shards):
-        chunk = itertools.islice(records, shard_size)
-        if index in done:
-            for _ in chunk:  # a shard finished before the interruption, past one that was not
-                pass
-            continue
-        builder = ShardBuilder(out, index, index * shard_size, budget, source.missing_images_expected, decode)
-        done[index] = builder.write(_counted(chunk, bar))
-        write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
-    bar.close()
-    return _finish(out, source.name, description, [done[i] for i in range(shards)], budget)
 
 
 def _counted(records: Iterator[RawSample | Unusable], bar: tqdm) -> Iterator[RawSample | Unusable]:
@@ -321,26 +315,21 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
     description = {"root": str(Path(root).resolve()), "pattern": pattern, "in_place": True}
     _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards)})
     with _prepare_lock(out):
-        return _index_all(root, out, pattern, max_bad, progress, shards, description)
-
-
-def _index_all(root: str | Path, out: Path, pattern: str, max_bad: float, progress: bool, shards: list[Path],
-               description: dict[str, object]) -> dict:  # fmt: skip
-    done = _finished(out, len(shards))
-    found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known
-    for index, path in enumerate(tqdm(shards, unit="shard", desc="index shards", disable=not progress)):
-        if index not in done:
-            done[index] = _index_shard(path, index, found)
-            write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
-    records = [done[i] for i in range(len(shards))]
-    total = sum(r.samples for r in records)
-    if total == 0:
-        raise DataError(f"{root}: the shards matching {pattern!r} hold no samples")
-    budget = BadSampleBudget(max_bad, total, found.log_file, setting="--max-bad")
-    budget.log_file = None  # already written
-    for name, reason in found.bad.items():
-        budget.record(BadSample(name, reason))
-    return _finish(out, "webdataset", description, records, found)
+        done = _finished(out, len(shards))
+        found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known
+        for index, path in enumerate(tqdm(shards, unit="shard", desc="index shards", disable=not progress)):
+            if index not in done:
+                done[index] = _index_shard(path, index, found)
+                write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
+        records = [done[i] for i in range(len(shards))]
+        total = sum(r.samples for r in records)
+        if total == 0:
+            raise DataError(f"{root}: the shards matching {pattern!r} hold no samples")
+        budget = BadSampleBudget(max_bad, total, found.log_file, setting="--max-bad")
+        budget.log_file = None  # already written
+        for name, reason in found.bad.items():
+            budget.record(BadSample(name, reason))
+        return _finish(out, "webdataset", description, records, found)
 
 
 def _index_shard(path: Path, index: int, budget: BadSampleBudget) -> ShardRecord:
