@@ -230,7 +230,7 @@ class TrainConfig:
     export: bool = True  # at the end of a run, write its final model as a model folder to <out>/model
     log_every: int = 10
     seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (one process)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, bf16
     compile: bool = False  # torch.compile the vision encoder, text encoder and fusion
     # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs

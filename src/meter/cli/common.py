@@ -35,7 +35,7 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> Confi
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device and --precision of the commands that run a trained model (predict, serve, explain)."""
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, or cuda:N for the GPU numbered N")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "bf16", "fp32"),
         help="auto (default): bf16 autocast on a GPU, fp32 on the CPU; the heads score in fp32",

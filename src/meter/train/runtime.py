@@ -52,15 +52,19 @@ def is_main_process() -> bool:
 
 
 def pick_device(name: str, option: str = "train.device") -> torch.device:
-    """`option`: how the user gave it (train.device, or a command's --device), named in an error."""
+    """`option`: how the user gave it (train.device, or a command's --device), named in an error. `cuda:N` picks
+    one GPU of several (as CUDA_VISIBLE_DEVICES numbers them)."""
     spelled = f"{option} = {name!r}" if option.startswith("train.") else f"{option} {name}"
-    if name not in DEVICES:
-        raise ConfigError(f"{spelled}; choose one of: {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{spelled}; choose one of: {', '.join(DEVICES)}, or cuda:N for the GPU numbered N")
+    if kind == "cuda" and not torch.cuda.is_available():
         use = "train.device=cpu" if option.startswith("train.") else f"{option} cpu"
         raise ConfigError(f"{spelled} but no CUDA device is available; use {use}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"{spelled} but this machine shows {torch.cuda.device_count()} GPU(s), numbered from 0")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -95,7 +99,11 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if cfg.deterministic:  # cuBLAS reads it when its first handle is made: deterministic matrix products
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        if device.index is not None and world > 1:  # torchrun gives each process the GPU of its LOCAL_RANK
+            raise ConfigError(f"train.device = {cfg.device!r} under a launcher of {world} processes: each process "
+                              "uses the GPU of its LOCAL_RANK; use train.device=cuda, and CUDA_VISIBLE_DEVICES to "
+                              "choose the GPUs")  # fmt: skip
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
     # train.precision=fp32 asks for fp32 itself (the advice the loop gives after non-finite steps)
     allow_tf32(device, cfg.precision != "fp32")

@@ -1,0 +1,44 @@
+"""`cuda:N` picks one GPU of several, for a run of one process and for the commands that run a trained model; any
+other spelling is named with the choices. The machine's GPUs are stood in for where it has none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meter.config import TrainConfig
+from meter.errors import ConfigError
+from meter.train.runtime import pick_device, setup_runtime
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "cpu:0", "cuda:-1", "auto:1"])
+def test_a_misspelt_device_is_named_with_the_choices(name: str):
+    with pytest.raises(ConfigError, match=rf"--device {name}; choose one of: auto, cpu, cuda, or cuda:N"):
+        pick_device(name, "--device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_a_gpu_index_without_a_gpu_says_there_is_none():
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:0' but no CUDA device is available"):
+        pick_device("cuda:0")
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """No GPU runs here: these tests check the choice, not the device (nothing is put on it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_a_gpu_index_picks_that_gpu_and_one_past_the_last_is_refused(two_gpus):
+    assert pick_device("cuda:1", "--device") == torch.device("cuda", 1)
+    assert pick_device("cuda", "--device") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"--device cuda:2 but this machine shows 2 GPU\(s\), numbered from 0"):
+        pick_device("cuda:2", "--device")
+
+
+def test_a_gpu_index_under_a_launcher_of_several_processes_is_refused(two_gpus, monkeypatch):
+    """torchrun gives each process the GPU of its LOCAL_RANK; one index for every process would put all on one."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:1' under a launcher of 2 processes.*LOCAL_RANK"):
+        setup_runtime(TrainConfig(device="cuda:1"))
