@@ -57,6 +57,7 @@ class ModelShape:
     decoder: Layers | None
     matmul_weights: int  # parameters of the Linear and convolution weights (autocast copies them)
     trainable: int  # parameters the optimizer updates (the task's own included)
+    mim_patches: int = 0  # MIM's patch grid per image (pretraining with objectives.mim)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Forward:
     fusions: list[tuple[float, int, bool]]  # fusion passes: (pairs per sample, text tokens, pooled)
     decoders: list[tuple[int, int]] = field(default_factory=list)  # decoder passes: (tokens, encoder text tokens)
     token_logits: list[tuple[float, int]] = field(default_factory=list)  # (labelled positions per sample, vocab)
+    in_batch_mask_ratio: float = 0.0  # MIM's in-batch target: share of patches masked, each scored against all
 
 
 @dataclass
@@ -138,6 +140,14 @@ def logits_bytes(positions: float, vocabulary: int, width: int, p: int) -> float
     return positions * (width * (3 * p + FP32) + vocabulary * FP32)
 
 
+def in_batch_bytes(shape: ModelShape, mask_ratio: float, batch: int) -> float:
+    """MIM's in-batch target (objectives.mim_target=in-batch): the fp32 log-probabilities of every masked patch of
+    the micro-batch over every patch of it, and those patches' fp32 pixels (the candidates the product's gradient
+    reads). Grows as batch^2."""
+    masked = min(max(1, round(mask_ratio * shape.mim_patches)), shape.mim_patches)  # as draw_patch_mask
+    return batch * masked * batch * shape.mim_patches * FP32 + batch * shape.image_pixels * FP32
+
+
 def activation_bytes(shape: ModelShape, forward: Forward, batch: int, p: int) -> dict[str, int]:
     """Bytes autograd keeps for one micro-batch of `batch` samples, by part."""
     autocast = p < FP32
@@ -156,6 +166,8 @@ def activation_bytes(shape: ModelShape, forward: Forward, batch: int, p: int) ->
             pairs * decoder_bytes(shape.decoder, tokens, memory, p, autocast) for pairs, tokens, memory in passes
         )
     result = {part: round(value * batch) for part, value in parts.items()}
+    if forward.in_batch_mask_ratio and shape.mim_patches:
+        result["heads"] += round(in_batch_bytes(shape, forward.in_batch_mask_ratio, batch))
     result["autocast weight copies"] = 2 * shape.matmul_weights if autocast else 0
     return result
 

@@ -173,7 +173,9 @@ def _matmul_weights(module: nn.Module) -> int:
     return sum(weights.values())
 
 
-def _shape(cfg: Config, task: nn.Module, model: Meter, text: PretrainedConfig, notes: list[str]) -> ModelShape:
+def _shape(
+    cfg: Config, task: nn.Module, model: Meter, text: PretrainedConfig, mim_patches: int, notes: list[str]
+) -> ModelShape:
     try:
         blocks, image_tokens = _vision_blocks(model, cfg.model.vision.image_size)
     except (RuntimeError, NotImplementedError, TypeError) as error:
@@ -199,6 +201,7 @@ def _shape(cfg: Config, task: nn.Module, model: Meter, text: PretrainedConfig, n
         else None,
         matmul_weights=_matmul_weights(task),
         trainable=sum(p.numel() for p in task.parameters() if p.requires_grad),
+        mim_patches=mim_patches,
     )
 
 
@@ -225,9 +228,11 @@ def plan_model(cfg: Config, plan: TaskPlan, heads_of: Callable[[int], list[Head]
             plan.token_types,
             text,
         )
-        extras = {}
+        extras, mim_patches = {}, 0
         if cfg.task == "pretrain" and cfg.objectives.mim > 0:  # PretrainTask's MIM pixel decoder
-            extras["mim_decoder"] = PixelDecoder(model.width, mim_patch_size(model.vision, model_cfg.vision.image_size))
+            patch = mim_patch_size(model.vision, model_cfg.vision.image_size)
+            extras["mim_decoder"] = PixelDecoder(model.width, patch)
+            mim_patches = (model_cfg.vision.image_size // patch) ** 2
     task = PlannedTask(model, extras)
     counts = parameter_counts(model)
     counts.pop("total")
@@ -235,5 +240,5 @@ def plan_model(cfg: Config, plan: TaskPlan, heads_of: Callable[[int], list[Head]
         counts["task-only"] = sum(p.numel() for p in task.extras.parameters())
     counts["total"] = sum(p.numel() for p in task.parameters())
     groups = parameter_groups(task, cfg.train)
-    shape = _shape(cfg, task, model, text, notes)
+    shape = _shape(cfg, task, model, text, mim_patches, notes)
     return PlannedModel(task, model, vocabulary, counts, groups, shape, notes), heads

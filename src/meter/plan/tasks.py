@@ -108,12 +108,14 @@ def _pretrain_forward(cfg: Config, vocabulary: int) -> Forward:
     decoders = {"span": span_target_tokens(cfg), "prefix_lm": min(text // 2 + 2, cfg.model.decoder.max_length)}
     logits = [(objectives.mlm_probability * text, vocabulary)] if objectives.mlm > 0 else []
     logits += [(decoders[name], vocabulary) for name in runs if name in decoders]
+    in_batch = objectives.mim > 0 and objectives.mim_target == "in-batch"  # MIM logits over the micro-batch's patches
     return Forward(
         images=1 + (objectives.mim > 0),
         texts=[text] * len(runs),
         fusions=[(1, text, name == "itm") for name in runs],
         decoders=[(decoders[name], text) for name in runs if name in decoders],
         token_logits=logits,
+        in_batch_mask_ratio=objectives.mim_mask_ratio if in_batch else 0.0,
     )
 
 
