@@ -8,6 +8,7 @@ import torch
 
 from meter.config import TrainConfig
 from meter.errors import ConfigError
+from meter.train.checkpoint import rng_state
 from meter.train.runtime import pick_device, setup_runtime
 
 
@@ -42,3 +43,16 @@ def test_a_gpu_index_under_a_launcher_of_several_processes_is_refused(two_gpus, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"train.device = 'cuda:1' under a launcher of 2 processes.*LOCAL_RANK"):
         setup_runtime(TrainConfig(device="cuda:1"))
+
+
+def test_a_cpu_process_on_a_gpu_machine_keeps_no_gpu_randomness_and_never_starts_cuda(two_gpus, monkeypatch):
+    """Asking for the GPU's random state starts CUDA: every CPU process of a GPU machine took 0.5 GiB of GPU 0 at its
+    first checkpoint (and failed there where GPUs are exclusive to one process)."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("CUDA was started")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", started)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # what a process that never used its GPU says
+    state = rng_state()
+    assert set(state) == {"torch"} and torch.equal(state["torch"], torch.get_rng_state())

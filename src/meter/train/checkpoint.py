@@ -175,7 +175,9 @@ def rng_state() -> dict[str, Any]:
     """This process's generators: the CPU's and its own GPU's (the current device's; not every visible GPU's, so
     that a job requeued with another view of the devices, one per task instead of eight, resumes all the same)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    # a process that has not used its GPU has no GPU randomness to keep: asking for it would start CUDA (0.5 GiB on
+    # GPU 0 for every CPU process of a GPU machine, and a refusal where GPUs are exclusive to one process)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
