@@ -189,6 +189,9 @@ def test_a_blind_baseline_predicts_blind_as_it_trained_and_was_evaluated(micro_c
         assert predictor.pixels(opened).equal(predictor.pixels(images[1]))
     question = "what color is the circle?"
     assert predictor.answer(images[0], question) == predictor.answer(images[1], question)
+    predictor.device = torch.device("meta")  # a copy to another device, as to a GPU (a copy to the CPU is none)
+    pixels = predictor.batch_of([[image] for image in images], [question] * 2)["pixels"]
+    assert pixels.device.type == "meta" and pixels.stride(0) == 0, "one image over the rows, encoded once"
     seeing = Predictor(micro_checkpoints("vqa"), "cpu")
     assert not seeing.pixels(images[0]).equal(seeing.pixels(images[1])), "a model that looks sees each image"
 

@@ -19,6 +19,7 @@ from meter.data.blank_text import is_blank
 from meter.data.collate import Collate
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.images import check_pixel_limit
+from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT, require_answers
 from meter.setting_ranges import MAX_BEAM
@@ -141,8 +142,7 @@ class Predictor:
         for sample_images, text in zip(images, texts, strict=True):
             pixels = [self.pixels(image) for image in sample_images]
             samples.append({"pixels": pixels[0] if len(pixels) == 1 else torch.stack(pixels), "text": text})
-        batch = self.collate(samples)
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return to_device(self.collate(samples), self.device)  # a blind baseline's one image copied (and encoded) once
 
     def answer(self, image: ImageInput, question: str, top: int = 5) -> list[dict[str, Any]]:
         """The `top` answers with their scores (sigmoid of the VQA logits: each is a soft accuracy estimate)."""
