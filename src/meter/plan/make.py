@@ -142,7 +142,15 @@ def make_plan(cfg: Config, processes: int = 1) -> Plan:
             epochs,
         ),
         paths=paths,
-        memory=estimate_memory(model.shape, forward, train.batch_size, bytes_per_value, processes, train.parallel),
+        memory=estimate_memory(
+            model.shape,
+            forward,
+            train.batch_size,
+            bytes_per_value,
+            processes,
+            train.parallel,
+            train.activation_checkpointing,
+        ),
         notes=notes,
     )
 

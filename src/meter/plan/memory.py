@@ -102,37 +102,52 @@ def layer_bytes(tokens: float, layers: Layers, p: int, autocast: bool, cross: fl
     return total + feed_forward_bytes(tokens, layers.width, layers.inner, p, layers.dropout)
 
 
-def vision_bytes(shape: ModelShape, p: int, autocast: bool) -> float:
+def kept_layer_bytes(
+    tokens: float, layers: Layers, p: int, autocast: bool, cross: float | None = None, recompute: bool = False
+) -> float:
+    """What one layer keeps for the backward: all of layer_bytes, or with train.activation_checkpointing its fp32
+    input alone (its forward runs again in the backward)."""
+    return tokens * layers.width * FP32 if recompute else layer_bytes(tokens, layers, p, autocast, cross)
+
+
+def vision_bytes(shape: ModelShape, p: int, autocast: bool, recompute: bool = False) -> float:
     """One image through the vision encoder."""
     total = shape.image_pixels * p
     for tokens, width, inner in shape.vision_blocks:
-        total += layer_bytes(tokens, Layers(1, width, inner), p, autocast)
+        total += kept_layer_bytes(tokens, Layers(1, width, inner), p, autocast, recompute=recompute)
     if shape.vision_blocks:
         (first, first_width, _), (last, last_width, _) = shape.vision_blocks[0], shape.vision_blocks[-1]
         total += FP32 * (first * first_width + last * last_width)
     return total
 
 
-def text_bytes(tokens: int, text: Layers, p: int, autocast: bool) -> float:
+def text_bytes(tokens: int, text: Layers, p: int, autocast: bool, recompute: bool = False) -> float:
     embeddings = tokens * text.width * (FP32 + int(text.dropout))
-    return embeddings + text.count * layer_bytes(tokens, text, p, autocast)
+    return embeddings + text.count * kept_layer_bytes(tokens, text, p, autocast, recompute=recompute)
 
 
-def fusion_bytes(shape: ModelShape, text_tokens: int, p: int, autocast: bool) -> float:
-    """One (text, image) pair through the projections and the fusion layers."""
-    image_tokens, fusion = shape.image_tokens, shape.fusion
-    projections = (text_tokens * shape.text.width + image_tokens * shape.vision_width) * p
+def fusion_layers(shape: ModelShape, text_tokens: int) -> list[tuple[float, float | None]]:
+    """One depth of the fusion, as (tokens, tokens its cross-attention reads): the merged layer, or the two
+    co-attention layers (text and image side)."""
+    image_tokens = shape.image_tokens
     if shape.fusion_kind == "merged":
-        return projections + fusion.count * layer_bytes(text_tokens + image_tokens, fusion, p, autocast)
-    per_layer = layer_bytes(text_tokens, fusion, p, autocast, cross=image_tokens) + layer_bytes(
-        image_tokens, fusion, p, autocast, cross=text_tokens
-    )
-    return projections + fusion.count * per_layer
+        return [(text_tokens + image_tokens, None)]
+    return [(text_tokens, image_tokens), (image_tokens, text_tokens)]
 
 
-def decoder_bytes(decoder: Layers, tokens: int, memory_tokens: int, p: int, autocast: bool) -> float:
+def fusion_bytes(shape: ModelShape, text_tokens: int, p: int, autocast: bool, recompute: bool = False) -> float:
+    """One (text, image) pair through the projections and the fusion layers."""
+    projections = (text_tokens * shape.text.width + shape.image_tokens * shape.vision_width) * p
+    per_layer = sum(kept_layer_bytes(tokens, shape.fusion, p, autocast, cross, recompute)
+                    for tokens, cross in fusion_layers(shape, text_tokens))  # fmt: skip
+    return projections + shape.fusion.count * per_layer
+
+
+def decoder_bytes(
+    decoder: Layers, tokens: int, memory_tokens: int, p: int, autocast: bool, recompute: bool = False
+) -> float:
     embeddings = tokens * decoder.width * (FP32 + int(decoder.dropout))
-    return embeddings + decoder.count * layer_bytes(tokens, decoder, p, autocast, cross=memory_tokens)
+    return embeddings + decoder.count * kept_layer_bytes(tokens, decoder, p, autocast, memory_tokens, recompute)
 
 
 def logits_bytes(positions: float, vocabulary: int, width: int, p: int) -> float:
@@ -148,23 +163,46 @@ def in_batch_bytes(shape: ModelShape, mask_ratio: float, batch: int) -> float:
     return batch * masked * batch * shape.mim_patches * FP32 + batch * shape.image_pixels * FP32
 
 
-def activation_bytes(shape: ModelShape, forward: Forward, batch: int, p: int) -> dict[str, int]:
-    """Bytes autograd keeps for one micro-batch of `batch` samples, by part."""
+def decoder_passes(shape: ModelShape, forward: Forward) -> list[tuple[float, int, int]]:
+    """The decoder's passes per sample: (pairs, decoder tokens, memory tokens it reads)."""
+    if shape.decoder is None:
+        return []
+    passes = [(1.0, tokens, text + shape.image_tokens) for tokens, text in forward.decoders]
+    # a pooled pass of an encoder-decoder reads the decoder's class token: one position over the fused output
+    return passes + [(pairs, 1, text + shape.image_tokens) for pairs, text, pooled in forward.fusions if pooled]
+
+
+def largest_layer_bytes(shape: ModelShape, forward: Forward, p: int, autocast: bool) -> float:
+    """All of the largest layer a step runs, per sample: what its recomputation holds in the backward."""
+    layers = [layer_bytes(tokens, Layers(1, width, inner), p, autocast) for tokens, width, inner in shape.vision_blocks]
+    layers += [layer_bytes(tokens, shape.text, p, autocast) for tokens in forward.texts if shape.text.count]
+    if shape.fusion.count:
+        layers += [layer_bytes(tokens, shape.fusion, p, autocast, cross)
+                   for _, text, _ in forward.fusions for tokens, cross in fusion_layers(shape, text)]  # fmt: skip
+    if shape.decoder is not None and shape.decoder.count:
+        layers += [layer_bytes(t, shape.decoder, p, autocast, m) for _, t, m in decoder_passes(shape, forward)]
+    return max(layers, default=0.0)
+
+
+def activation_bytes(shape: ModelShape, forward: Forward, batch: int, p: int, recompute: bool = False
+                     ) -> dict[str, int]:  # fmt: skip
+    """Bytes autograd keeps for one micro-batch of `batch` samples, by part. `recompute`:
+    train.activation_checkpointing (each repeated layer keeps its input, and one layer at a time is recomputed)."""
     autocast = p < FP32
     parts = {
-        "vision": forward.images * vision_bytes(shape, p, autocast),
-        "text": sum(text_bytes(tokens, shape.text, p, autocast) for tokens in forward.texts),
-        "fusion": sum(pairs * fusion_bytes(shape, tokens, p, autocast) for pairs, tokens, _ in forward.fusions),
-        "decoder": 0.0,
+        "vision": forward.images * vision_bytes(shape, p, autocast, recompute),
+        "text": sum(text_bytes(tokens, shape.text, p, autocast, recompute) for tokens in forward.texts),
+        "fusion": sum(
+            pairs * fusion_bytes(shape, tokens, p, autocast, recompute) for pairs, tokens, _ in forward.fusions
+        ),
+        "decoder": sum(
+            pairs * decoder_bytes(shape.decoder, tokens, memory, p, autocast, recompute)
+            for pairs, tokens, memory in decoder_passes(shape, forward)
+        ),
         "heads": sum(logits_bytes(n, vocab, shape.fusion.width, p) for n, vocab in forward.token_logits),
     }
-    if shape.decoder is not None:
-        passes = [(1.0, tokens, text + shape.image_tokens) for tokens, text in forward.decoders]
-        # a pooled pass of an encoder-decoder reads the decoder's class token: one position over the fused output
-        passes += [(pairs, 1, text + shape.image_tokens) for pairs, text, pooled in forward.fusions if pooled]
-        parts["decoder"] = sum(
-            pairs * decoder_bytes(shape.decoder, tokens, memory, p, autocast) for pairs, tokens, memory in passes
-        )
+    if recompute:
+        parts["recomputed layer"] = largest_layer_bytes(shape, forward, p, autocast)
     result = {part: round(value * batch) for part, value in parts.items()}
     if forward.in_batch_mask_ratio and shape.mim_patches:
         result["heads"] += round(in_batch_bytes(shape, forward.in_batch_mask_ratio, batch))
@@ -191,8 +229,9 @@ def estimate_memory(
     p: int,
     processes: int,
     parallel: str,
+    recompute: bool = False,
 ) -> MemoryEstimate:
-    activations = activation_bytes(shape, forward, batch, p)
+    activations = activation_bytes(shape, forward, batch, p, recompute)
     state = state_bytes(shape.trainable, processes, parallel)
     assumptions = [
         f"{'bf16 autocast (2-byte activations)' if p < FP32 else 'fp32 (4-byte activations)'}; every sequence at "
@@ -202,6 +241,11 @@ def estimate_memory(
         "not counted: transient buffers (the largest logits before the loss, kernel workspaces), the CUDA "
         "context (~0.5 GiB) and allocator fragmentation; leave 10-20% headroom",
     ]
+    if recompute:
+        assumptions.append(
+            "train.activation_checkpointing: each repeated layer keeps only its fp32 input and runs again in the "
+            "backward, one at a time (the largest of them counted whole)"
+        )
     if parallel == "fsdp" and processes > 1:
         assumptions.append(
             "FSDP: weights, gradients and AdamW state sharded over the processes (the gathered "
