@@ -11,6 +11,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
 from meter.data.formats.captions import read_karpathy
 from meter.data.shard_stream import open_corpus
+from meter.data.stream import micro_batches_per_epoch
 from meter.errors import ConfigError, DataError
 from meter.tasks.best_checkpoint import BestCheckpoint, check_best_on, evaluated_weights
 from meter.tasks.build import build_model, image_reader, task_tokenizer
@@ -59,7 +60,7 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     job = downstream.setup(cfg)
     best = None
     if cfg.train.best_on:
-        epoch = len(job.dataset) // (cfg.train.batch_size * runtime.world)  # type: ignore[arg-type]
+        epoch = micro_batches_per_epoch(len(job.dataset), cfg.train.batch_size, runtime.world, cfg.train.grad_accum)  # type: ignore[arg-type]
         best = BestCheckpoint(cfg, downstream, batches_per_epoch=epoch)
     checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume, best)
     del job, best  # the trained model leaves the device before the evaluation loads the saved weights

@@ -39,6 +39,7 @@ from meter.data.shard_plan import (
     rng,
     slot_batch_start,
 )
+from meter.data.stream import micro_batches_per_epoch
 from meter.errors import ConfigError, DataError
 
 
@@ -218,6 +219,7 @@ class ShardStream:
         shuffle: bool = True,
         pin_memory: bool = False,
         worker_timeout: float = WORKER_TIMEOUT,
+        grad_accum: int = 1,
     ) -> None:
         streams = dataset.streams_per_rank
         if num_workers > 0 and streams % num_workers:
@@ -229,7 +231,7 @@ class ShardStream:
         self.rank, self.world, self.num_workers, self.shuffle = rank, world, num_workers, shuffle
         self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
-        self.batches_per_epoch = max(1, len(dataset) // (batch_size * world))
+        self.batches_per_epoch = max(1, micro_batches_per_epoch(len(dataset), batch_size, world, grad_accum))
         self.batches_seen = start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

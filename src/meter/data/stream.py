@@ -19,12 +19,19 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     return torch.randperm(size, generator=generator).tolist()
 
 
+def micro_batches_per_epoch(samples: int, batch_size: int, world: int, grad_accum: int) -> int:
+    """Micro-batches each process reads in an epoch: whole optimizer steps of the epoch (the last incomplete step's
+    samples are dropped), so that a step is the same samples however it is split (4 x 1, 2 x 2, 1 x 4)."""
+    return samples // (batch_size * world * grad_accum) * grad_accum
+
+
 class BatchStream:
     """Yields batches forever. Batch `k` of the whole run is the same whatever the restarts and worker count, and so
     are its images' augmentations (drawn by epoch and sample index: see TrainingDraws).
 
     Each epoch is a seeded permutation; rank r of w takes every w-th batch-sized slice of it, so w processes with
-    batch b see exactly what one process with batch w * b sees. The last incomplete global batch is dropped.
+    batch b see exactly what one process with batch w * b sees, and a step of `grad_accum` micro-batches what one
+    micro-batch that many times larger sees. The samples of a last incomplete step are dropped.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class BatchStream:
         shuffle: bool = True,
         pin_memory: bool = False,
         worker_timeout: float = WORKER_TIMEOUT,
+        grad_accum: int = 1,
     ) -> None:
         self.dataset = dataset
         self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
@@ -51,9 +59,9 @@ class BatchStream:
         self.world = world
         self.num_workers = num_workers
         self.shuffle = shuffle
-        self.batches_per_epoch = len(dataset) // (batch_size * world)  # type: ignore[arg-type]
+        self.batches_per_epoch = micro_batches_per_epoch(len(dataset), batch_size, world, grad_accum)  # type: ignore[arg-type]
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{len(dataset)} samples are fewer than one global batch of {batch_size * world}")
+            raise ValueError(f"{len(dataset)} samples are fewer than one step's {batch_size * world * grad_accum}")
         self.batches_seen = start_batch
 
     def _epoch_batches(self, epoch: int, skip: int) -> list[list[int]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import Config, to_dict
+from meter.data.stream import micro_batches_per_epoch
 from meter.errors import ConfigError
 from meter.models.meter import Meter
 from meter.models.text import TEXT
@@ -181,6 +182,6 @@ def best_evaluations(cfg: Config, examples: int | None, processes: int) -> int |
         return 0
     if not examples and not cfg.train.best_every:
         return None
-    epoch = (examples or 0) // (cfg.train.batch_size * processes)
+    epoch = micro_batches_per_epoch(examples or 0, cfg.train.batch_size, processes, cfg.train.grad_accum)
     best = BestCheckpoint(cfg, DOWNSTREAM.get(cfg.task, key="task"), batches_per_epoch=epoch)
     return sum(best.wants(step) for step in range(1, cfg.train.max_steps + 1))

@@ -98,7 +98,7 @@ class BestCheckpoint:
     def __init__(self, cfg: Config, downstream: Downstream, batches_per_epoch: int) -> None:
         self.cfg = cfg
         self.downstream = downstream
-        # of each process (the loop's stream drops a last partial batch; none at all is its error to give)
+        # of each process (the loop's stream drops a last incomplete step; none at all is its error to give)
         self.batches_per_epoch = max(batches_per_epoch, 1)
         self.out = Path(cfg.train.out)
         self.origin = (0, 0)  # (a step, the batches every process had read by then): where epochs are counted from

@@ -272,7 +272,7 @@ def _fit_in(
         stream_type = getattr(dataset, "stream_type", BatchStream)  # a shard corpus brings its own stream
         stream = stream_type(
             dataset, train.batch_size, collate, seed=train.seed, rank=runtime.rank, world=runtime.world,
-            start_batch=progress.batches_seen, num_workers=cfg.data.num_workers,
+            start_batch=progress.batches_seen, num_workers=cfg.data.num_workers, grad_accum=train.grad_accum,
             worker_timeout=cfg.data.worker_timeout, pin_memory=runtime.device.type == "cuda",
         )  # fmt: skip
         batches = iter(stream)
