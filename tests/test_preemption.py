@@ -141,6 +141,19 @@ def test_two_processes_stop_after_the_same_step_when_one_is_signalled_and_resume
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_a_process_killed_is_not_reported_by_the_others_as_a_bug_of_meter(shapes_world, tmp_path):
+    """Process 1 killed (out of memory, say) in step 3: process 0's collective fails, and it said "internal error ...
+    a bug in meter: please report it", sending the user to the wrong process and to us."""
+    run = [*EXACT, "train.max_steps=6", "train.checkpoint_every=10", "train.batch_size=4"]
+    results = run_meter_with_faults(pretrain_args(shapes_world, tmp_path / "run", *run), ["backward:3:SIGKILL:1"],
+                                    processes=2)  # fmt: skip
+    (code, stderr), (killed, _) = results
+    assert killed == -signal.SIGKILL and code == 1
+    assert "internal error" not in stderr and "Traceback" not in stderr
+    assert _last_line(stderr).startswith("meter: another process of this run stopped or failed ("), stderr[-3000:]
+
+
 def test_a_stop_signal_while_finetune_evaluates_exits_75_and_the_requeued_job_evaluates(
     micro_checkpoints, shapes_tasks_world, tmp_path
 ):

@@ -28,6 +28,21 @@ def describe_os_error(error: OSError) -> str:
     return f"{names}: {error.strerror or error}"
 
 
+PEER_GONE = ("closed by peer", "reset by peer", "connectFullMesh", "Broken pipe", "NCCL", "watchdog")
+
+
+def from_a_peer(error: Exception) -> bool:
+    """A collective of a process group failed because another process of it ended (killed, out of memory, failed):
+    not this process's bug."""
+    if "torch.distributed" not in sys.modules:  # never imports torch for a command that did not
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(error, dist.DistError) or any(mark in str(error) for mark in PEER_GONE)
+
+
 def report_unexpected(error: Exception) -> int:
     """Prints one line for an error that is not a MeterError; returns the exit status."""
     if isinstance(error, BrokenPipeError):  # the reader of our output has gone (`meter models | head -1`): say nothing
@@ -41,6 +56,11 @@ def report_unexpected(error: Exception) -> int:
         print("meter: out of memory; use a smaller batch (train.batch_size, train.eval_batch_size)", file=sys.stderr)
         return 1
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if from_a_peer(error):
+        print(f"meter: another process of this run stopped or failed ({type(error).__name__}: {first}); its own "
+              "messages, or the launcher's, say why. This one stops too; the run resumes from its last checkpoint "
+              "(--resume latest)", file=sys.stderr)  # fmt: skip
+        return 1
     print(
         f"meter: internal error: {type(error).__name__}{': ' + first if first else ''} (a bug in meter: run the same "
         f"command with --debug, or {DEBUG_ENV}=1, to see where, and please report it)",
