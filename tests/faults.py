@@ -14,6 +14,7 @@ Faults are given as arguments `WHEN:AT:WHAT[:RANK]`:
     clip:3:nan:1                at the 3rd gradient clipping (the 3rd optimizer step) of rank 1, after its backward
                                 and the gradient all-reduce, one gradient of that rank becomes NaN
     clip:6+:nan:1               the same at every step from the 6th on
+A process that torchrun restarted (TORCHELASTIC_RESTART_COUNT > 0) runs without faults.
 With STEP_LOG in the environment, each process appends to STEP_LOG.RANK the optimizer steps it applied.
 """
 
@@ -36,6 +37,8 @@ import torch
 signal.signal(signal.SIGINT, signal.default_int_handler)
 rank = int(os.environ.get("RANK", "0"))
 faults = [arg.split(":") for arg in sys.argv[1:sys.argv.index("--")]]
+if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    faults = []  # torchrun restarted the processes after the fault: they run as they would on a cluster
 counts = {"backward": 0, "clip": 0}
 
 
@@ -131,6 +134,17 @@ def start_meter(args: list[str], faults: list[str] = (), processes: int = 1, env
         started.append(subprocess.Popen(command, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, **popen))  # fmt: skip
     return started
+
+
+def torchrun_with_faults(args: list[str], faults: list[str], processes: int, folder: Path, *torchrun: str,
+                         timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+    """`meter ARGS` under `torchrun --standalone --nproc_per_node PROCESSES TORCHRUN...` (gloo on the CPU), each process
+    with `faults`; a process that torchrun restarted (--max-restarts) runs without them."""
+    script = folder / "launcher.py"
+    script.write_text(LAUNCHER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *torchrun, str(script), *faults, "--", *args]  # fmt: skip
+    return subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=timeout)
 
 
 def run_meter_with_faults(args: list[str], faults: list[str] = (), processes: int = 1, timeout: float = 180,

@@ -14,6 +14,7 @@ from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
 from meter.train.metrics_log import read_metrics
 from tests.conftest import MICRO
+from tests.faults import torchrun_with_faults
 from tests.runner import EXACT, TWO_LAYERS, pretrain_args, run_meter
 
 COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
@@ -60,6 +61,22 @@ def test_two_ddp_processes_accumulating_make_the_loss_curve_of_one_process(one_p
     state = torch.load(out / "checkpoints/step_00000006/training_state.pt", weights_only=True)
     rngs = state["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"]), "each process its own RNG"
+
+
+@pytest.mark.slow
+def test_two_processes_that_torchrun_restarts_after_one_is_killed_resume_and_end_as_one_process(
+    one_process, shapes_world, tmp_path
+):
+    """torchrun --max-restarts: rank 1 killed (SIGKILL) in step 5, after the checkpoint of step 3; both processes
+    started again resume from it. The restarted processes could not set up the second (gloo) process group, which
+    finds its peers' addresses of before the restart in the store: the restart failed, or hung."""
+    out = tmp_path / "restarted"
+    args = pretrain_args(shapes_world, out, *COMMON, "train.batch_size=8")
+    done = torchrun_with_faults(args, ["backward:5:SIGKILL:1"], 2, tmp_path, "--max-restarts=1")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "resumed from" in done.stderr and "step_00000003" in done.stderr
+    _assert_same_curve(one_process, out, range(1, 7))
+    _assert_same_weights(one_process, out)
 
 
 @pytest.mark.slow
@@ -119,8 +136,8 @@ def test_two_fsdp_processes_recomputing_activations_make_the_loss_curve_of_one_p
 def test_after_a_fine_tune_of_two_processes_the_first_evaluates_and_the_other_waits_or_fails_with_it(
     micro_checkpoints, shapes_tasks_world, tmp_path
 ):
-    """Both processes train; the first alone evaluates and writes the files, the other waits for it (on a group
-    whose waits last longer than a training collective's) and stops with it if the evaluation fails."""
+    """Both processes train; the first alone evaluates and writes the files, the other waits for it (longer than a
+    training collective may wait) and stops with it if the evaluation fails."""
     finetune = ["finetune", *MICRO, *EXACT, f"data.root={shapes_tasks_world}", "task=snli_ve", "train.max_steps=2",
                 f"train.init_from={micro_checkpoints('pretrain')}"]  # fmt: skip
     done = run_meter([*finetune, f"train.out={tmp_path / 'good'}"], processes=2)

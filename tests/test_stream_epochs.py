@@ -22,14 +22,12 @@ class Numbers(Dataset):
 
 def _steps(batch: int, accum: int, world: int, steps: int, start_step: int = 0) -> list[set[int]]:
     """The samples of each step from `start_step` on, over every process and micro-batch."""
+    start = start_step * accum
     streams = [
-        iter(BatchStream(Numbers(), batch, list, seed=3, rank=rank, world=world, grad_accum=accum,
-                         start_batch=start_step * accum))  # fmt: skip
+        iter(BatchStream(Numbers(), batch, list, seed=3, rank=rank, world=world, grad_accum=accum, start_batch=start))
         for rank in range(world)
     ]
-    return [
-        {sample for stream in streams for micro in islice(stream, accum) for sample in micro} for _ in range(steps)
-    ]
+    return [{sample for stream in streams for micro in islice(stream, accum) for sample in micro} for _ in range(steps)]
 
 
 def test_a_step_reads_the_same_samples_however_it_is_split_across_epochs():

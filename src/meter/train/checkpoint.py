@@ -49,12 +49,12 @@ from meter.models.folder import (
     tensor_bytes,
 )
 from meter.train.distributed import (
-    broadcast_object,
     decided_on_main,
     full_model_state,
     full_optimizer_state,
     gather_objects,
     load_full_state,
+    told_by_main,
 )
 from meter.train.runtime import Runtime
 
@@ -257,7 +257,7 @@ class Checkpoints:
                 self._write(final, weights, task, tokenizer, training_state, mine)
             except DataError as error:
                 failed = error
-        failed = broadcast_object(failed)
+        failed = told_by_main(failed)  # the others wait while rank 0 writes and checks every file (slow disks: long)
         if failed is not None:
             raise failed
         return final

@@ -7,7 +7,10 @@ With one process every function here is a no-op or a plain local computation, so
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
+import pickle
 import signal
 import weakref
 from collections.abc import Callable, Iterator
@@ -27,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
 from meter.train.recompute import recompute_layers, repeated_layers
-from meter.train.runtime import Runtime, is_main_process, waiting_group
+from meter.train.runtime import WAIT_FOR_MAIN, Runtime, is_main_process
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, signals_deferred
 
 PARALLEL = ("ddp", "fsdp")
@@ -153,6 +156,26 @@ def broadcast_object(value: Any, source: int = 0, group: dist.ProcessGroup | Non
     return box[0]
 
 
+_TOLD = itertools.count()  # told_by_main's calls in this process: every process makes the same ones, in order
+
+
+def told_by_main(news: Any) -> Any:
+    """The first process's `news` on every process, however long the others wait for it (up to WAIT_FOR_MAIN, a
+    day): it works alone (writes a checkpoint, checks its checksums, evaluates) longer than a collective of the
+    training group may wait (NCCL: 10 minutes). Through the launcher's key-value store, not a second process group:
+    one cannot be set up again after torchrun restarts the processes (its peers' old addresses are still in the
+    store), so `--max-restarts` failed instead of resuming."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return news
+    store = dist.distributed_c10d._get_default_store()
+    key = f"meter/told/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_TOLD)}"
+    if dist.get_rank() == 0:
+        store.set(key, pickle.dumps(news))  # a store rank 0 holds (srun's) stays until the others leave: see teardown
+        return news
+    store.wait([key], WAIT_FOR_MAIN)
+    return pickle.loads(store.get(key))
+
+
 def main_alone(work: Callable[[], T], others: T) -> T:
     """`work()` on the first process alone (an evaluation that writes files) while the others wait for it, however
     long (the waiting group's day, not a training collective's minutes); they get `others`. An error it raised is
@@ -167,7 +190,7 @@ def main_alone(work: Callable[[], T], others: T) -> T:
             failure = error
     news = None if failure is None else (stopped_status(failure), f"{type(failure).__name__}: {failure}")
     with signals_deferred() as deferred:  # a signal to a waiting process alone must not split the broadcast
-        told = broadcast_object(news, group=waiting_group())
+        told = told_by_main(news)
     if failure is not None:
         raise failure
     if told is not None:
@@ -198,7 +221,7 @@ def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:
             outcome = decide()
         except MeterError as error:
             outcome = error
-    outcome = broadcast_object(outcome)
+    outcome = told_by_main(outcome)  # rank 0 may take long: it checks every file of a checkpoint, say
     if isinstance(outcome, MeterError):
         raise outcome
     return outcome  # type: ignore[return-value]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import random
@@ -19,8 +20,9 @@ from meter.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
-WAIT_FOR_MAIN = timedelta(days=1)  # see waiting_group
-_WAITING: dist.ProcessGroup | None = None  # a gloo group of every process, for waits longer than a collective's
+WAIT_FOR_MAIN = timedelta(days=1)  # see distributed.told_by_main
+LEAVING = timedelta(seconds=60)  # see leave_store_together
+_LEFT = itertools.count()  # process groups this process has left (a study worker may run several)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -114,9 +116,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         log.warning("train.parallel = fsdp without a launcher (torchrun, or srun with MASTER_ADDR): one process, its "
                     "model and optimizer state not sharded")  # fmt: skip
     if (world > 1 or launched_sharded) and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        global _WAITING
-        _WAITING = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **attempts_own_store(rank, world))
     # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and the
     # memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes; an
     # operation without a deterministic CUDA kernel then stops the run, naming it. Set either way: a process that
@@ -128,6 +128,32 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     )
 
 
+def leave_store_together(wait: timedelta = LEAVING) -> None:
+    """Rank 0 waits (a little) for the others to leave before its process group goes: under srun the key-value store
+    is rank 0's, and a process still reading the last news rank 0 left there (distributed.told_by_main) would lose
+    it. A process that never comes (it failed) is not waited for longer than `wait`."""
+    store = dist.distributed_c10d._get_default_store()
+    key = f"meter/leaving/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_LEFT)}"
+    try:
+        if dist.get_rank() == 0:
+            store.wait([f"{key}/{rank}" for rank in range(1, dist.get_world_size())], wait)
+        else:
+            store.set(f"{key}/{dist.get_rank()}", b"")
+    except RuntimeError as error:  # a DistStoreError: the others are gone already: nothing more to wait for
+        log.debug("leaving the process group without the others: %s", error)
+
+
+def attempts_own_store(rank: int, world: int) -> dict[str, object]:
+    """Under torchrun, the rendezvous keys of this attempt apart from those of the attempts before it: torchrun's
+    store outlives a restart (--max-restarts), and a process started again read a killed peer's address of the attempt
+    before from it (gloo: "connectFullMesh failed ... Connection refused"), so the restart failed."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # srun's or a user's rendezvous: the store is made anew with the processes
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"meter/attempt_{attempt}", agent), "rank": rank, "world_size": world}
+
+
 def release_cached_memory() -> None:
     """Frees what nothing refers to any more and gives the CUDA allocator's cached blocks back (one model goes, the
     next comes: an evaluation's copy beside the training, the trained model before the final evaluation)."""
@@ -136,14 +162,7 @@ def release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def waiting_group() -> dist.ProcessGroup | None:
-    """A gloo group of every process whose collectives wait up to a day (WAIT_FOR_MAIN): for waiting on the first
-    process while it works alone, longer than a collective of the training group may wait (NCCL: 10 minutes)."""
-    return _WAITING if dist.is_initialized() else None
-
-
 def teardown_runtime() -> None:
-    global _WAITING
-    _WAITING = None
     if dist.is_initialized():
+        leave_store_together()
         dist.destroy_process_group()
