@@ -115,3 +115,21 @@ def test_latest_skips_folders_a_killed_run_left_half_written_or_half_deleted(tmp
     checkpoints = Checkpoints(folder)
     assert [p.name for p in checkpoints.all()] == ["step_00000002", "step_00000004"]
     assert checkpoints.latest().name == "step_00000004"
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_log_lines_average_the_same_steps_as_the_straight_runs(shapes_world, tmp_path):
+    """train.log_every=4, checkpoints every 3, killed in step 5: the line of step 4 was lost with the kill, and the
+    resumed run logged step 4 (then 8) as the mean of the steps since its resume alone (step 4, not 1-4)."""
+    every = [*RUN, "train.log_every=4"]
+    run_meter(pretrain_args(shapes_world, tmp_path / "straight", *every))
+    out = tmp_path / "run"
+    args = pretrain_args(shapes_world, out, *every)
+    done = subprocess.run([sys.executable, "-c", KILLER, "backward", "10", *args], env=environment(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    run_meter([*args, "--resume", "latest"])
+    logged, relogged = read_metrics(tmp_path / "straight/metrics.jsonl"), read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in logged] == [r["step"] for r in relogged] == [4, 8]
+    for key in ("train/mlm_loss", "train/itm_loss", "train/mim_loss", "train/grad_norm"):
+        assert [r[key] for r in relogged] == pytest.approx([r[key] for r in logged], rel=1e-6), key

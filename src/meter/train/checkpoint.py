@@ -79,6 +79,9 @@ class Progress:
     # each process's batches_seen (a batch of only unreadable samples makes one process draw one more than another)
     batches_per_process: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the steps since the last log line, summed over processes (loop.Window.state): the first log line after a resume
+    # averages them too, as the run that was not stopped did
+    log_window: dict[str, Any] = field(default_factory=dict)
     run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
 
 

@@ -173,6 +173,26 @@ class Window:
         self.steps += 1
         self.samples += samples
 
+    def state(self, runtime: Runtime) -> dict[str, Any]:
+        """The window's sums and step counts over all processes (a collective), for a checkpoint; {} when empty."""
+        keys = sorted(self.sums)
+        counts = torch.tensor([self.steps, self.skipped], dtype=torch.float32, device=runtime.device)
+        local_values = [self.sums[k].float().to(runtime.device) for k in keys]
+        totals = all_reduce(torch.cat([torch.stack(local_values) if keys else counts[:0], counts])).tolist()
+        steps, skipped = totals[len(keys) :]
+        return {"sums": dict(zip(keys, totals, strict=False)), "steps": steps, "skipped": skipped} if steps else {}
+
+    @classmethod
+    def resumed(cls, state: dict[str, Any], runtime: Runtime) -> Window:
+        """A window that goes on from a checkpoint's `state`: the totals on the first process, zeros on the others
+        (`reduce` sums over processes). Samples per second count from the resume."""
+        window = cls()
+        if state:
+            main = runtime.is_main
+            window.sums = {k: torch.tensor(v if main else 0.0, device=runtime.device) for k, v in state["sums"].items()}
+            window.steps, window.skipped = (int(state["steps"]), int(state["skipped"])) if main else (0, 0)
+        return window
+
     def reduce(self, runtime: Runtime) -> dict[str, float]:
         """Means over the window's steps and over processes; samples/s over all processes."""
         keys = sorted(self.sums)
@@ -287,7 +307,7 @@ def _fit_in(
         bar = tqdm(total=train.max_steps, initial=progress.step, desc=f"{cfg.task} {out.name}", unit="step",
                    disable=not (train.progress and runtime.is_main), dynamic_ncols=True)  # fmt: skip
         max_norm = train.clip_grad if train.clip_grad > 0 else math.inf  # inf: measure the norm, do not clip
-        window = Window()
+        window = Window.resumed(progress.log_window, runtime)
         task.train()
         try:
             for step in range(progress.step, last_step):
@@ -335,6 +355,7 @@ def _fit_in(
                 stopping = bool(verdict.stop_signal)  # the last step too: not on to a best_on or a final evaluation
                 hooked = hook is not None and hook.wants(progress.step)
                 if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping or hooked:
+                    progress.log_window = window.state(runtime)
                     saved = checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
                 if hook is not None and hooked and not stopping:  # stopping: the hook hears of it on resuming
                     hook(saved, progress.step)
