@@ -274,3 +274,20 @@ def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(sha
     shutil.rmtree(world)  # the model evaluated on another machine, its data elsewhere
     base = recorded_settings(argparse.Namespace(checkpoint=str(tmp_path / "blind/model"), task="vqa"))
     assert base.data.blind and base.data.root != str(world)
+
+
+def test_an_evaluation_folder_is_marked_as_its_own_whatever_the_clocks(micro_checkpoints, shapes_tasks_world, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """The files an evaluation wrote were told by their times against this machine's clock: on a file server whose
+    clock is behind (NFS: its times), nothing seemed written, the folder was left unmarked and evaluating into it
+    again was refused as "files meter evaluate did not write"."""
+    import time
+
+    ahead = time.time
+    monkeypatch.setattr(time, "time", lambda: ahead() + 5.0)  # this machine's clock 5 s ahead of the file server's
+    out = tmp_path / "eval"
+    args = ["evaluate", "vqa", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out),
+            f"data.root={shapes_tasks_world}", "train.progress=false"]  # fmt: skip
+    assert main(args) == 0
+    assert (out / ".meter-evaluation").is_file()
+    assert main(args) == 0

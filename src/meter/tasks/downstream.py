@@ -6,7 +6,6 @@ folder (writing its leaderboard files). `meter.tasks.catalog` imports the module
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +51,17 @@ EVALUATION_MARKER = ".meter-evaluation"
 def evaluate_into(downstream: Downstream, cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """`downstream.evaluate`, then the marker in `out` when the evaluation wrote anything there (one that failed
     before writing leaves no folder)."""
-    started = time.time()
+    before = _files(out)
     try:
         return downstream.evaluate(cfg, checkpoint, out)
-    finally:  # what it wrote: a run folder has files of its own before
-        if out.is_dir() and any(path.stat().st_mtime >= started - 1 for path in out.iterdir() if path.is_file()):
+    finally:  # what it wrote (a run folder has files of its own before): new or changed files, not a time compared
+        if out.is_dir() and _files(out).items() - before.items():  # with a file server's clock, which may be behind
             (out / EVALUATION_MARKER).touch()
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """The files of `folder` with what tells a rewritten one (inode, size, modification time in ns)."""
+    if not folder.is_dir():
+        return {}
+    stats = {path.name: path.stat() for path in folder.iterdir() if path.is_file()}
+    return {name: (stat.st_ino, stat.st_size, stat.st_mtime_ns) for name, stat in stats.items()}
