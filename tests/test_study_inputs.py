@@ -41,6 +41,19 @@ def test_a_changed_pretraining_refuses_the_fine_tunings_that_started_from_the_ol
         plan_study(study_from_dict(study), tmp_path / "out")
 
 
+def test_a_key_added_to_a_mapping_setting_refuses_the_runs_of_the_old_one(shapes_world, tmp_path):
+    """model.text.hf_kwargs gaining num_hidden_layers (a text encoder of another depth): the keys of a mapping were
+    compared one by one, and a key only one side had was taken for a setting an older meter lacked. The study reused
+    every cell and its table showed the old model's numbers under the new spec."""
+    study = micro_study(shapes_world)
+    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    text = next(o for o in study["base"]["overrides"] if o.startswith("model.text.hf_kwargs="))
+    deeper = text.rstrip("}") + ", max_position_embeddings: 64}"
+    study["base"]["overrides"] = [deeper if o == text else o for o in study["base"]["overrides"]]
+    with pytest.raises(ConfigError, match=r"pretrain \(model.text.hf_kwargs: .* -> .*max_position_embeddings"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
 def test_a_changed_held_out_fraction_refuses_the_runs_trained_on_the_old_split(shapes_world, tmp_path):
     """The held-out files keep their paths: 0.1 -> 0.3 rewrote them, and the runs trained without 9 of the images now
     held out were reused, scored on selection images they had trained on."""

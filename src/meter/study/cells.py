@@ -32,7 +32,6 @@ from meter.errors import ConfigError, DataError
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
-from meter.train.run_folder import flat_settings
 from meter.validate import validate
 
 PLAN = "plan.json"
@@ -407,9 +406,23 @@ def has_output(folder: Path) -> bool:
     return any(path.name != RUN for path in folder.iterdir()) if folder.is_dir() else False
 
 
+def settings_by_key(data: dict[str, Any], defaults: Any = None, prefix: str = "") -> dict[str, Any]:
+    """A config dict as {dotted key: value}, down to its settings: a mapping setting (timm_kwargs, hf_kwargs) is one
+    value, so that a key it gains or loses is a change of it, not a setting one record lacks."""
+    defaults = Config() if defaults is None else defaults
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        default = getattr(defaults, key, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            out.update(settings_by_key(value, default, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
     """A config's settings by dotted key, paths inside the study's folder written relative to it."""
-    flat = flat_settings(config)
+    flat = settings_by_key(config)
     for section, key in NOT_IDENTITY | NOT_RESULT:
         flat.pop(f"{section}.{key}", None)
     return {k: json.dumps(v, sort_keys=True, default=str).replace(out, "<study>") for k, v in flat.items()}
