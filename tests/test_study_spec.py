@@ -57,6 +57,15 @@ def test_a_variant_without_a_name_is_an_error(tmp_path):
         study_from_dict(micro_study(tmp_path, variants=[{"overrides": ["model.fusion=merged"]}]))
 
 
+@pytest.mark.parametrize("name", ["pretrain", "pretrain-2", "status.json"])
+def test_a_task_may_not_take_a_name_its_cell_keeps(tmp_path, name: str):
+    """A task named `pretrain` shared the pretraining's folder: its cell counted as done, and it never trained."""
+    study = micro_study(tmp_path)
+    study["base"]["tasks"] = {name: study["base"]["tasks"]["vqa"]}
+    with pytest.raises(ConfigError, match=rf"base.tasks.{name}: a cell's folder keeps '{name}' for its pretraining"):
+        study_from_dict(study)
+
+
 def test_a_variant_that_changes_nothing_is_an_error(tmp_path):
     """`variants: [merged]` (a name alone) was a row identical to the base, sharing its pretraining."""
     with pytest.raises(ConfigError, match=r"variants\[0\] \('merged'\) changes nothing from the base"):

@@ -30,12 +30,12 @@ from typing import Any
 from meter.config import Config, load_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.study.holdout import Holdout, vqa_holdout
-from meter.study.spec import Change, Row, StudySpec, slug, study_rows, world_spec
+from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
 from meter.validate import validate
 
 PLAN = "plan.json"
-CELL = "cell.json"
+CELL = CELL_RECORD
 RUN = "study_run.json"  # in each run folder: the config it was planned with and the command that reproduces it
 SHARED_PRETRAINING = "pretraining.json"
 # settings that do not change what a run computes (left out of its identity)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from meter.study.cells import RunPlan
+from meter.study.spec import CELL_LOG, CELL_STATUS
 
 RESULT = "result.json"
-STATUS = "status.json"
-WORKER_LOG = "worker.log"
+STATUS = CELL_STATUS
+WORKER_LOG = CELL_LOG
 HEARTBEAT_S = 30.0
 STALE_S = 5 * HEARTBEAT_S  # a running status without a heartbeat for this long (another host): interrupted
 

@@ -32,6 +32,9 @@ from meter.config import from_dict
 from meter.data.shapes import WorldSpec
 from meter.errors import ConfigError
 
+# a cell folder's own files: its plan, its status, its worker's log (no task may take their names)
+CELL_RECORD, CELL_STATUS, CELL_LOG = "cell.json", "status.json", "worker.log"
+
 PROTOCOLS = {
     "vlp": "with VLP: pretrained on image-text pairs, then each task fine-tuned from that pretraining",
     "no-vlp": "without VLP: each task fine-tuned straight from the encoders' own weights (fusion and heads random)",
@@ -252,6 +255,10 @@ def check_study(spec: StudySpec) -> None:
         key = f"base.tasks.{name}"
         if slug(name) != name:
             raise ConfigError(f"{key}: a task's name is a folder name; use lower case, digits, - . _ ({slug(name)!r})")
+        kept = ("pretrain", CELL_RECORD, CELL_STATUS, CELL_LOG)
+        if name in kept or name.startswith("pretrain-"):
+            raise ConfigError(f"{key}: a cell's folder keeps {name!r} for its pretraining or its records "
+                              f"({', '.join(kept)}, pretrain-*); name the task otherwise")  # fmt: skip
         if not task.recipe:
             raise ConfigError(f"{key}.recipe is empty; name the task's fine-tuning recipe")
         if task.steps < 0:
