@@ -103,9 +103,13 @@ def test_a_bad_override_in_a_variant_names_the_run_and_the_key(tmp_path):
         plan_study(study, tmp_path / "out", prepare=False)
 
 
-def test_selecting_on_the_reported_split_is_refused(tmp_path):
+@pytest.mark.parametrize("select", [["vqa.eval_split=val2014"], ["vqa.metric=official-2017"],
+                                    ["vqa.eval_split=val2014", "vqa.min_answer_count=2"]])  # fmt: skip
+def test_selecting_on_the_reported_split_is_refused(tmp_path, select):
+    """The recipe's own split, alone or with another setting of the section beside (that let it through: the whole
+    section was compared)."""
     study = micro_study(tmp_path, search={"train.lr": [2e-4]})
-    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=val2014"]}  # the recipe's own split
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": select}
     with pytest.raises(ConfigError, match="its selection evaluates the same vqa split the table reports"):
         plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
 

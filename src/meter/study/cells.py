@@ -361,7 +361,9 @@ class Planner:
     def _check_selection(cfg: Config, recipe: Path, overrides: list[str], where: str) -> None:
         chosen = _resolved(recipe, overrides, f"{where} selection")
         section = cfg.task
-        if getattr(chosen, section) == getattr(cfg, section):
+        reported = (cfg.data.root, getattr(getattr(cfg, section), "eval_split", None))
+        # the split, not the whole section: another shortlist or a subset of the same split is still selecting on it
+        if (chosen.data.root, getattr(getattr(chosen, section), "eval_split", None)) == reported:
             raise ConfigError(
                 f"{where}: its selection evaluates the same {section} split the table reports; select on another "
                 f"(select.overrides such as {section}.eval_split=..., or select.holdout for VQA)"
