@@ -66,6 +66,27 @@ def test_a_task_may_not_take_a_name_its_cell_keeps(tmp_path, name: str):
         study_from_dict(study)
 
 
+@pytest.mark.parametrize(("where", "setting", "message"), [
+    ("variant", "train.max_steps=8", r"variant 'long' pretrain: train.max_steps is set by base.pretrain.steps"),
+    ("search", "train.max_steps", r"search.train.max_steps: train.max_steps is set by base.tasks.vqa.steps"),
+    ("search", "train.seed", r"search.train.seed: train.seed is set by the study \(seeds\)"),
+    ("task", "train.init_from=/elsewhere", r"base.tasks.vqa.overrides: train.init_from is set by the study"),
+])  # fmt: skip
+def test_a_setting_the_study_sets_over_it_is_refused_where_it_is_given(tmp_path, where, setting, message):
+    """The study's steps and seed came last: a variant of 8 pretraining steps shared the base's 2-step pretraining,
+    and a search over train.max_steps or train.seed planned no points, each under its own name."""
+    study = micro_study(tmp_path)
+    if where == "variant":
+        study["variants"] = [{"name": "long", "pretrain": [setting]}]
+    elif where == "search":
+        study["search"] = {setting: [1, 2]}
+        study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.2}
+    else:
+        study["base"]["tasks"]["vqa"]["overrides"] = [setting]
+    with pytest.raises(ConfigError, match=message):
+        study_from_dict(study)
+
+
 def test_a_variant_that_changes_nothing_is_an_error(tmp_path):
     """`variants: [merged]` (a name alone) was a row identical to the base, sharing its pretraining."""
     with pytest.raises(ConfigError, match=r"variants\[0\] \('merged'\) changes nothing from the base"):

@@ -172,7 +172,7 @@ def test_evaluate_writes_beside_a_runs_checkpoint_not_into_it(micro_checkpoints,
 
 def test_a_study_whose_first_planning_failed_after_writing_its_world_runs_again_in_its_folder(tmp_path: Path):
     study = micro_study(tmp_path, data={"shapes": {"images": 8, "seed": 0}}, search={"train.lr": [1e-4]})
-    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["train.seed=5"]}  # selects on the reported split
+    study["base"]["tasks"]["vqa"]["select"] = {"overrides": ["vqa.eval_split=val2014"]}  # selects on the reported split
     out = tmp_path / "out"
     with pytest.raises(Exception, match="select"):  # refused once the world is written
         run_study(study_from_dict(study), out)

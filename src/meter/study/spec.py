@@ -220,10 +220,24 @@ def _check_zero_shot(spec: StudySpec, task: TaskSpec, key: str) -> None:
                           "as it is)")  # fmt: skip
 
 
-def _check_overrides(overrides: list[str], key: str) -> None:
+# settings the study sets for every run, after its overrides: one given there would be silently overruled
+STUDY_SETS = {"train.seed": "seeds", "train.out": "the cell's folder", "train.init_from": "the cell's pretraining"}
+
+
+def _check_overrides(overrides: list[str], key: str, steps: str = "") -> None:
+    """`steps`: the study setting that sets train.max_steps for these runs ("" where none does)."""
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"{key}: {override!r} must look like key.sub=value (e.g. model.text=roberta)")
+        _check_setting(override.split("=", 1)[0].strip(), key, steps)
+
+
+def _check_setting(setting: str, key: str, steps: str) -> None:
+    if setting in STUDY_SETS:
+        raise ConfigError(f"{key}: {setting} is set by the study ({STUDY_SETS[setting]}), over any value given here")
+    if setting == "train.max_steps" and steps:
+        raise ConfigError(f"{key}: train.max_steps is set by {steps}, over any value given here; change {steps} (0 "
+                          "takes each recipe's train.max_steps)")  # fmt: skip
 
 
 def check_study(spec: StudySpec) -> None:
@@ -246,9 +260,11 @@ def check_study(spec: StudySpec) -> None:
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"seeds = {spec.seeds} must be a non-empty list of distinct integers")
     check_slurm(spec.slurm)
-    _check_overrides(spec.base.overrides, "base.overrides")
-    _check_overrides(spec.base.finetune, "base.finetune")
-    _check_overrides(spec.base.pretrain.overrides, "base.pretrain.overrides")
+    pretrain_steps = "base.pretrain.steps" if spec.base.pretrain.steps else ""
+    task_steps = next((f"base.tasks.{name}.steps" for name, task in spec.base.tasks.items() if task.steps), "")
+    _check_overrides(spec.base.overrides, "base.overrides", pretrain_steps or task_steps)
+    _check_overrides(spec.base.finetune, "base.finetune", task_steps)
+    _check_overrides(spec.base.pretrain.overrides, "base.pretrain.overrides", pretrain_steps)
     if spec.base.pretrain.steps < 0:
         raise ConfigError(f"base.pretrain.steps = {spec.base.pretrain.steps} must be at least 0 (0: the recipe's)")
     for name, task in spec.base.tasks.items():
@@ -263,7 +279,7 @@ def check_study(spec: StudySpec) -> None:
             raise ConfigError(f"{key}.recipe is empty; name the task's fine-tuning recipe")
         if task.steps < 0:
             raise ConfigError(f"{key}.steps = {task.steps} must be at least 0 (0: the recipe's train.max_steps)")
-        _check_overrides(task.overrides, f"{key}.overrides")
+        _check_overrides(task.overrides, f"{key}.overrides", f"{key}.steps" if task.steps else "")
         _check_overrides(task.select.overrides, f"{key}.select.overrides")
         if not 0 <= task.select.holdout < 1:
             raise ConfigError(f"{key}.select.holdout = {task.select.holdout} must be in [0, 1)")
@@ -281,6 +297,7 @@ def check_study(spec: StudySpec) -> None:
     for key, values in spec.search.items():
         if "=" in key or not values:
             raise ConfigError(f"search.{key} must map a setting (e.g. train.lr) to a non-empty list of values")
+        _check_setting(key, f"search.{key}", task_steps)
     rows = study_rows(spec)
     seen: dict[str, str] = {}
     for row in rows:
@@ -288,8 +305,9 @@ def check_study(spec: StudySpec) -> None:
             raise ConfigError(f"variants {seen[row.slug]!r} and {row.name!r} have the same folder name {row.slug!r}")
         seen[row.slug] = row.name
         for change in row.changes:
+            steps = {"overrides": pretrain_steps or task_steps, "pretrain": pretrain_steps, "finetune": task_steps}
             for part in ("overrides", "pretrain", "finetune"):
-                _check_overrides(getattr(change, part), f"variant {row.name!r} {part}")
+                _check_overrides(getattr(change, part), f"variant {row.name!r} {part}", steps[part])
 
 
 def study_rows(spec: StudySpec) -> list[Row]:
