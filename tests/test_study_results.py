@@ -47,7 +47,26 @@ def test_the_tuned_table_picks_each_rows_point_by_the_selection_split(searched_p
     uniform = {row.name: row for row in tables["uniform"].rows}
     assert uniform["co-attention"].stats["vqa overall"].values == [80.0, 81.0]
     selection = {row.name: row for row in tables["selection"].rows}
-    assert selection["co-attention"].stats["vqa overall @ lr=0.0003"].mean == 60.5
+    assert selection["co-attention"].stats["vqa selection @ lr=0.0003"].mean == 60.5
+
+
+def test_retrieval_points_are_chosen_by_both_recalls_as_its_best_checkpoint_is(shapes_tasks_world, tmp_path):
+    """The tuned table chose by the first column (IR@1) alone: points tied on IR@1 were not told apart by TR@1, and
+    reordering `metrics:` changed the pick. It now chooses by IR@1 + TR@1, as train.best_on does."""
+    study = micro_study(shapes_tasks_world, variants=[], search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"] = {"f30k": {"recipe": "shapes-retrieval.yaml", "steps": 2,
+                                       "select": {"overrides": ["retrieval.eval_split=val"]}}}  # fmt: skip
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    for cell in plan.cells:
+        for run in cell.runs:
+            if run.kind == "finetune":
+                text = 40.0 if run.point else 20.0  # the same IR@1, a better TR@1 at lr=3e-4
+                select = {"t2i_r1": 20.0, "i2t_r1": text}
+                record = {"metrics": {"t2i_r1": 10.0, "i2t_r1": 10.0}, "select": select, "select_overrides": run.select}
+                Path(run.folder, "result.json").write_text(json.dumps(record))
+    tables = {t.kind: t for t in build_tables(plan)}
+    assert tables["tuned"].rows[0].chosen == {"f30k": "lr=0.0003"}
+    assert tables["selection"].rows[0].stats["f30k selection @ lr=0.0003"].mean == 60.0
 
 
 def test_points_are_compared_over_the_seeds_all_of_them_finished(searched_plan):
@@ -61,7 +80,7 @@ def test_points_are_compared_over_the_seeds_all_of_them_finished(searched_plan):
     tables = {t.kind: t for t in build_tables(searched_plan)}
     assert all(row.chosen == {"vqa": "recipe"} for row in tables["tuned"].rows)
     selection = tables["selection"].rows[0].stats
-    assert (selection["vqa overall @ recipe"].n, selection["vqa overall @ lr=0.0003"].n) == (2, 1), "shown as found"
+    assert (selection["vqa selection @ recipe"].n, selection["vqa selection @ lr=0.0003"].n) == (2, 1), "shown as found"
 
 
 def test_entries_are_mean_sample_std_and_count_with_the_difference_from_the_base(searched_plan):

@@ -4,7 +4,9 @@ best of each column marked (every metric here is higher-is-better).
 
 The uniform table runs every row with the recipe's settings, as the paper does. With a search, the tuned table runs
 every row at its own best: for each row and task, the search point (the recipe's settings among them) whose mean
-score on the selection split, over seeds, is highest; the table then shows that point's scores on the reported split.
+selection score on the selection split, over seeds, is highest (the task's own, as train.best_on's: VQA score,
+accuracy, IR@1 + TR@1, CIDEr; not the first column, which for retrieval was IR@1 alone); the table then shows that
+point's scores on the reported split.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from meter.errors import ConfigError
 from meter.study.cells import CellPlan, RunPlan, StudyPlan
 from meter.study.records import run_result
 from meter.study.spec import PROTOCOLS
+from meter.tasks.downstream import DOWNSTREAM
 
 RECIPE = "recipe"  # the name shown for the search point that is the recipe's own settings
 MAX_LISTED = 20  # score keys a message lists (VQA has one per question type)
@@ -131,9 +134,21 @@ def _runs(cell: CellPlan, task: str) -> dict[str, RunPlan]:
     return {run.point: run for run in cell.runs if run.task == task}
 
 
+SELECTION = "selection"  # a column of the selection score: the number a run's best checkpoint is chosen by
+
+
+def selection_value(kind: str, scores: dict[str, Any]) -> float | None:
+    """The task kind's selection score (train.best_on's: VQA score, accuracy, IR@1 + TR@1, CIDEr) of `scores`."""
+    try:
+        return float(DOWNSTREAM.get(kind, key="task").selection_score(scores))
+    except (KeyError, TypeError, ValueError, ConfigError):  # not scored (yet), or not a task with one
+        return None
+
+
 def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> dict[str, tuple[float, int]]:
     """Each cell's (seed's) finite value of `metric` in its result's `part` (metrics, select), and the number of
-    samples whose image its evaluation could not read (within data.max_bad_samples)."""
+    samples whose image its evaluation could not read (within data.max_bad_samples). `metric` SELECTION: the
+    task's selection score."""
     values = {}
     for cell in cells:
         run = _runs(cell, task).get(point)
@@ -141,7 +156,7 @@ def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: st
         if result and part == "select" and result.get("select_overrides") != run.select:  # scored on another split
             result = None  # (a study whose selection changed, its re-evaluation not yet done): not this table's
         scores = (result.get(part) or {}) if result else {}
-        value = metric_value(scores, metric)
+        value = selection_value(run.task_kind, scores) if metric == SELECTION and run else metric_value(scores, metric)
         if value is not None and math.isfinite(value):
             skipped = scores.get("skipped", 0)
             values[cell.name] = (value, skipped if isinstance(skipped, int) else 0)
@@ -181,8 +196,7 @@ def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | Non
     """The point with the best mean selection score (ties: the earlier, the recipe's first), and every point's. The
     points are compared over the seeds every one of them finished (a point whose second seed failed is not ranked
     by its first seed alone against the others' two); without such a seed, over each point's own."""
-    primary = plan.tasks[task].metrics[0]
-    found = {p: _by_cell(cells, task, p, primary, "select") for p in candidate_points(plan, cells, task)}
+    found = {p: _by_cell(cells, task, p, SELECTION, "select") for p in candidate_points(plan, cells, task)}
     scores = {point: _stat(values) for point, values in found.items()}
     shared = set.intersection(*(set(values) for values in found.values() if values)) if any(found.values()) else set()
     ranked = [(statistics.fmean(values[cell][0] for cell in shared or values), -index, point)
@@ -234,8 +248,8 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                         tuned_row.stats[c.label] = _column_stat(cells, task, point, c.metric, "metrics") \
                             if point is not None else None  # fmt: skip
                 for candidate, stat in scores.items():
-                    primary, at = plan.tasks[task].metrics[0], point_label(candidate)
-                    column = Column(task, f"{primary} @ {at}", f"{primary.rsplit('.', 1)[-1]} @ {at}")
+                    at = point_label(candidate)
+                    column = Column(task, f"{SELECTION} @ {at}", f"{SELECTION} @ {at}")
                     if column.label not in [s.label for s in select_cols]:
                         select_cols.append(column)
                     select_row.stats[column.label] = stat
