@@ -179,6 +179,20 @@ def test_a_failing_cell_is_recorded_with_its_error_and_the_study_goes_on(shapes_
     assert "`vlp/broken/seed-0`: failed (pretrain: " in (out / "report.md").read_text()
 
 
+def test_a_cell_that_waits_for_a_failed_shared_pretraining_shows_as_failed_not_as_not_started(shapes_world,
+                                                                                              tmp_path):  # fmt: skip
+    """A row that changes only its fine-tuning shares the base's pretraining: when that failed, `meter study run`
+    said the row was not run, and `status` and the report showed it "not started", waiting for nothing."""
+    missing = tmp_path / "no-such-weights.safetensors"
+    study = micro_study(shapes_world, variants=[{"name": "fast", "finetune": ["train.lr=1e-3"]}])
+    study["base"]["pretrain"]["overrides"] = [f"model.vision.weights={missing}"]
+    out = tmp_path / "out"
+    outcome = run_study(study_from_dict(study), out)
+    assert set(outcome.failed) == {"vlp/co-attention/seed-0", "vlp/fast/seed-0"}
+    state = {s.name: s for s in study_states(out)}["vlp/fast/seed-0"]
+    assert (state.state, state.detail) == ("failed", "not run: the pretraining of vlp/co-attention/seed-0 failed")
+
+
 def test_the_tuned_table_selects_each_rows_learning_rate_on_the_held_out_split(shapes_world, tmp_path):
     study = micro_study(shapes_world, seeds=[0, 1], search={"train.lr": [1.0e-3]})
     study["base"]["tasks"]["vqa"]["steps"] = 4

@@ -67,7 +67,19 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
     if status.get("state") == "failed" or errors:
         detail = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in errors.items())
         return CellState(cell.name, "failed", done, len(own), detail, _scores(plan, cell))
+    blocked = _blocked_by(plan, cell)
+    if blocked:  # it cannot start until its shared pretraining runs again: what the study run said, it says too
+        return CellState(cell.name, "failed", done, len(own), f"not run: the pretraining of {blocked} failed", "")
     return CellState(cell.name, "not started", done, len(own), "", _scores(plan, cell))
+
+
+def _blocked_by(plan: StudyPlan, cell: CellPlan) -> str:
+    """The cell whose pretraining this one shares and waits for, when that cell failed ("" if none did)."""
+    if not any(run.kind == "pretrain" and run.owner != cell.name and not run_done(run) for run in cell.runs):
+        return ""
+    cells = {other.name: other for other in plan.cells}
+    owners = [cells[name] for name in cell.depends_on if name in cells and name != cell.name]
+    return next((owner.name for owner in owners if cell_state(plan, owner).state == "failed"), "")
 
 
 def study_states(out: str | Path) -> list[CellState]:
