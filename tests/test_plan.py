@@ -116,6 +116,19 @@ def test_a_plan_from_an_encoder_only_checkpoint_adds_the_captioning_decoder(
     assert any("has no decoder" in note for note in plan.notes)
 
 
+def test_official_retrieval_is_planned_with_its_itm_head_and_its_candidate_texts(shapes_tasks_world: Path):
+    """retrieval.objective=official was planned as the meter objective: without its ITM head (257 of 771 head
+    parameters), and with one text a sample instead of 1 + retrieval.negative_texts."""
+    overrides = [f"data.root={shapes_tasks_world}", "retrieval.objective=official", "retrieval.negative_texts=7"]
+    cfg = load_config(CONFIGS / "shapes-retrieval.yaml", overrides)
+    plan = make_plan(cfg)
+    task = _real_task(load_config(CONFIGS / "shapes-retrieval.yaml", overrides))
+    assert {k: v for k, v in plan.parameters.items() if k != "task-only"} == parameter_counts(task.model)
+    assert [h["name"] for h in plan.heads] == list(task.model.heads)
+    ours = make_plan(load_config(CONFIGS / "shapes-retrieval.yaml", overrides[:1])).memory.activations
+    assert plan.memory.activations["text"] == 8 * ours["text"]
+
+
 def test_unknown_sizes_are_said_to_be_unknown_not_guessed(tmp_path: Path, capsys):
     code, out, err = _plan(capsys, "--config", str(CONFIGS / "shapes-vqa.yaml"), f"data.root={tmp_path}")
     assert code == 0, err

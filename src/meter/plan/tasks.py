@@ -22,6 +22,7 @@ from meter.plan.memory import Forward
 from meter.runs import PRETRAIN_SPLITS
 from meter.tasks import nlvr2, retrieval, snli_ve
 from meter.tasks.build import read_karpathy_splits
+from meter.tasks.rank_head import ITM
 from meter.tasks.vqa import UNANNOTATED_PREFIX, config_vocabulary, read_vqa_split, vocabulary_splits
 
 UNKNOWN = "unknown until the data is read"
@@ -198,9 +199,22 @@ def _karpathy_read(section: str) -> Callable[[Config], DataFacts]:
     return read
 
 
+def _retrieval_heads(cfg: Config, vocabulary: int, data: DataFacts) -> list[Head]:
+    heads = [Head(retrieval.HEAD, 1, "one matching score per image-text pair")]
+    if cfg.retrieval.objective == "official" and cfg.retrieval.itm > 0:  # retrieval_official.official_heads
+        heads.append(Head(ITM, 2, "image-text match / mismatch, trained beside the ranking (retrieval.itm)"))
+    return heads
+
+
 def _retrieval_forward(cfg: Config, vocabulary: int) -> Forward:
-    """RetrievalTask.forward: each pair's positive and `negatives` hard negatives in each direction are fused."""
-    text = cfg.model.text.max_length
+    """RetrievalTask.forward: each pair's positive and `negatives` hard negatives in each direction are fused. The
+    official objective (OfficialRetrievalTask.forward): each image with its caption and `negative_texts` others,
+    every one encoded and fused, and with ITM one more fused pair per image."""
+    text, settings = cfg.model.text.max_length, cfg.retrieval
+    if settings.objective == "official":
+        candidates = 1 + settings.negative_texts
+        fusions = [(candidates, text, True)] + ([(1, text, True)] if settings.itm > 0 else [])
+        return Forward(images=1, texts=[text] * candidates, fusions=fusions)
     negatives = min(cfg.retrieval.negatives, cfg.train.batch_size - 1)
     fusions = [(1 + 2 * negatives, text, True)] if negatives > 0 else []
     return Forward(images=1, texts=[text], fusions=fusions)
@@ -241,7 +255,7 @@ TASK_PLANS: dict[str, TaskPlan] = {
     "retrieval": TaskPlan(
         _karpathy_files("retrieval"),
         _karpathy_read("retrieval"),
-        _fixed_heads(retrieval.HEAD, 1, "one matching score per image-text pair"),
+        _retrieval_heads,
         _retrieval_forward,
     ),
     "captioning": TaskPlan(
