@@ -68,14 +68,14 @@ def test_nlvr2_judges_the_pair(micro_checkpoints, shapes_tasks_world: Path):
     assert body["probabilities"] == pytest.approx(expected["probabilities"], abs=2e-4)
 
 
-@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("beam", [1, 3, 16])  # 16: a model's own beam above 8 was refused, as was every request
 def test_caption_is_written_greedy_or_by_beam_search(micro_checkpoints, shapes_tasks_world: Path, beam: int):
     model, image = micro_checkpoints("captioning"), shapes_tasks_world / IMAGE
     with serving(model) as url:
         body = post(url, "caption", upload(image), {"beam": str(beam)})
         refused = httpx.post(f"{url}/api/caption", files=upload(image), data={"beam": "0"}, timeout=60)
     assert body["caption"] == Predictor(model, "cpu").caption(image, beam) and body["beam"] == beam
-    assert refused.status_code == 422 and refused.json()["error"] == "beam 0 must be from 1 (greedy) to 8"
+    assert refused.status_code == 422 and refused.json()["error"] == "beam 0 must be from 1 (greedy) to 32"
 
 
 def test_explain_requests_batched_together_each_get_their_own_number_of_answers(micro_checkpoints, shapes_tasks_world):

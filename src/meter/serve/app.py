@@ -33,6 +33,7 @@ from meter.serve.batcher import MicroBatcher
 from meter.serve.body_limit import BodyLimit
 from meter.serve.service import ModelService
 from meter.serve.uploads import ServeError, check_text, read_image
+from meter.setting_ranges import MAX_BEAM
 
 log = logging.getLogger(__name__)
 PAGE = resources.files("meter.serve") / "page"
@@ -225,8 +226,8 @@ def create_app(service: ModelService) -> FastAPI:
         service.require("caption")
         if beam is None:  # the beam the model's own evaluation used
             beam = service.predictor.description.config.captioning.beam_size
-        if not 1 <= beam <= 8:
-            raise ServeError(422, f"beam {beam} must be from 1 (greedy) to 8")
+        if not 1 <= beam <= MAX_BEAM:  # as meter predict and captioning.beam_size: a model's own beam is served
+            raise ServeError(422, f"beam {beam} must be from 1 (greedy) to {MAX_BEAM}")
         done = await service.submit(("caption", beam), await image_of(image, "image"))
         return service.answer(done, started, [], caption=done.result, beam=beam)
 
