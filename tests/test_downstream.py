@@ -205,6 +205,23 @@ def test_captioning_without_a_decoder_or_init_is_refused(micro_config):
         run_finetune(cfg)
 
 
+def test_a_caption_longer_than_the_decoder_can_write_is_refused_before_training_and_evaluating(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """captioning.max_length above model.decoder.max_length was cut to the decoder's positions without a word."""
+    cfg = load_config(None, ["task=captioning", f"data.root={shapes_tasks_world}", "model.architecture=encoder-decoder",
+                             "model.decoder.max_length=24", "captioning.max_length=30", f"train.out={tmp_path / 'run'}",
+                             *MICRO])  # fmt: skip
+    message = r"captioning.max_length = 30 is more than the decoder's 24 positions \(model.decoder.max_length\)"
+    with pytest.raises(ConfigError, match=message):
+        run_finetune(cfg)
+    assert not (tmp_path / "run/checkpoints").exists()
+    positions = load_model_folder(micro_checkpoints("captioning"))[2].config.model.decoder.max_length
+    cfg.captioning.max_length = positions + 1
+    with pytest.raises(ConfigError, match=f"is more than the decoder's {positions} positions"):
+        evaluate_run(cfg, micro_checkpoints("captioning"), tmp_path / "eval")
+
+
 def test_an_nlvr2_split_labelled_in_part_is_refused_and_one_without_labels_writes_only_its_file(
     micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
 ):

@@ -70,7 +70,10 @@ OUT_OF_RANGE = [
 BAD_RELATIONS = [
     (["model.fusion.heads=3"], "model.fusion.heads = 3 must divide the fusion width model.fusion.width = 128"),
     (["model.architecture=encoder-decoder", "model.decoder.heads=3"], "model.decoder.heads = 3 must divide"),
-    (["task=captioning", "model.decoder.heads=3"], "model.decoder.heads = 3 must divide"),  # captioning adds one
+    (
+        ["task=captioning", "train.init_from=pretrained", "model.decoder.heads=3"],
+        "model.decoder.heads = 3 must divide",
+    ),  # captioning adds one to a folder without
     (["model.fusion.mlp_ratio=0.001"], "model.fusion.mlp_ratio = 0.001 gives a feed-forward layer of 0 units"),
     (["model.vision.image_size=7"], "model.vision.image_size = 7 must be a multiple of 8"),  # under one patch
     (["model.vision.image_size=70"], "model.vision.image_size = 70 must be a multiple of 8"),  # 6 px cut off
@@ -85,6 +88,17 @@ BAD_RELATIONS = [
     (["task=vqa", "vqa.train_splits=[]"], "vqa.train_splits is empty"),
     (["task=vqa", "vqa.metric=official-2019"], "vqa.metric = 'official-2019'"),
     (["task=captioning", "captioning.tokenizer=nltk"], "captioning.tokenizer = 'nltk'; choose one of: python, ptb"),
+    # settings nothing of this run reads (they were accepted, and config.yaml recorded a loss that never ran)
+    (["task=vqa", "objectives.mim=1"], "objectives.mim = 1.0 is a pretraining setting; task = 'vqa' trains its own"),
+    (
+        ["task=retrieval", "retrieval.objective=official", "retrieval.negatives=7"],
+        "retrieval.negatives = 7 is read by retrieval.objective = meter; this run's is official",
+    ),
+    (
+        ["task=retrieval", "retrieval.negative_texts=30"],
+        "retrieval.negative_texts = 30 is read by retrieval.objective = official",
+    ),
+    (["task=captioning"], "captioning needs a decoder: set model.architecture=encoder-decoder"),  # as its run says
     (["model.text.size=huge"], "model.text.size = 'huge' is not a size of bert"),
     (["model.image_pool=max"], "model.image_pool = 'max'; choose one of: first, mean"),
     (["train.compile_mode=fast"], "train.compile_mode = 'fast'; choose one of: default, reduce-overhead, max-autotune"),
@@ -147,6 +161,12 @@ def test_a_bad_setting_is_refused_naming_the_key_and_what_is_allowed(overrides: 
     with pytest.raises(ConfigError, match=re.escape(message)) as raised:
         validate(load_config(None, overrides))
     assert "\n" not in str(raised.value)
+
+
+def test_official_retrieval_reads_the_itm_group_size_of_its_itm_loss():
+    validate(load_config(None, ["task=retrieval", "retrieval.objective=official", "objectives.itm_group_size=8"]))
+    with pytest.raises(ConfigError, match="objectives.itm_group_size = 8 is a pretraining setting"):
+        validate(load_config(None, ["task=retrieval", "objectives.itm_group_size=8"]))
 
 
 def test_every_numeric_setting_has_a_range():

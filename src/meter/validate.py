@@ -4,11 +4,12 @@ settings (validate_model.py for the model's), and settings that state an intent 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import string
 
-from meter.config import AugmentConfig, Config
+from meter.config import AugmentConfig, Config, ObjectivesConfig, RetrievalConfig
 from meter.data.augment import AUGMENTATIONS
 from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError
@@ -162,7 +163,34 @@ def _check_caption_tokenizer(cfg: Config) -> None:
         )
 
 
+def _check_unread(cfg: Config) -> None:
+    """Settings of an objective this run does not train: refused, naming what reads them (they were accepted, and
+    the run's config.yaml recorded a loss that never ran). A pretraining objective switched off keeps its other
+    settings: a study's row turns off an objective of a recipe that sets them."""
+    objectives, plain = cfg.objectives, ObjectivesConfig()
+    if cfg.task != "pretrain":
+        official_itm = cfg.task == "retrieval" and cfg.retrieval.objective == "official" and cfg.retrieval.itm > 0
+        unread = [field.name for field in dataclasses.fields(ObjectivesConfig)
+                  if getattr(objectives, field.name) != getattr(plain, field.name)
+                  and not (official_itm and field.name == "itm_group_size")]  # fmt: skip
+        if unread:
+            raise ConfigError(f"objectives.{unread[0]} = {getattr(objectives, unread[0])!r} is a pretraining setting; "
+                              f"task = {cfg.task!r} trains its own loss and never reads it: remove it")  # fmt: skip
+    if cfg.task == "retrieval":
+        settings, defaults = cfg.retrieval, RetrievalConfig()
+        for key, objective in RETRIEVAL_KEYS.items():
+            if objective != settings.objective and getattr(settings, key) != getattr(defaults, key):
+                raise ConfigError(f"retrieval.{key} = {getattr(settings, key)!r} is read by retrieval.objective = "
+                                  f"{objective}; this run's is {settings.objective}: remove it")  # fmt: skip
+
+
+# retrieval settings read by one retrieval.objective alone
+RETRIEVAL_KEYS = {"negatives": "meter", "itc": "meter", "temperature": "meter", "negative_texts": "official",
+                  "itm": "official"}  # fmt: skip
+
+
 def _check_task(cfg: Config) -> None:
+    _check_unread(cfg)
     for objective in DECODER_OBJECTIVES:
         if getattr(cfg.objectives, objective) > 0 and cfg.model.architecture != "encoder-decoder":
             raise ConfigError(
@@ -197,6 +225,8 @@ def _check_task(cfg: Config) -> None:
             )
     elif cfg.task == "captioning":
         _check_caption_tokenizer(cfg)
+        if cfg.model.architecture != "encoder-decoder" and not cfg.train.init_from:  # as the run refuses it
+            raise ConfigError("captioning needs a decoder: set model.architecture=encoder-decoder (or train.init_from)")
 
 
 def _check_ignored(cfg: Config) -> None:

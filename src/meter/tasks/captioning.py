@@ -97,6 +97,7 @@ def setup_captioning(cfg: Config) -> Finetuning:
     records = read_karpathy_splits(cfg, "captioning", cfg.captioning.train_splits)
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {}, with_decoder=True)
+    check_caption_length(cfg.captioning, model)  # before training, not at its evaluation
     dataset = CaptionPairs(records, image_reader(cfg, model))
     log.info("captioning: %d training captions of %d images", len(dataset), len(records))
     task = CaptioningTask(model, tokenizer, cfg)
@@ -104,6 +105,14 @@ def setup_captioning(cfg: Config) -> Finetuning:
     # cut at model.text.max_length, a long caption taught the decoder to stop mid-sentence
     collate = Collate(tokenizer, max(cfg.model.text.max_length, model.decoder.max_length + 1))
     return Finetuning(task, dataset, collate, tokenizer)
+
+
+def check_caption_length(settings: CaptioningConfig, model: Meter) -> None:
+    """A caption longer than the decoder has positions for cannot be written: refused, not cut short unsaid."""
+    positions = model.decoder.max_length if model.decoder is not None else 0
+    if positions and settings.max_length > positions:
+        raise ConfigError(f"captioning.max_length = {settings.max_length} is more than the decoder's {positions} "
+                          "positions (model.decoder.max_length): lower it, or 0 for as many as there are")  # fmt: skip
 
 
 @torch.no_grad()
@@ -163,6 +172,7 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     if loaded.model.decoder is None:
         raise ConfigError(f"{checkpoint}: the model has no decoder to write captions with; fine-tune it with "
                           "task=captioning")  # fmt: skip
+    check_caption_length(settings, loaded.model)
     records = read_karpathy_splits(cfg, "captioning", [settings.eval_split])
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
