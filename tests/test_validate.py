@@ -99,6 +99,15 @@ BAD_RELATIONS = [
         "retrieval.negative_texts = 30 is read by retrieval.objective = official",
     ),
     (["task=captioning"], "captioning needs a decoder: set model.architecture=encoder-decoder"),  # as its run says
+    (
+        ["model.text=embedding-only", "model.text.hf_kwargs={num_hidden_layers: 4}"],
+        "model.text.hf_kwargs.num_hidden_layers = 4: embedding-only has no layers",
+    ),  # it had 0 all the same
+    (
+        ["model.text.hf_kwargs={max_position_embeddings: 20}"],
+        "model.text.hf_kwargs.max_position_embeddings = 20 is fewer positions than model.text.max_length = 40 needs",
+    ),
+    (["model.text.weights=pretrained/bert", "model.text.size=huge"], "model.text.size = 'huge' is not a size of"),
     (["model.text.size=huge"], "model.text.size = 'huge' is not a size of bert"),
     (["model.image_pool=max"], "model.image_pool = 'max'; choose one of: first, mean"),
     (["train.compile_mode=fast"], "train.compile_mode = 'fast'; choose one of: default, reduce-overhead, max-autotune"),

@@ -19,7 +19,7 @@ from meter.metrics.vqa import vqa_metric
 from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
 from meter.models.meter import IMAGE_POOLS
-from meter.models.text import TEXT, check_hf_kwargs
+from meter.models.text import TEXT, check_hf_kwargs, check_preset_kwargs
 from meter.models.vision import resolve_vision
 from meter.setting_ranges import check_ranges
 from meter.tasks.catalog import DOWNSTREAM
@@ -48,7 +48,8 @@ def _check_names(cfg: Config) -> None:
     resolve_vision(cfg.model.vision)
     text = TEXT.get(cfg.model.text.name, key="model.text")
     check_hf_kwargs(cfg.model.text.hf_kwargs, text.model_type)
-    if not cfg.model.text.weights and cfg.model.text.size not in text.sizes:
+    check_preset_kwargs(cfg.model.text)
+    if cfg.model.text.size not in text.sizes:  # with weights too: a misspelt size is named, not left unread
         raise ConfigError(
             f"model.text.size = {cfg.model.text.size!r} is not a size of {cfg.model.text.name}; choose one of: "
             + ", ".join(text.sizes)

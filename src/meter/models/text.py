@@ -92,6 +92,7 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
             f"model.text.size = {cfg.size!r} is not a size of {cfg.name}; choose one of: " + ", ".join(spec.sizes)
         )
     check_hf_kwargs(cfg.hf_kwargs, spec.model_type)
+    check_preset_kwargs(cfg)
     preset = {**spec.sizes[cfg.size], **cfg.hf_kwargs}
     if spec.embedding_only:
         preset["num_hidden_layers"] = 0
@@ -99,6 +100,26 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
     return AutoConfig.for_model(
         spec.model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, max_position_embeddings=positions, **preset
     )
+
+
+LAYER_KEYS = ("num_hidden_layers", "num_attention_heads", "intermediate_size")  # what an embeddings-only encoder lacks
+
+
+def check_preset_kwargs(cfg: TextConfig) -> None:
+    """hf_kwargs the preset would overrule: layers of an embeddings-only encoder (it has 0), a position table too
+    short for model.text.max_length (it is made as long as that needs)."""
+    spec = TEXT.get(cfg.name, key="model.text")
+    given = [key for key in LAYER_KEYS if key in cfg.hf_kwargs]
+    if spec.embedding_only and given:
+        value = cfg.hf_kwargs[given[0]]
+        raise ConfigError(f"model.text.hf_kwargs.{given[0]} = {value!r}: {cfg.name} has no layers (the text is its "
+                          "embeddings alone); remove it, or use an encoder with layers")  # fmt: skip
+    needed = cfg.max_length + spec.position_offset
+    positions = cfg.hf_kwargs.get("max_position_embeddings")
+    if positions is not None and positions < needed:
+        raise ConfigError(f"model.text.hf_kwargs.max_position_embeddings = {positions} is fewer positions than "
+                          f"model.text.max_length = {cfg.max_length} needs ({needed}); raise it, or leave it out "
+                          "(the table is made as long as max_length needs)")  # fmt: skip
 
 
 def check_hf_kwargs(hf_kwargs: dict[str, Any], model_type: str) -> None:
