@@ -92,3 +92,14 @@ def test_a_setting_only_one_side_knows_is_not_a_change_of_the_run(tmp_path):
     assert config_changes(record, run, out) == ["model.fusion.heads: 4 -> 2"]
     moved = {"config": json.loads(json.dumps(record["config"]).replace(str(out), "/elsewhere")), "study": "/elsewhere"}
     assert config_changes(moved, run, out) == ["model.fusion.heads: 4 -> 2"]  # paths inside the study's folder move
+
+
+def test_a_folder_beside_the_study_whose_name_starts_alike_is_not_taken_for_the_studys(tmp_path):
+    """The study in /x/s1, its data in /x/s10: the data's path was written <study>0, so moving the study (and not
+    its data) changed every identity, and its finished runs were refused as changed."""
+    study = study_from_dict(micro_study(tmp_path / "s10"))
+    here = plan_study(study, tmp_path / "s1", prepare=False)
+    moved = plan_study(study, tmp_path / "moved" / "s1", prepare=False)
+    assert [run.identity for cell in here.cells for run in cell.runs] == [
+        run.identity for cell in moved.cells for run in cell.runs
+    ]

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -146,8 +147,14 @@ def identity(cfg: Config, out: Path) -> str:
     data = to_dict(cfg)
     for section, key in NOT_IDENTITY:
         data[section].pop(key, None)
-    text = json.dumps(data, sort_keys=True, default=str).replace(str(out), "<study>")
+    text = in_study(json.dumps(data, sort_keys=True, default=str), str(out))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def in_study(text: str, out: str) -> str:
+    """`text` with the study's folder `out` written as <study>: the folder itself and paths inside it, not a folder
+    beside it whose name starts alike (/x/s1 in /x/s10, which would change when the study moved)."""
+    return re.sub(re.escape(out) + r'(?=[/"]|$)', "<study>", text)
 
 
 def _value(value: Any) -> str:
@@ -427,7 +434,7 @@ def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
     flat = settings_by_key(config)
     for section, key in NOT_IDENTITY | NOT_RESULT:
         flat.pop(f"{section}.{key}", None)
-    return {k: json.dumps(v, sort_keys=True, default=str).replace(out, "<study>") for k, v in flat.items()}
+    return {k: in_study(json.dumps(v, sort_keys=True, default=str), out) for k, v in flat.items()}
 
 
 def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]:
