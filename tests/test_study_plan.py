@@ -103,3 +103,32 @@ def test_a_folder_beside_the_study_whose_name_starts_alike_is_not_taken_for_the_
     assert [run.identity for cell in here.cells for run in cell.runs] == [
         run.identity for cell in moved.cells for run in cell.runs
     ]
+
+
+def test_a_study_planned_while_another_process_makes_its_world_waits_for_it(tmp_path):
+    """Two `meter study run` started at once on a new folder both made OUT/shapes, each over the other's files."""
+    import subprocess
+    import sys
+    import threading
+
+    from meter.data.shapes.world import STARTED
+    from meter.study.cells import WORLD_LOCK
+    from tests.runner import environment
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from meter.output_folder import waiting_for_folder\n"
+         f"with waiting_for_folder({str(out)!r}, {WORLD_LOCK!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        study = study_from_dict(micro_study(tmp_path, data={"shapes": {"images": 8, "seed": 0}}))
+        planning = threading.Thread(target=plan_study, args=(study, out))
+        planning.start()
+        planning.join(timeout=3)
+        assert planning.is_alive() and not (out / "shapes" / STARTED).exists(), "it waits while the other makes it"
+    finally:
+        holder.communicate("", timeout=60)  # the other process is done: its lock goes with it
+    planning.join(timeout=120)
+    assert not planning.is_alive() and (out / "shapes" / "shapes_world.json").is_file()

@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from meter.errors import ConfigError, DataError
@@ -71,6 +71,20 @@ def lock_folder(folder: str | Path, name: str, what: str) -> None:
     with contextlib.suppress(OSError):  # who holds it, for the message of the next one; a full disk leaves it empty
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}{f', job {job}' if job else ''}\n".encode(), 0)
+
+
+@contextlib.contextmanager
+def waiting_for_folder(folder: str | Path, name: str) -> Iterator[None]:
+    """An exclusive lock on `folder/name` for the block, waiting for another process that holds it (one that makes
+    what this one would otherwise make again beside it). Where the file system cannot lock, it goes on unlocked."""
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as file:
+        try:
+            fcntl.lockf(file.fileno(), fcntl.LOCK_EX)
+        except OSError as error:
+            log.warning("%s: cannot lock (%s); a second writer would not be noticed", path, error.strerror)
+        yield  # the lock goes with the file's closing
 
 
 def release_folder(folder: str | Path, name: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from meter.config import Config, load_config, to_dict
 from meter.errors import ConfigError, DataError
+from meter.output_folder import waiting_for_folder
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
@@ -37,6 +38,7 @@ from meter.validate import validate
 
 PLAN = "plan.json"
 CELL = CELL_RECORD
+WORLD_LOCK = ".shapes-world.lock"  # held while the study's shapes world is made
 RUN = "study_run.json"  # in each run folder: the config it was planned with and the command that reproduces it
 SHARED_PRETRAINING = "pretraining.json"
 # settings that do not change what a run computes (left out of its identity)
@@ -244,10 +246,11 @@ class Planner:
         from meter.data.shapes import generate, generate_tasks, is_generated, tasks_generated
 
         root = self.out / "shapes"
-        if not is_generated(root, world):
-            generate(root, world)
-        if any(kind != "vqa" for kind in self.kinds.values()) and not tasks_generated(root, world):
-            generate_tasks(root, world)
+        with waiting_for_folder(self.out, WORLD_LOCK):  # two study runs started at once: one makes it, one waits
+            if not is_generated(root, world):
+                generate(root, world)
+            if any(kind != "vqa" for kind in self.kinds.values()) and not tasks_generated(root, world):
+                generate_tasks(root, world)
 
     def _holdouts(self) -> dict[str, Holdout]:
         holdouts = {}
