@@ -224,7 +224,8 @@ def fit(
 ) -> Path:
     """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
     when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
-    resume = resume or restarted_resume(cfg)
+    # rank 0 reads the folder for all: each reading its own (a file server's stale listing) could split the ranks
+    resume = resume or decided_on_main(lambda: restarted_resume(cfg), runtime)
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
         return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume, hook)
