@@ -193,6 +193,22 @@ def test_a_cell_that_waits_for_a_failed_shared_pretraining_shows_as_failed_not_a
     assert (state.state, state.detail) == ("failed", "not run: the pretraining of vlp/co-attention/seed-0 failed")
 
 
+def test_a_worker_that_fails_outside_a_run_marks_its_cell_failed_with_the_reason(shapes_world, tmp_path):
+    """An error outside a run (here the pretraining's result cannot be read) ended the worker, and its status said
+    "done" with runs not done: `meter study status` showed the cell "not started", and the orchestrator's note of
+    a lost worker was not taken over a done cell."""
+    from meter.study.records import RESULT
+    from meter.study.worker import run_cell
+
+    cell = plan_study(study_from_dict(micro_study(shapes_world, variants=[])), tmp_path / "out").cells[0]
+    pretraining = next(run for run in cell.runs if run.kind == "pretrain")
+    (Path(pretraining.folder) / RESULT).mkdir(parents=True)  # a folder where the result file goes
+    with pytest.raises(IsADirectoryError):
+        run_cell(cell)
+    status = read_status(cell.folder)
+    assert status["state"] == "failed" and RESULT in status["errors"]["worker"]
+
+
 def test_the_tuned_table_selects_each_rows_learning_rate_on_the_held_out_split(shapes_world, tmp_path):
     study = micro_study(shapes_world, seeds=[0, 1], search={"train.lr": [1.0e-3]})
     study["base"]["tasks"]["vqa"]["steps"] = 4

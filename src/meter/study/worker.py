@@ -113,6 +113,10 @@ def run_cell(cell: CellPlan) -> bool:
         if main:
             status.stopped(current, str(stopped))
         raise
+    except Exception as error:  # outside a run (reading a shared pretraining's folder, a full disk): the cell failed,
+        if main:  # and says why, not "done" with runs not done
+            status.failed_run(current or "worker", _error(error))
+        raise
     finally:
         if main:
             status.finish()
