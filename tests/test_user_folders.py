@@ -291,3 +291,18 @@ def test_an_evaluation_folder_is_marked_as_its_own_whatever_the_clocks(micro_che
     assert main(args) == 0
     assert (out / ".meter-evaluation").is_file()
     assert main(args) == 0
+
+
+def test_a_model_setting_given_to_evaluate_a_checkpoint_is_said_to_be_not_applied(micro_checkpoints, shapes_tasks_world,
+                                                                                   tmp_path, caplog):  # fmt: skip
+    """The model is the checkpoint's: model.vision.image_size=96 was dropped without a word (evaluated at its own)."""
+    import logging
+
+    checkpoint = micro_checkpoints("vqa")
+    with caplog.at_level(logging.WARNING, logger="meter.cli.evaluate"):
+        assert main(["evaluate", "vqa", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval"),
+                     f"data.root={shapes_tasks_world}", "model.vision.image_size=96", "model.fusion.layers=1",
+                     "train.progress=false"]) == 0  # fmt: skip
+    said = "model.vision.image_size = 96 is not applied: the model evaluated is the checkpoint's as it was trained (64)"
+    assert said in caplog.text
+    assert "model.fusion.layers" not in caplog.text, "the checkpoint's own value: nothing to say"

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 raise MeterError("--metric and vqa.metric= both given; give one")
             cfg.vqa.metric = args.metric
         validate_evaluation(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
+        warn_model_overrides(cfg, args.overrides, args.checkpoint)
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
@@ -130,6 +131,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise MeterError(f"evaluate {args.task} needs --checkpoint")
     return 0
+
+
+def warn_model_overrides(cfg: Config, overrides: list[str], checkpoint: str) -> None:
+    """model.* settings given on the command line that differ from the checkpoint's are not applied (the model is the
+    checkpoint's as it was trained): said, not dropped without a word (model.vision.image_size=576 on a 288 px model
+    was evaluated at 288)."""
+    from meter.config import to_dict
+    from meter.models.folder import read_model_folder
+    from meter.train.run_folder import flat_settings
+
+    given = {override.split("=", 1)[0].strip() for override in overrides}
+    asked = flat_settings({"model": to_dict(cfg.model)})
+    kept = flat_settings({"model": to_dict(read_model_folder(checkpoint).config.model)})
+    for key in sorted(k for k in asked if any(k == g or k.startswith(g + ".") for g in given)):
+        if key in kept and asked[key] != kept[key]:
+            log.warning("%s = %r is not applied: the model evaluated is the checkpoint's as it was trained (%r); "
+                        "fine-tune it (train.init_from) to change it", key, asked[key], kept[key])  # fmt: skip
 
 
 def recorded_settings(args: argparse.Namespace) -> Config | None:
