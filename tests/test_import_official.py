@@ -94,6 +94,40 @@ def test_a_text_encoder_that_does_not_fit_is_a_clear_error(tmp_path: Path):
         import_meter_official(CKPT, tmp_path / "text", tmp_path / "m")
 
 
+def test_a_text_encoder_of_fewer_layers_than_the_checkpoints_is_a_clear_error(tmp_path: Path):
+    """It imported with exit status 0, the checkpoint's other text layers listed as "could not place" and dropped:
+    a model without half its text encoder."""
+    config = json.loads((TEXT_ENCODER / "config.json").read_text())
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(DataError, match=r"text-encoder tensors the model built from --text-encoder has no place for"):
+        import_meter_official(CKPT, tmp_path / "text", tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("what", ["no model type", "a tokenizer without roles"])
+def test_a_text_encoder_or_tokenizer_folder_that_is_not_one_is_named(tmp_path: Path, what: str):
+    """A config.json naming no model type (a meter model folder's) was an internal error; a tokenizer.json alone (no
+    tokenizer_config.json: no padding token) imported, and every prediction then failed as an internal error."""
+    text, tokenizer = tmp_path / "text", None
+    text.mkdir()
+    if what == "no model type":
+        (text / "config.json").write_text(json.dumps({"hidden_size": 8}))
+        message = r"text/config.json is not a Hugging Face text encoder's config"
+    else:
+        (text / "config.json").write_text((TEXT_ENCODER / "config.json").read_text())
+        tokenizer = tmp_path / "tokenizer"
+        tokenizer.mkdir()
+        from meter.data.tokenizers import train_bpe
+
+        train_bpe(["a red circle", "a blue square"] * 50, vocab_size=300).backend_tokenizer.save(
+            str(tokenizer / "tokenizer.json")
+        )  # the tokenizer.json alone, as a hub folder without its tokenizer_config.json
+        message = r"tokenizer: the tokenizer has no padding token"
+    with pytest.raises(DataError, match=message):
+        import_meter_official(CKPT, text, tmp_path / "m", tokenizer=tokenizer)
+
+
 def test_a_truncated_download_or_a_folder_is_named_as_such(tmp_path: Path):
     data = CKPT.read_bytes()
     (tmp_path / "half.ckpt").write_bytes(data[: len(data) // 2])

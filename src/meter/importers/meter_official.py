@@ -122,6 +122,13 @@ def place_weights(weights: dict[str, Tensor], model: Meter, report: ImportReport
             f"{len(wrong)} tensors do not fit the model built from --text-encoder / --vision ({'; '.join(wrong[:3])})"
             "; give the text encoder folder the checkpoint was trained from (roberta-base for the released ones)"
         )
+    text_left = [key for key in report.unplaced if key.startswith("text_transformer.")]
+    if text_left:  # a text encoder of fewer layers than the checkpoint's: it would run without the rest
+        raise DataError(
+            f"the checkpoint has {len(text_left)} text-encoder tensors the model built from --text-encoder has no "
+            f"place for (e.g. {text_left[0]}); give the text encoder folder the checkpoint was trained from "
+            "(roberta-base for the released ones)"
+        )
     parameters = {name for name, _ in model.named_parameters()}
     missing = sorted(k for k in own if k not in placed and k in parameters)
     if missing:
@@ -137,7 +144,12 @@ def read_text_config(folder: str | Path) -> PretrainedConfig:
             f"{path}: no config.json; --text-encoder must be the Hugging Face folder of the checkpoint's text encoder"
             " (e.g. roberta-base: its config.json is enough, its tokenizer files are used when present)"
         )
-    return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:  # a config.json that names no model type (a meter model folder's, say)
+        raise DataError(f"{path}/config.json is not a Hugging Face text encoder's config ({error}); "
+                        "--text-encoder must be the folder of the checkpoint's text encoder (e.g. roberta-base)"
+                        ) from None  # fmt: skip
 
 
 def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -164,6 +176,9 @@ def pick_tokenizer(
         raise DataError(
             f"{folder}: the tokenizer has {len(loaded)} tokens, the text encoder only {text_config.vocab_size}"
         )
+    if loaded.pad_token_id is None or loaded.mask_token_id is None:  # tokenizer.json alone: no roles for its tokens
+        raise DataError(f"{folder}: the tokenizer has no padding or mask token (a tokenizer.json without its "
+                        "tokenizer_config.json?); give the text encoder's whole tokenizer folder")  # fmt: skip
     if loaded.pad_token_id != text_config.pad_token_id:
         report.notes.append(f"tokenizer pad id {loaded.pad_token_id} differs from the text encoder's")
     return loaded

@@ -30,4 +30,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not tokenizer.is_fast:
         raise DataError(f"{path}: meter needs a fast tokenizer (tokenizer.json) for whole-word masking")
+    if tokenizer.pad_token_id is None:  # a batch could not be padded: every prediction failed, as a bug of meter
+        raise DataError(f"{path}: the tokenizer has no padding token (a tokenizer.json without its "
+                        "tokenizer_config.json?); copy the text encoder's whole tokenizer folder")  # fmt: skip
     return tokenizer
