@@ -100,10 +100,6 @@ BAD_RELATIONS = [
     ),
     (["task=captioning"], "captioning needs a decoder: set model.architecture=encoder-decoder"),  # as its run says
     (
-        ["model.text=embedding-only", "model.text.hf_kwargs={num_hidden_layers: 4}"],
-        "model.text.hf_kwargs.num_hidden_layers = 4: embedding-only has no layers",
-    ),  # it had 0 all the same
-    (
         ["model.text.hf_kwargs={max_position_embeddings: 20}"],
         "model.text.hf_kwargs.max_position_embeddings = 20 is fewer positions than model.text.max_length = 40 needs",
     ),

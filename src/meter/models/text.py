@@ -102,18 +102,11 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
     )
 
 
-LAYER_KEYS = ("num_hidden_layers", "num_attention_heads", "intermediate_size")  # what an embeddings-only encoder lacks
-
-
 def check_preset_kwargs(cfg: TextConfig) -> None:
-    """hf_kwargs the preset would overrule: layers of an embeddings-only encoder (it has 0), a position table too
-    short for model.text.max_length (it is made as long as that needs)."""
+    """hf_kwargs the preset would overrule: a position table too short for model.text.max_length (it is made as long
+    as that needs). Layer settings on embedding-only are left as they are: one override turns a base's encoder into
+    its embeddings alone."""
     spec = TEXT.get(cfg.name, key="model.text")
-    given = [key for key in LAYER_KEYS if key in cfg.hf_kwargs]
-    if spec.embedding_only and given:
-        value = cfg.hf_kwargs[given[0]]
-        raise ConfigError(f"model.text.hf_kwargs.{given[0]} = {value!r}: {cfg.name} has no layers (the text is its "
-                          "embeddings alone); remove it, or use an encoder with layers")  # fmt: skip
     needed = cfg.max_length + spec.position_offset
     positions = cfg.hf_kwargs.get("max_position_embeddings")
     if positions is not None and positions < needed:
