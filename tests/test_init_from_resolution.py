@@ -100,6 +100,26 @@ def test_a_swin_folder_fine_tunes_at_a_larger_size_with_larger_windows(
         assert model.encode_image(torch.randn(1, 3, 96, 96)).shape == (1, 1 + 12 * 12, 32)
 
 
+def test_a_swin_folder_with_its_window_written_in_it_fine_tunes_with_the_window_of_the_new_size(
+    micro_config: Config, tmp_path: Path
+):
+    """An imported official Swin names its timm model and writes its window (image size / 32): fine-tuned at another
+    size it kept the old window, where the official code (and meter's own Swin) takes the new size's grid."""
+    pinned = ["model.vision=timm:swin_base_patch4_window12_384", "model.vision.image_size=64",
+              SWIN.removesuffix("}") + ", window_size: 8}"]  # fmt: skip
+    folder = _folder(micro_config, tmp_path / "m", pinned)
+    saved = load_file(folder / WEIGHTS)
+    model, cfg = _finetune(micro_config, folder, ["model.vision.image_size=96"])
+    assert cfg.model.vision.timm_kwargs["window_size"] == 12
+    state = model.state_dict()
+    for key in (k for k in saved if k.endswith("relative_position_bias_table")):
+        assert model.get_submodule(key.removesuffix(".relative_position_bias_table")).window_size == (12, 12)
+        expected = meter_resample_literal.swin_adapt_position_encoding(saved[key], 8, 12)  # official METER's way
+        torch.testing.assert_close(state[key], expected, rtol=0, atol=1e-6)
+    kept = _folder(micro_config, tmp_path / "k", [*pinned[:2], SWIN.removesuffix("}") + ", window_size: 4}"])
+    assert _finetune(micro_config, kept, ["model.vision.image_size=96"])[1].model.vision.timm_kwargs["window_size"] == 4
+
+
 def _dropouts(module: nn.Module) -> set[float]:
     return {m.p for m in module.modules() if isinstance(m, nn.Dropout)}
 

@@ -129,10 +129,32 @@ def finetune_model_config(
             setattr(text_config, key, value)
         else:
             _keep(f"text.hf_kwargs.{key}", folder_text[key], value, source)
+    if "window_size" not in requested.vision.timm_kwargs:  # a window asked for is taken as asked, above
+        changed += _windows_follow_image(saved, result)
     _check_text_length(result, text_config, source)
     if changed:
         log.info("train.init_from: %s fine-tuned with %s", source, ", ".join(changed))
     return result
+
+
+def _windows_follow_image(saved: ModelConfig, result: ModelConfig) -> list[str]:
+    """A Swin folder whose window is written in it (an imported official one: window = image size / 32) at another
+    resolution: the window follows the image, as the official code sets it and as a Swin of meter's own sizes does
+    (it kept the old window: the paper's VQA at 576 px ran with 384 px's window 12, not 18)."""
+    kwargs = resolve_vision(saved.vision).kwargs
+    pinned = saved.vision.timm_kwargs.get("window_size")
+    old, new = saved.vision.image_size, result.vision.image_size
+    if pinned is None or "depths" not in kwargs or "patch_size" not in kwargs or old == new:
+        return []
+    stride = kwargs["patch_size"] * 2 ** (len(kwargs["depths"]) - 1)
+    if pinned != old // stride:  # a window of its own choosing, not its image's grid: kept
+        return []
+    if new % stride:
+        raise ConfigError(f"model.vision.image_size = {new}: this Swin's window is its last stage's grid (image "
+                          f"size / {stride}); give a multiple of {stride}, or set model.vision.timm_kwargs.window_size"
+                          )  # fmt: skip
+    result.vision.timm_kwargs["window_size"] = new // stride
+    return [f"model.vision.timm_kwargs.window_size {pinned} -> {new // stride}"]
 
 
 def vision_adapter(model: Meter, source: str) -> Callable[[Weights], Weights]:
