@@ -70,6 +70,7 @@ class Forward:
     decoders: list[tuple[int, int]] = field(default_factory=list)  # decoder passes: (tokens, encoder text tokens)
     token_logits: list[tuple[float, int]] = field(default_factory=list)  # (labelled positions per sample, vocab)
     in_batch_mask_ratio: float = 0.0  # MIM's in-batch target: share of patches masked, each scored against all
+    texts_together: float = 1.0  # text passes a sample runs as one batch (official retrieval's candidates)
 
 
 @dataclass
@@ -107,14 +108,16 @@ def kept_layer_bytes(
 ) -> float:
     """What one layer keeps for the backward: all of layer_bytes, or with train.activation_checkpointing its fp32
     input alone (its forward runs again in the backward)."""
-    return tokens * layers.width * FP32 if recompute else layer_bytes(tokens, layers, p, autocast, cross)
+    recomputed = recompute and layers.count > 1  # a stack of one layer is not wrapped (recompute.repeated_layers)
+    return tokens * layers.width * FP32 if recomputed else layer_bytes(tokens, layers, p, autocast, cross)
 
 
 def vision_bytes(shape: ModelShape, p: int, autocast: bool, recompute: bool = False) -> float:
     """One image through the vision encoder."""
     total = shape.image_pixels * p
     for tokens, width, inner in shape.vision_blocks:
-        total += kept_layer_bytes(tokens, Layers(1, width, inner), p, autocast, recompute=recompute)
+        blocks = Layers(len(shape.vision_blocks), width, inner)  # one stack for recomputation's rule
+        total += kept_layer_bytes(tokens, blocks, p, autocast, recompute=recompute)
     if shape.vision_blocks:
         (first, first_width, _), (last, last_width, _) = shape.vision_blocks[0], shape.vision_blocks[-1]
         total += FP32 * (first * first_width + last * last_width)
@@ -173,14 +176,18 @@ def decoder_passes(shape: ModelShape, forward: Forward) -> list[tuple[float, int
 
 
 def largest_layer_bytes(shape: ModelShape, forward: Forward, p: int, autocast: bool) -> float:
-    """All of the largest layer a step runs, per sample: what its recomputation holds in the backward."""
+    """All of the largest layer a step runs, per sample: what its recomputation holds in the backward. A pass of
+    several pairs (or texts) a sample runs them as one batch through each layer."""
     layers = [layer_bytes(tokens, Layers(1, width, inner), p, autocast) for tokens, width, inner in shape.vision_blocks]
-    layers += [layer_bytes(tokens, shape.text, p, autocast) for tokens in forward.texts if shape.text.count]
+    if shape.text.count:
+        layers += [forward.texts_together * layer_bytes(tokens, shape.text, p, autocast) for tokens in forward.texts]
     if shape.fusion.count:
-        layers += [layer_bytes(tokens, shape.fusion, p, autocast, cross)
-                   for _, text, _ in forward.fusions for tokens, cross in fusion_layers(shape, text)]  # fmt: skip
+        layers += [pairs * layer_bytes(tokens, shape.fusion, p, autocast, cross)
+                   for pairs, text, _ in forward.fusions for tokens, cross in fusion_layers(shape, text)]  # fmt: skip
     if shape.decoder is not None and shape.decoder.count:
-        layers += [layer_bytes(t, shape.decoder, p, autocast, m) for _, t, m in decoder_passes(shape, forward)]
+        layers += [
+            pairs * layer_bytes(t, shape.decoder, p, autocast, m) for pairs, t, m in decoder_passes(shape, forward)
+        ]
     return max(layers, default=0.0)
 
 

@@ -214,7 +214,7 @@ def _retrieval_forward(cfg: Config, vocabulary: int) -> Forward:
     if settings.objective == "official":
         candidates = 1 + settings.negative_texts
         fusions = [(candidates, text, True)] + ([(1, text, True)] if settings.itm > 0 else [])
-        return Forward(images=1, texts=[text] * candidates, fusions=fusions)
+        return Forward(images=1, texts=[text] * candidates, fusions=fusions, texts_together=candidates)
     negatives = min(cfg.retrieval.negatives, cfg.train.batch_size - 1)
     fusions = [(1 + 2 * negatives, text, True)] if negatives > 0 else []
     return Forward(images=1, texts=[text], fusions=fusions)

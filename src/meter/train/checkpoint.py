@@ -260,7 +260,8 @@ class Checkpoints:
                 self._write(final, weights, task, tokenizer, training_state, mine)
             except DataError as error:
                 failed = error
-        failed = told_by_main(failed)  # the others wait while rank 0 writes and checks every file (slow disks: long)
+        # the others wait while rank 0 writes and checks every file (slow disks: long)
+        failed = told_by_main(failed, f"the checkpoint of step {progress.step}")
         if failed is not None:
             raise failed
         return final

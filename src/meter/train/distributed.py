@@ -159,21 +159,33 @@ def broadcast_object(value: Any, source: int = 0, group: dist.ProcessGroup | Non
 _TOLD = itertools.count()  # told_by_main's calls in this process: every process makes the same ones, in order
 
 
-def told_by_main(news: Any) -> Any:
+def told_by_main(news: Any, what: str) -> Any:
     """The first process's `news` on every process, however long the others wait for it (up to WAIT_FOR_MAIN, a
     day): it works alone (writes a checkpoint, checks its checksums, evaluates) longer than a collective of the
     training group may wait (NCCL: 10 minutes). Through the launcher's key-value store, not a second process group:
     one cannot be set up again after torchrun restarts the processes (its peers' old addresses are still in the
-    store), so `--max-restarts` failed instead of resuming."""
+    store), so `--max-restarts` failed instead of resuming. `what`: the question answered; processes that reach the
+    same call with different questions stop (an answer to another question would be taken without a word)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return news
     store = dist.distributed_c10d._get_default_store()
     key = f"meter/told/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_TOLD)}"
     if dist.get_rank() == 0:
-        store.set(key, pickle.dumps(news))  # a store rank 0 holds (srun's) stays until the others leave: see teardown
+        store.set(key, pickle.dumps((what, news)))  # a store rank 0 holds (srun's): see runtime.leave_store_together
         return news
     store.wait([key], WAIT_FOR_MAIN)
-    return pickle.loads(store.get(key))
+    asked, news = pickle.loads(store.get(key))
+    if asked != what:
+        raise MeterError(f"the processes of this run went different ways: this one waits for {what}, the first "
+                         f"answered {asked} (did they read the run folder differently?); stop them all and start "
+                         "again with --resume latest")  # fmt: skip
+    return news
+
+
+def _site(function: Callable[..., Any]) -> str:
+    """Where a function was written (its name and line): the same on every process."""
+    code = getattr(function, "__code__", None)
+    return f"{getattr(function, '__qualname__', function)}:{code.co_firstlineno if code else ''}"
 
 
 def main_alone(work: Callable[[], T], others: T) -> T:
@@ -190,7 +202,7 @@ def main_alone(work: Callable[[], T], others: T) -> T:
             failure = error
     news = None if failure is None else (stopped_status(failure), f"{type(failure).__name__}: {failure}")
     with signals_deferred() as deferred:  # a signal to a waiting process alone must not split the broadcast
-        told = told_by_main(news)
+        told = told_by_main(news, f"the end of {_site(work)}")
     if failure is not None:
         raise failure
     if told is not None:
@@ -221,7 +233,7 @@ def decided_on_main(decide: Callable[[], T], runtime: Runtime) -> T:
             outcome = decide()
         except MeterError as error:
             outcome = error
-    outcome = told_by_main(outcome)  # rank 0 may take long: it checks every file of a checkpoint, say
+    outcome = told_by_main(outcome, _site(decide))  # rank 0 may take long: it checks every file of a checkpoint
     if isinstance(outcome, MeterError):
         raise outcome
     return outcome  # type: ignore[return-value]

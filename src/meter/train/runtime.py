@@ -14,6 +14,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from meter.config import TrainConfig
 from meter.errors import ConfigError
@@ -149,7 +150,9 @@ def attempts_own_store(rank: int, world: int) -> dict[str, object]:
     before from it (gloo: "connectFullMesh failed ... Connection refused"), so the restart failed."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return {}  # srun's or a user's rendezvous: the store is made anew with the processes
-    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    agent = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=default_pg_timeout
+    )  # as torch's own rendezvous: processes may start far apart
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return {"store": dist.PrefixStore(f"meter/attempt_{attempt}", agent), "rank": rank, "world_size": world}
 
