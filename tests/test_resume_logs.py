@@ -82,3 +82,19 @@ def test_a_step_split_another_way_resumes_to_the_same_weights_and_another_step_s
     a, b = load_file(tmp_path / "straight" / final), load_file(tmp_path / "split" / final)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_log_window_of_skipped_steps_alone_is_kept_across_a_resume():
+    """A window whose steps were all skipped (non-finite) was saved as empty: the resumed run's next line lost the
+    count of them."""
+    import torch
+
+    from meter.train.loop import Window
+    from meter.train.runtime import Runtime
+
+    runtime = Runtime(torch.device("cpu"), torch.float32)
+    window = Window()
+    window.skipped = 2
+    resumed = Window.resumed(window.state(runtime), runtime)
+    resumed.add({"mlm_loss": torch.tensor(3.0)}, samples=8)
+    assert resumed.reduce(runtime)["nonfinite_steps"] == 2 and resumed.reduce(runtime)["mlm_loss"] == 3.0

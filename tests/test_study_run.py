@@ -190,7 +190,8 @@ def test_a_cell_that_waits_for_a_failed_shared_pretraining_shows_as_failed_not_a
     outcome = run_study(study_from_dict(study), out)
     assert set(outcome.failed) == {"vlp/co-attention/seed-0", "vlp/fast/seed-0"}
     state = {s.name: s for s in study_states(out)}["vlp/fast/seed-0"]
-    assert (state.state, state.detail) == ("failed", "not run: the pretraining of vlp/co-attention/seed-0 failed")
+    assert (state.state, state.detail) == ("failed", "not run: vlp/co-attention/seed-0, which runs its pretraining, "
+                                                     "failed")  # fmt: skip
 
 
 def test_a_worker_that_fails_outside_a_run_marks_its_cell_failed_with_the_reason(shapes_world, tmp_path):

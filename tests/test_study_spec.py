@@ -135,6 +135,18 @@ def test_selecting_on_the_reported_split_is_refused(tmp_path, select):
         plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
 
 
+def test_selecting_on_a_split_of_the_same_name_in_another_file_is_allowed(tmp_path):
+    """A selection file of its own (another Karpathy file whose `test` images are not the reported ones) is another
+    split; the same file and split with another setting beside is not."""
+    study = micro_study(tmp_path, variants=[], search={"train.lr": [2e-4]})
+    own_file = {"overrides": ["retrieval.karpathy=karpathy/selection.json"]}
+    study["base"]["tasks"] = {"f30k": {"recipe": "shapes-retrieval.yaml", "steps": 2, "select": own_file}}
+    plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+    study["base"]["tasks"]["f30k"]["select"] = {"overrides": ["retrieval.max_eval_images=5"]}
+    with pytest.raises(ConfigError, match="its selection evaluates the same retrieval split the table reports"):
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
 def test_a_held_out_split_is_for_vqa_only(shapes_tasks_world, tmp_path):
     study = micro_study(shapes_tasks_world, search={"train.lr": [2e-4]})
     study["base"]["tasks"] = {"snli_ve": {"recipe": "shapes-snli-ve.yaml", "steps": 2, "select": {"holdout": 0.2}}}

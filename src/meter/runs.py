@@ -60,7 +60,8 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     job = downstream.setup(cfg)
     best = None
     if cfg.train.best_on:
-        epoch = micro_batches_per_epoch(len(job.dataset), cfg.train.batch_size, runtime.world, cfg.train.grad_accum)  # type: ignore[arg-type]
+        samples = len(job.dataset)  # type: ignore[arg-type]
+        epoch = micro_batches_per_epoch(samples, cfg.train.batch_size, runtime.world, cfg.train.grad_accum)
         best = BestCheckpoint(cfg, downstream, batches_per_epoch=epoch)
     checkpoint = fit(cfg, job.task, job.dataset, job.collate, job.tokenizer, runtime, resume, best)
     del job, best  # the trained model leaves the device before the evaluation loads the saved weights

@@ -28,7 +28,7 @@ def describe_os_error(error: OSError) -> str:
     return f"{names}: {error.strerror or error}"
 
 
-PEER_GONE = ("closed by peer", "reset by peer", "connectFullMesh", "Broken pipe", "NCCL", "watchdog")
+PEER_GONE = ("closed by peer", "reset by peer", "Connection refused", "connectFullMesh")  # gloo's words for it
 
 
 def from_a_peer(error: Exception) -> bool:
@@ -40,7 +40,8 @@ def from_a_peer(error: Exception) -> bool:
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    return isinstance(error, dist.DistError) or any(mark in str(error) for mark in PEER_GONE)
+    gone = (dist.DistNetworkError, dist.DistStoreError)  # not every DistBackendError: NCCL misuse is one too
+    return isinstance(error, gone) or any(mark in str(error) for mark in PEER_GONE)
 
 
 def report_unexpected(error: Exception) -> int:

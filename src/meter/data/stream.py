@@ -59,7 +59,8 @@ class BatchStream:
         self.world = world
         self.num_workers = num_workers
         self.shuffle = shuffle
-        self.batches_per_epoch = micro_batches_per_epoch(len(dataset), batch_size, world, grad_accum)  # type: ignore[arg-type]
+        samples = len(dataset)  # type: ignore[arg-type]
+        self.batches_per_epoch = micro_batches_per_epoch(samples, batch_size, world, grad_accum)
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(dataset)} samples are fewer than one step's {batch_size * world * grad_accum}")
         self.batches_seen = start_batch

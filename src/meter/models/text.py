@@ -92,7 +92,6 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
             f"model.text.size = {cfg.size!r} is not a size of {cfg.name}; choose one of: " + ", ".join(spec.sizes)
         )
     check_hf_kwargs(cfg.hf_kwargs, spec.model_type)
-    check_preset_kwargs(cfg)
     preset = {**spec.sizes[cfg.size], **cfg.hf_kwargs}
     if spec.embedding_only:
         preset["num_hidden_layers"] = 0
@@ -105,7 +104,7 @@ def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> Pretrain
 def check_preset_kwargs(cfg: TextConfig) -> None:
     """hf_kwargs the preset would overrule: a position table too short for model.text.max_length (it is made as long
     as that needs). Layer settings on embedding-only are left as they are: one override turns a base's encoder into
-    its embeddings alone."""
+    its embeddings alone. Checked before a run, not on loading a folder (one saved before loads as it trained)."""
     spec = TEXT.get(cfg.name, key="model.text")
     needed = cfg.max_length + spec.position_offset
     positions = cfg.hf_kwargs.get("max_position_embeddings")

@@ -31,6 +31,7 @@ from typing import Any
 from meter.config import Config, load_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.output_folder import waiting_for_folder
+from meter.plan.tasks import task_plan
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.train.checkpoint import Checkpoints
@@ -371,9 +372,9 @@ class Planner:
     def _check_selection(cfg: Config, recipe: Path, overrides: list[str], where: str) -> None:
         chosen = _resolved(recipe, overrides, f"{where} selection")
         section = cfg.task
-        reported = (cfg.data.root, getattr(getattr(cfg, section), "eval_split", None))
-        # the split, not the whole section: another shortlist or a subset of the same split is still selecting on it
-        if (chosen.data.root, getattr(getattr(chosen, section), "eval_split", None)) == reported:
+        # the split and the files it is read from, not the whole section: another shortlist or a subset of the same
+        # split is still selecting on it; the same split's name in another annotation file is another split
+        if _evaluated_split(chosen) == _evaluated_split(cfg):
             raise ConfigError(
                 f"{where}: its selection evaluates the same {section} split the table reports; select on another "
                 f"(select.overrides such as {section}.eval_split=..., or select.holdout for VQA)"
@@ -387,6 +388,14 @@ class Planner:
                 f"({section}.train_split{'s' if hasattr(trained, 'train_splits') else ''} = {splits}); select on a "
                 f"split it does not train on (or leave it out of training), or use select.holdout for VQA"
             )
+
+
+def _evaluated_split(cfg: Config) -> tuple[str, list[str]]:
+    """The split a config evaluates, and the files and folders its task reads it from (those of no split, as a
+    Karpathy file, or of that split; not the training splits')."""
+    split = getattr(getattr(cfg, cfg.task), "eval_split", "")
+    files = task_plan(cfg.task).files(cfg)
+    return split, sorted(str(path) for key, path in files if not key.endswith(")") or key.endswith(f"({split})"))
 
 
 def slug_point(point: str) -> str:

@@ -69,7 +69,8 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
         return CellState(cell.name, "failed", done, len(own), detail, _scores(plan, cell))
     blocked = _blocked_by(plan, cell)
     if blocked:  # it cannot start until its shared pretraining runs again: what the study run said, it says too
-        return CellState(cell.name, "failed", done, len(own), f"not run: the pretraining of {blocked} failed", "")
+        return CellState(cell.name, "failed", done, len(own), f"not run: {blocked}, which runs its pretraining, "
+                         "failed", "")  # fmt: skip
     return CellState(cell.name, "not started", done, len(own), "", _scores(plan, cell))
 
 

@@ -171,7 +171,9 @@ def told_by_main(news: Any, what: str) -> Any:
     store = dist.distributed_c10d._get_default_store()
     key = f"meter/told/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_TOLD)}"
     if dist.get_rank() == 0:
-        store.set(key, pickle.dumps((what, news)))  # a store rank 0 holds (srun's): see runtime.leave_store_together
+        # a store rank 0 holds (srun's) stays until the others leave (runtime.leave_store_together) when the command
+        # ends well; on an error rank 0 may be gone first, and a waiting process then stops as for a lost peer
+        store.set(key, pickle.dumps((what, news)))
         return news
     store.wait([key], WAIT_FOR_MAIN)
     asked, news = pickle.loads(store.get(key))

@@ -180,7 +180,10 @@ class Window:
         local_values = [self.sums[k].float().to(runtime.device) for k in keys]
         totals = all_reduce(torch.cat([torch.stack(local_values) if keys else counts[:0], counts])).tolist()
         steps, skipped = totals[len(keys) :]
-        return {"sums": dict(zip(keys, totals, strict=False)), "steps": steps, "skipped": skipped} if steps else {}
+        if not (steps or skipped):
+            return {}
+        # skipped steps once each (every process skips the same ones): a resume may have another number of processes
+        return {"sums": dict(zip(keys, totals, strict=False)), "steps": steps, "skipped": skipped / runtime.world}
 
     @classmethod
     def resumed(cls, state: dict[str, Any], runtime: Runtime) -> Window:
@@ -190,7 +193,8 @@ class Window:
         if state:
             main = runtime.is_main
             window.sums = {k: torch.tensor(v if main else 0.0, device=runtime.device) for k, v in state["sums"].items()}
-            window.steps, window.skipped = (int(state["steps"]), int(state["skipped"])) if main else (0, 0)
+            skipped = round(state["skipped"] * runtime.world)  # `reduce` divides the sum over processes by them
+            window.steps, window.skipped = (int(state["steps"]), skipped) if main else (0, 0)
         return window
 
     def reduce(self, runtime: Runtime) -> dict[str, float]:

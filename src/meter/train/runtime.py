@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 WAIT_FOR_MAIN = timedelta(days=1)  # see distributed.told_by_main
 LEAVING = timedelta(seconds=60)  # see leave_store_together
-_LEFT = itertools.count()  # process groups this process has left (a study worker may run several)
+_LEFT = itertools.count()  # process groups this process has left (a process that sets up a group again)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
