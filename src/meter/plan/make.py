@@ -118,7 +118,9 @@ def make_plan(cfg: Config, processes: int = 1) -> Plan:
         for g in model.groups
     ]
     stop_at = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
-    epochs = samples / data.examples if data.examples else None
+    # an epoch is its whole steps (data.stream): the samples of a last incomplete one are not read
+    read = micro_batches_per_epoch(data.examples or 0, train.batch_size, processes, train.grad_accum)
+    epochs = train.max_steps * train.grad_accum / read if read else None
     return Plan(
         task=cfg.task,
         config=to_dict(cfg),
