@@ -56,3 +56,19 @@ def test_a_cpu_process_on_a_gpu_machine_keeps_no_gpu_randomness_and_never_starts
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # what a process that never used its GPU says
     state = rng_state()
     assert set(state) == {"torch"} and torch.equal(state["torch"], torch.get_rng_state())
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "gpu"), [(1, 3, 0), (2, 1, 1), (2, 0, 0)])
+def test_each_process_takes_its_own_gpu_of_those_it_sees(monkeypatch, visible: int, local_rank: int, gpu: int):
+    """srun --gpus-per-task=1 shows each process its own GPU alone, as GPU 0: LOCAL_RANK 3 asked for a GPU 3."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # no GPU here to set
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    assert setup_runtime(TrainConfig(device="cuda")).device == torch.device("cuda", gpu)
+
+
+def test_more_processes_than_gpus_on_a_machine_is_named(two_gpus, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK 2, but this process sees 2 GPUs"):
+        setup_runtime(TrainConfig(device="cuda"))

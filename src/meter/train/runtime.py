@@ -71,6 +71,19 @@ def pick_device(name: str, option: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
+def gpu_of(local_rank: int) -> int:
+    """The GPU of the process of this LOCAL_RANK: its own number among the GPUs it sees, or the one GPU it sees (srun
+    --gpus-per-task=1 shows each process its own GPU alone, numbered 0: LOCAL_RANK 1 asked for a GPU 1 it did not
+    see, "invalid device ordinal")."""
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise ConfigError(f"LOCAL_RANK {local_rank}, but this process sees {visible} GPUs (CUDA_VISIBLE_DEVICES): "
+                          "start at most one process per GPU on a machine")  # fmt: skip
+    return local_rank
+
+
 def pick_dtype(precision: str, device: torch.device, option: str = "train.precision") -> torch.dtype:
     """`option`: how the user gave it (train.precision, or an argument's name), named in an error."""
     if precision not in PRECISIONS:
@@ -106,7 +119,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
             raise ConfigError(f"train.device = {cfg.device!r} under a launcher of {world} processes: each process "
                               "uses the GPU of its LOCAL_RANK; use train.device=cuda, and CUDA_VISIBLE_DEVICES to "
                               "choose the GPUs")  # fmt: skip
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        device = torch.device("cuda", gpu_of(local_rank) if device.index is None else device.index)
         torch.cuda.set_device(device)
     # train.precision=fp32 asks for fp32 itself (the advice the loop gives after non-finite steps)
     allow_tf32(device, cfg.precision != "fp32")
