@@ -112,9 +112,11 @@ def test_a_pretrained_folder_of_another_architecture_is_refused():
         build_text(TextConfig(name="roberta", weights=str(MINILM)), 30522, 0)
 
 
-def test_a_pretrained_folder_whose_tensors_this_model_lacks_is_refused(tmp_path: Path):
+@pytest.mark.parametrize("name", ["bert", "embedding-only"])
+def test_a_pretrained_folder_whose_tensors_this_model_lacks_is_refused(tmp_path: Path, name: str):
     """A folder of another layout (every tensor under an extra prefix) loaded nothing: the text encoder trained from
-    random values, and the run went on."""
+    random values, and the run went on (embedding-only was not even checked: the paper's Emb-only row would start
+    from random embeddings)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -126,7 +128,7 @@ def test_a_pretrained_folder_whose_tensors_this_model_lacks_is_refused(tmp_path:
     weights = next(folder.glob("*.safetensors"))
     save_file({f"model.{k}": v.contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
     with pytest.raises(DataError, match=r"the text encoder's weights lack \d+ of this model's"):
-        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+        build_text(TextConfig(name=name, weights=str(folder)), 30522, 0)
 
 
 def test_a_half_precision_folder_trains_fp32_weights_holding_its_values(tmp_path: Path):

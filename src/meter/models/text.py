@@ -154,7 +154,7 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
     # weights the file lacks are left random (a folder of another layout: every tensor under another prefix): an
     # error, as for the vision weights; the pooler (meter has its own) and position ids (a buffer) may be missing
     missing = [k for k in loading["missing_keys"] if not k.startswith("pooler.") and not k.endswith("position_ids")]
-    if missing and not spec.embedding_only:
+    if missing:  # embedding-only too: the embeddings are all it has (the paper's Emb-only row starts from BERT's)
         raise DataError(f"{path}: the text encoder's weights lack {len(missing)} of this model's, e.g. "
                         f"{sorted(missing)[:3]} (model.text.weights): they would train from random values")  # fmt: skip
     if vocab_size > model.get_input_embeddings().num_embeddings:  # tokens added to the tokenizer (sentinels)
