@@ -201,3 +201,18 @@ def test_any_timm_model_that_yields_a_feature_grid_works_through_the_same_adapte
         tokens = encoder(torch.randn(2, 3, 64, 64))
     assert tokens.shape == (2, 1 + 2 * 2, 512)  # the mean (global average pool) then the 2x2 grid
     torch.testing.assert_close(tokens[:, 0], tokens[:, 1:].mean(dim=1))
+
+
+def test_weights_of_another_patch_size_or_with_layer_scale_are_refused_not_adapted(tmp_path: Path):
+    """A patch-8 file given to a patch-16 encoder had its patch projection resampled by timm (FlexiViT): a model
+    neither of them is. A DeiT with layer scale given to one without it loaded, its layer scales dropped with a line
+    saying the file's blocks were "deeper" ones the model lacks."""
+    patch8 = VisionConfig(name="vit", image_size=64, timm_kwargs={**SMALL_VIT, "patch_size": 8})
+    small = _save(build_vision(patch8), tmp_path / "patch8.safetensors")
+    with pytest.raises(DataError, match=r"patch8.safetensors: its patches are 8 px; they do not fit .*16 px"):
+        _encoder("vit", 64, small)
+    scaled = VisionConfig(name="deit", image_size=64, timm_kwargs={**SMALL_VIT, "init_values": 0.1})
+    layer_scale = _save(build_vision(scaled), tmp_path / "ls.safetensors")
+    with pytest.raises(DataError, match=r"ls.safetensors: its blocks hold 2 weights .* blocks do not have, e.g. "
+                                        r"\['blocks.0.ls1.gamma'"):  # fmt: skip
+        _encoder("deit", 64, layer_scale)

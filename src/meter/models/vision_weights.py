@@ -140,6 +140,7 @@ def load_vision_weights(backbone: nn.Module, path: Path) -> None:
         state = load_state_dict(str(path))
     except Exception as error:  # a truncated file, a pickle that is not a plain state dict, ...
         raise DataError(f"{path}: cannot read vision weights: {error}") from None
+    _check_patch_size(backbone, state, path, name)
     state = adapt_vision_state(backbone, state, str(path))
     own = backbone.state_dict()
     classifiers = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
@@ -155,7 +156,13 @@ def load_vision_weights(backbone: nn.Module, path: Path) -> None:
             f"{path}: lacks {len(result.missing_keys)} weights of {name}, e.g. {result.missing_keys[:3]}"
             " (is it a checkpoint of this encoder?)"
         )
-    deeper = [k for k in result.unexpected_keys if _block_index(k) is not None]
+    built = len(getattr(backbone, "blocks", ()))
+    deeper = [k for k in result.unexpected_keys if (_block_index(k) or -1) >= built]
+    inside = [k for k in result.unexpected_keys if k not in deeper and _block_index(k) is not None]
+    if inside:  # a block of the file holds what the encoder's blocks lack (layer scale): another variant of it
+        raise DataError(f"{path}: its blocks hold {len(inside)} weights {name}'s blocks do not have, e.g. "
+                        f"{inside[:3]}: a checkpoint of another variant (layer scale?); build the encoder it is "
+                        "(model.vision.timm_kwargs) or give weights of this one")  # fmt: skip
     if deeper:  # a shallower encoder than the file's: METER builds 11 of CLIP-ViT's 12 blocks
         blocks = sorted({_block_index(k) for k in deeper})
         log.info("%s: %s is built with %d blocks; the file's blocks %s are not used", path, name, blocks[0],
@@ -164,6 +171,21 @@ def load_vision_weights(backbone: nn.Module, path: Path) -> None:
     if others:
         log.warning("%s: %d weights not used by %s, e.g. %s", path, len(others), name, others[:3])
     log.info("vision weights: %s (%d tensors)", path, len(state))
+
+
+PATCH_KERNELS = ("patch_embed.proj.weight", "visual.conv1.weight", "conv1.weight")  # timm's, OpenAI CLIP's
+
+
+def _check_patch_size(backbone: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """A file of another patch size is refused: timm's filter would resample its patch projection (FlexiViT), an
+    encoder that is neither the file's nor the one named (official METER never resamples it)."""
+    own = backbone.state_dict().get("patch_embed.proj.weight")
+    given = next((state[key] for key in PATCH_KERNELS if key in state), None)
+    if own is None or given is None or given.ndim != 4 or given.shape[-2:] == own.shape[-2:]:
+        return
+    raise DataError(f"{path}: its patches are {given.shape[-1]} px; they do not fit {name}, whose patches are "
+                    f"{own.shape[-1]} px (give the file of the encoder named, or name the encoder of the file)"
+                    )  # fmt: skip
 
 
 def _block_index(key: str) -> int | None:
