@@ -18,7 +18,8 @@ TOP = 5  # answers listed by default
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
     parser = subparsers.add_parser("explain", help="write a heat map of where a model's answer came from")
-    parser.add_argument("--checkpoint", required=True, help="a model folder, or a run folder (a finished run's best/ or model/, else its newest checkpoint)")
+    parser.add_argument("--checkpoint", required=True, help="a model folder, or a run folder (a finished run's best/ "
+                        "or model/, else its newest checkpoint)")  # fmt: skip
     parser.add_argument("--image", required=True, help="an image file")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--question", help="a question about --image (VQA)")
