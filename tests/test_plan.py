@@ -179,8 +179,10 @@ def _batch(cfg: Config, task: torch.nn.Module) -> dict:
     """A training batch of every text at its longest."""
     tokenizer, size, length = task_tokenizer(cfg), cfg.model.vision.image_size, cfg.model.text.max_length
     caption = " ".join(["a small red circle left of a big blue square"] * length)  # cut to max_length tokens
+    blind = torch.randn(3, size, size)  # data.blind: one constant image, the same tensor for every sample
     samples = [
-        {"pixels": torch.randn(3, size, size), "text": caption, "image_id": i} for i in range(cfg.train.batch_size)
+        {"pixels": blind if cfg.data.blind else torch.randn(3, size, size), "text": caption, "image_id": i}
+        for i in range(cfg.train.batch_size)
     ]
     batch = task.prepare(Collate(tokenizer, length)(samples), SampleRandomness.standalone(0, len(samples)))
     assert batch["input_ids"].shape[1] == length
@@ -213,6 +215,17 @@ def test_the_activation_estimate_is_within_a_factor_of_two_of_the_saved_tensors(
     the GPU kernels the estimate assumes do not)."""
     cfg = load_config(None, [*NO_DROPOUT, f"train.precision={precision}", "train.device=cpu"], base=micro_config)
     estimate, saved = sum(make_plan(cfg).memory.activations.values()), _saved_bytes(cfg)
+    assert 0.5 < estimate / saved < 2.0, (estimate, saved)
+
+
+def test_a_blind_baseline_is_planned_with_its_one_image_a_batch(micro_config: Config):
+    """data.blind encodes one constant image a batch: the plan counted a vision pass for every sample."""
+    overrides = [*NO_DROPOUT, "train.device=cpu", "train.batch_size=16", "model.vision.image_size=128"]
+    seeing = load_config(None, overrides, base=micro_config)
+    blind = load_config(None, [*overrides, "data.blind=true"], base=micro_config)
+    vision = [make_plan(cfg).memory.activations["vision"] for cfg in (seeing, blind)]
+    assert vision[1] == pytest.approx(vision[0] / 16, rel=0.01)
+    estimate, saved = sum(make_plan(blind).memory.activations.values()), _saved_bytes(blind)
     assert 0.5 < estimate / saved < 2.0, (estimate, saved)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ def make_plan(cfg: Config, processes: int = 1) -> Plan:
     bytes_per_value, precision_note = activation_bytes_per_value(cfg)
     notes += [precision_note] if precision_note else []
     forward = plan.forward(cfg, model.vocabulary.size)
+    if cfg.data.blind:  # a blind batch's one constant image is encoded once (its rows share it)
+        forward = dataclasses.replace(forward, images=forward.images / train.batch_size)
     groups = [
         {"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"], "parameters": _count(g["params"])}
         for g in model.groups
