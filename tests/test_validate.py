@@ -100,6 +100,10 @@ BAD_RELATIONS = [
     ),
     (["task=captioning"], "captioning needs a decoder: set model.architecture=encoder-decoder"),  # as its run says
     (
+        ["model.decoder.layers=4"],
+        "model.decoder.layers = 4 sets up a decoder; model.architecture = 'encoder' builds none",
+    ),
+    (
         ["model.text.hf_kwargs={max_position_embeddings: 20}"],
         "model.text.hf_kwargs.max_position_embeddings = 20 is fewer positions than model.text.max_length = 40 needs",
     ),

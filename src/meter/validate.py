@@ -9,7 +9,7 @@ import re
 import shutil
 import string
 
-from meter.config import AugmentConfig, Config, ObjectivesConfig, RetrievalConfig
+from meter.config import AugmentConfig, Config, DecoderConfig, ObjectivesConfig, RetrievalConfig
 from meter.data.augment import AUGMENTATIONS
 from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError
@@ -249,6 +249,16 @@ def _check_ignored(cfg: Config) -> None:
             f"train.best_on = {cfg.train.best_on!r} chooses a fine-tuning run's best checkpoint by its task's score; "
             "pretraining has none: remove it (a pretraining run's model is its last)"
         )
+    decoder, plain_decoder = cfg.model.decoder, DecoderConfig()
+    builds_one = cfg.model.architecture == "encoder-decoder" or cfg.task == "captioning" or cfg.train.init_from
+    changed = [
+        f.name for f in dataclasses.fields(DecoderConfig) if getattr(decoder, f.name) != getattr(plain_decoder, f.name)
+    ]
+    changed = [key for key in changed if key != "dropout"]  # dropout 0 everywhere is a common override, and harmless
+    if changed and not builds_one:  # (with init_from, the folder's architecture decides)
+        raise ConfigError(f"model.decoder.{changed[0]} = {getattr(decoder, changed[0])!r} sets up a decoder; "
+                          f"model.architecture = {cfg.model.architecture!r} builds none: set "
+                          "model.architecture=encoder-decoder, or remove it")  # fmt: skip
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise ConfigError(f"train.compile_mode = {cfg.train.compile_mode!r} is torch.compile's mode; train.compile is "
                           "false, so nothing is compiled: set train.compile=true (or remove compile_mode)")  # fmt: skip
