@@ -134,7 +134,7 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                 own = handle.owns(status)
                 # another worker holds the cell (its lock), or finished it while this one was refused its lock (its
                 # runs' own records say so: a status file's "done" may be an earlier attempt's)
-                if reason and not own and (status_alive(status) or cell_done(cell)):
+                if reason and not own and (status_alive(status, cell.folder) or cell_done(cell)):
                     outcome.skipped_running.append(name)
                     log.warning("study: %s is run by another worker (%s); left to it", name, reason)
                     continue
@@ -221,7 +221,7 @@ def run_study(
         status = read_status(cell.folder)
         if cell_done(cell):
             outcome.skipped_done.append(cell.name)
-        elif status_alive(status):
+        elif status_alive(status, cell.folder):
             outcome.skipped_running.append(cell.name)
             log.warning("study: %s is run by another worker (pid %s on %s, on its run %s); left to it", cell.name,
                         status.get("pid", "?"), status.get("host", "?"), status.get("run") or "-")  # fmt: skip
@@ -232,7 +232,8 @@ def run_study(
         missing = [owner for owner in cell.depends_on if owner not in chosen_names]
         if not missing or not waits_for_pretraining(cell) or blocked_by(cell, outcome):
             continue
-        if any(status_alive(read_status(plan.cell(owner).folder)) for owner in missing):
+        owners = [plan.cell(owner).folder for owner in missing]
+        if any(status_alive(read_status(folder), folder) for folder in owners):
             outcome.skipped_running.append(cell.name)  # its pretraining runs elsewhere: the cell waits for it
         else:
             raise ConfigError(

@@ -7,7 +7,9 @@
     CELL/worker.log          the worker's output
 
 Files are the truth: a run is done when its result is there, whatever a status says; a status that says running
-whose process is gone (same host) or whose heartbeat stopped (another host) was interrupted.
+whose process is gone (same host) or whose heartbeat stopped (another host) was interrupted. A heartbeat rewrites
+the status file; its age is read from the file system's clock (the file's time against a file just written beside
+it), not from the hosts' clocks, which may differ by minutes across a cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -76,13 +79,29 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def status_alive(status: dict[str, Any]) -> bool:
-    """Whether a status that says running is held by a live worker."""
+def status_alive(status: dict[str, Any], cell_folder: str | Path) -> bool:
+    """Whether a status that says running (read from `cell_folder`) is held by a live worker."""
     if status.get("state") != "running":
         return False
     if status.get("host") == socket.gethostname():
         return process_alive(int(status.get("pid", 0))) if status.get("pid") else False
-    return time.time() - float(status.get("heartbeat", 0)) < STALE_S
+    age = seconds_since_written(Path(cell_folder) / STATUS)
+    return age is not None and age < STALE_S
+
+
+def seconds_since_written(path: Path) -> float | None:
+    """How long ago `path` was last written, by the clock of the file system that holds it (a shared one stamps
+    files with its server's time; a file written now beside it tells that time). None: no such file."""
+    try:
+        written = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".clock.") as probe:
+            now = os.fstat(probe.fileno()).st_mtime
+    except OSError:  # a folder this process cannot write to: its own clock is the best it has
+        now = time.time()
+    return now - written
 
 
 class CellStatus:

@@ -56,7 +56,7 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
     current = next((run for run in cell.runs if run.name == status.get("run")), None)
     last = _last_logged(current.folder) if current else ""
     if status.get("state") == "running":
-        if status_alive(status):
+        if status_alive(status, cell.folder):
             where = f"pid {status.get('pid')} on {status.get('host')}" + (f", job {status['job']}" if status.get(
                 "job") else "")  # fmt: skip
             return CellState(cell.name, "running", done, len(own), f"{status.get('run')} ({where})", last)
