@@ -2,11 +2,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from meter.errors import DataError
 from meter.metrics.retrieval import ranking, retrieval_recall
 from meter.tasks.retrieval import chance_recall
 from tests.reference.retrieval_brute_force import brute_force_recall
+from tests.reference.retrieval_official_literal import official_recall
 
 
 def _check_against_brute_force(scores: np.ndarray, text_image: list[int]) -> dict[str, float]:
@@ -25,27 +27,43 @@ def test_recall_equals_brute_force_on_random_scores(seed: int):
     _check_against_brute_force(rng.normal(size=(images, len(text_image))), text_image)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_recall_equals_brute_force_when_scores_tie(seed: int):
+def _check_against_official(scores: np.ndarray, text_image: list[int], ks=(1, 5, 10)) -> dict[str, float]:
+    ours = retrieval_recall(scores, text_image, ks)
+    expected = official_recall(scores.tolist(), text_image, ks)  # averaged in float32, as the official does
+    assert {k: v for k, v in ours.items() if k != "rsum"} == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    return ours
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_recall_equals_the_official_evaluation_when_scores_tie(seed: int):
+    """Ties are frequent in half-precision scores; each K's candidates are the official code's `topk` choice."""
     rng = np.random.default_rng(100 + seed)
-    images = int(rng.integers(2, 20))
+    images = int(rng.integers(10, 30))
     text_image = rng.permutation([i for i in range(images) for _ in range(5)]).tolist()  # texts in any order
     scores = rng.integers(0, 3, size=(images, len(text_image))).astype(float)  # many ties
-    scores[rng.random(scores.shape) < 0.2] = -math.inf  # unscored pairs (outside a shortlist) tie at the bottom
-    _check_against_brute_force(scores, text_image)
+    _check_against_official(scores, text_image)
 
 
-def test_ties_go_to_the_candidate_listed_first():
-    scores = np.zeros((3, 3))
-    result = retrieval_recall(scores, [2, 1, 0])  # every score equal: the order of the lists decides
-    assert result["i2t_r1"] == pytest.approx(100 / 3) and result["t2i_r1"] == pytest.approx(100 / 3)
-    assert ranking(scores, 2).tolist() == [[0, 1], [0, 1], [0, 1]]
+def test_a_tied_column_is_ranked_as_the_official_evaluation_ranks_it():
+    """Each caption's own image scores 1, the others -1, and caption 0 scores 0 everywhere: which images its R@1 and
+    R@5 take among the ties is topk's choice (the earliest listed is not always it)."""
+    scores = np.where(np.eye(10, dtype=bool), 1.0, -1.0)
+    scores[:, 0] = 0.0
+    ours = _check_against_official(scores, list(range(10)))
+    assert ours["t2i_r10"] == 100.0
+    assert ours["t2i_r1"] == 90.0  # the official's too (within its float32 mean)
+    assert ranking(scores.T, 10)[0].tolist() == torch.tensor(scores.T.tolist()).topk(10, dim=1).indices[0].tolist()
 
 
-def test_an_image_without_captions_is_not_a_query():
+def test_float64_scores_that_differ_below_float32_tie_as_in_the_official_evaluation():
+    scores = np.array([[1.0, 1.0 + 1e-12], [0.0, 0.0]])  # equal in float32, which the official ranks in
+    assert _check_against_official(scores, [0, 1], ks=(1,))["i2t_r1"] == 50.0  # ranked in float64, it would be 0
+
+
+def test_an_image_without_captions_is_a_query_that_misses():
     scores = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])  # image 2 has no caption
-    result = _check_against_brute_force(scores, [0, 1])
-    assert result["i2t_r1"] == 100.0 and result["t2i_r1"] == 0.0  # image 2 outscores both images for each text
+    result = retrieval_recall(scores, [0, 1])
+    assert result["i2t_r1"] == pytest.approx(100 * 2 / 3) and result["t2i_r1"] == 0.0  # image 2 outscores both
 
 
 def test_perfect_scores_give_full_recall():

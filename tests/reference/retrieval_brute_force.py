@@ -1,5 +1,6 @@
-"""Retrieval recall by brute force, written independently of meter.metrics.retrieval to cross-check it: for each
-query, sort every candidate by (descending score, then position in the list) and look for the ground truth. An image
+"""Retrieval recall by brute force, written independently of meter.metrics.retrieval to cross-check it on scores
+without ties (ties are ranked as the official evaluation's `topk` ranks them: `retrieval_official_literal.py`): for
+each query, sort every candidate by descending score and look for the ground truth. An image
 in `absent` (not read) is a query that misses and the image of captions that miss, and is never a candidate (its row
 of scores is not read)."""
 
@@ -16,8 +17,7 @@ def brute_force_recall(scores: list[list[float]], text_image: list[int], ks=(1, 
     for i in range(images):
         order = sorted(range(texts), key=lambda t: (-scores[i][t], t))
         mine = [position for position, t in enumerate(order) if text_image[t] == i]
-        if mine:
-            i2t_ranks.append(MISS if i in absent else min(mine))
+        i2t_ranks.append(MISS if i in absent or not mine else min(mine))  # an image without captions: a miss
     t2i_ranks = []
     for t in range(texts):
         order = sorted(candidates, key=lambda i: (-scores[i][t], i))

@@ -1,9 +1,11 @@
-"""Image-text retrieval recall: R@1/5/10 in both directions from a full image x text score matrix.
+"""Image-text retrieval recall: R@1/5/10 in both directions from a full image x text score matrix, computed as the
+official METER evaluation (`compute_irtr_recall`) computes it, so that tied scores give its numbers too.
 
-Ranking is a stable sort by descending score: among equal scores the candidate listed first ranks first (what
-`torch.topk`-based evaluation code does on CPU for ties is unspecified; a fixed rule makes numbers reproducible).
-- image -> text: an image is a hit at K when any of its captions is among its K best-scored texts; images without
-  a caption are not queries.
+- The scores are taken as float32 on the CPU and each K's candidates are `torch.topk(K)` of that matrix, along the
+  texts for image -> text and along the images for text -> image; among tied scores, topk's own choice decides (it
+  need not keep the candidate listed first, and R@1's choice need not be among R@5's).
+- image -> text: an image is a hit at K when any of its captions is among its K best-scored texts; every image is a
+  query, one without a caption a query that misses.
 - text -> image: a caption is a hit at K when its image is among its K best-scored images.
 - an image the evaluation could not read (`absent`) stays in the split, as in the official evaluation of the same
   files: a query that misses, the image of its captions (which then miss), and never retrieved.
@@ -15,24 +17,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from meter.errors import DataError
 
 KS = (1, 5, 10)
 
 
-def _positions(scores: np.ndarray) -> np.ndarray:
-    """positions[q, c]: the 0-based rank of candidate c for query q (stable sort, best first)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    positions = np.empty_like(order)
-    rows = np.arange(scores.shape[0])[:, None]
-    positions[rows, order] = np.arange(scores.shape[1])[None, :]
-    return positions
+def _official_matrix(scores: np.ndarray) -> torch.Tensor:
+    """The scores as the official evaluation ranks them: float32 (it builds a tensor of Python floats), on the CPU."""
+    return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
 
 
 def ranking(scores: np.ndarray, top: int) -> np.ndarray:
-    """The `top` best candidates of each query, best first, by the same rule as the recall."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :top]
+    """The `top` best candidates of each query (row), best first, by the same rule as the recall."""
+    matrix = _official_matrix(scores)
+    return matrix.topk(min(top, matrix.shape[1]), dim=1).indices.numpy()
 
 
 def retrieval_recall(scores: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = KS,
@@ -48,24 +48,23 @@ def retrieval_recall(scores: np.ndarray, text_image: Sequence[int], ks: Sequence
         raise DataError(f"retrieval: {texts} texts scored but {text_image.shape[0]} text -> image links given")
     if texts and (text_image.min() < 0 or text_image.max() >= images):
         raise DataError(f"retrieval: a text's image index is outside 0..{images - 1}")
-    absent = np.asarray(absent, dtype=np.int64)
-    if absent.size:
-        scores = scores.copy()
-        scores[absent] = -np.inf  # below every image that was read
     if np.isnan(scores).any():
         raise DataError("retrieval: the score matrix holds NaN")
-    text_positions = _positions(scores)  # (images, texts)
-    best_caption = np.full(images, np.iinfo(np.int64).max)
-    np.minimum.at(best_caption, text_image, text_positions[text_image, np.arange(texts)])
-    queried = best_caption < np.iinfo(np.int64).max  # images with at least one caption
-    image_positions = _positions(scores.T)[np.arange(texts), text_image]  # (texts,)
-    never = np.iinfo(np.int64).max - 1  # a rank past every K: a miss that counts (a caption's image, a query)
-    best_caption[absent[queried[absent]]] = never
-    image_positions[np.isin(text_image, absent)] = never
+    matrix = _official_matrix(scores)
+    absent = torch.as_tensor(np.asarray(absent, dtype=np.int64))
+    matrix[absent] = -torch.inf  # below every image that was read
+    links = torch.from_numpy(text_image)
+    image_missed = torch.zeros(images, dtype=torch.bool)
+    image_missed[absent] = True
+    caption_missed = image_missed[links]  # a caption of an image that was not read
     result = {}
-    for k in ks:
-        result[f"i2t_r{k}"] = 100.0 * float(np.mean(best_caption[queried] < k))
-    for k in ks:
-        result[f"t2i_r{k}"] = 100.0 * float(np.mean(image_positions < k))
+    for k in ks:  # image -> text: does any of the image's K best texts belong to it?
+        best = matrix.topk(min(k, texts), dim=1).indices
+        hits = (links[best] == torch.arange(images)[:, None]).any(dim=1) & ~image_missed
+        result[f"i2t_r{k}"] = 100.0 * hits.double().mean().item()
+    for k in ks:  # text -> image: is the caption's image among its K best images?
+        best = matrix.topk(min(k, images), dim=0).indices
+        hits = (best == links[None, :]).any(dim=0) & ~caption_missed
+        result[f"t2i_r{k}"] = 100.0 * hits.double().mean().item()
     result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
     return result
