@@ -90,3 +90,29 @@ def test_a_labels_file_listing_an_identifier_twice_is_refused(tmp_path: Path):
     write_nlvr2_predictions({"dev-1-0-0": "True"}, csv)
     with pytest.raises(DataError, match=r"dev.json:2: example 2: identifier dev-1-0-0 is listed again \(first on line"):
         score_nlvr2_files(labels, csv)
+
+
+def test_a_line_splits_only_where_the_official_script_splits_it(tmp_path):
+    """A file separator (\\x1c) or U+2028 inside a line is not a line end for the official script's readlines(): the
+    line is one bad prediction there, not two predictions."""
+    labels = tmp_path / "dev.json"
+    labels.write_text('{"identifier": "dev-1-0-0", "label": "True"}\n{"identifier": "dev-1-1-0", "label": "False"}\n')
+    for separator in ("\x1c", "\u2028"):
+        predictions = tmp_path / "predictions.csv"
+        predictions.write_text(f"dev-1-0-0,True{separator},False\ndev-1-1-0,False\n", encoding="utf-8")
+        with pytest.raises(DataError, match=r"predictions.csv:1: prediction .* must be True or False"):
+            score_nlvr2_files(labels, predictions)
+    predictions.write_bytes(b"dev-1-0-0,True\rdev-1-1-0,False\r")  # old Mac line ends: lines, as for the official
+    assert score_nlvr2_files(labels, predictions).accuracy == 100.0
+
+
+def test_scoring_files_names_the_predictions_that_miss_examples_and_a_byte_order_mark(tmp_path):
+    labels = tmp_path / "dev.json"
+    labels.write_text('{"identifier": "dev-1-0-0", "label": "True"}\n{"identifier": "dev-1-1-0", "label": "False"}\n')
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("dev-1-0-0,True\n")
+    with pytest.raises(DataError, match=r"predictions.csv \(scored against .*dev.json\): NLVR2: 1 of 2 examples"):
+        score_nlvr2_files(labels, predictions)
+    predictions.write_text("dev-1-0-0,True\ndev-1-1-0,False\n", encoding="utf-8-sig")
+    with pytest.raises(DataError, match="predictions.csv: the file starts with a byte-order mark"):
+        score_nlvr2_files(labels, predictions)

@@ -73,7 +73,11 @@ def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
         raise DataError(f"NLVR2 predictions file not found: {path}")
     predictions: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    with path.open(encoding="utf-8", newline=None) as file:  # lines end at \n, \r or \r\n, as the official reads
+        text_lines = file.readlines()  # them (str.splitlines() also splits at \x1c-\x1e, \x85 and U+2028)
+    for number, line in enumerate(text_lines, 1):
+        if number == 1 and line.startswith("\ufeff"):  # the official script would read it into the first identifier
+            raise DataError(f"{path}: the file starts with a byte-order mark (BOM): save it as UTF-8 without one")
         if not line.strip():
             continue
         fields = line.strip().split(",")
@@ -103,4 +107,8 @@ def score_nlvr2_files(labels: str | Path, predictions: str | Path) -> Nlvr2Score
         if str(label).lower() not in LABELS:
             raise DataError(f"{where} ({identifier}): label {label!r} must be 'True' or 'False'")
         gold[identifier] = str(label)
-    return nlvr2_score(gold, read_nlvr2_predictions(predictions))
+    predicted = read_nlvr2_predictions(predictions)
+    try:
+        return nlvr2_score(gold, predicted)
+    except DataError as error:  # which files did not match
+        raise DataError(f"{predictions} (scored against {labels}): {error.args[0]}") from None

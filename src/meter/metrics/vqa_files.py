@@ -44,4 +44,8 @@ def score_files(
         unasked = [a["question_id"] for a in annotated if a["question_id"] not in asked]
         if unasked:
             raise DataError(f"{annotations}: {len(unasked)} annotated questions are not in {questions}")
-    return vqa_accuracy(annotated, read_predictions(predictions), metric)
+    predicted = read_predictions(predictions)
+    try:
+        return vqa_accuracy(annotated, predicted, metric)
+    except DataError as error:  # which files did not match
+        raise DataError(f"{predictions} (scored against {annotations}): {error.args[0]}") from None
