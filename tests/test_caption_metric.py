@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from meter.errors import ConfigError, DataError
-from meter.metrics.caption import caption_scores, ptb_tokenize, tokenize_captions
+from meter.metrics.caption import caption_scores, ptb_tokenize, resolved_tokenizer, tokenize_captions
 
 CORPUS = Path(__file__).parent / "data" / "caption_corpus.txt"
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the official PTBTokenizer needs java")
@@ -71,5 +72,30 @@ def test_empty_and_incomplete_inputs_are_errors():
         caption_scores({"1": ["a"], "2": ["b"]}, {"1": "a"})
     with pytest.raises(DataError, match="no reference caption"):
         caption_scores({"1": []}, {"1": "a"})
-    with pytest.raises(ConfigError, match="choose one of: python, ptb"):
+    with pytest.raises(ConfigError, match="choose one of: auto, python, ptb"):
         tokenize_captions({"1": ["a"]}, "nltk")
+
+
+@needs_java
+def test_a_line_break_inside_a_caption_scores_as_a_space_and_does_not_shift_the_others():
+    """pycocoevalcap's wrapper joins the captions with newlines after replacing only \\n; Java's tokenizer ends a line
+    at \\r, U+2028 and others too, which put every later caption on another image's line."""
+    references = {"1": ["a dog runs on the grass", "a brown dog running"], "2": ["two cats sleep on a red sofa"]}
+    candidates = {"1": "a dog runs on grass", "2": "two cats on a sofa"}
+    plain = caption_scores(references, candidates, "ptb")
+    for line_break in ("\r", "\u2028", "\x0c"):
+        broken = {"1": ["a dog runs" + line_break + "on the grass", "a brown dog running"], "2": references["2"]}
+        assert caption_scores(broken, candidates, "ptb") == plain
+        assert caption_scores(broken, candidates, "python") == caption_scores(references, candidates, "python")
+
+
+def test_auto_runs_the_official_tokenizer_where_there_is_java_and_says_so_where_there_is_not(
+    tmp_path, monkeypatch, caplog
+):
+    java = shutil.which("java")
+    assert resolved_tokenizer("auto") == ("ptb" if java else "python")
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without java
+    with caplog.at_level(logging.WARNING, logger="meter.metrics.caption"):
+        assert resolved_tokenizer("auto") == "python"
+    assert "no java on the PATH" in caplog.text
+    assert resolved_tokenizer("python") == "python" and resolved_tokenizer("ptb") == "ptb"

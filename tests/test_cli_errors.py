@@ -118,7 +118,7 @@ def test_evaluate_refuses_the_options_of_the_other_way_of_evaluating(micro_check
 @pytest.mark.parametrize(
     ("task", "setting", "message"),
     [("vqa", "vqa.image_pattern={splt}/x.png", "vqa.image_pattern = '{splt}/x.png' has {splt}; its fields"),
-     ("captioning", "captioning.tokenizer=foo", "captioning.tokenizer = 'foo'; choose one of: python, ptb")],
+     ("captioning", "captioning.tokenizer=foo", "captioning.tokenizer = 'foo'; choose one of: auto, python, ptb")],
 )  # fmt: skip
 def test_evaluate_checks_its_settings_before_the_model_loads(micro_checkpoints, tmp_path, capsys, task, setting,
                                                              message):  # fmt: skip

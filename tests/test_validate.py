@@ -87,7 +87,7 @@ BAD_RELATIONS = [
     (["task=retrieval", "retrieval.shortlist=5"], "retrieval.shortlist = 5 must be 0 (every pair) or at least 10"),
     (["task=vqa", "vqa.train_splits=[]"], "vqa.train_splits is empty"),
     (["task=vqa", "vqa.metric=official-2019"], "vqa.metric = 'official-2019'"),
-    (["task=captioning", "captioning.tokenizer=nltk"], "captioning.tokenizer = 'nltk'; choose one of: python, ptb"),
+    (["task=captioning", "captioning.tokenizer=nltk"], "tokenizer = 'nltk'; choose one of: auto, python, ptb"),
     # settings nothing of this run reads (they were accepted, and config.yaml recorded a loss that never ran)
     (["task=vqa", "objectives.mim=1"], "objectives.mim = 1.0 is a pretraining setting; task = 'vqa' trains its own"),
     (

@@ -206,7 +206,7 @@ class CaptioningConfig:
     beam_size: int = 1  # 1: greedy search
     length_penalty: float = 1.0  # beam search ranks finished captions by log-probability / length ** this
     max_length: int = 0  # tokens a generated caption may have (0: as many as the decoder has positions)
-    tokenizer: str = "python"  # for BLEU/CIDEr: python (PTB rules, no Java), or ptb (Stanford's, needs java)
+    tokenizer: str = "auto"  # for BLEU/CIDEr: ptb (Stanford's, needs java), python (PTB rules), auto (ptb if java)
 
 
 @dataclass

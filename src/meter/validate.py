@@ -160,7 +160,7 @@ def _check_caption_tokenizer(cfg: Config) -> None:
     if cfg.captioning.tokenizer == "ptb" and shutil.which("java") is None:
         raise ConfigError(
             "captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH; install"
-            " java or use captioning.tokenizer=python"
+            " java, or use captioning.tokenizer=auto (Java's where there is java) or python"
         )
 
 

@@ -2,7 +2,7 @@
 
 The COCO caption evaluation tokenises references and candidates with Stanford's PTBTokenizer (Java, CoreNLP 3.4.1,
 `-preserveLines -lowerCase`) and then drops punctuation tokens. Two tokenisers are offered:
-- "python" (default): `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
+- "python": `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
   meets (typographic quotes, apostrophes, dashes, the ellipsis, £ € and ½ mapped to PTB's ASCII first; lower-
   casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to
   -lrb- -rrb- ...; `, ; : ? ! % $ / + * = < > ~ | °` and a word's last hyphen split off where PTB splits them; a
@@ -13,11 +13,16 @@ The COCO caption evaluation tokenises references and candidates with Stanford's 
   .A`) or before `!` (`table.!`), a clitic before a hyphen (`kid's-meal`), quoted acronyms (`'S.S.`), `toys'r'us`,
   `y'all`, `y’know`, `’Tis`, low quotes (`‚`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
+- "auto" (default): "ptb" where `java` is on the PATH, else "python" with a warning; the score file names which ran.
+Either way, the line breaks the official wrapper leaves in a caption (\r, \v, \f, \x1c-\x1e, \x85, U+2028, U+2029: it
+replaces only \n) are spaces first: the Java tokenizer reads them as line ends, which shifted every later caption
+onto another image's line.
 Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -26,7 +31,12 @@ from itertools import dropwhile
 
 from meter.errors import ConfigError, DataError
 
-TOKENIZERS = ("python", "ptb")
+log = logging.getLogger(__name__)
+
+TOKENIZERS = ("auto", "python", "ptb")
+# characters that end a line for Java's tokenizer (-preserveLines) and that pycocoevalcap's wrapper, which joins the
+# captions with \n after replacing only \n, leaves in: each would shift the later captions onto other images
+LINE_BREAKS = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\n", " "))
 # the tokens pycocoevalcap's PTBTokenizer wrapper removes after tokenising (its PUNCTUATIONS list, verbatim)
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 CLOSING = {"''", "'", "-rrb-", "-rsb-", "-rcb-"}  # after a final period, it is still split off
@@ -119,17 +129,31 @@ def _drop_punctuation(tokenized: str) -> str:
     return " ".join(w for w in tokenized.split(" ") if w not in PUNCTUATION)
 
 
-def tokenize_captions(captions: Mapping[str, Sequence[str]], tokenizer: str = "python") -> dict[str, list[str]]:
+def resolved_tokenizer(tokenizer: str) -> str:
+    """The tokenizer that runs for the setting `tokenizer`: "auto" is Java's where java is on the PATH."""
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"caption tokenizer {tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}")
+    if tokenizer != "auto":
+        return tokenizer
+    if shutil.which("java") is not None:
+        return "ptb"
+    log.warning("captions: no java on the PATH, so BLEU and CIDEr tokenise with meter's Python restatement of "
+                "Stanford's PTBTokenizer; it equals the official one on common caption text, not on every input "
+                "(install Java for the official numbers)")  # fmt: skip
+    return "python"
+
+
+def tokenize_captions(captions: Mapping[str, Sequence[str]], tokenizer: str = "auto") -> dict[str, list[str]]:
     """id -> captions, tokenised and without punctuation, as the COCO evaluation feeds its scorers."""
+    tokenizer = resolved_tokenizer(tokenizer)
+    captions = {key: [c.translate(LINE_BREAKS) for c in texts] for key, texts in captions.items()}
     if tokenizer == "python":
         return {key: [_drop_punctuation(ptb_tokenize(c)) for c in texts] for key, texts in captions.items()}
-    if tokenizer == "ptb":
-        if shutil.which("java") is None:
-            raise ConfigError("caption tokenizer 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH")
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    if shutil.which("java") is None:
+        raise ConfigError("caption tokenizer 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
-    raise ConfigError(f"caption tokenizer {tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}")
+    return PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,7 @@ class CaptionScores:
 
 
 def caption_scores(
-    references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], tokenizer: str = "python"
+    references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], tokenizer: str = "auto"
 ) -> CaptionScores:
     """BLEU-1..4 and CIDEr(-D as pycocoevalcap computes it) of one candidate per image against its references."""
     if not references:

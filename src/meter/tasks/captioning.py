@@ -27,7 +27,7 @@ from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
 from meter.data.shared_rows import moved
 from meter.errors import ConfigError
-from meter.metrics.caption import caption_scores
+from meter.metrics.caption import caption_scores, resolved_tokenizer
 from meter.models.folder import ModelFolder
 from meter.models.generation import generate
 from meter.models.meter import Meter
@@ -185,9 +185,10 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]
     references = {str(r.image_id): list(r.captions) for r in records}
     # the official score of the captions file: an image it could not read scores its empty caption
+    tokenizer = resolved_tokenizer(settings.tokenizer)
     scores = caption_scores(references, {str(row["image_id"]): row["caption"] for row in results},
-                            settings.tokenizer).to_dict()  # fmt: skip
-    result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": settings.tokenizer,
+                            tokenizer).to_dict()  # fmt: skip
+    result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": tokenizer,
               **skipped_fields(budget)}  # fmt: skip
     results.sort(key=lambda row: row["image_id"])
     (out / f"captions_{split}.json").write_text(json.dumps(results, indent=0))
