@@ -35,6 +35,27 @@ def test_python_tokenizer_equals_the_official_ptbtokenizer_on_caption_text(shape
     assert tokenize_captions(captions, "python") == tokenize_captions(captions, "ptb")
 
 
+# inputs where meter's Python tokenizer differed from Java's PTBTokenizer (a differential fuzz found them)
+FUZZ_FOUND = [
+    "a dog\u200bruns on the grass", "a\u200cdog\u200druns", "a dog\u2060runs", "\ufeffa dog runs", "a dog\u200eruns",
+    "a dog\u180eruns", "a dog\x07runs", "a dog\ue000runs", "a dog\ufffdruns", "a dog runs on the gr\u00adass",
+    "a dog\U0001f600runs", "a black& white photo", "a black &white photo", "a salt&pepper shaker", "m&m's on a table",
+    "an AT&T phone booth", "approx. 5 dogs on the grass", "a dog -a cat", "a red@ bus", "a double decker# bus",
+    "a red#bus", "a _dog_ on a mat", "a dog\\cat", "a dog´s bone", "the u.s.'s flag", "the a.m.'s news", "+5 degrees",
+    "5+5 dogs", "A+B blood", "about ,3.5 dogs", "a '5 sign", "fish 'n chips", "an ol' man", "1 1/2 cups of flour",
+    "(10 1/2 inches)", "1½ cups", "a © sign", "a ™ logo", "a • bullet", "a ★ star", "5¢ candy", "a 5'6\" man",
+    "y'all come", "a dog :) here", "a happy dog:D", "3 sq. feet", "in fig. 5", "the nos. 5", "a dog .red ball",
+    "ab!cd", "dog__cat", "@_dog", "a @ sign",
+]  # fmt: skip
+
+
+@needs_java
+def test_python_tokenizer_equals_the_official_ptbtokenizer_where_the_fuzz_found_them_apart():
+    captions = {str(i): [line] for i, line in enumerate(FUZZ_FOUND)}
+    python, ptb = tokenize_captions(captions, "python"), tokenize_captions(captions, "ptb")
+    assert {k: (FUZZ_FOUND[int(k)], v) for k, v in python.items() if v != ptb[k]} == {}
+
+
 def test_scores_equal_pycocoevalcaps_scorers_on_the_same_input():
     references = {
         "1": ["a red circle on a plain background", "a picture of a red circle", "one shape a red circle"],

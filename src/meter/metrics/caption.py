@@ -3,15 +3,20 @@
 The COCO caption evaluation tokenises references and candidates with Stanford's PTBTokenizer (Java, CoreNLP 3.4.1,
 `-preserveLines -lowerCase`) and then drops punctuation tokens. Two tokenisers are offered:
 - "python": `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
-  meets (typographic quotes, apostrophes, dashes, the ellipsis, £ € and ½ mapped to PTB's ASCII first; lower-
-  casing; clitics `n't 's 're 've 'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to
-  -lrb- -rrb- ...; `, ; : ? ! % $ / + * = < > ~ | °` and a word's last hyphen split off where PTB splits them; a
-  chunk's final period split off except from acronyms and common abbreviations, and two periods as two). It equals
-  the Java tokenizer on a corpus of 506 caption-like lines (tested where Java is installed); it still differs on
-  rarer inputs: the full abbreviation lists, a caption's last abbreviation (`approx.`), `No.5`, emoticons (`:)`),
-  `&` between lower-case letters (`b&w`), feet and inches (`5'6"`, `4’x8’`), a period glued to the next word (`hat
-  .A`) or before `!` (`table.!`), a clitic before a hyphen (`kid's-meal`), quoted acronyms (`'S.S.`), `toys'r'us`,
-  `y'all`, `y’know`, `’Tis`, low quotes (`‚`).
+  meets (typographic quotes, apostrophes, dashes, the ellipsis, currency and fractions mapped to PTB's ASCII first;
+  the characters it cannot tokenise, such as zero-width spaces, joiners, the byte-order mark, controls, private use
+  and emoji, dropped and ending the word, the soft hyphen dropped inside it; lower-casing; clitics `n't 's 're 've
+  'll 'd 'm` split off, `can not`, `gon na`; quotes to `` and ''; brackets to -lrb- -rrb- ...; `, ; : ? ! % $ / + *
+  = < > ~ | & @ # _ \\ ^ °`, © ™ • and PTB's other symbols, a word's last hyphen and a leading one split off where PTB
+  splits them; `1 1/2` one token; emoticons ending a word; a chunk's final period split off except from acronyms
+  and PTB's abbreviations, and two periods as two). It equals the Java tokenizer on a corpus of 506 caption-like
+  lines and on the fuzz-found inputs in the tests (tested where Java is installed); it still differs on rarer
+  inputs: abbreviations PTB knows only capitalised (`Mass.`, `Wash.`), `No.5`, `&` or `+` after a mixed-case word
+  (`aB&C`), `c++`, `<dog>` (an SGML tag to PTB), an apostrophe inside a word other than a clitic or a digit's
+  (`toys'r'us`, `ab'cd`, `rock'n roll`), a ’ opening a word (`’stop’` is `'s top` there), a period glued to the
+  next word mid-chunk (`hat.A`) or before other punctuation (`table.!`, `no.$`), a clitic before a hyphen
+  (`kid's-meal`), quoted acronyms (`'S.S.`), `’Tis`, a fraction glued to a word (`1 1/2cup`), letters and symbols
+  Unicode added after Java 8's tables, and glued run-ons of these (`#can't`, `it'sjalapeño`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 - "auto" (default): "ptb" where `java` is on the PATH, else "python" with a warning; the score file names which ran.
 Either way, the line breaks the official wrapper leaves in a caption (\r, \v, \f, \x1c-\x1e, \x85, U+2028, U+2029: it
@@ -41,14 +46,42 @@ LINE_BREAKS = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\n"
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 CLOSING = {"''", "'", "-rrb-", "-rsb-", "-rcb-"}  # after a final period, it is still split off
 BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co", "corp", "ave",
-    "blvd", "rd", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "gen", "gov",
-    "lt", "col", "sgt", "capt", "rev", "hon", "bros", "dept", "est", "approx",
+ABBREVIATIONS = {  # PTBLexer's ABBREV1 and ABBREV2 lists (as 3.4.1 runs them: not `approx`, nor `sat` or `sun`)
+    "mr", "mrs", "ms", "dr", "drs", "prof", "profs", "sr", "jr", "st", "ste", "mt", "ft", "vs", "etc", "al", "seq",
+    "esq", "inc", "ltd", "co", "cos", "corp", "pty", "plc", "rt", "bancorp", "bhd", "assn", "univ", "intl", "sys",
+    "ave", "blvd", "rd", "bldg", "dept", "invt", "elec", "natl", "mfg", "mtg", "tel", "est", "ext", "sq", "jan", "feb",
+    "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "tues", "wed", "thu", "thurs",
+    "fri", "ala", "ariz", "calif", "colo", "conn", "ct", "dak", "fla", "ga", "ind", "kan", "kans", "ky", "md", "mich",
+    "minn", "mo", "mont", "neb", "nev", "okla", "penn", "tenn", "va", "vt", "wis", "wisc", "wyo", "gen", "gov", "govs",
+    "lt", "col", "sgt", "capt", "rev", "hon", "bros", "sen", "sens", "rep", "reps", "atty", "attys", "messrs", "adm",
+    "maj", "cpl", "pvt", "pres", "lieut", "brig", "cmdr", "comdr", "pfc", "spc", "supt", "supts", "det", "adj", "adv",
+    "asst", "assoc", "ens", "insp", "mlle", "mme", "msgr", "sfc", "alex", "wm", "jos", "cie", "cf", "ph",
 }  # fmt: skip
+BEFORE_NUMBER = {"no", "nos", "ca", "fig", "figs", "prop", "art", "pp", "op"}  # ABBREV3: abbreviations before a number
 SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me",
                "gimme": "gim me", "'tis": "'t is", "'twas": "'t was"}  # fmt: skip
-BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")  # emoji, mathematical letters: PTBTokenizer drops them
+# characters PTBTokenizer cannot tokenise and drops, ending the word there (dog\u200bruns is `dog runs`): controls,
+# format characters (zero-width space and joiners, direction marks, the word joiner, the byte-order mark), private
+# use, U+FFFD, a few rare dashes and quotes, and everything beyond the BMP (emoji, which its lexer reads as surrogates)
+UNTOKENIZABLE = re.compile(
+    "[\x00-\x08\x0e-\x1f\x7f\x81-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffd"
+    "\ue000-\uf8ff\u2012\u2015\u201b\u2024\u2025\u2027\u2039\u203a\u203c\u2043\u2047-\u2049\U00010000-\U0010ffff]"
+)
+# symbols PTB makes tokens of their own wherever they stand (its MISCSYMBOL class and kin, as 3.4.1 runs them): ©, ®,
+# ™, •, ·, §, ¡, ¿, ´, superscripts, arrows, mathematical symbols and dingbats (★, ✓), fullwidth punctuation
+SYMBOLS = (
+    "*=<>~|\\\\^¡¥-©¬®-´¶-¹¿×÷\u037e\u0387\u0589\u05be\u05c0\u05c3\u05c6\u05f3\u05f4\u0600-\u0603\u0606-\u060c\u0614"
+    "\u061b\u061e\u061f\u066a\u066d\u06d4\u0700-\u070d\u07f6-\u07f8\u0964\u0965\u0e3f\u0e4f\u1fbd\u2016\u2017\u201a"
+    "\u201e-\u2023\u2030-\u2038\u203b\u203e-\u2042\u2044\u2070\u2074-\u207e\u2080-\u208e\u20a4\u2100\u2101\u2103-\u2106"
+    "\u2108\u2109\u2114\u2116-\u2118\u211e-\u2123\u2125\u2127\u2129\u212e\u213a\u213b\u2140-\u2144\u214a-\u214d\u214f"
+    "\u2155-\u215e\u2190-\u2bff\u3001\u3002\u3012\u30fb\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\uffe0"
+    "\uffe1\uffe5\uffe6"
+)
+# an emoticon ending a chunk (:), ;-), :D, dog:P) is one token, its round brackets as -lrb- -rrb- (but not :o or :})
+SMILEY = re.compile(r"[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]]$")
+SPACES = re.compile(r"[^\S\xa0]+")  # what separates chunks: whitespace but the no-break space inside a fraction
+# a whole number and a fraction (1 1/2) are one token, the space a no-break space, where PTB's FRAC matches them
+FRACTION = re.compile(r"(?<![^\s(\[{])(\d{1,4})[ \xa0](?=\d{1,4}/\d{1,4}(?![\w/]))")
 URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+")
 # characters PTBTokenizer maps to the ASCII of the Penn Treebank before its rules (typographic quotes and
 # apostrophes, dashes, the ellipsis, currency, fractions): web-typed captions are full of them
@@ -56,28 +89,47 @@ URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+")
 # punctuation), a quote standing alone; inside a word (o’clock, O’Neil), before one (’em, ’90s, rock ’n’ roll) it stays
 CURLY_APOSTROPHE = re.compile(r"’(?=(?:s|re|ve|ll|d|m)\b)|(?<=n)’(?=t\b)|(?<=[\w,.!?;:])(?<!’n)’(?!\w)|(?<!\S)’(?!\S)")
 TYPOGRAPHY = str.maketrans({"‘": "`", "“": '"', "”": '"', "«": '"', "»": '"', "–": " -- ", "—": " -- ",
-                            "…": " ... ", "£": "#", "€": "$", "½": "1/2", "¼": "1/4", "¾": "3/4"})  # fmt: skip
+                            "…": " ... ", "£": " # ", "€": "$", "\x80": "$", "¤": "$", "₠": "$", "¢": " cents ",
+                            "½": " 1/2 ", "¼": " 1/4 ", "¾": " 3/4 ", "⅓": " 1/3 ", "⅔": " 2/3 "})  # fmt: skip
+_CASED_RULES = [  # applied to each chunk before lower-casing: these classes of PTB's lexer are case-sensitive
+    (re.compile(r"(?<![A-Z])&|&(?![A-Z])"), " & "),  # & stays only between capitals (AT&T, B&W), not in b&w, black&
+    (re.compile(r"(?<=\d)'(?!(?i:s|re|ve|ll|d|m)\b)(?=\w)|(?<=\w)'(?=\d)"), " ' "),  # by a digit: 5'6, not 90's
+    (re.compile(r"^[yY]'(?=[^\W\d_])"), r"\g<0> "),  # y'all, y'know are `y' all`, `y' know`
+    (re.compile(r"\+(?=\d)"), " +"),  # a number's sign (+5; 5+5 is `5 +5`)
+    (re.compile(r"(?<![A-Z])\+(?!\d)|\+(?![A-Z\d])"), " + "),  # and otherwise split off, but for A+B
+]
 _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased text
     (re.compile(r"^\"|(?<=[(\[{`])\""), " `` "),
     (re.compile(r"\""), " '' "),
     (re.compile(r"''"), " '' "),
     (re.compile(r"^`+|`+$"), r" \g<0> "),
     (re.compile(r"(?<=\w)`(?=\w)"), " ` "),
-    (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)(?!(?:em|til|cause)\b)(?!(?:s|re|ve|ll|d|m)$)(?!n'$)"), "` "),
+    (re.compile(r"^'(?=[a-z])(?!t(?:is|was)\b)(?!(?:em|til|cause)\b)(?!(?:s|re|ve|ll|d|m)$)(?!n'?$)"), "` "),
+    (re.compile(r"^'(?=\d(?!\d))"), "' "),  # '5 (but '50 and '90s are words)
     (re.compile(r"\.\.\."), " ... "),
+    (re.compile(r"^\.(?=[^\W\d_])"), ". "),  # a period glued to the next word's start (.red; .5 is a number)
     (re.compile(r"-{2,}"), " -- "),
     (re.compile(r"(?<=\w)-(?=\W*$)"), " - "),  # a hyphen ending a word (horse-)
+    (re.compile(r"^-(?=[^\W\d_])"), "- "),  # and one starting it (-a cat; -5 is a number)
     (re.compile(r"[()\[\]{}]"), lambda m: f" {BRACKETS[m.group()]} "),
-    (re.compile(r"[?!]+"), r" \g<0> "),
-    (re.compile(r";|,(?!\d)|(?<!\d),|:(?!\d)|(?<!\d):"), r" \g<0> "),
-    (re.compile(r"[%$]|#(?=\d)"), r" \g<0> "),
+    (re.compile(r"[?!]{2,}|(?<![^\W_])[?!]|[?!](?![^\W\d_])"), r" \g<0> "),  # not one between letters (ab!cd)
+    (re.compile(r";|,(?!\d)|:(?!\d)|(?<!\d):"), r" \g<0> "),
+    (re.compile(r"(?<!\d),(?=\d)"), " ,"),  # ,3 is a number, as .3 is
+    (re.compile(r"[%$]|#{2,}|#(?![^\W\d_])"), r" \g<0> "),
+    (re.compile(r"(?<=[^\s#])#(?=[^\W\d_])"), " #"),  # a hashtag (red#bus is `red #bus`)
+    (re.compile(r"@+(?!\w)|^@+(?=\d)"), r" \g<0> "),  # @ but in a user name or an address (@user, a@b, a@5)
+    (re.compile(r"_{2,}|(?<![^\W_])(?<!@)_+|_+(?![^\W_])"), r" \g<0> "),  # underscores but one inside a word (dog_cat)
     (re.compile(r"(?<=\S)/$|^/(?=\S)"), " / "),
-    (re.compile(r"[+*=<>~|°×−]"), r" \g<0> "),  # symbols PTB always splits off (food+drinks, 5*, 50°f)
+    (re.compile(f"[{SYMBOLS}]"), r" \g<0> "),  # symbols PTB always splits off (5*, 50°f, dog\cat, dog´s, ©)
     (re.compile(r"(?<=\d:\d\d)(am|pm)(?=\.*(?:\s|$))"), r" \1"),  # 3:00pm splits (3:00pm, too), 3pm does not
     (re.compile(r"'n'"), " 'n' "),
     (re.compile(r"(?<=\w)n't\b"), " n't"),
-    (re.compile(r"(?<=\w)'(s|re|ve|ll|d|m)\b"), r" '\1"),
-    (re.compile(r"(?<=\w)(?<!'n)'(?=\W*$)"), " ' "),
+    (re.compile(r"(?:(?<=\w)|(?<=[a-z]\.))'(s|re|ve|ll|d|m)\b"), r" '\1"),  # also after an acronym (u.s.'s)
+    # a closing quote after a word, but not the apostrophe of PTB's words ol', somethin', dunkin', l', d', j'
+    (
+        re.compile(r"(?<=\w)(?<!'n)(?<!(?<!\S)ol)(?<!(?<!\S)somethin)(?<!(?<!\S)dunkin)(?<!(?<!\S)[ldj])'(?=\W*$)"),
+        " ' ",
+    ),
 ]
 
 
@@ -93,7 +145,7 @@ def _split_period(token: str, next_token: str | None) -> list[str]:
     if re.fullmatch(r"(?:[a-z]\.)*[a-z]", stem):
         return [f"{stem}.", *["."] * (periods - 1)]
     number_follows = next_token is not None and next_token[:1].isdigit()
-    if periods == 1 and (stem in ABBREVIATIONS or (stem == "no" and number_follows)):
+    if periods == 1 and (stem in ABBREVIATIONS or (stem in BEFORE_NUMBER and number_follows)):
         return [token]
     return [stem, *["."] * periods]
 
@@ -104,15 +156,27 @@ def _split_word(word: str) -> str:
     return SPLIT_WORDS[stem] + word[len(stem) :] if stem in SPLIT_WORDS else word
 
 
+def _words(text: str) -> list[str]:
+    return [word for word in SPACES.split(text) if word]
+
+
 def ptb_tokenize(text: str) -> str:
     """One caption as PTBTokenizer (-lowerCase) would tokenise it, tokens joined by single spaces."""
     chunks = []
-    text = BEYOND_BMP.sub("", CURLY_APOSTROPHE.sub("'", text).translate(TYPOGRAPHY))
-    for chunk in text.replace("\n", " ").replace("&amp;", "&").lower().split():
-        if not URL.fullmatch(chunk):
-            for pattern, replacement in _RULES:
-                chunk = pattern.sub(replacement, chunk)
-        chunks.append(" ".join(_split_word(word) for word in chunk.split()).split())
+    text = FRACTION.sub("\\1\xa0", UNTOKENIZABLE.sub(" ", text).replace("\xa0", " "))  # before ½ is ` 1/2 `
+    # the soft hyphen goes: PTB removes it from words (gr\xadass is `grass`)
+    text = CURLY_APOSTROPHE.sub("'", text).translate(TYPOGRAPHY).replace("\xad", "").replace("&amp;", "&")
+    for chunk in _words(text):
+        url = URL.fullmatch(chunk)
+        smiley = None if url else SMILEY.search(chunk)
+        emoticon = [smiley.group().lower().replace("(", "-lrb-").replace(")", "-rrb-")] if smiley else []
+        chunk = chunk[: smiley.start()] if smiley else chunk
+        for pattern, replacement in [] if url else _CASED_RULES:
+            chunk = pattern.sub(replacement, chunk)
+        chunk = chunk.lower()
+        for pattern, replacement in [] if url else _RULES:
+            chunk = pattern.sub(replacement, chunk)
+        chunks.append(_words(" ".join(_split_word(word) for word in _words(chunk))) + emoticon)
     words = [word for chunk in chunks for word in chunk]
     ends, start = set(), 0
     for chunk in chunks:  # a chunk's last word before its closing quotes and brackets: `dog."` but not `people.,`
