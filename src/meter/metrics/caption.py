@@ -1,7 +1,7 @@
 """Caption scores: BLEU-4 and CIDEr through pycocoevalcap's own scorers, on PTB-tokenised text.
 
 The COCO caption evaluation tokenises references and candidates with Stanford's PTBTokenizer (Java, CoreNLP 3.4.1,
-`-preserveLines -lowerCase`) and then drops punctuation tokens. Two tokenisers are offered:
+`-preserveLines -lowerCase`) and then drops punctuation tokens. The `tokenizer` setting chooses how:
 - "python": `ptb_tokenize` below, a pure-Python restatement of the PTBTokenizer rules that caption text
   meets (typographic quotes, apostrophes, dashes, the ellipsis, currency and fractions mapped to PTB's ASCII first;
   the characters it cannot tokenise, such as zero-width spaces, joiners, the byte-order mark, controls, private use
@@ -247,6 +247,7 @@ def caption_scores(
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
+    tokenizer = resolved_tokenizer(tokenizer)  # once: "auto" without java warns once
     gts = tokenize_captions(references, tokenizer)
     res = tokenize_captions({key: [candidates[key]] for key in references}, tokenizer)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
