@@ -28,7 +28,7 @@ from pathlib import Path
 from meter.errors import ConfigError, DataError
 from meter.output_folder import check_own_folder
 from meter.study.cells import PLAN, CellPlan, StudyPlan, plan_study
-from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit
+from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit, queued_job
 from meter.study.records import read_status, record_lost_worker, run_done, status_alive
 from meter.study.spec import SlurmSpec, StudySpec
 
@@ -49,6 +49,18 @@ class Outcome:
 
 def cell_done(cell: CellPlan) -> bool:
     return all(run_done(run) for run in cell.own_runs())
+
+
+def held_elsewhere(cell_folder: str) -> str:
+    """Who else has the cell ("" if no one): a live worker (its status), or a Slurm job of an earlier `meter study
+    run` still in the queue (it has no status until it starts)."""
+    status = read_status(cell_folder)
+    if status_alive(status, cell_folder):
+        where = f"pid {status.get('pid', '?')} on {status.get('host', '?')}, on its run {status.get('run') or '-'}"
+        return f"another worker ({where})"
+    job = queued_job(cell_folder)
+    return f"{job}, submitted by an earlier run and still in the Slurm queue (scancel it to run the cell anew)" if job \
+        else ""  # fmt: skip
 
 
 def waits_for_pretraining(cell: CellPlan) -> bool:
@@ -218,13 +230,11 @@ def run_study(
     outcome = Outcome()
     todo = []
     for cell in select_cells(plan, only):
-        status = read_status(cell.folder)
         if cell_done(cell):
             outcome.skipped_done.append(cell.name)
-        elif status_alive(status, cell.folder):
+        elif holder := held_elsewhere(cell.folder):
             outcome.skipped_running.append(cell.name)
-            log.warning("study: %s is run by another worker (pid %s on %s, on its run %s); left to it", cell.name,
-                        status.get("pid", "?"), status.get("host", "?"), status.get("run") or "-")  # fmt: skip
+            log.warning("study: %s is held by %s; left to it", cell.name, holder)
         else:
             todo.append(cell)
     chosen_names = {cell.name for cell in todo}
@@ -232,8 +242,7 @@ def run_study(
         missing = [owner for owner in cell.depends_on if owner not in chosen_names]
         if not missing or not waits_for_pretraining(cell) or blocked_by(cell, outcome):
             continue
-        owners = [plan.cell(owner).folder for owner in missing]
-        if any(status_alive(read_status(folder), folder) for folder in owners):
+        if any(held_elsewhere(plan.cell(owner).folder) for owner in missing):
             outcome.skipped_running.append(cell.name)  # its pretraining runs elsewhere: the cell waits for it
         else:
             raise ConfigError(

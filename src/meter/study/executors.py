@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,14 @@ from typing import Any, Protocol
 
 from meter.errors import ConfigError, MeterError
 from meter.study.cells import CELL, CellPlan
-from meter.study.records import WORKER_LOG
+from meter.study.records import WORKER_LOG, read_json, write_json
 from meter.study.spec import SlurmSpec
 
 EXECUTORS = ("local", "submitit-local", "slurm")
+SUBMITTED = "slurm_job.json"  # CELL/: the Slurm job last submitted for the cell, until it has a status of its own
+# the states of a job that may still run the cell (squeue's long names); any other, or none, is a job that ended
+WAITING_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                  "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING")  # fmt: skip
 
 
 class Handle(Protocol):
@@ -311,4 +316,23 @@ class Submitit:
         handle = JobHandle(job)
         if self.gpus is not None:
             self.gpus.hold(gpus, handle)
+        else:  # a Slurm job may wait in the queue for days, with no status yet: a later run must not submit it again
+            write_json(Path(cell.folder) / SUBMITTED, {"job": str(job.job_id), "submitted": time.time()})
         return handle
+
+
+def queued_job(cell_folder: str | Path) -> str:
+    """The Slurm job submitted for the cell that is still in the queue (waiting, or starting and yet to write its
+    status), as "job N (STATE)"; "" when there is none, or no squeue here to ask."""
+    submitted = read_json(Path(cell_folder) / SUBMITTED)
+    if not submitted or not shutil.which("squeue"):
+        return ""
+    job = str(submitted.get("job", ""))
+    try:
+        asked = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format=%T"], capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    states = [line.strip() for line in asked.stdout.splitlines() if line.strip()]
+    waiting = [state for state in states if state in WAITING_STATES]  # an array job lists each task
+    return f"job {job} ({waiting[0]})" if asked.returncode == 0 and waiting else ""
