@@ -145,7 +145,8 @@ def test_a_process_that_torchrun_restarted_resumes_from_the_latest_checkpoint(mi
 
 
 def test_a_run_recorded_before_a_setting_existed_goes_on_with_that_setting_at_its_default(micro_config, tmp_path):
-    """Every folder recorded before train.best_on was "another config" (`train.best_on: None -> ''`) and refused."""
+    """Every folder recorded before train.best_on was "another config" (`train.best_on: None -> ''`) and refused; and
+    so was every folder recorded before a default changed (`captioning.tokenizer: 'python' -> 'auto'`)."""
     import json
 
     out = tmp_path / "run"
@@ -155,6 +156,7 @@ def test_a_run_recorded_before_a_setting_existed_goes_on_with_that_setting_at_it
     for key in ("best_on", "best_every"):
         del record["config"]["train"][key]
     del record["config"]["vqa"]["normalize_targets"]
+    record["config"]["captioning"]["tokenizer"] = "python"  # its default then: recorded by every run before "auto"
     (out / RECORD).write_text(json.dumps(record))
     run_pretrain(load_config(None, ["train.stop_at=0"], base=cfg), resume="latest")
     assert json.loads((out / RECORD).read_text())["finished"]

@@ -87,6 +87,7 @@ def test_a_setting_only_one_side_knows_is_not_a_change_of_the_run(tmp_path):
     run = plan_study(study_from_dict(micro_study(tmp_path)), out, prepare=False).cells[0].runs[0]
     record = {"config": to_dict(run.config()), "study": str(out)}
     del record["config"]["data"]["max_bad_samples"]  # as a record written before meter had that setting
+    record["config"]["captioning"]["tokenizer"] = "python"  # and before that default changed to "auto"
     assert config_changes(record, run, out) == []
     record["config"]["model"]["fusion"]["heads"] = 4
     assert config_changes(record, run, out) == ["model.fusion.heads: 4 -> 2"]

@@ -266,6 +266,17 @@ class Config:
     captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
 
 
+# defaults that changed (setting: old default, new default): a run recorded with the old one reads as recorded with
+# the new, being the same run (a resume, a study's cell); each changed only how a finished run is scored
+CHANGED_DEFAULTS = {"captioning.tokenizer": ("python", "auto")}
+
+
+def at_current_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings by dotted key, each at an old default given its new one (CHANGED_DEFAULTS)."""
+    return {key: CHANGED_DEFAULTS[key][1] if key in CHANGED_DEFAULTS and value == CHANGED_DEFAULTS[key][0] else value
+            for key, value in settings.items()}  # fmt: skip
+
+
 C = TypeVar("C")
 
 

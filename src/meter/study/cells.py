@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from meter.config import Config, load_config, to_dict
+from meter.config import Config, at_current_defaults, load_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.output_folder import waiting_for_folder
 from meter.plan.tasks import task_plan
@@ -443,7 +443,7 @@ def settings_by_key(data: dict[str, Any], defaults: Any = None, prefix: str = ""
 
 def _comparable(config: dict[str, Any], out: str) -> dict[str, str]:
     """A config's settings by dotted key, paths inside the study's folder written relative to it."""
-    flat = settings_by_key(config)
+    flat = at_current_defaults(settings_by_key(config))
     for section, key in NOT_IDENTITY | NOT_RESULT:
         flat.pop(f"{section}.{key}", None)
     return {k: in_study(json.dumps(v, sort_keys=True, default=str), out) for k, v in flat.items()}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.atomic_files import cannot_write, temporary_of, write_text_atomically
-from meter.config import Config, save_config, to_dict
+from meter.config import Config, at_current_defaults, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
 from meter.output_folder import lock_folder, release_folder
@@ -80,7 +80,7 @@ def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """`key: saved -> new` for each setting that differs, leaving out those that may differ on resume. Paths in a
     folder that moved with the run (a study or demo folder moved elsewhere) are read at their new place."""
-    old = flat_settings(with_new_defaults(saved, Config()))
+    old = at_current_defaults(flat_settings(with_new_defaults(saved, Config())))
     new = flat_settings(json.loads(json.dumps(to_dict(cfg))))  # as the record holds it (JSON types)
     old = {key: _moved(value, old.get("train.out"), new.get("train.out")) for key, value in old.items()}
     return [
