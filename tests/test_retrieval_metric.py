@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from meter.errors import DataError
-from meter.metrics.retrieval import ranking, retrieval_recall
+from meter.metrics.retrieval import rankings, retrieval_recall
 from meter.tasks.retrieval import chance_recall
 from tests.reference.retrieval_brute_force import brute_force_recall
 from tests.reference.retrieval_official_literal import official_recall
@@ -52,7 +52,24 @@ def test_a_tied_column_is_ranked_as_the_official_evaluation_ranks_it():
     ours = _check_against_official(scores, list(range(10)))
     assert ours["t2i_r10"] == 100.0
     assert ours["t2i_r1"] == 90.0  # the official's too (within its float32 mean)
-    assert ranking(scores.T, 10)[0].tolist() == torch.tensor(scores.T.tolist()).topk(10, dim=1).indices[0].tolist()
+    assert rankings(scores, 10)[1][0] == torch.tensor(scores.tolist()).topk(10, dim=0).indices[:, 0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_rankings_hold_the_candidates_the_recall_at_10_counted(seed: int):
+    """The rankings file lists each query's 10 best as R@10 took them, with tied scores and unread images too."""
+    rng = np.random.default_rng(200 + seed)
+    images = int(rng.integers(12, 25))
+    text_image = rng.permutation([i for i in range(images) for _ in range(5)]).tolist()
+    scores = rng.integers(0, 3, size=(images, len(text_image))).astype(float)
+    absent = sorted(rng.choice(images, size=2, replace=False).tolist())
+    recall = retrieval_recall(scores, text_image, absent=absent)
+    texts_of_image, images_of_text = rankings(scores, 10, absent)
+    read = [i for i in range(images) if i not in absent]
+    assert all(not set(absent) & set(row) for row in images_of_text)
+    i2t = sum(any(text_image[t] == i for t in texts_of_image[i]) for i in read) / images
+    t2i = sum(text_image[t] in row and text_image[t] not in absent for t, row in enumerate(images_of_text))
+    assert (100 * i2t, 100 * t2i / len(text_image)) == pytest.approx((recall["i2t_r10"], recall["t2i_r10"]))
 
 
 def test_float64_scores_that_differ_below_float32_tie_as_in_the_official_evaluation():

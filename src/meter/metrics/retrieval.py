@@ -24,15 +24,23 @@ from meter.errors import DataError
 KS = (1, 5, 10)
 
 
-def _official_matrix(scores: np.ndarray) -> torch.Tensor:
-    """The scores as the official evaluation ranks them: float32 (it builds a tensor of Python floats), on the CPU."""
-    return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+def _official_matrix(scores: np.ndarray, absent: Sequence[int] = ()) -> torch.Tensor:
+    """The scores as the official evaluation ranks them: float32 (it builds a tensor of Python floats), on the CPU;
+    the rows of images that were not read below every image that was."""
+    matrix = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    matrix[torch.as_tensor(np.asarray(absent, dtype=np.int64))] = -torch.inf
+    return matrix
 
 
-def ranking(scores: np.ndarray, top: int) -> np.ndarray:
-    """The `top` best candidates of each query (row), best first, by the same rule as the recall."""
-    matrix = _official_matrix(scores)
-    return matrix.topk(min(top, matrix.shape[1]), dim=1).indices.numpy()
+def rankings(scores: np.ndarray, top: int, absent: Sequence[int] = ()) -> tuple[list[list[int]], list[list[int]]]:
+    """The `top` best texts of each image and the `top` best images of each text, best first, as the recall at K =
+    `top` takes them (R@`top` can be counted from them; R@1 and R@5 among tied scores are topk's own choices, which
+    need not be the first entries); an image in `absent` is never listed."""
+    matrix = _official_matrix(np.asarray(scores, dtype=np.float64), absent)
+    texts_of_image = matrix.topk(min(top, matrix.shape[1]), dim=1).indices.tolist()
+    images_of_text = matrix.topk(min(top, matrix.shape[0]), dim=0).indices.T.tolist()
+    left_out = set(np.asarray(absent, dtype=np.int64).tolist())
+    return texts_of_image, [[image for image in row if image not in left_out] for row in images_of_text]
 
 
 def retrieval_recall(scores: np.ndarray, text_image: Sequence[int], ks: Sequence[int] = KS,
@@ -50,12 +58,10 @@ def retrieval_recall(scores: np.ndarray, text_image: Sequence[int], ks: Sequence
         raise DataError(f"retrieval: a text's image index is outside 0..{images - 1}")
     if np.isnan(scores).any():
         raise DataError("retrieval: the score matrix holds NaN")
-    matrix = _official_matrix(scores)
-    absent = torch.as_tensor(np.asarray(absent, dtype=np.int64))
-    matrix[absent] = -torch.inf  # below every image that was read
+    matrix = _official_matrix(scores, absent)
     links = torch.from_numpy(text_image)
     image_missed = torch.zeros(images, dtype=torch.bool)
-    image_missed[absent] = True
+    image_missed[torch.as_tensor(np.asarray(absent, dtype=np.int64))] = True
     caption_missed = image_missed[links]  # a caption of an image that was not read
     result = {}
     for k in ks:  # image -> text: does any of the image's K best texts belong to it?

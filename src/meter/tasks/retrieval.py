@@ -40,7 +40,7 @@ from meter.data.formats.captions import CaptionRecord
 from meter.data.formats.common import distinct
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
-from meter.metrics.retrieval import KS, ranking, retrieval_recall
+from meter.metrics.retrieval import KS, rankings, retrieval_recall
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
@@ -347,14 +347,12 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
               "scored_pairs": int(np.isfinite(scores).sum()),  # by the fused model
               "chance": chance_recall(len(records), [text_image.count(i) for i in range(len(records))]),
               **skipped_fields(budget)}  # fmt: skip
-    top = max(KS)
-    rankings = {  # the readable images': an image that was not read ranks nothing and is ranked by nothing
-        "image_to_text": {str(records[i].image_id): [text_ids[t] for t in row] for i, row in
-                          zip(read, ranking(scores[read], top).tolist(), strict=True)},
-        "text_to_image": {text_ids[t]: [records[read[i]].image_id for i in row] for t, row in
-                          enumerate(ranking(scores[read].T, top).tolist())},
+    texts_of_image, images_of_text = rankings(scores, max(KS), absent)  # as the recall at K = 10 ranks them
+    ranked = {  # the readable images': an image that was not read ranks nothing and is ranked by nothing
+        "image_to_text": {str(records[i].image_id): [text_ids[t] for t in texts_of_image[i]] for i in read},
+        "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in enumerate(images_of_text)},
     }  # fmt: skip
-    (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(rankings))
+    (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(ranked))
     (out / f"retrieval_recall_{split}.json").write_text(json.dumps(result, indent=1))
     return result
 
