@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meter.output_folder import WRITE_PROBE
 from meter.study.cells import RunPlan
 from meter.study.spec import CELL_LOG, CELL_STATUS
 
@@ -90,14 +91,15 @@ def status_alive(status: dict[str, Any], cell_folder: str | Path) -> bool:
 
 
 def seconds_since_written(path: Path) -> float | None:
-    """How long ago `path` was last written, by the clock of the file system that holds it (a shared one stamps
-    files with its server's time; a file written now beside it tells that time). None: no such file."""
+    """How long ago `path` was last written, by the clock that stamps the files of its folder (NFS stamps them with
+    its server's time: a file written now beside it tells that time; a file system whose clients stamp them, as
+    Lustre's do, is no better than the hosts' clocks). None: no such file."""
     try:
         written = path.stat().st_mtime
     except FileNotFoundError:
         return None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".clock.") as probe:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=WRITE_PROBE) as probe:
             now = os.fstat(probe.fileno()).st_mtime
     except OSError:  # a folder this process cannot write to: its own clock is the best it has
         now = time.time()
