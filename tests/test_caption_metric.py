@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def test_python_tokenizer_equals_the_official_ptbtokenizer_on_caption_text(shape
 
 # inputs where meter's Python tokenizer differed from Java's PTBTokenizer (a differential fuzz found them)
 FUZZ_FOUND = [
+    "A sign that says 'Stop.'", "'A dog on a couch.'", "She said 'goodbye.' and left", "A man who is 5'10 walking",
+    "a 4'11 girl", "a 1'23 record",
     "a dog\u200bruns on the grass", "a\u200cdog\u200druns", "a dog\u2060runs", "\ufeffa dog runs", "a dog\u200eruns",
     "a dog\u180eruns", "a dog\x07runs", "a dog\ue000runs", "a dog\ufffdruns", "a dog runs on the gr\u00adass",
     "a dog\U0001f600runs", "a black& white photo", "a black &white photo", "a salt&pepper shaker", "m&m's on a table",
@@ -120,3 +123,38 @@ def test_auto_runs_the_official_tokenizer_where_there_is_java_and_says_so_where_
         assert resolved_tokenizer("auto") == "python"
     assert "no java on the PATH" in caplog.text
     assert resolved_tokenizer("python") == "python" and resolved_tokenizer("ptb") == "ptb"
+
+
+@needs_java
+def test_the_ptb_tokenizer_gives_what_pycocoevalcaps_own_wrapper_gives(shapes_tasks_world: Path):
+    """meter runs the jar itself (from a temporary folder, its failures named) with the wrapper's arguments."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    captions = {str(i): [line, line.upper()] for i, line in enumerate([*_corpus(shapes_tasks_world), *FUZZ_FOUND])}
+    official = PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
+    assert tokenize_captions(captions, "ptb") == official
+
+
+def _fake_java(folder: Path, tokenizer_exit: int) -> Path:
+    """A `java` that answers -version and exits `tokenizer_exit` when asked to tokenise (0: prints nothing)."""
+    folder.mkdir()
+    java = folder / "java"
+    java.write_text(f'#!/bin/sh\n[ "$1" = -version ] && exit {0 if tokenizer_exit else 1}\nexit {tokenizer_exit}\n')
+    java.chmod(0o755)
+    return folder
+
+
+def test_a_java_that_does_not_run_is_named_and_auto_falls_back_to_python(tmp_path, monkeypatch, caplog):
+    """A `java` stub without a runtime (`java -version` fails): "auto" tokenised with it and failed deep inside the
+    CIDEr scorer (max() of an empty sequence); a java that fails while tokenising is named, not scored."""
+    references, candidates = {"1": ["a dog runs on the grass"]}, {"1": "a dog runs"}
+    python = caption_scores(references, candidates, "python")
+    monkeypatch.setenv("PATH", f"{_fake_java(tmp_path / 'stub', tokenizer_exit=0)}:{os.environ['PATH']}")
+    with caplog.at_level(logging.WARNING, logger="meter.metrics.caption"):
+        assert caption_scores(references, candidates, "auto") == python
+    assert "java on the PATH does not run" in caplog.text
+    with pytest.raises(ConfigError, match="needs java: java on the PATH does not run"):
+        caption_scores(references, candidates, "ptb")
+    monkeypatch.setenv("PATH", f"{_fake_java(tmp_path / 'failing', tokenizer_exit=3)}:{os.environ['PATH']}")
+    with pytest.raises(DataError, match="PTBTokenizer .* failed with exit code 3"):
+        caption_scores(references, candidates, "auto")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import string
 
 from meter.config import AugmentConfig, Config, DecoderConfig, ObjectivesConfig, RetrievalConfig
@@ -15,6 +14,7 @@ from meter.data.images import check_pixel_limit
 from meter.errors import ConfigError
 from meter.metrics.caption import TOKENIZERS
 from meter.metrics.retrieval import KS
+from meter.metrics.stanford_tokenizer import java_problem
 from meter.metrics.vqa import vqa_metric
 from meter.models.catalog import ARCHITECTURES
 from meter.models.fusion import FUSIONS
@@ -157,9 +157,9 @@ def _check_caption_tokenizer(cfg: Config) -> None:
         raise ConfigError(
             f"captioning.tokenizer = {cfg.captioning.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}"
         )
-    if cfg.captioning.tokenizer == "ptb" and shutil.which("java") is None:
+    if cfg.captioning.tokenizer == "ptb" and (problem := java_problem()):
         raise ConfigError(
-            "captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH; install"
+            f"captioning.tokenizer = 'ptb' runs Stanford's PTBTokenizer, which needs java ({problem}); install"
             " java, or use captioning.tokenizer=auto (Java's where there is java) or python"
         )
 

@@ -19,9 +19,10 @@ The COCO caption evaluation tokenises references and candidates with Stanford's 
   Unicode added after Java 8's tables, and glued run-ons of these (`#can't`, `it'sjalapeño`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 - "auto" (default): "ptb" where `java` is on the PATH, else "python" with a warning; the score file names which ran.
-Either way, the line breaks the official wrapper leaves in a caption (\r, \v, \f, \x1c-\x1e, \x85, U+2028, U+2029: it
-replaces only \n) are spaces first: the Java tokenizer reads them as line ends, which shifted every later caption
-onto another image's line.
+Either way, the line breaks the official wrapper leaves in a caption (it replaces only \n) are spaces first: the
+Java tokenizer ends a line at \r, \v, \f, U+2028 and U+2029, which shifted every later caption onto another image's
+line (\x1c-\x1e and \x85, which Python calls line breaks, become spaces too: Java drops the first and reads \x85 as
+an ellipsis, neither of which a caption means).
 Scores are reported as pycocoevalcap returns them (BLEU in 0..1, CIDEr around 0..10), and in percent in `to_dict`.
 """
 
@@ -29,18 +30,18 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import dropwhile
 
 from meter.errors import ConfigError, DataError
+from meter.metrics.stanford_tokenizer import java_problem, stanford_tokenize
 
 log = logging.getLogger(__name__)
 
 TOKENIZERS = ("auto", "python", "ptb")
-# characters that end a line for Java's tokenizer (-preserveLines) and that pycocoevalcap's wrapper, which joins the
-# captions with \n after replacing only \n, leaves in: each would shift the later captions onto other images
+# line breaks that pycocoevalcap's wrapper, which joins the captions with \n after replacing only \n, leaves in:
+# Java's tokenizer (-preserveLines) ends a line at \r \v \f U+2028 U+2029, shifting the later captions onto others
 LINE_BREAKS = str.maketrans(dict.fromkeys("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\n", " "))
 # the tokens pycocoevalcap's PTBTokenizer wrapper removes after tokenising (its PUNCTUATIONS list, verbatim)
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
@@ -93,6 +94,7 @@ TYPOGRAPHY = str.maketrans({"‘": "`", "“": '"', "”": '"', "«": '"', "»":
                             "½": " 1/2 ", "¼": " 1/4 ", "¾": " 3/4 ", "⅓": " 1/3 ", "⅔": " 2/3 "})  # fmt: skip
 _CASED_RULES = [  # applied to each chunk before lower-casing: these classes of PTB's lexer are case-sensitive
     (re.compile(r"(?<![A-Z])&|&(?![A-Z])"), " & "),  # & stays only between capitals (AT&T, B&W), not in b&w, black&
+    (re.compile(r"(?<=\d)'(?=\d\d(?![\w\"']))"), " '"),  # feet and two-digit inches: 5'10 is `5 '10`
     (re.compile(r"(?<=\d)'(?!(?i:s|re|ve|ll|d|m)\b)(?=\w)|(?<=\w)'(?=\d)"), " ' "),  # by a digit: 5'6, not 90's
     (re.compile(r"^[yY]'(?=[^\W\d_])"), r"\g<0> "),  # y'all, y'know are `y' all`, `y' know`
     (re.compile(r"\+(?=\d)"), " +"),  # a number's sign (+5; 5+5 is `5 +5`)
@@ -127,7 +129,9 @@ _RULES = [  # applied in order to each whitespace-separated chunk of lower-cased
     (re.compile(r"(?:(?<=\w)|(?<=[a-z]\.))'(s|re|ve|ll|d|m)\b"), r" '\1"),  # also after an acronym (u.s.'s)
     # a closing quote after a word, but not the apostrophe of PTB's words ol', somethin', dunkin', l', d', j'
     (
-        re.compile(r"(?<=\w)(?<!'n)(?<!(?<!\S)ol)(?<!(?<!\S)somethin)(?<!(?<!\S)dunkin)(?<!(?<!\S)[ldj])'(?=\W*$)"),
+        re.compile(
+            r"(?:(?<=\w)|(?<=\w\.))(?<!'n)(?<!(?<!\S)ol)(?<!(?<!\S)somethin)(?<!(?<!\S)dunkin)(?<!(?<!\S)[ldj])'(?=\W*$)"
+        ),  # after a word's final period too ('stop.')
         " ' ",
     ),
 ]
@@ -194,16 +198,17 @@ def _drop_punctuation(tokenized: str) -> str:
 
 
 def resolved_tokenizer(tokenizer: str) -> str:
-    """The tokenizer that runs for the setting `tokenizer`: "auto" is Java's where java is on the PATH."""
+    """The tokenizer that runs for the setting `tokenizer`: "auto" is Java's where a java runs."""
     if tokenizer not in TOKENIZERS:
         raise ConfigError(f"caption tokenizer {tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}")
     if tokenizer != "auto":
         return tokenizer
-    if shutil.which("java") is not None:
+    problem = java_problem()
+    if not problem:
         return "ptb"
-    log.warning("captions: no java on the PATH, so BLEU and CIDEr tokenise with meter's Python restatement of "
-                "Stanford's PTBTokenizer; it equals the official one on common caption text, not on every input "
-                "(install Java for the official numbers)")  # fmt: skip
+    log.warning("captions: %s, so BLEU and CIDEr tokenise with meter's Python restatement of Stanford's "
+                "PTBTokenizer; it equals the official one on common caption text, not on every input (install Java "
+                "for the official numbers)", problem)  # fmt: skip
     return "python"
 
 
@@ -213,11 +218,9 @@ def tokenize_captions(captions: Mapping[str, Sequence[str]], tokenizer: str = "a
     captions = {key: [c.translate(LINE_BREAKS) for c in texts] for key, texts in captions.items()}
     if tokenizer == "python":
         return {key: [_drop_punctuation(ptb_tokenize(c)) for c in texts] for key, texts in captions.items()}
-    if shutil.which("java") is None:
-        raise ConfigError("caption tokenizer 'ptb' runs Stanford's PTBTokenizer, which needs java on the PATH")
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    return PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
+    if problem := java_problem():
+        raise ConfigError(f"caption tokenizer 'ptb' runs Stanford's PTBTokenizer, which needs java: {problem}")
+    return stanford_tokenize(captions, PUNCTUATION)
 
 
 @dataclass(frozen=True)
