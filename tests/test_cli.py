@@ -39,7 +39,7 @@ def test_evaluate_vqa_refuses_incomplete_predictions(shapes_world: Path, tmp_pat
                    "--predictions", str(predictions))  # fmt: skip
     assert result.returncode == 2
     assert "no prediction" in result.stderr and "Traceback" not in result.stderr
-    assert f"{predictions} (scored against {shapes_world / 'vqa'}" in result.stderr  # which file does not match
+    assert f"scoring {predictions} against {shapes_world / 'vqa'}" in result.stderr  # which file does not match
 
 
 def test_missing_file_is_named(tmp_path: Path):

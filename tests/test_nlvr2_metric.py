@@ -111,7 +111,7 @@ def test_scoring_files_names_the_predictions_that_miss_examples_and_a_byte_order
     labels.write_text('{"identifier": "dev-1-0-0", "label": "True"}\n{"identifier": "dev-1-1-0", "label": "False"}\n')
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("dev-1-0-0,True\n")
-    with pytest.raises(DataError, match=r"predictions.csv \(scored against .*dev.json\): NLVR2: 1 of 2 examples"):
+    with pytest.raises(DataError, match=r"scoring .*predictions.csv against .*dev.json: NLVR2: 1 of 2 examples"):
         score_nlvr2_files(labels, predictions)
     predictions.write_text("dev-1-0-0,True\ndev-1-1-0,False\n", encoding="utf-8-sig")
     with pytest.raises(DataError, match="predictions.csv: the file starts with a byte-order mark"):

@@ -73,10 +73,12 @@ def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
         raise DataError(f"NLVR2 predictions file not found: {path}")
     predictions: dict[str, str] = {}
     lines: dict[str, int] = {}
-    with path.open(encoding="utf-8", newline=None) as file:  # lines end at \n, \r or \r\n, as the official reads
-        text_lines = file.readlines()  # them (str.splitlines() also splits at \x1c-\x1e, \x85 and U+2028)
+    # lines end at \n, \r or \r\n, as the official script reads them (str.splitlines() also ends one at \x1c-\x1e, \x85
+    # and U+2028: a line holding one was two predictions here and one bad prediction there)
+    with path.open(encoding="utf-8", newline=None) as file:
+        text_lines = file.readlines()
     for number, line in enumerate(text_lines, 1):
-        if number == 1 and line.startswith("\ufeff"):  # the official script would read it into the first identifier
+        if number == 1 and line.startswith("\ufeff"):  # the official script reads it into the first identifier
             raise DataError(f"{path}: the file starts with a byte-order mark (BOM): save it as UTF-8 without one")
         if not line.strip():
             continue
@@ -111,4 +113,4 @@ def score_nlvr2_files(labels: str | Path, predictions: str | Path) -> Nlvr2Score
     try:
         return nlvr2_score(gold, predicted)
     except DataError as error:  # which files did not match
-        raise DataError(f"{predictions} (scored against {labels}): {error.args[0]}") from None
+        raise DataError(f"scoring {predictions} against {labels}: {error.args[0]}") from None

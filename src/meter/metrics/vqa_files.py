@@ -48,4 +48,4 @@ def score_files(
     try:
         return vqa_accuracy(annotated, predicted, metric)
     except DataError as error:  # which files did not match
-        raise DataError(f"{predictions} (scored against {annotations}): {error.args[0]}") from None
+        raise DataError(f"scoring {predictions} against {annotations}: {error.args[0]}") from None
