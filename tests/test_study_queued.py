@@ -8,11 +8,12 @@ import stat
 import time
 from pathlib import Path
 
-from meter.study.cells import plan_study
+from meter.study.cells import plan_study, save_plan
 from meter.study.execute import Outcome, held_elsewhere, run_study
 from meter.study.executors import SUBMITTED, queued_job
 from meter.study.records import write_json
 from meter.study.spec import study_from_dict
+from meter.study.status import study_states
 from tests.studies import micro_study
 
 
@@ -43,3 +44,16 @@ def test_a_cell_whose_job_waits_in_the_queue_is_left_to_it_and_one_that_ended_is
     assert queued_job(cell.folder) == "" and held_elsewhere(cell.folder) == ""  # it ended: the cell is free
     write_json(Path(cell.folder) / SUBMITTED, {"job": "9999", "submitted": time.time()})
     assert queued_job(cell.folder) == ""  # squeue no longer knows it
+
+
+def test_status_shows_a_cell_whose_job_waits_in_the_queue_as_queued(shapes_world, tmp_path, monkeypatch):
+    study = study_from_dict(micro_study(shapes_world, variants=[]))
+    out = tmp_path / "out"
+    plan = plan_study(study, out)
+    save_plan(plan, out)
+    cell = plan.cells[0]
+    assert study_states(out)[0].state == "not started"
+    write_json(Path(cell.folder) / SUBMITTED, {"job": "4242", "submitted": time.time()})
+    monkeypatch.setenv("PATH", f"{_squeue(tmp_path / 'bin', {'4242': 'PENDING'})}{os.pathsep}{os.environ['PATH']}")
+    queued = study_states(out)[0]
+    assert (queued.state, queued.detail) == ("queued", "job 4242 (PENDING) in the Slurm queue")

@@ -1,7 +1,7 @@
 """`meter study run|status|report|check|list`: the paper's ablation tables as one command.
 
 meter study run STUDY.yaml --out DIR [--jobs N] [--executor local|submitit-local|slurm] [--only CELL]...
-meter study status DIR          every cell: done, running, interrupted, failed, not started; its last numbers
+meter study status DIR          every cell: done, running, queued, interrupted, failed, not started; its last numbers
 meter study report DIR          report.md, report.csv, report.html (also written at the end of `run`)
 meter study check STUDY.yaml    plan it without running: every cell, run and recipe, every override checked
 meter study list                the study files shipped with meter

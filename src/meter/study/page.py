@@ -29,7 +29,8 @@ img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 12px; white-space: pre-wrap; }
 details { margin: 0.3em 0; }
 summary { cursor: pointer; }
-.state-done { color: #26734d; } .state-failed, .state-interrupted { color: #b3261e; } .state-running { color: #8a6d00; }
+.state-done { color: #26734d; } .state-failed, .state-interrupted { color: #b3261e; }
+.state-running, .state-queued { color: #8a6d00; }
 """
 
 

@@ -1,5 +1,5 @@
-"""`meter study status DIR`: every cell's state (done, running, interrupted, failed, not started), how many of its
-runs are done, and its last numbers: the run it is on (its last logged training values) or its tasks' scores."""
+"""`meter study status DIR`: every cell's state (done, running, queued, interrupted, failed, not started), how many
+of its runs are done, and its last numbers: the run it is on (its last logged training values) or its tasks' scores."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter.study.cells import CellPlan, StudyPlan, load_plan
+from meter.study.executors import queued_job
 from meter.study.records import read_status, run_done, run_result, status_alive
 from meter.study.results import metric_value
 from meter.train.metrics_log import read_metrics
 
-STATES = ("done", "running", "interrupted", "failed", "not started")
+STATES = ("done", "running", "queued", "interrupted", "failed", "not started")
 
 
 @dataclass
@@ -55,8 +56,12 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
         return CellState(cell.name, "done", done, len(own), "", _scores(plan, cell))
     current = next((run for run in cell.runs if run.name == status.get("run")), None)
     last = _last_logged(current.folder) if current else ""
+    alive = status_alive(status, cell.folder)
+    job = "" if alive else queued_job(cell.folder)
+    if job:  # a Slurm job waits to run it (or to run it again, requeued): it has no status of its own yet
+        return CellState(cell.name, "queued", done, len(own), f"{job} in the Slurm queue", last)
     if status.get("state") == "running":
-        if status_alive(status, cell.folder):
+        if alive:
             where = f"pid {status.get('pid')} on {status.get('host')}" + (f", job {status['job']}" if status.get(
                 "job") else "")  # fmt: skip
             return CellState(cell.name, "running", done, len(own), f"{status.get('run')} ({where})", last)
