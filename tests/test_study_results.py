@@ -204,3 +204,27 @@ def test_a_study_run_whose_metric_is_misspelt_reports_its_cells_and_says_why_the
     code = main(["study", "run", str(write_study(tmp_path / "study.yaml", study)), "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 2 and "cells ran, 2 were done, 0 failed; no report (config error: tasks.vqa.metrics: 'overal'" in out
+
+
+def test_a_captioning_column_scored_with_two_tokenizers_is_named_not_comparable(shapes_tasks_world, tmp_path):
+    """`captioning.tokenizer=auto` is Java's PTBTokenizer where a java runs and the Python one where none does: cells
+    run on two hosts sat side by side in one column, CIDEr from two tokenizers ranked as if comparable."""
+    from meter.study.report import write_report
+
+    study = micro_study(shapes_tasks_world, seeds=[0])
+    study["base"]["tasks"] = {"coco": {"recipe": "shapes-captioning.yaml", "steps": 2, "metrics": ["cider"]}}
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    runs = {cell.row: next(run for run in cell.runs if run.task == "coco") for cell in plan.cells}
+
+    def scored(row: str, **metrics) -> dict[str, str]:
+        Path(runs[row].folder, "result.json").write_text(json.dumps({"metrics": {"cider": 50.0, **metrics}}))
+        return {kind: path.read_text() for kind, path in write_report(tmp_path / "out").items()}
+
+    scored("co-attention", tokenizer="ptb")
+    assert "Not comparable" not in scored("merged", tokenizer="ptb")["markdown"]
+    report = scored("merged", tokenizer="python")
+    mixed = next(line for line in report["markdown"].splitlines() if "different caption tokenizers" in line)
+    assert "coco (reported split)" in mixed and "ptb: vlp/co-attention/seed-0/coco" in mixed
+    assert "python: vlp/merged/seed-0/coco" in mixed and "meter evaluate captioning --checkpoint" in mixed
+    assert "different caption tokenizers" in report["html"]
+    assert "not recorded (scored before results named it: Python's" in scored("merged")["markdown"]  # an older result

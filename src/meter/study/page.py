@@ -93,12 +93,17 @@ def _cells(plan: StudyPlan) -> str:
     return "".join(parts)
 
 
-def write_page(out: Path, plan: StudyPlan, tables: list[Table], figures: dict[str, bytes], path: Path) -> None:
+def write_page(
+    out: Path, plan: StudyPlan, tables: list[Table], figures: dict[str, bytes], path: Path, mixed: list[str]
+) -> None:
     protocols = "; ".join(f"<strong>{_e(p)}</strong>: {_e(PROTOCOLS[p])}" for p in plan.protocols)
     parts = [f"<h1>{_e(plan.title)}</h1>"]
     if plan.description:
         parts.append(f"<p>{_e(plan.description.strip())}</p>")
     parts.append(f"<p>Protocols: {protocols}. Seeds: {_e(', '.join(map(str, plan.seeds)))}. {_e(NOTE)}.</p>")
+    if mixed:
+        items = "".join(f"<li>{_e(line)}</li>" for line in mixed)
+        parts.append(f'<h2>Not comparable</h2><ul class="warning">{items}</ul>')
     for table in tables:
         parts += [f"<h2>{_e(table.title)}</h2>", _table(table)]
         parts.append(_image(figures, f"bars-{table.key}.png", f"bar chart: {table.title}"))

@@ -5,6 +5,7 @@ state, the command that reproduces each of its runs and the config it ran with).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from meter.study.cells import load_plan
@@ -12,17 +13,22 @@ from meter.study.page import write_page
 from meter.study.plots import bar_chart, pretraining_curves
 from meter.study.report_text import NOTE, csv_report, markdown_table
 from meter.study.results import Table, build_tables
+from meter.study.scorers import mixed_scorers
 from meter.study.spec import PROTOCOLS
 from meter.study.status import study_states
 
+log = logging.getLogger(__name__)
 
-def markdown_report(out: Path, tables: list[Table]) -> str:
+
+def markdown_report(out: Path, tables: list[Table], mixed: list[str]) -> str:
     plan = load_plan(out)
     parts = [f"# {plan.title}", ""]
     if plan.description:
         parts += [plan.description.strip(), ""]
     parts += ["Protocols: " + "; ".join(f"**{p}**: {PROTOCOLS[p]}" for p in plan.protocols) + ".", "",
               f"Seeds: {', '.join(map(str, plan.seeds))}. {NOTE}.", ""]  # fmt: skip
+    if mixed:
+        parts += ["## Not comparable", "", *(f"- {line}" for line in mixed), ""]
     for table in tables:
         parts += [f"## {table.title}", "", markdown_table(table), ""]
     states = study_states(out)
@@ -39,6 +45,9 @@ def write_report(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     plan = load_plan(out)
     tables = build_tables(plan)
+    mixed = mixed_scorers(plan)
+    for line in mixed:
+        log.warning("study report: %s", line)
     figures: dict[str, bytes] = {}
     for table in tables:
         if table.kind != "selection":
@@ -49,7 +58,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
     for name, data in figures.items():
         (out / name).write_bytes(data)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
-    paths["markdown"].write_text(markdown_report(out, tables))
+    paths["markdown"].write_text(markdown_report(out, tables, mixed))
     paths["csv"].write_text(csv_report(tables))
-    write_page(out, plan, tables, figures, paths["html"])
+    write_page(out, plan, tables, figures, paths["html"], mixed)
     return paths
