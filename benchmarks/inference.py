@@ -33,6 +33,7 @@ from train_step import (
     Shape,
     add_compile_mode_argument,
     bridgetower_config,
+    exit_status,
     measure,
     print_table,
     shapes_batches,
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         compiled.flops_per_step = ours.flops_per_step
         results.append(compiled)
     print_table([*results, baseline], baseline, shape.batch, device)
-    return 0
+    return exit_status([*results, baseline])
 
 
 if __name__ == "__main__":

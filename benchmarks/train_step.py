@@ -104,6 +104,18 @@ class Result:
     error: str = ""
 
 
+NOT_FAILED = ("out of memory", "not run")  # a row that did not fit the card, or was not asked for
+
+
+def exit_status(results: list[Result]) -> int:
+    """1 when a row failed otherwise (a compile mode that breaks on this card): the table is printed either way, and
+    the status tells gpu_check.sh."""
+    failed = [r.name for r in results if r.error and r.error not in NOT_FAILED]
+    if failed:
+        print(f"failed: {', '.join(failed)} (the traceback is above)")
+    return 1 if failed else 0
+
+
 class ResidentPeak:
     """The peak resident memory of this process while active, sampled by a thread (CPU runs)."""
 
@@ -324,8 +336,8 @@ def print_table(results: list[Result], baseline: Result, batch: int, device: tor
         print(line)
 
 
-def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
-    """Prints the table for one shape; returns BridgeTower's result."""
+def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> list[Result]:
+    """Prints the table for one shape; returns its rows, BridgeTower's last."""
     device = runtime.device
     with tempfile.TemporaryDirectory() as folder:
         batches, tokenizer = shapes_batches(shape, Path(folder), count=3)
@@ -359,7 +371,7 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> Result:
     if args.profile:
         mode = args.compile_mode[0] if args.profile == "compiled" else None
         profile_step(meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device, args.profile)
-    return baseline
+    return [*results, baseline]
 
 
 def profile_step(build: Callable, batches: list[dict[str, Any]], args: argparse.Namespace,
@@ -469,11 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; precision: {str(runtime.dtype).removeprefix('torch.')}; torch {torch.__version__}")
-    baseline = compare(shape, args, runtime)
-    if baseline.error == "out of memory" and shape.batch > 1:
+    rows = compare(shape, args, runtime)
+    if rows[-1].error == "out of memory" and shape.batch > 1:
         print(f"\nBridgeTower does not fit a batch of {shape.batch} here; both again at {shape.batch // 2}:")
-        compare(replace(shape, batch=shape.batch // 2), args, runtime)
-    return 0
+        rows += compare(replace(shape, batch=shape.batch // 2), args, runtime)
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,33 @@ def test_a_later_run_in_the_same_process_drops_an_earlier_runs_strict_determinis
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+def test_deterministic_cuda_runs_need_the_cublas_setting_before_cuda_is_first_used(monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, at a process's first matrix product on CUDA: a deterministic run
+    after a non-deterministic one in one process (a study's cell) set it too late and failed at its first step. (No
+    GPU here: `torch.cuda.is_initialized` stands in for a process that has used CUDA.)"""
+    from meter.errors import ConfigError
+    from meter.train.runtime import check_deterministic_cublas
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    check_deterministic_cublas()  # CUDA untouched: set in time
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    with pytest.raises(ConfigError, match=r"CUBLAS_WORKSPACE_CONFIG=:4096:8 \(or :16:8\).*it was ':0:0'"):
+        check_deterministic_cublas()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(ConfigError, match="it was unset when this process first used CUDA"):
+        check_deterministic_cublas()
+
+
+def test_the_meter_command_sets_the_cublas_setting_before_anything_runs(monkeypatch, capsys):
+    from meter.cli import main
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    assert main(["models"]) == 0 and capsys.readouterr().out
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 @pytest.mark.parametrize(("total", "ratio"), [(100, 0.1), (37, 0.25), (10, 0.0), (5, 0.4)])

@@ -49,6 +49,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data workers fork after tokenizing
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local paths
+    # read by cuBLAS once, at the process's first matrix product on CUDA: set before any, so that a deterministic
+    # run after another in one process (a study's cell) is deterministic; the default workspace size on H100/H200
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     parser, runners = build_parser()
     argv, debug = debug_requested(sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)

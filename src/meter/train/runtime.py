@@ -106,15 +106,37 @@ def allow_tf32(device: torch.device, allowed: bool) -> None:
         torch.backends.cudnn.allow_tf32 = allowed
 
 
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the CUBLAS_WORKSPACE_CONFIG values that make cuBLAS deterministic
+
+
+def check_deterministic_cublas() -> None:
+    """Deterministic matrix products on CUDA need CUBLAS_WORKSPACE_CONFIG, which PyTorch reads once, at the process's
+    first matrix product on CUDA: set it here only if CUDA is untouched, else refuse up front (a study's cell that ran
+    a non-deterministic run first failed at its deterministic run's first step)."""
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if value in DETERMINISTIC_CUBLAS:
+        return
+    if value is None and not torch.cuda.is_initialized():
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+        return
+    found = "unset" if value is None else f"{value!r}"
+    when = " when this process first used CUDA" if value is None else ""
+    wanted, other = DETERMINISTIC_CUBLAS
+    raise ConfigError(f"train.deterministic=true on CUDA needs CUBLAS_WORKSPACE_CONFIG={wanted} (or {other}), which "
+                      f"cuBLAS reads once per process; it was {found}{when}. Set it in the environment before the "
+                      f"process starts (the meter command sets {wanted} unless told otherwise), or use "
+                      "train.deterministic=false")  # fmt: skip
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group if there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(cfg.device)
-    if cfg.deterministic:  # cuBLAS reads it when its first handle is made: deterministic matrix products
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if device.type == "cuda":
+        if cfg.deterministic:
+            check_deterministic_cublas()
         if device.index is not None and world > 1:  # torchrun gives each process the GPU of its LOCAL_RANK
             raise ConfigError(f"train.device = {cfg.device!r} under a launcher of {world} processes: each process "
                               "uses the GPU of its LOCAL_RANK; use train.device=cuda, and CUDA_VISIBLE_DEVICES to "
