@@ -203,8 +203,8 @@ def test_a_loaded_model_folder_is_in_evaluation_mode(micro_checkpoints):
     assert not any(module.training for module in model.modules())  # dropout off: the same input, the same output
 
 
-def _explain(checkpoint: Path, image: Path, out: Path, *extra: str) -> int:
-    return main(["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--question", QUESTION,
+def _explain(checkpoint: Path, image: Path, out: Path, *extra: str, question: str = QUESTION) -> int:
+    return main(["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--question", question,
                  "--out", str(out), "--size", "64", *extra])  # fmt: skip
 
 
@@ -243,3 +243,36 @@ def test_top_goes_with_a_question(micro_checkpoints, shapes_tasks_world: Path, t
     code = main(["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
                  "--text", "a red circle.", "--top", "3", "--out", str(tmp_path / "map.png")])  # fmt: skip
     assert code == 2 and "--top lists VQA answers; it goes with --question" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "message"),
+    [
+        ("--question", "what colo\udcff", "--question b'what colo\\xff' is not UTF-8 text (byte 0xff)"),
+        ("--question", "\u200b", "--question is empty"),  # a zero-width space: no word, as predict and serve say
+        ("--text", "\ufeff \u2060", "--text is empty"),
+    ],
+)
+def test_a_text_that_is_empty_or_not_utf8_is_refused_as_predict_refuses_it(
+    shapes_tasks_world: Path, tmp_path: Path, capsys, option: str, text: str, message: str
+):
+    """Bytes that do not decode reach Python as lone surrogates: the tokenizer's traceback, not a sentence."""
+    code = main(["explain", "--checkpoint", str(tmp_path / "no-model-here"), "--image", str(shapes_tasks_world / IMAGE),
+                 option, text, "--out", str(tmp_path / "map.png")])  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_an_overlong_question_is_noted_as_predict_notes_it(vqa_predictor, shapes_tasks_world: Path, tmp_path, capsys):
+    question = "what color is the circle " * 30 + "?"
+    assert _explain(vqa_predictor.checkpoint, shapes_tasks_world / IMAGE, tmp_path / "map.png", question=question) == 0
+    note = f"meter: note: {vqa_predictor.length_note(question, '--question')}"
+    assert "the model reads the first 40" in note and note in capsys.readouterr().err
+
+
+def test_an_answer_is_taken_without_its_surrounding_spaces_as_serve_takes_it(
+    vqa_predictor, shapes_tasks_world: Path, tmp_path: Path, capsys
+):
+    answer = vqa_predictor.description.answers[-1]
+    out = tmp_path / "map.png"
+    assert _explain(vqa_predictor.checkpoint, shapes_tasks_world / IMAGE, out, "--answer", f" {answer} ") == 0
+    assert json.loads(capsys.readouterr().out)["explained"]["answer"] == answer
