@@ -1,6 +1,8 @@
 """Heat maps of where an answer came from: the recorded attention, the two methods, `meter explain`."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from meter.cli import main
 from meter.config import load_config
 from meter.errors import ConfigError
 from meter.explain import HeatMap, explain_batch, model_view, overlay
+from meter.heat_map_file import save_heat_map
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
 from meter.models.folder import export_model_folder, load_model_folder
 from meter.models.folder_description import ModelFolder
@@ -276,3 +279,27 @@ def test_an_answer_is_taken_without_its_surrounding_spaces_as_serve_takes_it(
     out = tmp_path / "map.png"
     assert _explain(vqa_predictor.checkpoint, shapes_tasks_world / IMAGE, out, "--answer", f" {answer} ") == 0
     assert json.loads(capsys.readouterr().out)["explained"]["answer"] == answer
+
+
+def test_a_huge_image_at_out_is_refused_as_not_meters(shapes_tasks_world: Path, tmp_path: Path, capsys):
+    """Over Pillow's bomb limit, opening it to look for the mark raised DecompressionBombError: an internal error."""
+    huge = tmp_path / "poster.png"
+    Image.new("1", (14_000, 14_000)).save(huge)  # 196 million pixels in 24 kB
+    assert _explain(tmp_path / "no-model-here", shapes_tasks_world / IMAGE, huge) == 2
+    assert "poster.png exists and has no mark of meter's heat maps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_a_heat_map_gets_the_mode_of_a_new_file_and_a_replaced_one_keeps_its_own(tmp_path: Path, umask: int):
+    """Written through mkstemp, every map was private (0600), whatever the umask, and a replaced map lost its mode."""
+    picture = Image.new("RGB", (16, 16), "orange")
+    out = tmp_path / "map.png"
+    previous = os.umask(umask)
+    try:
+        save_heat_map(picture, out, "PNG")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    out.chmod(0o640)
+    save_heat_map(picture, out, "PNG")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
