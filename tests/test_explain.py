@@ -22,6 +22,7 @@ from meter.models.tokenizer_folder import load_tokenizer
 from meter.predictor import Predictor
 from meter.tasks.build import build_model
 from tests.conftest import MICRO
+from tests.test_predict import with_nan_weight
 
 IMAGE = "images/val2014/COCO_val2014_000000000055.png"
 QUESTION = "What color is the circle?"
@@ -303,3 +304,23 @@ def test_a_heat_map_gets_the_mode_of_a_new_file_and_a_replaced_one_keeps_its_own
     out.chmod(0o640)
     save_heat_map(picture, out, "PNG")
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("task", "weight", "query"),
+    [
+        ("vqa", "heads.vqa.3.bias", ["--question", QUESTION]),
+        ("retrieval", "heads.rank.bias", ["--text", "a red circle."]),
+        ("snli_ve", "heads.snli_ve.3.bias", ["--text", "the red circle is made of wood.", "--task", "snli_ve"]),
+    ],
+)
+def test_a_model_whose_outputs_are_nan_is_not_explained(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys, task: str, weight: str, query: list[str]
+):
+    """A NaN answer ranked first and was explained; its score printed as `NaN`, which is not JSON."""
+    model = with_nan_weight(micro_checkpoints(task), tmp_path / "nan", weight)
+    out = tmp_path / "map.png"
+    code = main(["explain", "--checkpoint", str(model), "--image", str(shapes_tasks_world / IMAGE), *query,
+                 "--out", str(out), "--size", "32", "--device", "cpu"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN" in capsys.readouterr().err

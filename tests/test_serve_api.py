@@ -19,6 +19,7 @@ from meter.cli import main
 from meter.predictor import Predictor
 from tests.runner import environment
 from tests.serving import IMAGE, serving, upload
+from tests.test_predict import with_nan_weight
 
 QUESTION = "What color is the circle?"
 LIMITS = {"max_body_bytes": 1 << 20, "max_pixels": 1_000_000, "max_batch": 8, "max_wait_ms": 150, "max_pending": 64}
@@ -540,3 +541,14 @@ def test_a_busy_port_is_one_line_before_the_model_loads(micro_checkpoints, capsy
     err = capsys.readouterr().err
     assert code == 2 and f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in err
     assert "serving" not in err  # refused before the model loaded
+
+
+def test_a_model_whose_outputs_are_nan_is_a_500_that_names_the_weight(micro_checkpoints, shapes_tasks_world, tmp_path):
+    """The answers came back 200, a `null` score ranked first (NaN, which JSON has not), and the map explained it."""
+    model = with_nan_weight(micro_checkpoints("vqa"), tmp_path / "nan", "heads.vqa.3.bias")
+    expected = f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN or inf (the first:"
+    with serving(model, **LIMITS) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for endpoint, form in (("vqa", {"question": QUESTION}), ("explain", {"text": QUESTION})):
+            response = client.post(f"/api/{endpoint}", files=upload(shapes_tasks_world / IMAGE), data=form)
+            assert response.status_code == 500 and response.json()["error"].startswith(expected), response.text
+        assert client.get("/health").json()["status"] == "ok"

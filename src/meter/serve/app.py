@@ -2,7 +2,7 @@
 
 Every error is JSON `{"error": message, "status": code}`: 400 a model without the needed head (the message names
 the heads it has), 413 a body or an image too large, 415 not an image, 422 a truncated image, an empty text or a bad
-value, 503 the queue is full. None of them stops the server.
+value, 500 a model whose outputs are not finite (NaN weights), 503 the queue is full. None of them stops the server.
 """
 
 from __future__ import annotations
