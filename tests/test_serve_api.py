@@ -552,3 +552,12 @@ def test_a_model_whose_outputs_are_nan_is_a_500_that_names_the_weight(micro_chec
             response = client.post(f"/api/{endpoint}", files=upload(shapes_tasks_world / IMAGE), data=form)
             assert response.status_code == 500 and response.json()["error"].startswith(expected), response.text
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_multipart_body_with_an_epilogue_is_answered(client, shapes_tasks_world: Path):
+    """RFC 2046 allows text after the closing boundary; past 64 bytes of it the body was refused as cut short."""
+    request = client.build_request("POST", "/api/vqa", files=upload(shapes_tasks_world / IMAGE),
+                                   data={"question": QUESTION})  # fmt: skip
+    body = request.read() + b"This is the epilogue. It is to be ignored. " * 3
+    response = client.post("/api/vqa", content=body, headers={"Content-Type": request.headers["Content-Type"]})
+    assert response.status_code == 200 and response.json()["answers"], response.text
