@@ -220,6 +220,15 @@ def test_a_multipart_body_cut_short_is_named_as_such(client, shapes_tasks_world:
 def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
     response = client.post("/api/vqa", data={"question": QUESTION})
     assert response.status_code == 422 and response.json()["error"].startswith("image: ")
+
+
+def test_an_image_sent_as_a_text_field_is_told_to_come_as_a_file(client, shapes_tasks_world: Path):
+    """`curl -F 'image=<photo.png'` sends the file's bytes as a text field: the answer was "image: Value error,
+    Expected UploadFile, received: <class 'str'>"."""
+    text = (shapes_tasks_world / IMAGE).read_bytes().decode("latin-1")
+    response = client.post("/api/vqa", data={"image": text, "question": QUESTION})
+    assert response.status_code == 422
+    assert response.json()["error"] == "image: send the image as a file (curl -F image=@photo.jpg), not as a text field"
     response = ask(client, shapes_tasks_world / IMAGE, QUESTION, top="0")
     assert response.status_code == 422 and response.json()["error"] == "top 0 must be from 1 to 50"
 
