@@ -1,6 +1,8 @@
 """Heat maps of where an answer came from: the recorded attention, the two methods, `meter explain`."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from meter.cli import main
 from meter.config import load_config
 from meter.errors import ConfigError
 from meter.explain import HeatMap, explain_batch, model_view, overlay
+from meter.heat_map_file import save_heat_map
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
 from meter.models.folder import export_model_folder, load_model_folder
 from meter.models.folder_description import ModelFolder
@@ -19,6 +22,7 @@ from meter.models.tokenizer_folder import load_tokenizer
 from meter.predictor import Predictor
 from meter.tasks.build import build_model
 from tests.conftest import MICRO
+from tests.test_predict import with_nan_weight
 
 IMAGE = "images/val2014/COCO_val2014_000000000055.png"
 QUESTION = "What color is the circle?"
@@ -203,8 +207,8 @@ def test_a_loaded_model_folder_is_in_evaluation_mode(micro_checkpoints):
     assert not any(module.training for module in model.modules())  # dropout off: the same input, the same output
 
 
-def _explain(checkpoint: Path, image: Path, out: Path, *extra: str) -> int:
-    return main(["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--question", QUESTION,
+def _explain(checkpoint: Path, image: Path, out: Path, *extra: str, question: str = QUESTION) -> int:
+    return main(["explain", "--checkpoint", str(checkpoint), "--image", str(image), "--question", question,
                  "--out", str(out), "--size", "64", *extra])  # fmt: skip
 
 
@@ -243,3 +247,80 @@ def test_top_goes_with_a_question(micro_checkpoints, shapes_tasks_world: Path, t
     code = main(["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
                  "--text", "a red circle.", "--top", "3", "--out", str(tmp_path / "map.png")])  # fmt: skip
     assert code == 2 and "--top lists VQA answers; it goes with --question" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "message"),
+    [
+        ("--question", "what colo\udcff", "--question b'what colo\\xff' is not UTF-8 text (byte 0xff)"),
+        ("--question", "\u200b", "--question is empty"),  # a zero-width space: no word, as predict and serve say
+        ("--text", "\ufeff \u2060", "--text is empty"),
+    ],
+)
+def test_a_text_that_is_empty_or_not_utf8_is_refused_as_predict_refuses_it(
+    shapes_tasks_world: Path, tmp_path: Path, capsys, option: str, text: str, message: str
+):
+    """Bytes that do not decode reach Python as lone surrogates: the tokenizer's traceback, not a sentence."""
+    code = main(["explain", "--checkpoint", str(tmp_path / "no-model-here"), "--image", str(shapes_tasks_world / IMAGE),
+                 option, text, "--out", str(tmp_path / "map.png")])  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_an_overlong_question_is_noted_as_predict_notes_it(vqa_predictor, shapes_tasks_world: Path, tmp_path, capsys):
+    question = "what color is the circle " * 30 + "?"
+    assert _explain(vqa_predictor.checkpoint, shapes_tasks_world / IMAGE, tmp_path / "map.png", question=question) == 0
+    note = f"meter: note: {vqa_predictor.length_note(question, '--question')}"
+    assert "the model reads the first 40" in note and note in capsys.readouterr().err
+
+
+def test_an_answer_is_taken_without_its_surrounding_spaces_as_serve_takes_it(
+    vqa_predictor, shapes_tasks_world: Path, tmp_path: Path, capsys
+):
+    answer = vqa_predictor.description.answers[-1]
+    out = tmp_path / "map.png"
+    assert _explain(vqa_predictor.checkpoint, shapes_tasks_world / IMAGE, out, "--answer", f" {answer} ") == 0
+    assert json.loads(capsys.readouterr().out)["explained"]["answer"] == answer
+
+
+def test_a_huge_image_at_out_is_refused_as_not_meters(shapes_tasks_world: Path, tmp_path: Path, capsys):
+    """Over Pillow's bomb limit, opening it to look for the mark raised DecompressionBombError: an internal error."""
+    huge = tmp_path / "poster.png"
+    Image.new("1", (14_000, 14_000)).save(huge)  # 196 million pixels in 24 kB
+    assert _explain(tmp_path / "no-model-here", shapes_tasks_world / IMAGE, huge) == 2
+    assert "poster.png exists and has no mark of meter's heat maps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_a_heat_map_gets_the_mode_of_a_new_file_and_a_replaced_one_keeps_its_own(tmp_path: Path, umask: int):
+    """Written through mkstemp, every map was private (0600), whatever the umask, and a replaced map lost its mode."""
+    picture = Image.new("RGB", (16, 16), "orange")
+    out = tmp_path / "map.png"
+    previous = os.umask(umask)
+    try:
+        save_heat_map(picture, out, "PNG")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    out.chmod(0o640)
+    save_heat_map(picture, out, "PNG")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("task", "weight", "query"),
+    [
+        ("vqa", "heads.vqa.3.bias", ["--question", QUESTION]),
+        ("retrieval", "heads.rank.bias", ["--text", "a red circle."]),
+        ("snli_ve", "heads.snli_ve.3.bias", ["--text", "the red circle is made of wood.", "--task", "snli_ve"]),
+    ],
+)
+def test_a_model_whose_outputs_are_nan_is_not_explained(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys, task: str, weight: str, query: list[str]
+):
+    """A NaN answer ranked first and was explained; its score printed as `NaN`, which is not JSON."""
+    model = with_nan_weight(micro_checkpoints(task), tmp_path / "nan", weight)
+    out = tmp_path / "map.png"
+    code = main(["explain", "--checkpoint", str(model), "--image", str(shapes_tasks_world / IMAGE), *query,
+                 "--out", str(out), "--size", "32", "--device", "cpu"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN" in capsys.readouterr().err

@@ -1,14 +1,17 @@
 """`meter predict` on single inputs, through the command's own entry point."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from meter.cli import main
+from meter.models.checksums import record_checksums
 
 IMAGE = "images/val2014/COCO_val2014_000000000055.png"
 
@@ -247,3 +250,39 @@ def test_the_python_api_names_a_bad_argument(micro_checkpoints, shapes_tasks_wor
         predictor.answer_batch([], [])
     with pytest.raises(ConfigError, match=r"2 images and 1 texts"):
         predictor.answer_batch([image, image], ["what color?"])
+
+
+def with_nan_weight(checkpoint: Path, out: Path, weight: str) -> Path:
+    """A copy of a checkpoint folder with a NaN in `weight` (as a run that diverged leaves it), its checksums recorded
+    anew so that it loads."""
+    shutil.copytree(checkpoint, out)
+    weights = load_file(out / "model.safetensors")
+    weights[weight].view(-1)[0] = float("nan")
+    save_file(weights, str(out / "model.safetensors"))
+    record_checksums(out, "model")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("task", "weight", "query"),
+    [
+        ("vqa", "heads.vqa.3.bias", ["--question", "What color is the circle?"]),
+        ("retrieval", "heads.rank.bias", ["--text", "a red circle."]),
+        ("snli_ve", "heads.snli_ve.3.bias", ["--text", "the red circle is made of wood."]),
+        ("nlvr2", "heads.nlvr2.3.bias", ["--text", "both images contain a circle."]),
+    ],
+)
+def test_a_model_whose_outputs_are_nan_is_refused_naming_the_weight(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, capsys, task: str, weight: str, query: list[str]
+):
+    """A NaN ranked first: `NaN` printed as the top answer's score (not JSON), or a label chosen from NaNs."""
+    model = with_nan_weight(micro_checkpoints(task), tmp_path / "nan", weight)
+    images = ["--image", str(shapes_tasks_world / IMAGE)]
+    if task == "nlvr2":
+        images = ["--images", *map(str, sorted((shapes_tasks_world / "nlvr2/dev").glob("*.png"))[:2])]
+    code, _, err = predict(capsys, "--checkpoint", str(model), *images, *query)
+    assert code == 2
+    assert (
+        f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN or inf (the first: {weight})"
+        in err
+    )

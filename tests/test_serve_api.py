@@ -19,6 +19,7 @@ from meter.cli import main
 from meter.predictor import Predictor
 from tests.runner import environment
 from tests.serving import IMAGE, serving, upload
+from tests.test_predict import with_nan_weight
 
 QUESTION = "What color is the circle?"
 LIMITS = {"max_body_bytes": 1 << 20, "max_pixels": 1_000_000, "max_batch": 8, "max_wait_ms": 150, "max_pending": 64}
@@ -219,6 +220,15 @@ def test_a_multipart_body_cut_short_is_named_as_such(client, shapes_tasks_world:
 def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
     response = client.post("/api/vqa", data={"question": QUESTION})
     assert response.status_code == 422 and response.json()["error"].startswith("image: ")
+
+
+def test_an_image_sent_as_a_text_field_is_told_to_come_as_a_file(client, shapes_tasks_world: Path):
+    """`curl -F 'image=<photo.png'` sends the file's bytes as a text field: the answer was "image: Value error,
+    Expected UploadFile, received: <class 'str'>"."""
+    text = (shapes_tasks_world / IMAGE).read_bytes().decode("latin-1")
+    response = client.post("/api/vqa", data={"image": text, "question": QUESTION})
+    assert response.status_code == 422
+    assert response.json()["error"] == "image: send the image as a file (curl -F image=@photo.jpg), not as a text field"
     response = ask(client, shapes_tasks_world / IMAGE, QUESTION, top="0")
     assert response.status_code == 422 and response.json()["error"] == "top 0 must be from 1 to 50"
 
@@ -540,3 +550,23 @@ def test_a_busy_port_is_one_line_before_the_model_loads(micro_checkpoints, capsy
     err = capsys.readouterr().err
     assert code == 2 and f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in err
     assert "serving" not in err  # refused before the model loaded
+
+
+def test_a_model_whose_outputs_are_nan_is_a_500_that_names_the_weight(micro_checkpoints, shapes_tasks_world, tmp_path):
+    """The answers came back 200, a `null` score ranked first (NaN, which JSON has not), and the map explained it."""
+    model = with_nan_weight(micro_checkpoints("vqa"), tmp_path / "nan", "heads.vqa.3.bias")
+    expected = f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN or inf (the first:"
+    with serving(model, **LIMITS) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for endpoint, form in (("vqa", {"question": QUESTION}), ("explain", {"text": QUESTION})):
+            response = client.post(f"/api/{endpoint}", files=upload(shapes_tasks_world / IMAGE), data=form)
+            assert response.status_code == 500 and response.json()["error"].startswith(expected), response.text
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_multipart_body_with_an_epilogue_is_answered(client, shapes_tasks_world: Path):
+    """RFC 2046 allows text after the closing boundary; past 64 bytes of it the body was refused as cut short."""
+    request = client.build_request("POST", "/api/vqa", files=upload(shapes_tasks_world / IMAGE),
+                                   data={"question": QUESTION})  # fmt: skip
+    body = request.read() + b"This is the epilogue. It is to be ignored. " * 3
+    response = client.post("/api/vqa", content=body, headers={"Content-Type": request.headers["Content-Type"]})
+    assert response.status_code == 200 and response.json()["answers"], response.text

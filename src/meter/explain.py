@@ -110,7 +110,7 @@ def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: lis
     model, description = predictor.model, predictor.description
     if task == "vqa":
         vqa = VqaTask(model, description.answers, description.config)
-        logits = vqa.logits(batch).float()
+        logits = predictor.finite(vqa.logits(batch).float())  # a NaN ranks first: no answer to explain
         chosen = []
         for row, answer in zip(logits, answers, strict=True):
             check_answer(predictor, "vqa", answer)
@@ -130,10 +130,10 @@ def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: lis
     if task == "match":
         mask = batch["attention_mask"]
         text = model.encode_text(batch["input_ids"], mask)
-        score = match_score(model, text, mask, model.encode_image(batch["pixels"]))
+        score = predictor.finite(match_score(model, text, mask, model.encode_image(batch["pixels"])))
         scorer = scoring_head(model)  # as /api/match and `meter predict --text` read it
         return score, [{"explained": match_reading(scorer, s)} for s in score.tolist()]
-    logits = SnliVeTask(model, description.config, len(SNLI_VE_LABELS)).logits(batch).float()
+    logits = predictor.finite(SnliVeTask(model, description.config, len(SNLI_VE_LABELS)).logits(batch).float())
     probabilities = logits.detach().softmax(-1)
     chosen = logits.argmax(-1)
     predictions = [

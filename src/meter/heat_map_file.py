@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _has_mark(file: Path | io.BytesIO) -> bool:
 def written_by_meter(path: Path) -> bool:
     try:
         return _has_mark(path)
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):  # a huge image is no map
         return False
 
 
@@ -74,9 +75,19 @@ def save_heat_map(picture: Image.Image, out: Path, name: str) -> None:
         os.close(handle)
         temporary = Path(named)
         picture.save(temporary, format=name, exif=_marked())
+        os.chmod(temporary, _mode_for(out))  # mkstemp's 0600 would make every map private
         os.replace(temporary, out)
     except OSError as error:
         raise DataError(cannot_write(out, error, picture.width * picture.height * 3)) from None
     finally:
         if temporary is not None:
             temporary.unlink(missing_ok=True)
+
+
+def _mode_for(out: Path) -> int:
+    """The permissions `out` keeps when it is replaced, or those of a new file (0666 less the umask)."""
+    if out.exists():
+        return stat.S_IMODE(out.stat().st_mode)
+    umask = os.umask(0o077)  # reading it means setting it: to the strictest for the moment it takes
+    os.umask(umask)
+    return 0o666 & ~umask

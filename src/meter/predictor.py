@@ -63,6 +63,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+class NonFiniteOutput(DataError):
+    """The model's scores hold NaN or inf: nothing to rank, and `NaN` is not JSON."""
+
+
 def _text(value: str, option: str) -> str:
     if is_blank(value):
         raise ConfigError(f"{option} is empty; give the text to use")
@@ -134,6 +138,19 @@ class Predictor:
         return (f"{field} has {length} tokens; the model reads the first {self.max_length} (its text.max_length):"
                 " the rest was left out")  # fmt: skip
 
+    def finite(self, scores: Tensor) -> Tensor:
+        """`scores` if every one is a number; else a NonFiniteOutput naming the folder and the first of its weights
+        that is NaN or inf (a run that diverged, a damaged conversion), if one is."""
+        if bool(torch.isfinite(scores).all()):
+            return scores
+        tensors = self.model.state_dict().items()
+        bad = next((name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad:
+            cause = f"its weights hold NaN or inf (the first: {bad}): a run that diverged? use an earlier checkpoint"
+        else:
+            cause = "its weights are all finite: this input overflowed (try --precision fp32)"
+        raise NonFiniteOutput(f"{self.checkpoint}: the model's outputs are not finite (NaN or inf); {cause}")
+
     def batch_of(self, images: list[list[ImageInput]], texts: list[str]) -> dict[str, Any]:
         """One sample per text, each with its images (one, or NLVR2's two), on the model's device."""
         if not texts or len(images) != len(texts):
@@ -157,7 +174,8 @@ class Predictor:
         self.require("vqa", "--question", "vqa")
         task = VqaTask(self.model, self.description.answers, self.description.config)
         with self.runtime.autocast():
-            scores = task.logits(self.batch_of([[image] for image in images], questions)).float().sigmoid()
+            logits = task.logits(self.batch_of([[image] for image in images], questions)).float()
+        scores = self.finite(logits).sigmoid()
         best = scores.topk(min(top, scores.shape[1]))
         return [
             [{"answer": task.answers[i], "score": round(float(s), 4)} for s, i in zip(values, indices, strict=True)]
@@ -182,13 +200,15 @@ class Predictor:
             mask = batch["attention_mask"]
             with self.runtime.autocast():
                 text_tokens = self.model.encode_text(batch["input_ids"], mask)
-                scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"])).tolist()
+                scores = match_score(self.model, text_tokens, mask, self.model.encode_image(batch["pixels"]))
+            scores = self.finite(scores.float()).tolist()
             for result, score in zip(results, scores, strict=True):
                 result |= match_reading(scorer, score)
         if SnliVeTask.head in self.description.heads:
             task = SnliVeTask(self.model, self.description.config, len(SNLI_VE_LABELS))
             with self.runtime.autocast():
-                rows = task.logits(batch).float().softmax(-1).tolist()
+                logits = task.logits(batch).float()
+            rows = self.finite(logits).softmax(-1).tolist()
             for result, row in zip(results, rows, strict=True):
                 result["entailment"] = {name: round(p, 4) for name, p in zip(SNLI_VE_LABELS, row, strict=True)}
         return results
@@ -225,7 +245,8 @@ class Predictor:
         self.require(Nlvr2Task.head, "--images A B --text", "nlvr2")
         task = Nlvr2Task(self.model, self.description.config, len(NLVR2_CLASSES))
         with self.runtime.autocast():
-            rows = task.logits(self.batch_of([list(pair) for pair in pairs], texts)).float().softmax(-1).tolist()
+            logits = task.logits(self.batch_of([list(pair) for pair in pairs], texts)).float()
+        rows = self.finite(logits).softmax(-1).tolist()
         results = []
         for probabilities in rows:
             label = NLVR2_CLASSES[max(range(len(probabilities)), key=probabilities.__getitem__)]

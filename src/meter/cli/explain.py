@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from meter.cli.common import add_device_arguments, at_least, check_output_folder
+from meter.cli.common import add_device_arguments, at_least, check_output_folder, text_option
 
 TOP = 5  # answers listed by default
 
@@ -38,15 +38,17 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from meter.cli.predict import note_length
     from meter.data.images import load_image
     from meter.errors import ConfigError
     from meter.explain import DEFAULT_METHOD, check_method, explain_batch, explainable_tasks, overlay
     from meter.heat_map_file import MAX_SIDE, check_heat_map_path, save_heat_map
     from meter.predictor import Predictor
 
-    text = args.question if args.question is not None else args.text
-    if not text.strip():
-        raise ConfigError(f"--{'question' if args.question is not None else 'text'} is empty; give the text to use")
+    option = "--question" if args.question is not None else "--text"
+    text = text_option(args.question if args.question is not None else args.text, option)  # as `meter predict`
+    answer = text_option(args.answer, "--answer")
+    answer = answer and answer.strip()  # as serve takes it: " red" is the answer red
     method = check_method(args.method or DEFAULT_METHOD)
     if args.question is not None and args.task not in (None, "vqa"):
         raise ConfigError(f"--question goes with --task vqa, not {args.task}; use --text for {args.task}")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(out.parent, "the folder of --out")
     image_format = check_heat_map_path(out, Path(args.image))
     predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
+    note_length(predictor, text, option)
     task = "vqa" if args.question is not None else args.task
     if task is None:  # --text: what the model can say about a text
         task = next((t for t in explainable_tasks(predictor) if t != "vqa"), None)
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # the same pixels, the same scores
     reader = predictor.images
     image = load_image(args.image, at_least=reader.image_size, max_pixels=reader.max_pixels, upright=True)
-    heat = explain_batch(predictor, [image], [text.strip()], task, method, [args.answer], args.top or TOP)[0]
+    heat = explain_batch(predictor, [image], [text.strip()], task, method, [answer], args.top or TOP)[0]
     grid = heat.select(args.layer)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_heat_map(overlay(image, grid, args.size), out, image_format)

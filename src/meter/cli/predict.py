@@ -12,9 +12,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meter.cli.common import add_device_arguments, at_least, text_option
 from meter.setting_ranges import MAX_BEAM
+
+if TYPE_CHECKING:
+    from meter.predictor import Predictor
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -54,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.beam is not None and not args.caption:
         raise ConfigError("--beam is the beam size of --caption; it goes with --caption")
     predictor = Predictor(args.checkpoint, args.device, precision=args.precision)
-    for option in ("question", "text"):  # cut to the model's max_length, as serve says too
-        note = getattr(args, option) and predictor.length_note(getattr(args, option), f"--{option}")
-        if note:
-            print(f"meter: note: {note}", file=sys.stderr)
+    for option in ("question", "text"):
+        if getattr(args, option):
+            note_length(predictor, getattr(args, option), f"--{option}")
     if args.images:
         result = predictor.judge_pair(args.images[0], args.images[1], args.text)
     elif args.question is not None:
@@ -68,3 +71,10 @@ def run(args: argparse.Namespace) -> int:
         result = predictor.match(args.image, args.text)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def note_length(predictor: Predictor, text: str, option: str) -> None:
+    """Says on stderr when `text` is longer than the model reads (cut to its max_length), as serve's notes say."""
+    note = predictor.length_note(text, option)
+    if note:
+        print(f"meter: note: {note}", file=sys.stderr)

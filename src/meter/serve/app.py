@@ -2,7 +2,7 @@
 
 Every error is JSON `{"error": message, "status": code}`: 400 a model without the needed head (the message names
 the heads it has), 413 a body or an image too large, 415 not an image, 422 a truncated image, an empty text or a bad
-value, 503 the queue is full. None of them stops the server.
+value, 500 a model whose outputs are not finite (NaN weights), 503 the queue is full. None of them stops the server.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from meter.setting_ranges import MAX_BEAM
 log = logging.getLogger(__name__)
 PAGE = resources.files("meter.serve") / "page"
 DECODERS = min(4, os.cpu_count() or 1)  # uploads decoded at once
+IMAGE_FIELDS = ("image", "left", "right")  # the routes' file fields
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -134,7 +135,10 @@ def create_app(service: ModelService) -> FastAPI:
         problems = []
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"] if part not in ("body", "query"))
-            problems.append(f"{field}: {problem['msg']}")
+            if field in IMAGE_FIELDS and isinstance(problem.get("input"), str):  # curl -F 'image=<photo.jpg': text
+                problems.append(f"{field}: send the image as a file (curl -F {field}=@photo.jpg), not as a text field")
+            else:
+                problems.append(f"{field}: {problem['msg']}")
         return error_response(422, "; ".join(problems))
 
     decoding = anyio.Semaphore(DECODERS)

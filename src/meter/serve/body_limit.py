@@ -59,9 +59,11 @@ class BodyLimit:
             return
         body = b"".join(chunks)
         boundary = _multipart_boundary(dict(scope["headers"]).get(b"content-type", b""))
-        if boundary and b"--" + boundary + b"--" not in body[-len(boundary) - 64 :]:  # the form parser would take the
-            error = "the multipart body is cut short (no closing boundary): send it again"  # parts it got and name
-            await _closing(400, error)(scope, receive, send)  # a field it lost as missing
+        # cut short, the form parser would take the parts it got and name a field it lost as missing; the closing
+        # boundary may be followed by an epilogue of any length (RFC 2046), which the parser ignores
+        if boundary and body.rfind(b"--" + boundary + b"--") == -1:
+            error = "the multipart body is cut short (no closing boundary): send it again"
+            await _closing(400, error)(scope, receive, send)
             return
         replayed = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Hashable
 from pathlib import Path
@@ -20,11 +21,13 @@ from meter.errors import MeterError
 from meter.explain import DEFAULT_METHOD, METHODS, HeatMap, explain_batch, explainable_tasks, overlay
 from meter.models.attention_maps import layer_count
 from meter.models.folder import names_its_answers
-from meter.predictor import Predictor
+from meter.predictor import NonFiniteOutput, Predictor
 from meter.serve.batcher import Done, MicroBatcher, Overloaded
 from meter.serve.limits import ServeLimits
 from meter.serve.uploads import ServeError
 from meter.tasks.retrieval import scoring_head
+
+log = logging.getLogger(__name__)
 
 ENDPOINTS = {  # endpoint -> (what it does, what the model needs for it)
     "vqa": ("answer a question about an image: the top answers with their scores", "a vqa head (task=vqa)"),
@@ -131,6 +134,9 @@ class ModelService:
             return await self.batcher.submit(key, item)
         except Overloaded as error:
             raise ServeError(503, f"the server is busy: {error}; try again shortly") from None
+        except NonFiniteOutput as error:  # the model's fault, not the request's: 500, and said in the server's log
+            log.error("%s", error.args[0])
+            raise ServeError(500, error.args[0]) from None
         except MeterError as error:
             raise ServeError(422, str(error)) from None
 
