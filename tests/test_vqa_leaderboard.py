@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from meter.cli import main
-from meter.config import load_config
+from meter.config import load_config, to_dict
 from meter.data.formats.vqa import read_vqa_questions
 from meter.errors import ConfigError, DataError
 from meter.models.folder import export_model_folder, read_model_folder
@@ -63,7 +63,7 @@ def test_train_and_val_give_one_vocabulary_with_the_count_applied_over_both(shap
     cfg = load_config(None, [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014, val2014]", *MICRO])
     job = setup_vqa(cfg)
     assert job.task.answers == ["cat", "owl", "yak"]  # cat: 5 + 4 = 9 over both splits; dog: 8, short of 9
-    assert len(job.dataset) == 22 + 13
+    assert len(job.dataset) == 22 + 13 - 8  # the dog questions have no answer to learn (write_vqa.py leaves them out)
 
 
 def test_the_vocabulary_counts_its_own_splits_whatever_the_model_trains_on(shapes_world: Path, tmp_path: Path):
@@ -73,10 +73,36 @@ def test_the_vocabulary_counts_its_own_splits_whatever_the_model_trains_on(shape
     settings = [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014]", *MICRO]
     official = setup_vqa(load_config(None, [*settings, "vqa.answer_splits=[train2014, val2014]"]))
     assert official.task.answers == ["cat", "owl", "yak"]  # the official rule: train2014 and val2014 counted
-    assert len(official.dataset) == 22, "trained on train2014 alone"
+    assert len(official.dataset) == 22 - 8, "trained on train2014 alone (the dog questions have no target)"
     assert setup_vqa(load_config(None, settings)).task.answers == ["owl"]  # by default the training splits'
     with pytest.raises(ConfigError, match=r"vqa.answer_splits = \['val2014', 'val2014'\] names a split twice"):
         validate(load_config(None, [*settings, "vqa.answer_splits=[val2014, val2014]"]))
+
+
+def test_questions_without_a_vocabulary_answer_are_left_out_of_training_as_the_official_recipe_does(
+    shapes_world: Path, tmp_path: Path, caplog
+):
+    """write_vqa.py drops every train and val question none of whose annotators' answers is in the vocabulary;
+    meter trained on them as all-zero targets (a few percent of VQAv2, teaching only that no answer is right)."""
+    from meter.plan.tasks import _vqa_read
+    from meter.train.run_folder import config_differences
+
+    _write_split(tmp_path, "train2014", ["cat"] * 9 + ["dog"] * 3, first_id=0)
+    (tmp_path / "tokenizers").symlink_to(shapes_world / "tokenizers")
+    settings = [f"data.root={tmp_path}", "task=vqa", *MICRO]
+    with caplog.at_level(logging.INFO, logger="meter.tasks.vqa"):
+        job = setup_vqa(load_config(None, settings))
+    assert job.task.answers == ["cat"] and len(job.dataset) == 9
+    assert "3 questions left out of training: no annotator's answer is in the vocabulary" in caplog.text
+    assert all(targets for targets in job.dataset.targets)
+    facts = _vqa_read(load_config(None, settings))  # meter plan sizes the schedule by the same questions
+    assert facts.examples == 9 and "3 without a vocabulary answer left out" in facts.description
+    assert len(setup_vqa(load_config(None, [*settings, "vqa.keep_untargeted=true"])).dataset) == 12
+    # a run recorded before the setting existed trained on them: its resume under the new default is a change
+    recorded = to_dict(load_config(None, settings))
+    del recorded["vqa"]["keep_untargeted"]
+    assert config_differences(recorded, load_config(None, settings)) == ["vqa.keep_untargeted: True -> False"]
+    assert config_differences(recorded, load_config(None, [*settings, "vqa.keep_untargeted=true"])) == []
 
 
 def test_test_dev_questions_read_their_images_from_the_test2015_folder(shapes_world: Path, tmp_path: Path):

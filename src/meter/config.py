@@ -156,6 +156,9 @@ class VqaConfig:
     normalize_targets: bool = False
     # the official accuracy's version: official-2021 (today's leaderboard) or official-2017 (papers before 2021)
     metric: str = "official-2021"
+    # train also on the questions none of whose annotators' answers is in the vocabulary (all-zero targets); the
+    # official recipe (write_vqa.py) leaves them out of training. Evaluation scores every question either way
+    keep_untargeted: bool = False
 
 
 @dataclass
@@ -276,6 +279,10 @@ def at_current_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: CHANGED_DEFAULTS[key][1] if key in CHANGED_DEFAULTS and value == CHANGED_DEFAULTS[key][0] else value
             for key, value in settings.items()}  # fmt: skip
 
+
+# settings added with a default other than what runs computed before them (setting: the earlier behaviour): a run
+# recorded without one reads as recorded with that value, so that its resume under today's default is a change
+ADDED_SETTINGS = {"vqa.keep_untargeted": True}
 
 C = TypeVar("C")
 

@@ -23,7 +23,13 @@ from meter.runs import PRETRAIN_SPLITS
 from meter.tasks import nlvr2, retrieval, snli_ve
 from meter.tasks.build import read_karpathy_splits
 from meter.tasks.rank_head import ITM
-from meter.tasks.vqa import UNANNOTATED_PREFIX, config_vocabulary, read_vqa_split, vocabulary_splits
+from meter.tasks.vqa import (
+    UNANNOTATED_PREFIX,
+    config_vocabulary,
+    read_vqa_split,
+    training_questions,
+    vocabulary_splits,
+)
 
 UNKNOWN = "unknown until the data is read"
 
@@ -141,7 +147,11 @@ def _vqa_files(cfg: Config) -> list[tuple[str, Path]]:
 def _vqa_read(cfg: Config) -> DataFacts:
     records = [r for split in cfg.vqa.train_splits for r in read_vqa_split(cfg, split)]
     answers = config_vocabulary(cfg, records)
-    return DataFacts(len(records), f"{len(records):,} questions ({', '.join(cfg.vqa.train_splits)})", len(answers))
+    kept = training_questions(cfg, records, answers)
+    dropped = len(records) - len(kept)
+    left_out = f", {dropped:,} without a vocabulary answer left out" if dropped else ""
+    described = f"{len(kept):,} questions ({', '.join(cfg.vqa.train_splits)}{left_out})"
+    return DataFacts(len(kept), described, len(answers))
 
 
 def _vqa_heads(cfg: Config, vocabulary: int, data: DataFacts) -> list[Head]:

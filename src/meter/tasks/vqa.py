@@ -116,6 +116,15 @@ def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str
     return VqaQuestions(records, images, [soft_targets(r, index, normalize) for r in records])
 
 
+def training_questions(cfg: Config, records: list[VqaRecord], answers: list[str]) -> list[VqaRecord]:
+    """The questions a config trains on: without vqa.keep_untargeted, those with at least one annotator's answer in
+    the vocabulary (write_vqa.py's filter; the others would teach only that no answer is right)."""
+    if cfg.vqa.keep_untargeted:
+        return records
+    index = {answer: i for i, answer in enumerate(answers)}
+    return [r for r in records if soft_targets(r, index, cfg.vqa.normalize_targets)]
+
+
 @torch.no_grad()
 def predict_vqa(
     task: VqaTask, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int, progress: bool = True,
@@ -186,8 +195,15 @@ def setup_vqa(cfg: Config) -> Finetuning:
     tokenizer = task_tokenizer(cfg)
     model = build_model(cfg, tokenizer, {"vqa": len(answers)}, answers=answers)
     images = image_reader(cfg, model)
-    dataset = vqa_dataset(train_records, images, answers, cfg.vqa.normalize_targets)
+    kept = training_questions(cfg, train_records, answers)
+    dataset = vqa_dataset(kept, images, answers, cfg.vqa.normalize_targets)
     log.info("vqa: %d training questions, %d answers in the vocabulary", len(dataset), len(answers))
+    if len(kept) < len(train_records):
+        log.info("vqa: %d questions left out of training: no annotator's answer is in the vocabulary (as the "
+                 "official recipe; vqa.keep_untargeted=true keeps them)", len(train_records) - len(kept))  # fmt: skip
+    if not kept:
+        raise ConfigError(f"vqa: none of the {len(train_records)} training questions has an annotator's answer in the "
+                          "vocabulary; lower vqa.min_answer_count or check vqa.answer_splits")  # fmt: skip
     collate = Collate(tokenizer, cfg.model.text.max_length, num_labels=len(answers))
     return Finetuning(VqaTask(model, answers, cfg), dataset, collate, tokenizer)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.atomic_files import cannot_write, temporary_of, write_text_atomically
-from meter.config import Config, at_current_defaults, save_config, to_dict
+from meter.config import ADDED_SETTINGS, Config, at_current_defaults, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
 from meter.output_folder import lock_folder, release_folder
@@ -90,17 +90,19 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     ]
 
 
-def with_new_defaults(saved: dict[str, Any], defaults: Any) -> dict[str, Any]:
-    """A config recorded before a setting existed, with that setting at its default (what the run computed then):
-    a meter that adds a setting does not make every earlier run "another config"."""
+def with_new_defaults(saved: dict[str, Any], defaults: Any, prefix: str = "") -> dict[str, Any]:
+    """A config recorded before a setting existed, with that setting at what the run computed then (its default, or
+    ADDED_SETTINGS' earlier behaviour): a meter that adds a setting does not make every earlier run "another
+    config", and one that changes what an earlier run computed makes its resume one."""
     filled = dict(saved)
     for field in dataclasses.fields(defaults):
         default = getattr(defaults, field.name)
+        key = f"{prefix}{field.name}"
         if field.name not in filled:
-            filled[field.name] = json.loads(json.dumps(to_dict(default) if dataclasses.is_dataclass(default)
-                                                       else default))  # fmt: skip
+            filled[field.name] = ADDED_SETTINGS[key] if key in ADDED_SETTINGS else json.loads(
+                json.dumps(to_dict(default) if dataclasses.is_dataclass(default) else default))  # fmt: skip
         elif dataclasses.is_dataclass(default) and isinstance(filled[field.name], dict):
-            filled[field.name] = with_new_defaults(filled[field.name], default)
+            filled[field.name] = with_new_defaults(filled[field.name], default, f"{key}.")
     return filled
 
 
