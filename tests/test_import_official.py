@@ -24,6 +24,7 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
 CKPT = REFERENCE / "meter_official_tiny.ckpt"
 TEXT_ENCODER = REFERENCE / "text_encoder"
 OUTPUTS = ("text_feats", "image_feats", "cls_feats", "mlm_logits", "itm_logits", "vqa_logits")
+MLM_ROWS = ("mlm_score.decoder.weight", "mlm_score.bias")  # one per token of the vocabulary
 
 
 def official_checkpoint() -> dict:
@@ -147,8 +148,10 @@ def test_a_truncated_download_or_a_folder_is_named_as_such(tmp_path: Path):
         (lambda c: c.update(hyper_parameters=[1, 2]), r"its hyper_parameters hold a list, expected the config"),
         (lambda c: c.update(state_dict={"visual.conv1.weight": torch.zeros(1)}),  # a bare OpenAI CLIP, say
          r"not an official METER checkpoint: no vision encoder under 'vit_model.' \(it has e.g. \['visual.conv1"),
+        (lambda c: c["state_dict"].update({k: c["state_dict"][k][:500] for k in MLM_ROWS}),
+         r"the checkpoint's MLM head predicts 500 tokens, its text encoder embeds 1000 .*: not one model"),
     ],
-    ids=["state-dict-list", "hyper-parameters-list", "another-model"],
+    ids=["state-dict-list", "hyper-parameters-list", "another-model", "mlm-head-of-another-vocabulary"],
 )  # fmt: skip
 def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path: Path, change, message: str):
     checkpoint = official_checkpoint()
@@ -413,3 +416,17 @@ def test_predict_gives_an_imported_snli_ve_model_the_official_probabilities(micr
     probabilities = json.loads(capsys.readouterr().out)["entailment"]
     expected = dict(zip(OFFICIAL_SNLI_VE, bias.softmax(-1).tolist(), strict=True))
     assert probabilities == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("answer", "official"),
+    [("İstanbul", "i̇stanbul"), ("ΣΑΣ ΟΣ.", "σας ος"), ("yes\u180e", "yes\u180e"), ("٣,٤", "٣٤"), ("ǅ", "ǆ"),
+     ("a red, blue", "red blue"), ("Two", "2"), ("dont", "don't"), ("x\x1cy", "x y")],
+)  # fmt: skip
+def test_the_official_numbering_normalises_answers_as_write_vqa_does_under_python_3(answer: str, official: str):
+    """write_vqa.py runs under Python 3 (str.lower, Unicode \\d and whitespace), not Python 2 as the evaluation does:
+    the Python 2 rules merged or split other answers than the official numbering. Expected: glossary.normalize_word's
+    outputs, run under Python 3."""
+    from meter.importers.vqa_answers import official_normal_form
+
+    assert official_normal_form(answer) == official

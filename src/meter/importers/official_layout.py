@@ -25,6 +25,7 @@ VISION = "vit_model."
 CLIP_NAMES = {16: "clip-vit", 32: "clip-vit-b32"}  # our registered CLIP encoders by patch size
 SWIN_NAME = "timm:swin_base_patch4_window12_384"  # the family; sizes come from the checkpoint
 # official head -> (our head kind, the tensor whose rows are its output size)
+WORD_EMBEDDINGS = "text_transformer.embeddings.word_embeddings.weight"
 HEADS = {
     "mlm_score": ("mlm", "mlm_score.decoder.weight"),
     "itm_score": ("itm", "itm_score.fc.weight"),
@@ -139,6 +140,10 @@ def read_layout(
     max_length = min(int(hparams.get("max_text_len", 40)), text_config.max_position_embeddings - offset)
     text = TextConfig(name=name, size="base", max_length=max_length)
     heads = {kind: weights[rows].shape[0] for kind, rows in HEADS.values() if rows in weights}
+    words = _need(weights, WORD_EMBEDDINGS).shape[0]
+    if heads.get("mlm", words) != words:  # it would name other tokens than the encoder reads, or fail past its rows
+        raise DataError(f"the checkpoint's MLM head predicts {heads['mlm']} tokens, its text encoder embeds {words} "
+                        f"({WORD_EMBEDDINGS}): not one model (a head cut or grown apart from its encoder)")  # fmt: skip
     task = next((TASK_OF_HEAD[kind] for kind in heads if kind in TASK_OF_HEAD), "pretrain")
     model = ModelConfig(vision=vision, text=text, fusion=fusion, image_pool=image_pool)
     token_types = _need(weights, "token_type_embeddings.weight").shape[0]

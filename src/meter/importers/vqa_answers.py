@@ -9,20 +9,27 @@ an answer-to-label JSON or a list, or rebuilds it from the folder that holds the
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 from meter.errors import DataError
-from meter.metrics.vqa import process_digit_article, process_punctuation
+from meter.metrics.vqa import COMMA_STRIP, PERIOD_STRIP, digits_articles, process_punctuation
 
 OFFICIAL_ANNOTATIONS = ("v2_mscoco_train2014_annotations.json", "v2_mscoco_val2014_annotations.json")
 OFFICIAL_MIN_COUNT = 9  # write_vqa.py: answers given as the consensus of at least 9 questions
 
 
+# write_vqa.py runs under Python 3, the evaluation under Python 2: its \d is any decimal digit, its lower() Python 3's
+COMMA_STRIP_PY3 = re.compile(COMMA_STRIP.pattern)
+PERIOD_STRIP_PY3 = re.compile(PERIOD_STRIP.pattern)
+
+
 def official_normal_form(answer: str) -> str:
-    """write_vqa.py's `normalize_word`: the evaluation's punctuation, digit and article rules, the raw string (not
-    stripped first), and any comma left dropped."""
-    return process_digit_article(process_punctuation(answer)).replace(",", "")
+    """write_vqa.py's `normalize_word`: the evaluation's punctuation, digit and article rules under Python 3, the raw
+    string (not stripped first), and any comma left dropped."""
+    text = process_punctuation(answer, COMMA_STRIP_PY3, PERIOD_STRIP_PY3)
+    return digits_articles(text.lower().split()).replace(",", "")
 
 
 def official_answer_order(folder: Path) -> list[str]:

@@ -74,20 +74,25 @@ PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_",
 OFFICIAL_PERIOD_COUNT = re.UNICODE  # the official code passes re.UNICODE (32) as `count`: at most 32 periods go
 
 
-def process_punctuation(text: str) -> str:
+def process_punctuation(text: str, comma_strip: re.Pattern = COMMA_STRIP, period_strip: re.Pattern = PERIOD_STRIP
+                        ) -> str:  # fmt: skip
     out = text
     for p in PUNCTUATION:
-        if (p + " " in text or " " + p in text) or COMMA_STRIP.search(text) is not None:
+        if (p + " " in text or " " + p in text) or comma_strip.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return PERIOD_STRIP.sub("", out, count=OFFICIAL_PERIOD_COUNT)
+    return period_strip.sub("", out, count=OFFICIAL_PERIOD_COUNT)
 
 
 def process_digit_article(text: str) -> str:
-    words = [MANUAL_MAP.get(word, word) for word in python2_lower(text.replace(PYTHON2_ONLY_SPACE, " ")).split()]
-    words = [word for word in words if word not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+    return digits_articles(python2_lower(text.replace(PYTHON2_ONLY_SPACE, " ")).split())
+
+
+def digits_articles(words: list[str]) -> str:
+    """Lower-cased words with number words as digits, without articles, contractions given their apostrophe."""
+    words = [MANUAL_MAP.get(word, word) for word in words]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
 def clean_whitespace(text: str) -> str:
