@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -93,3 +94,35 @@ def test_the_task_files_of_an_official_arrow_folder_are_left_out_with_a_warning(
     assert "without a caption column (a task's, not captions): nlvr2_train.arrow, vqav2_train.arrow" in caplog.text
     with pytest.raises(DataError, match=r"no arrow file matching vqa\* in .* holds captions .*: vqav2_train.arrow"):
         ArrowSource(tmp_path / "arrows", ("vqa*",))
+
+
+def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
+    table = pa.table(columns)
+    with pa.OSFile(str(path), "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+@pytest.mark.parametrize(
+    ("captions", "arrow_type"),
+    [
+        (pa.array([[101, 2023], [101, 7]]), "list<item: int64>"),  # token ids: were the captions "101", "2023"
+        (pa.array([{"raw": "a cat"}, {"raw": "a dog"}]), "struct<raw: string>"),  # was the caption "raw"
+        (pa.array([1, 2]), "int64"),  # was an internal TypeError
+    ],
+)
+def test_a_caption_column_of_another_type_than_text_is_refused_naming_file_column_and_type(
+    tmp_path: Path, captions: pa.Array, arrow_type: str
+):
+    _write_table(tmp_path / "x.arrow", {"image": pa.array([image_bytes(0), image_bytes(1)]), "caption": captions})
+    said = rf"x.arrow: its caption column is of the Arrow type {re.escape(arrow_type)}; meter reads captions of the "
+    with pytest.raises(DataError, match=said + "type string or large_string, or a list"):
+        ArrowSource(tmp_path)
+
+
+def test_captions_as_large_strings_or_large_lists_of_them_are_read(tmp_path: Path):
+    images = pa.array([image_bytes(0), image_bytes(1)])
+    _write_table(tmp_path / "a.arrow", {"image": images, "caption": pa.array(["one", "two"], pa.large_string())})
+    many = pa.array([["three", "four"], ["five"]], pa.large_list(pa.large_string()))
+    _write_table(tmp_path / "b.arrow", {"image": images, "caption": many})
+    manifest = write_shards(ArrowSource(tmp_path), tmp_path / "out", progress=False)
+    assert (manifest["samples"], manifest["pairs"]) == (4, 5)

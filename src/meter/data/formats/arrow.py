@@ -72,6 +72,22 @@ def split_counts(path: Path) -> Counter[str | None]:
     return counts
 
 
+def _caption_type_ok(kind: pa.DataType) -> bool:
+    """A string, or a list of strings: what ViLT's writers leave (to_pylist of any other type is no caption text)."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def check_caption_column(path: Path) -> None:
+    """Refuses a `caption` column of another type: token ids gave the captions '101', '2023', a struct its field
+    names, an integer column an internal error."""
+    kind = open_arrow(path).schema.field("caption").type
+    if not _caption_type_ok(kind):
+        raise DataError(f"{path}: its caption column is of the Arrow type {kind}; meter reads captions of the type "
+                        "string or large_string, or a list (list, large_list) of them")  # fmt: skip
+
+
 def _task_file(path: Path) -> bool:
     """A METER/ViLT arrow file of a downstream task (questions, hypotheses, ...: images, no `caption` column; NLVR2's
     hold image_0 and image_1)."""
@@ -126,6 +142,7 @@ class ArrowSource:
             splits = split_counts(path)
             held = sorted(str(split) for split in splits if split in held_out)
             if not held:
+                check_caption_column(path)
                 self.files.append(path)
                 self.counts.append(sum(splits.values()))
             elif set(held) == set(splits):
