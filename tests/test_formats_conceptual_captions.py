@@ -1,6 +1,9 @@
 import json
 from pathlib import Path
 
+import pytest
+
+from meter.cli import main
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource, url_file_name
 from meter.data.shard_writer import write_shards
 from tests.corpora import cc_file, image_bytes, shard_members, write_conceptual_captions
@@ -47,3 +50,23 @@ def test_bad_conceptual_captions_lines_are_skipped_and_named_by_line(tmp_path: P
     assert "not UTF-8" in bad[f"{tsv}:3"]
     assert "not a 'caption<TAB>url' line" in bad[f"{tsv}:4"]
     assert "unreadable image" in bad[f"{tsv}:5"]
+
+
+def test_images_in_another_layout_than_meters_stop_the_run_naming_where_the_first_was_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """Images named `{row}_{crc32}` (another downloader's layout) read as never downloaded: the run ended with 0
+    samples, rc 0 and a manifest."""
+    urls = write_conceptual_captions(tmp_path / "cc", rows=4)
+    for row, url in enumerate(urls):
+        (tmp_path / "cc/training" / cc_file(url)).rename(tmp_path / f"cc/training/{row}_{cc_file(url)}")
+    command = ["prepare", "cc", "--root", str(tmp_path / "cc"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(command) == 2
+    expected = tmp_path / "cc/training" / cc_file(urls[0])
+    assert f"no usable sample in 4 records (4 images not found, 0 bad); the first image not found was looked for " \
+           f"at {expected}: nothing written" in capsys.readouterr().err  # fmt: skip
+    assert not (tmp_path / "out/manifest.json").exists() and not list((tmp_path / "out").glob("*.tar"))
+    for row, url in enumerate(urls):  # renamed as meter expects, the same command reads them all
+        (tmp_path / f"cc/training/{row}_{cc_file(url)}").rename(tmp_path / "cc/training" / cc_file(url))
+    assert main(command) == 0
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["samples"] == 4

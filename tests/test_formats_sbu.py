@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,19 @@ def test_an_sbu_caption_that_is_not_utf8_is_skipped_and_named(tmp_path: Path):
     manifest = write_shards(SbuSource(tmp_path / "sbu"), tmp_path / "out", max_bad=0.5, progress=False)
     assert (manifest["samples"], manifest["bad"]) == (3, 1)
     assert f"{captions}:3" in (tmp_path / "out/bad_samples.jsonl").read_text()
+
+
+def test_most_photos_missing_is_warned_of_naming_the_file_looked_for_while_the_rest_are_prepared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A partial download stays a preparation of what is there; past half of it missing a layout mismatch is
+    likelier than dead links, and the log names the first file not found."""
+    write_sbu(tmp_path / "sbu", rows=5)
+    for row in (1, 2, 4):
+        (tmp_path / f"sbu/images/{4000000 + row}_abc{row}.jpg").unlink()
+    with caplog.at_level(logging.WARNING):
+        manifest = write_shards(SbuSource(tmp_path / "sbu"), tmp_path / "out", progress=False)
+    assert (manifest["samples"], manifest["not_downloaded"]) == (2, 3)
+    looked = tmp_path / "sbu/images/4000001_abc1.jpg"
+    assert f"sbu: 3 of 5 records not downloaded (their image file not found); the first image not found was looked " \
+           f"for at {looked}: are the images where and as meter looks for them?" in caplog.text  # fmt: skip

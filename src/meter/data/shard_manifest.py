@@ -89,6 +89,7 @@ class ShardRecord:
     bad: int = 0
     not_downloaded: int = 0
     captions: dict[str, dict[str, int]] = field(default_factory=dict)  # CaptionCounts.to_json()
+    first_missing: str | None = None  # the image file of its first record not downloaded, named if most are missing
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class ShardBuilder:
             except FileNotFoundError:
                 if self.missing_expected:
                     self.record.not_downloaded += 1
+                    self.record.first_missing = self.record.first_missing or str(record.image)
                 else:
                     self._bad(str(record.image), f"{record.image}: image not found")
                 return None
@@ -287,7 +288,28 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
             done[index] = builder.write(_counted(chunk, bar))
             write_shard_record(out / PROGRESS / f"{index:05d}.json", done[index])
         bar.close()
-        return _finish(out, source.name, description, [done[i] for i in range(shards)], budget)
+        written = [done[i] for i in range(shards)]
+        _check_images_found(out, source.name, written)
+        return _finish(out, source.name, description, written, budget)
+
+
+def _check_images_found(out: Path, name: str, records: list[ShardRecord]) -> None:
+    """Images in another layout than meter's (CC's named `{row}_{crc32}`, say) read as never downloaded: a run left
+    with no sample is refused and forgotten (fixed, the same command reads every record again), and one missing
+    most images is warned of, naming where the first missing one was looked for."""
+    total, missing = sum(r.records for r in records), sum(r.not_downloaded for r in records)
+    first = next((r.first_missing for r in records if r.first_missing), None)
+    looked = f"; the first image not found was looked for at {first}" if first else ""
+    if sum(r.samples for r in records) == 0:
+        for record in records:
+            (out / record.path).unlink(missing_ok=True)
+            (out / PROGRESS / f"{Path(record.path).stem}.json").unlink(missing_ok=True)
+        raise DataError(f"{name}: no usable sample in {total:,} records ({missing:,} images not found, "
+                        f"{sum(r.bad for r in records):,} bad){looked}: nothing written; check where the images are "
+                        "and how they are named, then run the same command again")  # fmt: skip
+    if 2 * missing > total:
+        log.warning("%s: %s of %s records not downloaded (their image file not found)%s: are the images where and "
+                    "as meter looks for them?", name, f"{missing:,}", f"{total:,}", looked)  # fmt: skip
 
 
 @contextlib.contextmanager
