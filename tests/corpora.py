@@ -102,16 +102,16 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_img2dataset(root: Path, shards: int, per_shard: int) -> list[str]:
+def write_img2dataset(root: Path, shards: int, per_shard: int, caption_text: str = "web caption") -> list[str]:
     """{00000..}.tar with key.jpg, key.txt, key.json as img2dataset writes them (keys are shard + index, 9 digits),
-    plus its per-shard _stats.json. Returns the captions in order."""
+    plus its per-shard _stats.json. Returns the captions in order ("{caption_text} {shard} {index}")."""
     root.mkdir(parents=True, exist_ok=True)
     captions = []
     for shard in range(shards):
         with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
             for i in range(per_shard):
                 key = f"{shard:05d}{i:04d}"
-                caption = f"web caption {shard} {i}"
+                caption = f"{caption_text} {shard} {i}"
                 captions.append(caption)
                 add_member(tar, f"{key}.jpg", image_bytes(1000 * shard + i))
                 add_member(tar, f"{key}.txt", caption.encode())

@@ -1,9 +1,14 @@
 import json
+import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 from meter.data.formats.webdataset import TarShard, WebdatasetSource, split_member_name
 from meter.data.shard_manifest import read_manifest
 from meter.data.shard_writer import index_shards, write_shards
+from meter.errors import DataError
 from tests.corpora import DAMAGED, image_bytes, shard_members, write_damaged_shard, write_img2dataset
 
 
@@ -44,3 +49,32 @@ def test_indexing_counts_and_names_each_kind_of_damaged_sample(tmp_path: Path):
         key = entry["path"].rpartition("/")[2]
         assert DAMAGED[key] in entry["reason"].lower(), entry
     assert {b["path"].rpartition("/")[2] for b in bad} == set(DAMAGED) - {"000000001"}
+
+
+def _written_again(root: Path, per_shard: int, caption_text: str) -> None:
+    """img2dataset run again into its folder: the same shard names, other samples, written later."""
+    later = max(path.stat().st_mtime_ns for path in root.glob("*.tar")) + 10**9  # a file system's clock ticks coarser
+    shutil.rmtree(root)
+    write_img2dataset(root, shards=2, per_shard=per_shard, caption_text=caption_text)
+    for path in root.glob("*.tar"):
+        os.utime(path, ns=(later, later))
+
+
+def test_shards_written_again_since_they_were_indexed_are_refused_naming_them(tmp_path: Path):
+    """The index kept its counts of 3 samples a shard for shards of 5: 4 of 10 samples were never trained on."""
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=3)
+    index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+    assert index_shards(tmp_path / "web", tmp_path / "index", progress=False)["samples"] == 6  # unchanged: reused
+    _written_again(tmp_path / "web", per_shard=5, caption_text="web caption")
+    with pytest.raises(DataError, match=r"index holds a preparation of another source .*\(source_files\[0\]\.mtime_ns: "
+                                        r"\d+ then, \d+ now; .*source_files\[1\]\.mtime_ns"):  # fmt: skip
+        index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+
+
+def test_a_copy_rerun_over_shards_of_other_captions_is_refused_not_kept(tmp_path: Path):
+    """As many samples as before, so the record count passed: the copy kept the old captions."""
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=3)
+    write_shards(WebdatasetSource(tmp_path / "web"), tmp_path / "out", shard_size=4, progress=False)
+    _written_again(tmp_path / "web", per_shard=3, caption_text="another caption")
+    with pytest.raises(DataError, match=r"out holds a preparation of another source .*source_files\[0\]\.mtime_ns"):
+        write_shards(WebdatasetSource(tmp_path / "web"), tmp_path / "out", shard_size=4, progress=False)

@@ -50,6 +50,7 @@ PREPARE_LOCK = ".meter-prepare.lock"  # held by the `meter prepare` writing the 
 SOURCE_FILES = "source_files"
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 BAD_SAMPLES = "bad_samples.jsonl"
+SHOWN = 6  # differences a refused resume names (every shard of a rewritten corpus differs)
 
 
 class RawSource(Protocol):
@@ -181,14 +182,16 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
             raise DataError(f"{path} is not the record of a `meter prepare` ({error}); choose another --out") from None
         if not isinstance(before, dict):
             raise DataError(f"{path} is not the record of a `meter prepare`; choose another --out")
-        older = SOURCE_FILES not in before and SOURCE_FILES in settings  # written before meter recorded them
+        # written before meter recorded them (or, for tar shards, recorded none)
+        older = not before.get(SOURCE_FILES) and SOURCE_FILES in settings
         compared = {k: v for k, v in settings.items() if k != SOURCE_FILES} if older else settings
         resolved = {**before, "description": _resolved_root(before.get("description"))}
-        differences = "; ".join(_differences(resolved, compared))
-        if differences:
+        found = _differences(resolved, compared)
+        if found:
+            differences = "; ".join(found[:SHOWN]) + (f"; and {len(found) - SHOWN:,} more" if found[SHOWN:] else "")
             raise DataError(f"{out} holds a preparation of another source or with other settings ({differences}): "
                             "resume with the same source and options, or choose another --out")  # fmt: skip
-        if older:
+        if older and settings[SOURCE_FILES]:
             log.warning(
                 "%s: written by an older meter, without its source files' fingerprint: recorded now (an edit "
                 "of them before today is not seen; its shards keep an image's repeated captions)",
@@ -335,7 +338,8 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
     out = Path(out)
     shards = [path.resolve() for path in find_shards(root, pattern)]
     description = {"root": str(Path(root).resolve()), "pattern": pattern, "in_place": True}
-    _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards)})
+    _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards),
+                          SOURCE_FILES: fingerprint(shards)})  # fmt: skip
     with _prepare_lock(out):
         done = _finished(out, len(shards))
         found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known

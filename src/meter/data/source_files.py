@@ -3,7 +3,9 @@ that a rerun or a resume over shards written from an older version of them is re
 
 A file is known by its size and SHA-256 (content, not modification time: a data copy staged onto a node by a job
 keeps its fingerprint); a file over HASHED_WHOLE bytes (an arrow file holding the images) by its size and the
-SHA-256 of its first and last ENDS bytes, which any rewrite of it changes in practice.
+SHA-256 of its first and last ENDS bytes, which any rewrite of it changes in practice. A tar shard (img2dataset's:
+thousands of them, the corpus's images) is known by its size and modification time: hashing them would read the
+whole corpus on every run, and a shard written again (img2dataset rerun into its folder) changes both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def fingerprint(files: tuple[Path, ...] | list[Path]) -> list[dict[str, object]]
 
 
 def _fingerprint(path: Path) -> dict[str, object]:
+    if path.suffix == ".tar":
+        stat = path.stat()
+        return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     size = path.stat().st_size
     digest = hashlib.sha256()
     with path.open("rb") as f:

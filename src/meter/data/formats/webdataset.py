@@ -153,7 +153,7 @@ class WebdatasetSource:
         self.shards = find_shards(root, pattern)
         self.counts = [sum(1 for _ in _samples_of(path)) for path in self.shards]
         self.description = {"root": str(root), "pattern": pattern, "shards": len(self.shards)}
-        self.files: tuple[Path, ...] = ()  # thousands of shards: known by their sample counts (records) alone
+        self.files = tuple(self.shards)  # known by size and mtime (source_files.py): a changed shard is seen
 
     def __len__(self) -> int:
         return sum(self.counts)
