@@ -175,3 +175,15 @@ def write_damaged_shard(path: Path) -> list[str]:
             add_member(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
     corrupt_member_header(path, "000000006.jpg")
     return [f"{i:09d}" for i in (0, 5, 7)]
+
+
+def write_latin1_shard(path: Path, names: list[str]) -> list[str]:
+    """A shard whose member names are Latin-1 bytes, not UTF-8 (as an old Windows tool writes `café.jpg`): sample i
+    is `names[i]`.jpg and .txt. Returns the captions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    captions = [f"latin caption {i}" for i in range(len(names))]
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        for i, (name, caption) in enumerate(zip(names, captions, strict=True)):
+            add_member(tar, f"{name}.jpg", image_bytes(7000 + i))
+            add_member(tar, f"{name}.txt", caption.encode())
+    return captions

@@ -15,6 +15,7 @@ from meter.data.bad_samples import BadSample
 from meter.data.datasets import ImageReader
 from meter.data.formats.captions import coco_source
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource
+from meter.data.formats.webdataset import WebdatasetSource
 from meter.data.images import image_transform, load_image
 from meter.data.shard_manifest import read_manifest
 from meter.data.shard_plan import EpochPlan, balanced_range, epoch_visits
@@ -27,6 +28,7 @@ from tests.corpora import (
     write_conceptual_captions,
     write_damaged_shard,
     write_img2dataset,
+    write_latin1_shard,
 )
 
 TRANSFORM = image_transform(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -158,6 +160,23 @@ def test_a_shard_shorter_than_its_manifest_fills_its_places_with_named_bad_pairs
     assert not any(t.startswith("web caption 1 ") and t[-1] in "234" for t in texts)
     reasons = [reason for b in batches for _, reason in b["bad"]]
     assert len(reasons) == 3 and all("fewer pairs than its manifest" in r for r in reasons)
+
+
+def test_shards_with_member_names_that_are_not_utf8_are_read_whole_by_a_data_worker(tmp_path: Path):
+    """A Latin-1 `café.jpg` was indexed and copied, then the worker died hashing its name (UnicodeEncodeError)."""
+    captions = write_latin1_shard(tmp_path / "web/00000.tar", ["café", "crème brûlée", "plain"])
+    index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+    write_shards(WebdatasetSource(tmp_path / "web"), tmp_path / "copy", progress=False)
+    with tarfile.open(tmp_path / "copy/00000.tar", encoding="utf-8", errors="strict") as tar:  # names any tool reads
+        assert {m.name.partition(".")[0] for m in tar} == {
+            "00000_caf\\xe9",
+            "00000_cr\\xe8me br\\xfbl\\xe9e",
+            "00000_plain",
+        }
+    for folder in ("index", "copy"):
+        [batch] = take(corpus(tmp_path / folder, streams_per_rank=1), 1, batch_size=3, num_workers=1)
+        assert not batch["bad"] and sorted(batch["texts"]) == captions
+        assert len({pair.rpartition("#")[0] for pair in batch["pairs"]}) == 3
 
 
 @pytest.mark.slow

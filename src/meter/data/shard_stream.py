@@ -59,7 +59,8 @@ class Pair:
 
 def image_id(shard: ShardEntry, key: str) -> int:
     """A 63-bit id of the image: ITM knows two captions of one image by it."""
-    digest = hashlib.blake2b(f"{shard.path}/{key}".encode(), digest_size=8).digest()
+    # a member name that is not UTF-8 (a Latin-1 `café.jpg`) reads as lone surrogates: hashed as its bytes
+    digest = hashlib.blake2b(f"{shard.path}/{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 

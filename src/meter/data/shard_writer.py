@@ -29,7 +29,7 @@ from tqdm import tqdm
 from meter.atomic_files import cannot_write
 from meter.data.bad_samples import BadSample, BadSampleBudget, continued_list
 from meter.data.formats.common import DECODE_ERRORS, IMAGE_FORMATS, NOT_AN_IMAGE, READ_FORMATS, RawSample, Unusable
-from meter.data.formats.webdataset import TarShard, find_shards
+from meter.data.formats.webdataset import TarShard, find_shards, utf8_name
 from meter.data.shard_manifest import (
     MANIFEST,
     CaptionCounts,
@@ -159,7 +159,7 @@ class ShardBuilder:
         if problem:
             self._bad(record.name, problem)
             return None
-        key = record.key.replace(".", "_").replace("/", "_")
+        key = utf8_name(record.key.replace(".", "_").replace("/", "_"))
         if key in self.keys:  # a reader groups a tar's files by key: the two samples would merge into a damaged one
             self._bad(record.name, f"{record.name}: its sample key {key!r} is an earlier sample's in this shard")
             return None

@@ -27,6 +27,12 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
 
 
+def utf8_name(name: str) -> str:
+    """A member name as valid UTF-8: tarfile reads the bytes of a name that is not (a Latin-1 `café.jpg`) as lone
+    surrogates, which a shard written with them passes on to every tool that reads it; here they are `\\xe9`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class TarSample:
     key: str
@@ -188,5 +194,5 @@ def _raw_sample(shard: TarShard, sample: TarSample, shard_index: int) -> RawSamp
     if image is None:
         return Unusable(shard.name(sample), f"{shard.path}/{member.name}: truncated member")
     key = f"{shard_index:05d}_{sample.key.replace('/', '_')}"
-    meta = {k: v for k, v in text.meta.items() if k != "captions"} | {"original": shard.name(sample)}
+    meta = {k: v for k, v in text.meta.items() if k != "captions"} | {"original": utf8_name(shard.name(sample))}
     return caption_sample(key, image, text.captions, f"{shard.path}/{member.name}", meta)
