@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from meter.cli import main
-from meter.models.checksums import record_checksums
+from tests.model_copies import with_nan_weight
 
 IMAGE = "images/val2014/COCO_val2014_000000000055.png"
 
@@ -149,7 +148,6 @@ def test_precision_is_a_choice_of_the_command(micro_checkpoints, shapes_tasks_wo
 def test_a_finished_run_folder_serves_the_weights_its_evaluation_scored(micro_checkpoints, tmp_path: Path):
     """predict, explain and serve on a run folder took its newest checkpoint: with train.best_on, not the weights the
     run's evaluation scored (its best/)."""
-    import shutil
 
     from meter.predictor import resolve_checkpoint
     from meter.train.run_folder import RECORD
@@ -252,17 +250,6 @@ def test_the_python_api_names_a_bad_argument(micro_checkpoints, shapes_tasks_wor
         predictor.answer_batch([image, image], ["what color?"])
 
 
-def with_nan_weight(checkpoint: Path, out: Path, weight: str) -> Path:
-    """A copy of a checkpoint folder with a NaN in `weight` (as a run that diverged leaves it), its checksums recorded
-    anew so that it loads."""
-    shutil.copytree(checkpoint, out)
-    weights = load_file(out / "model.safetensors")
-    weights[weight].view(-1)[0] = float("nan")
-    save_file(weights, str(out / "model.safetensors"))
-    record_checksums(out, "model")
-    return out
-
-
 @pytest.mark.parametrize(
     ("task", "weight", "query"),
     [
@@ -270,6 +257,8 @@ def with_nan_weight(checkpoint: Path, out: Path, weight: str) -> Path:
         ("retrieval", "heads.rank.bias", ["--text", "a red circle."]),
         ("snli_ve", "heads.snli_ve.3.bias", ["--text", "the red circle is made of wood."]),
         ("nlvr2", "heads.nlvr2.3.bias", ["--text", "both images contain a circle."]),
+        ("captioning", "decoder.lm_head.dense.bias", ["--caption", "--beam", "1"]),  # its argmax: a NaN's index
+        ("captioning", "decoder.lm_head.dense.bias", ["--caption", "--beam", "3"]),
     ],
 )
 def test_a_model_whose_outputs_are_nan_is_refused_naming_the_weight(

@@ -133,9 +133,9 @@ def test_shortlisting_tokens_encoded_in_bf16_scores_as_in_fp32(micro_config):
         texts = model.encode_text(torch.randint(5, 300, (12, 9)), torch.ones(12, 9, dtype=torch.long))
     masks = torch.ones(12, 9, dtype=torch.long)
     readable = torch.ones(6, dtype=torch.bool)
-    mixed = score_matrix(model, Encoded(images.bfloat16(), readable, texts, masks), 4,
+    mixed = score_matrix(model, "model", Encoded(images.bfloat16(), readable, texts, masks), 4,
                          Runtime(torch.device("cpu"), torch.bfloat16), 16, False)  # fmt: skip
-    exact = score_matrix(model, Encoded(images.bfloat16().float(), readable, texts, masks), 4,
+    exact = score_matrix(model, "model", Encoded(images.bfloat16().float(), readable, texts, masks), 4,
                          Runtime(torch.device("cpu"), torch.float32), 16, False)  # fmt: skip
     assert mixed.dtype == np.float64 and (np.isfinite(mixed) == np.isfinite(exact)).all()
     assert len(np.unique(mixed[np.isfinite(mixed)])) == np.isfinite(mixed).sum()  # no ties

@@ -21,6 +21,7 @@ from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.images import check_pixel_limit
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
+from meter.models.finite_outputs import check_finite
 from meter.models.folder import EXPORT, require_answers
 from meter.setting_ranges import MAX_BEAM
 from meter.tasks.best_checkpoint import BEST
@@ -39,6 +40,7 @@ from meter.train.runtime import Runtime, allow_tf32, pick_device, pick_dtype
 
 ImageInput = str | Path | Image.Image  # a file, or an image already decoded
 log = logging.getLogger(__name__)
+PRECISION = "--precision fp32"  # the option that keeps an overflowing input in range
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -61,10 +63,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     latest = checkpoints.resolve("latest", parts=("model",))
     log.info("%s: a run folder: its newest checkpoint, %s", path, latest.name)
     return latest
-
-
-class NonFiniteOutput(DataError):
-    """The model's scores hold NaN or inf: nothing to rank, and `NaN` is not JSON."""
 
 
 def _text(value: str, option: str) -> str:
@@ -139,17 +137,8 @@ class Predictor:
                 " the rest was left out")  # fmt: skip
 
     def finite(self, scores: Tensor) -> Tensor:
-        """`scores` if every one is a number; else a NonFiniteOutput naming the folder and the first of its weights
-        that is NaN or inf (a run that diverged, a damaged conversion), if one is."""
-        if bool(torch.isfinite(scores).all()):
-            return scores
-        tensors = self.model.state_dict().items()
-        bad = next((name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
-        if bad:
-            cause = f"its weights hold NaN or inf (the first: {bad}): a run that diverged? use an earlier checkpoint"
-        else:
-            cause = "its weights are all finite: this input overflowed (try --precision fp32)"
-        raise NonFiniteOutput(f"{self.checkpoint}: the model's outputs are not finite (NaN or inf); {cause}")
+        """`scores` if every one is a number; else a NonFiniteOutput (see `check_finite`)."""
+        return check_finite(scores, self.model, self.checkpoint, PRECISION)
 
     def batch_of(self, images: list[list[ImageInput]], texts: list[str]) -> dict[str, Any]:
         """One sample per text, each with its images (one, or NLVR2's two), on the model's device."""
@@ -232,7 +221,7 @@ class Predictor:
             )
         settings = dataclasses.replace(self.description.config.captioning, beam_size=beam_size)
         pixels = torch.stack([self.pixels(image) for image in images])
-        return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime)
+        return write_captions(self.model, self.tokenizer, pixels, settings, self.runtime, self.checkpoint, PRECISION)
 
     def judge_pair(self, left: ImageInput, right: ImageInput, text: str) -> dict[str, Any]:
         """NLVR2: the probability that the sentence is true of the (left, right) pair."""

@@ -20,8 +20,9 @@ from PIL import Image
 from meter.errors import MeterError
 from meter.explain import DEFAULT_METHOD, METHODS, HeatMap, explain_batch, explainable_tasks, overlay
 from meter.models.attention_maps import layer_count
+from meter.models.finite_outputs import NonFiniteOutput
 from meter.models.folder import names_its_answers
-from meter.predictor import NonFiniteOutput, Predictor
+from meter.predictor import Predictor
 from meter.serve.batcher import Done, MicroBatcher, Overloaded
 from meter.serve.limits import ServeLimits
 from meter.serve.uploads import ServeError

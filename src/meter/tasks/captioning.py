@@ -28,6 +28,7 @@ from meter.data.labelled import image_batches
 from meter.data.shared_rows import moved
 from meter.errors import ConfigError
 from meter.metrics.caption import caption_scores, resolved_tokenizer
+from meter.models.finite_outputs import FP32_SETTING, check_finite
 from meter.models.folder import ModelFolder
 from meter.models.generation import generate
 from meter.models.meter import Meter
@@ -117,9 +118,12 @@ def check_caption_length(settings: CaptioningConfig, model: Meter) -> None:
 
 @torch.no_grad()
 def write_captions(
-    model: Meter, tokenizer: PreTrainedTokenizerBase, pixels: Tensor, settings: CaptioningConfig, runtime: Runtime
-) -> list[str]:
-    """One caption per image of `pixels` (B, 3, H, W)."""
+    model: Meter, tokenizer: PreTrainedTokenizerBase, pixels: Tensor, settings: CaptioningConfig, runtime: Runtime,
+    source: object, fp32: str = FP32_SETTING,
+) -> list[str]:  # fmt: skip
+    """One caption per image of `pixels` (B, 3, H, W). Scores that are not finite (a model whose weights are NaN
+    writes whatever an argmax over NaN picks) are a NonFiniteOutput naming `source`, the model folder, and `fp32`,
+    the setting that avoids an overflow."""
     if model.decoder is None:
         raise ConfigError("writing captions needs a model with a decoder (model.architecture=encoder-decoder)")
     targets = Targets.of(tokenizer, model.decoder.max_length)
@@ -128,6 +132,7 @@ def write_captions(
         written = generate(model, moved(pixels, runtime.device), prompt["input_ids"], prompt["attention_mask"],
                            targets.start_id, targets.end_id, settings.max_length or None, settings.beam_size,
                            settings.length_penalty)  # fmt: skip
+    check_finite(written.scores, model, source, fp32)
     return caption_texts(tokenizer, written.tokens)
 
 
@@ -148,7 +153,7 @@ def join_split_punctuation(text: str) -> str:
 
 
 def caption_split(
-    model: Meter, tokenizer: PreTrainedTokenizerBase, records: list[CaptionRecord], images: ImageReader,
+    model: Meter, source: object, tokenizer: PreTrainedTokenizerBase, records: list[CaptionRecord], images: ImageReader,
     settings: CaptioningConfig, runtime: Runtime, batch_size: int, progress: bool,
     budget: BadSampleBudget | None = None,
 ) -> dict[int, str]:  # fmt: skip
@@ -158,7 +163,8 @@ def caption_split(
     written: dict[int, str] = {}
     paths = [r.image for r in records]
     for indices, pixels in image_batches(paths, images, batch_size, "captioning", progress, budget):
-        for i, text in zip(indices, write_captions(model, tokenizer, pixels, settings, runtime), strict=True):
+        captions = write_captions(model, tokenizer, pixels, settings, runtime, source)
+        for i, text in zip(indices, captions, strict=True):
             written[records[i].image_id] = text
     return written
 
@@ -178,7 +184,7 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
         records = records[: settings.max_eval_images]
     split = settings.eval_split
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"captioning_bad_samples_{split}.jsonl")
-    written = caption_split(loaded.model, loaded.tokenizer, records, loaded.images, settings, runtime,
+    written = caption_split(loaded.model, checkpoint, loaded.tokenizer, records, loaded.images, settings, runtime,
                             cfg.train.eval_batch_size, cfg.train.progress, budget)  # fmt: skip
     warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption, and the "
                           "scores are that file's")  # fmt: skip

@@ -19,6 +19,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError
+from meter.models.finite_outputs import check_finite
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
@@ -72,16 +73,18 @@ def eval_batches(
 
 @torch.no_grad()
 def predict_classes(
-    task: ClassificationTask, dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int,
+    task: ClassificationTask, source: object, dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int,
     progress: bool = True, budget: BadSampleBudget | None = None,
 ) -> dict[int, int]:  # fmt: skip
-    """Example index -> predicted class, for every example whose images could be read (see `eval_batches`)."""
+    """Example index -> predicted class, for every example whose images could be read (see `eval_batches`). Logits
+    that are not finite are a NonFiniteOutput naming `source`, the model folder, not a class 0 for every example."""
     was_training = task.training
     task.eval()
     predictions: dict[int, int] = {}
     for batch in eval_batches(dataset, collate, runtime, batch_size, f"{task.head} eval", progress, budget):
         with runtime.autocast():
-            labels = task.logits(batch).argmax(-1).tolist()
+            logits = task.logits(batch)
+        labels = check_finite(logits, task.model, source).argmax(-1).tolist()
         predictions.update(zip(batch["index"].tolist(), labels, strict=True))
     task.train(was_training)
     return predictions
@@ -103,4 +106,5 @@ def classify_split(
     task = task_type(loaded.model, loaded.description.config, classes)
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     dataset = examples(loaded.images)
-    return predict_classes(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress, budget)
+    batch_size, progress = cfg.train.eval_batch_size, cfg.train.progress
+    return predict_classes(task, checkpoint, dataset, collate, runtime, batch_size, progress, budget)

@@ -41,6 +41,7 @@ from meter.data.formats.common import distinct
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, rankings, retrieval_recall
+from meter.models.finite_outputs import check_finite
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
@@ -235,11 +236,12 @@ def candidate_pairs(similarity: Tensor, shortlist: int) -> Tensor:
 
 @torch.no_grad()
 def score_matrix(
-    model: Meter, encoded: Encoded, shortlist: int, runtime: Runtime, batch_size: int, progress: bool
+    model: Meter, source: object, encoded: Encoded, shortlist: int, runtime: Runtime, batch_size: int, progress: bool
 ) -> np.ndarray:
     """(I, T) scores. Scoring every pair (`shortlist` 0, or one as long as the lists): the fused match score, as METER
     ranks. With a shortlist: the fused score plus the first stage's cosine similarity on the shortlisted pairs (as
-    ALBEF and BLIP rank), -inf elsewhere. Unreadable images score -inf."""
+    ALBEF and BLIP rank), -inf elsewhere. Unreadable images score -inf. A fused score that is not finite is a
+    NonFiniteOutput naming `source`, the model folder: -inf and NaN would rank as misses and at random."""
     shape = (len(encoded.images), len(encoded.texts))
     first_stage = torch.zeros(shape, device=encoded.texts.device)
     chosen = torch.ones(shape, dtype=torch.bool, device=encoded.texts.device)
@@ -257,7 +259,8 @@ def score_matrix(
         with runtime.autocast():
             score = match_score(model, encoded.texts[text_index], encoded.masks[text_index],
                                 encoded.images[image_index])  # fmt: skip
-        scores[image_index, text_index] = score.float() + first_stage[image_index, text_index]
+        score = check_finite(score.float(), model, source)
+        scores[image_index, text_index] = score + first_stage[image_index, text_index]
     return scores.cpu().double().numpy()
 
 
@@ -339,7 +342,8 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     read = encoded.readable.nonzero().flatten().tolist()
     absent = sorted(set(range(len(records))) - set(read))
     scores = np.full((len(records), len(texts)), -np.inf)
-    scores[read] = score_matrix(loaded.model, encoded.images_read(), shortlist, runtime, batch, cfg.train.progress)
+    scores[read] = score_matrix(loaded.model, checkpoint, encoded.images_read(), shortlist, runtime, batch,
+                                cfg.train.progress)  # fmt: skip
     warn_evaluation_skips("retrieval eval", budget, "they stay in the split as misses (as queries, and as the image "
                           "of their captions); the rankings file leaves them out")  # fmt: skip
     recall = retrieval_recall(scores, text_image, absent=absent)

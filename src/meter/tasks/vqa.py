@@ -22,6 +22,7 @@ from meter.data.formats.vqa import VqaRecord, read_vqa
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
 from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy, vqa_metric
+from meter.models.finite_outputs import check_finite
 from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.heads import in_fp32
 from meter.models.meter import Meter
@@ -127,11 +128,12 @@ def training_questions(cfg: Config, records: list[VqaRecord], answers: list[str]
 
 @torch.no_grad()
 def predict_vqa(
-    task: VqaTask, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int, progress: bool = True,
-    budget: BadSampleBudget | None = None,
+    task: VqaTask, source: object, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int,
+    progress: bool = True, budget: BadSampleBudget | None = None,
 ) -> dict[int, str]:  # fmt: skip
     """question_id -> answer for every question whose image could be read; the others count against `budget`
-    (without one, an unreadable image is an error)."""
+    (without one, an unreadable image is an error). Logits that are not finite are a NonFiniteOutput naming `source`,
+    the model folder, not the vocabulary's first answer to every question."""
     task.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions: dict[int, str] = {}
@@ -142,7 +144,8 @@ def predict_vqa(
             continue
         batch = to_device(batch, runtime.device)
         with runtime.autocast():
-            labels = task.logits(batch).argmax(-1).tolist()
+            logits = task.logits(batch)
+        labels = check_finite(logits, task.model, source).argmax(-1).tolist()
         for question_id, label in zip(batch["question_id"].tolist(), labels, strict=True):
             predictions[question_id] = task.answers[label]
     task.train()
@@ -241,7 +244,8 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     dataset = vqa_dataset(records, images, description.answers)
     split = cfg.vqa.eval_split
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"vqa_bad_samples_{split}.jsonl")
-    predictions = predict_vqa(task, dataset, collate, runtime, cfg.train.eval_batch_size, cfg.train.progress, budget)
+    batch_size, progress = cfg.train.eval_batch_size, cfg.train.progress
+    predictions = predict_vqa(task, checkpoint, dataset, collate, runtime, batch_size, progress, budget)
     submission = {r.question_id: predictions.get(r.question_id, task.answers[0]) for r in records}
     check_submission(records, submission)
     warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r} (the vocabulary's "
