@@ -14,6 +14,7 @@ from meter.data.formats.nlvr2 import read_nlvr2
 from meter.data.formats.snli_ve import read_snli_ve
 from meter.data.formats.vqa import read_vqa
 from meter.errors import DataError
+from meter.metrics.vqa_files import score_files
 
 
 def good_annotations() -> list[dict]:
@@ -61,6 +62,21 @@ def test_a_malformed_vqa_annotation_names_the_file_the_annotation_and_the_field(
     q_path, a_path = vqa_files(tmp_path, annotations=broken_annotation(**changes))
     with pytest.raises(DataError, match=rf"{re.escape(str(a_path))}: annotations\[1\] \(question_id 91\): {message}"):
         read(q_path, a_path)
+
+
+def test_an_annotation_of_another_image_than_its_questions_is_refused_naming_both(tmp_path: Path):
+    # files of two sets (abstract scenes and COCO) whose question ids meet: the answers were joined to the wrong image
+    q_path, a_path = vqa_files(tmp_path, annotations=broken_annotation(image_id=42))
+    message = rf"{re.escape(str(a_path))}: question 91 is annotated for image 42, but {re.escape(str(q_path))} asks it"
+    with pytest.raises(DataError, match=message + " of image 9"):
+        read(q_path, a_path)
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps([{"question_id": q, "answer": "red"} for q in (90, 91)]))
+    with pytest.raises(DataError, match=message):
+        score_files(q_path, a_path, predictions)
+    assert score_files(None, a_path, predictions).overall == 100.0  # without the questions: nothing to compare
+    q_path, a_path = vqa_files(tmp_path, annotations=broken_annotation(image_id=None))  # an annotation without one
+    assert [r.image_id for r in read(q_path, a_path)] == [9, 9]
 
 
 def test_a_question_annotated_twice_is_refused(tmp_path: Path):
@@ -166,6 +182,17 @@ SNLI_GOOD = {"Flickr30K_ID": "1000092795", "pairID": "p0", "sentence2": "A dog r
 def test_a_malformed_snli_ve_line_names_the_file_the_line_the_pair_and_the_field(tmp_path, changes, message):
     path = write_lines(tmp_path / "ve.jsonl", [SNLI_GOOD, SNLI_GOOD | {"pairID": "p1"} | changes])
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2: example 2 \(pairID p1\): {message}"):
+        read_snli_ve(path, tmp_path)
+
+
+def test_an_snli_ve_pair_listed_twice_is_refused_naming_both_lines(tmp_path: Path):
+    # its predictions file names each example by pairID: two rows of one id could not be told apart
+    path = write_lines(
+        tmp_path / "ve.jsonl", [SNLI_GOOD, SNLI_GOOD | {"pairID": "p1"}, SNLI_GOOD | {"gold_label": "-"}]
+    )
+    with pytest.raises(
+        DataError, match=r"ve.jsonl:3: example 3 \(pairID p0\): pairID p0 is listed again \(first on line 1"
+    ):
         read_snli_ve(path, tmp_path)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meter.data.formats.common import json_field, read_json
-from meter.data.formats.vqa import read_vqa_annotations, read_vqa_questions
+from meter.data.formats.vqa import read_vqa_annotations, read_vqa_questions, same_image
 from meter.errors import DataError
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VqaAccuracy, vqa_accuracy
 
@@ -40,10 +40,12 @@ def score_files(
     every annotated question."""
     annotated = read_vqa_annotations(annotations)
     if questions is not None:
-        asked = {q["question_id"] for q in read_vqa_questions(questions)}
+        asked = {q["question_id"]: q for q in read_vqa_questions(questions)}
         unasked = [a["question_id"] for a in annotated if a["question_id"] not in asked]
         if unasked:
             raise DataError(f"{annotations}: {len(unasked)} annotated questions are not in {questions}")
+        for annotation in annotated:
+            same_image(asked[annotation["question_id"]], annotation, questions, annotations)
     predicted = read_predictions(predictions)
     try:
         return vqa_accuracy(annotated, predicted, metric)

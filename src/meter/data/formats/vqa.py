@@ -45,7 +45,7 @@ def read_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
         if question_id in seen:
             raise DataError(f"{where}: annotated twice (also annotations[{seen[question_id]}])")
         seen[question_id] = index
-        json_field(annotation, "image_id", int, where, optional=True)  # the question file's is the one read
+        json_field(annotation, "image_id", int, where, optional=True)  # checked against the question's (same_image)
         json_field(annotation, "multiple_choice_answer", str, where, optional=True)  # required to train on
         for key in ("question_type", "answer_type"):
             json_field(annotation, key, str, where)
@@ -88,6 +88,17 @@ def read_vqa_questions(path: str | Path) -> list[dict[str, Any]]:
     return questions
 
 
+def same_image(
+    question: dict[str, Any], annotation: dict[str, Any], questions: str | Path, annotations: str | Path
+) -> None:
+    """An annotation that names an image names its question's: another is a question file and an annotation file of
+    two sets (abstract scenes and COCO, two releases merged), whose answers are about another image."""
+    if "image_id" in annotation and annotation["image_id"] != question["image_id"]:
+        raise DataError(f"{annotations}: question {question['question_id']} is annotated for image "
+                        f"{annotation['image_id']}, but {questions} asks it of image {question['image_id']}: files of "
+                        "two different sets?")  # fmt: skip
+
+
 def read_vqa(
     questions: str | Path,
     annotations: str | Path | None,
@@ -108,6 +119,8 @@ def read_vqa(
         a = by_id.get(q["question_id"])
         if annotations and a is None:
             raise DataError(f"{annotations}: no annotation for question {q['question_id']} of {questions}")
+        if a is not None:
+            same_image(q, a, questions, annotations)
         if a is not None and "multiple_choice_answer" not in a:
             raise DataError(f"{annotations}: the annotation of question {q['question_id']} has no "
                             "'multiple_choice_answer' (the consensus answer the vocabulary is made of)")  # fmt: skip
