@@ -34,11 +34,15 @@ def read_snli_ve(path: str | Path, image_dir: str | Path, image_pattern: str = "
     """Images at `image_dir / image_pattern.format(image_id=Flickr30K_ID)`. Each line is checked: a DataError names
     the file, the line, the pair and the field."""
     records, unlabelled = [], 0
+    first_line: dict[str, int] = {}
     for number, (line, row) in enumerate(numbered_json_lines(path, "SNLI-VE file"), 1):
         where = f"{path}:{line}: example {number}"
         pair_id = json_field(row, "pairID", (str, int), where, optional=True)
         where += "" if pair_id is None else f" (pairID {pair_id})"
         pair_id = str(number if pair_id is None else pair_id)
+        if pair_id in first_line:  # the predictions file names each example by it: a join would pick either
+            raise DataError(f"{where}: pairID {pair_id} is listed again (first on line {first_line[pair_id]})")
+        first_line[pair_id] = line
         require(row, ("Flickr30K_ID", "sentence2", "gold_label"), where)
         gold_label = json_field(row, "gold_label", str, where)
         if gold_label == NO_CONSENSUS:
