@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from meter.data.formats.webdataset import TarShard, WebdatasetSource, split_memb
 from meter.data.shard_manifest import read_manifest
 from meter.data.shard_writer import index_shards, write_shards
 from meter.errors import DataError
-from tests.corpora import DAMAGED, image_bytes, shard_members, write_damaged_shard, write_img2dataset
+from tests.corpora import DAMAGED, add_member, image_bytes, shard_members, write_damaged_shard, write_img2dataset
 
 
 def test_member_names_split_at_the_first_dot_of_the_file_name_like_webdataset():
@@ -78,3 +79,20 @@ def test_a_copy_rerun_over_shards_of_other_captions_is_refused_not_kept(tmp_path
     _written_again(tmp_path / "web", per_shard=3, caption_text="another caption")
     with pytest.raises(DataError, match=r"out holds a preparation of another source .*source_files\[0\]\.mtime_ns"):
         write_shards(WebdatasetSource(tmp_path / "web"), tmp_path / "out", shard_size=4, progress=False)
+
+
+def test_captions_that_are_not_strings_make_the_sample_bad_and_null_ones_are_left_out(tmp_path: Path):
+    # str() of each entry pretrained on the captions "None" and "7"
+    path = tmp_path / "00000.tar"
+    metas = [{"captions": [None, "a dog"]}, {"captions": [7, "a cat"]}, {"captions": [[101, 2023]]}]
+    with tarfile.open(path, "w") as tar:
+        for i, meta in enumerate(metas):
+            add_member(tar, f"{i:09d}.jpg", image_bytes(9000 + i))
+            add_member(tar, f"{i:09d}.json", json.dumps(meta).encode())
+    with TarShard(path) as shard:
+        texts = [shard.text(s) for s in shard.samples()]
+    assert [(t.captions, t.problem) for t in texts] == [
+        (("a dog",), None),
+        ((), f"{path}/000000001.json: 'captions' holds a int (7), not a string"),
+        ((), f"{path}/000000002.json: 'captions' holds a list ([101, 2023]), not a string"),
+    ]

@@ -122,7 +122,12 @@ class TarShard:
             if not isinstance(meta, dict):
                 return SampleText((), f"{self.name(sample, 'json')}: truncated or not a JSON object")
             if isinstance(meta.get("captions"), list):
-                return self._captions(sample, [str(c) for c in meta["captions"]], meta)
+                captions = [c for c in meta["captions"] if c is not None]  # a missing caption, as Arrow's null
+                wrong = next((c for c in captions if not isinstance(c, str)), None)
+                if wrong is not None:  # token ids or a number are not a caption (str(7) trained on "7")
+                    return SampleText((), f"{self.name(sample, 'json')}: 'captions' holds a {type(wrong).__name__} "
+                                      f"({str(wrong)[:40]}), not a string", meta)  # fmt: skip
+                return self._captions(sample, captions, meta)
         if "txt" in sample.members:
             raw = self.read(sample.members["txt"])
             if raw is None:
