@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from meter.config import Config, load_config
 from meter.data.shapes import WorldSpec, generate, generate_tasks
@@ -15,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # cuBLAS reads it once, when a process makes its first handle: the deterministic CUDA tests run after others
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes (pytest -n): a core each, not all of them
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 MICRO = [
     "model.vision.timm_kwargs={embed_dim: 32, depth: 1, num_heads: 2, patch_size: 16}",
