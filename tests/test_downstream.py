@@ -96,18 +96,21 @@ def test_an_images_repeated_caption_is_ranked_once_as_the_official_evaluation_do
     """METER keeps set(texts) of each image: a repeat would be a second query, and a second right answer."""
     karpathy = json.loads((shapes_tasks_world / "karpathy/dataset_flickr30k.json").read_text())
     first = next(image for image in karpathy["images"] if image["split"] == "test")
-    repeated, dropped = json.loads(json.dumps(karpathy)), json.loads(json.dumps(karpathy))
+    repeated, dropped, empty = (json.loads(json.dumps(karpathy)) for _ in range(3))
     next(i for i in repeated["images"] if i["imgid"] == first["imgid"])["sentences"][1] = first["sentences"][0]
     del next(i for i in dropped["images"] if i["imgid"] == first["imgid"])["sentences"][1]
+    next(i for i in empty["images"] if i["imgid"] == first["imgid"])["sentences"][1]["raw"] = " "
     results = {}
-    for name, data in (("repeated", repeated), ("dropped", dropped)):
+    for name, data in (("repeated", repeated), ("dropped", dropped), ("empty", empty)):
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
         cfg = load_config(None, ["task=retrieval", f"data.root={shapes_tasks_world}", "train.progress=false",
                                  f"retrieval.karpathy={tmp_path / name}.json"])  # fmt: skip
         results[name] = evaluate_run(cfg, micro_checkpoints("retrieval"), tmp_path / name)
-    assert results["repeated"] == results["dropped"] and results["repeated"]["texts"] == 9
+    assert results["repeated"] == results["dropped"] == results["empty"] and results["repeated"]["texts"] == 9
     rankings = json.loads((tmp_path / "repeated" / "retrieval_rankings_test.json").read_text())
     assert f"{first['imgid']}#1" not in rankings["text_to_image"] and f"{first['imgid']}#2" in rankings["text_to_image"]
+    # a caption is named by its place in the file: after an empty sentence left out, as after a repeat
+    assert json.loads((tmp_path / "empty" / "retrieval_rankings_test.json").read_text()) == rankings
 
 
 def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_querys_best(micro_checkpoints, tmp_path):

@@ -19,6 +19,9 @@ class CaptionRecord:
     captions: tuple[str, ...]
     image_id: int
     split: str
+    # each caption's index among its image's sentences in the file, where the reader left an empty one out (a
+    # retrieval ranking names a caption by it); empty: the captions are the file's, in order
+    numbers: tuple[int, ...] = ()
 
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
@@ -54,18 +57,19 @@ def read_karpathy(
             first, its_split = first_file[image]
             raise DataError(f"{where}: the image of images[{first}] (split {its_split}) is listed again, split {split}")
         first_file[image] = (index, split)
-        captions, empty = [], []
+        captions, numbers, empty = [], [], []
         for number, sentence in enumerate(json_field(entry, "sentences", list, where)):
             caption = json_field(sentence, "raw", str, f"{where}: sentences[{number}]").strip()
             if caption:
                 captions.append(caption)
+                numbers.append(number)
             else:
                 empty.append(BadSample(f"{path}#{index}.{number}", f"{where}: sentences[{number}] is empty"))
         if splits is not None and split not in splits:
             continue  # checked all the same: a damaged file is damaged whichever split is read
         skipped += empty
         if captions:
-            records.append(CaptionRecord(image, tuple(captions), image_id, split))
+            records.append(CaptionRecord(image, tuple(captions), image_id, split, tuple(numbers) if empty else ()))
         else:
             skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
     # a misspelt split (`rest` for `restval`) would quietly leave its images out; a split of Karpathy's that a file
