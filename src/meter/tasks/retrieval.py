@@ -259,8 +259,8 @@ def score_matrix(
         with runtime.autocast():
             score = match_score(model, encoded.texts[text_index], encoded.masks[text_index],
                                 encoded.images[image_index])  # fmt: skip
-        score = check_finite(score.float(), model, source)
-        scores[image_index, text_index] = score + first_stage[image_index, text_index]
+        scores[image_index, text_index] = score.float() + first_stage[image_index, text_index]
+    check_finite(scores[chosen], model, source)  # once, not a host sync per batch
     return scores.cpu().double().numpy()
 
 
