@@ -301,16 +301,12 @@ def eval_shortlist(shortlist: int | None, description: ModelFolder, checkpoint: 
     return shortlist
 
 
-def caption_number(record: CaptionRecord, index: int) -> int:
-    return record.numbers[index] if record.numbers else index
-
-
 def distinct_captions(records: list[CaptionRecord]) -> list[tuple[int, int, str]]:
     """(image index, caption number, caption) of each image's captions, an image's repeated caption once: the
     official evaluation ranks distinct captions (METER's datasets keep `set(texts)` of each image,
     base_dataset.py:66-69), so a repeat would count a query twice. The number is the caption's index among its
     image's sentences in the file (an empty one left out does not move the ones after it)."""
-    queries = [(i, caption_number(record, record.captions.index(caption)), caption)
+    queries = [(i, record.number(record.captions.index(caption)), caption)
                for i, record in enumerate(records) for caption in distinct(record.captions)]  # fmt: skip
     repeats = sum(len(r.captions) for r in records) - len(queries)
     if repeats:

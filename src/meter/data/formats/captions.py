@@ -23,6 +23,10 @@ class CaptionRecord:
     # retrieval ranking names a caption by it); empty: the captions are the file's, in order
     numbers: tuple[int, ...] = ()
 
+    def number(self, index: int) -> int:
+        """The file's index of `captions[index]`."""
+        return self.numbers[index] if self.numbers else index
+
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 log = logging.getLogger(__name__)
