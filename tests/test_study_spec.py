@@ -1,5 +1,6 @@
 """The study file: typed like the run configs, with errors that name the key; every shipped study is valid."""
 
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -193,6 +194,32 @@ def _runs(name: str, out: Path) -> list[tuple[str, object]]:
 def test_the_paper_studies_answer_vqa_with_the_official_vocabulary(name, tmp_path):
     vqa = [cfg for _, cfg in _runs(name, tmp_path / "out") if cfg.task == "vqa"]
     assert vqa and all(cfg.vqa.answer_splits == ["train2014", "val2014"] for cfg in vqa)  # 3,129 answers, as write_vqa
+
+
+# the official datasets' training examples: VQAv2 questions, Flickr30k captions (5 for each image of Karpathy's split)
+OFFICIAL_EXAMPLES = {"train2014": 443_757, "val2014": 214_354, "train": 29_000 * 5, "val": 1_014 * 5}
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if not n.startswith("shapes-")])
+def test_the_paper_studies_fine_tune_vqa_and_flickr_for_ten_epochs_of_the_splits_they_train_on(name, tmp_path):
+    """The official max_epoch=10: a study that trains on fewer splits than its recipe takes fewer steps."""
+    study = load_study(name)
+    processes = study.slurm.gpus_per_node * study.slurm.nodes
+    checked = 0
+    for cell in plan_study(study, tmp_path / "out", prepare=False).cells:
+        for run in cell.runs:
+            cfg = run.config()
+            if run.kind != "finetune" or cfg.task not in ("vqa", "retrieval"):
+                continue
+            examples = 0.0
+            for split in getattr(cfg, cfg.task).train_splits:
+                official, _, part = split.partition("-")  # train2014-fit: train2014 less the images held out
+                held_out = study.base.tasks[run.task].select.holdout if part == "fit" else 0.0
+                examples += OFFICIAL_EXAMPLES[official] * (1 - held_out)
+            per_epoch = math.ceil(examples / (cfg.train.batch_size * cfg.train.grad_accum * processes))
+            assert cfg.train.max_steps == 10 * per_epoch, (cell.name, run.name, cfg.train.max_steps, per_epoch)
+            checked += 1
+    assert checked
 
 
 def test_the_vlp_encoder_table_pretrains_at_the_resolution_its_rows_are_named_with(tmp_path):
