@@ -19,6 +19,7 @@ from meter.models.heads import in_fp32
 from meter.models.meter import build_meter
 from meter.runs import evaluate_run
 from meter.tasks.build import load_for_eval, read_karpathy_splits
+from meter.tasks.rank_head import rank_score
 from meter.tasks.retrieval import Encoded, score_matrix
 from meter.train.runtime import Runtime
 from tests.reference.retrieval_brute_force import brute_force_recall
@@ -29,6 +30,12 @@ RECALLS = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
 
 def eval_config(root: Path, *overrides: str):
     return load_config(None, ["task=retrieval", f"data.root={root}", "train.progress=false", *overrides])
+
+
+def pair_score(model, joint: torch.Tensor) -> torch.Tensor:
+    """The rank head's score; a pretrained model (only an ITM head) ranks by the ITM head's match logit, as the
+    official rank head (a view of that row) ranks a pretraining's zero-shot retrieval."""
+    return model.heads["rank"](joint)[0, 0] if "rank" in model.heads else model.heads["itm"](joint)[0, 1]
 
 
 @torch.no_grad()
@@ -49,7 +56,7 @@ def brute_force_scores(folder: Path, cfg) -> tuple[list[list[float]], list[int],
         row = []
         for e in encoded:
             joint = loaded.model(pixels, e["input_ids"], e["attention_mask"]).joint if pixels is not None else None
-            row.append(float(loaded.model.heads["rank"](joint)[0, 0]) if joint is not None else 0.0)
+            row.append(float(pair_score(loaded.model, joint)) if joint is not None else 0.0)
         scores.append(row)
     absent = tuple(i for i, r in enumerate(records) if r.image_id not in pixels_of)
     return scores, [i for i, r in enumerate(records) for _ in r.captions], absent
@@ -115,12 +122,28 @@ def test_a_model_trained_with_the_contrastive_loss_is_shortlisted_by_default(mic
     assert result["shortlist"] == 16
 
 
-def test_a_pretrained_model_is_scored_on_every_pair_by_its_itm_head(micro_checkpoints, shapes_tasks_world, tmp_path,
-                                                                     caplog):  # fmt: skip
+def test_a_pretrained_model_is_scored_on_every_pair_by_its_itm_heads_match_logit(micro_checkpoints, shapes_tasks_world,
+                                                                                 tmp_path, caplog):  # fmt: skip
+    cfg = eval_config(shapes_tasks_world, "retrieval.eval_split=train", "retrieval.max_eval_images=5")
+    folder = micro_checkpoints("pretrain")
     with caplog.at_level(logging.INFO, logger="meter"):
-        result = evaluate_run(eval_config(shapes_tasks_world), micro_checkpoints("pretrain"), tmp_path / "eval")
-    assert result["shortlist"] == 0 and result["scored_pairs"] == 2 * 10
+        result = evaluate_run(cfg, folder, tmp_path / "eval")
+    assert result["shortlist"] == 0 and result["scored_pairs"] == 5 * 25
     assert "not trained with the contrastive loss (a pretrain model): scoring every pair" in caplog.text
+    scores, text_image, absent = brute_force_scores(folder, cfg)
+    assert absent == ()
+    assert {k: result[k] for k in RECALLS} == pytest.approx(brute_force_recall(scores, text_image), abs=1e-9)
+    # the match logit, not the log-odds (match - mismatch) that `meter predict` reads a probability from
+    loaded = load_for_eval(folder, torch.device("cpu"))
+    size = loaded.description.config.model.vision.image_size
+    tokens = loaded.tokenizer(["a red circle.", "two blue squares", "a small green triangle"], padding=True,
+                              return_tensors="pt")  # fmt: skip
+    mask = tokens["attention_mask"]
+    with torch.no_grad():
+        text = loaded.model.encode_text(tokens["input_ids"], mask)
+        image = loaded.model.encode_image(torch.randn(3, 3, size, size))
+        logits = loaded.model.heads["itm"](loaded.model.fuse(text, mask, image).joint)
+        torch.testing.assert_close(rank_score(loaded.model, text, mask, image), logits[:, 1])
 
 
 def test_shortlisting_tokens_encoded_in_bf16_scores_as_in_fp32(micro_config):

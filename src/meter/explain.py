@@ -26,7 +26,7 @@ from meter.errors import ConfigError
 from meter.models.attention_maps import image_grid, record_text_to_image_attention
 from meter.models.folder import names_its_answers, require_answers
 from meter.predictor import ImageInput, Predictor, match_reading
-from meter.tasks.retrieval import match_score, scoring_head
+from meter.tasks.rank_head import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 

@@ -29,8 +29,8 @@ from meter.tasks.build import load_for_eval
 from meter.tasks.captioning import write_captions
 from meter.tasks.nlvr2 import CLASSES as NLVR2_CLASSES
 from meter.tasks.nlvr2 import Nlvr2Task
-from meter.tasks.retrieval import HEAD as RANK_HEAD
-from meter.tasks.retrieval import match_score, scoring_head
+from meter.tasks.rank_head import HEAD as RANK_HEAD
+from meter.tasks.rank_head import match_score, scoring_head
 from meter.tasks.snli_ve import SnliVeTask
 from meter.tasks.vqa import VqaTask
 from meter.train.checkpoint import Checkpoints

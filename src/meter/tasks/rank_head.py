@@ -16,7 +16,7 @@ from meter.models.meter import Meter
 
 log = logging.getLogger(__name__)
 HEAD = "rank"  # one score per pair
-ITM = "itm"  # a model with only an ITM head (pretrained) ranks by its match - mismatch logit
+ITM = "itm"  # a model with only an ITM head (pretrained) ranks by its match logit
 
 
 def scoring_head(model: Meter) -> str | None:
@@ -24,13 +24,23 @@ def scoring_head(model: Meter) -> str | None:
     return next((head for head in (HEAD, ITM) if head in model.heads), None)
 
 
-def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
-    """The fused model's score of each (text, image) row pair: the rank head's output, or for a model with only
-    an ITM head its match minus mismatch logit (the log-odds of a match)."""
+def rank_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
+    """What retrieval ranks each (text, image) row pair by: the rank head's output, or for a model with only an ITM
+    head its match logit, the rank head METER starts from it. The official zero-shot retrieval ranks by that row too
+    (its rank head is a view of it, meter_module.py:153-154, filled as the pretraining checkpoint loads)."""
     joint = model.fuse(text, mask, image).joint
     if HEAD in model.heads:
         return in_fp32(model.heads[HEAD], joint)[:, 0]
-    logits = in_fp32(model.heads[ITM], joint)
+    return in_fp32(model.heads[ITM], joint)[:, 1]
+
+
+def match_score(model: Meter, text: Tensor, mask: Tensor, image: Tensor) -> Tensor:
+    """How well each (text, image) row pair matches, as `meter predict`, the server and `meter explain` read it: the
+    rank head's output, or for a model with only an ITM head its match minus mismatch logit (the log-odds of a
+    match: its sigmoid is the head's P(match))."""
+    if HEAD in model.heads:
+        return rank_score(model, text, mask, image)
+    logits = in_fp32(model.heads[ITM], model.fuse(text, mask, image).joint)
     return logits[:, 1] - logits[:, 0]
 
 

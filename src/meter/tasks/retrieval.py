@@ -55,7 +55,7 @@ from meter.tasks.build import (
     task_tokenizer,
 )
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
-from meter.tasks.rank_head import HEAD, ITM, match_score, scoring_head, start_rank_head
+from meter.tasks.rank_head import HEAD, ITM, rank_score, scoring_head, start_rank_head
 from meter.tasks.retrieval_official import setup_official
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -130,7 +130,7 @@ class RetrievalTask(nn.Module):
         rows = torch.arange(len(ids), device=ids.device)
         image_index = torch.cat([rows, rows.repeat_interleave(k), negative_images.flatten()])
         text_index = torch.cat([rows, negative_texts.flatten(), rows.repeat_interleave(k)])
-        scores = match_score(model, text[text_index], mask[text_index], image[image_index])
+        scores = rank_score(model, text[text_index], mask[text_index], image[image_index])
         positive, to_texts, to_images = scores.split([len(ids), len(ids) * k, len(ids) * k])
         loss_t, hit_t = ranking_loss(positive, to_texts.view(-1, k), ~same.gather(1, negative_texts))
         loss_i, hit_i = ranking_loss(positive, to_images.view(-1, k), ~same.T.gather(1, negative_images))
@@ -257,7 +257,7 @@ def score_matrix(
     for start in tqdm(starts, desc="retrieval: pairs", unit="batch", disable=not progress):
         image_index, text_index = pairs[start : start + batch_size].unbind(1)
         with runtime.autocast():
-            score = match_score(model, encoded.texts[text_index], encoded.masks[text_index],
+            score = rank_score(model, encoded.texts[text_index], encoded.masks[text_index],
                                 encoded.images[image_index])  # fmt: skip
         scores[image_index, text_index] = score.float() + first_stage[image_index, text_index]
     check_finite(scores[chosen], model, source)  # once, not a host sync per batch

@@ -39,7 +39,7 @@ from meter.objectives.randomness import SampleRandomness
 from meter.objectives.ranking import random_negatives, ranking_loss
 from meter.tasks.build import build_model, image_reader
 from meter.tasks.downstream import Finetuning
-from meter.tasks.rank_head import HEAD, ITM, match_score, start_rank_head
+from meter.tasks.rank_head import HEAD, ITM, rank_score, start_rank_head
 
 log = logging.getLogger(__name__)
 NEGATIVE_STREAM = "retrieval_negative_texts"
@@ -114,7 +114,7 @@ class OfficialRetrievalTask(nn.Module):
         image = model.encode_image(batch["pixels"])  # once per image, shared by its 16 pairs
         text = model.encode_text(batch["candidate_ids"], mask)
         pairs = torch.arange(rows, device=image.device).repeat_interleave(candidates)
-        scores = match_score(model, text, mask, image[pairs]).view(rows, candidates)
+        scores = rank_score(model, text, mask, image[pairs]).view(rows, candidates)
         every = torch.ones_like(scores[:, 1:], dtype=torch.bool)
         loss, hit = ranking_loss(scores[:, 0], scores[:, 1:], every)
         losses = {"irtr_loss": loss}
