@@ -47,12 +47,12 @@ def test_every_recipe_in_the_folder_is_listed_here():
 
 @pytest.mark.parametrize("name", PAPER + FINETUNE)
 def test_the_full_size_recipes_follow_the_official_runs(name: str):
-    """CLIP built with 11 of its 12 blocks, no gradient clipping, the official global batch on 8 processes, the
-    4M corpus and the official collator's MLM draw for pretraining, and RandAugment(2, 9) for fine-tuning."""
+    """CLIP built with 11 of its 12 blocks, no gradient clipping, the official global batch, the 4M corpus and the
+    official collator's MLM draw for pretraining, and RandAugment(2, 9) for fine-tuning."""
     cfg = load_config(CONFIGS / f"{name}.yaml")
     train = cfg.train
     assert train.clip_grad == 0
-    global_batch = train.batch_size * 8 * train.grad_accum
+    global_batch = train.global_batch  # on any number of processes (its micro-batches: tests/test_global_batch.py)
     if cfg.task == "pretrain":
         assert global_batch == 4096
         assert [s.path for s in cfg.data.sources][:4] == ["shards/coco", "shards/vg", "shards/sbu", "shards/cc"]

@@ -72,6 +72,7 @@ def test_every_recipe_plans_without_its_data_or_weights(recipe: Path, tmp_path: 
     train = plan["config"]["train"]
     assert plan["schedule"]["optimizer_steps"] == train["max_steps"]
     assert plan["batching"]["global_batch"] == train["batch_size"] * 8 * train["grad_accum"]
+    assert plan["batching"]["global_batch"] == (train["global_batch"] or plan["batching"]["global_batch"])
     missing = {p["key"] for p in plan["paths"] if not p["found"]}
     assert {"data.root"} | {
         f"model.{part}.weights" for part in ("vision", "text") if plan["config"]["model"][part]["weights"]

@@ -10,6 +10,7 @@ from meter.cli import main
 from meter.errors import ConfigError
 from meter.study.cells import plan_study
 from meter.study.spec import load_study, study_from_dict, study_rows
+from meter.train.distributed import split_global_batch
 from tests.studies import micro_study, write_study
 
 SHIPPED = sorted(p.name for p in resources.files("meter.studies").iterdir() if p.name.endswith(".yaml"))
@@ -216,6 +217,7 @@ def test_the_paper_studies_fine_tune_vqa_and_flickr_for_ten_epochs_of_the_splits
                 official, _, part = split.partition("-")  # train2014-fit: train2014 less the images held out
                 held_out = study.base.tasks[run.task].select.holdout if part == "fit" else 0.0
                 examples += OFFICIAL_EXAMPLES[official] * (1 - held_out)
+            split_global_batch(cfg.train, processes)
             per_epoch = math.ceil(examples / (cfg.train.batch_size * cfg.train.grad_accum * processes))
             assert cfg.train.max_steps == 10 * per_epoch, (cell.name, run.name, cfg.train.max_steps, per_epoch)
             checked += 1

@@ -220,6 +220,10 @@ class TrainConfig:
     stop_at: int = 0  # stop after this step (a time-limited job); resume later with --resume latest. 0: max_steps
     batch_size: int = 64  # per process, per micro-batch
     grad_accum: int = 1
+    # the samples of one optimizer step over all processes (the official `batch_size`): set, train.grad_accum follows
+    # from it, global_batch / (batch_size x processes), whatever number of processes runs; 0: batch_size x processes
+    # x grad_accum
+    global_batch: int = 0
     lr: float = 1e-4  # the pretrained encoders' learning rate
     lr_mult_cross_modal: float = 5.0  # projections, fusion, poolers
     lr_mult_head: float = 5.0  # task heads

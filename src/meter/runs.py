@@ -19,7 +19,7 @@ from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split
-from meter.train.distributed import main_alone
+from meter.train.distributed import main_alone, split_global_batch
 from meter.train.loop import fit
 from meter.train.runtime import release_cached_memory, setup_runtime
 from meter.validate import validate
@@ -33,6 +33,7 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
     checkpoint."""
     validate(cfg)
     runtime = setup_runtime(cfg.train)
+    split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
     tokenizer = task_tokenizer(cfg)
     heads = pretrain_heads(tokenizer, cfg.objectives)
     model = build_model(cfg, tokenizer, heads)
@@ -57,6 +58,7 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         check_best_on(cfg, downstream)
     read_eval_split(cfg, downstream)
     runtime = setup_runtime(cfg.train)
+    split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
     job = downstream.setup(cfg)
     best = None
     if cfg.train.best_on:

@@ -123,6 +123,7 @@ RANGES: dict[str, Range] = {
     "train.stop_at": at_least(0, "0: train.max_steps"),
     "train.batch_size": at_least(1),
     "train.grad_accum": at_least(1),
+    "train.global_batch": at_least(0),
     "train.lr": above(0),
     "train.lr_mult_cross_modal": at_least(0),
     "train.lr_mult_head": at_least(0),

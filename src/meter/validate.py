@@ -26,7 +26,7 @@ from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.pretrain import DECODER_OBJECTIVES, check_objectives
 from meter.tasks.retrieval import check_settings as check_retrieval
 from meter.tasks.retrieval_official import check_official
-from meter.train.distributed import check_compile_mode, check_parallel, uses_cuda_graphs
+from meter.train.distributed import check_compile_mode, check_graphs_accumulate, check_parallel
 from meter.train.runtime import pick_device, pick_dtype
 from meter.validate_model import check_model
 
@@ -64,12 +64,7 @@ def _check_names(cfg: Config) -> None:
     pick_dtype(cfg.train.precision, pick_device(cfg.train.device))
     check_parallel(cfg.train.parallel)
     check_compile_mode(cfg.train.compile_mode)
-    if uses_cuda_graphs(cfg.train) and cfg.train.grad_accum > 1:
-        # a replay of the backward's graph writes the next micro-batch's gradients over the memory `.grad` holds
-        # (pytorch/pytorch#169545): an error, or where torch does not see it, the sum of the wrong gradients
-        raise ConfigError(f"train.compile_mode = {cfg.train.compile_mode!r} replays CUDA graphs, which cannot "
-                          f"accumulate gradients (train.grad_accum = {cfg.train.grad_accum}); choose "
-                          "train.compile_mode = max-autotune-no-cudagraphs or default")  # fmt: skip
+    check_graphs_accumulate(cfg.train)
 
 
 PATH_SETTINGS = ("data.root", "train.out", "train.init_from", "model.vision.weights", "model.text.weights",

@@ -18,6 +18,7 @@ from meter.plan.model import plan_model
 from meter.plan.tasks import TASK_PLANS, UNKNOWN, Head, TaskPlan, read_data, task_plan
 from meter.tasks.best_checkpoint import BestCheckpoint
 from meter.tasks.catalog import DOWNSTREAM
+from meter.train.distributed import split_global_batch
 from meter.validate import validate
 
 
@@ -109,6 +110,7 @@ def make_plan(cfg: Config, processes: int = 1) -> Plan:
     model, heads = plan_model(cfg, plan, lambda vocabulary: plan.heads(cfg, vocabulary, data))
     notes += model.notes
     train = cfg.train
+    split_global_batch(train, processes)
     global_batch = train.batch_size * processes * train.grad_accum
     samples = global_batch * train.max_steps
     bytes_per_value, precision_note = activation_bytes_per_value(cfg)

@@ -56,6 +56,37 @@ def uses_cuda_graphs(train: TrainConfig) -> bool:
     return train.compile and train.compile_mode in CUDA_GRAPH_MODES
 
 
+def check_graphs_accumulate(train: TrainConfig) -> None:
+    if uses_cuda_graphs(train) and train.grad_accum > 1:
+        # a replay of the backward's graph writes the next micro-batch's gradients over the memory `.grad` holds
+        # (pytorch/pytorch#169545): an error, or where torch does not see it, the sum of the wrong gradients
+        raise ConfigError(f"train.compile_mode = {train.compile_mode!r} replays CUDA graphs, which cannot "
+                          f"accumulate gradients (train.grad_accum = {train.grad_accum}); choose "
+                          "train.compile_mode = max-autotune-no-cudagraphs or default")  # fmt: skip
+
+
+def split_global_batch(train: TrainConfig, world: int) -> None:
+    """With train.global_batch set, train.grad_accum becomes the micro-batches that make it on this run's processes
+    of train.batch_size samples each, as the official run.py derives its accumulate_grad_batches (which rounds down,
+    training on a smaller batch; here a global batch the processes cannot make exactly is an error)."""
+    if not train.global_batch:
+        return
+    wanted = train.global_batch
+    per_micro_batch = train.batch_size * world
+    if wanted % per_micro_batch:
+        share = wanted // world if wanted % world == 0 else 0  # each process's samples a step
+        fitting = next((size for size in range(min(train.batch_size, share), 0, -1) if share % size == 0), 0)
+        hint = f"train.batch_size={fitting} makes it" if fitting else "run on a number of processes that divides it"
+        raise ConfigError(f"train.global_batch = {wanted} is not a whole number of micro-batches of train.batch_size "
+                          f"= {train.batch_size} on {world} process{'es' if world > 1 else ''} ({per_micro_batch} "
+                          f"samples each): {hint}")  # fmt: skip
+    train.grad_accum = wanted // per_micro_batch
+    check_graphs_accumulate(train)
+    if is_main_process():
+        log.info("train.global_batch = %d: a step is train.grad_accum = %d micro-batches of %d samples on %d "
+                 "process(es)", wanted, train.grad_accum, train.batch_size, world)  # fmt: skip
+
+
 def compile_parts(model: nn.Module, mode: str = "default") -> None:
     """Compiles a model's big parts (vision, text, fusion) in place (state-dict keys stay the same); the task's own
     Python around them (losses, the selection of labelled positions) stays eager."""

@@ -1,0 +1,57 @@
+"""train.global_batch: the samples of an optimizer step whatever number of processes runs (train.grad_accum follows
+from it, as the official run.py derives its accumulate_grad_batches)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from meter.config import Config, TrainConfig, load_config
+from meter.errors import ConfigError
+from meter.runs import run_pretrain
+from meter.train.distributed import split_global_batch
+from meter.train.metrics_log import read_metrics
+from tests.runner import EXACT
+
+
+@pytest.mark.parametrize(("world", "grad_accum"), [(1, 16), (2, 8), (8, 2), (16, 1)])
+def test_the_micro_batches_of_a_step_make_the_global_batch_on_any_number_of_processes(world: int, grad_accum: int):
+    train = TrainConfig(batch_size=32, global_batch=512, grad_accum=3)  # 3: a recorded run's, on other processes
+    split_global_batch(train, world)
+    assert (train.grad_accum, train.batch_size * world * train.grad_accum) == (grad_accum, 512)
+
+
+@pytest.mark.parametrize(("world", "hint"), [
+    (32, r"on 32 processes \(1024 samples each\): train\.batch_size=16 makes it"),
+    (3, r"on 3 processes \(96 samples each\): run on a number of processes that divides it"),
+    (6, r"on 6 processes \(192 samples each\): run on a number of processes that divides it"),
+])  # fmt: skip
+def test_a_global_batch_the_processes_cannot_make_exactly_is_an_error_saying_what_can(world: int, hint: str):
+    """The official run.py rounds down (a smaller batch than the recipe's, and its learning rate); not here."""
+    with pytest.raises(ConfigError, match=r"train\.global_batch = 512 is not a whole number of micro-batches of "
+                                          r"train\.batch_size = 32 " + hint):  # fmt: skip
+        split_global_batch(TrainConfig(batch_size=32, global_batch=512), world)
+
+
+def test_without_a_global_batch_grad_accum_is_as_set():
+    train = TrainConfig(batch_size=32, grad_accum=3)
+    split_global_batch(train, 8)
+    assert train.grad_accum == 3
+
+
+def test_cuda_graphs_refuse_the_accumulation_a_global_batch_asks_for():
+    train = TrainConfig(batch_size=32, global_batch=64, compile=True, compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match=r"replays CUDA graphs, which cannot accumulate gradients \(train\.grad_acc"):
+        split_global_batch(train, 1)
+
+
+def test_a_run_with_a_global_batch_trains_as_the_run_accumulating_it(micro_config: Config, tmp_path):
+    steps = [*EXACT, "train.batch_size=4", "train.max_steps=2"]
+    run_pretrain(load_config(None, [f"train.out={tmp_path / 'accumulating'}", *steps, "train.grad_accum=2"],
+                             base=micro_config))  # fmt: skip
+    run_pretrain(load_config(None, [f"train.out={tmp_path / 'global'}", *steps, "train.global_batch=8"],
+                             base=micro_config))  # fmt: skip
+    accumulating, by_global = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("accumulating", "global"))
+    keys = ["train/mlm_loss", "train/itm_loss", "train/grad_norm"]
+    assert [r[k] for r in by_global for k in keys] == [r[k] for r in accumulating for k in keys]
+    assert yaml.safe_load((tmp_path / "global" / "config.yaml").read_text())["train"]["grad_accum"] == 2
