@@ -55,3 +55,22 @@ def test_a_run_with_a_global_batch_trains_as_the_run_accumulating_it(micro_confi
     keys = ["train/mlm_loss", "train/itm_loss", "train/grad_norm"]
     assert [r[k] for r in by_global for k in keys] == [r[k] for r in accumulating for k in keys]
     assert yaml.safe_load((tmp_path / "global" / "config.yaml").read_text())["train"]["grad_accum"] == 2
+
+
+def test_a_run_that_accumulated_resumes_with_the_global_batch_it_made_and_no_other(micro_config: Config, tmp_path):
+    """A recipe that sets train.global_batch where it set train.grad_accum: its runs go on (a step keeps its
+    samples); a global batch that changes them is refused once the checkpoint is read."""
+    steps = [*EXACT, "train.batch_size=4", "train.max_steps=2"]
+
+    def pretrain(name: str, *overrides: str, resume: str | None = None) -> None:
+        cfg = load_config(None, [f"train.out={tmp_path / name}", *steps, *overrides], base=micro_config)
+        run_pretrain(cfg, resume=resume)
+
+    pretrain("straight", "train.grad_accum=2")
+    pretrain("resumed", "train.grad_accum=2", "train.stop_at=1")
+    with pytest.raises(ConfigError, match=r"its steps took 8 samples; this run's take 16 .* train\.grad_accum=2"):
+        pretrain("resumed", "train.global_batch=16", resume="latest")
+    pretrain("resumed", "train.global_batch=8", resume="latest")
+    straight, resumed = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed"))
+    keys = ["step", "train/mlm_loss", "train/itm_loss", "train/grad_norm"]
+    assert [r[k] for r in resumed for k in keys] == [r[k] for r in straight for k in keys]

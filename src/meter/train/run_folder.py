@@ -62,8 +62,9 @@ MAY_DIFFER_ON_RESUME = frozenset(
 
 
 # how a step's samples are split over micro-batches (and processes): may change on resume, when the samples a step
-# stay the same (meter.train.loop.check_step_size): a job requeued on fewer GPUs keeps its global batch
-SPLIT_OF_A_STEP = frozenset({"train.batch_size", "train.grad_accum"})
+# stay the same (meter.train.loop.check_step_size): a job requeued on fewer GPUs keeps its global batch, and so does
+# a run of a recipe that sets train.global_batch where it set train.grad_accum
+SPLIT_OF_A_STEP = frozenset({"train.batch_size", "train.grad_accum", "train.global_batch"})
 
 
 def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
