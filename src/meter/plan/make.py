@@ -189,6 +189,8 @@ def best_evaluations(cfg: Config, examples: int | None, processes: int) -> int |
         return 0
     if not examples and not cfg.train.best_every:
         return None
+    cfg = copy.deepcopy(cfg)
+    split_global_batch(cfg.train, processes)  # the micro-batches of a step on `processes`
     epoch = micro_batches_per_epoch(examples or 0, cfg.train.batch_size, processes, cfg.train.grad_accum)
     best = BestCheckpoint(cfg, DOWNSTREAM.get(cfg.task, key="task"), batches_per_epoch=epoch)
     return sum(best.wants(step) for step in range(1, cfg.train.max_steps + 1))

@@ -80,9 +80,9 @@ def split_global_batch(train: TrainConfig, world: int) -> None:
         raise ConfigError(f"train.global_batch = {wanted} is not a whole number of micro-batches of train.batch_size "
                           f"= {train.batch_size} on {world} process{'es' if world > 1 else ''} ({per_micro_batch} "
                           f"samples each): {hint}")  # fmt: skip
-    train.grad_accum = wanted // per_micro_batch
+    accumulate, train.grad_accum = train.grad_accum, wanted // per_micro_batch
     check_graphs_accumulate(train)
-    if is_main_process():
+    if train.grad_accum != accumulate and is_main_process():  # said once (a plan splits it again)
         log.info("train.global_batch = %d: a step is train.grad_accum = %d micro-batches of %d samples on %d "
                  "process(es)", wanted, train.grad_accum, train.batch_size, world)  # fmt: skip
 
