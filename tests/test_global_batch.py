@@ -3,6 +3,8 @@ from it, as the official run.py derives its accumulate_grad_batches)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import yaml
 
@@ -15,10 +17,14 @@ from tests.runner import EXACT
 
 
 @pytest.mark.parametrize(("world", "grad_accum"), [(1, 16), (2, 8), (8, 2), (16, 1)])
-def test_the_micro_batches_of_a_step_make_the_global_batch_on_any_number_of_processes(world: int, grad_accum: int):
-    train = TrainConfig(batch_size=32, global_batch=512, grad_accum=3)  # 3: a recorded run's, on other processes
-    split_global_batch(train, world)
+def test_the_micro_batches_of_a_step_make_the_global_batch_on_any_number_of_processes(world: int, grad_accum: int,
+                                                                                       caplog):  # fmt: skip
+    train = TrainConfig(batch_size=32, global_batch=512, grad_accum=3)  # 3: set too (a run's config.yaml, say)
+    with caplog.at_level(logging.INFO, logger="meter"):
+        split_global_batch(train, world)
     assert (train.grad_accum, train.batch_size * world * train.grad_accum) == (grad_accum, 512)
+    assert f"a step is train.grad_accum = {grad_accum} micro-batches of 32 samples on {world} process" in caplog.text
+    assert "(not the 3 set: train.global_batch=0 lets train.grad_accum be)" in caplog.text
 
 
 @pytest.mark.parametrize(("world", "hint"), [

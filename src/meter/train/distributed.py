@@ -83,8 +83,9 @@ def split_global_batch(train: TrainConfig, world: int) -> None:
     accumulate, train.grad_accum = train.grad_accum, wanted // per_micro_batch
     check_graphs_accumulate(train)
     if train.grad_accum != accumulate and is_main_process():  # said once (a plan splits it again)
+        given = f" (not the {accumulate} set: train.global_batch=0 lets train.grad_accum be)" if accumulate > 1 else ""
         log.info("train.global_batch = %d: a step is train.grad_accum = %d micro-batches of %d samples on %d "
-                 "process(es)", wanted, train.grad_accum, train.batch_size, world)  # fmt: skip
+                 "process(es)%s", wanted, train.grad_accum, train.batch_size, world, given)  # fmt: skip
 
 
 def compile_parts(model: nn.Module, mode: str = "default") -> None:
