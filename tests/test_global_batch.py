@@ -10,6 +10,7 @@ import yaml
 
 from meter.config import Config, TrainConfig, load_config
 from meter.errors import ConfigError
+from meter.run_folders import finished_checkpoint
 from meter.runs import run_pretrain
 from meter.train.distributed import split_global_batch
 from meter.train.metrics_log import read_metrics
@@ -61,6 +62,10 @@ def test_a_run_with_a_global_batch_trains_as_the_run_accumulating_it(micro_confi
     keys = ["train/mlm_loss", "train/itm_loss", "train/grad_norm"]
     assert [r[k] for r in by_global for k in keys] == [r[k] for r in accumulating for k in keys]
     assert yaml.safe_load((tmp_path / "global" / "config.yaml").read_text())["train"]["grad_accum"] == 2
+    # asked again (a study cell rerun, a shared pretraining): the finished run is this config's, whose grad_accum
+    # the run, not the config, sets
+    again = load_config(None, [f"train.out={tmp_path / 'global'}", *steps, "train.global_batch=8"], base=micro_config)
+    assert finished_checkpoint(again) == tmp_path / "global" / "checkpoints" / "step_00000002"
 
 
 def test_a_run_that_accumulated_resumes_with_the_global_batch_it_made_and_no_other(micro_config: Config, tmp_path):
@@ -74,7 +79,8 @@ def test_a_run_that_accumulated_resumes_with_the_global_batch_it_made_and_no_oth
 
     pretrain("straight", "train.grad_accum=2")
     pretrain("resumed", "train.grad_accum=2", "train.stop_at=1")
-    with pytest.raises(ConfigError, match=r"its steps took 8 samples; this run's take 16 .* train\.grad_accum=2"):
+    refused = r"its steps took 8 samples; this run's take 16 .*resume with train\.global_batch=8$"
+    with pytest.raises(ConfigError, match=refused):
         pretrain("resumed", "train.global_batch=16", resume="latest")
     pretrain("resumed", "train.global_batch=8", resume="latest")
     straight, resumed = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed"))

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from meter.config import Config
+from meter.config import Config, TrainConfig
 from meter.data.bad_samples import BadSampleBudget, continued_list
 from meter.data.collate import Collate
 from meter.data.shared_rows import to_device
@@ -266,7 +266,7 @@ def _fit_in(
                 f"cut into slots per process, so its place in the epoch cannot be carried over (part of the epoch "
                 f"would be read twice and part never); resume with {written_by} processes"
             )
-        check_step_size(path, progress, train.batch_size, runtime.world, train.grad_accum)
+        check_step_size(path, progress, train, runtime.world)
         if progress.global_batch not in (0, global_batch) and hasattr(dataset, "stream_type"):
             raise ConfigError(
                 f"{path} was written with train.batch_size = {progress.global_batch // runtime.world} (train."
@@ -274,6 +274,7 @@ def _fit_in(
                 "corpus's streams stand at whole batches of theirs, so its place in the epoch cannot be carried over "
                 f"(part of the epoch would be read twice and part never); resume with train.batch_size="
                 f"{progress.global_batch // runtime.world} train.grad_accum={progress.grad_accum}"
+                + (" train.global_batch=0" if train.global_batch else "")  # else it sets grad_accum
             )
         if progress.global_batch not in (0, global_batch):  # the same samples a step, split another way
             log.info("resumed with %d samples a micro-batch over all processes instead of %d, %d micro-batches a "
@@ -387,18 +388,23 @@ def _fit_in(
     return checkpoints.path(last_step)
 
 
-def check_step_size(path: Path, progress: Progress, batch_size: int, world: int, grad_accum: int) -> None:
+def check_step_size(path: Path, progress: Progress, train: TrainConfig, world: int) -> None:
     """A run resumed on another number of processes (a job requeued on fewer GPUs) goes on only with the samples a
     step its checkpoint's steps took: the schedule, the learning rate and the data position were set for them.
-    train.batch_size and train.grad_accum may change to keep it (each step then sees the same samples)."""
+    train.batch_size and train.grad_accum (or train.global_batch, which sets it) may change to keep it (each step
+    then sees the same samples)."""
     if not progress.global_batch:  # written before the global batch was recorded
         return
+    batch_size, grad_accum = train.batch_size, train.grad_accum
     before = progress.global_batch * (progress.grad_accum or grad_accum)
     now = batch_size * world * grad_accum
     if before == now:
         return
-    fits = [f"train.grad_accum={before // (batch_size * world)}"] if before % (batch_size * world) == 0 else []
-    fits += [f"train.batch_size={before // (world * grad_accum)}"] if before % (world * grad_accum) == 0 else []
+    if train.global_batch:  # it sets train.grad_accum: the one to name
+        fits = [f"train.global_batch={before}"]
+    else:
+        fits = [f"train.grad_accum={before // (batch_size * world)}"] if before % (batch_size * world) == 0 else []
+        fits += [f"train.batch_size={before // (world * grad_accum)}"] if before % (world * grad_accum) == 0 else []
     raise ConfigError(
         f"{path}: its steps took {before} samples; this run's take {now} (train.batch_size {batch_size} x {world} "
         f"process{'es' if world > 1 else ''} x train.grad_accum {grad_accum}): the schedule and the data position were "

@@ -84,6 +84,10 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     old = at_current_defaults(flat_settings(with_new_defaults(saved, Config())))
     new = flat_settings(json.loads(json.dumps(to_dict(cfg))))  # as the record holds it (JSON types)
     old = {key: _moved(value, old.get("train.out"), new.get("train.out")) for key, value in old.items()}
+    if new.get("train.global_batch") and old.get("train.global_batch") == new["train.global_batch"]:
+        # train.grad_accum follows from it on the run's processes: the record holds the run's, a config the recipe's
+        old.pop("train.grad_accum", None)
+        new.pop("train.grad_accum", None)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
