@@ -9,8 +9,8 @@ from torch import nn
 from meter.config import Config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
+from meter.data.formats.captions import PRETRAIN_SPLITS
 from meter.objectives.randomness import StepRandomness
-from meter.runs import PRETRAIN_SPLITS
 from meter.tasks.build import build_model, image_reader, read_karpathy_splits, task_tokenizer
 from meter.tasks.downstream import Finetuning
 from meter.tasks.pretrain import PretrainTask, pretrain_heads

@@ -13,11 +13,11 @@ from torch.utils.data import Dataset
 from meter.config import Config, load_config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
-from meter.data.formats.captions import read_karpathy
+from meter.data.formats.captions import PRETRAIN_SPLITS, read_karpathy
 from meter.data.stream import epoch_order
 from meter.errors import MeterError
 from meter.models.folder import load_model_folder
-from meter.runs import PRETRAIN_SPLITS, run_pretrain
+from meter.runs import run_pretrain
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.train.checkpoint import TASK_WEIGHTS, Checkpoints

@@ -72,6 +72,7 @@ def test_the_report_equals_the_runs_own_score_files(finished):
         "best"] == "0")  # fmt: skip
     markdown = (out / "report.md").read_text()
     assert f"| merged | {'**' if rows['merged']['best'] == '1' else ''}{means['merged']:.2f}" in markdown
+    assert "\nReported on: vqa val2014.\n" in markdown
 
 
 def test_status_shows_every_cell_done_with_its_scores(finished, capsys):

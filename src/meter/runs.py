@@ -9,7 +9,7 @@ from typing import Any
 from meter.config import Config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs
-from meter.data.formats.captions import read_karpathy
+from meter.data.formats.captions import PRETRAIN_SPLITS, read_karpathy
 from meter.data.shard_stream import open_corpus
 from meter.data.stream import micro_batches_per_epoch
 from meter.errors import ConfigError, DataError
@@ -25,7 +25,6 @@ from meter.train.runtime import release_cached_memory, setup_runtime
 from meter.validate import validate
 
 log = logging.getLogger(__name__)
-PRETRAIN_SPLITS = ("train", "restval")
 
 
 def run_pretrain(cfg: Config, resume: str | None = None) -> Path:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter.config import Config
-from meter.data.formats.captions import read_karpathy
+from meter.data.formats.captions import PRETRAIN_SPLITS, read_karpathy
 from meter.data.formats.common import distinct
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.data.shard_manifest import MANIFEST, read_manifest
 from meter.errors import MeterError
 from meter.plan.memory import Forward
-from meter.runs import PRETRAIN_SPLITS
 from meter.tasks import nlvr2, retrieval, snli_ve
 from meter.tasks.build import read_karpathy_splits
 from meter.tasks.rank_head import ITM

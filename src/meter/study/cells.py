@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from meter.config import Config, at_current_defaults, load_config, to_dict
+from meter.data.seen_images import coco_images_seen
 from meter.errors import ConfigError, DataError
 from meter.output_folder import waiting_for_folder
 from meter.plan.tasks import task_plan
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
+from meter.study.unseen import vqa_unseen
 from meter.train.checkpoint import Checkpoints
 from meter.validate import validate
 
@@ -215,6 +217,7 @@ class Planner:
         self.kinds = {name: self._task_kind(name) for name in spec.base.tasks}
         self._prepare_world()
         self.holdouts = self._holdouts()
+        self.unseen = self._unseen()
         self.points = search_points(spec.search)
         world = world_spec(spec)
         self.world = {"world": dataclasses.asdict(world)} if world is not None else {}
@@ -229,9 +232,9 @@ class Planner:
     def _recipe(self, name: str) -> Path:
         return recipe_path(name, self.spec.folder)
 
-    def _task_config(self, name: str) -> Config:
+    def _task_config(self, name: str, more: tuple[str, ...] = ()) -> Config:
         task = self.spec.base.tasks[name]
-        overrides = [*self.data, *self.spec.base.overrides, *task.overrides]
+        overrides = [*self.data, *self.spec.base.overrides, *task.overrides, *more]
         return _resolved(self._recipe(task.recipe), overrides, f"base.tasks.{name}")
 
     def _task_kind(self, name: str) -> str:
@@ -260,6 +263,32 @@ class Planner:
                 holdouts[name] = vqa_holdout(self._task_config(name), task.select.holdout, self.out / "holdout" / name,
                                              f"base.tasks.{name}", write=self.prepare)  # fmt: skip
         return holdouts
+
+    def _unseen(self) -> dict[str, list[str]]:
+        """The overrides of the tasks reported on the images that no pretraining of the study saw (their files are
+        written after the held-out training split's, whose files they link to)."""
+        tasks = [name for name, task in self.spec.base.tasks.items() if task.unseen]
+        seen = self._seen_by_pretraining() if tasks and self.prepare else None
+        unseen = {}
+        for name in tasks:
+            holdout = self.holdouts.get(name)
+            cfg = self._task_config(name, tuple(holdout.train) if holdout else ())
+            unseen[name] = vqa_unseen(cfg, seen, self.out / "unseen" / name, f"base.tasks.{name}")
+        return unseen
+
+    def _seen_by_pretraining(self) -> set[int]:
+        """The COCO images of every row's pretraining corpus (the seed changes none)."""
+        seen: set[int] = set()
+        corpora: set[str] = set()
+        for row in study_rows(self.spec):
+            recipe, overrides, _ = self._pretraining(f"vlp/{row.slug}", row, [])
+            cfg = _resolved(recipe, overrides, f"vlp/{row.slug} pretraining")
+            data = to_dict(cfg)["data"]
+            corpus = json.dumps([data[key] for key in ("root", "karpathy", "images", "sources")])
+            if corpus not in corpora:
+                corpora.add(corpus)
+                seen |= coco_images_seen(cfg)
+        return seen
 
     def plan(self) -> StudyPlan:
         spec = self.spec
@@ -335,7 +364,8 @@ class Planner:
         holdout = self.holdouts.get(task)
         steps = [f"train.max_steps={spec.steps}"] if spec.steps else []
         base = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
-                *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else [])]  # fmt: skip
+                *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else []),
+                *self.unseen.get(task, [])]  # fmt: skip
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
         inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {})}
         if spec.zero_shot:

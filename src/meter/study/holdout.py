@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,13 @@ class Holdout:
     select: list[str]  # and for its selection evaluation: the held-out questions
 
 
-def _file_pattern(pattern: str, key: str) -> str:
+def file_pattern(pattern: str, key: str) -> str:
     name = Path(pattern).name
     if "{split}" not in name:
-        raise ConfigError(f"{key} = {pattern!r}: a held-out VQA split needs {{split}} in the file name")
+        raise ConfigError(
+            f"{key} = {pattern!r}: the VQA splits a study writes (select.holdout, unseen) need "
+            "{split} in the file name"
+        )
     return name
 
 
@@ -53,8 +57,8 @@ def vqa_holdout(cfg: Config, fraction: float, folder: Path, key: str, write: boo
             "(set it to one split, or select on another split with select.overrides)"
         )
     split = cfg.vqa.train_splits[0]
-    questions = _file_pattern(cfg.vqa.questions, "vqa.questions")
-    annotations = _file_pattern(cfg.vqa.annotations, "vqa.annotations")
+    questions = file_pattern(cfg.vqa.questions, "vqa.questions")
+    annotations = file_pattern(cfg.vqa.annotations, "vqa.annotations")
     fit, select = f"{split}-{FIT}", f"{split}-{SELECT}"
     if write:
         write_holdout(cfg, split, fraction, folder, questions, annotations)
@@ -74,7 +78,7 @@ def held_out_images(image_ids: set[int], fraction: float, split: str) -> set[int
     return set(random.Random(f"meter-holdout:{split}").sample(ordered, count))
 
 
-def _write_if_changed(path: Path, data: dict[str, Any]) -> None:
+def write_if_changed(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data)
     if not path.is_file() or path.read_text() != text:
         temporary = path.with_suffix(".tmp")
@@ -82,9 +86,9 @@ def _write_if_changed(path: Path, data: dict[str, Any]) -> None:
         temporary.replace(path)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_split_file(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise DataError(f"{path} not found: the held-out VQA split is carved from it")
+        raise DataError(f"{path} not found: {what}")
     return json.loads(path.read_text())
 
 
@@ -92,18 +96,29 @@ def write_holdout(cfg: Config, split: str, fraction: float, folder: Path, questi
     root = Path(cfg.data.root)
     question_path = root / cfg.vqa.questions.format(split=split)
     annotation_path = root / cfg.vqa.annotations.format(split=split)
-    question_data, annotation_data = _read(question_path), _read(annotation_path)
+    what = "the held-out VQA split is carved from it"
+    question_data, annotation_data = read_split_file(question_path, what), read_split_file(annotation_path, what)
     held = held_out_images({q["image_id"] for q in question_data["questions"]}, fraction, split)
     folder.mkdir(parents=True, exist_ok=True)
     for part, keep in ((FIT, lambda image: image not in held), (SELECT, lambda image: image in held)):
         name = f"{split}-{part}"
-        _write_if_changed(folder / questions.format(split=name), {
-            **question_data, "data_subtype": name,
-            "questions": [q for q in question_data["questions"] if keep(q["image_id"])]})  # fmt: skip
-        _write_if_changed(folder / annotations.format(split=name), {
-            **annotation_data, "data_subtype": name,
-            "annotations": [a for a in annotation_data["annotations"] if keep(a["image_id"])]})  # fmt: skip
-    for source_folder in {question_path.parent, annotation_path.parent}:  # every other split, as it is
+        write_split(folder, (questions, question_data), (annotations, annotation_data), name, keep)
+    link_other_files(folder, {question_path.parent, annotation_path.parent})
+
+
+def write_split(folder: Path, questions: tuple[str, dict[str, Any]], annotations: tuple[str, dict[str, Any]],
+                name: str, keep: Callable[[int], bool]) -> None:  # fmt: skip
+    """Writes split `name` into `folder`: the questions and annotations (file pattern, data) of the images `keep`
+    keeps, in the VQAv2 format."""
+    for (pattern, data), items in ((questions, "questions"), (annotations, "annotations")):
+        write_if_changed(folder / pattern.format(split=name), {
+            **data, "data_subtype": name, items: [item for item in data[items] if keep(item["image_id"])]})  # fmt: skip
+
+
+def link_other_files(folder: Path, source_folders: set[Path]) -> None:
+    """Links (or copies) into `folder` the JSON files of `source_folders` that it lacks: every other split, as it
+    is, for runs that read all their splits from `folder`."""
+    for source_folder in sorted(source_folders):
         for source in sorted(source_folder.glob("*.json")):
             link = folder / source.name
             if link.exists() or link.is_symlink():

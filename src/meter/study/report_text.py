@@ -5,11 +5,25 @@ from __future__ import annotations
 import csv
 import io
 
+from meter.study.cells import StudyPlan
 from meter.study.results import Stat, Table, TableRow
+from meter.study.unseen import UNSEEN
 
 NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished; skipped: evaluation samples whose image "
         "could not be read, scored as the leaderboard file answers them, over those seeds); in brackets the "
         "difference from the first row; bold: the best of its column")  # fmt: skip
+
+
+def reported_splits(plan: StudyPlan) -> str:
+    """The split each task's column is read on (its runs' evaluation split)."""
+    splits: dict[str, str] = {}
+    for run in (run for cell in plan.cells for run in cell.runs if run.task and run.task not in splits):
+        cfg = run.config()
+        splits[run.task] = getattr(getattr(cfg, cfg.task), "eval_split", "")
+    text = "Reported on: " + ", ".join(f"{task} {split}" for task, split in splits.items() if split)
+    if any(split.endswith(f"-{UNSEEN}") for split in splits.values()):
+        text += f" (-{UNSEEN}: its questions on the images that no pretraining of the study saw)"
+    return text
 
 
 def entry(row: TableRow, label: str, digits: int = 2) -> str:

@@ -7,7 +7,8 @@
       name: base                     its row's name
       overrides: [key=value]         every run;  finetune: [...] every fine-tuning run
       pretrain: {recipe, steps, overrides}
-      tasks: {NAME: {recipe, steps, metrics, overrides, select: {holdout: F} | {overrides: [...]}, zero_shot}}
+      tasks: {NAME: {recipe, steps, metrics, overrides, select: {holdout: F} | {overrides: [...]}, zero_shot,
+                     unseen}}
     variants: [{name, overrides, pretrain, finetune, pretrain_recipe}]   one-factor changes from the base, or
     grid: {AXIS: {VALUE: {overrides, ...}}}                              every combination (base: each axis' first)
     seeds: [0, 1]
@@ -66,6 +67,9 @@ class TaskSpec:
     # retrieval only, with VLP: the cell's pretraining evaluated as it is on the recipe's evaluation split, not
     # fine-tuned (the paper's Flickr-ZS columns: the ITM head ranks the pairs)
     zero_shot: bool = False
+    # VQA, with VLP: every cell reports the evaluation split's questions on the images that no pretraining of the
+    # study saw (`<split>-unseen`; the 4M corpus holds most val2014 images)
+    unseen: bool = False
 
 
 @dataclass
@@ -285,6 +289,10 @@ def check_study(spec: StudySpec) -> None:
             raise ConfigError(f"{key}.select.holdout = {task.select.holdout} must be in [0, 1)")
         if task.select.holdout and task.select.overrides:
             raise ConfigError(f"{key}.select: give holdout or overrides, not both")
+        if task.unseen and "vlp" not in spec.protocol:
+            raise ConfigError(f"{key}.unseen leaves out of the reported split the images that the study's pretraining "
+                              f"saw: it needs protocol vlp (protocol = {spec.protocol}; without pretraining every "
+                              "image is unseen)")  # fmt: skip
         if task.zero_shot:
             _check_zero_shot(spec, task, key)
             continue

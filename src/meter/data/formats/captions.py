@@ -29,6 +29,7 @@ class CaptionRecord:
 
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
+PRETRAIN_SPLITS = ("train", "restval")  # METER pretrains on these; val and test are the retrieval evaluation
 log = logging.getLogger(__name__)
 
 
@@ -155,7 +156,7 @@ class CaptionRecordSource:
 def coco_source(
     root: str | Path,
     karpathy: str | None = None,
-    splits: tuple[str, ...] = ("train", "restval"),
+    splits: tuple[str, ...] = PRETRAIN_SPLITS,
     annotations: tuple[str, ...] = ("annotations/captions_train2014.json",),
     images: str = ".",
 ) -> CaptionRecordSource:

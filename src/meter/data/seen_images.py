@@ -1,0 +1,66 @@
+"""The COCO images a pretraining sees: its corpus's COCO part and Visual Genome's images that are COCO's.
+
+VQAv2 asks its questions on COCO images, and the 4M corpus holds most of val2014: Karpathy's restval (in the COCO
+part) and about a third of the rest (Visual Genome took 51K of its 108K images from COCO). A VQA score read on
+those images measures, in part, what pretraining saw. These are the ids to leave out of such an evaluation, read
+from what each source of `data.sources` was prepared from (its manifest's description), or from the Karpathy
+splits a pretraining without sources reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meter.config import Config
+from meter.data.formats.captions import PRETRAIN_SPLITS, read_coco_captions, read_karpathy
+from meter.data.formats.common import iter_json_array, json_field
+from meter.data.shard_manifest import read_manifest
+from meter.errors import DataError
+
+VG_IMAGE_DATA = "image_data.json"  # Visual Genome's image metadata: {"image_id", "coco_id", ...} per image
+NO_COCO_IMAGES = ("sbu", "cc")  # web images (SBU from Flickr, Conceptual Captions from the web): none is COCO's
+
+
+def coco_images_seen(cfg: Config) -> set[int]:
+    """The COCO image ids of the pretraining that `cfg` describes."""
+    root = Path(cfg.data.root)
+    if not cfg.data.sources:
+        return {r.image_id for r in read_karpathy(root / cfg.data.karpathy, root / cfg.data.images, PRETRAIN_SPLITS)}
+    seen: set[int] = set()
+    for source in cfg.data.sources:
+        manifest = read_manifest(root / source.path)
+        seen |= _source_images(manifest.source, manifest.data.get("description") or {}, manifest.folder)
+    return seen
+
+
+def _source_images(source: str, description: dict[str, Any], folder: Path) -> set[int]:
+    if source in NO_COCO_IMAGES:
+        return set()
+    root = Path(str(description.get("root", "")))
+    if source == "coco" and "karpathy" in description:
+        splits = tuple(description.get("splits") or PRETRAIN_SPLITS)
+        return {record.image_id for record in read_karpathy(root / str(description["karpathy"]), root, splits)}
+    if source == "coco" and "annotations" in description:
+        return {record.image_id for annotation in description["annotations"]
+                for record in read_coco_captions(root / annotation, root)}  # fmt: skip
+    if source == "vg":
+        return vg_coco_images(root / VG_IMAGE_DATA)
+    raise DataError(
+        f"{folder}: shards of the {source!r} source; which of their images are COCO's (and so which VQA questions "
+        "its pretraining saw) is known for the coco, vg, sbu and cc sources alone: pretrain on those, or report VQA "
+        "on the whole evaluation split"
+    )
+
+
+def vg_coco_images(path: Path) -> set[int]:
+    """The COCO ids of the Visual Genome images that are COCO's (`coco_id`, null for the others)."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: Visual Genome's image metadata (image_data.json, published beside "
+                        "region_descriptions.json) tells which of its images are COCO's")  # fmt: skip
+    seen = set()
+    for index, entry in enumerate(iter_json_array(path, "Visual Genome image metadata")):
+        coco_id = json_field(entry, "coco_id", int, f"{path}: [{index}]", optional=True)
+        if coco_id is not None:
+            seen.add(coco_id)
+    return seen
