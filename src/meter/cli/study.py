@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meter.study.cells import StudyPlan
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -130,4 +134,20 @@ def _check(spec: object, out: str) -> int:
     for cell in plan.cells:
         print(f"  {cell.name}: {', '.join(run.name for run in cell.own_runs())}"
               + (f" (pretraining of {', '.join(cell.depends_on)})" if cell.depends_on else ""))  # fmt: skip
-    return 0
+    return _check_global_batches(plan)
+
+
+def _check_global_batches(plan: StudyPlan) -> int:
+    """The runs whose train.global_batch the processes of either kind of executor cannot make."""
+    from meter.study.batch_split import global_batch_problems
+
+    jobs = max(1, plan.slurm["gpus_per_node"]) * max(1, plan.slurm["nodes"])
+    executors = {1: "--executor local", jobs: "--executor slurm or submitit-local"} if jobs > 1 else {1: "any executor"}
+    found = 0
+    for processes, which in executors.items():
+        problems = global_batch_problems(plan.cells, processes)
+        if problems:
+            print(f"on {processes} process(es) ({which}), these runs cannot make their train.global_batch:",
+                  *problems, sep="\n  ")  # fmt: skip
+            found += len(problems)
+    return 1 if found else 0

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from meter.errors import ConfigError, DataError
 from meter.output_folder import check_own_folder
+from meter.study.batch_split import check_global_batches
 from meter.study.cells import PLAN, CellPlan, StudyPlan, plan_study
 from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit, queued_job
 from meter.study.records import read_status, record_lost_worker, run_done, status_alive
@@ -253,6 +254,7 @@ def run_study(
     log.info("study %s: %d cells, %d done, %d to run", plan.name, len(plan.cells), len(outcome.skipped_done), len(todo))
     if todo:
         chosen = make_executor(executor, out, jobs, slurm or SlurmSpec(**plan.slurm))
+        check_global_batches(todo, chosen.processes, executor)
         with sigterm_interrupts():
             schedule(todo, chosen, poll_s if poll_s is not None else (30.0 if executor == "slurm" else 0.5), outcome)
     if report:

@@ -128,6 +128,7 @@ class LocalProcesses:
         if jobs < 1:
             raise ConfigError(f"--jobs = {jobs} must be at least 1")
         self.parallel = jobs
+        self.processes = 1  # a cell's runs: one process each
         self.threads = max(1, cores() // jobs)
         self.gpus = GpuSlots(visible_gpus() if gpus is None else gpus, 1)
 
@@ -278,6 +279,7 @@ class Submitit:
 
         self.settings = settings
         self.parallel = parallel or 1_000_000  # slurm queues; submitit-local: --jobs at a time
+        self.processes = max(1, settings.gpus_per_node) * max(1, settings.nodes)  # a cell's runs: torchrun's
         self.stop_wait_s = max(10.0, settings.stop_s - 30.0)  # leaves the requeue its time before the limit
         params: dict[str, Any] = {"timeout_min": settings.time_min, "tasks_per_node": 1,
                                   "gpus_per_node": settings.gpus_per_node}  # fmt: skip

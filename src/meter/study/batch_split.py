@@ -1,0 +1,39 @@
+"""Whether every training run of a study makes its `train.global_batch` on the processes that will run it.
+
+A global batch that the processes cannot split into whole micro-batches stops its run as it starts; in a study that
+is after the cell's pretraining, hours in. The executor fixes the processes of every run (one for the local
+workers, `slurm.gpus_per_node x slurm.nodes` for a submitit job), so the study checks each run before it starts any.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from meter.errors import ConfigError
+from meter.study.cells import CellPlan
+from meter.train.distributed import split_global_batch
+
+TRAINING = ("pretrain", "finetune")  # the zero-shot evaluations train nothing
+
+
+def global_batch_problems(cells: list[CellPlan], processes: int) -> list[str]:
+    """One line for each run of `cells` (their own runs) whose global batch `processes` cannot make."""
+    problems = []
+    for cell in cells:
+        for run in cell.own_runs():
+            train = run.config().train
+            if run.kind not in TRAINING or not train.global_batch:
+                continue
+            try:
+                split_global_batch(copy.deepcopy(train), processes)
+            except ConfigError as error:
+                problems.append(f"{cell.name} {run.name}: {error.args[0]}")
+    return problems
+
+
+def check_global_batches(cells: list[CellPlan], processes: int, executor: str) -> None:
+    problems = global_batch_problems(cells, processes)
+    if problems:
+        raise ConfigError(f"--executor {executor} runs each cell on {processes} process(es), on which "
+                          f"{len(problems)} run(s) cannot make their train.global_batch (nothing was started):\n  "
+                          + "\n  ".join(problems))  # fmt: skip
