@@ -15,15 +15,7 @@ from meter.errors import ConfigError
 from meter.study.cells import plan_study
 from meter.study.records import RESULT, run_done
 from meter.study.spec import study_from_dict
-from tests.studies import micro_study, write_study
-
-
-def _ran(plan) -> None:
-    """Every run of the plan as if it had finished: a result in each folder."""
-    for cell in plan.cells:
-        for run in cell.own_runs():
-            record = {"metrics": {"overall": 50.0}, "select": {"overall": 40.0}, "select_overrides": run.select}
-            Path(run.folder, RESULT).write_text(json.dumps(record))
+from tests.studies import as_if_ran, micro_study, write_study
 
 
 def test_a_changed_pretraining_refuses_the_fine_tunings_that_started_from_the_old_one(shapes_world, tmp_path):
@@ -31,7 +23,7 @@ def test_a_changed_pretraining_refuses_the_fine_tunings_that_started_from_the_ol
     counted as done, and the table showed their scores under the new pretraining."""
     study = micro_study(shapes_world)
     plan = plan_study(study_from_dict(study), tmp_path / "out")
-    _ran(plan)
+    as_if_ran(plan)
     study["base"]["pretrain"]["overrides"] = ["train.lr=0.0003"]
     with pytest.raises(ConfigError, match=r"pretrain \(train.lr: "):
         plan_study(study_from_dict(study), tmp_path / "out")
@@ -46,7 +38,7 @@ def test_a_key_added_to_a_mapping_setting_refuses_the_runs_of_the_old_one(shapes
     compared one by one, and a key only one side had was taken for a setting an older meter lacked. The study reused
     every cell and its table showed the old model's numbers under the new spec."""
     study = micro_study(shapes_world)
-    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
     text = next(o for o in study["base"]["overrides"] if o.startswith("model.text.hf_kwargs="))
     deeper = text.rstrip("}") + ", max_position_embeddings: 64}"
     study["base"]["overrides"] = [deeper if o == text else o for o in study["base"]["overrides"]]
@@ -59,7 +51,7 @@ def test_a_changed_held_out_fraction_refuses_the_runs_trained_on_the_old_split(s
     held out were reused, scored on selection images they had trained on."""
     study = micro_study(shapes_world, search={"train.lr": [3.0e-4]})
     study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.1}
-    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
     study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.3}
     with pytest.raises(ConfigError, match=r"vqa \(select.holdout changed\)"):
         plan_study(study_from_dict(study), tmp_path / "out")
@@ -94,7 +86,7 @@ def test_a_changed_shapes_world_refuses_the_runs_of_the_old_one(tmp_path):
     """The world is regenerated in the same folder: every cell counted as done with the old world's scores."""
     study = micro_study(tmp_path)
     study["data"] = {"shapes": {"images": 20, "seed": 3, "questions_per_image": 1, "vocab_size": 300}}
-    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
     study["data"]["shapes"]["seed"] = 4
     with pytest.raises(ConfigError, match=r"pretrain \(data.shapes changed\)"):
         plan_study(study_from_dict(study), tmp_path / "out")
@@ -105,7 +97,7 @@ def test_a_row_that_keeps_an_edited_rows_old_pretraining_gets_a_folder_of_its_ow
     into a's pretraining folder (the old setting's entry), b then fine-tuned from a's new run as if it were its own."""
     study = micro_study(shapes_world, variants=[{"name": "a", "pretrain": ["train.weight_decay=0.02"]}])
     first = plan_study(study_from_dict(study), tmp_path / "out")
-    _ran(first)
+    as_if_ran(first)
     old_folder = next(run.folder for run in first.cell("vlp/a/seed-0").runs if run.kind == "pretrain")
     study["variants"] = [
         {"name": "a", "pretrain": ["train.weight_decay=0.05"]},
@@ -123,7 +115,7 @@ def test_an_edit_that_is_refused_leaves_the_studys_data_as_it_was(tmp_path):
     """The refusal came after the shapes world had been made again for the new setting: jobs still running read it."""
     study = micro_study(tmp_path)
     study["data"] = {"shapes": {"images": 20, "seed": 3, "questions_per_image": 1, "vocab_size": 300}}
-    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
     manifest = next((tmp_path / "out" / "shapes").glob("*.json"))
     before = manifest.read_bytes()
     study["data"]["shapes"]["seed"] = 4
@@ -134,7 +126,7 @@ def test_an_edit_that_is_refused_leaves_the_studys_data_as_it_was(tmp_path):
 
 def test_study_check_refuses_an_edit_that_run_would_refuse(shapes_world, tmp_path, capsys):
     study = micro_study(shapes_world)
-    _ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
     study["base"]["overrides"] = [*study["base"]["overrides"], "model.fusion.heads=4"]
     path = write_study(tmp_path / "study.yaml", study)
     assert main(["study", "check", str(path), "--out", str(tmp_path / "out")]) == 2
@@ -161,7 +153,7 @@ def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp
     refused ("train.eval_batch_size: 32 -> 16"), its fine-tunings too (their pretraining's identity changed)."""
     study = micro_study(shapes_world)
     first = plan_study(study_from_dict(study), tmp_path / "out")
-    _ran(first)
+    as_if_ran(first)
     study["base"]["overrides"] = [*study["base"]["overrides"], "train.eval_batch_size=16", "train.checkpoint_every=7",
                                   "data.worker_timeout=60"]  # fmt: skip
     again = plan_study(study_from_dict(study), tmp_path / "out")

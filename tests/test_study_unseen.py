@@ -2,6 +2,7 @@
 images and Visual Genome's COCO images are left out of the reported split, for every cell."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,15 @@ from meter.config import load_config
 from meter.data.formats.arrow import ArrowSource
 from meter.data.formats.captions import coco_source
 from meter.data.formats.visual_genome import visual_genome_source
+from meter.data.seen_images import coco_images_seen
 from meter.data.shard_writer import write_shards
 from meter.errors import ConfigError, DataError
 from meter.study.cells import plan_study
 from meter.study.report_text import reported_splits
 from meter.study.spec import study_from_dict
 from meter.tasks.vqa import read_vqa_split
-from tests.corpora import image_bytes, write_vilt_arrow, write_visual_genome
-from tests.studies import micro_study
+from tests.corpora import image_bytes, write_coco, write_vilt_arrow, write_visual_genome
+from tests.studies import as_if_ran, micro_study
 
 
 def _karpathy_ids(world: Path, split: str) -> set[int]:
@@ -124,3 +126,42 @@ def test_unseen_needs_pretraining_and_a_vqa_task(shapes_tasks_world, tmp_path):
     study["base"]["tasks"] = {"nlvr2": {"recipe": "shapes-nlvr2.yaml", "steps": 2, "unseen": True}}
     with pytest.raises(ConfigError, match=r"base\.tasks\.nlvr2\.unseen is for VQA"):
         plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
+def test_the_coco_images_of_each_kind_of_pretraining_corpus(tmp_path):
+    ids = write_coco(tmp_path / "coco", 12)  # image i is train, restval, val or test by i % 4
+    by_split = {split: {i for i in ids if i % 4 == n} for n, split in enumerate(("train", "restval", "val", "test"))}
+    karpathy = load_config("shapes-tiny.yaml", [f"data.root={tmp_path / 'coco'}", "data.images=."])
+    assert coco_images_seen(karpathy) == by_split["train"] | by_split["restval"]
+    write_shards(coco_source(tmp_path / "coco"), tmp_path / "captions", progress=False)  # captions_train2014.json
+    _vg_shards(tmp_path / "vg", [by_split["val"].pop(), None])
+    sources = json.dumps([{"path": str(tmp_path / "captions")}, {"path": str(tmp_path / "vg" / "shards")}])
+    assert coco_images_seen(load_config("shapes-tiny.yaml", [f"data.sources={sources}"])) == set(ids)
+    vg_alone = json.dumps([{"path": str(tmp_path / "vg" / "shards")}])
+    assert len(coco_images_seen(load_config("shapes-tiny.yaml", [f"data.sources={vg_alone}"]))) == 1
+
+
+def test_a_row_that_pretrains_on_more_images_refuses_the_vqa_runs_scored_on_the_old_split(shapes_world, tmp_path):
+    """The split's files keep their paths: a new row pretraining on Karpathy's val too shrank val2014-unseen for
+    every row, and the VQA runs that had been scored on the larger one counted as done."""
+    study = _unseen_study(shapes_world, [])
+    study["variants"] = []
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    plan_study(study_from_dict(study), tmp_path / "out")  # the same corpora: nothing changed
+    coco = _coco_shards(shapes_world, tmp_path / "coco", ("train", "val"))
+    study["variants"] = [{"name": "more", "pretrain": [f"data.sources=[{{path: {coco}}}]"]}]
+    with pytest.raises(ConfigError, match=r"seed-0/vqa \(the images of the unseen split \(unseen: true: its pretra"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_moved_study_folder_reads_its_held_out_and_unseen_splits(shapes_world, tmp_path):
+    """The unseen split's folder linked the held-out split's files by their absolute paths: moved, the selection
+    runs found no train2014-select."""
+    study = _unseen_study(shapes_world, [])
+    study["search"] = {"train.lr": [3.0e-4]}
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.25}
+    plan_study(study_from_dict(study), tmp_path / "out")
+    shutil.move(tmp_path / "out", tmp_path / "moved")
+    run = plan_study(study_from_dict(study), tmp_path / "moved").cells[0].runs[1]
+    selected = load_config(run.recipe, [*run.overrides, *run.select])
+    assert read_vqa_split(selected, "train2014-select") and read_vqa_split(run.config(), "val2014-unseen")

@@ -35,7 +35,7 @@ from meter.output_folder import waiting_for_folder
 from meter.plan.tasks import task_plan
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
-from meter.study.unseen import vqa_unseen
+from meter.study.unseen import Unseen, vqa_unseen
 from meter.train.checkpoint import Checkpoints
 from meter.validate import validate
 
@@ -264,7 +264,7 @@ class Planner:
                                              f"base.tasks.{name}", write=self.prepare)  # fmt: skip
         return holdouts
 
-    def _unseen(self) -> dict[str, list[str]]:
+    def _unseen(self) -> dict[str, Unseen]:
         """The overrides of the tasks reported on the images that no pretraining of the study saw (their files are
         written after the held-out training split's, whose files they link to)."""
         tasks = [name for name, task in self.spec.base.tasks.items() if task.unseen]
@@ -361,13 +361,14 @@ class Planner:
                    ) -> list[RunPlan]:  # fmt: skip
         spec = self.spec.base.tasks[task]
         recipe = self._recipe(spec.recipe)
-        holdout = self.holdouts.get(task)
+        holdout, unseen = self.holdouts.get(task), self.unseen.get(task)
         steps = [f"train.max_steps={spec.steps}"] if spec.steps else []
         base = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
                 *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else []),
-                *self.unseen.get(task, [])]  # fmt: skip
+                *(unseen.overrides if unseen else [])]  # fmt: skip
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
-        inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {})}
+        inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {}),
+                  **({"unseen": unseen.images} if unseen and unseen.images else {})}  # fmt: skip
         if spec.zero_shot:
             return [self._zero_shot_run(cell, folder, task, recipe, [*base, *common], inputs)]
         runs: list[RunPlan] = []
@@ -487,7 +488,8 @@ def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]
     return [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
 
 
-INPUT_NAMES = {"pretraining": "the pretraining it starts from", "world": "data.shapes", "holdout": "select.holdout"}
+INPUT_NAMES = {"pretraining": "the pretraining it starts from", "world": "data.shapes", "holdout": "select.holdout",
+               "unseen": "the images of the unseen split (unseen: true: its pretraining corpora)"}  # fmt: skip
 
 
 def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str] | None = None) -> list[str]:

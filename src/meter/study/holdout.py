@@ -103,7 +103,7 @@ def write_holdout(cfg: Config, split: str, fraction: float, folder: Path, questi
     for part, keep in ((FIT, lambda image: image not in held), (SELECT, lambda image: image in held)):
         name = f"{split}-{part}"
         write_split(folder, (questions, question_data), (annotations, annotation_data), name, keep)
-    link_other_files(folder, {question_path.parent, annotation_path.parent})
+    link_other_files(folder, {question_path.parent, annotation_path.parent}, folder.parent.parent)  # OUT/holdout/TASK
 
 
 def write_split(folder: Path, questions: tuple[str, dict[str, Any]], annotations: tuple[str, dict[str, Any]],
@@ -115,15 +115,22 @@ def write_split(folder: Path, questions: tuple[str, dict[str, Any]], annotations
             **data, "data_subtype": name, items: [item for item in data[items] if keep(item["image_id"])]})  # fmt: skip
 
 
-def link_other_files(folder: Path, source_folders: set[Path]) -> None:
+def link_other_files(folder: Path, source_folders: set[Path], study: Path) -> None:
     """Links (or copies) into `folder` the JSON files of `source_folders` that it lacks: every other split, as it
-    is, for runs that read all their splits from `folder`."""
+    is, for runs that read all their splits from `folder`. A link to a file of the `study` folder (another split
+    the study wrote) is relative, so that it holds when the study's folder moves; a link that no longer does is
+    made again."""
+    study = study.resolve()
     for source_folder in sorted(source_folders):
         for source in sorted(source_folder.glob("*.json")):
             link = folder / source.name
-            if link.exists() or link.is_symlink():
+            if link.is_symlink() and not link.exists():  # its target moved (with the study's folder)
+                link.unlink()
+            if link.exists():
                 continue
+            target = source.resolve()
+            inside = target.is_relative_to(study)
             try:
-                os.symlink(source.resolve(), link)
+                os.symlink(os.path.relpath(target, folder.resolve()) if inside else target, link)
             except OSError:  # a file system without links
                 shutil.copyfile(source, link)
