@@ -84,6 +84,9 @@ class SourceConfig:
     weight: float = 1.0  # passes per epoch: 1 every pair once, 2 twice, 0.5 half its shards (the rest next epoch)
 
 
+RANDAUGMENT_MAX_MAGNITUDE = 30  # RandAugment's M: 0 (no change) to 30 (each operation at its full strength)
+
+
 @dataclass
 class AugmentConfig:
     """Augmentation of training images only (never evaluation's); official METER fine-tunes with randaugment 2, 9."""

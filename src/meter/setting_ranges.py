@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
-from meter.config import Config
-from meter.data.randaugment_official import MAX_MAGNITUDE
+from meter.config import RANDAUGMENT_MAX_MAGNITUDE, Config
 from meter.errors import ConfigError
 
 
@@ -92,7 +91,7 @@ RANGES: dict[str, Range] = {
     "data.image_cache_mb": at_least(0, "0: no cache"),
     "data.max_image_pixels": Range(note="1 to Pillow's own limit: validate.py asks data/images.py"),
     "data.augment.num_ops": at_least(1, "data.augment=none: no operations"),
-    "data.augment.magnitude": Range(0, MAX_MAGNITUDE),
+    "data.augment.magnitude": Range(0, RANDAUGMENT_MAX_MAGNITUDE),
     "data.sources[*].weight": at_least(0, "passes per epoch; 0: unused"),
     "data.shuffle_buffer": at_least(1),
     "data.open_shards": at_least(1),

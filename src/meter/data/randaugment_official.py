@@ -20,7 +20,9 @@ from PIL import Image, ImageEnhance, ImageOps
 from torch import Tensor
 from torchvision.transforms import v2
 
-MAX_MAGNITUDE = 30
+from meter.config import RANDAUGMENT_MAX_MAGNITUDE
+
+MAX_MAGNITUDE = RANDAUGMENT_MAX_MAGNITUDE
 Op = Callable[[Image.Image, float], Image.Image]
 
 
