@@ -12,13 +12,13 @@ from meter.data.formats.arrow import ArrowSource
 from meter.data.formats.captions import coco_source
 from meter.data.formats.visual_genome import visual_genome_source
 from meter.data.seen_images import coco_images_seen
-from meter.data.shard_writer import write_shards
+from meter.data.shard_writer import index_shards, write_shards
 from meter.errors import ConfigError, DataError
 from meter.study.cells import plan_study
 from meter.study.report_text import reported_splits
 from meter.study.spec import study_from_dict
 from meter.tasks.vqa import read_vqa_split
-from tests.corpora import image_bytes, write_coco, write_vilt_arrow, write_visual_genome
+from tests.corpora import image_bytes, write_coco, write_img2dataset, write_vilt_arrow, write_visual_genome
 from tests.studies import as_if_ran, micro_study
 
 
@@ -109,12 +109,26 @@ def test_visual_genome_without_its_image_metadata_is_named(shapes_world, tmp_pat
         plan_study(study_from_dict(_unseen_study(shapes_world, [vg])), tmp_path / "out")
 
 
-def test_a_corpus_whose_coco_images_are_unknown_is_refused(shapes_world, tmp_path):
-    write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_restval.arrow",
-                     [(image_bytes(1), ["a caption"], "COCO_val2014_000000000001.jpg")], split="restval")  # fmt: skip
+def test_the_coco_images_of_official_arrow_files_are_read_from_their_file_names(shapes_world, tmp_path):
+    """ViLT's coco_caption_karpathy_*.arrow name each image by its COCO file name; vg.arrow by Visual Genome's id."""
+    test_images = sorted(_karpathy_ids(shapes_world, "test"))
+    names = [f"COCO_val2014_{image:012d}.jpg" for image in test_images[:2]]
+    rows = [(image_bytes(i), ["a caption"], name) for i, name in enumerate(names)]
+    write_vilt_arrow(tmp_path / "arrows/coco_caption_karpathy_restval.arrow", rows, split="restval")
+    write_vilt_arrow(tmp_path / "arrows/vg.arrow", [(image_bytes(7), ["a region"], "1")], split="train")
+    (tmp_path / "arrows/image_data.json").write_text(json.dumps([{"image_id": 1, "coco_id": test_images[2]}]))
     write_shards(ArrowSource(tmp_path / "arrows"), tmp_path / "arrow-shards", progress=False)
-    with pytest.raises(DataError, match=r"arrow-shards: shards of the 'arrow' source; which of their images are COCO"):
-        plan_study(study_from_dict(_unseen_study(shapes_world, [tmp_path / "arrow-shards"])), tmp_path / "out")
+    plan = plan_study(study_from_dict(_unseen_study(shapes_world, [tmp_path / "arrow-shards"])), tmp_path / "out")
+    _, reported = _reported(plan.cells[0].runs[1])
+    val2014 = read_vqa_split(load_config("shapes-vqa.yaml", [f"data.root={shapes_world}"]), "val2014")
+    assert {r.image_id for r in reported} == {r.image_id for r in val2014} - set(test_images[:3])
+
+
+def test_a_corpus_whose_coco_images_are_unknown_is_refused(shapes_world, tmp_path):
+    write_img2dataset(tmp_path / "web", shards=1, per_shard=3)
+    index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+    with pytest.raises(DataError, match=r"index: shards of the 'webdataset' source; which of their images are COCO"):
+        plan_study(study_from_dict(_unseen_study(shapes_world, [tmp_path / "index"])), tmp_path / "out")
 
 
 def test_unseen_needs_pretraining_and_a_vqa_task(shapes_tasks_world, tmp_path):

@@ -9,16 +9,19 @@ splits a pretraining without sources reads.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from meter.config import Config
+from meter.data.formats.arrow import image_ids
 from meter.data.formats.captions import PRETRAIN_SPLITS, read_coco_captions, read_karpathy
 from meter.data.formats.common import iter_json_array, json_field
 from meter.data.shard_manifest import read_manifest
 from meter.errors import DataError
 
 VG_IMAGE_DATA = "image_data.json"  # Visual Genome's image metadata: {"image_id", "coco_id", ...} per image
+COCO_FILE = re.compile(r"COCO_(?:train|val)2014_(\d+)\.jpg")  # a COCO image's file name, its id in the digits
 NO_COCO_IMAGES = ("sbu", "cc")  # web images (SBU from Flickr, Conceptual Captions from the web): none is COCO's
 
 
@@ -46,11 +49,29 @@ def _source_images(source: str, description: dict[str, Any], folder: Path) -> se
                 for record in read_coco_captions(root / annotation, root)}  # fmt: skip
     if source == "vg":
         return vg_coco_images(root / VG_IMAGE_DATA)
+    if source == "arrow":
+        return arrow_coco_images(root, [str(name) for name in description.get("files") or []])
     raise DataError(
         f"{folder}: shards of the {source!r} source; which of their images are COCO's (and so which VQA questions "
-        "its pretraining saw) is known for the coco, vg, sbu and cc sources alone: pretrain on those, or report VQA "
-        "on the whole evaluation split"
+        "its pretraining saw) is known for the coco, vg, sbu, cc and arrow sources alone: pretrain on those, or "
+        "report VQA on the whole evaluation split"
     )
+
+
+def arrow_coco_images(root: Path, files: list[str]) -> set[int]:
+    """The COCO images of METER/ViLT arrow files: the rows whose image_id is a COCO file name (as in
+    `coco_caption_karpathy_*.arrow`), and with a Visual Genome file (`vg*.arrow`) Visual Genome's COCO images, from
+    its image_data.json put beside the files."""
+    seen: set[int] = set()
+    for name in files:
+        if name.startswith("vg"):
+            seen |= vg_coco_images(root / VG_IMAGE_DATA)
+            continue
+        for image_id in image_ids(root / name):
+            match = COCO_FILE.fullmatch(image_id)
+            if match:
+                seen.add(int(match.group(1)))
+    return seen
 
 
 def vg_coco_images(path: Path) -> set[int]:

@@ -72,6 +72,15 @@ def split_counts(path: Path) -> Counter[str | None]:
     return counts
 
 
+def image_ids(path: Path) -> list[str]:
+    """The `image_id` column as text (the COCO file name in ViLT's COCO files, the image id in its others), read
+    alone: the images stay on disk."""
+    reader = open_arrow(path)
+    if "image_id" not in reader.schema.names:
+        raise DataError(f"{path}: no image_id column (it has {', '.join(reader.schema.names)})")
+    return [str(value) for batch in _batches(reader) for value in batch.column("image_id").to_pylist()]
+
+
 def _caption_type_ok(kind: pa.DataType) -> bool:
     """A string, or a list of strings: what ViLT's writers leave (to_pylist of any other type is no caption text)."""
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
