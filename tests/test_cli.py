@@ -95,3 +95,13 @@ def test_only_takes_one_cell_pattern_each_time_so_the_study_file_after_it_is_rea
     with pytest.raises(SystemExit) as stopped:
         parser.parse_args(["--version"])
     assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"meter {__version__}"
+
+
+def test_the_command_line_is_parsed_without_importing_torch():
+    """The parser of every command imported the official RandAugment policy, and with it torch and torchvision, for
+    one constant: `meter --help` and a mistake the parser names took seconds."""
+    code = "import sys; from meter.cli import build_parser; build_parser(); print(sorted({'torch', 'torchvision', " \
+           "'transformers'} & set(sys.modules)))"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
