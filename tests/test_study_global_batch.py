@@ -5,9 +5,11 @@ import pytest
 
 from meter.cli import main
 from meter.errors import ConfigError
+from meter.study.batch_split import global_batch_problems
+from meter.study.cells import plan_study
 from meter.study.execute import run_study
 from meter.study.spec import study_from_dict
-from tests.studies import micro_study, write_study
+from tests.studies import as_if_ran, micro_study, write_study
 
 GLOBAL_12 = ["train.batch_size=4", "train.global_batch=12"]  # 3 micro-batches on one process, 1 on three
 
@@ -43,3 +45,13 @@ def test_run_refuses_before_starting_a_cell_whose_global_batch_its_executor_cann
     ):
         run_study(study_from_dict(_study(shapes_world, gpus=8)), out, executor="submitit-local", report=False)
     assert not list((out / "cells").rglob("status.json")) and not list((out / "cells").rglob("checkpoints"))
+
+
+def test_a_finished_run_is_not_checked_again(shapes_world, tmp_path):
+    """A pretraining finished on one process, its study resumed on 8 GPUs to fine-tune: refused for the run that
+    trains no more."""
+    study = study_from_dict(_study(shapes_world, gpus=8))
+    plan = plan_study(study, tmp_path / "out")
+    assert len(global_batch_problems(plan.cells, 8)) == 2
+    as_if_ran(plan)
+    assert global_batch_problems(plan.cells, 8) == []

@@ -2,6 +2,7 @@
 images and Visual Genome's COCO images are left out of the reported split, for every cell."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -129,6 +130,10 @@ def test_a_corpus_whose_coco_images_are_unknown_is_refused(shapes_world, tmp_pat
     index_shards(tmp_path / "web", tmp_path / "index", progress=False)
     with pytest.raises(DataError, match=r"index: shards of the 'webdataset' source; which of their images are COCO"):
         plan_study(study_from_dict(_unseen_study(shapes_world, [tmp_path / "index"])), tmp_path / "out")
+    write_vilt_arrow(tmp_path / "arrows/visual_genome.arrow", [(image_bytes(1), ["a region"], "1")], split="train")
+    write_shards(ArrowSource(tmp_path / "arrows"), tmp_path / "arrow-shards", progress=False)
+    with pytest.raises(DataError, match=r"visual_genome.arrow: which of its images are COCO's is known for the files"):
+        plan_study(study_from_dict(_unseen_study(shapes_world, [tmp_path / "arrow-shards"])), tmp_path / "out")
 
 
 def test_unseen_needs_pretraining_and_a_vqa_task(shapes_tasks_world, tmp_path):
@@ -157,15 +162,28 @@ def test_the_coco_images_of_each_kind_of_pretraining_corpus(tmp_path):
 
 def test_a_row_that_pretrains_on_more_images_refuses_the_vqa_runs_scored_on_the_old_split(shapes_world, tmp_path):
     """The split's files keep their paths: a new row pretraining on Karpathy's val too shrank val2014-unseen for
-    every row, and the VQA runs that had been scored on the larger one counted as done."""
+    every row, and the VQA runs that had been scored on the larger one counted as done. The refusal leaves the
+    split as it was, and the study as it was plans again."""
     study = _unseen_study(shapes_world, [])
     study["variants"] = []
     as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
-    plan_study(study_from_dict(study), tmp_path / "out")  # the same corpora: nothing changed
+    files = {path: path.read_bytes() for path in (tmp_path / "out/unseen/vqa").iterdir() if not path.is_symlink()}
     coco = _coco_shards(shapes_world, tmp_path / "coco", ("train", "val"))
-    study["variants"] = [{"name": "more", "pretrain": [f"data.sources=[{{path: {coco}}}]"]}]
-    with pytest.raises(ConfigError, match=r"seed-0/vqa \(the images of the unseen split \(unseen: true: its pretra"):
-        plan_study(study_from_dict(study), tmp_path / "out")
+    edited = {**study, "variants": [{"name": "more", "pretrain": [f"data.sources=[{{path: {coco}}}]"]}]}
+    with pytest.raises(ConfigError, match=r"seed-0/vqa \(the pretraining corpora whose images the unseen split"):
+        plan_study(study_from_dict(edited), tmp_path / "out")
+    assert {path: path.read_bytes() for path in files} == files
+    plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_study_whose_unseen_split_was_deleted_writes_it_again(shapes_world, tmp_path):
+    study = _unseen_study(shapes_world, [])
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    as_if_ran(plan)
+    before = [r.question_id for r in _reported(plan.cells[0].runs[1])[1]]
+    shutil.rmtree(tmp_path / "out/unseen")
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    assert [r.question_id for r in _reported(plan.cells[0].runs[1])[1]] == before
 
 
 def test_a_moved_study_folder_reads_its_held_out_and_unseen_splits(shapes_world, tmp_path):
@@ -176,6 +194,8 @@ def test_a_moved_study_folder_reads_its_held_out_and_unseen_splits(shapes_world,
     study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.25}
     plan_study(study_from_dict(study), tmp_path / "out")
     shutil.move(tmp_path / "out", tmp_path / "moved")
+    select = next((tmp_path / "moved/unseen/vqa").glob("*train2014-select_annotations.json"))
+    assert select.is_symlink() and not os.path.isabs(os.readlink(select)) and json.loads(select.read_text())
     run = plan_study(study_from_dict(study), tmp_path / "moved").cells[0].runs[1]
     selected = load_config(run.recipe, [*run.overrides, *run.select])
     assert read_vqa_split(selected, "train2014-select") and read_vqa_split(run.config(), "val2014-unseen")

@@ -23,6 +23,7 @@ from meter.errors import DataError
 VG_IMAGE_DATA = "image_data.json"  # Visual Genome's image metadata: {"image_id", "coco_id", ...} per image
 COCO_FILE = re.compile(r"COCO_(?:train|val)2014_(\d+)\.jpg")  # a COCO image's file name, its id in the digits
 NO_COCO_IMAGES = ("sbu", "cc")  # web images (SBU from Flickr, Conceptual Captions from the web): none is COCO's
+ARROW_WITHOUT_COCO = ("conceptual_caption", "sbu", "f30k")  # arrow files of the web's images and Flickr30k's
 
 
 def coco_images_seen(cfg: Config) -> set[int]:
@@ -59,19 +60,32 @@ def _source_images(source: str, description: dict[str, Any], folder: Path) -> se
 
 
 def arrow_coco_images(root: Path, files: list[str]) -> set[int]:
-    """The COCO images of METER/ViLT arrow files: the rows whose image_id is a COCO file name (as in
-    `coco_caption_karpathy_*.arrow`), and with a Visual Genome file (`vg*.arrow`) Visual Genome's COCO images, from
-    its image_data.json put beside the files."""
+    """The COCO images of METER/ViLT arrow files, known by the file names their writers give: the rows of
+    `coco_caption*` files (each image_id a COCO file name), Visual Genome's COCO images for `vg*` files (from its
+    image_data.json put beside the files), none of the web's (`conceptual_caption*`, `sbu*`) or Flickr30k's."""
     seen: set[int] = set()
     for name in files:
-        if name.startswith("vg"):
+        if name.startswith("coco_caption"):
+            seen |= _coco_file_ids(root / name)
+        elif name.startswith("vg"):
             seen |= vg_coco_images(root / VG_IMAGE_DATA)
-            continue
-        for image_id in image_ids(root / name):
-            match = COCO_FILE.fullmatch(image_id)
-            if match:
-                seen.add(int(match.group(1)))
+        elif not name.startswith(ARROW_WITHOUT_COCO):
+            raise DataError(
+                f"{root / name}: which of its images are COCO's is known for the files of METER's "
+                f"writers alone (coco_caption*, vg*, {', '.join(p + '*' for p in ARROW_WITHOUT_COCO)})"
+            )
     return seen
+
+
+def _coco_file_ids(path: Path) -> set[int]:
+    ids = set()
+    for row, image_id in enumerate(image_ids(path)):
+        match = COCO_FILE.fullmatch(image_id)
+        if match is None:
+            raise DataError(f"{path}: row {row}'s image_id {image_id!r} is not a COCO file name "
+                            "(COCO_train2014_000000000009.jpg): which image it is is not known")  # fmt: skip
+        ids.add(int(match.group(1)))
+    return ids
 
 
 def vg_coco_images(path: Path) -> set[int]:

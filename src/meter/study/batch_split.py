@@ -7,25 +7,29 @@ workers, `slurm.gpus_per_node x slurm.nodes` for a submitit job), so the study c
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 from meter.errors import ConfigError
 from meter.study.cells import CellPlan
-from meter.train.distributed import split_global_batch
+from meter.study.records import run_result
+from meter.train.distributed import check_graphs_accumulate, global_batch_accumulation
 
 TRAINING = ("pretrain", "finetune")  # the zero-shot evaluations train nothing
 
 
 def global_batch_problems(cells: list[CellPlan], processes: int) -> list[str]:
-    """One line for each run of `cells` (their own runs) whose global batch `processes` cannot make."""
+    """One line for each run of `cells` (their own runs, not finished) whose global batch `processes` cannot make."""
     problems = []
     for cell in cells:
         for run in cell.own_runs():
+            if run.kind not in TRAINING or run_result(run) is not None:  # a finished run trains no more
+                continue
             train = run.config().train
-            if run.kind not in TRAINING or not train.global_batch:
+            if not train.global_batch:
                 continue
             try:
-                split_global_batch(copy.deepcopy(train), processes)
+                accumulation = global_batch_accumulation(train, processes)
+                check_graphs_accumulate(dataclasses.replace(train, grad_accum=accumulation))
             except ConfigError as error:
                 problems.append(f"{cell.name} {run.name}: {error.args[0]}")
     return problems

@@ -35,7 +35,7 @@ from meter.output_folder import waiting_for_folder
 from meter.plan.tasks import task_plan
 from meter.study.holdout import Holdout, vqa_holdout
 from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
-from meter.study.unseen import Unseen, vqa_unseen
+from meter.study.unseen import vqa_unseen
 from meter.train.checkpoint import Checkpoints
 from meter.validate import validate
 
@@ -105,6 +105,12 @@ class CellPlan:
 
     def own_runs(self) -> list[RunPlan]:
         return [run for run in self.runs if run.owner == self.name]
+
+
+@dataclass(frozen=True)
+class Unseen:
+    overrides: list[str]  # for every run of the task: report on the unseen split
+    corpora: str  # a digest of the pretraining corpora it leaves out, recorded by each run as an input
 
 
 @dataclass
@@ -265,30 +271,34 @@ class Planner:
         return holdouts
 
     def _unseen(self) -> dict[str, Unseen]:
-        """The overrides of the tasks reported on the images that no pretraining of the study saw (their files are
+        """How the tasks with `unseen` report on the images that no pretraining of the study saw (their files are
         written after the held-out training split's, whose files they link to)."""
         tasks = [name for name, task in self.spec.base.tasks.items() if task.unseen]
-        seen = self._seen_by_pretraining() if tasks and self.prepare else None
+        if not tasks:
+            return {}
+        corpora = self._pretraining_corpora()
+        # the runs record which corpora the split leaves out, known without reading them: a study whose corpora
+        # changed is refused before its split is written again
+        digest = hashlib.sha256(json.dumps(sorted(corpora)).encode()).hexdigest()[:16]
+        seen = set().union(*(coco_images_seen(cfg) for cfg in corpora.values())) if self.prepare else None
         unseen = {}
         for name in tasks:
             holdout = self.holdouts.get(name)
             cfg = self._task_config(name, tuple(holdout.train) if holdout else ())
-            unseen[name] = vqa_unseen(cfg, seen, self.out / "unseen" / name, f"base.tasks.{name}")
+            unseen[name] = Unseen(vqa_unseen(cfg, seen, self.out / "unseen" / name, f"base.tasks.{name}"), digest)
         return unseen
 
-    def _seen_by_pretraining(self) -> set[int]:
-        """The COCO images of every row's pretraining corpus (the seed changes none)."""
-        seen: set[int] = set()
-        corpora: set[str] = set()
+    def _pretraining_corpora(self) -> dict[str, Config]:
+        """Every row's pretraining corpus (the seed changes none), by what names it (paths inside the study as
+        <study>: a moved study keeps it), with a config that reads it."""
+        corpora: dict[str, Config] = {}
         for row in study_rows(self.spec):
             recipe, overrides, _ = self._pretraining(f"vlp/{row.slug}", row, [])
             cfg = _resolved(recipe, overrides, f"vlp/{row.slug} pretraining")
             data = to_dict(cfg)["data"]
-            corpus = json.dumps([data[key] for key in ("root", "karpathy", "images", "sources")])
-            if corpus not in corpora:
-                corpora.add(corpus)
-                seen |= coco_images_seen(cfg)
-        return seen
+            corpus = json.dumps([data[key] for key in ("root", "karpathy", "images", "sources")], sort_keys=True)
+            corpora.setdefault(in_study(corpus, str(self.out)), cfg)
+        return corpora
 
     def plan(self) -> StudyPlan:
         spec = self.spec
@@ -368,7 +378,7 @@ class Planner:
                 *(unseen.overrides if unseen else [])]  # fmt: skip
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
         inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {}),
-                  **({"unseen": unseen.images} if unseen and unseen.images else {})}  # fmt: skip
+                  **({"unseen": unseen.corpora} if unseen else {})}  # fmt: skip
         if spec.zero_shot:
             return [self._zero_shot_run(cell, folder, task, recipe, [*base, *common], inputs)]
         runs: list[RunPlan] = []
@@ -489,7 +499,7 @@ def config_changes(before: dict[str, Any], run: RunPlan, out: Path) -> list[str]
 
 
 INPUT_NAMES = {"pretraining": "the pretraining it starts from", "world": "data.shapes", "holdout": "select.holdout",
-               "unseen": "the images of the unseen split (unseen: true: its pretraining corpora)"}  # fmt: skip
+               "unseen": "the pretraining corpora whose images the unseen split leaves out (unseen: true)"}  # fmt: skip
 
 
 def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str] | None = None) -> list[str]:

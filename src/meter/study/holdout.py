@@ -12,6 +12,7 @@ at the training images.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import random
@@ -118,19 +119,23 @@ def write_split(folder: Path, questions: tuple[str, dict[str, Any]], annotations
 def link_other_files(folder: Path, source_folders: set[Path], study: Path) -> None:
     """Links (or copies) into `folder` the JSON files of `source_folders` that it lacks: every other split, as it
     is, for runs that read all their splits from `folder`. A link to a file of the `study` folder (another split
-    the study wrote) is relative, so that it holds when the study's folder moves; a link that no longer does is
-    made again."""
+    the study wrote) is relative, so that it holds when the study's folder moves; a link (or copy) of another file
+    than the one wanted now is made again."""
     study = study.resolve()
     for source_folder in sorted(source_folders):
         for source in sorted(source_folder.glob("*.json")):
             link = folder / source.name
-            if link.is_symlink() and not link.exists():  # its target moved (with the study's folder)
-                link.unlink()
-            if link.exists():
-                continue
             target = source.resolve()
-            inside = target.is_relative_to(study)
+            wanted = os.path.relpath(target, folder.resolve()) if target.is_relative_to(study) else str(target)
+            if link.is_symlink():
+                if os.readlink(link) == wanted:
+                    continue
+                link.unlink()  # to another file: an earlier data.root, or a folder that moved
+            elif link.exists():  # a copy, on a file system without links
+                if filecmp.cmp(source, link, shallow=False):
+                    continue
+                link.unlink()
             try:
-                os.symlink(os.path.relpath(target, folder.resolve()) if inside else target, link)
+                os.symlink(wanted, link)
             except OSError:  # a file system without links
                 shutil.copyfile(source, link)

@@ -11,10 +11,8 @@ split at the reported split's images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from meter.config import Config
@@ -22,20 +20,13 @@ from meter.errors import ConfigError, DataError
 from meter.study.holdout import file_pattern, link_other_files, read_split_file, write_if_changed, write_split
 
 UNSEEN = "unseen"
-RECORD = "unseen.json"  # what was written: the split, a digest of its images, its counts
+RECORD = "unseen.json"  # what was written: the split and its counts
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Unseen:
-    overrides: list[str]  # for every run of the task: report on the unseen split
-    images: str | None  # a digest of its images (None: not written yet); a run records it, so that a study whose
-    # corpora changed (a new row, Visual Genome's metadata added) refuses the runs scored on other questions
-
-
-def vqa_unseen(cfg: Config, seen: set[int] | None, folder: Path, key: str) -> Unseen:
-    """How `cfg`'s VQA runs report on `<vqa.eval_split>-unseen`; with `seen` (the COCO ids that the pretraining saw),
-    writes that split's files into `folder` (None: plans without writing data, reading the record of what was)."""
+def vqa_unseen(cfg: Config, seen: set[int] | None, folder: Path, key: str) -> list[str]:
+    """The overrides that report `cfg`'s VQA runs on `<vqa.eval_split>-unseen`; with `seen` (the COCO ids that the
+    pretraining saw), writes that split's files into `folder` (None: plans without reading or writing data)."""
     if cfg.task != "vqa":
         raise ConfigError(f"{key}.unseen is for VQA (whose evaluation images the pretraining corpus holds); task "
                           f"{cfg.task!r} evaluates on its own held-out images")  # fmt: skip
@@ -45,12 +36,9 @@ def vqa_unseen(cfg: Config, seen: set[int] | None, folder: Path, key: str) -> Un
     name = f"{split}-{UNSEEN}"
     if seen is not None:
         write_unseen(cfg, split, seen, folder, questions, annotations)
-    record = folder / RECORD
-    images = json.loads(record.read_text())["images"] if record.is_file() else None
     image_splits = {**cfg.vqa.image_splits, name: cfg.vqa.image_splits.get(split, split)}
-    overrides = [f"vqa.questions={folder / questions}", f"vqa.annotations={folder / annotations}",
-                 f"vqa.image_splits={json.dumps(image_splits)}", f"vqa.eval_split={name}"]  # fmt: skip
-    return Unseen(overrides, images)
+    return [f"vqa.questions={folder / questions}", f"vqa.annotations={folder / annotations}",
+            f"vqa.image_splits={json.dumps(image_splits)}", f"vqa.eval_split={name}"]  # fmt: skip
 
 
 def write_unseen(cfg: Config, split: str, seen: set[int], folder: Path, questions: str, annotations: str) -> None:
@@ -71,7 +59,7 @@ def write_unseen(cfg: Config, split: str, seen: set[int], folder: Path, question
     write_split(folder, (questions, question_data), (annotations, annotation_data), name, lambda image: image in kept)
     link_other_files(folder, {question_path.parent, annotation_path.parent}, folder.parent.parent)  # OUT/unseen/TASK
     count, total = sum(q["image_id"] in kept for q in question_data["questions"]), len(question_data["questions"])
-    digest = hashlib.sha256(json.dumps(sorted(kept)).encode()).hexdigest()[:16]
-    write_if_changed(folder / RECORD, {"split": name, "images": digest, "image_count": len(kept), "questions": count})
+    write_if_changed(folder / RECORD, {"split": name, "from": split, "images": len(kept), "questions": count,
+                                       "questions_of_the_split": total})  # fmt: skip
     log.info("VQA %s: %s of the %s questions of %s, on the %s of its %s images that no pretraining of the study "
              "saw", name, f"{count:,}", f"{total:,}", split, f"{len(kept):,}", f"{len(images):,}")  # fmt: skip

@@ -72,6 +72,18 @@ def split_global_batch(train: TrainConfig, world: int) -> None:
     if not train.global_batch:
         return
     wanted = train.global_batch
+    accumulate, train.grad_accum = train.grad_accum, global_batch_accumulation(train, world)
+    check_graphs_accumulate(train)
+    if train.grad_accum != accumulate and is_main_process():  # said once (a plan splits it again)
+        given = f" (not the {accumulate} set: train.global_batch=0 lets train.grad_accum be)" if accumulate > 1 else ""
+        log.info("train.global_batch = %d: a step is train.grad_accum = %d micro-batches of %d samples on %d "
+                 "process(es)%s", wanted, train.grad_accum, train.batch_size, world, given)  # fmt: skip
+
+
+def global_batch_accumulation(train: TrainConfig, world: int) -> int:
+    """The micro-batches of train.batch_size samples on `world` processes that make train.global_batch; a
+    ConfigError, naming a batch size that would, where they cannot make it exactly."""
+    wanted = train.global_batch
     per_micro_batch = train.batch_size * world
     if wanted % per_micro_batch:
         share = wanted // world if wanted % world == 0 else 0  # each process's samples a step
@@ -80,12 +92,7 @@ def split_global_batch(train: TrainConfig, world: int) -> None:
         raise ConfigError(f"train.global_batch = {wanted} is not a whole number of micro-batches of train.batch_size "
                           f"= {train.batch_size} on {world} process{'es' if world > 1 else ''} ({per_micro_batch} "
                           f"samples each): {hint}")  # fmt: skip
-    accumulate, train.grad_accum = train.grad_accum, wanted // per_micro_batch
-    check_graphs_accumulate(train)
-    if train.grad_accum != accumulate and is_main_process():  # said once (a plan splits it again)
-        given = f" (not the {accumulate} set: train.global_batch=0 lets train.grad_accum be)" if accumulate > 1 else ""
-        log.info("train.global_batch = %d: a step is train.grad_accum = %d micro-batches of %d samples on %d "
-                 "process(es)%s", wanted, train.grad_accum, train.batch_size, world, given)  # fmt: skip
+    return wanted // per_micro_batch
 
 
 def compile_parts(model: nn.Module, mode: str = "default") -> None:
