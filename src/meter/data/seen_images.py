@@ -1,7 +1,7 @@
 """The COCO images a pretraining sees: its corpus's COCO part and Visual Genome's images that are COCO's.
 
 VQAv2 asks its questions on COCO images, and the 4M corpus holds most of val2014: Karpathy's restval (in the COCO
-part) and about a third of the rest (Visual Genome took 51K of its 108K images from COCO). A VQA score read on
+part) and those of the rest that Visual Genome took from COCO (51K of its 108K images). A VQA score read on
 those images measures, in part, what pretraining saw. These are the ids to leave out of such an evaluation, read
 from what each source of `data.sources` was prepared from (its manifest's description), or from the Karpathy
 splits a pretraining without sources reads.

@@ -4,9 +4,10 @@ The paper reports VQAv2 test-dev, whose images (test2015) no pretraining corpus 
 whose answers are published, but the 4M corpus holds most val2014 images (Karpathy's restval, and Visual Genome's
 COCO images). `<split>-unseen` keeps the questions on the images that no pretraining of the study saw
 (`meter.data.seen_images`); every cell of the study, with and without VLP, reports it, so the rows compare on
-the same questions. The files are written once into the study's folder in the VQAv2 format, beside links to every
-other split; the runs read them through vqa.questions / vqa.annotations, with vqa.image_splits pointing the new
-split at the reported split's images.
+the same questions. The files are written into the study's folder in the VQAv2 format (unseen.json records the
+counts), beside links to every other split; the runs read them through vqa.questions / vqa.annotations, with
+vqa.image_splits pointing the new split at the reported split's images. Each run records which corpora the split
+leaves out, so that a study whose corpora change refuses the runs scored on the old split.
 """
 
 from __future__ import annotations
