@@ -107,6 +107,11 @@ class CellPlan:
         return [run for run in self.runs if run.owner == self.name]
 
 
+# the settings that the VQA split files a study writes are made from
+SPLIT_SETTINGS = (("data", "root"), ("vqa", "questions"), ("vqa", "annotations"), ("vqa", "image_splits"),
+                  ("vqa", "train_splits"), ("vqa", "eval_split"))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Unseen:
     overrides: list[str]  # for every run of the task: report on the unseen split
@@ -373,9 +378,11 @@ class Planner:
         recipe = self._recipe(spec.recipe)
         holdout, unseen = self.holdouts.get(task), self.unseen.get(task)
         steps = [f"train.max_steps={spec.steps}"] if spec.steps else []
-        base = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
-                *_row_overrides(row.changes, "finetune"), *(holdout.train if holdout else []),
-                *(unseen.overrides if unseen else [])]  # fmt: skip
+        own = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
+               *_row_overrides(row.changes, "finetune")]  # fmt: skip
+        if holdout or unseen:
+            self._check_split_settings(f"{cell} {task}", recipe, own, task)
+        base = [*own, *(holdout.train if holdout else []), *(unseen.overrides if unseen else [])]
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
         inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {}),
                   **({"unseen": unseen.corpora} if unseen else {})}  # fmt: skip
@@ -397,6 +404,16 @@ class Planner:
             runs.append(RunPlan(name, "finetune", task, point, str(recipe), overrides, str(folder / name), cell, key,
                                 select, self.kinds[task], inputs))  # fmt: skip
         return runs
+
+    def _check_split_settings(self, where: str, recipe: Path, overrides: list[str], task: str) -> None:
+        """The split files the study writes (select.holdout, unseen) are made from the task's own settings, for every
+        row: a row or base.finetune that changed one would be overruled by them without a word."""
+        mine, study = _resolved(recipe, overrides, where), self._task_config(task)
+        changed = [f"{section}.{key}" for section, key in SPLIT_SETTINGS
+                   if getattr(getattr(mine, section), key) != getattr(getattr(study, section), key)]  # fmt: skip
+        if changed:
+            raise ConfigError(f"{where}: sets {', '.join(changed)}, from which the study writes the split files of "
+                              f"every row (select.holdout, unseen); set it in base.tasks.{task}.overrides")  # fmt: skip
 
     def _zero_shot_run(self, cell: str, folder: Path, task: str, recipe: Path, overrides: list[str],
                        inputs: dict[str, Any]) -> RunPlan:  # fmt: skip
