@@ -122,6 +122,7 @@ def _check(spec: object, out: str) -> int:
     from pathlib import Path
 
     from meter.study.cells import PLAN, check_unchanged, plan_study
+    from meter.study.report_text import reported_splits
 
     plan = plan_study(spec, out, prepare=False)
     if (Path(out) / PLAN).is_file():  # the study has run there: an edit `run` would refuse is refused here too
@@ -131,6 +132,7 @@ def _check(spec: object, out: str) -> int:
     columns = ", ".join(f"{task} {metric}" for task, spec in plan.tasks.items() for metric in spec.metrics)
     print(f"{len(plan.rows)} rows x {len(plan.seeds)} seeds x {len(plan.protocols)} protocols = {len(plan.cells)} "
           f"cells, {runs} runs; columns: {columns}")  # fmt: skip
+    print(f"{reported_splits(plan)}.")
     for cell in plan.cells:
         print(f"  {cell.name}: {', '.join(run.name for run in cell.own_runs())}"
               + (f" (pretraining of {', '.join(cell.depends_on)})" if cell.depends_on else ""))  # fmt: skip
