@@ -131,3 +131,37 @@ def test_a_preparation_by_an_older_meter_gets_its_fingerprint_recorded_and_is_gu
     tsv.write_text(tsv.read_text().replace("a photo number 2", "a picture number 2"))
     with pytest.raises(DataError, match=r"source_files\[0\]"):
         write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+
+
+class HalfCharacter:
+    """A source whose second record's caption holds half of an emoji (a lone surrogate, as a bad decode leaves)."""
+
+    name, description, missing_images_expected, files = "half-character", {}, False, ()
+
+    def __len__(self) -> int:
+        return 3
+
+    def samples(self, start: int = 0):
+        for i, text in list(enumerate(["a cat", "a smiling \ud83d dog", "a bird"]))[start:]:
+            yield RawSample(f"k{i}", image_bytes(i), (text,), f"record {i}")
+
+
+def test_a_caption_that_utf8_cannot_hold_is_a_counted_bad_sample(tmp_path: Path):
+    """It raised UnicodeEncodeError while its shard was written, and every rerun stopped at the same record."""
+    manifest = write_shards(HalfCharacter(), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["bad"]) == (2, 1)
+    assert "record 1: a caption is not text that UTF-8 can hold" in (tmp_path / "out/bad_samples.jsonl").read_text()
+
+
+def test_a_rerun_writes_again_the_shards_deleted_or_cut_short_since(tmp_path: Path):
+    """A finished shard's record was trusted: the rerun listed a deleted shard in the manifest, and training skipped
+    its pairs as bad samples."""
+    write_conceptual_captions(tmp_path / "cc", rows=12)
+    straight = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    written = {path.name: path.read_bytes() for path in (tmp_path / "out").glob("*.tar")}
+    (tmp_path / "out/00001.tar").unlink()
+    with (tmp_path / "out/00002.tar").open("r+b") as shard:
+        shard.truncate(1024)
+    again = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    assert again == straight and {path.name: path.read_bytes() for path in (tmp_path / "out").glob("*.tar")} == written
+    assert len(written) == 3

@@ -90,6 +90,7 @@ class ShardRecord:
     not_downloaded: int = 0
     captions: dict[str, dict[str, int]] = field(default_factory=dict)  # CaptionCounts.to_json()
     first_missing: str | None = None  # the image file of its first record not downloaded, named if most are missing
+    bytes: int = 0  # the shard file's size as written (0: recorded by an older meter), checked when a rerun keeps it
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ class ShardBuilder:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(self.temporary, self.path)
+            self.record.bytes = self.path.stat().st_size
         except OSError as error:
             if error.errno not in OUT_OF_SPACE:
                 raise
@@ -159,6 +160,10 @@ class ShardBuilder:
         if problem:
             self._bad(record.name, problem)
             return None
+        unwritable = next((c for c in record.captions if not _utf8(c)), None)
+        if unwritable is not None:  # half of a character (a lone surrogate): no UTF-8 text holds it
+            self._bad(record.name, f"{record.name}: a caption is not text that UTF-8 can hold ({unwritable[:40]!r})")
+            return None
         key = utf8_name(record.key.replace(".", "_").replace("/", "_"))
         if key in self.keys:  # a reader groups a tar's files by key: the two samples would merge into a damaged one
             self._bad(record.name, f"{record.name}: its sample key {key!r} is an earlier sample's in this shard")
@@ -169,6 +174,14 @@ class ShardBuilder:
         self.counts.add(record.captions)
         meta = {"captions": list(record.captions), **record.meta}
         return {"__key__": key, extension: data, "txt": record.captions[0], "json": meta}
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_settings(out: Path, settings: dict[str, object]) -> None:
@@ -244,6 +257,21 @@ def _finished(out: Path, shards: int) -> dict[int, ShardRecord]:
     return done
 
 
+def _still_written(out: Path, done: dict[int, ShardRecord]) -> dict[int, ShardRecord]:
+    """The finished shards whose file is still there, of the size it was written at: one deleted or cut short since
+    is written again (kept, the manifest would list samples that are not there, and training would skip them)."""
+    kept = {}
+    for index, record in done.items():
+        path = out / record.path
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or (record.bytes and size != record.bytes):
+            state = "gone" if size is None else f"{size:,} bytes, written as {record.bytes:,}"
+            log.warning("%s: %s; written again", path, state)
+            continue
+        kept[index] = record
+    return kept
+
+
 def _finish(out: Path, name: str, description: dict[str, object], records: list[ShardRecord],
             budget: BadSampleBudget) -> dict:  # fmt: skip
     manifest = build_manifest(out, name, description, records)
@@ -272,7 +300,7 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
     _check_settings(out, settings)
     with _prepare_lock(out):
         shards = -(-total // shard_size)
-        done = _finished(out, shards)
+        done = _still_written(out, _finished(out, shards))
         if done:
             log.info("%s: %d of %d shards were written before: kept, their images not read again (their bad samples "
                      "stay bad: prepare into another --out to read a fixed image)", out, len(done), shards)  # fmt: skip
