@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from meter.data.formats.captions import coco_source
 from meter.data.formats.common import RawSample
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource
 from meter.data.shard_writer import write_shards
 from meter.errors import DataError
-from tests.corpora import cc_file, image_bytes, shard_members, write_conceptual_captions
+from tests.corpora import cc_file, image_bytes, shard_members, write_coco, write_conceptual_captions
 
 
 def prepare(*args: str) -> subprocess.Popen:
@@ -165,3 +167,27 @@ def test_a_rerun_writes_again_the_shards_deleted_or_cut_short_since(tmp_path: Pa
     again = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
     assert again == straight and {path.name: path.read_bytes() for path in (tmp_path / "out").glob("*.tar")} == written
     assert len(written) == 3
+
+
+def test_a_source_in_a_folder_named_in_latin1_is_prepared_and_prepared_again(tmp_path: Path):
+    """The folder's undecodable byte reached prepare.json as half of a character: UnicodeEncodeError, and the
+    temporary file left behind made the folder refused from then on as not meter's."""
+    root = tmp_path / os.fsdecode(b"caf\xe9")
+    write_conceptual_captions(root, rows=6)
+    first = write_shards(ConceptualCaptionsSource(root), tmp_path / "out", shard_size=4, progress=False)
+    assert first["samples"] == 6 and first["description"]["root"] == str(root)
+    assert write_shards(ConceptualCaptionsSource(root), tmp_path / "out", shard_size=4, progress=False) == first
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_a_rerun_that_finds_the_coco_images_elsewhere_is_another_preparation(tmp_path: Path):
+    """--images was not recorded: a run that had found no image (its shards kept, empty) was resumed by one that
+    found them, and the kept shards stayed empty."""
+    write_coco(tmp_path / "coco", 8)
+    (tmp_path / "coco/images").mkdir()
+    (tmp_path / "coco/train2014").rename(tmp_path / "coco/images/train2014")
+    with pytest.raises(DataError, match="image not found"):
+        write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"), tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match=r"other settings \(description\.images: "):
+        write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json", images="images"), tmp_path / "out",
+                     progress=False)  # fmt: skip

@@ -34,4 +34,10 @@ def write_text_atomically(path: Path, text: str) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise DataError(cannot_write(path, error, len(text.encode()))) from None
+        raise DataError(cannot_write(path, error, len(text.encode(errors="replace")))) from None
+    except UnicodeEncodeError as error:  # text holding half of a character: nothing is written, nothing left behind
+        temporary.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot write {path}: its text holds what UTF-8 cannot ({error.reason}: "
+            f"{error.object[max(0, error.start - 20) : error.end + 20]!r})"
+        ) from None

@@ -117,7 +117,9 @@ class Manifest:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=False))
+    # escaped: a path of a folder named in another encoding than UTF-8 (Latin-1, say) holds undecodable bytes, which
+    # Python keeps as lone surrogates that UTF-8 cannot write, and JSON's escapes give back as they were
+    write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=True))
 
 
 def build_manifest(out: Path, source: str, description: dict[str, Any], records: list[ShardRecord]) -> dict:

@@ -164,9 +164,12 @@ def coco_source(
     restval, keeping val and test out for retrieval); without, every image of the COCO caption files."""
     root = Path(root)
     image_root = root / images
+    # where the images are is a setting of the preparation (a rerun with another folder is refused, not taken for a
+    # resume); the default stays unwritten, as preparations before it was recorded have it
+    where = {"images": images} if images != "." else {}
     if karpathy:
         records = read_karpathy(root / karpathy, image_root, splits)
-        description = {"root": str(root), "karpathy": karpathy, "splits": list(splits)}
+        description = {"root": str(root), "karpathy": karpathy, "splits": list(splits), **where}
         return CaptionRecordSource("coco", records, description, (root / karpathy,))
     records: list[CaptionRecord] = []
     repeated_files = sorted({a for a in annotations if annotations.count(a) > 1})
@@ -185,4 +188,4 @@ def coco_source(
                         "keeps them out", root / annotation)  # fmt: skip
         records += read
     files = tuple(root / annotation for annotation in annotations)
-    return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations)}, files)
+    return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations), **where}, files)
