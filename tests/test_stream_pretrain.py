@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,19 @@ def test_pretraining_from_damaged_shards_over_the_budget_stops_with_a_clear_mess
     with pytest.raises(DataError, match=r"skipped 3 of 20 samples, more than the budget of 2 \(10.0%, data.max_bad"):
         _pretrain(micro_config, tmp_path / "run", *overrides)
     assert len((tmp_path / "run/bad_samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_run_is_not_resumed_on_a_corpus_prepared_again_with_other_shards(micro_config, shapes_world, tmp_path):
+    """The streams' places are counted on the manifest: a source prepared again (more images downloaded since) moved
+    them, and the resumed epoch read pairs twice and others never, without a word."""
+    steps = ["train.max_steps=6", "train.batch_size=4", f"data.sources=[{{path: {tmp_path / 'shards'}}}]"]
+    write_shards(coco_source(shapes_world, "karpathy/dataset_coco.json", ("train",), images="images"),
+                 tmp_path / "shards", shard_size=10, progress=False)  # fmt: skip
+    _pretrain(micro_config, tmp_path / "run", *steps, "train.stop_at=3")
+    shutil.rmtree(tmp_path / "shards")
+    write_shards(coco_source(shapes_world, "karpathy/dataset_coco.json", ("train", "val"), images="images"),
+                 tmp_path / "shards", shard_size=10, progress=False)  # fmt: skip
+    with pytest.raises(DataError, match=r"step_00000003 was written while data.sources held other shards"):
+        _pretrain(micro_config, tmp_path / "run", *steps, resume="latest")
+    _pretrain(micro_config, tmp_path / "again", *steps, "train.stop_at=3")  # the same shards: it goes on
+    assert _pretrain(micro_config, tmp_path / "again", *steps, resume="latest").name == "step_00000006"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -271,6 +272,13 @@ class ShardCorpus:
 
     def describe(self) -> str:
         return ", ".join(f"{m.source} ({m.pairs:,} pairs x {w:g})" for m, w in self.sources)
+
+    def fingerprint(self) -> str:
+        """What a stream's place in the epoch is counted on: each source's shards (by name) and their pairs, and its
+        weight; a corpus prepared again with other shards has another (its folder may move)."""
+        shards = [[m.source, w, [[s.path.name, s.samples, s.pairs] for s in m.shards]] for m, w in self.sources]
+        text = json.dumps(shards)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def plan(self, seed: int, epoch: int, shuffle: bool) -> EpochPlan:
         key = (seed, epoch, shuffle)

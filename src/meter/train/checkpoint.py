@@ -83,6 +83,7 @@ class Progress:
     # averages them too, as the run that was not stopped did
     log_window: dict[str, Any] = field(default_factory=dict)
     run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
+    corpus: str = ""  # a shard corpus's fingerprint (ShardCorpus.fingerprint), where the streams' places are counted
 
 
 def _fsync_tree(folder: Path) -> None:

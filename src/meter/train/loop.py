@@ -32,7 +32,7 @@ from meter.data.bad_samples import BadSampleBudget, continued_list
 from meter.data.collate import Collate
 from meter.data.shared_rows import to_device
 from meter.data.stream import BatchStream
-from meter.errors import ConfigError, MeterError
+from meter.errors import ConfigError, DataError, MeterError
 from meter.models.folder import EXPORT, ModelFolder
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
@@ -251,7 +251,8 @@ def _fit_in(
     checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
-    progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum)
+    corpus = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
+    progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum, corpus=corpus)
     path: Path | None = None  # the checkpoint resumed from
     if resume:
         path = checkpoints.resolve_everywhere(resume, runtime)
@@ -267,6 +268,13 @@ def _fit_in(
                 f"would be read twice and part never); resume with {written_by} processes"
             )
         check_step_size(path, progress, train, runtime.world)
+        if progress.corpus and progress.corpus != corpus:
+            raise DataError(
+                f"{path} was written while data.sources held other shards (prepared again since, or another "
+                "source): the streams' places in the epoch are counted on the shards, so part of the epoch would be "
+                "read twice and part never; resume with the shards it ran on, or start the run again"
+            )
+        progress.corpus = corpus
         if progress.global_batch not in (0, global_batch) and hasattr(dataset, "stream_type"):
             raise ConfigError(
                 f"{path} was written with train.batch_size = {progress.global_batch // runtime.world} (train."
