@@ -174,7 +174,8 @@ def test_check_lists_every_cell_and_run_and_writes_nothing(tmp_path, capsys):
     assert main(["study", "check", str(path), "--out", str(tmp_path / "out")]) == 0
     shown = capsys.readouterr().out.splitlines()
     assert shown[1] == "2 rows x 2 seeds x 1 protocols = 4 cells, 8 runs; columns: vqa overall"
-    assert shown[2:] == [f"  vlp/{row}/seed-{seed}: pretrain, vqa" for row in ("co-attention", "merged")
+    assert shown[2] == "Reported on: vqa val2014."
+    assert shown[3:] == [f"  vlp/{row}/seed-{seed}: pretrain, vqa" for row in ("co-attention", "merged")
                          for seed in (0, 1)]  # fmt: skip
     assert not (tmp_path / "out").exists()
 
