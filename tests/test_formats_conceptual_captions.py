@@ -70,3 +70,26 @@ def test_images_in_another_layout_than_meters_stop_the_run_naming_where_the_firs
         (tmp_path / f"cc/training/{row}_{cc_file(url)}").rename(tmp_path / "cc/training" / cc_file(url))
     assert main(command) == 0
     assert json.loads((tmp_path / "out/manifest.json").read_text())["samples"] == 4
+
+
+def test_rows_of_urls_whose_crc32_file_names_collide_are_bad_samples_not_another_urls_image(tmp_path: Path):
+    """CRC32 gives CC3M's 3.3 million URLs about 1,300 shared file names: the file holds one of the two images,
+    and the other URL's caption was paired with it."""
+    urls = write_conceptual_captions(tmp_path / "cc", rows=6)
+    first, second = "http://example.com/a02552f76dbdf5fd.jpg", "http://example.com/670009b22c087272.jpg"
+    assert cc_file(first) == cc_file(second)  # the downloader wrote both into one file
+    tsv = tmp_path / "cc/Train_GCC-training.tsv"
+    lines = tsv.read_text().splitlines()
+    lines[1] = f"a cat on a sofa\t{first}"
+    lines[4] = f"a ship at sea\t{second}"
+    lines[2] = f"another caption of the same url\t{urls[3]}"  # a URL listed twice is one image: both rows are good
+    tsv.write_text("\n".join(lines) + "\n")
+    (tmp_path / "cc/training" / cc_file(first)).write_bytes(image_bytes(300))
+    manifest = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["bad"], manifest["not_downloaded"]) == (4, 2, 0)
+    bad = _bad_lines(tmp_path / "out")
+    assert set(bad) == {f"{tsv}:2", f"{tsv}:5"}
+    assert "is the download of more than one URL (lines 2, 5 of the TSV" in bad[f"{tsv}:2"]
+    members = shard_members(tmp_path / "out/00000.tar")
+    assert json.loads(members["000000003.json"])["url"] == urls[3]
+    assert json.loads(members["000000002.json"])["url"] == urls[3]
