@@ -196,11 +196,14 @@ def karpathy_split(section: str) -> Callable[[Config, str], list[CaptionRecord]]
     return lambda cfg, split: read_karpathy_splits(cfg, section, [split])
 
 
-def read_karpathy_splits(cfg: Config, section: str, splits: list[str]) -> list[CaptionRecord]:
-    """The images of `splits` in the Karpathy file of config section `section` (its `karpathy` and `images`)."""
+def read_karpathy_splits(
+    cfg: Config, section: str, splits: list[str], keep_uncaptioned: bool = False
+) -> list[CaptionRecord]:
+    """The images of `splits` in the Karpathy file of config section `section` (its `karpathy` and `images`);
+    `keep_uncaptioned` as `read_karpathy`'s."""
     settings = getattr(cfg, section)
     root = Path(cfg.data.root)
-    records = read_karpathy(root / settings.karpathy, root / settings.images, tuple(splits))
+    records = read_karpathy(root / settings.karpathy, root / settings.images, tuple(splits), keep_uncaptioned)
     if not records:
         raise ConfigError(f"{section}.karpathy: {settings.karpathy} has no images in split(s) {', '.join(splits)}")
     return records

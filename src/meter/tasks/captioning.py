@@ -179,7 +179,8 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
         raise ConfigError(f"{checkpoint}: the model has no decoder to write captions with; fine-tune it with "
                           "task=captioning")  # fmt: skip
     check_caption_length(settings, loaded.model)
-    records = read_karpathy_splits(cfg, "captioning", [settings.eval_split])
+    # an image whose captions are all empty is scored too, against empty references, as the COCO evaluation does
+    records = read_karpathy_splits(cfg, "captioning", [settings.eval_split], keep_uncaptioned=True)
     if settings.max_eval_images > 0:
         records = records[: settings.max_eval_images]
     split = settings.eval_split
@@ -189,7 +190,8 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption, and the "
                           "scores are that file's")  # fmt: skip
     results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]
-    references = {str(r.image_id): list(r.captions) for r in records}
+    # empty references count as the official evaluation counts them: CIDEr averages over every reference
+    references = {str(r.image_id): [*r.captions, *[""] * r.empty] for r in records}
     # the official score of the captions file: an image it could not read scores its empty caption
     tokenizer = resolved_tokenizer(settings.tokenizer)
     scores = caption_scores(references, {str(row["image_id"]): row["caption"] for row in results},

@@ -22,6 +22,7 @@ class CaptionRecord:
     # each caption's index among its image's sentences in the file, where the reader left an empty one out (a
     # retrieval ranking names a caption by it); empty: the captions are the file's, in order
     numbers: tuple[int, ...] = ()
+    empty: int = 0  # the image's captions the reader left out as empty (the COCO evaluation scores them as such)
 
     def number(self, index: int) -> int:
         """The file's index of `captions[index]`."""
@@ -34,13 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def read_karpathy(
-    path: str | Path, image_root: str | Path, splits: tuple[str, ...] | None = None
+    path: str | Path, image_root: str | Path, splits: tuple[str, ...] | None = None, keep_uncaptioned: bool = False
 ) -> list[CaptionRecord]:
     """Karpathy's split file: one entry per image with `split` (train/restval/val/test) and its sentences.
 
     Images are found at `image_root/filepath/filename` (COCO) or `image_root/filename` (Flickr30k has no filepath).
     Every entry is checked (a DataError names the file, the entry and the field); empty captions are skipped and
-    counted in one warning, and so are images left without a caption.
+    counted in one warning (each record counts its own in `empty`), and so are images left without a caption, or
+    kept with `keep_uncaptioned` where every caption they have is empty (the COCO evaluation scores them).
     """
     entries = listed(read_json(path, "Karpathy split file"), "images", path, "Karpathy split file")
     image_root = Path(image_root)
@@ -73,8 +75,9 @@ def read_karpathy(
         if splits is not None and split not in splits:
             continue  # checked all the same: a damaged file is damaged whichever split is read
         skipped += empty
-        if captions:
-            records.append(CaptionRecord(image, tuple(captions), image_id, split, tuple(numbers) if empty else ()))
+        if captions or (keep_uncaptioned and empty):
+            numbered = tuple(numbers) if empty else ()
+            records.append(CaptionRecord(image, tuple(captions), image_id, split, numbered, len(empty)))
         else:
             skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
     # a misspelt split (`rest` for `restval`) would quietly leave its images out; a split of Karpathy's that a file
