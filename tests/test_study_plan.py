@@ -5,7 +5,10 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
+
 from meter.config import load_config, to_dict
+from meter.errors import ConfigError
 from meter.study.cells import config_changes, identity, plan_study
 from meter.study.spec import study_from_dict
 from meter.tasks.vqa import read_vqa_split
@@ -133,3 +136,40 @@ def test_a_study_planned_while_another_process_makes_its_world_waits_for_it(tmp_
         holder.communicate("", timeout=60)  # the other process is done: its lock goes with it
     planning.join(timeout=120)
     assert not planning.is_alive() and (out / "shapes" / "shapes_world.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("finetune", "named"),
+    [
+        (["vqa.eval_split=train2014"], "vqa.eval_split = 'train2014'"),
+        (["vqa.metric=official-2017"], "vqa.metric = 'official-2017'"),
+        (["train.best_on=val2014"], "train.best_on = 'val2014'"),
+    ],
+)
+def test_a_row_that_scores_its_column_otherwise_is_refused(shapes_world, tmp_path, finetune: list[str], named: str):
+    """A row on another split (or another VQA metric, or its best checkpoint chosen) was bolded in the same column
+    as the others, the report naming the base's split."""
+    study = micro_study(shapes_world, variants=[{"name": "merged", "overrides": ["model.fusion=merged"],
+                                                 "finetune": finetune}])  # fmt: skip
+    with pytest.raises(ConfigError, match=f"merged/seed-0 vqa: sets {named}.*set it in base.tasks.vqa.overrides"):
+        plan_study(study_from_dict(study), tmp_path / "out")
+    study["base"]["tasks"]["vqa"]["overrides"] = finetune  # for every row: planned
+    study["variants"][0]["finetune"] = []
+    assert plan_study(study_from_dict(study), tmp_path / "out2").cells
+
+
+def test_train_stop_at_is_refused_in_a_study(shapes_world):
+    """A run stopped at train.stop_at was recorded as finished and its scores reported."""
+    study = micro_study(shapes_world, variants=[{"name": "merged", "finetune": ["train.stop_at=1"]}])
+    with pytest.raises(ConfigError, match="variant 'merged' finetune: train.stop_at cannot be set in a study"):
+        study_from_dict(study)
+
+
+def test_rows_and_points_that_train_otherwise_but_score_alike_are_planned(shapes_world, tmp_path):
+    """The scoring check compares each run with the base row's run of the same cell; a search over when the best
+    checkpoint is looked for, and a row training on other splits, score alike."""
+    study = micro_study(shapes_world, search={"train.best_every": [1, 2]})
+    study["base"]["tasks"]["vqa"] |= {"overrides": ["train.best_on=val2014"], "select": {"holdout": 0.2}}
+    study["variants"][0]["finetune"] = ["train.lr=1e-4", "vqa.train_splits=[train2014]"]
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    assert [run.name for run in plan.cells[1].runs] == ["pretrain", "vqa", "vqa@best_every=1", "vqa@best_every=2"]

@@ -92,13 +92,15 @@ def test_entries_are_mean_sample_std_and_count_with_the_difference_from_the_base
     base, merged = uniform.rows
     stat = base.stats["vqa overall"]
     assert (stat.mean, stat.std, stat.n) == (statistics.mean([61.0, 64.5]), statistics.stdev([61.0, 64.5]), 2)
-    assert merged.stats["vqa overall"].std is None and merged.delta["vqa overall"] == 70.25 - 62.75
-    assert "vqa overall" in merged.best and "vqa overall" not in base.best
+    # the difference is over the seed both finished (seed 0: 70.25 against 61.0, not against the base's two-seed
+    # mean), and a row missing a seed is not ranked against complete ones: it is not bold
+    assert merged.stats["vqa overall"].std is None and merged.delta["vqa overall"] == 70.25 - 61.0
+    assert "vqa overall" not in merged.best and "vqa overall" in base.best
     assert entry(base, "vqa overall") == f"62.75 ± {statistics.stdev([61.0, 64.5]):.2f} (n=2)"
-    assert entry(merged, "vqa overall") == "70.25 (n=1) [+7.50]"
+    assert entry(merged, "vqa overall") == "70.25 (n=1) [+9.25]"
     lines = [line.split(",") for line in csv_report([uniform]).splitlines()]
     assert lines[1][3:] == ["co-attention", "vqa", "overall", "62.75", repr(statistics.stdev([61.0, 64.5])), "2", "",
-                            "0", "", "61.0;64.5", "0"]  # fmt: skip
+                            "1", "", "61.0;64.5", "0", "seed-0;seed-1", "0"]  # fmt: skip
 
 
 def test_an_evaluation_that_left_samples_out_says_so_in_its_entry(searched_plan):
@@ -108,7 +110,7 @@ def test_an_evaluation_that_left_samples_out_says_so_in_its_entry(searched_plan)
     Path(run.folder, "result.json").write_text(json.dumps({"metrics": {"overall": 15.76, "skipped": 3}}))
     uniform = next(t for t in build_tables(searched_plan) if t.kind == "uniform")
     assert entry(uniform.rows[0], "vqa overall") == "15.76 (n=1, 3 skipped)"
-    assert csv_report([uniform]).splitlines()[1].endswith(",15.76,3")
+    assert csv_report([uniform]).splitlines()[1].endswith(",15.76,3,seed-0,0")
 
 
 def test_a_row_with_no_finished_seed_shows_nothing(searched_plan):
@@ -139,8 +141,18 @@ def test_a_selection_score_of_another_split_is_not_compared(searched_plan):
     assert tuned["co-attention"].chosen == {"vqa": "lr=0.0003"} and tuned["merged"].chosen == {"vqa": "recipe"}
 
 
-def test_a_row_name_with_a_bar_keeps_the_markdown_tables_columns(searched_plan):
-    """A row named `a|b` shifted every later cell of report.md one column to the right (the page escaped it)."""
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("co|attention", "co\\|attention"),
+        ("*ViT*-B_16", "\\*ViT\\*-B_16"),
+        ("<img src=x>", "\\<img src=x\\>"),
+        ("a\\|b", "a\\\\\\|b"),
+    ],
+)
+def test_a_row_name_shows_in_the_markdown_table_as_written(searched_plan, name: str, written: str):
+    """A row named `a|b` shifted every later cell of report.md one column to the right (the page escaped it);
+    `*ViT*` showed in italics, `<img ...>` ran as HTML in a viewer."""
     from meter.study.report_text import markdown_table
 
     for cell in searched_plan.cells:
@@ -148,10 +160,46 @@ def test_a_row_name_with_a_bar_keeps_the_markdown_tables_columns(searched_plan):
             if run.kind == "finetune":
                 _result(run, 50.0, 40.0)
     table = build_tables(searched_plan)[0]
-    table.rows[0].name = "co|attention"
+    table.rows[0].name = name
     lines = markdown_table(table).splitlines()
-    columns = [line.replace("\\|", "").count("|") for line in lines]
-    assert len(set(columns)) == 1 and "co\\|attention" in lines[2]
+    columns = [line.replace("\\\\", "").replace("\\|", "").count("|") for line in lines]
+    assert len(set(columns)) == 1 and lines[2].startswith(f"| {written} |")
+
+
+def test_a_row_name_with_a_line_break_is_refused(shapes_world):
+    study = micro_study(shapes_world, variants=[{"name": "two\nlines", "overrides": ["model.fusion=merged"]}])
+    with pytest.raises(ConfigError, match="row name 'two\\\\nlines'.*printable"):
+        study_from_dict(study)
+
+
+def test_means_equal_but_for_the_floats_sum_order_tie(searched_plan):
+    """fmean([50.0, 50.02]) is 50.010000000000005, fmean([50.01, 50.01]) 50.01: the first row alone was bold, the
+    other shown [-0.00], and a search point chosen over the recipe it tied with."""
+    for cell in searched_plan.cells:
+        runs = {run.name: run for run in cell.runs}
+        seeds = [50.0, 50.02] if cell.row == "co-attention" else [50.01, 50.01]
+        _result(runs["vqa"], reported=seeds[cell.seed], selected=[50.01, 50.01][cell.seed])
+        _result(runs["vqa@lr=0.0003"], reported=30.0, selected=[50.0, 50.02][cell.seed])
+    tables = {t.kind: t for t in build_tables(searched_plan)}
+    base, merged = tables["uniform"].rows
+    assert base.stats["vqa overall"].mean != merged.stats["vqa overall"].mean, "the case: sums that differ in bits"
+    assert "vqa overall" in base.best and "vqa overall" in merged.best and merged.delta["vqa overall"] == 0.0
+    assert entry(merged, "vqa overall").endswith("[+0.00]")
+    assert all(row.chosen == {"vqa": "recipe"} for row in tables["tuned"].rows), "a tie goes to the recipe"
+    assert all(row.best == {"vqa selection @ recipe"} for row in tables["selection"].rows), "bold: the chosen point"
+
+
+def test_a_seed_whose_score_is_not_finite_is_named_and_its_row_not_ranked(searched_plan):
+    for cell in searched_plan.cells:
+        value = float("nan") if (cell.row, cell.seed) == ("merged", 1) else 60.0 + 10 * (cell.row == "merged")
+        (Path(next(r for r in cell.runs if r.name == "vqa").folder) / "result.json").write_text(
+            json.dumps({"metrics": {"overall": value}})
+        )  # fmt: skip  (json writes NaN)
+    base, merged = next(t for t in build_tables(searched_plan) if t.kind == "uniform").rows
+    assert entry(merged, "vqa overall") == "70.00 (n=1, 1 not finite) [+10.00]"
+    assert "vqa overall" not in merged.best and "vqa overall" in base.best
+    assert csv_report([next(t for t in build_tables(searched_plan) if t.kind == "uniform")]).splitlines()[2].endswith(
+        ",70.0,0,seed-0,1")  # fmt: skip
 
 
 def test_a_misspelt_metric_is_refused_naming_the_scores_the_runs_have(shapes_world, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from meter.cli import main
 from meter.errors import ConfigError
 from meter.study.cells import plan_study
+from meter.study.report_text import not_run
 from meter.study.spec import load_study, study_from_dict, study_rows
 from meter.train.distributed import split_global_batch
 from tests.studies import micro_study, write_study
@@ -268,3 +269,8 @@ def test_the_vlp_studies_report_zero_shot_flickr_retrieval_from_each_pretraining
         assert evaluated.startswith(f"{pretraining.folder}/checkpoints/step_"), "the pretraining, not fine-tuned"
     if name == "objectives.yaml":
         assert [cell.row for cell in plan.cells if not any(run.kind == "evaluate" for run in cell.runs)] == ["MLM"]
+        # its dash says why, not left to read as a failed run
+        assert not_run(plan) == ["f30k-zs: not run for MLM (– in its columns): pretrained without ITM, the model has "
+                                 "no head that scores a pair without fine-tuning"]  # fmt: skip
+    else:
+        assert not_run(plan) == []

@@ -122,7 +122,7 @@ def _check(spec: object, out: str) -> int:
     from pathlib import Path
 
     from meter.study.cells import PLAN, check_unchanged, plan_study
-    from meter.study.report_text import reported_splits
+    from meter.study.report_text import not_run, reported_splits
 
     plan = plan_study(spec, out, prepare=False)
     if (Path(out) / PLAN).is_file():  # the study has run there: an edit `run` would refuse is refused here too
@@ -133,6 +133,8 @@ def _check(spec: object, out: str) -> int:
     print(f"{len(plan.rows)} rows x {len(plan.seeds)} seeds x {len(plan.protocols)} protocols = {len(plan.cells)} "
           f"cells, {runs} runs; columns: {columns}")  # fmt: skip
     print(f"{reported_splits(plan)}.")
+    for line in not_run(plan):
+        print(f"{line}.")
     for cell in plan.cells:
         print(f"  {cell.name}: {', '.join(run.name for run in cell.own_runs())}"
               + (f" (pretraining of {', '.join(cell.depends_on)})" if cell.depends_on else ""))  # fmt: skip

@@ -164,7 +164,7 @@ def _nlvr2_files(cfg: Config) -> list[tuple[str, Path]]:
     for split in dict.fromkeys([cfg.nlvr2.train_split, cfg.nlvr2.eval_split]):
         files.append((f"nlvr2.file ({split})", _root(cfg) / cfg.nlvr2.file.format(split=split)))
         if split in cfg.nlvr2.image_dirs:
-            files.append((f"nlvr2.image_dirs.{split}", _root(cfg) / cfg.nlvr2.image_dirs[split]))
+            files.append((f"nlvr2.image_dirs ({split})", _root(cfg) / cfg.nlvr2.image_dirs[split]))
     return files
 
 

@@ -34,7 +34,7 @@ from meter.errors import ConfigError, DataError
 from meter.output_folder import waiting_for_folder
 from meter.plan.tasks import task_plan
 from meter.study.holdout import Holdout, vqa_holdout
-from meter.study.spec import CELL_RECORD, Change, Row, StudySpec, slug, study_rows, world_spec
+from meter.study.spec import CELL_RECORD, NOT_IN_A_STUDY, Change, Row, StudySpec, slug, study_rows, world_spec
 from meter.study.unseen import vqa_unseen
 from meter.train.checkpoint import Checkpoints
 from meter.validate import validate
@@ -209,7 +209,30 @@ def _resolved(recipe: Path, overrides: list[str], where: str) -> Config:
         validate(cfg)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error.args[0]}") from None
+    if cfg.train.stop_at:  # a recipe's own: the study's overrides are refused with it (spec.NOT_IN_A_STUDY)
+        why = NOT_IN_A_STUDY["train.stop_at"]
+        raise ConfigError(f"{where}: train.stop_at = {cfg.train.stop_at} in {recipe}: {why}")
     return cfg
+
+
+# how a task's column is scored, beside the split and its files: a row or search point that changed one would be
+# reported in the same column as the others, scored otherwise (the task's section's, where it has the setting)
+SCORING = (("task", "max_eval_images"), ("task", "metric"), ("task", "tokenizer"), ("train", "best_on"))
+
+
+FILES = "the files it is read from"
+
+
+def scoring(cfg: Config) -> dict[str, object]:
+    """The settings that decide how a run's reported number is computed, by name."""
+    section = cfg.task
+    split, files = _evaluated_split(cfg)
+    found: dict[str, object] = {f"{section}.eval_split": split, FILES: files}
+    for part, key in SCORING:
+        settings = getattr(cfg, section if part == "task" else part)
+        if hasattr(settings, key):
+            found[f"{section if part == 'task' else part}.{key}"] = getattr(settings, key)
+    return found
 
 
 class Planner:
@@ -382,18 +405,25 @@ class Planner:
                *_row_overrides(row.changes, "finetune")]  # fmt: skip
         if holdout or unseen:
             self._check_split_settings(f"{cell} {task}", recipe, own, task)
-        base = [*own, *(holdout.train if holdout else []), *(unseen.overrides if unseen else [])]
+        splits = [*(holdout.train if holdout else []), *(unseen.overrides if unseen else [])]
+        base = [*own, *splits]
+        # how the base row's run of this cell is scored: every row's and search point's must be scored alike
+        base_row = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune, *splits]
+        study = scoring(_resolved(recipe, [*base_row, *common, *steps], f"{cell} {task} (the base row's)"))
         select = (holdout.select if holdout else spec.select.overrides) if self.spec.search else []
         inputs = {**upstream, **self.world, **({"holdout": spec.select.holdout} if holdout else {}),
                   **({"unseen": unseen.corpora} if unseen else {})}  # fmt: skip
         if spec.zero_shot:
-            return [self._zero_shot_run(cell, folder, task, recipe, [*base, *common], inputs)]
+            run = self._zero_shot_run(cell, folder, task, recipe, [*base, *common], inputs)
+            self._check_scoring(f"{cell} {task}", scoring(run.config()), study, task)
+            return [run]
         runs: list[RunPlan] = []
         seen: set[str] = set()
         for point, point_overrides in [("", []), *self.points]:
             name = f"{task}@{slug_point(point)}" if point else task
             overrides = [*base, *point_overrides, *common, *steps]
             cfg = _resolved(recipe, overrides, f"{cell} {name}")
+            self._check_scoring(f"{cell} {name}", scoring(cfg), study, task)
             key = identity(cfg, self.out)
             if key in seen:  # a search value equal to the recipe's: the same run
                 continue
@@ -404,6 +434,17 @@ class Planner:
             runs.append(RunPlan(name, "finetune", task, point, str(recipe), overrides, str(folder / name), cell, key,
                                 select, self.kinds[task], inputs))  # fmt: skip
         return runs
+
+    @staticmethod
+    def _check_scoring(where: str, mine: dict[str, object], study: dict[str, object], task: str) -> None:
+        """Every row and search point of a column is scored alike (a row on test1 beside the others on dev was
+        bolded as the best, the report naming dev)."""
+        changed = [key if key == FILES else f"{key} = {mine[key]!r}" for key in study if mine.get(key) != study[key]]
+        if changed:
+            shown = ", ".join(changed)
+            raise ConfigError(f"{where}: sets {shown}, unlike the base row's run of {task}: a column compares runs "
+                              f"scored alike; set it in base.tasks.{task}.overrides (for every row), not in a row or "
+                              "a search")  # fmt: skip
 
     def _check_split_settings(self, where: str, recipe: Path, overrides: list[str], task: str) -> None:
         """The split files the study writes (select.holdout, unseen) are made from the task's own settings, for every

@@ -12,7 +12,7 @@ import yaml
 from meter.run_folders import finished_checkpoint
 from meter.study.cells import RUN, RunPlan, StudyPlan
 from meter.study.records import read_json, run_done
-from meter.study.report_text import NOTE, entry, reported_splits
+from meter.study.report_text import NOTE, entry, not_run, reported_splits
 from meter.study.results import Table
 from meter.study.spec import PROTOCOLS
 from meter.study.status import cell_state
@@ -102,6 +102,7 @@ def write_page(
         parts.append(f"<p>{_e(plan.description.strip())}</p>")
     parts.append(f"<p>Protocols: {protocols}. Seeds: {_e(', '.join(map(str, plan.seeds)))}. {_e(NOTE)}.</p>")
     parts.append(f"<p>{_e(reported_splits(plan))}.</p>")
+    parts += [f"<p>{_e(line)}.</p>" for line in not_run(plan)]
     if mixed:
         items = "".join(f"<li>{_e(line)}</li>" for line in mixed)
         parts.append(f'<h2>Not comparable</h2><ul class="warning">{items}</ul>')

@@ -41,7 +41,7 @@ def bar_chart(table: Table) -> bytes:
     for ax, column in zip(axes.flat, table.columns, strict=False):
         names = [row.name for row in table.rows]
         stats = [row.stats.get(column.label) for row in table.rows]
-        means = [s.mean if s else 0.0 for s in stats]
+        means = [s.mean if s and s.n else 0.0 for s in stats]
         errors = [s.std or 0.0 if s else 0.0 for s in stats]
         palette = [colors[i % len(colors)] for i in range(len(names))]
         ax.bar(range(len(names)), means, yerr=errors, capsize=4, color=palette)
@@ -49,7 +49,7 @@ def bar_chart(table: Table) -> bytes:
         ax.set_title(column.label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         for index, (mean, stat) in enumerate(zip(means, stats, strict=True)):
-            ax.text(index, mean, f"{mean:.1f}" if stat else "n/a", ha="center", va="bottom", fontsize=8)
+            ax.text(index, mean, f"{mean:.1f}" if stat and stat.n else "n/a", ha="center", va="bottom", fontsize=8)
     return _png(fig)
 
 

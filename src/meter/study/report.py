@@ -11,7 +11,7 @@ from pathlib import Path
 from meter.study.cells import load_plan
 from meter.study.page import write_page
 from meter.study.plots import bar_chart, pretraining_curves
-from meter.study.report_text import NOTE, csv_report, markdown_table, reported_splits
+from meter.study.report_text import NOTE, csv_report, markdown_cell, markdown_table, not_run, reported_splits
 from meter.study.results import Table, build_tables
 from meter.study.scorers import mixed_scorers
 from meter.study.spec import PROTOCOLS
@@ -27,6 +27,7 @@ def markdown_report(out: Path, tables: list[Table], mixed: list[str]) -> str:
         parts += [plan.description.strip(), ""]
     parts += ["Protocols: " + "; ".join(f"**{p}**: {PROTOCOLS[p]}" for p in plan.protocols) + ".", "",
               f"Seeds: {', '.join(map(str, plan.seeds))}. {NOTE}.", "", f"{reported_splits(plan)}.", ""]  # fmt: skip
+    parts += [f"{markdown_cell(line)}." for line in not_run(plan)] + ([""] if not_run(plan) else [])
     if mixed:
         parts += ["## Not comparable", "", *(f"- {line}" for line in mixed), ""]
     for table in tables:

@@ -1,6 +1,8 @@
 """The study's tables from its runs' results: one row per variant, one column per task metric, each entry the mean
-and standard deviation over the seeds that finished (with their number), its difference from the base row, and the
-best of each column marked (every metric here is higher-is-better).
+and standard deviation over the seeds that finished (with their number), its difference from the base row over the
+seeds both finished, and the best of each column marked among the entries every seed of the row finished (every
+metric here is higher-is-better). Means that differ only in their last bits (50.01 and the mean of 50.00 and 50.02)
+are ties: the bold marks, differences and search choices go by the numbers, not by the order of a float sum.
 
 The uniform table runs every row with the recipe's settings, as the paper does. With a search, the tuned table runs
 every row at its own best: for each row and task, the search point (the recipe's settings among them) whose mean
@@ -26,10 +28,17 @@ RECIPE = "recipe"  # the name shown for the search point that is the recipe's ow
 MAX_LISTED = 20  # score keys a message lists (VQA has one per question type)
 
 
+def same(a: float, b: float) -> bool:
+    """Equal but for the rounding of a float sum."""
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
 @dataclass
 class Stat:
     values: list[float]
     skipped: int = 0  # evaluation samples whose image could not be read (scored as the file answers them), all seeds
+    seeds: list[str] = field(default_factory=list)  # the seed (its cell's folder, seed-N) of each value, in order
+    not_finite: int = 0  # seeds whose score was NaN or infinite: not in `values`, and the entry says so
 
     @property
     def n(self) -> int:
@@ -37,7 +46,8 @@ class Stat:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.values)
+        """NaN where no seed gave a finite value."""
+        return statistics.fmean(self.values) if self.values else math.nan
 
     @property
     def std(self) -> float | None:
@@ -63,6 +73,7 @@ class TableRow:
     delta: dict[str, float | None] = field(default_factory=dict)  # mean minus the base row's
     best: set[str] = field(default_factory=set)  # the columns where this row is best
     chosen: dict[str, str] = field(default_factory=dict)  # tuned: task -> the chosen search point
+    seeds: int = 0  # the row's cells (one per seed): an entry with fewer values is not ranked against complete ones
 
 
 @dataclass
@@ -146,9 +157,9 @@ def selection_value(kind: str, scores: dict[str, Any]) -> float | None:
 
 
 def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> dict[str, tuple[float, int]]:
-    """Each cell's (seed's) finite value of `metric` in its result's `part` (metrics, select), and the number of
-    samples whose image its evaluation could not read (within data.max_bad_samples). `metric` SELECTION: the
-    task's selection score."""
+    """Each cell's (seed's) value of `metric` in its result's `part` (metrics, select), and the number of samples
+    whose image its evaluation could not read (within data.max_bad_samples). `metric` SELECTION: the task's
+    selection score. A value that is not finite is kept, for `_stat` to count apart."""
     values = {}
     for cell in cells:
         run = _runs(cell, task).get(point)
@@ -157,16 +168,18 @@ def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: st
             result = None  # (a study whose selection changed, its re-evaluation not yet done): not this table's
         scores = (result.get(part) or {}) if result else {}
         value = selection_value(run.task_kind, scores) if metric == SELECTION and run else metric_value(scores, metric)
-        if value is not None and math.isfinite(value):
+        if value is not None:
             skipped = scores.get("skipped", 0)
             values[cell.name] = (value, skipped if isinstance(skipped, int) else 0)
     return values
 
 
 def _stat(found: dict[str, tuple[float, int]]) -> Stat | None:
+    finite = {cell: pair for cell, pair in found.items() if math.isfinite(pair[0])}
     if not found:
         return None
-    return Stat([value for value, _ in found.values()], sum(skipped for _, skipped in found.values()))
+    return Stat([value for value, _ in finite.values()], sum(skipped for _, skipped in finite.values()),
+                [cell.rsplit("/", 1)[-1] for cell in finite], len(found) - len(finite))  # fmt: skip
 
 
 def _column_stat(cells: list[CellPlan], task: str, point: str, metric: str, part: str) -> Stat | None:
@@ -196,24 +209,52 @@ def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | Non
     """The point with the best mean selection score (ties: the earlier, the recipe's first), and every point's. The
     points are compared over the seeds every one of them finished (a point whose second seed failed is not ranked
     by its first seed alone against the others' two); without such a seed, over each point's own."""
-    found = {p: _by_cell(cells, task, p, SELECTION, "select") for p in candidate_points(plan, cells, task)}
-    scores = {point: _stat(values) for point, values in found.items()}
+    points = candidate_points(plan, cells, task)
+    every = {p: _by_cell(cells, task, p, SELECTION, "select") for p in points}
+    scores = {point: _stat(values) for point, values in every.items()}
+    found = {p: {cell: pair for cell, pair in values.items() if math.isfinite(pair[0])} for p, values in every.items()}
     shared = set.intersection(*(set(values) for values in found.values() if values)) if any(found.values()) else set()
-    ranked = [(statistics.fmean(values[cell][0] for cell in shared or values), -index, point)
-              for index, (point, values) in enumerate(found.items()) if values]  # fmt: skip
-    return (max(ranked)[2] if ranked else None), scores
+    means = {point: statistics.fmean(values[cell][0] for cell in shared or values)
+             for point, values in found.items() if values}  # fmt: skip
+    if not means:
+        return None, scores
+    top = max(means.values())
+    return next(point for point, mean in means.items() if same(mean, top)), scores  # ties: the earlier
+
+
+def complete(row: TableRow, stat: Stat | None) -> bool:
+    """Every seed of the row gave a finite value: the entry is ranked against the others."""
+    return stat is not None and stat.n == row.seeds and not stat.not_finite
+
+
+def _difference(stat: Stat, base: Stat) -> float | None:
+    """The mean difference over the seeds both finished (None: none); 0 where the means are the same number."""
+    ours, theirs = dict(zip(stat.seeds, stat.values, strict=True)), dict(zip(base.seeds, base.values, strict=True))
+    shared = [seed for seed in ours if seed in theirs]
+    if not shared:
+        return None
+    mine, other = statistics.fmean(ours[s] for s in shared), statistics.fmean(theirs[s] for s in shared)
+    return 0.0 if same(mine, other) else mine - other
+
+
+def _deltas(rows: list[TableRow], labels: list[str]) -> None:
+    base = rows[0] if rows else None
+    for label in labels:
+        base_stat = base.stats.get(label) if base else None
+        for row in rows:
+            stat = row.stats.get(label)
+            row.delta[label] = _difference(stat, base_stat) if stat and base_stat and row is not base else None
 
 
 def _mark(rows: list[TableRow], labels: list[str]) -> None:
-    base = rows[0] if rows else None
+    """Differences from the base row, and the best complete entry of each column in bold (ties: each of them)."""
+    _deltas(rows, labels)
     for label in labels:
-        means = [row.stats[label].mean for row in rows if row.stats.get(label)]
+        means = [row.stats[label].mean for row in rows if complete(row, row.stats.get(label))]
         top = max(means) if means else None
         for row in rows:
             stat = row.stats.get(label)
-            base_stat = base.stats.get(label) if base else None
-            row.delta[label] = stat.mean - base_stat.mean if stat and base_stat and row is not base else None
-            if stat and top is not None and stat.mean == top:
+            if top is not None and complete(row, stat) and same(stat.mean, top):
                 row.best.add(label)
 
 
@@ -234,10 +275,10 @@ def build_tables(plan: StudyPlan) -> list[Table]:
         for row in plan.rows:
             cells = _cells(plan, protocol, row)
             stats = {c.label: _column_stat(cells, c.task, "", c.metric, "metrics") for c in cols}
-            uniform.append(TableRow(row, stats))
+            uniform.append(TableRow(row, stats, seeds=len(cells)))
             if not plan.points:
                 continue
-            tuned_row, select_row = TableRow(row, {}), TableRow(row, {})
+            tuned_row, select_row = TableRow(row, {}, seeds=len(cells)), TableRow(row, {}, seeds=len(cells))
             for task in plan.tasks:
                 # a zero-shot task has nothing to tune: the tuned table shows its one evaluation
                 point, scores = ("", {}) if plan.tasks[task].zero_shot else choose(plan, cells, task)
@@ -253,6 +294,9 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                     if column.label not in [s.label for s in select_cols]:
                         select_cols.append(column)
                     select_row.stats[column.label] = stat
+                    if candidate == point:  # bold in the selection table: the point the tuned table shows
+                        select_row.best.add(column.label)
+                        select_row.chosen[task] = point_label(point)
             tuned.append(tuned_row)
             selection.append(select_row)
         _mark(uniform, labels)
@@ -260,10 +304,10 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                             protocol, "uniform", cols, uniform))  # fmt: skip
         if plan.points:
             _mark(tuned, labels)
-            _mark(selection, [c.label for c in select_cols])
+            _deltas(selection, [c.label for c in select_cols])
             tables.append(Table(f"{protocol}-tuned", f"{plan.title}: {name}, each row at its best search point",
                                 protocol, "tuned", cols, tuned))  # fmt: skip
-            tables.append(Table(f"{protocol}-selection", f"{plan.title}: {name}, selection-split scores of each "
-                                "search point (the tuned table picks the best)", protocol, "selection",
-                                select_cols, selection))  # fmt: skip
+            title = (f"{plan.title}: {name}, selection-split scores of each search point (bold: the one the tuned "
+                     "table shows, the best mean over the seeds every point finished)")  # fmt: skip
+            tables.append(Table(f"{protocol}-selection", title, protocol, "selection", select_cols, selection))
     return tables

@@ -226,6 +226,11 @@ def _check_zero_shot(spec: StudySpec, task: TaskSpec, key: str) -> None:
 
 # settings the study sets for every run, after its overrides: one given there would be silently overruled
 STUDY_SETS = {"train.seed": "seeds", "train.out": "the cell's folder", "train.init_from": "the cell's pretraining"}
+# settings a study cannot take: a run stopped at train.stop_at was recorded as finished, and its scores reported
+NOT_IN_A_STUDY = {
+    "train.stop_at": "a study runs each run to its train.max_steps (a job stopped by its time limit "
+    "checkpoints and is resumed by the next `meter study run` or slurm's requeue)"
+}
 
 
 def _check_overrides(overrides: list[str], key: str, steps: str = "") -> None:
@@ -239,6 +244,8 @@ def _check_overrides(overrides: list[str], key: str, steps: str = "") -> None:
 def _check_setting(setting: str, key: str, steps: str) -> None:
     if setting in STUDY_SETS:
         raise ConfigError(f"{key}: {setting} is set by the study ({STUDY_SETS[setting]}), over any value given here")
+    if setting in NOT_IN_A_STUDY:
+        raise ConfigError(f"{key}: {setting} cannot be set in a study: {NOT_IN_A_STUDY[setting]}")
     if setting == "train.max_steps" and steps:
         raise ConfigError(f"{key}: train.max_steps is set by {steps}, over any value given here; change {steps} (0 "
                           "takes each recipe's train.max_steps)")  # fmt: skip
@@ -312,6 +319,9 @@ def check_study(spec: StudySpec) -> None:
         if row.slug in seen:
             raise ConfigError(f"variants {seen[row.slug]!r} and {row.name!r} have the same folder name {row.slug!r}")
         seen[row.slug] = row.name
+        if not row.name.isprintable():  # a line break in a name broke the report's table
+            raise ConfigError(f"row name {row.name!r}: a row's name is shown in the report's tables; give it printable "
+                              "characters only (no line breaks, tabs or other invisible characters)")  # fmt: skip
         for change in row.changes:
             steps = {"overrides": pretrain_steps or task_steps, "pretrain": pretrain_steps, "finetune": task_steps}
             for part in ("overrides", "pretrain", "finetune"):
