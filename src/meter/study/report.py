@@ -27,7 +27,8 @@ def markdown_report(out: Path, tables: list[Table], mixed: list[str]) -> str:
         parts += [plan.description.strip(), ""]
     parts += ["Protocols: " + "; ".join(f"**{p}**: {PROTOCOLS[p]}" for p in plan.protocols) + ".", "",
               f"Seeds: {', '.join(map(str, plan.seeds))}. {NOTE}.", "", f"{reported_splits(plan)}.", ""]  # fmt: skip
-    parts += [f"{markdown_cell(line)}." for line in not_run(plan)] + ([""] if not_run(plan) else [])
+    notes = not_run(plan)
+    parts += [f"{markdown_cell(line)}." for line in notes] + ([""] if notes else [])
     if mixed:
         parts += ["## Not comparable", "", *(f"- {line}" for line in mixed), ""]
     for table in tables:

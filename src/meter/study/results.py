@@ -174,8 +174,12 @@ def _by_cell(cells: list[CellPlan], task: str, point: str, metric: str, part: st
     return values
 
 
+def _finite(found: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    return {cell: pair for cell, pair in found.items() if math.isfinite(pair[0])}
+
+
 def _stat(found: dict[str, tuple[float, int]]) -> Stat | None:
-    finite = {cell: pair for cell, pair in found.items() if math.isfinite(pair[0])}
+    finite = _finite(found)
     if not found:
         return None
     return Stat([value for value, _ in finite.values()], sum(skipped for _, skipped in finite.values()),
@@ -212,7 +216,7 @@ def choose(plan: StudyPlan, cells: list[CellPlan], task: str) -> tuple[str | Non
     points = candidate_points(plan, cells, task)
     every = {p: _by_cell(cells, task, p, SELECTION, "select") for p in points}
     scores = {point: _stat(values) for point, values in every.items()}
-    found = {p: {cell: pair for cell, pair in values.items() if math.isfinite(pair[0])} for p, values in every.items()}
+    found = {point: _finite(values) for point, values in every.items()}
     shared = set.intersection(*(set(values) for values in found.values() if values)) if any(found.values()) else set()
     means = {point: statistics.fmean(values[cell][0] for cell in shared or values)
              for point, values in found.items() if values}  # fmt: skip

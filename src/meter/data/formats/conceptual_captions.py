@@ -48,10 +48,10 @@ def count_lines(path: Path) -> int:
     return lines + (last != b"\n")  # a last line without its newline counts too
 
 
-def tsv_url(text: str) -> str | None:
-    """The URL of a `caption<TAB>url` line, or None when the line has none."""
-    _, tab, url = text.rpartition("\t")
-    return url.strip() if tab and url.strip() else None
+def caption_and_url(text: str) -> tuple[str, str] | None:
+    """The caption and URL of a `caption<TAB>url` line, or None when the line has no URL."""
+    caption, tab, url = text.rpartition("\t")
+    return (caption, url.strip()) if tab and url.strip() else None
 
 
 def shared_file_names(tsv: Path) -> dict[str, list[int]]:
@@ -61,10 +61,11 @@ def shared_file_names(tsv: Path) -> dict[str, list[int]]:
     with tsv.open("rb") as f:
         for row, line in enumerate(f):
             try:
-                url = tsv_url(line.rstrip(b"\r\n").decode("utf-8"))
+                fields = caption_and_url(line.rstrip(b"\r\n").decode("utf-8"))
             except UnicodeDecodeError:
                 continue  # the row is unusable anyway
-            if url is not None:
+            if fields is not None:
+                url = fields[1]
                 rows.append(row)
                 names.append(zlib.crc32(url.encode("utf-8")) & 0xFFFFFFFF)
                 urls.append(hash(url))  # tells distinct URLs apart (within this process)
@@ -104,10 +105,11 @@ class ConceptualCaptionsSource:
             if isinstance(text, Unusable):
                 yield text
                 continue
-            url = tsv_url(text)
-            if url is None:
+            fields = caption_and_url(text)
+            if fields is None:
                 yield Unusable(name, f"{name}: not a 'caption<TAB>url' line")
                 continue
+            caption, url = fields
             file_name = url_file_name(url)
             image = find_image(self.images, file_name)
             if file_name in shared and image.is_file():
@@ -115,5 +117,4 @@ class ConceptualCaptionsSource:
                 yield Unusable(name, f"{name}: {image} is the download of more than one URL (lines {lines} of the "
                                "TSV: their CRC32 file names collide), and which image it holds is unknown")  # fmt: skip
                 continue
-            caption = text.rpartition("\t")[0]
             yield caption_sample(f"{row:09d}", image, [caption], name, {"url": url, "row": row})
