@@ -276,3 +276,39 @@ def test_a_captioning_column_scored_with_two_tokenizers_is_named_not_comparable(
     assert "python: vlp/merged/seed-0/coco" in mixed and "meter evaluate captioning --checkpoint" in mixed
     assert "different caption tokenizers" in report["html"]
     assert "not recorded (scored before results named it: Python's" in scored("merged")["markdown"]  # an older result
+
+
+def test_a_column_that_counts_things_has_no_best_entry(searched_plan):
+    """`metrics: [overall, skipped]` bolded the row that skipped the most samples, as if it scored higher."""
+    searched_plan.tasks["vqa"].metrics = ["overall", "skipped"]
+    for cell in searched_plan.cells:
+        for run in cell.runs:
+            merged = cell.row == "merged"
+            Path(run.folder, "result.json").write_text(json.dumps({"metrics": {"overall": 60.0 + merged,
+                                                                               "skipped": 3 * merged}}))  # fmt: skip
+    uniform = next(t for t in build_tables(searched_plan) if t.kind == "uniform")
+    base, merged = uniform.rows
+    assert merged.best == {"vqa overall"} and not base.best
+    assert merged.delta["vqa skipped"] == 3.0, "a count still shows its difference from the base row"
+
+
+def test_the_report_shows_the_title_and_row_names_as_written_and_drops_figures_it_no_longer_draws(
+    shapes_world, tmp_path
+):
+    """A row named with `$...$` failed the report (matplotlib read it as math); a title's `*` or `<b>` formatted
+    report.md; a bar chart of a protocol the study no longer has stayed beside the report."""
+    from meter.study.report import write_report
+
+    study = micro_study(shapes_world, seeds=[0], title="<b>Fusion</b> *study*",
+                        variants=[{"name": r"cost $\frac$", "overrides": ["model.fusion=merged"]}])  # fmt: skip
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    for cell in plan.cells:
+        _result(next(run for run in cell.runs if run.task == "vqa"), reported=70.0)
+    stale, users = tmp_path / "out" / "bars-no-vlp-uniform.png", tmp_path / "out" / "bars-mine.png"
+    stale.write_bytes(b"an earlier report's chart")
+    users.write_bytes(b"not the report's")
+    report = write_report(tmp_path / "out")["markdown"].read_text()
+    assert report.startswith("# \\<b\\>Fusion\\</b\\> \\*study\\*\n")
+    assert "## \\<b\\>Fusion\\</b\\> \\*study\\*: with VLP" in report and "| cost $\\\\frac$ |" in report
+    assert (tmp_path / "out" / "bars-vlp-uniform.png").stat().st_size > 1000
+    assert not stale.exists() and users.read_bytes() == b"not the report's"

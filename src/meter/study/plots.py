@@ -20,6 +20,11 @@ def _pyplot():  # matplotlib.pyplot, imported late (slow) with a file-only backe
     return plt
 
 
+def _plain(text: str) -> str:
+    """Text shown as written: matplotlib reads `$...$` as math (`$\\frac$` in a row name failed the report)."""
+    return text.replace("$", r"\$")
+
+
 def _png(fig) -> bytes:  # a matplotlib Figure
     buffer = io.BytesIO()
     fig.tight_layout()
@@ -39,14 +44,14 @@ def bar_chart(table: Table) -> bytes:
     for ax in axes.flat[len(table.columns) :]:
         ax.axis("off")
     for ax, column in zip(axes.flat, table.columns, strict=False):
-        names = [row.name for row in table.rows]
+        names = [_plain(row.name) for row in table.rows]
         stats = [row.stats.get(column.label) for row in table.rows]
         means = [s.mean if s and s.n else 0.0 for s in stats]
         errors = [s.std or 0.0 if s else 0.0 for s in stats]
         palette = [colors[i % len(colors)] for i in range(len(names))]
         ax.bar(range(len(names)), means, yerr=errors, capsize=4, color=palette)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(column.label, fontsize=10)
+        ax.set_title(_plain(column.label), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         for index, (mean, stat) in enumerate(zip(means, stats, strict=True)):
             ax.text(index, mean, f"{mean:.1f}" if stat and stat.n else "n/a", ha="center", va="bottom", fontsize=8)
@@ -77,8 +82,8 @@ def pretraining_curves(plan: StudyPlan) -> bytes | None:
                 if points:
                     steps, values = zip(*points, strict=True)
                     ax.plot(steps, values, color=colors[index % len(colors)], alpha=0.85, linewidth=1.2,
-                            label=row if number == 0 else None)  # fmt: skip
-        ax.set_title(key, fontsize=10)
+                            label=_plain(row) if number == 0 else None)  # fmt: skip
+        ax.set_title(_plain(key), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def markdown_report(out: Path, tables: list[Table], mixed: list[str]) -> str:
     plan = load_plan(out)
-    parts = [f"# {plan.title}", ""]
+    parts = [f"# {markdown_cell(plan.title)}", ""]
     if plan.description:
         parts += [plan.description.strip(), ""]
     parts += ["Protocols: " + "; ".join(f"**{p}**: {PROTOCOLS[p]}" for p in plan.protocols) + ".", "",
@@ -30,14 +30,15 @@ def markdown_report(out: Path, tables: list[Table], mixed: list[str]) -> str:
     notes = not_run(plan)
     parts += [f"{markdown_cell(line)}." for line in notes] + ([""] if notes else [])
     if mixed:
-        parts += ["## Not comparable", "", *(f"- {line}" for line in mixed), ""]
+        parts += ["## Not comparable", "", *(f"- {markdown_cell(line)}" for line in mixed), ""]
     for table in tables:
-        parts += [f"## {table.title}", "", markdown_table(table), ""]
+        parts += [f"## {markdown_cell(table.title)}", "", markdown_table(table), ""]
     states = study_states(out)
     unfinished = [s for s in states if s.state != "done"]
     if unfinished:
         parts += ["## Cells not done", ""]
-        parts += [f"- `{s.name}`: {s.state}" + (f" ({s.detail})" if s.detail else "") for s in unfinished]
+        parts += [f"- `{s.name}`: {s.state}" + (f" ({markdown_cell(s.detail)})" if s.detail else "")
+                  for s in unfinished]  # fmt: skip
         parts.append("")
     return "\n".join(parts)
 
@@ -57,6 +58,10 @@ def write_report(out: str | Path) -> dict[str, Path]:
     curves = pretraining_curves(plan)
     if curves:
         figures["pretraining-loss.png"] = curves
+    ours = [f"bars-{protocol}-{kind}.png" for protocol in PROTOCOLS for kind in ("uniform", "tuned")]
+    for stale in [*ours, "pretraining-loss.png"]:
+        if stale not in figures:  # an earlier report's figure of a table (or curves) this one no longer has
+            (out / stale).unlink(missing_ok=True)
     for name, data in figures.items():
         (out / name).write_bytes(data)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}

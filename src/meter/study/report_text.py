@@ -13,8 +13,8 @@ from meter.study.unseen import UNSEEN
 NOTE = ("mean ± sample standard deviation over seeds (n: seeds that finished; skipped: evaluation samples whose image "
         "could not be read, scored as the leaderboard file answers them, over those seeds; not finite: seeds whose "
         "score was NaN or infinite, left out); in brackets the difference from the first row over the seeds both "
-        "finished; bold: the best of its column among the entries every seed of their row finished (in a selection "
-        "table: the search point the tuned table shows)")  # fmt: skip
+        "finished; bold: the best of its column among the entries every seed of their row finished (none in a column "
+        "of counts, such as skipped; in a selection table: the search point the tuned table shows)")  # fmt: skip
 
 
 def reported_splits(plan: StudyPlan) -> str:

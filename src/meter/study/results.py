@@ -1,8 +1,9 @@
 """The study's tables from its runs' results: one row per variant, one column per task metric, each entry the mean
 and standard deviation over the seeds that finished (with their number), its difference from the base row over the
 seeds both finished, and the best of each column marked among the entries every seed of the row finished (every
-metric here is higher-is-better). Means that differ only in their last bits (50.01 and the mean of 50.00 and 50.02)
-are ties: the bold marks, differences and search choices go by the numbers, not by the order of a float sum.
+score here is higher-is-better; a column that counts things, such as skipped or images, has no best). Means that
+differ only in their last bits (50.01 and the mean of 50.00 and 50.02) are ties: the bold marks, differences and
+search choices go by the numbers, not by the order of a float sum.
 
 The uniform table runs every row with the recipe's settings, as the paper does. With a search, the tuned table runs
 every row at its own best: for each row and task, the search point (the recipe's settings among them) whose mean
@@ -26,6 +27,10 @@ from meter.tasks.downstream import DOWNSTREAM
 
 RECIPE = "recipe"  # the name shown for the search point that is the recipe's own settings
 MAX_LISTED = 20  # score keys a message lists (VQA has one per question type)
+# the keys of a task's scores that count things rather than score the model (fewer skipped samples is not a higher
+# score, and the chance recall is the split's, not the model's): shown in the tables, never marked best
+COUNTS = {"skipped", "images", "texts", "questions", "examples", "sentences", "shortlist", "scored_pairs", "beam_size",
+          "chance"}  # fmt: skip
 
 
 def same(a: float, b: float) -> bool:
@@ -64,6 +69,11 @@ class Column:
     @property
     def label(self) -> str:
         return f"{self.task} {self.short or self.metric}"
+
+    @property
+    def ranked(self) -> bool:
+        """A score (higher is better), not a count: its best entry is marked."""
+        return self.metric.split(".", 1)[0] not in COUNTS
 
 
 @dataclass
@@ -251,8 +261,7 @@ def _deltas(rows: list[TableRow], labels: list[str]) -> None:
 
 
 def _mark(rows: list[TableRow], labels: list[str]) -> None:
-    """Differences from the base row, and the best complete entry of each column in bold (ties: each of them)."""
-    _deltas(rows, labels)
+    """The best complete entry of each column in bold (ties: each of them)."""
     for label in labels:
         means = [row.stats[label].mean for row in rows if complete(row, row.stats.get(label))]
         top = max(means) if means else None
@@ -303,11 +312,14 @@ def build_tables(plan: StudyPlan) -> list[Table]:
                         select_row.chosen[task] = point_label(point)
             tuned.append(tuned_row)
             selection.append(select_row)
-        _mark(uniform, labels)
+        ranked = [c.label for c in cols if c.ranked]
+        _deltas(uniform, labels)
+        _mark(uniform, ranked)
         tables.append(Table(f"{protocol}-uniform", f"{plan.title}: {name}, the recipe's settings for every row",
                             protocol, "uniform", cols, uniform))  # fmt: skip
         if plan.points:
-            _mark(tuned, labels)
+            _deltas(tuned, labels)
+            _mark(tuned, ranked)
             _deltas(selection, [c.label for c in select_cols])
             tables.append(Table(f"{protocol}-tuned", f"{plan.title}: {name}, each row at its best search point",
                                 protocol, "tuned", cols, tuned))  # fmt: skip
