@@ -311,6 +311,7 @@ def test_the_vqa_recipes_test_dev_split_needs_no_annotations():
     plan = make_plan(load_config(CONFIGS / "clip16-roberta-vqa.yaml"), processes=8)
     keys = {path.key for path in plan.paths}
     assert "vqa.questions (test-dev2015)" in keys and "vqa.annotations (test-dev2015)" not in keys
+    assert "vqa.questions (test2015, the submission's)" in keys  # EvalAI's test-dev phase takes all of test2015
     assert {"vqa.annotations (train2014)", "vqa.annotations (val2014)"} <= keys
 
 

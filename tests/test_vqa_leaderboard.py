@@ -20,9 +20,13 @@ from tests.conftest import MICRO
 QUESTION_OFFSET, IMAGE_OFFSET = 1_000_000, 500_000  # test-dev ids of our own, unlike any val id
 
 
+TEST_STD_QUESTIONS = 7  # test2015 questions beyond test-dev's (test-std's, for the leaderboard file)
+
+
 def leaderboard_root(world: Path, root: Path) -> Path:
     """`root`: the world's train2014 / val2014 files, plus test-dev2015 questions (val's, renumbered, without
-    annotations) about test2015 images (val's images, renamed), laid out as the official release is."""
+    annotations) about test2015 images (val's images, renamed), and the test2015 questions (test-dev's and a few
+    more), laid out as the official release is."""
     (root / "vqa").mkdir(parents=True)
     for file in (world / "vqa").iterdir():
         (root / "vqa" / file.name).symlink_to(file)
@@ -39,6 +43,9 @@ def leaderboard_root(world: Path, root: Path) -> Path:
         )
     test_dev = {"data_subtype": "test-dev2015", "task_type": "Open-Ended", "questions": renumbered}
     (root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(test_dev))
+    more = [{**q, "question_id": q["question_id"] + QUESTION_OFFSET} for q in renumbered[:TEST_STD_QUESTIONS]]
+    test = {"data_subtype": "test2015", "task_type": "Open-Ended", "questions": more + renumbered}
+    (root / "vqa/v2_OpenEnded_mscoco_test2015_questions.json").write_text(json.dumps(test))
     return root
 
 
@@ -146,8 +153,11 @@ def test_evaluating_test_dev_writes_the_submission_and_says_it_is_unscored(
     assert result["scored"] is False and "no annotations" in result["reason"] and result["split"] == "test-dev2015"
     submission = tmp_path / "eval/vqa_predictions_test-dev2015.json"
     assert result["submission"] == str(submission)
-    answers = _submission_answers(submission, root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")
-    assert len(answers) == result["questions"] and set(answers.values()) <= set(read_model_folder(checkpoint).answers)
+    # EvalAI's test-dev phase takes a file answering all of test2015 (official METER predicts all of it)
+    answers = _submission_answers(submission, root / "vqa/v2_OpenEnded_mscoco_test2015_questions.json")
+    assert result["submission_split"] == "test2015" and len(answers) == result["submission_questions"]
+    assert len(answers) == result["questions"] + TEST_STD_QUESTIONS
+    assert set(answers.values()) <= set(read_model_folder(checkpoint).answers)
     assert "could not score test-dev2015" in caplog.text and "unreadable" not in caplog.text  # images found
     assert not (tmp_path / "eval/vqa_accuracy_test-dev2015.json").exists()
 
@@ -168,6 +178,32 @@ def test_finetuning_on_train_and_val_predicts_test_dev_end_to_end(micro_checkpoi
     both = read_vqa_split(cfg, "train2014") + read_vqa_split(cfg, "val2014")
     assert read_model_folder(tmp_path / "run/model").answers == answer_vocabulary(both, 1)
     _submission_answers(tmp_path / "run/vqa_predictions_test-dev2015.json",
+                        root / "vqa/v2_OpenEnded_mscoco_test2015_questions.json")  # fmt: skip
+
+
+def test_a_test_dev_submission_without_the_test2015_questions_is_refused_before_training(
+    micro_checkpoints, shapes_world: Path, tmp_path: Path
+):
+    """The submission answered test-dev's questions alone; EvalAI takes a file for all of test2015 (its test-dev
+    phase scores the test-dev part), so the file of the paper's recipe was refused at the leaderboard."""
+    root = leaderboard_root(shapes_world, tmp_path / "data")
+    test2015 = root / "vqa/v2_OpenEnded_mscoco_test2015_questions.json"
+    test2015.unlink()
+    settings = ["task=vqa", "vqa.eval_split=test-dev2015", f"train.init_from={micro_checkpoints('pretrain')}",
+                "train.max_steps=2", "vqa.min_answer_count=1", *MICRO]  # fmt: skip
+    cfg = load_config(None, [f"data.root={root}", f"train.out={tmp_path / 'run'}", *settings])
+    with pytest.raises(DataError, match=f"vqa.eval_split = 'test-dev2015': vqa: the leaderboard's file for "
+                                        f"test-dev2015 answers every question of test2015, whose questions {test2015} "
+                                        f"were not found"):  # fmt: skip
+        run_finetune(cfg)
+    assert not (tmp_path / "run/checkpoints").exists(), "refused before the first step"
+    test2015.write_text(json.dumps({"questions": [{"image_id": 1, "question": "q?", "question_id": 1}]}))
+    with pytest.raises(DataError, match=r"questions of test-dev2015 are not in test2015 .* not of one release"):
+        run_finetune(cfg)
+    out = tmp_path / "alone"
+    cfg = load_config(None, [f"data.root={root}", f"train.out={out}", *settings, "vqa.submission_splits={}"])
+    assert run_finetune(cfg)["scored"] is False  # the setting writes test-dev's questions alone
+    _submission_answers(out / "vqa_predictions_test-dev2015.json",
                         root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")  # fmt: skip
 
 

@@ -150,6 +150,9 @@ class VqaConfig:
     image_pattern: str = "{split}/COCO_{split}_{image_id:012d}.png"  # relative to data.images
     # the image folder split of a question split, where they differ: `{split}` in image_pattern becomes it
     image_splits: dict[str, str] = field(default_factory=lambda: {"test-dev2015": "test2015"})  # official layout
+    # the leaderboard's file for a split answers every question of a larger one (EvalAI's test-dev phase takes a
+    # file for all of test2015 and scores its test-dev part): its other questions get the vocabulary's first answer
+    submission_splits: dict[str, str] = field(default_factory=lambda: {"test-dev2015": "test2015"})
     min_answer_count: int = 9  # an answer enters the vocabulary if it is the consensus answer this often
     # the splits whose consensus answers are counted for the vocabulary ([]: vqa.train_splits). The official
     # vocabulary (3,129 answers) counts train2014 and val2014 whatever a model trains on: [train2014, val2014]

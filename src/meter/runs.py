@@ -18,7 +18,7 @@ from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
-from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split
+from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split, whole_submission
 from meter.train.distributed import main_alone, split_global_batch
 from meter.train.loop import fit
 from meter.train.runtime import release_cached_memory, setup_runtime
@@ -76,8 +76,8 @@ def read_eval_split(cfg: Config, downstream: Downstream) -> None:
     without the annotations they never have."""
     split = getattr(cfg, cfg.task).eval_split
     try:
-        if cfg.task == "vqa" and split.startswith(UNANNOTATED_PREFIX):
-            read_vqa_split(cfg, split, with_annotations=False)
+        if cfg.task == "vqa" and split.startswith(UNANNOTATED_PREFIX):  # and the larger split its submission answers
+            whole_submission(cfg, split, read_vqa_split(cfg, split, with_annotations=False))
         else:
             downstream.read_split(cfg, split)
     except DataError as error:

@@ -140,6 +140,9 @@ def _vqa_files(cfg: Config) -> list[tuple[str, Path]]:
         files.append((f"vqa.questions ({split})", _root(cfg) / cfg.vqa.questions.format(split=split)))
         if split in read or not split.startswith(UNANNOTATED_PREFIX):  # test-dev's are not published
             files.append((f"vqa.annotations ({split})", _root(cfg) / cfg.vqa.annotations.format(split=split)))
+    whole = cfg.vqa.submission_splits.get(cfg.vqa.eval_split)
+    if whole:  # the submission answers every question of it
+        files.append((f"vqa.questions ({whole}, the submission's)", _root(cfg) / cfg.vqa.questions.format(split=whole)))
     return [*files, ("data.images", _root(cfg) / cfg.data.images)]
 
 

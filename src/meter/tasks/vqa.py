@@ -179,6 +179,26 @@ def check_submission(records: list[VqaRecord], predictions: dict[int, str]) -> N
         )
 
 
+def whole_submission(cfg: Config, split: str, records: list[VqaRecord]) -> list[VqaRecord] | None:
+    """The questions the leaderboard's file for `split` must answer where that is a larger split's (test-dev2015:
+    all of test2015, as EvalAI takes it); None where it is the split's own. Read before predicting: a missing file
+    fails before the model runs."""
+    whole = cfg.vqa.submission_splits.get(split)
+    if not whole or whole == split:
+        return None
+    path = Path(cfg.data.root) / cfg.vqa.questions.format(split=whole)
+    if not path.is_file():
+        raise DataError(f"vqa: the leaderboard's file for {split} answers every question of {whole}, whose questions "
+                        f"{path} were not found (they come with {split}'s in the official release); or set "
+                        f"vqa.submission_splits={{}} to write {split}'s questions alone")  # fmt: skip
+    questions = read_vqa_split(cfg, whole, with_annotations=False)
+    outside = sorted({r.question_id for r in records} - {q.question_id for q in questions})
+    if outside:
+        raise DataError(f"vqa: {len(outside)} questions of {split} are not in {whole} ({path}), e.g. {outside[:3]}: "
+                        f"the files are not of one release")  # fmt: skip
+    return questions
+
+
 def evaluate_predictions(records: list[VqaRecord], predictions: dict[int, str], metric: str) -> VqaAccuracy:
     return vqa_accuracy(annotations_of(records), predictions, metric)
 
@@ -238,6 +258,7 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
                         f"{annotations_path(cfg, cfg.vqa.eval_split)} not found (vqa.annotations under data.root; "
                         "only the test splits are published without them)")  # fmt: skip
     records = read_vqa_split(cfg, cfg.vqa.eval_split, with_annotations=annotated)
+    whole = whole_submission(cfg, cfg.vqa.eval_split, records)
     task = VqaTask(model, description.answers, description.config)
     collate = Collate(tokenizer, description.config.model.text.max_length, num_labels=len(description.answers))
     images = image_reader(cfg, model)
@@ -251,11 +272,20 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r} (the vocabulary's "
                           "first answer), and the score is that submission's")  # fmt: skip
     submission_file = out / f"vqa_predictions_{split}.json"
-    write_predictions(submission, submission_file)
+    if whole is not None:  # predicted: the split's questions; the file: every question of the larger split
+        write_predictions({q.question_id: submission.get(q.question_id, task.answers[0]) for q in whole},
+                          submission_file)  # fmt: skip
+        log.info("vqa: %s answers all %d questions of %s, as the leaderboard takes them: the %d of %s predicted, the "
+                 "rest %r (not scored in the %s phase; submit it to that phase only)", submission_file, len(whole),
+                 cfg.vqa.submission_splits[split], len(records), split, task.answers[0], split)  # fmt: skip
+    else:
+        write_predictions(submission, submission_file)
     accuracy_file = out / f"vqa_accuracy_{split}.json"
     if not annotated:
         accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this submission's
-        return unscored(cfg, submission_file, len(records)) | skipped_fields(budget)
+        covers = {"submission_split": cfg.vqa.submission_splits[split], "submission_questions": len(whole)} \
+            if whole is not None else {}  # fmt: skip
+        return unscored(cfg, submission_file, len(records)) | covers | skipped_fields(budget)
     # the submission's official score: a skipped question counts with the answer the file gives it
     accuracy = evaluate_predictions(records, submission, cfg.vqa.metric).to_dict() | skipped_fields(budget)
     accuracy_file.write_text(json.dumps(accuracy, indent=1))
