@@ -275,3 +275,42 @@ def test_a_model_whose_outputs_are_nan_is_refused_naming_the_weight(
         f"{model}: the model's outputs are not finite (NaN or inf); its weights hold NaN or inf (the first: {weight})"
         in err
     )
+
+
+def test_counting_a_requests_tokens_beside_a_batch_leaves_the_batch_truncated(micro_checkpoints):
+    """The server counts a question's tokens on a thread of its own (the note that it was cut) while the model thread
+    tokenizes batches: on one shared tokenizer the count's truncation=False leaked into batches (one in a few hundred
+    came out untruncated, longer than the model's text.max_length, or failed), and the batch's truncation into the
+    count (a long question without its note)."""
+    import threading
+
+    from meter.predictor import Predictor
+
+    predictor = Predictor(micro_checkpoints("vqa"), "cpu")
+    long_question = "what color is the big square next to the circle " * 12
+    pixels = torch.zeros(3, 8, 8)
+    widths, failures, done = set(), [], threading.Event()
+
+    def count() -> None:
+        while not done.is_set():
+            try:
+                if predictor.length_note(long_question, "question") is None:  # counted as the batch truncates it
+                    failures.append("no note")
+            except ValueError as error:
+                failures.append(str(error))
+
+    counters = [threading.Thread(target=count) for _ in range(2)]
+    for thread in counters:
+        thread.start()
+    try:
+        for _ in range(1500):
+            try:
+                batch = predictor.collate([{"pixels": pixels, "text": long_question}, {"pixels": pixels, "text": "?"}])
+                widths.add(batch["input_ids"].shape[1])
+            except ValueError as error:
+                failures.append(str(error))
+    finally:
+        done.set()
+        for thread in counters:
+            thread.join()
+    assert widths == {predictor.max_length} and not failures, (widths, failures[:1])

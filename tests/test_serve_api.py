@@ -139,6 +139,19 @@ def test_a_truncated_image_is_422(client, shapes_tasks_world: Path):
     still_serves(client, shapes_tasks_world)
 
 
+def test_a_tiff_cut_short_is_422_not_415(client, shapes_tasks_world: Path):
+    """Pillow cannot identify a TIFF cut short at all: it was told it sent "not an image this server reads"."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(buffer, "TIFF", compression="tiff_lzw")
+    files = {"image": ("cut.tif", io.BytesIO(buffer.getvalue()[:-30]), "image/tiff")}
+    response = client.post("/api/vqa", files=files, data={"question": QUESTION})
+    assert response.status_code == 422 and response.json()["error"] == ("cut.tif: a TIFF file, truncated or damaged "
+                                                                         "(its header cannot be read)")  # fmt: skip
+    still_serves(client, shapes_tasks_world)
+
+
 def test_an_empty_file_is_422(client):
     files = {"image": ("empty.png", io.BytesIO(b""), "image/png")}
     response = client.post("/api/vqa", files=files, data={"question": QUESTION})

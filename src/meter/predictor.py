@@ -6,8 +6,10 @@ Each kind needs the head its task trains; asking a model for one it lacks is an 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,9 @@ class Predictor:
                         self.checkpoint)  # fmt: skip
         self.images.upright = True  # a phone photo taken sideways is answered about as its viewer shows it
         self.tokenizer = loaded.tokenizer
+        # a server counts a request's tokens on a thread of its own while the model thread's batches truncate: a
+        # tokenizer's truncation setting is state of the object (huggingface/tokenizers#537), so counting has its own
+        self._counting, self._counting_lock = copy.deepcopy(loaded.tokenizer), threading.Lock()
         self.runtime = Runtime(self.device, pick_dtype(precision, self.device, "precision"))
         allow_tf32(self.device, self.runtime.dtype != torch.float32)  # fp32 asked for: convolutions too
         self.collate = Collate(loaded.tokenizer, self.description.config.model.text.max_length)
@@ -122,7 +127,8 @@ class Predictor:
 
     def text_length(self, text: str) -> int:
         """Tokens the text encodes to, before truncation to the model's `max_length` (the batch truncates)."""
-        return len(self.tokenizer(text, truncation=False)["input_ids"])
+        with self._counting_lock:
+            return len(self._counting(text, truncation=False)["input_ids"])
 
     @property
     def max_length(self) -> int:

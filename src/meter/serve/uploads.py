@@ -35,6 +35,10 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
             with Image.open(io.BytesIO(data), formats=READ_FORMATS) as probe:
                 width, height = probe.size
     except UnidentifiedImageError:
+        claimed = _signature_of(data)
+        if claimed:  # a TIFF cut short: Pillow cannot identify it, yet it is one of ours, damaged
+            raise ServeError(422, f"{name}: a {claimed} file, truncated or damaged (its header cannot be read)") \
+                from None  # fmt: skip
         raise ServeError(415, f"{name}: not an image this server reads (send a {READABLE})") from None
     except Image.DecompressionBombError:  # past Pillow's own guard, far past ours
         raise ServeError(
@@ -52,6 +56,16 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
             return decode_image(io.BytesIO(data), name, at_least, upright=True)  # as the browser shows it
     except DataError as error:  # a truncated or damaged file: its header was fine, its pixels are not
         raise ServeError(422, str(error).removeprefix("data: ")) from None
+
+
+def _signature_of(data: bytes) -> str | None:
+    """The format among those the server reads whose signature the file starts with (Pillow's own test)."""
+    Image.init()
+    for form in READ_FORMATS:
+        accept = Image.OPEN.get(form, (None, None))[1]
+        if accept is not None and accept(data[:64]):
+            return form
+    return None
 
 
 def check_text(text: str | None, field: str, what: str, max_chars: int | None = None) -> str:
