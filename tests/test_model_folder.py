@@ -83,6 +83,30 @@ def test_export_round_trip_gives_identical_outputs_and_keeps_answers(micro_confi
     assert not list(tmp_path.glob(".m.tmp"))
 
 
+def test_a_model_folder_holding_an_evaluation_is_not_replaced_and_a_half_replaced_one_is(
+    micro_config: Config, tmp_path: Path
+):
+    """`meter evaluate` writes into DIR/eval by default: importing or exporting into DIR again deleted the score and
+    the leaderboard file. And the old folder was deleted in place: a kill mid-way left DIR without its config.json,
+    refused ever after as "not a meter model folder"."""
+    from meter.errors import ConfigError
+
+    model, tokenizer, heads = _model_and_tokenizer(micro_config)
+    description = ModelFolder(micro_config, heads, source="a test")
+    export_model_folder(tmp_path / "m", model, tokenizer, description)
+    (tmp_path / "m/eval").mkdir()
+    (tmp_path / "m/eval/vqa_predictions_test-dev2015.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"m holds files that are not its model's \(eval/vqa_predictions_test-dev2015"
+                                          r".json: an evaluation's, or yours\)"):  # fmt: skip
+        export_model_folder(tmp_path / "m", model, tokenizer, description)
+    assert (tmp_path / "m/eval/vqa_predictions_test-dev2015.json").read_text() == "[]"
+    (tmp_path / "m/eval/vqa_predictions_test-dev2015.json").unlink()
+    (tmp_path / "m/eval").rmdir()
+    os.replace(tmp_path / "m", tmp_path / ".m.replaced")  # killed after it set the old folder aside
+    export_model_folder(tmp_path / "m", model, tokenizer, description)
+    assert load_model_folder(tmp_path / "m")[2].source == "a test" and not (tmp_path / ".m.replaced").exists()
+
+
 def test_a_folder_without_tokenizer_loads_as_a_model_and_says_what_is_missing(micro_config: Config, tmp_path: Path):
     model, _, heads = _model_and_tokenizer(micro_config)
     save_model_folder(tmp_path / "m", model, None, ModelFolder(micro_config, heads))

@@ -48,6 +48,26 @@ def test_a_resumed_run_counts_the_bad_samples_it_had_skipped_and_lists_each_once
     assert (out / "bad_samples.jsonl").read_text().splitlines() == listed
 
 
+def test_samples_listed_after_the_checkpoint_resumed_from_are_not_counted_again(micro_config: Config,
+                                                                                 shapes_world: Path, tmp_path: Path,
+                                                                                 caplog):  # fmt: skip
+    """An attempt that listed samples after its last checkpoint (their images on a mount that was down a while) and
+    then stopped: resumed from that checkpoint, the run restored them into its budget although it reads them fine
+    now, and the list named samples it trained on."""
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"data.root={broken_world(shapes_world, tmp_path)}", f"train.out={out}",
+                             "data.max_bad_samples=0.125", "train.max_steps=32"], base=micro_config)  # fmt: skip
+    run_pretrain(load_config(None, ["train.stop_at=30"], base=cfg))
+    listed = (out / "bad_samples.jsonl").read_text().splitlines()
+    away = [line.replace("000000000001", "000000000004") for line in listed if "000000000001" in line]
+    with (out / "bad_samples.jsonl").open("a") as f:  # what the attempt after the checkpoint met, then stopped
+        f.writelines(line + "\n" for line in away)
+    with caplog.at_level(logging.WARNING, logger="meter.train.loop"):
+        run_pretrain(cfg, resume="latest")
+    assert len(away) == 5 and "skipped 15 of 240 samples" in caplog.text
+    assert (out / "bad_samples.jsonl").read_text().splitlines() == listed
+
+
 def test_a_run_restarted_before_its_first_checkpoint_logs_each_step_once(micro_config: Config, tmp_path: Path):
     out = tmp_path / "run"
     cfg = load_config(None, [f"train.out={out}", "train.max_steps=4"], base=micro_config)

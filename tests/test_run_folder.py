@@ -93,6 +93,28 @@ def test_keep_last_deletes_only_the_runs_own_checkpoints(micro_config, micro_che
     assert names == ["step_00000004", "step_00000006"]  # its own step 2 pruned (keep_last=1), the other's kept
 
 
+def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(micro_config, micro_checkpoints,
+                                                                               tmp_path):  # fmt: skip
+    """A fine-tuning from a pretraining's checkpoint that the pretraining's keep_last deleted since could never be
+    resumed: its model was built from train.init_from again ("no such model folder")."""
+    from meter.runs import run_finetune
+
+    source = tmp_path / "pretrained"
+    shutil.copytree(micro_checkpoints("pretrain"), source)
+    settings = ["task=vqa", "vqa.min_answer_count=1", f"train.init_from={source}", *STEPS]
+
+    def finetune(out: str, *more: str, resume: str | None = None) -> list[dict]:
+        run_finetune(load_config(None, [f"train.out={tmp_path / out}", *settings, *more], base=micro_config), resume)
+        return read_metrics(tmp_path / out / "metrics.jsonl")
+
+    straight = finetune("straight")
+    finetune("resumed", "train.stop_at=2")
+    shutil.rmtree(source)
+    resumed = finetune("resumed", resume="latest")
+    keys = [key for key in straight[0] if key.endswith("_loss")]
+    assert keys and [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+
+
 def test_a_folder_that_meter_study_planned_takes_its_run(micro_config, tmp_path):
     from meter.study.cells import RUN
 
@@ -142,6 +164,36 @@ def test_a_process_that_torchrun_restarted_resumes_from_the_latest_checkpoint(mi
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets for the restart
     _pretrain(micro_config, tmp_path / "run")  # the same command line: no --resume
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_restarted_process_whose_command_line_resumes_a_path_goes_on_from_the_runs_latest_checkpoint(
+    micro_config, tmp_path, monkeypatch
+):
+    """A run continued from another folder's checkpoint (`--resume PATH`) and restarted by torchrun was given PATH
+    again: it went back there and set aside every checkpoint written since (their steps trained again)."""
+    _pretrain(micro_config, tmp_path / "old", "train.stop_at=1")
+    path = str(tmp_path / "old/checkpoints/step_00000001")
+    _pretrain(micro_config, tmp_path / "new", "train.stop_at=3", resume=path)  # dies after its step 3 checkpoint
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    _pretrain(micro_config, tmp_path / "new", resume=path)  # the same command line
+    assert [r["step"] for r in read_metrics(tmp_path / "new" / "metrics.jsonl")] == [2, 3, 4]
+    assert not list((tmp_path / "new/checkpoints").glob("abandoned-*"))
+
+
+def test_a_run_finished_with_its_steps_split_another_way_is_still_its_configs(micro_config, tmp_path):
+    """A job requeued on fewer GPUs resumes with train.batch_size / train.grad_accum changed, as it may; once it had
+    finished, the same command (`--resume latest`) was refused as "a finished run of another config"."""
+    from meter.run_folders import finished_checkpoint
+
+    out = tmp_path / "run"
+    _pretrain(micro_config, out, "train.grad_accum=2", "train.stop_at=2")
+    requeued = load_config(None, [f"train.out={out}", *STEPS, "train.batch_size=16", "train.grad_accum=1"],
+                           base=micro_config)  # fmt: skip
+    final = run_pretrain(requeued, resume="latest")
+    assert finished_checkpoint(requeued) == final
+    more = load_config(None, ["train.grad_accum=2"], base=requeued)  # 32 samples a step, not the run's 16
+    with pytest.raises(ConfigError, match=r"a finished run of another config \(train.batch_size: 8 -> 16\)"):
+        finished_checkpoint(more)
 
 
 def test_a_run_recorded_before_a_setting_existed_goes_on_with_that_setting_at_its_default(micro_config, tmp_path):

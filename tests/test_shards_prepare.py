@@ -169,6 +169,18 @@ def test_a_rerun_writes_again_the_shards_deleted_or_cut_short_since(tmp_path: Pa
     assert len(written) == 3
 
 
+def test_a_shard_record_left_empty_by_a_crash_is_written_again(tmp_path: Path):
+    """A crash of the machine could leave a renamed record empty (it was not on disk before the rename): the rerun
+    failed with an internal JSONDecodeError instead of writing that shard again."""
+    write_conceptual_captions(tmp_path / "cc", rows=12)
+    straight = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    (tmp_path / "out/progress/00001.json").write_text("")
+    (tmp_path / "out/progress/00002.json").write_text('{"not": "a record"}')
+    again = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
+    assert again == straight
+    assert json.loads((tmp_path / "out/progress/00001.json").read_text())["path"] == "00001.tar"
+
+
 def test_a_source_in_a_folder_named_in_latin1_is_prepared_and_prepared_again(tmp_path: Path):
     """The folder's undecodable byte reached prepare.json as half of a character: UnicodeEncodeError, and the
     temporary file left behind made the folder refused from then on as not meter's."""

@@ -20,6 +20,15 @@ def cannot_write(path: Path, error: OSError, needed: int) -> str:
     return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
 
 
+def fsync_folder(folder: Path) -> None:
+    """A folder's entries (a file renamed into it) on disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def temporary_of(path: Path) -> Path:
     """The temporary file beside `path` that write_text_atomically writes first (a kill may leave it)."""
     return path.with_name(f".{path.name}.tmp")
@@ -27,11 +36,16 @@ def temporary_of(path: Path) -> Path:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """`text` in `path`, written to a temporary file beside it and renamed into place: a kill leaves the old file or
-    the new one. A write that fails (a full disk) leaves no temporary file and raises a DataError naming the path."""
+    the new one, also across a crash of the machine (both are on disk before the rename is). A write that fails (a
+    full disk) leaves no temporary file and raises a DataError naming the path."""
     temporary = temporary_of(path)
     try:
-        temporary.write_text(text)
+        with temporary.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash of the machine leaves no empty file in its place
         os.replace(temporary, path)
+        fsync_folder(path.parent)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise DataError(cannot_write(path, error, len(text.encode(errors="replace")))) from None

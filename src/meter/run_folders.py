@@ -4,6 +4,7 @@ else that re-runs a set of runs into the same folders) build on these."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -14,8 +15,16 @@ from meter.errors import ConfigError
 from meter.models.init_from import set_by_the_run
 from meter.runs import run_finetune
 from meter.tasks.best_checkpoint import evaluated_weights
-from meter.train.checkpoint import Checkpoints
-from meter.train.run_folder import CONFIG, RECORD, config_differences, listed_changes, read_record, saved_config
+from meter.train.checkpoint import PROGRESS, Checkpoints, samples_a_step
+from meter.train.run_folder import (
+    CONFIG,
+    RECORD,
+    SPLIT_OF_A_STEP,
+    config_differences,
+    listed_changes,
+    read_record,
+    saved_config,
+)
 
 
 def recipe(name: str) -> Path:
@@ -44,17 +53,28 @@ def finished_checkpoint(cfg: Config) -> Path | None:
         saved, finished = saved_config(out / CONFIG), True
     if saved is not None:
         changed = config_differences(saved, cfg)
+        if _as_many_samples_a_step(final, cfg):  # a run requeued on fewer GPUs split its steps another way
+            changed = [change for change in changed if change.split(":")[0] not in SPLIT_OF_A_STEP]
         if cfg.train.init_from:  # the model's settings are the init_from folder's (resolved when the run built it),
             changed = [change for change in changed  # but for those the run sets (resolution, dropout, text length)
                        if not change.startswith("model.") or asked_by_the_run(cfg, change.split(":")[0])]  # fmt: skip
         if changed:
             raise ConfigError(
                 f"train.out = {out} holds a finished run of another config ({listed_changes(changed)}): its model is "
-                "not this config's; give this run another folder (another --out), or delete that one"
+                "not this config's; give this run another folder (another --out)"
             )
     if not finished:  # killed after its last step: exporting, or scoring it for train.best_on
         return None
     return final
+
+
+def _as_many_samples_a_step(final: Path, cfg: Config) -> bool:
+    """Whether the final checkpoint's steps took the samples this config's would (on torchrun's WORLD_SIZE
+    processes): then train.batch_size, train.grad_accum and train.global_batch only split them, as a resume may."""
+    if not (final / PROGRESS).is_file():
+        return False
+    train, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return samples_a_step(final) == (train.global_batch or train.batch_size * world * train.grad_accum)
 
 
 def asked_by_the_run(cfg: Config, key: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from meter.tasks.catalog import DOWNSTREAM
 from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split, whole_submission
+from meter.train.checkpoint import Checkpoints
 from meter.train.distributed import main_alone, split_global_batch
 from meter.train.loop import fit
+from meter.train.run_folder import CHECKPOINTS
 from meter.train.runtime import release_cached_memory, setup_runtime
 from meter.validate import validate
 
@@ -33,9 +36,11 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
     validate(cfg)
     runtime = setup_runtime(cfg.train)
     split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
-    tokenizer = task_tokenizer(cfg)
+    built = built_from(cfg, resume)
+    tokenizer = task_tokenizer(built)
     heads = pretrain_heads(tokenizer, cfg.objectives)
-    model = build_model(cfg, tokenizer, heads)
+    model = build_model(built, tokenizer, heads)
+    cfg.model, built.train.init_from = built.model, cfg.train.init_from
     if cfg.data.sources:  # shards from `meter prepare`, streamed (fit builds the corpus's own stream type)
         dataset = open_corpus(cfg.data, image_reader(cfg, model))
         log.info("pretraining on %s pairs an epoch from %s", f"{len(dataset):,}", dataset.describe())
@@ -58,7 +63,9 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     read_eval_split(cfg, downstream)
     runtime = setup_runtime(cfg.train)
     split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
-    job = downstream.setup(cfg)
+    built = built_from(cfg, resume)
+    job = downstream.setup(built)
+    cfg.model, built.train.init_from = built.model, cfg.train.init_from  # as the build resolved it: the run records it
     best = None
     if cfg.train.best_on:
         samples = len(job.dataset)  # type: ignore[arg-type]
@@ -68,6 +75,25 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     del job, best  # the trained model leaves the device before the evaluation loads the saved weights
     release_cached_memory()
     return evaluate_run(cfg, evaluated_weights(cfg, checkpoint), Path(cfg.train.out))
+
+
+def built_from(cfg: Config, resume: str | None) -> Config:
+    """The config the run's model and tokenizer are built by: its own; or, resuming where train.init_from's folder
+    is gone (a pretraining checkpoint its keep_last deleted since, a folder moved), with the checkpoint it resumes
+    as init_from: a model folder of the architecture, tokenizer and heads the run built from init_from at its start,
+    whose weights the resume loads over the build in any case."""
+    source = cfg.train.init_from
+    if not resume or not source or Path(source).exists():
+        return cfg
+    try:
+        checkpoint = Checkpoints(Path(cfg.train.out) / CHECKPOINTS).resolve(resume)
+    except DataError:  # nothing to resume: the missing init_from is named as at a start
+        return cfg
+    log.warning("train.init_from %s is gone: the model is built from %s, the checkpoint the run resumes (its weights "
+                "are the run's own since its start)", source, checkpoint)  # fmt: skip
+    built = copy.deepcopy(cfg)
+    built.train.init_from = str(checkpoint)
+    return built
 
 
 def read_eval_split(cfg: Config, downstream: Downstream) -> None:

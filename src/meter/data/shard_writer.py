@@ -253,7 +253,10 @@ def _finished(out: Path, shards: int) -> dict[int, ShardRecord]:
     for index in range(shards):
         path = out / PROGRESS / f"{index:05d}.json"
         if path.is_file():
-            done[index] = read_shard_record(path)
+            try:
+                done[index] = read_shard_record(path)
+            except (ValueError, TypeError) as error:  # left empty by a crash of the machine, or not meter's
+                log.warning("%s: not a shard record (%s); its shard is written again", path, error)
     return done
 
 

@@ -31,7 +31,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 from meter.atomic_files import cannot_write
 from meter.config import config_from_dict
 from meter.errors import ConfigError, DataError
-from meter.models.checksums import record_checksums, verify_checksums
+from meter.models.checksums import CHECKSUMS, record_checksums, verify_checksums
 from meter.models.class_rows import current_classes, in_current_order, saved_classes
 from meter.models.folder_description import ModelFolder
 from meter.models.meter import Meter, build_meter
@@ -99,9 +99,12 @@ def export_model_folder(
             raise
         needed = tensor_bytes(weights if weights is not None else model.state_dict())
         raise DataError(cannot_write(path, failed, needed)) from None
-    if path.exists():
-        shutil.rmtree(path)
+    replaced = path.with_name(f".{path.name}.replaced")
+    shutil.rmtree(replaced, ignore_errors=True)  # an earlier export's, killed before it deleted it
+    if path.exists():  # set aside whole, not deleted in place: a kill mid-way left a model folder without its config
+        os.replace(path, replaced)
     os.replace(temporary, path)
+    shutil.rmtree(replaced, ignore_errors=True)
     return path
 
 
@@ -119,6 +122,23 @@ def check_replaceable(path: str | Path) -> None:
         what = "a folder that is not a meter model folder" if path.is_dir() else "a file"
         raise ConfigError(f"{path} is {what}; a model folder written there would replace it, so it is left as it "
                           "is: give a new or empty folder (or an earlier model folder to replace)")  # fmt: skip
+    others = files_not_of_the_model(path)
+    if others:
+        listed = ", ".join(others[:3]) + (f", ... ({len(others)} in all)" if len(others) > 3 else "")
+        raise ConfigError(f"{path} holds files that are not its model's ({listed}: an evaluation's, or yours); a model "
+                          "folder written there would delete them, so it is left as it is: move them, or give a new "
+                          "folder")  # fmt: skip
+
+
+def files_not_of_the_model(path: Path) -> list[str]:
+    """The files of a model folder that its checksums do not record (`meter evaluate` writes into DIR/eval by
+    default); of a folder written before checksums were recorded, those in its eval/."""
+    try:
+        recorded = {name for files in json.loads((path / CHECKSUMS).read_text())["parts"].values() for name in files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return sorted(str(p.relative_to(path)) for p in (path / "eval").rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.is_file() and p.name != CHECKSUMS and str(p.relative_to(path)) not in recorded)  # fmt: skip
 
 
 def tensor_bytes(value: Any) -> int:

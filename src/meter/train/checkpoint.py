@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from meter.atomic_files import cannot_write
+from meter.atomic_files import cannot_write, fsync_folder
 from meter.errors import DataError
 from meter.models.checksums import CHECKSUMS, DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
@@ -84,6 +84,9 @@ class Progress:
     log_window: dict[str, Any] = field(default_factory=dict)
     run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
     corpus: str = ""  # a shard corpus's fingerprint (ShardCorpus.fingerprint), where the streams' places are counted
+    # the samples the run's bad_samples.jsonl named at this checkpoint (-1: not recorded then): a resume from it lists
+    # those alone, as it meets the later ones again (one read again fine, its mount back, no longer costs the budget)
+    bad_samples: int = -1
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -91,15 +94,7 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(folder)
 
 
 class _Writes:
@@ -211,6 +206,12 @@ def export_final_model(
         export_model_folder(path, task.model, tokenizer, description, weights)
 
 
+def samples_a_step(path: Path) -> int:
+    """The samples each step of the checkpoint at `path` took, over all processes (0: not recorded then)."""
+    progress = Progress(**json.loads((path / PROGRESS).read_text()))
+    return progress.global_batch * progress.grad_accum
+
+
 class Checkpoints:
     """The checkpoints of a run folder. `run`: the id of the run that writes (its progress.json records it, and
     `keep_last` counts only its own)."""
@@ -295,7 +296,7 @@ class Checkpoints:
         if final.exists():  # a step saved before: renamed away, deleted only once the new one is in its place (a
             os.replace(final, replaced)  # kill in between leaves the earlier one to restore, see _remove_leftovers)
         os.replace(temporary, final)
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         shutil.rmtree(replaced, ignore_errors=True)
         self._prune(keep=final)
 

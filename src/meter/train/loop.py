@@ -229,7 +229,9 @@ def fit(
     """Trains `task` for cfg.train.max_steps optimizer steps; returns the final checkpoint folder. Raises RunStopped
     when a signal or Ctrl-C stops it (see `meter.train.stop_signals`)."""
     # rank 0 reads the folder for all: each reading its own (a file server's stale listing) could split the ranks
-    resume = resume or decided_on_main(lambda: restarted_resume(cfg), runtime)
+    # a process torchrun restarted goes on from train.out's latest checkpoint, whatever `--resume PATH` its command line
+    # repeats (from PATH again, the checkpoints written since were set aside and their steps trained again)
+    resume = decided_on_main(lambda: restarted_resume(cfg), runtime) or resume
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
         return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume, hook)
@@ -314,7 +316,8 @@ def _fit_in(
         budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file if runtime.is_main else None,
                                  shared=runtime.distributed)  # fmt: skip
         # resumed: the budget goes on from the samples skipped so far (every process's the same: all stop together)
-        budget.restore(decided_on_main(lambda: continued_list(bad_file, resumed=path is not None), runtime))
+        budget.restore(decided_on_main(lambda: continued_list(bad_file, resumed=path is not None,
+                                                              keep=progress.bad_samples), runtime))  # fmt: skip
         # step 0 too: a run restarted before its first checkpoint drops the records its killed attempt logged
         metrics = MetricsLog(out, enabled=runtime.is_main, resume_step=progress.step)
         last_step = min(train.stop_at, train.max_steps) if train.stop_at > 0 else train.max_steps
@@ -370,6 +373,7 @@ def _fit_in(
                 hooked = hook is not None and hook.wants(progress.step)
                 if progress.step % train.checkpoint_every == 0 or progress.step == last_step or stopping or hooked:
                     progress.log_window = window.state(runtime)
+                    progress.bad_samples = budget.count
                     saved = checkpoints.save(task, tokenizer, optimizer, scheduler, progress, runtime)
                 if hook is not None and hooked and not stopping:  # stopping: the hook hears of it on resuming
                     hook(saved, progress.step)

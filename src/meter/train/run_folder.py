@@ -141,7 +141,8 @@ def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
 
 def restarted_resume(cfg: Config) -> str | None:
     """`latest` for a process that torchrun restarted (`--max-restarts`) in a folder with a checkpoint: it is given
-    the command line it started with, and goes on where the run got to instead of being refused."""
+    the command line it started with, and goes on where the run got to instead of being refused (or sent back to the
+    `--resume PATH` that command line names)."""
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
         return None
     if Checkpoints(Path(cfg.train.out) / CHECKPOINTS).latest() is None:
