@@ -94,9 +94,10 @@ def test_keep_last_deletes_only_the_runs_own_checkpoints(micro_config, micro_che
 
 
 def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(micro_config, micro_checkpoints,
-                                                                               tmp_path):  # fmt: skip
+                                                                               tmp_path, monkeypatch):  # fmt: skip
     """A fine-tuning from a pretraining's checkpoint that the pretraining's keep_last deleted since could never be
-    resumed: its model was built from train.init_from again ("no such model folder")."""
+    resumed: its model was built from train.init_from again ("no such model folder"). Here by torchrun's restart
+    (the command line without --resume), which goes on from the latest checkpoint."""
     from meter.runs import run_finetune
 
     source = tmp_path / "pretrained"
@@ -110,7 +111,8 @@ def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(m
     straight = finetune("straight")
     finetune("resumed", "train.stop_at=2")
     shutil.rmtree(source)
-    resumed = finetune("resumed", resume="latest")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    resumed = finetune("resumed")
     keys = [key for key in straight[0] if key.endswith("_loss")]
     assert keys and [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
 
@@ -178,6 +180,21 @@ def test_a_restarted_process_whose_command_line_resumes_a_path_goes_on_from_the_
     _pretrain(micro_config, tmp_path / "new", resume=path)  # the same command line
     assert [r["step"] for r in read_metrics(tmp_path / "new" / "metrics.jsonl")] == [2, 3, 4]
     assert not list((tmp_path / "new/checkpoints").glob("abandoned-*"))
+
+
+def test_a_restart_before_a_resumed_earlier_checkpoint_set_the_newer_aside_goes_back_to_it(micro_config, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    """`--resume step_2` to leave a diverged step_4 behind, the attempt killed before it set step_4 aside: the restart
+    (the same command line) resumes step_2, not the step_4 the user gave up."""
+    out = tmp_path / "run"
+    _pretrain(micro_config, out, "train.keep_last=2", "train.max_steps=6", "train.stop_at=4")
+    record, latest = out / RECORD, out / "checkpoints/step_00000004/progress.json"
+    os.utime(record, (latest.stat().st_mtime + 1,) * 2)  # the attempt that resumed step_2 opened the run, then died
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    earlier = str(out / "checkpoints/step_00000002")
+    _pretrain(micro_config, out, "train.keep_last=2", "train.max_steps=6", resume=earlier)
+    assert (out / "checkpoints/abandoned-step_00000004").is_dir()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_run_finished_with_its_steps_split_another_way_is_still_its_configs(micro_config, tmp_path):

@@ -14,6 +14,7 @@ from meter.errors import ConfigError, DataError
 from meter.models.folder import export_model_folder, read_model_folder
 from meter.runs import run_finetune
 from meter.tasks.vqa import answer_vocabulary, read_vqa_split, setup_vqa
+from meter.train.run_folder import config_differences
 from meter.validate import validate
 from tests.conftest import MICRO
 
@@ -202,6 +203,8 @@ def test_a_test_dev_submission_without_the_test2015_questions_is_refused_before_
         run_finetune(cfg)
     out = tmp_path / "alone"
     cfg = load_config(None, [f"data.root={root}", f"train.out={out}", *settings, "vqa.submission_splits={}"])
+    recorded = to_dict(load_config(None, [f"data.root={root}", f"train.out={out}", *settings]))
+    assert config_differences(recorded, cfg) == [], "the file written, not the training: a resume may change it"
     assert run_finetune(cfg)["scored"] is False  # the setting writes test-dev's questions alone
     _submission_answers(out / "vqa_predictions_test-dev2015.json",
                         root / "vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -45,7 +46,6 @@ def write_text_atomically(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a crash of the machine leaves no empty file in its place
         os.replace(temporary, path)
-        fsync_folder(path.parent)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise DataError(cannot_write(path, error, len(text.encode(errors="replace")))) from None
@@ -55,3 +55,5 @@ def write_text_atomically(path: Path, text: str) -> None:
             f"cannot write {path}: its text holds what UTF-8 cannot ({error.reason}: "
             f"{error.object[max(0, error.start - 20) : error.end + 20]!r})"
         ) from None
+    with contextlib.suppress(OSError):  # the file is in place: a file system that cannot sync a folder has it too
+        fsync_folder(path.parent)

@@ -15,7 +15,7 @@ from meter.errors import ConfigError
 from meter.models.init_from import set_by_the_run
 from meter.runs import run_finetune
 from meter.tasks.best_checkpoint import evaluated_weights
-from meter.train.checkpoint import PROGRESS, Checkpoints, samples_a_step
+from meter.train.checkpoint import Checkpoints, samples_a_step
 from meter.train.run_folder import (
     CONFIG,
     RECORD,
@@ -71,10 +71,12 @@ def finished_checkpoint(cfg: Config) -> Path | None:
 def _as_many_samples_a_step(final: Path, cfg: Config) -> bool:
     """Whether the final checkpoint's steps took the samples this config's would (on torchrun's WORLD_SIZE
     processes): then train.batch_size, train.grad_accum and train.global_batch only split them, as a resume may."""
-    if not (final / PROGRESS).is_file():
+    try:
+        samples = samples_a_step(final)
+    except (OSError, ValueError, TypeError):  # no progress file, or a damaged one: the settings are compared
         return False
     train, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return samples_a_step(final) == (train.global_batch or train.batch_size * world * train.grad_accum)
+    return samples == (train.global_batch or train.batch_size * world * train.grad_accum)
 
 
 def asked_by_the_run(cfg: Config, key: str) -> bool:

@@ -21,10 +21,10 @@ from meter.tasks.downstream import Downstream, evaluate_into
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
 from meter.tasks.vqa import UNANNOTATED_PREFIX, evaluate_vqa, read_vqa_split, whole_submission
 from meter.train.checkpoint import Checkpoints
-from meter.train.distributed import main_alone, split_global_batch
+from meter.train.distributed import decided_on_main, main_alone, split_global_batch
 from meter.train.loop import fit
-from meter.train.run_folder import CHECKPOINTS
-from meter.train.runtime import release_cached_memory, setup_runtime
+from meter.train.run_folder import CHECKPOINTS, restarted_resume
+from meter.train.runtime import Runtime, release_cached_memory, setup_runtime
 from meter.validate import validate
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def run_pretrain(cfg: Config, resume: str | None = None) -> Path:
     validate(cfg)
     runtime = setup_runtime(cfg.train)
     split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
-    built = built_from(cfg, resume)
+    resume = resumed(cfg, resume, runtime)
+    built = built_from(cfg, resume, runtime)
     tokenizer = task_tokenizer(built)
     heads = pretrain_heads(tokenizer, cfg.objectives)
     model = build_model(built, tokenizer, heads)
@@ -63,7 +64,8 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     read_eval_split(cfg, downstream)
     runtime = setup_runtime(cfg.train)
     split_global_batch(cfg.train, runtime.world)  # grad_accum for this run's processes
-    built = built_from(cfg, resume)
+    resume = resumed(cfg, resume, runtime)
+    built = built_from(cfg, resume, runtime)
     job = downstream.setup(built)
     cfg.model, built.train.init_from = built.model, cfg.train.init_from  # as the build resolved it: the run records it
     best = None
@@ -77,7 +79,13 @@ def run_finetune(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     return evaluate_run(cfg, evaluated_weights(cfg, checkpoint), Path(cfg.train.out))
 
 
-def built_from(cfg: Config, resume: str | None) -> Config:
+def resumed(cfg: Config, resume: str | None, runtime: Runtime) -> str | None:
+    """What the run resumes: `resume`, or for a process torchrun restarted the run's latest checkpoint (decided once,
+    before the model is built: `built_from` needs it)."""
+    return decided_on_main(lambda: restarted_resume(cfg, resume), runtime) or resume
+
+
+def built_from(cfg: Config, resume: str | None, runtime: Runtime) -> Config:
     """The config the run's model and tokenizer are built by: its own; or, resuming where train.init_from's folder
     is gone (a pretraining checkpoint its keep_last deleted since, a folder moved), with the checkpoint it resumes
     as init_from: a model folder of the architecture, tokenizer and heads the run built from init_from at its start,
@@ -85,15 +93,21 @@ def built_from(cfg: Config, resume: str | None) -> Config:
     source = cfg.train.init_from
     if not resume or not source or Path(source).exists():
         return cfg
-    try:
-        checkpoint = Checkpoints(Path(cfg.train.out) / CHECKPOINTS).resolve(resume)
-    except DataError:  # nothing to resume: the missing init_from is named as at a start
+    checkpoint = decided_on_main(lambda: _resolved(Path(cfg.train.out) / CHECKPOINTS, resume), runtime)
+    if checkpoint is None:  # nothing to resume: the missing init_from is named as at a start
         return cfg
     log.warning("train.init_from %s is gone: the model is built from %s, the checkpoint the run resumes (its weights "
                 "are the run's own since its start)", source, checkpoint)  # fmt: skip
     built = copy.deepcopy(cfg)
     built.train.init_from = str(checkpoint)
     return built
+
+
+def _resolved(folder: Path, resume: str) -> Path | None:
+    try:
+        return Checkpoints(folder).resolve(resume)
+    except DataError:
+        return None
 
 
 def read_eval_split(cfg: Config, downstream: Downstream) -> None:

@@ -138,7 +138,7 @@ def files_not_of_the_model(path: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return sorted(str(p.relative_to(path)) for p in (path / "eval").rglob("*") if p.is_file())
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                  if p.is_file() and p.name != CHECKSUMS and str(p.relative_to(path)) not in recorded)  # fmt: skip
+                  if p.is_file() and str(p.relative_to(path)) not in {CHECKSUMS, *recorded})  # fmt: skip
 
 
 def tensor_bytes(value: Any) -> int:

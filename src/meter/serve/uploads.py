@@ -58,11 +58,15 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
         raise ServeError(422, str(error).removeprefix("data: ")) from None
 
 
+# the formats whose files start with a signature text does not (PPM's `P6` or BMP's `BM` begin words): by Pillow's test
+SIGNED = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "AVIF")
+
+
 def _signature_of(data: bytes) -> str | None:
     """The format among those the server reads whose signature the file starts with (Pillow's own test)."""
     Image.init()
-    for form in READ_FORMATS:
-        accept = Image.OPEN.get(form, (None, None))[1]
+    for form in SIGNED:
+        accept = Image.OPEN.get(form, (None, None))[1] if form in READ_FORMATS else None
         if accept is not None and accept(data[:64]):
             return form
     return None

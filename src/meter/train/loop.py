@@ -33,7 +33,7 @@ from meter.data.collate import Collate
 from meter.data.shared_rows import to_device
 from meter.data.stream import BatchStream
 from meter.errors import ConfigError, DataError, MeterError
-from meter.models.folder import EXPORT, ModelFolder
+from meter.models.folder import EXPORT, ModelFolder, check_replaceable
 from meter.objectives.randomness import SampleRandomness, StepRandomness, stream_seed
 from meter.train.checkpoint import Checkpoints, Progress, export_final_model
 from meter.train.distributed import (
@@ -231,9 +231,11 @@ def fit(
     # rank 0 reads the folder for all: each reading its own (a file server's stale listing) could split the ranks
     # a process torchrun restarted goes on from train.out's latest checkpoint, whatever `--resume PATH` its command line
     # repeats (from PATH again, the checkpoints written since were set aside and their steps trained again)
-    resume = decided_on_main(lambda: restarted_resume(cfg), runtime) or resume
+    resume = decided_on_main(lambda: restarted_resume(cfg, resume), runtime) or resume
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
+        if cfg.train.export:  # what the final model folder will replace is refused now, not after the last step
+            decided_on_main(lambda: check_replaceable(Path(cfg.train.out) / EXPORT), runtime)
         return _fit_in(run, cfg, task, dataset, collate, tokenizer, runtime, resume, hook)
     finally:
         if runtime.is_main:

@@ -32,7 +32,7 @@ from meter.config import ADDED_SETTINGS, Config, at_current_defaults, save_confi
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
 from meter.output_folder import lock_folder, release_folder
-from meter.train.checkpoint import Checkpoints
+from meter.train.checkpoint import PROGRESS, Checkpoints
 from meter.train.distributed import decided_on_main
 from meter.train.runtime import Runtime
 
@@ -57,7 +57,7 @@ MAY_DIFFER_ON_RESUME = frozenset(
     {"train.out", "train.stop_at", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
      "train.export", "train.eval_batch_size", "train.max_nonfinite_steps", "data.num_workers", "data.image_cache_mb",
      "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels", "train.activation_checkpointing",
-     "train.best_on", "train.best_every"}
+     "train.best_on", "train.best_every", "vqa.submission_splits"}
 )  # fmt: skip
 
 
@@ -91,8 +91,13 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and key not in MAY_DIFFER_ON_RESUME
+        if old.get(key) != new.get(key) and not _may_differ(key)
     ]
+
+
+def _may_differ(key: str) -> bool:
+    """The key, or the mapping it is an entry of (vqa.submission_splits.test-dev2015), may differ on resume."""
+    return any(key == name or key.startswith(name + ".") for name in MAY_DIFFER_ON_RESUME)
 
 
 def with_new_defaults(saved: dict[str, Any], defaults: Any, prefix: str = "") -> dict[str, Any]:
@@ -139,16 +144,26 @@ def open_run_folder(cfg: Config, resume: str | None, runtime: Runtime) -> str:
     return decided_on_main(lambda: _open(Path(cfg.train.out), cfg, resume), runtime)
 
 
-def restarted_resume(cfg: Config) -> str | None:
+def restarted_resume(cfg: Config, resume: str | None = None) -> str | None:
     """`latest` for a process that torchrun restarted (`--max-restarts`) in a folder with a checkpoint: it is given
-    the command line it started with, and goes on where the run got to instead of being refused (or sent back to the
-    `--resume PATH` that command line names)."""
+    the command line it started with, and goes on where the run got to instead of being refused, or sent back to the
+    `--resume PATH` that command line names. Not where the newest checkpoint is older than the attempt that resumed
+    PATH (the run's record is written as each attempt opens the folder): that one is a continuation the user gave up
+    by resuming an earlier checkpoint, whose attempt died before it set it aside."""
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
         return None
-    if Checkpoints(Path(cfg.train.out) / CHECKPOINTS).latest() is None:
+    latest = Checkpoints(Path(cfg.train.out) / CHECKPOINTS).latest()
+    if latest is None:
+        return None
+    record = Path(cfg.train.out) / RECORD
+    if resume and resume != "latest" and record.is_file() and _written(latest) < record.stat().st_mtime:
         return None
     log.warning("restarted by torchrun: resuming %s from its latest checkpoint", cfg.train.out)
     return "latest"
+
+
+def _written(checkpoint: Path) -> float:
+    return (checkpoint / PROGRESS).stat().st_mtime
 
 
 def check_resumed_from(checkpoint: Path, cfg: Config) -> None:
