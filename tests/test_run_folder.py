@@ -117,6 +117,14 @@ def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(m
     assert keys and [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
 
 
+def test_another_commands_write_probe_in_a_new_folder_is_not_taken_for_a_users_file(micro_config, tmp_path):
+    """`meter finetune`'s check that --out is writable leaves a probe file for an instant: a run opening the folder
+    then was refused as "not empty, holds no meter run"."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/.meter-write-check-abc123").write_text("")
+    assert _pretrain(micro_config, tmp_path / "run").is_dir()
+
+
 def test_a_folder_that_meter_study_planned_takes_its_run(micro_config, tmp_path):
     from meter.study.cells import RUN
 

@@ -70,6 +70,7 @@ def test_prepare_command_over_its_budget_stops_with_a_message_naming_the_option_
     bad = tmp_path / "cc/training" / cc_file("http://example.com/photos/7/picture.jpg?size=large")
     assert f"meter: data: skipped 1 of 20 samples, more than the budget of 0 (1.0%, --max-bad): first: {bad}" in stderr
     assert "bad_samples.jsonl" in stderr
+    assert not list((tmp_path / "out").glob(".*.tmp")), "the shard it stopped in is not left half-written"
 
 
 def test_a_rerun_over_an_edited_source_file_is_refused_naming_it_and_another_directory_is_the_same_root(

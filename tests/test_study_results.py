@@ -309,6 +309,6 @@ def test_the_report_shows_the_title_and_row_names_as_written_and_drops_figures_i
     users.write_bytes(b"not the report's")
     report = write_report(tmp_path / "out")["markdown"].read_text()
     assert report.startswith("# \\<b\\>Fusion\\</b\\> \\*study\\*\n")
-    assert "## \\<b\\>Fusion\\</b\\> \\*study\\*: with VLP" in report and "| cost $\\\\frac$ |" in report
+    assert "## \\<b\\>Fusion\\</b\\> \\*study\\*: with VLP" in report and "| cost \\$\\\\frac\\$ |" in report
     assert (tmp_path / "out" / "bars-vlp-uniform.png").stat().st_size > 1000
     assert not stale.exists() and users.read_bytes() == b"not the report's"

@@ -130,6 +130,9 @@ class ShardBuilder:
             self.temporary.unlink(missing_ok=True)  # the space it took back: the shard is written again on resume
             raise DataError(f"shard not written: {cannot_write(self.path, error, max(sizes, default=0))}; free some "
                             "space and run the same command again (it resumes at this shard)") from None  # fmt: skip
+        except BaseException:  # the bad-sample budget spent, Ctrl-C: the half-written shard is not left behind
+            self.temporary.unlink(missing_ok=True)
+            raise
         self.record.captions = self.counts.to_json()
         return self.record
 

@@ -71,7 +71,7 @@ def markdown_table(table: Table) -> str:
 
 
 # what formats text inside a table cell: an `_` only at a word's edge (t2i_r1 stays as it is)
-MARKDOWN = re.compile(r"[\\`*\[\]<>|~&]|(?<![^\W_])_|_(?![^\W_])")
+MARKDOWN = re.compile(r"[\\`*\[\]<>|~&$]|(?<![^\W_])_|_(?![^\W_])")  # $: math where a viewer renders it
 
 
 def markdown_cell(text: str) -> str:

@@ -31,7 +31,7 @@ from meter.atomic_files import cannot_write, temporary_of, write_text_atomically
 from meter.config import ADDED_SETTINGS, Config, at_current_defaults, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
-from meter.output_folder import lock_folder, release_folder
+from meter.output_folder import WRITE_PROBE, lock_folder, release_folder
 from meter.train.checkpoint import PROGRESS, Checkpoints
 from meter.train.distributed import decided_on_main
 from meter.train.runtime import Runtime
@@ -46,8 +46,9 @@ LOCK = ".meter-run.lock"  # held by the process that trains in the folder (who: 
 RECORD_LEFT_HALF_WRITTEN = temporary_of(Path(RECORD)).name
 # everything a training run writes at the top of its folder (evaluation adds its prediction and score files after)
 RUN_FILES = frozenset(
-    {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", "loss_curves.png",
-     "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval", RECORD_LEFT_HALF_WRITTEN}
+    {RECORD, CONFIG, "metrics.jsonl", "tensorboard", CHECKPOINTS, EXPORT, f".{EXPORT}.tmp", f".{EXPORT}.replaced",
+     "loss_curves.png", "bad_samples.jsonl", LOCK, "best", ".best.tmp", ".best.replaced", "best.json", "eval",
+     RECORD_LEFT_HALF_WRITTEN}
 )  # fmt: skip
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
@@ -196,7 +197,9 @@ def finish_run(out: str | Path) -> None:
 def _open(out: Path, cfg: Config, resume: str | None) -> str:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out = {out} is a file; give a folder for the run")
-    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    # another command's probe of whether the folder is writable (removed at once) is none of the folder's entries
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK and not p.name.startswith(WRITE_PROBE)) \
+        if out.is_dir() else []  # fmt: skip
     # one run at a time: a second (the same command twice, a requeued job while the first still writes) would
     # delete the first one's checkpoint being written and log its steps twice. A run's folder is locked before it is
     # checked (a live run is named as such); any other folder after (a folder of the user's gets no lock file)
