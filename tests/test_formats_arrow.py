@@ -65,6 +65,23 @@ def test_files_of_the_evaluation_splits_are_left_out_of_a_pretraining_corpus(tmp
     assert len(ArrowSource(tmp_path / "arrows", held_out=())) == 9, "--held-out '' keeps every file"
 
 
+def test_flickr30k_files_are_left_out_of_a_pretraining_corpus_unless_named(tmp_path: Path, caplog):
+    """The official folder's f30k_caption_karpathy_train.arrow (split `train`) was pretrained on by the default
+    `--files "*.arrow"`: Flickr30k is in none of the paper's four corpora, and its images are the Flickr30k zero-shot
+    retrieval's and SNLI-VE's."""
+    _vilt_coco(tmp_path / "arrows")
+    write_vilt_arrow(tmp_path / "arrows/f30k_caption_karpathy_train.arrow", _rows(20, 2))
+    with caplog.at_level(logging.WARNING):
+        source = ArrowSource(tmp_path / "arrows")
+    assert [p.name for p in source.files] == [
+        "coco_caption_karpathy_restval.arrow",
+        "coco_caption_karpathy_train.arrow",
+    ]
+    assert "left out 1 arrow file(s) of Flickr30k" in caplog.text and "f30k_caption_karpathy_train.arrow" in caplog.text
+    named = ArrowSource(tmp_path / "arrows", ("coco_caption_karpathy_train.arrow", "f30k_caption_karpathy_train.arrow"))
+    assert [p.name for p in named.files] == ["coco_caption_karpathy_train.arrow", "f30k_caption_karpathy_train.arrow"]
+
+
 def test_a_file_mixing_an_evaluation_split_with_training_rows_is_refused(tmp_path: Path):
     write_vilt_arrow(tmp_path / "mixed.arrow", _rows(0, 3), split=["train", "test", "train"])
     with pytest.raises(DataError, match=r"mixed.arrow: rows of the held-out split\(s\) test .* with rows of train"):

@@ -72,6 +72,28 @@ def test_shards_written_again_since_they_were_indexed_are_refused_naming_them(tm
         index_shards(tmp_path / "web", tmp_path / "index", progress=False)
 
 
+def test_a_shard_indexed_while_it_was_still_written_is_named_and_a_run_refuses_it_once_finished(tmp_path: Path):
+    """img2dataset writes a shard sample by sample under its final name: indexed while the download ran, it was
+    taken as whole (no word), and once finished every epoch read it only as far as the manifest counted."""
+    from meter.config import DataConfig, SourceConfig
+    from meter.data.shard_stream import open_corpus
+
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=10)
+    whole = (tmp_path / "web/00001.tar").read_bytes()
+    with tarfile.open(tmp_path / "web/00001.tar") as tar:
+        cut = tar.getmembers()[12].offset  # a sample's first header: the file ends where a sample begins
+    (tmp_path / "web/00001.tar").write_bytes(whole[:cut])
+    manifest = index_shards(tmp_path / "web", tmp_path / "index", max_bad=0.1, progress=False)
+    assert manifest["bad"] == 1 and [s["samples"] for s in manifest["shards"]] == [10, 4]
+    listed = (tmp_path / "index/bad_samples.jsonl").read_text()
+    assert "00001.tar: ends without a tar's closing blocks (still being downloaded, or cut short)" in listed
+    (tmp_path / "web/00001.tar").write_bytes(whole)  # the download finishes
+    data = DataConfig(root=str(tmp_path), sources=[SourceConfig(path="index")])
+    with pytest.raises(DataError, match=rf"data.sources\[0\]: {tmp_path}/web/00001.tar \({len(whole):,} bytes, "
+                                        rf"{cut:,} when prepared\) changed since `meter prepare` read it"):  # fmt: skip
+        open_corpus(data, None)
+
+
 def test_a_copy_rerun_over_shards_of_other_captions_is_refused_not_kept(tmp_path: Path):
     """As many samples as before, so the record count passed: the copy kept the old captions."""
     write_img2dataset(tmp_path / "web", shards=2, per_shard=3)

@@ -13,7 +13,14 @@ from meter.data.formats.common import RawSample
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource
 from meter.data.shard_writer import write_shards
 from meter.errors import DataError
-from tests.corpora import cc_file, image_bytes, shard_members, write_coco, write_conceptual_captions
+from tests.corpora import (
+    cc_file,
+    image_bytes,
+    shard_members,
+    write_coco,
+    write_conceptual_captions,
+    write_visual_genome,
+)
 
 
 def prepare(*args: str) -> subprocess.Popen:
@@ -180,6 +187,26 @@ def test_a_shard_record_left_empty_by_a_crash_is_written_again(tmp_path: Path):
     again = write_shards(ConceptualCaptionsSource(tmp_path / "cc"), tmp_path / "out", shard_size=4, progress=False)
     assert again == straight
     assert json.loads((tmp_path / "out/progress/00001.json").read_text())["path"] == "00001.tar"
+
+
+def test_a_preparation_stopped_by_its_budget_and_run_again_with_the_images_in_place_reads_them(tmp_path: Path):
+    """Visual Genome prepared before VG_100K_2 was unzipped stops at its budget; unzipped, the same command was
+    refused again: the list kept the unfinished shard's missing images, which the rerun reads fine."""
+    import shutil
+
+    from meter.data.formats.visual_genome import visual_genome_source
+
+    write_visual_genome(tmp_path / "vg", 40)  # odd ids in VG_100K, even ones in VG_100K_2
+    (tmp_path / "vg/VG_100K/39.jpg").write_bytes(b"not a jpeg")  # one image that is really bad
+    shutil.move(tmp_path / "vg/VG_100K_2", tmp_path / "later")
+    options = {"shard_size": 10, "max_bad": 0.2, "progress": False}  # a budget of 8: the second shard spends it
+    with pytest.raises(DataError, match=r"skipped 9 of 40"):
+        write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", **options)
+    shutil.move(tmp_path / "later", tmp_path / "vg/VG_100K_2")
+    manifest = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", **options)
+    # the first shard is kept as written (its 5 missing images stay bad); the others read every image but 39's
+    assert (manifest["samples"], manifest["bad"]) == (34, 6)
+    assert len((tmp_path / "out/bad_samples.jsonl").read_text().splitlines()) == 6
 
 
 def test_a_source_in_a_folder_named_in_latin1_is_prepared_and_prepared_again(tmp_path: Path):

@@ -110,6 +110,22 @@ def test_visual_genome_without_its_image_metadata_is_named(shapes_world, tmp_pat
         plan_study(study_from_dict(_unseen_study(shapes_world, [vg])), tmp_path / "out")
 
 
+def test_visual_genome_image_metadata_is_read_beside_its_region_descriptions(shapes_world, tmp_path):
+    """With the official layout (`--regions annotations/region_descriptions.json`, image_data.json beside it) the
+    metadata was looked for at the root, and its absence named there."""
+    test_images = sorted(_karpathy_ids(shapes_world, "test"))
+    root = tmp_path / "vg"
+    write_visual_genome(root, 2)
+    (root / "annotations").mkdir()
+    (root / "region_descriptions.json").rename(root / "annotations/region_descriptions.json")
+    metadata = [{"image_id": 1, "coco_id": test_images[0]}, {"image_id": 2, "coco_id": None}]
+    (root / "annotations/image_data.json").write_text(json.dumps(metadata))
+    write_shards(visual_genome_source(root, "annotations/region_descriptions.json"), root / "shards", progress=False)
+    plan = plan_study(study_from_dict(_unseen_study(shapes_world, [root / "shards"])), tmp_path / "out")
+    _, reported = _reported(plan.cells[0].runs[1])
+    assert test_images[0] not in {r.image_id for r in reported} and test_images[1] in {r.image_id for r in reported}
+
+
 def test_the_coco_images_of_official_arrow_files_are_read_from_their_file_names(shapes_world, tmp_path):
     """ViLT's coco_caption_karpathy_*.arrow name each image by its COCO file name; vg.arrow by Visual Genome's id."""
     test_images = sorted(_karpathy_ids(shapes_world, "test"))

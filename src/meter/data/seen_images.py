@@ -48,8 +48,9 @@ def _source_images(source: str, description: dict[str, Any], folder: Path) -> se
     if source == "coco" and "annotations" in description:
         return {record.image_id for annotation in description["annotations"]
                 for record in read_coco_captions(root / annotation, root)}  # fmt: skip
-    if source == "vg":
-        return vg_coco_images(root / VG_IMAGE_DATA)
+    if source == "vg":  # beside region_descriptions.json, wherever --regions put it under the root
+        beside = root / Path(str(description.get("regions") or VG_IMAGE_DATA)).parent / VG_IMAGE_DATA
+        return vg_coco_images(beside if beside.is_file() else root / VG_IMAGE_DATA)
     if source == "arrow":
         return arrow_coco_images(root, [str(name) for name in description.get("files") or []])
     raise DataError(

@@ -91,6 +91,7 @@ class ShardRecord:
     captions: dict[str, dict[str, int]] = field(default_factory=dict)  # CaptionCounts.to_json()
     first_missing: str | None = None  # the image file of its first record not downloaded, named if most are missing
     bytes: int = 0  # the shard file's size as written (0: recorded by an older meter), checked when a rerun keeps it
+    listed: int = -1  # the samples it added to bad_samples.jsonl (-1: recorded by an older meter)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class ShardEntry:
     path: Path  # resolved
     samples: int
     pairs: int
+    bytes: int = 0  # its size when prepared (0: not recorded then)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def build_manifest(out: Path, source: str, description: dict[str, Any], records:
         "bad": sum(r.bad for r in records),
         "not_downloaded": sum(r.not_downloaded for r in records),
         "captions": counts.summary(),
-        "shards": [{"path": r.path, "samples": r.samples, "pairs": r.pairs} for r in records],
+        "shards": [_entry(r) for r in records],
     }
 
 
@@ -148,6 +150,23 @@ def read_shard_record(path: Path) -> ShardRecord:
 def write_shard_record(path: Path, record: ShardRecord) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, asdict(record))
+
+
+def _entry(record: ShardRecord) -> dict[str, Any]:
+    """A shard as the manifest lists it: with its size when prepared, checked when a run opens the corpus."""
+    return {"path": record.path, "samples": record.samples, "pairs": record.pairs,
+            **({"bytes": record.bytes} if record.bytes else {})}  # fmt: skip
+
+
+def changed_shards(manifest: Manifest) -> list[str]:
+    """The shards whose size is not the one `meter prepare` read (an img2dataset shard indexed in place while its
+    download still wrote it, a shard replaced or cut short since): training would read them by the wrong counts."""
+    changed = []
+    for shard in manifest.shards:
+        size = shard.path.stat().st_size if shard.bytes and shard.path.is_file() else shard.bytes
+        if size != shard.bytes:
+            changed.append(f"{shard.path} ({size:,} bytes, {shard.bytes:,} when prepared)")
+    return changed
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -164,5 +183,6 @@ def read_manifest(path: str | Path) -> Manifest:
     if data.get("format") != FORMAT or "shards" not in data:
         raise DataError(f"{path}: not a manifest written by `meter prepare` (format {FORMAT!r})")
     folder = path.parent
-    shards = tuple(ShardEntry(folder / s["path"], int(s["samples"]), int(s["pairs"])) for s in data["shards"])
+    shards = tuple(ShardEntry(folder / s["path"], int(s["samples"]), int(s["pairs"]), int(s.get("bytes") or 0))
+                   for s in data["shards"])  # fmt: skip
     return Manifest(folder, str(data.get("source", folder.name)), shards, data)

@@ -31,7 +31,7 @@ from meter.data.datasets import ImageReader
 from meter.data.formats.webdataset import TarShard
 from meter.data.images import decode_image
 from meter.data.loader_watch import WORKER_TIMEOUT, note_reading, watched_batches
-from meter.data.shard_manifest import Manifest, ShardEntry, read_manifest
+from meter.data.shard_manifest import Manifest, ShardEntry, changed_shards, read_manifest
 from meter.data.shard_plan import (
     EpochPlan,
     balanced_range,
@@ -298,6 +298,13 @@ def open_corpus(data: DataConfig, images: ImageReader) -> ShardCorpus:
         if not source.path:
             raise ConfigError(f"data.sources[{i}].path is empty; give a folder written by `meter prepare`")
         manifest = read_manifest(Path(data.root) / source.path)
+        changed = changed_shards(manifest)
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise DataError(
+                f"data.sources[{i}]: {changed[0]}{more} changed since `meter prepare` read it (a download "
+                f"still writing it, or replaced since): prepare {source.path} again into a new --out"
+            )
         if source.weight > 0:
             sources.append((manifest, source.weight))
     if not sources or sum(m.pairs * w for m, w in sources) == 0:

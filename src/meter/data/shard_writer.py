@@ -107,6 +107,7 @@ class ShardBuilder:
         self.keys: set[str] = set()
 
     def write(self, records: Iterator[RawSample | Unusable]) -> ShardRecord:
+        listed = self.budget.count
         try:
             with self.temporary.open("wb") as f:
                 writer = webdataset.TarWriter(f, mtime=0)  # a fixed mtime: a rewritten shard is byte-identical
@@ -134,6 +135,7 @@ class ShardBuilder:
             self.temporary.unlink(missing_ok=True)
             raise
         self.record.captions = self.counts.to_json()
+        self.record.listed = self.budget.count - listed
         return self.record
 
     def _bad(self, name: str, reason: str) -> None:
@@ -244,11 +246,21 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _resume_budget(out: Path, max_bad: float, total: int) -> BadSampleBudget:
-    """The budget, with the bad samples an interrupted run already found (their shards are not read again)."""
+def _resume_budget(out: Path, max_bad: float, total: int, keep: int = -1) -> BadSampleBudget:
+    """The budget, with the bad samples an interrupted run already found (their shards are not read again); `keep`
+    (>= 0): those of the shards kept, the first listed (the rest were of a shard written again)."""
     budget = BadSampleBudget(max_bad, total, out / BAD_SAMPLES, setting="--max-bad")
-    budget.restore(continued_list(out / BAD_SAMPLES, resumed=True))  # a line cut short by a kill is dropped
+    budget.restore(continued_list(out / BAD_SAMPLES, resumed=True, keep=keep))  # a line cut short by a kill: dropped
     return budget
+
+
+def _listed_by(done: dict[int, ShardRecord]) -> int:
+    """The samples the kept shards listed, where they are the first shards and each recorded its count: the list's
+    lines after them are of a shard left unfinished, which is read again (an image found since is no longer bad);
+    else -1, the whole list."""
+    if sorted(done) != list(range(len(done))) or any(record.listed < 0 for record in done.values()):
+        return -1
+    return sum(record.listed for record in done.values())
 
 
 def _finished(out: Path, shards: int) -> dict[int, ShardRecord]:
@@ -310,7 +322,7 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
         if done:
             log.info("%s: %d of %d shards were written before: kept, their images not read again (their bad samples "
                      "stay bad: prepare into another --out to read a fixed image)", out, len(done), shards)  # fmt: skip
-        budget = _resume_budget(out, max_bad, total)
+        budget = _resume_budget(out, max_bad, total, keep=_listed_by(done))
         first_todo = next((i for i in range(shards) if i not in done), shards)
         bar = tqdm(total=total, initial=sum(r.records for r in done.values()), unit="record",
                    desc=f"prepare {source.name}", disable=not progress, dynamic_ncols=True)  # fmt: skip
@@ -392,8 +404,19 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
         return _finish(out, "webdataset", description, records, found)
 
 
+def _ends_whole(path: Path) -> bool:
+    """Whether the tar ends with its two zero blocks, as every finished tar does (tarfile, GNU tar, img2dataset)."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 1024))
+        return f.read(1024) == bytes(1024)
+
+
 def _index_shard(path: Path, index: int, budget: BadSampleBudget) -> ShardRecord:
-    record, counts = ShardRecord(str(path), index, 0, 0, 0), CaptionCounts()
+    record, counts = ShardRecord(str(path), index, 0, 0, 0, bytes=path.stat().st_size), CaptionCounts()
+    if not _ends_whole(path):  # img2dataset writes a shard under its final name: one it still writes ends early
+        record.bad += 1
+        budget.record(BadSample(str(path), f"{path}: ends without a tar's closing blocks (still being downloaded, or "
+                                "cut short): indexed as far as it goes"))  # fmt: skip
     with TarShard(path) as shard:
         for sample in shard.samples():
             text = shard.text(sample)

@@ -18,6 +18,7 @@ import binascii
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from meter.errors import DataError
 ROWS_PER_SLICE = 64
 REQUIRED = ("image", "caption")
 HELD_OUT = ("val", "test")
+# the official folder's Flickr30k captions: in none of the paper's pretraining corpora (COCO, VG, SBU, CC; config.py
+# `datasets`), and its images are the Flickr30k retrieval and captioning evaluation's corpus and SNLI-VE's
+NOT_PRETRAINED = "f30k_*.arrow"
 log = logging.getLogger(__name__)
 
 
@@ -143,6 +147,12 @@ class ArrowSource:
         if not found:
             raise DataError(f"no arrow files matching {', '.join(patterns)} in {root}")
         self.files, self.counts, left_out = [], [], []
+        flickr = [path for path in found if fnmatch(path.name, NOT_PRETRAINED) and path.name not in patterns]
+        if flickr:  # a pattern naming the file itself keeps it
+            log.warning("left out %d arrow file(s) of Flickr30k, not in the official pretraining corpus (COCO, VG, "
+                        "SBU, CC) and the images of the Flickr30k and SNLI-VE evaluations: %s (name one in --files to "
+                        "keep it)", len(flickr), ", ".join(path.name for path in flickr))  # fmt: skip
+            found = [path for path in found if path not in flickr]
         other_tasks = [path for path in found if _task_file(path)]
         if other_tasks:  # an official arrow folder holds the VQAv2, NLVR2 and SNLI-VE files beside the captions
             log.warning("left out %d arrow file(s) without a caption column (a task's, not captions): %s",
