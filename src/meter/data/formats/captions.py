@@ -190,5 +190,12 @@ def coco_source(
                         "evaluation): pretraining on them inflates those scores; `--karpathy dataset_coco.json` "
                         "keeps them out", root / annotation)  # fmt: skip
         records += read
+    if not any("val" in Path(annotation).stem for annotation in annotations):
+        log.info(
+            "coco: %d images from %s; the paper pretrains on Karpathy's train + restval (113,287 images, "
+            "restval's from val2014): `--karpathy dataset_coco.json`",
+            len(records),
+            ", ".join(annotations),
+        )
     files = tuple(root / annotation for annotation in annotations)
     return CaptionRecordSource("coco", records, {"root": str(root), "annotations": list(annotations), **where}, files)
