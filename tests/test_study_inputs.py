@@ -164,3 +164,41 @@ def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp
     study["base"]["overrides"].append("train.lr=0.0003")  # a change of the result is refused as before
     with pytest.raises(ConfigError, match=r"train.lr: "):
         plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_cell_a_live_worker_runs_keeps_its_plan_when_the_study_file_changes_for_it(shapes_world, tmp_path):
+    """A second `meter study run` on an edited file rewrote the records of a cell whose worker ran the old plan: its
+    run was then taken for the new one, and its number reported under the change."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from meter.study.execute import live_worker
+    from meter.study.records import STATUS
+
+    study = micro_study(shapes_world, seeds=[0])
+    plan = plan_study(study_from_dict(study), tmp_path / "out")
+    merged = next(cell for cell in plan.cells if cell.row == "merged")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "meter-study-worker"])
+    try:
+        for _ in range(500):  # until it runs its own command line (the child may not have exec'd yet)
+            if b"study" in Path(f"/proc/{worker.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
+        status = {"state": "running", "pid": worker.pid, "host": socket.gethostname(), "run": "pretrain"}
+        (Path(merged.folder) / STATUS).write_text(json.dumps(status))
+        assert live_worker(merged.folder).startswith(f"another worker (pid {worker.pid} on ")
+        plan_study(study_from_dict(study), tmp_path / "out", running=live_worker)  # the same file: planned again
+        record = (Path(merged.folder) / "cell.json").read_text()
+        study["variants"][0]["overrides"].append("train.weight_decay=0.02")
+        with pytest.raises(ConfigError, match=r"now plans vlp/merged/seed-0 otherwise, and another worker \(pid "
+                                              rf"{worker.pid} on .*\) runs it as it was planned"):  # fmt: skip
+            plan_study(study_from_dict(study), tmp_path / "out", running=live_worker)
+        assert (Path(merged.folder) / "cell.json").read_text() == record
+        os.utime(Path(merged.folder) / STATUS, (0, 0))  # its heartbeat a day old: a number reused by another process
+        assert live_worker(merged.folder) == ""
+    finally:
+        worker.kill()
+        worker.wait()

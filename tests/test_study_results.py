@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.study.cells import plan_study
 from meter.study.report_text import csv_report, entry
 from meter.study.results import build_tables, metric_value
@@ -312,3 +312,16 @@ def test_the_report_shows_the_title_and_row_names_as_written_and_drops_figures_i
     assert "## \\<b\\>Fusion\\</b\\> \\*study\\*: with VLP" in report and "| cost \\$\\\\frac\\$ |" in report
     assert (tmp_path / "out" / "bars-vlp-uniform.png").stat().st_size > 1000
     assert not stale.exists() and users.read_bytes() == b"not the report's"
+
+
+def test_a_study_file_cut_short_is_named_not_an_internal_error(shapes_world, tmp_path):
+    """plan.json, pretraining.json, cell.json and study_run.json were written in place: a full disk left one cut
+    short, and every later `meter study` command failed with an internal JSONDecodeError."""
+    from meter.study.cells import load_plan
+
+    plan_study(study_from_dict(micro_study(shapes_world, seeds=[0])), tmp_path / "out")
+    assert not list((tmp_path / "out").rglob(".*.tmp")), "each written whole, then renamed"
+    plan_file = tmp_path / "out/plan.json"
+    plan_file.write_text(plan_file.read_text()[:100])
+    with pytest.raises(DataError, match=rf"{plan_file} is damaged .*: delete it and run `meter study run` again"):
+        load_plan(tmp_path / "out")

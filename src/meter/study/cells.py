@@ -23,11 +23,13 @@ import itertools
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config, at_current_defaults, load_config, to_dict
 from meter.data.seen_images import coco_images_seen
 from meter.errors import ConfigError, DataError
@@ -243,7 +245,7 @@ class Planner:
         self.shared: dict[str, str] = {}  # pretraining identity -> its folder, relative to out
         index = self.out / SHARED_PRETRAINING
         if index.is_file():
-            self.shared = json.loads(index.read_text())
+            self.shared = _study_file(index)
         self.owners: dict[str, str] = {}  # pretraining identity -> the cell that runs it in this plan
         self.claimed: dict[str, str] = {}  # pretraining folder -> the identity this plan runs there
         self.planned: set[str] = set()  # the pretraining identities of this plan
@@ -501,10 +503,12 @@ def slug_point(point: str) -> str:
     return "".join(c if c.isalnum() or c in "._=-" else "+" if c == "," else "_" for c in point)
 
 
-def plan_study(spec: StudySpec, out: str | Path, prepare: bool = True) -> StudyPlan:
+def plan_study(
+    spec: StudySpec, out: str | Path, prepare: bool = True, running: Callable[[str], str] | None = None
+) -> StudyPlan:
     """The study's cells and runs; with `prepare` the data is made and the plan is checked against run folders that
     exist (a changed run is an error) and written to OUT (plan.json, each cell's cell.json, each run's
-    study_run.json)."""
+    study_run.json). `running(cell folder)`: the live worker that runs a cell ("" none), which keeps its plan."""
     if prepare and (Path(out) / PLAN).is_file():  # runs exist: a changed study is refused before its data is remade
         try:
             before_data = Planner(spec, Path(out), prepare=False).plan()
@@ -516,8 +520,10 @@ def plan_study(spec: StudySpec, out: str | Path, prepare: bool = True) -> StudyP
     plan = planner.plan()
     if prepare:
         check_unchanged(plan, planner.out)
+        if running is not None:
+            check_running_cells(plan, running)
         save_plan(plan, planner.out)
-        (planner.out / SHARED_PRETRAINING).write_text(json.dumps(planner.shared, indent=1))
+        write_text_atomically(planner.out / SHARED_PRETRAINING, json.dumps(planner.shared, indent=1))
     return plan
 
 
@@ -584,7 +590,7 @@ def check_unchanged(plan: StudyPlan, out: Path) -> None:
                 stored = Path(run.folder) / RUN
                 if not stored.is_file() or not has_output(Path(run.folder)):
                     continue
-                before = json.loads(stored.read_text())
+                before = _study_file(stored)
                 changed = input_changes(before, run, same_runs)
                 if before["identity"] != run.identity:
                     changed += config_changes(before, run, out)
@@ -600,13 +606,28 @@ def check_unchanged(plan: StudyPlan, out: Path) -> None:
         )
 
 
+def check_running_cells(plan: StudyPlan, running: Callable[[str], str]) -> None:
+    """A cell that a live worker runs keeps the plan that worker read: the study file changed for it is refused (its
+    records rewritten, the worker's old run was taken for the new one, and its number reported under the change)."""
+    for cell in plan.cells:
+        stored = Path(cell.folder) / CELL
+        if not stored.is_file() or _study_file(stored) == json.loads(json.dumps(asdict(cell))):
+            continue
+        worker = running(cell.folder)
+        if worker:
+            raise ConfigError(f"the study file now plans {cell.name} otherwise, and {worker} runs it as it was "
+                              "planned: run the changed file once that worker is done (or stopped)")  # fmt: skip
+
+
 def save_plan(plan: StudyPlan, out: Path) -> None:
+    """The plan and each cell's and run's record, each written whole or not at all (a full disk or a kill left a
+    cut file that every later command failed to read)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN).write_text(json.dumps(asdict(plan), indent=1))
+    write_text_atomically(out / PLAN, json.dumps(asdict(plan), indent=1))
     for cell in plan.cells:
         folder = Path(cell.folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CELL).write_text(json.dumps(asdict(cell), indent=1))
+        write_text_atomically(folder / CELL, json.dumps(asdict(cell), indent=1))
         for run in cell.own_runs():
             stored = Path(run.folder) / RUN
             if stored.is_file() and has_output(Path(run.folder)):
@@ -614,7 +635,18 @@ def save_plan(plan: StudyPlan, out: Path) -> None:
             stored.parent.mkdir(parents=True, exist_ok=True)
             record = {"identity": run.identity, "study": str(out), "command": run.command(),
                       "config": to_dict(run.config()), "inputs": run.inputs}  # fmt: skip
-            stored.write_text(json.dumps(record, indent=1, default=str))
+            write_text_atomically(stored, json.dumps(record, indent=1, default=str))
+
+
+def _study_file(path: Path, text_of: Callable[[str], str] = str) -> Any:
+    """A file the study wrote, read back; one cut short (written by an older meter as the disk filled) is named."""
+    try:
+        return json.loads(text_of(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path} is damaged ({error}): delete it and run `meter study run` again (it plans the study "
+            "anew; finished runs are kept)"
+        ) from None
 
 
 def _cell_from_dict(data: dict[str, Any]) -> CellPlan:
@@ -622,7 +654,7 @@ def _cell_from_dict(data: dict[str, Any]) -> CellPlan:
 
 
 def load_cell(path: str | Path) -> CellPlan:
-    return _cell_from_dict(json.loads(Path(path).read_text()))
+    return _cell_from_dict(_study_file(Path(path)))
 
 
 def _moved(text: str, out: Path) -> str:
@@ -641,7 +673,7 @@ def load_plan(out: str | Path) -> StudyPlan:
     path = Path(out) / PLAN
     if not path.is_file():
         raise ConfigError(f"{out} holds no study ({PLAN} not found): run `meter study run STUDY.yaml --out {out}`")
-    data = json.loads(_moved(path.read_text(), Path(out).resolve()))
+    data = _study_file(path, lambda text: _moved(text, Path(out).resolve()))
     data["tasks"] = {name: TaskColumns(**columns) for name, columns in data["tasks"].items()}
     data["cells"] = [_cell_from_dict(cell) for cell in data["cells"]]
     return StudyPlan(**data)

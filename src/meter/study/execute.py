@@ -52,13 +52,21 @@ def cell_done(cell: CellPlan) -> bool:
     return all(run_done(run) for run in cell.own_runs())
 
 
+def live_worker(cell_folder: str) -> str:
+    """The live worker that runs the cell ("" if none)."""
+    status = read_status(cell_folder)
+    if not status_alive(status, cell_folder):
+        return ""
+    where = f"pid {status.get('pid', '?')} on {status.get('host', '?')}, on its run {status.get('run') or '-'}"
+    return f"another worker ({where})"
+
+
 def held_elsewhere(cell_folder: str) -> str:
     """Who else has the cell ("" if no one): a live worker (its status), or a Slurm job of an earlier `meter study
     run` still in the queue (it has no status until it starts)."""
-    status = read_status(cell_folder)
-    if status_alive(status, cell_folder):
-        where = f"pid {status.get('pid', '?')} on {status.get('host', '?')}, on its run {status.get('run') or '-'}"
-        return f"another worker ({where})"
+    worker = live_worker(cell_folder)
+    if worker:
+        return worker
     job = queued_job(cell_folder)
     return f"{job}, submitted by an earlier run and still in the Slurm queue (scancel it to run the cell anew)" if job \
         else ""  # fmt: skip
@@ -227,7 +235,7 @@ def run_study(
             select_cells(plan_study(spec, out, prepare=False), only)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()  # first: the world or holdout files planning writes next are this study's too
-    plan = plan_study(spec, out)
+    plan = plan_study(spec, out, running=live_worker)
     outcome = Outcome()
     todo = []
     for cell in select_cells(plan, only):

@@ -84,10 +84,11 @@ def status_alive(status: dict[str, Any], cell_folder: str | Path) -> bool:
     """Whether a status that says running (read from `cell_folder`) is held by a live worker."""
     if status.get("state") != "running":
         return False
-    if status.get("host") == socket.gethostname():
-        return process_alive(int(status.get("pid", 0))) if status.get("pid") else False
     age = seconds_since_written(Path(cell_folder) / STATUS)
-    return age is not None and age < STALE_S
+    fresh = age is not None and age < STALE_S  # its heartbeat: on this host too (after a reboot, a pid is reused)
+    if status.get("host") == socket.gethostname():
+        return fresh and process_alive(int(status.get("pid", 0))) if status.get("pid") else False
+    return fresh
 
 
 def seconds_since_written(path: Path) -> float | None:
