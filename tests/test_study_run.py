@@ -280,3 +280,23 @@ def test_a_zero_shot_task_scores_each_cells_pretraining_as_meter_evaluate_does(s
             path.unlink()
     assert main(shlex.split(run.command())[1:]) == 0
     assert json.loads(capsys.readouterr().out) == studied
+
+
+def test_a_worker_killed_before_it_wrote_a_status_is_reported_not_the_earlier_attempts_end(
+    shapes_world, tmp_path, monkeypatch
+):
+    """A worker killed while it starts (the out-of-memory killer, as torch is imported) left the earlier attempt's
+    status: its old error was reported as this failure, and over a "done" (a task added since) none at all."""
+    import meter.study.executors as executors
+    from meter.study.records import write_json
+
+    study = study_from_dict(micro_study(shapes_world, variants=[], seeds=[0]))
+    cell = plan_study(study, tmp_path / "out").cells[0]
+    monkeypatch.setattr(executors, "worker_command", lambda cell: ["sh", "-c", "kill -9 $$"])  # a real death
+    for earlier in ({"state": "failed", "errors": {"pretrain": "DataError: no space left on device"}},
+                    {"state": "done", "errors": {}}):  # fmt: skip
+        write_json(Path(cell.folder) / "status.json", {"pid": 1, "host": "elsewhere", "run": "", **earlier})
+        outcome = run_study(study, tmp_path / "out", report=False)
+        assert "SIGKILL" in outcome.failed[cell.name] and "no space" not in outcome.failed[cell.name]
+        status = read_status(cell.folder)
+        assert status["state"] == "failed" and "SIGKILL" in status["errors"]["worker"]

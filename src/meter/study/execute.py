@@ -166,7 +166,7 @@ def schedule(cells: list[CellPlan], executor: LocalProcesses | Submitit, poll_s:
                     log.warning("study: %s stopped after %.0f s: %s", name, seconds, outcome.stopped[name])
                     continue
                 if reason:
-                    record_lost_worker(cell.folder, reason)
+                    record_lost_worker(cell.folder, reason, own)
                 errors = read_status(cell.folder).get("errors", {})
                 if errors or reason:
                     outcome.failed[name] = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in

@@ -158,10 +158,15 @@ class CellStatus:
         self.update(state=state, run="", finished=time.time(), heartbeat=time.time())
 
 
-def record_lost_worker(cell_folder: str | Path, reason: str) -> None:
-    """The orchestrator's note when a worker ended without saying how (killed, out of memory, a lost job)."""
+def record_lost_worker(cell_folder: str | Path, reason: str, own: bool = True) -> None:
+    """The orchestrator's note when a worker ended without saying how (killed, out of memory, a lost job). `own`:
+    the status is that worker's; else it died before it wrote one, and the status an earlier attempt left (its
+    errors, or a "done" before a task was added) is replaced, not reported as this worker's end."""
     path = Path(cell_folder) / STATUS
     status = read_json(path) or {}
+    if not own:
+        write_json(path, {"state": "failed", "errors": {"worker": reason}, "finished": time.time()})
+        return
     if status.get("state") in ("done", "failed"):
         return
     errors = dict(status.get("errors", {}))
