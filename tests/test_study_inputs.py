@@ -109,6 +109,12 @@ def test_a_row_that_keeps_an_edited_rows_old_pretraining_gets_a_folder_of_its_ow
     assert folders["b"] == old_folder  # b keeps the run of its setting
     assert folders["a"] != old_folder and len(set(folders.values())) == 3
     assert plan_study(study_from_dict(study), tmp_path / "out").cells == plan.cells  # the same plan the next time
+    as_if_ran(plan)
+    # a setting that changes no result (checkpoints more often): every pretraining keeps its folder, b's a's old one
+    study["base"]["overrides"].append("train.checkpoint_every=7")
+    again = plan_study(study_from_dict(study), tmp_path / "out")
+    kept = {cell.row: next(run.folder for run in cell.runs if run.kind == "pretrain") for cell in again.cells}
+    assert kept == folders
 
 
 def test_an_edit_that_is_refused_leaves_the_studys_data_as_it_was(tmp_path):

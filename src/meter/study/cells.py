@@ -169,6 +169,15 @@ def identity(cfg: Config, out: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def result_identity(config: dict[str, Any], out: str) -> str:
+    """A hash of what a run's config computes, less the NOT_RESULT settings too: equal for a run recorded with
+    checkpoints less often, a larger evaluation batch."""
+    data = json.loads(json.dumps(config, default=str))
+    for section, key in NOT_IDENTITY | NOT_RESULT:
+        data.get(section, {}).pop(key, None)
+    return hashlib.sha256(in_study(json.dumps(data, sort_keys=True), out).encode()).hexdigest()[:16]
+
+
 def in_study(text: str, out: str) -> str:
     """`text` with the study's folder `out` written as <study>: the folder itself and paths inside it, not a folder
     beside it whose name starts alike (/x/s1 in /x/s10, which would change when the study moved)."""
@@ -323,7 +332,7 @@ class Planner:
         <study>: a moved study keeps it), with a config that reads it."""
         corpora: dict[str, Config] = {}
         for row in study_rows(self.spec):
-            recipe, overrides, _ = self._pretraining(f"vlp/{row.slug}", row, [])
+            recipe, overrides, *_ = self._pretraining(f"vlp/{row.slug}", row, [])
             cfg = _resolved(recipe, overrides, f"vlp/{row.slug} pretraining")
             data = to_dict(cfg)["data"]
             corpus = json.dumps([data[key] for key in ("root", "karpathy", "images", "sources")], sort_keys=True)
@@ -365,8 +374,8 @@ class Planner:
             runs += self._task_runs(name, folder, row, task, [*common, init_from], upstream)
         return CellPlan(name, protocol, row.name, seed, str(folder), runs, depends)
 
-    def _pretraining(self, cell: str, row: Row, common: list[str]) -> tuple[Path, list[str], str]:
-        """The recipe, overrides and identity of a cell's pretraining."""
+    def _pretraining(self, cell: str, row: Row, common: list[str]) -> tuple[Path, list[str], str, Config]:
+        """The recipe, overrides, identity and config of a cell's pretraining."""
         base = self.spec.base.pretrain
         recipe = self._recipe(_pretrain_recipe(self.spec, row))
         steps = [f"train.max_steps={base.steps}"] if base.steps else []
@@ -375,15 +384,31 @@ class Planner:
         cfg = _resolved(recipe, overrides, f"{cell} pretraining")
         if cfg.task != "pretrain":
             raise ConfigError(f"{cell}: the pretraining recipe {recipe} has task = {cfg.task!r}, not pretrain")
-        return recipe, overrides, identity(cfg, self.out)
+        return recipe, overrides, identity(cfg, self.out), cfg
 
     def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
-        recipe, overrides, key = self._pretraining(cell, row, common)
+        recipe, overrides, key, cfg = self._pretraining(cell, row, common)
         owner = self.owners.setdefault(key, cell)
+        if key not in self.shared:  # a pretraining recorded before, its checkpoints more often now, is the same run
+            earlier = self._same_result(result_identity(to_dict(cfg), str(self.out)))
+            if earlier is not None:
+                self.shared[key] = self.shared[earlier]
         run_folder = str(self.out / self._pretraining_folder(key, str((folder / "pretrain").relative_to(self.out))))
         overrides.append(f"train.out={run_folder}")
         return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
                        inputs=dict(self.world))  # fmt: skip
+
+    def _same_result(self, result: str) -> str | None:
+        """The identity recorded for a pretraining folder whose run differs from `result` in NOT_RESULT settings
+        alone (its folder kept: a row renamed since, a `pretrain-<id>` folder), that no pretraining of this plan has."""
+        for key, folder in self.shared.items():
+            record = self.out / folder / RUN
+            if key in self.planned or folder in self.claimed or not record.is_file():
+                continue
+            before = _study_file(record)
+            if result_identity(before["config"], str(before.get("study", self.out))) == result:
+                return key
+        return None
 
     def _pretraining_folder(self, key: str, default: str) -> str:
         """The folder of the pretraining `key` (relative to out): where it ran before, else the cell's own `pretrain`
