@@ -57,6 +57,18 @@ def test_a_changed_held_out_fraction_refuses_the_runs_trained_on_the_old_split(s
         plan_study(study_from_dict(study), tmp_path / "out")
 
 
+def test_a_first_search_on_a_task_selecting_on_a_held_out_part_says_its_runs_trained_on_more(shapes_world, tmp_path):
+    """The split is held out only once a search chooses by it: adding one refused the runs blaming a
+    select.holdout that was never edited."""
+    study = micro_study(shapes_world)
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.2}
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    study["search"] = {"train.lr": [3.0e-4]}
+    with pytest.raises(ConfigError, match=r"vqa \(it trained on the whole training split; a search now holds "
+                                          r"select.holdout of it out to choose by"):  # fmt: skip
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
 def test_a_run_scored_without_the_selection_the_plan_now_asks_for_is_not_done(shapes_world, tmp_path):
     """A search added to a study that had run (or its select.overrides changed): the runs with a result counted as
     done without the selection score it asks for, and the tuned table could never choose them."""

@@ -601,8 +601,13 @@ def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str
     if "pretraining" in old:
         old = {**old, "pretraining": (same_runs or {}).get(old["pretraining"], old["pretraining"])}
     new = json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (tuples as lists)
-    return [f"{INPUT_NAMES.get(key, key)} changed" for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key)]  # fmt: skip
+    return [_input_change(key, old, new) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def _input_change(key: str, old: dict[str, Any], new: dict[str, Any]) -> str:
+    if key == "holdout" and key not in old:  # the split is held out only where a search chooses by it
+        return "it trained on the whole training split; a search now holds select.holdout of it out to choose by"
+    return f"{INPUT_NAMES.get(key, key)} changed"
 
 
 def check_unchanged(plan: StudyPlan, out: Path) -> None:
