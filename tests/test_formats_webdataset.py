@@ -94,6 +94,28 @@ def test_a_shard_indexed_while_it_was_still_written_is_named_and_a_run_refuses_i
         open_corpus(data, None)
 
 
+def test_tars_made_by_hand_say_what_is_wrong_with_them_and_macos_metadata_is_no_sample(tmp_path: Path):
+    """`tar cf x.tar *.jpg *.txt` was told "no caption member" with the caption right there; a macOS tar's `._*`
+    resource forks were samples of their own."""
+    (tmp_path / "bytype").mkdir()
+    (tmp_path / "mac").mkdir()
+    with tarfile.open(tmp_path / "bytype/00000.tar", "w") as tar:
+        for extension in ("jpg", "txt"):
+            for i in range(4):
+                add_member(tar, f"{i:04d}.{extension}", image_bytes(i) if extension == "jpg" else b"a caption")
+    with tarfile.open(tmp_path / "mac/00000.tar", "w") as tar:
+        for i in range(4):
+            for extension, data in (("jpg", image_bytes(i)), ("txt", f"caption {i}".encode())):
+                add_member(tar, f"./._{i:04d}.{extension}", b"\x00\x05\x16\x07AppleDouble")
+                add_member(tar, f"./{i:04d}.{extension}", data)
+    index_shards(tmp_path / "bytype", tmp_path / "out_bytype", max_bad=1.0, progress=False)
+    listed = (tmp_path / "out_bytype/bad_samples.jsonl").read_text()
+    assert "0000 (again, after another key's): its members are not next to each other in the tar" in listed
+    assert "tar --sort=name" in listed
+    manifest = index_shards(tmp_path / "mac", tmp_path / "out_mac", max_bad=0.0, progress=False)
+    assert (manifest["samples"], manifest["bad"]) == (4, 0)
+
+
 def test_a_copy_rerun_over_shards_of_other_captions_is_refused_not_kept(tmp_path: Path):
     """As many samples as before, so the record count passed: the copy kept the old captions."""
     write_img2dataset(tmp_path / "web", shards=2, per_shard=3)

@@ -37,6 +37,7 @@ def utf8_name(name: str) -> str:
 class TarSample:
     key: str
     members: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # extension -> member
+    scattered: bool = False  # its key's members came before another key's too: the tar is not in name order
 
     @property
     def image_member(self) -> tarfile.TarInfo | None:
@@ -86,17 +87,19 @@ class TarShard:
             self.tar.members = []  # tarfile keeps every header it has read; a long shard would fill memory
             if info is None:
                 return
-            if info.isfile():
+            if info.isfile() and not _macos_metadata(info.name):
                 yield info
 
     def samples(self) -> Iterator[TarSample]:
         current: TarSample | None = None
+        keys: set[str] = set()
         for info in self._members():
             key, extension = split_member_name(info.name)
             if current is None or key != current.key:
                 if current is not None:
                     yield current
-                current = TarSample(key)
+                current = TarSample(key, scattered=key in keys)
+                keys.add(key)
             current.members.setdefault(extension, info)
         if current is not None:
             yield current
@@ -108,10 +111,16 @@ class TarShard:
         return data if len(data) == info.size else None
 
     def name(self, sample: TarSample, extension: str | None = None) -> str:
-        return f"{self.path}/{sample.key}" + (f".{extension}" if extension else "")
+        """The sample's (or member's) name; a key met again after another's is a sample of its own (listed apart)."""
+        again = " (again, after another key's)" if sample.scattered else ""
+        return f"{self.path}/{sample.key}" + (f".{extension}" if extension else "") + again
 
     def text(self, sample: TarSample) -> SampleText:
         """The sample's captions: `.json` "captions" (meter), else `.txt` (img2dataset), else `.json` "caption"."""
+        if sample.scattered:  # `tar cf x.tar *.jpg *.txt`: each image and its caption became two samples
+            return SampleText((), f"{self.name(sample)}: its members are not next to each other in the tar (another "
+                              "key's came between): pack the files sorted by name (`tar --sort=name`), as "
+                              "img2dataset does")  # fmt: skip
         meta: dict[str, Any] = {}
         if "json" in sample.members:
             raw = self.read(sample.members["json"])
@@ -144,6 +153,11 @@ class TarShard:
     def _captions(self, sample: TarSample, captions: list[str], meta: dict[str, Any]) -> SampleText:
         cleaned = clean_captions(captions)
         return SampleText(cleaned, None if cleaned else f"{self.name(sample)}: empty caption", meta)
+
+
+def _macos_metadata(name: str) -> bool:
+    """A macOS tar's resource-fork file (`._photo.jpg`) or its `__MACOSX/` folder: no sample's member."""
+    return name.rpartition("/")[2].startswith("._") or name.startswith("__MACOSX/") or "/__MACOSX/" in name
 
 
 def find_shards(root: str | Path, pattern: str = "*.tar") -> list[Path]:
