@@ -116,6 +116,11 @@ BAD_RELATIONS = [
         ["train.compile=true", "train.compile_mode=reduce-overhead", "train.grad_accum=2"],
         "train.compile_mode = 'reduce-overhead' replays CUDA graphs, which cannot accumulate gradients",
     ),
+    # FSDP2 gathers each layer's parameters anew, at new addresses, and its hooks break the compiled graphs
+    (
+        ["train.compile=true", "train.compile_mode=max-autotune", "train.parallel=fsdp"],
+        "train.compile_mode = 'max-autotune' replays CUDA graphs, which FSDP2's parameters gathered anew",
+    ),
 ]
 
 # settings that state an intent the run would silently drop

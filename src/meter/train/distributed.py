@@ -57,6 +57,14 @@ def uses_cuda_graphs(train: TrainConfig) -> bool:
 
 
 def check_graphs_accumulate(train: TrainConfig) -> None:
+    if uses_cuda_graphs(train) and train.parallel == "fsdp":
+        # a graph holds each parameter at the address it was recorded with; FSDP2 frees and gathers them again for
+        # every layer, and its hooks break the compiled graphs at each one (never run together on a GPU)
+        raise ConfigError(
+            f"train.compile_mode = {train.compile_mode!r} replays CUDA graphs, which FSDP2's parameters "
+            "gathered anew for each layer do not fit (train.parallel = fsdp); choose "
+            "train.compile_mode = max-autotune-no-cudagraphs or default, or train.parallel = ddp"
+        )
     if uses_cuda_graphs(train) and train.grad_accum > 1:
         # a replay of the backward's graph writes the next micro-batch's gradients over the memory `.grad` holds
         # (pytorch/pytorch#169545): an error, or where torch does not see it, the sum of the wrong gradients

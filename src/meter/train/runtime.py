@@ -89,7 +89,14 @@ def pick_dtype(precision: str, device: torch.device, option: str = "train.precis
     if precision not in PRECISIONS:
         raise ConfigError(f"{option} = {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        # a card without bf16 units (before Ampere: a T4, a V100) emulates it, and attention falls back to its slow,
+        # memory-hungry math kernel: fp32 there (fp16 would need loss scaling, which the loop does not do)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        log.warning("%s = auto: this GPU has no bf16 units: training and predicting in fp32", option)
+        return torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
