@@ -80,6 +80,9 @@ def test_flickr30k_files_are_left_out_of_a_pretraining_corpus_unless_named(tmp_p
     assert "left out 1 arrow file(s) of Flickr30k" in caplog.text and "f30k_caption_karpathy_train.arrow" in caplog.text
     named = ArrowSource(tmp_path / "arrows", ("coco_caption_karpathy_train.arrow", "f30k_caption_karpathy_train.arrow"))
     assert [p.name for p in named.files] == ["coco_caption_karpathy_train.arrow", "f30k_caption_karpathy_train.arrow"]
+    assert [p.name for p in ArrowSource(tmp_path / "arrows", ("f30k_*.arrow",)).files] == [
+        "f30k_caption_karpathy_train.arrow"
+    ]
 
 
 def test_a_file_mixing_an_evaluation_split_with_training_rows_is_refused(tmp_path: Path):

@@ -129,6 +129,24 @@ def test_a_row_that_keeps_an_edited_rows_old_pretraining_gets_a_folder_of_its_ow
     assert kept == folders
 
 
+def test_rows_alike_but_for_settings_that_change_no_result_keep_their_own_pretrainings(shapes_world, tmp_path):
+    """Rows x and y differ in activation checkpointing alone; reordered, with a setting that changes no result
+    added, each took the other's pretraining folder, and both fine-tunings were refused."""
+    y = {"name": "y", "pretrain": ["model.fusion=merged", "train.activation_checkpointing=true"]}
+    x = {"name": "x", "pretrain": ["model.fusion=merged"]}
+    study = micro_study(shapes_world, variants=[y, x])
+    first = plan_study(study_from_dict(study), tmp_path / "out")
+    as_if_ran(first)
+    study["variants"] = [x, y]
+    study["base"]["overrides"].append("train.eval_batch_size=3")
+    again = plan_study(study_from_dict(study), tmp_path / "out")
+
+    def folders(plan):
+        return {cell.row: next(run.folder for run in cell.runs if run.kind == "pretrain") for cell in plan.cells}
+
+    assert folders(again) == folders(first)
+
+
 def test_an_edit_that_is_refused_leaves_the_studys_data_as_it_was(tmp_path):
     """The refusal came after the shapes world had been made again for the new setting: jobs still running read it."""
     study = micro_study(tmp_path)
@@ -184,27 +202,59 @@ def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp
         plan_study(study_from_dict(study), tmp_path / "out")
 
 
+def _live_worker_process():
+    """A real process with `study` in its command line, running its own command line once this returns."""
+    import subprocess
+    import sys
+    import time
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "meter-study-worker"])
+    for _ in range(500):  # the child may not have exec'd yet
+        if b"study" in Path(f"/proc/{worker.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.01)
+    return worker
+
+
+def test_a_refused_edit_leaves_the_held_out_split_a_live_workers_runs_read(shapes_world, tmp_path):
+    """The refusal came after the held-out split had been written again for the edit: the worker's fine-tuning then
+    trained on the new split under its old record."""
+    import socket
+
+    from meter.study.execute import live_worker
+    from meter.study.records import STATUS
+
+    study = micro_study(shapes_world, seeds=[0], variants=[], search={"train.lr": [3.0e-4]})
+    study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.1}
+    cell = plan_study(study_from_dict(study), tmp_path / "out").cells[0]
+    split = {path: path.read_bytes() for path in (tmp_path / "out/holdout").rglob("*.json")}
+    worker = _live_worker_process()
+    try:
+        status = {"state": "running", "pid": worker.pid, "host": socket.gethostname(), "run": "pretrain"}
+        (Path(cell.folder) / STATUS).write_text(json.dumps(status))
+        study["base"]["tasks"]["vqa"]["select"] = {"holdout": 0.3}
+        with pytest.raises(ConfigError, match="runs it as it was planned"):
+            plan_study(study_from_dict(study), tmp_path / "out", running=live_worker)
+        assert split and {path: path.read_bytes() for path in (tmp_path / "out/holdout").rglob("*.json")} == split
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_a_cell_a_live_worker_runs_keeps_its_plan_when_the_study_file_changes_for_it(shapes_world, tmp_path):
     """A second `meter study run` on an edited file rewrote the records of a cell whose worker ran the old plan: its
     run was then taken for the new one, and its number reported under the change."""
     import os
     import socket
-    import subprocess
-    import sys
-    import time
 
     from meter.study.execute import live_worker
-    from meter.study.records import STATUS
+    from meter.study.records import STATUS, process_start
 
     study = micro_study(shapes_world, seeds=[0])
     plan = plan_study(study_from_dict(study), tmp_path / "out")
     merged = next(cell for cell in plan.cells if cell.row == "merged")
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "meter-study-worker"])
+    worker = _live_worker_process()
     try:
-        for _ in range(500):  # until it runs its own command line (the child may not have exec'd yet)
-            if b"study" in Path(f"/proc/{worker.pid}/cmdline").read_bytes():
-                break
-            time.sleep(0.01)
         status = {"state": "running", "pid": worker.pid, "host": socket.gethostname(), "run": "pretrain"}
         (Path(merged.folder) / STATUS).write_text(json.dumps(status))
         assert live_worker(merged.folder).startswith(f"another worker (pid {worker.pid} on ")
@@ -215,8 +265,12 @@ def test_a_cell_a_live_worker_runs_keeps_its_plan_when_the_study_file_changes_fo
                                               rf"{worker.pid} on .*\) runs it as it was planned"):  # fmt: skip
             plan_study(study_from_dict(study), tmp_path / "out", running=live_worker)
         assert (Path(merged.folder) / "cell.json").read_text() == record
-        os.utime(Path(merged.folder) / STATUS, (0, 0))  # its heartbeat a day old: a number reused by another process
-        assert live_worker(merged.folder) == ""
+        started = process_start(worker.pid)
+        (Path(merged.folder) / STATUS).write_text(json.dumps({**status, "pid_start": started}))
+        os.utime(Path(merged.folder) / STATUS, (0, 0))  # its heartbeat late (a disk full a while): still its worker
+        assert live_worker(merged.folder).startswith("another worker")
+        (Path(merged.folder) / STATUS).write_text(json.dumps({**status, "pid_start": str(int(started) - 1)}))
+        assert live_worker(merged.folder) == "", "the number of a worker before a reboot, another process's now"
     finally:
         worker.kill()
         worker.wait()

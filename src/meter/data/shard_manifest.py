@@ -163,7 +163,12 @@ def changed_shards(manifest: Manifest) -> list[str]:
     download still wrote it, a shard replaced or cut short since): training would read them by the wrong counts."""
     changed = []
     for shard in manifest.shards:
-        size = shard.path.stat().st_size if shard.bytes and shard.path.is_file() else shard.bytes
+        if not shard.bytes:
+            continue
+        try:
+            size = shard.path.stat().st_size
+        except FileNotFoundError:  # a shard gone: its samples are counted as bad ones as they are met
+            continue
         if size != shard.bytes:
             changed.append(f"{shard.path} ({size:,} bytes, {shard.bytes:,} when prepared)")
     return changed

@@ -302,8 +302,9 @@ def open_corpus(data: DataConfig, images: ImageReader) -> ShardCorpus:
         if changed:
             more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
             raise DataError(
-                f"data.sources[{i}]: {changed[0]}{more} changed since `meter prepare` read it (a download "
-                f"still writing it, or replaced since): prepare {source.path} again into a new --out"
+                f"data.sources[{i}]: {changed[0]}{more} changed since `meter prepare` wrote or read it (cut short, "
+                f"replaced, or a download still writing it): run the `meter prepare` command that made {source.path} "
+                "again (it writes a changed shard of its own again; shards indexed in place need a new --out)"
             )
         if source.weight > 0:
             sources.append((manifest, source.weight))

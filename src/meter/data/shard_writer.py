@@ -124,11 +124,11 @@ class ShardBuilder:
             os.replace(self.temporary, self.path)
             self.record.bytes = self.path.stat().st_size
         except OSError as error:
-            if error.errno not in OUT_OF_SPACE:
-                raise
             # what it needs: at least what it had written, about as much as the largest shard before it
             sizes = [path.stat().st_size for path in (self.temporary, *self.path.parent.glob("*.tar")) if path.exists()]
             self.temporary.unlink(missing_ok=True)  # the space it took back: the shard is written again on resume
+            if error.errno not in OUT_OF_SPACE:
+                raise
             raise DataError(f"shard not written: {cannot_write(self.path, error, max(sizes, default=0))}; free some "
                             "space and run the same command again (it resumes at this shard)") from None  # fmt: skip
         except BaseException:  # the bad-sample budget spent, Ctrl-C: the half-written shard is not left behind

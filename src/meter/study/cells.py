@@ -389,26 +389,30 @@ class Planner:
     def _pretrain_run(self, cell: str, folder: Path, row: Row, common: list[str]) -> RunPlan:
         recipe, overrides, key, cfg = self._pretraining(cell, row, common)
         owner = self.owners.setdefault(key, cell)
+        default = str((folder / "pretrain").relative_to(self.out))
         if key not in self.shared:  # a pretraining recorded before, its checkpoints more often now, is the same run
-            earlier = self._same_result(result_identity(to_dict(cfg), str(self.out)))
+            earlier = self._same_result(result_identity(to_dict(cfg), str(self.out)), default)
             if earlier is not None:
                 self.shared[key] = self.shared[earlier]
-        run_folder = str(self.out / self._pretraining_folder(key, str((folder / "pretrain").relative_to(self.out))))
+        run_folder = str(self.out / self._pretraining_folder(key, default))
         overrides.append(f"train.out={run_folder}")
         return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
                        inputs=dict(self.world))  # fmt: skip
 
-    def _same_result(self, result: str) -> str | None:
+    def _same_result(self, result: str, default: str) -> str | None:
         """The identity recorded for a pretraining folder whose run differs from `result` in NOT_RESULT settings
-        alone (its folder kept: a row renamed since, a `pretrain-<id>` folder), that no pretraining of this plan has."""
+        alone (its folder kept: a row renamed since, a `pretrain-<id>` folder), of no pretraining of this plan; the
+        cell's own folder first (two rows alike but for such settings each keep theirs)."""
+        taken = {folder for key, folder in self.shared.items() if key in self.planned} | set(self.claimed)
+        found = []
         for key, folder in self.shared.items():
             record = self.out / folder / RUN
-            if key in self.planned or folder in self.claimed or not record.is_file():
+            if key in self.planned or folder in taken or not record.is_file():
                 continue
             before = _study_file(record)
             if result_identity(before["config"], str(before.get("study", self.out))) == result:
-                return key
-        return None
+                found.append((folder != default, key))
+        return min(found)[1] if found else None
 
     def _pretraining_folder(self, key: str, default: str) -> str:
         """The folder of the pretraining `key` (relative to out): where it ran before, else the cell's own `pretrain`
@@ -541,6 +545,8 @@ def plan_study(
             before_data = None
         if before_data is not None:
             check_unchanged(before_data, Path(out).resolve())
+            if running is not None:  # before the holdout and unseen files its worker's runs read are written again
+                check_running_cells(before_data, running)
     planner = Planner(spec, Path(out), prepare)
     plan = planner.plan()
     if prepare:
@@ -668,15 +674,26 @@ def save_plan(plan: StudyPlan, out: Path) -> None:
             write_text_atomically(stored, json.dumps(record, indent=1, default=str))
 
 
+# what to do about a damaged file of the study's: the plan's are written anew; the records of which run a folder
+# holds are not (without them, folders are taken for the runs planned now)
+DAMAGED_ADVICE = {
+    PLAN: "delete it and run `meter study run` again: it plans the study anew (finished runs are kept)",
+    CELL: "delete it and run `meter study run` again: it plans the cell anew (finished runs are kept)",
+    SHARED_PRETRAINING: "restore it from a copy: it says which folder holds each pretraining (deleted, a renamed "
+    "row's pretraining is planned into a folder of its own, and its fine-tunings refused)",
+    RUN: "restore it from a copy: it records what the run in this folder ran with (deleted, an edit of the study "
+    "would be taken for that run); or delete the run's folder to run it again",
+}
+
+
 def _study_file(path: Path, text_of: Callable[[str], str] = str) -> Any:
-    """A file the study wrote, read back; one cut short (written by an older meter as the disk filled) is named."""
+    """A file the study wrote, read back; one cut short (written by an older meter as the disk filled) is named,
+    with what to do about it."""
     try:
         return json.loads(text_of(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(
-            f"{path} is damaged ({error}): delete it and run `meter study run` again (it plans the study "
-            "anew; finished runs are kept)"
-        ) from None
+        advice = DAMAGED_ADVICE.get(path.name, "restore it from a copy")
+        raise DataError(f"{path} is damaged ({error}): {advice}") from None
 
 
 def _cell_from_dict(data: dict[str, Any]) -> CellPlan:

@@ -80,15 +80,26 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def process_start(pid: int) -> str | None:
+    """When the process `pid` started, in clock ticks since boot (/proc/PID/stat's 22nd field); None: unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def status_alive(status: dict[str, Any], cell_folder: str | Path) -> bool:
     """Whether a status that says running (read from `cell_folder`) is held by a live worker."""
     if status.get("state") != "running":
         return False
-    age = seconds_since_written(Path(cell_folder) / STATUS)
-    fresh = age is not None and age < STALE_S  # its heartbeat: on this host too (after a reboot, a pid is reused)
     if status.get("host") == socket.gethostname():
-        return fresh and process_alive(int(status.get("pid", 0))) if status.get("pid") else False
-    return fresh
+        pid = int(status.get("pid", 0) or 0)
+        if not pid or not process_alive(pid):
+            return False
+        # after a reboot the number may be another process's: the worker's own started when its status says
+        return status.get("pid_start") is None or process_start(pid) == status["pid_start"]
+    age = seconds_since_written(Path(cell_folder) / STATUS)
+    return age is not None and age < STALE_S
 
 
 def seconds_since_written(path: Path) -> float | None:
@@ -119,7 +130,8 @@ class CellStatus:
     def start(self) -> None:
         now = time.time()
         env = os.environ
-        self.data = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": now,
+        self.data = {"state": "running", "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                     "host": socket.gethostname(), "started": now,
                      "heartbeat": now, "run": "", "errors": {},
                      "job": env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID", ""),
                      "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in env else "process",
@@ -129,7 +141,10 @@ class CellStatus:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            self.update(heartbeat=time.time())
+            try:
+                self.update(heartbeat=time.time())
+            except OSError:  # a full disk, a file server away a while: the worker lives on, and so does its beat
+                continue
 
     def update(self, **values: Any) -> None:
         with self.lock:

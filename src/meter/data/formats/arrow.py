@@ -101,6 +101,11 @@ def check_caption_column(path: Path) -> None:
                         "string or large_string, or a list (list, large_list) of them")  # fmt: skip
 
 
+def _asked_for(path: Path, patterns: tuple[str, ...]) -> bool:
+    """Whether a pattern that names Flickr30k's files (`f30k_*.arrow`, the file itself) matches the file."""
+    return any("f30k" in Path(pattern).name and fnmatch(path.name, Path(pattern).name) for pattern in patterns)
+
+
 def _task_file(path: Path) -> bool:
     """A METER/ViLT arrow file of a downstream task (questions, hypotheses, ...: images, no `caption` column; NLVR2's
     hold image_0 and image_1)."""
@@ -147,8 +152,8 @@ class ArrowSource:
         if not found:
             raise DataError(f"no arrow files matching {', '.join(patterns)} in {root}")
         self.files, self.counts, left_out = [], [], []
-        flickr = [path for path in found if fnmatch(path.name, NOT_PRETRAINED) and path.name not in patterns]
-        if flickr:  # a pattern naming the file itself keeps it
+        flickr = [path for path in found if fnmatch(path.name, NOT_PRETRAINED) and not _asked_for(path, patterns)]
+        if flickr:
             log.warning("left out %d arrow file(s) of Flickr30k, not in the official pretraining corpus (COCO, VG, "
                         "SBU, CC) and the images of the Flickr30k and SNLI-VE evaluations: %s (name one in --files to "
                         "keep it)", len(flickr), ", ".join(path.name for path in flickr))  # fmt: skip
