@@ -64,6 +64,7 @@ def test_each_process_takes_its_own_gpu_of_those_it_sees(monkeypatch, visible: i
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # no GPU here to set
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an Ampere card
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     assert setup_runtime(TrainConfig(device="cuda")).device == torch.device("cuda", gpu)
 
