@@ -404,16 +404,17 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
         return _finish(out, "webdataset", description, records, found)
 
 
-def _ends_whole(path: Path) -> bool:
+def _ends_whole(path: Path, size: int) -> bool:
     """Whether the tar ends with its two zero blocks, as every finished tar does (tarfile, GNU tar, img2dataset)."""
     with path.open("rb") as f:
-        f.seek(max(0, path.stat().st_size - 1024))
+        f.seek(max(0, size - 1024))
         return f.read(1024) == bytes(1024)
 
 
 def _index_shard(path: Path, index: int, budget: BadSampleBudget) -> ShardRecord:
     record, counts = ShardRecord(str(path), index, 0, 0, 0, bytes=path.stat().st_size), CaptionCounts()
-    if not _ends_whole(path):  # img2dataset writes a shard under its final name: one it still writes ends early
+    # img2dataset writes a shard under its final name: one it still writes ends early
+    if not _ends_whole(path, record.bytes):
         record.bad += 1
         budget.record(BadSample(str(path), f"{path}: ends without a tar's closing blocks (still being downloaded, or "
                                 "cut short): indexed as far as it goes"))  # fmt: skip

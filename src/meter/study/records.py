@@ -178,10 +178,10 @@ def record_lost_worker(cell_folder: str | Path, reason: str, own: bool = True) -
     the status is that worker's; else it died before it wrote one, and the status an earlier attempt left (its
     errors, or a "done" before a task was added) is replaced, not reported as this worker's end."""
     path = Path(cell_folder) / STATUS
-    status = read_json(path) or {}
     if not own:
         write_json(path, {"state": "failed", "errors": {"worker": reason}, "finished": time.time()})
         return
+    status = read_json(path) or {}
     if status.get("state") in ("done", "failed"):
         return
     errors = dict(status.get("errors", {}))
