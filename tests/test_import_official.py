@@ -427,6 +427,6 @@ def test_the_official_numbering_normalises_answers_as_write_vqa_does_under_pytho
     """write_vqa.py runs under Python 3 (str.lower, Unicode \\d and whitespace), not Python 2 as the evaluation does:
     the Python 2 rules merged or split other answers than the official numbering. Expected: glossary.normalize_word's
     outputs, run under Python 3."""
-    from meter.importers.vqa_answers import official_normal_form
+    from meter.metrics.vqa import vocabulary_form
 
-    assert official_normal_form(answer) == official
+    assert vocabulary_form(answer) == official

@@ -87,6 +87,24 @@ def test_the_vocabulary_counts_its_own_splits_whatever_the_model_trains_on(shape
         validate(load_config(None, [*settings, "vqa.answer_splits=[val2014, val2014]"]))
 
 
+def test_the_vocabulary_keeps_the_empty_answer_as_write_vqa_does(shapes_world: Path, tmp_path: Path):
+    """write_vqa.py counts the consensus answers in normalize_word's form, where "a", "the" and "?" are all "", and
+    keeps "" (official checkpoints: 3,129 rows, "" among them); meter left it out (3,128 answers)."""
+    from meter.importers.vqa_answers import official_answer_order
+
+    _write_split(tmp_path, "train2014", [""] * 3 + ["a"] * 3 + ["?"] * 2 + ["cat"] * 9 + ["Dog"] * 5, first_id=0)
+    _write_split(tmp_path, "val2014", ["the"] + ["dog."] * 4 + ["yak"] * 9 + ["owl"] * 8, first_id=100)
+    (tmp_path / "tokenizers").symlink_to(shapes_world / "tokenizers")
+    settings = [f"data.root={tmp_path}", "task=vqa", "vqa.train_splits=[train2014, val2014]", *MICRO]
+    job = setup_vqa(load_config(None, settings))
+    assert job.task.answers == ["", "cat", "dog", "yak"]  # 9 each over both splits; owl: 8
+    assert sorted(job.task.answers) == sorted(official_answer_order(tmp_path / "vqa"))  # the same answers
+    # the targets count the annotators' answers as written, as write_vqa.py does: "" where they wrote "", not "a"
+    assert len(job.dataset) == 3 + 9 + 9 and [(0, 1.0)] in job.dataset.targets
+    normalized = setup_vqa(load_config(None, [*settings, "vqa.normalize_targets=true"]))
+    assert len(normalized.dataset) == 4 * 9  # "a", "?" and "the" count for "", "Dog" and "dog." for dog
+
+
 def test_questions_without_a_vocabulary_answer_are_left_out_of_training_as_the_official_recipe_does(
     shapes_world: Path, tmp_path: Path, caplog
 ):
@@ -253,3 +271,4 @@ def test_fine_tuning_from_a_vqa_folder_loads_its_rows_by_answer_not_by_position(
     _vqa_folder(setup_vqa(load_config(None, settings)), tmp_path / "unnamed", [])
     unnamed = setup_vqa(load_config(None, [*settings, f"train.init_from={tmp_path / 'unnamed'}"]))
     assert not any(torch.equal(row, old) for row in unnamed.task.model.heads["vqa"][3].weight for old in saved)
+

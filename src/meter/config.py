@@ -157,8 +157,8 @@ class VqaConfig:
     # the splits whose consensus answers are counted for the vocabulary ([]: vqa.train_splits). The official
     # vocabulary (3,129 answers) counts train2014 and val2014 whatever a model trains on: [train2014, val2014]
     answer_splits: list[str] = field(default_factory=list)
-    # the soft targets count the annotators' answers as written, as the official recipe does; true: in their normal
-    # form (as the vocabulary and the accuracy read them: "Two" and "two" count for "2")
+    # the soft targets count the annotators' answers as written, as the official recipe does; true: in the
+    # vocabulary's form (metrics.vqa.vocabulary_form: "Two" and "two" count for "2", "a" for "")
     normalize_targets: bool = False
     # the official accuracy's version: official-2021 (today's leaderboard) or official-2017 (papers before 2021)
     metric: str = "official-2021"

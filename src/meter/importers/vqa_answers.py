@@ -1,35 +1,23 @@
 """The answer of each row of an official VQA classifier.
 
 Official METER numbers its answers in `write_vqa.py` and keeps the numbering in memory only: the consensus answers
-(`multiple_choice_answer`) of the VQAv2 train2014 then val2014 annotations, in that file order, normalised as the
-VQA evaluation does, those given at least 9 times, in the order first met. `--vqa-answers` takes that numbering as
-an answer-to-label JSON or a list, or rebuilds it from the folder that holds the two annotation files.
+(`multiple_choice_answer`) of the VQAv2 train2014 then val2014 annotations, in that file order, in its normal form
+(`vocabulary_form`; "" among them), those given at least 9 times, in the order first met. `--vqa-answers` takes
+that numbering as an answer-to-label JSON or a list, or rebuilds it from the folder that holds the two annotation
+files.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 from meter.errors import DataError
-from meter.metrics.vqa import COMMA_STRIP, PERIOD_STRIP, digits_articles, process_punctuation
+from meter.metrics.vqa import vocabulary_form
 
 OFFICIAL_ANNOTATIONS = ("v2_mscoco_train2014_annotations.json", "v2_mscoco_val2014_annotations.json")
 OFFICIAL_MIN_COUNT = 9  # write_vqa.py: answers given as the consensus of at least 9 questions
-
-
-# write_vqa.py runs under Python 3, the evaluation under Python 2: its \d is any decimal digit, its lower() Python 3's
-COMMA_STRIP_PY3 = re.compile(COMMA_STRIP.pattern)
-PERIOD_STRIP_PY3 = re.compile(PERIOD_STRIP.pattern)
-
-
-def official_normal_form(answer: str) -> str:
-    """write_vqa.py's `normalize_word`: the evaluation's punctuation, digit and article rules under Python 3, the raw
-    string (not stripped first), and any comma left dropped."""
-    text = process_punctuation(answer, COMMA_STRIP_PY3, PERIOD_STRIP_PY3)
-    return digits_articles(text.lower().split()).replace(",", "")
 
 
 def official_answer_order(folder: Path) -> list[str]:
@@ -43,7 +31,7 @@ def official_answer_order(folder: Path) -> list[str]:
         )
     counts: Counter[str] = Counter()  # insertion-ordered: the first time each answer is met
     for file in files:
-        counts.update(official_normal_form(answer) for answer in _consensus_answers(file))
+        counts.update(vocabulary_form(answer) for answer in _consensus_answers(file))
     return [answer for answer, n in counts.items() if n >= OFFICIAL_MIN_COUNT]
 
 

@@ -102,9 +102,22 @@ def clean_whitespace(text: str) -> str:
 @lru_cache(maxsize=1 << 16)  # answers repeat: 10 per question, and a small vocabulary of them
 def normalize_answer(text: str) -> str:
     """The full normal form of the official evaluation: stripped, punctuation, then digits/articles/contractions
-    (the 2021 code's form of disagreeing answers and the 2017 code's form of every prediction; also the answer
-    vocabulary's form)."""
+    (the 2021 code's form of disagreeing answers and the 2017 code's form of every prediction; the answer
+    vocabulary's is `vocabulary_form`)."""
     return process_digit_article(process_punctuation(clean_whitespace(text)))
+
+
+# write_vqa.py runs under Python 3, the evaluation under Python 2: its \d is any decimal digit, its lower() Python 3's
+COMMA_STRIP_PY3 = re.compile(COMMA_STRIP.pattern)
+PERIOD_STRIP_PY3 = re.compile(PERIOD_STRIP.pattern)
+
+
+def vocabulary_form(answer: str) -> str:
+    """The answer vocabulary's form, write_vqa.py's `normalize_word`: the evaluation's punctuation, digit and article
+    rules under Python 3, the raw string (not stripped first), and any comma left dropped. Answers of nothing but
+    articles or punctuation ("a", "?") become "", which the official vocabulary keeps as an answer of its own."""
+    text = process_punctuation(answer, COMMA_STRIP_PY3, PERIOD_STRIP_PY3)
+    return digits_articles(text.lower().split()).replace(",", "")
 
 
 def _leave_one_annotator_out(predicted: str, truth: list[dict[str, Any]]) -> float:

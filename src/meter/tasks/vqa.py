@@ -21,7 +21,7 @@ from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
-from meter.metrics.vqa import VqaAccuracy, normalize_answer, soft_score, vqa_accuracy, vqa_metric
+from meter.metrics.vqa import VqaAccuracy, soft_score, vocabulary_form, vqa_accuracy, vqa_metric
 from meter.models.finite_outputs import check_finite
 from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.heads import in_fp32
@@ -55,10 +55,11 @@ def read_vqa_split(cfg: Config, split: str, with_annotations: bool = True) -> li
 
 
 def answer_vocabulary(records: list[VqaRecord], min_count: int) -> list[str]:
-    """Normalised consensus answers given for at least `min_count` questions, most frequent first (3,129 on
-    VQAv2 train+val with the usual 9)."""
-    counts = Counter(normalize_answer(r.multiple_choice_answer) for r in records)
-    kept = [(answer, n) for answer, n in counts.items() if n >= min_count and answer]
+    """Consensus answers in their vocabulary form given for at least `min_count` questions, most frequent first:
+    write_vqa.py's answers (3,129 on VQAv2 train+val with the usual 9), "" among them as in official checkpoints
+    (the form of consensus answers such as "a" or "?")."""
+    counts = Counter(vocabulary_form(r.multiple_choice_answer) for r in records)
+    kept = [(answer, n) for answer, n in counts.items() if n >= min_count]
     return [answer for answer, _ in sorted(kept, key=lambda item: (-item[1], item[0]))]
 
 
@@ -79,8 +80,8 @@ def config_vocabulary(cfg: Config, train_records: list[VqaRecord]) -> list[str]:
 def soft_targets(record: VqaRecord, index: dict[str, int], normalize: bool = False) -> list[tuple[int, float]]:
     """(label, score) for each vocabulary answer given by any annotator: 0.3 per annotator, 1.0 from four. The
     official recipe counts the answers as the annotators wrote them (write_vqa.py: "Two" or "two" is not "2"); with
-    `normalize` (vqa.normalize_targets) in their normal form, as the vocabulary and the accuracy read them."""
-    counts = Counter(normalize_answer(a["answer"]) if normalize else a["answer"] for a in record.answers)
+    `normalize` (vqa.normalize_targets) in the vocabulary's form, as the vocabulary counts them."""
+    counts = Counter(vocabulary_form(a["answer"]) if normalize else a["answer"] for a in record.answers)
     return [(index[answer], soft_score(n)) for answer, n in sorted(counts.items()) if answer in index]
 
 
