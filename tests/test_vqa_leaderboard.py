@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from meter.errors import ConfigError, DataError
 from meter.models.folder import export_model_folder, read_model_folder
 from meter.runs import run_finetune
 from meter.tasks.vqa import answer_vocabulary, read_vqa_split, setup_vqa
+from meter.train.checkpoint import _require_same_answers
 from meter.train.run_folder import config_differences
 from meter.validate import validate
 from tests.conftest import MICRO
@@ -272,3 +274,53 @@ def test_fine_tuning_from_a_vqa_folder_loads_its_rows_by_answer_not_by_position(
     unnamed = setup_vqa(load_config(None, [*settings, f"train.init_from={tmp_path / 'unnamed'}"]))
     assert not any(torch.equal(row, old) for row in unnamed.task.model.heads["vqa"][3].weight for old in saved)
 
+
+def test_a_run_resumes_only_with_the_vocabulary_its_checkpoint_trained(micro_checkpoints, shapes_world: Path, tmp_path):
+    """The head's rows and their optimizer state are the recorded answers', row by row: a vocabulary built again
+    from changed annotations loaded them under other answers (or failed on the head's size, deep in torch)."""
+    root = tmp_path / "data"
+    shutil.copytree(shapes_world / "vqa", root / "vqa")
+    for name in ("images", "tokenizers"):
+        (root / name).symlink_to(shapes_world / name)
+    settings = [f"data.root={root}", "task=vqa", "vqa.min_answer_count=1", "train.max_steps=2",
+                f"train.init_from={micro_checkpoints('pretrain')}", *MICRO]  # fmt: skip
+    cfg = load_config(None, [*settings, f"train.out={tmp_path / 'run'}"])
+    run_finetune(load_config(None, ["train.stop_at=1"], base=cfg))
+    checkpoint = tmp_path / "run/checkpoints/step_00000001"
+    recorded = read_model_folder(checkpoint).answers
+    annotations = root / "vqa/v2_mscoco_train2014_annotations.json"
+    data = json.loads(annotations.read_text())
+    green = next(a for a in data["annotations"] if a["multiple_choice_answer"] == "green")  # the rarest, given twice
+    green["multiple_choice_answer"] = "zebra"  # an answer of its own: the vocabulary gains it, last
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError) as refused:
+        run_finetune(cfg, resume="latest")
+    assert refused.value.args[0] == (
+        f"{checkpoint}: its VQA head was trained on another answer vocabulary than the one built now "
+        f"({len(recorded)} answers there, {len(recorded) + 1} now; the first to differ is row {len(recorded)}: none "
+        "there, 'zebra' now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed?); a run cannot "
+        f"resume across that: start anew from its weights with train.init_from={checkpoint} (a folder's rows load "
+        "by answer)"
+    )
+    anew = load_config(None, [*settings, f"train.out={tmp_path / 'anew'}", f"train.init_from={checkpoint}"])
+    run_finetune(anew)  # the way the message points to
+    assert read_model_folder(tmp_path / "anew/model").answers[-1] == "zebra"
+
+
+def test_a_checkpoint_from_before_the_vocabulary_kept_the_empty_answer_is_named_so_on_resume():
+    """An earlier meter's vocabulary lacked "": the same answers otherwise, every row after it one off."""
+    recorded, now = ["yes", "no", "2"], ["yes", "", "no", "2"]
+    with pytest.raises(DataError) as refused:
+        _require_same_answers(recorded, now, "run/checkpoints/step_00000100")
+    assert refused.value.args[0] == (
+        'run/checkpoints/step_00000100: written by a meter from before the VQA vocabulary kept the empty answer "" '
+        '(as the official vocabulary does): its head has 3 answers, the vocabulary built now 4, with "" at row 1; '
+        "finish the run with the meter that began it, or start anew from its weights with "
+        "train.init_from=run/checkpoints/step_00000100 (a folder's rows load by answer)"
+    )
+    with pytest.raises(DataError, match=r"another answer vocabulary .* row 1: 'no' there, 'maybe' now"):
+        _require_same_answers(recorded, ["yes", "maybe", "no", "2"], "step")  # another answer than "" added
+    with pytest.raises(DataError, match=r"another answer vocabulary .* row 0: 'yes' there, 'no' now"):
+        _require_same_answers(recorded, ["no", "", "yes", "2"], "step")  # "" added, and rows moved besides
+    _require_same_answers(recorded, list(recorded), "step")  # the same vocabulary resumes
+    _require_same_answers([], now, "step")  # a checkpoint without answers (no VQA head) has none to compare

@@ -212,6 +212,33 @@ def samples_a_step(path: Path) -> int:
     return progress.global_batch * progress.grad_accum
 
 
+def _require_same_answers(recorded: list[str], answers: list[str] | None, where: str) -> None:
+    """A VQA run resumes only with the vocabulary its checkpoint trained: its head's rows, and their optimizer state,
+    are the recorded answers' row by row (a vocabulary built again from changed data, or by another meter, would
+    load them under other answers, or fail on the head's size)."""
+    if answers is None or not recorded or list(recorded) == list(answers):
+        return
+    row = next((i for i, (old, new) in enumerate(zip(recorded, answers, strict=False)) if old != new),
+               min(len(recorded), len(answers)))  # fmt: skip
+    anew = f"start anew from its weights with train.init_from={where} (a folder's rows load by answer)"
+    if set(answers) - set(recorded) == {""} and [a for a in answers if a != ""] == list(recorded):
+        raise DataError(
+            f'{where}: written by a meter from before the VQA vocabulary kept the empty answer "" (as the official '
+            f"vocabulary does): its head has {len(recorded)} answers, the vocabulary built now {len(answers)}, with "
+            f'"" at row {row}; finish the run with the meter that began it, or {anew}'
+        )
+    raise DataError(
+        f"{where}: its VQA head was trained on another answer vocabulary than the one built now ({len(recorded)} "
+        f"answers there, {len(answers)} now; the first to differ is row {row}: {_answer_at(recorded, row)} there, "
+        f"{_answer_at(answers, row)} now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed?); "
+        f"a run cannot resume across that: {anew}"
+    )
+
+
+def _answer_at(answers: list[str], row: int) -> str:
+    return repr(answers[row]) if row < len(answers) else "none"
+
+
 class Checkpoints:
     """The checkpoints of a run folder. `run`: the id of the run that writes (its progress.json records it, and
     `keep_last` counts only its own)."""
@@ -399,7 +426,9 @@ class Checkpoints:
         runtime: Runtime,
     ) -> Progress:
         """Every process calls this: it loads the whole state, keeps its shard, and takes its own RNG states."""
-        require_current_order(read_model_folder(path).classes, str(path))
+        saved = read_model_folder(path)
+        require_current_order(saved.classes, str(path))
+        _require_same_answers(saved.answers, getattr(task, "answers", None), str(path))
         weights = {MODEL + k: v for k, v in load_file(str(path / WEIGHTS)).items()}
         if (path / TASK_WEIGHTS).is_file():
             weights |= load_file(str(path / TASK_WEIGHTS))
