@@ -9,6 +9,8 @@ from meter.config import Config, load_config
 from meter.data.formats.vqa import read_vqa_questions
 from meter.runs import run_finetune, run_pretrain
 from meter.train.checkpoint import Checkpoints
+from meter.train.metrics_log import read_metrics
+from tests.runner import pretrain_args, run_meter
 
 
 def _pretrain(cfg: Config, out: Path, *overrides: str, resume: str | None = None) -> Path:
@@ -61,3 +63,19 @@ def test_vqa_finetune_from_pretrained_writes_submission_and_scores(micro_config:
                                                    "is there a", "is the"}  # fmt: skip
     saved = json.loads((tmp_path / "vqa/vqa_accuracy_val2014.json").read_text())
     assert saved == accuracy
+
+
+def test_pretraining_without_tensorboard_warns_once_and_writes_the_jsonl_log(shapes_world: Path, tmp_path: Path,
+                                                                               monkeypatch):  # fmt: skip
+    """The borrowed GPU machine has torch without tensorboard: every training run failed before its first step
+    (torch.utils.tensorboard's `import tensorboard`). A package that fails to import, first on the path, stands in
+    for the missing one."""
+    shim = tmp_path / "shim/tensorboard"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ModuleNotFoundError("No module named tensorboard", name="tensorboard")\n')
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "shim"))
+    out = tmp_path / "run"
+    done = run_meter(pretrain_args(shapes_world, out, "train.max_steps=2"))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    assert done.stderr.count("tensorboard cannot be imported") == 1, done.stderr
+    assert not (out / "tensorboard").exists()

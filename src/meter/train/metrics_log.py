@@ -1,4 +1,5 @@
-"""Run logs: a JSON-lines metrics file, TensorBoard, and PNG curves at the end. Only the main process writes."""
+"""Run logs: a JSON-lines metrics file, TensorBoard (when installed), and PNG curves at the end. Only the main process
+writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from meter.atomic_files import write_text_atomically
 
 log = logging.getLogger(__name__)
+_warned_no_tensorboard = False  # one warning a process, however many runs it logs
 
 
 class MetricsLog:
@@ -28,10 +30,7 @@ class MetricsLog:
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))  # a kill keeps the old
         if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
-            purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge)
+            self.writer = _summary_writer(self.folder / "tensorboard", None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
@@ -47,6 +46,21 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _summary_writer(folder: Path, purge_step: int | None) -> Any:
+    """TensorBoard's writer, or None where tensorboard is not installed (a machine with torch alone, such as a
+    borrowed GPU): the run then logs to metrics.jsonl only, rather than failing before its first step."""
+    global _warned_no_tensorboard
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+    except ImportError as error:
+        if not _warned_no_tensorboard:
+            _warned_no_tensorboard = True
+            log.warning("tensorboard cannot be imported (%s): metrics go to metrics.jsonl only; "
+                        "`pip install tensorboard` for TensorBoard's logs", error)  # fmt: skip
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
