@@ -30,12 +30,12 @@ from transformers import BridgeTowerModel
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import (
     PRESETS,
+    RowsAsMeasured,
     Shape,
     add_compile_mode_argument,
     bridgetower_config,
     exit_status,
     measure,
-    print_table,
     shapes_batches,
 )
 
@@ -140,17 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     shape = replace(shape, vocab=vocab)
     print(f"VQA inference, {shape.describe()}, {ANSWERS} answers; {args.warmup} warm-up + {args.steps} timed "
           "forwards each")  # fmt: skip
-    baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
-    ours = measure("meter", meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, None), batches, args, device)
-    results = [ours]
+    table = RowsAsMeasured(shape.batch, device)
+    table.add(measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device), True)
+    ours = table.add(measure("meter", meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, None), batches,
+                             args, device))  # fmt: skip
     for mode in args.compile_mode if args.compile else []:
         name = "meter (compiled)" if mode == "default" else f"meter ({mode})"
         compiled = measure(name, meter_builder(shape, vocab, tokenizer.pad_token_id, runtime, mode), batches, args,
                            device, count_flops=False)  # fmt: skip
         compiled.flops_per_step = ours.flops_per_step
-        results.append(compiled)
-    print_table([*results, baseline], baseline, shape.batch, device)
-    return exit_status([*results, baseline])
+        table.add(compiled)
+    return exit_status(table.finish())
 
 
 if __name__ == "__main__":

@@ -314,26 +314,51 @@ def _memory(value: float, device: torch.device) -> str:
     return f"{value / 2**30:.1f} GiB" if device.type == "cuda" else f"{value / 2**20:.0f} MiB"
 
 
-def print_table(results: list[Result], baseline: Result, batch: int, device: torch.device) -> None:
-    peak_flops = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None) \
-        if device.type == "cuda" else None  # fmt: skip
-    header = f"{'':<22}{'samples/s':>11}{'peak memory':>14}{'GFLOP/sample':>14}"
-    header += f"{'MFU':>8}" if peak_flops else ""
-    print(header + f"{'speed vs BT':>13}{'memory vs BT':>14}")
-    for r in results:
+class RowsAsMeasured:
+    """The table, each row printed as soon as it is measured: a run cut short (gpu_check.sh's deadline, a hung
+    compile) still shows every row it measured. Ratios are against `baseline` once it is measured (measure it first),
+    else "-"; `finish` prints the whole table again, for copying."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.batch, self.device = batch, device
+        self.peak_flops = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None) \
+            if device.type == "cuda" else None  # fmt: skip
+        self.rows: list[Result] = []
+        self.baseline = Result("BridgeTower (HF)", error="not run")
+        print(self._header(), flush=True)
+
+    def _header(self) -> str:
+        header = f"{'':<22}{'samples/s':>11}{'peak memory':>14}{'GFLOP/sample':>14}"
+        header += f"{'MFU':>8}" if self.peak_flops else ""
+        return header + f"{'speed vs BT':>13}{'memory vs BT':>14}"
+
+    def _line(self, r: Result) -> str:
         if r.error:
-            print(f"{r.name:<22}{r.error:>11}")
-            continue
+            return f"{r.name:<22}{r.error:>11}"
         speed = f"{r.samples_per_s:.1f}" if r.samples_per_s >= 10 else f"{r.samples_per_s:.3g}"
-        line = f"{r.name:<22}{speed:>11}{_memory(r.peak_bytes, device):>14}"
-        line += f"{r.flops_per_step / batch / 1e9:>14.1f}"
-        if peak_flops:
-            line += f"{r.flops_per_step * r.samples_per_s / batch / peak_flops:>8.1%}"
-        if baseline.error:
-            line += f"{'-':>13}{'-':>14}"
-        else:
-            line += f"{r.samples_per_s / baseline.samples_per_s:>12.2f}x{r.peak_bytes / baseline.peak_bytes:>13.2f}x"
-        print(line)
+        line = f"{r.name:<22}{speed:>11}{_memory(r.peak_bytes, self.device):>14}"
+        line += f"{r.flops_per_step / self.batch / 1e9:>14.1f}"
+        if self.peak_flops:
+            line += f"{r.flops_per_step * r.samples_per_s / self.batch / self.peak_flops:>8.1%}"
+        base = self.baseline
+        if base.error:
+            return line + f"{'-':>13}{'-':>14}"
+        return line + f"{r.samples_per_s / base.samples_per_s:>12.2f}x{r.peak_bytes / base.peak_bytes:>13.2f}x"
+
+    def add(self, result: Result, baseline: bool = False) -> Result:
+        if baseline:
+            self.baseline = result
+        self.rows.append(result)
+        print(self._line(result), flush=True)
+        return result
+
+    def finish(self) -> list[Result]:
+        """The whole table once more (meter's rows, then the baseline's); returns its rows in that order."""
+        rows = [*(r for r in self.rows if r is not self.baseline), self.baseline]
+        print("\n" + self._header())
+        for r in rows:
+            print(self._line(r))
+        return rows
 
 
 def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> list[Result]:
@@ -351,27 +376,26 @@ def compare(shape: Shape, args: argparse.Namespace, runtime: Runtime) -> list[Re
     if device.type == "cuda" and not args.pageable:  # as the training loop's loader gives them
         batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     print(f"config {shape.describe()}; {args.warmup} warm-up + {args.steps} timed steps each")
-    baseline = Result("BridgeTower (HF)", error="not run")
-    if not args.only_meter:
-        baseline = measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device)
-    ours = measure("meter", meter_builder(shape, tokenizer, vocab, runtime, None), batches, args, device)
-    results = [ours]
+    table = RowsAsMeasured(shape.batch, device)
+    if not args.only_meter:  # first: the rows after it get their ratios as they are printed
+        table.add(measure("BridgeTower (HF)", bridgetower_builder(shape, vocab, runtime), batches, args, device), True)
+    ours = table.add(measure("meter", meter_builder(shape, tokenizer, vocab, runtime, None), batches, args, device))
     if args.recompute:
         recomputing = measure("meter (recomputing)", meter_builder(shape, tokenizer, vocab, runtime, None, True),
                               batches, args, device, count_flops=False)  # fmt: skip
         recomputing.flops_per_step = ours.flops_per_step  # the useful FLOPs: MFU counts the recomputation as waste
-        results.append(recomputing)
+        table.add(recomputing)
     for mode in args.compile_mode if args.compile else []:
         name = "meter (compiled)" if mode == "default" else f"meter ({mode})"
         compiled = measure(name, meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device,
                            count_flops=False)  # fmt: skip
         compiled.flops_per_step = ours.flops_per_step
-        results.append(compiled)
-    print_table([*results, baseline], baseline, shape.batch, device)
+        table.add(compiled)
+    rows = table.finish()
     if args.profile:
         mode = args.compile_mode[0] if args.profile == "compiled" else None
         profile_step(meter_builder(shape, tokenizer, vocab, runtime, mode), batches, args, device, args.profile)
-    return [*results, baseline]
+    return rows
 
 
 def profile_step(build: Callable, batches: list[dict[str, Any]], args: argparse.Namespace,
