@@ -145,6 +145,8 @@ IGNORED = [
     # internal errors (KeyError, RuntimeError, ZeroDivisionError) while the encoders were built to check them
     (["model.text.hf_kwargs={hidden_act: foo}"], "transformers cannot build that text encoder: 'foo'"),
     (["model.text.hf_kwargs={hidden_size: -1}"], "model.text.hf_kwargs = {'hidden_size': -1}"),
+    # transformers 5's strict config classes (huggingface_hub's StrictDataclassError, not a ValueError)
+    (["model.text.hf_kwargs={hidden_size: abc}"], "model.text.hf_kwargs.hidden_size = 'abc': transformers refuses"),
     (["model.vision.timm_kwargs={patch_size: 0}"], "timm cannot build 'vit_base_patch16_224': integer division"),
     # a field a pattern does not get was an internal error (KeyError) when the first file name was made
     (["vqa.questions=vqa/{splt}.json"], "vqa.questions = 'vqa/{splt}.json' has {splt}; its fields: {split}"),

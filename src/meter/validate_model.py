@@ -11,6 +11,7 @@ that cannot be read is not checked here: the run names it when it builds the mod
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,13 @@ from meter.models.folder import TEXT_CONFIG, read_model_folder
 from meter.models.init_from import TIMM_CHANGEABLE, _check_text_length
 from meter.models.text import build_text
 from meter.models.vision import build_vision
+
+try:
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # an older huggingface_hub: transformers' configs are not strict dataclasses, nothing raises it
+
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        pass
 
 
 def check_model(cfg: Config, with_decoder: bool) -> None:
@@ -115,11 +123,26 @@ def _check_text(cfg: Config, saved: ModelConfig | None) -> None:
     try:
         with torch.device("meta"):
             build_text(text, vocab_size=1024, pad_token_id=0)  # the vocabulary is the tokenizer's: any size builds
+    except StrictDataclassError as error:  # transformers 5's configs check each field's type: hidden_size "abc"
+        raise ConfigError(_field_refused(text.hf_kwargs, error)) from None
     except (ValueError, TypeError, RuntimeError, KeyError, ZeroDivisionError) as error:  # hidden_size -1, act "foo"
         raise ConfigError(
             f"model.text.hf_kwargs = {text.hf_kwargs} (model.text = {text.name!r}, size {text.size}): transformers "
             f"cannot build that text encoder: {str(error).strip().splitlines()[0]}"
         ) from None
+
+
+def _field_refused(hf_kwargs: dict, error: Exception) -> str:
+    """The message for a value transformers' strict config refuses, naming the hf_kwargs key when the error names
+    one of them (its text: "Validation error for field 'hidden_size':\n    TypeError: ... expected int, got str")."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    named = re.search(r"field '([^']+)'", str(error))
+    if named and named.group(1) in hf_kwargs:
+        key = named.group(1)
+        return (f"model.text.hf_kwargs.{key} = {hf_kwargs[key]!r}: transformers refuses it ({reason}); give a value "
+                "of the type it expects")  # fmt: skip
+    return f"model.text.hf_kwargs = {hf_kwargs}: transformers refuses them ({reason})"
 
 
 def _read_text_config(folder: Path) -> PretrainedConfig | None:
