@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from meter.cli import main
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
 from meter.errors import DataError
 from meter.importers.meter_official import import_meter_official
+from meter.importers.safe_load import read_checkpoint
 from meter.models.folder import load_model, read_model_folder
 from tests.reference import meter_resample_literal
 
@@ -139,6 +141,25 @@ def test_a_truncated_download_or_a_folder_is_named_as_such(tmp_path: Path):
     code = main(["import", "meter-official", "--ckpt", str(tmp_path / "half.ckpt"), "--text-encoder",
                  str(TEXT_ENCODER), "--out", str(tmp_path / "m")])  # fmt: skip
     assert code == 2 and not (tmp_path / "m").exists()
+
+
+def _archive_with_odd_byteorder(path: Path) -> None:
+    """A zip checkpoint whose byteorder entry is not text (torch decodes it as UTF-8)."""
+    torch.save({"w": torch.ones(2)}, path.with_suffix(".good"))
+    with zipfile.ZipFile(path.with_suffix(".good")) as good, zipfile.ZipFile(path, "w") as odd:
+        for name in good.namelist():
+            odd.writestr(name, b"\xff\xfe" if name.endswith("/byteorder") else good.read(name))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [lambda p: p.write_text("hello"), _archive_with_odd_byteorder],  # torch's reader: KeyError, UnicodeDecodeError
+    ids=["text-file", "archive-entry-not-utf8"],
+)
+def test_a_file_torch_cannot_make_sense_of_is_named_as_not_a_checkpoint(tmp_path: Path, write):
+    write(tmp_path / "x.ckpt")
+    with pytest.raises(DataError, match=r"x.ckpt: not a PyTorch checkpoint, or a damaged one \((KeyError|Unicode)"):
+        read_checkpoint(tmp_path / "x.ckpt")
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=scanned is not None)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise DataError(f"{path}: not a PyTorch checkpoint meter can read safely ({_reason(error)})") from None
+    # a damaged or odd file trips torch's reader itself: a text file (KeyError), a byte flipped in a legacy file
+    # (IndexError, UnicodeDecodeError, a failed assert), an archive's entry that is not UTF-8 (UnicodeDecodeError)
+    except (KeyError, IndexError, ValueError, TypeError, AssertionError) as error:
+        raise DataError(
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(error).__name__}: {_reason(error)}); check "
+            "that it is the checkpoint file, or download it again"
+        ) from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dictionary at the top level, found {type(data).__name__}")
     return data
