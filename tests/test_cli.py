@@ -97,6 +97,21 @@ def test_only_takes_one_cell_pattern_each_time_so_the_study_file_after_it_is_rea
     assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"meter {__version__}"
 
 
+@pytest.mark.parametrize("option", ["--jobs", "--nodes", "--gpus-per-node", "--time-min", "--cpus-per-task"])
+def test_study_run_refuses_a_count_below_one_as_a_usage_error(option: str, capsys):
+    """--jobs 0 was refused only after the study was planned; --nodes 0, --gpus-per-node 0 and the like were not
+    checked at all before they reached the executor."""
+    from meter.cli import build_parser
+
+    parser, _ = build_parser()
+    for value in ("0", "-2"):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(["study", "run", "tiny.yaml", "--out", "X", option, value])
+        assert stopped.value.code == 2 and f"{option}: {value} must be at least 1" in capsys.readouterr().err
+    assert getattr(parser.parse_args(["study", "run", "tiny.yaml", "--out", "X", option, "3"]),
+                   option[2:].replace("-", "_")) == 3  # fmt: skip
+
+
 def test_the_command_line_is_parsed_without_importing_torch():
     """The parser of every command imported the official RandAugment policy, and with it torch and torchvision, for
     one constant: `meter --help` and a mistake the parser names took seconds."""

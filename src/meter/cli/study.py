@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from meter.cli.common import at_least
+
 if TYPE_CHECKING:
     from meter.study.cells import StudyPlan
 
@@ -24,7 +26,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     run = actions.add_parser("run", help="run every cell of a study that is not done, then write the report")
     run.add_argument("study", help="a study file (or the name of a shipped one: `meter study list`)")
     run.add_argument("--out", required=True, help="the study's folder (run folders, report)")
-    run.add_argument("--jobs", type=int, default=1, help="cells at a time (local, submitit-local); each gets "
+    run.add_argument("--jobs", type=at_least(1), default=1, help="cells at a time (local, submitit-local); each gets "
                      "cores / jobs threads")  # fmt: skip
     run.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"],
                      help="local: worker processes here; slurm: one submitit job per cell, each a torchrun; "
@@ -32,10 +34,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     run.add_argument("--only", action="append", metavar="CELL",
                      help="run only this cell (a shell pattern: 'vlp/*'); repeat it for more")  # fmt: skip
     run.add_argument("--partition", help="slurm partition (default: the study file's slurm.partition)")
-    run.add_argument("--gpus-per-node", type=int, help="GPUs per node: torchrun processes per node")
-    run.add_argument("--nodes", type=int, help="nodes per job")
-    run.add_argument("--time-min", type=int, help="each job's time limit, minutes")
-    run.add_argument("--cpus-per-task", type=int, help="CPU cores per job")
+    run.add_argument("--gpus-per-node", type=at_least(1), help="GPUs per node: torchrun processes per node")
+    run.add_argument("--nodes", type=at_least(1), help="nodes per job")
+    run.add_argument("--time-min", type=at_least(1), help="each job's time limit, minutes")
+    run.add_argument("--cpus-per-task", type=at_least(1), help="CPU cores per job")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     status = actions.add_parser("status", help="every cell's state and last numbers")
     status.add_argument("out", metavar="DIR")
