@@ -3,6 +3,7 @@ with a message that names the key and what it allows."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -133,7 +134,9 @@ IGNORED = [
     (["task=vqa", "train.init_from="], "train.init_from is empty; give a path, or null for none"),
     (["model.vision.weights="], "model.vision.weights is empty"),
     (["data.root="], "data.root is empty; give a path"),
-    (["train.out=~/runs/x"], "train.out = '~/runs/x': the shell does not expand ~ after train.out=; write the full"),
+    (["train.out=~/runs/x"], "train.out = '~/runs/x': ~ is expanded by the shell only at the start of a word, never"),
+    (["model.text.tokenizer=~/t"], "in a recipe; write the home folder out (model.text.tokenizer=" + str(Path.home())),
+    (["data.root=~/data"], "or on the command line use $HOME unquoted (data.root=$HOME/data)"),
     # timm arguments meter sets itself: given again, they won silently (drop_path off) or failed later
     (
         ["model.vision.drop_path=0.3", "model.vision.timm_kwargs={drop_path_rate: 0.0}"],
@@ -177,6 +180,16 @@ def test_a_bad_setting_is_refused_naming_the_key_and_what_is_allowed(overrides: 
     with pytest.raises(ConfigError, match=re.escape(message)) as raised:
         validate(load_config(None, overrides))
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("key", ["train.out", "data.root", "train.init_from", "model.text.tokenizer"])
+def test_a_path_that_is_not_utf8_is_refused_naming_the_byte(key: str):
+    """Python hands over a command-line argument's undecodable bytes as lone surrogates: the run was accepted and
+    failed later, when config.yaml (UTF-8 text) was written."""
+    override = os.fsdecode(f"{key}=/tmp/caf".encode() + b"\xe9/x")  # Latin-1's é, as a shell in that locale sends it
+    with pytest.raises(ConfigError, match=re.escape(f"{key} = b'/tmp/caf\\xe9/x' is not UTF-8 (byte 0xe9)")) as raised:
+        validate(load_config(None, ["task=vqa", override]))
+    assert "give a path whose name is UTF-8" in str(raised.value)
 
 
 def test_official_retrieval_reads_the_itm_group_size_of_its_itm_loss():

@@ -5,6 +5,7 @@ settings (validate_model.py for the model's), and settings that state an intent 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import string
 
@@ -72,8 +73,10 @@ PATH_SETTINGS = ("data.root", "train.out", "train.init_from", "model.vision.weig
 
 
 def _check_paths(cfg: Config) -> None:
-    """An empty path read as "not set" (an unset $CKPT: fine-tuned from random weights), and `~` is no home folder
-    after `key=` (the shell leaves it: a folder named ~ was made)."""
+    """An empty path read as "not set" (an unset $CKPT: fine-tuned from random weights); a path that is not UTF-8
+    (Python hands over the command line's undecodable bytes as lone surrogates, which config.yaml cannot record);
+    and `~`, which is no home folder after `key=`, in quotes or in a recipe (nothing expands it: a folder named ~
+    was made)."""
     for key in PATH_SETTINGS:
         section, _, name = key.rpartition(".")
         value = getattr(_section(cfg, section), name)
@@ -82,11 +85,26 @@ def _check_paths(cfg: Config) -> None:
         if not str(value).strip():
             raise ConfigError(f"{key} is empty; give a path" + ("" if key in ("data.root", "train.out") else
                                                                  ", or null for none"))  # fmt: skip
+        _check_utf8(key, str(value))
         if str(value).startswith("~"):
-            raise ConfigError(f"{key} = {value!r}: the shell does not expand ~ after {key}=; write the full path "
-                              f"(e.g. {key}=$HOME{str(value)[1:]})")  # fmt: skip
+            raise ConfigError(
+                f"{key} = {value!r}: ~ is expanded by the shell only at the start of a word, never after {key}=, in "
+                f"quotes or in a recipe; write the home folder out ({key}={os.path.expanduser(value)}), or on the "
+                f"command line use $HOME unquoted ({key}=$HOME{str(value)[1:]})"
+            )
         if "$" in str(value):  # a recipe's `$SCRATCH/runs`: no shell reads the file, the folder would be named so
             raise ConfigError(f"{key} = {value!r}: variables are not expanded in settings; write the full path")
+
+
+def _check_utf8(key: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(value[error.start]) - 0xDC00  # the byte that does not decode, as surrogateescape keeps it
+        raise ConfigError(
+            f"{key} = {value.encode('utf-8', 'surrogateescape')!r} is not UTF-8 (byte {byte:#04x}); meter records its "
+            "paths as UTF-8 text: give a path whose name is UTF-8 (rename the folder, or link to it from one that is)"
+        ) from None
 
 
 def _section(cfg: Config, dotted: str) -> object:
