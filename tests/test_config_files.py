@@ -70,3 +70,19 @@ def test_a_shipped_recipe_is_found_by_its_name_from_any_folder_and_a_bad_key_in_
     (tmp_path / "mine.yaml").write_text("train:\n  max_step: 5\n")
     with pytest.raises(ConfigError, match=r"mine.yaml: train.max_step is not a setting \(did you mean 'max_steps'\?\)"):
         load_config(tmp_path / "mine.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train.lr: 1e-4\n", "r.yaml: train.lr: a recipe nests its settings .*: write train: then lr: ..., each on its "
+                             r"own line .*, or train: \{lr: ...\}; the keys here: task, model, data, train"),
+        ("model.text.name: roberta\n", r"write model: then text: then name: ...,.* or model: \{text: \{name: ...\}\}"),
+        ("train:\n  lr.x: 1\n", r"train.lr.x: a recipe nests .*; the keys here: out, init_from, .*, lr, "),
+    ],
+    ids=["top-level", "two-dots", "in-a-section"],
+)  # fmt: skip
+def test_a_dotted_key_in_a_recipe_says_to_nest_it(tmp_path: Path, text: str, message: str):
+    """`train.lr: 1e-4` (an override's form) is one YAML key named "train.lr": it was "train.lr is not a setting",
+    of a setting the command line takes under that very name."""
+    _refused(tmp_path / "r.yaml", text, message)

@@ -380,7 +380,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 SCIENTIFIC = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
-def _unknown_key(key: str, allowed: list[str]) -> ConfigError:
+def _unknown_key(key: str, allowed: list[str], written: str = "") -> ConfigError:
+    """`written`: the key as a recipe wrote it. A dotted one (`train.lr: 1e-4` at the top level) is an override's
+    form: YAML reads it as one key named "train.lr", so the message says how to nest it."""
+    parts = written.split(".")
+    if len(parts) > 1 and parts[0] in allowed:
+        nested = "".join(f"{part}: {{" for part in parts[:-1]) + f"{parts[-1]}: ..." + "}" * (len(parts) - 1)
+        return ConfigError(f"{key}: a recipe nests its settings (the dotted form is a command-line override's): write "
+                           f"{': then '.join(parts)}: ..., each on its own line indented under the one before, or "
+                           f"{nested}; the keys here: {', '.join(allowed)}")  # fmt: skip
     name = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -394,7 +402,7 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
-            raise _unknown_key(key, list(fields))
+            raise _unknown_key(key, list(fields), str(name))
         kwargs[name] = _coerce(value, fields[name], key)
     return cls(**kwargs)
 
@@ -561,7 +569,7 @@ def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
-            raise _unknown_key(key, list(fields))
+            raise _unknown_key(key, list(fields), str(name))
         current = getattr(cfg, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             updates[name] = merge(current, value, key)
