@@ -44,6 +44,23 @@ def test_wrong_type_names_the_key_and_the_expected_type():
         load_config(None, ["train.max_steps=many"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "whole"),
+    [
+        (["vqa.train_splits=[train2014,", "val2014]"], "vqa.train_splits=[train2014, val2014]"),  # refused at its start
+        (["train.out=[a,", "b]", "train.lr=1"], "train.out=[a, b]"),  # its start taken as text: refused at its rest
+        (["model.text.hf_kwargs={hidden_size:", "32,", "num_hidden_layers:", "1}"],
+         "model.text.hf_kwargs={hidden_size: 32, num_hidden_layers: 1}"),
+    ],
+)  # fmt: skip
+def test_an_override_the_shell_split_at_its_spaces_says_to_quote_it_whole(argv: list[str], whole: str):
+    with pytest.raises(ConfigError, match=re.escape(f"the shell split an unquoted value at its spaces: quote it whole, "
+                                                    f"'{whole}'")):  # fmt: skip
+        load_config(None, argv)
+    with pytest.raises(ConfigError, match=r"override 'b\]' must look like key.sub=value \(e.g. [^;]*\)$"):
+        load_config(None, ["b]"])  # nothing before it: no override split
+
+
 def test_integer_is_accepted_where_a_float_is_expected():
     cfg = Config()
     apply_override(cfg, "train.lr=1")

@@ -543,9 +543,30 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
             cfg = merge(cfg, data)
         except ConfigError as error:  # a key or value of the file: which file (an override names itself)
             raise ConfigError(f"{path}: {error.args[0]}") from None
-    for override in overrides:
-        apply_override(cfg, override)
+    for i, override in enumerate(overrides):
+        try:
+            apply_override(cfg, override)
+        except ConfigError as error:
+            whole = _split_override(list(overrides), i)
+            if whole is None:
+                raise
+            raise ConfigError(f"{error.args[0]}; the shell split an unquoted value at its spaces: quote it whole, "
+                              f"'{whole}'") from None  # fmt: skip
     return cfg
+
+
+def _split_override(overrides: list[str], i: int) -> str | None:
+    """The override the shell split at a space, when `overrides[i]` is a piece of one: `train.x=[a,` then `b]` (an
+    item without `=` is never an override of its own); None when it is not."""
+    start = i
+    while start > 0 and "=" not in overrides[start]:
+        start -= 1
+    end = i + 1
+    while end < len(overrides) and "=" not in overrides[end]:
+        end += 1
+    if "=" not in overrides[start] or end - start < 2:
+        return None
+    return " ".join(overrides[start:end])
 
 
 def recipe_file(given: str | Path) -> Path:
