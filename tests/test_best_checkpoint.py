@@ -128,7 +128,12 @@ def test_a_best_replaced_while_killed_is_whole_the_old_or_the_new(micro_checkpoi
     ("overrides", "message"),
     [(["task=pretrain", "train.best_on=val"], "pretraining has none"),
      (["task=snli_ve", "train.best_every=3"], "train.best_on is not set"),
-     (["task=snli_ve", "train.best_every=-1", "train.best_on=dev"], "train.best_every")],
+     (["task=snli_ve", "train.best_every=-1", "train.best_on=dev"], "train.best_every"),
+     # a file for its split: the pattern made snli_ve/snli_ve_snli_ve/snli_ve_dev.jsonl.jsonl of it, named as missing
+     (["task=snli_ve", "train.best_on=snli_ve/snli_ve_dev.jsonl"],
+      "train.best_on = 'snli_ve/snli_ve_dev.jsonl' is a file's path or name; give the split's name alone, as "
+      "snli_ve.eval_split = 'dev' does"),
+     (["task=nlvr2", "train.best_on=dev.json"], "train.best_on = 'dev.json' is a file's path or name")],
 )  # fmt: skip
 def test_best_on_settings_that_would_be_ignored_are_refused(overrides: list[str], message: str):
     with pytest.raises(ConfigError, match=message):
@@ -137,8 +142,9 @@ def test_best_on_settings_that_would_be_ignored_are_refused(overrides: list[str]
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [(["train.best_on=train"], "a split the run trains on"), (["train.best_on=nosuch"], "nosuch")],
-)
+    [(["train.best_on=train"], "a split the run trains on"),
+     (["train.best_on=nosuch"], r"train.best_on = 'nosuch': .*snli_ve_nosuch.jsonl")],  # the setting, then the file
+)  # fmt: skip
 def test_a_best_on_split_that_is_trained_on_or_missing_is_refused_before_training(
     micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path, overrides: list[str], message: str
 ):

@@ -243,6 +243,18 @@ def _check_task(cfg: Config) -> None:
             raise ConfigError("captioning needs a decoder: set model.architecture=encoder-decoder (or train.init_from)")
 
 
+FILE_SUFFIX = re.compile(r"\.(jsonl?|arrow|parquet|csv|tsv|txt)$", re.IGNORECASE)
+
+
+def _check_split_name(key: str, split: str, cfg: Config) -> None:
+    """A split given as a file's path or name (`snli_ve/snli_ve_dev.jsonl` for dev): the task's pattern makes the
+    file name of the split, so the file it looked for was another, named in a message about a missing file."""
+    if "/" in split or "\\" in split or FILE_SUFFIX.search(split):
+        section = getattr(cfg, cfg.task)
+        raise ConfigError(f"{key} = {split!r} is a file's path or name; give the split's name alone, as "
+                          f"{cfg.task}.eval_split = {section.eval_split!r} does (meter finds its file)")  # fmt: skip
+
+
 def _check_ignored(cfg: Config) -> None:
     """Settings that ask for something this run would not do: refused rather than silently dropped."""
     text = cfg.model.text
@@ -262,6 +274,8 @@ def _check_ignored(cfg: Config) -> None:
             f"train.best_on = {cfg.train.best_on!r} chooses a fine-tuning run's best checkpoint by its task's score; "
             "pretraining has none: remove it (a pretraining run's model is its last)"
         )
+    if cfg.train.best_on and cfg.task != "pretrain":
+        _check_split_name("train.best_on", cfg.train.best_on, cfg)
     decoder, plain_decoder = cfg.model.decoder, DecoderConfig()
     builds_one = cfg.model.architecture == "encoder-decoder" or cfg.task == "captioning" or cfg.train.init_from
     changed = [

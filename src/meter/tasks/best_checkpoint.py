@@ -85,7 +85,10 @@ def check_best_on(cfg: Config, downstream: Downstream) -> None:
             f"train.best_on = {split!r} is a split the run trains on ({', '.join(trained)}): its best would be the "
             "last; choose the best on a split it does not train on (dev, val)"
         )
-    records = downstream.read_split(cfg, split)
+    try:
+        records = downstream.read_split(cfg, split)
+    except DataError as error:  # its file missing: the message names the file, and here the setting that chose it
+        raise DataError(f"train.best_on = {split!r}: {str(error).removeprefix('data: ')}") from None
     if not records:
         raise ConfigError(f"train.best_on = {split!r}: the split has no examples to choose the best checkpoint by")
     if any(getattr(record, "label", 0) is None for record in records):  # NLVR2's hidden test: no score after epoch 1
