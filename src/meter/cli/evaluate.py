@@ -3,6 +3,7 @@
 meter evaluate vqa --questions Q --annotations A --predictions P      the official VQAv2 accuracy
 meter evaluate nlvr2 --labels dev.json --predictions P.csv            the official NLVR2 accuracy, consistency
 meter evaluate TASK --checkpoint C [--config X] [--out DIR] [key=value ...]
+    C: a model folder, or a run folder (the weights its evaluation scored once it finished, else its newest step);
     predicts the config's evaluation split of TASK (vqa, nlvr2, snli_ve, retrieval, captioning; without --config
     the task's settings, and its data where that folder is here, are those the model was fine-tuned with, if it
     was on TASK), prints the metrics and
@@ -43,7 +44,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, help_text in CHECKPOINT_TASKS.items():
         sub = tasks.add_parser(name, help=help_text)
-        sub.add_argument("--checkpoint", help="a model folder: predict the config's evaluation split with it")
+        sub.add_argument("--checkpoint", help="a model folder, or a run folder (its best/ or model/ once finished, "
+                         "else its newest checkpoint): predict the config's evaluation split with it")  # fmt: skip
         sub.add_argument("--config", help="YAML recipe for data paths and evaluation settings (with --checkpoint; "
                          "default: the settings the model was fine-tuned with)")  # fmt: skip
         sub.add_argument(
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from meter.config import load_config
         from meter.output_folder import check_own_folder
+        from meter.predictor import resolve_checkpoint
         from meter.runs import evaluate_run
         from meter.tasks.best_checkpoint import EVALUATIONS
         from meter.tasks.downstream import EVALUATION_MARKER
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         from meter.train.run_folder import RECORD as RUN_RECORD
         from meter.validate import validate_evaluation
 
+        # a run folder: the weights its own evaluation scored (best/ or model/), or while it trains its newest step
+        args.checkpoint = str(resolve_checkpoint(args.checkpoint))
         cfg = load_config(args.config, args.overrides, base=None if args.config else recorded_settings(args))
         cfg.task = args.task
         if getattr(args, "metric", None):
