@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from meter.config import VisionConfig
 from meter.errors import ConfigError, DataError
@@ -171,6 +175,43 @@ def test_clip_weights_in_openai_layout_load_and_give_the_same_tokens(tmp_path: P
     with torch.no_grad():
         assert torch.equal(loaded(pixels), source(pixels))
         assert _encoder("clip-vit", 288, tmp_path / "ViT-B-16.pt")(torch.randn(1, 3, 288, 288)).shape[1] == 1 + 18**2
+
+
+class _Holder(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _torchscript_of(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """A TorchScript archive holding `state` under its own keys, as OpenAI distributes CLIP (torch.jit.save)."""
+    root = _Holder()
+    for key, value in state.items():
+        *modules, leaf = key.split(".")
+        module = root
+        for name in modules:
+            if not hasattr(module, name):
+                module.add_module(name, _Holder())
+            module = getattr(module, name)
+        module.register_parameter(leaf, nn.Parameter(value.clone()))
+    torch.jit.save(torch.jit.script(root), str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/save are deprecated, and OpenAI's files too
+def test_a_torchscript_clip_is_refused_with_the_command_that_converts_it(tmp_path: Path):
+    """OpenAI's CLIP ViT-B-16.pt is a TorchScript archive: it failed with torch's advice to load it with
+    weights_only=False (running the code it holds). The command the refusal gives makes a file that loads."""
+    source = _encoder("clip-vit", 224)
+    archive = _torchscript_of(_openai_clip_layout(source.backbone.state_dict()), tmp_path / "ViT-B-16.pt")
+    with pytest.raises(DataError, match=r"ViT-B-16.pt: a TorchScript archive .* not a state dict") as refused:
+        _encoder("clip-vit", 224, archive)
+    assert "weights_only=False" not in str(refused.value)
+    command = re.search(r'python -c "(.*?)"', str(refused.value)).group(1)
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True, capture_output=True)
+    converted = _encoder("clip-vit", 224, tmp_path / "state_dict.pt")
+    pixels = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(converted(pixels), source(pixels))
 
 
 def test_a_clip_built_one_block_shallower_takes_the_first_blocks_of_the_file(tmp_path: Path, caplog):

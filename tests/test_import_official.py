@@ -212,6 +212,17 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path: Path, zipped
     assert result == 2 and not (tmp_path / "was_unpickled").exists()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/save are deprecated
+def test_a_torchscript_archive_is_refused_with_the_command_that_converts_it(tmp_path: Path):
+    """A TorchScript archive (OpenAI's CLIP .pt files are) failed as "not a PyTorch checkpoint meter can read
+    safely (RuntimeError)"."""
+    path = tmp_path / "ViT-B-16.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(DataError, match=r"ViT-B-16.pt: a TorchScript archive .*torch.jit.load\('.*ViT-B-16.pt'"):
+        import_meter_official(path, TEXT_ENCODER, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_checkpoint_in_the_legacy_format_imports(tmp_path: Path):
     torch.save(official_checkpoint(), tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
     report = import_meter_official(tmp_path / "legacy.ckpt", TEXT_ENCODER, tmp_path / "m")

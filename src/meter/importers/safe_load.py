@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from meter.errors import DataError
+from meter.models.weight_files import is_torchscript_archive, torchscript_refused, unpickler_reason
 
 
 class LightningClassName:
@@ -63,18 +64,9 @@ def _unsafe_globals(path: Path) -> list[str] | None:
         return None
     except (RuntimeError, OSError, EOFError) as error:  # a zip archive cut short: released files are gigabytes
         raise DataError(
-            f"{path}: not a complete PyTorch checkpoint ({_reason(error).split('. ')[0]}): a truncated or damaged"
-            " file, e.g. an interrupted download; download it again"
+            f"{path}: not a complete PyTorch checkpoint ({unpickler_reason(error).split('. ')[0]}): a truncated or"
+            " damaged file, e.g. an interrupted download; download it again"
         ) from None
-
-
-def _reason(error: Exception) -> str:
-    """The unpickler's own complaint, without torch's advice to turn weights_only off."""
-    text = str(error)
-    for advice_ends in ("WeightsUnpickler error:", "from a trusted source."):
-        text = text.split(advice_ends, 1)[-1]
-    text = text.split("Check the documentation", 1)[0]
-    return " ".join(text.split()) or type(error).__name__
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -84,6 +76,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} is a folder: name the checkpoint file in it (e.g. its .ckpt)")
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
+    if is_torchscript_archive(path):  # torch.load would hand it to torch.jit.load, which weights_only refuses
+        raise DataError(torchscript_refused(path))
     scanned = _unsafe_globals(path)
     names = scanned or []
     refused = sorted(name for name in names if stand_in(name) is None)
@@ -98,13 +92,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             # memory-mapped when possible: a file with optimizer states is several times the size of the weights
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=scanned is not None)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise DataError(f"{path}: not a PyTorch checkpoint meter can read safely ({_reason(error)})") from None
+        raise DataError(f"{path}: not a PyTorch checkpoint meter can read safely ({unpickler_reason(error)})") from None
     # a damaged or odd file trips torch's reader itself: a text file (KeyError), a byte flipped in a legacy file
     # (IndexError, UnicodeDecodeError, a failed assert), an archive's entry that is not UTF-8 (UnicodeDecodeError)
     except (KeyError, IndexError, ValueError, TypeError, AssertionError) as error:
         raise DataError(
-            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(error).__name__}: {_reason(error)}); check "
-            "that it is the checkpoint file, or download it again"
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(error).__name__}: {unpickler_reason(error)}); "
+            "check that it is the checkpoint file, or download it again"
         ) from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dictionary at the top level, found {type(data).__name__}")

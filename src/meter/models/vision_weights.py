@@ -25,6 +25,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from meter.errors import DataError
+from meter.models.weight_files import is_torchscript_archive, torchscript_refused, unpickler_reason
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,12 @@ def adapt_vision_state(backbone: nn.Module, state: dict[str, torch.Tensor], sour
 
 def load_vision_weights(backbone: nn.Module, path: Path) -> None:
     name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
+    if is_torchscript_archive(path):  # torch's own refusal advises weights_only=False: running the file's code
+        raise DataError(torchscript_refused(path))
     try:
         state = load_state_dict(str(path))
     except Exception as error:  # a truncated file, a pickle that is not a plain state dict, ...
-        raise DataError(f"{path}: cannot read vision weights: {error}") from None
+        raise DataError(f"{path}: cannot read vision weights: {unpickler_reason(error)}") from None
     _check_patch_size(backbone, state, path, name)
     state = adapt_vision_state(backbone, state, str(path))
     own = backbone.state_dict()
