@@ -214,6 +214,24 @@ def test_a_torchscript_clip_is_refused_with_the_command_that_converts_it(tmp_pat
         assert torch.equal(converted(pixels), source(pixels))
 
 
+def test_only_position_tensors_resampled_are_logged_openai_clips_too(tmp_path: Path, caplog):
+    """OpenAI CLIP's `visual.positional_embedding` (timm's filter makes it pos_embed) was resampled without a line;
+    a flattened patch projection timm reshapes to a convolution was logged as "resampled"."""
+    caplog.set_level("INFO", logger="meter.models.vision_weights")
+    source = _encoder("clip-vit", 224)
+    torch.save(_openai_clip_layout(source.backbone.state_dict()), tmp_path / "ViT-B-16.pt")
+    _encoder("clip-vit", 224, tmp_path / "ViT-B-16.pt")
+    assert "resampled" not in caplog.text
+    _encoder("clip-vit", 288, tmp_path / "ViT-B-16.pt")
+    assert "ViT-B-16.pt: resampled pos_embed: grid 14x14 -> 18x18 (+1 class token, kept)" in caplog.text
+    caplog.clear()
+    state = {k: v.contiguous() for k, v in _encoder("vit", 224).backbone.state_dict().items()}
+    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].flatten(1).contiguous()  # a linear's layout
+    save_file(state, str(tmp_path / "flat.safetensors"))
+    _encoder("vit", 224, tmp_path / "flat.safetensors")
+    assert "vision weights: " in caplog.text and "resampled" not in caplog.text
+
+
 def test_a_clip_built_one_block_shallower_takes_the_first_blocks_of_the_file(tmp_path: Path, caplog):
     """The official METER builds 11 of CLIP-ViT-B/16's 12 blocks: the file's last block is left out, quietly."""
     deep = build_vision(VisionConfig(name="clip-vit", image_size=64, timm_kwargs={**SMALL_VIT, "depth": 3}))

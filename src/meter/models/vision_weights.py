@@ -109,16 +109,34 @@ def _describe_change(backbone: nn.Module, leaf: str, before: torch.Tensor, after
     return f"{tuple(before.shape)} -> {tuple(after.shape)}"
 
 
+# the tensors the adaptation resamples to a new grid or window; others may change shape only in layout (timm's
+# filter reshapes a flattened patch projection), which is not a resampling
+RESAMPLED = ("pos_embed", "relative_position_bias_table")
+OPENAI_POSITIONS = "visual.positional_embedding"  # OpenAI CLIP's (tokens, width), timm's filter makes it pos_embed
+
+
+def _before_adaptation(key: str, before: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The file's tensor that became `key`: the same key, or OpenAI CLIP's position embedding (as (1, tokens, width))
+    for timm's `pos_embed`."""
+    if key in before:
+        return before[key]
+    if key == "pos_embed" and OPENAI_POSITIONS in before and before[OPENAI_POSITIONS].ndim == 2:
+        return before[OPENAI_POSITIONS].unsqueeze(0)
+    return None
+
+
 def log_resampled(
     backbone: nn.Module, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], source: str
 ) -> list[str]:
-    """Logs (and returns) each kind of tensor whose shape the adaptation changed: which, and from what to what."""
+    """Logs (and returns) each kind of position tensor the adaptation resampled: which, and from what to what."""
     changes: dict[tuple[str, str], list[str]] = {}
     for key, value in after.items():
-        old = before.get(key)
+        module, _, leaf = key.rpartition(".")
+        if not leaf.endswith(RESAMPLED):
+            continue
+        old = _before_adaptation(key, before)
         if old is None or old.shape == value.shape:
             continue
-        module, _, leaf = key.rpartition(".")
         changes.setdefault((leaf, _describe_change(backbone, leaf, old, value)), []).append(module)
     lines = [f"{leaf}{' of ' + ', '.join(modules) if any(modules) else ''}: {change}"
              for (leaf, change), modules in changes.items()]  # fmt: skip
