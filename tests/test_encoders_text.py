@@ -166,3 +166,18 @@ def test_text_weights_that_cannot_be_read_are_named(tmp_path: Path, damage: str)
     with pytest.raises(DataError, match=r"model.safetensors: the text encoder's weights do not have the shapes its "
                                         r"config.json gives"):  # fmt: skip
         build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+
+
+def test_a_tokenizer_padding_with_another_id_than_the_text_encoder_is_refused(tmp_path: Path):
+    """A tokenizer of another numbering padded with a token the encoder reads as a word (RoBERTa's positions also
+    start from its pad id); it trained on."""
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**json.loads((MINILM / "config.json").read_text()),
+                                                    "pad_token_id": 1}))  # fmt: skip
+    (folder / "model.safetensors").symlink_to(MINILM / "model.safetensors")
+    cfg = TextConfig(name="bert", weights=str(folder), tokenizer="tokenizers/bpe")
+    with pytest.raises(ConfigError, match=r"model.text.tokenizer = 'tokenizers/bpe' pads with token id 0, but the "
+                                          r"text encoder of model.text.weights = .* has pad_token_id 1"):  # fmt: skip
+        build_text(cfg, 30522, 0)
+    assert build_text(cfg, 30522, 1).model.config.pad_token_id == 1

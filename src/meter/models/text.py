@@ -159,7 +159,19 @@ def _read_error(path: Path, error: Exception) -> DataError:
                      " download it again")  # fmt: skip
 
 
-def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
+def _check_pad(cfg: TextConfig, config: PretrainedConfig, pad_token_id: int) -> None:
+    """The tokenizer pads with the id the text encoder was trained to pad with: another tokenizer numbers its
+    tokens otherwise (and RoBERTa numbers its positions from its pad id)."""
+    if config.pad_token_id is None or pad_token_id == config.pad_token_id:  # a config without one: nothing to check
+        return
+    tokenizer = f"model.text.tokenizer = {cfg.tokenizer!r}" if cfg.tokenizer else "the tokenizer"
+    raise ConfigError(f"{tokenizer} pads with token id {pad_token_id}, but the text encoder of model.text.weights = "
+                      f"{cfg.weights!r} has pad_token_id {config.pad_token_id} (its config.json): the tokenizer is "
+                      "not this encoder's; use the encoder's own tokenizer (leave model.text.tokenizer unset to read"
+                      " it from model.text.weights)")  # fmt: skip
+
+
+def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: int) -> nn.Module:
     path = Path(cfg.weights)
     if not (path / "config.json").is_file():
         raise DataError(f"text encoder folder not found or has no config.json: {path} (model.text.weights)")
@@ -168,6 +180,7 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int) -> nn.Module:
         raise ConfigError(
             f"model.text = {cfg.name!r} but model.text.weights = {str(path)!r} holds a {config.model_type} model"
         )
+    _check_pad(cfg, config, pad_token_id)
     if spec.embedding_only:
         config.num_hidden_layers = 0
     try:
@@ -195,7 +208,7 @@ def build_text(
     if hf_config is not None:
         model = AutoModel.from_config(hf_config, **_model_kwargs(hf_config))
     elif cfg.weights:
-        model = _pretrained(cfg, spec, vocab_size)
+        model = _pretrained(cfg, spec, vocab_size, pad_token_id)
     else:
         config = text_config(cfg, vocab_size, pad_token_id)
         model = AutoModel.from_config(config, **_model_kwargs(config))
