@@ -181,3 +181,18 @@ def test_a_tokenizer_padding_with_another_id_than_the_text_encoder_is_refused(tm
                                           r"text encoder of model.text.weights = .* has pad_token_id 1"):  # fmt: skip
         build_text(cfg, 30522, 0)
     assert build_text(cfg, 30522, 1).model.config.pad_token_id == 1
+
+
+def test_a_tokenizer_folder_of_a_vocabulary_alone_says_what_it_lacks(tmp_path: Path):
+    """vocab.json and merges.txt alone (no tokenizer_config.json or config.json naming the tokenizer's class) failed
+    with transformers asking for sentencepiece or tiktoken."""
+    from meter.data.tokenizers import train_bpe
+
+    train_bpe(["a red circle", "a blue square"] * 50, vocab_size=300).backend_tokenizer.model.save(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "vocab.json"]
+    with pytest.raises(
+        DataError,
+        match=r"holds the vocabulary \(vocab.json, merges.txt\) but not "
+        r"tokenizer_config.json or config.json, which say the tokenizer's class",
+    ):
+        load_tokenizer(tmp_path)

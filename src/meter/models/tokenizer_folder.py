@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from meter.errors import DataError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+CLASS_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")  # one tells transformers which tokenizer
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -27,6 +28,11 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         )
     if not has_tokenizer(path):
         raise DataError(f"{path}: no tokenizer files in this folder (looked for {', '.join(TOKENIZER_FILES)})")
+    if not any((path / name).is_file() for name in CLASS_FILES):  # transformers fails naming sentencepiece instead
+        present = ", ".join(name for name in ("vocab.txt", "vocab.json", "merges.txt") if (path / name).is_file())
+        raise DataError(f"{path}: holds the vocabulary ({present}) but not tokenizer_config.json or config.json, which "
+                        "say the tokenizer's class (e.g. RobertaTokenizer); copy the text encoder's whole tokenizer "
+                        "folder (tokenizer_config.json, special_tokens_map.json, ...)")  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not tokenizer.is_fast:
         raise DataError(f"{path}: meter needs a fast tokenizer (tokenizer.json) for whole-word masking")
