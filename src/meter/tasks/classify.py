@@ -23,6 +23,7 @@ from meter.models.finite_outputs import check_finite
 from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
+from meter.objectives.step_mean import step_mean
 from meter.tasks.build import load_for_eval
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -50,11 +51,18 @@ class ClassificationTask(nn.Module):
     def logits(self, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
+    def loss_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+        """The examples the loss averages over in this batch: every example of the step weighs the same, however
+        the step is split over micro-batches (a short last one) and processes."""
+        return {f"{self.head}_loss": batch["size"]}
+
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = self.logits(batch).float()
         labels = batch["label"]
-        accuracy = (logits.argmax(-1) == labels).float().mean().detach()  # a tensor: reading it would sync
-        return {f"{self.head}_loss": F.cross_entropy(logits, labels)}, {f"{self.head}_accuracy": accuracy}
+        name = f"{self.head}_loss"
+        loss = step_mean(F.cross_entropy(logits, labels, reduction="sum"), name, len(labels), batch)
+        correct = (logits.argmax(-1) == labels).float().sum().detach()  # a tensor: reading it would sync
+        return {name: loss}, {f"{self.head}_accuracy": step_mean(correct, name, len(labels), batch)}
 
 
 def eval_batches(

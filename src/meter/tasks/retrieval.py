@@ -108,6 +108,8 @@ class RetrievalTask(nn.Module):
         batch["negative_noise"] = negative_noise(random, batch["size"], max(self.cfg.train.batch_size, batch["size"]))
         return batch
 
+    # no `loss_counts`: each loss is a mean over a micro-batch whose own pairs are each other's negatives (in-batch
+    # contrastive), so a micro-batch's loss is its own; a step's micro-batches weigh the same however many they hold
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         model, settings = self.model, self.settings
         mask = batch["attention_mask"]

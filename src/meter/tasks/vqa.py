@@ -27,6 +27,7 @@ from meter.models.folder import ModelFolder, load_model_folder, require_answers
 from meter.models.heads import in_fp32
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
+from meter.objectives.step_mean import step_mean
 from meter.tasks.build import build_model, image_reader, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
@@ -103,13 +104,19 @@ class VqaTask(nn.Module):
         fused = self.model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
         return in_fp32(self.model.heads["vqa"], fused.joint)
 
+    def loss_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+        """The questions the loss averages over in this batch: every question of the step weighs the same, however
+        the step is split over micro-batches (a short last one) and processes."""
+        return {"vqa_loss": batch["size"]}
+
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = self.logits(batch)
         targets = batch["targets"]
-        # METER/ViLT scale the mean BCE by the number of answers (a sum over answers, mean over questions)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets) * targets.shape[1]
-        score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
-        return {"vqa_loss": loss}, {"vqa_score": score.detach()}  # a tensor: reading it would sync
+        # METER/ViLT scale the mean BCE by the number of answers: a sum over answers, a mean over the step's questions
+        total = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum")
+        loss = step_mean(total, "vqa_loss", len(targets), batch)
+        score = targets.gather(1, logits.argmax(-1, keepdim=True)).sum().detach()  # a tensor: reading it would sync
+        return {"vqa_loss": loss}, {"vqa_score": step_mean(score, "vqa_loss", len(targets), batch)}
 
 
 def vqa_dataset(records: list[VqaRecord], images: ImageReader, answers: list[str], normalize: bool = False

@@ -116,6 +116,30 @@ def loss_denominators(task: nn.Module, micro_batches: list[dict[str, Any]], runt
     return {k: max(v, 1.0) / parts for k, v in zip(keys, all_reduce(totals).tolist(), strict=True)}
 
 
+def backward_step(
+    task: nn.Module, wrapped: nn.Module, micro_batches: list[dict[str, Any]], runtime: Runtime, cuda_graphs: bool
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Forward and backward of each micro-batch (`wrapped`: the task as `distribute` made it), the gradients reduced
+    across processes on the last one; the step's losses and reports (detached, averaged over the micro-batches) and
+    the losses' names."""
+    denominators = loss_denominators(task, micro_batches, runtime)
+    parts = len(micro_batches)
+    step_values: dict[str, Tensor] = {}
+    loss_keys: list[str] = []
+    for index, batch in enumerate(micro_batches):
+        batch = to_device(batch, runtime.device) | {"loss_denominators": denominators}
+        if cuda_graphs:  # the graphs' outputs of the last pass may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
+        with gradient_sync(wrapped, index == parts - 1):
+            with runtime.autocast():
+                losses, report = wrapped(batch)
+            (sum(losses.values()) / parts).backward()
+        loss_keys = list(losses)
+        for key, value in (losses | report).items():
+            step_values[key] = step_values.get(key, 0) + _detached(value, runtime.device) / parts
+    return step_values, loss_keys
+
+
 @dataclass
 class StepVerdict:
     """What every process knows after a step's reduction."""
@@ -332,20 +356,7 @@ def _fit_in(
             for step in range(progress.step, last_step):
                 random = StepRandomness(train.seed, step, global_batch * train.grad_accum)
                 micro_batches = draw_step(task, batches, budget, random, train.batch_size, train.grad_accum, runtime)
-                denominators = loss_denominators(task, micro_batches, runtime)
-                step_values: dict[str, Tensor] = {}
-                loss_keys: list[str] = []
-                for index, batch in enumerate(micro_batches):
-                    batch = to_device(batch, runtime.device) | {"loss_denominators": denominators}
-                    if cuda_graphs:  # the graphs' outputs of the last pass may be overwritten from here on
-                        torch.compiler.cudagraph_mark_step_begin()
-                    with gradient_sync(wrapped, index == len(micro_batches) - 1):
-                        with runtime.autocast():
-                            losses, report = wrapped(batch)
-                        (sum(losses.values()) / train.grad_accum).backward()
-                    loss_keys = list(losses)
-                    for key, value in (losses | report).items():
-                        step_values[key] = step_values.get(key, 0) + _detached(value, runtime.device) / train.grad_accum
+                step_values, loss_keys = backward_step(task, wrapped, micro_batches, runtime, cuda_graphs)
                 grad_norm = local(torch.nn.utils.clip_grad_norm_(task.parameters(), max_norm))
                 verdict = agree_on_step(sum(step_values[k] for k in loss_keys), grad_norm, stop.received, runtime,
                                         budget)  # fmt: skip
