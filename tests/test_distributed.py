@@ -14,7 +14,7 @@ from meter.runs import run_pretrain
 from meter.train.checkpoint import Checkpoints
 from meter.train.metrics_log import read_metrics
 from tests.conftest import MICRO
-from tests.faults import torchrun_with_faults
+from tests.faults import run_meter_with_faults, torchrun_with_faults
 from tests.runner import EXACT, TWO_LAYERS, pretrain_args, run_meter
 
 COMMON = [*EXACT, "train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1",
@@ -266,6 +266,33 @@ def test_bad_samples_of_every_process_are_listed_and_counted_against_one_budget(
     counted = re.search(rf"skipped (\d+) of {total} samples, more than the budget of {bad - 1} ", done.stderr)
     assert counted and bad <= int(counted.group(1)) <= len(ahead[0] | ahead[1]), done.stderr[-3000:]
     assert len(read_metrics(over / "metrics.jsonl")) < 6, "stopped before the end"
+
+
+@pytest.mark.slow
+def test_a_process_whose_data_is_all_unreadable_stops_every_process_with_a_clear_error(shapes_world, tmp_path):
+    """A process that meets only unreadable images drew empty batch after empty batch forever (its bad samples only
+    noted, never counted), deaf to SIGTERM, while the other waited for it. Now it stops: at once when its own bad
+    samples spend the budget, the other meeting it in the step's reduction; else after two epochs of its batches."""
+    world = shutil.copytree(shapes_world, tmp_path / "world")
+    common = [*COMMON, "train.batch_size=4", "data.num_workers=0"]
+    reads = EpochReads(world, per_process=4, processes=2)
+    kept = reads.images(range(1), rank=0) - reads.images(range(1), rank=1)  # process 0 makes its first step
+    assert kept and reads.bad_pairs(range(1), 0, kept) == reads.read(range(1), 0)
+    for image in (world / "images").rglob("*.*"):
+        if str(image) not in kept:
+            image.unlink()
+    done = run_meter_with_faults(pretrain_args(world, tmp_path / "alone", *common, "data.max_bad_samples=0"),
+                                 processes=2, timeout=120)  # fmt: skip
+    for returncode, stderr in done:  # process 1 spent the budget alone; process 0 waited in the step's reduction
+        assert returncode != 0 and re.search(r"skipped \d+ of \d+ samples, more than the budget of 0 ", stderr), stderr
+    assert not (tmp_path / "alone/metrics.jsonl").is_file() or not read_metrics(tmp_path / "alone/metrics.jsonl")
+
+    for image in kept:
+        Path(image).unlink()
+    done = run_meter_with_faults(pretrain_args(world, tmp_path / "none", *common, "data.max_bad_samples=1"),
+                                 processes=2, timeout=120)  # fmt: skip
+    for returncode, stderr in done:  # within the budget (all may be bad): two epochs of empty batches end it
+        assert returncode != 0 and "processes 0, 1 of 2 found no readable batch in" in stderr, stderr[-3000:]
 
 
 @pytest.mark.slow

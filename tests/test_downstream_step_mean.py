@@ -8,7 +8,7 @@ import torch
 
 from meter.config import load_config
 from meter.tasks.catalog import DOWNSTREAM
-from meter.train.loop import backward_step
+from meter.train.loop import backward_step, loss_denominators
 from meter.train.runtime import setup_runtime
 from tests.conftest import MICRO
 
@@ -29,7 +29,8 @@ def test_a_step_of_micro_batches_3_and_1_has_the_gradient_of_one_batch_of_4(
         task.zero_grad(set_to_none=True)
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         micro_batches = [collate(samples[start : start + size]) for start, size in zip(starts, sizes, strict=True)]
-        values, _ = backward_step(task, task, micro_batches, runtime, cuda_graphs=False)
+        denominators = loss_denominators(task, micro_batches, runtime)
+        values, _ = backward_step(task, micro_batches, denominators, runtime, cuda_graphs=False)
         return torch.cat([p.grad.flatten() for p in task.parameters() if p.grad is not None]), values
 
     whole, whole_values = gradient([4])

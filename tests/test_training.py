@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,12 @@ def test_pretraining_without_tensorboard_warns_once_and_writes_the_jsonl_log(sha
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
     assert done.stderr.count("tensorboard cannot be imported") == 1, done.stderr
     assert not (out / "tensorboard").exists()
+
+
+def test_a_run_whose_every_image_is_gone_stops_after_two_epochs_of_empty_batches(shapes_world: Path, tmp_path: Path):
+    """Within a budget that allows every sample to be bad, a run that reads nothing drew empty batches forever."""
+    world = shutil.copytree(shapes_world, tmp_path / "world")
+    shutil.rmtree(world / "images")
+    done = run_meter(pretrain_args(world, tmp_path / "run", "data.max_bad_samples=1", "train.max_steps=2"),
+                     timeout=60, check=False)  # fmt: skip
+    assert done.returncode != 0 and "the run found no readable batch in " in done.stderr, done.stderr[-3000:]

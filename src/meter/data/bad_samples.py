@@ -56,27 +56,40 @@ class BadSampleBudget:
         self.samples = 0  # with per_sample: every sample recorded
         self.shared = shared
         self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
+        self._pending_new: set[str] = set()  # ... the samples among them the budget has not counted yet
 
     @property
     def count(self) -> int:
         return self.samples if self.per_sample else len(self.bad)
 
+    def _counted(self, sample: BadSample) -> bool:
+        # a list written before samples had keys names the image: its pairs counted once, as then
+        return not self.per_sample and (sample.sample in self.bad or bool(sample.key and sample.path in self.bad))
+
     def record(self, sample: BadSample) -> None:
-        if self.shared:
-            self.pending.append(sample)
-        else:
+        if not self.shared:
             self.settle([sample])
+            return
+        if self.per_sample or not (self._counted(sample) or sample.sample in self._pending_new):
+            self.pending.append(sample)  # a sample met again (a process reading only bad ones, epoch after epoch)
+            self._pending_new.add(sample.sample)  # is noted once: what a process sends the others stays small
+
+    @property
+    def spent_alone(self) -> bool:
+        """Whether this process's own samples noted since the last settling spend the budget whatever the other
+        processes met: it need read no further (its data may be all unreadable) before all settle and stop."""
+        return self.count + len(self._pending_new if not self.per_sample else self.pending) > self.allowed
 
     def take_pending(self) -> list[BadSample]:
         taken, self.pending = self.pending, []
+        self._pending_new = set()
         return taken
 
     def settle(self, samples: list[BadSample]) -> None:
         """Counts `samples`; raises once the budget is spent."""
         new = []
         for sample in samples:
-            # a list written before samples had keys names the image: its pairs counted once, as then
-            if not self.per_sample and (sample.sample in self.bad or (sample.key and sample.path in self.bad)):
+            if self._counted(sample):
                 continue
             self.bad.setdefault(sample.sample, sample.reason)
             self.samples += 1

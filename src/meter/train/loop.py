@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -84,45 +84,93 @@ class CheckpointHook(Protocol):
 
 def draw_step(
     task: nn.Module, batches: Iterator[dict[str, Any]], budget: BadSampleBudget, random: StepRandomness,
-    train_batch: int, grad_accum: int, runtime: Runtime,
-) -> list[dict[str, Any]]:  # fmt: skip
+    train_batch: int, grad_accum: int, runtime: Runtime, empty_limit: int,
+) -> list[dict[str, Any]] | None:  # fmt: skip
     """The step's micro-batches, prepared on the CPU. A batch whose samples were all unreadable is replaced by the
-    next one, so that every process runs the same number of forward and backward passes."""
+    next one, so that every process runs the same number of forward and backward passes. None when this process
+    cannot make its step: its own bad samples spend the budget, or `empty_limit` batches in a row were all
+    unreadable; it then tells the others in `loss_denominators`, where every process stops."""
     prepared = []
     for micro in range(grad_accum):
-        batch = next(batches)
+        empty = 0
         while True:
+            batch = next(batches)
             for bad in batch["bad"]:
                 budget.record(bad)
             if batch["size"] > 0:
                 break
-            batch = next(batches)
+            empty += 1
+            if budget.spent_alone or empty >= empty_limit:  # else an endless loop, the others waiting for it
+                return None
         offset = (micro * runtime.world + runtime.rank) * train_batch
         prepared.append(task.prepare(batch, random.rows(offset, batch["size"])))
     return prepared
 
 
-def loss_denominators(task: nn.Module, micro_batches: list[dict[str, Any]], runtime: Runtime) -> dict[str, float]:
+LOSS_SLOTS = 8  # the most losses a task may count for its step's denominators (pretraining has up to 5)
+
+
+def loss_denominators(
+    task: nn.Module, micro_batches: list[dict[str, Any]] | None, runtime: Runtime,
+    budget: BadSampleBudget | None = None, empty_limit: int = 0,
+) -> dict[str, float]:  # fmt: skip
     """Each loss's item count over the whole step (all micro-batches, all processes), divided by micro-batches x
-    processes: a loss that divides its sum by this makes the accumulated, averaged gradient the mean over the step."""
+    processes: a loss that divides its sum by this makes the accumulated, averaged gradient the mean over the step.
+
+    With several processes the reduction runs at every step, a fixed table whatever the task (LOSS_SLOTS counts and
+    a stop flag), so that a process that drew no step (`micro_batches` None: see `draw_step`) meets the others in
+    it: then every process settles the bad samples noted so far and all raise the same DataError."""
     counter = getattr(task, "loss_counts", None)
-    if counter is None:
-        return {}
-    counts = [counter(batch) for batch in micro_batches]
-    keys = sorted(counts[0])
-    device = runtime.device if runtime.distributed else torch.device("cpu")  # alone: no trip to the GPU and back
-    totals = torch.tensor([sum(c[k] for c in counts) for k in keys], dtype=torch.float64, device=device)
-    parts = len(micro_batches) * runtime.world
-    return {k: max(v, 1.0) / parts for k, v in zip(keys, all_reduce(totals).tolist(), strict=True)}
+    counts = [counter(batch) for batch in micro_batches] if counter is not None and micro_batches else []
+    keys = sorted(counts[0]) if counts else []
+    if len(keys) > LOSS_SLOTS:
+        raise ValueError(f"{type(task).__name__} counts {len(keys)} losses; the step's reduction has {LOSS_SLOTS}")
+    if not runtime.distributed:
+        if micro_batches is None:  # alone, its budget was settled as it went: within it, the row of empty batches
+            raise DataError(no_readable_batch([runtime.rank], runtime.world, empty_limit, budget))
+        totals = [sum(c[k] for c in counts) for k in keys]  # no trip to the GPU and back
+    else:
+        table = torch.zeros(LOSS_SLOTS + 1, dtype=torch.float64, device=runtime.device)
+        table[: len(keys)] = torch.tensor([float(sum(c[k] for c in counts)) for k in keys], dtype=torch.float64)
+        table[LOSS_SLOTS] = float(micro_batches is None)
+        reduced = all_reduce(table).tolist()
+        if reduced[LOSS_SLOTS]:
+            stop_drawing(micro_batches is None, runtime, budget, empty_limit)
+        totals = reduced[: len(keys)]
+    parts = len(micro_batches or ()) * runtime.world
+    return {k: max(v, 1.0) / parts for k, v in zip(keys, totals, strict=True)}
+
+
+def stop_drawing(stopped: bool, runtime: Runtime, budget: BadSampleBudget | None, empty_limit: int) -> NoReturn:
+    """On every process, once some process drew no step: all settle every process's noted bad samples (raising the
+    budget's error when they spend it), else all raise that the processes named found no readable batch."""
+    gathered = gather_objects((stopped, budget.take_pending() if budget is not None else []))
+    if budget is not None:
+        budget.settle([sample for _, samples in gathered for sample in samples])
+    ranks = [rank for rank, (stopped_there, _) in enumerate(gathered) if stopped_there]
+    raise DataError(no_readable_batch(ranks, runtime.world, empty_limit, budget))
+
+
+def no_readable_batch(ranks: list[int], world: int, empty_limit: int, budget: BadSampleBudget | None) -> str:
+    who = f"process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world}" if world > 1 else "the run"
+    first = f" (the first: {next(iter(budget.bad.values()))})" if budget is not None and budget.bad else ""
+    return (
+        f"data: {who} found no readable batch in {empty_limit} in a row (two epochs of its batches): every sample "
+        f"it read was unreadable{first}, within data.max_bad_samples; check that the data's files are all there "
+        "(the run's bad_samples.jsonl lists the ones met), or lower data.max_bad_samples to stop on them sooner"
+    )
 
 
 def backward_step(
-    task: nn.Module, wrapped: nn.Module, micro_batches: list[dict[str, Any]], runtime: Runtime, cuda_graphs: bool
+    wrapped: nn.Module,
+    micro_batches: list[dict[str, Any]],
+    denominators: dict[str, float],
+    runtime: Runtime,
+    cuda_graphs: bool,
 ) -> tuple[dict[str, Tensor], list[str]]:
-    """Forward and backward of each micro-batch (`wrapped`: the task as `distribute` made it), the gradients reduced
-    across processes on the last one; the step's losses and reports (detached, averaged over the micro-batches) and
-    the losses' names."""
-    denominators = loss_denominators(task, micro_batches, runtime)
+    """Forward and backward of each micro-batch (`wrapped`: the task as `distribute` made it; `denominators`: see
+    `loss_denominators`), the gradients reduced across processes on the last one; the step's losses and reports
+    (detached, averaged over the micro-batches) and the losses' names."""
     parts = len(micro_batches)
     step_values: dict[str, Tensor] = {}
     loss_keys: list[str] = []
@@ -338,6 +386,7 @@ def _fit_in(
             worker_timeout=cfg.data.worker_timeout, pin_memory=runtime.device.type == "cuda",
         )  # fmt: skip
         batches = iter(stream)
+        empty_limit = 2 * stream.batches_per_epoch  # unreadable batches in a row that say a process's data is gone
         bad_file = out / "bad_samples.jsonl"
         budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file if runtime.is_main else None,
                                  shared=runtime.distributed)  # fmt: skip
@@ -355,8 +404,11 @@ def _fit_in(
         try:
             for step in range(progress.step, last_step):
                 random = StepRandomness(train.seed, step, global_batch * train.grad_accum)
-                micro_batches = draw_step(task, batches, budget, random, train.batch_size, train.grad_accum, runtime)
-                step_values, loss_keys = backward_step(task, wrapped, micro_batches, runtime, cuda_graphs)
+                micro_batches = draw_step(task, batches, budget, random, train.batch_size, train.grad_accum, runtime,
+                                          empty_limit)  # fmt: skip
+                denominators = loss_denominators(task, micro_batches, runtime, budget, empty_limit)
+                assert micro_batches is not None  # None: loss_denominators raised on every process
+                step_values, loss_keys = backward_step(wrapped, micro_batches, denominators, runtime, cuda_graphs)
                 grad_norm = local(torch.nn.utils.clip_grad_norm_(task.parameters(), max_norm))
                 verdict = agree_on_step(sum(step_values[k] for k in loss_keys), grad_norm, stop.received, runtime,
                                         budget)  # fmt: skip
