@@ -43,11 +43,21 @@ def test_two_accumulated_micro_batches_make_the_same_steps_as_one_batch_twice_th
     assert [r["step"] for r in accum] == [1, 2, 3, 4, 5]
     for key in [*LOSSES, "train/grad_norm"]:
         assert [r[key] for r in accum] == pytest.approx([r[key] for r in big], rel=1e-5), key
-    # the schedule counts optimizer steps, not micro-batches: 2 warmup steps, then down to 0 at step 5
+    # the schedule counts optimizer steps, not micro-batches: 2 warmup steps from 0, then down towards 0 at step 5;
+    # each logged at the step that trained at it (not the next step's, as the scheduler holds once stepped)
     lrs = [r["train/lr"] for r in accum]
     assert lrs == [r["train/lr"] for r in big]
-    assert lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3] > lrs[4] == 0
+    assert lrs == pytest.approx([1e-4 * f for f in (0, 1 / 2, 1, 2 / 3, 1 / 3)], rel=1e-12, abs=0)
     assert accum[-1]["train/epoch"] == pytest.approx(big[-1]["train/epoch"])  # the same samples seen
+
+
+def test_a_multiplier_of_0_trains_and_logs_the_base_rate_each_step_trained_at(micro_config, tmp_path):
+    """train.lr_mult_cross_modal=0 freezes the cross-modal parts in effect: the log divided by their group's rate
+    (ZeroDivisionError at the first log line). The logged rate is the encoders' of the step, 0 at warm-up's start."""
+    _pretrain(micro_config, tmp_path / "run", *EXACT, "train.max_steps=4", "train.warmup_ratio=0.5",
+              "train.lr_mult_cross_modal=0")  # fmt: skip
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    assert [r["train/lr"] for r in records] == pytest.approx([1e-4 * f for f in (0, 1 / 2, 1, 1 / 2)], rel=1e-12)
 
 
 class PoisonedPairs(Dataset):

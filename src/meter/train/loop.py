@@ -420,15 +420,16 @@ def _fit_in(
                 else:
                     skip_step(verdict, progress, window, step + 1, train.max_nonfinite_steps, runtime.world)
                 optimizer.zero_grad(set_to_none=True)
+                # the rate this step trained at, the base group's (after `scheduler.step` the groups hold the next
+                # step's; and a group at multiplier 0 has no ratio to the base)
+                lr = train.lr * scheduler.lr_lambdas[0](step)
                 with warnings.catch_warnings():  # a first step skipped: the schedule still counts it, as it should
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
                     scheduler.step()
                 progress.step = step + 1
                 progress.batches_seen = stream.batches_seen
                 if progress.step % train.log_every == 0 or progress.step == last_step:
-                    group = optimizer.param_groups[0]
-                    values = window.reduce(runtime) | {"lr": train.lr * group["lr"] / group["initial_lr"],
-                                                       "epoch": stream.epoch}  # fmt: skip
+                    values = window.reduce(runtime) | {"lr": lr, "epoch": stream.epoch}
                     metrics.write(progress.step, values)
                     loss = sum(values.get(k, math.nan) for k in loss_keys)
                     bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{values['samples_per_s']:.1f}", refresh=False)
