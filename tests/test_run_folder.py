@@ -43,6 +43,22 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(micro_con
     assert _snapshot(tmp_path / "mine") == before
 
 
+@pytest.mark.parametrize(("overrides", "setting"), [
+    (["train.batch_size=512"], r"train\.batch_size = 512 x train\.grad_accum = 1\); lower train\.batch_size or"),
+    (["train.grad_accum=64"], r"train\.batch_size = 8 x train\.grad_accum = 64\); lower train\.batch_size or"),
+    (["train.global_batch=512"], r"train\.global_batch = 512\); lower train\.global_batch"),
+])  # fmt: skip
+def test_data_smaller_than_one_step_is_refused_naming_the_setting_before_a_run_folder_is_taken(
+    micro_config, tmp_path, overrides: list[str], setting: str
+):
+    """The small world's 240 captions cannot make a step of 512: refused naming what sets the step (it was a
+    ValueError after the run folder was taken, which stayed behind holding the refused run's config)."""
+    with pytest.raises(ConfigError, match=r"the training data holds 240 samples, fewer than one optimizer step takes "
+                                          r"\(512: " + setting):  # fmt: skip
+        _pretrain(micro_config, tmp_path / "run", *overrides)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_killed_while_writing_its_first_record_leaves_a_folder_a_new_run_takes(micro_config, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / f".{RECORD}.tmp").write_text('{"format": "meter-ru')  # cut short by the kill

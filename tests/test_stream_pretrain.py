@@ -47,17 +47,35 @@ def test_a_shard_corpus_run_is_not_resumed_with_its_step_split_another_way(micro
         _pretrain(micro_config, tmp_path / "run", *steps, "train.batch_size=2", "train.grad_accum=2", resume="latest")
 
 
+@pytest.mark.parametrize("weight", [1, 2])
 def test_pretraining_from_damaged_shards_over_the_budget_stops_with_a_clear_message(
-    micro_config: Config, tmp_path: Path
+    micro_config: Config, tmp_path: Path, weight: int
 ):
+    """The budget is a share of the distinct pairs: a weight of 2 reads each twice an epoch, but a bad one counts
+    once, so it must not double the budget (it was 4 of 40: the same 3 bad pairs went on unnoticed)."""
     write_img2dataset(tmp_path / "web", shards=1, per_shard=12)
     write_damaged_shard(tmp_path / "web/00001.tar")
     index_shards(tmp_path / "web", tmp_path / "index", max_bad=1.0, progress=False)
-    overrides = ["train.max_steps=4", f"data.sources=[{{path: {tmp_path / 'index'}}}]", "data.streams_per_rank=1",
-                 "data.max_bad_samples=0.1"]  # fmt: skip
+    overrides = ["train.max_steps=4", f"data.sources=[{{path: {tmp_path / 'index'}, weight: {weight}}}]",
+                 "data.streams_per_rank=1", "data.max_bad_samples=0.1"]  # fmt: skip
     with pytest.raises(DataError, match=r"skipped 3 of 20 samples, more than the budget of 2 \(10.0%, data.max_bad"):
         _pretrain(micro_config, tmp_path / "run", *overrides)
     assert len((tmp_path / "run/bad_samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_shard_corpus_of_fewer_distinct_pairs_than_a_step_is_refused_before_a_run_folder_is_taken(
+    micro_config: Config, tmp_path: Path
+):
+    """A weight of 2 makes an epoch of 40 pairs out of 20: a step of 32 would hold pairs twice. Counted as distinct
+    pairs, it is refused naming the batch settings, and leaves no run folder behind."""
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=10)
+    index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+    overrides = ["train.max_steps=1", "train.batch_size=32", "data.streams_per_rank=1",
+                 f"data.sources=[{{path: {tmp_path / 'index'}, weight: 2}}]"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"holds 20 samples, fewer than one optimizer step takes \(32: "
+                                          r"train\.batch_size = 32 x train\.grad_accum = 1\)"):  # fmt: skip
+        _pretrain(micro_config, tmp_path / "run", *overrides)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_is_not_resumed_on_a_corpus_prepared_again_with_other_shards(micro_config, shapes_world, tmp_path):

@@ -270,6 +270,13 @@ class ShardCorpus:
         """Pairs in an epoch (on average over epochs when a weight is fractional)."""
         return round(sum(manifest.pairs * weight for manifest, weight in self.sources))
 
+    @property
+    def distinct_samples(self) -> int:
+        """Distinct pairs, each once whatever its source's weight (a pair is known by its shard, so a shard in two
+        sources counts once): what a step and the bad-sample budget count."""
+        shards = {shard.path: shard.pairs for manifest, _ in self.sources for shard in manifest.shards}
+        return sum(shards.values())
+
     def describe(self) -> str:
         return ", ".join(f"{m.source} ({m.pairs:,} pairs x {w:g})" for m, w in self.sources)
 

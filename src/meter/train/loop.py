@@ -304,6 +304,7 @@ def fit(
     # a process torchrun restarted goes on from train.out's latest checkpoint, whatever `--resume PATH` its command line
     # repeats (from PATH again, the checkpoints written since were set aside and their steps trained again)
     resume = decided_on_main(lambda: restarted_resume(cfg, resume), runtime) or resume
+    check_one_step_fits(dataset, cfg.train, runtime.world)  # before the run folder: a refused run leaves none
     run = open_run_folder(cfg, resume, runtime)  # refuses a folder that holds anything but this run's files
     try:
         if cfg.train.export:  # what the final model folder will replace is refused now, not after the last step
@@ -388,8 +389,8 @@ def _fit_in(
         batches = iter(stream)
         empty_limit = 2 * stream.batches_per_epoch  # unreadable batches in a row that say a process's data is gone
         bad_file = out / "bad_samples.jsonl"
-        budget = BadSampleBudget(cfg.data.max_bad_samples, len(dataset), bad_file if runtime.is_main else None,
-                                 shared=runtime.distributed)  # fmt: skip
+        budget = BadSampleBudget(cfg.data.max_bad_samples, distinct_samples(dataset),
+                                 bad_file if runtime.is_main else None, shared=runtime.distributed)  # fmt: skip
         # resumed: the budget goes on from the samples skipped so far (every process's the same: all stop together)
         budget.restore(decided_on_main(lambda: continued_list(bad_file, resumed=path is not None,
                                                               keep=progress.bad_samples), runtime))  # fmt: skip
@@ -464,6 +465,30 @@ def _fit_in(
     if runtime.is_main and last_step == train.max_steps:
         finish_run(out)
     return checkpoints.path(last_step)
+
+
+def distinct_samples(dataset: Dataset) -> int:
+    """The training data's distinct samples: a shard corpus's pairs once each, whatever its sources' weights (a
+    pair read twice an epoch is one sample to a step and to the bad-sample budget)."""
+    return getattr(dataset, "distinct_samples", None) or len(dataset)  # type: ignore[arg-type]
+
+
+def check_one_step_fits(dataset: Dataset, train: TrainConfig, world: int) -> None:
+    """Refuses training data with fewer samples than one optimizer step takes, naming the setting that sets it."""
+    samples = distinct_samples(dataset)
+    step = train.batch_size * world * train.grad_accum
+    if samples >= step:
+        return
+    processes = f" x {world} processes" if world > 1 else ""
+    if train.global_batch:  # it sets train.grad_accum: the one to name
+        setting, fix = f"train.global_batch = {train.global_batch}", "lower train.global_batch"
+    else:
+        setting = f"train.batch_size = {train.batch_size}{processes} x train.grad_accum = {train.grad_accum}"
+        fix = "lower train.batch_size or train.grad_accum"
+    raise ConfigError(
+        f"the training data holds {samples:,} samples, fewer than one optimizer step takes ({step:,}: {setting}); "
+        f"{fix} to at most {samples:,} samples a step, or train on more data"
+    )
 
 
 def check_step_size(path: Path, progress: Progress, train: TrainConfig, world: int) -> None:
