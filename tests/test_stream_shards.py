@@ -114,6 +114,23 @@ def test_a_restarted_stream_resumes_at_the_batch_where_it_stopped(prepared: Path
     assert [b["pairs"] for b in resumed] == [b["pairs"] for b in straight[start:]]
 
 
+def test_the_epoch_a_stream_reports_is_the_pairs_read_over_the_pairs_of_an_epoch(prepared: Path):
+    """A shard stream drops no incomplete step at an epoch's end: its epoch is pairs read / pairs (counted in whole
+    steps, 2 of 24 pairs in the 60, it said 1.25 when every pair had been read once)."""
+    data = corpus(prepared / "coco-shards", prepared / "cc-shards", streams_per_rank=1)
+    streams = [ShardStream(data, 6, record, rank=rank, world=2, grad_accum=2) for rank in range(2)]
+    read: Counter[str] = Counter()
+    for stream in streams:
+        batches = iter(stream)
+        for _ in range(5):
+            read.update(next(batches)["pairs"])
+        assert stream.epoch == 1.0
+        for _ in range(2):
+            next(batches)
+        assert stream.epoch == pytest.approx(7 * 6 * 2 / 60)
+    assert len(read) == 60 and set(read.values()) == {1}  # 5 batches of each rank: the epoch, every pair once
+
+
 def test_weights_repeat_a_source_or_take_its_shards_in_turn_over_epochs(prepared: Path):
     sources = [(read_manifest(prepared / "coco-shards"), 2.0), (read_manifest(prepared / "cc-shards"), 0.5)]
     coco_shards, cc_shards = sources[0][0].shards, sources[1][0].shards

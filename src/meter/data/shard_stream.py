@@ -40,7 +40,6 @@ from meter.data.shard_plan import (
     rng,
     slot_batch_start,
 )
-from meter.data.stream import micro_batches_per_epoch
 from meter.errors import ConfigError, DataError
 
 
@@ -221,7 +220,7 @@ class ShardStream:
         shuffle: bool = True,
         pin_memory: bool = False,
         worker_timeout: float = WORKER_TIMEOUT,
-        grad_accum: int = 1,
+        grad_accum: int = 1,  # BatchStream's; unused: a shard stream drops no incomplete step at an epoch's end
     ) -> None:
         streams = dataset.streams_per_rank
         if num_workers > 0 and streams % num_workers:
@@ -233,7 +232,6 @@ class ShardStream:
         self.rank, self.world, self.num_workers, self.shuffle = rank, world, num_workers, shuffle
         self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
-        self.batches_per_epoch = max(1, micro_batches_per_epoch(len(dataset), batch_size, world, grad_accum))
         self.batches_seen = start_batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -249,7 +247,9 @@ class ShardStream:
 
     @property
     def epoch(self) -> float:
-        return self.batches_seen / self.batches_per_epoch
+        """Epochs read: pairs read over all ranks / pairs in an epoch (the streams cross an epoch's end wherever it
+        falls in a batch: no incomplete step is dropped, so counted in whole steps of the epoch it ran high)."""
+        return self.batches_seen * self.batch_size * self.world / len(self.dataset)
 
 
 class ShardCorpus:
