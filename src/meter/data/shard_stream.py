@@ -233,6 +233,8 @@ class ShardStream:
         self.pin_memory = pin_memory  # page-locked batches: the copy to the GPU runs asynchronously
         self.worker_timeout = worker_timeout  # a worker silent this long is ended and the run stops, naming it
         self.batches_seen = start_batch
+        # a rank's batches in an epoch, rounded up (the loop's measure of batches in a row that were all unreadable)
+        self.batches_per_epoch = -(-len(dataset) // (batch_size * world))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = RankBatches(self.dataset, self.batch_size, self.collate, self.seed, self.rank, self.world,
