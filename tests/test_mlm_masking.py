@@ -8,6 +8,8 @@ from meter.data.tokenizers import train_tokenizer
 from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.mlm import IGNORE, mask_tokens
 from meter.objectives.randomness import SampleRandomness
+from meter.objectives.seq2seq import Targets, captions_of
+from meter.tasks.captioning import caption_targets
 
 TEXTS = ["a small purplediamond next to an orangetriangle", "twocircles and threesquares were drawn"] * 20
 
@@ -80,3 +82,47 @@ def test_masked_tokens_split_80_10_10(shapes_world: Path):
     assert as_mask.sum().item() / total == pytest.approx(0.8, abs=0.03)
     assert kept.sum().item() / total == pytest.approx(0.1 + 0.1 / len(tokenizer), abs=0.03)
     assert (out[~chosen] == batch["input_ids"][~chosen]).all()
+
+
+def _spelled_specials(tokenizer) -> list[str]:
+    """A caption whose text spells the tokenizer's special tokens mid-sentence."""
+    sep, mask, cls, pad = tokenizer.sep_token, tokenizer.mask_token, tokenizer.cls_token, tokenizer.pad_token
+    return [f"a {sep} purplediamond {mask} twocircles {cls} drawn {pad}", "twocircles and threesquares"]
+
+
+def test_special_tokens_written_in_a_caption_are_not_words(small_vocab_tokenizer):
+    tokenizer = small_vocab_tokenizer
+    batch = _batch(tokenizer, _spelled_specials(tokenizer))
+    ids, words, attention = batch["input_ids"], batch["word_ids"], batch["attention_mask"]
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids)) & (attention == 1)
+    assert special[0].sum() == 6, "expected the 4 specials spelled in the text besides the two around it"
+    assert (words[special] == -1).all()
+    for row in range(len(ids)):  # numbered 0..n-1 without gaps: MLM and span corruption draw among n words
+        valid = words[row][words[row] >= 0]
+        assert torch.equal(valid.unique(), torch.arange(int(valid.max()) + 1))
+    for seed in range(20):
+        out, labels = _mask(tokenizer, batch, seed, probability=0.9)
+        assert (labels[special] == IGNORE).all()
+        assert torch.equal(out[special], ids[special])
+
+
+def test_decoder_targets_do_not_hold_special_tokens_written_in_a_caption(small_vocab_tokenizer):
+    tokenizer = small_vocab_tokenizer
+    batch = _batch(tokenizer, _spelled_specials(tokenizer))
+    captions = captions_of(batch["input_ids"], batch["word_ids"], batch["attention_mask"])
+    targets = caption_targets(captions, Targets.of(tokenizer, max_length=40))
+    special = torch.tensor(tokenizer.all_special_ids)
+    for labels in targets.labels:
+        written = labels[labels != IGNORE]
+        assert written[-1] == tokenizer.sep_token_id  # the one end token, after the whole caption
+        assert not torch.isin(written[:-1], special).any()
+
+
+def test_unknown_token_is_a_word(shapes_world: Path):
+    tokenizer = load_tokenizer(shapes_world / "tokenizers/wordpiece")
+    batch = _batch(tokenizer, ["a red ☃ circle"])
+    unknown = batch["input_ids"][0] == tokenizer.unk_token_id
+    assert unknown.any()
+    assert (batch["word_ids"][0][unknown] >= 0).all()
+    masked = [(_mask(tokenizer, batch, seed, probability=0.5)[1][0][unknown] != IGNORE).all() for seed in range(20)]
+    assert any(masked), "the unknown token is masked like any word"

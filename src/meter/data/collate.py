@@ -48,8 +48,10 @@ class Collate:
             [s["text"] for s in good], padding="longest", truncation=True, max_length=self.max_length,
             return_tensors="pt",
         )  # fmt: skip
+        special = set(self.tokenizer.all_special_ids) - {self.tokenizer.unk_token_id}
         word_ids = torch.tensor(
-            [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(good))], dtype=torch.long
+            [caption_words(encoded.word_ids(i), encoded["input_ids"][i].tolist(), special) for i in range(len(good))],
+            dtype=torch.long,
         )
         batch["input_ids"], batch["attention_mask"], batch["word_ids"] = self._padded(
             encoded["input_ids"], encoded["attention_mask"], word_ids
@@ -69,3 +71,18 @@ class Collate:
                     targets[row, label] = score
             batch["targets"] = targets
         return batch
+
+
+def caption_words(word_ids: list[int | None], input_ids: list[int], special: set[int]) -> list[int]:
+    """Each token's word, numbered 0..n-1 without gaps (MLM and span corruption draw among n words); -1 for the
+    tokenizer's special tokens, those a caption's text spells ("</s>", "[MASK]") too: no objective targets them, and
+    a decoder target does not end mid-caption. The unknown token is a word like any other."""
+    words, last, count = [], None, 0
+    for word, token in zip(word_ids, input_ids, strict=True):
+        if word is None or token in special:
+            words.append(-1)
+            continue
+        if word != last:
+            count, last = count + 1, word
+        words.append(count - 1)
+    return words
