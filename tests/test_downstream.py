@@ -53,6 +53,16 @@ def test_nlvr2_model_starts_its_third_token_type_from_the_image_row(micro_checkp
     assert torch.equal(scratch[2], scratch[1]) and not torch.equal(scratch[0], scratch[1])
 
 
+def test_a_one_image_task_from_an_nlvr2_model_keeps_its_text_and_image_token_types(micro_checkpoints):
+    saved = load_file(micro_checkpoints("nlvr2") / "model.safetensors")["token_type.weight"]
+    _, _, description = load_model_folder(micro_checkpoints("snli_ve"))
+    assert saved.shape[0] == 3 and description.token_types == 2
+    cfg = description.config
+    cfg.train.init_from = str(micro_checkpoints("nlvr2"))
+    rows = build_model(cfg, task_tokenizer(cfg), {"snli_ve": 3}).token_type.weight.detach()
+    assert torch.equal(rows, saved[:2])
+
+
 def test_nlvr2_right_image_and_only_it_uses_the_third_token_type(micro_checkpoints):
     model, tokenizer, description = load_model_folder(micro_checkpoints("nlvr2"))
     model.eval()

@@ -100,7 +100,7 @@ def build_model(
     if answers is not None and "vqa" in heads:
         adapt = _with_answer_rows(adapt, model, folder.answers, answers, str(source))
     not_loaded = load_weights(model, Path(source) / WEIGHTS, adapt=adapt, classes=folder.classes)
-    if TOKEN_TYPES in not_loaded and expand_token_types(model, Path(source) / WEIGHTS):
+    if TOKEN_TYPES in not_loaded and fit_token_types(model, Path(source) / WEIGHTS):
         not_loaded.remove(TOKEN_TYPES)
     unexpected = [k for k in not_loaded if k.split(".")[0] not in fresh_parts]
     if unexpected:
@@ -140,21 +140,27 @@ def read_init_from(source: str | Path) -> ModelFolder:
     return folder
 
 
-def expand_token_types(model: Meter, weights: Path) -> bool:
-    """Loads a checkpoint's token-type rows into a model with more of them; the extra rows (NLVR2's second image)
-    start as copies of the last (image) row, as METER does. False when the checkpoint's rows do not fit."""
+def fit_token_types(model: Meter, weights: Path) -> bool:
+    """Loads a checkpoint's token-type rows into a model with another number of them. More rows (NLVR2's second
+    image, from a one-image model): the extra ones start as copies of the last (image) row, as METER does. Fewer (a
+    one-image task from an NLVR2 model): the text and image rows are kept, the second image's is left behind.
+    False when the checkpoint's rows do not fit."""
     with safe_open(str(weights), framework="pt") as f:
         if TOKEN_TYPES not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             return False
         saved = f.get_tensor(TOKEN_TYPES)
     rows = model.token_type.weight
-    if saved.ndim != 2 or saved.shape[1] != rows.shape[1] or len(saved) >= len(rows):
+    if saved.ndim != 2 or saved.shape[1] != rows.shape[1] or len(saved) == len(rows):
         return False
+    kept = min(len(saved), len(rows))
     with torch.no_grad():
-        rows[: len(saved)] = saved
-        rows[len(saved) :] = saved[-1]
-    log.info("token types: %d rows from the checkpoint, %d more start as its image row", len(saved),
-             len(rows) - len(saved))  # fmt: skip
+        rows[:kept] = saved[:kept]
+        rows[kept:] = saved[-1]
+    if len(rows) > len(saved):
+        log.info("token types: %d rows from the checkpoint, %d more start as its image row", len(saved),
+                 len(rows) - len(saved))  # fmt: skip
+    else:
+        log.info("token types: the first %d of the checkpoint's %d rows", kept, len(saved))
     return True
 
 
