@@ -72,3 +72,13 @@ def test_an_image_listed_twice_is_refused_and_an_entry_without_an_id_takes_its_r
     regions.write_text(json.dumps([{"regions": [{"phrase": "a cat"}]}]))
     with pytest.raises(DataError, match=r"\[0\]: no integer image id"):
         read_visual_genome(tmp_path / "vg")
+
+
+def test_an_image_in_no_folder_is_a_bad_sample_naming_every_folder_looked_in(tmp_path: Path):
+    write_visual_genome(tmp_path / "vg", images=3, regions=2)
+    (tmp_path / "vg/VG_100K_2/2.jpg").unlink()
+    manifest = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", max_bad=0.5, progress=False)
+    assert (manifest["samples"], manifest["bad"]) == (2, 1)
+    reason = json.loads((tmp_path / "out/bad_samples.jsonl").read_text())["reason"]
+    vg = tmp_path / "vg"
+    assert "image 2.jpg" in reason and f"looked in {vg / 'VG_100K'}, {vg / 'VG_100K_2'}" in reason, reason

@@ -7,10 +7,11 @@ ViLT and METER, every region phrase is a caption of the whole image (about 50 pe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from meter.data.formats.captions import CaptionRecord, CaptionRecordSource, listed_once
-from meter.data.formats.common import clean_captions, iter_json_array
+from meter.data.formats.common import RawSample, Unusable, clean_captions, iter_json_array
 from meter.errors import DataError
 
 REGIONS = "region_descriptions.json"
@@ -57,9 +58,29 @@ def _image_id(entry: dict, regions: list[dict], where: str) -> int:
     return found
 
 
+class VisualGenomeSource(CaptionRecordSource):
+    """Visual Genome's records; an image found in none of the folders is a bad sample that names them all (the
+    record's path is only the first folder's)."""
+
+    def __init__(self, records: list[CaptionRecord], description: dict[str, object], files: tuple[Path, ...],
+                 folders: list[Path]) -> None:  # fmt: skip
+        super().__init__("vg", records, description, files)
+        self.folders = folders
+
+    def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]:
+        for record, sample in zip(self.records[start:], super().samples(start), strict=True):
+            if isinstance(sample, RawSample) and not record.image.is_file():
+                looked = ", ".join(str(folder) for folder in self.folders)
+                yield Unusable(sample.name, f"image {record.image.name} (image id {record.image_id}) not found in "
+                                            f"any image folder: looked in {looked} (--image-dirs names the "
+                                            "folders)")  # fmt: skip
+            else:
+                yield sample
+
+
 def visual_genome_source(
     root: str | Path, regions: str = REGIONS, image_dirs: tuple[str, ...] = IMAGE_DIRS
 ) -> CaptionRecordSource:
     records = read_visual_genome(root, regions, image_dirs)
     description = {"root": str(root), "regions": regions, "images": list(image_dirs)}
-    return CaptionRecordSource("vg", records, description, (Path(root) / regions,))
+    return VisualGenomeSource(records, description, (Path(root) / regions,), [Path(root) / d for d in image_dirs])
