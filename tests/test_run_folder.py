@@ -47,6 +47,8 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(micro_con
     (["train.batch_size=512"], r"train\.batch_size = 512 x train\.grad_accum = 1\); lower train\.batch_size or"),
     (["train.grad_accum=64"], r"train\.batch_size = 8 x train\.grad_accum = 64\); lower train\.batch_size or"),
     (["train.global_batch=512"], r"train\.global_batch = 512\); lower train\.global_batch"),
+    (["train.batch_size=512", "train.global_batch=512"],  # no global batch (of 512s) fits: the micro-batch is named
+     r"train\.global_batch = 512, in micro-batches of train\.batch_size = 512\); lower train\.batch_size and"),
 ])  # fmt: skip
 def test_data_smaller_than_one_step_is_refused_naming_the_setting_before_a_run_folder_is_taken(
     micro_config, tmp_path, overrides: list[str], setting: str

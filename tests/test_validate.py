@@ -192,6 +192,14 @@ def test_a_path_that_is_not_utf8_is_refused_naming_the_byte(key: str):
     assert "give a path whose name is UTF-8" in str(raised.value)
 
 
+def test_a_recipe_path_holding_a_lone_surrogate_is_refused_naming_it():
+    """YAML's "\\ud800" is a lone surrogate no byte stands for: naming it as a byte failed inside the error."""
+    with pytest.raises(
+        ConfigError, match=re.escape("train.out = b'/tmp/\\\\ud800x' is not UTF-8 (a lone surrogate U+D800)")
+    ):
+        validate(load_config(None, ["task=vqa", "train.out=/tmp/\ud800x"]))
+
+
 def test_official_retrieval_reads_the_itm_group_size_of_its_itm_loss():
     validate(load_config(None, ["task=retrieval", "retrieval.objective=official", "objectives.itm_group_size=8"]))
     with pytest.raises(ConfigError, match="objectives.itm_group_size = 8 is a pretraining setting"):

@@ -298,8 +298,9 @@ def test_a_run_resumes_only_with_the_vocabulary_its_checkpoint_trained(micro_che
     assert refused.value.args[0] == (
         f"{checkpoint}: its VQA head was trained on another answer vocabulary than the one built now "
         f"({len(recorded)} answers there, {len(recorded) + 1} now; the first to differ is row {len(recorded)}: none "
-        "there, 'zebra' now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed?); a run cannot "
-        f"resume across that: start anew from its weights with train.init_from={checkpoint} (a folder's rows load "
+        "there, 'zebra' now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed, or was it "
+        "written by an earlier meter, which counted answers in another form?); a run cannot resume across that: "
+        f"start anew from its weights with train.init_from={checkpoint} (a folder's rows load "
         "by answer)"
     )
     anew = load_config(None, [*settings, f"train.out={tmp_path / 'anew'}", f"train.init_from={checkpoint}"])

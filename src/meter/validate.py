@@ -100,9 +100,14 @@ def _check_utf8(key: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
-        byte = ord(value[error.start]) - 0xDC00  # the byte that does not decode, as surrogateescape keeps it
+        code = ord(value[error.start])  # a byte that did not decode, as surrogateescape keeps it; or a recipe's \ud800
+        what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
+        try:
+            shown = value.encode("utf-8", "surrogateescape")  # the bytes as given
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "backslashreplace")
         raise ConfigError(
-            f"{key} = {value.encode('utf-8', 'surrogateescape')!r} is not UTF-8 (byte {byte:#04x}); meter records its "
+            f"{key} = {shown!r} is not UTF-8 ({what}); meter records its "
             "paths as UTF-8 text: give a path whose name is UTF-8 (rename the folder, or link to it from one that is)"
         ) from None
 

@@ -1,7 +1,8 @@
 """Masked language modelling: dynamic whole-word masking (80/10/10) and the loss at masked positions only.
 
-Words are the tokenizer's own word ids (`BatchEncoding.word_ids`), so whole-word masking is right for WordPiece
-(`##` continuations) and byte-level BPE (`Ġ`-prefixed word starts) alike. Masks are drawn fresh every time a sample
+Words are the collate's word ids (`collate.caption_words`: the tokenizer's own, a special token a caption spells
+left out, numbered 0..n-1), so whole-word masking is right for WordPiece (`##` continuations) and byte-level BPE
+(`Ġ`-prefixed word starts) alike. Masks are drawn fresh every time a sample
 is seen, from the step's per-sample random streams (`meter.objectives.randomness`): a sample's mask does not depend
 on the batch it landed in.
 """

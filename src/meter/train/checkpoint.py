@@ -230,8 +230,9 @@ def _require_same_answers(recorded: list[str], answers: list[str] | None, where:
     raise DataError(
         f"{where}: its VQA head was trained on another answer vocabulary than the one built now ({len(recorded)} "
         f"answers there, {len(answers)} now; the first to differ is row {row}: {_answer_at(recorded, row)} there, "
-        f"{_answer_at(answers, row)} now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed?); "
-        f"a run cannot resume across that: {anew}"
+        f"{_answer_at(answers, row)} now: were the annotations, vqa.answer_splits or vqa.min_answer_count changed, "
+        f"or was it written by an earlier meter, which counted answers in another form?); a run cannot resume across "
+        f"that: {anew}"
     )
 
 

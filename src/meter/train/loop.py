@@ -480,8 +480,13 @@ def check_one_step_fits(dataset: Dataset, train: TrainConfig, world: int) -> Non
     if samples >= step:
         return
     processes = f" x {world} processes" if world > 1 else ""
-    if train.global_batch:  # it sets train.grad_accum: the one to name
+    if train.global_batch and samples >= train.batch_size * world:  # it sets train.grad_accum: the one to name
         setting, fix = f"train.global_batch = {train.global_batch}", "lower train.global_batch"
+    elif train.global_batch:  # less than one micro-batch: no global batch (a multiple of it) would fit
+        setting = (
+            f"train.global_batch = {train.global_batch}, in micro-batches of train.batch_size = {train.batch_size}"
+        )
+        fix = "lower train.batch_size and train.global_batch"
     else:
         setting = f"train.batch_size = {train.batch_size}{processes} x train.grad_accum = {train.grad_accum}"
         fix = "lower train.batch_size or train.grad_accum"
