@@ -13,10 +13,12 @@ The COCO caption evaluation tokenises references and candidates with Stanford's 
   lines and on the fuzz-found inputs in the tests (tested where Java is installed); it still differs on rarer
   inputs: abbreviations PTB knows only capitalised (`Mass.`, `Wash.`), `No.5`, `&` or `+` after a mixed-case word
   (`aB&C`), `c++`, `<dog>` (an SGML tag to PTB), an apostrophe inside a word other than a clitic or a digit's
-  (`toys'r'us`, `ab'cd`, `rock'n roll`), a ’ opening a word (`’stop’` is `'s top` there), a period glued to the
-  next word mid-chunk (`hat.A`) or before other punctuation (`table.!`, `no.$`), a clitic before a hyphen
-  (`kid's-meal`), quoted acronyms (`'S.S.`), `’Tis`, a fraction glued to a word (`1 1/2cup`), letters and symbols
-  Unicode added after Java 8's tables, and glued run-ons of these (`#can't`, `it'sjalapeño`).
+  (`toys'r'us`, `ab'cd`, `rock'n roll`), a ’ opening a word (`’stop’` is `'s top` there), a period before other
+  punctuation (`table.!`, `no.$`), a clitic before a hyphen (`kid's-meal`), quoted acronyms (`'S.S.`), `’Tis`, a
+  fraction glued to a word (`1 1/2cup`), a decimal number glued to a word (`3.5mm`, `1.5kg` are `3.5 mm`, `1.5 kg`
+  there), a.m. or p.m. glued to a time (`10:30p.m.` is `10:30 p.m.` there), a comma, ? or ! ending a web address
+  (`www.dog.com?`), letters and symbols Unicode added after Java 8's tables, and glued run-ons of these (`#can't`,
+  `it'sjalapeño`).
 - "ptb": pycocoevalcap's PTBTokenizer itself, when `java` is on the PATH: the official numbers exactly.
 - "auto" (default): "ptb" where `java` is on the PATH, else "python" with a warning; the score file names which ran.
 Either way, the line breaks the official wrapper leaves in a caption (it replaces only \n) are spaces first: the
