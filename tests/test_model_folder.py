@@ -155,3 +155,40 @@ def test_the_card_of_a_captioner_says_it_writes_captions_and_a_conv_stem_is_name
 
     stem_card = model_card(model, ModelFolder(cfg, {"itm": 2}), has_tokenizer=True)
     assert "replaced by a convolutional stem (`conv_stem`)" in stem_card and "0.0 M" not in stem_card
+
+
+def test_weights_the_config_has_no_place_for_are_refused_by_name(micro_config: Config, tmp_path: Path):
+    """A weight with no place in the model config.json describes (another model's, a head config.json lost) was
+    skipped without a word: the folder loaded as a model other than the one its weights are."""
+    from safetensors.torch import save_file
+
+    from meter.models.checksums import record_checksums
+
+    model, tokenizer, heads = _model_and_tokenizer(micro_config)
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, heads))
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    weights["text.model.embeddings.position_ids"] = torch.arange(40)[None]  # as an older transformers saved it
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    record_checksums(tmp_path / "m", "model")
+    load_model(tmp_path / "m")  # a buffer the model computes has its place
+    rows = weights["heads.vqa.3.weight"]
+    weights["heads.nlvr2.3.weight"] = torch.zeros(2, 8)  # a head config.json does not name
+    weights["heads.vqa.3.weight"] = torch.cat([rows, rows[:1]])  # a fourth answer row
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    record_checksums(tmp_path / "m", "model")  # an intact folder: only the weights and the config disagree
+    with pytest.raises(DataError, match=r"model.safetensors: 2 weights have no place in the model that config.json "
+                                        r"describes, e.g. heads.nlvr2.3.weight \(no such weight\); "
+                                        r"heads.vqa.3.weight \(shape \[4, "):  # fmt: skip
+        load_model(tmp_path / "m")
+
+
+def test_a_tokenizer_larger_than_the_text_embedding_is_refused_naming_both_sizes(micro_config: Config, tmp_path: Path):
+    """Its last ids would index past the embedding table: an index error deep in the first forward pass."""
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    rows = len(tokenizer) - 10
+    model = build_meter(micro_config.model, rows, tokenizer.pad_token_id, {"itm": 2})
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, {"itm": 2}))
+    load_model(tmp_path / "m")  # the model alone is whole
+    with pytest.raises(DataError, match=rf"the tokenizer has {len(tokenizer)} tokens but the text embedding has "
+                                        rf"{rows} rows \(text_encoder/config.json vocab_size\)"):  # fmt: skip
+        load_model_folder(tmp_path / "m")

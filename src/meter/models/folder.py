@@ -199,10 +199,12 @@ def load_weights(
     skip_heads: bool = False,
     adapt: Callable[[Weights], Weights] | None = None,
     classes: dict[str, list[str]] | None = None,
+    refuse_unplaced: bool = False,
 ) -> list[str]:
     """Loads safetensors weights into `model`; returns what was not loaded. Shapes that differ are skipped.
     `adapt` first fits the weights to the model (fine-tuning at another resolution resamples positions).
-    `classes`: the class of each classifier row in the file (its folder's record); the rows load in today's order."""
+    `classes`: the class of each classifier row in the file (its folder's record); the rows load in today's order.
+    `refuse_unplaced`: a weight the model has no place for (no such name, another shape) is an error, not skipped."""
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as error:
@@ -211,12 +213,31 @@ def load_weights(
     if adapt is not None:
         weights = adapt(weights)
     own = model.state_dict()
+    unplaced = _unplaced_weights(weights, model) if refuse_unplaced else []
+    if unplaced:
+        raise DataError(f"{path}: {len(unplaced)} weights have no place in the model that config.json describes, "
+                        f"e.g. {'; '.join(unplaced[:3])}: the weights and config.json are not of one model; put "
+                        "back the config.json written with these weights, or export the model again")  # fmt: skip
     usable = {
         k: v for k, v in weights.items()
         if k in own and own[k].shape == v.shape and not (skip_heads and k.startswith("heads."))
     }  # fmt: skip
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
+
+
+def _unplaced_weights(weights: Weights, model: nn.Module) -> list[str]:
+    """The weights of a file that `model` has no place for, each with why: a name it lacks, or another shape. Its
+    non-persistent buffers (computed, as position ids) are places too: an older transformers saved them."""
+    own = model.state_dict()
+    computed = {name for name, _ in model.named_buffers()} - set(own)
+    unplaced = []
+    for name, tensor in sorted(weights.items()):
+        if name in own and own[name].shape != tensor.shape:
+            unplaced.append(f"{name} (shape {list(tensor.shape)}; the model's is {list(own[name].shape)})")
+        elif name not in own and name not in computed:
+            unplaced.append(f"{name} (no such weight)")
+    return unplaced
 
 
 def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
@@ -233,7 +254,7 @@ def load_model(path: str | Path) -> tuple[Meter, ModelFolder]:
         model_cfg, text_hf_config.vocab_size, text_hf_config.pad_token_id, description.heads,
         description.token_types, text_hf_config,
     )  # fmt: skip
-    missing = load_weights(model, path / WEIGHTS, classes=description.classes)
+    missing = load_weights(model, path / WEIGHTS, classes=description.classes, refuse_unplaced=True)
     if missing:
         raise DataError(f"{path / WEIGHTS}: {len(missing)} weights missing, e.g. {missing[:3]}")
     description.classes = current_classes(description.heads)  # the loaded rows are in today's order
@@ -260,7 +281,13 @@ def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase,
             " (or re-run `meter import ... --tokenizer DIR`)"
         )
     model, description = load_model(path)
-    return model, load_tokenizer(path), description
+    tokenizer = load_tokenizer(path)
+    rows = model.text.vocab_size
+    if len(tokenizer) > rows:  # its last ids would index past the embedding table: an error deep in a forward pass
+        raise DataError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the text embedding has {rows} rows "
+                        f"({TEXT_CONFIG}/config.json vocab_size): not this model's tokenizer; copy in the tokenizer "
+                        "files the model was trained with")  # fmt: skip
+    return model, tokenizer, description
 
 
 def names_its_answers(description: ModelFolder) -> bool:
