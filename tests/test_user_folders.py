@@ -149,6 +149,29 @@ def test_a_preparation_another_live_process_writes_is_left_to_it(tmp_path):
     assert main(args) == 0
 
 
+def test_a_preparation_takes_the_lock_before_it_checks_and_records_its_settings(tmp_path):
+    """The settings were checked and written before the lock was taken: two `meter prepare` of other settings
+    started at once into a new --out both found no settings, both passed, and one wrote shards under the other's
+    settings. Another process holds the lock on the folder, as the first does before it writes its settings."""
+    from meter.data.shard_writer import PREPARE_LOCK, SETTINGS
+
+    write_coco(tmp_path / "raw", images=4)
+    out = tmp_path / "shards"
+    args = ["prepare", "coco", "--root", str(tmp_path / "raw"), "--out", str(out), "--no-progress",
+            "--karpathy", "karpathy/dataset_coco.json"]  # fmt: skip
+    holder = _hold_lock(out, PREPARE_LOCK)
+    try:
+        for shard_size in ("1000", "2"):  # either settings: the folder is the holder's until it ends
+            with pytest.raises(FolderInUse, match=rf"in use by another meter prepare .*\(pid {holder.pid} on "):
+                main([*args, "--shard-size", shard_size, "--debug"])
+        assert sorted(p.name for p in out.iterdir()) == [PREPARE_LOCK]  # no settings recorded meanwhile
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the lock file a killed preparation left is its own, not a file of the user's
+    assert json.loads((out / SETTINGS).read_text())["shard_size"] == 1000
+
+
 def test_a_metrics_line_cut_short_by_a_full_disk_does_not_block_the_resume(micro_config, tmp_path, caplog):
     out = tmp_path / "run"
     _pretrain(load_config(None, ["train.stop_at=2"], base=micro_config), out)

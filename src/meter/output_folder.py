@@ -22,12 +22,18 @@ log = logging.getLogger(__name__)
 WRITE_PROBE = ".meter-write-check-"  # the probe file of cli.common.check_output_folder, removed at once
 
 
-def check_own_folder(path: str | Path, markers: Iterable[str], what: str, option: str) -> None:
-    """Refuses `path` when it is a folder that is not empty and holds none of `markers`."""
+def check_own_folder(
+    path: str | Path, markers: Iterable[str], what: str, option: str, ignored: Iterable[str] = ()
+) -> None:
+    """Refuses `path` when it is a folder that is not empty and holds none of `markers`; `ignored` entries (the
+    command's own lock file, taken before it looks) do not count."""
     path = Path(path)
     if not path.is_dir():
         return
-    entries = sorted(entry.name for entry in path.iterdir() if not entry.name.startswith(WRITE_PROBE))
+    ignored = set(ignored)
+    entries = sorted(
+        entry.name for entry in path.iterdir() if not entry.name.startswith(WRITE_PROBE) and entry.name not in ignored
+    )
     if not entries or any((path / marker).exists() for marker in markers):
         return
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")

@@ -191,7 +191,8 @@ def _utf8(text: str) -> bool:
 
 def _check_settings(out: Path, settings: dict[str, object]) -> None:
     """Records the settings of a new preparation; refuses to resume one of other settings or other source files
-    (its shards would mix two versions of the corpus), naming what differs."""
+    (its shards would mix two versions of the corpus), naming what differs. Called holding the prepare lock: two
+    preparations of other settings started at once would both find no settings and both write into the folder."""
     path = out / SETTINGS
     if path.is_file():
         try:
@@ -217,8 +218,7 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
             )
             write_json_atomically(path, {**before, SOURCE_FILES: settings[SOURCE_FILES]})
     else:
-        check_own_folder(out, (SETTINGS,), "meter prepare", "--out")
-        out.mkdir(parents=True, exist_ok=True)
+        check_own_folder(out, (SETTINGS,), "meter prepare", "--out", ignored=(PREPARE_LOCK,))
         write_json_atomically(path, settings)
 
 
@@ -315,8 +315,8 @@ def write_shards(source: RawSource, out: str | Path, shard_size: int = 1000, max
     description = _resolved_root(source.description)
     settings = {"source": source.name, "description": description, "records": total, "shard_size": shard_size,
                 SOURCE_FILES: fingerprint(source.files)}  # fmt: skip
-    _check_settings(out, settings)
     with _prepare_lock(out):
+        _check_settings(out, settings)
         shards = -(-total // shard_size)
         done = _still_written(out, _finished(out, shards))
         if done:
@@ -363,7 +363,9 @@ def _check_images_found(out: Path, name: str, records: list[ShardRecord]) -> Non
 
 @contextlib.contextmanager
 def _prepare_lock(out: Path) -> Iterator[None]:
-    """One `meter prepare` at a time in a folder: a second would rename the first one's half-written shards away."""
+    """One `meter prepare` at a time in a folder: a second would rename the first one's half-written shards away.
+    A folder of the user's is refused before the lock file is written into it."""
+    check_own_folder(out, (SETTINGS,), "meter prepare", "--out", ignored=(PREPARE_LOCK,))
     lock_folder(out, PREPARE_LOCK, "another meter prepare (one at a time in a folder)")
     try:
         yield
@@ -384,9 +386,9 @@ def index_shards(root: str | Path, out: str | Path, pattern: str = "*.tar", max_
     out = Path(out)
     shards = [path.resolve() for path in find_shards(root, pattern)]
     description = {"root": str(Path(root).resolve()), "pattern": pattern, "in_place": True}
-    _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards),
-                          SOURCE_FILES: fingerprint(shards)})  # fmt: skip
     with _prepare_lock(out):
+        _check_settings(out, {"source": "webdataset", "description": description, "records": len(shards),
+                              SOURCE_FILES: fingerprint(shards)})  # fmt: skip
         done = _finished(out, len(shards))
         found = _resume_budget(out, 1.0, 1 << 62)  # logs what it finds; the budget is checked once the total is known
         for index, path in enumerate(tqdm(shards, unit="shard", desc="index shards", disable=not progress)):
