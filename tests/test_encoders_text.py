@@ -196,3 +196,16 @@ def test_a_tokenizer_folder_of_a_vocabulary_alone_says_what_it_lacks(tmp_path: P
         r"tokenizer_config.json or config.json, which say the tokenizer's class",
     ):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    ('{"model_type": "bert", "hidden_size": "abc"}', "hidden_size"),  # transformers 5: a strict dataclass field
+    ("<html>404: not found</html>", ""),  # a web page saved as config.json
+])  # fmt: skip
+def test_a_text_config_transformers_cannot_read_is_named(tmp_path: Path, config: str, reason: str):
+    """A pretrained config.json that transformers refuses failed inside it (StrictDataclassError, a JSON error)."""
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "config.json").write_text(config)
+    with pytest.raises(DataError, match=r"text/config.json: not a config transformers can read \(.*" + reason):
+        build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)

@@ -78,6 +78,20 @@ def test_a_shard_corpus_of_fewer_distinct_pairs_than_a_step_is_refused_before_a_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_shard_corpus_of_fewer_pairs_than_a_batch_for_each_stream_is_refused_before_a_run_folder_is_taken(
+    micro_config: Config, tmp_path: Path
+):
+    """20 pairs make a step of 8 but not 8 streams of 8: refused naming data.streams_per_rank, before the run folder
+    is taken (the stream refused it after, leaving the folder behind)."""
+    write_img2dataset(tmp_path / "web", shards=2, per_shard=10)
+    index_shards(tmp_path / "web", tmp_path / "index", progress=False)
+    overrides = ["train.max_steps=1", "train.batch_size=8", f"data.sources=[{{path: {tmp_path / 'index'}}}]"]
+    refused = r"hold 20 pairs an epoch, fewer than one batch for each stream \(train\.batch_size = 8 x data\.streams"
+    with pytest.raises(ConfigError, match=refused + r"_per_rank = 8\); lower data\.streams_per_rank"):
+        _pretrain(micro_config, tmp_path / "run", *overrides)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_is_not_resumed_on_a_corpus_prepared_again_with_other_shards(micro_config, shapes_world, tmp_path):
     """The streams' places are counted on the manifest: a source prepared again (more images downloaded since) moved
     them, and the resumed epoch read pairs twice and others never, without a word."""

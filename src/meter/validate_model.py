@@ -21,15 +21,8 @@ from meter.config import Config, ModelConfig, VisionConfig
 from meter.errors import ConfigError, MeterError
 from meter.models.folder import TEXT_CONFIG, read_model_folder
 from meter.models.init_from import TIMM_CHANGEABLE, _check_text_length
-from meter.models.text import build_text
+from meter.models.text import StrictDataclassError, build_text
 from meter.models.vision import build_vision
-
-try:
-    from huggingface_hub.errors import StrictDataclassError
-except ImportError:  # an older huggingface_hub: transformers' configs are not strict dataclasses, nothing raises it
-
-    class StrictDataclassError(Exception):  # type: ignore[no-redef]
-        pass
 
 
 def check_model(cfg: Config, with_decoder: bool) -> None:
@@ -150,5 +143,5 @@ def _read_text_config(folder: Path) -> PretrainedConfig | None:
         return None
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError):  # the run names the folder when it loads it
+    except (OSError, ValueError, StrictDataclassError):  # the run names the folder when it loads it
         return None

@@ -25,6 +25,14 @@ from meter.errors import ConfigError, DataError
 from meter.models.weight_files import unpickler_reason
 from meter.registry import Registry
 
+try:
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # an older huggingface_hub: transformers' configs are not strict dataclasses, nothing raises it
+
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        pass
+
+
 log = logging.getLogger(__name__)
 
 TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
@@ -175,7 +183,12 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: 
     path = Path(cfg.weights)
     if not (path / "config.json").is_file():
         raise DataError(f"text encoder folder not found or has no config.json: {path} (model.text.weights)")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, StrictDataclassError) as error:  # not JSON, no model_type, a wrong type
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path / 'config.json'}: not a config transformers can read ({reason}) "
+                        "(model.text.weights)") from None  # fmt: skip
     if config.model_type != spec.model_type and not spec.embedding_only:
         raise ConfigError(
             f"model.text = {cfg.name!r} but model.text.weights = {str(path)!r} holds a {config.model_type} model"

@@ -477,9 +477,10 @@ def check_one_step_fits(dataset: Dataset, train: TrainConfig, world: int) -> Non
     """Refuses training data with fewer samples than one optimizer step takes, naming the setting that sets it."""
     samples = distinct_samples(dataset)
     step = train.batch_size * world * train.grad_accum
-    if samples >= step:
-        return
     processes = f" x {world} processes" if world > 1 else ""
+    if samples >= step:
+        check_a_batch_for_each_stream(dataset, train, world)
+        return
     if train.global_batch and samples >= train.batch_size * world:  # it sets train.grad_accum: the one to name
         setting, fix = f"train.global_batch = {train.global_batch}", "lower train.global_batch"
     elif train.global_batch:  # less than one micro-batch: no global batch (a multiple of it) would fit
@@ -494,6 +495,20 @@ def check_one_step_fits(dataset: Dataset, train: TrainConfig, world: int) -> Non
         f"the training data holds {samples:,} samples, fewer than one optimizer step takes ({step:,}: {setting}); "
         f"{fix} to at most {samples:,} samples a step, or train on more data"
     )
+
+
+def check_a_batch_for_each_stream(dataset: Dataset, train: TrainConfig, world: int) -> None:
+    """A shard corpus's rank reads its streams in whole batches: an epoch must hold one for each (its stream refused
+    it after the run folder was taken)."""
+    streams = getattr(dataset, "streams_per_rank", 1)
+    pairs = len(dataset)  # type: ignore[arg-type]
+    if pairs < train.batch_size * world * streams:
+        processes = f" x {world} processes" if world > 1 else ""
+        raise ConfigError(
+            f"the data sources hold {pairs:,} pairs an epoch, fewer than one batch for each stream (train.batch_size "
+            f"= {train.batch_size}{processes} x data.streams_per_rank = {streams}); lower data.streams_per_rank or "
+            "train.batch_size, or train on more data"
+        )
 
 
 def check_step_size(path: Path, progress: Progress, train: TrainConfig, world: int) -> None:
