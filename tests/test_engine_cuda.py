@@ -75,20 +75,6 @@ def test_the_pretraining_forward_and_backward_never_wait_for_the_device(micro_co
     assert all(p.grad is not None for p in task.model.fusion.parameters())
 
 
-@pytest.mark.parametrize(("mode", "recompute"), [("default", False), ("reduce-overhead", False), ("default", True)])
-def test_compiled_training_matches_eager_training_in_bf16(micro_config, tmp_path, mode: str, recompute: bool):
-    """reduce-overhead replays CUDA graphs: the text encoder and the fusion run twice a step (MLM and ITM); with
-    activation checkpointing, the compiled layers recompute in the backward (two layers per stack, so that some do)."""
-    steps = ["train.max_steps=4", "objectives.mim=1", *NO_DROPOUT]  # compiled dropout draws differently
-    if recompute:
-        steps += [*TWO_LAYERS, "train.activation_checkpointing=true"]
-    eager = _pretrain(micro_config, tmp_path / "eager", *[s for s in steps if "checkpointing" not in s])
-    compiled = _pretrain(micro_config, tmp_path / "compiled", *steps, "train.compile=true",
-                         f"train.compile_mode={mode}")  # fmt: skip
-    for key in LOSSES:
-        assert [r[key] for r in compiled] == pytest.approx([r[key] for r in eager], rel=0.05, abs=0.02), key
-
-
 def test_a_run_stopped_and_resumed_on_cuda_ends_bitwise_where_a_straight_run_ends(micro_config, tmp_path):
     """bf16, dropout on (its CUDA generator state travels in the checkpoint), deterministic kernels."""
     steps = ["train.max_steps=6", "train.checkpoint_every=3", "objectives.mim=1", "train.deterministic=true",
@@ -173,3 +159,19 @@ def test_choosing_the_best_checkpoint_leaves_cuda_training_bitwise_as_it_was(mic
     a, b = load_file(tmp_path / "plain" / final), load_file(tmp_path / "best" / final)
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+# last: its three variants compile (one from scratch), the slowest part of the file; cut by gpu_check.sh's
+# deadline, it leaves the others' results
+@pytest.mark.parametrize(("mode", "recompute"), [("default", False), ("reduce-overhead", False), ("default", True)])
+def test_compiled_training_matches_eager_training_in_bf16(micro_config, tmp_path, mode: str, recompute: bool):
+    """reduce-overhead replays CUDA graphs: the text encoder and the fusion run twice a step (MLM and ITM); with
+    activation checkpointing, the compiled layers recompute in the backward (two layers per stack, so that some do)."""
+    steps = ["train.max_steps=4", "objectives.mim=1", *NO_DROPOUT]  # compiled dropout draws differently
+    if recompute:
+        steps += [*TWO_LAYERS, "train.activation_checkpointing=true"]
+    eager = _pretrain(micro_config, tmp_path / "eager", *[s for s in steps if "checkpointing" not in s])
+    compiled = _pretrain(micro_config, tmp_path / "compiled", *steps, "train.compile=true",
+                         f"train.compile_mode={mode}")  # fmt: skip
+    for key in LOSSES:
+        assert [r[key] for r in compiled] == pytest.approx([r[key] for r in eager], rel=0.05, abs=0.02), key
