@@ -147,6 +147,15 @@ def test_predict_refuses_options_its_query_does_not_read(micro_checkpoints, shap
 def test_a_wrong_device_is_named_as_the_command_takes_it(micro_checkpoints, shapes_tasks_world: Path):
     base = ["predict", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE)]
     one_line_error(*meter(*base, "--question", "colour?", "--device", "gpu")[::2], "--device gpu; choose one of: auto")
+    # "²" is a digit to str.isdigit, not to int(): an internal error on a machine with a GPU
+    one_line_error(*meter(*base, "--question", "colour?", "--device", "cuda:²")[::2], "--device cuda:²; choose one of")
+
+
+def test_explain_refuses_a_layer_that_is_no_number(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path):
+    base = ["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
+            "--out", str(tmp_path / "map.png")]  # fmt: skip
+    one_line_error(*meter(*base, "--question", "colour?", "--layer", "²")[::2], "--layer '²': choose mean or a fusion")
+    assert not (tmp_path / "map.png").exists()
 
 
 def test_pretrain_refuses_a_recipe_of_another_task(shapes_world: Path, tmp_path: Path):

@@ -116,3 +116,10 @@ def test_scoring_files_names_the_predictions_that_miss_examples_and_a_byte_order
     predictions.write_text("dev-1-0-0,True\ndev-1-1-0,False\n", encoding="utf-8-sig")
     with pytest.raises(DataError, match="predictions.csv: the file starts with a byte-order mark"):
         score_nlvr2_files(labels, predictions)
+
+
+def test_a_predictions_file_that_is_not_utf8_names_the_line(tmp_path: Path):
+    """It was an internal error (UnicodeDecodeError); the labels file already said so."""
+    (tmp_path / "p.csv").write_bytes(b"dev-1-0-0,True\ndev-1-1-0,False\xff\n")
+    with pytest.raises(DataError, match=r"p\.csv:2: not valid UTF-8 \(byte 0xff\)"):
+        read_nlvr2_predictions(tmp_path / "p.csv")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--question goes with --task vqa, not {args.task}; use --text for {args.task}")
     if args.task not in (None, "match", "snli_ve") and args.question is None:
         raise ConfigError(f"--task {args.task!r}: choose match or snli_ve for --text (or use --question for vqa)")
-    if args.layer != "mean" and not (args.layer.isdigit() and int(args.layer) >= 1):
+    if args.layer != "mean" and not (args.layer.isdecimal() and int(args.layer) >= 1):
         raise ConfigError(f"--layer {args.layer!r}: choose mean or a fusion layer counted from 1")
     if args.answer is not None and args.question is None:
         raise ConfigError("--answer picks a VQA answer; it goes with --question")

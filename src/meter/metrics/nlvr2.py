@@ -10,6 +10,7 @@ Both are reported in percent, unrounded; the CSV reader and writer follow the of
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,8 +76,13 @@ def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:
     lines: dict[str, int] = {}
     # lines end at \n, \r or \r\n, as the official script reads them (str.splitlines() also ends one at \x1c-\x1e, \x85
     # and U+2028: a line holding one was two predictions here and one bad prediction there)
-    with path.open(encoding="utf-8", newline=None) as file:
-        text_lines = file.readlines()
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:  # as the labels file says it (it was an internal error)
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[error.start]:#04x})") from None
+    text_lines = io.StringIO(text, newline=None).readlines()
     for number, line in enumerate(text_lines, 1):
         if number == 1 and line.startswith("\ufeff"):  # the official script reads it into the first identifier
             raise DataError(f"{path}: the file starts with a byte-order mark (BOM): save it as UTF-8 without one")

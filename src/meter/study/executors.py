@@ -224,7 +224,7 @@ def rendezvous_port(job_id: str) -> int:
     """The port of a multi-node job's rendezvous, which every node derives alike from the job's id (a requeued job
     keeps it): two jobs on one node get different ports unless their ids are 12,000 apart (a hash of the cell's name
     took one of 1,000, and two cells met there); below Linux's ephemeral ports (32768 on)."""
-    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())  # an array task: "1234_5"
+    number = int(job_id) if job_id.isdecimal() else zlib.crc32(job_id.encode())  # an array task: "1234_5"
     return 20000 + number % 12000
 
 

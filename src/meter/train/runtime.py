@@ -59,7 +59,7 @@ def pick_device(name: str, option: str = "train.device") -> torch.device:
     one GPU of several (as CUDA_VISIBLE_DEVICES numbers them)."""
     spelled = f"{option} = {name!r}" if option.startswith("train.") else f"{option} {name}"
     kind, colon, index = name.partition(":")
-    if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdigit())):
+    if kind not in DEVICES or (colon and (kind != "cuda" or not index.isdecimal())):
         raise ConfigError(f"{spelled}; choose one of: {', '.join(DEVICES)}, or cuda:N for the GPU numbered N")
     if kind == "cuda" and not torch.cuda.is_available():
         use = "train.device=cpu" if option.startswith("train.") else f"{option} cpu"
