@@ -167,12 +167,18 @@ def test_a_file_torch_cannot_make_sense_of_is_named_as_not_a_checkpoint(tmp_path
     [
         (lambda c: c.update(state_dict=[1, 2]), r"its `state_dict` is a list, expected a dictionary of tensors"),
         (lambda c: c.update(hyper_parameters=[1, 2]), r"its hyper_parameters hold a list, expected the config"),
+        (lambda c: c.update(state_dict={"vit_model.patch_embed.proj.weight": torch.zeros(128, 3, 4, 4)}),  # IndexError
+         r"not an official METER checkpoint: its Swin encoder has no vit_model.layers.N.blocks"),
+        (lambda c: c.update(state_dict={"vit_model.patch_embed.proj.weight": torch.zeros(128, 3, 4, 4),
+                                        "vit_model.layers.0.blocks.0.norm1.weight": torch.zeros(128)}),  # KeyError
+         r"it has no 'vit_model.layers.0.blocks.0.attn.relative_position_bias_table'"),
         (lambda c: c.update(state_dict={"visual.conv1.weight": torch.zeros(1)}),  # a bare OpenAI CLIP, say
          r"not an official METER checkpoint: no vision encoder under 'vit_model.' \(it has e.g. \['visual.conv1"),
         (lambda c: c["state_dict"].update({k: c["state_dict"][k][:500] for k in MLM_ROWS}),
          r"the checkpoint's MLM head predicts 500 tokens, its text encoder embeds 1000 .*: not one model"),
     ],
-    ids=["state-dict-list", "hyper-parameters-list", "another-model", "mlm-head-of-another-vocabulary"],
+    ids=["state-dict-list", "hyper-parameters-list", "swin-stageless", "swin-tableless", "another-model",
+         "mlm-head-of-another-vocabulary"],
 )  # fmt: skip
 def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path: Path, change, message: str):
     checkpoint = official_checkpoint()

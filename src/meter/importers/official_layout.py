@@ -86,7 +86,9 @@ def swin_vision(
     embed = _need(weights, "vit_model.patch_embed.proj.weight")
     stages = _indices(weights, r"vit_model\.layers\.(\d+)\.blocks\.")
     depths = [len(_indices(weights, rf"vit_model\.layers\.{s}\.blocks\.(\d+)\.")) for s in stages]
-    tables = [weights[f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in stages]
+    if not stages:  # a patch embedding alone: no Swin stage to size the model by
+        raise DataError("not an official METER checkpoint: its Swin encoder has no vit_model.layers.N.blocks")
+    tables = [_need(weights, f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table") for s in stages]
     window = (math.isqrt(tables[0].shape[0]) + 1) // 2
     trained = int(hparams.get("image_size") or window * 32)  # the official window is image_size / 32
     _check_image_size(image_size, 32, "Swin's window is image_size / 32")
