@@ -112,8 +112,12 @@ def _watched(dataset: Dataset, num_workers: int, worker_timeout: float, **loader
             except StopIteration:
                 return
             except Exception as error:
-                failure = watchdog.hang or _death(workers, board)
-                if failure is None:  # a worker's own exception, raised again here
+                # a worker's own exception, raised again here by the loader ("Caught ValueError in DataLoader worker
+                # process 0"), is that exception whatever its siblings do meanwhile (one seen exiting with status 0
+                # under load was reported as the failure)
+                own = "in DataLoader worker process" in str(error)
+                failure = watchdog.hang or (None if own else _death(workers, board))
+                if failure is None:
                     error.add_note("data workers were reading: " + "; ".join(
                         f"{w}: {board.read(w)}" for w in range(num_workers)))  # fmt: skip
                     raise
