@@ -112,6 +112,7 @@ COMMA_STRIP_PY3 = re.compile(COMMA_STRIP.pattern)
 PERIOD_STRIP_PY3 = re.compile(PERIOD_STRIP.pattern)
 
 
+@lru_cache(maxsize=1 << 16)  # as normalize_answer: vqa.normalize_targets reads every annotator's answer
 def vocabulary_form(answer: str) -> str:
     """The answer vocabulary's form, write_vqa.py's `normalize_word`: the evaluation's punctuation, digit and article
     rules under Python 3, the raw string (not stripped first), and any comma left dropped. Answers of nothing but
