@@ -217,8 +217,7 @@ def _check_settings(out: Path, settings: dict[str, object]) -> None:
                 path,
             )
             write_json_atomically(path, {**before, SOURCE_FILES: settings[SOURCE_FILES]})
-    else:
-        check_own_folder(out, (SETTINGS,), "meter prepare", "--out", ignored=(PREPARE_LOCK,))
+    else:  # the folder was found to be prepare's own (or new) when the lock was taken
         write_json_atomically(path, settings)
 
 
