@@ -264,6 +264,23 @@ def test_a_lightning_checkpoint_with_callback_states_and_attribute_dict_loads(tm
     assert read_model_folder(tmp_path / "m").config.model.text.max_length == 30  # read from the hyper-parameters
 
 
+def test_settings_the_saved_config_holds_as_null_are_the_official_defaults(tmp_path: Path):
+    checkpoint = official_checkpoint()
+    checkpoint["hyper_parameters"]["config"].update(drop_rate=None, max_text_len=None, num_heads=None)
+    import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    config = read_model_folder(tmp_path / "m").config.model
+    assert (config.fusion.dropout, config.text.max_length, config.fusion.heads) == (0.1, 40, 1)  # width 64 / 64
+
+
+@pytest.mark.parametrize(("key", "value"), [("drop_rate", "0.1"), ("max_text_len", 40.5), ("num_heads", True)])
+def test_a_saved_setting_that_is_not_a_number_is_named(tmp_path: Path, key: str, value):
+    checkpoint = official_checkpoint()
+    checkpoint["hyper_parameters"]["config"][key] = value
+    with pytest.raises(DataError, match=f"hyper_parameters config has {key} = {value!r}, expected a"):
+        import_meter_official(save_variant(checkpoint, tmp_path / "x.ckpt"), TEXT_ENCODER, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_vqa_answers_name_the_classifier_rows(tmp_path: Path):
     answers = {f"answer {label}": label for label in (3, 0, 9, 1, 8, 2, 7, 4, 6, 5)}  # official ans2label
     (tmp_path / "ans2label.json").write_text(json.dumps(answers))

@@ -56,6 +56,18 @@ def _need(weights: dict[str, Tensor], key: str) -> Tensor:
     return weights[key]
 
 
+def _setting(hparams: dict[str, Any], key: str, default: float, kind: type[int] | type[float]) -> Any:
+    """A number of the official config the checkpoint saved; a setting it left out, or saved as null (a config
+    written by hand), is the official default."""
+    value = hparams.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise DataError(f"the checkpoint's hyper_parameters config has {key} = {value!r}, expected "
+                        f"{'a whole number' if kind is int else 'a number'}")  # fmt: skip
+    return kind(value)
+
+
 def _check_image_size(image_size: int | None, multiple: int, why: str) -> None:
     """--image-size must tile the encoder's grid: the official code asserts it (a rest would be cut off unseen)."""
     if image_size is not None and (image_size <= 0 or image_size % multiple):
@@ -90,7 +102,7 @@ def swin_vision(
         raise DataError("not an official METER checkpoint: its Swin encoder has no vit_model.layers.N.blocks")
     tables = [_need(weights, f"vit_model.layers.{s}.blocks.0.attn.relative_position_bias_table") for s in stages]
     window = (math.isqrt(tables[0].shape[0]) + 1) // 2
-    trained = int(hparams.get("image_size") or window * 32)  # the official window is image_size / 32
+    trained = _setting(hparams, "image_size", 0, int) or window * 32  # the official window is image_size / 32
     _check_image_size(image_size, 32, "Swin's window is image_size / 32")
     size = image_size or trained
     kwargs = {
@@ -133,13 +145,13 @@ def read_layout(
     if layers != _indices(weights, r"cross_modal_image_layers\.(\d+)\."):
         raise DataError("the checkpoint's text and image co-attention stacks differ in depth")
     inner = _need(weights, "cross_modal_text_layers.0.intermediate.dense.weight").shape[0]
-    fusion = FusionConfig(
-        name="co-attention", layers=len(layers), width=width, heads=int(hparams.get("num_heads") or width // 64),
-        mlp_ratio=inner / width, dropout=float(hparams.get("drop_rate", 0.1)),
-    )  # fmt: skip
+    attention_heads = _setting(hparams, "num_heads", 0, int) or width // 64
+    dropout = _setting(hparams, "drop_rate", 0.1, float)
+    fusion = FusionConfig(name="co-attention", layers=len(layers), width=width, heads=attention_heads,
+                          mlp_ratio=inner / width, dropout=dropout)  # fmt: skip
     name = text_name(text_config)
     offset = TEXT.get(name).position_offset
-    max_length = min(int(hparams.get("max_text_len", 40)), text_config.max_position_embeddings - offset)
+    max_length = min(_setting(hparams, "max_text_len", 40, int), text_config.max_position_embeddings - offset)
     text = TextConfig(name=name, size="base", max_length=max_length)
     heads = {kind: weights[rows].shape[0] for kind, rows in HEADS.values() if rows in weights}
     words = _need(weights, WORD_EMBEDDINGS).shape[0]
