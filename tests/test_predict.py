@@ -71,10 +71,15 @@ def test_caption_from_an_encoder_only_model_is_refused(micro_checkpoints, shapes
     assert code == 2 and "--caption needs a model with a decoder" in err
 
 
-def test_missing_image_is_named(micro_checkpoints, tmp_path: Path, capsys):
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("nope.png", "image not found"), ("photos", "a folder, not an image file; give one image file")],
+)
+def test_missing_image_is_named(micro_checkpoints, tmp_path: Path, capsys, name: str, problem: str):
+    (tmp_path / "photos").mkdir()
     code, _, err = predict(capsys, "--checkpoint", str(micro_checkpoints("vqa")), "--image",
-                           str(tmp_path / "nope.png"), "--question", "What color is the circle?")  # fmt: skip
-    assert code == 2 and err.strip() == f"meter: data: {tmp_path / 'nope.png'}: image not found"
+                           str(tmp_path / name), "--question", "What color is the circle?")  # fmt: skip
+    assert code == 2 and err.strip() == f"meter: data: {tmp_path / name}: {problem}"
 
 
 def test_unreadable_image_is_named(micro_checkpoints, tmp_path: Path, capsys):

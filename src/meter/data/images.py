@@ -30,6 +30,8 @@ def load_image(path: str | Path, at_least: int | None = None, max_pixels: int | 
                ) -> Image.Image:  # fmt: skip
     """Reads an image file as RGB, or raises a DataError naming the path and what is wrong with it."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not an image file; give one image file")
     if not path.is_file():
         raise DataError(f"{path}: image not found")
     return decode_image(path, str(path), at_least, max_pixels, upright=upright)
