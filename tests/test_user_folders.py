@@ -172,6 +172,25 @@ def test_a_preparation_takes_the_lock_before_it_checks_and_records_its_settings(
     assert json.loads((out / SETTINGS).read_text())["shard_size"] == 1000
 
 
+def test_a_shapes_world_another_live_process_writes_is_left_to_it(tmp_path, capsys):
+    """Two `meter prepare shapes` (or `meter demo`) into one folder: the second rewrote the files the first was
+    writing, and the manifest the last one wrote vouched for a mix of both worlds (other --images, --seed)."""
+    from meter.data.shapes.world import WORLD_LOCK
+
+    out = tmp_path / "world"
+    args = ["prepare", "shapes", "--out", str(out), "--images", "12"]
+    holder = _hold_lock(out, WORLD_LOCK)
+    try:
+        assert main([*args, "--seed", "1"]) == 2
+        assert f"{out} is in use by another meter prepare shapes" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [WORLD_LOCK]  # nothing written meanwhile
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the lock file a killed preparation left is its own, not a file of the user's
+    assert json.loads((out / "shapes_world.json").read_text())["spec"]["images"] == 12
+
+
 def test_a_metrics_line_cut_short_by_a_full_disk_does_not_block_the_resume(micro_config, tmp_path, caplog):
     out = tmp_path / "run"
     _pretrain(load_config(None, ["train.stop_at=2"], base=micro_config), out)

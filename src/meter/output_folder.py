@@ -93,6 +93,19 @@ def waiting_for_folder(folder: str | Path, name: str) -> Iterator[None]:
         yield  # the lock goes with the file's closing
 
 
+@contextlib.contextmanager
+def holding_folder(folder: str | Path, name: str, what: str) -> Iterator[None]:
+    """lock_folder for the block (refused when another process holds it); a lock this process held before the
+    block stays held after it."""
+    held_before = (Path(folder) / name).resolve() in _held
+    lock_folder(folder, name, what)
+    try:
+        yield
+    finally:
+        if not held_before:
+            release_folder(folder, name)
+
+
 def release_folder(folder: str | Path, name: str) -> None:
     fd = _held.pop((Path(folder) / name).resolve(), None)
     if fd is not None:

@@ -41,7 +41,7 @@ from meter.data.shard_manifest import (
 )
 from meter.data.source_files import fingerprint
 from meter.errors import DataError
-from meter.output_folder import check_own_folder, lock_folder, release_folder
+from meter.output_folder import check_own_folder, holding_folder
 
 log = logging.getLogger(__name__)
 PROGRESS = "progress"
@@ -365,11 +365,8 @@ def _prepare_lock(out: Path) -> Iterator[None]:
     """One `meter prepare` at a time in a folder: a second would rename the first one's half-written shards away.
     A folder of the user's is refused before the lock file is written into it."""
     check_own_folder(out, (SETTINGS,), "meter prepare", "--out", ignored=(PREPARE_LOCK,))
-    lock_folder(out, PREPARE_LOCK, "another meter prepare (one at a time in a folder)")
-    try:
+    with holding_folder(out, PREPARE_LOCK, "another meter prepare (one at a time in a folder)"):
         yield
-    finally:
-        release_folder(out, PREPARE_LOCK)
 
 
 def _counted(records: Iterator[RawSample | Unusable], bar: tqdm) -> Iterator[RawSample | Unusable]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from meter.data.shapes.language import captions
 from meter.data.shapes.scene import Scene, render, sample_scene
 from meter.data.shapes.statements import HYPOTHESIS_ORDER, pick_nlvr2_statement, snli_ve_hypothesis
-from meter.data.shapes.world import TASKS_MANIFEST, WorldSpec, dump_json, karpathy_tokens
+from meter.data.shapes.world import TASKS_MANIFEST, WorldSpec, dump_json, karpathy_tokens, writing_world
 
 TASKS_VERSION = 1
 FLICKR_TAG, SNLI_VE_TAG, NLVR2_TAG = 30, 31, 32  # separate random streams per task
@@ -139,10 +139,11 @@ def write_nlvr2(out: Path, spec: WorldSpec, progress: bool) -> dict[str, int]:
 def generate_tasks(out: str | Path, spec: WorldSpec = DEFAULT_SPEC, progress: bool = True) -> dict[str, Any]:
     """Writes the task files into the world at `out`; returns the manifest written to `out/shapes_tasks.json`."""
     out = Path(out)
-    (out / TASKS_MANIFEST).unlink(missing_ok=True)  # killed while writing over older ones: never taken as complete
-    counts = write_flickr_and_snli_ve(out, spec, progress) | write_nlvr2(out, spec, progress)
-    manifest = {"tasks_version": TASKS_VERSION, "spec": asdict(spec), "counts": counts}
-    dump_json(out / TASKS_MANIFEST, manifest)  # written last: its presence marks complete task files
+    with writing_world(out):
+        (out / TASKS_MANIFEST).unlink(missing_ok=True)  # killed while writing over older ones: never taken as complete
+        counts = write_flickr_and_snli_ve(out, spec, progress) | write_nlvr2(out, spec, progress)
+        manifest = {"tasks_version": TASKS_VERSION, "spec": asdict(spec), "counts": counts}
+        dump_json(out / TASKS_MANIFEST, manifest)  # written last: its presence marks complete task files
     return manifest
 
 

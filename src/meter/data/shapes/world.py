@@ -10,12 +10,15 @@ Layout under `out` (the names of the real datasets, so the real readers read it 
     tokenizers/{wordpiece,bpe}/                            tokenizers trained on the training text
     shapes_world.json                                      what was generated, and from which seed
     .shapes_world.started                                  written first: a world is written here (refused elsewhere)
+    .shapes_world.lock                                     held while a world or its task files are written
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +30,12 @@ from meter.data.shapes.language import Question, captions, questions, written_fo
 from meter.data.shapes.scene import Scene, render, sample_scene
 from meter.data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 from meter.errors import ConfigError
-from meter.output_folder import check_own_folder
+from meter.output_folder import check_own_folder, holding_folder
 
 MANIFEST = "shapes_world.json"
 TASKS_MANIFEST = "shapes_tasks.json"  # the task files' (meter.data.shapes.tasks)
 STARTED = ".shapes_world.started"
+WORLD_LOCK = ".shapes_world.lock"
 GENERATOR_VERSION = 2  # 2: shapes circle, square, triangle, cross, drawn larger
 SPLITS = ("train2014", "val2014")
 
@@ -109,8 +113,22 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
     if spec.images < 1:  # a world of no images: empty files and tokenizers trained on no text
         raise ConfigError(f"shapes world: images = {spec.images} must be at least 1")
     out = Path(out)
-    check_own_folder(out, (MANIFEST, STARTED), "meter prepare shapes", "the shapes world's folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing_world(out):
+        return _generate(out, spec, progress)
+
+
+@contextlib.contextmanager
+def writing_world(out: Path) -> Iterator[None]:
+    """One writer at a time in a world's folder: a second `meter prepare shapes` (or `meter demo`) into it would
+    rewrite the files the first one writes, or trains on, and leave a manifest vouching for a mix of both."""
+    check_own_folder(
+        out, (MANIFEST, STARTED), "meter prepare shapes", "the shapes world's folder", ignored=(WORLD_LOCK,)
+    )
+    with holding_folder(out, WORLD_LOCK, "another meter prepare shapes (one at a time in a folder)"):
+        yield
+
+
+def _generate(out: Path, spec: WorldSpec, progress: bool) -> dict[str, Any]:
     (out / STARTED).touch()
     # a world written again (another spec) over an old one: killed part-way, the old manifest would vouch for a mix
     # of both worlds' files; nor do the old task files belong to the new world
