@@ -129,14 +129,11 @@ class OfficialRetrievalTask(nn.Module):
 
 
 def itm_logits(model: Meter, joint: Tensor) -> Tensor:
-    """The ITM head's logits. A frozen (pretrained) ITM head scores a match with the rank head's current row, as in
-    the official code, where the rank head is a view of the ITM head's match row (meter_module.py:153-157): as the
-    rank head trains, the ITM loss reads its match logit from it (no ITM gradient reaches it: it is detached)."""
-    itm, rank = model.heads[ITM], model.heads[HEAD]
-    if any(p.requires_grad for p in itm.parameters()):  # trained from scratch: its own rows
-        return itm(joint)
-    weight = torch.cat([itm.fc.weight[:1], rank.weight.detach()])
-    return F.linear(joint, weight, torch.cat([itm.fc.bias[:1], rank.bias.detach()]))
+    """The ITM head's own logits; a frozen (pretrained) one keeps both rows as saved while the rank head trains. The
+    official code makes the rank head a view of the ITM head's match row (meter_module.py:153-157), but the
+    trainer's move of the model to the GPU gives each parameter a storage of its own: in the runs the paper
+    reports, the rank head trains apart and the ITM loss reads the frozen rows."""
+    return model.heads[ITM](joint)
 
 
 def official_heads(settings: RetrievalConfig) -> dict[str, int]:
