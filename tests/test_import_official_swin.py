@@ -73,6 +73,7 @@ def test_swin_checkpoint_in_the_official_layout_imports_exactly(tmp_path: Path):
     imported, description = load_model(tmp_path / "m")
     vision = description.config.model.vision
     assert vision.timm_kwargs == SWIN and description.config.model.image_pool == "mean"
+    assert vision.drop_path == 0.1  # the official Swin's, fine-tuning included (swin_transformer.py:436)
     assert description.config.task == "snli_ve"
     pixels, ids, mask = torch.randn(2, 3, 64, 64), torch.tensor([[0, 7, 9, 2], [0, 5, 2, 1]]), torch.ones(2, 4)
     mask[1, 3] = 0

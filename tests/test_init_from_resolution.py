@@ -169,3 +169,21 @@ def test_a_width_change_is_ignored_with_a_warning_naming_both_values(
     assert len(warnings) == 2, warnings
     assert f"model.fusion.width = 64 is ignored: the model of {folder} has fusion.width = 32" in warnings[0]
     assert "model.fusion.heads = 8 is ignored" in warnings[1]
+
+
+@pytest.mark.parametrize(("asked", "warned"), [([], True), (["model.vision.drop_path=0.1"], False)])
+def test_a_folder_trained_with_drop_path_fine_tuned_without_it_is_warned_of(
+    micro_config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture, asked: list[str], warned: bool
+):
+    """Official METER keeps Swin's drop path 0.1 in fine-tuning; a fine-tuning config that leaves it at its default
+    turned it off with an INFO line only."""
+    swin = ["model.vision=swin", SWIN]
+    folder = _folder(micro_config, tmp_path / "m", [*swin, "model.vision.drop_path=0.1"])
+    with caplog.at_level(logging.INFO):
+        _finetune(micro_config, folder, [*swin, *asked])
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "drop_path" in r.getMessage()
+    ]
+    assert bool(warnings) == warned
+    if warned:
+        assert "trained with model.vision.drop_path = 0.1 and is fine-tuned without it" in warnings[0]

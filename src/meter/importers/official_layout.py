@@ -109,7 +109,9 @@ def swin_vision(
         "embed_dim": embed.shape[0], "depths": depths, "num_heads": [t.shape[1] for t in tables],
         "window_size": size // 32, "patch_size": embed.shape[-1],
     }  # fmt: skip
-    return VisionConfig(name=name or SWIN_NAME, size="base", image_size=size, timm_kwargs=kwargs), trained
+    # the official Swin is built with drop_path_rate 0.1 for pretraining and fine-tuning (swin_transformer.py:436)
+    vision = VisionConfig(name=name or SWIN_NAME, size="base", image_size=size, drop_path=0.1, timm_kwargs=kwargs)
+    return vision, trained
 
 
 def text_name(text_config: PretrainedConfig) -> str:

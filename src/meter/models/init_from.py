@@ -134,6 +134,10 @@ def finetune_model_config(
     _check_text_length(result, text_config, source)
     if changed:
         log.info("train.init_from: %s fine-tuned with %s", source, ", ".join(changed))
+    if saved.vision.drop_path and not result.vision.drop_path:
+        log.warning("train.init_from: %s was trained with model.vision.drop_path = %s and is fine-tuned without it "
+                    "(this config's 0); official METER fine-tunes Swin with its 0.1: set model.vision.drop_path to "
+                    "keep it", source, saved.vision.drop_path)  # fmt: skip
     return result
 
 
