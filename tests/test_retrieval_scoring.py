@@ -89,6 +89,33 @@ def test_every_pair_scoring_matches_pair_by_pair_scores_with_an_unreadable_image
     assert str(records[3].image_id) not in rankings["image_to_text"]
 
 
+def test_captions_are_ranked_once_each_as_written_as_the_official_evaluation_ranks_them(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """Official METER ranks `set(texts)` of each image's captions as its arrow files hold them (Karpathy's `raw`):
+    a repeat is one query, a caption written with a trailing space another. meter de-duplicated the stripped
+    captions: one query where the official evaluation counts two (on a toy, 50.00 against 66.67 text-to-image R@1)."""
+    root = tmp_path / "world"
+    shutil.copytree(shapes_tasks_world, root)
+    cfg = eval_config(root, "retrieval.shortlist=0", "retrieval.eval_split=test", "retrieval.max_eval_images=3")
+    karpathy = root / cfg.retrieval.karpathy
+    data = json.loads(karpathy.read_text())
+    first = next(entry for entry in data["images"] if entry["split"] == "test")
+    raw = [sentence["raw"] for sentence in first["sentences"]]
+    raw[1], raw[2], raw[3] = raw[0] + " ", raw[0], " " + raw[0] + " "  # a variant, a repeat, another variant
+    for sentence, text in zip(first["sentences"], raw, strict=True):
+        sentence["raw"] = text
+    karpathy.write_text(json.dumps(data))
+    records = read_karpathy_splits(cfg, "retrieval", ["test"])[:3]
+    official_queries = sum(len(set(sentence["raw"] for sentence in entry["sentences"]))
+                           for entry in [e for e in data["images"] if e["split"] == "test"][:3])  # fmt: skip
+    result = evaluate_run(cfg, micro_checkpoints("retrieval"), tmp_path / "eval")
+    assert result["texts"] == official_queries == sum(len(r.captions) for r in records) - 1
+    rankings = json.loads((tmp_path / "eval" / "retrieval_rankings_test.json").read_text())
+    ranked = {text_id for row in rankings["image_to_text"].values() for text_id in row}
+    assert f"{first['cocoid' if 'cocoid' in first else 'imgid']}#2" not in ranked  # the repeat, not a query
+
+
 def official_retrieval_folder(tmp_path: Path, shapes_tasks_world: Path) -> Path:
     """The tiny official checkpoint with a rank head (an official retrieval model), imported."""
     checkpoint = torch.load(OFFICIAL_TINY / "meter_official_tiny.ckpt", weights_only=True)

@@ -37,7 +37,6 @@ from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_f
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
-from meter.data.formats.common import distinct
 from meter.data.labelled import image_batches
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, rankings, retrieval_recall
@@ -305,11 +304,16 @@ def eval_shortlist(shortlist: int | None, description: ModelFolder, checkpoint: 
 
 def distinct_captions(records: list[CaptionRecord]) -> list[tuple[int, int, str]]:
     """(image index, caption number, caption) of each image's captions, an image's repeated caption once: the
-    official evaluation ranks distinct captions (METER's datasets keep `set(texts)` of each image,
-    base_dataset.py:66-69), so a repeat would count a query twice. The number is the caption's index among its
-    image's sentences in the file (an empty one left out does not move the ones after it)."""
-    queries = [(i, record.number(record.captions.index(caption)), caption)
-               for i, record in enumerate(records) for caption in distinct(record.captions)]  # fmt: skip
+    official evaluation ranks the distinct captions as written (METER's datasets keep `set(texts)` of each image,
+    base_dataset.py:66-69), so a repeat would count a query twice, while "a dog" and "a dog " are two queries (of
+    one text once stripped). The number is the caption's index among its image's sentences in the file (an empty
+    one left out does not move the ones after it)."""
+    queries = []
+    for i, record in enumerate(records):
+        first_of: dict[str, int] = {}
+        for index, caption in enumerate(record.written or record.captions):
+            first_of.setdefault(caption, index)
+        queries += [(i, record.number(index), record.captions[index]) for index in first_of.values()]
     repeats = sum(len(r.captions) for r in records) - len(queries)
     if repeats:
         log.info("retrieval eval: %d repeated captions of the same image ranked once, as the official evaluation "

@@ -23,6 +23,9 @@ class CaptionRecord:
     # retrieval ranking names a caption by it); empty: the captions are the file's, in order
     numbers: tuple[int, ...] = ()
     empty: int = 0  # the image's captions the reader left out as empty (the COCO evaluation scores them as such)
+    # each caption as the file writes it, where one differs from its stripped form; empty: the captions are as written
+    # (the official retrieval evaluation ranks each distinct written caption: "a dog" and "a dog " are two queries)
+    written: tuple[str, ...] = ()
 
     def number(self, index: int) -> int:
         """The file's index of `captions[index]`."""
@@ -64,12 +67,14 @@ def read_karpathy(
             first, its_split = first_file[image]
             raise DataError(f"{where}: the image of images[{first}] (split {its_split}) is listed again, split {split}")
         first_file[image] = (index, split)
-        captions, numbers, empty = [], [], []
+        captions, numbers, empty, written = [], [], [], []
         for number, sentence in enumerate(json_field(entry, "sentences", list, where)):
-            caption = json_field(sentence, "raw", str, f"{where}: sentences[{number}]").strip()
+            raw = json_field(sentence, "raw", str, f"{where}: sentences[{number}]")
+            caption = raw.strip()
             if caption:
                 captions.append(caption)
                 numbers.append(number)
+                written.append(raw)
             else:
                 empty.append(BadSample(f"{path}#{index}.{number}", f"{where}: sentences[{number}] is empty"))
         if splits is not None and split not in splits:
@@ -77,7 +82,8 @@ def read_karpathy(
         skipped += empty
         if captions or (keep_uncaptioned and empty):
             numbered = tuple(numbers) if empty else ()
-            records.append(CaptionRecord(image, tuple(captions), image_id, split, numbered, len(empty)))
+            as_written = tuple(written) if written != captions else ()
+            records.append(CaptionRecord(image, tuple(captions), image_id, split, numbered, len(empty), as_written))
         else:
             skipped.append(BadSample(f"{path}#{index}", f"{where}: no caption left; the image is left out"))
     # a misspelt split (`rest` for `restval`) would quietly leave its images out; a split of Karpathy's that a file
