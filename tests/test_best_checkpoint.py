@@ -133,7 +133,10 @@ def test_a_best_replaced_while_killed_is_whole_the_old_or_the_new(micro_checkpoi
      (["task=snli_ve", "train.best_on=snli_ve/snli_ve_dev.jsonl"],
       "train.best_on = 'snli_ve/snli_ve_dev.jsonl' is a file's path or name; give the split's name alone, as "
       "snli_ve.eval_split = 'dev' does"),
-     (["task=nlvr2", "train.best_on=dev.json"], "train.best_on = 'dev.json' is a file's path or name")],
+     (["task=nlvr2", "train.best_on=dev.json"], "train.best_on = 'dev.json' is a file's path or name"),
+     # YAML's null for a setting of text: the word, taken for a split (a missing file, once the run started)
+     (["task=nlvr2", "train.best_on=null"], r"train.best_on = 'null' would be taken for a split's name; .*empty"),
+     (["task=nlvr2", "train.best_on=None"], r"train.best_on = 'None' would be taken for a split's name")],
 )  # fmt: skip
 def test_best_on_settings_that_would_be_ignored_are_refused(overrides: list[str], message: str):
     with pytest.raises(ConfigError, match=message):

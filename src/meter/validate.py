@@ -279,6 +279,9 @@ def _check_ignored(cfg: Config) -> None:
             f"train.best_on = {cfg.train.best_on!r} chooses a fine-tuning run's best checkpoint by its task's score; "
             "pretraining has none: remove it (a pretraining run's model is its last)"
         )
+    if cfg.train.best_on.lower() in ("null", "none", "~", "false", "no", "off"):  # as YAML's null, typed to turn it off
+        raise ConfigError(f"train.best_on = {cfg.train.best_on!r} would be taken for a split's name; to evaluate the "
+                          "last weights, leave it empty (train.best_on= or best_on: '')")  # fmt: skip
     if cfg.train.best_on and cfg.task != "pretrain":
         _check_split_name("train.best_on", cfg.train.best_on, cfg)
     decoder, plain_decoder = cfg.model.decoder, DecoderConfig()
