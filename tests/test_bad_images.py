@@ -233,6 +233,25 @@ def test_a_very_elongated_image_is_cut_to_its_central_band_before_it_is_resized(
     assert difference.max() == 0 if exact else difference.mean() < 0.1
 
 
+@pytest.mark.parametrize("size", [(2000, 3), (3, 2001), (40, 30)])
+def test_an_upload_is_cut_to_its_central_band_before_the_model_thread_sees_it(size):
+    """`meter serve` decodes uploads in their own threads, and the model's thread runs the transform: a 1 x 39 M
+    PNG (under the pixel limit) held the model's thread, and every request queued behind it, for seconds while it
+    became a tensor whole. Cut in the upload's thread, it gives the model the same pixels."""
+    import io
+
+    from meter.serve.uploads import read_image
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    upload = read_image(buffer.getvalue(), "x.png", max_pixels=10**7, at_least=64)
+    assert max(upload.size) <= 16 * min(upload.size) + 1
+    transform = image_transform(64, (0.5,) * 3, (0.5,) * 3)
+    assert np.array_equal(transform(upload).numpy(), transform(image).numpy())
+
+
 def test_a_photograph_passes_the_central_band_unchanged():
     import torch
 

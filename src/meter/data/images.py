@@ -167,6 +167,19 @@ def central_band(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
+def central_band_of(image: Image.Image) -> Image.Image:
+    """`central_band` of a decoded image, before its pixels become a tensor: `meter serve` cuts it in the upload's
+    thread, so that a 1 x 39,000,000 PNG does not hold the model's thread while the transform converts it whole."""
+    width, height = image.size
+    if width > MAX_ASPECT * height:
+        start, keep = _band(width, height)
+        return image.crop((start, 0, start + keep, height))
+    if height > MAX_ASPECT * width:
+        start, keep = _band(height, width)
+        return image.crop((0, start, width, start + keep))
+    return image
+
+
 def _band(long: int, short: int) -> tuple[int, int]:
     """(start, length) of the band: as many pixels cut on each side, so that its centre is the image's."""
     keep = MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2

@@ -9,7 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from meter.data.blank_text import is_blank
 from meter.data.formats.common import DECODE_ERRORS, READ_FORMATS, READABLE
-from meter.data.images import decode_image
+from meter.data.images import central_band_of, decode_image
 from meter.errors import DataError
 
 
@@ -53,9 +53,10 @@ def read_image(data: bytes, name: str, max_pixels: int, at_least: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(io.BytesIO(data), name, at_least, upright=True)  # as the browser shows it
+            image = decode_image(io.BytesIO(data), name, at_least, upright=True)  # as the browser shows it
     except DataError as error:  # a truncated or damaged file: its header was fine, its pixels are not
         raise ServeError(422, str(error).removeprefix("data: ")) from None
+    return central_band_of(image)  # the part the model's transform keeps, cut here rather than on the model's thread
 
 
 # the formats whose files start with a signature text does not (PPM's `P6` or BMP's `BM` begin words): by Pillow's test
