@@ -231,15 +231,35 @@ def test_a_multipart_body_cut_short_is_named_as_such(client, shapes_tasks_world:
 
 
 def test_a_missing_field_and_a_bad_value_are_named(client, shapes_tasks_world: Path):
-    response = client.post("/api/vqa", data={"question": QUESTION})
+    response = client.post("/api/vqa", files={"question": (None, QUESTION)})  # a form of one text field
     assert response.status_code == 422 and response.json()["error"].startswith("image: ")
+
+
+@pytest.mark.parametrize("body", [{"json": {"question": QUESTION, "image": "iVBORw0KGgo="}},
+                                  {"data": {"question": QUESTION}}, {"content": b"hello"}])  # fmt: skip
+def test_a_body_that_is_not_a_form_is_told_the_api_takes_one(client, shapes_tasks_world: Path, body: dict):
+    """`requests.post(url, json=...)` was answered 422 "image: Field required", not told what the API takes."""
+    response = client.post("/api/vqa", **body)
+    assert response.status_code == 415
+    assert "this API takes a multipart form, its image as a file (curl -F image=@photo.jpg" in response.json()["error"]
+    still_serves(client, shapes_tasks_world)
+
+
+def test_a_form_whose_header_names_another_boundary_is_told_so(client, shapes_tasks_world: Path):
+    """It was answered "the multipart body is cut short", which sends the client looking for a lost byte."""
+    body = b'--B\r\nContent-Disposition: form-data; name="question"\r\n\r\nhi\r\n--B--\r\n'
+    response = client.post("/api/vqa", content=body, headers={"Content-Type": "multipart/form-data; boundary=C"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("the multipart body has no part with the boundary its Content-Type "
+                                               "names ('C')")  # fmt: skip
+    still_serves(client, shapes_tasks_world)
 
 
 def test_an_image_sent_as_a_text_field_is_told_to_come_as_a_file(client, shapes_tasks_world: Path):
     """`curl -F 'image=<photo.png'` sends the file's bytes as a text field: the answer was "image: Value error,
     Expected UploadFile, received: <class 'str'>"."""
     text = (shapes_tasks_world / IMAGE).read_bytes().decode("latin-1")
-    response = client.post("/api/vqa", data={"image": text, "question": QUESTION})
+    response = client.post("/api/vqa", files={"image": (None, text), "question": (None, QUESTION)})  # curl -F's form
     assert response.status_code == 422
     assert response.json()["error"] == "image: send the image as a file (curl -F image=@photo.jpg), not as a text field"
     response = ask(client, shapes_tasks_world / IMAGE, QUESTION, top="0")

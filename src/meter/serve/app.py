@@ -132,6 +132,15 @@ def create_app(service: ModelService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        sent = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if request.method == "POST" and sent != "multipart/form-data":  # `requests.post(url, json=...)` was told
+            # only "image: Field required"
+            return error_response(
+                415,
+                f"the request body is {sent or 'of no Content-Type'}; this API takes a "
+                "multipart form, its image as a file (curl -F image=@photo.jpg -F question=...; in "
+                "Python requests.post(url, files={'image': open('photo.jpg', 'rb')}, data=...))",
+            )
         problems = []
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"] if part not in ("body", "query"))
