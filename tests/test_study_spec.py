@@ -26,6 +26,21 @@ def test_an_unknown_key_is_an_error_naming_it_and_the_allowed_ones(tmp_path):
         load_study(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("variants:\n  - name: merged\n    overrides: [model.fusion=merged]\n    overrides: [train.warmup_ratio=0.0]\n",
+      r"study\.yaml:4:5: 'overrides' is set twice in one section"),
+     ("seeds: [0, 010]\n", r"study\.yaml:1:12: '010' is read by YAML as an octal")],
+)  # fmt: skip
+def test_a_key_set_twice_or_an_octal_number_is_named_by_its_line(tmp_path, text: str, message: str):
+    """Read with yaml.safe_load, the row "merged" ran co-attention (its second `overrides` won, silently) and seed
+    010 was seed 8; recipes refused both."""
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
+
+
 def test_a_wrong_type_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"seeds\[1\] = 'two' must be an integer"):
         study_from_dict(micro_study(tmp_path, seeds=[1, "two"]))

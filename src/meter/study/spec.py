@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from meter.config import from_dict
+from meter.config import from_dict, read_recipe
 from meter.data.shapes import WorldSpec
 from meter.errors import ConfigError
 
@@ -188,10 +186,7 @@ def study_from_dict(data: dict[str, Any], folder: str | Path = ".", name: str = 
 def load_study(path: str | Path) -> StudySpec:
     """Reads and checks a study file (a path, or the name of one shipped in meter/studies)."""
     path = study_path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    data = read_recipe(path)  # as a recipe is read: a key set twice, or `010` read as octal 8, is named by its line
     try:
         return study_from_dict(data or {}, path.parent, path.stem)
     except ConfigError as error:
