@@ -184,6 +184,39 @@ def test_another_study_in_the_same_folder_is_refused_before_it_replaces_the_plan
     assert (tmp_path / "out" / PLAN).read_bytes() == before
 
 
+def test_two_studies_started_at_once_into_a_new_folder_are_not_both_run(shapes_world, tmp_path):
+    """Both found no plan in the new --out and ran in the same cells: the first one's command printed its study's
+    title over the other's numbers. Here another process holds the planning lock as the other study would, and
+    writes its plan once this one has passed its first look (its marker is written after it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from meter.study.cells import PLAN
+    from meter.study.execute import MARKER, PLAN_LOCK, run_study
+
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import json, pathlib, time
+        from meter.output_folder import lock_folder
+        out = pathlib.Path({str(out)!r})
+        lock_folder(out, {PLAN_LOCK!r}, "the other study")
+        print("locked", flush=True)
+        while not (out / {MARKER!r}).exists():
+            time.sleep(0.01)
+        (out / {PLAN!r}).write_text(json.dumps({{"name": "other-study"}}))
+    """)
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=r"holds the study 'other-study'; this file is the study 'micro'"):
+            run_study(study_from_dict(micro_study(shapes_world)), out, report=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert not (out / "cells").exists()  # nothing of this study planned into the other's folder
+
+
 def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp_path):
     """A smaller evaluation batch after an out-of-memory error, or checkpoints more often: every finished run was
     refused ("train.eval_batch_size: 32 -> 16"), its fine-tunings too (their pretraining's identity changed)."""
@@ -199,6 +232,24 @@ def test_settings_that_change_no_result_refuse_no_finished_run(shapes_world, tmp
     assert all(run_done(run) for cell in again.cells for run in cell.own_runs())
     study["base"]["overrides"].append("train.lr=0.0003")  # a change of the result is refused as before
     with pytest.raises(ConfigError, match=r"train.lr: "):
+        plan_study(study_from_dict(study), tmp_path / "out")
+
+
+def test_a_second_edit_that_changes_no_result_refuses_no_fine_tuning_planned_between_the_two(shapes_world, tmp_path):
+    """A fine-tuning recorded the pretraining's identity as planned then, while the pretraining's folder kept its
+    first record: after eval batch 32 -> 16 (a task added meanwhile) -> 8, or back to 32, the task added at 16 was
+    refused as "the pretraining it starts from changed", with the advice to delete a finished run."""
+    study = micro_study(shapes_world, variants=[])
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    study["base"]["overrides"] = [*study["base"]["overrides"], "train.eval_batch_size=16"]
+    study["base"]["tasks"]["vqa2"] = {"recipe": "shapes-vqa.yaml", "steps": 3}
+    as_if_ran(plan_study(study_from_dict(study), tmp_path / "out"))
+    for batch in ("8", "32"):
+        study["base"]["overrides"][-1] = f"train.eval_batch_size={batch}"
+        again = plan_study(study_from_dict(study), tmp_path / "out")
+        assert all(run_done(run) for cell in again.cells for run in cell.own_runs())
+    study["base"]["pretrain"]["overrides"] = ["train.lr=0.0003"]  # a change of the pretraining's result is refused
+    with pytest.raises(ConfigError, match=r"pretrain \(train.lr: "):
         plan_study(study_from_dict(study), tmp_path / "out")
 
 

@@ -258,6 +258,9 @@ class Planner:
         self.owners: dict[str, str] = {}  # pretraining identity -> the cell that runs it in this plan
         self.claimed: dict[str, str] = {}  # pretraining folder -> the identity this plan runs there
         self.planned: set[str] = set()  # the pretraining identities of this plan
+        # pretraining identity -> the identity its folder records of the same run (one that differed in NOT_RESULT
+        # settings alone): what its fine-tunings record as their input, however many such edits came between
+        self.recorded: dict[str, str] = {}
         self.data = self._data_overrides()
         self.kinds = {name: self._task_kind(name) for name in spec.base.tasks}
         self._prepare_world()
@@ -367,7 +370,7 @@ class Planner:
             final = Checkpoints(Path(pretrain.folder) / "checkpoints").path(pretraining.train.max_steps)
             init_from = f"train.init_from={final}"
             ranks_pairs = pretraining.objectives.itm > 0
-        upstream = {"pretraining": runs[0].identity} if runs else {}
+        upstream = {"pretraining": self.recorded[runs[0].identity]} if runs else {}
         for task in self.spec.base.tasks:
             if self.spec.base.tasks[task].zero_shot and not ranks_pairs:
                 continue  # pretrained without ITM (the MLM row): nothing scores a pair; its column shows a dash
@@ -395,9 +398,25 @@ class Planner:
             if earlier is not None:
                 self.shared[key] = self.shared[earlier]
         run_folder = str(self.out / self._pretraining_folder(key, default))
+        self.recorded[key] = self._recorded_identity(Path(run_folder), key, cfg)
         overrides.append(f"train.out={run_folder}")
         return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
                        inputs=dict(self.world))  # fmt: skip
+
+    def _recorded_identity(self, folder: Path, key: str, cfg: Config) -> str:
+        """The identity `folder`'s record holds when it ran the pretraining `key` or one that differs from it in
+        NOT_RESULT settings alone (the record keeps the first: a folder with output is not planned again); else
+        `key`."""
+        record = folder / RUN
+        if not record.is_file() or not has_output(folder):
+            return key
+        before = _study_file(record)
+        if before["identity"] == key:
+            return key
+        same = result_identity(before["config"], str(before.get("study", self.out))) == result_identity(
+            to_dict(cfg), str(self.out)
+        )
+        return before["identity"] if same else key
 
     def _same_result(self, result: str, default: str) -> str | None:
         """The identity recorded for a pretraining folder whose run differs from `result` in NOT_RESULT settings
@@ -604,9 +623,10 @@ def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str
     old = before.get("inputs")
     if old is None:
         return []
-    if "pretraining" in old:
-        old = {**old, "pretraining": (same_runs or {}).get(old["pretraining"], old["pretraining"])}
-    new = json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (tuples as lists)
+    old, new = dict(old), json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (lists)
+    for inputs in (old, new):  # both: a record written before its pretraining's identity was planned as recorded
+        if "pretraining" in inputs:
+            inputs["pretraining"] = (same_runs or {}).get(inputs["pretraining"], inputs["pretraining"])
     return [_input_change(key, old, new) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meter.errors import ConfigError, DataError
-from meter.output_folder import check_own_folder
+from meter.output_folder import check_own_folder, waiting_for_folder
 from meter.study.batch_split import check_global_batches
 from meter.study.cells import PLAN, CellPlan, StudyPlan, plan_study
 from meter.study.executors import EXECUTORS, LocalProcesses, ProcessHandle, Submitit, queued_job
@@ -35,6 +35,9 @@ from meter.study.spec import SlurmSpec, StudySpec
 
 log = logging.getLogger(__name__)
 MARKER = ".meter-study"  # written first into a study's --out
+# held from the check that --out holds no other study until this one's plan is written: two studies started at once
+# into a new folder both found no plan, and ran in each other's cells
+PLAN_LOCK = ".meter-study-plan.lock"
 STOP_WAIT_S = 600.0  # for local workers asked to stop: the step they are in, then their checkpoint
 
 
@@ -228,14 +231,16 @@ def run_study(
     slurm: SlurmSpec | None = None, poll_s: float | None = None, report: bool = True,
 ) -> Outcome:  # fmt: skip
     out = Path(out)
-    check_own_folder(out, (PLAN, MARKER), "meter study run", "--out")
+    check_own_folder(out, (PLAN, MARKER), "meter study run", "--out", ignored=(PLAN_LOCK,))
     check_same_study(spec, out)
     if only:  # a bad --only before anything is written (a study whose data is not made yet is checked after)
         with contextlib.suppress(DataError):
             select_cells(plan_study(spec, out, prepare=False), only)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()  # first: the world or holdout files planning writes next are this study's too
-    plan = plan_study(spec, out, running=live_worker)
+    with waiting_for_folder(out, PLAN_LOCK):
+        check_same_study(spec, out)  # again, now that no other study can be writing its plan
+        plan = plan_study(spec, out, running=live_worker)
     outcome = Outcome()
     todo = []
     for cell in select_cells(plan, only):
