@@ -118,6 +118,23 @@ def test_a_run_folder_another_live_process_trains_in_is_refused_and_a_killed_one
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_every_file_of_a_run_gets_the_mode_the_umask_gives_a_new_file(micro_config, tmp_path):
+    """safetensors' save_file creates its file 0600: every checkpoint's and exported model's weights were private,
+    whatever the umask, where the rest of the folder was the project group's to read."""
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        _pretrain(micro_config, tmp_path / "run")
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert any(name.endswith("model.safetensors") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o640} == {}
+
+
 def test_a_study_cell_another_worker_runs_is_left_to_it(shapes_world, tmp_path):
     cell = plan_study(study_from_dict(micro_study(shapes_world, variants=[])), tmp_path / "out").cells[0]
     holder = _hold_lock(Path(cell.folder), CELL_LOCK)

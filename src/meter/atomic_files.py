@@ -21,6 +21,23 @@ def cannot_write(path: Path, error: OSError, needed: int) -> str:
     return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process's umask (a project folder's group reads it)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o077)  # elsewhere reading it means setting it: to the strictest for the moment it takes
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def with_usual_mode(path: Path) -> None:
+    """A file that its writer created private (safetensors' save_file and mkstemp give 0600) as open() would have
+    created it: weights that colleagues in the project's group could not load."""
+    os.chmod(path, new_file_mode())
+
+
 def fsync_folder(folder: Path) -> None:
     """A folder's entries (a file renamed into it) on disk."""
     fd = os.open(folder, os.O_RDONLY)

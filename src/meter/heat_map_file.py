@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from meter.atomic_files import cannot_write
+from meter.atomic_files import cannot_write, new_file_mode
 from meter.errors import ConfigError, DataError
 
 SOFTWARE = 0x0131  # the EXIF Software tag: marks the heat maps meter wrote
@@ -88,6 +88,4 @@ def _mode_for(out: Path) -> int:
     """The permissions `out` keeps when it is replaced, or those of a new file (0666 less the umask)."""
     if out.exists():
         return stat.S_IMODE(out.stat().st_mode)
-    umask = os.umask(0o077)  # reading it means setting it: to the strictest for the moment it takes
-    os.umask(umask)
-    return 0o666 & ~umask
+    return new_file_mode()

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
-from meter.atomic_files import cannot_write
+from meter.atomic_files import cannot_write, with_usual_mode
 from meter.config import config_from_dict
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import CHECKSUMS, record_checksums, verify_checksums
@@ -68,6 +68,7 @@ def save_model_folder(
     else:  # unshared copies, as state_dict_for_saving makes
         weights = {k: v.detach().contiguous().clone() for k, v in weights.items()}
     save_file(weights, str(path / WEIGHTS))
+    with_usual_mode(path / WEIGHTS)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     model.text.model.config.save_pretrained(str(path / TEXT_CONFIG))

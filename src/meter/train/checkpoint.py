@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from meter.atomic_files import cannot_write, fsync_folder
+from meter.atomic_files import cannot_write, fsync_folder, with_usual_mode
 from meter.errors import DataError
 from meter.models.checksums import CHECKSUMS, DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
@@ -307,6 +307,7 @@ class Checkpoints:
             save_model_folder(temporary, task.model, tokenizer, task.describe(), model_weights)
             if task_weights:
                 save_file({k: v.contiguous() for k, v in task_weights.items()}, str(temporary / TASK_WEIGHTS))
+                with_usual_mode(temporary / TASK_WEIGHTS)
             save_state(training_state, temporary / TRAINING_STATE)
             (temporary / PROGRESS).write_text(json.dumps(asdict(progress)))
             record_checksums(temporary, "training")
