@@ -142,6 +142,32 @@ def test_two_processes_stop_after_the_same_step_when_one_is_signalled_and_resume
 
 
 @pytest.mark.slow
+def test_a_second_signal_while_the_first_process_writes_stops_every_process_at_once(shapes_world, tmp_path):
+    """Both processes signalled in step 3, then process 0 again while it writes step 3's checkpoint (a scheduler's
+    grace period over): process 1 waited for the write that never came until process 0's store went, about a
+    minute later, and exited 1; the job's SIGKILL came first, and the requeue that exit 75 asks for never did."""
+    import time
+
+    run = [
+        *EXACT,
+        "train.max_steps=6",
+        "train.checkpoint_every=10",
+        "train.batch_size=4",
+        "objectives.itm_group_size=4",
+    ]
+    out = tmp_path / "run"
+    start = time.monotonic()
+    faults = ["backward:3:SIGTERM", "save:.step_00000003.tmp:SIGUSR1:0"]  # the second to process 0 alone
+    stopped = run_meter_with_faults(pretrain_args(shapes_world, out, *run), faults, processes=2)
+    assert [code for code, _ in stopped] == [PREEMPTED, PREEMPTED], stopped[1][1][-3000:]
+    assert time.monotonic() - start < 45, "not the minute rank 0 waited for the others to leave"
+    assert _last_line(stopped[0][1]).startswith("meter: stopped at once by a second SIGUSR1")
+    assert _last_line(stopped[1][1]) == ("meter: the first process was stopped at once while it wrote the checkpoint "
+                                         "of step 3, so this one stops too (the checkpoint was dropped)")  # fmt: skip
+    assert not (out / "checkpoints").exists() or _checkpoints(out) == []
+
+
+@pytest.mark.slow
 def test_a_process_killed_is_not_reported_by_the_others_as_a_bug_of_meter(shapes_world, tmp_path):
     """Process 1 killed (out of memory, say) in step 3: process 0's collective fails, and it said "internal error ...
     a bug in meter: please report it", sending the user to the wrong process and to us."""

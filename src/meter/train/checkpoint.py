@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from meter.atomic_files import cannot_write, fsync_folder, with_usual_mode
-from meter.errors import DataError
+from meter.errors import DataError, MeterError
 from meter.models.checksums import CHECKSUMS, DamagedFolder, record_checksums, verify_checksums
 from meter.models.class_rows import require_current_order
 from meter.models.folder import (
@@ -54,9 +55,11 @@ from meter.train.distributed import (
     full_optimizer_state,
     gather_objects,
     load_full_state,
+    stopped_status,
     told_by_main,
 )
 from meter.train.runtime import Runtime
+from meter.train.stop_signals import RunStopped, signals_deferred
 
 log = logging.getLogger(__name__)
 TRAINING_STATE = "training_state.pt"
@@ -282,7 +285,8 @@ class Checkpoints:
         rngs = gather_objects(rng_state())
         seen = gather_objects(progress.batches_seen)
         final = self.path(progress.step)
-        failed: DataError | None = None
+        failed: MeterError | int | None = None  # int: the status of a stop
+        what = f"the checkpoint of step {progress.step}"
         if runtime.is_main:
             training_state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rngs}
             mine = dataclasses.replace(progress, run=self.run, batches_per_process=seen)
@@ -290,10 +294,21 @@ class Checkpoints:
                 self._write(final, weights, task, tokenizer, training_state, mine)
             except DataError as error:
                 failed = error
+            except BaseException as error:  # a second stop signal (exit at once), Ctrl-C, a bug: the others were
+                # left waiting for the write until rank 0's store went
+                failure = MeterError(f"the first process failed while it wrote {what}: {type(error).__name__}: {error}")
+                told_by_main(stopped_status(error) or failure, what)
+                raise
         # the others wait while rank 0 writes and checks every file (slow disks: long)
-        failed = told_by_main(failed, f"the checkpoint of step {progress.step}")
+        with signals_deferred() as deferred:  # a signal to a waiting process alone must not leave rank 0 unheard
+            failed = told_by_main(failed, what)
+        if isinstance(failed, int):
+            raise RunStopped(f"the first process was stopped at once while it wrote {what}, so this one stops too "
+                             "(the checkpoint was dropped)", failed)  # fmt: skip
         if failed is not None:
             raise failed
+        for signum in deferred:  # now to the handler of the moment: training notes it and stops after this step
+            signal.raise_signal(signum)
         return final
 
     def _write(
