@@ -9,6 +9,8 @@ Faults are given as arguments `WHEN:AT:WHAT[:RANK]`:
     backward:9:group-SIGUSR1    ... SIGUSR1 to its process group: its data workers too (start it with
                                 start_new_session=True, so that the group is its own)
     save:.step_00000005.tmp:SIGTERM   the torch.save whose file is in that temporary checkpoint folder
+    init:1:SIGTERM:0            right after this process joined the launcher's group (loading data, building the
+                                model come next)
     evaluate:1:SIGTERM:0        the 1st evaluation of a model folder (inside meter.runs.evaluate_run, on the process
                                 that evaluates: the first)
     clip:3:nan:1                at the 3rd gradient clipping (the 3rd optimizer step) of rank 1, after its backward
@@ -89,6 +91,18 @@ def save(obj, f, *args, **kwargs):
             act(what)
     return original_save(obj, f, *args, **kwargs)
 torch.save = save
+
+import torch.distributed
+original_init = torch.distributed.init_process_group
+counts["init"] = 0
+def init_process_group(*args, **kwargs):
+    joined = original_init(*args, **kwargs)
+    counts["init"] += 1
+    for when, at, what, *target in faults:
+        if when == "init" and due(when, at, counts["init"], target[0] if target else None):
+            act(what)
+    return joined
+torch.distributed.init_process_group = init_process_group
 
 import meter.runs
 original_evaluate = meter.runs.evaluate_into

@@ -168,6 +168,59 @@ def test_a_second_signal_while_the_first_process_writes_stops_every_process_at_o
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signalled", [0, 1])
+def test_a_stop_signal_to_one_process_before_training_ends_both_in_seconds(shapes_world, tmp_path, signalled: int):
+    """Outside training the signalled process stops at once; process 0 so stopped then waited a minute for the
+    others to leave, which waited for it in a collective. Now it leaves at once and the other stops on the closed
+    connection (srun's status: the highest, 75)."""
+    import time
+
+    run = [*EXACT, "train.max_steps=6", "train.batch_size=4", "objectives.itm_group_size=4"]
+    start = time.monotonic()
+    stopped = run_meter_with_faults(pretrain_args(shapes_world, tmp_path / "run", *run),
+                                    [f"init:1:SIGTERM:{signalled}"], processes=2)  # fmt: skip
+    assert time.monotonic() - start < 40, "not the minute process 0 waited for the others"
+    assert stopped[signalled][0] == PREEMPTED, stopped[signalled][1][-3000:]
+    assert _last_line(stopped[signalled][1]).startswith("meter: stopped by SIGTERM outside training")
+    other = stopped[1 - signalled]
+    assert other[0] == 1 and _last_line(other[1]).startswith("meter: another process of this run stopped or failed")
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_a_process_waiting_for_the_final_evaluation_is_dropped_once_it_is_done(
+    micro_checkpoints, shapes_tasks_world, tmp_path
+):
+    """Process 1 signalled while process 0 evaluated the fine-tuned model: process 0 finished and exited 0, process 1
+    exited 75, and the requeued job evaluated the whole split again. Process 0 pauses in its evaluation (SIGSTOP)
+    while process 1 is signalled."""
+    import signal
+    import time
+
+    from tests.faults import start_meter
+
+    out = tmp_path / "run"
+    args = ["finetune", "task=snli_ve", f"data.root={shapes_tasks_world}", f"train.out={out}",
+            f"train.init_from={micro_checkpoints('pretrain')}", "train.max_steps=3", *MICRO]  # fmt: skip
+    first, second = start_meter(args, ["evaluate:1:SIGSTOP:0"], processes=2)
+    try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{first.pid}/stat").read_text().split(") ")[1][0] != "T":  # paused in its evaluation
+            assert time.monotonic() < deadline and first.poll() is None, "process 0 never reached its evaluation"
+            time.sleep(0.05)
+        time.sleep(1.0)  # process 1 waits for it by now
+        second.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        first.send_signal(signal.SIGCONT)
+        results = [(process.wait(timeout=120), process.communicate()[1]) for process in (first, second)]
+    finally:
+        for process in (first, second):
+            process.kill()
+    assert [code for code, _ in results] == [0, 0], results[1][1][-3000:]
+    assert (out / "snli_ve_accuracy_dev.json").is_file()
+    assert "SIGTERM came while the first process evaluated; the run is done: nothing left to stop" in results[1][1]
+
+
+@pytest.mark.slow
 def test_a_process_killed_is_not_reported_by_the_others_as_a_bug_of_meter(shapes_world, tmp_path):
     """Process 1 killed (out of memory, say) in step 3: process 0's collective fails, and it said "internal error ...
     a bug in meter: please report it", sending the user to the wrong process and to us."""

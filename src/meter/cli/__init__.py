@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"meter: {error}", file=sys.stderr)
         status = getattr(error, "exit_status", 2)  # a run stopped by a signal has its own (meter.train.stop_signals)
-        if status == PREEMPTED:  # every process stopped after the same step: its requeue status must hold
-            release_process_groups()
+        if status == PREEMPTED:  # its requeue status must hold; the others are waited for where they stop too
+            release_process_groups(wait_for_others=not getattr(error, "alone", False))
         return status
     except KeyboardInterrupt:  # Ctrl-C outside training (training says where its last checkpoint is)
         print("meter: interrupted", file=sys.stderr)
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def release_process_groups() -> None:
+def release_process_groups(wait_for_others: bool = True) -> None:
     """Destroys a launcher's process groups once every process has ended its command well: left to the interpreter's
     exit, gloo's threads now and then abort it (SIGABRT, "terminate called without an active exception"). Not on an
     error: the other processes may be inside a collective, and destroying the groups would wait for them."""
     if "torch.distributed" in sys.modules:  # never imports torch for a command that did not
         from meter.train.runtime import teardown_runtime
 
-        teardown_runtime()
+        teardown_runtime(wait_for_others)

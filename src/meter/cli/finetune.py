@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from meter.cli.common import add_config_arguments, config_from_args
-from meter.train.stop_signals import EXIT_STATUSES, stopped_outside_training
+from meter.train.stop_signals import EXIT_STATUSES, ending_with_its_evaluation, stopped_outside_training
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     # --resume latest (a requeued job): a run whose training finished is evaluated (stopped while it evaluated)
     latest = args.resume == "latest"
-    with stopped_outside_training():
+    with stopped_outside_training(), ending_with_its_evaluation():
         metrics = finetune_once(cfg, evaluate_run, "latest") if latest else run_finetune(cfg, resume=args.resume)
     if is_main_process():  # under torchrun, the one that evaluated
         print(json.dumps(metrics, indent=1))

@@ -298,6 +298,7 @@ class Checkpoints:
                 # left waiting for the write until rank 0's store went
                 failure = MeterError(f"the first process failed while it wrote {what}: {type(error).__name__}: {error}")
                 told_by_main(stopped_status(error) or failure, what)
+                error.told = True  # type: ignore[attr-defined]  # the others stop too: they are waited for
                 raise
         # the others wait while rank 0 writes and checks every file (slow disks: long)
         with signals_deferred() as deferred:  # a signal to a waiting process alone must not leave rank 0 unheard

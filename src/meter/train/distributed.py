@@ -31,7 +31,14 @@ from meter.config import TrainConfig
 from meter.errors import ConfigError, MeterError
 from meter.train.recompute import recompute_layers, repeated_layers
 from meter.train.runtime import WAIT_FOR_MAIN, Runtime, is_main_process
-from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, signals_deferred
+from meter.train.stop_signals import (
+    INTERRUPTED,
+    PREEMPTED,
+    RunStopped,
+    StopAtOnce,
+    nothing_left_to_stop,
+    signals_deferred,
+)
 
 PARALLEL = ("ddp", "fsdp")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -253,6 +260,7 @@ def main_alone(work: Callable[[], T], others: T) -> T:
     with signals_deferred() as deferred:  # a signal to a waiting process alone must not split the broadcast
         told = told_by_main(news, f"the end of {_site(work)}")
     if failure is not None:
+        failure.told = True  # type: ignore[attr-defined]  # the others stop too: they are waited for as it leaves
         raise failure
     if told is not None:
         status, message = told
@@ -260,6 +268,10 @@ def main_alone(work: Callable[[], T], others: T) -> T:
             raise RunStopped(f"the first process was stopped, so this one stops too: {message}", status)
         raise MeterError(f"the first process failed, so this one stops too: {message}")
     for signum in deferred:  # now to the handler of the moment: training notes it, outside training it stops
+        if nothing_left_to_stop(signum):
+            log.warning("%s came while the first process evaluated; the run is done: nothing left to stop",
+                     signal.Signals(signum).name)  # fmt: skip
+            continue
         signal.raise_signal(signum)
     return result
 

@@ -207,7 +207,9 @@ def release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def teardown_runtime() -> None:
+def teardown_runtime(wait_for_others: bool = True) -> None:
+    """Leaves the process group; `wait_for_others`: rank 0 first waits (a little) for the others to leave too."""
     if dist.is_initialized():
-        leave_store_together()
+        if wait_for_others:
+            leave_store_together()
         dist.destroy_process_group()

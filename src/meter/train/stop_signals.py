@@ -20,6 +20,7 @@ first signal stops at once, with PREEMPTED all the same (`stopped_outside_traini
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import signal
 import threading
@@ -44,9 +45,12 @@ EXIT_STATUSES = (
 class RunStopped(MeterError):
     """The run stopped before its end, as asked; the command exits with `exit_status`."""
 
-    def __init__(self, message: str, exit_status: int) -> None:
+    def __init__(self, message: str, exit_status: int, alone: bool = False) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+        # stopped without the other processes of the run being told (a signal to this one, outside training): they
+        # are not waited for as it leaves (they wait for it in a collective, and would make it wait a minute)
+        self.alone = alone
 
 
 class StopAtOnce(BaseException):
@@ -134,4 +138,27 @@ def stopped_outside_training() -> Iterator[None]:
             raise stop.__context__ from None
         raise RunStopped(f"stopped by {signal_name(stop.signum)} outside training, nothing to save: requeue, with "
                          "`--resume latest` where the run has a checkpoint (a finished one is evaluated again)",
-                         PREEMPTED) from None  # fmt: skip
+                         PREEMPTED, alone=not getattr(stop, "told", False)) from None  # fmt: skip
+
+
+_ENDS_WITH_ITS_EVALUATION: contextvars.ContextVar[bool] = contextvars.ContextVar("ends_with_evaluation", default=False)
+
+
+@contextlib.contextmanager
+def ending_with_its_evaluation() -> Iterator[None]:
+    """Around a command whose work outside training ends with one evaluation by the first process (`meter
+    finetune`): a stop signal that a waiting process got while that evaluation ran is dropped once it is done, where
+    it stopped that process with PREEMPTED, and the requeued job evaluated the whole split again."""
+    token = _ENDS_WITH_ITS_EVALUATION.set(True)
+    try:
+        yield
+    finally:
+        _ENDS_WITH_ITS_EVALUATION.reset(token)
+
+
+def nothing_left_to_stop(signum: int) -> bool:
+    """Whether a stop signal held while the first process worked alone has nothing left to stop now that it is done:
+    the command ends with that work, and the handler of the moment is the outside-training one (during training the
+    signal stops the run after its step, as asked)."""
+    owner = getattr(signal.getsignal(signum), "__self__", None)
+    return _ENDS_WITH_ITS_EVALUATION.get() and isinstance(owner, StopRequests) and owner.at_once
