@@ -184,6 +184,8 @@ def test_a_stop_signal_to_one_process_before_training_ends_both_in_seconds(shape
     assert _last_line(stopped[signalled][1]).startswith("meter: stopped by SIGTERM outside training")
     other = stopped[1 - signalled]
     assert other[0] == 1 and _last_line(other[1]).startswith("meter: another process of this run stopped or failed")
+    # the rendezvous waits silently for every process: the first says where, and for how long at most
+    assert "joining the run's 2 processes at 127.0.0.1:" in stopped[0][1] and "at most 30 minutes" in stopped[0][1]
 
 
 @pytest.mark.slow

@@ -159,6 +159,10 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         log.warning("train.parallel = fsdp without a launcher (torchrun, or srun with MASTER_ADDR): one process, its "
                     "model and optimizer state not sharded")  # fmt: skip
     if (world > 1 or launched_sharded) and not dist.is_initialized():
+        # it waits, silent and deaf to signals, until every process has come (torch's limit: 30 minutes)
+        log.info("joining the run's %d processes at %s:%s (waits until every one has started, at most %d minutes)",
+                 world, os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?"),
+                 default_pg_timeout.total_seconds() // 60)  # fmt: skip
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **attempts_own_store(rank, world))
     # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and the
     # memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes; an
