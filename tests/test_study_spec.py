@@ -41,6 +41,14 @@ def test_a_key_set_twice_or_an_octal_number_is_named_by_its_line(tmp_path, text:
         load_study(path)
 
 
+def test_a_recipe_not_found_names_the_setting_and_the_closest_shipped_one(tmp_path):
+    study = micro_study(tmp_path)
+    study["base"]["tasks"]["vqa"]["recipe"] = "shapes-vqaa.yaml"
+    with pytest.raises(ConfigError, match=r"base\.tasks\.vqa\.recipe: recipe 'shapes-vqaa.yaml' not found \(did you "
+                                          r"mean 'shapes-vqa.yaml'\?\)"):  # fmt: skip
+        plan_study(study_from_dict(study), tmp_path / "out", prepare=False)
+
+
 def test_a_wrong_type_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"seeds\[1\] = 'two' must be an integer"):
         study_from_dict(micro_study(tmp_path, seeds=[1, "two"]))

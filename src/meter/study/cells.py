@@ -18,6 +18,7 @@ delete the folder).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -148,15 +149,19 @@ class StudyPlan:
         raise ConfigError(f"no cell {name!r} in this study; its cells: {', '.join(c.name for c in self.cells)}")
 
 
-def recipe_path(name: str, folder: str | Path) -> Path:
-    """A recipe named by a study: a path relative to the study file, else one shipped in meter/configs."""
+def recipe_path(name: str, folder: str | Path, setting: str = "") -> Path:
+    """A recipe named by a study (at `setting` of the study file): a path relative to the study file, else one
+    shipped in meter/configs."""
     beside = Path(folder) / name
     if beside.is_file():
         return beside.resolve()
     shipped = Path(str(resources.files("meter.configs").joinpath(name)))
     if Path(name).name == name and shipped.is_file():
         return shipped
-    raise ConfigError(f"recipe {name!r} not found: not at {beside}, nor shipped in meter/configs")
+    close = difflib.get_close_matches(name, [p.name for p in resources.files("meter.configs").iterdir()], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"{setting}: " if setting else ""
+    raise ConfigError(f"{where}recipe {name!r} not found{hint}: not at {beside}, nor shipped in meter/configs")
 
 
 def identity(cfg: Config, out: Path) -> str:
@@ -277,13 +282,13 @@ class Planner:
             return [f"data.root={(Path(self.spec.folder) / self.spec.data.root).resolve()}"]
         return []
 
-    def _recipe(self, name: str) -> Path:
-        return recipe_path(name, self.spec.folder)
+    def _recipe(self, name: str, setting: str = "") -> Path:
+        return recipe_path(name, self.spec.folder, setting)
 
     def _task_config(self, name: str, more: tuple[str, ...] = ()) -> Config:
         task = self.spec.base.tasks[name]
         overrides = [*self.data, *self.spec.base.overrides, *task.overrides, *more]
-        return _resolved(self._recipe(task.recipe), overrides, f"base.tasks.{name}")
+        return _resolved(self._recipe(task.recipe, f"base.tasks.{name}.recipe"), overrides, f"base.tasks.{name}")
 
     def _task_kind(self, name: str) -> str:
         kind = self._task_config(name).task
@@ -380,7 +385,7 @@ class Planner:
     def _pretraining(self, cell: str, row: Row, common: list[str]) -> tuple[Path, list[str], str, Config]:
         """The recipe, overrides, identity and config of a cell's pretraining."""
         base = self.spec.base.pretrain
-        recipe = self._recipe(_pretrain_recipe(self.spec, row))
+        recipe = self._recipe(_pretrain_recipe(self.spec, row), f"the pretraining recipe of row {row.name!r}")
         steps = [f"train.max_steps={base.steps}"] if base.steps else []
         overrides = [*self.data, *self.spec.base.overrides, *base.overrides, *_row_overrides(row.changes, "pretrain"),
                      *common, *steps]  # fmt: skip
@@ -448,7 +453,7 @@ class Planner:
     def _task_runs(self, cell: str, folder: Path, row: Row, task: str, common: list[str], upstream: dict[str, Any]
                    ) -> list[RunPlan]:  # fmt: skip
         spec = self.spec.base.tasks[task]
-        recipe = self._recipe(spec.recipe)
+        recipe = self._recipe(spec.recipe, f"base.tasks.{task}.recipe")
         holdout, unseen = self.holdouts.get(task), self.unseen.get(task)
         steps = [f"train.max_steps={spec.steps}"] if spec.steps else []
         own = [*self.data, *self.spec.base.overrides, *spec.overrides, *self.spec.base.finetune,
