@@ -272,7 +272,8 @@ def test_settings_the_saved_config_holds_as_null_are_the_official_defaults(tmp_p
     assert (config.fusion.dropout, config.text.max_length, config.fusion.heads) == (0.1, 40, 1)  # width 64 / 64
 
 
-@pytest.mark.parametrize(("key", "value"), [("drop_rate", "0.1"), ("max_text_len", 40.5), ("num_heads", True)])
+@pytest.mark.parametrize(("key", "value"), [("drop_rate", "0.1"), ("max_text_len", 40.5), ("num_heads", True),
+                                            ("max_text_len", float("nan")), ("num_heads", float("inf"))])  # fmt: skip
 def test_a_saved_setting_that_is_not_a_number_is_named(tmp_path: Path, key: str, value):
     checkpoint = official_checkpoint()
     checkpoint["hyper_parameters"]["config"][key] = value

@@ -276,3 +276,13 @@ def test_a_stop_signal_in_the_last_step_exits_75_and_the_resumed_run_finishes(sh
     assert not (out / "model").exists()  # not exported: the resumed run does it
     [(code, stderr)] = run_meter_with_faults([*args, "--resume", "latest"])
     assert code == 0 and (out / "model" / "model.safetensors").is_file(), stderr[-3000:]
+
+
+def test_a_run_stopped_error_crosses_processes_whole():
+    """Told through the launcher's store (pickled), it could not be rebuilt: its status was not among its args."""
+    import pickle
+
+    from meter.train.stop_signals import RunStopped
+
+    told = pickle.loads(pickle.dumps(RunStopped("stopped by SIGTERM", PREEMPTED, alone=True)))
+    assert (str(told), told.exit_status, told.alone) == (str(RunStopped("stopped by SIGTERM", 75)), PREEMPTED, True)

@@ -241,13 +241,18 @@ def test_a_body_that_is_not_a_form_is_told_the_api_takes_one(client, shapes_task
     """`requests.post(url, json=...)` was answered 422 "image: Field required", not told what the API takes."""
     response = client.post("/api/vqa", **body)
     assert response.status_code == 415
-    assert "this API takes a multipart form, its image as a file (curl -F image=@photo.jpg" in response.json()["error"]
+    assert (
+        "this API takes a multipart form, its images as files (e.g. curl -F image=@photo.jpg"
+        in response.json()["error"]
+    )
     still_serves(client, shapes_tasks_world)
 
 
 def test_a_form_whose_header_names_another_boundary_is_told_so(client, shapes_tasks_world: Path):
     """It was answered "the multipart body is cut short", which sends the client looking for a lost byte."""
     body = b'--B\r\nContent-Disposition: form-data; name="question"\r\n\r\nhi\r\n--B--\r\n'
+    empty = client.post("/api/vqa", content=b"", headers={"Content-Type": "multipart/form-data; boundary=C"})
+    assert empty.status_code == 400 and empty.json()["error"] == "the request body is empty: send the form's fields"
     response = client.post("/api/vqa", content=body, headers={"Content-Type": "multipart/form-data; boundary=C"})
     assert response.status_code == 400
     assert response.json()["error"].startswith("the multipart body has no part with the boundary its Content-Type "

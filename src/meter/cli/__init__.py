@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def release_process_groups(wait_for_others: bool = True) -> None:
-    """Destroys a launcher's process groups once every process has ended its command well: left to the interpreter's
-    exit, gloo's threads now and then abort it (SIGABRT, "terminate called without an active exception"). Not on an
-    error: the other processes may be inside a collective, and destroying the groups would wait for them."""
+    """Destroys a launcher's process groups once every process has ended its command well, or stopped (PREEMPTED):
+    left to the interpreter's exit, gloo's threads now and then abort it (SIGABRT, "terminate called without an
+    active exception"). Not on an error: the others may be inside a collective. `wait_for_others` False: this
+    process stopped alone, outside training (the others wait for it in a collective; with gloo the group goes at
+    once and they stop on the closed connection; NCCL's teardown here is untested)."""
     if "torch.distributed" in sys.modules:  # never imports torch for a command that did not
         from meter.train.runtime import teardown_runtime
 

@@ -128,16 +128,17 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, "--out")
     if args.source == "shapes":
         from meter.data.shapes import WorldSpec, generate, generate_tasks
-        from meter.data.shapes.world import check_image_count
+        from meter.data.shapes.world import check_image_count, writing_world
 
         spec = WorldSpec(
             images=args.images, seed=args.seed, image_size=args.image_size,
             questions_per_image=args.questions_per_image,
         )  # fmt: skip
         check_image_count(spec)
-        manifest = generate(args.out, spec)
-        print(f"shapes world in {args.out}: {manifest['images']} images, {manifest['questions']} questions")
-        counts = generate_tasks(args.out, spec)["counts"]
+        with writing_world(args.out):  # both parts: a second preparation cannot come between them
+            manifest = generate(args.out, spec)
+            print(f"shapes world in {args.out}: {manifest['images']} images, {manifest['questions']} questions")
+            counts = generate_tasks(args.out, spec)["counts"]
         print("task files: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
         return 0
     from meter.data.shard_writer import index_shards, write_shards

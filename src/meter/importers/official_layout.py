@@ -62,7 +62,8 @@ def _setting(hparams: dict[str, Any], key: str, default: float, kind: type[int] 
     value = hparams.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or (kind is int and value != int(value))):  # fmt: skip
         raise DataError(f"the checkpoint's hyper_parameters config has {key} = {value!r}, expected "
                         f"{'a whole number' if kind is int else 'a number'}")  # fmt: skip
     return kind(value)

@@ -136,8 +136,8 @@ def finetune_model_config(
         log.info("train.init_from: %s fine-tuned with %s", source, ", ".join(changed))
     if saved.vision.drop_path and not result.vision.drop_path:
         log.warning("train.init_from: %s was trained with model.vision.drop_path = %s and is fine-tuned without it "
-                    "(this config's 0); official METER fine-tunes Swin with its 0.1: set model.vision.drop_path to "
-                    "keep it", source, saved.vision.drop_path)  # fmt: skip
+                    "(this config's 0); official METER keeps the pretraining's drop path in fine-tuning (Swin's "
+                    "0.1): set model.vision.drop_path to keep it", source, saved.vision.drop_path)  # fmt: skip
     return result
 
 

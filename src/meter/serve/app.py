@@ -138,7 +138,7 @@ def create_app(service: ModelService) -> FastAPI:
             return error_response(
                 415,
                 f"the request body is {sent or 'of no Content-Type'}; this API takes a "
-                "multipart form, its image as a file (curl -F image=@photo.jpg -F question=...; in "
+                "multipart form, its images as files (e.g. curl -F image=@photo.jpg -F question=...; in "
                 "Python requests.post(url, files={'image': open('photo.jpg', 'rb')}, data=...))",
             )
         problems = []

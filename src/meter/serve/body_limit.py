@@ -61,6 +61,9 @@ class BodyLimit:
         boundary = _multipart_boundary(dict(scope["headers"]).get(b"content-type", b""))
         # cut short, the form parser would take the parts it got and name a field it lost as missing; the closing
         # boundary may be followed by an epilogue of any length (RFC 2046), which the parser ignores
+        if boundary and not body.strip():
+            await _closing(400, "the request body is empty: send the form's fields")(scope, receive, send)
+            return
         if boundary and body.find(b"--" + boundary) == -1:  # not "cut short": the header names another boundary
             named = boundary.decode(errors="replace")
             error = f"the multipart body has no part with the boundary its Content-Type names ({named!r}): the " \

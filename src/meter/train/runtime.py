@@ -159,11 +159,12 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         log.warning("train.parallel = fsdp without a launcher (torchrun, or srun with MASTER_ADDR): one process, its "
                     "model and optimizer state not sharded")  # fmt: skip
     if (world > 1 or launched_sharded) and not dist.is_initialized():
-        # it waits, silent and deaf to signals, until every process has come (torch's limit: 30 minutes)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # it waits, silent and deaf to signals, until every process has come (torch's limit for the backend)
         log.info("joining the run's %d processes at %s:%s (waits until every one has started, at most %d minutes)",
                  world, os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?"),
-                 default_pg_timeout.total_seconds() // 60)  # fmt: skip
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **attempts_own_store(rank, world))
+                 rendezvous_timeout(backend).total_seconds() // 60)  # fmt: skip
+        dist.init_process_group(backend=backend, **attempts_own_store(rank, world))
     # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and the
     # memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes; an
     # operation without a deterministic CUDA kernel then stops the run, naming it. Set either way: a process that
@@ -175,7 +176,13 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     )
 
 
-def leave_store_together(wait: timedelta = LEAVING) -> None:
+def rendezvous_timeout(backend: str) -> timedelta:
+    """How long torch waits for the processes of a group of `backend` (NCCL's is shorter than gloo's)."""
+    default = getattr(dist.distributed_c10d, "_get_default_timeout", None)
+    return default(backend) if default is not None else default_pg_timeout
+
+
+def leave_store_together(wait: timedelta = LEAVING, wait_for_others: bool = True) -> None:
     """Rank 0 waits (a little) for the others to leave before its process group goes: under srun the key-value store
     is rank 0's, and a process still reading the last news rank 0 left there (distributed.told_by_main) would lose
     it. A process that never comes (it failed) is not waited for longer than `wait`."""
@@ -183,8 +190,9 @@ def leave_store_together(wait: timedelta = LEAVING) -> None:
     key = f"meter/leaving/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_LEFT)}"
     try:
         if dist.get_rank() == 0:
-            store.wait([f"{key}/{rank}" for rank in range(1, dist.get_world_size())], wait)
-        else:
+            if wait_for_others:
+                store.wait([f"{key}/{rank}" for rank in range(1, dist.get_world_size())], wait)
+        else:  # said always (a moment): rank 0 may wait for it
             store.set(f"{key}/{dist.get_rank()}", b"")
     except RuntimeError as error:  # a DistStoreError: the others are gone already: nothing more to wait for
         log.debug("leaving the process group without the others: %s", error)
@@ -214,6 +222,5 @@ def release_cached_memory() -> None:
 def teardown_runtime(wait_for_others: bool = True) -> None:
     """Leaves the process group; `wait_for_others`: rank 0 first waits (a little) for the others to leave too."""
     if dist.is_initialized():
-        if wait_for_others:
-            leave_store_together()
+        leave_store_together(wait_for_others=wait_for_others)
         dist.destroy_process_group()

@@ -52,6 +52,9 @@ class RunStopped(MeterError):
         # are not waited for as it leaves (they wait for it in a collective, and would make it wait a minute)
         self.alone = alone
 
+    def __reduce__(self) -> tuple[Any, ...]:  # told to another process whole (its status too)
+        return type(self), (str(self.args[0]), self.exit_status, self.alone)
+
 
 class StopAtOnce(BaseException):
     """A second stop signal, raised wherever the process is (a BaseException: no `except Exception` holds it up)."""

@@ -118,9 +118,11 @@ def generate(out: str | Path, spec: WorldSpec = WorldSpec(), progress: bool = Tr
 
 
 @contextlib.contextmanager
-def writing_world(out: Path) -> Iterator[None]:
+def writing_world(out: str | Path) -> Iterator[None]:
     """One writer at a time in a world's folder: a second `meter prepare shapes` (or `meter demo`) into it would
-    rewrite the files the first one writes, or trains on, and leave a manifest vouching for a mix of both."""
+    rewrite the files the first one is writing, and leave a manifest vouching for a mix of both worlds. (A world
+    that a run trains on is not locked: the lock is held while the world is written.)"""
+    out = Path(out)
     check_own_folder(
         out, (MANIFEST, STARTED), "meter prepare shapes", "the shapes world's folder", ignored=(WORLD_LOCK,)
     )
