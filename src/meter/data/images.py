@@ -158,26 +158,26 @@ def central_band(image: torch.Tensor) -> torch.Tensor:
     pixel where the cut falls between pixels of the resized grid). Images up to 16:1 (every photograph) pass
     unchanged."""
     height, width = image.shape[-2:]
-    if width > MAX_ASPECT * height:
-        start, keep = _band(width, height)
-        return image[..., start : start + keep]
-    if height > MAX_ASPECT * width:
-        start, keep = _band(height, width)
-        return image[..., start : start + keep, :]
-    return image
+    box = band_box(width, height)
+    return image if box is None else image[..., box[1] : box[3], box[0] : box[2]]
 
 
 def central_band_of(image: Image.Image) -> Image.Image:
     """`central_band` of a decoded image, before its pixels become a tensor: `meter serve` cuts it in the upload's
     thread, so that a 1 x 39,000,000 PNG does not hold the model's thread while the transform converts it whole."""
-    width, height = image.size
+    box = band_box(*image.size)
+    return image if box is None else image.crop(box)
+
+
+def band_box(width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the central MAX_ASPECT:1 band of an image more elongated than that, else None."""
     if width > MAX_ASPECT * height:
         start, keep = _band(width, height)
-        return image.crop((start, 0, start + keep, height))
+        return start, 0, start + keep, height
     if height > MAX_ASPECT * width:
         start, keep = _band(height, width)
-        return image.crop((0, start, width, start + keep))
-    return image
+        return 0, start, width, start + keep
+    return None
 
 
 def _band(long: int, short: int) -> tuple[int, int]:

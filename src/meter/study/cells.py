@@ -403,7 +403,8 @@ class Planner:
             if earlier is not None:
                 self.shared[key] = self.shared[earlier]
         run_folder = str(self.out / self._pretraining_folder(key, default))
-        self.recorded[key] = self._recorded_identity(Path(run_folder), key, cfg)
+        if key not in self.recorded:  # a pretraining several cells share: its record read once
+            self.recorded[key] = self._recorded_identity(Path(run_folder), key, cfg)
         overrides.append(f"train.out={run_folder}")
         return RunPlan("pretrain", "pretrain", "", "", str(recipe), overrides, run_folder, owner, key,
                        inputs=dict(self.world))  # fmt: skip
@@ -629,7 +630,7 @@ def input_changes(before: dict[str, Any], run: RunPlan, same_runs: dict[str, str
     if old is None:
         return []
     old, new = dict(old), json.loads(json.dumps(run.inputs, default=str))  # as the record holds them (lists)
-    for inputs in (old, new):  # both: a record written before its pretraining's identity was planned as recorded
+    for inputs in (old, new):  # both sides as planned now: each names the pretraining as its folder recorded it
         if "pretraining" in inputs:
             inputs["pretraining"] = (same_runs or {}).get(inputs["pretraining"], inputs["pretraining"])
     return [_input_change(key, old, new) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
