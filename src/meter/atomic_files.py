@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 
 from meter.errors import DataError
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 
 def cannot_write(path: Path, error: OSError, needed: int) -> str:
-    """What a failed write of `path` tells the user: the path, why, and the space it needs next to what is free."""
+    """What a failed write of `path` tells the user: the path, why, and (where space is what lacks) the space it
+    needs next to what is free. A permission or read-only refusal says where instead: free space is beside the point."""
+    reason = error.strerror or type(error).__name__
+    if error.errno in NOT_ALLOWED:
+        return f"cannot write {path}: {reason} (this user may not write in {path.parent}: choose another folder)"
+    if error.errno is not None and error.errno not in OUT_OF_SPACE:
+        return f"cannot write {path}: {reason}"
     free = ""
     for folder in (path, *path.parents):
         if folder.exists():
             free = f", {shutil.disk_usage(folder).free / 2**20:,.1f} MB free there"
             break
-    reason = error.strerror or type(error).__name__
     return f"cannot write {path}: {reason} (it needs about {needed / 2**20:,.1f} MB{free})"
 
 

@@ -12,7 +12,6 @@ read one) and `key.json` ({"captions": [...], plus what the source knows: image_
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import itertools
 import json
@@ -26,7 +25,7 @@ import webdataset
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from meter.atomic_files import cannot_write
+from meter.atomic_files import OUT_OF_SPACE, cannot_write
 from meter.data.bad_samples import BadSample, BadSampleBudget, continued_list
 from meter.data.formats.common import DECODE_ERRORS, IMAGE_FORMATS, NOT_AN_IMAGE, READ_FORMATS, RawSample, Unusable
 from meter.data.formats.webdataset import TarShard, find_shards, utf8_name
@@ -48,7 +47,6 @@ PROGRESS = "progress"
 SETTINGS = "prepare.json"
 PREPARE_LOCK = ".meter-prepare.lock"  # held by the `meter prepare` writing the folder
 SOURCE_FILES = "source_files"
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 BAD_SAMPLES = "bad_samples.jsonl"
 SHOWN = 6  # differences a refused resume names (every shard of a rewritten corpus differs)
 
