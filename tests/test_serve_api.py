@@ -61,6 +61,13 @@ def test_health_says_which_model_serves(client: httpx.Client):
     assert health["status"] == "ok" and health["model_name"] == "vqa/step_00000002" and len(health["model_id"]) == 12
 
 
+def test_the_page_and_health_answer_a_head_request(client: httpx.Client):
+    """Uptime checkers and load balancers probe with HEAD: a 405 reads as a server that is down."""
+    for path in ("/", "/health"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b"", (path, response.status_code)
+
+
 def test_model_endpoint_lists_what_the_folder_can_do(client: httpx.Client):
     model = client.get("/api/model").json()
     assert model["heads"] == ["vqa"] and set(model["endpoints"]) == {"/api/vqa", "/api/explain"}
@@ -426,6 +433,8 @@ def test_a_body_limit_under_a_byte_is_named_by_its_option_and_a_folder_given_as_
     assert "--max-body-mb 1e-07 is less than a byte" in capsys.readouterr().err
     monkeypatch.chdir(micro_checkpoints("vqa"))
     assert model_name(Path(".")) == "vqa/step_00000002"  # the run and its checkpoint, as for the full path
+    with serving(Path("."), **LIMITS) as url:  # `meter serve --model .`: the client learns where the folder is
+        assert httpx.get(f"{url}/api/model", timeout=60).json()["folder"] == str(micro_checkpoints("vqa").absolute())
 
 
 def test_an_explain_answer_outside_the_vocabulary_is_refused_without_costing_its_batch_mates(

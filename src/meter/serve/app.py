@@ -176,13 +176,14 @@ def create_app(service: ModelService) -> FastAPI:
             raise ServeError(422, f"top {top} must be from 1 to {limits.max_top}")
         return top
 
-    @app.get("/", include_in_schema=False)
+    # HEAD too: uptime checkers and load balancers probe with it (405 read as "the server is down")
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(str(PAGE / "index.html"))
 
     app.mount("/static", StaticFiles(directory=str(PAGE)), name="static")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         batcher = service.batcher
         return {"status": "ok", **service.identity(), "pending": batcher.pending, "incoming": batcher.incoming,

@@ -109,7 +109,7 @@ class ModelService:
             }
         return {
             **self.identity(),
-            "folder": str(self.predictor.checkpoint),
+            "folder": str(self.predictor.checkpoint.absolute()),  # as given (`.`) it says nothing to a client
             "heads": self.predictor.heads,
             "architecture": self.architecture,
             "model": f"{config.vision.name} + {config.text.name} + {config.fusion.name}",
