@@ -129,7 +129,7 @@ sys.exit(main())
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -140,7 +140,7 @@ def start_meter(args: list[str], faults: list[str] = (), processes: int = 1, env
     """`meter ARGS` with `faults`, as `processes` processes started as srun starts them (gloo on the CPU)."""
     base = environment() | (env or {})
     if processes > 1:
-        base |= {"WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        base |= {"WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     started = []
     for rank in range(processes):
         rank_env = base | ({"RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else {})

@@ -20,7 +20,7 @@ from meter.train.checkpoint import TASK_WEIGHTS, Checkpoints
 from meter.train.metrics_log import read_metrics
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED
 from tests.conftest import MICRO
-from tests.faults import applied_steps, run_meter_with_faults
+from tests.faults import applied_steps, free_port, run_meter_with_faults, start_meter
 from tests.runner import EXACT, pretrain_args
 
 RUN = ["train.device=cpu", "train.max_steps=8", "train.checkpoint_every=3", "train.grad_accum=2", "objectives.mim=1",
@@ -186,6 +186,30 @@ def test_a_stop_signal_to_one_process_before_training_ends_both_in_seconds(shape
     assert other[0] == 1 and _last_line(other[1]).startswith("meter: another process of this run stopped or failed")
     # the rendezvous waits silently for every process: the first says where, and for how long at most
     assert "joining the run's 2 processes at 127.0.0.1:" in stopped[0][1] and "at most 30 minutes" in stopped[0][1]
+
+
+@pytest.mark.parametrize(("sent", "status", "said"), [(signal.SIGTERM, PREEMPTED, "stopped by SIGTERM"),
+                                                      (signal.SIGINT, INTERRUPTED, "interrupted")])  # fmt: skip
+def test_a_stop_while_a_process_of_the_run_never_comes_ends_the_waiting_one_at_once(shapes_world, tmp_path, sent,
+                                                                                     status, said):  # fmt: skip
+    """Torch's rendezvous is a C++ wait in which Python runs no signal handler: a process whose peer never started
+    heard neither the scheduler's SIGTERM nor Ctrl-C for the whole 30 minutes of gloo's limit (then SIGKILL: 137, not
+    requeued)."""
+    import time
+
+    alone = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port())}  # fmt: skip
+    (waiting,) = start_meter(pretrain_args(shapes_world, tmp_path / "run", *EXACT), env=alone)
+    try:
+        lines = iter(waiting.stderr.readline, "")
+        assert any("joining the run's 2 processes" in line for line in lines), "it never said it waits"
+        time.sleep(2)  # in torch's wait by now
+        waiting.send_signal(sent)
+        _, stderr = waiting.communicate(timeout=20)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == status, stderr[-3000:]
+    assert _last_line(stderr).startswith(f"meter: {said} while waiting for the run's 2 processes to join")
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ import itertools
 import logging
 import os
 import random
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,11 +21,13 @@ from torch.distributed.constants import default_pg_timeout
 
 from meter.config import TrainConfig
 from meter.errors import ConfigError
+from meter.train.stop_signals import INTERRUPTED, PREEMPTED, StopAtOnce, signal_name
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 WAIT_FOR_MAIN = timedelta(days=1)  # see distributed.told_by_main
 LEAVING = timedelta(seconds=60)  # see leave_store_together
+JOINED_AFTER_STOP = 2.0  # seconds: a rendezvous that ends as the stop comes is let end (see joined_hearing_signals)
 _LEFT = itertools.count()  # process groups this process has left (a process that sets up a group again)
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -160,11 +165,12 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
                     "model and optimizer state not sharded")  # fmt: skip
     if (world > 1 or launched_sharded) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # it waits, silent and deaf to signals, until every process has come (torch's limit for the backend)
+        # it waits, silent, until every process has come (torch's limit for the backend)
         log.info("joining the run's %d processes at %s:%s (waits until every one has started, at most %d minutes)",
                  world, os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?"),
                  rendezvous_timeout(backend).total_seconds() // 60)  # fmt: skip
-        dist.init_process_group(backend=backend, **attempts_own_store(rank, world))
+        joined_hearing_signals(lambda: dist.init_process_group(backend=backend, **attempts_own_store(rank, world)),
+                               device, world)  # fmt: skip
     # on a GPU the strict mode is what makes attention deterministic: warned only, SDPA keeps cuDNN's kernel and the
     # memory-efficient one's split keys (atomic adds), and gradients differ from run to run at real sizes; an
     # operation without a deterministic CUDA kernel then stops the run, naming it. Set either way: a process that
@@ -174,6 +180,42 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(
         device=device, dtype=pick_dtype(cfg.precision, device), rank=rank, world=world, local_rank=local_rank
     )
+
+
+def joined_hearing_signals(join: Callable[[], None], device: torch.device, world: int) -> None:
+    """`join` (the rendezvous) on a thread of its own while the main thread waits for it: within torch's wait, a C++
+    call, Python runs no signal handler, so a scheduler's SIGTERM or a Ctrl-C went unheard for as long as a process
+    failed to come (the backend's whole limit, 30 minutes with gloo; then SIGKILL, 137, and no requeue). A stop that
+    comes while it waits ends the process at once, with its status (PREEMPTED, INTERRUPTED) and one line saying so:
+    `os._exit`, as nothing stops the C++ wait, and an interpreter that exits around it may abort."""
+    failed: list[BaseException] = []
+    ended = threading.Event()  # not Thread.join: a join that a signal interrupts may take the thread for ended
+
+    def rendezvous() -> None:
+        try:
+            if device.type == "cuda":  # the device is the calling thread's: NCCL's group takes this thread's
+                torch.cuda.set_device(device)
+            join()
+        except BaseException as error:  # raised in the main thread, as a rendezvous there raised it
+            failed.append(error)
+        finally:
+            ended.set()
+
+    threading.Thread(target=rendezvous, name="meter-rendezvous", daemon=True).start()
+    try:
+        while not ended.wait(0.5):  # a wait that signals interrupt: their handlers run here
+            pass
+    except (StopAtOnce, KeyboardInterrupt) as stop:
+        if not ended.wait(JOINED_AFTER_STOP):  # else the rendezvous ended as the stop came: the usual stop follows
+            preempted = isinstance(stop, StopAtOnce)
+            stopped = f"stopped by {signal_name(stop.signum)}" if preempted else "interrupted"
+            print(f"meter: {stopped} while waiting for the run's {world} processes to join, nothing to save"
+                  + (": requeue the job as it was" if preempted else ""), file=sys.stderr, flush=True)  # fmt: skip
+            sys.stdout.flush()
+            os._exit(PREEMPTED if preempted else INTERRUPTED)
+        raise
+    if failed:
+        raise failed[0]
 
 
 def rendezvous_timeout(backend: str) -> timedelta:
