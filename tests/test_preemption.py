@@ -188,6 +188,7 @@ def test_a_stop_signal_to_one_process_before_training_ends_both_in_seconds(shape
     assert "joining the run's 2 processes at 127.0.0.1:" in stopped[0][1] and "at most 30 minutes" in stopped[0][1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sent", "status", "said"), [(signal.SIGTERM, PREEMPTED, "stopped by SIGTERM"),
                                                       (signal.SIGINT, INTERRUPTED, "interrupted")])  # fmt: skip
 def test_a_stop_while_a_process_of_the_run_never_comes_ends_the_waiting_one_at_once(shapes_world, tmp_path, sent,
