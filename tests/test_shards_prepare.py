@@ -209,6 +209,28 @@ def test_a_preparation_stopped_by_its_budget_and_run_again_with_the_images_in_pl
     assert len((tmp_path / "out/bad_samples.jsonl").read_text().splitlines()) == 6
 
 
+def test_the_bad_sample_list_keeps_every_line_after_a_shard_is_written_again_and_the_command_run_once_more(
+    tmp_path: Path,
+):
+    """A shard written again while the whole list was restored counted none of its own bad samples: the next rerun
+    of the same command kept that many fewer of the list's first lines, losing the last shards' (for good, and the
+    budget counted fewer from then on)."""
+    from meter.data.formats.visual_genome import visual_genome_source
+
+    write_visual_genome(tmp_path / "vg", 40)
+    for image in ("VG_100K/3.jpg", "VG_100K/15.jpg", "VG_100K_2/26.jpg", "VG_100K/37.jpg"):  # shards 0, 1, 2, 3
+        (tmp_path / "vg" / image).write_bytes(b"not a jpeg")
+    options = {"shard_size": 10, "max_bad": 0.2, "progress": False}
+    listed = tmp_path / "out/bad_samples.jsonl"
+    first = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", **options)
+    lines = sorted(listed.read_text().splitlines())
+    assert first["bad"] == len(lines) == 4
+    (tmp_path / "out/00001.tar").unlink()
+    for _ in range(2):  # the shard written again, then the same command once more
+        again = write_shards(visual_genome_source(tmp_path / "vg"), tmp_path / "out", **options)
+        assert again == first and sorted(listed.read_text().splitlines()) == lines
+
+
 def test_a_source_in_a_folder_named_in_latin1_is_prepared_and_prepared_again(tmp_path: Path):
     """The folder's undecodable byte reached prepare.json as half of a character: UnicodeEncodeError, and the
     temporary file left behind made the folder refused from then on as not meter's."""

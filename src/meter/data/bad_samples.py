@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,11 +123,12 @@ def _entry(path: str, reason: str, key: str = "") -> dict[str, str]:
     return {"path": path, "reason": reason, **({"sample": key} if key else {})}
 
 
-def continued_list(path: Path, resumed: bool, keep: int = -1) -> dict[str, str]:
+def continued_list(path: Path, resumed: bool, keep: int | Collection[str] = -1) -> dict[str, str]:
     """A training run's list of bad samples as it goes on: a resumed run's (sample -> reason; a line cut short by a
     kill left out, and the file rewritten without it), or none for a run that starts (a killed first attempt's list
     is deleted: the run meets those samples again). `keep` (>= 0): the samples listed when the checkpoint resumed
-    from was written; the ones listed after it are left out, as the run meets them again."""
+    from was written; the ones listed after it are left out, as the run meets them again; or the samples to keep by
+    name (a preparation's kept shards)."""
     if not resumed or not path.is_file():
         path.unlink(missing_ok=True)
         return {}
@@ -142,9 +144,11 @@ def continued_list(path: Path, resumed: bool, keep: int = -1) -> dict[str, str]:
                 lines[sample] = json.dumps(_entry(str(entry["path"]), listed[sample], str(entry.get("sample") or "")))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    if 0 <= keep < len(listed):  # in the order they were met: the first `keep` were met before the checkpoint
+    if not isinstance(keep, int):
+        listed = {sample: reason for sample, reason in listed.items() if sample in keep}
+    elif 0 <= keep < len(listed):  # in the order they were met: the first `keep` were met before the checkpoint
         listed = dict(itertools.islice(listed.items(), keep))
-        lines = {sample: lines[sample] for sample in listed}
+    lines = {sample: lines[sample] for sample in listed}
     whole = "".join(line + "\n" for line in lines.values())
     if whole != written:  # a line cut short (or a list written otherwise): appended to, it would glue to the next
         write_text_atomically(path, whole)

@@ -91,7 +91,8 @@ class ShardRecord:
     captions: dict[str, dict[str, int]] = field(default_factory=dict)  # CaptionCounts.to_json()
     first_missing: str | None = None  # the image file of its first record not downloaded, named if most are missing
     bytes: int = 0  # the shard file's size as written (0: recorded by an older meter), checked when a rerun keeps it
-    listed: int = -1  # the samples it added to bad_samples.jsonl (-1: recorded by an older meter)
+    listed: int = -1  # the samples it found bad, in bad_samples.jsonl (-1: recorded by an older meter)
+    bad_samples: list[str] | None = None  # those samples by name, as listed (None: recorded by an older meter)
 
 
 @dataclass(frozen=True)

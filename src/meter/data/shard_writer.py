@@ -105,7 +105,7 @@ class ShardBuilder:
         self.keys: set[str] = set()
 
     def write(self, records: Iterator[RawSample | Unusable]) -> ShardRecord:
-        listed = self.budget.count
+        self.record.bad_samples = []
         try:
             with self.temporary.open("wb") as f:
                 writer = webdataset.TarWriter(f, mtime=0)  # a fixed mtime: a rewritten shard is byte-identical
@@ -133,12 +133,16 @@ class ShardBuilder:
             self.temporary.unlink(missing_ok=True)
             raise
         self.record.captions = self.counts.to_json()
-        self.record.listed = self.budget.count - listed
+        # every one it met, also those a rerun restored to the budget from the list (a shard written again)
+        self.record.listed = len(self.record.bad_samples)
         return self.record
 
     def _bad(self, name: str, reason: str) -> None:
         self.record.bad += 1
-        self.budget.record(BadSample(name, reason))
+        bad = BadSample(name, reason)
+        if bad.sample not in self.record.bad_samples:
+            self.record.bad_samples.append(bad.sample)
+        self.budget.record(bad)
 
     def _sample(self, record: RawSample | Unusable) -> dict[str, object] | None:
         if isinstance(record, Unusable):
@@ -243,18 +247,21 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _resume_budget(out: Path, max_bad: float, total: int, keep: int = -1) -> BadSampleBudget:
-    """The budget, with the bad samples an interrupted run already found (their shards are not read again); `keep`
-    (>= 0): those of the shards kept, the first listed (the rest were of a shard written again)."""
+def _resume_budget(out: Path, max_bad: float, total: int, keep: int | set[str] = -1) -> BadSampleBudget:
+    """The budget, with the bad samples an interrupted run already found (their shards are not read again); `keep`:
+    those of the shards kept, by name or (>= 0) the first listed (the rest were of a shard written again)."""
     budget = BadSampleBudget(max_bad, total, out / BAD_SAMPLES, setting="--max-bad")
     budget.restore(continued_list(out / BAD_SAMPLES, resumed=True, keep=keep))  # a line cut short by a kill: dropped
     return budget
 
 
-def _listed_by(done: dict[int, ShardRecord]) -> int:
-    """The samples the kept shards listed, where they are the first shards and each recorded its count: the list's
-    lines after them are of a shard left unfinished, which is read again (an image found since is no longer bad);
-    else -1, the whole list."""
+def _listed_by(done: dict[int, ShardRecord]) -> int | set[str]:
+    """The samples the kept shards listed: by name where each recorded them; else their number, where they are the
+    first shards and each recorded its count (the list's first lines); else -1, the whole list. The rest are of a
+    shard left unfinished or written again, which meets its own again (an image found since is no longer bad). A
+    count alone lost lines: a shard written again while the whole list was restored counted none of its own."""
+    if all(record.bad_samples is not None for record in done.values()):
+        return {name for record in done.values() for name in record.bad_samples or ()}
     if sorted(done) != list(range(len(done))) or any(record.listed < 0 for record in done.values()):
         return -1
     return sum(record.listed for record in done.values())
