@@ -253,3 +253,30 @@ def test_a_rerun_that_finds_the_coco_images_elsewhere_is_another_preparation(tmp
     with pytest.raises(DataError, match=r"other settings \(description\.images: "):
         write_shards(coco_source(tmp_path / "coco", "karpathy/dataset_coco.json", images="images"), tmp_path / "out",
                      progress=False)  # fmt: skip
+
+
+def test_an_image_listed_without_a_caption_is_a_bad_sample_counted_and_listed(tmp_path: Path):
+    """COCO images listed with no caption (annotations filtered), or Karpathy images whose every sentence is blank,
+    were left out silently: not in the manifest's bad count, the list or the --max-bad budget."""
+    write_coco(tmp_path / "coco", 8)
+    captions = tmp_path / "coco/annotations/captions_train2014.json"
+    data = json.loads(captions.read_text())
+    captions.write_text(json.dumps(data | {"annotations": [a for a in data["annotations"] if a["image_id"] > 2]}))
+    karpathy = tmp_path / "coco/karpathy/dataset_coco.json"
+    data = json.loads(karpathy.read_text())
+    for entry in data["images"][:2]:  # image 1 (restval) and 2 (val, not prepared): every sentence blank
+        entry["sentences"] = [{"raw": "  ", "tokens": []} for _ in entry["sentences"]]
+    data["images"][4]["sentences"] = []  # image 5 (restval): none at all
+    karpathy.write_text(json.dumps(data))
+    for source, bad in ((coco_source(tmp_path / "coco"), {"COCO_train2014_000000000001.jpg",
+                                                          "COCO_train2014_000000000002.jpg"}),
+                        (coco_source(tmp_path / "coco", "karpathy/dataset_coco.json"),
+                         {"COCO_train2014_000000000001.jpg", "COCO_train2014_000000000005.jpg"})):  # fmt: skip
+        out = tmp_path / f"out-{len(source)}"
+        manifest = write_shards(source, out, max_bad=0.5, progress=False)
+        assert (manifest["records"], manifest["bad"]) == (len(source), 2) and manifest["samples"] == len(source) - 2
+        listed = [json.loads(line) for line in (out / "bad_samples.jsonl").read_text().splitlines()]
+        assert {Path(entry["path"]).name for entry in listed} == bad
+        assert all("no caption in" in entry["reason"] for entry in listed)
+    with pytest.raises(DataError, match="skipped 1 of 8 samples, more than the budget of 0"):  # the budget sees them
+        write_shards(coco_source(tmp_path / "coco"), tmp_path / "strict", max_bad=0.1, progress=False)

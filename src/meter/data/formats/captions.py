@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 
 def read_karpathy(
-    path: str | Path, image_root: str | Path, splits: tuple[str, ...] | None = None, keep_uncaptioned: bool = False
+    path: str | Path,
+    image_root: str | Path,
+    splits: tuple[str, ...] | None = None,
+    keep_uncaptioned: bool = False,
+    every_image: bool = False,
 ) -> list[CaptionRecord]:
     """Karpathy's split file: one entry per image with `split` (train/restval/val/test) and its sentences.
 
@@ -46,6 +50,7 @@ def read_karpathy(
     Every entry is checked (a DataError names the file, the entry and the field); empty captions are skipped and
     counted in one warning (each record counts its own in `empty`), and so are images left without a caption, or
     kept with `keep_uncaptioned` where every caption they have is empty (the COCO evaluation scores them).
+    `every_image`: an image left without a caption is kept, without one (`meter prepare` counts it as a bad sample).
     """
     entries = listed(read_json(path, "Karpathy split file"), "images", path, "Karpathy split file")
     image_root = Path(image_root)
@@ -80,7 +85,7 @@ def read_karpathy(
         if splits is not None and split not in splits:
             continue  # checked all the same: a damaged file is damaged whichever split is read
         skipped += empty
-        if captions or (keep_uncaptioned and empty):
+        if captions or (keep_uncaptioned and empty) or every_image:
             numbered = tuple(numbers) if empty else ()
             as_written = tuple(written) if written != captions else ()
             records.append(CaptionRecord(image, tuple(captions), image_id, split, numbered, len(empty), as_written))
@@ -96,10 +101,11 @@ def read_karpathy(
     return records
 
 
-def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionRecord]:
+def read_coco_captions(path: str | Path, image_dir: str | Path, every_image: bool = False) -> list[CaptionRecord]:
     """COCO captions JSON (`captions_train2014.json`): images, and annotations with one caption each. Every record is
     checked (a DataError names the file, the record and the field); empty captions are skipped and counted in one
-    warning, and images without a caption left out."""
+    warning, and images without a caption left out (kept without one with `every_image`: `meter prepare` counts
+    them as bad samples)."""
     data = read_json(path, "COCO captions file")
     images = listed(data, "images", path, "COCO captions file")
     by_image: dict[int, list[str]] = defaultdict(list)
@@ -124,7 +130,7 @@ def read_coco_captions(path: str | Path, image_dir: str | Path) -> list[CaptionR
             raise DataError(f"{path}: images[{index}] (id {image_id}): its file {file_name} is the one of "
                             f"images[{first_file[file_name]}], listed again under another id")  # fmt: skip
         first_file[file_name] = index
-        if by_image[image_id]:
+        if by_image[image_id] or every_image:
             records.append(CaptionRecord(Path(image_dir) / file_name, tuple(by_image[image_id]), image_id, split))
     for image_id in sorted(set(by_image) - set(first_index)):  # captions of an image the file does not list
         skipped += [BadSample(f"{path}#image{image_id}.{n}", f"{path}: a caption of image_id {image_id}, which is not "
@@ -158,6 +164,10 @@ class CaptionRecordSource:
 
     def samples(self, start: int = 0) -> Iterator[RawSample | Unusable]:
         for record in self.records[start:]:
+            if not record.captions:  # listed, every caption of it empty or none at all: a bad sample, counted
+                yield Unusable(str(record.image), f"{record.image} (image id {record.image_id}): no caption in "
+                                                  f"{', '.join(str(file) for file in self.files)}")  # fmt: skip
+                continue
             meta = {"image_id": record.image_id, "split": record.split, "file": record.image.name}
             yield caption_sample(f"{record.image_id:012d}", record.image, record.captions, str(record.image), meta)
 
@@ -177,7 +187,7 @@ def coco_source(
     # resume); the default stays unwritten, as preparations before it was recorded have it
     where = {"images": images} if images != "." else {}
     if karpathy:
-        records = read_karpathy(root / karpathy, image_root, splits)
+        records = read_karpathy(root / karpathy, image_root, splits, every_image=True)
         description = {"root": str(root), "karpathy": karpathy, "splits": list(splits), **where}
         return CaptionRecordSource("coco", records, description, (root / karpathy,))
     records: list[CaptionRecord] = []
@@ -186,7 +196,7 @@ def coco_source(
         raise DataError(f"--annotations names {', '.join(repeated_files)} twice; name each caption file once")
     for annotation in annotations:
         split = Path(annotation).stem.removeprefix("captions_")
-        read = read_coco_captions(root / annotation, image_root / split)
+        read = read_coco_captions(root / annotation, image_root / split, every_image=True)
         repeated = {record.image_id for record in records} & {record.image_id for record in read}
         if repeated:
             raise DataError(f"{root / annotation}: image id {min(repeated)} is listed again (also in "
