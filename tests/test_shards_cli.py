@@ -68,3 +68,28 @@ def test_prepare_command_names_a_missing_layout_file(tmp_path: Path, capsys: pyt
     (tmp_path / "cc/training").mkdir(parents=True)
     assert main(["prepare", "cc", "--root", str(tmp_path / "cc"), "--out", str(tmp_path / "out")]) == 2
     assert f"caption file not found: {tmp_path / 'cc/Train_GCC-training.tsv'}" in capsys.readouterr().err
+
+
+def test_a_files_pattern_written_as_a_path_under_root_is_taken_and_an_empty_or_outside_one_is_named(tmp_path, capsys):
+    """An absolute path in --pattern / --files was an internal error (pathlib refuses a non-relative pattern), and so
+    was an empty one."""
+    write_img2dataset(tmp_path / "wds", shards=2, per_shard=2)
+    write_vilt_arrow(tmp_path / "ar/vg.arrow", [(image_bytes(i), [f"a {i}"], str(i)) for i in range(4)])
+    taken = [
+        ("webdataset", "--pattern", str(tmp_path / "wds/00000.tar"), 2),
+        ("webdataset", "--pattern", "**/*.tar", 4),
+        ("arrow", "--files", str(tmp_path / "ar/vg.arrow"), 4),
+    ]
+    for source, option, value, samples in taken:
+        root = tmp_path / ("wds" if source == "webdataset" else "ar")
+        out = tmp_path / f"out-{source}-{samples}"
+        assert main(["prepare", source, "--root", str(root), option, value, "--out", str(out), "--no-progress"]) == 0
+        assert json.loads((out / "manifest.json").read_text())["samples"] == samples
+    capsys.readouterr()
+    refused = [("--pattern", "", "--pattern is empty: give file names or patterns under --root"),
+               ("--pattern", str(tmp_path / "ar/vg.arrow"), f"--pattern {tmp_path / 'ar/vg.arrow'} is not under "
+                                                            f"--root {tmp_path / 'wds'}")]  # fmt: skip
+    for option, value, said in refused:
+        assert main(["prepare", "webdataset", "--root", str(tmp_path / "wds"), option, value, "--out",
+                     str(tmp_path / "refused"), "--no-progress"]) == 2  # fmt: skip
+        assert said in capsys.readouterr().err

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from meter.data.formats.common import RawSample, Unusable, caption_sample
+from meter.data.formats.common import RawSample, Unusable, caption_sample, files_matching
 from meter.errors import DataError
 
 ROWS_PER_SLICE = 64
@@ -148,7 +148,7 @@ class ArrowSource:
     def __init__(self, root: str | Path, patterns: tuple[str, ...] = ("*.arrow",),
                  held_out: tuple[str, ...] = HELD_OUT) -> None:  # fmt: skip
         root = Path(root)
-        found = sorted({path for pattern in patterns for path in root.glob(pattern)})
+        found = sorted({path for pattern in patterns for path in files_matching(root, pattern, "--files")})
         if not found:
             raise DataError(f"no arrow files matching {', '.join(patterns)} in {root}")
         self.files, self.counts, left_out = [], [], []

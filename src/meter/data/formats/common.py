@@ -217,3 +217,16 @@ def iter_json_array(path: Path, what: str, chunk_size: int = 1 << 20) -> Iterato
             except UnicodeDecodeError as error:
                 raise DataError(f"{path}: not valid UTF-8 ({error})") from None
             position = 0
+
+
+def files_matching(root: Path, pattern: str, option: str) -> list[Path]:
+    """The files under `root` that `pattern` (the value of `option`) matches: a path inside `root` written whole
+    (absolute) counts as the pattern relative to it; an empty pattern, or one outside `root`, is named."""
+    if not pattern.strip():
+        raise DataError(f"{option} is empty: give file names or patterns under --root {root} (e.g. '*.tar')")
+    if Path(pattern).is_absolute():
+        try:
+            pattern = str(Path(pattern).relative_to(root.absolute()))
+        except ValueError:
+            raise DataError(f"{option} {pattern} is not under --root {root}: give it relative to --root") from None
+    return sorted(path for path in root.glob(pattern) if path.is_file())  # `**` matches folders: "Is a directory"

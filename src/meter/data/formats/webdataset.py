@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meter.data.formats.common import IMAGE_EXTENSIONS, RawSample, Unusable, caption_sample, clean_captions
+from meter.data.formats.common import (
+    IMAGE_EXTENSIONS,
+    RawSample,
+    Unusable,
+    caption_sample,
+    clean_captions,
+    files_matching,
+)
 from meter.errors import DataError
 
 
@@ -162,7 +169,7 @@ def _macos_metadata(name: str) -> bool:
 
 def find_shards(root: str | Path, pattern: str = "*.tar") -> list[Path]:
     root = Path(root)
-    shards = sorted(root.glob(pattern))
+    shards = files_matching(root, pattern, "--pattern")
     if not shards:
         raise DataError(f"no shards matching {pattern!r} in {root}")
     return shards
