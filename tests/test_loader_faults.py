@@ -314,3 +314,8 @@ def test_a_list_of_bad_images_written_before_pairs_were_counted_goes_on_counting
         budget.record(BadSample("images/7.jpg", "images/7.jpg: image not found", key=f"images/7.jpg#{caption}"))
     budget.record(BadSample("images/8.jpg", "images/8.jpg: image not found", key="images/8.jpg#0"))
     assert budget.count == 2 and len(listed.read_text().splitlines()) == 2
+
+
+def test_a_budget_allows_the_fraction_it_names_of_the_samples():
+    """`int(0.29 * 100)` is 28: a budget of 0.29 over 100 samples stopped at the 29th bad one."""
+    assert [BadSampleBudget(fraction, 100).allowed for fraction in (0.29, 0.57, 0.01, 0.015)] == [29, 57, 1, 1]

@@ -48,7 +48,8 @@ class BadSampleBudget:
         setting: str = "data.max_bad_samples", per_sample: bool = False, shared: bool = False,
     ) -> None:  # fmt: skip
         self.setting = setting  # the option that sets the budget, named in the message
-        self.allowed = int(max_fraction * total)
+        # rounded first: 0.29 x 100 is 28.999999999999996 in floating point, and allowed 28
+        self.allowed = int(round(max_fraction * total, 6))
         self.total = total
         self.max_fraction = max_fraction
         self.log_file = Path(log_file) if log_file else None
