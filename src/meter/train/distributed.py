@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -150,23 +151,54 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
     device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
     # which parameters get gradients depends on the objectives switched on (MLM alone never uses the poolers):
     # a static graph finds out in the first step and costs nothing after it
-    return DistributedDataParallel(task, device_ids=device_ids, static_graph=True)
+    wrapped = DistributedDataParallel(task, device_ids=device_ids, static_graph=True)
+    _first_backward[wrapped] = FirstBackward()
+    wrapped.register_comm_hook(_first_backward[wrapped], reduced_unless_first)
+    return wrapped
+
+
+class FirstBackward:
+    """The state of `reduced_unless_first`: whether the backward under way is a first one that must not reduce."""
+
+    def __init__(self) -> None:
+        self.local = False
+
+
+# `bucket` unannotated: DDP compares its annotation with dist.GradBucket, and this module's annotations are strings
+def reduced_unless_first(state: FirstBackward, bucket):  # -> torch.futures.Future[Tensor]
+    """DDP's own reduction (the mean over processes), but for a process's first backward when it is not the last of
+    its step's micro-batches: DDP's static graph is recorded by that backward, which cannot run under `no_sync`;
+    its gradients stay local here, as `no_sync` keeps them. Reduced there, the partial sum was rounded otherwise
+    than in the steps after it: a resumed run (its first backward in a later step) drifted from a run never
+    stopped."""
+    if state.local:
+        kept: torch.futures.Future[Tensor] = torch.futures.Future()
+        kept.set_result(bucket.buffer())
+        return kept
+    return default_hooks.allreduce_hook(None, bucket)
 
 
 _ddp_synced: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_first_backward: weakref.WeakKeyDictionary[nn.Module, FirstBackward] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
 def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
-    """Accumulating micro-batches: reduce gradients across processes only on the last backward of the step.
-
-    (DDP's static graph is recorded by its first backward, which must sync: reducing a partial sum early is
-    still exact, as the reduction is linear.)"""
+    """Accumulating micro-batches: reduce gradients across processes only on the last backward of the step (see
+    `reduced_unless_first` for DDP's first backward)."""
     if not dist.is_initialized():
         yield
     elif hasattr(wrapped, "no_sync"):  # DDP
-        with wrapped.no_sync() if not enabled and wrapped in _ddp_synced else contextlib.nullcontext():
-            yield
+        first = wrapped not in _ddp_synced
+        state = _first_backward.get(wrapped) if first else None
+        if isinstance(state, FirstBackward):
+            state.local = not enabled
+        try:
+            with wrapped.no_sync() if not enabled and not first else contextlib.nullcontext():
+                yield
+        finally:
+            if isinstance(state, FirstBackward):
+                state.local = False
         _ddp_synced.add(wrapped)
     elif enabled:
         yield
