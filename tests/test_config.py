@@ -32,6 +32,18 @@ def test_section_shorthand_sets_its_name():
     assert cfg.model.fusion.name == "merged"
 
 
+def test_a_value_given_to_a_section_without_a_name_is_refused_naming_its_settings(tmp_path: Path):
+    """`model=merged` (meant as `model.fusion=merged`) set an attribute nothing saved: a study's "merged" row ran
+    co-attention; in a recipe `model: vit` was an internal TypeError."""
+    for overrides in (["model=merged"], ["train=fast"], ["vqa=foo"]):
+        with pytest.raises(ConfigError, match=rf"{overrides[0].split('=')[0]} = '\w+': .* is a section of settings"):
+            load_config(None, overrides)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: vit\n")
+    with pytest.raises(ConfigError, match=r"model = 'vit': model is a section of settings \(vision, text, "):
+        load_config(recipe, [])
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["train.max_step=3"])

@@ -463,7 +463,7 @@ def apply_override(cfg: Any, override: str) -> None:
     value = _override_value(raw, fields[last], key)
     current = getattr(target, last)
     if dataclasses.is_dataclass(current) and isinstance(value, str):
-        current.name = _coerce(value, str, f"{key}.name")  # `model.vision=swin` sets the section's name
+        current.name = _section_name(current, value, key)  # `model.vision=swin` sets the section's name
         return
     if dataclasses.is_dataclass(current) and isinstance(value, dict):  # laid over the section, as a recipe is:
         setattr(target, last, merge(current, value, key))  # `model.fusion={layers: 1}` keeps the rest as it was
@@ -583,6 +583,16 @@ def recipe_file(given: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path}{shipped_too}")
 
 
+def _section_name(section: Any, value: str, key: str) -> str:
+    """`key=value` given to a section: its name (`model.vision=swin`), where it has one; a section of settings only
+    (`model=merged` meant as `model.fusion=merged`) is named, where its value was dropped silently."""
+    fields = _fields(type(section))
+    if "name" not in fields:
+        raise ConfigError(f"{key} = {value!r}: {key} is a section of settings ({', '.join(fields)}), not a value; "
+                          f"set one of them (e.g. {key}.{next(iter(fields))}=...)")  # fmt: skip
+    return _coerce(value, str, f"{key}.name")
+
+
 def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
     """Returns a copy of `cfg` with the settings in `data` laid over it, section by section."""
     fields = _fields(type(cfg))
@@ -595,7 +605,7 @@ def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             updates[name] = merge(current, value, key)
         elif dataclasses.is_dataclass(current) and isinstance(value, str):
-            updates[name] = dataclasses.replace(current, name=_coerce(value, str, f"{key}.name"))
+            updates[name] = dataclasses.replace(current, name=_section_name(current, value, key))
         else:
             updates[name] = _coerce(value, fields[name], key)
     return dataclasses.replace(cfg, **updates)
