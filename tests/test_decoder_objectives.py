@@ -187,7 +187,24 @@ def test_a_caption_decodes_as_it_was_written(kind: str):
     from meter.data.tokenizers import train_bpe, train_wordpiece
     from meter.tasks.captioning import caption_texts
 
-    texts = ["a double-decker bus at 3:00 near the u.s. flag, a woman's 1/2 hat.", "a red bus isn't here."]
+    texts = ["a double-decker bus at 3:00 near the u.s. flag, a woman's 1/2 hat.", "a red bus isn't here.",
+             "a clock showing 3.5 hours on car 4,203 at 5 o'clock, 1, 2 and 3."]  # fmt: skip
     tokenizer = (train_wordpiece if kind == "wordpiece" else train_bpe)(texts * 20, 300)
     tokens = tokenizer(texts, padding=True, return_tensors="pt")["input_ids"]
     assert caption_texts(tokenizer, tokens) == texts
+
+
+def test_a_wordpiece_caption_with_quote_marks_is_tokenized_for_scoring_as_its_reference():
+    """The decoder's clean-up glued every ' to both neighbours ("reads'all way'on", "players'uniforms") and cut
+    3.5 into "3. 5": a caption written token for token as its references scored BLEU-4 73.9, CIDEr 715 (not 100 and
+    1000). Quote marks now stay spaced (the PTB tokenizer drops them) and the elisions it keeps are joined."""
+    from meter.data.tokenizers import train_wordpiece
+    from meter.metrics.caption import tokenize_captions
+    from meter.tasks.captioning import caption_texts
+
+    texts = ["a stop sign that reads 'all way' on a pole", "the players' uniforms are red", "rock 'n' roll in the '90s",
+             "o'hare airport, 'tis the season", "a man’s hat and the dogs' bowls"]  # fmt: skip
+    tokenizer = train_wordpiece(texts * 20, 300)
+    written = caption_texts(tokenizer, tokenizer(texts, padding=True, return_tensors="pt")["input_ids"])
+    as_scored = tokenize_captions({str(i): [text] for i, text in enumerate(written)}, "python")
+    assert as_scored == tokenize_captions({str(i): [text] for i, text in enumerate(texts)}, "python"), written

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tokenizers import decoders
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -138,17 +139,30 @@ def write_captions(
 
 def caption_texts(tokenizer: PreTrainedTokenizerBase, tokens: Tensor) -> list[str]:
     """The captions of token rows as text. BERT's WordPiece splits punctuation off every word ("double-decker" is
-    double - decker, "woman's" woman ' s) and its decoder does not join it back: the PTB tokenizer then drops the
-    pieces, and the caption no longer matches a reference that has the word (CIDEr 330 for a caption written exactly
-    as its references: 1000). Joined back as written; byte-level BPE (RoBERTa) decodes exactly as it is."""
-    wordpiece = type(tokenizer.backend_tokenizer.decoder).__name__ == "WordPiece"
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=wordpiece)
-    return [join_split_punctuation(text.strip()) if wordpiece else text.strip() for text in texts]
+    double - decker, "woman's" woman ' s, 3.5 is 3 . 5) and its decoder does not join it back: the PTB tokenizer then
+    drops the pieces, and the caption no longer matches a reference that has the word (CIDEr 330 for a caption
+    written exactly as its references: 1000). Joined back as written; byte-level BPE (RoBERTa) decodes exactly."""
+    decoder = tokenizer.backend_tokenizer.decoder
+    if type(decoder).__name__ != "WordPiece":
+        return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+    # not the decoder's own clean-up: it glues every ' to both neighbours ("reads'all way'on", "players'uniforms")
+    # and cuts numbers after their point or comma ("3. 5", "4, 203"), which the PTB tokenizer then splits
+    spaced = decoders.WordPiece(prefix=decoder.prefix, cleanup=False)
+    rows = [tokenizer.convert_ids_to_tokens(row, skip_special_tokens=True) for row in tokens.tolist()]
+    return [join_split_punctuation(spaced.decode(row).strip()) for row in rows]
 
 
 def join_split_punctuation(text: str) -> str:
+    """A WordPiece decoding's words and punctuation, spaced apart, joined where the caption wrote them together.
+    Quote marks stay spaced: which word one belongs to is not known, and the PTB tokenizer drops them either way."""
+    text = re.sub(r"(?<=\d) ([.:]) (?=\d)", r"\1", text)  # 3 . 5, 3 : 00
+    text = re.sub(r"(?<=\d) , (?=\d{3}\b)", ",", text)  # 4 , 203 (a list's "1 , 2" stays apart)
+    text = re.sub(r" ([.,!?])", r"\1", text)  # flag , / here .
+    text = re.sub(r"(?<=\w) (['’]) (s|t|m|d|re|ve|ll)\b", r"\1\2", text)  # woman ' s, isn ' t
+    text = re.sub(r"\b(o|d|l|c|ma) (['’]) (?=\w)", r"\1\2", text)  # o ' clock, o ' hare, d ' angelo, c ' mon
+    text = re.sub(r"(^| )(['’]) (tis|twas|til|cause|em|n|\d0s)\b", r"\1\2\3", text)  # ' tis, ' 90s, rock ' n
+    text = re.sub(r"(['’]n) (['’]) ", r"\1\2 ", text)  # rock 'n ' roll
     text = re.sub(r"(?<=\w) ([-/]) (?=\w)", r"\1", text)  # double - decker, 1 / 2
-    text = re.sub(r"(?<=\d) : (?=\d)", ":", text)  # 3 : 00
     return re.sub(r"\b((?:[a-z]\. )+[a-z]\.)", lambda found: found.group(1).replace(" ", ""), text)  # u. s.
 
 
