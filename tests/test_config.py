@@ -44,6 +44,14 @@ def test_a_value_given_to_a_section_without_a_name_is_refused_naming_its_setting
         load_config(recipe, [])
 
 
+def test_a_hash_after_a_space_in_a_command_line_value_is_part_of_it():
+    """YAML read ` #` as a comment's start: `train.out='runs/vqa #2'` wrote into runs/vqa, silently."""
+    cfg = load_config(None, ["train.out=runs/vqa #2", "data.root=/data/coco #1", "train.best_on=dev#1"])
+    assert (cfg.train.out, cfg.data.root, cfg.train.best_on) == ("runs/vqa #2", "/data/coco #1", "dev#1")
+    with pytest.raises(ConfigError, match=r"train.lr = '1e-4 #x' must be a number"):
+        load_config(None, ["train.lr=1e-4 #x"])
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["train.max_step=3"])
