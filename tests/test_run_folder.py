@@ -77,6 +77,22 @@ def test_a_folder_holding_a_run_of_another_config_is_refused_naming_what_differs
     assert _snapshot(tmp_path / "run") == before, "the earlier run's model, config and checkpoints are kept"
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_leaves_its_folder_to_a_run_of_a_fixed_config(
+    micro_config, tmp_path
+):
+    """A loss that diverged before the first checkpoint locked the folder to the config that failed: the same command
+    with a fixed learning rate was refused as "a run of another config"."""
+    from meter.errors import MeterError
+
+    with pytest.raises(MeterError, match="non-finite loss or gradient"):
+        _pretrain(micro_config, tmp_path / "run", "train.lr=1e30", "train.clip_grad=0", "train.max_nonfinite_steps=1",
+                  "train.checkpoint_every=10")  # fmt: skip
+    assert not Checkpoints(tmp_path / "run/checkpoints").steps()
+    final = _pretrain(micro_config, tmp_path / "run", "train.checkpoint_every=10")
+    assert final.is_dir() and [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl")] == [1, 2, 3, 4]
+    assert load_config(tmp_path / "run/config.yaml", []).train.lr == 1e-4
+
+
 @pytest.mark.parametrize("resume", [None, "latest"])
 def test_a_finished_run_is_never_trained_again(micro_config, tmp_path, resume):
     final = _pretrain(micro_config, tmp_path / "run")

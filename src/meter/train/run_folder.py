@@ -210,7 +210,10 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
     try:
         if recorded:
             run = read_record(out)
-            _check_same_run(out, cfg, resume, run)
+            if _started_anew(out, cfg, resume, run):
+                run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
+            else:
+                _check_same_run(out, cfg, resume, run)
         elif set(entries) <= PLANNED_BY_OTHERS | {RECORD_LEFT_HALF_WRITTEN}:
             run = {"format": "meter-run", "id": uuid.uuid4().hex, "config": to_dict(cfg), "finished": False}
         else:
@@ -225,6 +228,19 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
         release_run_folder(out)
         raise
     return run["id"]
+
+
+def _started_anew(out: Path, cfg: Config, resume: str | None, run: dict[str, Any]) -> bool:
+    """Whether a run of another config takes the folder of one that stopped before its first checkpoint (a loss that
+    diverged, a wrong batch size): nothing of that one can be continued, and fixing a setting and running the same
+    command again was refused, the folder locked to the config that failed. Its logs are replaced, as a rerun's of
+    the same config are."""
+    changed = config_differences(run["config"], cfg)
+    if resume or not changed or run.get("finished") or Checkpoints(out / CHECKPOINTS).all():
+        return False
+    log.warning("train.out = %s: the run there stopped before its first checkpoint, with another config (%s); this "
+                "one starts there anew", out, listed_changes(changed))  # fmt: skip
+    return True
 
 
 def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, Any]) -> None:
