@@ -127,11 +127,14 @@ def test_keep_last_deletes_only_the_runs_own_checkpoints(micro_config, micro_che
     assert names == ["step_00000004", "step_00000006"]  # its own step 2 pruned (keep_last=1), the other's kept
 
 
-def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(micro_config, micro_checkpoints,
-                                                                               tmp_path, monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("since", ["gone", "overwritten"])
+def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(
+    micro_config, micro_checkpoints, tmp_path, monkeypatch, since
+):
     """A fine-tuning from a pretraining's checkpoint that the pretraining's keep_last deleted since could never be
-    resumed: its model was built from train.init_from again ("no such model folder"). Here by torchrun's restart
-    (the command line without --resume), which goes on from the latest checkpoint."""
+    resumed: its model was built from train.init_from again ("no such model folder"); one overwritten since by a
+    pretraining of another architecture was refused as "a run of another config", whose advice led back to the same
+    refusal. Here by torchrun's restart (the command line without --resume): it goes on from the latest checkpoint."""
     from meter.runs import run_finetune
 
     source = tmp_path / "pretrained"
@@ -145,6 +148,8 @@ def test_a_fine_tuning_whose_init_from_is_gone_resumes_from_its_own_checkpoint(m
     straight = finetune("straight")
     finetune("resumed", "train.stop_at=2")
     shutil.rmtree(source)
+    if since == "overwritten":
+        shutil.copytree(_pretrain(micro_config, tmp_path / "other", "model.fusion.layers=2"), source)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     resumed = finetune("resumed")
     keys = [key for key in straight[0] if key.endswith("_loss")]

@@ -86,18 +86,20 @@ def resumed(cfg: Config, resume: str | None, runtime: Runtime) -> str | None:
 
 
 def built_from(cfg: Config, resume: str | None, runtime: Runtime) -> Config:
-    """The config the run's model and tokenizer are built by: its own; or, resuming where train.init_from's folder
-    is gone (a pretraining checkpoint its keep_last deleted since, a folder moved), with the checkpoint it resumes
-    as init_from: a model folder of the architecture, tokenizer and heads the run built from init_from at its start,
-    whose weights the resume loads over the build in any case."""
+    """The config the run's model and tokenizer are built by: its own; or, resuming a run that started from
+    train.init_from, with the checkpoint it resumes as init_from: a model folder of the architecture, tokenizer and
+    heads the run built from init_from at its start, whose weights the resume loads over the build in any case.
+    init_from's folder may be gone since (a pretraining checkpoint its keep_last deleted, a folder moved) or hold
+    another model (a pretraining run again into it): built from it, the run could not be resumed."""
     source = cfg.train.init_from
-    if not resume or not source or Path(source).exists():
+    if not resume or not source:
         return cfg
     checkpoint = decided_on_main(lambda: _resolved(Path(cfg.train.out) / CHECKPOINTS, resume), runtime)
-    if checkpoint is None:  # nothing to resume: the missing init_from is named as at a start
+    if checkpoint is None:  # nothing to resume: init_from is read (or named missing) as at a start
         return cfg
-    log.warning("train.init_from %s is gone: the model is built from %s, the checkpoint the run resumes (its weights "
-                "are the run's own since its start)", source, checkpoint)  # fmt: skip
+    if not Path(source).exists():
+        log.warning("train.init_from %s is gone: the model is built from %s, the checkpoint the run resumes (its "
+                    "weights are the run's own since its start)", source, checkpoint)  # fmt: skip
     built = copy.deepcopy(cfg)
     built.train.init_from = str(checkpoint)
     return built
