@@ -64,12 +64,10 @@ class DecodingState:
     length: int = 0  # positions decoded so far
 
     def select(self, rows: Tensor) -> DecodingState:
-        return DecodingState(
-            [kv.select(rows) for kv in self.context],
-            None if self.context_mask is None else self.context_mask[rows],
-            None if self.past is None else [kv.select(rows) for kv in self.past],
-            self.length,
-        )
+        """The sequences of `rows`, each continuing one of its own image's beams (beam search): the image's keys and
+        values, alike in all of its rows, are kept as they are (copied, they took a third of a beam step)."""
+        past = None if self.past is None else [kv.select(rows) for kv in self.past]
+        return DecodingState(self.context, self.context_mask, past, self.length)
 
 
 class Decoder(nn.Module):
