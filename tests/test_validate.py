@@ -70,6 +70,10 @@ OUT_OF_RANGE = [
 
 BAD_RELATIONS = [
     (["model.fusion.heads=3"], "model.fusion.heads = 3 must divide the fusion width model.fusion.width = 128"),
+    (
+        ["model.fusion.width=99999999999"],
+        "model.fusion.width = 99999999999 (each head takes width / heads channels): e.g. 1, 3, 9",
+    ),  # fmt: skip  (its divisors were sought up to the width)
     (["model.architecture=encoder-decoder", "model.decoder.heads=3"], "model.decoder.heads = 3 must divide"),
     (
         ["task=captioning", "train.init_from=pretrained", "model.decoder.heads=3"],
