@@ -63,10 +63,18 @@ def test_a_shipped_recipe_is_found_by_its_name_from_any_folder_and_a_bad_key_in_
     recipes by name); `max_step:` in a recipe named the key but not the file."""
     monkeypatch.chdir(tmp_path)
     assert load_config("shapes-tiny.yaml").model.vision.size == "tiny"
-    with pytest.raises(ConfigError, match=r"config file not found: shapes-tinny.yaml \(nor a recipe of that name"):
+    not_shipped = r"\(nor a recipe of that name shipped in meter/configs\) \(did you mean 'shapes-tiny.yaml'\?\)"
+    with pytest.raises(ConfigError, match=rf"config file not found: shapes-tinny.yaml {not_shipped}"):
         load_config("shapes-tinny.yaml")
-    with pytest.raises(ConfigError, match=r"config file not found: shapes-tiny.yaml$"):  # ./ names a file here
-        load_config("./shapes-tiny.yaml")
+    # ./ names a file here, and the README's configs/X.yaml a file of the repository: the shipped one is named
+    for given in ("./shapes-tiny.yaml", "configs/shapes-tiny.yaml"):
+        with pytest.raises(ConfigError, match=rf"config file not found: {given.removeprefix('./')} \(a recipe of that "
+                                              r"name is shipped with meter: --config shapes-tiny.yaml\)$"):  # fmt: skip
+            load_config(given)
+    with pytest.raises(ConfigError, match=r"config file not found: shapes-vqa \(.*\) \(did you mean 'shapes-vqa.yaml"):
+        load_config("shapes-vqa")
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder: give a recipe file"):
+        load_config(tmp_path)
     (tmp_path / "mine.yaml").write_text("train:\n  max_step: 5\n")
     with pytest.raises(ConfigError, match=r"mine.yaml: train.max_step is not a setting \(did you mean 'max_steps'\?\)"):
         load_config(tmp_path / "mine.yaml")

@@ -579,12 +579,25 @@ def recipe_file(given: str | Path) -> Path:
     path = Path(given)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a recipe file (.yaml) in it")
     bare = str(given) == path.name
     shipped = Path(str(resources.files("meter.configs").joinpath(path.name)))
     if bare and shipped.is_file():
         return shipped
+    if shipped.is_file():  # `configs/shapes-vqa.yaml` from outside the repository: the shipped one by its name
+        raise ConfigError(f"config file not found: {path} (a recipe of that name is shipped with meter: "
+                          f"--config {path.name})")  # fmt: skip
     shipped_too = " (nor a recipe of that name shipped in meter/configs)" if bare else ""
-    raise ConfigError(f"config file not found: {path}{shipped_too}")
+    raise ConfigError(f"config file not found: {path}{shipped_too}{closest_recipe_hint(path.name)}")
+
+
+def closest_recipe_hint(name: str) -> str:
+    """` (did you mean 'shapes-vqa.yaml'?)`: the shipped recipe nearest `name` (`shapes-vqa`, `shape-vqa.yml`), or
+    nothing."""
+    shipped = [recipe.name for recipe in resources.files("meter.configs").iterdir() if recipe.name.endswith(".yaml")]
+    close = difflib.get_close_matches(name, shipped, n=1) or difflib.get_close_matches(f"{name}.yaml", shipped, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _section_name(section: Any, value: str, key: str) -> str:

@@ -18,7 +18,6 @@ delete the folder).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.atomic_files import write_text_atomically
-from meter.config import Config, at_current_defaults, load_config, to_dict
+from meter.config import Config, at_current_defaults, closest_recipe_hint, load_config, to_dict
 from meter.data.seen_images import coco_images_seen
 from meter.errors import ConfigError, DataError
 from meter.output_folder import waiting_for_folder
@@ -158,10 +157,9 @@ def recipe_path(name: str, folder: str | Path, setting: str = "") -> Path:
     shipped = Path(str(resources.files("meter.configs").joinpath(name)))
     if Path(name).name == name and shipped.is_file():
         return shipped
-    close = difflib.get_close_matches(name, [p.name for p in resources.files("meter.configs").iterdir()], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f"{setting}: " if setting else ""
-    raise ConfigError(f"{where}recipe {name!r} not found{hint}: not at {beside}, nor shipped in meter/configs")
+    raise ConfigError(f"{where}recipe {name!r} not found{closest_recipe_hint(name)}: not at {beside}, nor shipped in "
+                      "meter/configs")  # fmt: skip
 
 
 def identity(cfg: Config, out: Path) -> str:
