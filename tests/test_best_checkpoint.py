@@ -14,6 +14,7 @@ from meter.config import Config, load_config
 from meter.errors import ConfigError, MeterError
 from meter.runs import evaluate_run, run_finetune
 from meter.tasks.best_checkpoint import BEST, HELD, RECORD, BestCheckpoint, held_step, keep_as_best
+from meter.train.metrics_log import read_metrics
 from meter.validate import validate
 from tests.conftest import MICRO
 
@@ -86,6 +87,23 @@ def test_a_checkpoint_saved_but_not_scored_when_the_run_was_killed_is_scored_on_
     run_finetune(cfg, resume="latest")
     assert sorted(map(int, record(out)["scores"])) == [EPOCH, 10]
     assert (out / "eval" / f"step_{EPOCH:08d}" / "snli_ve_accuracy_dev.json").is_file()
+
+
+def test_a_score_recorded_before_a_kill_cut_its_curve_row_gets_the_row_on_resume(
+    micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path
+):
+    """The record is written before the metrics row: a kill between them left the curve without that step's point
+    for good (the resumed run found the step scored and logged nothing)."""
+    out = tmp_path / "run"
+    cfg = snli_ve_config(shapes_tasks_world, micro_checkpoints("pretrain"), out, "train.best_on=dev",
+                         "train.max_steps=10")  # fmt: skip
+    run_finetune(load_config(None, [f"train.stop_at={EPOCH}"], base=cfg))
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("".join(row + "\n" for row in rows if "best_on/dev/score" not in row))
+    run_finetune(cfg, resume="latest")
+    curve = [(row["step"], row["best_on/dev/score"]) for row in read_metrics(out / "metrics.jsonl")
+             if "best_on/dev/score" in row]  # fmt: skip
+    assert curve == [(EPOCH, record(out)["scores"][str(EPOCH)]), (10, record(out)["scores"]["10"])]
 
 
 def test_resuming_from_an_earlier_step_forgets_the_later_scores_and_sets_their_best_aside(

@@ -46,7 +46,7 @@ from meter.train.checkpoint import (
     set_rng_state,
 )
 from meter.train.distributed import broadcast_object, main_alone
-from meter.train.metrics_log import MetricsLog
+from meter.train.metrics_log import MetricsLog, read_metrics
 from meter.train.runtime import release_cached_memory
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,15 @@ class BestCheckpoint:
 
     def _score(self, checkpoint: Path, step: int) -> None:
         record = self._record()
-        if not self.wants(step) or str(step) in record["scores"]:
+        if not self.wants(step):
             return
         split = self.cfg.train.best_on
+        curve = MetricsLog(self.out, tensorboard=False)  # beside the training's (official METER logs val/the_metric)
+        if str(step) in record["scores"]:  # scored before a kill, which may have come before its curve's row
+            logged = read_metrics(curve.path) if curve.path.is_file() else []
+            if not any(row["step"] == step and f"best_on/{split}/score" in row for row in logged):
+                curve.write(step, {"score": record["scores"][str(step)]}, prefix=f"best_on/{split}")
+            return
         folder = self.out / EVALUATIONS / checkpoint.name
         scores = evaluate_into(self.downstream, self._split_config(), checkpoint, folder)
         release_cached_memory()  # the evaluation's model copy: its blocks back to the device for the training
@@ -178,8 +184,7 @@ class BestCheckpoint:
             record["best_step"] = step
         record["scores"][str(step)] = score
         write_json_atomically(self.out / RECORD, record)
-        # beside the training's records (official METER logs val/the_metric): best_on/dev/score
-        MetricsLog(self.out, tensorboard=False).write(step, {"score": score}, prefix=f"best_on/{split}")
+        curve.write(step, {"score": score}, prefix=f"best_on/{split}")
         log.info("step %d: %s %s %.4g (the best: step %d, %.4g)", step, split, self.downstream.selection_metric,
                  score, record["best_step"], record["scores"][str(record["best_step"])])  # fmt: skip
 
