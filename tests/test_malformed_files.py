@@ -96,6 +96,7 @@ def test_a_question_annotated_twice_is_refused(tmp_path: Path):
             "an integer, not the string 'COCO_9'",
         ),
         ({"image_id": 9, "question_id": 92}, r"\(question_id 92\): missing 'question'"),
+        ({"image_id": 9, "question": "  ", "question_id": 92}, r"\(question_id 92\): 'question' is empty"),  # was read
         ("Why?", "should be a JSON object, not the string 'Why\\?'"),
     ],
 )

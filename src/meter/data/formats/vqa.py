@@ -84,7 +84,8 @@ def read_vqa_questions(path: str | Path) -> list[dict[str, Any]]:
         seen[question_id] = index
         where += f" (question_id {question_id})"
         json_field(question, "image_id", int, where)
-        json_field(question, "question", str, where)
+        if not json_field(question, "question", str, where).strip():  # as NLVR2's and SNLI-VE's empty texts
+            raise DataError(f"{where}: 'question' is empty")
     return questions
 
 
