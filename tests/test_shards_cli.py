@@ -64,6 +64,17 @@ def test_indexing_in_place_says_its_counts_are_places_with_the_bad_samples_among
         capsys.readouterr().out  # fmt: skip
 
 
+def test_an_empty_shard_that_img2dataset_is_still_creating_is_a_bad_sample_not_the_end_of_indexing(tmp_path, capsys):
+    """A 0-byte `*.tar` (img2dataset creating it) stopped indexing the whole folder: "not a tar file (empty file)"."""
+    write_img2dataset(tmp_path / "wds", shards=2, per_shard=2)
+    (tmp_path / "wds/00002.tar").write_bytes(b"")
+    assert main(["prepare", "webdataset", "--root", str(tmp_path / "wds"), "--out", str(tmp_path / "index"),
+                 "--max-bad", "0.5", "--no-progress"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "index/manifest.json").read_text())
+    assert (manifest["samples"], manifest["bad"]) == (4, 1)
+    assert "00002.tar: 0 bytes, no sample yet" in (tmp_path / "index/bad_samples.jsonl").read_text()
+
+
 def test_prepare_command_names_a_missing_layout_file(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "cc/training").mkdir(parents=True)
     assert main(["prepare", "cc", "--root", str(tmp_path / "cc"), "--out", str(tmp_path / "out")]) == 2

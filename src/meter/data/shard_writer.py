@@ -416,7 +416,12 @@ def _ends_whole(path: Path, size: int) -> bool:
 
 def _index_shard(path: Path, index: int, budget: BadSampleBudget) -> ShardRecord:
     record, counts = ShardRecord(str(path), index, 0, 0, 0, bytes=path.stat().st_size), CaptionCounts()
-    # img2dataset writes a shard under its final name: one it still writes ends early
+    # img2dataset writes a shard under its final name: one it still writes ends early, or holds nothing yet
+    if record.bytes < 512:  # not a tar's first header: no sample to index (tarfile stopped the whole folder on it)
+        record.bad += 1
+        budget.record(BadSample(str(path), f"{path}: {record.bytes} bytes, no sample yet (still being downloaded?)"))
+        record.captions = counts.to_json()
+        return record
     if not _ends_whole(path, record.bytes):
         record.bad += 1
         budget.record(BadSample(str(path), f"{path}: ends without a tar's closing blocks (still being downloaded, or "
