@@ -105,3 +105,18 @@ def test_a_model_folder_records_the_checksum_of_every_file_it_holds(micro_checkp
     files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
     assert set(recorded) == files and "model.safetensors" in files and "text_encoder/config.json" in files
     assert all(recorded[name]["sha256"] == file_digest(folder / name) for name in files)
+
+
+def test_init_from_a_run_folder_names_the_model_folders_it_holds(
+    micro_checkpoints, shapes_tasks_world, tmp_path, capsys
+):
+    """`train.init_from=RUN` said only "not a meter model folder", where predict, evaluate and serve take a run."""
+    import shutil
+
+    run = tmp_path / "pretraining"
+    shutil.copytree(micro_checkpoints("pretrain"), run / "model")
+    code = main(["finetune", *MICRO, "task=vqa", f"data.root={shapes_tasks_world}", "vqa.min_answer_count=1",
+                 "train.max_steps=2", f"train.init_from={run}", f"train.out={tmp_path / 'run'}"])  # fmt: skip
+    said = capsys.readouterr().err
+    assert code == 2 and f"{run}: not a meter model folder (it needs config.json and model.safetensors); it holds " \
+        f"{run / 'model'}" in said, said  # fmt: skip

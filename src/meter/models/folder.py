@@ -168,7 +168,10 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     if not path.exists():
         raise DataError(f"{path}: no such model folder")
     if not file.is_file():
-        raise DataError(f"{path}: not a meter model folder (it needs {MODEL_CONFIG} and {WEIGHTS})")
+        # a run folder given for its model (train.init_from=RUN): the model folders it holds (model/, best/) named
+        inner = sorted(str(p) for p in path.iterdir() if (p / MODEL_CONFIG).is_file()) if path.is_dir() else []
+        held = f"; it holds {' and '.join(inner)}" if inner else ""
+        raise DataError(f"{path}: not a meter model folder (it needs {MODEL_CONFIG} and {WEIGHTS}){held}")
     if not (path / WEIGHTS).is_file():
         raise DataError(f"{path / WEIGHTS}: missing (a meter model folder holds its weights there)")
     try:
