@@ -155,6 +155,8 @@ def test_explain_refuses_a_layer_that_is_no_number(micro_checkpoints, shapes_tas
     base = ["explain", "--checkpoint", str(micro_checkpoints("vqa")), "--image", str(shapes_tasks_world / IMAGE),
             "--out", str(tmp_path / "map.png")]  # fmt: skip
     one_line_error(*meter(*base, "--question", "colour?", "--layer", "²")[::2], "--layer '²': choose mean or a fusion")
+    one_line_error(*meter(*base, "--question", "colour?", "--layer", "9")[::2], "--layer '9': choose mean or a layer "
+                                                                                "from 1 to 1")  # fmt: skip
     assert not (tmp_path / "map.png").exists()
 
 

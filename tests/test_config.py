@@ -52,6 +52,13 @@ def test_a_hash_after_a_space_in_a_command_line_value_is_part_of_it():
         load_config(None, ["train.lr=1e-4 #x"])
 
 
+def test_an_override_key_with_an_empty_part_is_named_as_written():
+    """`.train.lr=1` said " is not a setting": a setting named ""."""
+    for override in (".train.lr=1", "train..lr=1", "=1"):
+        with pytest.raises(ConfigError, match=rf"override {re.escape(repr(override))}: the key .* has an empty part"):
+            load_config(None, [override])
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["train.max_step=3"])

@@ -451,6 +451,9 @@ def apply_override(cfg: Any, override: str) -> None:
     key = key.strip()
     target = cfg
     parts = key.split(".")
+    if not all(parts):  # `.train.lr=1`, `train..lr=1`, `=1`: named as written, not as a setting called ""
+        raise ConfigError(f"override {override!r}: the key {key!r} has an empty part; write section.setting=value "
+                          "(e.g. train.lr=1e-4)")  # fmt: skip
     walked = []
     for part in parts[:-1]:
         walked.append(part)

@@ -50,13 +50,13 @@ class HeatMap:
     def mean(self) -> np.ndarray:
         return normalised(np.mean(self.layers, axis=0))
 
-    def select(self, layer: str | int) -> np.ndarray:
-        """`"mean"`, or a fusion layer counted from 1."""
+    def select(self, layer: str | int, option: str = "layer") -> np.ndarray:
+        """`"mean"`, or a fusion layer counted from 1 (`option`: what gave it, named in the message)."""
         if layer == "mean":
             return self.mean
         index = int(layer)
         if not 1 <= index <= len(self.layers):
-            raise ConfigError(f"layer {layer!r}: choose mean or a layer from 1 to {len(self.layers)}")
+            raise ConfigError(f"{option} {layer!r}: choose mean or a layer from 1 to {len(self.layers)}")
         return self.layers[index - 1]
 
     def to_dict(self) -> dict[str, Any]:

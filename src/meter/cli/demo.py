@@ -14,7 +14,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
     parser.add_argument("--tasks", default="vqa", choices=["vqa", "all"],
                         help="vqa, or all (adds nlvr2, snli_ve, retrieval, captioning)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke-test budget (seconds, learns nothing)")
-    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0,
+                        help="seed of the shapes world and of every run (default 0)")  # fmt: skip
     return run
 
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     reader = predictor.images
     image = load_image(args.image, at_least=reader.image_size, max_pixels=reader.max_pixels, upright=True)
     heat = explain_batch(predictor, [image], [text.strip()], task, method, [answer], args.top or TOP)[0]
-    grid = heat.select(args.layer)
+    grid = heat.select(args.layer, "--layer")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_heat_map(overlay(image, grid, args.size), out, image_format)
     result = {**heat.prediction, "method": heat.method, "layer": args.layer, "grid": "GRID", "out": str(out)}
