@@ -365,3 +365,13 @@ def test_a_model_setting_given_to_evaluate_a_checkpoint_is_said_to_be_not_applie
     said = "model.vision.image_size = 96 is not applied: the model evaluated is the checkpoint's as it was trained (64)"
     assert said in caplog.text
     assert "model.fusion.layers" not in caplog.text, "the checkpoint's own value: nothing to say"
+
+
+def test_an_evaluation_refused_for_want_of_the_tasks_head_leaves_no_empty_folder(
+    micro_checkpoints, shapes_tasks_world, tmp_path, capsys
+):
+    """`meter evaluate nlvr2 --checkpoint VQA_MODEL --out DIR` was refused after DIR was made: an empty DIR stayed."""
+    out = tmp_path / "nlvr2-eval"
+    args = ["evaluate", "nlvr2", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out)]
+    assert main([*args, f"data.root={shapes_tasks_world}", "train.progress=false"]) == 2
+    assert "nlvr2" in capsys.readouterr().err and not out.exists()

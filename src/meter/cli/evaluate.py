@@ -119,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
         if not (out.parent.name == EVALUATIONS and (out.parent.parent / RUN_RECORD).is_file()):  # RUN/eval/step_N
             # a study's zero-shot run evaluates into the folder the study planned it in (its record there)
             check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD, *PLANNED_BY_OTHERS), "meter evaluate", option)
-        print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
+        created = not out.exists()
+        try:
+            print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
+        except BaseException:  # refused (a model without the task's head) or stopped: no empty folder left behind
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
     elif args.task == "vqa":
         if not (args.annotations and args.predictions):
             raise MeterError("evaluate vqa needs --annotations and --predictions, or --checkpoint")
