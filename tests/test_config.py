@@ -48,6 +48,8 @@ def test_a_hash_after_a_space_in_a_command_line_value_is_part_of_it():
     """YAML read ` #` as a comment's start: `train.out='runs/vqa #2'` wrote into runs/vqa, silently."""
     cfg = load_config(None, ["train.out=runs/vqa #2", "data.root=/data/coco #1", "train.best_on=dev#1"])
     assert (cfg.train.out, cfg.data.root, cfg.train.best_on) == ("runs/vqa #2", "/data/coco #1", "dev#1")
+    quoted = load_config(None, ["train.out='runs/vqa #2'", 'data.root="/data/coco #1"'])  # YAML's own way
+    assert (quoted.train.out, quoted.data.root) == ("runs/vqa #2", "/data/coco #1")
     with pytest.raises(ConfigError, match=r"train.lr = '1e-4 #x' must be a number"):
         load_config(None, ["train.lr=1e-4 #x"])
 

@@ -115,7 +115,8 @@ def test_a_checkpoints_folder_without_write_permission_stops_the_run_naming_it(m
     assert done.returncode == 2, done.stderr[-3000:]
     reason = "Read-only file system" if read_only else "Permission denied"
     last = done.stderr.strip().splitlines()[-1]
-    assert f"cannot write {checkpoints}/step_00000006: {reason} (this user may not write in {checkpoints}" in last
+    why = "is on a read-only file system" if read_only else "this user may not write in"
+    assert f"cannot write {checkpoints}/step_00000006: {reason} (" in last and why in last
     assert "MB" not in last, "free space is beside the point of a refusal"
     _assert_intact(out, record)
 

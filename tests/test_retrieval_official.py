@@ -171,10 +171,13 @@ def test_official_finetune_trains_rank_and_itm_then_scores_every_pair(micro_chec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("start", ["pretrain", "vqa"])  # vqa: a model without an ITM head, which then trains
 def test_official_finetune_resumed_halfway_ends_with_the_straight_runs_weights(micro_checkpoints, shapes_tasks_world,
-                                                                                 tmp_path):  # fmt: skip
+                                                                                 tmp_path, start):  # fmt: skip
+    """Resumed from its checkpoint (which has an ITM head), a run that trained its ITM head from scratch froze it."""
+
     def run(out: str, *overrides: str, resume: str | None = None) -> None:
-        cfg = official_config(shapes_tasks_world, micro_checkpoints("pretrain"), tmp_path / out, "train.max_steps=4",
+        cfg = official_config(shapes_tasks_world, micro_checkpoints(start), tmp_path / out, "train.max_steps=4",
                               "train.checkpoint_every=2", "train.deterministic=true", *overrides)  # fmt: skip
         run_finetune(cfg, resume=resume)
 
@@ -185,5 +188,5 @@ def test_official_finetune_resumed_halfway_ends_with_the_straight_runs_weights(m
     resumed = load_file(tmp_path / "resumed" / "checkpoints" / "step_00000004" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    start = load_file(micro_checkpoints("pretrain") / "model.safetensors")
-    assert not torch.equal(straight["text_proj.weight"], start["text_proj.weight"])
+    initial = load_file(micro_checkpoints(start) / "model.safetensors")
+    assert not torch.equal(straight["text_proj.weight"], initial["text_proj.weight"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from meter.errors import DataError
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
-NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+NOT_ALLOWED = (errno.EACCES, errno.EPERM)
 
 
 def cannot_write(path: Path, error: OSError, needed: int) -> str:
@@ -20,6 +20,8 @@ def cannot_write(path: Path, error: OSError, needed: int) -> str:
     reason = error.strerror or type(error).__name__
     if error.errno in NOT_ALLOWED:
         return f"cannot write {path}: {reason} (this user may not write in {path.parent}: choose another folder)"
+    if error.errno == errno.EROFS:
+        return f"cannot write {path}: {reason} ({path.parent} is on a read-only file system: choose another folder)"
     if error.errno is not None and error.errno not in OUT_OF_SPACE:
         return f"cannot write {path}: {reason}"
     free = ""

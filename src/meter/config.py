@@ -421,7 +421,8 @@ def _takes_string(tp: Any) -> bool:
 def _override_value(raw: str, tp: Any, key: str) -> Any:
     """The value of `key=raw` for a setting of type `tp`: `raw` parsed as YAML (`3`, `1e-4`, `[a, b]`, `null`), or,
     where that fails or gives the wrong type and the setting takes text, `raw` as written (`{split}/{id}.png`)."""
-    if re.search(r"\s#", raw):  # YAML would read the rest as a comment: `train.out=runs/vqa #2` wrote to runs/vqa
+    # YAML would read the rest as a comment: `train.out=runs/vqa #2` wrote to runs/vqa (quoted, YAML keeps it)
+    if re.search(r"\s#", raw) and raw.strip()[:1] not in ("'", '"'):
         if _takes_string(tp):
             return raw
         raise ConfigError(f"{key} = {raw!r} must be {_describe(tp)} (' #' and what follows is not part of one)")

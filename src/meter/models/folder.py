@@ -194,6 +194,7 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         source=data.get("source", ""),
         notes=data.get("notes", []),
         classes=saved_classes(data, str(file)),
+        frozen=[str(head) for head in data["frozen"]] if isinstance(data.get("frozen"), list) else None,
     )
 
 

@@ -19,6 +19,9 @@ class ModelFolder:
     source: str = ""  # where the weights came from, for the model card
     notes: list[str] = field(default_factory=list)  # what a reader of the card should know (import reports)
     classes: dict[str, list[str]] = field(default_factory=dict)  # the class of each classifier row (default: today's)
+    # heads the run that wrote the folder kept frozen (official retrieval's pretrained ITM head), for its resume to
+    # freeze them again; None: written by an earlier meter, or not a run's
+    frozen: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.classes = self.classes or current_classes(self.heads)
@@ -33,4 +36,5 @@ class ModelFolder:
             "source": self.source,
             "notes": self.notes,
             "classes": self.classes,
+            **({"frozen": self.frozen} if self.frozen is not None else {}),
         }

@@ -144,7 +144,9 @@ def caption_texts(tokenizer: PreTrainedTokenizerBase, tokens: Tensor) -> list[st
     written exactly as its references: 1000). Joined back as written; byte-level BPE (RoBERTa) decodes exactly."""
     decoder = tokenizer.backend_tokenizer.decoder
     if type(decoder).__name__ != "WordPiece":
-        return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        # the clean-up off whatever the tokenizer's folder says (transformers 4 applied it to BPE too)
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return [text.strip() for text in texts]
     # not the decoder's own clean-up: it glues every ' to both neighbours ("reads'all way'on", "players'uniforms")
     # and cuts numbers after their point or comma ("3. 5", "4, 203"), which the PTB tokenizer then splits
     spaced = decoders.WordPiece(prefix=decoder.prefix, cleanup=False)

@@ -95,7 +95,10 @@ class OfficialRetrievalTask(nn.Module):
         self.collate = collate
 
     def describe(self) -> ModelFolder:
-        return ModelFolder(self.cfg, official_heads(self.settings))
+        frozen = [
+            name for name, head in self.model.heads.items() if not any(p.requires_grad for p in head.parameters())
+        ]
+        return ModelFolder(self.cfg, official_heads(self.settings), frozen=frozen)
 
     def prepare(self, batch: dict[str, Any], random: SampleRandomness) -> dict[str, Any]:
         k = self.settings.negative_texts
@@ -151,6 +154,15 @@ def check_official(cfg: Config) -> None:
         )
 
 
+def itm_stays_frozen(folder: ModelFolder) -> bool:
+    """Whether the ITM head built from `folder` stays frozen: a pretrained one does (as the official code keeps it);
+    a folder of an official retrieval run (the checkpoint a run resumes) says whether its run kept it so (one
+    started from a model without an ITM head trained it from scratch)."""
+    settings = folder.config.retrieval
+    own = folder.config.task == "retrieval" and settings.objective == "official" and folder.frozen is not None
+    return ITM in folder.frozen if own else ITM in folder.heads
+
+
 def setup_official(cfg: Config, records: list[CaptionRecord], tokenizer: PreTrainedTokenizerBase) -> Finetuning:
     check_official(cfg)
     pool = CaptionPool(records)
@@ -161,7 +173,7 @@ def setup_official(cfg: Config, records: list[CaptionRecord], tokenizer: PreTrai
     source = cfg.train.init_from
     start_rank_head(model, source)
     if ITM in model.heads:
-        if source and ITM in read_model_folder(source).heads:
+        if source and itm_stays_frozen(read_model_folder(source)):
             model.heads[ITM].requires_grad_(False)
             log.info("retrieval: the ITM head of %s stays frozen (as the official code keeps it)", source)
         else:
