@@ -29,7 +29,7 @@ def test_visual_genome_prepares_every_region_phrase_and_skips_images_without_phr
     members = shard_members(tmp_path / "out/00000.tar")
     assert members["000000000002.jpg"] == image_bytes(102)
     assert json.loads(members["000000000002.json"])["captions"] == [f"region {r} of image 2" for r in range(3)]
-    assert "empty caption" in (tmp_path / "out/bad_samples.jsonl").read_text()
+    assert "(image id 3): no caption in" in (tmp_path / "out/bad_samples.jsonl").read_text()
 
 
 def test_the_json_list_is_parsed_one_element_at_a_time_across_chunk_boundaries(tmp_path: Path):
