@@ -158,10 +158,12 @@ def distribute(task: nn.Module, runtime: Runtime, train: TrainConfig) -> nn.Modu
 
 
 class FirstBackward:
-    """The state of `reduced_unless_first`: whether the backward under way is a first one that must not reduce."""
+    """The state of `reduced_unless_first`: whether the backward under way is a first one that must not reduce, and
+    whether the first has run (DDP's static graph recorded: `no_sync` may follow)."""
 
     def __init__(self) -> None:
         self.local = False
+        self.done = False
 
 
 # `bucket` unannotated: DDP compares its annotation with dist.GradBucket, and this module's annotations are strings
@@ -178,7 +180,6 @@ def reduced_unless_first(state: FirstBackward, bucket):  # -> torch.futures.Futu
     return default_hooks.allreduce_hook(None, bucket)
 
 
-_ddp_synced: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _first_backward: weakref.WeakKeyDictionary[nn.Module, FirstBackward] = weakref.WeakKeyDictionary()
 
 
@@ -189,17 +190,17 @@ def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
     if not dist.is_initialized():
         yield
     elif hasattr(wrapped, "no_sync"):  # DDP
-        first = wrapped not in _ddp_synced
-        state = _first_backward.get(wrapped) if first else None
-        if isinstance(state, FirstBackward):
-            state.local = not enabled
-        try:
-            with wrapped.no_sync() if not enabled and not first else contextlib.nullcontext():
+        state = _first_backward[wrapped]
+        if state.done:
+            with wrapped.no_sync() if not enabled else contextlib.nullcontext():
                 yield
+            return
+        state.local = not enabled
+        try:
+            yield
         finally:
-            if isinstance(state, FirstBackward):
-                state.local = False
-        _ddp_synced.add(wrapped)
+            state.local = False
+        state.done = True
     elif enabled:
         yield
     elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
