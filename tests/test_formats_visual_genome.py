@@ -42,6 +42,17 @@ def test_the_json_list_is_parsed_one_element_at_a_time_across_chunk_boundaries(t
         list(iter_json_array(path, "a list", chunk_size=64))
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5])
+def test_a_bare_number_split_across_chunks_is_read_whole(tmp_path: Path, chunk_size: int):
+    """A number that a chunk ends in may go on in the next chunk: `[12345, 2]` read 1, 23, 45, 2."""
+    path = tmp_path / "numbers.json"
+    path.write_text("[12345, 2, -0.75, true, 67]")
+    assert list(iter_json_array(path, "a list", chunk_size=chunk_size)) == [12345, 2, -0.75, True, 67]
+    path.write_text("[12, 3x4]")
+    with pytest.raises(DataError, match="'x' after an element"):
+        list(iter_json_array(path, "a list", chunk_size=chunk_size))
+
+
 def test_a_phrase_repeated_within_an_image_is_one_pair_as_official_meter_trains(tmp_path: Path):
     """Official METER keeps `set(texts)` of each image (base_dataset.py:64-69); Visual Genome repeats phrases
     within an image, and meter wrote each repeat as a pair (more pairs, and more weight, than official)."""

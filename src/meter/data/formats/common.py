@@ -205,9 +205,13 @@ def iter_json_array(path: Path, what: str, chunk_size: int = 1 << 20) -> Iterato
                     if at_end:
                         raise DataError(f"{path}: not valid JSON ({error})") from None
                 else:
-                    yield element
-                    position = end
-                    continue
+                    # An element ends where a separator follows: a number cut by the chunk (`12`, `-0.`) may go on.
+                    if end < len(buffer) and buffer[end] in " \t\r\n,]":
+                        yield element
+                        position = end
+                        continue
+                    if at_end and end < len(buffer):
+                        raise DataError(f"{path}: not valid JSON ({buffer[end]!r} after an element of {what})")
             if at_end:
                 raise DataError(f"{path}: {what} ends before its list is closed")
             chunk = f.read(chunk_size)
