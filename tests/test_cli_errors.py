@@ -302,3 +302,17 @@ def test_a_chunk_stopped_by_stop_at_says_so_and_a_misspelt_resume_is_named(shape
     # requeued once more after it finished (killed between its record and its exit): "holds a finished run", exit 2
     assert main([*args, "--resume", "latest"]) == 0
     assert capsys.readouterr().out.strip() == f"final checkpoint: {tmp_path}/run/checkpoints/step_00000002"
+
+
+def test_a_setting_of_another_tasks_section_on_the_command_line_is_said_not_applied(shapes_tasks_world: Path):
+    """`captioning.beam_size=5` in a retrieval run was accepted and never read, without a word."""
+    import meter as package
+
+    recipe = Path(package.__file__).parent / "configs/shapes-retrieval.yaml"
+    code, _, err = meter("plan", "--config", str(recipe), f"data.root={shapes_tasks_world}", "captioning.beam_size=5",
+                         "retrieval.shortlist=0")  # fmt: skip
+    assert code == 0, err
+    assert "captioning.beam_size is not applied: it is read by task = captioning, and this run's task is retrieval" in (
+        err
+    )
+    assert "retrieval.shortlist" not in err

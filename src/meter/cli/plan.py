@@ -25,9 +25,12 @@ def add_command(subparsers: argparse._SubParsersAction) -> Callable[[argparse.Na
 
 
 def run(args: argparse.Namespace) -> int:
+    from meter.cli.common import warn_unread_overrides
     from meter.config import load_config
     from meter.plan import make_plan, render
 
-    plan = make_plan(load_config(args.config, args.overrides), processes=args.processes)
+    cfg = load_config(args.config, args.overrides)
+    warn_unread_overrides(cfg, args.overrides)
+    plan = make_plan(cfg, processes=args.processes)
     print(json.dumps(plan.to_json(), indent=1) if args.json else render(plan), end="" if not args.json else "\n")
     return 0
