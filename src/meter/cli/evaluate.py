@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meter.cli.common import check_output_folder
+from meter.cli.common import check_output_folder, warn_unread_overrides
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VQA_METRICS
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.vqa.metric = args.metric
         validate_evaluation(cfg)  # the model is the checkpoint's: of the config, its data and evaluation settings count
         warn_model_overrides(cfg, args.overrides, args.checkpoint)
+        warn_unread_overrides(cfg, args.overrides)
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
