@@ -116,7 +116,7 @@ def test_evaluate_refuses_the_options_of_the_other_way_of_evaluating(micro_check
 
 
 def test_evaluate_takes_a_run_folder_as_its_checkpoint(micro_checkpoints, shapes_tasks_world: Path, tmp_path: Path,
-                                                       caplog):  # fmt: skip
+                                                       caplog, capsys):  # fmt: skip
     """`meter predict`, explain and serve took a run folder; evaluate said "not a meter model folder"."""
     run = micro_checkpoints("snli_ve").parents[1]
     out = tmp_path / "eval"
@@ -124,6 +124,11 @@ def test_evaluate_takes_a_run_folder_as_its_checkpoint(micro_checkpoints, shapes
                  f"data.root={shapes_tasks_world}", "nlvr2.eval_split=test1"]) == 0  # fmt: skip
     assert json.loads((out / "snli_ve_accuracy_dev.json").read_text())["examples"] == 12  # the dev split, scored
     assert "nlvr2.eval_split is not applied: it is read by task = nlvr2, and this run's task is snli_ve" in caplog.text
+    scores = {path: path.read_bytes() for path in run.glob("*.json")}
+    assert main(["evaluate", "snli_ve", "--checkpoint", str(run), "--out", str(run),
+                 f"data.root={shapes_tasks_world}", "snli_ve.eval_split=test"]) == 2  # fmt: skip
+    assert f"--out = {run} is a training run's folder" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in run.glob("*.json")} == scores  # the run's own dev scores kept
 
 
 @pytest.mark.parametrize(

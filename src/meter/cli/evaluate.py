@@ -89,17 +89,18 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meter.errors import MeterError
+    from meter.errors import ConfigError, MeterError
 
     check_options(args)
     if args.checkpoint:
         from meter.config import load_config
+        from meter.models.folder import EXPORT
         from meter.output_folder import check_own_folder
         from meter.predictor import resolve_checkpoint
         from meter.runs import evaluate_run
         from meter.tasks.best_checkpoint import EVALUATIONS
         from meter.tasks.downstream import EVALUATION_MARKER
-        from meter.train.run_folder import PLANNED_BY_OTHERS
+        from meter.train.run_folder import CHECKPOINTS, PLANNED_BY_OTHERS
         from meter.train.run_folder import RECORD as RUN_RECORD
         from meter.validate import validate_evaluation
 
@@ -117,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else default_eval_folder(Path(args.checkpoint))
         option = "--out" if args.out else f"--out (default {out})"
         check_output_folder(out, option)
+        if (out / CHECKPOINTS).is_dir() or (out / EXPORT).is_dir():  # its own final scores would be written over
+            raise ConfigError(f"--out = {out} is a training run's folder: its own evaluation files would be written "
+                              f"over; leave --out out (the default is {default_eval_folder(Path(args.checkpoint))}) "
+                              "or give another folder")  # fmt: skip
         if not (out.parent.name == EVALUATIONS and (out.parent.parent / RUN_RECORD).is_file()):  # RUN/eval/step_N
             # a study's zero-shot run evaluates into the folder the study planned it in (its record there)
             check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD, *PLANNED_BY_OTHERS), "meter evaluate", option)
