@@ -172,3 +172,25 @@ def test_a_shard_that_cannot_be_written_is_named_and_leaves_no_temporary_file(tm
     assert f"shard not written: cannot write {tmp_path / 'out/00000.tar'}: File too large" in said, said
     assert "run the same command again (it resumes at this shard)" in said
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_prediction_file_that_cannot_be_rewritten_keeps_the_earlier_one_whole(micro_checkpoints, shapes_tasks_world,
+                                                                                tmp_path: Path):  # fmt: skip
+    """A second evaluation into the same folder that fails mid-write (a full disk, a kill) cut the earlier leaderboard
+    file short, and the error named no file."""
+    from meter.cli import main
+
+    out, checkpoint = tmp_path / "eval", micro_checkpoints("vqa")
+    args = ["evaluate", "vqa", "--checkpoint", str(checkpoint), "--out", str(out), f"data.root={shapes_tasks_world}"]
+    assert main(args) == 0
+    predictions = out / "vqa_predictions_val2014.json"
+    earlier = predictions.read_bytes()
+    assert len(earlier) > 1000
+    limit = SmallDisk(tmp_path, file_limit=1000)
+    result = subprocess.run([sys.executable, "-m", "meter", *args], capture_output=True, text=True,
+                            env=environment(), preexec_fn=limit.preexec())  # fmt: skip
+    assert result.returncode != 0
+    assert f"cannot write {predictions}" in result.stderr, result.stderr
+    assert predictions.read_bytes() == earlier and json.loads(earlier)
+    assert not list(out.glob(".*.tmp"))

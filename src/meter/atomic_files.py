@@ -64,24 +64,31 @@ def temporary_of(path: Path) -> Path:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """`text` in `path`, written to a temporary file beside it and renamed into place: a kill leaves the old file or
+    """`text` in `path` (UTF-8), as write_bytes_atomically writes it; text holding what UTF-8 cannot (half of a
+    character) is refused before anything is written."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as error:
+        raise DataError(
+            f"cannot write {path}: its text holds what UTF-8 cannot ({error.reason}: "
+            f"{error.object[max(0, error.start - 20) : error.end + 20]!r})"
+        ) from None
+    write_bytes_atomically(path, data)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """`data` in `path`, written to a temporary file beside it and renamed into place: a kill leaves the old file or
     the new one, also across a crash of the machine (both are on disk before the rename is). A write that fails (a
     full disk) leaves no temporary file and raises a DataError naming the path."""
     temporary = temporary_of(path)
     try:
-        with temporary.open("w") as f:
-            f.write(text)
+        with temporary.open("wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a crash of the machine leaves no empty file in its place
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise DataError(cannot_write(path, error, len(text.encode(errors="replace")))) from None
-    except UnicodeEncodeError as error:  # text holding half of a character: nothing is written, nothing left behind
-        temporary.unlink(missing_ok=True)
-        raise DataError(
-            f"cannot write {path}: its text holds what UTF-8 cannot ({error.reason}: "
-            f"{error.object[max(0, error.start - 20) : error.end + 20]!r})"
-        ) from None
+        raise DataError(cannot_write(path, error, len(data))) from None
     with contextlib.suppress(OSError):  # the file is in place: a file system that cannot sync a folder has it too
         fsync_folder(path.parent)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from meter.atomic_files import write_text_atomically
 from meter.errors import ConfigError
 
 
@@ -633,7 +634,7 @@ def merge(cfg: C, data: dict[str, Any], prefix: str = "") -> C:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomically(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

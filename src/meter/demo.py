@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meter.atomic_files import write_text_atomically
 from meter.data.shapes import WorldSpec, generate, is_generated
 from meter.data.shapes.world import GENERATOR_VERSION
 from meter.data.shapes.world import MANIFEST as WORLD_MANIFEST
@@ -87,7 +88,7 @@ def run_demo(out: str | Path, plan: DemoPlan = DemoPlan(), progress: bool = True
         "plan": plan.__dict__,
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - start, 1)},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1))
     print(results_table(report))
     if extra:
         print(tasks_table(extra))

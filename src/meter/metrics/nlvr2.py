@@ -14,6 +14,7 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from meter.atomic_files import write_text_atomically
 from meter.data.formats.common import json_field, numbered_json_lines
 from meter.data.formats.nlvr2 import LABELS
 from meter.errors import DataError
@@ -65,7 +66,7 @@ def nlvr2_score(labels: dict[str, str], predictions: dict[str, str]) -> Nlvr2Sco
 
 def write_nlvr2_predictions(predictions: dict[str, str], path: str | Path) -> None:
     """The leaderboard's file: one `identifier,prediction` line per example, no header."""
-    Path(path).write_text("".join(f"{identifier},{label}\n" for identifier, label in predictions.items()))
+    write_text_atomically(Path(path), "".join(f"{identifier},{label}\n" for identifier, label in predictions.items()))
 
 
 def read_nlvr2_predictions(path: str | Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from meter.atomic_files import write_text_atomically
 from meter.run_folders import finished_checkpoint
 from meter.study.cells import RUN, RunPlan, StudyPlan
 from meter.study.records import read_json, run_done
@@ -117,4 +118,4 @@ def write_page(
               _cells(plan)]  # fmt: skip
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(plan.title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")  # fmt: skip
-    path.write_text(page)
+    write_text_atomically(path, page)

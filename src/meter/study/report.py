@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from meter.atomic_files import write_bytes_atomically, write_text_atomically
 from meter.study.cells import load_plan
 from meter.study.page import write_page
 from meter.study.plots import bar_chart, pretraining_curves
@@ -63,9 +64,9 @@ def write_report(out: str | Path) -> dict[str, Path]:
         if stale not in figures:  # an earlier report's figure of a table (or curves) this one no longer has
             (out / stale).unlink(missing_ok=True)
     for name, data in figures.items():
-        (out / name).write_bytes(data)
+        write_bytes_atomically(out / name, data)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "html": out / "report.html"}
-    paths["markdown"].write_text(markdown_report(out, tables, mixed))
-    paths["csv"].write_text(csv_report(tables))
+    write_text_atomically(paths["markdown"], markdown_report(out, tables, mixed))
+    write_text_atomically(paths["csv"], csv_report(tables))
     write_page(out, plan, tables, figures, paths["html"], mixed)
     return paths

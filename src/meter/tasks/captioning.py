@@ -20,6 +20,7 @@ from tokenizers import decoders
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from meter.atomic_files import write_text_atomically
 from meter.config import CaptioningConfig, Config
 from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
@@ -215,8 +216,8 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": tokenizer,
               **skipped_fields(budget)}  # fmt: skip
     results.sort(key=lambda row: row["image_id"])
-    (out / f"captions_{split}.json").write_text(json.dumps(results, indent=0))
-    (out / f"caption_scores_{split}.json").write_text(json.dumps(result, indent=1))
+    write_text_atomically(out / f"captions_{split}.json", json.dumps(results, indent=0))
+    write_text_atomically(out / f"caption_scores_{split}.json", json.dumps(result, indent=1))
     return result
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config
 from meter.data.bad_samples import evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
@@ -97,7 +98,7 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
         return {"examples": len(records), "labelled": False} | skipped_fields(budget)
     labels = {r.identifier: CLASSES[int(r.label)] for r in records}
     score = nlvr2_score(labels, leaderboard).to_dict() | skipped_fields(budget)  # the official score of the file
-    accuracy_file.write_text(json.dumps(score, indent=1))
+    write_text_atomically(accuracy_file, json.dumps(score, indent=1))
     return score
 
 

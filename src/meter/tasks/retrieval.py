@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config, RetrievalConfig
 from meter.data.bad_samples import BadSampleBudget, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
@@ -363,8 +364,8 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
         "image_to_text": {str(records[i].image_id): [text_ids[t] for t in texts_of_image[i]] for i in read},
         "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in enumerate(images_of_text)},
     }  # fmt: skip
-    (out / f"retrieval_rankings_{split}.json").write_text(json.dumps(ranked))
-    (out / f"retrieval_recall_{split}.json").write_text(json.dumps(result, indent=1))
+    write_text_atomically(out / f"retrieval_rankings_{split}.json", json.dumps(ranked))
+    write_text_atomically(out / f"retrieval_recall_{split}.json", json.dumps(result, indent=1))
     return result
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config
 from meter.data.bad_samples import evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
@@ -82,9 +83,9 @@ def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str
     filled = {i: predictions.get(i, 0) for i in range(len(records))}
     lines = [json.dumps({"pairID": r.pair_id, "prediction": SNLI_VE_LABELS[filled[i]]}) + "\n"
              for i, r in enumerate(records)]  # fmt: skip
-    (out / f"snli_ve_predictions_{split}.jsonl").write_text("".join(lines))
+    write_text_atomically(out / f"snli_ve_predictions_{split}.jsonl", "".join(lines))
     accuracy = snli_ve_accuracy(records, filled) | skipped_fields(budget)
-    (out / f"snli_ve_accuracy_{split}.json").write_text(json.dumps(accuracy, indent=1))
+    write_text_atomically(out / f"snli_ve_accuracy_{split}.json", json.dumps(accuracy, indent=1))
     return accuracy
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config
 from meter.data.bad_samples import BadSampleBudget, count_bad, evaluation_budget, skipped_fields, warn_evaluation_skips
 from meter.data.collate import Collate
@@ -171,7 +172,7 @@ def annotations_of(records: list[VqaRecord]) -> list[dict[str, Any]]:
 def write_predictions(predictions: dict[int, str], path: str | Path) -> None:
     """The VQAv2 test-dev submission format: [{"question_id": int, "answer": str}, ...]."""
     rows = [{"question_id": q, "answer": a} for q, a in sorted(predictions.items())]
-    Path(path).write_text(json.dumps(rows))
+    write_text_atomically(Path(path), json.dumps(rows))
 
 
 def check_submission(records: list[VqaRecord], predictions: dict[int, str]) -> None:
@@ -296,7 +297,7 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
         return unscored(cfg, submission_file, len(records)) | covers | skipped_fields(budget)
     # the submission's official score: a skipped question counts with the answer the file gives it
     accuracy = evaluate_predictions(records, submission, cfg.vqa.metric).to_dict() | skipped_fields(budget)
-    accuracy_file.write_text(json.dumps(accuracy, indent=1))
+    write_text_atomically(accuracy_file, json.dumps(accuracy, indent=1))
     return accuracy
 
 
