@@ -304,6 +304,41 @@ def test_the_default_evaluation_folder_of_a_runs_checkpoint_is_taken_though_an_o
     assert json.loads((older / "vqa_accuracy_val2014.json").read_text())["overall"] >= 0
 
 
+def test_a_users_folder_inside_a_runs_eval_folder_is_not_written_over(micro_checkpoints, shapes_tasks_world, tmp_path,
+                                                                        capsys):  # fmt: skip
+    """Any folder under RUN/eval/ passed for meter's own: a user's RUN/eval/my-notes/vqa_predictions_val2014.json
+    was written over without a word (the same file in a folder elsewhere was refused)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_checkpoints("vqa").parents[1], run)
+    mine = run / "eval" / "my-notes"
+    mine.mkdir(parents=True)
+    (mine / "vqa_predictions_val2014.json").write_text("my own")
+    assert main(["evaluate", "vqa", "--checkpoint", str(run / "checkpoints/step_00000002"), "--out", str(mine),
+                 f"data.root={shapes_tasks_world}", "train.progress=false"]) == 2  # fmt: skip
+    assert "holds files that meter evaluate did not write" in capsys.readouterr().err
+    assert (mine / "vqa_predictions_val2014.json").read_text() == "my own"
+
+
+def test_evaluating_another_model_into_a_folder_says_whose_files_it_replaces(micro_checkpoints, shapes_tasks_world,
+                                                                             tmp_path, caplog):  # fmt: skip
+    """A second checkpoint evaluated into the same --out replaced the first's leaderboard file without a word, and
+    nothing in the folder said which model its files were of."""
+    out = tmp_path / "eval"
+    first, second = micro_checkpoints("vqa"), micro_checkpoints("vqa").parents[1] / "model"
+    args = ["evaluate", "vqa", "--out", str(out), f"data.root={shapes_tasks_world}", "train.progress=false"]
+    assert main([*args, "--checkpoint", str(first)]) == 0
+    assert json.loads((out / ".meter-evaluation").read_text()) == {"checkpoint": str(first.absolute()), "task": "vqa"}
+    assert main([*args, "--checkpoint", str(first)]) == 0
+    assert "replaces its files" not in caplog.text  # the same model again: nothing to say
+    assert main([*args, "--checkpoint", str(second)]) == 0
+    assert f"{out} holds the vqa evaluation of {first.absolute()}; this evaluation of {second.absolute()}" in (
+        caplog.text
+    )
+    assert json.loads((out / ".meter-evaluation").read_text())["checkpoint"] == str(second.absolute())
+
+
 def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(shapes_tasks_world, tmp_path, capsys):
     """Without --config, the recorded data section was taken only where its folder is here: a blind baseline given
     data.root=... elsewhere was scored with images."""

@@ -98,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
         from meter.output_folder import check_own_folder
         from meter.predictor import resolve_checkpoint
         from meter.runs import evaluate_run
-        from meter.tasks.best_checkpoint import EVALUATIONS
-        from meter.tasks.downstream import EVALUATION_MARKER
+        from meter.tasks.downstream import EVALUATION_MARKER, warn_other_evaluation
         from meter.train.run_folder import CHECKPOINTS, PLANNED_BY_OTHERS
         from meter.train.run_folder import RECORD as RUN_RECORD
         from meter.validate import validate_evaluation
@@ -122,12 +121,15 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out = {out} is a training run's folder: its own evaluation files would be written "
                               f"over; leave --out out (the default is {default_eval_folder(Path(args.checkpoint))}) "
                               "or give another folder")  # fmt: skip
-        if not (out.parent.name == EVALUATIONS and (out.parent.parent / RUN_RECORD).is_file()):  # RUN/eval/step_N
+        if out.absolute() != default_eval_folder(Path(args.checkpoint)).absolute():  # RUN/eval/step_N is meter's
             # a study's zero-shot run evaluates into the folder the study planned it in (its record there)
             check_own_folder(out, (EVALUATION_MARKER, RUN_RECORD, *PLANNED_BY_OTHERS), "meter evaluate", option)
+        warn_other_evaluation(out, args.checkpoint, cfg.task)
         created = not out.exists()
         try:
-            print(json.dumps(evaluate_run(cfg, args.checkpoint, out), indent=1))
+            result = evaluate_run(cfg, args.checkpoint, out)
+            if result:  # under a launcher the other processes get {}: the one JSON on stdout is the first's
+                print(json.dumps(result, indent=1))
         except BaseException:  # refused (a model without the task's head) or stopped: no empty folder left behind
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()

@@ -6,6 +6,8 @@ folder (writing its leaderboard files). `meter.tasks.catalog` imports the module
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from meter.atomic_files import write_text_atomically
 from meter.config import Config
 from meter.data.collate import Collate
 from meter.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,13 +55,29 @@ EVALUATION_MARKER = ".meter-evaluation"
 
 def evaluate_into(downstream: Downstream, cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, Any]:
     """`downstream.evaluate`, then the marker in `out` when the evaluation wrote anything there (one that failed
-    before writing leaves no folder)."""
+    before writing leaves no folder); the marker names the model and task the files are of."""
     before = _files(out)
     try:
         return downstream.evaluate(cfg, checkpoint, out)
     finally:  # what it wrote (a run folder has files of its own before): new or changed files, not a time compared
         if out.is_dir() and _files(out).items() - before.items():  # with a file server's clock, which may be behind
-            (out / EVALUATION_MARKER).touch()
+            made_by = {"checkpoint": str(Path(checkpoint).absolute()), "task": cfg.task}
+            write_text_atomically(out / EVALUATION_MARKER, json.dumps(made_by) + "\n")
+
+
+def warn_other_evaluation(out: Path, checkpoint: str | Path, task: str) -> None:
+    """Said when `out` holds the files of another model's evaluation of `task`, which this one replaces (a second
+    checkpoint evaluated into the same --out replaced the first's leaderboard file without a word)."""
+    try:
+        made_by = json.loads((out / EVALUATION_MARKER).read_text())
+    except (OSError, ValueError):  # none, or an older empty marker: nothing known to compare
+        return
+    if not isinstance(made_by, dict):
+        return
+    earlier = made_by.get("checkpoint")
+    if made_by.get("task") == task and earlier and earlier != str(Path(checkpoint).absolute()):
+        log.warning("%s holds the %s evaluation of %s; this evaluation of %s replaces its files", out, task, earlier,
+                    Path(checkpoint).absolute())  # fmt: skip
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int, int]]:
