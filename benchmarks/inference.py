@@ -39,6 +39,7 @@ from train_step import (
     shapes_batches,
 )
 
+from meter.cli.common import at_least
 from meter.config import load_config
 from meter.data.shared_rows import to_device
 from meter.models.heads import classifier, in_fp32
@@ -115,18 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", choices=list(INFERENCE), help="default: small on CPU, paper on CUDA")
-    parser.add_argument("--batch", type=int, help="override the preset's batch")
-    parser.add_argument("--steps", type=int, help="timed forwards (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, help="untimed forwards first (default 2 on CPU, 5 on CUDA)")
+    parser.add_argument("--batch", type=at_least(1), help="override the preset's batch")
+    parser.add_argument("--steps", type=at_least(1), help="timed forwards (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=at_least(0), help="untimed forwards first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with its parts compiled")
     add_compile_mode_argument(parser)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     shape = INFERENCE[args.preset or ("paper" if cuda else "small")]
-    shape = replace(shape, batch=args.batch or shape.batch)
-    args.steps = args.steps or (20 if cuda else 5)
-    args.warmup = args.warmup or (5 if cuda else 2)
+    shape = replace(shape, batch=shape.batch if args.batch is None else args.batch)
+    args.steps = (20 if cuda else 5) if args.steps is None else args.steps
+    args.warmup = (5 if cuda else 2) if args.warmup is None else args.warmup  # 0: no warm-up
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

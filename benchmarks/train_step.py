@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BridgeTowerConfig, BridgeTowerForMaskedLM
 from transformers.models.bridgetower.modeling_bridgetower import BridgeTowerITMHead
 
+from meter.cli.common import at_least
 from meter.config import load_config
 from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
@@ -472,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", choices=list(PRESETS), help="default: small on CPU, paper on CUDA")
-    parser.add_argument("--batch", type=int, help="override the preset's batch")
-    parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 on CUDA)")
+    parser.add_argument("--batch", type=at_least(2), help="override the preset's batch (at least 2: ITM pairs)")
+    parser.add_argument("--steps", type=at_least(1), help="timed steps (default 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=at_least(0), help="untimed steps first (default 2 on CPU, 5 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="also time meter with torch.compile")
     add_compile_mode_argument(parser)
     parser.add_argument(
@@ -495,9 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     shape = PRESETS[args.preset or ("paper" if cuda else "small")]
-    shape = replace(shape, batch=args.batch or shape.batch)
-    args.steps = args.steps or (20 if cuda else 5)
-    args.warmup = args.warmup or (5 if cuda else 2)
+    shape = replace(shape, batch=shape.batch if args.batch is None else args.batch)
+    args.steps = (20 if cuda else 5) if args.steps is None else args.steps
+    args.warmup = (5 if cuda else 2) if args.warmup is None else args.warmup  # 0: no warm-up
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; precision: {str(runtime.dtype).removeprefix('torch.')}; torch {torch.__version__}")
     rows = compare(shape, args, runtime)
-    if rows[-1].error == "out of memory" and shape.batch > 1:
+    if rows[-1].error == "out of memory" and shape.batch >= 4:  # ITM needs a batch of 2 at least
         print(f"\nBridgeTower does not fit a batch of {shape.batch} here; both again at {shape.batch // 2}:")
         rows += compare(replace(shape, batch=shape.batch // 2), args, runtime)
     return exit_status(rows)

@@ -10,7 +10,7 @@ from tests.runner import environment
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # what the borrowed GPU machine lacks of the project's dependencies
-MISSING_ON_THE_GPU_MACHINE = ("webdataset", "pycocoevalcap", "tensorboard")
+MISSING_ON_THE_GPU_MACHINE = ("webdataset", "pycocoevalcap", "submitit")
 
 
 def without_packages(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
@@ -47,3 +47,15 @@ def test_a_benchmark_cut_at_its_deadline_has_printed_each_row_it_measured(tmp_pa
     assert lines and lines[-1].startswith("BridgeTower (HF)"), said  # measured first, printed at once
     assert lines[-1].split()[-2:] == ["1.00x", "1.00x"], said
     assert process.returncode != 0, said  # cut, not ended
+
+
+def test_a_count_the_benchmarks_cannot_run_is_a_usage_error_not_a_default_or_a_traceback():
+    """`train_step.py --batch 1` ended in a ConfigError traceback (ITM needs 2); `--batch 0` or `--steps 0` ran the
+    defaults instead, and `--warmup 0` could not mean no warm-up."""
+    for script, option, value, message in (("train_step.py", "--batch", "1", "1 must be at least 2"),
+                                           ("inference.py", "--batch", "0", "0 must be at least 1"),
+                                           ("inference.py", "--steps", "0", "0 must be at least 1")):  # fmt: skip
+        done = subprocess.run([sys.executable, str(BENCHMARKS / script), option, value], env=environment(),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and f"argument {option}: {message}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
