@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from meter.config import Config, load_config
 from meter.errors import ConfigError
@@ -109,9 +110,13 @@ def test_an_unfinished_run_goes_on_with_resume_and_settings_that_may_differ(micr
         _pretrain(micro_config, tmp_path / "run")
     with pytest.raises(ConfigError, match=r"another config \(model.fusion.layers: 1 -> 2\)"):
         _pretrain(micro_config, tmp_path / "run", "model.fusion.layers=2", resume="latest")
+    # a longer run: its schedule decays to 0 at the recorded max_steps; the way on from its weights is named
+    with pytest.raises(ConfigError, match=r"train.max_steps: 4 -> 8\).*, with train.init_from=.*step_00000002 to go on "
+                                          r"from its weights: its learning rate decays to 0"):  # fmt: skip
+        _pretrain(micro_config, tmp_path / "run", "train.max_steps=8", resume="latest")
     # where it stops, its logs and budgets may differ: not what it computes
     final = _pretrain(micro_config, tmp_path / "run", "train.log_every=2", "train.max_nonfinite_steps=9",
-                      "train.progress=true", resume="latest")  # fmt: skip
+                      "train.progress=true", "train.deterministic=true", resume="latest")  # fmt: skip
     assert final.name == "step_00000004" and final.is_dir() and (tmp_path / "run/model").is_dir()
     assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl")] == [1, 2, 4]
 
@@ -293,3 +298,32 @@ def test_a_finished_run_written_before_runs_were_recorded_is_reused_only_for_its
     assert finished_checkpoint(cfg) == out / "checkpoints" / "step_00000002"
     with pytest.raises(ConfigError, match=r"holds a finished run of another config \(train.seed: 0 -> 1\)"):
         finished_checkpoint(load_config(None, ["train.seed=1"], base=cfg))
+
+
+def test_a_resume_reads_the_same_data_at_a_new_data_root_and_refuses_other_data(micro_config, shapes_world, tmp_path,
+                                                                                caplog):  # fmt: skip
+    """A job requeued with its data copied to a node's own disk (data.root moved) was refused as "a run of another
+    config", and the advice pointed back at the old place; the same data elsewhere goes on, other data is named."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from meter.errors import DataError
+
+    straight = _pretrain(micro_config, tmp_path / "straight")
+    _pretrain(micro_config, tmp_path / "run", "train.stop_at=2")
+    moved = tmp_path / "scratch" / "shapes"
+    shutil.copytree(shapes_world, moved)
+    fewer = tmp_path / "fewer"
+    shutil.copytree(shapes_world, fewer)
+    karpathy = fewer / micro_config.data.karpathy
+    data = json.loads(karpathy.read_text())
+    first_train = next(i for i, image in enumerate(data["images"]) if image["split"] == "train")
+    del data["images"][first_train]  # one training image (and its captions) fewer
+    karpathy.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"held \d+ samples; this run's \(data.root = {fewer}\) holds \d+"):
+        _pretrain(micro_config, tmp_path / "run", f"data.root={fewer}", resume="latest")
+    final = _pretrain(micro_config, tmp_path / "run", f"data.root={moved}", resume="latest")
+    assert f"data.root: '{shapes_world}' -> '{moved}': the run goes on with its data read there" in caplog.text
+    weights, resumed = load_file(straight / "model.safetensors"), load_file(final / "model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)

@@ -328,7 +328,7 @@ def _fit_in(
     checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
-    corpus = dataset.fingerprint() if hasattr(dataset, "fingerprint") else ""
+    corpus = corpus_fingerprint(dataset)
     progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum, corpus=corpus)
     path: Path | None = None  # the checkpoint resumed from
     if resume:
@@ -345,6 +345,13 @@ def _fit_in(
                 f"would be read twice and part never); resume with {written_by} processes"
             )
         check_step_size(path, progress, train, runtime.world)
+        if progress.corpus and progress.corpus != corpus and progress.corpus.startswith(SAMPLES):
+            raise DataError(
+                f"{path} was written while the training data held {progress.corpus.removeprefix(SAMPLES)} samples; "
+                f"this run's (data.root = {cfg.data.root}) holds {corpus.removeprefix(SAMPLES)}: a resume goes on in "
+                "the data it ran on (its place in the epoch is counted on them); give data.root that data, or start "
+                "the run again"
+            )
         if progress.corpus and progress.corpus != corpus:
             raise DataError(
                 f"{path} was written while data.sources held other shards (prepared again since, or another "
@@ -465,6 +472,17 @@ def _fit_in(
     if runtime.is_main and last_step == train.max_steps:
         finish_run(out)
     return checkpoints.path(last_step)
+
+
+SAMPLES = "samples:"  # Progress.corpus of a map-style dataset: its size (a shard corpus's is its fingerprint)
+
+
+def corpus_fingerprint(dataset: Dataset) -> str:
+    """What a resume checks the training data by: a shard corpus's fingerprint, or how many samples a map-style
+    dataset holds (its data.root may move with a requeued job: the same data read at another place)."""
+    if hasattr(dataset, "fingerprint"):
+        return dataset.fingerprint()
+    return f"{SAMPLES}{len(dataset)}" if hasattr(dataset, "__len__") else ""
 
 
 def distinct_samples(dataset: Dataset) -> int:

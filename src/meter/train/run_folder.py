@@ -53,12 +53,14 @@ RUN_FILES = frozenset(
 # files other meter commands put into a run's folder before the run: `meter study` its plan of the run
 PLANNED_BY_OTHERS = frozenset({"study_run.json"})
 # settings that may differ when a run goes on (--resume): where and how it runs, its logs and budgets, which of its
-# checkpoints is chosen as the best; not what it trains
+# checkpoints is chosen as the best; not what it trains (compiled or deterministic kernels compute the same, to the
+# last bits: a run whose compile failed goes on without)
 MAY_DIFFER_ON_RESUME = frozenset(
     {"train.out", "train.stop_at", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_last",
      "train.export", "train.eval_batch_size", "train.max_nonfinite_steps", "data.num_workers", "data.image_cache_mb",
      "data.max_bad_samples", "data.worker_timeout", "data.max_image_pixels", "train.activation_checkpointing",
-     "train.best_on", "train.best_every", "vqa.submission_splits"}
+     "train.best_on", "train.best_every", "vqa.submission_splits", "train.compile", "train.compile_mode",
+     "train.deterministic"}
 )  # fmt: skip
 
 
@@ -247,13 +249,22 @@ def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, A
     changed = config_differences(run["config"], cfg)
     if resume:  # how a step's samples are split may change, when a step keeps its number (checked once it is loaded)
         changed = [change for change in changed if change.split(":")[0] not in SPLIT_OF_A_STEP]
+        moved = [change for change in changed if change.split(":")[0] == "data.root"]
+        if moved:  # a job requeued with its data copied to a node's own disk: the loop checks the data is the same
+            log.warning("%s: the run goes on with its data read there (the training data must be the same as "
+                        "before: a resume checks its size)", moved[0])  # fmt: skip
+            changed.remove(moved[0])
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
+        latest = Checkpoints(out / CHECKPOINTS).latest()
+        longer = latest is not None and any(change.startswith("train.max_steps:") for change in changed)
         raise ConfigError(
             f"train.out = {out} holds a run of another config ({listed_changes(changed)}): give the new run a folder "
-            f"of its own ({new_folder}), or "
-            f"continue that run with its own config ({out / CONFIG})"
-        )
+            f"of its own ({new_folder}"
+            + (f", with train.init_from={latest} to go on from its weights: its learning rate decays to 0 at its own "
+               "train.max_steps, so a longer run is another run" if longer else "")
+            + f"), or continue that run with its own config ({out / CONFIG})"
+        )  # fmt: skip
     if run.get("finished"):
         raise ConfigError(
             f"train.out = {out} holds a finished run of this config (its model: {out / EXPORT}): evaluate it with "
