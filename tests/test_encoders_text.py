@@ -209,3 +209,45 @@ def test_a_text_config_transformers_cannot_read_is_named(tmp_path: Path, config:
     (folder / "config.json").write_text(config)
     with pytest.raises(DataError, match=r"text/config.json: not a config transformers can read \(.*" + reason):
         build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+
+
+def _copy_tokenizer(source: Path, folder: Path, keep: set[str] | None = None) -> Path:
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (source / name).is_file() and (keep is None or name in keep):
+            (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_tokenizer_folder_without_its_vocabulary_is_refused(shapes_world: Path, tmp_path: Path, kind: str):
+    """tokenizer_config.json alone loaded as its 5 special tokens: every word [UNK] (BPE: no token at all), and
+    fine-tuning ran on it without a word."""
+    folder = _copy_tokenizer(shapes_world / "tokenizers" / kind, tmp_path / kind, keep={"tokenizer_config.json"})
+    with pytest.raises(DataError, match=rf"{kind}: the tokenizer has no vocabulary, only its 5 special tokens"):
+        load_tokenizer(folder)
+
+
+@pytest.mark.parametrize(("damage", "blamed"), [
+    ("truncated tokenizer.json", "tokenizer.json: not a readable JSON file"),
+    ("empty tokenizer.json", "tokenizer.json: not a readable JSON file"),
+    ("tokenizer_config.json not JSON", "tokenizer_config.json: not a readable JSON file"),
+    ("tokenizer.json of no tokenizer", "minilm: cannot load the tokenizer in this folder"),
+    ("vocab.json without merges.txt", "bpe: holds vocab.json but not merges.txt"),
+])  # fmt: skip
+def test_a_damaged_tokenizer_file_is_named(shapes_world: Path, tmp_path: Path, damage: str, blamed: str):
+    """Each failed inside transformers or tokenizers (JSONDecodeError, KeyError, ValueError), naming no file."""
+    if damage == "vocab.json without merges.txt":
+        folder = _copy_tokenizer(shapes_world / "tokenizers" / "bpe", tmp_path / "bpe", keep={"tokenizer_config.json"})
+        (folder / "vocab.json").write_text(json.dumps(load_tokenizer(shapes_world / "tokenizers" / "bpe").get_vocab()))
+    else:
+        folder = _copy_tokenizer(MINILM, tmp_path / "minilm")
+        name, text = {
+            "truncated tokenizer.json": ("tokenizer.json", (folder / "tokenizer.json").read_text()[:5000]),
+            "empty tokenizer.json": ("tokenizer.json", ""),
+            "tokenizer_config.json not JSON": ("tokenizer_config.json", "{not json"),
+            "tokenizer.json of no tokenizer": ("tokenizer.json", "{}"),
+        }[damage]
+        (folder / name).write_text(text)
+    with pytest.raises(DataError, match=rf"{blamed}.*again"):
+        load_tokenizer(folder)
