@@ -251,3 +251,39 @@ def test_a_damaged_tokenizer_file_is_named(shapes_world: Path, tmp_path: Path, d
         (folder / name).write_text(text)
     with pytest.raises(DataError, match=rf"{blamed}.*again"):
         load_tokenizer(folder)
+
+
+def test_a_tokenizer_larger_than_the_pretrained_embedding_table_is_refused(
+    shapes_world: Path, micro_config: Config, tmp_path: Path
+):
+    """A tokenizer of a few hundred tokens padding with id 0, as the encoder does, trained on with ids meaning other
+    words (and ids past the table's rows got rows of random values), without a word."""
+    from transformers import AutoConfig
+
+    from meter.tasks.build import build_model
+
+    config = AutoConfig.for_model("bert", vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, pad_token_id=0)  # fmt: skip
+    AutoModel.from_config(config).save_pretrained(tmp_path / "text")
+    wordpiece = shapes_world / "tokenizers" / "wordpiece"
+    micro_config.model.text = TextConfig(name="bert", weights=str(tmp_path / "text"), tokenizer=str(wordpiece))
+    tokenizer = load_tokenizer(wordpiece)
+    with pytest.raises(ConfigError, match=rf"model.text.tokenizer = '.*wordpiece' has {len(tokenizer)} tokens, but "
+                                          r"the text encoder of model.text.weights = .* embeds only 100"):  # fmt: skip
+        build_model(micro_config, tokenizer, {"itm": 2})
+
+
+def test_a_tokenizer_far_smaller_than_the_pretrained_embedding_table_is_warned_of(shapes_world: Path, caplog):
+    """Sentinels added to the encoder's own tokenizer grow it quietly; a 200-token tokenizer for MiniLM's 30,522
+    rows is another's."""
+    own = load_tokenizer(MINILM)
+    add_sentinels(own)
+    with caplog.at_level("WARNING", logger="meter.models.text"):
+        grown = build_text(TextConfig(name="bert", weights=str(MINILM)), len(own), 0, base_vocab=own.vocab_size)
+    assert grown.vocab_size == 30622 and not [r for r in caplog.records if r.name == "meter.models.text"]
+    wordpiece = shapes_world / "tokenizers" / "wordpiece"
+    size = len(load_tokenizer(wordpiece))
+    with caplog.at_level("WARNING", logger="meter.models.text"):
+        build_text(TextConfig(name="bert", weights=str(MINILM), tokenizer=str(wordpiece)), size, 0, base_vocab=size)
+    assert f"has {size} tokens, but the text encoder of model.text.weights" in caplog.text
+    assert "embeds 30522: is it this encoder's tokenizer?" in caplog.text
