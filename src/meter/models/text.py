@@ -95,6 +95,13 @@ class TextEncoder(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def position_offset(model_type: str) -> int:
+    """The first position id a transformers model type's encoder uses (RoBERTa's 2: its pad id + 1), read by model
+    type: embedding-only keeps the numbering of whichever encoder's folder it comes from."""
+    offsets = [entry.target.position_offset for entry in TEXT.entries() if entry.target.model_type == model_type]
+    return max(offsets, default=0)
+
+
 def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> PretrainedConfig:
     """The transformers config of a randomly initialised text encoder of the chosen preset."""
     spec = TEXT.get(cfg.name, key="model.text")
