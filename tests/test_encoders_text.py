@@ -209,3 +209,81 @@ def test_a_text_config_transformers_cannot_read_is_named(tmp_path: Path, config:
     (folder / "config.json").write_text(config)
     with pytest.raises(DataError, match=r"text/config.json: not a config transformers can read \(.*" + reason):
         build_text(TextConfig(name="bert", weights=str(folder)), 30522, 0)
+
+
+def _copy_tokenizer(source: Path, folder: Path, keep: set[str] | None = None) -> Path:
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (source / name).is_file() and (keep is None or name in keep):
+            (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_tokenizer_folder_without_its_vocabulary_is_refused(shapes_world: Path, tmp_path: Path, kind: str):
+    """tokenizer_config.json alone loaded as its 5 special tokens: every word [UNK] (BPE: no token at all), and
+    fine-tuning ran on it without a word."""
+    folder = _copy_tokenizer(shapes_world / "tokenizers" / kind, tmp_path / kind, keep={"tokenizer_config.json"})
+    with pytest.raises(DataError, match=rf"{kind}: the tokenizer has no vocabulary, only its 5 special tokens"):
+        load_tokenizer(folder)
+
+
+@pytest.mark.parametrize(("damage", "blamed"), [
+    ("truncated tokenizer.json", "tokenizer.json: not a readable JSON file"),
+    ("empty tokenizer.json", "tokenizer.json: not a readable JSON file"),
+    ("tokenizer_config.json not JSON", "tokenizer_config.json: not a readable JSON file"),
+    ("tokenizer.json of no tokenizer", "minilm: cannot load the tokenizer in this folder"),
+    ("vocab.json without merges.txt", "bpe: holds vocab.json but not merges.txt"),
+])  # fmt: skip
+def test_a_damaged_tokenizer_file_is_named(shapes_world: Path, tmp_path: Path, damage: str, blamed: str):
+    """Each failed inside transformers or tokenizers (JSONDecodeError, KeyError, ValueError), naming no file."""
+    if damage == "vocab.json without merges.txt":
+        folder = _copy_tokenizer(shapes_world / "tokenizers" / "bpe", tmp_path / "bpe", keep={"tokenizer_config.json"})
+        (folder / "vocab.json").write_text(json.dumps(load_tokenizer(shapes_world / "tokenizers" / "bpe").get_vocab()))
+    else:
+        folder = _copy_tokenizer(MINILM, tmp_path / "minilm")
+        name, text = {
+            "truncated tokenizer.json": ("tokenizer.json", (folder / "tokenizer.json").read_text()[:5000]),
+            "empty tokenizer.json": ("tokenizer.json", ""),
+            "tokenizer_config.json not JSON": ("tokenizer_config.json", "{not json"),
+            "tokenizer.json of no tokenizer": ("tokenizer.json", "{}"),
+        }[damage]
+        (folder / name).write_text(text)
+    with pytest.raises(DataError, match=rf"{blamed}.*again"):
+        load_tokenizer(folder)
+
+
+def test_a_tokenizer_larger_than_the_pretrained_embedding_table_is_refused(
+    shapes_world: Path, micro_config: Config, tmp_path: Path
+):
+    """A tokenizer of a few hundred tokens padding with id 0, as the encoder does, trained on with ids meaning other
+    words (and ids past the table's rows got rows of random values), without a word."""
+    from transformers import AutoConfig
+
+    from meter.tasks.build import build_model
+
+    config = AutoConfig.for_model("bert", vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, pad_token_id=0)  # fmt: skip
+    AutoModel.from_config(config).save_pretrained(tmp_path / "text")
+    wordpiece = shapes_world / "tokenizers" / "wordpiece"
+    micro_config.model.text = TextConfig(name="bert", weights=str(tmp_path / "text"), tokenizer=str(wordpiece))
+    tokenizer = load_tokenizer(wordpiece)
+    with pytest.raises(ConfigError, match=rf"model.text.tokenizer = '.*wordpiece' has {len(tokenizer)} tokens, but "
+                                          r"the text encoder of model.text.weights = .* embeds only 100"):  # fmt: skip
+        build_model(micro_config, tokenizer, {"itm": 2})
+
+
+def test_a_tokenizer_far_smaller_than_the_pretrained_embedding_table_is_warned_of(shapes_world: Path, caplog):
+    """Sentinels added to the encoder's own tokenizer grow it quietly; a 200-token tokenizer for MiniLM's 30,522
+    rows is another's."""
+    own = load_tokenizer(MINILM)
+    add_sentinels(own)
+    with caplog.at_level("WARNING", logger="meter.models.text"):
+        grown = build_text(TextConfig(name="bert", weights=str(MINILM)), len(own), 0, base_vocab=own.vocab_size)
+    assert grown.vocab_size == 30622 and not [r for r in caplog.records if r.name == "meter.models.text"]
+    wordpiece = shapes_world / "tokenizers" / "wordpiece"
+    size = len(load_tokenizer(wordpiece))
+    with caplog.at_level("WARNING", logger="meter.models.text"):
+        build_text(TextConfig(name="bert", weights=str(MINILM), tokenizer=str(wordpiece)), size, 0, base_vocab=size)
+    assert f"has {size} tokens, but the text encoder of model.text.weights" in caplog.text
+    assert "embeds 30522: is it this encoder's tokenizer?" in caplog.text

@@ -253,6 +253,20 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path: Path):
         _encoder("vit", 224, tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize(("file", "named", "reason"), [
+    ("vit", "beit", r"AttributeError: 'NoneType' object has no attribute 'shape'"),  # BEiT's filter: no pos_embed
+    ("cait", "vit", r"RuntimeError: shape .* is invalid for input"),  # ViT's filter: a grid without its class token
+])  # fmt: skip
+def test_weights_timms_conversion_cannot_read_are_named_as_another_architectures(
+    tmp_path: Path, file: str, named: str, reason: str
+):
+    """timm's checkpoint filter of the encoder named failed inside it (an AttributeError, a RuntimeError)."""
+    weights = _save(_encoder(file, 224), tmp_path / f"{file}.safetensors")
+    with pytest.raises(DataError, match=rf"{file}.safetensors: not a checkpoint of {named}_.*224 \(timm's conversion "
+                                        rf"for it failed: {reason}.*\); .*model.vision.name"):  # fmt: skip
+        _encoder(named, 224, weights)
+
+
 def test_any_timm_model_that_yields_a_feature_grid_works_through_the_same_adapter():
     cfg = VisionConfig(name="timm:resnet18", image_size=64)
     encoder = build_vision(cfg).eval()

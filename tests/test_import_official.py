@@ -131,6 +131,15 @@ def test_a_text_encoder_or_tokenizer_folder_that_is_not_one_is_named(tmp_path: P
         import_meter_official(CKPT, text, tmp_path / "m", tokenizer=tokenizer)
 
 
+def test_a_tokenizer_padding_with_another_id_than_the_text_encoder_is_refused(shapes_world: Path, tmp_path: Path):
+    """It imported with a note, and the folder fine-tuned on ids meaning other words (training refuses the pair)."""
+    wordpiece = shapes_world / "tokenizers" / "wordpiece"  # pads with 0; the checkpoint's RoBERTa with 1
+    with pytest.raises(DataError, match=r"wordpiece: the tokenizer pads with token id 0, but the text encoder of "
+                                        r"--text-encoder .*text_encoder has pad_token_id 1"):  # fmt: skip
+        import_meter_official(CKPT, TEXT_ENCODER, tmp_path / "m", tokenizer=wordpiece)
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_truncated_download_or_a_folder_is_named_as_such(tmp_path: Path):
     data = CKPT.read_bytes()
     (tmp_path / "half.ckpt").write_bytes(data[: len(data) // 2])

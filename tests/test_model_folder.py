@@ -192,3 +192,17 @@ def test_a_tokenizer_larger_than_the_text_embedding_is_refused_naming_both_sizes
     with pytest.raises(DataError, match=rf"the tokenizer has {len(tokenizer)} tokens but the text embedding has "
                                         rf"{rows} rows \(text_encoder/config.json vocab_size\)"):  # fmt: skip
         load_model_folder(tmp_path / "m")
+
+
+def test_a_tokenizer_padding_with_another_id_than_the_folders_text_encoder_is_refused(
+    micro_config: Config, tmp_path: Path
+):
+    """A tokenizer of another numbering that is no larger than the table loaded, and the model read ids meaning
+    other words (an import given another --tokenizer wrote such a folder)."""
+    tokenizer = load_tokenizer(tokenizer_path(micro_config))
+    model = build_meter(micro_config.model, len(tokenizer), tokenizer.pad_token_id + 1, {"itm": 2})
+    save_model_folder(tmp_path / "m", model, tokenizer, ModelFolder(micro_config, {"itm": 2}))
+    with pytest.raises(DataError, match=rf"m: the tokenizer pads with token id {tokenizer.pad_token_id} but the text "
+                                        rf"encoder with {tokenizer.pad_token_id + 1} \(text_encoder/config.json "
+                                        r"pad_token_id\)"):  # fmt: skip
+        load_model_folder(tmp_path / "m")

@@ -226,6 +226,22 @@ def test_a_text_length_beyond_a_pretrained_position_table_is_refused_before_the_
     validate(load_config(None, [f"model.text.weights={MINILM}", "model.text.max_length=512"]))
 
 
+def test_embedding_only_from_a_roberta_folder_counts_robertas_position_offset(tmp_path: Path):
+    """RoBERTa numbers positions from 2: a 66-position table holds texts of 64 tokens. Embedding-only took BERT's
+    offset (0), accepted 66, and the first forward indexed past the table."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("roberta", vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=66, pad_token_id=1)  # fmt: skip
+    AutoModel.from_config(config).save_pretrained(tmp_path / "roberta")
+    for name in ("embedding-only", "roberta"):
+        settings = [f"model.text.name={name}", f"model.text.weights={tmp_path / 'roberta'}"]
+        with pytest.raises(ConfigError, match=r"model.text.max_length = 66: .* position table of 64 tokens: "
+                                              r"model.text.max_length can be at most 64"):  # fmt: skip
+            validate(load_config(None, [*settings, "model.text.max_length=66"]))
+        validate(load_config(None, [*settings, "model.text.max_length=64"]))
+
+
 def test_the_image_size_is_checked_against_the_init_from_folders_encoder(micro_checkpoints):
     """The run fine-tunes the folder's encoder (patch 16 in the micro model), not the config's (patch 8)."""
     folder = micro_checkpoints("pretrain")

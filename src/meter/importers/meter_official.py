@@ -179,8 +179,12 @@ def pick_tokenizer(
     if loaded.pad_token_id is None or loaded.mask_token_id is None:  # tokenizer.json alone: no roles for its tokens
         raise DataError(f"{folder}: the tokenizer has no padding or mask token (a tokenizer.json without its "
                         "tokenizer_config.json?); give the text encoder's whole tokenizer folder")  # fmt: skip
-    if loaded.pad_token_id != text_config.pad_token_id:
-        report.notes.append(f"tokenizer pad id {loaded.pad_token_id} differs from the text encoder's")
+    if text_config.pad_token_id is not None and loaded.pad_token_id != text_config.pad_token_id:
+        # another tokenizer's numbering: the folder fine-tuned on ids meaning other words (training refuses the pair)
+        raise DataError(f"{folder}: the tokenizer pads with token id {loaded.pad_token_id}, but the text encoder of "
+                        f"--text-encoder {text_encoder} has pad_token_id {text_config.pad_token_id} (its config.json):"
+                        " not this encoder's tokenizer; give the text encoder's own tokenizer folder (--tokenizer)"
+                        )  # fmt: skip
     return loaded
 
 

@@ -292,6 +292,11 @@ def load_model_folder(path: str | Path) -> tuple[Meter, PreTrainedTokenizerBase,
         raise DataError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the text embedding has {rows} rows "
                         f"({TEXT_CONFIG}/config.json vocab_size): not this model's tokenizer; copy in the tokenizer "
                         "files the model was trained with")  # fmt: skip
+    pad = model.text.model.config.pad_token_id
+    if pad is not None and tokenizer.pad_token_id != pad:  # another numbering of the same size or smaller
+        raise DataError(f"{path}: the tokenizer pads with token id {tokenizer.pad_token_id} but the text encoder with "
+                        f"{pad} ({TEXT_CONFIG}/config.json pad_token_id): not this model's tokenizer; copy in the "
+                        "tokenizer files the model was trained with")  # fmt: skip
     return model, tokenizer, description
 
 

@@ -23,7 +23,7 @@ from transformers import PretrainedConfig
 from meter.config import ModelConfig
 from meter.errors import ConfigError
 from meter.models.meter import Meter
-from meter.models.text import TEXT
+from meter.models.text import position_offset
 from meter.models.vision import resolve_vision
 from meter.models.vision_weights import adapt_vision_state
 
@@ -83,11 +83,11 @@ def _check_text_length(cfg: ModelConfig, text_config: PretrainedConfig, source: 
     positions = getattr(text_config, "max_position_embeddings", None)
     if not positions:
         return
-    usable = positions - TEXT.get(cfg.text.name, key="model.text").position_offset
+    usable = positions - position_offset(text_config.model_type)  # the folder's: embedding-only may be a RoBERTa's
     if cfg.text.max_length > usable:
         raise ConfigError(
             f"model.text.max_length = {cfg.text.max_length}: the text encoder of {source} has a position table of"
-            f" {usable} tokens, so fine-tuning it allows at most {usable}"
+            f" {usable} tokens: model.text.max_length can be at most {usable}"
         )
 
 

@@ -163,14 +163,16 @@ def build_meter(
     heads: dict[str, int],
     token_types: int = 2,
     text_hf_config: PretrainedConfig | None = None,
+    base_vocab: int | None = None,
 ) -> Meter:
     """`heads` maps a head kind (mlm, itm, vqa, ...) to its output size; `text_hf_config` rebuilds a saved text
-    encoder exactly (it may have come pretrained, with sizes no preset has)."""
+    encoder exactly (it may have come pretrained, with sizes no preset has); `base_vocab` is the tokenizer's
+    vocabulary without its added tokens (checked against a pretrained text encoder's, see `build_text`)."""
     if cfg.architecture not in ARCHITECTURES:
         raise ConfigError(f"model.architecture = {cfg.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     width = cfg.fusion.width
     with_decoder = cfg.architecture == "encoder-decoder"
-    text = build_text(cfg.text, vocab_size, pad_token_id, text_hf_config)
+    text = build_text(cfg.text, vocab_size, pad_token_id, text_hf_config, base_vocab)
     # the decoder writes the text encoder's vocabulary (a pretrained one may have more rows than the tokenizer)
     decoder = Decoder(cfg.decoder, width, text.vocab_size, pad_token_id) if with_decoder else None
     model = Meter(

@@ -95,6 +95,13 @@ class TextEncoder(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def position_offset(model_type: str) -> int:
+    """The first position id a transformers model type's encoder uses (RoBERTa's 2: its pad id + 1), read by model
+    type: embedding-only keeps the numbering of whichever encoder's folder it comes from."""
+    offsets = [entry.target.position_offset for entry in TEXT.entries() if entry.target.model_type == model_type]
+    return max(offsets, default=0)
+
+
 def text_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> PretrainedConfig:
     """The transformers config of a randomly initialised text encoder of the chosen preset."""
     spec = TEXT.get(cfg.name, key="model.text")
@@ -179,7 +186,33 @@ def _check_pad(cfg: TextConfig, config: PretrainedConfig, pad_token_id: int) -> 
                       " it from model.text.weights)")  # fmt: skip
 
 
-def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: int) -> nn.Module:
+# rows a pretrained table may have beyond its tokenizer's tokens (a table padded to a multiple of 64 or 128, an
+# encoder saved with sentinels added); a tokenizer reaching far fewer rows numbers its tokens otherwise
+SPARE_ROWS = 128
+
+
+def _check_vocabulary(cfg: TextConfig, config: PretrainedConfig, vocab_size: int, base_vocab: int | None) -> None:
+    """The tokenizer's own vocabulary (its added tokens, such as the span sentinels, get rows of their own) fits the
+    pretrained embedding table: another tokenizer padding with the same id trained on ids meaning other words."""
+    rows = getattr(config, "vocab_size", None)
+    if base_vocab is None or not rows:
+        return
+    tokenizer = f"model.text.tokenizer = {cfg.tokenizer!r}" if cfg.tokenizer else "the tokenizer"
+    if base_vocab > rows:
+        raise ConfigError(f"{tokenizer} has {base_vocab} tokens, but the text encoder of model.text.weights = "
+                          f"{cfg.weights!r} embeds only {rows} (its config.json vocab_size): the tokenizer is not this"
+                          " encoder's; use the encoder's own tokenizer (leave model.text.tokenizer unset to read it "
+                          "from model.text.weights)")  # fmt: skip
+    if rows - vocab_size > SPARE_ROWS:
+        log.warning("%s has %d tokens, but the text encoder of model.text.weights = %r embeds %d: is it this "
+                    "encoder's tokenizer? (another tokenizer's ids name other words; leave model.text.tokenizer "
+                    "unset to read the encoder's own from model.text.weights)", tokenizer, vocab_size, cfg.weights,
+                    rows)  # fmt: skip
+
+
+def _pretrained(
+    cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: int, base_vocab: int | None = None
+) -> nn.Module:
     path = Path(cfg.weights)
     if not (path / "config.json").is_file():
         raise DataError(f"text encoder folder not found or has no config.json: {path} (model.text.weights)")
@@ -194,6 +227,7 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: 
             f"model.text = {cfg.name!r} but model.text.weights = {str(path)!r} holds a {config.model_type} model"
         )
     _check_pad(cfg, config, pad_token_id)
+    _check_vocabulary(cfg, config, vocab_size, base_vocab)
     if spec.embedding_only:
         config.num_hidden_layers = 0
     try:
@@ -214,14 +248,20 @@ def _pretrained(cfg: TextConfig, spec: TextSpec, vocab_size: int, pad_token_id: 
 
 
 def build_text(
-    cfg: TextConfig, vocab_size: int, pad_token_id: int, hf_config: PretrainedConfig | None = None
+    cfg: TextConfig,
+    vocab_size: int,
+    pad_token_id: int,
+    hf_config: PretrainedConfig | None = None,
+    base_vocab: int | None = None,
 ) -> TextEncoder:
-    """From `hf_config` when given (rebuilding a saved model), else pretrained `cfg.weights`, else the preset."""
+    """From `hf_config` when given (rebuilding a saved model), else pretrained `cfg.weights`, else the preset.
+    `vocab_size` is the tokenizer's length; `base_vocab` its vocabulary without the tokens added to it (the span
+    sentinels), checked against a pretrained embedding table when given."""
     spec = TEXT.get(cfg.name, key="model.text")
     if hf_config is not None:
         model = AutoModel.from_config(hf_config, **_model_kwargs(hf_config))
     elif cfg.weights:
-        model = _pretrained(cfg, spec, vocab_size, pad_token_id)
+        model = _pretrained(cfg, spec, vocab_size, pad_token_id, base_vocab)
     else:
         config = text_config(cfg, vocab_size, pad_token_id)
         model = AutoModel.from_config(config, **_model_kwargs(config))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -11,6 +12,7 @@ from meter.errors import DataError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 CLASS_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")  # one tells transformers which tokenizer
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "config.json")
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -33,10 +35,44 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise DataError(f"{path}: holds the vocabulary ({present}) but not tokenizer_config.json or config.json, which "
                         "say the tokenizer's class (e.g. RobertaTokenizer); copy the text encoder's whole tokenizer "
                         "folder (tokenizer_config.json, special_tokens_map.json, ...)")  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as error:  # a damaged file fails as anything (KeyError, TypeError, the Rust tokenizers' plain
+        raise _damaged(path, error) from None  # Exception); nothing but the folder's files is read here
+    _check_vocabulary(path, tokenizer)
     if not tokenizer.is_fast:
         raise DataError(f"{path}: meter needs a fast tokenizer (tokenizer.json) for whole-word masking")
     if tokenizer.pad_token_id is None:  # a batch could not be padded: every prediction failed, as a bug of meter
         raise DataError(f"{path}: the tokenizer has no padding token (a tokenizer.json without its "
                         "tokenizer_config.json?); copy the text encoder's whole tokenizer folder")  # fmt: skip
     return tokenizer
+
+
+def _damaged(path: Path, error: Exception) -> DataError:
+    """A tokenizer transformers could not load, with the file to blame where one can be named."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for name in JSON_FILES:  # a truncated or empty download is not JSON
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as bad:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return DataError(f"{file}: not a readable JSON file ({bad}); a damaged or partly copied tokenizer "
+                             "file: copy the text encoder's tokenizer folder again")  # fmt: skip
+    present = {name for name in ("vocab.json", "merges.txt", "tokenizer.json") if (path / name).is_file()}
+    if present == {"vocab.json"}:  # a BPE vocabulary without its merges
+        return DataError(f"{path}: holds vocab.json but not merges.txt (nor tokenizer.json), which a BPE tokenizer "
+                         "needs too; copy the text encoder's whole tokenizer folder again")  # fmt: skip
+    return DataError(f"{path}: cannot load the tokenizer in this folder ({type(error).__name__}: {reason}); a damaged"
+                     " or partly copied file: copy the text encoder's whole tokenizer folder again")  # fmt: skip
+
+
+def _check_vocabulary(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A folder whose vocabulary file is missing loads as its special tokens alone (tokenizer_config.json names
+    them): every word became [UNK], or nothing at all, and training ran on empty text."""
+    words = set(tokenizer.get_vocab().values()) - set(tokenizer.all_special_ids)
+    if not words:
+        raise DataError(f"{path}: the tokenizer has no vocabulary, only its {len(tokenizer)} special tokens (no "
+                        "tokenizer.json, vocab.txt, vocab.json or sentencepiece model in the folder?); copy the text "
+                        "encoder's whole tokenizer folder")  # fmt: skip

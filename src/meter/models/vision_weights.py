@@ -30,18 +30,33 @@ from meter.models.weight_files import is_torchscript_archive, torchscript_refuse
 log = logging.getLogger(__name__)
 
 
-def timm_filter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def architecture(backbone: nn.Module) -> str:
+    """timm's name of the backbone's architecture (vit_base_patch16_224), else its class's."""
+    return (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
+
+
+def timm_filter(
+    backbone: nn.Module, state: dict[str, torch.Tensor], source: str = "vision weights"
+) -> dict[str, torch.Tensor]:
     """The architecture's `checkpoint_filter_fn`, the function timm applies to its own pretrained downloads, with
     METER's resampling: relative-position tables first resized as METER resizes them (`resize_tables_as_meter`),
     and position embeddings bicubic without antialiasing (METER's adapt_position_encoding is a plain
-    F.interpolate; timm's default antialiased kernel differs from it by up to a tenth of the values)."""
+    F.interpolate; timm's default antialiased kernel differs from it by up to a tenth of the values).
+    `source` names the weights in the error when they are another architecture's."""
     state = resize_tables_as_meter(backbone, state)
     convert = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
     if convert is None:
         return state
-    if "antialias" in inspect.signature(convert).parameters:
-        return convert(state, backbone, antialias=False)
-    return convert(state, backbone)
+    kwargs = {"antialias": False} if "antialias" in inspect.signature(convert).parameters else {}
+    try:
+        return convert(state, backbone, **kwargs)
+    # what a filter fails with on another architecture's tensors (BEiT's reads a pos_embed its model lacks: an
+    # AttributeError; ViT's reshapes a CaiT grid without class token: a RuntimeError)
+    except (AttributeError, KeyError, IndexError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DataError(f"{source}: not a checkpoint of {architecture(backbone)} (timm's conversion for it failed: "
+                        f"{type(error).__name__}: {reason}); give weights of the encoder named, or name the encoder "
+                        "they are of (model.vision.name)") from None  # fmt: skip
 
 
 def resize_tables_as_meter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,13 +163,13 @@ def log_resampled(
 def adapt_vision_state(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """A state dict for `backbone` (converted by timm's filter, positions resampled to its grid and windows);
     logs what was resampled. `source` names where the weights came from."""
-    adapted = _resample_position_embeddings(backbone, timm_filter(backbone, dict(state)))
+    adapted = _resample_position_embeddings(backbone, timm_filter(backbone, dict(state), source))
     log_resampled(backbone, state, adapted, source)
     return adapted
 
 
 def load_vision_weights(backbone: nn.Module, path: Path) -> None:
-    name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
+    name = architecture(backbone)
     if is_torchscript_archive(path):  # torch's own refusal advises weights_only=False: running the file's code
         raise DataError(torchscript_refused(path))
     try:

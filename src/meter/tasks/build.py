@@ -82,7 +82,9 @@ def build_model(
     `answers`: the VQA head's answer of each row; a folder's VQA rows load by answer, not by position."""
     source = cfg.train.init_from
     if not source:
-        model = build_meter(cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types)
+        model = build_meter(
+            cfg.model, len(tokenizer), tokenizer.pad_token_id, heads, token_types, base_vocab=tokenizer.vocab_size
+        )
         with torch.no_grad():  # NLVR2's second image row starts as the first's, as METER does with or without weights
             model.token_type.weight[2:] = model.token_type.weight[1]
         return model
