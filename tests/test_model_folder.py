@@ -147,6 +147,8 @@ def test_the_card_of_a_captioner_says_it_writes_captions_and_a_conv_stem_is_name
     card = (micro_checkpoints("captioning") / "README.md").read_text()
     assert "Heads: none (the decoder writes text)" in card and "image captioning: `meter predict --caption`" in card
     assert "a pretrained starting point" not in card
+    assert "pooled by" not in card  # an encoder-decoder has no image pooler: its decoder reads every fused token
+    assert "image stream pooled by its first token." in (micro_checkpoints("vqa") / "README.md").read_text()
     cfg = load_config(None, ["model.vision.conv_stem=true"], base=micro_config)
     from meter.models.folder_description import ModelFolder
     from meter.tasks.build import build_model

@@ -81,8 +81,13 @@ def model_card(model: Meter, description: ModelFolder, has_tokenizer: bool) -> s
         f"{_millions(model.text)} parameters; its config is in `text_encoder/config.json`.",
         f"- Fusion: `{fusion.name}`, {fusion.layers} layers, width {fusion.width}, {fusion.heads} heads, "
         f"FFN {int(fusion.width * fusion.mlp_ratio)}, {_millions(model.fusion)} parameters; "
-        f"{description.token_types} token types; image stream pooled by its "
-        + ("first token." if cfg.image_pool == "first" else "mean token."),
+        f"{description.token_types} token types"
+        + (
+            "."
+            if model.decoder is not None
+            else "; image stream pooled by "  # the decoder reads every fused token
+            + ("its first token." if cfg.image_pool == "first" else "the mean of its tokens.")
+        ),
         *_decoder_lines(model, cfg.decoder),
         "- Heads: " + ", ".join(f"`{kind}` ({size} outputs)" for kind, size in heads.items()) + "."
         if heads
