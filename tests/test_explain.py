@@ -101,6 +101,13 @@ def test_in_bf16_the_explained_scores_are_the_predictors_bf16_scores(micro_check
     heat = explain_batch(predictor, [shapes_tasks_world / IMAGE], [QUESTION], method=method, top=3)[0]
     expected = predictor.answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
     assert heat.prediction["answers"] == expected
+    # every question of the split, to the last digit: the recording's attention (no SDPA) rounds otherwise in bf16
+    questions = json.loads((shapes_tasks_world / "vqa/v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    asked = questions["questions"][:32]
+    images = [shapes_tasks_world / f"images/val2014/COCO_val2014_{q['image_id']:012d}.png" for q in asked]
+    texts = [q["question"] for q in asked]
+    explained = [heat.prediction["answers"] for heat in explain_batch(predictor, images, texts, method=method, top=5)]
+    assert explained == predictor.answer_batch(images, texts, top=5)
     fp32 = Predictor(micro_checkpoints("vqa"), "cpu").answer(shapes_tasks_world / IMAGE, QUESTION, top=3)
     assert [a["score"] for a in fp32] != [a["score"] for a in expected], "bf16 scores differ: the test can tell"
 

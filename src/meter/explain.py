@@ -175,10 +175,17 @@ def explain_batch(
         )
     answers = answers or [None] * len(texts)
     batch = predictor.batch_of([[image] for image in images], texts)
+    predictions = None
+    if predictor.runtime.dtype != torch.float32:  # the recording below computes attention without SDPA, which
+        with torch.no_grad(), predictor.runtime.autocast():  # rounds otherwise in bf16: answers and scores as /vqa's
+            _, predictions = _scores(predictor, task, batch, answers, top)
+        if task == "vqa":  # the answer explained is the one given
+            answers = [prediction["explained"]["answer"] for prediction in predictions]
     gradients = torch.enable_grad() if method == "gradcam" else torch.no_grad()  # raw attention needs no graph
     with gradients, record_text_to_image_attention(predictor.model) as record:
-        with predictor.runtime.autocast():  # the precision the answers of /vqa are given in: the same top answer
-            score, predictions = _scores(predictor, task, batch, answers, top)
+        with predictor.runtime.autocast():  # the precision the answers of /vqa are given in
+            score, recorded = _scores(predictor, task, batch, answers, top)
+        predictions = predictions or recorded
         text_length = batch["input_ids"].shape[1]
         weights = record.text_to_image(text_length)
         if method == "gradcam":
