@@ -339,7 +339,7 @@ def test_evaluating_another_model_into_a_folder_says_whose_files_it_replaces(mic
     assert json.loads((out / ".meter-evaluation").read_text())["checkpoint"] == str(second.absolute())
 
 
-def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(shapes_tasks_world, tmp_path, capsys):
+def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(shapes_tasks_world, tmp_path, caplog):
     """Without --config, the recorded data section was taken only where its folder is here: a blind baseline given
     data.root=... elsewhere was scored with images."""
     import argparse
@@ -366,8 +366,16 @@ def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(sha
         )
     )
     shutil.rmtree(world)  # the model evaluated on another machine, its data elsewhere
-    base = recorded_settings(argparse.Namespace(checkpoint=str(tmp_path / "blind/model"), task="vqa"))
+    model = str(tmp_path / "blind/model")
+    base = recorded_settings(argparse.Namespace(checkpoint=model, task="vqa", overrides=[]))
     assert base.data.blind and base.data.root != str(world)
+    # the root read instead is said (a `data/shapes` of the working folder was scored without a word)
+    assert f"the data {model} was fine-tuned on ({world}) is not here; reading data.root = {base.data.root}" in (
+        caplog.text
+    )
+    caplog.clear()
+    recorded_settings(argparse.Namespace(checkpoint=model, task="vqa", overrides=[f"data.root={shapes_tasks_world}"]))
+    assert "is not here" not in caplog.text
 
 
 def test_an_evaluation_folder_is_marked_as_its_own_whatever_the_clocks(micro_checkpoints, shapes_tasks_world, tmp_path,

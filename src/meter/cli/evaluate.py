@@ -187,6 +187,9 @@ def recorded_settings(args: argparse.Namespace) -> Config | None:
         taken += f" and the data ({recorded.data.root})"
     else:  # what changes the numbers wherever the data is: a blind baseline stays blind
         base.data.blind, base.data.max_image_pixels = recorded.data.blind, recorded.data.max_image_pixels
+        if not any(override.split("=", 1)[0].strip() == "data.root" for override in args.overrides):
+            log.warning("evaluate: the data %s was fine-tuned on (%s) is not here; reading data.root = %s (give "
+                        "data.root=... for its data)", args.checkpoint, recorded.data.root, base.data.root)  # fmt: skip
     log.info("evaluate: %s %s was fine-tuned with (--config or KEY=VALUE change them)", taken, args.checkpoint)
     return base
 
