@@ -323,3 +323,17 @@ def test_settings_may_follow_an_option(capsys):
     assert code == 0 and plan["batching"]["per_process"] == 8 and plan["schedule"]["optimizer_steps"] == 7
     with pytest.raises(SystemExit):
         meter_main(["plan", "--config", "shapes-tiny.yaml", "--processes", "1", "--bogus"])
+
+
+def test_a_pretrained_itm_head_is_planned_frozen_as_official_retrieval_keeps_it(micro_checkpoints,
+                                                                                 shapes_tasks_world: Path):  # fmt: skip
+    """The run keeps a pretrained ITM head frozen; the plan listed its parameters in the head group, trained at the
+    head's rate."""
+    overrides = [f"data.root={shapes_tasks_world}", "retrieval.objective=official",
+                 f"train.init_from={micro_checkpoints('pretrain')}"]  # fmt: skip
+    cfg = load_config(CONFIGS / "shapes-retrieval.yaml", overrides)
+    plan = make_plan(cfg)
+    task = _real_task(load_config(CONFIGS / "shapes-retrieval.yaml", overrides))
+    assert not any(p.requires_grad for p in task.model.heads["itm"].parameters())
+    assert plan.groups == _groups(task, cfg)
+    assert any("the ITM head of" in note and "stays frozen" in note for note in plan.notes)

@@ -27,6 +27,8 @@ from meter.objectives.span import SENTINELS, add_sentinels
 from meter.plan.memory import Layers, ModelShape
 from meter.plan.tasks import Head, TaskPlan
 from meter.tasks.build import tokenizer_path
+from meter.tasks.rank_head import ITM
+from meter.tasks.retrieval_official import itm_stays_frozen
 from meter.train.optim import parameter_groups
 
 
@@ -56,6 +58,21 @@ class PlannedTask(nn.Module):
         super().__init__()
         self.model = model
         self.extras = nn.ModuleDict(extras)
+
+
+def _freeze_as_the_run(cfg: Config, model: Meter, notes: list[str]) -> None:
+    """Official retrieval keeps a pretrained ITM head frozen (tasks.retrieval_official.setup_official): the plan's
+    optimizer groups leave it out as the run's do."""
+    official = cfg.task == "retrieval" and cfg.retrieval.objective == "official"
+    if not (official and ITM in model.heads and cfg.train.init_from):
+        return
+    try:
+        frozen = itm_stays_frozen(read_model_folder(cfg.train.init_from))
+    except MeterError:  # noted where the folder is read for the architecture
+        return
+    if frozen:
+        model.heads[ITM].requires_grad_(False)
+        notes.append(f"retrieval: the ITM head of {cfg.train.init_from} stays frozen (not in the optimizer's groups)")
 
 
 def _from_init_folder(cfg: Config, plan: TaskPlan, notes: list[str]) -> PretrainedConfig | None:
@@ -234,6 +251,7 @@ def plan_model(cfg: Config, plan: TaskPlan, heads_of: Callable[[int], list[Head]
             extras["mim_decoder"] = PixelDecoder(model.width, patch)
             mim_patches = (model_cfg.vision.image_size // patch) ** 2
     task = PlannedTask(model, extras)
+    _freeze_as_the_run(cfg, model, notes)
     counts = parameter_counts(model)
     counts.pop("total")
     if extras:
