@@ -249,11 +249,6 @@ def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, A
     changed = config_differences(run["config"], cfg)
     if resume:  # how a step's samples are split may change, when a step keeps its number (checked once it is loaded)
         changed = [change for change in changed if change.split(":")[0] not in SPLIT_OF_A_STEP]
-        moved = [change for change in changed if change.split(":")[0] == "data.root"]
-        if moved:  # a job requeued with its data copied to a node's own disk: the loop checks the data is the same
-            log.warning("%s: the run goes on with its data read there (the training data must be the same as "
-                        "before: a resume checks its size)", moved[0])  # fmt: skip
-            changed.remove(moved[0])
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
         latest = Checkpoints(out / CHECKPOINTS).latest()
