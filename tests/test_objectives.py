@@ -218,3 +218,16 @@ def test_without_at_least_one_mlm_masks_its_rate_of_words_and_leaves_some_short_
         masked_words[at_least_one] = (labels != IGNORE).any(dim=1).float()  # "one square": a word at most, mostly
     assert masked_words[True].mean() == 1.0
     assert 0.2 < masked_words[False].mean() < 0.4  # 1 - 0.85^2 = 0.28 of the two-word captions have one
+
+
+def test_the_mim_pixel_decoder_starts_at_model_init_std_as_every_new_part(micro_config):
+    """model.init_std set every randomly initialised part but the MIM pixel decoder (left at 0.02)."""
+    from meter.tasks.build import build_model, task_tokenizer
+    from meter.tasks.pretrain import PretrainTask, pretrain_heads
+
+    cfg = load_config(None, ["objectives.mim=1", "model.init_std=0.5"], base=micro_config)
+    tokenizer = task_tokenizer(cfg)
+    heads = pretrain_heads(tokenizer, cfg.objectives)
+    task = PretrainTask(build_model(cfg, tokenizer, heads), tokenizer, cfg, heads)
+    weights = torch.cat([task.mim_decoder.dense.weight.flatten(), task.mim_decoder.decoder.weight.flatten()])
+    assert weights.std().item() == pytest.approx(0.5, rel=0.05)

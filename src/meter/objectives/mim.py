@@ -23,6 +23,8 @@ depends on how a step is split over micro-batches and processes (fewer candidate
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -101,12 +103,12 @@ class PixelDecoder(nn.Module):
 
     A pretraining-only part: it lives in the pretraining task, not in the model folder."""
 
-    def __init__(self, width: int, patch: int, channels: int = 3) -> None:
+    def __init__(self, width: int, patch: int, channels: int = 3, init_std: float = 0.02) -> None:
         super().__init__()
         self.dense = nn.Linear(width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.decoder = nn.Linear(width, patch * patch * channels)
-        self.apply(init_bert_weights)
+        self.apply(functools.partial(init_bert_weights, std=init_std))  # model.init_std, as the model's new parts
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.decoder(self.LayerNorm(F.gelu(self.dense(tokens))))

@@ -88,7 +88,7 @@ class PretrainTask(nn.Module):
         self.sentinels = sentinel_ids(tokenizer) if self.objectives.span > 0 else []
         if self.objectives.mim > 0:
             self.mim_patch = mim_patch_size(model.vision, cfg.model.vision.image_size)
-            self.mim_decoder = PixelDecoder(model.width, self.mim_patch)
+            self.mim_decoder = PixelDecoder(model.width, self.mim_patch, init_std=cfg.model.init_std)
 
     def describe(self) -> ModelFolder:
         return ModelFolder(self.cfg, dict(self.heads))
