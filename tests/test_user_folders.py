@@ -360,6 +360,8 @@ def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(sha
                 f"train.out={tmp_path / 'blind'}",
                 "data.blind=true",
                 "train.max_steps=1",
+                "train.eval_batch_size=7",
+                "train.precision=fp32",
                 "vqa.min_answer_count=1",
                 *MICRO,
             ],
@@ -376,6 +378,15 @@ def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(sha
     caplog.clear()
     recorded_settings(argparse.Namespace(checkpoint=model, task="vqa", overrides=[f"data.root={shapes_tasks_world}"]))
     assert "is not here" not in caplog.text
+    # the precision and batch its run scored in (`auto` is bf16 on a GPU; 128 may not fit where 7 did)
+    assert (base.train.precision, base.train.eval_batch_size) == ("fp32", 7)
+    # evaluated with a recipe (--config), it stays blind unless data.blind is given (it was scored with images)
+    from meter.cli.evaluate import keep_blind
+
+    for given, blind in (([], True), (["data.blind=false"], False)):
+        cfg = load_config(None, given)
+        keep_blind(cfg, argparse.Namespace(checkpoint=model, overrides=given))
+        assert cfg.data.blind is blind
 
 
 def test_an_evaluation_folder_is_marked_as_its_own_whatever_the_clocks(micro_checkpoints, shapes_tasks_world, tmp_path,

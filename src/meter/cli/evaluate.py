@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint = str(resolve_checkpoint(args.checkpoint))
         cfg = load_config(args.config, args.overrides, base=None if args.config else recorded_settings(args))
         cfg.task = args.task
+        keep_blind(cfg, args)
         if getattr(args, "metric", None):
             if any(override.startswith("vqa.metric=") for override in args.overrides):
                 raise MeterError("--metric and vqa.metric= both given; give one")
@@ -169,6 +170,18 @@ def warn_model_overrides(cfg: Config, overrides: list[str], checkpoint: str) -> 
                         "fine-tune it (train.init_from) to change it", key, asked[key], kept[key])  # fmt: skip
 
 
+def keep_blind(cfg: Config, args: argparse.Namespace) -> None:
+    """A blind baseline evaluated with a recipe (--config) was scored with the images it never saw in training: it
+    stays blind unless data.blind is given."""
+    from meter.models.folder import read_model_folder
+
+    given = any(override.split("=", 1)[0].strip() == "data.blind" for override in args.overrides)
+    if not given and not cfg.data.blind and read_model_folder(args.checkpoint).config.data.blind:
+        cfg.data.blind = True
+        log.warning("evaluate: %s is a blind baseline (trained with data.blind=true): evaluated blind (give "
+                    "data.blind=false to score it with the images)", args.checkpoint)  # fmt: skip
+
+
 def recorded_settings(args: argparse.Namespace) -> Config | None:
     """Without --config: the defaults with the task's own section as the model folder recorded it, when it was
     fine-tuned on that task (its beam size, VQA metric, retrieval shortlist, ...): evaluated again, it gives the
@@ -181,7 +194,9 @@ def recorded_settings(args: argparse.Namespace) -> Config | None:
         return None
     base = Config()
     setattr(base, args.task, copy.deepcopy(getattr(recorded, args.task)))
-    taken = f"the {args.task} settings"
+    # the precision and batch its run scored in (auto is bf16 on a GPU: an fp32 run's numbers; a batch that fit)
+    base.train.precision, base.train.eval_batch_size = recorded.train.precision, recorded.train.eval_batch_size
+    taken = f"the {args.task} settings, train.precision, train.eval_batch_size"
     if Path(recorded.data.root).is_dir():  # its data too, where it is there to be read
         base.data = copy.deepcopy(recorded.data)
         taken += f" and the data ({recorded.data.root})"
