@@ -61,3 +61,18 @@ def test_a_mean_pooled_model_compares_texts_with_the_mean_of_its_image_tokens(mi
         same = torch.allclose(unimodal_similarity(model, text, image), unimodal_similarity(model, text, shuffled),
                               atol=1e-6)  # fmt: skip
         assert same == (pool == "mean"), pool
+
+
+def test_more_negatives_than_a_batch_holds_are_said_to_be_capped(micro_config, caplog):
+    """retrieval.negatives=8 with a batch of 4 drew 3, the same losses as 3, without a word."""
+    from meter.config import load_config
+    from meter.tasks.retrieval import check_settings
+
+    check_settings(
+        load_config(None, ["task=retrieval", "train.batch_size=4", "retrieval.negatives=3"], base=micro_config)
+    )
+    assert "negatives" not in caplog.text
+    check_settings(
+        load_config(None, ["task=retrieval", "train.batch_size=4", "retrieval.negatives=8"], base=micro_config)
+    )
+    assert "retrieval.negatives = 8: a process's batch of 4 (train.batch_size) holds 3 other pairs" in caplog.text

@@ -160,6 +160,10 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"retrieval.objective = {settings.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
     if settings.objective == "meter" and settings.negatives < 1 and settings.itc <= 0:
         raise ConfigError("retrieval.negatives = 0 and retrieval.itc = 0: nothing to train; raise one of them")
+    if settings.objective == "meter" and settings.negatives > cfg.train.batch_size - 1:
+        log.warning("retrieval.negatives = %d: a process's batch of %d (train.batch_size) holds %d other pairs, so "
+                    "%d negatives a pair are drawn (raise train.batch_size for more)", settings.negatives,
+                    cfg.train.batch_size, cfg.train.batch_size - 1, cfg.train.batch_size - 1)  # fmt: skip
     reason = untrained_shortlist(cfg)
     if settings.shortlist and settings.shortlist > 0 and reason:
         raise ConfigError(
