@@ -105,8 +105,10 @@ def default_task(predictor: Predictor) -> str:
     return tasks[0]
 
 
-def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: list[str | None], top: int):
-    """(the score to explain per example (B,), the prediction per example)."""
+def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: list[str | None], top: int,
+            labels: list[str] | None = None):  # fmt: skip
+    """(the score to explain per example (B,), the prediction per example); `labels`: the SNLI-VE label to explain
+    per example (default: the best)."""
     model, description = predictor.model, predictor.description
     if task == "vqa":
         vqa = VqaTask(model, description.answers, description.config)
@@ -135,7 +137,7 @@ def _scores(predictor: Predictor, task: str, batch: dict[str, Any], answers: lis
         return score, [{"explained": match_reading(scorer, s)} for s in score.tolist()]
     logits = predictor.finite(SnliVeTask(model, description.config, len(SNLI_VE_LABELS)).logits(batch).float())
     probabilities = logits.detach().softmax(-1)
-    chosen = logits.argmax(-1)
+    chosen = logits.argmax(-1) if labels is None else torch.tensor([SNLI_VE_LABELS.index(label) for label in labels])
     predictions = [
         {
             "entailment": {name: round(float(p), 4) for name, p in zip(SNLI_VE_LABELS, row, strict=True)},
@@ -175,16 +177,18 @@ def explain_batch(
         )
     answers = answers or [None] * len(texts)
     batch = predictor.batch_of([[image] for image in images], texts)
-    predictions = None
+    predictions, labels = None, None
     if predictor.runtime.dtype != torch.float32:  # the recording below computes attention without SDPA, which
         with torch.no_grad(), predictor.runtime.autocast():  # rounds otherwise in bf16: answers and scores as /vqa's
             _, predictions = _scores(predictor, task, batch, answers, top)
         if task == "vqa":  # the answer explained is the one given
             answers = [prediction["explained"]["answer"] for prediction in predictions]
+        if task == "snli_ve":
+            labels = [prediction["explained"]["label"] for prediction in predictions]
     gradients = torch.enable_grad() if method == "gradcam" else torch.no_grad()  # raw attention needs no graph
     with gradients, record_text_to_image_attention(predictor.model) as record:
         with predictor.runtime.autocast():  # the precision the answers of /vqa are given in
-            score, recorded = _scores(predictor, task, batch, answers, top)
+            score, recorded = _scores(predictor, task, batch, answers, top, labels)
         predictions = predictions or recorded
         text_length = batch["input_ids"].shape[1]
         weights = record.text_to_image(text_length)
