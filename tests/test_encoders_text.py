@@ -253,6 +253,22 @@ def test_a_damaged_tokenizer_file_is_named(shapes_world: Path, tmp_path: Path, d
         load_tokenizer(folder)
 
 
+def test_a_sentencepiece_tokenizer_without_its_library_is_named_as_such_not_as_a_damaged_copy(tmp_path: Path):
+    """An ALBERT folder with spiece.model alone, where sentencepiece is not installed, was "a damaged or partly copied
+    file: copy the folder again"."""
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here: the folder loads")
+    folder = tmp_path / "albert"
+    folder.mkdir()
+    (folder / "spiece.model").write_bytes(b"a sentencepiece model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "AlbertTokenizer"}))
+    with pytest.raises(DataError, match="not installed.*spiece.model needs sentencepiece") as refused:
+        load_tokenizer(folder)
+    assert "copy the text encoder's whole tokenizer folder again" not in str(refused.value)
+
+
 def test_a_tokenizer_larger_than_the_pretrained_embedding_table_is_refused(
     shapes_world: Path, micro_config: Config, tmp_path: Path
 ):

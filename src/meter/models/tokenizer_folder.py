@@ -37,6 +37,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
                         "folder (tokenizer_config.json, special_tokens_map.json, ...)")  # fmt: skip
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except ImportError as error:  # a library the tokenizer needs (sentencepiece), not a damaged file
+        raise DataError(f"{path}: loading its tokenizer needs a library that is not installed: {error}") from None
     except Exception as error:  # a damaged file fails as anything (KeyError, TypeError, the Rust tokenizers' plain
         raise _damaged(path, error) from None  # Exception); nothing but the folder's files is read here
     _check_vocabulary(path, tokenizer)
@@ -51,6 +53,11 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def _damaged(path: Path, error: Exception) -> DataError:
     """A tokenizer transformers could not load, with the file to blame where one can be named."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "install" in str(error).lower():  # transformers asking for a library: not a damaged copy
+        spiece = (path / "spiece.model").is_file()
+        return DataError(f"{path}: transformers reads this tokenizer only with a library that is not installed ("
+                         f"{reason})" + ("; its spiece.model needs sentencepiece (pip install sentencepiece), or give "
+                                         "the folder a tokenizer.json" if spiece else ""))  # fmt: skip
     for name in JSON_FILES:  # a truncated or empty download is not JSON
         file = path / name
         if not file.is_file():
