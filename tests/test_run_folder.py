@@ -113,6 +113,9 @@ def test_an_unfinished_run_goes_on_with_resume_and_settings_that_may_differ(micr
     with pytest.raises(ConfigError, match=r"train.max_steps: 4 -> 8\).*, with train.init_from=.*step_00000002 to go on "
                                           r"from its weights: its learning rate decays to 0"):  # fmt: skip
         _pretrain(micro_config, tmp_path / "run", "train.max_steps=8", resume="latest")
+    with pytest.raises(ConfigError, match=r"train.max_steps: 4 -> 3\)") as shorter:  # no "longer run" for a shorter
+        _pretrain(micro_config, tmp_path / "run", "train.max_steps=3", resume="latest")
+    assert "init_from" not in str(shorter.value)
     # where it stops, its logs and budgets may differ: not what it computes
     final = _pretrain(micro_config, tmp_path / "run", "train.log_every=2", "train.max_nonfinite_steps=9",
                       "train.progress=true", "train.deterministic=true", resume="latest")  # fmt: skip

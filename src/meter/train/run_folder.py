@@ -252,7 +252,8 @@ def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, A
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
         latest = Checkpoints(out / CHECKPOINTS).latest()
-        longer = latest is not None and any(change.startswith("train.max_steps:") for change in changed)
+        recorded_steps = run["config"].get("train", {}).get("max_steps")
+        longer = latest is not None and isinstance(recorded_steps, int) and cfg.train.max_steps > recorded_steps
         raise ConfigError(
             f"train.out = {out} holds a run of another config ({listed_changes(changed)}): give the new run a folder "
             f"of its own ({new_folder}"
