@@ -172,7 +172,7 @@ def warn_model_overrides(cfg: Config, overrides: list[str], checkpoint: str) -> 
 
 def keep_blind(cfg: Config, args: argparse.Namespace) -> None:
     """A blind baseline evaluated with a recipe (--config) was scored with the images it never saw in training: it
-    stays blind unless data.blind is given."""
+    stays blind unless data.blind is given on the command line."""
     from meter.models.folder import read_model_folder
 
     given = any(override.split("=", 1)[0].strip() == "data.blind" for override in args.overrides)
