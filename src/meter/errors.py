@@ -17,3 +17,9 @@ class DataError(MeterError):
 
     def __str__(self) -> str:
         return f"data: {super().__str__()}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" when it has none): the reason a one-line message quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

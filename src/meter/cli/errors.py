@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
+from meter.errors import first_line
+
 DEBUG_ENV = "METER_DEBUG"
 DEBUG_HELP = f"show the Python traceback of an error (or set {DEBUG_ENV}=1)"
 
@@ -56,7 +58,7 @@ def report_unexpected(error: Exception) -> int:
     if isinstance(error, MemoryError):
         print("meter: out of memory; use a smaller batch (train.batch_size, train.eval_batch_size)", file=sys.stderr)
         return 1
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = first_line(error)
     if from_a_peer(error):
         print(f"meter: another process of this run stopped or failed ({type(error).__name__}: {first}); its own "
               "messages, or the launcher's, say why. This one stops too; the run resumes from its last checkpoint "

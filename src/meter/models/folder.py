@@ -30,7 +30,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from meter.atomic_files import cannot_write, with_usual_mode
 from meter.config import config_from_dict
-from meter.errors import ConfigError, DataError
+from meter.errors import ConfigError, DataError, first_line
 from meter.models.checksums import CHECKSUMS, record_checksums, verify_checksums
 from meter.models.class_rows import current_classes, in_current_order, saved_classes
 from meter.models.folder_description import ModelFolder
@@ -272,7 +272,7 @@ def read_text_config(path: str | Path) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:  # missing, not JSON, or no model_type
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise DataError(f"{folder}: not a readable text encoder config ({first})") from None
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
 from meter.config import TextConfig
-from meter.errors import ConfigError, DataError
+from meter.errors import ConfigError, DataError, first_line
 from meter.models.weight_files import unpickler_reason
 from meter.registry import Registry
 
@@ -219,7 +219,7 @@ def _pretrained(
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError, StrictDataclassError) as error:  # not JSON, no model_type, a wrong type
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error) or type(error).__name__
         raise DataError(f"{path / 'config.json'}: not a config transformers can read ({reason}) "
                         "(model.text.weights)") from None  # fmt: skip
     if config.model_type != spec.model_type and not spec.embedding_only:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from meter.errors import DataError
+from meter.errors import DataError, first_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 CLASS_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")  # one tells transformers which tokenizer
@@ -41,7 +41,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise DataError(f"{path}: loading its tokenizer needs a library that is not installed: {error}") from None
     except Exception as error:  # a damaged file fails as anything (KeyError, TypeError, the Rust tokenizers' plain
         raise _damaged(path, error) from None  # Exception); nothing but the folder's files is read here
-    _check_vocabulary(path, tokenizer)
+    _check_has_words(path, tokenizer)
     if not tokenizer.is_fast:
         raise DataError(f"{path}: meter needs a fast tokenizer (tokenizer.json) for whole-word masking")
     if tokenizer.pad_token_id is None:  # a batch could not be padded: every prediction failed, as a bug of meter
@@ -52,7 +52,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def _damaged(path: Path, error: Exception) -> DataError:
     """A tokenizer transformers could not load, with the file to blame where one can be named."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error) or type(error).__name__
     if "install" in str(error).lower():  # transformers asking for a library: not a damaged copy
         spiece = (path / "spiece.model").is_file()
         return DataError(f"{path}: transformers reads this tokenizer only with a library that is not installed ("
@@ -75,7 +75,7 @@ def _damaged(path: Path, error: Exception) -> DataError:
                      " or partly copied file: copy the text encoder's whole tokenizer folder again")  # fmt: skip
 
 
-def _check_vocabulary(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+def _check_has_words(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     """A folder whose vocabulary file is missing loads as its special tokens alone (tokenizer_config.json names
     them): every word became [UNK], or nothing at all, and training ran on empty text."""
     words = set(tokenizer.get_vocab().values()) - set(tokenizer.all_special_ids)

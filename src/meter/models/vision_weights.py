@@ -24,7 +24,7 @@ from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
 from timm.models import load_state_dict
 from torch import nn
 
-from meter.errors import DataError
+from meter.errors import DataError, first_line
 from meter.models.weight_files import is_torchscript_archive, torchscript_refused, unpickler_reason
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def timm_filter(
     # what a filter fails with on another architecture's tensors (BEiT's reads a pos_embed its model lacks: an
     # AttributeError; ViT's reshapes a CaiT grid without class token: a RuntimeError)
     except (AttributeError, KeyError, IndexError, ValueError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = first_line(error)
         raise DataError(f"{source}: not a checkpoint of {architecture(backbone)} (timm's conversion for it failed: "
                         f"{type(error).__name__}: {reason}); give weights of the encoder named, or name the encoder "
                         "they are of (model.vision.name)") from None  # fmt: skip
