@@ -40,12 +40,16 @@ def config_from_args(args: argparse.Namespace, task: str | None = None) -> Confi
     return cfg
 
 
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys `key=value` overrides set."""
+    return {override.split("=", 1)[0].strip() for override in overrides}
+
+
 def warn_unread_overrides(cfg: Config, overrides: list[str]) -> None:
     """A setting of another task's section given on the command line is never read (`captioning.beam_size=5` in a
     retrieval run): said, not dropped without a word. A recipe may set several tasks' sections (a project's shared
     base), so only what the command line names is warned of."""
-    for override in overrides:
-        key = override.split("=", 1)[0].strip()
+    for key in sorted(override_keys(overrides)):
         section = key.split(".", 1)[0]
         if section in TASK_SECTIONS and section != cfg.task:
             log.warning("%s is not applied: it is read by task = %s, and this run's task is %s", key, section,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meter.cli.common import check_output_folder, warn_unread_overrides
+from meter.cli.common import check_output_folder, override_keys, warn_unread_overrides
 from meter.metrics.vqa import DEFAULT_VQA_METRIC, VQA_METRICS
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def warn_model_overrides(cfg: Config, overrides: list[str], checkpoint: str) -> 
     from meter.models.folder import read_model_folder
     from meter.train.run_folder import flat_settings
 
-    given = {override.split("=", 1)[0].strip() for override in overrides}
+    given = override_keys(overrides)
     asked = flat_settings({"model": to_dict(cfg.model)})
     kept = flat_settings({"model": to_dict(read_model_folder(checkpoint).config.model)})
     for key in sorted(k for k in asked if any(k == g or k.startswith(g + ".") for g in given)):
@@ -175,7 +175,7 @@ def keep_blind(cfg: Config, args: argparse.Namespace) -> None:
     stays blind unless data.blind is given on the command line."""
     from meter.models.folder import read_model_folder
 
-    given = any(override.split("=", 1)[0].strip() == "data.blind" for override in args.overrides)
+    given = "data.blind" in override_keys(args.overrides)
     if not given and not cfg.data.blind and read_model_folder(args.checkpoint).config.data.blind:
         cfg.data.blind = True
         log.warning("evaluate: %s is a blind baseline (trained with data.blind=true): evaluated blind (give "
@@ -202,7 +202,7 @@ def recorded_settings(args: argparse.Namespace) -> Config | None:
         taken += f" and the data ({recorded.data.root})"
     else:  # what changes the numbers wherever the data is: a blind baseline stays blind
         base.data.blind, base.data.max_image_pixels = recorded.data.blind, recorded.data.max_image_pixels
-        if not any(override.split("=", 1)[0].strip() == "data.root" for override in args.overrides):
+        if "data.root" not in override_keys(args.overrides):
             log.warning("evaluate: the data %s was fine-tuned on (%s) is not here; reading data.root = %s (give "
                         "data.root=... for its data)", args.checkpoint, recorded.data.root, base.data.root)  # fmt: skip
     log.info("evaluate: %s %s was fine-tuned with (--config or KEY=VALUE change them)", taken, args.checkpoint)
