@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.atomic_files import cannot_write, temporary_of, write_text_atomically
+from meter.atomic_files import temporary_of, write_text_atomically
 from meter.config import ADDED_SETTINGS, Config, at_current_defaults, save_config, to_dict
 from meter.errors import ConfigError, DataError
 from meter.models.folder import EXPORT
@@ -222,10 +222,7 @@ def _open(out: Path, cfg: Config, resume: str | None) -> str:
             run = _earlier_run(out, entries, cfg, resume)
         lock_folder(out, LOCK, in_use)
         write_text_atomically(out / RECORD, json.dumps(run, indent=1))
-        try:
-            save_config(cfg, out / CONFIG)
-        except OSError as error:
-            raise DataError(cannot_write(out / CONFIG, error, 0)) from None
+        save_config(cfg, out / CONFIG)  # written whole, a failed write named (atomic_files)
     except BaseException:
         release_run_folder(out)
         raise
