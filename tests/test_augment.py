@@ -18,6 +18,7 @@ from meter.data.formats.captions import coco_source, read_karpathy
 from meter.data.formats.vqa import read_vqa
 from meter.data.images import image_transform
 from meter.data.labelled import Example, LabelledExamples, image_batches
+from meter.data.ordered_batches import EvalReading
 from meter.data.shard_manifest import read_manifest
 from meter.data.shard_stream import Pair, ShardCorpus, ShardStream, to_sample
 from meter.data.shard_writer import write_shards
@@ -92,7 +93,7 @@ def test_evaluation_images_are_never_augmented(shapes_world: Path):
     for index in range(len(questions)):
         assert torch.equal(questions[index]["pixels"], plain(records[index].image))
     paths = [r.image for r in records]
-    for indices, pixels in image_batches(paths, reader, batch_size=4, desc="eval", progress=False):
+    for indices, pixels in image_batches(paths, reader, EvalReading(batch_size=4), "eval"):
         assert torch.equal(pixels, torch.stack([plain(paths[i]) for i in indices]))
     questions.set_epoch(0)  # what the training stream does: now the same reader augments
     assert any(not torch.equal(questions[i]["pixels"], plain(records[i].image)) for i in range(len(questions)))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from meter.config import load_config
 from meter.data.collate import Collate
+from meter.data.ordered_batches import EvalReading
 from meter.errors import ConfigError
 from meter.metrics.nlvr2 import read_nlvr2_predictions
 from meter.models.folder import load_model_folder
@@ -130,7 +131,7 @@ def test_shortlisted_scores_add_the_first_stage_to_the_full_scores_of_each_query
     texts = [c for r in records for c in r.captions]
     collate = Collate(loaded.tokenizer, cfg.model.text.max_length)
     runtime = setup_runtime(cfg.train)
-    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, 16, False)
+    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, EvalReading(16))
     full = score_matrix(loaded.model, "model", encoded, 0, runtime, 16, False)
     short = score_matrix(loaded.model, "model", encoded, 10, runtime, 16, False)
     assert np.isfinite(full).all()

@@ -104,7 +104,7 @@ class DataConfig:
     root: str = "data/shapes"  # dataset root; the paths below are relative to it
     images: str = "images"
     karpathy: str = "karpathy/dataset_coco.json"
-    num_workers: int = 0
+    num_workers: int = 0  # processes decoding images, in training and evaluation alike; 0: the main process
     worker_timeout: float = 300.0  # seconds a data worker may take to give a batch; then the run stops, naming it
     max_bad_samples: float = 0.01  # fraction of samples that may be skipped as unreadable before the run stops
     blind: bool = False  # replace every image by a constant (the text-only baseline)

@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from meter.data.bad_samples import BadSample, BadSampleBudget, count_bad
 from meter.data.datasets import ImageReader, TrainingDraws
+from meter.data.ordered_batches import EvalReading, ordered_batches
 from meter.errors import DataError
 
 UNLABELLED = -1
@@ -68,19 +68,21 @@ class ImageFiles(Dataset):
             return index, BadSample(str(self.paths[index]), str(error))
 
 
+def stack_readable(samples: list[tuple[int, Tensor | BadSample]]) -> tuple[list[int], Tensor | None, list[BadSample]]:
+    """A batch of `ImageFiles` samples: the readable ones' indices and stacked pixels (None if none), and the bad
+    ones (stacked in the worker that read them, so that a pinned batch is copied to the GPU as it is)."""
+    good = [(index, pixels) for index, pixels in samples if not isinstance(pixels, BadSample)]
+    bad = [pixels for _, pixels in samples if isinstance(pixels, BadSample)]
+    return [index for index, _ in good], torch.stack([pixels for _, pixels in good]) if good else None, bad
+
+
 def image_batches(
-    paths: list[Path], images: ImageReader, batch_size: int, desc: str, progress: bool,
-    budget: BadSampleBudget | None = None,
-) -> Iterator[tuple[list[int], Tensor]]:  # fmt: skip
+    paths: list[Path], images: ImageReader, reading: EvalReading, desc: str, budget: BadSampleBudget | None = None
+) -> Iterator[tuple[list[int], Tensor]]:
     """The readable images in order, batch by batch: (their indices, stacked pixels). An unreadable image counts
     against `budget` and is left out (without a budget, it is an error)."""
-    loader = DataLoader(ImageFiles(paths, images), batch_size=batch_size, collate_fn=list)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-        good = []
-        for index, pixels in batch:
-            if isinstance(pixels, BadSample):
-                count_bad(budget, pixels)
-            else:
-                good.append((index, pixels))
-        if good:
-            yield [index for index, _ in good], torch.stack([pixels for _, pixels in good])
+    for indices, pixels, bad in ordered_batches(ImageFiles(paths, images), stack_readable, reading, desc):
+        for sample in bad:
+            count_bad(budget, sample)
+        if pixels is not None:
+            yield indices, pixels

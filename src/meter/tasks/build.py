@@ -16,6 +16,7 @@ from meter.data.augment import build_augmentation
 from meter.data.datasets import ImageReader
 from meter.data.formats.captions import CaptionRecord, read_karpathy
 from meter.data.images import image_transform
+from meter.data.ordered_batches import EvalReading
 from meter.errors import ConfigError, DataError
 from meter.models.checksums import verify_checksums
 from meter.models.class_rows import OUTPUT_LAYER, rows_by_answer
@@ -32,6 +33,7 @@ from meter.models.meter import Meter, build_meter
 from meter.models.text import TEXT
 from meter.models.tokenizer_folder import load_tokenizer
 from meter.objectives.span import add_sentinels
+from meter.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 TOKEN_TYPES = "token_type.weight"
@@ -189,6 +191,13 @@ def load_for_eval(
     blind = description.config.data.blind if blind is None else blind
     images = ImageReader(image_transform(size, model.vision.mean, model.vision.std), size, blind, max_pixels=limit)
     return EvalModel(model, tokenizer, description, images)
+
+
+def eval_reading(cfg: Config, runtime: Runtime) -> EvalReading:
+    """How an evaluation of `cfg` reads: its eval batch, decoded by the data workers training has (a VQAv2 test-dev
+    split at 576 px on a GPU would wait on one CPU core), pinned for a GPU."""
+    return EvalReading(cfg.train.eval_batch_size, cfg.data.num_workers, cfg.data.worker_timeout,
+                       pin_memory=runtime.device.type == "cuda", progress=cfg.train.progress)  # fmt: skip
 
 
 def image_reader(cfg: Config, model: Meter) -> ImageReader:

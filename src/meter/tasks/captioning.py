@@ -27,6 +27,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
+from meter.data.ordered_batches import EvalReading
 from meter.data.shared_rows import moved
 from meter.errors import ConfigError
 from meter.metrics.caption import caption_scores, resolved_tokenizer
@@ -40,6 +41,7 @@ from meter.objectives.seq2seq import Caption, Seq2SeqBatch, Targets, captions_of
 from meter.objectives.step_mean import step_mean
 from meter.tasks.build import (
     build_model,
+    eval_reading,
     image_reader,
     karpathy_split,
     load_for_eval,
@@ -171,15 +173,14 @@ def join_split_punctuation(text: str) -> str:
 
 def caption_split(
     model: Meter, source: object, tokenizer: PreTrainedTokenizerBase, records: list[CaptionRecord], images: ImageReader,
-    settings: CaptioningConfig, runtime: Runtime, batch_size: int, progress: bool,
-    budget: BadSampleBudget | None = None,
+    settings: CaptioningConfig, runtime: Runtime, reading: EvalReading, budget: BadSampleBudget | None = None,
 ) -> dict[int, str]:  # fmt: skip
     """image_id -> the caption written for it, for every image that could be read; the others count against
     `budget` (without one, an unreadable image is an error)."""
     model.eval()
     written: dict[int, str] = {}
     paths = [r.image for r in records]
-    for indices, pixels in image_batches(paths, images, batch_size, "captioning", progress, budget):
+    for indices, pixels in image_batches(paths, images, reading, "captioning", budget):
         captions = write_captions(model, tokenizer, pixels, settings, runtime, source)
         for i, text in zip(indices, captions, strict=True):
             written[records[i].image_id] = text
@@ -203,7 +204,7 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     split = settings.eval_split
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"captioning_bad_samples_{split}.jsonl")
     written = caption_split(loaded.model, checkpoint, loaded.tokenizer, records, loaded.images, settings, runtime,
-                            cfg.train.eval_batch_size, cfg.train.progress, budget)  # fmt: skip
+                            eval_reading(cfg, runtime), budget)  # fmt: skip
     warn_evaluation_skips("captioning eval", budget, "the captions file gives them an empty caption, and the "
                           "scores are that file's")  # fmt: skip
     results = [{"image_id": r.image_id, "caption": written.get(r.image_id, "")} for r in records]

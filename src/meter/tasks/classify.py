@@ -10,13 +10,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from meter.config import Config
 from meter.data.bad_samples import BadSampleBudget, count_bad
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader
+from meter.data.ordered_batches import EvalReading, ordered_batches
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError
 from meter.models.finite_outputs import check_finite
@@ -24,7 +24,7 @@ from meter.models.folder import ModelFolder
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.step_mean import step_mean
-from meter.tasks.build import load_for_eval
+from meter.tasks.build import eval_reading, load_for_eval
 from meter.train.runtime import Runtime, setup_runtime
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,12 @@ class ClassificationTask(nn.Module):
 
 
 def eval_batches(
-    dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int, desc: str, progress: bool,
+    dataset: Dataset, collate: Collate, runtime: Runtime, reading: EvalReading, desc: str,
     budget: BadSampleBudget | None = None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """The dataset in order, batch by batch on the run's device; samples that cannot be read count against `budget`
     (without one, they are an error)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for batch in ordered_batches(dataset, collate, reading, desc):
         for bad in batch["bad"]:
             count_bad(budget, bad)
         if batch["size"]:
@@ -81,15 +80,15 @@ def eval_batches(
 
 @torch.no_grad()
 def predict_classes(
-    task: ClassificationTask, source: object, dataset: Dataset, collate: Collate, runtime: Runtime, batch_size: int,
-    progress: bool = True, budget: BadSampleBudget | None = None,
+    task: ClassificationTask, source: object, dataset: Dataset, collate: Collate, runtime: Runtime,
+    reading: EvalReading, budget: BadSampleBudget | None = None,
 ) -> dict[int, int]:  # fmt: skip
     """Example index -> predicted class, for every example whose images could be read (see `eval_batches`). Logits
     that are not finite are a NonFiniteOutput naming `source`, the model folder, not a class 0 for every example."""
     was_training = task.training
     task.eval()
     predictions: dict[int, int] = {}
-    for batch in eval_batches(dataset, collate, runtime, batch_size, f"{task.head} eval", progress, budget):
+    for batch in eval_batches(dataset, collate, runtime, reading, f"{task.head} eval", budget):
         with runtime.autocast():
             logits = task.logits(batch)
         labels = check_finite(logits, task.model, source).argmax(-1).tolist()
@@ -114,5 +113,4 @@ def classify_split(
     task = task_type(loaded.model, loaded.description.config, classes)
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     dataset = examples(loaded.images)
-    batch_size, progress = cfg.train.eval_batch_size, cfg.train.progress
-    return predict_classes(task, checkpoint, dataset, collate, runtime, batch_size, progress, budget)
+    return predict_classes(task, checkpoint, dataset, collate, runtime, eval_reading(cfg, runtime), budget)

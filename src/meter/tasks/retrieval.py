@@ -39,6 +39,7 @@ from meter.data.collate import Collate
 from meter.data.datasets import CaptionPairs, ImageReader
 from meter.data.formats.captions import CaptionRecord
 from meter.data.labelled import image_batches
+from meter.data.ordered_batches import EvalReading
 from meter.errors import ConfigError, DataError
 from meter.metrics.retrieval import KS, rankings, retrieval_recall
 from meter.models.finite_outputs import check_finite
@@ -48,6 +49,7 @@ from meter.objectives.randomness import SampleRandomness
 from meter.objectives.ranking import ranking_loss
 from meter.tasks.build import (
     build_model,
+    eval_reading,
     image_reader,
     karpathy_split,
     load_for_eval,
@@ -203,15 +205,15 @@ class Encoded:
 @torch.no_grad()
 def encode_split(
     model: Meter, records: list[CaptionRecord], texts: list[str], collate: Collate, images: ImageReader,
-    runtime: Runtime, batch_size: int, progress: bool, budget: BadSampleBudget | None = None,
+    runtime: Runtime, reading: EvalReading, budget: BadSampleBudget | None = None,
 ) -> Encoded:  # fmt: skip
     """Every image and text through its encoder; an unreadable image counts against `budget` (without one, it is
     an error) and is marked unreadable."""
     image_tokens: list[Tensor | None] = [None] * len(records)  # an unreadable image stays None
     paths = [r.image for r in records]
-    for indices, pixels in image_batches(paths, images, batch_size, "retrieval: images", progress, budget):
+    for indices, pixels in image_batches(paths, images, reading, "retrieval: images", budget):
         with runtime.autocast():
-            tokens = model.encode_image(pixels.to(runtime.device))
+            tokens = model.encode_image(pixels.to(runtime.device, non_blocking=True))
         for i, row in zip(indices, tokens, strict=True):
             image_tokens[i] = row
     template = next((t for t in image_tokens if t is not None), None)
@@ -223,9 +225,10 @@ def encode_split(
                                 return_tensors="pt")  # fmt: skip
     ids, masks = encoded["input_ids"].to(runtime.device), encoded["attention_mask"].to(runtime.device)
     text_tokens = []
-    for start in range(0, len(texts), batch_size):
+    step = reading.batch_size
+    for start in range(0, len(texts), step):
         with runtime.autocast():
-            text_tokens.append(model.encode_text(ids[start : start + batch_size], masks[start : start + batch_size]))
+            text_tokens.append(model.encode_text(ids[start : start + step], masks[start : start + step]))
     return Encoded(stacked, readable.to(runtime.device), torch.cat(text_tokens), masks)
 
 
@@ -347,7 +350,7 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
     collate = Collate(loaded.tokenizer, loaded.description.config.model.text.max_length)
     batch = cfg.train.eval_batch_size
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"retrieval_bad_samples_{split}.jsonl")
-    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, batch, cfg.train.progress,
+    encoded = encode_split(loaded.model, records, texts, collate, loaded.images, runtime, eval_reading(cfg, runtime),
                            budget)  # fmt: skip
     # an unreadable image stays in the split, as the official evaluation of the same files would keep it: a query
     # that misses, the image of captions that miss, never retrieved; only the readable ones are scored

@@ -11,8 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from meter.atomic_files import write_text_atomically
 from meter.config import Config
@@ -20,6 +18,7 @@ from meter.data.bad_samples import BadSampleBudget, count_bad, evaluation_budget
 from meter.data.collate import Collate
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.formats.vqa import VqaRecord, read_vqa
+from meter.data.ordered_batches import EvalReading, ordered_batches
 from meter.data.shared_rows import to_device
 from meter.errors import ConfigError, DataError
 from meter.metrics.vqa import VqaAccuracy, soft_score, vocabulary_form, vqa_accuracy, vqa_metric
@@ -29,7 +28,7 @@ from meter.models.heads import in_fp32
 from meter.models.meter import Meter
 from meter.objectives.randomness import SampleRandomness
 from meter.objectives.step_mean import step_mean
-from meter.tasks.build import build_model, image_reader, task_tokenizer
+from meter.tasks.build import build_model, eval_reading, image_reader, task_tokenizer
 from meter.tasks.downstream import DOWNSTREAM, Downstream, Finetuning
 from meter.train.runtime import Runtime, setup_runtime
 
@@ -137,16 +136,15 @@ def training_questions(cfg: Config, records: list[VqaRecord], answers: list[str]
 
 @torch.no_grad()
 def predict_vqa(
-    task: VqaTask, source: object, dataset: VqaQuestions, collate: Collate, runtime: Runtime, batch_size: int,
-    progress: bool = True, budget: BadSampleBudget | None = None,
+    task: VqaTask, source: object, dataset: VqaQuestions, collate: Collate, runtime: Runtime, reading: EvalReading,
+    budget: BadSampleBudget | None = None,
 ) -> dict[int, str]:  # fmt: skip
     """question_id -> answer for every question whose image could be read; the others count against `budget`
     (without one, an unreadable image is an error). Logits that are not finite are a NonFiniteOutput naming `source`,
     the model folder, not the vocabulary's first answer to every question."""
     task.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions: dict[int, str] = {}
-    for batch in tqdm(loader, desc="vqa eval", unit="batch", disable=not progress):
+    for batch in ordered_batches(dataset, collate, reading, "vqa eval"):
         for bad in batch["bad"]:
             count_bad(budget, bad)
         if batch["size"] == 0:
@@ -274,8 +272,7 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     dataset = vqa_dataset(records, images, description.answers)
     split = cfg.vqa.eval_split
     budget = evaluation_budget(cfg.data.max_bad_samples, len(records), out / f"vqa_bad_samples_{split}.jsonl")
-    batch_size, progress = cfg.train.eval_batch_size, cfg.train.progress
-    predictions = predict_vqa(task, checkpoint, dataset, collate, runtime, batch_size, progress, budget)
+    predictions = predict_vqa(task, checkpoint, dataset, collate, runtime, eval_reading(cfg, runtime), budget)
     submission = {r.question_id: predictions.get(r.question_id, task.answers[0]) for r in records}
     check_submission(records, submission)
     warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r} (the vocabulary's "
