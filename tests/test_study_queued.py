@@ -11,7 +11,7 @@ from pathlib import Path
 from meter.study.cells import plan_study, save_plan
 from meter.study.execute import Outcome, held_elsewhere, run_study
 from meter.study.executors import SUBMITTED, queued_job
-from meter.study.records import write_json
+from meter.study.records import STATUS, write_json
 from meter.study.spec import study_from_dict
 from meter.study.status import study_states
 from tests.studies import micro_study
@@ -57,3 +57,17 @@ def test_status_shows_a_cell_whose_job_waits_in_the_queue_as_queued(shapes_world
     monkeypatch.setenv("PATH", f"{_squeue(tmp_path / 'bin', {'4242': 'PENDING'})}{os.pathsep}{os.environ['PATH']}")
     queued = study_states(out)[0]
     assert (queued.state, queued.detail) == ("queued", "job 4242 (PENDING) in the Slurm queue")
+
+
+def test_status_shows_a_failed_cell_whose_recorded_error_is_empty_or_not_a_mapping(shapes_world, tmp_path):
+    """A status file another tool (or a hand) wrote with an empty error was an IndexError of `meter study status`."""
+    out = tmp_path / "out"
+    plan = plan_study(study_from_dict(micro_study(shapes_world, variants=[])), out)
+    save_plan(plan, out)
+    cell = Path(plan.cells[0].folder)
+    for errors, detail in (({"pretrain": ""}, "pretrain: no message recorded"),
+                           ({"vqa": "Traceback ...\nDataError: disk full\n"}, "vqa: DataError: disk full"),
+                           (["lost"], "['lost']")):  # fmt: skip
+        write_json(cell / STATUS, {"state": "failed", "errors": errors})
+        failed = study_states(out)[0]
+        assert (failed.state, failed.detail) == ("failed", detail)

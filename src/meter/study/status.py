@@ -70,13 +70,21 @@ def cell_state(plan: StudyPlan, cell: CellPlan) -> CellState:
         reason = str(status.get("stopped") or "").split(":")[0]
         return CellState(cell.name, "interrupted", done, len(own), f"stopped in {status.get('run')}: {reason}", last)
     if status.get("state") == "failed" or errors:
-        detail = "; ".join(f"{run}: {error.splitlines()[-1]}" for run, error in errors.items())
+        detail = "; ".join(f"{run}: {_last_line(error)}" for run, error in errors.items()) \
+            if isinstance(errors, dict) else _last_line(errors)  # fmt: skip
         return CellState(cell.name, "failed", done, len(own), detail, _scores(plan, cell))
     blocked = _blocked_by(plan, cell)
     if blocked:  # it cannot start until its shared pretraining runs again: what the study run said, it says too
         return CellState(cell.name, "failed", done, len(own), f"not run: {blocked}, which runs its pretraining, "
                          "failed", "")  # fmt: skip
     return CellState(cell.name, "not started", done, len(own), "", _scores(plan, cell))
+
+
+def _last_line(error: object) -> str:
+    """An error's last line (the exception's own); a status written by hand or by another tool may hold "" or a
+    list: said, not an IndexError."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else "no message recorded"
 
 
 def _blocked_by(plan: StudyPlan, cell: CellPlan) -> str:
