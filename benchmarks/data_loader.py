@@ -9,7 +9,9 @@ into shards with `meter prepare`'s writer, and measures, each in this run:
      (JPEGs decoded at reduced scale when the resolution allows), per resolution; the baseline is the same
      from image files (the map-style Karpathy dataset's path, full decode), ratio shards / files;
   2. the whole streaming loader (tar reading, block shuffle, decode, transform, batching) in the main process
-     (0 workers: its overhead over decoding alone) and with N workers (scaling; needs N free cores).
+     (0 workers: its overhead over decoding alone) and with N workers (scaling; needs N free cores);
+  3. evaluation's reading of image files (`image_batches`, as retrieval and captioning read a split; VQA, NLVR2
+     and SNLI-VE read the same way) at 384 and 576 px (the fine-tuning resolutions), with N workers against 0.
 The demand defaults to 729 samples/s, the step-speed target of DESIGN.md on one H200 at 288 px (3x the 243
 samples/s of BridgeTower); pass the samples/s of `benchmarks/train_step.py` on your GPU instead.
 """
@@ -30,6 +32,8 @@ from PIL import Image
 from meter.data.datasets import ImageReader
 from meter.data.formats.conceptual_captions import ConceptualCaptionsSource, url_file_name
 from meter.data.images import decode_image, image_transform, load_image
+from meter.data.labelled import image_batches
+from meter.data.ordered_batches import EvalReading
 from meter.data.shard_manifest import read_manifest
 from meter.data.shard_stream import ShardCorpus, ShardStream
 from meter.data.shard_writer import write_shards
@@ -86,6 +90,14 @@ def stream_rate(shards: Path, size: int, workers: int, batch: int, batches: int)
     return batches * batch / (time.perf_counter() - start)
 
 
+def eval_rate(files: list[Path], size: int, workers: int, batch: int) -> float:
+    """Images/s of evaluation's ordered reading of `files` (every file once, workers started included)."""
+    reader = ImageReader(image_transform(size, CLIP_MEAN, CLIP_STD), size)
+    start = time.perf_counter()
+    read = sum(len(indices) for indices, _ in image_batches(files, reader, EvalReading(batch, workers), "eval"))
+    return read / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256)
@@ -120,6 +132,11 @@ def main() -> None:
                 per = loader / max(1, workers)
                 print(f"{size:>4} {workers:>7} {loader:>9.1f} {per:>11.1f} {per / per_worker[size]:>15.2f} "
                       f"{loader / args.demand:>10.2f}")  # fmt: skip
+        print(f"\nevaluation's reading (image files in order, data.num_workers), batch 32, {len(files)} images:")
+        print(f"{'px':>4} {'0 workers':>10} {f'{args.workers} workers':>10} {'ratio':>6}")
+        for size in (384, 576):
+            alone, shared = eval_rate(files, size, 0, 32), eval_rate(files, size, args.workers, 32)
+            print(f"{size:>4} {alone:>10.1f} {shared:>10.1f} {shared / alone:>6.2f}")
 
 
 if __name__ == "__main__":
