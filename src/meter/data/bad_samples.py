@@ -6,7 +6,7 @@ import itertools
 import json
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meter.atomic_files import write_text_atomically
@@ -46,6 +46,7 @@ class BadSampleBudget:
     def __init__(
         self, max_fraction: float, total: int, log_file: str | Path | None = None,
         setting: str = "data.max_bad_samples", per_sample: bool = False, shared: bool = False,
+        moved: tuple[str | Path, str | Path] | None = None,
     ) -> None:  # fmt: skip
         self.setting = setting  # the option that sets the budget, named in the message
         # rounded first: 0.29 x 100 is 28.999999999999996 in floating point, and allowed 28
@@ -58,6 +59,9 @@ class BadSampleBudget:
         self.samples = 0  # with per_sample: every sample recorded
         self.shared = shared
         self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
+        # (data.root now, the run's first data.root): a run resumed with its data elsewhere names a sample as at the
+        # first, so that one met at either place counts once (the list keeps the path read as the sample's file)
+        self.moved = (str(Path(moved[0])), str(Path(moved[1]))) if moved and Path(moved[0]) != Path(moved[1]) else None
         self._pending_new: set[str] = set()  # ... the samples among them the budget has not counted yet
 
     @property
@@ -69,12 +73,22 @@ class BadSampleBudget:
         return not self.per_sample and (sample.sample in self.bad or bool(sample.key and sample.path in self.bad))
 
     def record(self, sample: BadSample) -> None:
+        sample = self._at_first_root(sample)
         if not self.shared:
             self.settle([sample])
             return
         if self.per_sample or not (self._counted(sample) or sample.sample in self._pending_new):
             self.pending.append(sample)  # a sample met again (a process reading only bad ones, epoch after epoch)
             self._pending_new.add(sample.sample)  # is noted once: what a process sends the others stays small
+
+    def _at_first_root(self, sample: BadSample) -> BadSample:
+        if self.moved is None:
+            return sample
+        now, first = self.moved
+        name = sample.sample
+        if name != now and not name.startswith(now.rstrip("/") + "/"):
+            return sample  # named by its question or example, not its file: the same wherever the data is
+        return replace(sample, key=first.rstrip("/") + name[len(now.rstrip("/")) :])
 
     @property
     def spent_alone(self) -> bool:

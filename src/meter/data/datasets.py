@@ -122,6 +122,10 @@ class CaptionPairs(Dataset, TrainingDraws):
 class VqaQuestions(Dataset, TrainingDraws):
     """VQA questions with their images and soft answer targets (label, score) pairs."""
 
+    # what a sample reads of its record (the fingerprint a checkpoint records): the ten annotators' answers enter
+    # through `targets`, and their details would take seconds a million questions to hash
+    fingerprint_fields = ("question_id", "question", "image")
+
     def __init__(
         self, records: list[VqaRecord], images: ImageReader, targets: list[list[tuple[int, float]]] | None = None
     ) -> None:

@@ -86,7 +86,7 @@ class Progress:
     # averages them too, as the run that was not stopped did
     log_window: dict[str, Any] = field(default_factory=dict)
     run: str = ""  # the id of the run that wrote it (its folder's meter-run.json); "" before runs were recorded
-    corpus: str = ""  # a shard corpus's fingerprint (ShardCorpus.fingerprint), where the streams' places are counted
+    corpus: str = ""  # what the place in the data is counted on (meter.train.resumed_data.corpus_fingerprint)
     # the samples the run's bad_samples.jsonl named at this checkpoint (-1: not recorded then): a resume from it lists
     # those alone, as it meets the later ones again (one read again fine, its mount back, no longer costs the budget)
     bad_samples: int = -1

@@ -47,7 +47,15 @@ from meter.train.distributed import (
 )
 from meter.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from meter.train.optim import build_optimizer, warmup_linear
-from meter.train.run_folder import check_resumed_from, finish_run, open_run_folder, release_run_folder, restarted_resume
+from meter.train.resumed_data import check_same_corpus, check_same_tokenizer, corpus_fingerprint
+from meter.train.run_folder import (
+    check_resumed_from,
+    finish_run,
+    first_data_root,
+    open_run_folder,
+    release_run_folder,
+    restarted_resume,
+)
 from meter.train.runtime import Runtime
 from meter.train.stop_signals import INTERRUPTED, PREEMPTED, RunStopped, StopAtOnce, StopRequests, signal_name
 
@@ -328,12 +336,14 @@ def _fit_in(
     checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
-    corpus = corpus_fingerprint(dataset)
+    corpus = corpus_fingerprint(dataset, cfg.data.root)
+    first_root = decided_on_main(lambda: first_data_root(out), runtime) or cfg.data.root  # it may move on resume
     progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum, corpus=corpus)
     path: Path | None = None  # the checkpoint resumed from
     if resume:
         path = checkpoints.resolve_everywhere(resume, runtime)
         check_resumed_from(path, cfg)
+        decided_on_main(lambda: check_same_tokenizer(path, tokenizer), runtime)  # before its rows are loaded
         progress = checkpoints.load(path, task, optimizer, scheduler, runtime)
         if runtime.is_main:  # resumed from an earlier one than the newest: the newer ones are a continuation given up
             checkpoints.set_aside_after(progress.step)
@@ -345,19 +355,7 @@ def _fit_in(
                 f"would be read twice and part never); resume with {written_by} processes"
             )
         check_step_size(path, progress, train, runtime.world)
-        if progress.corpus and progress.corpus != corpus and progress.corpus.startswith(SAMPLES):
-            raise DataError(
-                f"{path} was written while the training data held {progress.corpus.removeprefix(SAMPLES)} samples; "
-                f"this run's (data.root = {cfg.data.root}) holds {corpus.removeprefix(SAMPLES)}: a resume goes on in "
-                "the data it ran on (its place in the epoch is counted on them); give data.root that data, or start "
-                "the run again"
-            )
-        if progress.corpus and progress.corpus != corpus:
-            raise DataError(
-                f"{path} was written while data.sources held other shards (prepared again since, or another "
-                "source): the streams' places in the epoch are counted on the shards, so part of the epoch would be "
-                "read twice and part never; resume with the shards it ran on, or start the run again"
-            )
+        check_same_corpus(path, progress.corpus, corpus, cfg.data.root, first_root)
         progress.corpus = corpus
         if progress.global_batch not in (0, global_batch) and hasattr(dataset, "stream_type"):
             raise ConfigError(
@@ -396,8 +394,8 @@ def _fit_in(
         batches = iter(stream)
         empty_limit = 2 * stream.batches_per_epoch  # unreadable batches in a row that say a process's data is gone
         bad_file = out / "bad_samples.jsonl"
-        budget = BadSampleBudget(cfg.data.max_bad_samples, distinct_samples(dataset),
-                                 bad_file if runtime.is_main else None, shared=runtime.distributed)  # fmt: skip
+        budget = BadSampleBudget(cfg.data.max_bad_samples, distinct_samples(dataset), bad_file if runtime.is_main
+                                 else None, shared=runtime.distributed, moved=(cfg.data.root, first_root))  # fmt: skip
         # resumed: the budget goes on from the samples skipped so far (every process's the same: all stop together)
         budget.restore(decided_on_main(lambda: continued_list(bad_file, resumed=path is not None,
                                                               keep=progress.bad_samples), runtime))  # fmt: skip
@@ -472,17 +470,6 @@ def _fit_in(
     if runtime.is_main and last_step == train.max_steps:
         finish_run(out)
     return checkpoints.path(last_step)
-
-
-SAMPLES = "samples:"  # Progress.corpus of a map-style dataset: its size (a shard corpus's is its fingerprint)
-
-
-def corpus_fingerprint(dataset: Dataset) -> str:
-    """What a resume checks the training data by: a shard corpus's fingerprint, or how many samples a map-style
-    dataset holds (its data.root may move with a requeued job: the same data read at another place)."""
-    if hasattr(dataset, "fingerprint"):
-        return dataset.fingerprint()
-    return f"{SAMPLES}{len(dataset)}" if hasattr(dataset, "__len__") else ""
 
 
 def distinct_samples(dataset: Dataset) -> int:

@@ -64,6 +64,11 @@ MAY_DIFFER_ON_RESUME = frozenset(
 )  # fmt: skip
 
 
+# where the training data is read may change on resume (a requeued job's data copied to a node's own disk): the loop
+# checks that it holds the same samples (meter.train.resumed_data), and counts a bad sample met at either place once
+MOVES_ON_RESUME = "data.root"
+
+
 # how a step's samples are split over micro-batches (and processes): may change on resume, when the samples a step
 # stay the same (meter.train.loop.check_step_size): a job requeued on fewer GPUs keeps its global batch, and so does
 # a run of a recipe that sets train.global_batch where it set train.grad_accum
@@ -246,6 +251,11 @@ def _check_same_run(out: Path, cfg: Config, resume: str | None, run: dict[str, A
     changed = config_differences(run["config"], cfg)
     if resume:  # how a step's samples are split may change, when a step keeps its number (checked once it is loaded)
         changed = [change for change in changed if change.split(":")[0] not in SPLIT_OF_A_STEP]
+        moved = [change for change in changed if change.split(":")[0] == MOVES_ON_RESUME]
+        changed = [change for change in changed if change not in moved]
+        if moved and not changed:
+            log.warning("%s: the run goes on reading its data there (a resume checks that it holds the samples the "
+                        "run counted its place on)", moved[0])  # fmt: skip
     new_folder = f"train.out={out.parent / (out.name + '-2')}"
     if changed:
         latest = Checkpoints(out / CHECKPOINTS).latest()
@@ -302,6 +312,11 @@ def saved_config(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def first_data_root(out: Path) -> str:
+    """The data.root the run in `out` started with (a resume may read its data elsewhere: see MOVES_ON_RESUME)."""
+    return str(read_record(out)["config"].get("data", {}).get("root", ""))
 
 
 def read_record(out: Path) -> dict[str, Any]:
