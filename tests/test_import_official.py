@@ -202,6 +202,17 @@ def test_an_image_size_the_patches_do_not_tile_is_refused(tmp_path: Path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_vision_encoder_the_checkpoint_does_not_fit_is_named_by_the_commands_option(tmp_path: Path, capsys):
+    """The error told the user to set model.vision.name, a setting `meter import` does not have: its option is
+    --vision. (DeiT's distilled filter fails on the CLIP tower's grid with a RuntimeError.)"""
+    code = main(["import", "meter-official", "--ckpt", str(CKPT), "--text-encoder", str(TEXT_ENCODER),
+                 "--out", str(tmp_path / "m"), "--vision", "timm:deit_base_distilled_patch16_224"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "not a checkpoint of deit_base_distilled_patch16_224" in err
+    assert "--vision" in err and "model.vision.name" not in err
+    assert not (tmp_path / "m").exists()
+
+
 class Bomb:
     """Unpickling it would create a directory: proof that the loader ran code from the file."""
 

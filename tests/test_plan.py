@@ -15,7 +15,7 @@ from meter.data.collate import Collate
 from meter.models.meter import parameter_counts
 from meter.objectives.mim import in_batch_loss
 from meter.objectives.randomness import SampleRandomness
-from meter.plan import make_plan
+from meter.plan import make_plan, render
 from meter.runs import downstream_task
 from meter.tasks.build import build_model, task_tokenizer
 from meter.tasks.pretrain import PretrainTask, pretrain_heads
@@ -337,3 +337,42 @@ def test_a_pretrained_itm_head_is_planned_frozen_as_official_retrieval_keeps_it(
     assert not any(p.requires_grad for p in task.model.heads["itm"].parameters())
     assert plan.groups == _groups(task, cfg)
     assert any("the ITM head of" in note and "stays frozen" in note for note in plan.notes)
+
+
+def test_weights_and_tokenizer_paths_that_are_there_but_unreadable_are_not_listed_as_found(
+    micro_config: Config, tmp_path: Path
+):
+    """An empty folder or a text file given as model.vision.weights was listed `found`; the run then failed on it.
+    The plan's verdict is the reader's: timm's load_state_dict, which the vision loader calls on a file."""
+    from safetensors.torch import save_file
+    from timm.models import load_state_dict
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.safetensors").write_text("not weights\n")
+    (tmp_path / "junk.pt").write_text("not weights\n")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "ok.safetensors"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pt")
+    problems = {"empty": "an empty folder, not a weights file", "junk.safetensors": "not a readable safetensors file",
+                "junk.pt": "not a safetensors or torch.save file", "ok.safetensors": None, "ok.pt": None}  # fmt: skip
+    for name, problem in problems.items():
+        path = tmp_path / name
+        try:
+            readable = path.is_file() and bool(load_state_dict(str(path)))
+        except Exception:  # what the vision loader reports as "cannot read vision weights"
+            readable = False
+        cfg = load_config(None, [f"model.vision.weights={path}", f"model.text.tokenizer={tmp_path / 'empty'}"],
+                          base=micro_config)  # fmt: skip
+        plan = make_plan(cfg)
+        checks = {check.key: check for check in plan.paths}
+        vision, text = checks["model.vision.weights"], render(plan)
+        assert vision.found == readable == (problem is None), (name, vision)
+        if problem is None:
+            assert vision.problem is None and f"found    model.vision.weights: {path}\n" in text
+        else:
+            assert vision.problem.startswith(problem)
+            assert f"UNUSABLE model.vision.weights: {path} ({vision.problem})" in text
+        tokenizer = checks["model.text.tokenizer"]  # an empty tokenizer folder too
+        assert not tokenizer.found and tokenizer.problem.startswith("no tokenizer files in this folder")
+    cfg = load_config(None, [f"model.text.weights={tmp_path / 'empty'}", "model.text.hf_kwargs={}"], base=micro_config)
+    text_weights = {check.key: check for check in make_plan(cfg).paths}["model.text.weights"]
+    assert not text_weights.found and text_weights.problem == "no config.json in this folder"

@@ -329,14 +329,39 @@ def test_evaluating_another_model_into_a_folder_says_whose_files_it_replaces(mic
     first, second = micro_checkpoints("vqa"), micro_checkpoints("vqa").parents[1] / "model"
     args = ["evaluate", "vqa", "--out", str(out), f"data.root={shapes_tasks_world}", "train.progress=false"]
     assert main([*args, "--checkpoint", str(first)]) == 0
-    assert json.loads((out / ".meter-evaluation").read_text()) == {"checkpoint": str(first.absolute()), "task": "vqa"}
+    assert json.loads((out / ".meter-evaluation").read_text()) == {"checkpoint": str(first.resolve()), "task": "vqa"}
     assert main([*args, "--checkpoint", str(first)]) == 0
     assert "replaces its files" not in caplog.text  # the same model again: nothing to say
     assert main([*args, "--checkpoint", str(second)]) == 0
-    assert f"{out} holds the vqa evaluation of {first.absolute()}; this evaluation of {second.absolute()}" in (
+    assert f"{out} holds the vqa evaluation of {first.resolve()}; this evaluation of {second.resolve()}" in (
         caplog.text
     )
-    assert json.loads((out / ".meter-evaluation").read_text())["checkpoint"] == str(second.absolute())
+    assert json.loads((out / ".meter-evaluation").read_text())["checkpoint"] == str(second.resolve())
+
+
+def test_the_same_model_through_a_symlink_or_dot_dot_is_not_called_another_models_evaluation(
+    micro_checkpoints, shapes_tasks_world, tmp_path, caplog
+):
+    """The marker's checkpoint was compared as an absolute, unresolved path: the same model given through a symlink
+    or with `..` in its path was said to replace "the evaluation of" itself."""
+    from meter.tasks.downstream import EVALUATION_MARKER, warn_other_evaluation
+
+    model = micro_checkpoints("vqa")
+    link = tmp_path / "link"
+    link.symlink_to(model, target_is_directory=True)
+    dotted = model.parent / ".." / model.parent.name / model.name
+    out = tmp_path / "eval"
+    args = ["evaluate", "vqa", "--out", str(out), f"data.root={shapes_tasks_world}", "train.progress=false"]
+    assert main([*args, "--checkpoint", str(link)]) == 0
+    assert json.loads((out / EVALUATION_MARKER).read_text())["checkpoint"] == str(model.resolve())
+    assert main([*args, "--checkpoint", str(dotted)]) == 0
+    assert "replaces its files" not in caplog.text
+    # a marker written before holds the path as given, made absolute only: resolved too before comparing
+    (out / EVALUATION_MARKER).write_text(json.dumps({"checkpoint": str(link.absolute()), "task": "vqa"}) + "\n")
+    warn_other_evaluation(out, dotted, "vqa")
+    assert "replaces its files" not in caplog.text
+    warn_other_evaluation(out, model.parents[1] / "model", "vqa")  # another model: still said
+    assert "replaces its files" in caplog.text
 
 
 def test_a_models_blindness_is_taken_for_its_evaluation_wherever_its_data_is(shapes_tasks_world, tmp_path, caplog):

@@ -82,13 +82,17 @@ def rename(key: str) -> str | None:
     return None
 
 
+VISION_HINT = "name the encoder it is of with --vision, or leave --vision out to read it from the checkpoint"
+
+
 def vision_weights(weights: dict[str, Tensor], backbone: nn.Module, report: ImportReport) -> dict[str, Tensor]:
     """The vision tower's tensors in our names, through the conversion timm applies to its own checkpoints."""
     vision = {k[len(VISION) :]: v for k, v in weights.items() if k.startswith(VISION)}
     if "visual.class_embedding" in vision:  # METER's CLIP object keeps a few tensors of CLIP's text tower
         report.tolerated += sorted(VISION + k for k in vision if not k.startswith("visual."))
     report.tolerated += sorted(VISION + k for k in vision if k.endswith(REBUILT_BUFFERS))
-    converted = timm_filter(backbone, vision)
+    # the user chose the encoder with the command's --vision, not a config's model.vision.name
+    converted = timm_filter(backbone, vision, f"the checkpoint's vision tower ({VISION}*)", hint=VISION_HINT)
     own = backbone.state_dict()
     report.unplaced += sorted(f"{VISION}* -> timm {k}" for k in converted if k not in own)
     before, after = vision.get("visual.positional_embedding"), converted.get("pos_embed")

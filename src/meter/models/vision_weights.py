@@ -35,14 +35,21 @@ def architecture(backbone: nn.Module) -> str:
     return (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
 
 
+OTHER_ENCODER_HINT = "give weights of the encoder named, or name the encoder they are of (model.vision.name)"
+
+
 def timm_filter(
-    backbone: nn.Module, state: dict[str, torch.Tensor], source: str = "vision weights"
+    backbone: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str = "vision weights",
+    hint: str = OTHER_ENCODER_HINT,
 ) -> dict[str, torch.Tensor]:
     """The architecture's `checkpoint_filter_fn`, the function timm applies to its own pretrained downloads, with
     METER's resampling: relative-position tables first resized as METER resizes them (`resize_tables_as_meter`),
     and position embeddings bicubic without antialiasing (METER's adapt_position_encoding is a plain
     F.interpolate; timm's default antialiased kernel differs from it by up to a tenth of the values).
-    `source` names the weights in the error when they are another architecture's."""
+    `source` names the weights in the error when they are another architecture's; `hint` says what to do, naming
+    the caller's own setting or option (a command's option is not model.vision.name)."""
     state = resize_tables_as_meter(backbone, state)
     convert = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
     if convert is None:
@@ -55,8 +62,7 @@ def timm_filter(
     except (AttributeError, KeyError, IndexError, ValueError, RuntimeError) as error:
         reason = first_line(error)
         raise DataError(f"{source}: not a checkpoint of {architecture(backbone)} (timm's conversion for it failed: "
-                        f"{type(error).__name__}: {reason}); give weights of the encoder named, or name the encoder "
-                        "they are of (model.vision.name)") from None  # fmt: skip
+                        f"{type(error).__name__}: {reason}); {hint}") from None  # fmt: skip
 
 
 def resize_tables_as_meter(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from meter.config import Config, to_dict
 from meter.data.stream import micro_batches_per_epoch
-from meter.errors import ConfigError
+from meter.errors import ConfigError, first_line
 from meter.models.meter import Meter
-from meter.models.text import TEXT
+from meter.models.text import TEXT, WEIGHT_FILES
+from meter.models.tokenizer_folder import TOKENIZER_FILES, has_tokenizer
+from meter.models.weight_files import is_torchscript_archive
 from meter.plan.memory import FP32, MemoryEstimate, estimate_memory
 from meter.plan.model import plan_model
 from meter.plan.tasks import TASK_PLANS, UNKNOWN, Head, TaskPlan, read_data, task_plan
@@ -26,7 +31,8 @@ from meter.validate import validate
 class PathCheck:
     key: str
     path: str
-    found: bool
+    found: bool  # there and usable: False for a path that is there but that the run would refuse (see `problem`)
+    problem: str | None = None  # why a path that is there is not usable (None: usable, or missing)
 
 
 @dataclass
@@ -83,7 +89,58 @@ def configured_paths(cfg: Config, plan: TaskPlan) -> list[PathCheck]:
     elif not model.text.weights:
         kind = TEXT.get(model.text.name, key="model.text").tokenizer_kind
         paths.append((f"tokenizer (data.root/tokenizers/{kind})", Path(cfg.data.root) / "tokenizers" / kind))
-    return [PathCheck(key, str(path), path.exists()) for key, path in paths]
+    checks = []
+    for key, path in paths:
+        problem = _unusable(key, path) if path.exists() else None
+        checks.append(PathCheck(key, str(path), path.exists() and problem is None, problem))
+    return checks
+
+
+def _unusable(key: str, path: Path) -> str | None:
+    """Why an existing weights or tokenizer path would be refused by its reader (a folder for a file, an empty
+    folder, a file that is not weights), checked cheaply; None when it looks usable. Other paths are not checked."""
+    if key == "model.vision.weights":
+        return vision_weights_problem(path)
+    if key == "model.text.weights":  # models.text._pretrained: a Hugging Face folder, its config.json and weights
+        if not path.is_dir():
+            return "a file, not a pretrained text encoder's Hugging Face folder"
+        if not (path / "config.json").is_file():
+            return "no config.json in this folder"
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+            return "no text encoder weights in this folder: no model.safetensors or pytorch_model.bin"
+        return None
+    if key == "model.text.tokenizer" or key.startswith("tokenizer ("):  # tokenizer_folder.load_tokenizer
+        if not path.is_dir():
+            return "a file, not a Hugging Face tokenizer folder"
+        if not has_tokenizer(path):
+            return f"no tokenizer files in this folder: none of {', '.join(TOKENIZER_FILES)}"
+        return None
+    return None
+
+
+def vision_weights_problem(path: Path) -> str | None:
+    """Why models.vision_weights.load_vision_weights would refuse `path`, as far as its header tells, without
+    reading its tensors; None when it looks like weights. timm reads a name ending in .safetensors as safetensors
+    and anything else with torch.load (a torch.save zip, or a legacy pickle)."""
+    if path.is_dir():  # vision.build_vision reads a file only
+        return "a folder, not a weights file" if any(path.iterdir()) else "an empty folder, not a weights file"
+    if not path.is_file():
+        return "not a regular file"
+    if path.stat().st_size == 0:
+        return "an empty file"
+    if str(path).endswith(".safetensors"):
+        try:
+            with safe_open(str(path), framework="pt"):  # parses the header only (the tensors are mapped, not read)
+                return None
+        except (SafetensorError, OSError) as error:
+            return f"not a readable safetensors file: {first_line(error)}"
+    if is_torchscript_archive(path):
+        return "a TorchScript archive, not a state dict: loading it would run its code"
+    with path.open("rb") as file:
+        legacy_pickle = file.read(1) == b"\x80"  # torch.save's legacy format opens with a pickle PROTO opcode
+    if legacy_pickle or zipfile.is_zipfile(path):
+        return None
+    return "not a safetensors or torch.save file: neither a zip archive nor a pickle"
 
 
 def activation_bytes_per_value(cfg: Config) -> tuple[int, str | None]:

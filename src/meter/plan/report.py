@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from meter.plan.make import Plan
+from meter.plan.make import PathCheck, Plan
 
 GIB = 2**30
 
@@ -87,6 +87,13 @@ def _memory(plan: Plan) -> list[str]:
     return lines + ["  assumptions:"] + [f"    - {a}" for a in m.assumptions]
 
 
+def _path_line(check: PathCheck) -> str:
+    """found, MISSING, or UNUSABLE with why: a path that is there but that the run would refuse."""
+    if check.problem:
+        return f"  {'UNUSABLE':<8} {check.key}: {check.path} ({check.problem})"
+    return f"  {'found' if check.found else 'MISSING':<8} {check.key}: {check.path}"
+
+
 def render(plan: Plan) -> str:
     lines = _section("resolved config (as the run saves it)", [yaml.safe_dump(plan.config, sort_keys=False).rstrip()])
     lines += _section("parameters", _parameters(plan))
@@ -94,7 +101,7 @@ def render(plan: Plan) -> str:
     lines += _section("optimizer groups (AdamW)", _groups(plan))
     lines += _section("schedule", _schedule(plan))
     lines += _section("batch", _batching(plan))
-    lines += _section("paths", [f"  {'found' if p.found else 'MISSING':<8} {p.key}: {p.path}" for p in plan.paths])
+    lines += _section("paths", [_path_line(p) for p in plan.paths])
     lines += _section("memory per process (estimate)", _memory(plan))
     if plan.notes:
         lines += _section("notes", [f"  - {note}" for note in plan.notes])

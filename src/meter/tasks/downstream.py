@@ -61,7 +61,7 @@ def evaluate_into(downstream: Downstream, cfg: Config, checkpoint: str | Path, o
         return downstream.evaluate(cfg, checkpoint, out)
     finally:  # what it wrote (a run folder has files of its own before): new or changed files, not a time compared
         if out.is_dir() and _files(out).items() - before.items():  # with a file server's clock, which may be behind
-            made_by = {"checkpoint": str(Path(checkpoint).absolute()), "task": cfg.task}
+            made_by = {"checkpoint": str(Path(checkpoint).resolve()), "task": cfg.task}
             write_text_atomically(out / EVALUATION_MARKER, json.dumps(made_by) + "\n")
 
 
@@ -74,10 +74,14 @@ def warn_other_evaluation(out: Path, checkpoint: str | Path, task: str) -> None:
         return
     if not isinstance(made_by, dict):
         return
-    earlier = made_by.get("checkpoint")
-    if made_by.get("task") == task and earlier and earlier != str(Path(checkpoint).absolute()):
+    earlier, model = made_by.get("checkpoint"), Path(checkpoint).resolve()
+    if made_by.get("task") != task or not isinstance(earlier, str) or not earlier:
+        return
+    # resolved on both sides: a symlink or a `..` names the same model (a marker written before holds the absolute,
+    # unresolved path)
+    if Path(earlier).resolve() != model:
         log.warning("%s holds the %s evaluation of %s; this evaluation of %s replaces its files", out, task, earlier,
-                    Path(checkpoint).absolute())  # fmt: skip
+                    model)  # fmt: skip
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int, int]]:
