@@ -125,6 +125,13 @@ def test_the_budget_names_a_sample_at_the_runs_first_root(tmp_path: Path):
     budget.record(BadSample(f"{tmp_path}/new/images/a.png", "gone", key="question 7"))  # not named by its file
     budget.record(BadSample(f"{tmp_path}/newer/b.png", "gone"))  # another folder that only begins alike
     assert sorted(budget.bad) == [f"{tmp_path}/newer/b.png", f"{tmp_path}/old/images/a.png#0", "question 7"]
+    # a shard's pairs are named by its resolved path: data.root given through a link is the same place
+    (tmp_path / "node").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "node")
+    linked = BadSampleBudget(1.0, 10, moved=(tmp_path / "link", tmp_path / "old"))
+    linked.restore({f"{tmp_path}/old/shards/00000.tar/000000001#0": "gone"})
+    linked.record(BadSample("000000001.jpg", "gone", key=f"{tmp_path}/node/shards/00000.tar/000000001#0"))
+    assert list(linked.bad) == [f"{tmp_path}/old/shards/00000.tar/000000001#0"]
 
 
 def test_the_fingerprint_is_of_the_samples_relative_to_data_root(tmp_path: Path):

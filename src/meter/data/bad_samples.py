@@ -60,8 +60,13 @@ class BadSampleBudget:
         self.shared = shared
         self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
         # (data.root now, the run's first data.root): a run resumed with its data elsewhere names a sample as at the
-        # first, so that one met at either place counts once (the list keeps the path read as the sample's file)
-        self.moved = (str(Path(moved[0])), str(Path(moved[1]))) if moved and Path(moved[0]) != Path(moved[1]) else None
+        # first, so that one met at either place counts once (the list keeps the path read as the sample's file);
+        # as given (a map-style dataset's paths join it) and resolved (a shard's path is)
+        self.moved: list[tuple[str, str]] = []
+        if moved and Path(moved[0]) != Path(moved[1]):
+            now, first = Path(moved[0]), Path(moved[1])
+            self.moved = [(str(now).rstrip("/") + "/", str(first).rstrip("/") + "/"),
+                          (str(now.resolve()).rstrip("/") + "/", str(first.resolve()).rstrip("/") + "/")]  # fmt: skip
         self._pending_new: set[str] = set()  # ... the samples among them the budget has not counted yet
 
     @property
@@ -82,13 +87,11 @@ class BadSampleBudget:
             self._pending_new.add(sample.sample)  # is noted once: what a process sends the others stays small
 
     def _at_first_root(self, sample: BadSample) -> BadSample:
-        if self.moved is None:
-            return sample
-        now, first = self.moved
         name = sample.sample
-        if name != now and not name.startswith(now.rstrip("/") + "/"):
-            return sample  # named by its question or example, not its file: the same wherever the data is
-        return replace(sample, key=first.rstrip("/") + name[len(now.rstrip("/")) :])
+        for now, first in self.moved:
+            if name.startswith(now):
+                return replace(sample, key=first + name[len(now) :])
+        return sample  # named by its question or example, not its file: the same wherever the data is
 
     @property
     def spent_alone(self) -> bool:
