@@ -213,6 +213,21 @@ def test_a_vision_encoder_the_checkpoint_does_not_fit_is_named_by_the_commands_o
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize(
+    ("vision", "names"), [("swin", ["model.vision.image_size is --image-size"]), ("volo", ["model.vision is --vision"])]
+)
+def test_a_model_the_chosen_encoder_cannot_build_names_the_commands_options(tmp_path: Path, capsys, vision: str,
+                                                                            names: list[str]):  # fmt: skip
+    """Swin at the checkpoint's 64 px and timm's VOLO with CLIP's width are config errors naming model.vision.*
+    settings, which `meter import` does not have: the options that set them are named beside."""
+    code = main(["import", "meter-official", "--ckpt", str(CKPT), "--text-encoder", str(TEXT_ENCODER),
+                 "--out", str(tmp_path / "m"), "--vision", vision])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "config error: model.vision" in err and all("meter import: " in err and n in err
+                                                                       for n in names)  # fmt: skip
+    assert not (tmp_path / "m").exists()
+
+
 class Bomb:
     """Unpickling it would create a directory: proof that the loader ran code from the file."""
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from meter.data.formats.snli_ve import SNLI_VE_LABELS
-from meter.errors import DataError
+from meter.errors import ConfigError, DataError
 from meter.importers.official_layout import VISION, OfficialLayout, read_layout
 from meter.importers.safe_load import read_checkpoint, state_dict_of
 from meter.importers.vqa_answers import read_answers
@@ -200,6 +200,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+IMPORT_OPTIONS = {"model.vision.image_size": "--image-size", "model.vision": "--vision"}
+
+
+def in_import_options(message: str) -> str:
+    """A model-building error as `meter import` is given its model: the settings it names are the command's options
+    (it has no model.vision.* settings to set)."""
+    named = [f"{setting} is {option}" for setting, option in IMPORT_OPTIONS.items() if setting in message]
+    return f"{message} (meter import: {'; '.join(named)})" if named else message
+
+
 def import_meter_official(
     ckpt: str | Path,
     text_encoder: str | Path,
@@ -215,12 +225,15 @@ def import_meter_official(
     weights = state_dict_of(checkpoint, ckpt)
     hparams = saved_config(checkpoint, ckpt)
     text_config = read_text_config(text_encoder)
-    layout: OfficialLayout = read_layout(weights, hparams, text_config, vision, image_size)
+    try:
+        layout: OfficialLayout = read_layout(weights, hparams, text_config, vision, image_size)
+        model = build_meter(
+            layout.config.model, text_config.vocab_size, text_config.pad_token_id, layout.heads, layout.token_types,
+            text_config,
+        )  # fmt: skip
+    except ConfigError as error:
+        raise ConfigError(in_import_options(str(error))) from None
     report = ImportReport(Path(out))
-    model = build_meter(
-        layout.config.model, text_config.vocab_size, text_config.pad_token_id, layout.heads, layout.token_types,
-        text_config,
-    )  # fmt: skip
     model.load_state_dict(place_weights(weights, model, report), strict=False)
     answers = read_answers(vqa_answers, layout.heads["vqa"]) if vqa_answers and "vqa" in layout.heads else []
     if vqa_answers and "vqa" not in layout.heads:
