@@ -13,6 +13,8 @@ Faults are given as arguments `WHEN:AT:WHAT[:RANK]`:
                                 model come next)
     evaluate:1:SIGTERM:0        the 1st evaluation of a model folder (inside meter.runs.evaluate_run, on the process
                                 that evaluates: the first)
+    replace:vqa_accuracy:SIGKILL    the os.replace that puts a file whose name holds that text in place (an atomic
+                                write's last act: the file is not written)
     clip:3:nan:1                at the 3rd gradient clipping (the 3rd optimizer step) of rank 1, after its backward
                                 and the gradient all-reduce, one gradient of that rank becomes NaN
     clip:6+:nan:1               the same at every step from the 6th on
@@ -91,6 +93,14 @@ def save(obj, f, *args, **kwargs):
             act(what)
     return original_save(obj, f, *args, **kwargs)
 torch.save = save
+
+original_replace = os.replace
+def replace(source, destination, *args, **kwargs):
+    for when, at, what, *target in faults:
+        if when == "replace" and at in os.path.basename(str(destination)) and (not target or int(target[0]) == rank):
+            act(what)
+    return original_replace(source, destination, *args, **kwargs)
+os.replace = replace
 
 import torch.distributed
 original_init = torch.distributed.init_process_group

@@ -24,6 +24,7 @@ from meter.study.worker import CELL_LOCK, run_cell
 from meter.train.metrics_log import read_metrics
 from meter.train.run_folder import LOCK
 from tests.corpora import write_coco, write_img2dataset
+from tests.faults import run_meter_with_faults
 from tests.studies import micro_study
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "meter-official-tiny"
@@ -454,3 +455,27 @@ def test_an_evaluation_refused_for_want_of_the_tasks_head_leaves_no_empty_folder
     args = ["evaluate", "nlvr2", "--checkpoint", str(micro_checkpoints("vqa")), "--out", str(out)]
     assert main([*args, f"data.root={shapes_tasks_world}", "train.progress=false"]) == 2
     assert "nlvr2" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(("task", "predictions", "score"), [
+    ("vqa", "vqa_predictions_val2014.json", "vqa_accuracy_val2014.json"),
+    *(pytest.param(*files, marks=pytest.mark.slow) for files in (
+        ("nlvr2", "nlvr2_predictions_dev.csv", "nlvr2_accuracy_dev.json"),
+        ("snli_ve", "snli_ve_predictions_dev.jsonl", "snli_ve_accuracy_dev.json"),
+        ("retrieval", "retrieval_rankings_test.json", "retrieval_recall_test.json"),
+        ("captioning", "captions_test.json", "caption_scores_test.json"))),
+])  # fmt: skip
+def test_an_evaluation_killed_between_its_predictions_and_its_score_leaves_no_earlier_score_beside_them(
+    micro_checkpoints, shapes_tasks_world, tmp_path, task, predictions, score
+):
+    """Each file is written whole, but an evaluation killed after its new predictions left the earlier evaluation's
+    score beside them: a number that was not that file's (another model's, with the marker naming the new one)."""
+    out = tmp_path / "eval"
+    args = ["evaluate", task, "--checkpoint", str(micro_checkpoints(task)), "--out", str(out),
+            f"data.root={shapes_tasks_world}", "train.progress=false"]  # fmt: skip
+    assert main(args) == 0 and (out / score).is_file()
+    earlier = (out / predictions).stat().st_ino
+    [(code, err)] = run_meter_with_faults(args, [f"replace:{score}:SIGKILL"])
+    assert code == -9, err  # killed as its score was put in place
+    assert (out / predictions).stat().st_ino != earlier  # the new predictions were written
+    assert not (out / score).exists()

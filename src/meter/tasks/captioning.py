@@ -217,8 +217,10 @@ def evaluate_captioning(cfg: Config, checkpoint: str | Path, out: Path) -> dict[
     result = {**scores, "images": len(references), "beam_size": settings.beam_size, "tokenizer": tokenizer,
               **skipped_fields(budget)}  # fmt: skip
     results.sort(key=lambda row: row["image_id"])
+    scores_file = out / f"caption_scores_{split}.json"
+    scores_file.unlink(missing_ok=True)  # first: killed before the new score, no old one stays beside new predictions
     write_text_atomically(out / f"captions_{split}.json", json.dumps(results, indent=0))
-    write_text_atomically(out / f"caption_scores_{split}.json", json.dumps(result, indent=1))
+    write_text_atomically(scores_file, json.dumps(result, indent=1))
     return result
 
 

@@ -89,11 +89,10 @@ def evaluate_nlvr2(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, 
     warn_evaluation_skips("nlvr2 eval", budget, f"the predictions file gives them {CLASSES[0]!r}, and the accuracy "
                           "is that file's")  # fmt: skip
     leaderboard = {r.identifier: CLASSES[classes.get(i, 0)] for i, r in enumerate(records)}  # a row for each
-    predictions_file = out / f"nlvr2_predictions_{split}.csv"
+    predictions_file, accuracy_file = out / f"nlvr2_predictions_{split}.csv", out / f"nlvr2_accuracy_{split}.json"
+    accuracy_file.unlink(missing_ok=True)  # first: killed before the new score, no old one stays beside new predictions
     write_nlvr2_predictions(leaderboard, predictions_file)
-    accuracy_file = out / f"nlvr2_accuracy_{split}.json"
     if unlabelled:  # test2 (the hidden test set): the file is for the leaderboard
-        accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this file's
         log.info("nlvr2 %s: no labels; wrote the leaderboard file %s", split, predictions_file)
         return {"examples": len(records), "labelled": False} | skipped_fields(budget)
     labels = {r.identifier: CLASSES[int(r.label)] for r in records}

@@ -371,8 +371,10 @@ def evaluate_retrieval(cfg: Config, checkpoint: str | Path, out: Path) -> dict[s
         "image_to_text": {str(records[i].image_id): [text_ids[t] for t in texts_of_image[i]] for i in read},
         "text_to_image": {text_ids[t]: [records[i].image_id for i in row] for t, row in enumerate(images_of_text)},
     }  # fmt: skip
+    recall_file = out / f"retrieval_recall_{split}.json"
+    recall_file.unlink(missing_ok=True)  # first: killed before the new score, no old one stays beside new predictions
     write_text_atomically(out / f"retrieval_rankings_{split}.json", json.dumps(ranked))
-    write_text_atomically(out / f"retrieval_recall_{split}.json", json.dumps(result, indent=1))
+    write_text_atomically(recall_file, json.dumps(result, indent=1))
     return result
 
 

@@ -83,9 +83,11 @@ def evaluate_snli_ve(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str
     filled = {i: predictions.get(i, 0) for i in range(len(records))}
     lines = [json.dumps({"pairID": r.pair_id, "prediction": SNLI_VE_LABELS[filled[i]]}) + "\n"
              for i, r in enumerate(records)]  # fmt: skip
+    accuracy_file = out / f"snli_ve_accuracy_{split}.json"
+    accuracy_file.unlink(missing_ok=True)  # first: killed before the new score, no old one stays beside new predictions
     write_text_atomically(out / f"snli_ve_predictions_{split}.jsonl", "".join(lines))
     accuracy = snli_ve_accuracy(records, filled) | skipped_fields(budget)
-    write_text_atomically(out / f"snli_ve_accuracy_{split}.json", json.dumps(accuracy, indent=1))
+    write_text_atomically(accuracy_file, json.dumps(accuracy, indent=1))
     return accuracy
 
 

@@ -277,7 +277,8 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
     check_submission(records, submission)
     warn_evaluation_skips("vqa eval", budget, f"the submission answers them {task.answers[0]!r} (the vocabulary's "
                           "first answer), and the score is that submission's")  # fmt: skip
-    submission_file = out / f"vqa_predictions_{split}.json"
+    submission_file, accuracy_file = out / f"vqa_predictions_{split}.json", out / f"vqa_accuracy_{split}.json"
+    accuracy_file.unlink(missing_ok=True)  # first: killed before the new score, no old one stays beside new predictions
     if whole is not None:  # predicted: the split's questions; the file: every question of the larger split
         write_predictions({q.question_id: submission.get(q.question_id, task.answers[0]) for q in whole},
                           submission_file)  # fmt: skip
@@ -286,9 +287,7 @@ def evaluate_vqa(cfg: Config, checkpoint: str | Path, out: Path) -> dict[str, An
                  cfg.vqa.submission_splits[split], len(records), split, task.answers[0], split)  # fmt: skip
     else:
         write_predictions(submission, submission_file)
-    accuracy_file = out / f"vqa_accuracy_{split}.json"
     if not annotated:
-        accuracy_file.unlink(missing_ok=True)  # an earlier evaluation's score is not this submission's
         covers = {"submission_split": cfg.vqa.submission_splits[split], "submission_questions": len(whole)} \
             if whole is not None else {}  # fmt: skip
         return unscored(cfg, submission_file, len(records)) | covers | skipped_fields(budget)
