@@ -16,11 +16,14 @@ from meter.config import Config, load_config
 from meter.data.bad_samples import BadSample, BadSampleBudget, continued_list
 from meter.data.datasets import ImageReader, VqaQuestions
 from meter.data.fingerprint import samples_fingerprint
+from meter.data.formats.captions import coco_source
 from meter.data.formats.vqa import VqaRecord
 from meter.data.labelled import Example, LabelledExamples
+from meter.data.shard_writer import write_shards
 from meter.errors import DataError
 from meter.models.checksums import record_checksums
 from meter.runs import run_pretrain
+from meter.train.resumed_data import check_same_corpus
 
 STEPS = ["train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=1"]
 
@@ -125,13 +128,6 @@ def test_the_budget_names_a_sample_at_the_runs_first_root(tmp_path: Path):
     budget.record(BadSample(f"{tmp_path}/new/images/a.png", "gone", key="question 7"))  # not named by its file
     budget.record(BadSample(f"{tmp_path}/newer/b.png", "gone"))  # another folder that only begins alike
     assert sorted(budget.bad) == [f"{tmp_path}/newer/b.png", f"{tmp_path}/old/images/a.png#0", "question 7"]
-    # a shard's pairs are named by its resolved path: data.root given through a link is the same place
-    (tmp_path / "node").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "node")
-    linked = BadSampleBudget(1.0, 10, moved=(tmp_path / "link", tmp_path / "old"))
-    linked.restore({f"{tmp_path}/old/shards/00000.tar/000000001#0": "gone"})
-    linked.record(BadSample("000000001.jpg", "gone", key=f"{tmp_path}/node/shards/00000.tar/000000001#0"))
-    assert list(linked.bad) == [f"{tmp_path}/old/shards/00000.tar/000000001#0"]
 
 
 def test_the_fingerprint_is_of_the_samples_relative_to_data_root(tmp_path: Path):
@@ -147,3 +143,42 @@ def test_the_fingerprint_is_of_the_samples_relative_to_data_root(tmp_path: Path)
     assert vqa(here) == vqa(there) and vqa(here).startswith("records:1:")
     assert len({vqa(here), vqa(here, "what shape?"), vqa(here, targets=0.3)}) == 3
     assert nlvr2(here) == nlvr2(there) != nlvr2(here, label=0)
+
+
+def test_a_refused_resume_leaves_the_newer_checkpoints_where_they_were(micro_config, shapes_world, tmp_path):
+    """`--resume step_2` refused (other data) had set step_4 aside first: the next `--resume latest` went back."""
+    steps = ["train.max_steps=6", "train.keep_last=2", "train.stop_at=4"]
+    pretrain(micro_config, tmp_path / "run", *steps)
+    other = world_copy(shapes_world, tmp_path / "other")
+    few_images(other, micro_config.data.karpathy, keep=47)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(DataError, match="held 2\\d\\d samples"):
+        pretrain(
+            micro_config, tmp_path / "run", *steps[:2], f"data.root={other}", resume=str(checkpoints / "step_00000002")
+        )
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000002", "step_00000004"]
+
+
+def test_a_shard_corpus_does_not_move_with_data_root(micro_config, shapes_world, tmp_path):
+    """A shard corpus is known by its shards' names and counts (captions prepared again pass), and shards indexed
+    in place are read where their manifest names them: at a moved root it is refused, not read at the old place."""
+    first = tmp_path / "first"
+    shutil.copytree(shapes_world / "tokenizers", first / "tokenizers")
+    write_shards(coco_source(shapes_world, "karpathy/dataset_coco.json", images="images"), first / "shards",
+                 shard_size=10, progress=False)  # fmt: skip
+    cfg = load_config(None, [f"data.root={first}", "data.sources=[{path: shards}]"], base=micro_config)
+    pretrain(cfg, tmp_path / "run", "train.stop_at=2")
+    moved = tmp_path / "scratch"
+    shutil.copytree(first, moved)
+    with pytest.raises(DataError, match=rf"trained on shards .* a shard corpus does not move; resume with "
+                                        rf"data.root={first}"):  # fmt: skip
+        pretrain(cfg, tmp_path / "run", f"data.root={moved}", resume="latest")
+    assert pretrain(cfg, tmp_path / "run", resume="latest").name == "step_00000004"
+
+
+def test_data_root_spelled_another_way_is_the_same_place(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("./data", "data/", str(tmp_path / "data")):
+        check_same_corpus(tmp_path / "step_2", "samples:10", "records:10:abc", spelling, "data")  # no refusal
+    with pytest.raises(DataError, match="records only the size"):
+        check_same_corpus(tmp_path / "step_2", "samples:10", "records:10:abc", "elsewhere", "data")

@@ -61,12 +61,10 @@ class BadSampleBudget:
         self.pending: list[BadSample] = []  # with shared: noted here, not yet settled
         # (data.root now, the run's first data.root): a run resumed with its data elsewhere names a sample as at the
         # first, so that one met at either place counts once (the list keeps the path read as the sample's file);
-        # as given (a map-style dataset's paths join it) and resolved (a shard's path is)
-        self.moved: list[tuple[str, str]] = []
+        # the paths of a dataset's samples join data.root as given
+        self.moved: tuple[str, str] | None = None
         if moved and Path(moved[0]) != Path(moved[1]):
-            now, first = Path(moved[0]), Path(moved[1])
-            self.moved = [(str(now).rstrip("/") + "/", str(first).rstrip("/") + "/"),
-                          (str(now.resolve()).rstrip("/") + "/", str(first.resolve()).rstrip("/") + "/")]  # fmt: skip
+            self.moved = (str(Path(moved[0])).rstrip("/") + "/", str(Path(moved[1])).rstrip("/") + "/")
         self._pending_new: set[str] = set()  # ... the samples among them the budget has not counted yet
 
     @property
@@ -88,9 +86,8 @@ class BadSampleBudget:
 
     def _at_first_root(self, sample: BadSample) -> BadSample:
         name = sample.sample
-        for now, first in self.moved:
-            if name.startswith(now):
-                return replace(sample, key=first + name[len(now) :])
+        if self.moved is not None and name.startswith(self.moved[0]):
+            return replace(sample, key=self.moved[1] + name[len(self.moved[0]) :])
         return sample  # named by its question or example, not its file: the same wherever the data is
 
     @property

@@ -28,9 +28,8 @@ def samples_fingerprint(dataset: Any, root: str | Path) -> str | None:
                                                              else [])  # fmt: skip
     for row in rows:
         digest.update(repr(tuple(_relative(getattr(row, name), prefix) for name in names)).encode())
-    targets = getattr(dataset, "targets", None)  # VQA's soft targets: the answer vocabulary's rows
-    if targets is not None:
-        digest.update(repr(targets).encode())
+    for row_targets in getattr(dataset, "targets", None) or ():  # VQA's soft targets: the answer vocabulary's rows
+        digest.update(repr(row_targets).encode())
     return f"{RECORDS}{len(dataset)}:{digest.hexdigest()[:16]}"
 
 

@@ -336,7 +336,7 @@ def _fit_in(
     checkpoints = Checkpoints(out / "checkpoints", train.keep_last, run=run)
     global_batch = train.batch_size * runtime.world
     torch.manual_seed(stream_seed(train.seed, "process", runtime.rank))  # dropout: a stream of its own per process
-    corpus = corpus_fingerprint(dataset, cfg.data.root)
+    corpus = decided_on_main(lambda: corpus_fingerprint(dataset, cfg.data.root), runtime)  # seconds for VQAv2
     first_root = decided_on_main(lambda: first_data_root(out), runtime) or cfg.data.root  # it may move on resume
     progress = Progress(global_batch=global_batch, grad_accum=train.grad_accum, corpus=corpus)
     path: Path | None = None  # the checkpoint resumed from
@@ -345,8 +345,6 @@ def _fit_in(
         check_resumed_from(path, cfg)
         decided_on_main(lambda: check_same_tokenizer(path, tokenizer), runtime)  # before its rows are loaded
         progress = checkpoints.load(path, task, optimizer, scheduler, runtime)
-        if runtime.is_main:  # resumed from an earlier one than the newest: the newer ones are a continuation given up
-            checkpoints.set_aside_after(progress.step)
         written_by = len(progress.batches_per_process)
         if written_by not in (0, runtime.world) and hasattr(dataset, "stream_type"):
             raise ConfigError(
@@ -366,6 +364,10 @@ def _fit_in(
                 f"{progress.global_batch // runtime.world} train.grad_accum={progress.grad_accum}"
                 + (" train.global_batch=0" if train.global_batch else "")  # else it sets grad_accum
             )
+        # resumed from an earlier one than the newest: the newer ones are a continuation given up (after every check
+        # that refuses the resume: a refused one left them set aside, and `--resume latest` went back to this one)
+        if runtime.is_main:
+            checkpoints.set_aside_after(progress.step)
         if progress.global_batch not in (0, global_batch):  # the same samples a step, split another way
             log.info("resumed with %d samples a micro-batch over all processes instead of %d, %d micro-batches a "
                      "step instead of %d", global_batch, progress.global_batch, train.grad_accum,

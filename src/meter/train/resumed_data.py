@@ -32,11 +32,17 @@ def _size(fingerprint: str) -> str:
 
 def check_same_corpus(checkpoint: Path, recorded: str, corpus: str, root: str, first_root: str) -> None:
     """Refuses to resume on data other than the checkpoint's. `first_root`: the data.root the run started with."""
-    moved = root != first_root
-    if recorded.startswith(SAMPLES) and moved:  # a size is no proof that the data elsewhere is the same
+    moved = Path(root).resolve() != Path(first_root).resolve()  # ./data, data/ and its absolute path are one place
+    if moved and recorded.startswith(SAMPLES):  # a size is no proof that the data elsewhere is the same
         raise DataError(
             f"{checkpoint} records only the size of its training data (written by an earlier meter), which cannot "
             f"tell the data at data.root = {root} is the run's: resume with data.root={first_root}"
+        )
+    if moved and recorded and not recorded.startswith(RECORDS):
+        raise DataError(
+            f"{checkpoint} was trained on shards (data.sources), which a resume knows by their names and counts, not "
+            "their captions and images, and shards indexed in place are read where their manifest names them "
+            f"whatever data.root is: a shard corpus does not move; resume with data.root={first_root}"
         )
     if not recorded or recorded == corpus or (recorded.startswith(SAMPLES) and _size(recorded) == _size(corpus)):
         return
@@ -50,10 +56,12 @@ def check_same_corpus(checkpoint: Path, recorded: str, corpus: str, root: str, f
             + go_on
         )
     if recorded.startswith(RECORDS):
+        absolute = (" (a path set absolute, such as data.images or vqa.questions, stays where it was: give it "
+                    "relative to data.root)") if moved else ""  # fmt: skip
         raise DataError(
             f"{checkpoint} was written on other training data: {where} holds as many samples ({_size(corpus)}), "
-            "but other files, texts or labels (written again since, or other data): a resume goes on in the data it "
-            "ran on (its place in the epoch is counted on them); " + go_on
+            f"but other files, texts or labels{absolute} (written again since, or other data): a resume goes on in "
+            "the data it ran on (its place in the epoch is counted on them); " + go_on
         )
     raise DataError(
         f"{checkpoint} was written while data.sources held other shards (prepared again since, or another source): "
